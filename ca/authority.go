@@ -1,0 +1,279 @@
+package ca
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	cferr "github.com/cloudflare/cfssl/errors"
+	cflog "github.com/cloudflare/cfssl/log"
+	"github.com/cloudflare/cfssl/config"
+	"github.com/cloudflare/cfssl/signer"
+	"github.com/cloudflare/cfssl/signer/local"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Defaults for Config.
+const (
+	DefaultTTL      = 24 * time.Hour
+	DefaultMaxTTL   = 90 * 24 * time.Hour
+	DefaultBackdate = time.Minute
+)
+
+// Meter receives one observation per signing attempt. Implementations live
+// at the edges (Prometheus); the core only calls it.
+type Meter interface {
+	ObserveSign(d time.Duration, err error)
+}
+
+type noMeter struct{}
+
+func (noMeter) ObserveSign(time.Duration, error) {}
+
+// Config holds the authority's settings and dependencies. Zero values take
+// the defaults.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain // required
+	DefaultTTL  time.Duration        // leaf lifetime when the request names none
+	MaxTTL      time.Duration        // a larger request is ErrInvalidTTL
+	Backdate    time.Duration        // NotBefore = now - Backdate, for clock skew
+	CSR         CSRPolicy
+	Clock       Clock
+	Meter       Meter
+}
+
+// Authority signs workload certificates with its active CA material.
+type Authority struct {
+	cfg    Config
+	active atomic.Pointer[slot]
+}
+
+// slot is one activated Material with everything the hot path needs
+// precomputed.
+type slot struct {
+	m      *Material
+	signer *local.Signer
+	tail   [][]byte // PEM of intermediates then the anchoring root
+	bundle *x509bundle.Bundle
+	notAft time.Time
+}
+
+// SignRequest asks for a leaf certificate for an authenticated caller.
+type SignRequest struct {
+	CSR []byte        // PEM certificate request
+	ID  spiffeid.ID   // the caller's authenticated identity
+	TTL time.Duration // 0 means Config.DefaultTTL
+	// Hosts (DNS names and IP addresses) are added to the leaf regardless
+	// of CSRPolicy; only warden itself sets them, for its serving
+	// certificate.
+	Hosts []string
+}
+
+// Issued is a signed leaf and its chain.
+type Issued struct {
+	Cert  *x509.Certificate
+	Chain [][]byte // PEM: leaf, intermediates, root last
+}
+
+var quietCFSSL sync.Once
+
+// New makes an authority signing with m. m may be nil: the authority is then
+// not ready (ErrNotReady) until Activate.
+func New(cfg Config, m *Material) (*Authority, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("ca: trust domain is required")
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = DefaultTTL
+	}
+	if cfg.MaxTTL == 0 {
+		cfg.MaxTTL = DefaultMaxTTL
+	}
+	if cfg.DefaultTTL > cfg.MaxTTL {
+		return nil, fmt.Errorf("ca: default TTL %s exceeds max TTL %s", cfg.DefaultTTL, cfg.MaxTTL)
+	}
+	if cfg.Backdate == 0 {
+		cfg.Backdate = DefaultBackdate
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if cfg.Meter == nil {
+		cfg.Meter = noMeter{}
+	}
+	// cfssl logs every signature at Info level to stderr; warden logs
+	// through slog at its edges instead.
+	quietCFSSL.Do(func() { cflog.Level = cflog.LevelError })
+	a := &Authority{cfg: cfg}
+	if m != nil {
+		if err := a.Activate(m); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// TrustDomain is the trust domain the authority issues identities in.
+func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.cfg.TrustDomain }
+
+// Activate validates m and makes it the signing material; in-flight
+// signatures finish with the old one.
+func (a *Authority) Activate(m *Material) error {
+	if err := m.Validate(a.cfg.Clock.Now()); err != nil {
+		return err
+	}
+	policy := &config.Signing{
+		Default: &config.SigningProfile{
+			Usage:                       []string{"digital signature", "key encipherment", "server auth", "client auth"},
+			Expiry:                      a.cfg.DefaultTTL,
+			ExpiryString:                a.cfg.DefaultTTL.String(),
+			ClientProvidesSerialNumbers: true,
+			// Take only the key from the CSR; SANs come from the
+			// authenticated identity, and CA:TRUE requests are dropped.
+			CSRWhitelist: &config.CSRWhitelist{PublicKey: true, PublicKeyAlgorithm: true},
+		},
+	}
+	s, err := local.NewSigner(m.Key, m.Cert, signer.DefaultSigAlgo(m.Key), policy)
+	if err != nil {
+		return fmt.Errorf("ca: signer: %w", err)
+	}
+	anchor, err := anchorOf(m)
+	if err != nil {
+		return err
+	}
+	var tail [][]byte
+	if !m.selfSigned() {
+		tail = append(tail, EncodeCerts(m.Cert))
+	}
+	for _, c := range m.Chain {
+		tail = append(tail, EncodeCerts(c))
+	}
+	tail = append(tail, EncodeCerts(anchor))
+	a.active.Store(&slot{
+		m:      m,
+		signer: s,
+		tail:   tail,
+		bundle: x509bundle.FromX509Authorities(a.cfg.TrustDomain, m.Roots),
+		notAft: m.NotAfter(),
+	})
+	return nil
+}
+
+// anchorOf finds the root that the signing chain ends at.
+func anchorOf(m *Material) (*x509.Certificate, error) {
+	top := m.Cert
+	if len(m.Chain) > 0 {
+		top = m.Chain[len(m.Chain)-1]
+	}
+	for _, r := range m.Roots {
+		if r.Equal(top) || top.CheckSignatureFrom(r) == nil {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("ca: no root in %s signed %s", FileRootCert, top.Subject)
+}
+
+// Material returns the active CA material, or nil before activation.
+func (a *Authority) Material() *Material {
+	if s := a.active.Load(); s != nil {
+		return s.m
+	}
+	return nil
+}
+
+// Bundle returns the trust bundle (all roots), or nil before activation.
+func (a *Authority) Bundle() *x509bundle.Bundle {
+	if s := a.active.Load(); s != nil {
+		return s.bundle
+	}
+	return nil
+}
+
+// Sign checks req and issues a leaf SVID for req.ID.
+func (a *Authority) Sign(req SignRequest) (*Issued, error) {
+	start := a.cfg.Clock.Now()
+	iss, err := a.sign(req, start)
+	a.cfg.Meter.ObserveSign(a.cfg.Clock.Now().Sub(start), err)
+	return iss, err
+}
+
+func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
+	s := a.active.Load()
+	if s == nil {
+		return nil, fmt.Errorf("ca: %w: no signing material loaded", ErrNotReady)
+	}
+	if req.ID.TrustDomain() != a.cfg.TrustDomain {
+		return nil, fmt.Errorf("ca: %w: caller %s is outside trust domain %s", ErrIdentityMismatch, req.ID, a.cfg.TrustDomain)
+	}
+	ttl := req.TTL
+	switch {
+	case ttl == 0:
+		ttl = a.cfg.DefaultTTL
+	case ttl < 0:
+		return nil, fmt.Errorf("ca: %w: %s is negative", ErrInvalidTTL, ttl)
+	case ttl > a.cfg.MaxTTL:
+		return nil, fmt.Errorf("ca: %w: requested %s exceeds the maximum %s", ErrInvalidTTL, ttl, a.cfg.MaxTTL)
+	}
+	if !now.Before(s.notAft) {
+		return nil, fmt.Errorf("ca: %w: signing certificate expired at %s", ErrNotReady, s.notAft.UTC().Format(time.RFC3339))
+	}
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	extra, err := a.cfg.CSR.check(csr, req.ID)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := NewSerial()
+	if err != nil {
+		return nil, err
+	}
+	notBefore := now.Add(-a.cfg.Backdate)
+	if notBefore.Before(s.m.Cert.NotBefore) {
+		notBefore = s.m.Cert.NotBefore
+	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(s.notAft) {
+		notAfter = s.notAft
+	}
+	hosts := append([]string{req.ID.String()}, extra...)
+	hosts = append(hosts, req.Hosts...)
+	leafPEM, err := s.signer.Sign(signer.SignRequest{
+		Request:   string(req.CSR),
+		Hosts:     hosts,
+		Serial:    serial,
+		NotBefore: notBefore,
+		NotAfter:  notAfter,
+	})
+	if err != nil {
+		return nil, mapCFSSLError(req.ID, err)
+	}
+	certs, err := ParseCerts(leafPEM)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign %s: parse issued certificate: %w", req.ID, err)
+	}
+	chain := make([][]byte, 0, 1+len(s.tail))
+	chain = append(chain, leafPEM)
+	chain = append(chain, s.tail...)
+	return &Issued{Cert: certs[0], Chain: chain}, nil
+}
+
+// mapCFSSLError turns cfssl's errors for a bad CSR (only the signature
+// check is left to cfssl) into ErrInvalidCSR.
+func mapCFSSLError(id spiffeid.ID, err error) error {
+	var ce *cferr.Error
+	if errors.As(err, &ce) && ce.ErrorCode/1000 == int(cferr.CSRError)/1000 {
+		msg := ce.Message
+		if strings.Contains(msg, "signature") || ce.ErrorCode%1000 == int(cferr.KeyMismatch) {
+			msg = "signature does not verify with the CSR's public key"
+		}
+		return fmt.Errorf("ca: %w: %s", ErrInvalidCSR, msg)
+	}
+	return fmt.Errorf("ca: sign %s: %w", id, err)
+}

@@ -1,0 +1,165 @@
+// Package client requests workload certificates from a warden (or Istio)
+// CA over gRPC: it makes the key and CSR, authenticates with a bearer token
+// or the current SVID, and checks what comes back before handing it over.
+package client
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/wardenmesh/warden/ca"
+)
+
+// Config describes how to reach the CA.
+type Config struct {
+	Addr       string            // host:port
+	Roots      *x509.CertPool    // trust anchors for the CA's serving certificate
+	ServerName string            // defaults to the host in Addr
+	ClientCert *tls.Certificate  // current SVID, for renewal over mTLS
+	Options    []grpc.DialOption // extra dial options
+}
+
+// Client talks to one CA.
+type Client struct {
+	conn *grpc.ClientConn
+	pb   pb.IstioCertificateServiceClient
+}
+
+// New opens a connection (lazily, as grpc does) to the CA.
+func New(cfg Config) (*Client, error) {
+	if cfg.Roots == nil {
+		return nil, errors.New("client: Roots are required to verify the CA")
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.Roots, ServerName: cfg.ServerName}
+	if cfg.ClientCert != nil {
+		cert := cfg.ClientCert
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, cfg.Options...)
+	conn, err := grpc.NewClient(cfg.Addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
+	}
+	return &Client{conn: conn, pb: pb.NewIstioCertificateServiceClient(conn)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// CreateCertificate is the raw RPC: csr is PEM; token may be empty when
+// authenticating with a client certificate.
+func (c *Client) CreateCertificate(ctx context.Context, csr []byte, ttl time.Duration, token string) ([]string, error) {
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	resp, err := c.pb.CreateCertificate(ctx, &pb.IstioCertificateRequest{
+		Csr:              string(csr),
+		ValidityDuration: int64(ttl / time.Second),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetCertChain(), nil
+}
+
+// Request names what to ask for.
+type Request struct {
+	KeyType ca.KeyType    // default ECDSAP256
+	TTL     time.Duration // 0: the CA's default
+	Token   string        // bearer token; empty to use the client certificate
+	// ID, when set, is put in the CSR as its URI SAN; the CA refuses it
+	// unless it is the caller's own identity.
+	ID spiffeid.ID
+}
+
+// Result is a verified SVID with its key.
+type Result struct {
+	ID    spiffeid.ID
+	Key   crypto.Signer
+	Certs []*x509.Certificate // leaf first, without the root
+	Root  *x509.Certificate   // the last element of the CA's answer
+}
+
+// Request generates a key, sends a CSR, and checks the answer: the chain
+// verifies as an X.509 SVID up to the root the CA sent (the CA itself was
+// authenticated against Config.Roots by TLS), and the leaf holds our key.
+func (c *Client) Request(ctx context.Context, r Request) (*Result, error) {
+	key, err := ca.GenerateKey(r.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := NewCSR(key, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := c.CreateCertificate(ctx, csr, r.TTL, r.Token)
+	if err != nil {
+		return nil, err
+	}
+	return parseResponse(key, chain)
+}
+
+// NewCSR makes a PEM CSR for key with an empty subject and, when id is set,
+// id as its URI SAN.
+func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
+	tmpl := &x509.CertificateRequest{}
+	if !id.IsZero() {
+		tmpl.URIs = append(tmpl.URIs, id.URL())
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, fmt.Errorf("client: CSR: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+func parseResponse(key crypto.Signer, chain []string) (*Result, error) {
+	if len(chain) < 2 {
+		return nil, fmt.Errorf("client: CA returned %d certificates, want at least a leaf and a root", len(chain))
+	}
+	var certs []*x509.Certificate
+	for i, p := range chain {
+		cs, err := ca.ParseCerts([]byte(p))
+		if err != nil {
+			return nil, fmt.Errorf("client: cert_chain[%d]: %w", i, err)
+		}
+		certs = append(certs, cs...)
+	}
+	root := certs[len(certs)-1]
+	leafs := certs[:len(certs)-1]
+	id, err := x509svid.IDFromCert(leafs[0])
+	if err != nil {
+		return nil, fmt.Errorf("client: issued certificate: %w", err)
+	}
+	if _, _, err := x509svid.Verify(leafs, x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{root})); err != nil {
+		return nil, fmt.Errorf("client: issued chain does not verify: %w", err)
+	}
+	if pub, ok := leafs[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
+		return nil, errors.New("client: issued certificate is not for the key we sent")
+	}
+	return &Result{ID: id, Key: key, Certs: leafs, Root: root}, nil
+}
+
+// TLSCertificate returns r as a tls.Certificate, e.g. for renewal.
+func (r *Result) TLSCertificate() *tls.Certificate {
+	tc := &tls.Certificate{PrivateKey: r.Key, Leaf: r.Certs[0]}
+	for _, c := range r.Certs {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc
+}

@@ -1,0 +1,162 @@
+// Package filestore keeps CA material in a local directory, in the file
+// layout of Istio's cacerts Secret. It is warden's KeyStore in standalone
+// mode.
+//
+// The directory is created 0700 and every file 0600. Files are written to
+// temporary names, synced, and then hard-linked into place, which fails
+// rather than replaces when a name exists: nothing is ever overwritten.
+package filestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/wardenmesh/warden/ca"
+)
+
+// Store is a ca.KeyStore on a directory.
+type Store struct {
+	Dir string
+}
+
+var _ ca.KeyStore = (*Store)(nil)
+
+var names = []string{ca.FileCACert, ca.FileCAKey, ca.FileCertChain, ca.FileRootCert}
+
+// Load reads the four CA files. It returns ca.ErrNotFound only when none
+// of them exists; some but not all is a partial store, reported with the
+// missing names so that an operator restores it instead of warden minting a
+// new root over it.
+func (s *Store) Load(_ context.Context) (ca.Files, error) {
+	data := map[string][]byte{}
+	var missing []string
+	for _, n := range names {
+		p := filepath.Join(s.Dir, n)
+		b, err := ReadPrivate(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			missing = append(missing, n)
+		case err != nil:
+			return ca.Files{}, fmt.Errorf("filestore: %w", err)
+		default:
+			data[n] = b
+		}
+	}
+	if len(missing) == len(names) {
+		return ca.Files{}, fmt.Errorf("filestore: %s: %w", s.Dir, ca.ErrNotFound)
+	}
+	if len(missing) > 0 {
+		return ca.Files{}, fmt.Errorf("filestore: partial CA store in %s: missing %s; refusing to generate a new root over it (restore the files, or move the directory away to start a new CA)",
+			s.Dir, strings.Join(missing, ", "))
+	}
+	return ca.Files{
+		CACert:    data[ca.FileCACert],
+		CAKey:     data[ca.FileCAKey],
+		CertChain: data[ca.FileCertChain],
+		RootCert:  data[ca.FileRootCert],
+	}, nil
+}
+
+// Create writes the four files if none exists; otherwise ca.ErrExists.
+func (s *Store) Create(_ context.Context, f ca.Files) error {
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	for _, n := range names {
+		if _, err := os.Lstat(filepath.Join(s.Dir, n)); err == nil {
+			return fmt.Errorf("filestore: %s: %w", filepath.Join(s.Dir, n), ca.ErrExists)
+		}
+	}
+	files := map[string][]byte{
+		ca.FileCACert:    f.CACert,
+		ca.FileCAKey:     f.CAKey,
+		ca.FileCertChain: f.CertChain,
+		ca.FileRootCert:  f.RootCert,
+	}
+	// The key goes last: a crash part way leaves a store without a key,
+	// which Load reports as partial rather than silently replacing.
+	for _, n := range []string{ca.FileRootCert, ca.FileCertChain, ca.FileCACert, ca.FileCAKey} {
+		if err := WriteNew(filepath.Join(s.Dir, n), files[n]); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("filestore: %s: %w", filepath.Join(s.Dir, n), ca.ErrExists)
+			}
+			return fmt.Errorf("filestore: %w", err)
+		}
+	}
+	return nil
+}
+
+// WriteNew writes data to path with mode 0600, atomically and only if path
+// does not exist (the error then wraps fs.ErrExist).
+func WriteNew(path string, data []byte) error {
+	tmp, err := writeTemp(path, data)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// WriteReplace writes data to path with the given mode atomically,
+// replacing any existing file.
+func WriteReplace(path string, data []byte, mode os.FileMode) error {
+	tmp, err := writeTemp(path, data)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func writeTemp(path string, data []byte) (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	_, werr := f.Write(data)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("write %s: %w", path, err)
+	}
+	return name, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// ReadPrivate reads a file that must not be readable or writable by group
+// or others (a key, or a file beside one).
+func ReadPrivate(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %#o; it must not be accessible to group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
+	return os.ReadFile(path)
+}

@@ -1,0 +1,210 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/token"
+)
+
+// Caller is an authenticated client of the CA.
+type Caller struct {
+	ID     spiffeid.ID
+	Method string // "jwt", "mtls", "tokenreview", ...
+}
+
+// Authenticator establishes who is calling. It returns ErrNoCredentials when
+// the call carries no credential of its kind, so the chain can try the
+// next one; any other error is a credential of its kind that failed.
+type Authenticator interface {
+	Authenticate(ctx context.Context) (*Caller, error)
+}
+
+// ErrNoCredentials means an authenticator found nothing to check.
+var ErrNoCredentials = errors.New("no credentials")
+
+// authenticate runs the chain: the first success wins; otherwise every
+// failure is reported, so a client sees why its token or certificate was
+// refused.
+func authenticate(ctx context.Context, chain []Authenticator) (*Caller, error) {
+	var msgs []string
+	for _, a := range chain {
+		c, err := a.Authenticate(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, ErrNoCredentials) {
+			msgs = append(msgs, err.Error())
+		}
+	}
+	if len(msgs) == 0 {
+		return nil, errors.New("no credentials: send authorization: Bearer <token> or a client certificate")
+	}
+	return nil, errors.New(strings.Join(msgs, "; "))
+}
+
+// BearerToken extracts the token from gRPC metadata "authorization: Bearer
+// <token>". It returns ErrNoCredentials when there is none.
+func BearerToken(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) == 0 {
+		return "", ErrNoCredentials
+	}
+	if len(vals) > 1 {
+		return "", errors.New("several authorization headers")
+	}
+	scheme, tok, ok := strings.Cut(vals[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+		return "", errors.New("authorization header is not of the form \"Bearer <token>\"")
+	}
+	return strings.TrimSpace(tok), nil
+}
+
+// TokenVerifier checks a bearer token and names its service account.
+type TokenVerifier interface {
+	Verify(raw string) (token.Verified, error)
+}
+
+var _ TokenVerifier = (*token.Verifier)(nil)
+
+// JWTAuthenticator accepts service-account JWTs checked offline, caching
+// successful verifications by the token's SHA-256 until the token expires.
+type JWTAuthenticator struct {
+	Verifier    TokenVerifier
+	TrustDomain spiffeid.TrustDomain
+	Clock       ca.Clock
+	cache       tokenCache
+}
+
+var _ Authenticator = (*JWTAuthenticator)(nil)
+
+// Authenticate implements Authenticator.
+func (j *JWTAuthenticator) Authenticate(ctx context.Context) (*Caller, error) {
+	raw, err := BearerToken(ctx)
+	if err != nil {
+		if errors.Is(err, ErrNoCredentials) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	now := clockOf(j.Clock).Now()
+	key := sha256.Sum256([]byte(raw))
+	if c, ok := j.cache.get(key, now); ok {
+		return c, nil
+	}
+	v, err := j.Verifier.Verify(raw)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: %w", err)
+	}
+	id, err := spiffeid.FromSegments(j.TrustDomain, "ns", v.Namespace, "sa", v.Name)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: identity: %w", err)
+	}
+	c := &Caller{ID: id, Method: "jwt"}
+	j.cache.put(key, c, v.Expiry, now)
+	return c, nil
+}
+
+// tokenCache maps a token hash to its caller until the token's expiry. It
+// is bounded; when full, expired entries go first, then arbitrary ones.
+type tokenCache struct {
+	mu      sync.Mutex
+	entries map[[32]byte]cacheEntry
+}
+
+type cacheEntry struct {
+	caller *Caller
+	exp    time.Time
+}
+
+const tokenCacheSize = 10000
+
+func (t *tokenCache) get(k [32]byte, now time.Time) (*Caller, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.entries[k]
+	if !ok {
+		return nil, false
+	}
+	if !now.Before(e.exp) {
+		delete(t.entries, k)
+		return nil, false
+	}
+	return e.caller, true
+}
+
+func (t *tokenCache) put(k [32]byte, c *Caller, exp, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.entries == nil {
+		t.entries = make(map[[32]byte]cacheEntry)
+	}
+	if len(t.entries) >= tokenCacheSize {
+		for key, e := range t.entries {
+			if !now.Before(e.exp) {
+				delete(t.entries, key)
+			}
+		}
+		for key := range t.entries {
+			if len(t.entries) < tokenCacheSize {
+				break
+			}
+			delete(t.entries, key)
+		}
+	}
+	t.entries[k] = cacheEntry{caller: c, exp: exp}
+}
+
+// SVIDAuthenticator accepts a client certificate that is a valid X.509 SVID
+// from this CA's bundle: workloads renewing with their current identity.
+// The TLS layer only requests the certificate; the chain and expiry are
+// checked here so a stale SVID gets a clear Unauthenticated status instead
+// of a failed handshake.
+type SVIDAuthenticator struct {
+	Bundle func() *x509bundle.Bundle
+	Clock  ca.Clock
+}
+
+var _ Authenticator = (*SVIDAuthenticator)(nil)
+
+// Authenticate implements Authenticator.
+func (s *SVIDAuthenticator) Authenticate(ctx context.Context) (*Caller, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, ErrNoCredentials
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return nil, ErrNoCredentials
+	}
+	b := s.Bundle()
+	if b == nil {
+		return nil, errors.New("mtls: no trust bundle loaded")
+	}
+	id, _, err := x509svid.Verify(ti.State.PeerCertificates, b, x509svid.WithTime(clockOf(s.Clock).Now()))
+	if err != nil {
+		return nil, fmt.Errorf("mtls: client certificate: %w", err)
+	}
+	return &Caller{ID: id, Method: "mtls"}, nil
+}
+
+func clockOf(c ca.Clock) ca.Clock {
+	if c == nil {
+		return ca.SystemClock{}
+	}
+	return c
+}

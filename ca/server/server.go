@@ -1,0 +1,128 @@
+// Package server serves warden's CA over gRPC, wire-compatible with Istio's
+// istio.v1.auth.IstioCertificateService: callers authenticate with a bearer
+// JWT or their current SVID, send a CSR, and get back the chain leaf first,
+// root last.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/wardenmesh/warden/ca"
+)
+
+// Signer is the part of ca.Authority the server needs.
+type Signer interface {
+	Sign(ca.SignRequest) (*ca.Issued, error)
+	Bundle() *x509bundle.Bundle
+	TrustDomain() spiffeid.TrustDomain
+}
+
+var _ Signer = (*ca.Authority)(nil)
+
+// Config wires a Server.
+type Config struct {
+	Signer         Signer
+	Authenticators []Authenticator // tried in order
+	Logger         *slog.Logger
+}
+
+// Server implements IstioCertificateService.
+type Server struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	cfg Config
+}
+
+// New checks cfg and returns a server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Signer == nil {
+		return nil, errors.New("server: Signer is required")
+	}
+	if len(cfg.Authenticators) == 0 {
+		return nil, errors.New("server: at least one authenticator is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// Register adds the service to a gRPC server.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	pb.RegisterIstioCertificateServiceServer(r, s)
+}
+
+// CreateCertificate authenticates the caller, checks the CSR against its
+// identity and returns the signed chain.
+func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	caller, err := authenticate(ctx, s.cfg.Authenticators)
+	if err != nil {
+		s.cfg.Logger.Info("certificate request refused", "reason", err.Error())
+		return nil, status.Error(codes.Unauthenticated, "authentication failed: "+err.Error())
+	}
+	vd := req.GetValidityDuration()
+	if vd < 0 || vd > math.MaxInt64/int64(time.Second) {
+		return nil, status.Errorf(codes.InvalidArgument, "validity_duration %d out of range", vd)
+	}
+	iss, err := s.cfg.Signer.Sign(ca.SignRequest{
+		CSR: []byte(req.GetCsr()),
+		ID:  caller.ID,
+		TTL: time.Duration(vd) * time.Second,
+	})
+	if err != nil {
+		code := Code(err)
+		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "code", code.String(), "reason", err.Error())
+		return nil, status.Error(code, err.Error())
+	}
+	s.cfg.Logger.Debug("certificate issued", "id", caller.ID.String(), "auth", caller.Method,
+		"serial", fmt.Sprintf("%x", iss.Cert.SerialNumber), "notAfter", iss.Cert.NotAfter)
+	chain := make([]string, len(iss.Chain))
+	for i, c := range iss.Chain {
+		chain[i] = string(c)
+	}
+	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+}
+
+// Code maps the CA core's errors to gRPC codes.
+func Code(err error) codes.Code {
+	switch {
+	case errors.Is(err, ca.ErrInvalidCSR), errors.Is(err, ca.ErrInvalidTTL):
+		return codes.InvalidArgument
+	case errors.Is(err, ca.ErrIdentityMismatch):
+		return codes.PermissionDenied
+	case errors.Is(err, ca.ErrNotReady):
+		return codes.Unavailable
+	}
+	return codes.Internal
+}
+
+// TLSConfig is the server-side TLS configuration for the CA port: the
+// serving certificate comes from certs, and a client certificate is
+// requested but not required, so workloads can renew with their SVID
+// (checked by SVIDAuthenticator) or bootstrap with a token.
+func TLSConfig(certs *ServingCert) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		ClientAuth:     tls.RequestClientCert,
+		GetCertificate: certs.GetCertificate,
+		Time:           certs.now,
+	}
+}
+
+// Credentials wraps TLSConfig for grpc.NewServer.
+func Credentials(certs *ServingCert) grpc.ServerOption {
+	return grpc.Creds(credentials.NewTLS(TLSConfig(certs)))
+}

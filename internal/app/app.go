@@ -1,0 +1,132 @@
+// Package app is warden's command line: flag parsing, wiring of the
+// libraries, and the run group of servers. cmd/warden only calls Run.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// Version is set at build time with -ldflags "-X ...app.Version=...".
+var Version = "dev"
+
+// errUsage marks a command-line mistake (exit code 2).
+var errUsage = errors.New("usage")
+
+// env is the process environment, read through a function so tests can
+// pass their own.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, e *env, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the control plane (CA API on :15012) in standalone mode", runServe},
+		{"token", "mint a workload token (standalone mode)", runToken},
+		{"ca info", "show the CA's root, expiry and chain", runCAInfo},
+		{"cert request", "get a workload certificate from the CA", runCertRequest},
+		{"cert inspect", "show the SPIFFE ID, validity and issuer of certificates in a PEM file", runCertInspect},
+		{"bench ca", "load-test the CA API: certs/s and latency", runBenchCA},
+		{"version", "print the version", runVersion},
+	}
+}
+
+// Run executes the command line args (without the program name) and returns
+// the process exit code: 0 success, 1 failure, 2 usage error.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return e.run(ctx, args)
+}
+
+func (e *env) run(ctx context.Context, args []string) int {
+	for _, c := range commands() {
+		words := strings.Fields(c.name)
+		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
+			err := c.run(ctx, e, args[len(words):])
+			switch {
+			case err == nil:
+				return 0
+			case errors.Is(err, flag.ErrHelp):
+				return 0
+			case errors.Is(err, errUsage):
+				fmt.Fprintf(e.stderr, "warden %s: %v\n", c.name, err)
+				return 2
+			default:
+				fmt.Fprintf(e.stderr, "warden %s: %v\n", c.name, err)
+				return 1
+			}
+		}
+	}
+	if len(args) > 0 && args[0] != "help" && args[0] != "-h" && args[0] != "--help" {
+		fmt.Fprintf(e.stderr, "warden: unknown command %q\n\n", strings.Join(args, " "))
+		e.usage()
+		return 2
+	}
+	e.usage()
+	return 0
+}
+
+func (e *env) usage() {
+	fmt.Fprintln(e.stderr, "warden: certificate authority and mTLS authority for service meshes\n\nCommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(e.stderr, "  warden %-14s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(e.stderr, "\nRun 'warden <command> -h' for its flags.")
+}
+
+// flags makes a FlagSet that reports errors instead of exiting.
+func (e *env) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("warden "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+// parse parses args, turning flag errors and stray arguments into errUsage.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return nil
+}
+
+// dataDirDefault is the standalone data directory: $WARDEN_DATA_DIR or
+// ./warden-data.
+func (e *env) dataDirDefault() string {
+	if d := e.getenv("WARDEN_DATA_DIR"); d != "" {
+		return d
+	}
+	return "warden-data"
+}
+
+func (e *env) logger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, level)
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runVersion(_ context.Context, e *env, args []string) error {
+	fs := e.flags("version")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, "warden", Version)
+	return nil
+}

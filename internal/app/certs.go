@@ -1,0 +1,276 @@
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
+	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/token"
+)
+
+// Workload file names, as Citadel's istio.<sa> Secrets spell them.
+const (
+	fileCertChain = "cert-chain.pem"
+	fileKey       = "key.pem"
+	fileRoot      = "root-cert.pem"
+)
+
+func runToken(_ context.Context, e *env, args []string) error {
+	fs := e.flags("token")
+	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory holding the token key")
+	ns := fs.String("ns", "", "namespace of the service account (required)")
+	sa := fs.String("sa", "", "service account name (required)")
+	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
+	aud := fs.String("audience", token.DefaultAudience, "comma-separated audiences")
+	iss := fs.String("token-issuer", defaultTokenIssuer, "iss claim; must match 'warden serve --token-issuer'")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *ns == "" || *sa == "" {
+		return fmt.Errorf("%w: --ns and --sa are required", errUsage)
+	}
+	issuer, err := tokenIssuer(*dataDir, *iss, false)
+	if err != nil {
+		return err
+	}
+	tok, err := issuer.Mint(token.ServiceAccount{Namespace: *ns, Name: *sa}, splitList(*aud), *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, tok)
+	return nil
+}
+
+func runCAInfo(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("ca info")
+	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory")
+	plugged := fs.String("plugged-in-dir", "", "show a plugged-in CA directory instead")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var (
+		m   *ca.Material
+		err error
+	)
+	if *plugged != "" {
+		m, err = loadPluggedIn(*plugged, time.Now())
+	} else {
+		var f ca.Files
+		if f, err = (&filestore.Store{Dir: *dataDir}).Load(ctx); err == nil {
+			m, err = ca.DecodeMaterial(f, time.Now())
+		}
+	}
+	if err != nil {
+		return err
+	}
+	w := e.stdout
+	for i, r := range m.Roots {
+		fmt.Fprintf(w, "Root %d:\n", i+1)
+		describeCert(w, r, "  ")
+	}
+	if !m.Roots[0].Equal(m.Cert) {
+		fmt.Fprintln(w, "Signing CA:")
+		describeCert(w, m.Cert, "  ")
+		for i, c := range m.Chain {
+			fmt.Fprintf(w, "Intermediate %d:\n", i+1)
+			describeCert(w, c, "  ")
+		}
+	}
+	fmt.Fprintf(w, "Leaves expire no later than: %s\n", m.NotAfter().UTC().Format(time.RFC3339))
+	return nil
+}
+
+func runCertInspect(_ context.Context, e *env, args []string) error {
+	fs := e.flags("cert inspect")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("%w: want exactly one PEM file", errUsage)
+	}
+	b, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	certs, err := ca.ParseCerts(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
+	}
+	for i, c := range certs {
+		fmt.Fprintf(e.stdout, "Certificate %d:\n", i+1)
+		describeCert(e.stdout, c, "  ")
+	}
+	return nil
+}
+
+func describeCert(w io.Writer, c *x509.Certificate, in string) {
+	if id, err := x509svid.IDFromCert(c); err == nil {
+		fmt.Fprintf(w, "%sSPIFFE ID:   %s\n", in, id)
+	}
+	if s := c.Subject.String(); s != "" {
+		fmt.Fprintf(w, "%sSubject:     %s\n", in, s)
+	}
+	fmt.Fprintf(w, "%sIssuer:      %s\n", in, c.Issuer)
+	fmt.Fprintf(w, "%sSerial:      %x\n", in, c.SerialNumber)
+	fmt.Fprintf(w, "%sNot before:  %s\n", in, c.NotBefore.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "%sNot after:   %s\n", in, c.NotAfter.UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, "%sKey:         %s\n", in, ca.DescribeKey(c.PublicKey))
+	fmt.Fprintf(w, "%sCA:          %t\n", in, c.IsCA)
+	if len(c.DNSNames) > 0 {
+		fmt.Fprintf(w, "%sDNS names:   %s\n", in, strings.Join(c.DNSNames, ", "))
+	}
+	fp := sha256.Sum256(c.Raw)
+	fmt.Fprintf(w, "%sSHA-256:     %X\n", in, fp[:])
+}
+
+func runCertRequest(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("cert request")
+	addr := fs.String("ca", defaultCAListen, "CA address host:port")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token (e.g. from 'warden token')")
+	out := fs.String("out", "", "directory to write cert-chain.pem, key.pem (0600) and root-cert.pem (required)")
+	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
+	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert")
+	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
+	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	renew := fs.Bool("renew", false, "authenticate with the SVID already in --out (mTLS) and replace it")
+	overwrite := fs.Bool("overwrite", false, "replace existing files in --out")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" {
+		return fmt.Errorf("%w: --out is required", errUsage)
+	}
+	if (*tokenFile == "") == !*renew {
+		return fmt.Errorf("%w: give exactly one of --token-file or --renew", errUsage)
+	}
+	keyType, err := ca.ParseKeyType(*kt)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if !*renew && !*overwrite {
+		if _, err := os.Stat(filepath.Join(*out, fileKey)); err == nil {
+			return fmt.Errorf("%s already exists; pass --renew to rotate it or --overwrite to replace it", filepath.Join(*out, fileKey))
+		}
+	}
+	if *rootFile == "" {
+		*rootFile = filepath.Join(*dataDir, ca.FileRootCert)
+	}
+	roots, err := readPool(*rootFile)
+	if err != nil {
+		return err
+	}
+	cfg := client.Config{Addr: *addr, Roots: roots, ServerName: *serverName}
+	if cfg.ServerName == "" {
+		if host, _, err := net.SplitHostPort(*addr); err == nil {
+			cfg.ServerName = host
+		}
+	}
+	var tok string
+	if *renew {
+		cur, err := loadSVID(*out)
+		if err != nil {
+			return fmt.Errorf("--renew: %w", err)
+		}
+		cfg.ClientCert = cur
+	} else {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return err
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	res, err := c.Request(ctx, client.Request{KeyType: keyType, TTL: *ttl, Token: tok})
+	if err != nil {
+		return err
+	}
+	if err := writeSVID(*out, res); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s\nissued, valid until %s, written to %s\n", res.ID, res.Certs[0].NotAfter.UTC().Format(time.RFC3339), *out)
+	return nil
+}
+
+func readPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ca.ParseCerts(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p, nil
+}
+
+// writeSVID writes the key first, then the chain, each atomically, so a
+// reader never sees a chain without its key.
+func writeSVID(dir string, r *client.Result) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	key, err := ca.MarshalKey(r.Key)
+	if err != nil {
+		return err
+	}
+	if err := filestore.WriteReplace(filepath.Join(dir, fileKey), key, 0o600); err != nil {
+		return err
+	}
+	if err := filestore.WriteReplace(filepath.Join(dir, fileCertChain), ca.EncodeCerts(r.Certs...), 0o644); err != nil {
+		return err
+	}
+	return filestore.WriteReplace(filepath.Join(dir, fileRoot), ca.EncodeCerts(r.Root), 0o644)
+}
+
+func loadSVID(dir string) (*tls.Certificate, error) {
+	kb, err := filestore.ReadPrivate(filepath.Join(dir, fileKey))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no %s in %s to renew", fileKey, dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.ParseKey(kb)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, fileKey), err)
+	}
+	cb, err := os.ReadFile(filepath.Join(dir, fileCertChain))
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ca.ParseCerts(cb)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, fileCertChain), err)
+	}
+	tc := &tls.Certificate{PrivateKey: key, Leaf: certs[0]}
+	for _, c := range certs {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc, nil
+}

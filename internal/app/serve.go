@@ -1,0 +1,243 @@
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/token"
+)
+
+// Defaults of warden serve.
+const (
+	defaultCAListen    = "127.0.0.1:15012"
+	defaultHTTPListen  = "127.0.0.1:15014"
+	defaultTrustDomain = "cluster.local"
+	defaultTokenIssuer = "warden"
+	jwksPath           = "/.well-known/jwks.json"
+	shutdownGrace      = 10 * time.Second
+)
+
+type serveFlags struct {
+	dataDir, pluggedIn, trustDomain      string
+	listen, httpListen                   string
+	caKeyType, logLevel, tokenIssuerName string
+	rootTTL, defaultTTL, maxTTL          time.Duration
+	dnsNames                             string
+	jwksFile, jwtIssuer, jwtAudiences    string
+	allowDNS, allowIP                    bool
+}
+
+func runServe(ctx context.Context, e *env, args []string) error {
+	var f serveFlags
+	fs := e.flags("serve")
+	fs.StringVar(&f.dataDir, "data-dir", e.dataDirDefault(), "standalone data directory (env WARDEN_DATA_DIR)")
+	fs.StringVar(&f.pluggedIn, "plugged-in-dir", "", "use the CA in this directory (Istio cacerts layout: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem)")
+	fs.StringVar(&f.trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&f.listen, "listen", defaultCAListen, "CA gRPC API address (TLS)")
+	fs.StringVar(&f.httpListen, "http-listen", defaultHTTPListen, "HTTP address for the JWKS and health checks; empty disables")
+	fs.StringVar(&f.caKeyType, "ca-key-type", string(ca.ECDSAP256), "key type of a generated root: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-4096")
+	fs.DurationVar(&f.rootTTL, "root-ttl", ca.DefaultRootTTL, "lifetime of a generated root")
+	fs.DurationVar(&f.defaultTTL, "default-ttl", ca.DefaultTTL, "workload certificate lifetime when the request names none")
+	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")
+	fs.StringVar(&f.dnsNames, "server-dns-names", "localhost,warden.warden-system.svc", "comma-separated DNS SANs of the CA's serving certificate")
+	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
+	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
+	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
+	fs.StringVar(&f.jwtAudiences, "jwt-audiences", token.DefaultAudience, "comma-separated audiences accepted on bearer tokens")
+	fs.BoolVar(&f.allowDNS, "allow-csr-dns-sans", false, "copy DNS SANs from workload CSRs into certificates")
+	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := e.logger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	s, err := newStandalone(ctx, f, log)
+	if err != nil {
+		return err
+	}
+	return s.run(ctx)
+}
+
+// standalone is a wired warden serve.
+type standalone struct {
+	log       *slog.Logger
+	authority *ca.Authority
+	issuer    *token.Issuer
+	grpc      *grpc.Server
+	caLis     net.Listener
+	http      *http.Server
+	httpLis   net.Listener
+}
+
+func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standalone, error) {
+	td, err := parseTrustDomain(f.trustDomain)
+	if err != nil {
+		return nil, err
+	}
+	kt, err := ca.ParseKeyType(f.caKeyType)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --ca-key-type: %v", errUsage, err)
+	}
+	if (f.jwksFile == "") != (f.jwtIssuer == "") {
+		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
+	}
+	clock := ca.SystemClock{}
+	m, origin, err := loadMaterial(ctx, caSource{
+		dataDir:   f.dataDir,
+		pluggedIn: f.pluggedIn,
+		root:      ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1},
+	}, clock)
+	if err != nil {
+		return nil, err
+	}
+	authority, err := ca.New(ca.Config{
+		TrustDomain: td,
+		DefaultTTL:  f.defaultTTL,
+		MaxTTL:      f.maxTTL,
+		CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP},
+		Clock:       clock,
+	}, m)
+	if err != nil {
+		return nil, err
+	}
+	issuer, err := tokenIssuer(f.dataDir, f.tokenIssuerName, true)
+	if err != nil {
+		return nil, err
+	}
+	auds := splitList(f.jwtAudiences)
+	auths := []server.Authenticator{
+		&server.SVIDAuthenticator{Bundle: authority.Bundle, Clock: clock},
+		&server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
+			Issuer: issuer.Name(), Audiences: auds, Keys: issuer.KeySet(), Clock: clock,
+		}},
+	}
+	if f.jwksFile != "" {
+		ks, err := token.LoadKeySet(f.jwksFile)
+		if err != nil {
+			return nil, err
+		}
+		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
+			Issuer: f.jwtIssuer, Audiences: auds, Keys: ks, Clock: clock, Leeway: time.Minute,
+		}})
+	}
+	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	serving := &server.ServingCert{Authority: authority, Clock: clock, Options: servingOptions(td, f.listen, splitList(f.dnsNames))}
+	if _, err := serving.Current(); err != nil {
+		return nil, fmt.Errorf("serving certificate: %w", err)
+	}
+	g := grpc.NewServer(server.Credentials(serving))
+	srv.Register(g)
+
+	s := &standalone{log: log, authority: authority, issuer: issuer, grpc: g}
+	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
+		return nil, fmt.Errorf("CA API: %w", err)
+	}
+	if f.httpListen != "" {
+		if s.httpLis, err = net.Listen("tcp", f.httpListen); err != nil {
+			s.caLis.Close()
+			return nil, fmt.Errorf("HTTP: %w", err)
+		}
+		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	}
+	fp := sha256.Sum256(m.Roots[0].Raw)
+	log.Info("CA ready", "source", origin, "trustDomain", td.Name(),
+		"root", m.Roots[0].Subject.String(), "rootSHA256", fmt.Sprintf("%X", fp[:]), "rootNotAfter", m.Roots[0].NotAfter.UTC())
+	return s, nil
+}
+
+func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	if host, _, err := net.SplitHostPort(listen); err == nil {
+		if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() && !ip.IsLoopback() {
+			ips = append(ips, ip)
+		}
+	}
+	return ca.ServingOptions{
+		ID:       spiffeid.RequireFromSegments(td, "ns", "warden-system", "sa", "warden"),
+		DNSNames: dns,
+		IPs:      ips,
+	}
+}
+
+func (s *standalone) httpHandler() http.Handler {
+	mux := http.NewServeMux()
+	jwks, _ := json.Marshal(s.issuer.KeySet())
+	mux.HandleFunc("GET "+jwksPath, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(jwks)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.authority.Material() == nil {
+			http.Error(w, "CA not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// run serves until ctx is done, then stops gracefully within
+// shutdownGrace before forcing connections closed.
+func (s *standalone) run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	s.log.Info("serving CA API", "addr", s.caLis.Addr().String())
+	g.Go(func() error { return s.grpc.Serve(s.caLis) })
+	if s.http != nil {
+		s.log.Info("serving JWKS and health checks", "url", "http://"+s.httpLis.Addr().String()+jwksPath)
+		g.Go(func() error {
+			if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		s.log.Info("shutting down")
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			s.grpc.Stop()
+		}
+		if s.http != nil {
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			defer cancel()
+			_ = s.http.Shutdown(sctx)
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

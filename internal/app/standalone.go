@@ -1,0 +1,121 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/token"
+)
+
+// tokenKeyFile holds the key warden signs standalone workload tokens with.
+const tokenKeyFile = "token-key.pem"
+
+// caSource says where CA material comes from.
+type caSource struct {
+	dataDir   string // standalone store (created if empty)
+	pluggedIn string // a cacerts directory, preferred when set
+	root      ca.CAOptions
+}
+
+// loadMaterial returns the CA material: the plugged-in CA when configured,
+// else the data directory's, generating a self-signed root on first start.
+func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Material, origin string, err error) {
+	if src.pluggedIn != "" {
+		m, err := loadPluggedIn(src.pluggedIn, clock.Now())
+		return m, "plugged-in CA from " + src.pluggedIn, err
+	}
+	store := &filestore.Store{Dir: src.dataDir}
+	m, created, err := ca.LoadOrCreate(ctx, store, clock, func() (*ca.Material, error) {
+		return ca.NewSelfSigned(src.root)
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("CA store %s: %w", src.dataDir, err)
+	}
+	origin = "self-signed root loaded from " + src.dataDir
+	if created {
+		origin = "new self-signed root created in " + src.dataDir
+	}
+	return m, origin, nil
+}
+
+// loadPluggedIn reads Istio's cacerts layout from dir.
+func loadPluggedIn(dir string, now time.Time) (*ca.Material, error) {
+	read := func(name string, optional bool) ([]byte, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if optional && errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return b, err
+	}
+	var f ca.Files
+	var err error
+	if f.CACert, err = read(ca.FileCACert, false); err != nil {
+		return nil, err
+	}
+	if f.CAKey, err = read(ca.FileCAKey, false); err != nil {
+		return nil, err
+	}
+	if f.CertChain, err = read(ca.FileCertChain, true); err != nil {
+		return nil, err
+	}
+	if f.RootCert, err = read(ca.FileRootCert, false); err != nil {
+		return nil, err
+	}
+	m, err := ca.DecodeMaterial(f, now)
+	if err != nil {
+		return nil, fmt.Errorf("plugged-in CA in %s: %w", dir, err)
+	}
+	return m, nil
+}
+
+// tokenIssuer loads the standalone token signing key, creating it when
+// create is set and it does not exist yet.
+func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
+	path := filepath.Join(dataDir, tokenKeyFile)
+	b, err := filestore.ReadPrivate(path)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		key, gerr := ca.GenerateKey(ca.ECDSAP256)
+		if gerr != nil {
+			return nil, gerr
+		}
+		pemKey, gerr := ca.MarshalKey(key)
+		if gerr != nil {
+			return nil, gerr
+		}
+		if gerr := os.MkdirAll(dataDir, 0o700); gerr != nil {
+			return nil, gerr
+		}
+		if werr := filestore.WriteNew(path, pemKey); werr != nil && !errors.Is(werr, fs.ErrExist) {
+			return nil, werr
+		}
+		b, err = filestore.ReadPrivate(path)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no token key at %s: start 'warden serve --data-dir %s' once first", path, dataDir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.ParseKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return token.NewIssuer(name, key, nil)
+}
+
+func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
+	td, err := spiffeid.TrustDomainFromString(s)
+	if err != nil {
+		return td, fmt.Errorf("%w: --trust-domain %q: %v", errUsage, s, err)
+	}
+	return td, nil
+}
