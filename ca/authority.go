@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -9,9 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cloudflare/cfssl/config"
 	cferr "github.com/cloudflare/cfssl/errors"
 	cflog "github.com/cloudflare/cfssl/log"
-	"github.com/cloudflare/cfssl/config"
 	"github.com/cloudflare/cfssl/signer"
 	"github.com/cloudflare/cfssl/signer/local"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -82,6 +83,9 @@ type Issued struct {
 
 var quietCFSSL sync.Once
 
+// profileRSA is the cfssl signing profile for RSA workload keys.
+const profileRSA = "rsa"
+
 // New makes an authority signing with m. m may be nil: the authority is then
 // not ready (ErrNotReady) until Activate.
 func New(cfg Config, m *Material) (*Authority, error) {
@@ -127,16 +131,22 @@ func (a *Authority) Activate(m *Material) error {
 	if err := m.Validate(a.cfg.Clock.Now()); err != nil {
 		return err
 	}
-	policy := &config.Signing{
-		Default: &config.SigningProfile{
-			Usage:                       []string{"digital signature", "key encipherment", "server auth", "client auth"},
+	profile := func(usage ...string) *config.SigningProfile {
+		return &config.SigningProfile{
+			Usage:                       append(usage, "server auth", "client auth"),
 			Expiry:                      a.cfg.DefaultTTL,
 			ExpiryString:                a.cfg.DefaultTTL.String(),
 			ClientProvidesSerialNumbers: true,
 			// Take only the key from the CSR; SANs come from the
 			// authenticated identity, and CA:TRUE requests are dropped.
 			CSRWhitelist: &config.CSRWhitelist{PublicKey: true, PublicKeyAlgorithm: true},
-		},
+		}
+	}
+	// keyEncipherment only means something for RSA keys; RFC 8813
+	// forbids it on ECDSA keys, so those leaves get digitalSignature alone.
+	policy := &config.Signing{
+		Default:  profile("digital signature"),
+		Profiles: map[string]*config.SigningProfile{profileRSA: profile("digital signature", "key encipherment")},
 	}
 	s, err := local.NewSigner(m.Key, m.Cert, signer.DefaultSigAlgo(m.Key), policy)
 	if err != nil {
@@ -242,10 +252,15 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	if notAfter.After(s.notAft) {
 		notAfter = s.notAft
 	}
+	profile := ""
+	if _, ok := csr.PublicKey.(*rsa.PublicKey); ok {
+		profile = profileRSA
+	}
 	hosts := append([]string{req.ID.String()}, extra...)
 	hosts = append(hosts, req.Hosts...)
 	leafPEM, err := s.signer.Sign(signer.SignRequest{
 		Request:   string(req.CSR),
+		Profile:   profile,
 		Hosts:     hosts,
 		Serial:    serial,
 		NotBefore: notBefore,

@@ -41,7 +41,7 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 	}
 	csr, err := x509.ParseCertificateRequest(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w: %v", ErrInvalidCSR, err)
+		return nil, fmt.Errorf("ca: %w: malformed DER: %v", ErrInvalidCSR, err)
 	}
 	return csr, nil
 }

@@ -38,10 +38,10 @@ func (a *Authority) IssueServing(o ServingOptions) (*tls.Certificate, error) {
 		hosts = append(hosts, ip.String())
 	}
 	iss, err := a.Sign(SignRequest{
-		CSR:      pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}),
-		ID:       o.ID,
-		TTL:      o.TTL,
-		Hosts:    hosts,
+		CSR:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}),
+		ID:    o.ID,
+		TTL:   o.TTL,
+		Hosts: hosts,
 	})
 	if err != nil {
 		return nil, err

@@ -5,6 +5,8 @@
 // The directory is created 0700 and every file 0600. Files are written to
 // temporary names, synced, and then hard-linked into place, which fails
 // rather than replaces when a name exists: nothing is ever overwritten.
+// An advisory lock (flock on .lock) keeps a reader from seeing a store that
+// another process is still writing.
 package filestore
 
 import (
@@ -15,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/wardenmesh/warden/ca"
 )
@@ -33,6 +36,14 @@ var names = []string{ca.FileCACert, ca.FileCAKey, ca.FileCertChain, ca.FileRootC
 // missing names so that an operator restores it instead of warden minting a
 // new root over it.
 func (s *Store) Load(_ context.Context) (ca.Files, error) {
+	if _, err := os.Stat(s.Dir); errors.Is(err, fs.ErrNotExist) {
+		return ca.Files{}, fmt.Errorf("filestore: %s: %w", s.Dir, ca.ErrNotFound)
+	}
+	unlock, err := s.lock(syscall.LOCK_SH)
+	if err != nil {
+		return ca.Files{}, err
+	}
+	defer unlock()
 	data := map[string][]byte{}
 	var missing []string
 	for _, n := range names {
@@ -67,6 +78,11 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("filestore: %w", err)
 	}
+	unlock, err := s.lock(syscall.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	for _, n := range names {
 		if _, err := os.Lstat(filepath.Join(s.Dir, n)); err == nil {
 			return fmt.Errorf("filestore: %s: %w", filepath.Join(s.Dir, n), ca.ErrExists)
@@ -89,6 +105,19 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 		}
 	}
 	return nil
+}
+
+// lock takes the store's advisory lock (LOCK_SH or LOCK_EX).
+func (s *Store) lock(how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.Dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("filestore: lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("filestore: lock %s: %w", f.Name(), err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // WriteNew writes data to path with mode 0600, atomically and only if path

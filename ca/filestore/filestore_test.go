@@ -1,0 +1,162 @@
+package filestore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/filestore"
+)
+
+func newFiles(t *testing.T) ca.Files {
+	t.Helper()
+	m, err := ca.NewSelfSigned(ca.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestCreateLoadPermissions(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "data")
+	s := &filestore.Store{Dir: dir}
+	ctx := context.Background()
+	if _, err := s.Load(ctx); !errors.Is(err, ca.ErrNotFound) {
+		t.Fatalf("Load on a missing dir = %v, want ErrNotFound", err)
+	}
+	f := newFiles(t)
+	if err := s.Create(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("dir mode = %v, %v; want 0700", fi.Mode().Perm(), err)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 5 {
+		t.Fatalf("%d entries in the store, want the 4 CA files and .lock (no temporaries left)", len(entries))
+	}
+	for _, e := range entries {
+		fi, _ := e.Info()
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s mode %v, want 0600", e.Name(), fi.Mode().Perm())
+		}
+	}
+	got, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.CAKey, f.CAKey) || !bytes.Equal(got.RootCert, f.RootCert) {
+		t.Fatal("loaded files differ from the created ones")
+	}
+}
+
+func TestCreateNeverOverwrites(t *testing.T) {
+	t.Parallel()
+	s := &filestore.Store{Dir: t.TempDir()}
+	ctx := context.Background()
+	first := newFiles(t)
+	if err := s.Create(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Create(ctx, newFiles(t))
+	if !errors.Is(err, ca.ErrExists) {
+		t.Fatalf("second Create = %v, want ErrExists", err)
+	}
+	got, _ := s.Load(ctx)
+	if !bytes.Equal(got.CAKey, first.CAKey) {
+		t.Fatal("the existing key was overwritten")
+	}
+}
+
+func TestConcurrentCreateOneWins(t *testing.T) {
+	t.Parallel()
+	s := &filestore.Store{Dir: t.TempDir()}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var roots [][]byte
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, _, err := ca.LoadOrCreate(ctx, s, nil, func() (*ca.Material, error) { return ca.NewSelfSigned(ca.CAOptions{}) })
+			if err != nil {
+				t.Error(err) // the lock keeps losers from seeing a half-written store
+				return
+			}
+			mu.Lock()
+			roots = append(roots, m.Roots[0].Raw)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	for _, r := range roots {
+		if !bytes.Equal(r, roots[0]) {
+			t.Fatal("concurrent starts ended with different roots")
+		}
+	}
+	if m, _, err := ca.LoadOrCreate(ctx, s, nil, nil); err != nil || !bytes.Equal(m.Roots[0].Raw, roots[0]) {
+		t.Fatalf("reload after the race: %v", err)
+	}
+}
+
+func TestPartialStoreIsAnError(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := &filestore.Store{Dir: dir}
+	if err := s.Create(context.Background(), newFiles(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, ca.FileCAKey)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Load(context.Background())
+	want := "filestore: partial CA store in " + dir + ": missing ca-key.pem; refusing to generate a new root over it"
+	if err == nil || errors.Is(err, ca.ErrNotFound) || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("err = %v\nwant prefix %q", err, want)
+	}
+}
+
+func TestLooseKeyPermissionsRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := &filestore.Store{Dir: dir}
+	if err := s.Create(context.Background(), newFiles(t)); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, ca.FileCAKey)
+	if err := os.Chmod(key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Load(context.Background())
+	want := "filestore: " + key + " has mode 0644; it must not be accessible to group or others (chmod 600 " + key + ")"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %q", err, want)
+	}
+}
+
+func TestWriteNewRefusesExisting(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "k")
+	if err := filestore.WriteNew(p, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if err := filestore.WriteNew(p, []byte("two")); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("err = %v, want ErrExist", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "one" {
+		t.Fatalf("content = %q, want the original", b)
+	}
+}
