@@ -83,7 +83,9 @@ func TestDecodeMaterialErrors(t *testing.T) {
 		{"intermediate as root", mod(func(f *ca.Files) { f.RootCert = f.CACert }), start,
 			"ca: root-cert.pem: certificate 1 (CN=warden CA) is not a self-signed CA"},
 		{"expired", good, start.Add(2 * 365 * 24 * time.Hour), "ca: ca-cert.pem does not chain to root-cert.pem through cert-chain.pem: x509: certificate has expired or is not yet valid: "},
-		{"garbage in chain", mod(func(f *ca.Files) { f.CertChain = []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n") }), start,
+		{"garbage in chain", mod(func(f *ca.Files) {
+			f.CertChain = []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+		}), start,
 			"ca: cert-chain.pem: certificate 1: x509: malformed certificate"},
 	}
 	for _, tc := range cases {
