@@ -87,8 +87,10 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "code", code.String(), "reason", err.Error())
 		return nil, status.Error(code, err.Error())
 	}
-	s.cfg.Logger.Debug("certificate issued", "id", caller.ID.String(), "auth", caller.Method,
-		"serial", fmt.Sprintf("%x", iss.Cert.SerialNumber), "notAfter", iss.Cert.NotAfter)
+	if s.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		s.cfg.Logger.Debug("certificate issued", "id", caller.ID.String(), "auth", caller.Method,
+			"serial", fmt.Sprintf("%x", iss.Cert.SerialNumber), "notAfter", iss.Cert.NotAfter)
+	}
 	chain := make([]string, len(iss.Chain))
 	for i, c := range iss.Chain {
 		chain[i] = string(c)

@@ -49,7 +49,9 @@ type fixtureCfg struct {
 	material *ca.Material
 }
 
-func newFixture(t *testing.T, opts ...fixtureOpt) *fixture {
+func newFixture(t *testing.T, opts ...fixtureOpt) *fixture { return newBenchFixture(t, opts...) }
+
+func newBenchFixture(t testing.TB, opts ...fixtureOpt) *fixture {
 	t.Helper()
 	clock := catest.NewClock(time.Now())
 	root := catest.Root(t, ca.CAOptions{Clock: clock})

@@ -3,8 +3,61 @@ package app
 import (
 	"context"
 	"fmt"
+	"net"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/bench"
+	"github.com/wardenmesh/warden/token"
 )
 
 func runBenchCA(ctx context.Context, e *env, args []string) error {
-	return fmt.Errorf("not yet")
+	fs := e.flags("bench ca")
+	addr := fs.String("addr", defaultCAListen, "CA address")
+	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory (token key, root certificate)")
+	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
+	conc := fs.Int("concurrency", 4*runtime.GOMAXPROCS(0), "parallel callers")
+	conns := fs.Int("conns", 0, "gRPC connections (default one per 8 callers)")
+	dur := fs.Duration("duration", 10*time.Second, "measured duration")
+	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	keyType, err := ca.ParseKeyType(*kt)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *rootFile == "" {
+		*rootFile = filepath.Join(*dataDir, ca.FileRootCert)
+	}
+	roots, err := readPool(*rootFile)
+	if err != nil {
+		return err
+	}
+	issuer, err := tokenIssuer(*dataDir, *iss, false)
+	if err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(*addr)
+	cfg := bench.CAConfig{
+		Addr: *addr, Roots: roots, ServerName: host,
+		Concurrency: *conc, Conns: *conns, Duration: *dur, Warmup: *warm, KeyType: keyType,
+		Token: func(w int) (string, error) {
+			return issuer.Mint(token.ServiceAccount{Namespace: "bench", Name: fmt.Sprintf("worker-%d", w)}, nil, time.Hour)
+		},
+	}
+	fmt.Fprintf(e.stderr, "preparing %s keys and CSRs...\n", keyType)
+	res, err := bench.CA(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	res.Print(e.stdout)
+	if res.Errors > 0 {
+		return fmt.Errorf("%d requests failed", res.Errors)
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardenmesh/warden/ca"
@@ -148,6 +149,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
 	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	want := fs.String("spiffe-id", "", "put this SPIFFE ID in the CSR (the CA refuses any but the caller's own)")
 	renew := fs.Bool("renew", false, "authenticate with the SVID already in --out (mTLS) and replace it")
 	overwrite := fs.Bool("overwrite", false, "replace existing files in --out")
 	if err := parse(fs, args); err != nil {
@@ -162,6 +164,12 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	keyType, err := ca.ParseKeyType(*kt)
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	var id spiffeid.ID
+	if *want != "" {
+		if id, err = spiffeid.FromString(*want); err != nil {
+			return fmt.Errorf("%w: --spiffe-id: %v", errUsage, err)
+		}
 	}
 	if !*renew && !*overwrite {
 		if _, err := os.Stat(filepath.Join(*out, fileKey)); err == nil {
@@ -202,7 +210,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	res, err := c.Request(ctx, client.Request{KeyType: keyType, TTL: *ttl, Token: tok})
+	res, err := c.Request(ctx, client.Request{KeyType: keyType, TTL: *ttl, Token: tok, ID: id})
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,60 @@
+# warden — `make demo` runs the standalone demo, `make test` runs every check CI runs.
+GO         ?= go
+BIN        := $(CURDIR)/bin
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(BIN)/staticcheck
+FUZZTIME   ?= 10s
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
+
+.PHONY: all build test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/warden ./cmd/warden
+
+$(STATICCHECK):
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## test: everything CI runs — import rules, lint, unit and end-to-end tests, fuzz smoke, the demo.
+test: verify-imports lint fuzz-smoke test-demo unit
+
+verify-imports:
+	hack/verify-imports.sh
+
+lint: $(STATICCHECK)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+fuzz-smoke:
+	hack/fuzz.sh $(FUZZTIME)
+
+## fuzz: longer fuzzing (FUZZTIME=5m make fuzz).
+fuzz: FUZZTIME = 2m
+fuzz:
+	hack/fuzz.sh $(FUZZTIME)
+
+test-demo: build
+	WARDEN=$(BIN)/warden DEMO_CA_PORT=25012 DEMO_HTTP_PORT=25014 hack/demo.sh
+
+## demo: the standalone demo on the default ports.
+demo: build
+	WARDEN=$(BIN)/warden hack/demo.sh
+
+## bench: Go benchmarks, then the end-to-end CA load.
+bench: bench-go bench-ca
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+
+bench-ca: build
+	WARDEN=$(BIN)/warden hack/bench-ca.sh
+
+clean:
+	rm -rf $(BIN)

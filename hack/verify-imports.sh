@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The pure cores (ca, authn, rbac; not their edge packages such as
+# ca/server, ca/vault, ca/client) must not depend on Kubernetes client code,
+# gRPC, Vault or Prometheus, directly or through their dependencies.
+# Exception: k8s.io/klog (a logging library, no Kubernetes API code) that
+# cfssl pulls in through certificate-transparency-go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+forbidden='^(k8s\.io/|sigs\.k8s\.io/|google\.golang\.org/grpc|github\.com/hashicorp/vault|github\.com/prometheus/)'
+allowed='^k8s\.io/klog(/|$)'
+edges='/(server|vault|client)(/|$)'
+
+cores=()
+for root in ca authn rbac; do
+  [ -d "$root" ] || continue
+  while IFS= read -r pkg; do
+    [[ "$pkg" =~ $edges ]] && continue
+    cores+=("$pkg")
+  done < <(go list "./$root/..." | grep -v '/catest$')
+done
+
+fail=0
+for pkg in "${cores[@]}"; do
+  bad=$(go list -deps "$pkg" | grep -E "$forbidden" | grep -Ev "$allowed" || true)
+  if [ -n "$bad" ]; then
+    echo "verify-imports: $pkg depends on forbidden packages:" >&2
+    echo "$bad" | head -5 | sed "s/^/  /" >&2
+    echo "  ($(echo "$bad" | wc -l) in all)" >&2
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] && echo "verify-imports: ${#cores[@]} core packages clean (${cores[*]})"
+exit "$fail"

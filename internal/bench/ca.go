@@ -1,0 +1,189 @@
+// Package bench drives load against warden's servers and reports
+// throughput and latency percentiles. It prepares every key, CSR and token
+// before the clock starts, so on a small machine the client's own crypto
+// does not compete with the server being measured.
+package bench
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
+)
+
+// CAConfig describes a CreateCertificate load run.
+type CAConfig struct {
+	Addr        string
+	Roots       *x509.CertPool
+	ServerName  string
+	Concurrency int           // parallel callers
+	Conns       int           // gRPC connections, shared round-robin (default 1 per 8 callers)
+	Duration    time.Duration // measured period
+	Warmup      time.Duration // unmeasured period first
+	KeyType     ca.KeyType
+	CSRs        int                              // distinct CSRs prepared and cycled (default 256)
+	Token       func(worker int) (string, error) // bearer token for a caller
+}
+
+// CAResult is what a run measured.
+type CAResult struct {
+	Config   CAConfig // with defaults filled in
+	Certs    int
+	Errors   int
+	FirstErr error
+	Elapsed  time.Duration
+	P50, P90 time.Duration
+	P99, Max time.Duration
+}
+
+// PerSecond is the certificate throughput.
+func (r CAResult) PerSecond() float64 { return float64(r.Certs) / r.Elapsed.Seconds() }
+
+// Print writes the result for people.
+func (r CAResult) Print(w io.Writer) {
+	cfg := r.Config
+	fmt.Fprintf(w, "CreateCertificate over TLS to %s: %d callers on %d connections, %s workload keys, %s\n",
+		cfg.Addr, cfg.Concurrency, cfg.Conns, cfg.KeyType, r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "certs: %d  errors: %d\n", r.Certs, r.Errors)
+	fmt.Fprintf(w, "throughput: %.0f certs/s\n", r.PerSecond())
+	fmt.Fprintf(w, "latency: p50 %s  p90 %s  p99 %s  max %s\n", r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
+	if r.FirstErr != nil {
+		fmt.Fprintf(w, "first error: %v\n", r.FirstErr)
+	}
+}
+
+func (c *CAConfig) fill() error {
+	if c.Concurrency <= 0 {
+		return errors.New("bench: concurrency must be positive")
+	}
+	if c.Duration <= 0 {
+		return errors.New("bench: duration must be positive")
+	}
+	if c.Conns <= 0 {
+		c.Conns = (c.Concurrency + 7) / 8
+	}
+	if c.CSRs <= 0 {
+		c.CSRs = 256
+	}
+	if c.Token == nil {
+		return errors.New("bench: a token source is required")
+	}
+	return nil
+}
+
+// CA runs the load and returns what it measured.
+func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
+	if err := cfg.fill(); err != nil {
+		return CAResult{}, err
+	}
+	csrs := make([][]byte, cfg.CSRs)
+	for i := range csrs {
+		key, err := ca.GenerateKey(cfg.KeyType)
+		if err != nil {
+			return CAResult{}, err
+		}
+		if csrs[i], err = client.NewCSR(key, spiffeid.ID{}); err != nil {
+			return CAResult{}, err
+		}
+	}
+	tokens := make([]string, cfg.Concurrency)
+	for i := range tokens {
+		var err error
+		if tokens[i], err = cfg.Token(i); err != nil {
+			return CAResult{}, err
+		}
+	}
+	clients := make([]*client.Client, cfg.Conns)
+	for i := range clients {
+		c, err := client.New(client.Config{Addr: cfg.Addr, Roots: cfg.Roots, ServerName: cfg.ServerName})
+		if err != nil {
+			return CAResult{}, err
+		}
+		defer c.Close()
+		// Connect and warm the token cache before measuring.
+		if _, err := c.CreateCertificate(ctx, csrs[0], 0, tokens[i%len(tokens)]); err != nil {
+			return CAResult{}, fmt.Errorf("bench: first request: %w", err)
+		}
+		clients[i] = c
+	}
+
+	var (
+		mu       sync.Mutex
+		lats     []time.Duration
+		res      = CAResult{Config: cfg}
+		wg       sync.WaitGroup
+		measure  = make(chan struct{})
+		stopping = make(chan struct{})
+	)
+	for w := range cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := clients[w%len(clients)]
+			var local []time.Duration
+			n, errs := 0, 0
+			var firstErr error
+			measuring := false
+			for i := w; ; i++ {
+				select {
+				case <-stopping:
+					mu.Lock()
+					lats = append(lats, local...)
+					res.Certs += n
+					res.Errors += errs
+					if res.FirstErr == nil {
+						res.FirstErr = firstErr
+					}
+					mu.Unlock()
+					return
+				case <-measure:
+					measuring = true
+				default:
+				}
+				t := time.Now()
+				_, err := c.CreateCertificate(ctx, csrs[i%len(csrs)], 0, tokens[w])
+				d := time.Since(t)
+				if !measuring {
+					continue
+				}
+				if err != nil {
+					errs++
+					if firstErr == nil {
+						firstErr = err
+					}
+					continue
+				}
+				n++
+				local = append(local, d)
+			}
+		}()
+	}
+	select {
+	case <-time.After(cfg.Warmup):
+	case <-ctx.Done():
+	}
+	close(measure)
+	begin := time.Now()
+	select {
+	case <-time.After(cfg.Duration):
+	case <-ctx.Done():
+	}
+	close(stopping)
+	wg.Wait() // requests in flight at the stop are counted, so is their time
+	res.Elapsed = time.Since(begin)
+	slices.Sort(lats)
+	if len(lats) > 0 {
+		pct := func(p float64) time.Duration { return lats[min(len(lats)-1, int(p*float64(len(lats))))] }
+		res.P50, res.P90, res.P99, res.Max = pct(0.50), pct(0.90), pct(0.99), lats[len(lats)-1]
+	}
+	return res, ctx.Err()
+}
