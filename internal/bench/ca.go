@@ -12,6 +12,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,6 +44,17 @@ type CAResult struct {
 	Elapsed  time.Duration
 	P50, P90 time.Duration
 	P99, Max time.Duration
+	// ClientCPU is this process's CPU time (user+system) during the
+	// measured period: what the load generator took from the machine.
+	ClientCPU time.Duration
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // PerSecond is the certificate throughput.
@@ -56,6 +68,7 @@ func (r CAResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "certs: %d  errors: %d\n", r.Certs, r.Errors)
 	fmt.Fprintf(w, "throughput: %.0f certs/s\n", r.PerSecond())
 	fmt.Fprintf(w, "latency: p50 %s  p90 %s  p99 %s  max %s\n", r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
+	fmt.Fprintf(w, "load generator CPU: %.2f cores (%.0f µs per cert)\n", r.ClientCPU.Seconds()/r.Elapsed.Seconds(), float64(r.ClientCPU.Microseconds())/float64(max(r.Certs, 1)))
 	if r.FirstErr != nil {
 		fmt.Fprintf(w, "first error: %v\n", r.FirstErr)
 	}
@@ -172,14 +185,14 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 	case <-ctx.Done():
 	}
 	close(measure)
-	begin := time.Now()
+	begin, cpu0 := time.Now(), cpuTime()
 	select {
 	case <-time.After(cfg.Duration):
 	case <-ctx.Done():
 	}
 	close(stopping)
 	wg.Wait() // requests in flight at the stop are counted, so is their time
-	res.Elapsed = time.Since(begin)
+	res.Elapsed, res.ClientCPU = time.Since(begin), cpuTime()-cpu0
 	slices.Sort(lats)
 	if len(lats) > 0 {
 		pct := func(p float64) time.Duration { return lats[min(len(lats)-1, int(p*float64(len(lats))))] }
