@@ -7,7 +7,7 @@ FUZZTIME   ?= 10s
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: all build test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca clean
+.PHONY: all build kube-binaries test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca clean
 
 all: build
 
@@ -29,8 +29,12 @@ lint: $(STATICCHECK)
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 
+## kube-binaries: build (once, cached in .cache/kube) the kube-apiserver and etcd the tests run.
+kube-binaries:
+	hack/kube-binaries.sh
+
 unit:
-	$(GO) test -count=1 ./...
+	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-smoke:
 	hack/fuzz.sh $(FUZZTIME)

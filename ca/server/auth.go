@@ -82,12 +82,12 @@ type TokenVerifier interface {
 var _ TokenVerifier = (*token.Verifier)(nil)
 
 // JWTAuthenticator accepts service-account JWTs checked offline, caching
-// successful verifications by the token's SHA-256 until the token expires.
+// successful verifications until the token expires.
 type JWTAuthenticator struct {
 	Verifier    TokenVerifier
 	TrustDomain spiffeid.TrustDomain
 	Clock       ca.Clock
-	cache       tokenCache
+	Cache       TokenCache
 }
 
 var _ Authenticator = (*JWTAuthenticator)(nil)
@@ -102,8 +102,7 @@ func (j *JWTAuthenticator) Authenticate(ctx context.Context) (*Caller, error) {
 		return nil, fmt.Errorf("jwt: %w", err)
 	}
 	now := clockOf(j.Clock).Now()
-	key := sha256.Sum256([]byte(raw))
-	if c, ok := j.cache.get(key, now); ok {
+	if c, ok := j.Cache.Get(raw, now); ok {
 		return c, nil
 	}
 	v, err := j.Verifier.Verify(raw)
@@ -115,13 +114,18 @@ func (j *JWTAuthenticator) Authenticate(ctx context.Context) (*Caller, error) {
 		return nil, fmt.Errorf("jwt: identity: %w", err)
 	}
 	c := &Caller{ID: id, Method: "jwt"}
-	j.cache.put(key, c, v.Expiry, now)
+	j.Cache.Put(raw, c, v.Expiry, now)
 	return c, nil
 }
 
-// tokenCache maps a token hash to its caller until the token's expiry. It
-// is bounded; when full, expired entries go first, then arbitrary ones.
-type tokenCache struct {
+// TokenCache remembers which caller a bearer token authenticated, keyed by
+// the token's SHA-256 (the token itself is not kept), until a given
+// expiry. It is bounded: when full, expired entries go first, then
+// arbitrary ones. The zero value is ready to use.
+type TokenCache struct {
+	// Size bounds the entries (default 10,000).
+	Size int
+
 	mu      sync.Mutex
 	entries map[[32]byte]cacheEntry
 }
@@ -131,9 +135,9 @@ type cacheEntry struct {
 	exp    time.Time
 }
 
-const tokenCacheSize = 10000
-
-func (t *tokenCache) get(k [32]byte, now time.Time) (*Caller, bool) {
+// Get returns the cached caller for raw if it has not expired at now.
+func (t *TokenCache) Get(raw string, now time.Time) (*Caller, bool) {
+	k := sha256.Sum256([]byte(raw))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.entries[k]
@@ -147,26 +151,42 @@ func (t *tokenCache) get(k [32]byte, now time.Time) (*Caller, bool) {
 	return e.caller, true
 }
 
-func (t *tokenCache) put(k [32]byte, c *Caller, exp, now time.Time) {
+// Put caches c for raw until exp.
+func (t *TokenCache) Put(raw string, c *Caller, exp, now time.Time) {
+	if !now.Before(exp) {
+		return
+	}
+	k := sha256.Sum256([]byte(raw))
+	size := t.Size
+	if size <= 0 {
+		size = 10000
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.entries == nil {
 		t.entries = make(map[[32]byte]cacheEntry)
 	}
-	if len(t.entries) >= tokenCacheSize {
+	if len(t.entries) >= size {
 		for key, e := range t.entries {
 			if !now.Before(e.exp) {
 				delete(t.entries, key)
 			}
 		}
 		for key := range t.entries {
-			if len(t.entries) < tokenCacheSize {
+			if len(t.entries) < size {
 				break
 			}
 			delete(t.entries, key)
 		}
 	}
 	t.entries[k] = cacheEntry{caller: c, exp: exp}
+}
+
+// Len is the number of cached tokens.
+func (t *TokenCache) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.entries)
 }
 
 // SVIDAuthenticator accepts a client certificate that is a valid X.509 SVID

@@ -39,6 +39,7 @@ type serveFlags struct {
 	dnsNames                             string
 	jwksFile, jwtIssuer, jwtAudiences    string
 	allowDNS, allowIP                    bool
+	kube                                 kubeFlags
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -61,6 +62,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&f.allowDNS, "allow-csr-dns-sans", false, "copy DNS SANs from workload CSRs into certificates")
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.kube.register(fs, e)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -79,7 +81,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 type standalone struct {
 	log       *slog.Logger
 	authority *ca.Authority
-	issuer    *token.Issuer
+	origin    string                            // where the CA material came from
+	issuer    *token.Issuer                     // standalone token issuer; nil in Kubernetes mode
+	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server
@@ -99,35 +103,41 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
 	}
 	clock := ca.SystemClock{}
-	m, origin, err := loadMaterial(ctx, caSource{
-		dataDir:   f.dataDir,
-		pluggedIn: f.pluggedIn,
-		root:      ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1},
-	}, clock)
-	if err != nil {
-		return nil, err
-	}
-	authority, err := ca.New(ca.Config{
+	caCfg := ca.Config{
 		TrustDomain: td,
 		DefaultTTL:  f.defaultTTL,
 		MaxTTL:      f.maxTTL,
 		CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP},
 		Clock:       clock,
-	}, m)
-	if err != nil {
-		return nil, err
 	}
-	issuer, err := tokenIssuer(f.dataDir, f.tokenIssuerName, true)
-	if err != nil {
-		return nil, err
-	}
+	rootOpts := ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1}
 	auds := splitList(f.jwtAudiences)
-	auths := []server.Authenticator{
-		&server.SVIDAuthenticator{Bundle: authority.Bundle, Clock: clock},
-		&server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
-			Issuer: issuer.Name(), Audiences: auds, Keys: issuer.KeySet(), Clock: clock,
-		}},
+	s := &standalone{log: log}
+	var auths []server.Authenticator
+	if f.kube.enabled() {
+		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts); err != nil {
+			return nil, err
+		}
+	} else {
+		m, origin, err := loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
+		if err != nil {
+			return nil, err
+		}
+		if s.authority, err = ca.New(caCfg, m); err != nil {
+			return nil, err
+		}
+		s.origin = origin
+		if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
+			return nil, err
+		}
+		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
+			Issuer: s.issuer.Name(), Audiences: auds, Keys: s.issuer.KeySet(), Clock: clock,
+		}})
 	}
+	authority := s.authority
+	m := authority.Material()
+	// Renewal with the current SVID is tried first, as it needs no API call.
+	auths = append([]server.Authenticator{&server.SVIDAuthenticator{Bundle: authority.Bundle, Clock: clock}}, auths...)
 	if f.jwksFile != "" {
 		ks, err := token.LoadKeySet(f.jwksFile)
 		if err != nil {
@@ -148,7 +158,7 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	g := grpc.NewServer(server.Credentials(serving))
 	srv.Register(g)
 
-	s := &standalone{log: log, authority: authority, issuer: issuer, grpc: g}
+	s.grpc = g
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
 		return nil, fmt.Errorf("CA API: %w", err)
 	}
@@ -160,7 +170,7 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 	fp := sha256.Sum256(m.Roots[0].Raw)
-	log.Info("CA ready", "source", origin, "trustDomain", td.Name(),
+	log.Info("CA ready", "source", s.origin, "trustDomain", td.Name(),
 		"root", m.Roots[0].Subject.String(), "rootSHA256", fmt.Sprintf("%X", fp[:]), "rootNotAfter", m.Roots[0].NotAfter.UTC())
 	return s, nil
 }
@@ -181,11 +191,13 @@ func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.Ser
 
 func (s *standalone) httpHandler() http.Handler {
 	mux := http.NewServeMux()
-	jwks, _ := json.Marshal(s.issuer.KeySet())
-	mux.HandleFunc("GET "+jwksPath, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(jwks)
-	})
+	if s.issuer != nil {
+		jwks, _ := json.Marshal(s.issuer.KeySet())
+		mux.HandleFunc("GET "+jwksPath, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(jwks)
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {
@@ -211,6 +223,9 @@ func (s *standalone) run(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	for _, task := range s.tasks {
+		g.Go(func() error { return task(ctx) })
 	}
 	g.Go(func() error {
 		<-ctx.Done()

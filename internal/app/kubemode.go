@@ -1,0 +1,112 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+
+	"k8s.io/klog/v2"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+// kubeFlags select and configure Kubernetes mode.
+type kubeFlags struct {
+	on         bool
+	kubeconfig string
+	namespace  string
+	identity   string
+	saSecrets  bool
+	audiences  string
+}
+
+func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
+	fs.BoolVar(&k.on, "kubernetes", e.getenv("KUBERNETES_SERVICE_HOST") != "", "Kubernetes mode (default: on when running in a pod)")
+	fs.StringVar(&k.kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster")
+	ns := e.getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "warden-system"
+	}
+	fs.StringVar(&k.namespace, "namespace", ns, "namespace of warden's own Secrets (istio-ca-secret, cacerts) and Lease")
+	id := e.getenv("POD_NAME")
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
+	fs.BoolVar(&k.saSecrets, "sa-secrets", true, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount")
+	fs.StringVar(&k.audiences, "token-audiences", "istio-ca", "comma-separated audiences accepted by TokenReview")
+}
+
+func (k *kubeFlags) enabled() bool { return k.on }
+
+// wireKubernetes loads CA material from the cluster (cacerts if present,
+// else istio-ca-secret, created once), and schedules the watchers and the
+// leader's writers. It returns the TokenReview authenticator.
+func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions) ([]server.Authenticator, error) {
+	k := f.kube
+	klog.SetSlogLogger(s.log) // client-go logs through warden's logger
+	rc, err := kube.RESTConfig(k.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := kube.NewClientset(rc)
+	if err != nil {
+		return nil, err
+	}
+	m, plugged, err := kube.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
+	if !plugged {
+		var created bool
+		m, created, err = ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
+			return ca.NewSelfSigned(rootOpts)
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.origin = fmt.Sprintf("self-signed root from secret %s/%s", k.namespace, kube.CASecretName)
+		if created {
+			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, kube.CASecretName)
+		}
+	}
+	if s.authority, err = ca.New(caCfg, m); err != nil {
+		return nil, err
+	}
+	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
+	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
+	var saSecrets *kube.SASecrets
+	if k.saSecrets {
+		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock}
+	}
+	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log,
+		OnChange: func() {
+			publisher.Changed()
+			if saSecrets != nil {
+				saSecrets.Changed()
+			}
+		}}
+	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
+		done := make(chan error, 2)
+		go func() { done <- publisher.Run(ctx) }()
+		n := 1
+		if saSecrets != nil {
+			n++
+			go func() { done <- saSecrets.Run(ctx) }()
+		}
+		for range n {
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				s.log.Error("leader task failed", "error", err.Error())
+			}
+		}
+	}}
+	s.tasks = append(s.tasks, watcher.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
+	return []server.Authenticator{&kube.TokenReviewAuthenticator{
+		Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock,
+	}}, nil
+}

@@ -1,0 +1,291 @@
+package kube_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+func TestCASecretTwoReplicasOneRoot(t *testing.T) {
+	ns := newNamespace(t, "race")
+	var wg sync.WaitGroup
+	var created atomic.Int32
+	roots := make([][]byte, 2)
+	for i := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			store := &kube.SecretStore{Client: cs, Namespace: ns}
+			m, c, err := ca.LoadOrCreate(context.Background(), store, nil, func() (*ca.Material, error) {
+				return ca.NewSelfSigned(ca.CAOptions{Organization: "cluster.local"})
+			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if c {
+				created.Add(1)
+			}
+			roots[i] = m.Roots[0].Raw
+		}()
+	}
+	wg.Wait()
+	if created.Load() != 1 || !bytes.Equal(roots[0], roots[1]) {
+		t.Fatalf("%d replicas created a root; same root: %t", created.Load(), bytes.Equal(roots[0], roots[1]))
+	}
+	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sec.Type != kube.CASecretType {
+		t.Errorf("type %q", sec.Type)
+	}
+	for _, k := range []string{"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "key.pem", "root-cert.pem"} {
+		if _, ok := sec.Data[k]; !ok {
+			t.Errorf("istio-ca-secret lacks %s", k)
+		}
+	}
+}
+
+func cacertsSecret(ns string, m *ca.Material) *corev1.Secret {
+	f, _ := m.Encode()
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: kube.PluggedSecretName, Namespace: ns},
+		Data:       map[string][]byte{"ca-cert.pem": f.CACert, "ca-key.pem": f.CAKey, "cert-chain.pem": f.CertChain, "root-cert.pem": f.RootCert},
+	}
+}
+
+func TestPluggedInHotReload(t *testing.T) {
+	ctx := testCtx(t)
+	ns := newNamespace(t, "cacerts")
+	rootA := catest.Root(t, ca.CAOptions{CommonName: "root A"})
+	interA, _ := ca.NewIntermediate(rootA, ca.CAOptions{CommonName: "intermediate A", TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
+	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, interA), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
+	if err != nil || !found || !m.Cert.Equal(interA.Cert) {
+		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
+	}
+	a := catest.Authority(t, m)
+	changed := make(chan struct{}, 4)
+	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, OnChange: func() { changed <- struct{}{} }}
+	go func() { _ = w.Run(ctx) }()
+
+	rootB := catest.Root(t, ca.CAOptions{CommonName: "root B"})
+	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+	upd := cacertsSecret(ns, rootB)
+	upd.ResourceVersion = sec.ResourceVersion
+	if _, err := cs.CoreV1().Secrets(ns).Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-changed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the new cacerts were not picked up")
+	}
+	iss, err := a.Sign(ca.SignRequest{CSR: catest.CSR(t, catest.Key(t, ca.ECDSAP256), nil), ID: catest.ID("a", "x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := iss.Cert.CheckSignatureFrom(rootB.Cert); err != nil {
+		t.Fatalf("new leaves do not chain to the new CA: %v", err)
+	}
+	// A broken update is refused and the current CA kept.
+	sec, _ = cs.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+	sec.Data["ca-key.pem"] = []byte("not a key")
+	if _, err := cs.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if !a.Material().Cert.Equal(rootB.Cert) {
+		t.Fatal("a broken cacerts update replaced the CA")
+	}
+}
+
+func TestBundleConfigMaps(t *testing.T) {
+	ctx := testCtx(t)
+	bundle := []byte("-----BEGIN CERTIFICATE-----\nfake bundle for the publisher test\n-----END CERTIFICATE-----\n")
+	var cur atomic.Pointer[[]byte]
+	cur.Store(&bundle)
+	p := &kube.BundlePublisher{Client: cs, Bundle: func() []byte { return *cur.Load() }}
+	go func() { _ = p.Run(ctx) }()
+	ns := newNamespace(t, "bundle")
+	cms := cs.CoreV1().ConfigMaps(ns)
+	want := func(b []byte) func() error {
+		return func() error {
+			cm, err := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if cm.Data[kube.BundleKey] != string(b) || len(cm.Data) != 1 {
+				return fmt.Errorf("data = %v", cm.Data)
+			}
+			return nil
+		}
+	}
+	eventually(t, 20*time.Second, want(bundle))
+
+	cm, _ := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	cm.Data[kube.BundleKey] = "tampered"
+	cm.Data["extra"] = "x"
+	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, want(bundle))
+
+	if err := cms.Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, want(bundle))
+
+	next := append([]byte(nil), bundle...)
+	next = append(next, "# second root\n"...)
+	cur.Store(&next)
+	p.Changed()
+	eventually(t, 20*time.Second, want(next))
+}
+
+func TestSASecretsLifecycle(t *testing.T) {
+	ctx := testCtx(t)
+	a := catest.Authority(t, catest.Root(t, ca.CAOptions{}), func(c *ca.Config) { c.Backdate = time.Second })
+	ctrl := &kube.SASecrets{Client: cs, Authority: a, TTL: 8 * time.Second}
+	go func() { _ = ctrl.Run(ctx) }()
+	ns := newNamespace(t, "sas")
+	newSA(t, ns, "flaskapp")
+	secrets := cs.CoreV1().Secrets(ns)
+	get := func() (*corev1.Secret, error) { return secrets.Get(ctx, "istio.flaskapp", metav1.GetOptions{}) }
+
+	var first *corev1.Secret
+	eventually(t, 20*time.Second, func() (err error) { first, err = get(); return err })
+	if first.Type != kube.WorkloadType || first.Annotations[kube.SAAnnotation] != "flaskapp" {
+		t.Fatalf("type %q annotations %v", first.Type, first.Annotations)
+	}
+	certs, err := ca.ParseCerts(first.Data["cert-chain.pem"])
+	if err != nil || certs[0].URIs[0].String() != "spiffe://cluster.local/ns/"+ns+"/sa/flaskapp" {
+		t.Fatalf("cert-chain.pem: %v %v", err, certs)
+	}
+	if key, err := ca.ParseKey(first.Data["key.pem"]); err != nil || !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(certs[0].PublicKey) {
+		t.Fatalf("key.pem does not match the certificate: %v", err)
+	}
+
+	// Refreshed at half its lifetime.
+	eventually(t, 20*time.Second, func() error {
+		s, err := get()
+		if err != nil {
+			return err
+		}
+		if bytes.Equal(s.Data["cert-chain.pem"], first.Data["cert-chain.pem"]) {
+			return errors.New("not refreshed yet")
+		}
+		return nil
+	})
+
+	// Refreshed when the root changes.
+	newRoot := catest.Root(t, ca.CAOptions{CommonName: "new root"})
+	if err := a.Activate(newRoot); err != nil {
+		t.Fatal(err)
+	}
+	ctrl.Changed()
+	eventually(t, 20*time.Second, func() error {
+		s, err := get()
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(s.Data["root-cert.pem"], ca.EncodeCerts(newRoot.Cert)) {
+			return errors.New("root-cert.pem still the old root")
+		}
+		return nil
+	})
+
+	// Recreated after deletion while the SA exists.
+	if err := secrets.Delete(ctx, "istio.flaskapp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error { _, err := get(); return err })
+
+	// Deleted with the SA.
+	if err := cs.CoreV1().ServiceAccounts(ns).Delete(ctx, "flaskapp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if _, err := get(); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("secret still there (%v)", err)
+		}
+		return nil
+	})
+
+	// A namespace that opts out gets none.
+	optOut := newNamespace(t, "optout")
+	n, _ := cs.CoreV1().Namespaces().Get(ctx, optOut, metav1.GetOptions{})
+	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
+	if _, err := cs.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	newSA(t, optOut, "quiet")
+	newSA(t, ns, "marker") // processed after "quiet" by the same queue
+	eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.marker", metav1.GetOptions{}); return err })
+	time.Sleep(300 * time.Millisecond)
+	if _, err := cs.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("opted-out namespace got a secret (%v)", err)
+	}
+}
+
+func TestLeaderElectionOneAtATime(t *testing.T) {
+	ns := newNamespace(t, "lease")
+	var leading, maxLeading atomic.Int32
+	var led [2]atomic.Bool
+	ctxs := make([]context.CancelFunc, 2)
+	for i := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		ctxs[i] = cancel
+		t.Cleanup(cancel)
+		l := &kube.Leader{Client: cs, Namespace: ns, Identity: fmt.Sprintf("replica-%d", i), Lead: func(ctx context.Context) {
+			n := leading.Add(1)
+			for {
+				m := maxLeading.Load()
+				if n <= m || maxLeading.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			led[i].Store(true)
+			<-ctx.Done()
+			leading.Add(-1)
+		}}
+		go l.Run(ctx)
+	}
+	var first int
+	eventually(t, 20*time.Second, func() error {
+		for i := range 2 {
+			if led[i].Load() {
+				first = i
+				return nil
+			}
+		}
+		return errors.New("no leader")
+	})
+	ctxs[first]() // the leader goes away and releases the lease
+	eventually(t, 30*time.Second, func() error {
+		if !led[1-first].Load() {
+			return errors.New("no takeover")
+		}
+		return nil
+	})
+	if maxLeading.Load() != 1 {
+		t.Fatalf("%d replicas led at once", maxLeading.Load())
+	}
+}

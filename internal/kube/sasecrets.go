@@ -1,0 +1,258 @@
+package kube
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
+)
+
+// SASecretsOptOutLabel on a namespace, set to "disabled", stops
+// per-service-account Secrets there.
+const SASecretsOptOutLabel = "warden.io/sa-secrets"
+
+// SASecretPrefix names Citadel 1.0's per-service-account Secrets: istio.<sa>.
+const SASecretPrefix = "istio."
+
+// SASecrets keeps a Citadel 1.0 Secret istio.<sa> (type
+// istio.io/key-and-cert: cert-chain.pem, key.pem, root-cert.pem) for every
+// ServiceAccount: created with the SA, refreshed when less than half its
+// lifetime remains or the root changed, recreated if deleted while the SA
+// exists, deleted with the SA.
+type SASecrets struct {
+	Client    kubernetes.Interface
+	Authority *ca.Authority
+	TTL       time.Duration // certificate lifetime; default the authority's
+	Clock     ca.Clock
+	Log       *slog.Logger
+	Resync    time.Duration // default 10m
+
+	loop   *loop
+	saList corelisters.ServiceAccountLister
+	nsList corelisters.NamespaceLister
+	secLst corelisters.SecretLister
+}
+
+// Run reconciles until ctx is done. Call it on the leader only.
+func (c *SASecrets) Run(ctx context.Context) error {
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = ca.SystemClock{}
+	}
+	if c.Resync == 0 {
+		c.Resync = 10 * time.Minute
+	}
+	c.loop = newLoop("sa-secrets", c.Log, c.reconcile)
+	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
+	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = "type=" + string(WorkloadType)
+	}))
+	saInf, nsInf, secInf := f.Core().V1().ServiceAccounts(), f.Core().V1().Namespaces(), secF.Core().V1().Secrets()
+	c.saList, c.nsList, c.secLst = saInf.Lister(), nsInf.Lister(), secInf.Lister()
+	onSA := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if sa, ok := obj.(*corev1.ServiceAccount); ok {
+			c.loop.add(sa.Namespace + "/" + sa.Name)
+		}
+	}
+	onSecret := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if s, ok := obj.(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
+			if sa := s.Annotations[SAAnnotation]; sa != "" {
+				c.loop.add(s.Namespace + "/" + sa)
+			}
+		}
+	}
+	onNS := func(obj any) {
+		if ns, ok := obj.(*corev1.Namespace); ok {
+			c.enqueueNamespace(ns.Name)
+		}
+	}
+	for _, reg := range []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandlerFuncs
+	}{
+		{saInf.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: onSA, UpdateFunc: func(_, n any) { onSA(n) }, DeleteFunc: onSA}},
+		{secInf.Informer(), cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, n any) { onSecret(n) }, DeleteFunc: onSecret}},
+		{nsInf.Informer(), cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, n any) { onNS(n) }}},
+	} {
+		if _, err := reg.inf.AddEventHandler(reg.h); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	secF.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	secF.WaitForCacheSync(ctx.Done())
+	c.loop.run(ctx, 2)
+	return nil
+}
+
+// Changed re-checks every ServiceAccount, after the root changed.
+func (c *SASecrets) Changed() {
+	if c.loop == nil || c.saList == nil {
+		return
+	}
+	sas, _ := c.saList.List(labels.Everything())
+	for _, sa := range sas {
+		c.loop.add(sa.Namespace + "/" + sa.Name)
+	}
+}
+
+func (c *SASecrets) enqueueNamespace(ns string) {
+	sas, _ := c.saList.ServiceAccounts(ns).List(labels.Everything())
+	for _, sa := range sas {
+		c.loop.add(ns + "/" + sa.Name)
+	}
+}
+
+func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, error) {
+	ns, name, _ := strings.Cut(key, "/")
+	secName := SASecretPrefix + name
+	secrets := c.Client.CoreV1().Secrets(ns)
+	existing, err := c.secLst.Secrets(ns).Get(secName)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return 0, err
+	}
+	if apierrors.IsNotFound(err) {
+		existing = nil
+	}
+	if existing != nil && existing.Annotations[SAAnnotation] != name {
+		return 0, nil // not ours: leave it alone
+	}
+	sa, err := c.saList.ServiceAccounts(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		if existing == nil {
+			return 0, nil
+		}
+		err := secrets.Delete(ctx, secName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &existing.UID}})
+		if err == nil {
+			c.Log.Info("deleted service account secret", "namespace", ns, "secret", secName)
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return 0, nil
+		}
+		return 0, err
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n, err := c.nsList.Get(ns); err == nil && n.Labels[SASecretsOptOutLabel] == "disabled" {
+		return 0, nil
+	}
+	now := c.Clock.Now()
+	root := c.bundlePEM()
+	if existing != nil {
+		if refreshAt, ok := c.fresh(existing, root, now); ok {
+			return refreshAt.Sub(now), nil
+		}
+	}
+	data, leaf, err := c.issue(ns, name, root)
+	if err != nil {
+		return 0, err
+	}
+	if existing == nil {
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: secName, Namespace: ns,
+				Annotations: map[string]string{SAAnnotation: name},
+				OwnerReferences: []metav1.OwnerReference{{
+					APIVersion: "v1", Kind: "ServiceAccount", Name: sa.Name, UID: sa.UID,
+				}},
+			},
+			Type: WorkloadType,
+			Data: data,
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			return 0, fmt.Errorf("secret %s/%s appeared meanwhile", ns, secName) // retry against the cache
+		}
+		if err == nil {
+			c.Log.Info("created service account secret", "namespace", ns, "secret", secName)
+		}
+	} else {
+		upd := existing.DeepCopy()
+		upd.Data = data
+		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{})
+		if err == nil {
+			c.Log.Info("refreshed service account secret", "namespace", ns, "secret", secName)
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return halfLife(leaf).Sub(now), nil
+}
+
+// fresh says whether the secret can stay as is, and until when.
+func (c *SASecrets) fresh(s *corev1.Secret, root []byte, now time.Time) (time.Time, bool) {
+	if !bytes.Equal(s.Data[keyRootCert], root) || len(s.Data[keyWorkloadKey]) == 0 {
+		return time.Time{}, false
+	}
+	certs, err := ca.ParseCerts(s.Data[keyCertChain])
+	if err != nil {
+		return time.Time{}, false
+	}
+	at := halfLife(certs[0])
+	return at, now.Before(at) && now.Before(certs[0].NotAfter)
+}
+
+// halfLife is when a certificate is due for renewal.
+func halfLife(c *x509.Certificate) time.Time {
+	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
+}
+
+func (c *SASecrets) bundlePEM() []byte {
+	b := c.Authority.Bundle()
+	if b == nil {
+		return nil
+	}
+	return ca.EncodeCerts(b.X509Authorities()...)
+}
+
+func (c *SASecrets) issue(ns, sa string, root []byte) (map[string][]byte, *x509.Certificate, error) {
+	id, err := spiffeid.FromSegments(c.Authority.TrustDomain(), "ns", ns, "sa", sa)
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := ca.GenerateKey(ca.ECDSAP256)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := client.NewCSR(key, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	iss, err := c.Authority.Sign(ca.SignRequest{CSR: csr, ID: id, TTL: c.TTL})
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err := ca.MarshalKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain := bytes.Join(iss.Chain[:len(iss.Chain)-1], nil)
+	return map[string][]byte{keyCertChain: chain, keyWorkloadKey: keyPEM, keyRootCert: root},
+		iss.Cert, nil
+}
