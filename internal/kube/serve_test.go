@@ -1,0 +1,97 @@
+package kube_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestServeKubernetesMode runs 'warden serve --kubernetes' against the
+// test API server and gets a certificate with a TokenRequest token through
+// 'warden cert request', as an operator would.
+func TestServeKubernetesMode(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	app1 := newNamespace(t, "app")
+	newSA(t, app1, "sleep")
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a"}, &logs, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
+		}
+	})
+	eventually(t, 30*time.Second, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
+	}
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root.pem")
+	os.WriteFile(root, sec.Data["root-cert.pem"], 0o600)
+	tok := filepath.Join(dir, "token")
+	os.WriteFile(tok, []byte(requestToken(t, app1, "sleep", "istio-ca")), 0o600)
+	var out, errb bytes.Buffer
+	code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", filepath.Join(dir, "svid")}, &out, &errb)
+	if want := "spiffe://cluster.local/ns/" + app1 + "/sa/sleep\n"; code != 0 || !strings.HasPrefix(out.String(), want) {
+		t.Fatalf("cert request: %d %s%s\nserver log:\n%s", code, out.String(), errb.String(), logs.String())
+	}
+	// The leader publishes the bundle to the workload's namespace.
+	eventually(t, 30*time.Second, func() error {
+		cm, err := cs.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cm.Data[kube.BundleKey] != string(sec.Data["root-cert.pem"]) {
+			return os.ErrInvalid
+		}
+		return nil
+	})
+	// And the Citadel-style secret for the service account.
+	eventually(t, 30*time.Second, func() error {
+		_, err := cs.CoreV1().Secrets(app1).Get(context.Background(), "istio.sleep", metav1.GetOptions{})
+		return err
+	})
+}
