@@ -2,9 +2,12 @@ package ca
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -118,4 +121,18 @@ func checkDNSName(name string) error {
 		}
 	}
 	return nil
+}
+
+// NewCSR makes a PEM CSR for key with an empty subject and, when id is
+// set, id as its only URI SAN.
+func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
+	tmpl := &x509.CertificateRequest{}
+	if !id.IsZero() {
+		tmpl.URIs = []*url.URL{id.URL()}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: CSR: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }

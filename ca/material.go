@@ -210,3 +210,17 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	ak, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ak.Equal(b)
 }
+
+// ParseChain parses PEM elements (as in Issued.Chain or a CA response's
+// cert_chain) into one certificate list, in order.
+func ParseChain(pems [][]byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for i, p := range pems {
+		cs, err := ParseCerts(p)
+		if err != nil {
+			return nil, fmt.Errorf("chain element %d: %w", i, err)
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
+}

@@ -1,11 +1,8 @@
 package ca
 
 import (
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"net"
 	"time"
 
@@ -29,16 +26,16 @@ func (a *Authority) IssueServing(o ServingOptions) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	csr, err := NewCSR(key, spiffeid.ID{})
 	if err != nil {
-		return nil, fmt.Errorf("ca: serving CSR: %w", err)
+		return nil, err
 	}
 	hosts := append([]string{}, o.DNSNames...)
 	for _, ip := range o.IPs {
 		hosts = append(hosts, ip.String())
 	}
 	iss, err := a.Sign(SignRequest{
-		CSR:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csrDER}),
+		CSR:   csr,
 		ID:    o.ID,
 		TTL:   o.TTL,
 		Hosts: hosts,

@@ -17,10 +17,17 @@ import (
 	"github.com/wardenmesh/warden/ca"
 )
 
-// Clock is a settable ca.Clock.
+// Clock is a settable ca.Clock whose After channels fire when Add moves
+// the time past them.
 type Clock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu      sync.Mutex
+	now     time.Time
+	waiters []waiter
+}
+
+type waiter struct {
+	at time.Time
+	ch chan time.Time
 }
 
 // NewClock starts a clock at t.
@@ -33,11 +40,42 @@ func (c *Clock) Now() time.Time {
 	return c.now
 }
 
-// Add moves the clock forward.
+// Add moves the clock forward, firing the After channels now due.
 func (c *Clock) Add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(c.now) {
+			w.ch <- c.now
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	c.waiters = kept
+}
+
+// After returns a channel that receives the time once the clock has been
+// moved d forward.
+func (c *Clock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := make(chan time.Time, 1)
+	if d <= 0 {
+		ch <- c.now
+		return ch
+	}
+	c.waiters = append(c.waiters, waiter{at: c.now.Add(d), ch: ch})
+	return ch
+}
+
+// Waiters is how many After channels are pending, so a test can wait
+// until a goroutine is parked on the clock before moving it.
+func (c *Clock) Waiters() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.waiters)
 }
 
 var _ ca.Clock = (*Clock)(nil)

@@ -6,10 +6,8 @@ package client
 import (
 	"context"
 	"crypto"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
@@ -103,7 +101,7 @@ func (c *Client) Request(ctx context.Context, r Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	csr, err := NewCSR(key, r.ID)
+	csr, err := ca.NewCSR(key, r.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -112,20 +110,6 @@ func (c *Client) Request(ctx context.Context, r Request) (*Result, error) {
 		return nil, err
 	}
 	return parseResponse(key, chain)
-}
-
-// NewCSR makes a PEM CSR for key with an empty subject and, when id is set,
-// id as its URI SAN.
-func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
-	tmpl := &x509.CertificateRequest{}
-	if !id.IsZero() {
-		tmpl.URIs = append(tmpl.URIs, id.URL())
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		return nil, fmt.Errorf("client: CSR: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
 func parseResponse(key crypto.Signer, chain []string) (*Result, error) {

@@ -26,7 +26,7 @@ func BenchmarkCreateCertificate(b *testing.B) {
 	defer c.Close()
 	csrs := make([][]byte, 64)
 	for i := range csrs {
-		csrs[i], _ = client.NewCSR(catest.Key(b, ca.ECDSAP256), spiffeid.ID{})
+		csrs[i], _ = ca.NewCSR(catest.Key(b, ca.ECDSAP256), spiffeid.ID{})
 	}
 	var worker atomic.Int64
 	b.SetParallelism(4)

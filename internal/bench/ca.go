@@ -104,7 +104,7 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 		if err != nil {
 			return CAResult{}, err
 		}
-		if csrs[i], err = client.NewCSR(key, spiffeid.ID{}); err != nil {
+		if csrs[i], err = ca.NewCSR(key, spiffeid.ID{}); err != nil {
 			return CAResult{}, err
 		}
 	}

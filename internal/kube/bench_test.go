@@ -13,7 +13,6 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
-	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/internal/kube"
 )
 
@@ -33,7 +32,7 @@ func BenchmarkTokenReviewCreateCertificate(b *testing.B) {
 	}
 	csrs := make([][]byte, 64)
 	for i := range csrs {
-		csrs[i], _ = client.NewCSR(catest.Key(b, ca.ECDSAP256), spiffeid.ID{})
+		csrs[i], _ = ca.NewCSR(catest.Key(b, ca.ECDSAP256), spiffeid.ID{})
 	}
 	unthrottled := rest.CopyConfig(restCfg)
 	unthrottled.QPS = -1 // no client-side rate limit: the API server's own pace

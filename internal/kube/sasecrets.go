@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/ca"
-	"github.com/wardenmesh/warden/ca/client"
 )
 
 // SASecretsOptOutLabel on a namespace, set to "disabled", stops
@@ -240,7 +239,7 @@ func (c *SASecrets) issue(ns, sa string, root []byte) (map[string][]byte, *x509.
 	if err != nil {
 		return nil, nil, err
 	}
-	csr, err := client.NewCSR(key, id)
+	csr, err := ca.NewCSR(key, id)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,0 +1,185 @@
+package sds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Fetcher obtains a new SVID for an identity from the CA.
+type Fetcher interface {
+	Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error)
+}
+
+// Clock tells the time and waits; tests pass a fake one.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time                         { return time.Now() }
+func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// ErrExpired is returned while the only SVID held has expired and the CA
+// cannot be reached: an expired certificate is never served.
+var ErrExpired = errors.New("sds: SVID expired and no replacement could be fetched")
+
+// Config configures a Cache.
+type Config struct {
+	Fetcher    Fetcher
+	Clock      Clock         // default the wall clock
+	Jitter     float64       // rotate up to this fraction of the lifetime early (default 0.05)
+	MinBackoff time.Duration // first retry after a CA error (default 1s)
+	MaxBackoff time.Duration // cap of the exponential backoff (default 1m)
+	Log        *slog.Logger
+	// OnUpdate is called (outside locks) after every new SVID, including
+	// the first; sds/server pushes from it.
+	OnUpdate func(*SVID)
+}
+
+// Cache holds one SVID per identity and rotates each in the background.
+type Cache struct {
+	cfg     Config
+	mu      sync.Mutex
+	entries map[spiffeid.ID]*entry
+}
+
+type entry struct {
+	ready chan struct{} // closed once the first fetch is done
+	svid  *SVID
+	err   error
+}
+
+// NewCache checks cfg and returns an empty cache.
+func NewCache(cfg Config) (*Cache, error) {
+	if cfg.Fetcher == nil {
+		return nil, errors.New("sds: Fetcher is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = systemClock{}
+	}
+	if cfg.Jitter == 0 {
+		cfg.Jitter = 0.05
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = time.Second
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = time.Minute
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Cache{cfg: cfg, entries: map[spiffeid.ID]*entry{}}, nil
+}
+
+// Get returns id's current SVID, fetching it on first use; from then on a
+// goroutine bound to ctx keeps it fresh.
+func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
+	c.mu.Lock()
+	e, ok := c.entries[id]
+	if !ok {
+		e = &entry{ready: make(chan struct{})}
+		c.entries[id] = e
+		c.mu.Unlock()
+		svid, err := c.cfg.Fetcher.Fetch(ctx, id)
+		c.mu.Lock()
+		e.svid, e.err = svid, err
+		close(e.ready)
+		if err != nil {
+			delete(c.entries, id) // the next caller tries again
+			c.mu.Unlock()
+			return nil, fmt.Errorf("sds: fetch %s: %w", id, err)
+		}
+		c.mu.Unlock()
+		c.notify(svid)
+		go c.rotate(ctx, id)
+		return svid, nil
+	}
+	c.mu.Unlock()
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.err != nil {
+		return nil, e.err
+	}
+	if !c.cfg.Clock.Now().Before(e.svid.Certs[0].NotAfter) {
+		return nil, ErrExpired
+	}
+	return e.svid, nil
+}
+
+// Current returns id's SVID without fetching; nil when there is none or it
+// has expired.
+func (c *Cache) Current(id spiffeid.ID) *SVID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[id]
+	if !ok || e.svid == nil || !c.cfg.Clock.Now().Before(e.svid.Certs[0].NotAfter) {
+		return nil
+	}
+	return e.svid
+}
+
+// RefreshAt is when an SVID is due for rotation: half its lifetime,
+// brought forward by a random fraction (up to Jitter) of the lifetime so
+// that many workloads started together do not rotate together.
+func (c *Cache) RefreshAt(s *SVID) time.Time {
+	leaf := s.Certs[0]
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	early := time.Duration(rand.Float64() * c.cfg.Jitter * float64(life))
+	return leaf.NotBefore.Add(life/2 - early)
+}
+
+func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
+	backoff := c.cfg.MinBackoff
+	c.mu.Lock()
+	cur := c.entries[id].svid
+	c.mu.Unlock()
+	wait := c.RefreshAt(cur).Sub(c.cfg.Clock.Now())
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.cfg.Clock.After(wait):
+		}
+		svid, err := c.cfg.Fetcher.Fetch(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			left := cur.Certs[0].NotAfter.Sub(c.cfg.Clock.Now())
+			c.cfg.Log.Warn("SVID rotation failed; serving the current one and retrying", "id", id.String(),
+				"retryIn", backoff.String(), "validFor", left.Round(time.Second).String(), "error", err.Error())
+			wait = backoff
+			backoff = min(backoff*2, c.cfg.MaxBackoff)
+			continue
+		}
+		backoff = c.cfg.MinBackoff
+		c.mu.Lock()
+		c.entries[id].svid = svid
+		c.mu.Unlock()
+		cur = svid
+		c.cfg.Log.Info("rotated SVID", "id", id.String(), "notAfter", svid.Certs[0].NotAfter)
+		c.notify(svid)
+		wait = c.RefreshAt(svid).Sub(c.cfg.Clock.Now())
+	}
+}
+
+func (c *Cache) notify(s *SVID) {
+	if c.cfg.OnUpdate != nil {
+		c.cfg.OnUpdate(s)
+	}
+}
