@@ -45,8 +45,10 @@ type Config struct {
 	OnUpdate func(*SVID)
 }
 
-// Cache holds one SVID per identity and rotates each in the background.
+// Cache holds one SVID per identity and rotates each in the background
+// for as long as the context it was made with lives.
 type Cache struct {
+	ctx     context.Context
 	cfg     Config
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
@@ -58,8 +60,9 @@ type entry struct {
 	err   error
 }
 
-// NewCache checks cfg and returns an empty cache.
-func NewCache(cfg Config) (*Cache, error) {
+// NewCache checks cfg and returns an empty cache; rotation goroutines stop
+// when ctx is done.
+func NewCache(ctx context.Context, cfg Config) (*Cache, error) {
 	if cfg.Fetcher == nil {
 		return nil, errors.New("sds: Fetcher is required")
 	}
@@ -78,11 +81,11 @@ func NewCache(cfg Config) (*Cache, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Cache{cfg: cfg, entries: map[spiffeid.ID]*entry{}}, nil
+	return &Cache{ctx: ctx, cfg: cfg, entries: map[spiffeid.ID]*entry{}}, nil
 }
 
-// Get returns id's current SVID, fetching it on first use; from then on a
-// goroutine bound to ctx keeps it fresh.
+// Get returns id's current SVID, fetching it on first use (bounded by ctx);
+// from then on a goroutine keeps it fresh.
 func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 	c.mu.Lock()
 	e, ok := c.entries[id]
@@ -101,7 +104,7 @@ func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 		}
 		c.mu.Unlock()
 		c.notify(svid)
-		go c.rotate(ctx, id)
+		go c.rotate(c.ctx, id)
 		return svid, nil
 	}
 	c.mu.Unlock()

@@ -32,8 +32,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	caserver "github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/sds"
 )
 
@@ -266,3 +268,40 @@ func (s *Server) snapshotMissing(id spiffeid.ID) bool {
 	return err != nil
 }
 
+// istioCredentialHeader is the binary metadata key Istio 1.1's node agent
+// read the workload's token from (its spelling).
+const istioCredentialHeader = "istio_sds_credentail_header-bin"
+
+// TokenIdentify authenticates a stream with the caller's service-account
+// token, sent as "authorization: Bearer <token>" or in Istio 1.1's
+// istio_sds_credentail_header-bin, using the CA's authenticators.
+func TokenIdentify(auths ...caserver.Authenticator) Identify {
+	return func(ctx context.Context) (spiffeid.ID, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if v := md.Get(istioCredentialHeader); len(v) > 0 && len(md.Get("authorization")) == 0 {
+			md = md.Copy()
+			md.Set("authorization", "Bearer "+v[0])
+			ctx = metadata.NewIncomingContext(ctx, md)
+		}
+		var msgs []string
+		for _, a := range auths {
+			c, err := a.Authenticate(ctx)
+			if err == nil {
+				return c.ID, nil
+			}
+			if !errors.Is(err, caserver.ErrNoCredentials) {
+				msgs = append(msgs, err.Error())
+			}
+		}
+		if len(msgs) == 0 {
+			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: no credentials: send the workload's token as authorization: Bearer <token>")
+		}
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+strings.Join(msgs, "; "))
+	}
+}
+
+// FixedIdentify serves one identity to every stream: the per-workload
+// agent, whose socket only its own workload can open.
+func FixedIdentify(id spiffeid.ID) Identify {
+	return func(context.Context) (spiffeid.ID, error) { return id, nil }
+}

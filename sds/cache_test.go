@@ -1,0 +1,187 @@
+package sds_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/sds"
+)
+
+var start = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
+
+// flakyFetcher signs locally but can be switched off, like a CA outage.
+type flakyFetcher struct {
+	sds.LocalFetcher
+	down  atomic.Bool
+	calls atomic.Int32
+}
+
+func (f *flakyFetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) {
+	f.calls.Add(1)
+	if f.down.Load() {
+		return nil, errors.New("connection refused")
+	}
+	return f.LocalFetcher.Fetch(ctx, id)
+}
+
+func newFetcher(t *testing.T, clock *catest.Clock, ttl time.Duration) *flakyFetcher {
+	a := catest.Authority(t, catest.Root(t, ca.CAOptions{Clock: clock}), catest.WithClock(clock), func(c *ca.Config) { c.Backdate = time.Second })
+	return &flakyFetcher{LocalFetcher: sds.LocalFetcher{Authority: a, TTL: ttl}}
+}
+
+// waitParked waits until n goroutines wait on the fake clock.
+func waitParked(t *testing.T, clock *catest.Clock, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for clock.Waiters() < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d goroutines waiting on the clock, want %d", clock.Waiters(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestRotationAtHalfLife(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start)
+	f := newFetcher(t, clock, time.Hour)
+	var mu sync.Mutex
+	var updates []*sds.SVID
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := sds.NewCache(ctx, sds.Config{Fetcher: f, Clock: clock, OnUpdate: func(s *sds.SVID) {
+		mu.Lock()
+		updates = append(updates, s)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := catest.ID("default", "sleep")
+	first, err := c.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitParked(t, clock, 1)
+	clock.Add(25 * time.Minute) // before half-life (minus at most 5% jitter): nothing
+	time.Sleep(20 * time.Millisecond)
+	if f.calls.Load() != 1 {
+		t.Fatalf("rotated before half its lifetime (%d fetches)", f.calls.Load())
+	}
+	clock.Add(6 * time.Minute) // past half-life
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		n := len(updates)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d updates, want 2", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cur, _ := c.Get(ctx, id)
+	if cur.Certs[0].SerialNumber.Cmp(first.Certs[0].SerialNumber) == 0 {
+		t.Fatal("Get still returns the first SVID after rotation")
+	}
+}
+
+func TestCAOutageKeepsServingThenExpires(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start)
+	f := newFetcher(t, clock, time.Hour)
+	c, _ := sds.NewCache(context.Background(), sds.Config{Fetcher: f, Clock: clock, MinBackoff: time.Second, MaxBackoff: 8 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	id := catest.ID("default", "sleep")
+	first, err := c.Get(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.down.Store(true)
+	waitParked(t, clock, 1)
+	clock.Add(31 * time.Minute) // rotation due; the CA is down
+	// Retries back off: 1s, 2s, 4s, 8s, 8s...
+	for i, step := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second} {
+		waitParked(t, clock, 1)
+		before := f.calls.Load()
+		clock.Add(step - time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
+		if f.calls.Load() != before {
+			t.Fatalf("retry %d came before its %s backoff", i, step)
+		}
+		clock.Add(time.Millisecond)
+		deadline := time.Now().Add(5 * time.Second)
+		for f.calls.Load() == before {
+			if time.Now().After(deadline) {
+				t.Fatalf("retry %d did not come after %s", i, step)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if got, err := c.Get(ctx, id); err != nil || got != first {
+		t.Fatalf("during the outage Get = %v, %v; want the current SVID", got, err)
+	}
+	// The CA comes back: the next retry succeeds.
+	f.down.Store(false)
+	waitParked(t, clock, 1)
+	clock.Add(8 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if cur, _ := c.Get(ctx, id); cur != nil && cur != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no new SVID after the CA came back")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestExpiredIsNeverServed(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start)
+	f := newFetcher(t, clock, time.Hour)
+	c, _ := sds.NewCache(context.Background(), sds.Config{Fetcher: f, Clock: clock, MaxBackoff: 10 * time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	id := catest.ID("default", "sleep")
+	if _, err := c.Get(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	f.down.Store(true)
+	waitParked(t, clock, 1)
+	clock.Add(2 * time.Hour)
+	if _, err := c.Get(ctx, id); !errors.Is(err, sds.ErrExpired) {
+		t.Fatalf("Get after expiry = %v, want ErrExpired", err)
+	}
+	if c.Current(id) != nil {
+		t.Fatal("Current returned an expired SVID")
+	}
+}
+
+func TestFirstFetchFailureIsRetriedByNextGet(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start)
+	f := newFetcher(t, clock, time.Hour)
+	f.down.Store(true)
+	c, _ := sds.NewCache(context.Background(), sds.Config{Fetcher: f, Clock: clock})
+	id := catest.ID("default", "sleep")
+	if _, err := c.Get(context.Background(), id); err == nil || err.Error() != "sds: fetch spiffe://cluster.local/ns/default/sa/sleep: connection refused" {
+		t.Fatalf("err = %v", err)
+	}
+	f.down.Store(false)
+	if _, err := c.Get(context.Background(), id); err != nil {
+		t.Fatalf("second Get: %v", err)
+	}
+}
