@@ -94,6 +94,7 @@ func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 		c.entries[id] = e
 		c.mu.Unlock()
 		svid, err := c.cfg.Fetcher.Fetch(ctx, id)
+		c.stamp(svid)
 		c.mu.Lock()
 		e.svid, e.err = svid, err
 		close(e.ready)
@@ -136,14 +137,33 @@ func (c *Cache) Current(id spiffeid.ID) *SVID {
 	return e.svid
 }
 
-// RefreshAt is when an SVID is due for rotation: half its lifetime,
-// brought forward by a random fraction (up to Jitter) of the lifetime so
-// that many workloads started together do not rotate together.
+// minRefresh keeps a very short-lived SVID from being refetched in a
+// tight loop.
+const minRefresh = time.Second
+
+// RefreshAt is when an SVID is due for rotation: half of its remaining
+// lifetime when it was received, brought forward by a random fraction (up
+// to Jitter) so that workloads started together do not rotate together.
 func (c *Cache) RefreshAt(s *SVID) time.Time {
-	leaf := s.Certs[0]
-	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	from := s.Fetched
+	if from.IsZero() || from.Before(s.Certs[0].NotBefore) {
+		from = s.Certs[0].NotBefore
+	}
+	life := s.Certs[0].NotAfter.Sub(from)
 	early := time.Duration(rand.Float64() * c.cfg.Jitter * float64(life))
-	return leaf.NotBefore.Add(life/2 - early)
+	at := from.Add(life/2 - early)
+	if floor := from.Add(minRefresh); at.Before(floor) {
+		at = floor
+	}
+	return at
+}
+
+// stamp records when s arrived.
+func (c *Cache) stamp(s *SVID) *SVID {
+	if s != nil && s.Fetched.IsZero() {
+		s.Fetched = c.cfg.Clock.Now()
+	}
+	return s
 }
 
 func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
@@ -171,6 +191,7 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			continue
 		}
 		backoff = c.cfg.MinBackoff
+		c.stamp(svid)
 		c.mu.Lock()
 		c.entries[id].svid = svid
 		c.mu.Unlock()
@@ -185,4 +206,23 @@ func (c *Cache) notify(s *SVID) {
 	if c.cfg.OnUpdate != nil {
 		c.cfg.OnUpdate(s)
 	}
+}
+
+// Put installs an SVID obtained elsewhere (an agent's bootstrap request)
+// and starts keeping it fresh. It replaces nothing: when id already has an
+// entry, Put returns false.
+func (c *Cache) Put(svid *SVID) bool {
+	c.stamp(svid)
+	c.mu.Lock()
+	if _, ok := c.entries[svid.ID]; ok {
+		c.mu.Unlock()
+		return false
+	}
+	e := &entry{ready: make(chan struct{}), svid: svid}
+	close(e.ready)
+	c.entries[svid.ID] = e
+	c.mu.Unlock()
+	c.notify(svid)
+	go c.rotate(c.ctx, svid.ID)
+	return true
 }

@@ -185,3 +185,30 @@ func TestFirstFetchFailureIsRetriedByNextGet(t *testing.T) {
 		t.Fatalf("second Get: %v", err)
 	}
 }
+
+// The CA backdates NotBefore by a minute; a 10-second SVID must still be
+// rotated about 5 s after it arrived, not immediately and forever.
+func TestRefreshIgnoresBackdate(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start.Add(time.Hour))
+	a := catest.Authority(t, catest.Root(t, ca.CAOptions{Clock: catest.NewClock(start)}), catest.WithClock(clock))
+	f := &flakyFetcher{LocalFetcher: sds.LocalFetcher{Authority: a, TTL: 10 * time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, _ := sds.NewCache(ctx, sds.Config{Fetcher: f, Clock: clock, Jitter: 0.05})
+	s, err := c.Get(ctx, catest.ID("default", "sleep"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Certs[0].NotBefore.After(clock.Now().Add(-30 * time.Second)) {
+		t.Fatalf("fixture: NotBefore %s is not backdated", s.Certs[0].NotBefore)
+	}
+	wait := c.RefreshAt(s).Sub(clock.Now())
+	if wait < 4*time.Second || wait > 5*time.Second {
+		t.Fatalf("refresh in %s, want 5s minus at most 5%% jitter", wait)
+	}
+	waitParked(t, clock, 1)
+	if f.calls.Load() != 1 {
+		t.Fatalf("%d fetches right after the first; rotation is looping", f.calls.Load())
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -32,6 +33,9 @@ type SVID struct {
 	Certs []*x509.Certificate // leaf first, then intermediates; no root
 	Key   crypto.Signer
 	Roots []*x509.Certificate // the trust bundle it was issued under
+	// Fetched is when the cache received it; rotation is scheduled from
+	// here, not from NotBefore, which the CA backdates for clock skew.
+	Fetched time.Time
 }
 
 // ChainPEM is the certificate chain as PEM.

@@ -55,7 +55,12 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // port accepts connections. The returned stop function waits for exit.
 func serve(t *testing.T, dataDir string, extra ...string) (addr string, stop func() int) {
 	t.Helper()
-	addr = freeAddr(t)
+	return serveAt(t, dataDir, freeAddr(t), extra...)
+}
+
+// serveAt is serve on a given address (to restart a CA where it was).
+func serveAt(t *testing.T, dataDir, addr string, extra ...string) (string, func() int) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var stderr syncBuffer
 	done := make(chan int, 1)
@@ -82,7 +87,7 @@ func serve(t *testing.T, dataDir string, extra ...string) (addr string, stop fun
 	}
 	var once sync.Once
 	code := 0
-	stop = func() int {
+	stop := func() int {
 		once.Do(func() { cancel(); code = <-done })
 		return code
 	}

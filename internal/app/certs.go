@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/token"
 )
 
@@ -237,23 +238,9 @@ func readPool(path string) (*x509.CertPool, error) {
 	return p, nil
 }
 
-// writeSVID writes the key first, then the chain, each atomically, so a
-// reader never sees a chain without its key.
+// writeSVID writes the key (0600), chain and root atomically, key first.
 func writeSVID(dir string, r *client.Result) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	key, err := ca.MarshalKey(r.Key)
-	if err != nil {
-		return err
-	}
-	if err := filestore.WriteReplace(filepath.Join(dir, fileKey), key, 0o600); err != nil {
-		return err
-	}
-	if err := filestore.WriteReplace(filepath.Join(dir, fileCertChain), ca.EncodeCerts(r.Certs...), 0o644); err != nil {
-		return err
-	}
-	return filestore.WriteReplace(filepath.Join(dir, fileRoot), ca.EncodeCerts(r.Root), 0o644)
+	return sds.WriteFiles(dir, &sds.SVID{ID: r.ID, Certs: r.Certs, Key: r.Key}, []*x509.Certificate{r.Root})
 }
 
 func loadSVID(dir string) (*tls.Certificate, error) {

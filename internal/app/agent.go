@@ -1,0 +1,251 @@
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/wardenmesh/warden/ca"
+	caserver "github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/sds"
+	sdsserver "github.com/wardenmesh/warden/sds/server"
+	"github.com/wardenmesh/warden/token"
+)
+
+type agentFlags struct {
+	addr, rootFile, serverName, tokenFile string
+	sdsSocket, wapiSocket, outDir         string
+	keyType, logLevel                     string
+	ttl                                   time.Duration
+	nodeAgent                             bool
+	socketMode                            uint
+}
+
+func runAgent(ctx context.Context, e *env, args []string) error {
+	var f agentFlags
+	fs := e.flags("agent")
+	fs.StringVar(&f.addr, "ca", defaultCAListen, "CA address host:port")
+	fs.StringVar(&f.rootFile, "root-cert", filepath.Join(e.dataDirDefault(), ca.FileRootCert), "trust anchors: the CA's TLS certificate and the mesh bundle")
+	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
+	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca)")
+	fs.StringVar(&f.sdsSocket, "sds-socket", "warden-agent/sds.sock", "Unix socket to serve SDS on")
+	fs.StringVar(&f.wapiSocket, "workload-api-socket", "warden-agent/workload.sock", "Unix socket for the SPIFFE Workload API; empty disables")
+	fs.StringVar(&f.outDir, "output-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem here (for proxyless gRPC's file_watcher)")
+	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048 (also ecdsa-p384, rsa-4096)")
+	fs.DurationVar(&f.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
+	fs.BoolVar(&f.nodeAgent, "node-agent", false, "serve several workloads: each SDS stream authenticates with its own token in gRPC metadata")
+	fs.UintVar(&f.socketMode, "socket-mode", 0o600, "permissions of the sockets (0600, or 0660 to share with a group)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := e.logger(f.logLevel)
+	if err != nil {
+		return err
+	}
+	a, err := newAgent(ctx, f, log)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}
+
+// agent is a wired 'warden agent'.
+type agent struct {
+	log       *slog.Logger
+	f         agentFlags
+	cache     *sds.Cache
+	fetcher   *sds.CAFetcher
+	sds       *sdsserver.Server
+	wapi      *sdsserver.WorkloadAPI
+	fileRoots []*x509.Certificate
+	mu        sync.Mutex
+	self      *sds.SVID // the workload's SVID (single-workload mode)
+	lastRoot  *x509.Certificate
+	tokens    caserver.TokenCache // node agent: token hash -> identity
+}
+
+func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, error) {
+	kt, err := ca.ParseKeyType(f.keyType)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	pool, err := readPool(f.rootFile)
+	if err != nil {
+		return nil, err
+	}
+	b, _ := os.ReadFile(f.rootFile)
+	fileRoots, _ := ca.ParseCerts(b)
+	a := &agent{log: log, f: f, fileRoots: fileRoots}
+	if f.serverName == "" {
+		f.serverName, _, _ = net.SplitHostPort(f.addr)
+	}
+	a.fetcher = &sds.CAFetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
+	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated})
+	if err != nil {
+		return nil, err
+	}
+	a.fetcher.Current = a.cache.Current
+	identify := a.identifyByToken
+	if !f.nodeAgent {
+		svid, err := a.fetcher.Fetch(ctx, spiffeid.ID{})
+		if err != nil {
+			return nil, fmt.Errorf("first certificate from %s: %w", f.addr, err)
+		}
+		log.Info("workload identity", "id", svid.ID.String(), "notAfter", svid.Certs[0].NotAfter)
+		a.mu.Lock()
+		a.self = svid
+		a.mu.Unlock()
+		a.cache.Put(svid)
+		identify = sdsserver.FixedIdentify(svid.ID)
+	}
+	a.sds, err = sdsserver.New(ctx, sdsserver.Config{Cache: a.cache, Identify: identify, Roots: a.roots, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	if f.wapiSocket != "" && !f.nodeAgent {
+		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots}
+	}
+	return a, nil
+}
+
+// updated runs after every new SVID: push to SDS and Workload API streams,
+// and write the files.
+func (a *agent) updated(s *sds.SVID) {
+	a.mu.Lock()
+	if a.self != nil && a.self.ID == s.ID {
+		a.self = s
+	}
+	rootChanged := len(s.Roots) > 0 && (a.lastRoot == nil || !a.lastRoot.Equal(s.Roots[0]))
+	if len(s.Roots) > 0 {
+		a.lastRoot = s.Roots[0]
+	}
+	a.mu.Unlock()
+	if a.sds != nil {
+		a.sds.Updated(s)
+		if rootChanged {
+			a.sds.RootsChanged()
+		}
+	}
+	if a.wapi != nil {
+		a.wapi.Updated()
+	}
+	if a.f.outDir != "" && !a.f.nodeAgent {
+		if err := sds.WriteFiles(a.f.outDir, s, a.roots()); err != nil {
+			a.log.Error("writing certificate files", "dir", a.f.outDir, "error", err.Error())
+		}
+	}
+}
+
+func (a *agent) current() *sds.SVID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.self
+}
+
+// roots is the bundle: the trust anchors file plus the root the CA last
+// named, deduplicated.
+func (a *agent) roots() []*x509.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := append([]*x509.Certificate{}, a.fileRoots...)
+	if a.lastRoot != nil {
+		found := false
+		for _, r := range out {
+			found = found || r.Equal(a.lastRoot)
+		}
+		if !found {
+			out = append(out, a.lastRoot)
+		}
+	}
+	return out
+}
+
+// identifyByToken (node-agent mode) learns a stream's identity by having
+// the CA check its token: the answer is a certificate for exactly that
+// identity, which the cache then keeps fresh over mTLS.
+func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	raw := ""
+	if v := md.Get("authorization"); len(v) == 1 {
+		raw = v[0]
+	} else if v := md.Get("istio_sds_credentail_header-bin"); len(v) == 1 {
+		raw = v[0]
+	}
+	if raw == "" {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: no credentials: send the workload's token as authorization: Bearer <token>")
+	}
+	now := time.Now()
+	if c, ok := a.tokens.Get(raw, now); ok {
+		return c.ID, nil
+	}
+	svid, err := a.fetcher.Fetch(ctx, spiffeid.ID{})
+	if err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Unauthenticated {
+			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: the CA refused the token: "+st.Message())
+		}
+		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "sds: CA: %v", err)
+	}
+	a.cache.Put(svid)
+	exp := now.Add(5 * time.Minute)
+	if _, c, err := token.Parse(trimBearer(raw)); err == nil && c.Expiry != nil && c.Expiry.Time().Before(exp) {
+		exp = c.Expiry.Time()
+	}
+	a.tokens.Put(raw, &caserver.Caller{ID: svid.ID, Method: "ca"}, exp, now)
+	return svid.ID, nil
+}
+
+func trimBearer(s string) string {
+	if len(s) > 7 && (s[:7] == "Bearer " || s[:7] == "bearer ") {
+		return s[7:]
+	}
+	return s
+}
+
+func (a *agent) run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	serve := func(path string, register func(grpc.ServiceRegistrar)) error {
+		lis, err := sdsserver.ListenUnix(path, os.FileMode(a.f.socketMode))
+		if err != nil {
+			return err
+		}
+		s := grpc.NewServer()
+		register(s)
+		g.Go(func() error { return s.Serve(lis) })
+		g.Go(func() error {
+			<-ctx.Done()
+			s.GracefulStop()
+			_ = os.Remove(path)
+			return nil
+		})
+		a.log.Info("serving", "socket", path)
+		return nil
+	}
+	if err := serve(a.f.sdsSocket, a.sds.Register); err != nil {
+		return fmt.Errorf("SDS socket: %w", err)
+	}
+	if a.wapi != nil {
+		if err := serve(a.f.wapiSocket, a.wapi.Register); err != nil {
+			return fmt.Errorf("workload API socket: %w", err)
+		}
+	}
+	err := g.Wait()
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}

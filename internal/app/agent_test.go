@@ -1,0 +1,236 @@
+package app_test
+
+import (
+	"context"
+	"crypto"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/app"
+)
+
+// sdsDefault opens an SDS stream on sock and returns the leaf of the
+// "default" secret and the ROOTCA bundle.
+func sdsDefault(t *testing.T, sock string) (leafSerial string, chainLen, roots int) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.1~sleep.default~default.svc.cluster.local"},
+		ResourceNames: []string{"default", "ROOTCA"}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resp.Resources {
+		var sec tlsv3.Secret
+		if err := r.UnmarshalTo(&sec); err != nil {
+			t.Fatal(err)
+		}
+		switch sec.Name {
+		case "default":
+			certs, err := ca.ParseCerts(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, err := ca.ParseKey(sec.GetTlsCertificate().GetPrivateKey().GetInlineBytes())
+			if err != nil || !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(certs[0].PublicKey) {
+				t.Fatalf("SDS key does not match its chain: %v", err)
+			}
+			leafSerial, chainLen = certs[0].SerialNumber.String(), len(certs)
+		case "ROOTCA":
+			rs, err := ca.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			roots = len(rs)
+		}
+	}
+	return leafSerial, chainLen, roots
+}
+
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear", path)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, stopCA := serve(t, data)
+	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+
+	sdsSock, wSock, out := filepath.Join(dir, "run", "sds.sock"), filepath.Join(dir, "run", "workload.sock"), filepath.Join(dir, "out")
+	// A stale socket from a crashed agent is cleaned up.
+	os.MkdirAll(filepath.Dir(sdsSock), 0o755)
+	if l, err := net.Listen("unix", sdsSock); err == nil {
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"), "--token-file", tokFile,
+			"--sds-socket", sdsSock, "--workload-api-socket", wSock, "--output-dir", out, "--ttl", "20s"}, &logs, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("agent exited %d:\n%s", code, logs.String())
+		}
+	})
+	waitFile(t, sdsSock)
+	waitFile(t, wSock)
+	if fi, _ := os.Stat(sdsSock); fi.Mode().Perm() != 0o600 {
+		t.Errorf("SDS socket mode %v, want 0600", fi.Mode().Perm())
+	}
+
+	serial, chainLen, roots := sdsDefault(t, sdsSock)
+	if serial == "" || chainLen != 1 || roots != 1 {
+		t.Fatalf("SDS: serial %q chain %d roots %d\n%s", serial, chainLen, roots, logs.String())
+	}
+
+	// go-spiffe's Workload API client sees the same SVID and bundle.
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	x, err := workloadapi.FetchX509Context(wctx, workloadapi.WithAddr("unix://"+wSock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid := x.DefaultSVID()
+	if svid.ID.String() != "spiffe://cluster.local/ns/default/sa/sleep" || svid.Certificates[0].SerialNumber.String() != serial {
+		t.Fatalf("Workload API SVID %s serial %s, SDS serial %s", svid.ID, svid.Certificates[0].SerialNumber, serial)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, x.Bundles); err != nil {
+		t.Fatalf("Workload API SVID does not verify against its bundle: %v", err)
+	}
+
+	// The files for proxyless gRPC.
+	waitFile(t, filepath.Join(out, "key.pem"))
+	if fi, _ := os.Stat(filepath.Join(out, "key.pem")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("key.pem mode %v", fi.Mode().Perm())
+	}
+
+	// The CA goes away: the agent keeps serving the current certificate.
+	stopCA()
+	time.Sleep(11 * time.Second) // past the rotation point (10 s), before expiry (20 s)
+	if s2, _, _ := sdsDefault(t, sdsSock); s2 != serial {
+		t.Fatalf("during the outage SDS serves %s, want the current %s", s2, serial)
+	}
+	if !strings.Contains(logs.String(), "SVID rotation failed; serving the current one and retrying") {
+		t.Fatalf("no retry logged during the outage:\n%s", logs.String())
+	}
+	// The CA returns on the same address: the agent recovers.
+	serveAt(t, data, addr)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if s3, _, _ := sdsDefault(t, sdsSock); s3 != serial {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new certificate after the CA came back:\n%s", logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestNodeAgentServesEachCallerItsOwnIdentity(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	sock := filepath.Join(dir, "sds.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"agent", "--node-agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"),
+			"--sds-socket", sock, "--workload-api-socket", ""}, &logs, &logs)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFile(t, sock)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	open := func(tok string, names ...string) (*discovery.DiscoveryResponse, error) {
+		c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		if tok != "" {
+			c = metadata.AppendToOutgoingContext(c, "authorization", "Bearer "+tok)
+		}
+		s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(c)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
+			return nil, err
+		}
+		return s.Recv()
+	}
+	mint := func(sa string) string {
+		_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", sa)
+		return strings.TrimSpace(tok)
+	}
+	for _, sa := range []string{"sleep", "flaskapp"} {
+		resp, err := open(mint(sa), "default")
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", sa, err, logs.String())
+		}
+		var sec tlsv3.Secret
+		_ = resp.Resources[0].UnmarshalTo(&sec)
+		certs, _ := ca.ParseCerts(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+		if got := certs[0].URIs[0].String(); got != "spiffe://cluster.local/ns/default/sa/"+sa {
+			t.Fatalf("caller %s got %s", sa, got)
+		}
+	}
+	if _, err := open("", "default"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no token: %v", err)
+	}
+	if _, err := open("forged.token.value", "default"); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("bad token: %v", err)
+	}
+	if _, err := open(mint("sleep"), "spiffe://cluster.local/ns/default/sa/flaskapp"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("sleep asking for flaskapp: %v", err)
+	}
+}

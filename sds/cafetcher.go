@@ -1,0 +1,94 @@
+package sds
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
+)
+
+// CAFetcher obtains SVIDs from a warden (or Istio) CA over gRPC: with the
+// current SVID over mTLS while it is valid, otherwise with a bearer token:
+// the token of the SDS caller (node-agent mode, read from the incoming
+// call's metadata) or the workload's service-account token file.
+type CAFetcher struct {
+	Addr       string
+	Roots      *x509.CertPool // trust anchors for the CA's TLS certificate
+	ServerName string
+	TokenFile  string // projected service-account token
+	KeyType    ca.KeyType
+	TTL        time.Duration
+	// Current returns the SVID held for id, for renewal over mTLS.
+	Current func(id spiffeid.ID) *SVID
+	Clock   Clock
+}
+
+// Fetch implements Fetcher. A zero id asks for whatever identity the
+// token carries.
+func (f *CAFetcher) Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error) {
+	cfg := client.Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName}
+	var tok string
+	var cur *SVID
+	if f.Current != nil && !id.IsZero() {
+		cur = f.Current(id)
+	}
+	if cur != nil {
+		tc := &tls.Certificate{PrivateKey: cur.Key, Leaf: cur.Certs[0]}
+		for _, c := range cur.Certs {
+			tc.Certificate = append(tc.Certificate, c.Raw)
+		}
+		cfg.ClientCert = tc
+	} else {
+		var err error
+		if tok, err = f.token(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	res, err := c.Request(ctx, client.Request{KeyType: f.KeyType, TTL: f.TTL, Token: tok, ID: id})
+	if err != nil {
+		return nil, err
+	}
+	if !id.IsZero() && res.ID != id {
+		return nil, fmt.Errorf("sds: CA issued %s, asked for %s", res.ID, id)
+	}
+	return &SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: []*x509.Certificate{res.Root}}, nil
+}
+
+// token prefers the caller's token (node agent) over the token file.
+func (f *CAFetcher) token(ctx context.Context) (string, error) {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("authorization"); len(v) == 1 {
+			if t, ok := strings.CutPrefix(v[0], "Bearer "); ok {
+				return strings.TrimSpace(t), nil
+			}
+		}
+		if v := md.Get("istio_sds_credentail_header-bin"); len(v) == 1 {
+			return strings.TrimSpace(v[0]), nil
+		}
+	}
+	if f.TokenFile == "" {
+		return "", errors.New("sds: no token: configure a token file or send one with the request")
+	}
+	b, err := os.ReadFile(f.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("sds: token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
