@@ -3,6 +3,8 @@ package app_test
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -232,5 +235,55 @@ func TestNodeAgentServesEachCallerItsOwnIdentity(t *testing.T) {
 	}
 	if _, err := open(mint("sleep"), "spiffe://cluster.local/ns/default/sa/flaskapp"); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("sleep asking for flaskapp: %v", err)
+	}
+}
+
+// TestCentralSDS: sidecars without a node agent get their secrets from
+// warden serve itself, over TLS, authenticated with their token.
+func TestCentralSDS(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(filepath.Join(data, "root-cert.pem"))
+	pool.AppendCertsFromPEM(b)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "flaskapp")
+	recv := func(md ...string) (*discovery.DiscoveryResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		ctx = metadata.AppendToOutgoingContext(ctx, md...)
+		s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNames: []string{"default", "ROOTCA"}, TypeUrl: resource.SecretType}); err != nil {
+			return nil, err
+		}
+		return s.Recv()
+	}
+	resp, err := recv("authorization", "Bearer "+strings.TrimSpace(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sec tlsv3.Secret
+	for _, r := range resp.Resources {
+		_ = r.UnmarshalTo(&sec)
+		if sec.Name == "default" {
+			certs, _ := ca.ParseCerts(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+			if got := certs[0].URIs[0].String(); got != "spiffe://cluster.local/ns/default/sa/flaskapp" {
+				t.Fatalf("central SDS served %s", got)
+			}
+		}
+	}
+	if len(resp.Resources) != 2 {
+		t.Fatalf("%d resources, want default and ROOTCA", len(resp.Resources))
+	}
+	if _, err := recv(); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("without a token: %v", err)
 	}
 }

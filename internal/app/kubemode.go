@@ -86,6 +86,9 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 	}
 	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log,
 		OnChange: func() {
+			if s.sds != nil {
+				s.sds.RootsChanged()
+			}
 			publisher.Changed()
 			if saSecrets != nil {
 				saSecrets.Changed()

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/sds"
+	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
 )
 
@@ -84,6 +87,7 @@ type standalone struct {
 	origin    string                            // where the CA material came from
 	issuer    *token.Issuer                     // standalone token issuer; nil in Kubernetes mode
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
+	sds       *sdsserver.Server                 // central SDS
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server
@@ -157,6 +161,25 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	}
 	g := grpc.NewServer(server.Credentials(serving))
 	srv.Register(g)
+	// Central SDS on the same port, for sidecars without a node agent:
+	// each stream authenticates like a certificate request.
+	var central *sdsserver.Server
+	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log,
+		OnUpdate: func(v *sds.SVID) {
+			if central != nil {
+				central.Updated(v)
+			}
+		}})
+	if err != nil {
+		return nil, err
+	}
+	central, err = sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(auths...), Log: log,
+		Roots: func() []*x509.Certificate { return authority.Bundle().X509Authorities() }})
+	if err != nil {
+		return nil, err
+	}
+	central.Register(g)
+	s.sds = central
 
 	s.grpc = g
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
