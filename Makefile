@@ -7,7 +7,7 @@ FUZZTIME   ?= 10s
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: all build kube-binaries test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca clean
+.PHONY: all build kube-binaries test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -18,7 +18,7 @@ $(STATICCHECK):
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
 ## test: everything CI runs — import rules, lint, unit and end-to-end tests, fuzz smoke, the demo.
-test: verify-imports lint fuzz-smoke test-demo unit
+test: verify-imports lint fuzz-smoke test-demo bench-smoke unit
 
 verify-imports:
 	hack/verify-imports.sh
@@ -47,18 +47,26 @@ fuzz:
 test-demo: build
 	WARDEN=$(BIN)/warden DEMO_CA_PORT=25012 DEMO_HTTP_PORT=25014 hack/demo.sh
 
+## bench-smoke: the load commands run briefly (no figures asserted), so they keep working.
+bench-smoke: build
+	$(BIN)/warden bench sds --streams 200
+	DURATION=1s CONCURRENCY=4 KEY_TYPES=ecdsa-p256 WARDEN=$(BIN)/warden hack/bench-ca.sh
+
 ## demo: the standalone demo on the default ports.
 demo: build
 	WARDEN=$(BIN)/warden hack/demo.sh
 
 ## bench: Go benchmarks, then the end-to-end CA load.
-bench: bench-go bench-ca
+bench: bench-go bench-ca bench-sds
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
 
 bench-ca: build
 	WARDEN=$(BIN)/warden hack/bench-ca.sh
+
+bench-sds: build
+	$(BIN)/warden bench sds --streams 10000
 
 clean:
 	rm -rf $(BIN)

@@ -28,7 +28,7 @@ type env struct {
 
 type command struct {
 	name    string
-	summary string
+	summary string // empty: not listed (internal helpers)
 	run     func(ctx context.Context, e *env, args []string) error
 }
 
@@ -41,6 +41,8 @@ func commands() []command {
 		{"cert request", "get a workload certificate from the CA", runCertRequest},
 		{"cert inspect", "show the SPIFFE ID, validity and issuer of certificates in a PEM file", runCertInspect},
 		{"bench ca", "load-test the CA API: certs/s and latency", runBenchCA},
+		{"bench sds", "fan out SDS streams: heap per stream, root push latency", runBenchSDS},
+		{"bench sds-clients", "", runBenchSDSClients},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -83,7 +85,9 @@ func (e *env) run(ctx context.Context, args []string) int {
 func (e *env) usage() {
 	fmt.Fprintln(e.stderr, "warden: certificate authority and mTLS authority for service meshes\n\nCommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(e.stderr, "  warden %-14s %s\n", c.name, c.summary)
+		if c.summary != "" {
+			fmt.Fprintf(e.stderr, "  warden %-14s %s\n", c.name, c.summary)
+		}
 	}
 	fmt.Fprintln(e.stderr, "\nRun 'warden <command> -h' for its flags.")
 }

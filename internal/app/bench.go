@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"fmt"
+	"io"
+	"os"
 	"net"
 	"path/filepath"
 	"runtime"
@@ -60,4 +62,40 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 		return fmt.Errorf("%d requests failed", res.Errors)
 	}
 	return nil
+}
+
+func runBenchSDS(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("bench sds")
+	streams := fs.Int("streams", 10000, "concurrent SDS streams")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "opening %d SDS streams...\n", *streams)
+	res, err := bench.SDS(ctx, *streams, exe, []string{"bench", "sds-clients"})
+	if err != nil {
+		return err
+	}
+	res.Print(e.stdout)
+	return nil
+}
+
+// runBenchSDSClients is the client half of 'bench sds', run as a child
+// process so that its memory does not count against the server's. It
+// stops when its standard input closes.
+func runBenchSDSClients(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("bench sds-clients")
+	socket := fs.String("socket", "", "SDS socket")
+	streams := fs.Int("streams", 1000, "streams")
+	conns := fs.Int("conns", 0, "connections (default one per 500 streams)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
+	return bench.SDSClients(ctx, *socket, *streams, *conns, e.stdout)
 }
