@@ -60,6 +60,7 @@ type Server struct {
 	version  atomic.Uint64
 	mu       sync.Mutex
 	streams  map[int64]spiffeid.ID
+	sent     map[int64]string // last version sent on each SotW stream
 	idents   map[spiffeid.ID]int // open streams per identity
 	building sync.Mutex          // serialises snapshot builds
 }
@@ -73,7 +74,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, streams: map[int64]spiffeid.ID{}, idents: map[spiffeid.ID]int{}}
+	s := &Server{cfg: cfg, streams: map[int64]spiffeid.ID{}, sent: map[int64]string{}, idents: map[spiffeid.ID]int{}}
 	s.snaps = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.xds = xds.NewServer(ctx, s.snaps, s.callbacks())
 	return s, nil
@@ -164,6 +165,7 @@ func (s *Server) closed(streamID int64) {
 		return
 	}
 	delete(s.streams, streamID)
+	delete(s.sent, streamID)
 	if s.idents[id]--; s.idents[id] == 0 {
 		delete(s.idents, id)
 	}
@@ -201,8 +203,7 @@ func (s *Server) bind(streamID int64, node **corev3.Node) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// nack logs a rejected push. The xDS server does not resend the rejected
-// version, so a bad secret cannot loop.
+// nack logs a rejected push.
 func (s *Server) nack(id spiffeid.ID, version, detail string) {
 	s.cfg.Log.Warn("sds: proxy rejected secrets (NACK)", "id", id.String(), "version", version, "error", detail)
 }
@@ -226,9 +227,23 @@ func (s *Server) callbacks() xds.Callbacks {
 				return err
 			}
 			if req.ErrorDetail != nil {
-				s.nack(id, req.VersionInfo, req.ErrorDetail.GetMessage())
+				// A NACK names the last version the proxy accepted, so the
+				// snapshot cache would answer with the rejected version at
+				// once, and the proxy would reject it again, forever.
+				// Treat the rejected version as seen: the next change is
+				// pushed, the same one never again.
+				s.mu.Lock()
+				rejected := s.sent[streamID]
+				s.mu.Unlock()
+				s.nack(id, rejected, req.ErrorDetail.GetMessage())
+				req.VersionInfo = rejected
 			}
 			return checkNames(id, req.ResourceNames)
+		},
+		StreamResponseFunc: func(_ context.Context, streamID int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			s.mu.Lock()
+			s.sent[streamID] = resp.VersionInfo
+			s.mu.Unlock()
 		},
 		StreamDeltaRequestFunc: func(streamID int64, req *discovery.DeltaDiscoveryRequest) error {
 			id, err := s.bind(streamID, &req.Node)

@@ -17,6 +17,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -355,5 +356,55 @@ func TestNodeAgentTokens(t *testing.T) {
 	_, _, err = e.recv()
 	if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "malformed") {
 		t.Fatalf("bad token: %v", err)
+	}
+}
+
+// A NACK is logged with its detail and does not make the server resend
+// the rejected version.
+func TestNACKDoesNotLoop(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, server.FixedIdentify(sleepID))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(f.conn).StreamSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{sds.DefaultName}
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// NACK: the previous accepted version (none) and the nonce, with an error.
+	if err := s.Send(&discovery.DiscoveryRequest{ResponseNonce: resp.Nonce, ResourceNames: names, TypeUrl: resource.SecretType,
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "bad certificate chain"}}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *discovery.DiscoveryResponse, 1)
+	go func() {
+		r, err := s.Recv()
+		if err == nil {
+			got <- r
+		}
+	}()
+	select {
+	case r := <-got:
+		if r.VersionInfo == resp.VersionInfo {
+			t.Fatalf("the NACKed version %s was sent again", r.VersionInfo)
+		}
+	case <-time.After(500 * time.Millisecond):
+	}
+	// A real change is still pushed after the NACK.
+	f.clock.Add(40 * time.Minute)
+	select {
+	case r := <-got:
+		if r.VersionInfo == resp.VersionInfo {
+			t.Fatal("push repeated the NACKed version")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no push after a NACK and a rotation")
 	}
 }
