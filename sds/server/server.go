@@ -1,10 +1,11 @@
 // Package server serves Envoy's Secret Discovery Service
 // (envoy.service.secret.v3.SecretDiscoveryService: StreamSecrets,
 // DeltaSecrets, FetchSecrets) from an sds.Cache, on go-control-plane's
-// xDS server, which implements the protocol rules: every response carries
-// a version_info and a nonce; a request echoing them is an ACK and changes
-// nothing; a request with error_detail is a NACK, logged here, and the
-// rejected version is not sent again.
+// xDS server. Protocol rules: every response carries a version_info and a
+// nonce; a request echoing them is an ACK and changes nothing; a request
+// with error_detail is a NACK, logged here with its detail, and the
+// rejected version is not sent again (see StreamRequestFunc), the next
+// change is.
 //
 // Each stream is tied to one identity, established when it opens (the
 // node agent's own workload, or the caller's token). Resource names are
@@ -60,7 +61,7 @@ type Server struct {
 	version  atomic.Uint64
 	mu       sync.Mutex
 	streams  map[int64]spiffeid.ID
-	sent     map[int64]string // last version sent on each SotW stream
+	sent     map[int64]string    // last version sent on each SotW stream
 	idents   map[spiffeid.ID]int // open streams per identity
 	building sync.Mutex          // serialises snapshot builds
 }
