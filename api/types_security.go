@@ -1,0 +1,139 @@
+package api
+
+// PeerAuthentication (security.istio.io/v1beta1, v1) sets the mTLS mode
+// for workloads.
+type PeerAuthentication struct {
+	TypeMeta `json:",inline"`
+	Metadata ObjectMeta             `json:"metadata"`
+	Spec     PeerAuthenticationSpec `json:"spec"`
+}
+
+// PeerAuthenticationSpec selects workloads and their mTLS mode.
+type PeerAuthenticationSpec struct {
+	Selector      *WorkloadSelector   `json:"selector,omitempty"`
+	MTLS          *PeerMTLS           `json:"mtls,omitempty"`
+	PortLevelMTLS map[string]PeerMTLS `json:"portLevelMtls,omitempty" keys:"port"`
+}
+
+// PeerMTLS is an mTLS mode.
+type PeerMTLS struct {
+	Mode string `json:"mode,omitempty" enum:"UNSET,DISABLE,PERMISSIVE,STRICT"`
+}
+
+// RequestAuthentication (security.istio.io/v1beta1, v1) says which JWTs
+// are accepted.
+type RequestAuthentication struct {
+	TypeMeta `json:",inline"`
+	Metadata ObjectMeta                `json:"metadata"`
+	Spec     RequestAuthenticationSpec `json:"spec"`
+}
+
+// RequestAuthenticationSpec lists JWT rules.
+type RequestAuthenticationSpec struct {
+	Selector   *WorkloadSelector       `json:"selector,omitempty"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"`
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	JWTRules   []JWTRule               `json:"jwtRules,omitempty"`
+}
+
+// JWTRule is one trusted JWT issuer.
+type JWTRule struct {
+	Issuer                string          `json:"issuer"`
+	Audiences             []string        `json:"audiences,omitempty"`
+	JwksURI               string          `json:"jwksUri,omitempty"`
+	Jwks                  string          `json:"jwks,omitempty"`
+	FromHeaders           []JWTHeader     `json:"fromHeaders,omitempty"`
+	FromParams            []string        `json:"fromParams,omitempty"`
+	FromCookies           []string        `json:"fromCookies,omitempty"`
+	OutputPayloadToHeader string          `json:"outputPayloadToHeader,omitempty"`
+	OutputClaimToHeaders  []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
+	ForwardOriginalToken  bool            `json:"forwardOriginalToken,omitempty"`
+	Timeout               string          `json:"timeout,omitempty" format:"duration"`
+}
+
+// JWTHeader is a header a JWT may come in, with its prefix.
+type JWTHeader struct {
+	Name   string `json:"name"`
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// ClaimToHeader copies a claim into a request header.
+type ClaimToHeader struct {
+	Header string `json:"header"`
+	Claim  string `json:"claim"`
+}
+
+// AuthorizationPolicy (security.istio.io/v1beta1, v1) allows, denies or
+// audits requests.
+type AuthorizationPolicy struct {
+	TypeMeta `json:",inline"`
+	Metadata ObjectMeta              `json:"metadata"`
+	Spec     AuthorizationPolicySpec `json:"spec"`
+}
+
+// AuthorizationPolicySpec is the policy.
+type AuthorizationPolicySpec struct {
+	Selector   *WorkloadSelector       `json:"selector,omitempty"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"`
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	Rules      []Rule                  `json:"rules,omitempty"`
+	Action     string                  `json:"action,omitempty" enum:"ALLOW,DENY,AUDIT,CUSTOM"`
+	Provider   *ExtensionProvider      `json:"provider,omitempty"`
+}
+
+// ExtensionProvider names a CUSTOM action's external authorizer.
+type ExtensionProvider struct {
+	Name string `json:"name"`
+}
+
+// Rule matches requests: from, to and when are ANDed.
+type Rule struct {
+	From []RuleFrom  `json:"from,omitempty"`
+	To   []RuleTo    `json:"to,omitempty"`
+	When []Condition `json:"when,omitempty"`
+}
+
+// RuleFrom wraps a Source.
+type RuleFrom struct {
+	Source *Source `json:"source,omitempty"`
+}
+
+// Source is who sends the request.
+type Source struct {
+	Principals           []string `json:"principals,omitempty"`
+	NotPrincipals        []string `json:"notPrincipals,omitempty"`
+	RequestPrincipals    []string `json:"requestPrincipals,omitempty"`
+	NotRequestPrincipals []string `json:"notRequestPrincipals,omitempty"`
+	Namespaces           []string `json:"namespaces,omitempty"`
+	NotNamespaces        []string `json:"notNamespaces,omitempty"`
+	ServiceAccounts      []string `json:"serviceAccounts,omitempty"`
+	NotServiceAccounts   []string `json:"notServiceAccounts,omitempty"`
+	IPBlocks             []string `json:"ipBlocks,omitempty"`
+	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
+	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
+	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+}
+
+// RuleTo wraps an Operation.
+type RuleTo struct {
+	Operation *Operation `json:"operation,omitempty"`
+}
+
+// Operation is what the request does.
+type Operation struct {
+	Hosts      []string `json:"hosts,omitempty"`
+	NotHosts   []string `json:"notHosts,omitempty"`
+	Ports      []string `json:"ports,omitempty"`
+	NotPorts   []string `json:"notPorts,omitempty"`
+	Methods    []string `json:"methods,omitempty"`
+	NotMethods []string `json:"notMethods,omitempty"`
+	Paths      []string `json:"paths,omitempty"`
+	NotPaths   []string `json:"notPaths,omitempty"`
+}
+
+// Condition is a key with values (ORed) or notValues.
+type Condition struct {
+	Key       string   `json:"key"`
+	Values    []string `json:"values,omitempty"`
+	NotValues []string `json:"notValues,omitempty"`
+}
