@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/klog/v2"
 
 	"github.com/wardenmesh/warden/ca"
@@ -108,7 +109,11 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 			}
 		}
 	}}
-	s.tasks = append(s.tasks, watcher.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
+	// Mesh configuration (every replica): decoded strictly, kept for the
+	// policy compilers and the xDS server.
+	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
+	s.config = config
+	s.tasks = append(s.tasks, watcher.Run, config.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
 	return []server.Authenticator{&kube.TokenReviewAuthenticator{
 		Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock,
 	}}, nil

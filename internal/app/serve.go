@@ -19,6 +19,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -88,6 +89,7 @@ type standalone struct {
 	issuer    *token.Issuer                     // standalone token issuer; nil in Kubernetes mode
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
+	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server

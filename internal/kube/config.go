@@ -1,0 +1,142 @@
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// ConfigWatcher watches every kind in api.Kinds through informers and keeps
+// the decoded objects. An object the strict decoder rejects is logged and
+// left out, never half-applied.
+type ConfigWatcher struct {
+	Client   dynamic.Interface
+	Log      *slog.Logger
+	Resync   time.Duration // default 10m
+	OnChange func()        // called after every change
+
+	mu      sync.RWMutex
+	objects map[string]api.Object // kind/namespace/name -> object
+	synced  chan struct{}
+}
+
+func configKey(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
+
+// Run watches until ctx is done.
+func (w *ConfigWatcher) Run(ctx context.Context) error {
+	if w.Log == nil {
+		w.Log = slog.New(slog.DiscardHandler)
+	}
+	if w.Resync == 0 {
+		w.Resync = 10 * time.Minute
+	}
+	w.mu.Lock()
+	w.objects = map[string]api.Object{}
+	if w.synced == nil {
+		w.synced = make(chan struct{})
+	}
+	w.mu.Unlock()
+	f := dynamicinformer.NewDynamicSharedInformerFactory(w.Client, w.Resync)
+	for _, k := range api.Kinds {
+		gvr := schema.GroupVersionResource{Group: k.Group, Version: k.Storage, Resource: k.Plural}
+		inf := f.ForResource(gvr).Informer()
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    w.put,
+			UpdateFunc: func(_, n any) { w.put(n) },
+			DeleteFunc: w.remove,
+		}); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	for gvr, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("kube: %s cache did not sync", gvr.Resource)
+		}
+	}
+	close(w.synced)
+	<-ctx.Done()
+	f.Shutdown()
+	return nil
+}
+
+// Synced is closed once every informer has listed its objects.
+func (w *ConfigWatcher) Synced() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.synced == nil {
+		w.synced = make(chan struct{})
+	}
+	return w.synced
+}
+
+func (w *ConfigWatcher) put(obj any) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	b, err := json.Marshal(u.Object)
+	if err != nil {
+		return
+	}
+	objs, err := api.Decode(b)
+	if err != nil || len(objs) != 1 {
+		w.Log.Error("ignoring invalid config object", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "error", fmt.Sprint(err))
+		w.removeKey(configKey(u.GetKind(), u.GetNamespace(), u.GetName()))
+		return
+	}
+	w.mu.Lock()
+	w.objects[configKey(u.GetKind(), u.GetNamespace(), u.GetName())] = objs[0]
+	w.mu.Unlock()
+	w.changed()
+}
+
+func (w *ConfigWatcher) remove(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if u, ok := obj.(*unstructured.Unstructured); ok {
+		w.removeKey(configKey(u.GetKind(), u.GetNamespace(), u.GetName()))
+	}
+}
+
+func (w *ConfigWatcher) removeKey(key string) {
+	w.mu.Lock()
+	delete(w.objects, key)
+	w.mu.Unlock()
+	w.changed()
+}
+
+func (w *ConfigWatcher) changed() {
+	if w.OnChange != nil {
+		w.OnChange()
+	}
+}
+
+// List returns the current objects, ordered by kind, namespace and name.
+func (w *ConfigWatcher) List() []api.Object {
+	w.mu.RLock()
+	keys := make([]string, 0, len(w.objects))
+	for k := range w.objects {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]api.Object, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, w.objects[k])
+	}
+	w.mu.RUnlock()
+	return out
+}
