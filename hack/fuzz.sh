@@ -9,6 +9,7 @@ targets=(
   "./ca FuzzParseCSR"
   "./ca FuzzSign"
   "./token FuzzVerify"
+  "./api FuzzDecode"
 )
 for t in "${targets[@]}"; do
   set -- $t
