@@ -3,7 +3,6 @@ package kube
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -58,10 +57,7 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 		}
 	}
 	enqueueCM := func(obj any) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		if cm, ok := obj.(*corev1.ConfigMap); ok {
+		if cm, ok := tombstone(obj).(*corev1.ConfigMap); ok {
 			p.loop.add(cm.Namespace)
 		}
 	}
@@ -75,14 +71,9 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	nsF.Start(ctx.Done())
-	cmF.Start(ctx.Done())
-	for typ, ok := range nsF.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("kube: bundle: %v cache did not sync", typ)
-		}
+	if err := startAndSync(ctx, "bundle", nsF, cmF); err != nil {
+		return err
 	}
-	cmF.WaitForCacheSync(ctx.Done())
 	p.loop.run(ctx, 2)
 	return nil
 }

@@ -104,10 +104,7 @@ func (w *ConfigWatcher) put(obj any) {
 }
 
 func (w *ConfigWatcher) remove(obj any) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
-	if u, ok := obj.(*unstructured.Unstructured); ok {
+	if u, ok := tombstone(obj).(*unstructured.Unstructured); ok {
 		w.removeKey(configKey(u.GetKind(), u.GetNamespace(), u.GetName()))
 	}
 }

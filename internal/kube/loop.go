@@ -2,9 +2,12 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
 
@@ -65,4 +68,35 @@ func (l *loop) next(ctx context.Context) bool {
 		l.queue.AddAfter(key, after)
 	}
 	return true
+}
+
+// factory is what client-go's informer factories have in common.
+type factory interface {
+	Start(stop <-chan struct{})
+	WaitForCacheSync(stop <-chan struct{}) map[reflect.Type]bool
+}
+
+// startAndSync starts the factories and waits until every informer has
+// listed its objects.
+func startAndSync(ctx context.Context, name string, fs ...factory) error {
+	for _, f := range fs {
+		f.Start(ctx.Done())
+	}
+	for _, f := range fs {
+		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("kube: %s: %v cache did not sync", name, typ)
+			}
+		}
+	}
+	return nil
+}
+
+// tombstone unwraps the final state of an object deleted while the
+// informer was disconnected.
+func tombstone(obj any) any {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return t.Obj
+	}
+	return obj
 }

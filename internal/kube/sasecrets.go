@@ -67,18 +67,12 @@ func (c *SASecrets) Run(ctx context.Context) error {
 	saInf, nsInf, secInf := f.Core().V1().ServiceAccounts(), f.Core().V1().Namespaces(), secF.Core().V1().Secrets()
 	c.saList, c.nsList, c.secLst = saInf.Lister(), nsInf.Lister(), secInf.Lister()
 	onSA := func(obj any) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		if sa, ok := obj.(*corev1.ServiceAccount); ok {
+		if sa, ok := tombstone(obj).(*corev1.ServiceAccount); ok {
 			c.loop.add(sa.Namespace + "/" + sa.Name)
 		}
 	}
 	onSecret := func(obj any) {
-		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = t.Obj
-		}
-		if s, ok := obj.(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
+		if s, ok := tombstone(obj).(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
 			if sa := s.Annotations[SAAnnotation]; sa != "" {
 				c.loop.add(s.Namespace + "/" + sa)
 			}
@@ -101,10 +95,9 @@ func (c *SASecrets) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	f.Start(ctx.Done())
-	secF.Start(ctx.Done())
-	f.WaitForCacheSync(ctx.Done())
-	secF.WaitForCacheSync(ctx.Done())
+	if err := startAndSync(ctx, "sa-secrets", f, secF); err != nil {
+		return err
+	}
 	c.loop.run(ctx, 2)
 	return nil
 }

@@ -70,8 +70,9 @@ func der(certs []*x509.Certificate) []byte {
 	return out
 }
 
-// FetchX509SVID implements the Workload API.
-func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+// serve sends the current state with send at once and after every
+// update, until the stream ends.
+func (w *WorkloadAPI) serve(stream grpc.ServerStream, send func(*sds.SVID) error) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	if err := checkHeader(md); err != nil {
 		return err
@@ -80,13 +81,7 @@ func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Ser
 	defer done()
 	for {
 		if s := w.Current(); s != nil {
-			key, err := x509.MarshalPKCS8PrivateKey(s.Key)
-			if err != nil {
-				return status.Error(codes.Internal, err.Error())
-			}
-			if err := stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-				SpiffeId: s.ID.String(), X509Svid: der(s.Certs), X509SvidKey: key, Bundle: der(w.Roots()),
-			}}}); err != nil {
+			if err := send(s); err != nil {
 				return err
 			}
 		}
@@ -98,26 +93,24 @@ func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Ser
 	}
 }
 
+// FetchX509SVID implements the Workload API.
+func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	return w.serve(stream, func(s *sds.SVID) error {
+		key, err := x509.MarshalPKCS8PrivateKey(s.Key)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		return stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
+			SpiffeId: s.ID.String(), X509Svid: der(s.Certs), X509SvidKey: key, Bundle: der(w.Roots()),
+		}}})
+	})
+}
+
 // FetchX509Bundles implements the Workload API.
 func (w *WorkloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
-	md, _ := metadata.FromIncomingContext(stream.Context())
-	if err := checkHeader(md); err != nil {
-		return err
-	}
-	wake, done := w.subscribe()
-	defer done()
-	for {
-		if s := w.Current(); s != nil {
-			if err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
-				s.ID.TrustDomain().IDString(): der(w.Roots()),
-			}}); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-wake:
-		case <-stream.Context().Done():
-			return nil
-		}
-	}
+	return w.serve(stream, func(s *sds.SVID) error {
+		return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
+			s.ID.TrustDomain().IDString(): der(w.Roots()),
+		}})
+	})
 }
