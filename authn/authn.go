@@ -1,0 +1,117 @@
+// Package authn compiles authentication policy for one workload: Istio's
+// legacy Policy/MeshPolicy and modern PeerAuthentication and
+// RequestAuthentication become the workload's effective mTLS mode per port
+// and its trusted JWT issuers, then Envoy configuration: inbound filter
+// chains with DownstreamTlsContext (SDS "default" + "ROOTCA"), the
+// tls_inspector listener filter for PERMISSIVE ports, the client-side
+// UpstreamTlsContext for ISTIO_MUTUAL, and an envoy.filters.http.jwt_authn
+// filter.
+//
+// The package is a pure library: no Kubernetes or gRPC.
+package authn
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Mode is a peer authentication (mTLS) mode.
+type Mode string
+
+// The modes. PERMISSIVE is the default when no policy says otherwise.
+const (
+	Strict     Mode = "STRICT"
+	Permissive Mode = "PERMISSIVE"
+	Disable    Mode = "DISABLE"
+)
+
+// Port is a port a workload serves.
+type Port struct {
+	Number uint32 `json:"number"`
+	Name   string `json:"name,omitempty"`
+}
+
+// Workload is the proxy being configured.
+type Workload struct {
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Ports     []Port            `json:"ports,omitempty"`
+	// Services are the names of the Kubernetes Services selecting the
+	// workload (legacy Policy targets name them).
+	Services []string `json:"services,omitempty"`
+}
+
+// Options are mesh-wide settings.
+type Options struct {
+	RootNamespace string               // where mesh-wide PeerAuthentication lives (default istio-system)
+	TrustDomain   spiffeid.TrustDomain // peers must present an ID in it (default cluster.local)
+	SDSCluster    string               // cluster serving SDS to the proxy (default sds-grpc)
+}
+
+func (o *Options) fill() {
+	if o.RootNamespace == "" {
+		o.RootNamespace = "istio-system"
+	}
+	if o.TrustDomain.IsZero() {
+		o.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	}
+	if o.SDSCluster == "" {
+		o.SDSCluster = "sds-grpc"
+	}
+}
+
+// PortSettings is the effective mTLS mode of one port and the policy that
+// decided it.
+type PortSettings struct {
+	Port   uint32 `json:"port"`
+	Mode   Mode   `json:"mode"`
+	Source string `json:"source"`
+}
+
+// JWTRule is a trusted JWT issuer, from RequestAuthentication or a legacy
+// origin.
+type JWTRule struct {
+	Issuer                string
+	Audiences             []string
+	JwksURI               string
+	Jwks                  string
+	FromHeaders           []Header
+	FromParams            []string
+	OutputPayloadToHeader string
+	ForwardOriginalToken  bool
+	IncludePaths          []PathMatch // legacy trigger rules: only these paths need the JWT
+	ExcludePaths          []PathMatch // legacy trigger rules: these paths never do
+	Source                string
+}
+
+// Header is a header a JWT may be carried in.
+type Header struct{ Name, Prefix string }
+
+// PathMatch matches a request path.
+type PathMatch struct{ Exact, Prefix, Suffix, Regex string }
+
+// Settings is a workload's effective authentication.
+type Settings struct {
+	Workload         Workload
+	Mode             Mode // for ports without a port-level override
+	ModeSource       string
+	Ports            []PortSettings // one per workload port
+	JWT              []JWTRule
+	PrincipalBinding string   // legacy USE_PEER (default) or USE_ORIGIN
+	Conflicts        []string // resolved deterministically, reported
+}
+
+func sortedPorts(ps []Port) []Port {
+	out := append([]Port(nil), ps...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out
+}
+
+func objName(ns, name string) string {
+	if ns == "" {
+		return name
+	}
+	return fmt.Sprintf("%s/%s", ns, name)
+}

@@ -1,0 +1,214 @@
+package authn
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// Index holds authentication objects by namespace, so computing one
+// workload's settings looks at its namespace and the root namespace only.
+type Index struct {
+	opts  Options
+	pa    map[string][]*api.PeerAuthentication
+	ra    map[string][]*api.RequestAuthentication
+	mesh  *api.MeshPolicy
+	legNS map[string][]*api.Policy
+}
+
+// NewIndex indexes the authentication kinds among objs (others are
+// ignored) and checks what can be checked without a workload: jwksUri must
+// be https, a MeshPolicy must be named default. Errors name the object and
+// field.
+func NewIndex(objs []api.Object, opts Options) (*Index, error) {
+	opts.fill()
+	ix := &Index{opts: opts, pa: map[string][]*api.PeerAuthentication{}, ra: map[string][]*api.RequestAuthentication{}, legNS: map[string][]*api.Policy{}}
+	var errs []error
+	for _, o := range objs {
+		m := o.Meta()
+		switch x := o.(type) {
+		case *api.PeerAuthentication:
+			ix.pa[m.Namespace] = append(ix.pa[m.Namespace], x)
+		case *api.RequestAuthentication:
+			for i, r := range x.Spec.JWTRules {
+				if err := checkJwksURI(r.JwksURI); err != nil {
+					errs = append(errs, fmt.Errorf("authn: RequestAuthentication %s: spec.jwtRules[%d].jwksUri: %v", objName(m.Namespace, m.Name), i, err))
+				}
+				if r.Issuer == "" {
+					errs = append(errs, fmt.Errorf("authn: RequestAuthentication %s: spec.jwtRules[%d].issuer is required", objName(m.Namespace, m.Name), i))
+				}
+			}
+			ix.ra[m.Namespace] = append(ix.ra[m.Namespace], x)
+		case *api.MeshPolicy:
+			if m.Name != "default" {
+				errs = append(errs, fmt.Errorf("authn: MeshPolicy %s: only the MeshPolicy named default is honoured", m.Name))
+				continue
+			}
+			ix.mesh = x
+			errs = append(errs, checkLegacyJWT("MeshPolicy", m, x.Spec)...)
+		case *api.Policy:
+			ix.legNS[m.Namespace] = append(ix.legNS[m.Namespace], x)
+			errs = append(errs, checkLegacyJWT("Policy", m, x.Spec)...)
+		}
+	}
+	for ns := range ix.pa {
+		sort.Slice(ix.pa[ns], func(i, j int) bool { return ix.pa[ns][i].Metadata.Name < ix.pa[ns][j].Metadata.Name })
+	}
+	for ns := range ix.ra {
+		sort.Slice(ix.ra[ns], func(i, j int) bool { return ix.ra[ns][i].Metadata.Name < ix.ra[ns][j].Metadata.Name })
+	}
+	for ns := range ix.legNS {
+		sort.Slice(ix.legNS[ns], func(i, j int) bool { return ix.legNS[ns][i].Metadata.Name < ix.legNS[ns][j].Metadata.Name })
+	}
+	return ix, errors.Join(errs...)
+}
+
+func checkLegacyJWT(kind string, m *api.ObjectMeta, spec api.PolicySpec) []error {
+	var errs []error
+	for i, o := range spec.Origins {
+		if o.JWT == nil {
+			continue
+		}
+		if err := checkJwksURI(o.JWT.JwksURI); err != nil {
+			errs = append(errs, fmt.Errorf("authn: %s %s: spec.origins[%d].jwt.jwksUri: %v", kind, objName(m.Namespace, m.Name), i, err))
+		}
+	}
+	return errs
+}
+
+func checkJwksURI(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute URL", s)
+	}
+	if u.Scheme != "https" {
+		return fmt.Errorf("%q must use https (keys fetched in the clear could be replaced)", s)
+	}
+	return nil
+}
+
+func selects(sel *api.WorkloadSelector, labels map[string]string) bool {
+	if sel == nil || len(sel.MatchLabels) == 0 {
+		return false
+	}
+	for k, v := range sel.MatchLabels {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func namespaceWide(sel *api.WorkloadSelector) bool { return sel == nil || len(sel.MatchLabels) == 0 }
+
+// Effective computes w's authentication settings.
+func (ix *Index) Effective(w Workload) (*Settings, error) {
+	s := &Settings{Workload: w, PrincipalBinding: "USE_PEER"}
+	modern, err := ix.modern(w, s)
+	if err != nil {
+		return nil, err
+	}
+	if !modern {
+		ix.legacy(w, s)
+	}
+	ix.requestAuthn(w, s)
+	return s, nil
+}
+
+// pick returns the one namespace-wide PeerAuthentication in ns, or an
+// error when there are several (Istio would silently use the oldest).
+func (ix *Index) namespaceWidePA(ns string) (*api.PeerAuthentication, error) {
+	var found []*api.PeerAuthentication
+	for _, p := range ix.pa[ns] {
+		if namespaceWide(p.Spec.Selector) {
+			found = append(found, p)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return nil, nil
+	case 1:
+		return found[0], nil
+	}
+	var names []string
+	for _, p := range found {
+		names = append(names, p.Metadata.Name)
+	}
+	return nil, fmt.Errorf("authn: namespace %s has %d namespace-wide PeerAuthentications (%s); keep one", ns, len(found), strings.Join(names, ", "))
+}
+
+func modeOf(m *api.PeerMTLS) Mode {
+	if m == nil || m.Mode == "" || m.Mode == "UNSET" {
+		return ""
+	}
+	return Mode(m.Mode)
+}
+
+// modern applies PeerAuthentication: workload-level beats namespace-level
+// beats mesh-level; UNSET inherits; port-level overrides. It reports
+// whether any PeerAuthentication applied.
+func (ix *Index) modern(w Workload, s *Settings) (bool, error) {
+	mesh, err := ix.namespaceWidePA(ix.opts.RootNamespace)
+	if err != nil {
+		return false, err
+	}
+	nsPA, err := ix.namespaceWidePA(w.Namespace)
+	if err != nil {
+		return false, err
+	}
+	var wl *api.PeerAuthentication
+	for _, p := range ix.pa[w.Namespace] {
+		if selects(p.Spec.Selector, w.Labels) {
+			if wl != nil {
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("PeerAuthentications %s and %s both select this workload; using %s (first by name)",
+					objName(w.Namespace, wl.Metadata.Name), objName(w.Namespace, p.Metadata.Name), objName(w.Namespace, wl.Metadata.Name)))
+				continue
+			}
+			wl = p
+		}
+	}
+	if mesh == nil && nsPA == nil && wl == nil {
+		return false, nil
+	}
+	s.Mode, s.ModeSource = Permissive, "default (no policy sets a mode)"
+	for _, lvl := range []struct {
+		p    *api.PeerAuthentication
+		what string
+	}{{mesh, "mesh"}, {nsPA, "namespace"}, {wl, "workload"}} {
+		if lvl.p == nil {
+			continue
+		}
+		if m := modeOf(lvl.p.Spec.MTLS); m != "" {
+			s.Mode = m
+			s.ModeSource = fmt.Sprintf("%s-level PeerAuthentication %s", lvl.what, objName(lvl.p.Metadata.Namespace, lvl.p.Metadata.Name))
+		}
+	}
+	for _, p := range sortedPorts(w.Ports) {
+		ps := PortSettings{Port: p.Number, Mode: s.Mode, Source: s.ModeSource}
+		if wl != nil {
+			if pm, ok := wl.Spec.PortLevelMTLS[strconv.Itoa(int(p.Number))]; ok {
+				if m := modeOf(&pm); m != "" {
+					ps.Mode = m
+					ps.Source = fmt.Sprintf("port-level mtls of PeerAuthentication %s", objName(w.Namespace, wl.Metadata.Name))
+				}
+			}
+		}
+		s.Ports = append(s.Ports, ps)
+	}
+	if wl == nil {
+		for _, p := range ix.pa[w.Namespace] {
+			if len(p.Spec.PortLevelMTLS) > 0 && namespaceWide(p.Spec.Selector) {
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("PeerAuthentication %s: portLevelMtls needs a selector and is ignored", objName(w.Namespace, p.Metadata.Name)))
+			}
+		}
+	}
+	return true, nil
+}
