@@ -221,6 +221,9 @@ func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 	case reflect.String:
 		s, ok := in.(string)
 		if !ok {
+			if _, isBool := in.(bool); isBool {
+				return fmt.Errorf("%s: expected a string, got %s (YAML reads unquoted on, off, yes and no as booleans: quote the value)", path, describe(in))
+			}
 			return fmt.Errorf("%s: expected a string, got %s", path, describe(in))
 		}
 		if enum := tag.Get("enum"); enum != "" && !slices.Contains(strings.Split(enum, ","), s) {

@@ -39,6 +39,8 @@ func TestDecodeErrors(t *testing.T) {
 			"api: document 1 (MeshPolicy x/default): MeshPolicy is cluster-scoped and takes no namespace"},
 		{"negative port", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {servers: [{port: {number: -1, protocol: HTTP, name: http}, hosts: ['*']}]}\n",
 			"api: document 1 (Gateway g): spec.servers[0].port.number: expected a non-negative integer in range, got number -1"},
+		{"unquoted ON", "apiVersion: rbac.istio.io/v1alpha1\nkind: ClusterRbacConfig\nmetadata: {name: default}\nspec: {mode: ON}\n",
+			"api: document 1 (ClusterRbacConfig default): spec.mode: expected a string, got true (YAML reads unquoted on, off, yes and no as booleans: quote the value)"},
 		{"not YAML", "a: [\n", "api: document 1: "},
 		{"scalar document", "hello\n", "api: document 1: expected an object, got string \"hello\""},
 	}

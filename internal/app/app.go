@@ -43,6 +43,8 @@ func commands() []command {
 		{"bench ca", "load-test the CA API: certs/s and latency", runBenchCA},
 		{"bench sds", "fan out SDS streams: heap per stream, root push latency", runBenchSDS},
 		{"bench sds-clients", "", runBenchSDSClients},
+		{"policy compile", "compile mesh policy for a workload into Envoy configuration", runPolicyCompile},
+		{"policy check", "validate policy objects; show a workload's effective mode and conflicts", runPolicyCheck},
 		{"version", "print the version", runVersion},
 	}
 }
