@@ -10,6 +10,7 @@ targets=(
   "./ca FuzzSign"
   "./token FuzzVerify"
   "./api FuzzDecode"
+  "./authn FuzzCompile"
 )
 for t in "${targets[@]}"; do
   set -- $t
