@@ -1,0 +1,183 @@
+package rbac_test
+
+import (
+	"testing"
+
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/rbac"
+)
+
+var flaskapp = rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, Services: []string{"flaskapp.default.svc.cluster.local"}}
+
+const sleep = "spiffe://cluster.local/ns/default/sa/sleep"
+
+func decide(t *testing.T, objs []api.Object, w rbac.Workload, tcp bool, r rbac.Request) rbac.Decision {
+	t.Helper()
+	out, err := rbac.Compile(objs, w, rbac.Options{TCP: tcp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := out.Explain(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func decodeAll(t *testing.T, y string) []api.Object {
+	t.Helper()
+	objs, err := api.Decode([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return objs
+}
+
+func TestDecisions(t *testing.T) {
+	t.Parallel()
+	const policies = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-untrusted, namespace: default}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: [untrusted]}}]
+  - to: [{operation: {paths: ["/admin/*"]}}]
+    when: [{key: source.ip, notValues: [10.0.0.0/8]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: readers, namespace: default}
+spec:
+  selector: {matchLabels: {app: flaskapp}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+    to: [{operation: {methods: [GET, HEAD], paths: ["/api/*", /healthz]}}]
+  - from: [{source: {requestPrincipals: ["https://issuer.example.com/alice"]}}]
+    to: [{operation: {methods: [POST]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-admin, namespace: default}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+`
+	objs := decodeAll(t, policies)
+	cases := []struct {
+		name    string
+		r       rbac.Request
+		allowed bool
+		policy  string
+	}{
+		{"sleep reads the api", rbac.Request{Principal: sleep, Method: "GET", Path: "/api/items?x=1", SourceIP: "10.1.2.3"}, true, "ns[default]-policy[readers]-rule[0]"},
+		{"sleep writes", rbac.Request{Principal: sleep, Method: "DELETE", Path: "/api/items", SourceIP: "10.1.2.3"}, false, ""},
+		{"sleep on another path", rbac.Request{Principal: sleep, Method: "GET", Path: "/private", SourceIP: "10.1.2.3"}, false, ""},
+		{"no mTLS", rbac.Request{Method: "GET", Path: "/api/items", SourceIP: "10.1.2.3"}, false, ""},
+		{"untrusted namespace", rbac.Request{Principal: "spiffe://cluster.local/ns/untrusted/sa/sleep", Method: "GET", Path: "/api/x", SourceIP: "10.1.2.3"}, false, "ns[default]-policy[deny-untrusted]-rule[0]"},
+		{"admin from outside", rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "192.168.0.9"}, false, "ns[default]-policy[deny-untrusted]-rule[1]"},
+		{"admin from inside, not allowed either", rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "10.0.0.9"}, false, ""},
+		{"alice posts with a JWT", rbac.Request{Method: "POST", Path: "/api/items", SourceIP: "10.1.2.3",
+			Claims: map[string]map[string]string{"https://issuer.example.com": {"sub": "alice"}}}, true, "ns[default]-policy[readers]-rule[1]"},
+		{"bob posts with a JWT", rbac.Request{Method: "POST", Path: "/api/items", SourceIP: "10.1.2.3",
+			Claims: map[string]map[string]string{"https://issuer.example.com": {"sub": "bob"}}}, false, ""},
+	}
+	for _, tc := range cases {
+		d := decide(t, objs, flaskapp, false, tc.r)
+		if d.Allowed != tc.allowed || d.Policy != tc.policy {
+			t.Errorf("%s: %s (policy %q); want allowed=%t by %q", tc.name, d, d.Policy, tc.allowed, tc.policy)
+		}
+	}
+	// The audit policy logged the admin request.
+	d := decide(t, objs, flaskapp, false, rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "10.0.0.9"})
+	if len(d.Audited) != 1 || d.Audited[0] != "ns[default]-policy[audit-admin]-rule[0]" {
+		t.Errorf("audited %v", d.Audited)
+	}
+	// A workload no ALLOW policy selects is open, except for DENY.
+	other := rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "other"}}
+	if d := decide(t, objs, other, false, rbac.Request{Method: "DELETE", Path: "/x", SourceIP: "10.0.0.1"}); !d.Allowed {
+		t.Errorf("unselected workload: %s", d)
+	}
+	// ALLOW with no rules denies everything.
+	none := decodeAll(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-nothing, namespace: default}\nspec: {}\n")
+	if d := decide(t, none, flaskapp, false, rbac.Request{Principal: sleep, Method: "GET", Path: "/"}); d.Allowed {
+		t.Errorf("allow-nothing allowed: %s", d)
+	}
+	// On a TCP port the HTTP-only rule is dropped from ALLOW: narrower.
+	if d := decide(t, objs, flaskapp, true, rbac.Request{Principal: sleep, DestPort: 8080, SourceIP: "10.1.2.3"}); d.Allowed {
+		t.Errorf("TCP: an HTTP-only ALLOW rule widened access: %s", d)
+	}
+	// Dry run decides nothing but reports.
+	dry := decodeAll(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default, annotations: {istio.io/dry-run: 'true'}}\nspec: {action: DENY, rules: [{}]}\n")
+	if d := decide(t, dry, flaskapp, false, rbac.Request{Method: "GET", Path: "/"}); !d.Allowed || len(d.DryRun) != 1 {
+		t.Errorf("dry run: %s %v", d, d.DryRun)
+	}
+}
+
+const legacyPolicies = `
+apiVersion: rbac.istio.io/v1alpha1
+kind: ClusterRbacConfig
+metadata: {name: default}
+spec: {mode: ON_WITH_INCLUSION, inclusion: {namespaces: [default]}}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: viewer, namespace: default}
+spec:
+  rules:
+  - services: ["flaskapp.default.svc.cluster.local"]
+    methods: ["GET"]
+    paths: ["/api/*"]
+  - services: ["*"]
+    methods: ["*"]
+    paths: ["/healthz"]
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: sleep-viewer, namespace: default}
+spec:
+  subjects: [{user: cluster.local/ns/default/sa/sleep}]
+  roleRef: {kind: ServiceRole, name: viewer}
+`
+
+// TestMigrateKeepsDecisions: the AuthorizationPolicies migrate writes give
+// the legacy policies' decisions on the same table.
+func TestMigrateKeepsDecisions(t *testing.T) {
+	t.Parallel()
+	legacy := decodeAll(t, legacyPolicies)
+	migrated, notes := rbac.Migrate(legacy, map[string]map[string]string{"flaskapp.default.svc.cluster.local": {"app": "flaskapp"}})
+	if len(notes) != 0 {
+		t.Fatalf("notes: %v", notes)
+	}
+	var mobjs []api.Object
+	for _, p := range migrated {
+		mobjs = append(mobjs, p)
+	}
+	table := []rbac.Request{
+		{Principal: sleep, Method: "GET", Path: "/api/x"},
+		{Principal: sleep, Method: "POST", Path: "/api/x"},
+		{Principal: sleep, Method: "DELETE", Path: "/healthz"},
+		{Principal: "spiffe://cluster.local/ns/default/sa/other", Method: "GET", Path: "/api/x"},
+		{Method: "GET", Path: "/api/x"},
+		{Principal: sleep, Method: "GET", Path: "/other"},
+	}
+	want := []bool{true, false, true, false, false, false}
+	for _, w := range []rbac.Workload{flaskapp, {Namespace: "default", Labels: map[string]string{"app": "db"}, Services: []string{"db.default.svc.cluster.local"}}} {
+		for i, r := range table {
+			l := decide(t, legacy, w, false, r)
+			m := decide(t, mobjs, w, false, r)
+			if l.Allowed != m.Allowed {
+				t.Errorf("%v request %d: legacy %s, migrated %s", w.Labels, i, l, m)
+			}
+			if w.Labels["app"] == "flaskapp" && l.Allowed != want[i] {
+				t.Errorf("request %d: legacy decided %s, want allowed=%t", i, l, want[i])
+			}
+		}
+	}
+	// Outside the inclusion nothing is enforced, before or after.
+	prod := rbac.Workload{Namespace: "prod"}
+	if d := decide(t, legacy, prod, false, rbac.Request{Method: "DELETE", Path: "/"}); !d.Allowed {
+		t.Errorf("legacy enforced outside the inclusion: %s", d)
+	}
+}

@@ -1,0 +1,162 @@
+package rbac
+
+import (
+	"fmt"
+	"sort"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// Filter is one compiled filter: its Envoy name and typed config.
+type Filter struct {
+	Name   string
+	Action string // AUDIT, DENY, ALLOW, CUSTOM; "" for ext_authz
+	Config proto.Message
+	// rules are what enforcement evaluates; shadow only logs.
+	rules, shadow *rbacv3.RBAC
+}
+
+// Output is a workload's authorization configuration.
+type Output struct {
+	Filters []*Filter
+	Reports []string // rules dropped or conditions ignored, and why
+}
+
+// Compile selects the policies that apply to w among objs and compiles
+// them into RBAC filters (HTTP, or network with Options.TCP). Legacy
+// ServiceRole/ServiceRoleBinding apply when ClusterRbacConfig turns RBAC on
+// for w; they join the ALLOW filter.
+func Compile(objs []api.Object, w Workload, opts Options) (*Output, error) {
+	opts.fill()
+	var aps []*api.AuthorizationPolicy
+	for _, o := range objs {
+		if p, ok := o.(*api.AuthorizationPolicy); ok {
+			aps = append(aps, p)
+		}
+	}
+	out := &Output{}
+	var all []compiled
+	for _, p := range selected(aps, w, opts) {
+		all = append(all, compilePolicy(p, opts, &out.Reports)...)
+	}
+	all = append(all, compileLegacy(objs, w, opts, &out.Reports)...)
+	for _, action := range []string{"AUDIT", "DENY", "ALLOW", "CUSTOM"} {
+		var group []compiled
+		for _, c := range all {
+			if c.action == action {
+				group = append(group, c)
+			}
+		}
+		if len(group) == 0 {
+			continue
+		}
+		fs, err := filtersFor(action, group, opts)
+		if err != nil {
+			return nil, err
+		}
+		out.Filters = append(out.Filters, fs...)
+	}
+	return out, nil
+}
+
+var envoyAction = map[string]rbacv3.RBAC_Action{"AUDIT": rbacv3.RBAC_LOG, "DENY": rbacv3.RBAC_DENY, "ALLOW": rbacv3.RBAC_ALLOW, "CUSTOM": rbacv3.RBAC_DENY}
+
+func filtersFor(action string, group []compiled, opts Options) ([]*Filter, error) {
+	rules := &rbacv3.RBAC{Action: envoyAction[action], Policies: map[string]*rbacv3.Policy{}}
+	shadow := &rbacv3.RBAC{Action: envoyAction[action], Policies: map[string]*rbacv3.Policy{}}
+	enforced, dry := false, false
+	for _, c := range group {
+		target := rules
+		if c.dryRun || action == "CUSTOM" {
+			target, dry = shadow, true
+		} else {
+			enforced = true
+		}
+		if c.policy != nil {
+			target.Policies[c.name] = c.policy
+		}
+	}
+	f := &Filter{Name: HTTPFilter, Action: action}
+	if opts.TCP {
+		f.Name = NetworkFilter
+	}
+	prefix := "istio_dry_run_allow_"
+	switch action {
+	case "DENY":
+		prefix = "istio_dry_run_deny_"
+	case "AUDIT":
+		prefix = "istio_dry_run_audit_"
+	case "CUSTOM":
+		prefix = "istio_ext_authz_"
+	}
+	// An ALLOW filter with rules but no (valid) policies denies everything,
+	// which is what an ALLOW policy with no rules, or only dropped ones,
+	// must do.
+	if enforced {
+		f.rules = rules
+	}
+	if dry {
+		f.shadow = shadow
+	}
+	if opts.TCP {
+		cfg := &rbacnet.RBAC{StatPrefix: "tcp.", Rules: f.rules}
+		if dry {
+			cfg.ShadowRules, cfg.ShadowRulesStatPrefix = shadow, prefix
+		}
+		f.Config = cfg
+	} else {
+		cfg := &rbachttp.RBAC{Rules: f.rules}
+		if dry {
+			cfg.ShadowRules, cfg.ShadowRulesStatPrefix = shadow, prefix
+		}
+		f.Config = cfg
+	}
+	if err := validate(f.Config); err != nil {
+		return nil, fmt.Errorf("rbac: %s filter: %w", action, err)
+	}
+	out := []*Filter{f}
+	if action == "CUSTOM" && !opts.TCP {
+		providers := map[string]bool{}
+		for _, c := range group {
+			providers[c.provider] = true
+		}
+		names := make([]string, 0, len(providers))
+		for p := range providers {
+			names = append(names, p)
+		}
+		sort.Strings(names)
+		for _, p := range names {
+			ext := &extauthzv3.ExtAuthz{
+				Services: &extauthzv3.ExtAuthz_GrpcService{GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "ext-authz|" + p}}}},
+				// Only requests a CUSTOM policy matched (the shadow rules
+				// record it in metadata) go to the external authorizer.
+				FilterEnabledMetadata: &matcherv3.MetadataMatcher{
+					Filter: HTTPFilter,
+					Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: prefix + "shadow_effective_policy_id"}}},
+					Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "ns["}}}},
+				},
+				TransportApiVersion: corev3.ApiVersion_V3,
+			}
+			if err := validate(ext); err != nil {
+				return nil, err
+			}
+			out = append(out, &Filter{Name: ExtAuthz, Config: ext})
+		}
+	}
+	return out, nil
+}
+
+func validate(m proto.Message) error {
+	if v, ok := m.(interface{ ValidateAll() error }); ok {
+		return v.ValidateAll()
+	}
+	return nil
+}

@@ -1,0 +1,54 @@
+// Package rbac compiles authorization policy for one workload into Envoy
+// RBAC filters (HTTP and network), and explains decisions by evaluating the
+// compiled filters themselves, so explanation and enforcement cannot
+// disagree.
+//
+// Semantics (Istio's): each rule becomes one RBAC policy named
+// ns[<ns>]-policy[<name>]-rule[<i>]; `from` sources become principals and
+// `to` operations permissions; values in a field are ORed, fields are
+// ANDed, not* fields negate; `when` conditions join the principal or
+// permission side they describe. Filters come in the order AUDIT (RBAC
+// LOG), DENY, ALLOW; if any ALLOW policy applies, a request matching none is
+// denied, and an ALLOW policy without rules denies everything. A value that
+// cannot be expressed (an HTTP-only field on a TCP port, a malformed IP
+// block) drops its rule from an ALLOW policy (narrower) and drops only that
+// condition from DENY and AUDIT policies (wider); both are reported.
+//
+// The package is a pure library: no Kubernetes or gRPC.
+package rbac
+
+import (
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Workload is the proxy being configured.
+type Workload struct {
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	// Services are the FQDNs of the Services selecting the workload (legacy
+	// ServiceRole rules name them).
+	Services []string `json:"services,omitempty"`
+}
+
+// Options are mesh-wide settings.
+type Options struct {
+	RootNamespace string               // default istio-system
+	TrustDomain   spiffeid.TrustDomain // default cluster.local
+	TCP           bool                 // compile the network filter for a TCP port
+}
+
+func (o *Options) fill() {
+	if o.RootNamespace == "" {
+		o.RootNamespace = "istio-system"
+	}
+	if o.TrustDomain.IsZero() {
+		o.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
+	}
+}
+
+// Filter names.
+const (
+	HTTPFilter    = "envoy.filters.http.rbac"
+	NetworkFilter = "envoy.filters.network.rbac"
+	ExtAuthz      = "envoy.filters.http.ext_authz"
+)
