@@ -44,6 +44,8 @@ func commands() []command {
 		{"bench sds", "fan out SDS streams: heap per stream, root push latency", runBenchSDS},
 		{"bench sds-clients", "", runBenchSDSClients},
 		{"policy compile", "compile mesh policy for a workload into Envoy configuration", runPolicyCompile},
+		{"policy explain", "ALLOW or DENY for a request, and which policy decided", runPolicyExplain},
+		{"policy migrate", "convert ServiceRole/ServiceRoleBinding into AuthorizationPolicies", runPolicyMigrate},
 		{"policy check", "validate policy objects; show a workload's effective mode and conflicts", runPolicyCheck},
 		{"version", "print the version", runVersion},
 	}

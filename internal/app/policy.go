@@ -10,8 +10,11 @@ import (
 	"strconv"
 	"strings"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
+	"github.com/wardenmesh/warden/rbac"
 )
 
 // readObjects decodes a YAML file, or every *.yaml/*.yml/*.json file in a
@@ -105,16 +108,14 @@ func (w *workloadFlags) workload() (authn.Workload, error) {
 func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	var w workloadFlags
 	fs := e.policyFlags("policy compile", &w)
-	fs.StringVar(&w.kind, "kind", "authn", "what to compile: authn")
+	fs.StringVar(&w.kind, "kind", "authn", "what to compile: authn or authz")
 	fs.StringVar(&w.output, "o", "yaml", "output format: yaml or json")
+	tcp := fs.Bool("tcp", false, "authz: compile the network (TCP) RBAC filter instead of the HTTP one")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if w.file == "" {
 		return fmt.Errorf("%w: -f is required", errUsage)
-	}
-	if w.kind != "authn" {
-		return fmt.Errorf("%w: --kind %q: only authn is available in this version", errUsage, w.kind)
 	}
 	wl, err := w.workload()
 	if err != nil {
@@ -124,13 +125,25 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS})
-	if err != nil {
-		return err
+	var out interface {
+		YAML() ([]byte, error)
+		JSON() ([]byte, error)
 	}
-	out, err := ix.Compile(wl)
-	if err != nil {
-		return err
+	switch w.kind {
+	case "authn":
+		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS})
+		if err != nil {
+			return err
+		}
+		if out, err = ix.Compile(wl); err != nil {
+			return err
+		}
+	case "authz":
+		if out, err = rbac.Compile(objs, w.rbacWorkload(wl), rbac.Options{RootNamespace: w.rootNS, TCP: *tcp}); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: --kind %q: want authn or authz", errUsage, w.kind)
 	}
 	var b []byte
 	switch w.output {
@@ -146,6 +159,122 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	}
 	_, err = e.stdout.Write(b)
 	return err
+}
+
+func (w *workloadFlags) rbacWorkload(a authn.Workload) rbac.Workload {
+	return rbac.Workload{Namespace: a.Namespace, Labels: a.Labels, Services: a.Services}
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// runPolicyExplain evaluates the compiled RBAC filters for one request and
+// prints ALLOW or DENY with the deciding policy.
+func runPolicyExplain(_ context.Context, e *env, args []string) error {
+	var w workloadFlags
+	fs := e.policyFlags("policy explain", &w)
+	var r rbac.Request
+	var headers, claims multiFlag
+	fs.StringVar(&r.Principal, "source-principal", "", "the caller's SPIFFE ID (empty: no mTLS)")
+	fs.StringVar(&r.Method, "method", "GET", "HTTP method")
+	fs.StringVar(&r.Path, "path", "/", "request path")
+	fs.StringVar(&r.Host, "host", "", "Host/:authority")
+	fs.StringVar(&r.SourceIP, "source-ip", "10.0.0.1", "peer address")
+	fs.StringVar(&r.SNI, "sni", "", "TLS server name")
+	fs.Var(&headers, "header", "request header k=v (repeatable)")
+	fs.Var(&claims, "jwt", "JWT claim issuer,claim=value (repeatable), as jwt_authn writes them")
+	tcp := fs.Bool("tcp", false, "evaluate the network filter (no HTTP attributes)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if w.file == "" {
+		return fmt.Errorf("%w: -f is required", errUsage)
+	}
+	wl, err := w.workload()
+	if err != nil {
+		return err
+	}
+	if len(wl.Ports) > 0 {
+		r.DestPort = wl.Ports[0].Number
+	}
+	r.Headers = map[string]string{}
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok {
+			return fmt.Errorf("%w: --header %q is not k=v", errUsage, h)
+		}
+		r.Headers[strings.ToLower(k)] = v
+	}
+	r.Claims = map[string]map[string]string{}
+	for _, c := range claims {
+		iss, kv, ok1 := strings.Cut(c, ",")
+		k, v, ok2 := strings.Cut(kv, "=")
+		if !ok1 || !ok2 {
+			return fmt.Errorf("%w: --jwt %q is not issuer,claim=value", errUsage, c)
+		}
+		if r.Claims[iss] == nil {
+			r.Claims[iss] = map[string]string{}
+		}
+		r.Claims[iss][k] = v
+	}
+	objs, err := readObjects(w.file)
+	if err != nil {
+		return err
+	}
+	out, err := rbac.Compile(objs, w.rbacWorkload(wl), rbac.Options{RootNamespace: w.rootNS, TCP: *tcp})
+	if err != nil {
+		return err
+	}
+	d, err := out.Explain(r)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, d)
+	return nil
+}
+
+// runPolicyMigrate converts legacy RBAC into AuthorizationPolicies.
+func runPolicyMigrate(_ context.Context, e *env, args []string) error {
+	fs := e.flags("policy migrate")
+	file := fs.String("f", "", "legacy RBAC YAML file or directory (required)")
+	var svc multiFlag
+	fs.Var(&svc, "service-labels", "FQDN=k=v,k2=v2: the labels a Service selects (repeatable), for ServiceRole services")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *file == "" {
+		return fmt.Errorf("%w: -f is required", errUsage)
+	}
+	labels := map[string]map[string]string{}
+	for _, s := range svc {
+		name, ls, ok := strings.Cut(s, "=")
+		if !ok {
+			return fmt.Errorf("%w: --service-labels %q is not FQDN=k=v", errUsage, s)
+		}
+		m, err := parseLabels(ls)
+		if err != nil {
+			return err
+		}
+		labels[name] = m
+	}
+	objs, err := readObjects(*file)
+	if err != nil {
+		return err
+	}
+	aps, notes := rbac.Migrate(objs, labels)
+	for _, ap := range aps {
+		b, err := yaml.Marshal(ap)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "---\n%s", b)
+	}
+	for _, n := range notes {
+		fmt.Fprintf(e.stderr, "not migrated: %s\n", n)
+	}
+	return nil
 }
 
 // runPolicyCheck validates objects and prints the effective mode per port

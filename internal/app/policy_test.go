@@ -29,3 +29,36 @@ func TestPolicyCheckAndCompile(t *testing.T) {
 		t.Fatalf("bad port flag: %d %s", code, stderr)
 	}
 }
+
+func TestPolicyAuthzCommands(t *testing.T) {
+	t.Parallel()
+	examples := filepath.Join("..", "..", "docs", "examples")
+	base := []string{"-f", examples, "--labels", "app=flaskapp", "--services", "flaskapp.default.svc.cluster.local"}
+	code, out, stderr := run(t, append([]string{"policy", "explain", "--source-principal", "spiffe://cluster.local/ns/default/sa/sleep", "--method", "GET", "--path", "/x"}, base...)...)
+	if code != 0 || out != "ALLOW: allowed by ns[default]-policy[flaskapp-viewers]-rule[0]\n" {
+		t.Fatalf("explain GET: %d %q %s", code, out, stderr)
+	}
+	code, out, _ = run(t, append([]string{"policy", "explain", "--source-principal", "spiffe://cluster.local/ns/default/sa/sleep", "--method", "DELETE"}, base...)...)
+	if code != 0 || !strings.HasPrefix(out, "DENY: no ALLOW policy matches") {
+		t.Fatalf("explain DELETE: %d %q", code, out)
+	}
+	code, out, _ = run(t, append([]string{"policy", "compile", "--kind", "authz", "-o", "json"}, base...)...)
+	if code != 0 || !strings.Contains(out, `"name": "envoy.filters.http.rbac"`) || !strings.Contains(out, "ns[default]-policy[flaskapp-viewers]-rule[0]") {
+		t.Fatalf("compile authz: %d %s", code, out)
+	}
+	code, out, _ = run(t, append([]string{"policy", "compile", "--kind", "authz", "--tcp"}, base...)...)
+	if code != 0 || !strings.Contains(out, "envoy.filters.network.rbac") {
+		t.Fatalf("compile authz --tcp: %d %s", code, out)
+	}
+	// migrate writes AuthorizationPolicies warden itself accepts.
+	code, out, stderr = run(t, "policy", "migrate", "-f", examples, "--service-labels", "flaskapp.default.svc.cluster.local=app=flaskapp")
+	if code != 0 || stderr != "" {
+		t.Fatalf("migrate: %d %s", code, stderr)
+	}
+	migrated := filepath.Join(t.TempDir(), "migrated.yaml")
+	os.WriteFile(migrated, []byte(out), 0o644)
+	code, out, stderr = run(t, "policy", "explain", "-f", migrated, "--labels", "app=flaskapp", "--source-principal", "spiffe://cluster.local/ns/default/sa/sleep", "--method", "GET")
+	if code != 0 || out != "ALLOW: allowed by ns[default]-policy[sleep-views-flaskapp-0]-rule[0]\n" {
+		t.Fatalf("explain on migrated: %d %q %s", code, out, stderr)
+	}
+}
