@@ -11,6 +11,7 @@ targets=(
   "./token FuzzVerify"
   "./api FuzzDecode"
   "./authn FuzzCompile"
+  "./rbac FuzzExplain"
 )
 for t in "${targets[@]}"; do
   set -- $t

@@ -181,3 +181,58 @@ func TestMigrateKeepsDecisions(t *testing.T) {
 		t.Errorf("legacy enforced outside the inclusion: %s", d)
 	}
 }
+
+func TestAffectedWorkloads(t *testing.T) {
+	t.Parallel()
+	objs := decodeAll(t, `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: one-app, namespace: default}
+spec: {selector: {matchLabels: {app: flaskapp}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: namespace-wide, namespace: default}
+spec: {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec: {}
+`)
+	ws := []rbac.Workload{flaskapp, {Namespace: "default", Labels: map[string]string{"app": "db"}}, {Namespace: "prod", Labels: map[string]string{"app": "flaskapp"}}}
+	for i, want := range []int{1, 2, 3} {
+		p := objs[i].(*api.AuthorizationPolicy)
+		if got := len(rbac.Affected(p, p, ws, rbac.Options{})); got != want {
+			t.Errorf("%s affects %d workloads, want %d", p.Metadata.Name, got, want)
+		}
+	}
+	// Moving a selector from flaskapp to db recompiles both.
+	moved := *objs[0].(*api.AuthorizationPolicy)
+	moved.Spec.Selector = &api.WorkloadSelector{MatchLabels: map[string]string{"app": "db"}}
+	if got := len(rbac.Affected(objs[0].(*api.AuthorizationPolicy), &moved, ws, rbac.Options{})); got != 2 {
+		t.Errorf("selector move affects %d, want 2", got)
+	}
+}
+
+// FuzzExplain: decoding, compiling and explaining any input never panics.
+func FuzzExplain(f *testing.F) {
+	f.Add([]byte(legacyPolicies))
+	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default}\nspec: {action: DENY, rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], when: [{key: 'request.headers[x]', values: ['*']}]}]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, err := api.Decode(data)
+		if err != nil {
+			return
+		}
+		for _, tcp := range []bool{false, true} {
+			out, err := rbac.Compile(objs, flaskapp, rbac.Options{TCP: tcp})
+			if err != nil {
+				continue
+			}
+			_, _ = out.Explain(rbac.Request{Principal: sleep, Method: "GET", Path: "/api/x", SourceIP: "10.0.0.1", DestPort: 8080, Headers: map[string]string{"x": "y"}})
+			if _, err := out.YAML(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
