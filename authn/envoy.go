@@ -22,6 +22,11 @@ import (
 
 // Envoy names warden uses.
 const (
+	// JWTPayloadKey is where jwt_authn writes the verified token's payload
+	// in its dynamic metadata; rbac matches requestPrincipals and
+	// request.auth.* conditions against it.
+	JWTPayloadKey = "jwt_payload"
+
 	TLSInspector   = "envoy.filters.listener.tls_inspector"
 	TLSSocket      = "envoy.transport_sockets.tls"
 	JWTAuthnFilter = "envoy.filters.http.jwt_authn"
@@ -160,8 +165,8 @@ func plainChain(port uint32, transport string) *listenerv3.FilterChain {
 	}
 }
 
-// jwtConfig builds jwt_authn: a provider per issuer (payload in dynamic
-// metadata under the issuer), and rules that accept a request with a valid
+// jwtConfig builds jwt_authn: a provider per issuer (the verified payload
+// in dynamic metadata under JWTPayloadKey), and rules that accept a request with a valid
 // token from any provider, or with none (authorization decides), but
 // reject an invalid one.
 func jwtConfig(rules []JWTRule) (*jwtv3.JwtAuthentication, error) {
@@ -183,7 +188,7 @@ func jwtConfig(rules []JWTRule) (*jwtv3.JwtAuthentication, error) {
 		name := fmt.Sprintf("origins-%d", i)
 		p := &jwtv3.JwtProvider{
 			Issuer: r.Issuer, Audiences: r.Audiences, Forward: r.ForwardOriginalToken,
-			FromParams: r.FromParams, PayloadInMetadata: r.Issuer, ForwardPayloadHeader: r.OutputPayloadToHeader,
+			FromParams: r.FromParams, PayloadInMetadata: JWTPayloadKey, ForwardPayloadHeader: r.OutputPayloadToHeader,
 		}
 		for _, h := range r.FromHeaders {
 			p.FromHeaders = append(p.FromHeaders, &jwtv3.JwtHeader{Name: h.Name, ValuePrefix: h.Prefix})

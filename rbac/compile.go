@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/authn"
 )
 
 // compiled is one RBAC policy before it is put in a filter.
@@ -112,22 +113,41 @@ func cidr(v string) (*corev3.CidrRange, error) {
 	return &corev3.CidrRange{AddressPrefix: p.Addr().String(), PrefixLen: wrapperspb.UInt32(uint32(p.Bits()))}, nil
 }
 
-// requestPrincipal is "issuer/subject" from the JWT payload that authn's
-// jwt_authn filter writes to metadata under the issuer.
+// requestPrincipal is "issuer/subject" (either side may use *) matched
+// against the verified JWT payload authn's jwt_authn filter writes to
+// metadata; "*" means any verified token.
 func requestPrincipal(v string) (*rbacv3.Principal, error) {
-	i := strings.LastIndex(v, "/")
-	if v == "*" || i <= 0 || strings.Contains(v[i+1:], "*") || strings.Contains(v[:i], "*") {
-		return nil, unsupported{fmt.Sprintf("requestPrincipal %q: only exact issuer/subject values are supported", v)}
+	if v == "*" {
+		return claimPrincipal("iss", "*"), nil
 	}
-	return &rbacv3.Principal{Identifier: &rbacv3.Principal_SourcedMetadata{SourcedMetadata: &rbacv3.SourcedMetadata{MetadataMatcher: claimMatcher(v[:i], "sub", v[i+1:])}}}, nil
+	i := strings.LastIndex(v, "/")
+	if i <= 0 || i == len(v)-1 {
+		return nil, unsupported{fmt.Sprintf("requestPrincipal %q is not issuer/subject", v)}
+	}
+	iss, sub := v[:i], v[i+1:]
+	if iss == "*" {
+		return claimPrincipal("sub", sub), nil
+	}
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: []*rbacv3.Principal{
+		claimPrincipal("iss", iss), claimPrincipal("sub", sub)}}}}, nil
 }
 
-func claimMatcher(issuer, claim, value string) *matcherv3.MetadataMatcher {
-	return &matcherv3.MetadataMatcher{
-		Filter: "envoy.filters.http.jwt_authn",
-		Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: issuer}}, {Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: claim}}},
-		Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(value, false)}},
+// claimPrincipal matches a payload claim, as a string or as one element of
+// a list (aud, groups).
+func claimPrincipal(claim, value string) *rbacv3.Principal {
+	m := func(vm *matcherv3.ValueMatcher) *rbacv3.Principal {
+		return &rbacv3.Principal{Identifier: &rbacv3.Principal_SourcedMetadata{SourcedMetadata: &rbacv3.SourcedMetadata{MetadataMatcher: &matcherv3.MetadataMatcher{
+			Filter: "envoy.filters.http.jwt_authn",
+			Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: authn.JWTPayloadKey}}, {Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: claim}}},
+			Value:  vm,
+		}}}}
 	}
+	str := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(value, false)}}
+	if claim == "iss" || claim == "sub" || claim == "azp" {
+		return m(str)
+	}
+	list := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: str}}}}
+	return orIDs([]*rbacv3.Principal{m(str), m(list)})
 }
 
 func header(name string, m *matcherv3.StringMatcher) *routev3.HeaderMatcher {
@@ -414,8 +434,16 @@ func condition(where string, c api.Condition) (*principalField, *permissionField
 		return nil, &permissionField{name, vals, not, false, func(v string) (*rbacv3.Permission, error) {
 			return &rbacv3.Permission{Rule: &rbacv3.Permission_RequestedServerName{RequestedServerName: stringMatch(v, false)}}, nil
 		}}, nil
-	case key == "request.auth.audiences", key == "request.auth.presenter", strings.HasPrefix(key, "request.auth.claims["):
-		return nil, nil, unsupported{fmt.Sprintf("%s: %s needs the issuer; write request.auth.principal or use RequestAuthentication outputs", where, key)}
+	case key == "request.auth.audiences":
+		return &principalField{name, vals, not, true, wrapP(func(v string) *rbacv3.Principal { return claimPrincipal("aud", v) })}, nil, nil
+	case key == "request.auth.presenter":
+		return &principalField{name, vals, not, true, wrapP(func(v string) *rbacv3.Principal { return claimPrincipal("azp", v) })}, nil, nil
+	case strings.HasPrefix(key, "request.auth.claims[") && strings.HasSuffix(key, "]"):
+		claim := strings.TrimSuffix(strings.TrimPrefix(key, "request.auth.claims["), "]")
+		if claim == "" || strings.ContainsAny(claim, "[]") {
+			return nil, nil, unsupported{fmt.Sprintf("%s: nested or empty claim in %q", where, key)}
+		}
+		return &principalField{name, vals, not, true, wrapP(func(v string) *rbacv3.Principal { return claimPrincipal(claim, v) })}, nil, nil
 	}
 	return nil, nil, unsupported{fmt.Sprintf("%s: unknown key %q", where, c.Key)}
 }

@@ -79,9 +79,9 @@ spec:
 		{"admin from outside", rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "192.168.0.9"}, false, "ns[default]-policy[deny-untrusted]-rule[1]"},
 		{"admin from inside, not allowed either", rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "10.0.0.9"}, false, ""},
 		{"alice posts with a JWT", rbac.Request{Method: "POST", Path: "/api/items", SourceIP: "10.1.2.3",
-			Claims: map[string]map[string]string{"https://issuer.example.com": {"sub": "alice"}}}, true, "ns[default]-policy[readers]-rule[1]"},
+			JWT: map[string]any{"iss": "https://issuer.example.com", "sub": "alice"}}, true, "ns[default]-policy[readers]-rule[1]"},
 		{"bob posts with a JWT", rbac.Request{Method: "POST", Path: "/api/items", SourceIP: "10.1.2.3",
-			Claims: map[string]map[string]string{"https://issuer.example.com": {"sub": "bob"}}}, false, ""},
+			JWT: map[string]any{"iss": "https://issuer.example.com", "sub": "bob"}}, false, ""},
 	}
 	for _, tc := range cases {
 		d := decide(t, objs, flaskapp, false, tc.r)
@@ -89,6 +89,35 @@ spec:
 			t.Errorf("%s: %s (policy %q); want allowed=%t by %q", tc.name, d, d.Policy, tc.allowed, tc.policy)
 		}
 	}
+	// JWT claims in when conditions and wildcard request principals.
+	claims := decodeAll(t, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: default}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["*/alice"]}}]
+    when:
+    - {key: request.auth.audiences, values: [flaskapp]}
+    - {key: "request.auth.claims[groups]", values: [admins]}
+    - {key: request.auth.presenter, values: ["web-*"]}
+`)
+	for _, tc := range []struct {
+		jwt  map[string]any
+		want bool
+	}{
+		{map[string]any{"iss": "https://a", "sub": "alice", "aud": []string{"x", "flaskapp"}, "groups": []string{"admins"}, "azp": "web-ui"}, true},
+		{map[string]any{"iss": "https://b", "sub": "alice", "aud": "flaskapp", "groups": "admins", "azp": "web-2"}, true},
+		{map[string]any{"iss": "https://a", "sub": "alice", "aud": []string{"x"}, "groups": []string{"admins"}, "azp": "web-ui"}, false},
+		{map[string]any{"iss": "https://a", "sub": "alice", "aud": "flaskapp", "groups": []string{"users"}, "azp": "web-ui"}, false},
+		{map[string]any{"iss": "https://a", "sub": "bob", "aud": "flaskapp", "groups": "admins", "azp": "web-ui"}, false},
+		{nil, false},
+	} {
+		d := decide(t, claims, flaskapp, false, rbac.Request{Method: "GET", Path: "/", JWT: tc.jwt})
+		if d.Allowed != tc.want {
+			t.Errorf("JWT %v: %s, want allowed=%t", tc.jwt, d, tc.want)
+		}
+	}
+
 	// The audit policy logged the admin request.
 	d := decide(t, objs, flaskapp, false, rbac.Request{Principal: sleep, Method: "GET", Path: "/admin/x", SourceIP: "10.0.0.9"})
 	if len(d.Audited) != 1 || d.Audited[0] != "ns[default]-policy[audit-admin]-rule[0]" {

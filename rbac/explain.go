@@ -11,6 +11,8 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/wardenmesh/warden/authn"
 )
 
 // Request is what Explain evaluates: the connection and, for HTTP, the
@@ -25,8 +27,8 @@ type Request struct {
 	Method    string
 	Path      string // with or without a query
 	Host      string
-	Headers   map[string]string            // lower-case names
-	Claims    map[string]map[string]string // JWT payloads by issuer (what jwt_authn writes to metadata)
+	Headers   map[string]string // lower-case names
+	JWT       map[string]any    // the verified JWT payload (claim -> string or []string), as jwt_authn writes it
 }
 
 // Decision is Explain's answer.
@@ -210,12 +212,29 @@ func headerMatches(h *routev3.HeaderMatcher, r Request) bool {
 }
 
 func metadataMatches(m *matcherv3.MetadataMatcher, r Request) bool {
-	if m.Filter != "envoy.filters.http.jwt_authn" || len(m.Path) != 2 {
+	if m.Filter != "envoy.filters.http.jwt_authn" || len(m.Path) != 2 || m.Path[0].GetKey() != authn.JWTPayloadKey {
 		return false
 	}
-	iss, claim := m.Path[0].GetKey(), m.Path[1].GetKey()
-	v, ok := r.Claims[iss][claim]
-	return ok && stringMatches(m.GetValue().GetStringMatch(), v)
+	v, ok := r.JWT[m.Path[1].GetKey()]
+	if !ok {
+		return false
+	}
+	vm := m.GetValue()
+	switch x := v.(type) {
+	case string:
+		return vm.GetStringMatch() != nil && stringMatches(vm.GetStringMatch(), x)
+	case []string:
+		one := vm.GetListMatch().GetOneOf().GetStringMatch()
+		if one == nil {
+			return false
+		}
+		for _, e := range x {
+			if stringMatches(one, e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func stringMatches(m *matcherv3.StringMatcher, v string) bool {

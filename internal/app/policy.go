@@ -184,7 +184,7 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	fs.StringVar(&r.SourceIP, "source-ip", "10.0.0.1", "peer address")
 	fs.StringVar(&r.SNI, "sni", "", "TLS server name")
 	fs.Var(&headers, "header", "request header k=v (repeatable)")
-	fs.Var(&claims, "jwt", "JWT claim issuer,claim=value (repeatable), as jwt_authn writes them")
+	fs.Var(&claims, "jwt", "verified JWT claim claim=value (repeatable; a repeated claim becomes a list), e.g. --jwt iss=https://issuer --jwt sub=alice")
 	tcp := fs.Bool("tcp", false, "evaluate the network filter (no HTTP attributes)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -207,17 +207,22 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 		}
 		r.Headers[strings.ToLower(k)] = v
 	}
-	r.Claims = map[string]map[string]string{}
+	if len(claims) > 0 {
+		r.JWT = map[string]any{}
+	}
 	for _, c := range claims {
-		iss, kv, ok1 := strings.Cut(c, ",")
-		k, v, ok2 := strings.Cut(kv, "=")
-		if !ok1 || !ok2 {
-			return fmt.Errorf("%w: --jwt %q is not issuer,claim=value", errUsage, c)
+		k, v, ok := strings.Cut(c, "=")
+		if !ok {
+			return fmt.Errorf("%w: --jwt %q is not claim=value", errUsage, c)
 		}
-		if r.Claims[iss] == nil {
-			r.Claims[iss] = map[string]string{}
+		switch old := r.JWT[k].(type) {
+		case nil:
+			r.JWT[k] = v
+		case string:
+			r.JWT[k] = []string{old, v}
+		case []string:
+			r.JWT[k] = append(old, v)
 		}
-		r.Claims[iss][k] = v
 	}
 	objs, err := readObjects(w.file)
 	if err != nil {
