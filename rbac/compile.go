@@ -179,98 +179,71 @@ func notRule(p *rbacv3.Permission) *rbacv3.Permission {
 var anyPrincipal = &rbacv3.Principal{Identifier: &rbacv3.Principal_Any{Any: true}}
 var anyPermission = &rbacv3.Permission{Rule: &rbacv3.Permission_Any{Any: true}}
 
-// field compiles one field's values (ORed) with mk, negated for not*.
-type principalField struct {
+// field is one rule field: its values (ORed), negated for not* forms,
+// compiled to T (a principal or a permission) by mk.
+type field[T any] struct {
 	name   string
 	values []string
 	not    bool
-	http   bool
-	mk     func(string) (*rbacv3.Principal, error)
+	http   bool // meaningless on a TCP port
+	mk     func(string) (T, error)
 }
 
-type permissionField struct {
-	name   string
-	values []string
-	not    bool
-	http   bool
-	mk     func(string) (*rbacv3.Permission, error)
-}
+type principalField = field[*rbacv3.Principal]
+type permissionField = field[*rbacv3.Permission]
 
-// sides builds the ANDed principal and permission lists of one rule. An
-// inexpressible value makes the rule fail (returned error) for ALLOW; for
-// DENY/AUDIT the condition is dropped and reported.
-func (b builder) sides(pfs []principalField, qfs []permissionField, strict bool) ([]*rbacv3.Principal, []*rbacv3.Permission, error) {
-	var ps []*rbacv3.Principal
-	for _, f := range pfs {
+// compileFields compiles each field into one matcher (values ORed by or,
+// negated by not). An inexpressible value fails the whole rule when strict
+// (ALLOW); otherwise (DENY/AUDIT) only that field is dropped, and reported.
+func compileFields[T any](b builder, fs []field[T], strict bool, or func([]T) T, not func(T) T) ([]T, error) {
+	var out []T
+	for _, f := range fs {
 		if len(f.values) == 0 {
 			continue
 		}
 		if f.http && b.opts.TCP {
 			err := unsupported{fmt.Sprintf("%s applies to HTTP only", f.name)}
 			if strict {
-				return nil, nil, err
+				return nil, err
 			}
 			b.report("%v; condition ignored", err)
 			continue
 		}
-		var ids []*rbacv3.Principal
+		var ms []T
 		var ferr error
 		for _, v := range f.values {
-			p, err := f.mk(v)
+			m, err := f.mk(v)
 			if err != nil {
 				ferr = err
 				break
 			}
-			ids = append(ids, p)
+			ms = append(ms, m)
 		}
 		if ferr != nil {
 			if strict {
-				return nil, nil, fmt.Errorf("%s: %w", f.name, ferr)
+				return nil, fmt.Errorf("%s: %w", f.name, ferr)
 			}
 			b.report("%s: %v; condition ignored", f.name, ferr)
 			continue
 		}
-		p := orIDs(ids)
+		m := or(ms)
 		if f.not {
-			p = notID(p)
+			m = not(m)
 		}
-		ps = append(ps, p)
+		out = append(out, m)
 	}
-	var qs []*rbacv3.Permission
-	for _, f := range qfs {
-		if len(f.values) == 0 {
-			continue
-		}
-		if f.http && b.opts.TCP {
-			err := unsupported{fmt.Sprintf("%s applies to HTTP only", f.name)}
-			if strict {
-				return nil, nil, err
-			}
-			b.report("%v; condition ignored", err)
-			continue
-		}
-		var rs []*rbacv3.Permission
-		var ferr error
-		for _, v := range f.values {
-			r, err := f.mk(v)
-			if err != nil {
-				ferr = err
-				break
-			}
-			rs = append(rs, r)
-		}
-		if ferr != nil {
-			if strict {
-				return nil, nil, fmt.Errorf("%s: %w", f.name, ferr)
-			}
-			b.report("%s: %v; condition ignored", f.name, ferr)
-			continue
-		}
-		r := orRules(rs)
-		if f.not {
-			r = notRule(r)
-		}
-		qs = append(qs, r)
+	return out, nil
+}
+
+// sides builds the ANDed principal and permission lists of one rule.
+func (b builder) sides(pfs []principalField, qfs []permissionField, strict bool) ([]*rbacv3.Principal, []*rbacv3.Permission, error) {
+	ps, err := compileFields(b, pfs, strict, orIDs, notID)
+	if err != nil {
+		return nil, nil, err
+	}
+	qs, err := compileFields(b, qfs, strict, orRules, notRule)
+	if err != nil {
+		return nil, nil, err
 	}
 	return ps, qs, nil
 }

@@ -93,6 +93,19 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	return fs
 }
 
+// load checks -f, parses the workload flags and reads the policy objects.
+func (w *workloadFlags) load() (authn.Workload, []api.Object, error) {
+	if w.file == "" {
+		return authn.Workload{}, nil, fmt.Errorf("%w: -f is required", errUsage)
+	}
+	wl, err := w.workload()
+	if err != nil {
+		return authn.Workload{}, nil, err
+	}
+	objs, err := readObjects(w.file)
+	return wl, objs, err
+}
+
 func (w *workloadFlags) workload() (authn.Workload, error) {
 	labels, err := parseLabels(w.labels)
 	if err != nil {
@@ -114,14 +127,7 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if w.file == "" {
-		return fmt.Errorf("%w: -f is required", errUsage)
-	}
-	wl, err := w.workload()
-	if err != nil {
-		return err
-	}
-	objs, err := readObjects(w.file)
+	wl, objs, err := w.load()
 	if err != nil {
 		return err
 	}
@@ -189,10 +195,7 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if w.file == "" {
-		return fmt.Errorf("%w: -f is required", errUsage)
-	}
-	wl, err := w.workload()
+	wl, objs, err := w.load()
 	if err != nil {
 		return err
 	}
@@ -223,10 +226,6 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 		case []string:
 			r.JWT[k] = append(old, v)
 		}
-	}
-	objs, err := readObjects(w.file)
-	if err != nil {
-		return err
 	}
 	out, err := rbac.Compile(objs, w.rbacWorkload(wl), rbac.Options{RootNamespace: w.rootNS, TCP: *tcp})
 	if err != nil {
@@ -290,14 +289,7 @@ func runPolicyCheck(_ context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if w.file == "" {
-		return fmt.Errorf("%w: -f is required", errUsage)
-	}
-	wl, err := w.workload()
-	if err != nil {
-		return err
-	}
-	objs, err := readObjects(w.file)
+	wl, objs, err := w.load()
 	if err != nil {
 		return err
 	}
