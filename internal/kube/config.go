@@ -63,6 +63,10 @@ func (w *ConfigWatcher) Run(ctx context.Context) error {
 	f.Start(ctx.Done())
 	for gvr, ok := range f.WaitForCacheSync(ctx.Done()) {
 		if !ok {
+			if ctx.Err() != nil {
+				f.Shutdown()
+				return nil // stopped before the first list finished: not a failure
+			}
 			return fmt.Errorf("kube: %s cache did not sync", gvr.Resource)
 		}
 	}

@@ -85,6 +85,9 @@ func startAndSync(ctx context.Context, name string, fs ...factory) error {
 	for _, f := range fs {
 		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
 			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err() // shutting down
+				}
 				return fmt.Errorf("kube: %s: %v cache did not sync", name, typ)
 			}
 		}
