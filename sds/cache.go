@@ -50,6 +50,7 @@ type Config struct {
 type Cache struct {
 	ctx     context.Context
 	cfg     Config
+	workers sync.WaitGroup // rotation goroutines
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
 }
@@ -105,7 +106,7 @@ func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 		}
 		c.mu.Unlock()
 		c.notify(svid)
-		go c.rotate(c.ctx, id)
+		c.workers.Go(func() { c.rotate(c.ctx, id) })
 		return svid, nil
 	}
 	c.mu.Unlock()
@@ -124,6 +125,10 @@ func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 	}
 	return e.svid, nil
 }
+
+// Wait returns once every rotation goroutine has stopped (after the
+// cache's context is done), so no update or file write outlives shutdown.
+func (c *Cache) Wait() { c.workers.Wait() }
 
 // Current returns id's SVID without fetching; nil when there is none or it
 // has expired.
@@ -223,6 +228,6 @@ func (c *Cache) Put(svid *SVID) bool {
 	c.entries[svid.ID] = e
 	c.mu.Unlock()
 	c.notify(svid)
-	go c.rotate(c.ctx, svid.ID)
+	c.workers.Go(func() { c.rotate(c.ctx, svid.ID) })
 	return true
 }

@@ -59,7 +59,7 @@ func (f *CAFetcher) Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 		return nil, err
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	res, err := c.Request(ctx, client.Request{KeyType: f.KeyType, TTL: f.TTL, Token: tok, ID: id})
 	if err != nil {

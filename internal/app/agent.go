@@ -244,6 +244,7 @@ func (a *agent) run(ctx context.Context) error {
 		}
 	}
 	err := g.Wait()
+	a.cache.Wait() // no rotation or file write after we return
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil
 	}
