@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 
@@ -10,7 +11,12 @@ import (
 
 // CRD renders k's CustomResourceDefinition (apiextensions.k8s.io/v1) with
 // a structural schema generated from its Go type.
-func CRD(k Kind) ([]byte, error) {
+func CRD(k Kind) (_ []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil { // schemaForValue meeting a new field type
+			err = fmt.Errorf("api: %s: %v", k.Kind, r)
+		}
+	}()
 	obj := k.New()
 	spec, ok := reflect.TypeOf(obj).Elem().FieldByName("Spec")
 	if !ok {
@@ -22,7 +28,6 @@ func CRD(k Kind) ([]byte, error) {
 			"spec":   schemaFor(spec.Type, ""),
 			"status": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true},
 		},
-		"required": []string{"spec"},
 	}
 	var versions []any
 	for _, v := range k.Versions {
@@ -65,15 +70,30 @@ func CRD(k Kind) ([]byte, error) {
 }
 
 func schemaFor(t reflect.Type, tag reflect.StructTag) map[string]any {
+	var nullable bool
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
+		// A pointer to a scalar is a protobuf wrapper (BoolValue...), where
+		// null is a value; null:"set" keeps a null message for decoding.
+		nullable = t.Kind() != reflect.Struct || tag.Get("null") == "set"
 	}
+	s := schemaForValue(t, tag)
+	if nullable {
+		s["nullable"] = true
+	}
+	return s
+}
+
+func schemaForValue(t reflect.Type, tag reflect.StructTag) map[string]any {
 	switch t.Kind() {
 	case reflect.Struct:
 		props := map[string]any{}
 		var required []string
 		for _, f := range fields(t) {
 			props[f.name] = schemaFor(t.FieldByIndex(f.index).Type, f.tag)
+			if f.alias != "" {
+				props[f.alias] = props[f.name]
+			}
 			if f.required {
 				required = append(required, f.name)
 			}
@@ -92,15 +112,20 @@ func schemaFor(t reflect.Type, tag reflect.StructTag) map[string]any {
 		if enum := tag.Get("enum"); enum != "" {
 			s["enum"] = strings.Split(enum, ",")
 		}
+		if tag.Get("format") == "byte" {
+			s["format"] = "byte"
+		}
 		return s
 	case reflect.Bool:
 		return map[string]any{"type": "boolean"}
-	case reflect.Int32, reflect.Int64, reflect.Int:
+	case reflect.Int32, reflect.Int64:
 		return map[string]any{"type": "integer", "format": "int" + fmt.Sprint(t.Bits())}
-	case reflect.Uint32, reflect.Uint64, reflect.Uint:
+	case reflect.Uint32:
+		return map[string]any{"type": "integer", "minimum": 0, "maximum": uint64(math.MaxUint32)}
+	case reflect.Uint64:
 		return map[string]any{"type": "integer", "minimum": 0}
-	case reflect.Float32, reflect.Float64:
-		return map[string]any{"type": "number"}
+	case reflect.Float64:
+		return map[string]any{"type": "number", "format": "double"}
 	}
-	return map[string]any{"x-kubernetes-preserve-unknown-fields": true}
+	panic(fmt.Sprintf("no schema for Go type %s", t)) // a new field type: extend the switch
 }

@@ -3,8 +3,11 @@ package api_test
 import (
 	"bytes"
 	"flag"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -37,7 +40,9 @@ func TestCRDsMatchTypes(t *testing.T) {
 	}
 	want["kustomization.yaml"] = []byte(kust)
 	if *update {
-		os.MkdirAll(crdDir, 0o755)
+		if err := os.MkdirAll(crdDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		for name, b := range want {
 			if err := os.WriteFile(filepath.Join(crdDir, name), b, 0o644); err != nil {
 				t.Fatal(err)
@@ -61,42 +66,175 @@ func TestCRDsMatchTypes(t *testing.T) {
 	}
 }
 
-// TestCRDStructure checks each CRD's shape the way the API server will.
-func TestCRDStructure(t *testing.T) {
-	for _, k := range api.Kinds {
-		b, _ := api.CRD(k)
-		var crd struct {
-			Spec struct {
-				Scope    string
-				Versions []struct {
-					Name    string
-					Storage bool
-					Schema  struct {
-						OpenAPIV3Schema map[string]any `json:"openAPIV3Schema"`
-					}
-				}
-			}
-		}
-		if err := yaml.Unmarshal(b, &crd); err != nil {
+// TestCRDFiles reads deploy/crds as the API server would see them
+// (generic YAML, not the Go types): each file is a well-formed
+// CustomResourceDefinition, the kustomization lists them all, and the
+// kinds and versions they serve are exactly the ones Decode reads.
+func TestCRDFiles(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob(filepath.Join(crdDir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := map[string]bool{} // "group/version Kind"
+	var listed []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
 			t.Fatal(err)
 		}
-		storage := 0
-		for _, v := range crd.Spec.Versions {
-			if v.Storage {
-				storage++
+		var doc map[string]any
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if filepath.Base(f) == "kustomization.yaml" {
+			for _, r := range list(doc["resources"]) {
+				listed = append(listed, fmt.Sprint(r))
 			}
-			if v.Schema.OpenAPIV3Schema["type"] != "object" {
-				t.Errorf("%s %s: schema root is not type object", k.Kind, v.Name)
-			}
+			continue
 		}
-		if storage != 1 {
-			t.Errorf("%s: %d storage versions", k.Kind, storage)
-		}
-		if want := map[bool]string{true: "Cluster", false: "Namespaced"}[k.Cluster]; crd.Spec.Scope != want {
-			t.Errorf("%s: scope %s", k.Kind, crd.Spec.Scope)
-		}
-		if strings.Contains(string(b), "x-kubernetes-preserve-unknown-fields: true\n") && strings.Count(string(b), "x-kubernetes-preserve-unknown-fields") != len(crd.Spec.Versions) {
-			t.Errorf("%s: free-form fields beyond status", k.Kind)
+		for _, p := range checkCRD(filepath.Base(f), doc, served) {
+			t.Errorf("%s: %s", f, p)
 		}
 	}
+	var want []string
+	for _, f := range files {
+		if b := filepath.Base(f); b != "kustomization.yaml" {
+			want = append(want, b)
+		}
+	}
+	slices.Sort(listed)
+	if !slices.Equal(listed, want) {
+		t.Errorf("kustomization.yaml lists %v, the directory holds %v", listed, want)
+	}
+	for _, k := range api.Kinds {
+		for _, v := range k.Versions {
+			if !served[k.Group+"/"+v+" "+k.Kind] {
+				t.Errorf("Decode reads %s/%s %s, which no CRD serves", k.Group, v, k.Kind)
+			}
+		}
+	}
+	for gvk := range served {
+		apiVersion, kind, _ := strings.Cut(gvk, " ")
+		in := fmt.Sprintf("apiVersion: %s\nkind: %s\nmetadata: {name: x}\n", apiVersion, kind)
+		if kind == "DestinationRule" {
+			in += "spec: {host: x}\n" // its only required field
+		}
+		objs, err := api.Decode([]byte(in))
+		if err != nil {
+			t.Errorf("a CRD serves %s, which Decode rejects: %v", gvk, err)
+		} else if len(objs) != 1 || objs[0].Type().Kind != kind {
+			t.Errorf("%s decoded to %d objects", gvk, len(objs))
+		}
+	}
+}
+
+// checkCRD returns what is wrong with one CRD and records the versions it
+// serves.
+func checkCRD(file string, crd map[string]any, served map[string]bool) []string {
+	var bad []string
+	spec, _ := crd["spec"].(map[string]any)
+	names, _ := spec["names"].(map[string]any)
+	group, _ := spec["group"].(string)
+	plural, _ := names["plural"].(string)
+	kind, _ := names["kind"].(string)
+	meta, _ := crd["metadata"].(map[string]any)
+	switch {
+	case crd["apiVersion"] != "apiextensions.k8s.io/v1" || crd["kind"] != "CustomResourceDefinition":
+		bad = append(bad, fmt.Sprintf("is %v %v, not an apiextensions.k8s.io/v1 CustomResourceDefinition", crd["apiVersion"], crd["kind"]))
+	case group == "" || plural == "" || kind == "":
+		bad = append(bad, "spec.group, spec.names.plural and spec.names.kind are required")
+	case meta["name"] != plural+"."+group || file != plural+"."+group+".yaml":
+		bad = append(bad, fmt.Sprintf("metadata.name %v and the file name must be %s.%s", meta["name"], plural, group))
+	}
+	if names["singular"] != strings.ToLower(kind) || names["listKind"] != kind+"List" {
+		bad = append(bad, fmt.Sprintf("names %v: singular must be %q and listKind %q", names, strings.ToLower(kind), kind+"List"))
+	}
+	cats := list(names["categories"])
+	if !slices.Contains(cats, "istio-io") || len(cats) != 2 {
+		bad = append(bad, fmt.Sprintf("categories %v: want istio-io and the group's", cats))
+	}
+	wantScope := "Namespaced"
+	if kind == "MeshPolicy" || kind == "ClusterRbacConfig" {
+		wantScope = "Cluster"
+	}
+	if spec["scope"] != wantScope {
+		bad = append(bad, fmt.Sprintf("scope %v, want %s", spec["scope"], wantScope))
+	}
+	versions := list(spec["versions"])
+	storage := 0
+	for i, vv := range versions {
+		v, _ := vv.(map[string]any)
+		name, _ := v["name"].(string)
+		if v["storage"] == true {
+			storage++
+		}
+		if v["served"] == true {
+			served[group+"/"+name+" "+kind] = true
+		}
+		if sub, _ := v["subresources"].(map[string]any); sub == nil || sub["status"] == nil {
+			bad = append(bad, fmt.Sprintf("versions[%d] (%s): subresources.status is missing", i, name))
+		}
+		schema, _ := v["schema"].(map[string]any)
+		root, _ := schema["openAPIV3Schema"].(map[string]any)
+		if root["type"] != "object" {
+			bad = append(bad, fmt.Sprintf("versions[%d] (%s): openAPIV3Schema is not type object", i, name))
+		}
+		for _, p := range checkStructural("openAPIV3Schema", root) {
+			bad = append(bad, fmt.Sprintf("versions[%d] (%s): %s", i, name, p))
+		}
+	}
+	if len(versions) == 0 || storage != 1 {
+		bad = append(bad, fmt.Sprintf("%d versions with %d storage versions; want one storage version", len(versions), storage))
+	}
+	return bad
+}
+
+// checkStructural checks the rules of a structural schema that matter
+// here: every node has a type (or preserves unknown fields), objects have
+// properties or additionalProperties, arrays have items, and free-form
+// data is allowed only in status.
+func checkStructural(path string, s map[string]any) []string {
+	var bad []string
+	if s["x-kubernetes-preserve-unknown-fields"] == true {
+		if path != "openAPIV3Schema.status" {
+			bad = append(bad, path+": x-kubernetes-preserve-unknown-fields outside status")
+		}
+		return bad
+	}
+	switch s["type"] {
+	case "object":
+		props, _ := s["properties"].(map[string]any)
+		ap, _ := s["additionalProperties"].(map[string]any)
+		if (props == nil) == (ap == nil) {
+			bad = append(bad, path+": an object needs properties or additionalProperties (one of them)")
+		}
+		for _, k := range slices.Sorted(maps.Keys(props)) {
+			sub, _ := props[k].(map[string]any)
+			bad = append(bad, checkStructural(path+"."+k, sub)...)
+		}
+		for _, r := range list(s["required"]) {
+			if _, ok := props[fmt.Sprint(r)]; !ok {
+				bad = append(bad, fmt.Sprintf("%s: required %v is not a property", path, r))
+			}
+		}
+		if ap != nil {
+			bad = append(bad, checkStructural(path+"{}", ap)...)
+		}
+	case "array":
+		items, _ := s["items"].(map[string]any)
+		if items == nil {
+			return append(bad, path+": an array needs items")
+		}
+		bad = append(bad, checkStructural(path+"[]", items)...)
+	case "string", "integer", "number", "boolean":
+	default:
+		bad = append(bad, fmt.Sprintf("%s: type %v", path, s["type"]))
+	}
+	return bad
+}
+
+func list(v any) []any {
+	l, _ := v.([]any)
+	return l
 }

@@ -3,14 +3,15 @@ package api
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -19,8 +20,10 @@ var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
 
 // Decode reads one or more YAML documents (separated by ---) or JSON
 // objects, including `kind: List`, into typed objects. Empty documents are
-// skipped. The first problem found is returned, naming the document (from
-// 1), the object and the field path.
+// skipped. Decoding is strict: a duplicate key, an unknown field, a wrong
+// type, a missing required field or a value the field does not allow is
+// an error naming the document (from 1), the object and the field path.
+// Fields the API server writes (metadata.uid, status...) are ignored.
 func Decode(data []byte) ([]Object, error) {
 	var out []Object
 	n := 0
@@ -29,23 +32,39 @@ func Decode(data []byte) ([]Object, error) {
 			continue
 		}
 		n++
-		j, err := yaml.YAMLToJSON([]byte(doc))
+		where := fmt.Sprintf("document %d", n)
+		raw, err := parse([]byte(doc))
 		if err != nil {
-			return nil, fmt.Errorf("api: document %d: %v", n, err)
+			return nil, fmt.Errorf("api: %s: %v", where, err)
 		}
-		dec := json.NewDecoder(bytes.NewReader(j))
-		dec.UseNumber()
-		var raw any
-		if err := dec.Decode(&raw); err != nil {
-			return nil, fmt.Errorf("api: document %d: %v", n, err)
-		}
-		objs, err := decodeValue(raw, fmt.Sprintf("document %d", n))
+		objs, err := decodeValue(raw, where)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, objs...)
 	}
 	return out, nil
+}
+
+// parse turns one YAML or JSON document into generic JSON values, numbers
+// kept as json.Number so integers are not rounded through float64.
+func parse(doc []byte) (raw any, err error) {
+	defer func() {
+		// Decode promises not to panic; the YAML library is third-party.
+		if r := recover(); r != nil {
+			raw, err = nil, fmt.Errorf("yaml: %v", r)
+		}
+	}()
+	j, err := yaml.YAMLToJSONStrict(doc) // strict: duplicate keys are errors
+	if err != nil {
+		return nil, errors.New(strings.Join(strings.Fields(err.Error()), " "))
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		return nil, err
+	}
+	return raw, nil
 }
 
 func stripComments(doc string) string {
@@ -56,6 +75,18 @@ func stripComments(doc string) string {
 		}
 	}
 	return b.String()
+}
+
+// objectID names an object in errors: "Kind namespace/name", "Kind name"
+// or, with no name, "Kind".
+func objectID(kind, ns, name string) string {
+	switch {
+	case name == "":
+		return kind
+	case ns == "":
+		return kind + " " + name
+	}
+	return kind + " " + ns + "/" + name
 }
 
 func decodeValue(raw any, where string) ([]Object, error) {
@@ -69,7 +100,10 @@ func decodeValue(raw any, where string) ([]Object, error) {
 	apiVersion, _ := m["apiVersion"].(string)
 	kind, _ := m["kind"].(string)
 	if kind == "List" && apiVersion == "v1" {
-		items, _ := m["items"].([]any)
+		items, ok := m["items"].([]any)
+		if !ok && m["items"] != nil {
+			return nil, fmt.Errorf("api: %s: items: expected a list, got %s", where, describe(m["items"]))
+		}
 		var out []Object
 		for i, it := range items {
 			objs, err := decodeValue(it, fmt.Sprintf("%s items[%d]", where, i))
@@ -87,24 +121,21 @@ func decodeValue(raw any, where string) ([]Object, error) {
 	if !ok {
 		return nil, fmt.Errorf("api: %s: unknown kind %s in %s", where, kind, apiVersion)
 	}
-	obj := k.New()
-	name, ns := "", ""
-	if md, ok := m["metadata"].(map[string]any); ok {
-		name, _ = md["name"].(string)
-		ns, _ = md["namespace"].(string)
-	}
-	id := name
-	if ns != "" {
-		id = ns + "/" + name
-	}
-	if name == "" {
+	md, _ := m["metadata"].(map[string]any)
+	name, _ := md["name"].(string)
+	ns, _ := md["namespace"].(string)
+	id := objectID(kind, ns, name)
+	if n, ok := md["name"]; !ok || n == nil || n == "" {
 		return nil, fmt.Errorf("api: %s (%s): metadata.name is required", where, kind)
 	}
-	if err := walk("", raw, reflect.ValueOf(obj).Elem(), ""); err != nil {
-		return nil, fmt.Errorf("api: %s (%s %s): %w", where, kind, id, err)
+	body := maps.Clone(m)
+	delete(body, "status") // the API server's and Istio's to write
+	obj := k.New()
+	if err := walk("", body, reflect.ValueOf(obj).Elem(), ""); err != nil {
+		return nil, fmt.Errorf("api: %s (%s): %w", where, id, err)
 	}
-	if k.Cluster && ns != "" {
-		return nil, fmt.Errorf("api: %s (%s %s): %s is cluster-scoped and takes no namespace", where, kind, id, kind)
+	if err := checkObject(obj, k); err != nil {
+		return nil, fmt.Errorf("api: %s (%s): %w", where, id, err)
 	}
 	return []Object{obj}, nil
 }
@@ -112,6 +143,7 @@ func decodeValue(raw any, where string) ([]Object, error) {
 // field is a JSON-visible struct field, embedded structs flattened.
 type field struct {
 	name     string
+	alias    string // a second accepted spelling, from the alias tag
 	index    []int
 	tag      reflect.StructTag
 	required bool
@@ -136,7 +168,7 @@ func fields(t reflect.Type) []field {
 			name = f.Name
 		}
 		req := !strings.Contains(opts, "omitempty") && f.Type.Kind() != reflect.Pointer
-		out = append(out, field{name: name, index: []int{i}, tag: f.Tag, required: req})
+		out = append(out, field{name: name, alias: f.Tag.Get("alias"), index: []int{i}, tag: f.Tag, required: req})
 	}
 	return out
 }
@@ -150,10 +182,16 @@ func join(path, name string) string {
 	return path + "." + name
 }
 
-// walk decodes in (from encoding/json with UseNumber) into v, strictly.
+// walk decodes in (from encoding/json with UseNumber) into v, strictly:
+// the structure and the types. Values are checked afterwards (check).
 func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 	if in == nil {
-		return nil // null or absent: the zero value
+		// null or absent: the zero value, except where Istio read a null
+		// message as set (null:"set").
+		if v.Kind() == reflect.Pointer && tag.Get("null") == "set" {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		return nil
 	}
 	if v.Kind() == reflect.Pointer {
 		v.Set(reflect.New(v.Type().Elem()))
@@ -166,20 +204,25 @@ func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 			return fmt.Errorf("%s: expected an object, got %s", orRoot(path), describe(in))
 		}
 		fs := fields(v.Type())
+		seen := map[int]string{} // field -> the key that set it
 		for _, key := range sortedKeys(m) {
-			i := slices.IndexFunc(fs, func(f field) bool { return f.name == key })
+			i := slices.IndexFunc(fs, func(f field) bool { return f.name == key || (f.alias != "" && f.alias == key) })
 			if i < 0 {
 				if v.Type() == metaType {
 					continue // uid, resourceVersion, managedFields...: the API server's
 				}
 				return fmt.Errorf("%s: unknown field", join(path, key))
 			}
+			if other, dup := seen[i]; dup {
+				return fmt.Errorf("%s: duplicate of %s", join(path, key), other)
+			}
+			seen[i] = key
 			if err := walk(join(path, key), m[key], v.FieldByIndex(fs[i].index), fs[i].tag); err != nil {
 				return err
 			}
 		}
 		for _, f := range fs {
-			if _, ok := m[f.name]; !ok && f.required {
+			if m[f.name] == nil && f.required {
 				return fmt.Errorf("%s: required field missing", join(path, f.name))
 			}
 		}
@@ -191,7 +234,11 @@ func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 		}
 		s := reflect.MakeSlice(v.Type(), len(arr), len(arr))
 		for i, el := range arr {
-			if err := walk(fmt.Sprintf("%s[%d]", path, i), el, s.Index(i), tag); err != nil {
+			p := fmt.Sprintf("%s[%d]", path, i)
+			if el == nil {
+				return fmt.Errorf("%s: null is not allowed here", p) // nor by the API server
+			}
+			if err := walk(p, el, s.Index(i), tag); err != nil {
 				return err
 			}
 		}
@@ -205,10 +252,8 @@ func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 		out := reflect.MakeMapWithSize(v.Type(), len(m))
 		for _, key := range sortedKeys(m) {
 			p := fmt.Sprintf("%s[%q]", path, key)
-			if tag.Get("keys") == "port" {
-				if n, err := strconv.Atoi(key); err != nil || n < 1 || n > 65535 {
-					return fmt.Errorf("%s: key is not a port number (1-65535)", p)
-				}
+			if m[key] == nil {
+				return fmt.Errorf("%s: null is not allowed here", p)
 			}
 			el := reflect.New(v.Type().Elem()).Elem()
 			if err := walk(p, m[key], el, ""); err != nil {
@@ -226,12 +271,11 @@ func walk(path string, in any, v reflect.Value, tag reflect.StructTag) error {
 			}
 			return fmt.Errorf("%s: expected a string, got %s", path, describe(in))
 		}
-		if enum := tag.Get("enum"); enum != "" && !slices.Contains(strings.Split(enum, ","), s) {
-			return fmt.Errorf("%s: %q is not one of %s", path, s, strings.ReplaceAll(enum, ",", ", "))
-		}
-		if tag.Get("format") == "duration" {
-			if d, err := time.ParseDuration(s); err != nil || d < 0 {
-				return fmt.Errorf("%s: %q is not a duration such as \"1.5s\" or \"100ms\"", path, s)
+		if s == "" {
+			// An empty Go string reads as unset when checked later; a
+			// written "" must still be a value the field allows.
+			if err := checkString(path, s, tag, true); err != nil {
+				return err
 			}
 		}
 		v.SetString(s)
@@ -278,7 +322,7 @@ func orRoot(path string) string {
 	return path
 }
 
-func sortedKeys(m map[string]any) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

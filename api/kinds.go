@@ -1,5 +1,7 @@
 package api
 
+import "reflect"
+
 // TypeMeta is apiVersion and kind.
 type TypeMeta struct {
 	APIVersion string `json:"apiVersion"`
@@ -12,6 +14,10 @@ type Object interface {
 	Type() *TypeMeta
 	// Meta is the object's metadata.
 	Meta() *ObjectMeta
+	// Validate checks the object's values as Decode does: metadata,
+	// enums, durations, fields that exclude each other and the kind's
+	// own rules. It is for objects built in Go; decoded ones passed it.
+	Validate() error
 }
 
 // Type implements Object for every kind (promoted from the embedded field).
@@ -59,6 +65,18 @@ var Kinds = []Kind{
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &Gateway{} }},
 }
 
+// kindOf finds the Kind of o by its Go type (Go-built objects may have no
+// TypeMeta).
+func kindOf(o Object) *Kind {
+	t := reflect.TypeOf(o)
+	for i := range Kinds {
+		if reflect.TypeOf(Kinds[i].New()) == t {
+			return &Kinds[i]
+		}
+	}
+	return nil
+}
+
 // lookup finds the kind for apiVersion and kind.
 func lookup(apiVersion, kind string) (*Kind, bool) {
 	for i := range Kinds {
@@ -78,35 +96,71 @@ func lookup(apiVersion, kind string) (*Kind, bool) {
 // Meta implements Object.
 func (o *Policy) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *Policy) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *MeshPolicy) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *MeshPolicy) Validate() error { return validate(o) }
 
 // Meta implements Object.
 func (o *ServiceRole) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *ServiceRole) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *ServiceRoleBinding) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *ServiceRoleBinding) Validate() error { return validate(o) }
 
 // Meta implements Object.
 func (o *ClusterRbacConfig) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *ClusterRbacConfig) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *RbacConfig) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *RbacConfig) Validate() error { return validate(o) }
 
 // Meta implements Object.
 func (o *PeerAuthentication) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *PeerAuthentication) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *RequestAuthentication) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *RequestAuthentication) Validate() error { return validate(o) }
 
 // Meta implements Object.
 func (o *AuthorizationPolicy) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *AuthorizationPolicy) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *VirtualService) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *VirtualService) Validate() error { return validate(o) }
 
 // Meta implements Object.
 func (o *DestinationRule) Meta() *ObjectMeta { return &o.Metadata }
 
+// Validate implements Object.
+func (o *DestinationRule) Validate() error { return validate(o) }
+
 // Meta implements Object.
 func (o *Gateway) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *Gateway) Validate() error { return validate(o) }

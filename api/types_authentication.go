@@ -5,7 +5,7 @@ package api
 type Policy struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta `json:"metadata"`
-	Spec     PolicySpec `json:"spec"`
+	Spec     PolicySpec `json:"spec,omitempty"`
 }
 
 // MeshPolicy (authentication.istio.io/v1alpha1, cluster-scoped) is the
@@ -13,10 +13,11 @@ type Policy struct {
 type MeshPolicy struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta `json:"metadata"`
-	Spec     PolicySpec `json:"spec"`
+	Spec     PolicySpec `json:"spec,omitempty"`
 }
 
-// PolicySpec is the legacy authentication policy.
+// PolicySpec is the legacy authentication policy (Istio 1.4's
+// istio.authentication.v1alpha1.Policy).
 type PolicySpec struct {
 	Targets          []TargetSelector `json:"targets,omitempty"`
 	Peers            []PeerMethod     `json:"peers,omitempty"`
@@ -28,21 +29,23 @@ type PolicySpec struct {
 
 // TargetSelector names a service (and optionally ports) a Policy applies to.
 type TargetSelector struct {
-	Name   string            `json:"name"`
-	Ports  []PortSelector    `json:"ports,omitempty"`
-	Labels map[string]string `json:"labels,omitempty"`
+	Name   string              `json:"name"`
+	Ports  []AuthnPortSelector `json:"ports,omitempty"`
+	Labels map[string]string   `json:"labels,omitempty"`
 }
 
-// PortSelector is a port by number or by name.
-type PortSelector struct {
-	Number uint32 `json:"number,omitempty"`
-	Name   string `json:"name,omitempty"`
+// AuthnPortSelector is a port by number or by name.
+type AuthnPortSelector struct {
+	Number uint32 `json:"number,omitempty" oneof:"port"`
+	Name   string `json:"name,omitempty" oneof:"port"`
 }
 
 // PeerMethod is one way a peer may authenticate.
 type PeerMethod struct {
-	MTLS *MutualTLS `json:"mtls,omitempty"`
-	JWT  *JWT       `json:"jwt,omitempty"`
+	// MTLS is set by `- mtls:` with no value too: Istio 1.x read that
+	// form, the one its documentation shows, as STRICT mutual TLS.
+	MTLS *MutualTLS `json:"mtls,omitempty" oneof:"params" null:"set"`
+	JWT  *JWT       `json:"jwt,omitempty" oneof:"params"`
 }
 
 // MutualTLS is the legacy mTLS setting; an empty object means STRICT.
@@ -75,8 +78,8 @@ type JWTTriggerRule struct {
 
 // AuthnStringMatch matches a string exactly, by prefix, suffix or regex.
 type AuthnStringMatch struct {
-	Exact  string `json:"exact,omitempty"`
-	Prefix string `json:"prefix,omitempty"`
-	Suffix string `json:"suffix,omitempty"`
-	Regex  string `json:"regex,omitempty"`
+	Exact  string `json:"exact,omitempty" oneof:"match"`
+	Prefix string `json:"prefix,omitempty" oneof:"match"`
+	Suffix string `json:"suffix,omitempty" oneof:"match"`
+	Regex  string `json:"regex,omitempty" oneof:"match"`
 }

@@ -1,5 +1,10 @@
 package api
 
+import (
+	"fmt"
+	"strings"
+)
+
 // ObjectMeta is the part of Kubernetes object metadata warden uses; other
 // metadata fields written by the API server are accepted and ignored.
 type ObjectMeta struct {
@@ -15,10 +20,34 @@ type WorkloadSelector struct {
 	MatchLabels map[string]string `json:"matchLabels,omitempty"`
 }
 
+// check applies Istio's rules for selectors: no empty keys and no
+// wildcards (a "*" would be taken literally and select nothing).
+func (s *WorkloadSelector) check() error {
+	for _, k := range sortedKeys(s.MatchLabels) {
+		p := fmt.Sprintf("matchLabels[%q]", k)
+		switch {
+		case k == "":
+			return &fieldError{p, "key must not be empty"}
+		case strings.Contains(k, "*"):
+			return &fieldError{p, "wildcard not allowed in label key match"}
+		case strings.Contains(s.MatchLabels[k], "*"):
+			return &fieldError{p, "wildcard not allowed in label value match"}
+		}
+	}
+	return nil
+}
+
 // PolicyTargetReference points a policy at a Gateway or Service.
 type PolicyTargetReference struct {
 	Group     string `json:"group,omitempty"`
 	Kind      string `json:"kind"`
 	Name      string `json:"name"`
 	Namespace string `json:"namespace,omitempty"`
+}
+
+func (r *PolicyTargetReference) check() error {
+	if r.Namespace != "" {
+		return &fieldError{"namespace", "cross namespace referencing is not currently supported"}
+	}
+	return nil
 }

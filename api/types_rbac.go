@@ -1,10 +1,13 @@
 package api
 
+// The rbac.istio.io/v1alpha1 kinds follow Istio 1.4's rbac.proto, the last
+// release that served them.
+
 // ServiceRole (rbac.istio.io/v1alpha1) is a set of permissions.
 type ServiceRole struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta      `json:"metadata"`
-	Spec     ServiceRoleSpec `json:"spec"`
+	Spec     ServiceRoleSpec `json:"spec,omitempty"`
 }
 
 // ServiceRoleSpec lists access rules.
@@ -37,30 +40,32 @@ type AccessRuleConstraint struct {
 type ServiceRoleBinding struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta             `json:"metadata"`
-	Spec     ServiceRoleBindingSpec `json:"spec"`
+	Spec     ServiceRoleBindingSpec `json:"spec,omitempty"`
 }
 
-// ServiceRoleBindingSpec binds subjects to a role.
+// ServiceRoleBindingSpec binds subjects to a role: a ServiceRole named by
+// roleRef or role ("/name" for the root namespace), or inline actions.
 type ServiceRoleBindingSpec struct {
-	Subjects []Subject `json:"subjects,omitempty"`
-	RoleRef  *RoleRef  `json:"roleRef,omitempty"`
-	Role     string    `json:"role,omitempty"`
-	Mode     string    `json:"mode,omitempty" enum:"ENFORCED,PERMISSIVE"`
+	Subjects []Subject    `json:"subjects,omitempty"`
+	RoleRef  *RoleRef     `json:"roleRef,omitempty"`
+	Mode     string       `json:"mode,omitempty" enum:"ENFORCED,PERMISSIVE"`
+	Actions  []AccessRule `json:"actions,omitempty"`
+	Role     string       `json:"role,omitempty"`
 }
 
 // Subject is who a binding grants to.
 type Subject struct {
 	User          string            `json:"user,omitempty"`
-	Group         string            `json:"group,omitempty"`
-	Properties    map[string]string `json:"properties,omitempty"`
 	Names         []string          `json:"names,omitempty"`
 	NotNames      []string          `json:"notNames,omitempty"`
+	Group         string            `json:"group,omitempty"`
 	Groups        []string          `json:"groups,omitempty"`
 	NotGroups     []string          `json:"notGroups,omitempty"`
 	Namespaces    []string          `json:"namespaces,omitempty"`
 	NotNamespaces []string          `json:"notNamespaces,omitempty"`
 	IPs           []string          `json:"ips,omitempty"`
 	NotIPs        []string          `json:"notIps,omitempty"`
+	Properties    map[string]string `json:"properties,omitempty"`
 }
 
 // RoleRef names the ServiceRole of a binding.
@@ -74,14 +79,14 @@ type RoleRef struct {
 type ClusterRbacConfig struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta     `json:"metadata"`
-	Spec     RbacConfigSpec `json:"spec"`
+	Spec     RbacConfigSpec `json:"spec,omitempty"`
 }
 
 // RbacConfig is the namespaced predecessor of ClusterRbacConfig.
 type RbacConfig struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta     `json:"metadata"`
-	Spec     RbacConfigSpec `json:"spec"`
+	Spec     RbacConfigSpec `json:"spec,omitempty"`
 }
 
 // RbacConfigSpec is the RBAC mode.

@@ -1,11 +1,13 @@
 package api
 
+import "errors"
+
 // PeerAuthentication (security.istio.io/v1beta1, v1) sets the mTLS mode
 // for workloads.
 type PeerAuthentication struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta             `json:"metadata"`
-	Spec     PeerAuthenticationSpec `json:"spec"`
+	Spec     PeerAuthenticationSpec `json:"spec,omitempty"`
 }
 
 // PeerAuthenticationSpec selects workloads and their mTLS mode.
@@ -25,23 +27,24 @@ type PeerMTLS struct {
 type RequestAuthentication struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta                `json:"metadata"`
-	Spec     RequestAuthenticationSpec `json:"spec"`
+	Spec     RequestAuthenticationSpec `json:"spec,omitempty"`
 }
 
 // RequestAuthenticationSpec lists JWT rules.
 type RequestAuthenticationSpec struct {
-	Selector   *WorkloadSelector       `json:"selector,omitempty"`
-	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"`
-	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	Selector   *WorkloadSelector       `json:"selector,omitempty" oneof:"target"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty" oneof:"target"`
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty" oneof:"target"`
 	JWTRules   []JWTRule               `json:"jwtRules,omitempty"`
 }
 
-// JWTRule is one trusted JWT issuer.
+// JWTRule is one trusted JWT issuer. Istio also accepts jwksUri spelled
+// jwks_uri; both decode into JwksURI.
 type JWTRule struct {
-	Issuer                string          `json:"issuer"`
+	Issuer                string          `json:"issuer,omitempty"`
 	Audiences             []string        `json:"audiences,omitempty"`
-	JwksURI               string          `json:"jwksUri,omitempty"`
-	Jwks                  string          `json:"jwks,omitempty"`
+	JwksURI               string          `json:"jwksUri,omitempty" alias:"jwks_uri" oneof:"keys"`
+	Jwks                  string          `json:"jwks,omitempty" oneof:"keys"`
 	FromHeaders           []JWTHeader     `json:"fromHeaders,omitempty"`
 	FromParams            []string        `json:"fromParams,omitempty"`
 	FromCookies           []string        `json:"fromCookies,omitempty"`
@@ -49,6 +52,7 @@ type JWTRule struct {
 	OutputClaimToHeaders  []ClaimToHeader `json:"outputClaimToHeaders,omitempty"`
 	ForwardOriginalToken  bool            `json:"forwardOriginalToken,omitempty"`
 	Timeout               string          `json:"timeout,omitempty" format:"duration"`
+	SpaceDelimitedClaims  []string        `json:"spaceDelimitedClaims,omitempty"`
 }
 
 // JWTHeader is a header a JWT may come in, with its prefix.
@@ -68,14 +72,14 @@ type ClaimToHeader struct {
 type AuthorizationPolicy struct {
 	TypeMeta `json:",inline"`
 	Metadata ObjectMeta              `json:"metadata"`
-	Spec     AuthorizationPolicySpec `json:"spec"`
+	Spec     AuthorizationPolicySpec `json:"spec,omitempty"`
 }
 
 // AuthorizationPolicySpec is the policy.
 type AuthorizationPolicySpec struct {
-	Selector   *WorkloadSelector       `json:"selector,omitempty"`
-	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"`
-	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
+	Selector   *WorkloadSelector       `json:"selector,omitempty" oneof:"target"`
+	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty" oneof:"target"`
+	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty" oneof:"target"`
 	Rules      []Rule                  `json:"rules,omitempty"`
 	Action     string                  `json:"action,omitempty" enum:"ALLOW,DENY,AUDIT,CUSTOM"`
 	Provider   *ExtensionProvider      `json:"provider,omitempty"`
@@ -83,7 +87,7 @@ type AuthorizationPolicySpec struct {
 
 // ExtensionProvider names a CUSTOM action's external authorizer.
 type ExtensionProvider struct {
-	Name string `json:"name"`
+	Name string `json:"name,omitempty"`
 }
 
 // Rule matches requests: from, to and when are ANDed.
@@ -112,6 +116,18 @@ type Source struct {
 	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
 	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
 	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
+	TrustDomains         []string `json:"trustDomains,omitempty"`
+	NotTrustDomains      []string `json:"notTrustDomains,omitempty"`
+}
+
+// check applies Istio's rule that serviceAccounts (which name a namespace
+// and an account) cannot be combined with principals or namespaces.
+func (s *Source) check() error {
+	if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 &&
+		len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
+		return errors.New("cannot set serviceAccounts with namespaces or principals")
+	}
+	return nil
 }
 
 // RuleTo wraps an Operation.
