@@ -117,8 +117,11 @@ func TestCRDFiles(t *testing.T) {
 	for gvk := range served {
 		apiVersion, kind, _ := strings.Cut(gvk, " ")
 		in := fmt.Sprintf("apiVersion: %s\nkind: %s\nmetadata: {name: x}\n", apiVersion, kind)
-		if kind == "DestinationRule" {
-			in += "spec: {host: x}\n" // its only required field
+		switch kind { // their only required fields
+		case "DestinationRule":
+			in += "spec: {host: x}\n"
+		case "ServiceEntry":
+			in += "spec: {hosts: [x]}\n"
 		}
 		objs, err := api.Decode([]byte(in))
 		if err != nil {

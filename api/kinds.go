@@ -61,6 +61,8 @@ var Kinds = []Kind{
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &VirtualService{} }},
 	{Group: "networking.istio.io", Kind: "DestinationRule", Plural: "destinationrules", ShortNames: []string{"dr"}, Versions: []string{"v1alpha3", "v1beta1", "v1"}, Storage: "v1",
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &DestinationRule{} }},
+	{Group: "networking.istio.io", Kind: "ServiceEntry", Plural: "serviceentries", ShortNames: []string{"se"}, Versions: []string{"v1alpha3", "v1beta1", "v1"}, Storage: "v1",
+		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &ServiceEntry{} }},
 	{Group: "networking.istio.io", Kind: "Gateway", Plural: "gateways", ShortNames: []string{"gw"}, Versions: []string{"v1alpha3", "v1beta1", "v1"}, Storage: "v1",
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &Gateway{} }},
 }
@@ -164,3 +166,9 @@ func (o *Gateway) Meta() *ObjectMeta { return &o.Metadata }
 
 // Validate implements Object.
 func (o *Gateway) Validate() error { return validate(o) }
+
+// Meta implements Object.
+func (o *ServiceEntry) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *ServiceEntry) Validate() error { return validate(o) }

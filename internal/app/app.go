@@ -47,6 +47,11 @@ func commands() []command {
 		{"policy explain", "ALLOW or DENY for a request, and which policy decided", runPolicyExplain},
 		{"policy migrate", "convert ServiceRole/ServiceRoleBinding into AuthorizationPolicies", runPolicyMigrate},
 		{"policy check", "validate policy objects; show a workload's effective mode and conflicts", runPolicyCheck},
+		{"demo server", "proxyless gRPC demo workload configured over xDS: answers with its version", runDemoServer},
+		{"demo client", "proxyless gRPC demo client: calls a service through warden's routing", runDemoClient},
+		{"proxy-config", "show the listeners, routes, clusters, endpoints or secrets warden sends a proxy", runProxyConfig},
+		{"bench xds", "connect simulated proxies over ADS: push latency and heap per proxy", runBenchXDS},
+		{"bench xds-clients", "", runBenchXDSClients},
 		{"version", "print the version", runVersion},
 	}
 }

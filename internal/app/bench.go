@@ -99,3 +99,38 @@ func runBenchSDSClients(ctx context.Context, e *env, args []string) error {
 	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
 	return bench.SDSClients(ctx, *socket, *streams, *conns, e.stdout)
 }
+
+func runBenchXDS(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("bench xds")
+	proxies := fs.Int("proxies", 1000, "simulated proxies (ADS streams)")
+	services := fs.Int("services", 100, "services in the mesh")
+	debounce := fs.Duration("debounce", 100*time.Millisecond, "push debounce window")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "connecting %d proxies to a %d-service mesh...\n", *proxies, *services)
+	res, err := bench.XDS(ctx, *proxies, *services, *debounce, exe, []string{"bench", "xds-clients"})
+	if err != nil {
+		return err
+	}
+	res.Print(e.stdout)
+	return nil
+}
+
+// runBenchXDSClients is the client half of 'bench xds', a child process.
+func runBenchXDSClients(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("bench xds-clients")
+	addr := fs.String("addr", "", "ADS address")
+	proxies := fs.Int("proxies", 1000, "proxies")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
+	return bench.XDSClients(ctx, *addr, *proxies, e.stdout)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
+	"github.com/wardenmesh/warden/xds"
 )
 
 // Defaults of warden serve.
@@ -43,6 +44,8 @@ type serveFlags struct {
 	dnsNames                             string
 	jwksFile, jwtIssuer, jwtAudiences    string
 	allowDNS, allowIP                    bool
+	configDir                            string
+	debounce                             time.Duration
 	kube                                 kubeFlags
 }
 
@@ -66,6 +69,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&f.allowDNS, "allow-csr-dns-sans", false, "copy DNS SANs from workload CSRs into certificates")
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
+	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
 	f.kube.register(fs, e)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -90,6 +95,7 @@ type standalone struct {
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
+	xds       *xds.Server                       // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server
@@ -166,10 +172,14 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	// Central SDS on the same port, for sidecars without a node agent:
 	// each stream authenticates like a certificate request.
 	var central *sdsserver.Server
+	var ads *xds.Server
 	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log,
 		OnUpdate: func(v *sds.SVID) {
 			if central != nil {
 				central.Updated(v)
+			}
+			if ads != nil {
+				ads.SecretsChanged(context.Background(), v.ID)
 			}
 		}})
 	if err != nil {
@@ -182,6 +192,11 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	}
 	central.Register(g)
 	s.sds = central
+	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
+	if ads, err = s.wireXDS(ctx, f, td, xds.Identify(sdsserver.TokenIdentify(auths...)), sdsCache, roots); err != nil {
+		return nil, err
+	}
+	ads.Register(g)
 
 	s.grpc = g
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {

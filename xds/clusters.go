@@ -1,0 +1,388 @@
+package xds
+
+import (
+	"fmt"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/authn"
+)
+
+func subset(dr *api.DestinationRule, name string) *api.Subset {
+	for i := range dr.Spec.Subsets {
+		if dr.Spec.Subsets[i].Name == name {
+			return &dr.Spec.Subsets[i]
+		}
+	}
+	return nil
+}
+
+// policyFor merges the rule's traffic policy for a subset and port:
+// subset beats top level, port level beats both.
+type policy struct {
+	lb   *api.LoadBalancerSettings
+	pool *api.ConnectionPoolSettings
+	od   *api.OutlierDetection
+	tls  *api.ClientTLSSettings
+}
+
+func policyFor(dr *api.DestinationRule, subsetName string, port uint32) policy {
+	var p policy
+	apply := func(tp *api.TrafficPolicy) {
+		if tp == nil {
+			return
+		}
+		if tp.LoadBalancer != nil {
+			p.lb = tp.LoadBalancer
+		}
+		if tp.ConnectionPool != nil {
+			p.pool = tp.ConnectionPool
+		}
+		if tp.OutlierDetection != nil {
+			p.od = tp.OutlierDetection
+		}
+		if tp.TLS != nil {
+			p.tls = tp.TLS
+		}
+		for _, pl := range tp.PortLevelSettings {
+			if pl.Port != nil && pl.Port.Number == port {
+				if pl.LoadBalancer != nil {
+					p.lb = pl.LoadBalancer
+				}
+				if pl.ConnectionPool != nil {
+					p.pool = pl.ConnectionPool
+				}
+				if pl.OutlierDetection != nil {
+					p.od = pl.OutlierDetection
+				}
+				if pl.TLS != nil {
+					p.tls = pl.TLS
+				}
+			}
+		}
+	}
+	if dr == nil {
+		return p
+	}
+	apply(dr.Spec.TrafficPolicy)
+	if subsetName != "" {
+		if s := subset(dr, subsetName); s != nil {
+			apply(s.TrafficPolicy)
+		}
+	}
+	return p
+}
+
+func lbFor(dr *api.DestinationRule, subsetName string, port uint32) *api.LoadBalancerSettings {
+	return policyFor(dr, subsetName, port).lb
+}
+
+func hashPolicy(c *api.ConsistentHashLB) []*routev3.RouteAction_HashPolicy {
+	switch {
+	case c.HTTPHeaderName != "":
+		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: c.HTTPHeaderName}}}}
+	case c.HTTPCookie != nil:
+		ck := &routev3.RouteAction_HashPolicy_Cookie{Name: c.HTTPCookie.Name, Path: c.HTTPCookie.Path}
+		if d, err := time.ParseDuration(c.HTTPCookie.TTL); err == nil && c.HTTPCookie.TTL != "" {
+			ck.Ttl = durationpb.New(d)
+		}
+		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{Cookie: ck}}}
+	case c.UseSourceIP:
+		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_ConnectionProperties_{ConnectionProperties: &routev3.RouteAction_HashPolicy_ConnectionProperties{SourceIp: true}}}}
+	case c.HTTPQueryParameterName != "":
+		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_QueryParameter_{QueryParameter: &routev3.RouteAction_HashPolicy_QueryParameter{Name: c.HTTPQueryParameterName}}}}
+	}
+	return nil
+}
+
+func dur(s string) *durationpb.Duration {
+	if s == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return nil
+	}
+	return durationpb.New(d)
+}
+
+func u32(n int32) *wrapperspb.UInt32Value {
+	if n <= 0 {
+		return nil
+	}
+	return wrapperspb.UInt32(uint32(n))
+}
+
+// cluster builds one outbound cluster of s on port p (and subset).
+func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.DestinationRule) *clusterv3.Cluster {
+	name := ClusterName(p.Number, subsetName, s.Host)
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(10 * time.Second),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+	}
+	pol := policyFor(dr, subsetName, p.Number)
+	if lb := pol.lb; lb != nil {
+		switch lb.Simple {
+		case "LEAST_CONN", "LEAST_REQUEST":
+			c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
+		case "RANDOM":
+			c.LbPolicy = clusterv3.Cluster_RANDOM
+		case "PASSTHROUGH":
+			g.report("DestinationRule %s: loadBalancer PASSTHROUGH is not supported; ROUND_ROBIN is used", objKey(dr))
+		}
+		if ch := lb.ConsistentHash; ch != nil {
+			if ch.Maglev != nil {
+				c.LbPolicy = clusterv3.Cluster_MAGLEV
+			} else {
+				c.LbPolicy = clusterv3.Cluster_RING_HASH
+				size := ch.MinimumRingSize
+				if ch.RingHash != nil && ch.RingHash.MinimumRingSize != 0 {
+					size = ch.RingHash.MinimumRingSize
+				}
+				if size != 0 {
+					c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{MinimumRingSize: wrapperspb.UInt64(size)}}
+				}
+			}
+		}
+	}
+	if cp := pol.pool; cp != nil {
+		th := &clusterv3.CircuitBreakers_Thresholds{}
+		if cp.TCP != nil {
+			th.MaxConnections = u32(cp.TCP.MaxConnections)
+			if d := dur(cp.TCP.ConnectTimeout); d != nil {
+				c.ConnectTimeout = d
+			}
+		}
+		if h := cp.HTTP; h != nil {
+			th.MaxPendingRequests = u32(h.HTTP1MaxPendingRequests)
+			th.MaxRequests = u32(h.HTTP2MaxRequests)
+			th.MaxRetries = u32(h.MaxRetries)
+		}
+		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{th}}
+	}
+	if od := pol.od; od != nil {
+		o := &clusterv3.OutlierDetection{Interval: dur(od.Interval), BaseEjectionTime: dur(od.BaseEjectionTime), MaxEjectionPercent: u32(od.MaxEjectionPercent)}
+		if od.Consecutive5xxErrors != nil {
+			o.Consecutive_5Xx = wrapperspb.UInt32(*od.Consecutive5xxErrors)
+		} else if od.ConsecutiveErrors > 0 {
+			o.Consecutive_5Xx = wrapperspb.UInt32(uint32(od.ConsecutiveErrors))
+		}
+		if od.ConsecutiveGatewayErrors != nil {
+			o.ConsecutiveGatewayFailure = wrapperspb.UInt32(*od.ConsecutiveGatewayErrors)
+			o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(100)
+		}
+		if g.grpc {
+			// grpc-go implements success-rate and failure-percentage
+			// ejection, not consecutive errors: map onto failure
+			// percentage so ejection still happens.
+			o.FailurePercentageThreshold = wrapperspb.UInt32(50)
+			o.EnforcingFailurePercentage = wrapperspb.UInt32(100)
+		}
+		c.OutlierDetection = o
+	}
+	if !g.grpc {
+		opts := &httpv3.HttpProtocolOptions{}
+		switch {
+		case p.isHTTP() && (p.Protocol == "GRPC" || p.Protocol == "HTTP2" || hasPrefix(p.Name, "grpc") || hasPrefix(p.Name, "http2")):
+			opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}
+		case p.isHTTP():
+			opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+				HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}
+		}
+		if cp := pol.pool; cp != nil && cp.HTTP != nil && cp.HTTP.MaxRequestsPerConnection > 0 {
+			opts.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{MaxRequestsPerConnection: u32(cp.HTTP.MaxRequestsPerConnection), IdleTimeout: dur(cp.HTTP.IdleTimeout)}
+		}
+		if opts.UpstreamProtocolOptions != nil {
+			a, _ := anypb.New(opts)
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
+		}
+	}
+	g.clusterTLS(c, s, p, pol.tls)
+	return c
+}
+
+func hasPrefix(name, p string) bool {
+	return len(name) >= len(p) && (name == p || len(name) > len(p) && name[:len(p)+1] == p+"-")
+}
+
+// clusterTLS sets the upstream TLS: the DestinationRule's mode, or
+// auto-mTLS (ISTIO_MUTUAL when the destination is in the mesh and not
+// DISABLE; for proxyless gRPC, which cannot fall back, only when it is
+// STRICT).
+func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *api.ClientTLSSettings) {
+	mode := ""
+	if tls != nil {
+		mode = tls.Mode
+	}
+	if mode == "" {
+		switch m := g.m.effectiveMode(s, p); {
+		case s.External:
+			return
+		case m == authn.Strict, m == authn.Permissive && !g.grpc:
+			mode = "ISTIO_MUTUAL"
+		default:
+			return
+		}
+	}
+	var ut *tlsv3.UpstreamTlsContext
+	switch mode {
+	case "DISABLE":
+		return
+	case "ISTIO_MUTUAL":
+		ids := s.serverIDs(g.m.opts)
+		if g.grpc {
+			ut = &tlsv3.UpstreamTlsContext{CommonTlsContext: g.providerTLS(ids)}
+		} else {
+			var err error
+			if ut, err = g.m.authn.UpstreamTLS(fmt.Sprintf("outbound_.%d_._.%s", p.Number, s.Host), ids...); err != nil {
+				g.report("service %s: %v", s.Host, err)
+				return
+			}
+			if g.m.opts.SDSCluster == "" {
+				adsSDS(ut.CommonTlsContext)
+			}
+		}
+	case "SIMPLE", "MUTUAL":
+		ut = &tlsv3.UpstreamTlsContext{Sni: tls.SNI, CommonTlsContext: &tlsv3.CommonTlsContext{}}
+		if ut.Sni == "" {
+			ut.Sni = s.Host
+		}
+		vc := &tlsv3.CertificateValidationContext{}
+		if tls.CACertificates != "" {
+			vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CACertificates}}
+		}
+		for _, san := range tls.SubjectAltNames {
+			vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS,
+				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: san}}})
+		}
+		ut.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}
+		if mode == "MUTUAL" && tls.ClientCertificate != "" {
+			ut.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{
+				CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.ClientCertificate}},
+				PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.PrivateKey}},
+			}}
+		}
+		if g.grpc {
+			g.report("service %s: tls mode %s needs files on the client; proxyless gRPC gets plaintext", s.Host, mode)
+			return
+		}
+	default:
+		g.report("service %s: tls mode %s is not supported; plaintext", s.Host, mode)
+		return
+	}
+	a, _ := anypb.New(ut)
+	c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
+}
+
+// serverIDs are the SPIFFE IDs a client accepts from s's endpoints.
+func (s *Service) serverIDs(o Options) []string {
+	seen := map[string]bool{}
+	var ids []string
+	for _, e := range s.Endpoints {
+		sa := e.ServiceAccount
+		if sa == "" {
+			sa = "default"
+		}
+		id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", o.TrustDomain.Name(), s.Namespace, sa)
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// providerTLS is proxyless gRPC's mesh TLS: identity and roots from the
+// bootstrap's certificate provider instance.
+func (g *gen) providerTLS(serverIDs []string) *tlsv3.CommonTlsContext {
+	inst := g.m.opts.CertProvider
+	vc := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "ROOTCA"}}
+	for _, id := range serverIDs {
+		vc.MatchSubjectAltNames = append(vc.MatchSubjectAltNames, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+	}
+	return &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "default"},
+		ValidationContextType:          &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc},
+	}
+}
+
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{ResourceApiVersion: corev3.ApiVersion_V3, ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}
+}
+
+// adsSDS points a TLS context's SDS secrets at the ADS stream instead of
+// a separate SDS cluster.
+func adsSDS(c *tlsv3.CommonTlsContext) {
+	for _, s := range c.TlsCertificateSdsSecretConfigs {
+		s.SdsConfig = adsSource()
+	}
+	if cv := c.GetCombinedValidationContext(); cv != nil && cv.ValidationContextSdsSecretConfig != nil {
+		cv.ValidationContextSdsSecretConfig.SdsConfig = adsSource()
+	}
+}
+
+// loadAssignment lists the endpoints of s on port p in a subset.
+func (g *gen) loadAssignment(s *Service, p ServicePort, sub *api.Subset) *endpointv3.ClusterLoadAssignment {
+	name := ClusterName(p.Number, "", s.Host)
+	if sub != nil {
+		name = ClusterName(p.Number, sub.Name, s.Host)
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	var lbs []*endpointv3.LbEndpoint
+	for i := range s.Endpoints {
+		e := &s.Endpoints[i]
+		if sub != nil && !labelsMatch(sub.Labels, e.Labels) {
+			continue
+		}
+		lb := &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: socketAddress(e.Address, e.target(p)),
+		}}, HealthStatus: corev3.HealthStatus_HEALTHY}
+		if e.Weight > 0 {
+			lb.LoadBalancingWeight = wrapperspb.UInt32(e.Weight)
+		}
+		lbs = append(lbs, lb)
+	}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
+	}
+	return cla
+}
+
+func labelsMatch(want, have map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func socketAddress(ip string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}
+}
+
+func durationOf(seconds int) *durationpb.Duration {
+	return durationpb.New(time.Duration(seconds) * time.Second)
+}
+
+func staticAssignment(name, ip string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+		HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(ip, port)}},
+	}}}}}
+}

@@ -1,0 +1,422 @@
+package xds
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardenmesh/warden/authn"
+)
+
+// Config is generated configuration: resources by type, and what could not
+// be expressed.
+type Config struct {
+	Listeners []types.Resource
+	Routes    []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+	Reports   []string
+}
+
+func (c *Config) add(o *Config) {
+	c.Listeners = append(c.Listeners, o.Listeners...)
+	c.Routes = append(c.Routes, o.Routes...)
+	c.Clusters = append(c.Clusters, o.Clusters...)
+	c.Endpoints = append(c.Endpoints, o.Endpoints...)
+	c.Reports = append(c.Reports, o.Reports...)
+}
+
+// Validate runs ValidateAll on every resource.
+func (c *Config) Validate() error {
+	for _, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
+		for _, r := range set {
+			if v, ok := r.(interface{ ValidateAll() error }); ok {
+				if err := v.ValidateAll(); err != nil {
+					return fmt.Errorf("xds: %s: %w", nameOf(r), err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func nameOf(r types.Resource) string {
+	if n, ok := r.(interface{ GetName() string }); ok && n.GetName() != "" {
+		return n.GetName()
+	}
+	if n, ok := r.(interface{ GetClusterName() string }); ok {
+		return n.GetClusterName()
+	}
+	return fmt.Sprintf("%T", r)
+}
+
+func typed(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err) // only for messages linked into the binary
+	}
+	return a
+}
+
+// Outbound builds what proxies in ns may call: clusters and endpoints of
+// every visible service (and DestinationRule subset), and for Envoy one
+// listener and route table per port, for gRPC one API listener and route
+// table per service port.
+func (m *Mesh) Outbound(ns, generator string) (*Config, error) {
+	g := &gen{m: m, ns: ns, grpc: generator == GeneratorGRPC}
+	out := &Config{}
+	byPort := map[uint32][]*Service{}
+	for _, s := range m.services {
+		if !s.visibleFrom(ns) {
+			continue
+		}
+		dr := m.destinationRule(s.Host, ns)
+		for _, p := range s.Ports {
+			out.Clusters = append(out.Clusters, g.cluster(s, p, "", dr))
+			out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, nil))
+			if dr != nil {
+				for i := range dr.Spec.Subsets {
+					sub := &dr.Spec.Subsets[i]
+					out.Clusters = append(out.Clusters, g.cluster(s, p, sub.Name, dr))
+					out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, sub))
+				}
+			}
+			byPort[p.Number] = append(byPort[p.Number], s)
+			if g.grpc && p.isHTTP() {
+				name := fmt.Sprintf("%s:%d", s.Host, p.Number)
+				rc := &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{g.virtualHost(s, p, []string{"*"})}}
+				out.Routes = append(out.Routes, rc)
+				out.Listeners = append(out.Listeners, apiListener(name, name))
+				if len(s.Ports) == 1 {
+					out.Listeners = append(out.Listeners, apiListener(s.Host, name))
+				}
+			}
+		}
+	}
+	if !g.grpc {
+		ports := make([]uint32, 0, len(byPort))
+		for p := range byPort {
+			ports = append(ports, p)
+		}
+		sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
+		for _, port := range ports {
+			svcs := byPort[port]
+			sp := portOf(svcs[0], port)
+			if !sp.isHTTP() {
+				if len(svcs) > 1 {
+					g.report("port %d: TCP port shared by %d services; outbound listener forwards to %s", port, len(svcs), svcs[0].Host)
+				}
+				out.Listeners = append(out.Listeners, tcpListener(fmt.Sprintf("0.0.0.0_%d", port), "0.0.0.0", port, ClusterName(port, "", svcs[0].Host)))
+				continue
+			}
+			rc := &routev3.RouteConfiguration{Name: strconv.Itoa(int(port)), ValidateClusters: wrapperspb.Bool(false)}
+			for _, s := range svcs {
+				p := portOf(s, port)
+				if !p.isHTTP() {
+					continue
+				}
+				rc.VirtualHosts = append(rc.VirtualHosts, g.virtualHost(s, p, g.domains(s, p)))
+			}
+			rc.VirtualHosts = append(rc.VirtualHosts, notFound())
+			out.Routes = append(out.Routes, rc)
+			out.Listeners = append(out.Listeners, httpListener(fmt.Sprintf("0.0.0.0_%d", port), "0.0.0.0", port, rc.Name))
+		}
+	}
+	out.Reports = g.reports
+	return out, out.Validate()
+}
+
+func portOf(s *Service, n uint32) ServicePort {
+	for _, p := range s.Ports {
+		if p.Number == n {
+			return p
+		}
+	}
+	return ServicePort{Number: n}
+}
+
+func hcmFilter(h *hcmv3.HttpConnectionManager) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(h)}}
+}
+
+func httpFilter(name string, m proto.Message) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(m)}}
+}
+
+func rdsHCM(prefix, route string) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix:     prefix,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: route, ConfigSource: adsSource()}},
+		HttpFilters:    []*hcmv3.HttpFilter{httpFilter(FaultFilter, &faultv3.HTTPFault{}), httpFilter(RouterFilter, &routerv3.Router{})},
+	}
+}
+
+func httpListener(name, ip string, port uint32, route string) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name: name, Address: socketAddress(ip, port), TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), route))}}},
+	}
+}
+
+func tcpProxy(prefix, cluster string) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpv3.TcpProxy{
+		StatPrefix: prefix, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster}})}}
+}
+
+func tcpListener(name, ip string, port uint32, cluster string) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name: name, Address: socketAddress(ip, port), TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{tcpProxy(cluster, cluster)}}},
+	}
+}
+
+// apiListener is a proxyless gRPC client's listener: the dial target
+// name, with an HTTP connection manager fetching its routes over RDS.
+func apiListener(name, route string) *listenerv3.Listener {
+	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: typed(rdsHCM(name, route))}}
+}
+
+// InboundCluster is the cluster an inbound port forwards to.
+func InboundCluster(port uint32) string { return fmt.Sprintf("inbound|%d||", port) }
+
+// Inbound builds w's own listener (Envoy's virtualInbound, with the authn
+// filter chains, jwt_authn and RBAC) and the clusters to the application.
+// For proxyless gRPC, servers ask for their listeners by address: see
+// ServerListener.
+func (m *Mesh) Inbound(w *Workload) (*Config, error) {
+	out := &Config{}
+	if len(w.Ports) == 0 {
+		return out, nil
+	}
+	an, err := m.authn.Compile(w.authn())
+	if err != nil {
+		return nil, err
+	}
+	out.Reports = append(out.Reports, an.Settings.Conflicts...)
+	httpAuthz, err := m.rbac.Compile(w.rbac(), false)
+	if err != nil {
+		return nil, err
+	}
+	tcpAuthz, err := m.rbac.Compile(w.rbac(), true)
+	if err != nil {
+		return nil, err
+	}
+	out.Reports = append(out.Reports, httpAuthz.Reports...)
+	httpPort := map[uint32]bool{}
+	for _, p := range w.Ports {
+		httpPort[p.Number] = p.HTTP
+		out.Clusters = append(out.Clusters, &clusterv3.Cluster{
+			Name:                 InboundCluster(p.Number),
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+			ConnectTimeout:       durationOf(10),
+			LoadAssignment:       staticAssignment(InboundCluster(p.Number), "127.0.0.1", p.Number),
+		})
+	}
+	lis := &listenerv3.Listener{Name: InboundListener, Address: socketAddress("0.0.0.0", InboundPort), TrafficDirection: corev3.TrafficDirection_INBOUND,
+		ListenerFilters: an.ListenerFilters}
+	for _, fc := range an.FilterChains {
+		fc = proto.Clone(fc).(*listenerv3.FilterChain)
+		port := fc.GetFilterChainMatch().GetDestinationPort().GetValue()
+		if m.opts.SDSCluster == "" {
+			adsDownstream(fc)
+		}
+		cluster := InboundCluster(port)
+		if httpPort[port] {
+			var filters []*hcmv3.HttpFilter
+			if an.JWT != nil {
+				filters = append(filters, httpFilter(authn.JWTAuthnFilter, an.JWT))
+			}
+			for _, f := range httpAuthz.Filters {
+				filters = append(filters, httpFilter(f.Name, f.Config))
+			}
+			filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
+			fc.Filters = []*listenerv3.Filter{hcmFilter(&hcmv3.HttpConnectionManager{
+				StatPrefix: fmt.Sprintf("inbound_%d", port),
+				RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: cluster, VirtualHosts: []*routev3.VirtualHost{{
+					Name: cluster, Domains: []string{"*"}, Routes: []*routev3.Route{{
+						Name:   "default",
+						Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}, Timeout: durationOf(0)}},
+					}},
+				}}}},
+				HttpFilters:                 filters,
+				ForwardClientCertDetails:    hcmv3.HttpConnectionManager_APPEND_FORWARD,
+				SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
+			})}
+		} else {
+			for _, f := range tcpAuthz.Filters {
+				fc.Filters = append(fc.Filters, &listenerv3.Filter{Name: f.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(f.Config)}})
+			}
+			fc.Filters = append(fc.Filters, tcpProxy(cluster, cluster))
+		}
+		lis.FilterChains = append(lis.FilterChains, fc)
+	}
+	out.Listeners = append(out.Listeners, lis)
+	return out, out.Validate()
+}
+
+// adsDownstream points an inbound chain's SDS secrets at ADS.
+func adsDownstream(fc *listenerv3.FilterChain) {
+	ts := fc.GetTransportSocket()
+	if ts == nil {
+		return
+	}
+	var d tlsv3.DownstreamTlsContext
+	if err := ts.GetTypedConfig().UnmarshalTo(&d); err != nil {
+		return
+	}
+	adsSDS(d.CommonTlsContext)
+	ts.ConfigType = &corev3.TransportSocket_TypedConfig{TypedConfig: typed(&d)}
+}
+
+// ParseServerListenerName reads the address in a proxyless gRPC server's
+// listener name (grpc/server?xds.resource.listening_address=IP:PORT).
+func ParseServerListenerName(name string) (ip string, port uint32, ok bool) {
+	addr, found := strings.CutPrefix(name, ServerListenerName)
+	if !found {
+		return "", 0, false
+	}
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil || net.ParseIP(host) == nil {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, false
+	}
+	return host, uint32(n), true
+}
+
+// ServerListener builds a proxyless gRPC server's listener for the
+// address it listens on: mTLS when the port is STRICT (certificates from
+// the bootstrap's provider instance), and the HTTP RBAC filters grpc-go
+// enforces (ALLOW and DENY; AUDIT and CUSTOM are not supported by gRPC
+// and are reported).
+func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, []string, error) {
+	ip, port, ok := ParseServerListenerName(name)
+	if !ok {
+		return nil, nil, fmt.Errorf("xds: %q is not a gRPC server listener name (%sIP:PORT)", name, ServerListenerName)
+	}
+	var reports []string
+	aw := w.authn()
+	if !hasPort(aw.Ports, port) {
+		aw.Ports = append(aw.Ports, authn.Port{Number: port})
+	}
+	st, err := m.authn.Effective(aw)
+	if err != nil {
+		return nil, nil, err
+	}
+	mode := st.Mode
+	for _, ps := range st.Ports {
+		if ps.Port == port {
+			mode = ps.Mode
+		}
+	}
+	az, err := m.rbac.Compile(w.rbac(), false)
+	if err != nil {
+		return nil, nil, err
+	}
+	reports = append(reports, az.Reports...)
+	var filters []*hcmv3.HttpFilter
+	for _, f := range az.Filters {
+		cfg, isHTTP := f.Config.(*rbachttp.RBAC)
+		switch {
+		case !isHTTP || (f.Action != "ALLOW" && f.Action != "DENY"):
+			reports = append(reports, fmt.Sprintf("port %d: %s %s policies are not enforced by proxyless gRPC servers", port, f.Action, f.Name))
+			continue
+		case cfg.GetRules() == nil:
+			continue // dry-run only
+		}
+		filters = append(filters, httpFilter(f.Name, cfg))
+	}
+	filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
+	fc := &listenerv3.FilterChain{Name: fmt.Sprintf("inbound|%d", port), Filters: []*listenerv3.Filter{hcmFilter(&hcmv3.HttpConnectionManager{
+		StatPrefix: fmt.Sprintf("inbound_%d", port),
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: fmt.Sprintf("inbound|%d", port), VirtualHosts: []*routev3.VirtualHost{{
+			Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{{
+				Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_NonForwardingAction{NonForwardingAction: &routev3.NonForwardingAction{}},
+			}},
+		}}}},
+		HttpFilters: filters,
+	})}}
+	switch mode {
+	case authn.Strict:
+		inst := m.opts.CertProvider
+		ctx := &tlsv3.DownstreamTlsContext{RequireClientCertificate: wrapperspb.Bool(true), CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "default"},
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "ROOTCA"}}},
+		}}
+		fc.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: typed(ctx)}}
+	case authn.Permissive:
+		reports = append(reports, fmt.Sprintf("port %d: PERMISSIVE cannot be served by a proxyless gRPC server (no protocol sniffing); plaintext is accepted", port))
+	}
+	lis := &listenerv3.Listener{Name: name, Address: socketAddress(ip, port), TrafficDirection: corev3.TrafficDirection_INBOUND, FilterChains: []*listenerv3.FilterChain{fc}}
+	if err := lis.ValidateAll(); err != nil {
+		return nil, nil, fmt.Errorf("xds: %s: %w", name, err)
+	}
+	return lis, reports, nil
+}
+
+func hasPort(ps []authn.Port, n uint32) bool {
+	for _, p := range ps {
+		if p.Number == n {
+			return true
+		}
+	}
+	return false
+}
+
+// inbound is a proxy's own configuration: Envoy's virtualInbound, or the
+// gRPC server listeners it asked for.
+func (m *Mesh) inbound(p *Proxy, w *Workload, servers []string) (*Config, error) {
+	if p.Generator != GeneratorGRPC {
+		return m.Inbound(w)
+	}
+	c := &Config{}
+	for _, n := range sortedStrings(servers) {
+		l, reports, err := m.ServerListener(w, n)
+		if err != nil {
+			c.Reports = append(c.Reports, err.Error())
+			continue
+		}
+		c.Listeners = append(c.Listeners, l)
+		c.Reports = append(c.Reports, reports...)
+	}
+	return c, nil
+}
+
+// ProxyConfig is everything p gets (without secrets), built from scratch:
+// for warden proxy-config and tests. servers are the gRPC server
+// listener names a proxyless server would ask for.
+func (m *Mesh) ProxyConfig(p *Proxy, servers []string) (*Config, *Workload, error) {
+	w := m.Workload(p)
+	out, err := m.Outbound(p.Namespace, p.Generator)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := m.inbound(p, w, servers)
+	if err != nil {
+		return nil, nil, err
+	}
+	out.add(in)
+	return out, w, nil
+}

@@ -1,0 +1,118 @@
+package xds
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// Service is a service in the registry: Kubernetes Services with their
+// EndpointSlices, or ServiceEntry objects in standalone mode.
+type Service struct {
+	Host      string // FQDN, e.g. flaskapp.default.svc.cluster.local
+	Name      string
+	Namespace string
+	Ports     []ServicePort
+	Endpoints []Endpoint
+	External  bool     // MESH_EXTERNAL: not in the mesh, no auto-mTLS
+	ExportTo  []string // "*" (default), "." or namespaces
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Number     uint32
+	Name       string
+	Protocol   string // HTTP, HTTP2, GRPC, TCP... (from the name's prefix when empty)
+	TargetPort uint32 // 0: same as Number
+}
+
+// Endpoint is one workload instance behind a service.
+type Endpoint struct {
+	Address        string
+	Ports          map[string]uint32 // port name -> workload port
+	Labels         map[string]string
+	ServiceAccount string
+	Weight         uint32
+}
+
+// target is the workload port p reaches on e.
+func (e *Endpoint) target(p ServicePort) uint32 {
+	if n, ok := e.Ports[p.Name]; ok {
+		return n
+	}
+	if p.TargetPort != 0 {
+		return p.TargetPort
+	}
+	return p.Number
+}
+
+// isHTTP says whether a port carries HTTP (HTTP/1, HTTP/2, gRPC); other
+// ports get TCP proxying.
+func (p ServicePort) isHTTP() bool {
+	proto := strings.ToUpper(p.Protocol)
+	if proto == "" {
+		proto, _, _ = strings.Cut(strings.ToUpper(p.Name), "-")
+	}
+	switch proto {
+	case "HTTP", "HTTP2", "GRPC", "GRPC-WEB":
+		return true
+	}
+	return false
+}
+
+// ServicesFromEntries builds the registry from ServiceEntry objects:
+// hosts without a dot are short names in the entry's namespace.
+func ServicesFromEntries(objs []api.Object, domain string) ([]*Service, error) {
+	if domain == "" {
+		domain = DefaultDomain
+	}
+	var out []*Service
+	seen := map[string]string{}
+	for _, o := range objs {
+		se, ok := o.(*api.ServiceEntry)
+		if !ok {
+			continue
+		}
+		m := se.Metadata
+		for _, h := range se.Spec.Hosts {
+			host := h
+			if !strings.Contains(h, ".") {
+				host = fmt.Sprintf("%s.%s.svc.%s", h, m.Namespace, domain)
+			}
+			if prev, dup := seen[host]; dup {
+				return nil, fmt.Errorf("xds: ServiceEntry %s/%s: host %s is already defined by ServiceEntry %s", m.Namespace, m.Name, host, prev)
+			}
+			seen[host] = m.Namespace + "/" + m.Name
+			name, _, _ := strings.Cut(host, ".")
+			s := &Service{Host: host, Name: name, Namespace: m.Namespace, External: se.Spec.Location == "MESH_EXTERNAL", ExportTo: se.Spec.ExportTo}
+			for _, p := range se.Spec.Ports {
+				s.Ports = append(s.Ports, ServicePort{Number: p.Number, Name: p.Name, Protocol: p.Protocol, TargetPort: p.TargetPort})
+			}
+			for _, e := range se.Spec.Endpoints {
+				s.Endpoints = append(s.Endpoints, Endpoint{Address: e.Address, Ports: e.Ports, Labels: e.Labels, ServiceAccount: e.ServiceAccount, Weight: e.Weight})
+			}
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out, nil
+}
+
+// visibleFrom says whether proxies in ns may see s (exportTo).
+func (s *Service) visibleFrom(ns string) bool {
+	return exported(s.ExportTo, s.Namespace, ns)
+}
+
+func exported(exportTo []string, owner, ns string) bool {
+	if len(exportTo) == 0 {
+		return true
+	}
+	for _, e := range exportTo {
+		if e == "*" || e == ns || (e == "." && owner == ns) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,473 @@
+package xds
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// Envoy filter names used in routes.
+const (
+	FaultFilter  = "envoy.filters.http.fault"
+	RouterFilter = "envoy.filters.http.router"
+)
+
+// gen builds one namespace's outbound configuration for one generator.
+type gen struct {
+	m       *Mesh
+	ns      string
+	grpc    bool
+	reports []string
+}
+
+func (g *gen) report(format string, args ...any) {
+	g.reports = append(g.reports, fmt.Sprintf(format, args...))
+}
+
+// ClusterName is Istio's outbound cluster name.
+func ClusterName(port uint32, subset, host string) string {
+	return fmt.Sprintf("outbound|%d|%s|%s", port, subset, host)
+}
+
+// virtualHost builds the routes for service s on port p.
+func (g *gen) virtualHost(s *Service, p ServicePort, domains []string) *routev3.VirtualHost {
+	vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", s.Host, p.Number), Domains: domains}
+	if v := g.m.virtualService(s.Host, g.ns); v != nil {
+		vh.Routes = g.vsRoutes(v, s, p)
+	}
+	if len(vh.Routes) == 0 {
+		// No VirtualService (or none of its rules apply to this port):
+		// the service itself.
+		vh.Routes = []*routev3.Route{{
+			Name:   "default",
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: g.routeAction(&api.HTTPRoute{}, []api.HTTPRouteDestination{{Destination: api.Destination{Host: s.Host}}}, s, p, "")},
+		}}
+	}
+	return vh
+}
+
+// domains are the names a client may use for s on port p: the FQDN and,
+// from its own namespace, the short names; each with and without :port.
+func (g *gen) domains(s *Service, p ServicePort) []string {
+	names := []string{s.Host}
+	if s.Namespace == g.ns && strings.HasSuffix(s.Host, ".svc."+g.m.opts.Domain) {
+		names = append(names, s.Name, s.Name+"."+s.Namespace, s.Name+"."+s.Namespace+".svc")
+	}
+	var out []string
+	for _, n := range names {
+		out = append(out, n, fmt.Sprintf("%s:%d", n, p.Number))
+	}
+	return out
+}
+
+// notFound is the catch-all virtual host: an unknown host gets a 404.
+func notFound() *routev3.VirtualHost {
+	return &routev3.VirtualHost{Name: "block_all", Domains: []string{"*"}, Routes: []*routev3.Route{{
+		Name:   "block_all",
+		Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_DirectResponse{DirectResponse: &routev3.DirectResponseAction{Status: 404}},
+	}}}
+}
+
+// vsRoutes converts v's HTTP rules that apply to port p.
+func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*routev3.Route {
+	var out []*routev3.Route
+	id := objKey(v)
+	for i, r := range v.Spec.HTTP {
+		name := r.Name
+		if name == "" {
+			name = fmt.Sprintf("%s.%d", v.Metadata.Name, i)
+		}
+		matches := r.Match
+		if len(matches) == 0 {
+			matches = []api.HTTPMatchRequest{{}}
+		}
+		for j, mr := range matches {
+			if mr.Port != 0 && mr.Port != p.Number {
+				continue
+			}
+			if len(mr.Gateways) > 0 && !meshGateway(mr.Gateways) {
+				continue
+			}
+			if mr.SourceNamespace != "" && mr.SourceNamespace != g.ns {
+				continue
+			}
+			if len(mr.SourceLabels) > 0 {
+				g.report("VirtualService %s: http[%d].match[%d].sourceLabels is not supported; the match is skipped", id, i, j)
+				continue
+			}
+			rm, err := g.routeMatch(mr)
+			if err != nil {
+				g.report("VirtualService %s: http[%d].match[%d]: %v; the match is skipped", id, i, j, err)
+				continue
+			}
+			route := &routev3.Route{Name: name, Match: rm}
+			switch {
+			case r.Redirect != nil:
+				route.Action = &routev3.Route_Redirect{Redirect: redirect(r.Redirect)}
+			case r.DirectResponse != nil:
+				dr := &routev3.DirectResponseAction{Status: r.DirectResponse.Status}
+				if b := r.DirectResponse.Body; b != nil && b.String != "" {
+					dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: b.String}}
+				}
+				route.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
+			case r.Delegate != nil:
+				g.report("VirtualService %s: http[%d].delegate is not supported; the rule is skipped", id, i)
+				continue
+			case len(r.Route) == 0:
+				g.report("VirtualService %s: http[%d] has no route, redirect or directResponse; the rule is skipped", id, i)
+				continue
+			default:
+				ra := g.routeAction(&r, r.Route, s, p, v.Metadata.Namespace)
+				if ra == nil {
+					g.report("VirtualService %s: http[%d]: no destination has a weight; the rule is skipped", id, i)
+					continue
+				}
+				route.Action = &routev3.Route_Route{Route: ra}
+			}
+			if r.Fault != nil {
+				if f := fault(r.Fault); f != nil {
+					cfg, _ := anypb.New(f)
+					route.TypedPerFilterConfig = map[string]*anypb.Any{FaultFilter: cfg}
+				}
+			}
+			if h := r.Headers; h != nil && !g.grpc {
+				route.RequestHeadersToAdd, route.RequestHeadersToRemove = headerOps(h.Request)
+				route.ResponseHeadersToAdd, route.ResponseHeadersToRemove = headerOps(h.Response)
+			}
+			if r.CorsPolicy != nil {
+				g.report("VirtualService %s: http[%d].corsPolicy is not supported; ignored", id, i)
+			}
+			out = append(out, route)
+		}
+	}
+	return out
+}
+
+func (g *gen) routeMatch(mr api.HTTPMatchRequest) (*routev3.RouteMatch, error) {
+	rm := &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}}
+	if mr.IgnoreURICase {
+		rm.CaseSensitive = wrapperspb.Bool(false)
+	}
+	if u := mr.URI; u != nil {
+		switch {
+		case u.Exact != "":
+			rm.PathSpecifier = &routev3.RouteMatch_Path{Path: u.Exact}
+		case u.Prefix != "":
+			rm.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: u.Prefix}
+		case u.Regex != "":
+			rm.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: u.Regex}}
+		}
+	}
+	add := func(name string, sm api.StringMatch, invert bool) {
+		h := &routev3.HeaderMatcher{Name: name, InvertMatch: invert}
+		if x := stringMatcher(sm); x != nil {
+			h.HeaderMatchSpecifier = &routev3.HeaderMatcher_StringMatch{StringMatch: x}
+		} else {
+			h.HeaderMatchSpecifier = &routev3.HeaderMatcher_PresentMatch{PresentMatch: true}
+		}
+		rm.Headers = append(rm.Headers, h)
+	}
+	for _, k := range sortedKeys(mr.Headers) {
+		add(strings.ToLower(k), mr.Headers[k], false)
+	}
+	for _, k := range sortedKeys(mr.WithoutHeaders) {
+		add(strings.ToLower(k), mr.WithoutHeaders[k], true)
+	}
+	if mr.Method != nil {
+		add(":method", *mr.Method, false)
+	}
+	if mr.Authority != nil {
+		add(":authority", *mr.Authority, false)
+	}
+	if mr.Scheme != nil {
+		add(":scheme", *mr.Scheme, false)
+	}
+	for _, k := range sortedKeys(mr.QueryParams) {
+		x := stringMatcher(mr.QueryParams[k])
+		q := &routev3.QueryParameterMatcher{Name: k}
+		if x != nil {
+			q.QueryParameterMatchSpecifier = &routev3.QueryParameterMatcher_StringMatch{StringMatch: x}
+		} else {
+			q.QueryParameterMatchSpecifier = &routev3.QueryParameterMatcher_PresentMatch{PresentMatch: true}
+		}
+		rm.QueryParameters = append(rm.QueryParameters, q)
+	}
+	if g.grpc && len(rm.QueryParameters) > 0 {
+		return nil, fmt.Errorf("queryParams cannot match gRPC calls")
+	}
+	return rm, nil
+}
+
+func stringMatcher(sm api.StringMatch) *matcherv3.StringMatcher {
+	switch {
+	case sm.Exact != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: sm.Exact}}
+	case sm.Prefix != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: sm.Prefix}}
+	case sm.Regex != "":
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: sm.Regex}}}
+	}
+	return nil
+}
+
+// routeAction forwards to dests: a cluster, or weighted clusters.
+// vsNS resolves short destination hosts ("" for the service's own route).
+func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s *Service, p ServicePort, vsNS string) *routev3.RouteAction {
+	ra := &routev3.RouteAction{}
+	type wc struct {
+		name   string
+		weight uint32
+	}
+	var cs []wc
+	for _, d := range dests {
+		if len(dests) > 1 && d.Weight == 0 {
+			continue
+		}
+		cs = append(cs, wc{g.destinationCluster(d.Destination, p, vsNS), uint32(max(d.Weight, 0))})
+	}
+	switch len(cs) {
+	case 0:
+		return nil
+	case 1:
+		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cs[0].name}
+	default:
+		w := &routev3.WeightedCluster{}
+		for _, c := range cs {
+			w.Clusters = append(w.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: c.name, Weight: wrapperspb.UInt32(c.weight)})
+		}
+		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: w}
+	}
+	if r.Timeout != "" {
+		if d, err := time.ParseDuration(r.Timeout); err == nil {
+			ra.Timeout = durationpb.New(d)
+			if g.grpc {
+				ra.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: durationpb.New(d)}
+			}
+		}
+	} else {
+		ra.Timeout = durationpb.New(0) // Istio's default: no route timeout
+	}
+	ra.RetryPolicy = retryPolicy(r.Retries, g.grpc)
+	mirrors := r.Mirrors
+	if r.Mirror != nil {
+		pct := &api.Percent{Value: 100}
+		if r.MirrorPercentage != nil {
+			pct = r.MirrorPercentage
+		} else if r.MirrorPercent != nil {
+			pct = &api.Percent{Value: float64(*r.MirrorPercent)}
+		}
+		mirrors = append([]api.HTTPMirrorPolicy{{Destination: *r.Mirror, Percentage: pct}}, mirrors...)
+	}
+	if !g.grpc {
+		for _, mp := range mirrors {
+			pol := &routev3.RouteAction_RequestMirrorPolicy{Cluster: g.destinationCluster(mp.Destination, p, vsNS)}
+			if mp.Percentage != nil {
+				pol.RuntimeFraction = &corev3.RuntimeFractionalPercent{DefaultValue: fraction(mp.Percentage.Value)}
+			}
+			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, pol)
+		}
+		if rw := r.Rewrite; rw != nil {
+			if rw.URI != "" {
+				ra.PrefixRewrite = rw.URI
+			}
+			if rw.URIRegexRewrite != nil {
+				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rw.URIRegexRewrite.Match}, Substitution: rw.URIRegexRewrite.Rewrite}
+			}
+			if rw.Authority != "" {
+				ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: rw.Authority}
+			}
+		}
+	} else if len(mirrors) > 0 || r.Rewrite != nil {
+		g.report("service %s: mirror and rewrite do not apply to proxyless gRPC clients; ignored", s.Host)
+	}
+	// Consistent hashing needs the route's hash policy.
+	if len(cs) > 0 {
+		host := g.m.fqdn(dests[0].Destination.Host, nsOr(vsNS, s.Namespace))
+		if dr := g.m.destinationRule(host, g.ns); dr != nil {
+			if lb := lbFor(dr, dests[0].Destination.Subset, p.Number); lb != nil && lb.ConsistentHash != nil {
+				ra.HashPolicy = hashPolicy(lb.ConsistentHash)
+			}
+		}
+	}
+	return ra
+}
+
+func nsOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// destinationCluster names the cluster for d, reached on listener port p.
+func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) string {
+	host := d.Host
+	if vsNS != "" {
+		host = g.m.fqdn(d.Host, vsNS)
+	}
+	port := p.Number
+	s := g.m.byHost[host]
+	switch {
+	case d.Port != nil && d.Port.Number != 0:
+		port = d.Port.Number
+	case s != nil && len(s.Ports) == 1:
+		port = s.Ports[0].Number
+	}
+	if s == nil {
+		g.report("route destination %s is not in the service registry; calls to it fail with 503", host)
+	} else if d.Subset != "" {
+		if dr := g.m.destinationRule(host, g.ns); dr == nil || subset(dr, d.Subset) == nil {
+			g.report("route destination %s subset %s is not defined by a DestinationRule; calls to it fail with 503", host, d.Subset)
+		}
+	}
+	return ClusterName(port, d.Subset, host)
+}
+
+func redirect(r *api.HTTPRedirect) *routev3.RedirectAction {
+	ra := &routev3.RedirectAction{HostRedirect: r.Authority, PortRedirect: r.Port, SchemeRewriteSpecifier: nil}
+	if r.URI != "" {
+		ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: r.URI}
+	}
+	if r.Scheme != "" {
+		ra.SchemeRewriteSpecifier = &routev3.RedirectAction_SchemeRedirect{SchemeRedirect: r.Scheme}
+	}
+	switch r.RedirectCode {
+	case 302:
+		ra.ResponseCode = routev3.RedirectAction_FOUND
+	case 303:
+		ra.ResponseCode = routev3.RedirectAction_SEE_OTHER
+	case 307:
+		ra.ResponseCode = routev3.RedirectAction_TEMPORARY_REDIRECT
+	case 308:
+		ra.ResponseCode = routev3.RedirectAction_PERMANENT_REDIRECT
+	}
+	return ra
+}
+
+func fraction(pct float64) *typev3.FractionalPercent {
+	return &typev3.FractionalPercent{Numerator: uint32(pct * 10000), Denominator: typev3.FractionalPercent_MILLION}
+}
+
+func faultPercent(p *api.Percent, legacy int32) *typev3.FractionalPercent {
+	switch {
+	case p != nil:
+		return fraction(p.Value)
+	case legacy != 0:
+		return fraction(float64(legacy))
+	}
+	return fraction(100)
+}
+
+func fault(f *api.HTTPFaultInjection) *faultv3.HTTPFault {
+	out := &faultv3.HTTPFault{}
+	if d := f.Delay; d != nil && d.FixedDelay != "" {
+		dur, _ := time.ParseDuration(d.FixedDelay)
+		out.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: durationpb.New(dur)}, Percentage: faultPercent(d.Percentage, d.Percent)}
+	}
+	if a := f.Abort; a != nil {
+		ab := &faultv3.FaultAbort{Percentage: faultPercent(a.Percentage, 0)}
+		switch {
+		case a.HTTPStatus != 0:
+			ab.ErrorType = &faultv3.FaultAbort_HttpStatus{HttpStatus: uint32(a.HTTPStatus)}
+		case a.GRPCStatus != "":
+			ab.ErrorType = &faultv3.FaultAbort_GrpcStatus{GrpcStatus: grpcCode(a.GRPCStatus)}
+		default:
+			ab = nil
+		}
+		out.Abort = ab
+	}
+	if out.Delay == nil && out.Abort == nil {
+		return nil
+	}
+	return out
+}
+
+var grpcCodes = []string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+	"RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+func grpcCode(s string) uint32 {
+	for i, c := range grpcCodes {
+		if strings.EqualFold(c, s) {
+			return uint32(i)
+		}
+	}
+	return 2 // UNKNOWN
+}
+
+// Istio's default retry policy when a route names none.
+const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+
+func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
+	attempts, on := int32(2), defaultRetryOn
+	if r != nil {
+		if r.Attempts == 0 {
+			return nil
+		}
+		attempts = r.Attempts
+		if r.RetryOn != "" {
+			on = r.RetryOn
+		}
+	}
+	if grpc {
+		// grpc-go understands only gRPC status names.
+		var keep []string
+		for _, c := range strings.Split(on, ",") {
+			switch c {
+			case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
+				keep = append(keep, c)
+			}
+		}
+		if len(keep) == 0 {
+			return nil
+		}
+		on = strings.Join(keep, ",")
+	}
+	rp := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(attempts))}
+	if r != nil && r.PerTryTimeout != "" && !grpc {
+		if d, err := time.ParseDuration(r.PerTryTimeout); err == nil {
+			rp.PerTryTimeout = durationpb.New(d)
+		}
+	}
+	if !grpc {
+		rp.RetryHostPredicate = nil
+	}
+	return rp
+}
+
+func headerOps(h *api.HeaderOperations) ([]*corev3.HeaderValueOption, []string) {
+	if h == nil {
+		return nil, nil
+	}
+	var add []*corev3.HeaderValueOption
+	for _, k := range sortedKeys(h.Set) {
+		add = append(add, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: h.Set[k]}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
+	}
+	for _, k := range sortedKeys(h.Add) {
+		add = append(add, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: h.Add[k]}, AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD})
+	}
+	return add, h.Remove
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

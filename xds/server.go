@@ -1,0 +1,620 @@
+package xds
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	xdsserver "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// Identify names the identity of a stream from its context (peer
+// certificate, token). An error refuses the stream.
+type Identify func(ctx context.Context) (spiffeid.ID, error)
+
+// Secrets returns the SDS resources ("default", "ROOTCA") an Envoy proxy
+// of identity id receives over ADS.
+type Secrets func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error)
+
+// ServerConfig wires a Server.
+type ServerConfig struct {
+	Options  Options
+	Identify Identify
+	Secrets  Secrets       // nil: no SDS over ADS
+	Debounce time.Duration // quiet time before a change is pushed (default 100ms)
+	MaxDelay time.Duration // longest a change waits under constant churn (default 1s)
+	Log      *slog.Logger
+	// OnACK, when set, is told of every ACK (bench and tests).
+	OnACK func(node, typeURL, version string)
+}
+
+// Server serves per-proxy configuration over ADS.
+type Server struct {
+	cfg   ServerConfig
+	cache cachev3.SnapshotCache
+	xds   xdsserver.Server
+
+	mu       sync.Mutex
+	mesh     *Mesh
+	objs     map[string]objState // key -> object and its content hash
+	outbound map[string]*part    // ns|generator -> shared outbound config
+	proxies  map[string]*proxyState
+	streams  map[int64]*streamState
+
+	pendMu     sync.Mutex
+	pending    *update
+	timer      *time.Timer
+	firstPend  time.Time
+	applyMu    sync.Mutex
+	generation uint64
+}
+
+type objState struct {
+	obj  api.Object
+	hash string
+}
+
+type update struct {
+	objs     []api.Object
+	services []*Service
+}
+
+// part is generated configuration with a content hash per type.
+type part struct {
+	cfg    *Config
+	hashes [4]string // listeners, routes, clusters, endpoints
+}
+
+type proxyState struct {
+	proxy    *Proxy
+	workload *Workload
+	id       spiffeid.ID
+	streams  int
+	inbound  *part
+	servers  map[string]bool // gRPC server listener names asked for
+	secrets  []types.Resource
+	versions map[string]string
+	reports  []string
+}
+
+type streamState struct {
+	id   spiffeid.ID
+	node string
+	sent map[string]string // type -> last version sent (SotW NACK handling)
+}
+
+var typeOrder = [4]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
+
+// NewServer makes a Server with an empty mesh; call Update to load config.
+func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
+	if cfg.Identify == nil {
+		return nil, errors.New("xds: Identify is required")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Debounce == 0 {
+		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.MaxDelay == 0 {
+		cfg.MaxDelay = time.Second
+	}
+	cfg.Options.fill()
+	mesh, err := NewMesh(nil, nil, cfg.Options)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*part{},
+		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}}
+	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	s.xds = xdsserver.NewServer(ctx, s.cache, s.callbacks())
+	return s, nil
+}
+
+// Register adds the Aggregated Discovery Service to r.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	discovery.RegisterAggregatedDiscoveryServiceServer(r, s.xds)
+}
+
+// Mesh is the current mesh view.
+func (s *Server) Mesh() *Mesh {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mesh
+}
+
+// Update replaces the configuration; the change is pushed after the
+// debounce window.
+func (s *Server) Update(objs []api.Object, services []*Service) {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	s.pending = &update{objs: objs, services: services}
+	now := time.Now()
+	if s.timer == nil {
+		s.firstPend = now
+		s.timer = time.AfterFunc(s.cfg.Debounce, s.fire)
+		return
+	}
+	wait := s.cfg.Debounce
+	if left := s.cfg.MaxDelay - now.Sub(s.firstPend); left < wait {
+		wait = max(left, 0)
+	}
+	s.timer.Reset(wait)
+}
+
+func (s *Server) fire() {
+	s.pendMu.Lock()
+	u := s.pending
+	s.pending, s.timer = nil, nil
+	s.pendMu.Unlock()
+	if u != nil {
+		if err := s.Apply(u.objs, u.services); err != nil {
+			s.cfg.Log.Error("xds: configuration not applied; proxies keep the previous one", "error", err.Error())
+		}
+	}
+}
+
+// Apply replaces the configuration now (Update debounces, then calls
+// it): affected proxies get new snapshots.
+func (s *Server) Apply(objs []api.Object, services []*Service) error {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	mesh, err := NewMesh(objs, services, s.cfg.Options)
+	if err != nil {
+		return err
+	}
+	next := map[string]objState{}
+	for _, o := range objs {
+		next[kindKey(o)] = objState{obj: o, hash: objHash(o)}
+	}
+	s.mu.Lock()
+	var changed []api.Object
+	for k, n := range next {
+		if o, ok := s.objs[k]; !ok || o.hash != n.hash {
+			changed = append(changed, n.obj)
+			if ok {
+				changed = append(changed, o.obj)
+			}
+		}
+	}
+	for k, o := range s.objs {
+		if _, ok := next[k]; !ok {
+			changed = append(changed, o.obj)
+		}
+	}
+	s.objs, s.mesh = next, mesh
+	s.outbound = map[string]*part{}
+	s.generation++
+	proxies := make([]*proxyState, 0, len(s.proxies))
+	for _, ps := range s.proxies {
+		w := mesh.Workload(ps.proxy)
+		if !reflect.DeepEqual(w, ps.workload) || affects(changed, w, s.cfg.Options.RootNamespace) {
+			ps.workload, ps.inbound = w, nil
+		}
+		proxies = append(proxies, ps)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, ps := range proxies {
+		if err := s.push(context.Background(), ps); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func kindKey(o api.Object) string {
+	return fmt.Sprintf("%T/%s/%s", o, o.Meta().Namespace, o.Meta().Name)
+}
+
+func objHash(o api.Object) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%#v", o))
+	return hex.EncodeToString(h[:8])
+}
+
+// affects reports whether a change to one of objs changes the inbound
+// configuration (authn, authz) of w.
+func affects(objs []api.Object, w *Workload, root string) bool {
+	for _, o := range objs {
+		m := o.Meta()
+		var sel map[string]string
+		switch x := o.(type) {
+		case *api.MeshPolicy, *api.ClusterRbacConfig:
+			return true
+		case *api.PeerAuthentication:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.RequestAuthentication:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.AuthorizationPolicy:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.Policy, *api.ServiceRole, *api.ServiceRoleBinding, *api.RbacConfig:
+		default:
+			continue // routing and registry: outbound only
+		}
+		if m.Namespace == root || (m.Namespace == w.Namespace && labelsMatch(sel, w.Labels)) {
+			return true
+		}
+	}
+	return false
+}
+
+func hashResources(rs []types.Resource) string {
+	h := sha256.New()
+	mo := proto.MarshalOptions{Deterministic: true}
+	for _, r := range rs {
+		b, _ := mo.Marshal(r)
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
+func newPart(c *Config) *part {
+	p := &part{cfg: c}
+	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
+		p.hashes[i] = hashResources(set)
+	}
+	return p
+}
+
+// outboundFor returns the shared outbound configuration for a namespace
+// and generator, building it once per configuration generation.
+func (s *Server) outboundFor(mesh *Mesh, ns, generator string) (*part, error) {
+	key := ns + "|" + generator
+	s.mu.Lock()
+	p, ok := s.outbound[key]
+	s.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	c, err := mesh.Outbound(ns, generator)
+	if err != nil {
+		return nil, err
+	}
+	p = newPart(c)
+	s.mu.Lock()
+	if mesh == s.mesh {
+		if q, ok := s.outbound[key]; ok {
+			p = q
+		} else {
+			s.outbound[key] = p
+		}
+	}
+	s.mu.Unlock()
+	return p, nil
+}
+
+// Snapshot builds the configuration a proxy gets (also for proxy-config).
+func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []string, error) {
+	s.mu.Lock()
+	mesh := s.mesh
+	in := ps.inbound
+	w := ps.workload
+	servers := make([]string, 0, len(ps.servers))
+	for n := range ps.servers {
+		servers = append(servers, n)
+	}
+	secrets := ps.secrets
+	s.mu.Unlock()
+	out, err := s.outboundFor(mesh, ps.proxy.Namespace, ps.proxy.Generator)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if in == nil {
+		c, err := mesh.inbound(ps.proxy, w, servers)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		in = newPart(c)
+		s.mu.Lock()
+		if ps.workload == w {
+			ps.inbound = in
+		}
+		s.mu.Unlock()
+	}
+	snap := &cachev3.Snapshot{}
+	versions := map[string]string{}
+	sets := [][2][]types.Resource{
+		{out.cfg.Listeners, in.cfg.Listeners}, {out.cfg.Routes, in.cfg.Routes},
+		{out.cfg.Clusters, in.cfg.Clusters}, {out.cfg.Endpoints, in.cfg.Endpoints},
+	}
+	for i, t := range typeOrder {
+		v := out.hashes[i] + in.hashes[i][:6]
+		items := append(append(make([]types.Resource, 0, len(sets[i][0])+len(sets[i][1])), sets[i][0]...), sets[i][1]...)
+		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(v, items)
+		versions[t] = v
+	}
+	if len(secrets) > 0 {
+		v := hashResources(secrets)
+		snap.Resources[cachev3.GetResponseType(resource.SecretType)] = cachev3.NewResources(v, secrets)
+		versions[resource.SecretType] = v
+	}
+	return snap, versions, append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...), nil
+}
+
+// push sets ps's snapshot when any type's version changed.
+func (s *Server) push(ctx context.Context, ps *proxyState) error {
+	snap, versions, reports, err := s.build(ps)
+	if err != nil {
+		return fmt.Errorf("xds: %s: %w", ps.proxy.ID, err)
+	}
+	s.mu.Lock()
+	same := reflect.DeepEqual(versions, ps.versions)
+	ps.versions, ps.reports = versions, reports
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	return s.cache.SetSnapshot(ctx, ps.proxy.ID, snap)
+}
+
+// SecretsChanged re-reads the secrets of every proxy running as id (after
+// a rotation or a root change) and pushes them.
+func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
+	if s.cfg.Secrets == nil {
+		return
+	}
+	s.mu.Lock()
+	var ps []*proxyState
+	for _, p := range s.proxies {
+		if p.id == id && p.proxy.Generator == GeneratorEnvoy {
+			ps = append(ps, p)
+		}
+	}
+	s.mu.Unlock()
+	if len(ps) == 0 {
+		return
+	}
+	secrets, err := s.cfg.Secrets(ctx, id)
+	if err != nil {
+		s.cfg.Log.Error("xds: secrets", "id", id.String(), "error", err.Error())
+		return
+	}
+	for _, p := range ps {
+		s.mu.Lock()
+		p.secrets = secrets
+		s.mu.Unlock()
+		if err := s.push(ctx, p); err != nil {
+			s.cfg.Log.Error("xds: push", "node", p.proxy.ID, "error", err.Error())
+		}
+	}
+}
+
+// Proxies lists the connected proxies' node IDs.
+func (s *Server) Proxies() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.proxies))
+	for id := range s.proxies {
+		out = append(out, id)
+	}
+	return sortedStrings(out)
+}
+
+func sortedStrings(ss []string) []string {
+	out := append([]string(nil), ss...)
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// open authenticates a new stream.
+func (s *Server) open(ctx context.Context, streamID int64) error {
+	id, err := s.cfg.Identify(ctx)
+	if err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return status.Error(codes.Unauthenticated, "xds: "+err.Error())
+	}
+	s.mu.Lock()
+	s.streams[streamID] = &streamState{id: id, sent: map[string]string{}}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Server) closed(streamID int64) {
+	s.mu.Lock()
+	st, ok := s.streams[streamID]
+	delete(s.streams, streamID)
+	var drop string
+	if ok && st.node != "" {
+		if ps := s.proxies[st.node]; ps != nil {
+			if ps.streams--; ps.streams <= 0 {
+				delete(s.proxies, st.node)
+				drop = st.node
+			}
+		}
+	}
+	s.mu.Unlock()
+	if drop != "" {
+		s.cache.ClearSnapshot(drop)
+	}
+}
+
+// bind ties a stream to the node its first request names, after checking
+// the stream's identity may act as that node: the workload at the node's
+// IP must run as the stream's identity (or, for a workload the registry
+// doesn't know, the identity must be in the node's namespace).
+func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*proxyState, error) {
+	s.mu.Lock()
+	st := s.streams[streamID]
+	if st == nil {
+		s.mu.Unlock()
+		return nil, status.Error(codes.Unauthenticated, "xds: stream not authenticated")
+	}
+	if st.node != "" {
+		ps := s.proxies[st.node]
+		s.mu.Unlock()
+		if node != nil && node.GetId() != "" && node.GetId() != st.node {
+			return nil, status.Errorf(codes.PermissionDenied, "xds: this stream serves node %s and cannot switch to %s", st.node, node.GetId())
+		}
+		if ps == nil {
+			return nil, status.Error(codes.Internal, "xds: proxy state lost")
+		}
+		return ps, nil
+	}
+	mesh := s.mesh
+	s.mu.Unlock()
+	p, err := ParseNode(node)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	w := mesh.Workload(p)
+	if err := authorize(st.id, p, w, s.cfg.Options.TrustDomain); err != nil {
+		s.cfg.Log.Warn("xds: refused", "node", p.ID, "identity", st.id.String(), "error", err.Error())
+		return nil, err
+	}
+	s.mu.Lock()
+	ps := s.proxies[p.ID]
+	fresh := ps == nil
+	if fresh {
+		ps = &proxyState{proxy: p, workload: w, id: st.id, servers: map[string]bool{}}
+		s.proxies[p.ID] = ps
+	} else if ps.id != st.id {
+		s.mu.Unlock()
+		return nil, status.Errorf(codes.PermissionDenied, "xds: node %s is connected as %s; %s cannot join it", p.ID, ps.id, st.id)
+	}
+	ps.streams++
+	st.node = p.ID
+	s.mu.Unlock()
+	if fresh {
+		if s.cfg.Secrets != nil && p.Generator == GeneratorEnvoy {
+			secrets, err := s.cfg.Secrets(ctx, st.id)
+			if err != nil {
+				return nil, status.Errorf(codes.Unavailable, "xds: no certificate for %s yet: %v", st.id, err)
+			}
+			ps.secrets = secrets
+		}
+		if err := s.push(ctx, ps); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+	}
+	return ps, nil
+}
+
+func authorize(id spiffeid.ID, p *Proxy, w *Workload, td spiffeid.TrustDomain) error {
+	if w.Known {
+		want, err := w.ID(td)
+		if err != nil {
+			return status.Errorf(codes.PermissionDenied, "xds: node %s: %v", p.ID, err)
+		}
+		if id != want {
+			return status.Errorf(codes.PermissionDenied, "xds: this stream is authenticated as %s and cannot receive the configuration of node %s, which runs as %s", id, p.ID, want)
+		}
+		return nil
+	}
+	segs := strings.Split(id.Path(), "/")
+	if id.TrustDomain() != td || len(segs) != 5 || segs[1] != "ns" || segs[2] != p.Namespace {
+		return status.Errorf(codes.PermissionDenied, "xds: this stream is authenticated as %s and cannot receive the configuration of node %s in namespace %s", id, p.ID, p.Namespace)
+	}
+	return nil
+}
+
+// request handles what every request needs: binding, gRPC server
+// listener names, NACK logging, ACK reporting.
+func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node, typeURL string, names []string, nack *string, ack string) error {
+	ps, err := s.bind(ctx, streamID, *node)
+	if err != nil {
+		return err
+	}
+	if *node == nil {
+		*node = &corev3.Node{Id: ps.proxy.ID}
+	}
+	if nack != nil {
+		s.cfg.Log.Warn("xds: proxy rejected configuration (NACK)", "node", ps.proxy.ID, "type", typeURL, "error", *nack)
+	} else if ack != "" && s.cfg.OnACK != nil {
+		s.cfg.OnACK(ps.proxy.ID, typeURL, ack)
+	}
+	if typeURL == resource.ListenerType && ps.proxy.Generator == GeneratorGRPC {
+		var added bool
+		s.mu.Lock()
+		for _, n := range names {
+			if _, _, ok := ParseServerListenerName(n); ok && !ps.servers[n] {
+				ps.servers[n] = true
+				added = true
+			}
+		}
+		if added {
+			ps.inbound = nil
+		}
+		s.mu.Unlock()
+		if added {
+			return s.push(ctx, ps)
+		}
+	}
+	return nil
+}
+
+func (s *Server) callbacks() xdsserver.Callbacks {
+	return xdsserver.CallbackFuncs{
+		StreamOpenFunc:        func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
+		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.closed(id) },
+		DeltaStreamOpenFunc:   func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.closed(id) },
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
+			var nack *string
+			ack := ""
+			if req.ErrorDetail != nil {
+				msg := req.ErrorDetail.GetMessage()
+				nack = &msg
+				// The rejected version counts as seen, so the cache does
+				// not resend it forever; the next change is pushed.
+				s.mu.Lock()
+				if st := s.streams[id]; st != nil {
+					req.VersionInfo = st.sent[req.TypeUrl]
+				}
+				s.mu.Unlock()
+			} else if req.ResponseNonce != "" {
+				ack = req.VersionInfo
+			}
+			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNames, nack, ack)
+		},
+		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			s.mu.Lock()
+			if st := s.streams[id]; st != nil {
+				st.sent[resp.TypeUrl] = resp.VersionInfo
+			}
+			s.mu.Unlock()
+		},
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			var nack *string
+			ack := ""
+			if req.ErrorDetail != nil {
+				msg := req.ErrorDetail.GetMessage()
+				nack = &msg
+			} else if req.ResponseNonce != "" {
+				ack = req.ResponseNonce
+			}
+			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNamesSubscribe, nack, ack)
+		},
+	}
+}
