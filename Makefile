@@ -45,7 +45,7 @@ fuzz:
 	hack/fuzz.sh $(FUZZTIME)
 
 test-demo: build
-	WARDEN=$(BIN)/warden DEMO_CA_PORT=25012 DEMO_HTTP_PORT=25014 hack/demo.sh
+	WARDEN=$(BIN)/warden DEMO_CA_PORT=25012 DEMO_HTTP_PORT=25014 DEMO_APP_PORT=28080 hack/demo.sh
 
 ## bench-smoke: the load commands run briefly (no figures asserted), so they keep working.
 bench-smoke: build

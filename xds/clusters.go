@@ -358,7 +358,7 @@ func (g *gen) loadAssignment(s *Service, p ServicePort, sub *api.Subset) *endpoi
 		lbs = append(lbs, lb)
 	}
 	if len(lbs) > 0 {
-		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{Locality: &corev3.Locality{}, LbEndpoints: lbs, LoadBalancingWeight: wrapperspb.UInt32(1)}}
 	}
 	return cla
 }

@@ -125,7 +125,10 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*part{},
 		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}}
-	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil)
+	// Not in "ADS mode": that holds a response until the request names every
+	// resource of the type, which proxyless gRPC clients (asking for the
+	// listeners they dial) never do.
+	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.xds = xdsserver.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }

@@ -201,5 +201,3 @@ func runDemoClient(ctx context.Context, e *env, args []string) error {
 	}
 	return nil
 }
-
-
