@@ -3,6 +3,7 @@ package xds_test
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 )
@@ -88,5 +90,135 @@ func TestGRPCClientGetsNamedListener(t *testing.T) {
 	}
 	if len(resp.Resources) != 1 {
 		t.Fatalf("got %d listeners, want 1", len(resp.Resources))
+	}
+}
+
+// recvErr reads from a stream until it fails.
+func recvErr(s discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient) error {
+	for {
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+	}
+}
+
+// TestStreamCannotActAsAnotherProxy: a stream authenticated as sleep may
+// not name flaskapp's node (nor switch nodes mid-stream), and a node ID
+// that isn't Istio's form is an InvalidArgument.
+func TestStreamCannotActAsAnotherProxy(t *testing.T) {
+	_, c := startADS(t)
+	cases := []struct {
+		name, id string
+		nodes    []string
+		code     codes.Code
+		msg      string
+	}{
+		{"other workload", "spiffe://cluster.local/ns/default/sa/sleep", []string{"sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"},
+			codes.PermissionDenied, "authenticated as spiffe://cluster.local/ns/default/sa/sleep and cannot receive the configuration of node sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local, which runs as spiffe://cluster.local/ns/default/sa/flaskapp"},
+		{"other namespace", "spiffe://cluster.local/ns/prod/sa/sleep", []string{"sidecar~10.9.9.9~x.default~default.svc.cluster.local"},
+			codes.PermissionDenied, "in namespace default"},
+		{"switch node", "spiffe://cluster.local/ns/default/sa/sleep", []string{"sidecar~127.0.0.4~sleep.default~default.svc.cluster.local", "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"},
+			codes.PermissionDenied, "cannot switch"},
+		{"bad node ID", "spiffe://cluster.local/ns/default/sa/sleep", []string{"sleep"}, codes.InvalidArgument, "want 4 parts"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", tc.id), 10*time.Second)
+			defer cancel()
+			s, err := c.StreamAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, n := range tc.nodes {
+				if err := s.Send(&discovery.DiscoveryRequest{Node: grpcNode(n), TypeUrl: resource.ListenerType}); err != nil {
+					break
+				}
+				if i == 0 && len(tc.nodes) > 1 {
+					if _, err := s.Recv(); err != nil {
+						t.Fatalf("first node refused: %v", err)
+					}
+				}
+			}
+			err = recvErr(s)
+			if st := status.Convert(err); st.Code() != tc.code || !strings.Contains(st.Message(), tc.msg) {
+				t.Fatalf("got %v, want %s containing %q", err, tc.code, tc.msg)
+			}
+		})
+	}
+	// Without an identity the stream is refused outright.
+	s, err := c.StreamAggregatedResources(context.Background())
+	if err == nil {
+		err = recvErr(s)
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no identity: got %v, want Unauthenticated", err)
+	}
+}
+
+// TestEditPushesOnlyAffected: an AuthorizationPolicy edit selecting
+// flaskapp changes flaskapp's listeners, not sleep's; a VirtualService
+// edit changes everyone's routes.
+func TestEditPushesOnlyAffected(t *testing.T) {
+	srv, c := startADS(t)
+	open := func(id, node string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", id), 20*time.Second)
+		t.Cleanup(cancel)
+		s, err := c.StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	fl := open("spiffe://cluster.local/ns/default/sa/flaskapp", "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local")
+	sl := open("spiffe://cluster.local/ns/default/sa/sleep", "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local")
+	// Receive the first listeners and ACK them, which opens the next watch.
+	for _, s := range []discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient{fl, sl} {
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objs, _, err := source.Load("../docs/examples/flaskapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if ap, ok := o.(*api.AuthorizationPolicy); ok {
+			ap.Spec.Rules[0].From[0].Source.Principals = append(ap.Spec.Rules[0].From[0].Source.Principals, "cluster.local/ns/default/sa/other")
+		}
+	}
+	services, _ := xds.ServicesFromEntries(objs, "")
+	if err := srv.Apply(objs, services); err != nil {
+		t.Fatal(err)
+	}
+	// flaskapp gets a new LDS version at once; sleep gets nothing.
+	got := make(chan string, 1)
+	go func() {
+		r, err := fl.Recv()
+		if err == nil {
+			got <- r.VersionInfo
+		}
+	}()
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("flaskapp was not pushed after an AuthorizationPolicy selecting it changed")
+	}
+	quiet := make(chan struct{})
+	go func() {
+		if _, err := sl.Recv(); err == nil {
+			close(quiet)
+		}
+	}()
+	select {
+	case <-quiet:
+		t.Fatal("sleep was pushed listeners for a policy that does not select it")
+	case <-time.After(300 * time.Millisecond):
 	}
 }
