@@ -12,6 +12,7 @@ targets=(
   "./api FuzzDecode"
   "./authn FuzzCompile"
   "./rbac FuzzExplain"
+  "./xds FuzzProxyConfig"
 )
 for t in "${targets[@]}"; do
   set -- $t
