@@ -313,7 +313,9 @@ func (g *gen) providerTLS(serverIDs []string) *tlsv3.CommonTlsContext {
 	inst := g.m.opts.CertProvider
 	vc := &tlsv3.CertificateValidationContext{CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "ROOTCA"}}
 	for _, id := range serverIDs {
-		vc.MatchSubjectAltNames = append(vc.MatchSubjectAltNames, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}})
+		m := &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: id}}
+		//lint:ignore SA1019 grpc-go reads only the deprecated match_subject_alt_names, not the typed matchers
+		vc.MatchSubjectAltNames = append(vc.MatchSubjectAltNames, m)
 	}
 	return &tlsv3.CommonTlsContext{
 		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: inst, CertificateName: "default"},
