@@ -3,7 +3,7 @@ GO         ?= go
 BIN        := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(BIN)/staticcheck
-FUZZTIME   ?= 10s
+FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
@@ -37,12 +37,12 @@ unit:
 	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-smoke:
-	hack/fuzz.sh $(FUZZTIME)
+	FUZZ_SCALE=$(FUZZ_SCALE) hack/fuzz.sh
 
-## fuzz: longer fuzzing (FUZZTIME=5m make fuzz).
-fuzz: FUZZTIME = 2m
+## fuzz: longer fuzzing (FUZZ_SCALE=100 make fuzz; execution counts, not durations).
+fuzz: FUZZ_SCALE = 20
 fuzz:
-	hack/fuzz.sh $(FUZZTIME)
+	FUZZ_SCALE=$(FUZZ_SCALE) hack/fuzz.sh
 
 test-demo: build
 	WARDEN=$(BIN)/warden DEMO_CA_PORT=25012 DEMO_HTTP_PORT=25014 DEMO_APP_PORT=28080 hack/demo.sh
