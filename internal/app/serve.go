@@ -44,6 +44,7 @@ type serveFlags struct {
 	jwksFile, jwtIssuer, jwtAudiences    string
 	allowDNS, allowIP                    bool
 	kube                                 kubeFlags
+	vault                                vaultFlags
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -67,6 +68,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.kube.register(fs, e)
+	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -108,6 +110,13 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	if (f.jwksFile == "") != (f.jwtIssuer == "") {
 		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
 	}
+	useVault, err := f.vault.enabled()
+	if err != nil {
+		return nil, err
+	}
+	if useVault && f.pluggedIn != "" {
+		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
+	}
 	clock := ca.SystemClock{}
 	caCfg := ca.Config{
 		TrustDomain: td,
@@ -121,18 +130,26 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	s := &standalone{log: log}
 	var auths []server.Authenticator
 	if f.kube.enabled() {
-		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts); err != nil {
+		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts, useVault); err != nil {
 			return nil, err
 		}
 	} else {
-		m, origin, err := loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
+		if useVault {
+			err = s.wireVault(ctx, f.vault, caCfg, kt, func(old, cur *ca.Material) {
+				if s.sds != nil && rootsChanged(old, cur) {
+					s.sds.RootsChanged()
+				}
+			})
+		} else {
+			var m *ca.Material
+			m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
+			if err == nil {
+				s.authority, err = ca.New(caCfg, m)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
-		if s.authority, err = ca.New(caCfg, m); err != nil {
-			return nil, err
-		}
-		s.origin = origin
 		if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
 			return nil, err
 		}
@@ -223,6 +240,7 @@ func (s *standalone) httpHandler() http.Handler {
 			_, _ = w.Write(jwks)
 		})
 	}
+	mux.Handle("GET /metrics", metricsHandler(s.authority, ca.SystemClock{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {
