@@ -32,11 +32,16 @@ func setup(t *testing.T, authStep string) (*vaulttest.Server, string) {
 
 func readFile(t *testing.T, dir, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(dir, name))
+	s, err := readFileErr(filepath.Join(dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(b))
+	return s
+}
+
+func readFileErr(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	return strings.TrimSpace(string(b)), err
 }
 
 func config(v *vaulttest.Server, auth vault.Auth) vault.Config {
