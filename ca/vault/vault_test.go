@@ -97,7 +97,7 @@ func TestDocsSetupTokenAuthChainsToVaultRoot(t *testing.T) {
 	if err := m.Cert.CheckSignatureFrom(vaultRoot[0]); err != nil || len(m.Chain) != 0 {
 		t.Fatalf("intermediate %s is not signed directly by Vault's root: %v, chain %d", m.Cert.Subject, err, len(m.Chain))
 	}
-	if got := m.Cert.NotAfter.Sub(time.Now()); got < 47*time.Hour || got > 48*time.Hour {
+	if got := time.Until(m.Cert.NotAfter); got < 47*time.Hour || got > 48*time.Hour {
 		t.Errorf("intermediate lives %s more, want the requested 48h", got)
 	}
 	if !m.Cert.MaxPathLenZero || m.Cert.Subject.CommonName != "warden intermediate CA" ||

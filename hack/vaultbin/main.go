@@ -42,8 +42,8 @@ import (
 	"syscall"
 	"time"
 
-	kubeauth "github.com/hashicorp/vault-plugin-auth-kubernetes"
 	"github.com/hashicorp/go-hclog"
+	kubeauth "github.com/hashicorp/vault-plugin-auth-kubernetes"
 	"github.com/hashicorp/vault/builtin/credential/approle"
 	"github.com/hashicorp/vault/builtin/logical/pki"
 	"github.com/hashicorp/vault/helper/testhelpers/corehelpers"
