@@ -350,3 +350,50 @@ func TestVaultOutageAndRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenRenewalAndRelogin: Run renews the login token with the
+// lifetime watcher, logs in again when the token reaches its max TTL or
+// renewal fails (Vault killed), and keeps retrying until Vault is back.
+func TestTokenRenewalAndRelogin(t *testing.T) {
+	t.Parallel()
+	v, dir := setup(t, "approle")
+	// Short-lived tokens: renewed within seconds, dead after 4s.
+	v.API(t, "POST", "/v1/auth/approle/role/warden", map[string]any{"token_ttl": "2s", "token_max_ttl": "4s"})
+	var logs lockedBuffer
+	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: filepath.Join(dir, "warden-secret-id")})
+	cfg.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 500*time.Millisecond
+	up, err := vault.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	wait := func(what string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for strings.Count(logs.String(), what) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("log lacks %d× %q:\n%s", n, what, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	wait(`msg="renewed the Vault token"`, 1)
+	wait(`msg="Vault token renewal stopped; logging in again" auth="approle auth at auth/approle" error="token reached its maximum TTL"`, 1)
+	wait(`msg="logged in to Vault"`, 2)
+	time.Sleep(time.Second) // the first token has expired by now
+	if _, err := up.SignIntermediate(ctx, csrRequest(t)); err != nil {
+		t.Fatalf("signing with the renewed login: %v\n%s", err, logs.String())
+	}
+	v.Stop()
+	wait(`msg="Vault login failed; retrying"`, 1)
+	logins := strings.Count(logs.String(), `msg="logged in to Vault"`)
+	v.Restart()
+	wait(`msg="logged in to Vault"`, logins+1)
+	if _, err := up.SignIntermediate(ctx, csrRequest(t)); err != nil {
+		t.Fatalf("signing after Vault's restart: %v\n%s", err, logs.String())
+	}
+}
