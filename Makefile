@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: all build kube-binaries test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: all build kube-binaries vault-binary test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -33,8 +33,12 @@ lint: $(STATICCHECK)
 kube-binaries:
 	hack/kube-binaries.sh
 
+## vault-binary: build (once, cached in ~/.cache/warden/vault) the real Vault server the tests run.
+vault-binary:
+	hack/vault-binary.sh
+
 unit:
-	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" $(GO) test -count=1 -timeout 20m ./...
+	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-smoke:
 	FUZZ_SCALE=$(FUZZ_SCALE) hack/fuzz.sh
@@ -50,7 +54,7 @@ test-demo: build
 ## bench-smoke: the load commands run briefly (no figures asserted), so they keep working.
 bench-smoke: build
 	$(BIN)/warden bench sds --streams 200
-	DURATION=1s CONCURRENCY=4 KEY_TYPES=ecdsa-p256 WARDEN=$(BIN)/warden hack/bench-ca.sh
+	DURATION=1s CONCURRENCY=4 KEY_TYPES=ecdsa-p256 UPSTREAMS="self-signed vault" WARDEN=$(BIN)/warden hack/bench-ca.sh
 
 ## demo: the standalone demo on the default ports.
 demo: build
@@ -60,10 +64,11 @@ demo: build
 bench: bench-go bench-ca bench-sds
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./...
+	WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" $(GO) test -run '^$$' -bench . -benchtime 2s ./...
 
+## bench-ca: self-signed and Vault upstreams side by side, medians of 5 alternating runs.
 bench-ca: build
-	WARDEN=$(BIN)/warden hack/bench-ca.sh
+	UPSTREAMS="self-signed vault" RUNS=5 WARDEN=$(BIN)/warden hack/bench-ca.sh
 
 bench-sds: build
 	$(BIN)/warden bench sds --streams 10000

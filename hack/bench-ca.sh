@@ -1,22 +1,88 @@
 #!/usr/bin/env bash
 # End-to-end CA load: starts 'warden serve' on a scratch data directory
-# (in its own process, as in production), then runs 'warden bench ca'
-# against it for each key type. Compare certs/s with
-# 'go test -bench CryptoBound ./ca'.
+# (in its own process, as in production) for each upstream, then runs
+# 'warden bench ca' against them, alternating one run on each so that the
+# machine's drift hits both alike, and prints every run and the medians.
+# Compare certs/s with 'go test -bench CryptoBound ./ca'.
 #
-# Env: WARDEN (default bin/warden), DURATION (10s), CONCURRENCY (16), KEY_TYPES.
+# Upstreams: "self-signed" (warden's own root) and "vault" (a real Vault,
+# hack/vaultbin, set up with docs/vault.md's steps verbatim; AppRole auth).
+# With Vault off the hot path both should sign at the same rate.
+#
+# Env: WARDEN (default bin/warden), DURATION (10s), CONCURRENCY (16),
+# KEY_TYPES (ecdsa-p256 rsa-2048), UPSTREAMS (self-signed), RUNS (1),
+# WARDEN_VAULT_BIN (default: built by hack/vault-binary.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 warden=${WARDEN:-bin/warden}
+upstreams=${UPSTREAMS:-self-signed}
+runs=${RUNS:-1}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "bench-ca: nothing listens on port $1" >&2; return 1
+}
+
+# start_vault <dir>: a test Vault set up as docs/vault.md says; sets
+# vault_flags and root for warden.
+start_vault() {
+  local dir=$1 bin line
+  bin=${WARDEN_VAULT_BIN:-$(hack/vault-binary.sh)}
+  mkdir -p "$dir"
+  "$bin" -listen 127.0.0.1:0 -data "$dir/vault" -tls > "$dir/vault.json" 2> "$dir/vault.log" &
+  pids+=($!)
+  for _ in $(seq 300); do line=$(head -n1 "$dir/vault.json" 2>/dev/null || true); [ -n "$line" ] && break; sleep 0.1; done
+  [ -n "$line" ] || { echo "bench-ca: Vault did not start:" >&2; cat "$dir/vault.log" >&2; return 1; }
+  (
+    cd "$dir"
+    export VAULT_ADDR=$(jq -r .addr <<<"$line") VAULT_TOKEN=$(jq -r .root_token <<<"$line") VAULT_CACERT=$(jq -r .ca_cert <<<"$line")
+    bash -euo pipefail -c "$("$repo/hack/doc-steps.sh" "$repo/docs/vault.md" setup pki policy approle)"
+  )
+  vault_flags=(--ca-upstream vault --vault-addr "$(jq -r .addr <<<"$line")" --vault-cacert "$(jq -r .ca_cert <<<"$line")"
+    --vault-auth approle --vault-approle-role-id "$(cat "$dir/warden-role-id")" --vault-approle-secret-id-file "$dir/warden-secret-id")
+  root=$dir/vault-root.pem
+}
+
 for kt in ${KEY_TYPES:-ecdsa-p256 rsa-2048}; do
   work=$(mktemp -d)
-  addr=127.0.0.1:25112
-  "$warden" serve --data-dir "$work" --listen "$addr" --http-listen "" --ca-key-type "$kt" --log-level warn &
-  server=$!
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/25112") 2>/dev/null && break; sleep 0.1; done
-  "$warden" bench ca --addr "$addr" --data-dir "$work" --key-type "$kt" \
-    --duration "${DURATION:-10s}" --concurrency "${CONCURRENCY:-16}"
-  kill "$server"; wait "$server" || true
+  port=25112
+  declare -A addr=() rootf=() rates=()
+  for up in $upstreams; do
+    vault_flags=()
+    root=$work/$up/data/root-cert.pem
+    case $up in
+      self-signed) ;;
+      vault) start_vault "$work/$up" ;;
+      *) echo "bench-ca: unknown upstream $up (want self-signed or vault)" >&2; exit 2 ;;
+    esac
+    addr[$up]=127.0.0.1:$port
+    env -u VAULT_TOKEN "$warden" serve --data-dir "$work/$up/data" --listen "${addr[$up]}" --http-listen "" \
+      --ca-key-type "$kt" --log-level warn "${vault_flags[@]}" &
+    pids+=($!)
+    wait_port "$port"
+    rootf[$up]=$root
+    port=$((port + 1))
+  done
+  for i in $(seq "$runs"); do
+    for up in $upstreams; do
+      echo "== $kt, $up upstream, run $i/$runs"
+      out=$("$warden" bench ca --addr "${addr[$up]}" --data-dir "$work/$up/data" --root-cert "${rootf[$up]}" \
+        --key-type "$kt" --duration "${DURATION:-10s}" --concurrency "${CONCURRENCY:-16}")
+      echo "$out"
+      rates[$up]+="$(awk '/^throughput:/ {print $2}' <<<"$out") "
+    done
+  done
+  echo "== $kt: median certs/s over $runs run(s)"
+  for up in $upstreams; do
+    med=$(tr ' ' '\n' <<<"${rates[$up]}" | grep . | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}')
+    printf '%-12s %8.0f certs/s  (runs: %s)\n' "$up" "$med" "${rates[$up]% }"
+  done
+  cleanup; pids=()
   rm -rf "$work"
+  unset addr rootf rates
   echo
 done

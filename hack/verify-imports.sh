@@ -5,7 +5,8 @@
 # Exceptions, libraries that merely live under Kubernetes' module paths and
 # hold no Kubernetes API or client code: k8s.io/klog (logging; cfssl pulls
 # it in through certificate-transparency-go) and sigs.k8s.io/yaml (YAML to
-# JSON, used by api/ and for rendering).
+# JSON, used by api/ and for rendering). ca/vault must not depend on
+# Kubernetes code either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,18 @@ for pkg in "${cores[@]}"; do
   fi
 done
 [ "$fail" = 0 ] && echo "verify-imports: ${#cores[@]} core packages clean (${cores[*]})"
+
+# ca/vault (and its test server helper) talks to Vault, never to
+# Kubernetes: Kubernetes auth only reads a token file.
+kube='^(k8s\.io/|sigs\.k8s\.io/)'
+vault_pkgs=$(go list ./ca/vault/...)
+for pkg in $vault_pkgs; do
+  bad=$(go list -deps "$pkg" | grep -E "$kube" | grep -Ev "$allowed" || true)
+  if [ -n "$bad" ]; then
+    echo "verify-imports: $pkg depends on Kubernetes packages:" >&2
+    echo "$bad" | head -5 | sed "s/^/  /" >&2
+    fail=1
+  fi
+done
+[ "$fail" = 0 ] && echo "verify-imports: $(echo "$vault_pkgs" | wc -w) Vault packages free of Kubernetes code"
 exit "$fail"

@@ -3,9 +3,11 @@
 package catest
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"net/url"
 	"sync"
@@ -148,3 +150,81 @@ func Authority(t testing.TB, m *ca.Material, mods ...func(*ca.Config)) *ca.Autho
 
 // WithClock sets the authority's clock.
 func WithClock(c ca.Clock) func(*ca.Config) { return func(cfg *ca.Config) { cfg.Clock = c } }
+
+// Upstream is an in-process ca.Upstream that signs intermediates with a
+// local root, for the core's own tests (the Vault upstream is tested
+// against a real Vault in ca/vault). Err, when set, fails every request.
+type Upstream struct {
+	Root  *ca.Material
+	Clock ca.Clock
+	// Mutate, if set, edits each intermediate template before signing.
+	Mutate func(*x509.Certificate)
+
+	mu    sync.Mutex
+	err   error
+	calls int
+}
+
+// SetErr makes every following request fail with err (nil: succeed).
+func (u *Upstream) SetErr(err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.err = err
+}
+
+// Calls is how many requests the upstream has received.
+func (u *Upstream) Calls() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.calls
+}
+
+// SignIntermediate implements ca.Upstream.
+func (u *Upstream) SignIntermediate(_ context.Context, req ca.IntermediateRequest) (*ca.UpstreamChain, error) {
+	u.mu.Lock()
+	u.calls++
+	err := u.err
+	u.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := ca.NewSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := u.Clock.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               csr.Subject,
+		NotBefore:             now.Add(-time.Minute),
+		NotAfter:              now.Add(req.TTL),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	if u.Mutate != nil {
+		u.Mutate(tmpl)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, u.Root.Cert, csr.PublicKey, u.Root.Key)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &ca.UpstreamChain{Cert: cert, Roots: []*x509.Certificate{u.Root.Cert}}, nil
+}
+
+var _ ca.Upstream = (*Upstream)(nil)
+
+// TrustDomainSubject is the subject warden gives its intermediates in the
+// fixtures' trust domain.
+func TrustDomainSubject() pkix.Name {
+	return pkix.Name{Organization: []string{TrustDomain.Name()}, CommonName: "warden intermediate CA"}
+}

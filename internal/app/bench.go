@@ -26,8 +26,12 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up")
 	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
+	runs := fs.Int("runs", 1, "measured runs; with more than one, the median throughput is reported too")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *runs < 1 {
+		return fmt.Errorf("%w: --runs %d: want at least 1", errUsage, *runs)
 	}
 	keyType, err := ca.ParseKeyType(*kt)
 	if err != nil {
@@ -52,14 +56,21 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 			return issuer.Mint(token.ServiceAccount{Namespace: "bench", Name: fmt.Sprintf("worker-%d", w)}, nil, time.Hour)
 		},
 	}
-	fmt.Fprintf(e.stderr, "preparing %s keys and CSRs...\n", keyType)
-	res, err := bench.CA(ctx, cfg)
-	if err != nil {
-		return err
+	var rates []float64
+	for i := range *runs {
+		fmt.Fprintf(e.stderr, "run %d/%d: preparing %s keys and CSRs...\n", i+1, *runs, keyType)
+		res, err := bench.CA(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		res.Print(e.stdout)
+		if res.Errors > 0 {
+			return fmt.Errorf("%d requests failed", res.Errors)
+		}
+		rates = append(rates, res.PerSecond())
 	}
-	res.Print(e.stdout)
-	if res.Errors > 0 {
-		return fmt.Errorf("%d requests failed", res.Errors)
+	if *runs > 1 {
+		fmt.Fprintf(e.stdout, "median of %d runs: %.0f certs/s (runs: %s)\n", *runs, bench.Median(rates), bench.FormatRates(rates))
 	}
 	return nil
 }

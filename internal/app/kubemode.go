@@ -47,7 +47,7 @@ func (k *kubeFlags) enabled() bool { return k.on }
 // wireKubernetes loads CA material from the cluster (cacerts if present,
 // else istio-ca-secret, created once), and schedules the watchers and the
 // leader's writers. It returns the TokenReview authenticator.
-func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions) ([]server.Authenticator, error) {
+func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
 	klog.SetSlogLogger(s.log) // client-go logs through warden's logger
 	rc, err := kube.RESTConfig(k.kubeconfig)
@@ -58,12 +58,39 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 	if err != nil {
 		return nil, err
 	}
-	m, plugged, err := kube.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now())
-	if err != nil {
-		return nil, err
+	// With Vault the intermediate lives in memory only (a restarted
+	// replica asks Vault again), so no CA Secret is read or written.
+	var publisher *kube.BundlePublisher
+	var saSecrets *kube.SASecrets
+	onChange := func() {
+		if s.sds != nil {
+			s.sds.RootsChanged()
+		}
+		publisher.Changed()
+		if saSecrets != nil {
+			saSecrets.Changed()
+		}
 	}
-	s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
-	if !plugged {
+	var m *ca.Material
+	plugged := false
+	if useVault {
+		err = s.wireVault(ctx, f.vault, caCfg, rootOpts.KeyType, func(old, cur *ca.Material) {
+			// Certificates from the old intermediate stay valid under the
+			// same root; only a new root needs pushing.
+			if rootsChanged(old, cur) {
+				onChange()
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if m, plugged, err = kube.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now()); err != nil {
+			return nil, err
+		}
+		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
+	}
+	if !useVault && !plugged {
 		var created bool
 		m, created, err = ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
 			return ca.NewSelfSigned(rootOpts)
@@ -76,25 +103,17 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, kube.CASecretName)
 		}
 	}
-	if s.authority, err = ca.New(caCfg, m); err != nil {
-		return nil, err
+	if !useVault {
+		if s.authority, err = ca.New(caCfg, m); err != nil {
+			return nil, err
+		}
 	}
 	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
-	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
-	var saSecrets *kube.SASecrets
+	publisher = &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
 	if k.saSecrets {
 		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock}
 	}
-	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log,
-		OnChange: func() {
-			if s.sds != nil {
-				s.sds.RootsChanged()
-			}
-			publisher.Changed()
-			if saSecrets != nil {
-				saSecrets.Changed()
-			}
-		}}
+	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, OnChange: onChange}
 	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		done := make(chan error, 2)
 		go func() { done <- publisher.Run(ctx) }()
@@ -113,7 +132,10 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 	// policy compilers and the xDS server.
 	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
-	s.tasks = append(s.tasks, watcher.Run, config.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
+	if !useVault {
+		s.tasks = append(s.tasks, watcher.Run)
+	}
+	s.tasks = append(s.tasks, config.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
 	return []server.Authenticator{&kube.TokenReviewAuthenticator{
 		Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock,
 	}}, nil

@@ -47,6 +47,7 @@ type serveFlags struct {
 	configDir                            string
 	debounce                             time.Duration
 	kube                                 kubeFlags
+	vault                                vaultFlags
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -72,6 +73,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
 	f.kube.register(fs, e)
+	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -114,6 +116,13 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	if (f.jwksFile == "") != (f.jwtIssuer == "") {
 		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
 	}
+	useVault, err := f.vault.enabled()
+	if err != nil {
+		return nil, err
+	}
+	if useVault && f.pluggedIn != "" {
+		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
+	}
 	clock := ca.SystemClock{}
 	caCfg := ca.Config{
 		TrustDomain: td,
@@ -127,18 +136,26 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	s := &standalone{log: log}
 	var auths []server.Authenticator
 	if f.kube.enabled() {
-		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts); err != nil {
+		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts, useVault); err != nil {
 			return nil, err
 		}
 	} else {
-		m, origin, err := loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
+		if useVault {
+			err = s.wireVault(ctx, f.vault, caCfg, kt, func(old, cur *ca.Material) {
+				if s.sds != nil && rootsChanged(old, cur) {
+					s.sds.RootsChanged()
+				}
+			})
+		} else {
+			var m *ca.Material
+			m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
+			if err == nil {
+				s.authority, err = ca.New(caCfg, m)
+			}
+		}
 		if err != nil {
 			return nil, err
 		}
-		if s.authority, err = ca.New(caCfg, m); err != nil {
-			return nil, err
-		}
-		s.origin = origin
 		if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
 			return nil, err
 		}
@@ -238,6 +255,7 @@ func (s *standalone) httpHandler() http.Handler {
 			_, _ = w.Write(jwks)
 		})
 	}
+	mux.Handle("GET /metrics", metricsHandler(s.authority, ca.SystemClock{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {

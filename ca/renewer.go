@@ -1,0 +1,248 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Defaults for RenewerConfig.
+const (
+	DefaultIntermediateTTL = 7 * 24 * time.Hour
+	DefaultRenewFraction   = 0.5
+	DefaultRetryMin        = time.Second
+	DefaultRetryMax        = 5 * time.Minute
+	// LowLifeFraction is the remaining share of an intermediate's life
+	// below which failed renewals are logged as errors: workloads lose
+	// their certificates when it expires.
+	LowLifeFraction = 0.2
+)
+
+// RenewerConfig holds a Renewer's settings and dependencies. Zero values
+// take the defaults.
+type RenewerConfig struct {
+	Authority *Authority // required: receives every proven intermediate
+	Upstream  Upstream   // required
+	KeyType   KeyType    // the intermediate's key; default ECDSAP256
+	// Subject of the intermediate's CSR; default O=<trust domain>,
+	// CN=warden intermediate CA. The upstream may override it.
+	Subject pkix.Name
+	TTL     time.Duration // requested intermediate lifetime
+	// RenewFraction is the share of the intermediate's life after which a
+	// new one is requested; in (0, 0.8] so renewal starts before the
+	// low-life alarm.
+	RenewFraction float64
+	// RetryMin and RetryMax bound the exponential backoff between failed
+	// renewals.
+	RetryMin, RetryMax time.Duration
+	Clock              Timer
+	Log                *slog.Logger
+	// OnActivate, if set, is called after a new intermediate is active
+	// (not for the first one, from Init).
+	OnActivate func(old, cur *Material)
+}
+
+// Renewer keeps an Authority signing with an intermediate issued by an
+// Upstream: it obtains the first one, renews it at a fraction of its life,
+// and rides out upstream outages by signing with the current one while
+// retrying with capped backoff. A new intermediate is proven (a throwaway
+// leaf is signed with it and verified against its bundle) before it is
+// activated; one that fails is discarded and the old one kept.
+type Renewer struct {
+	cfg RenewerConfig
+}
+
+// NewRenewer checks cfg and fills in the defaults.
+func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
+	if cfg.Authority == nil || cfg.Upstream == nil {
+		return nil, errors.New("ca: renewer needs an Authority and an Upstream")
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = ECDSAP256
+	}
+	if cfg.Subject.CommonName == "" && len(cfg.Subject.Organization) == 0 {
+		cfg.Subject = pkix.Name{Organization: []string{cfg.Authority.TrustDomain().Name()}, CommonName: "warden intermediate CA"}
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultIntermediateTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("ca: intermediate TTL %s is negative", cfg.TTL)
+	}
+	if cfg.RenewFraction == 0 {
+		cfg.RenewFraction = DefaultRenewFraction
+	}
+	if cfg.RenewFraction <= 0 || cfg.RenewFraction > 1-LowLifeFraction {
+		return nil, fmt.Errorf("ca: renew fraction %g is outside (0, %g]", cfg.RenewFraction, 1-LowLifeFraction)
+	}
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin = DefaultRetryMin
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.RetryMin < 0 || cfg.RetryMax < cfg.RetryMin {
+		return nil, fmt.Errorf("ca: retry backoff %s..%s is not a range", cfg.RetryMin, cfg.RetryMax)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = SystemClock{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Renewer{cfg: cfg}, nil
+}
+
+// Init obtains, proves and activates the first intermediate. It does not
+// retry: at startup an unreachable or refusing upstream is an error for
+// the operator, and the authority stays without material.
+func (r *Renewer) Init(ctx context.Context) error {
+	_, err := r.renew(ctx)
+	return err
+}
+
+// Renew obtains, proves and activates a new intermediate now. On error the
+// current one stays active.
+func (r *Renewer) Renew(ctx context.Context) error {
+	old, err := r.renew(ctx)
+	if err == nil && r.cfg.OnActivate != nil {
+		r.cfg.OnActivate(old, r.cfg.Authority.Material())
+	}
+	return err
+}
+
+func (r *Renewer) renew(ctx context.Context) (old *Material, err error) {
+	old = r.cfg.Authority.Material()
+	now := r.cfg.Clock.Now()
+	m, err := RequestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, old, now)
+	if err != nil {
+		return old, err
+	}
+	if err := r.cfg.Authority.Prove(m); err != nil {
+		return old, err
+	}
+	if err := r.cfg.Authority.Activate(m); err != nil {
+		return old, err
+	}
+	r.cfg.Log.Info("intermediate CA activated", "subject", m.Cert.Subject.String(), "serial", m.Cert.SerialNumber.Text(16),
+		"notAfter", m.NotAfter().UTC(), "renewAt", r.RenewAt(m).UTC())
+	return old, nil
+}
+
+// RenewAt is when the renewer asks for m's successor.
+func (r *Renewer) RenewAt(m *Material) time.Time {
+	life := m.NotAfter().Sub(m.Cert.NotBefore)
+	return m.Cert.NotBefore.Add(time.Duration(float64(life) * r.cfg.RenewFraction))
+}
+
+// Run renews the intermediate on schedule until ctx is done. Failures
+// are retried with backoff from RetryMin doubling to RetryMax; the current
+// intermediate keeps signing meanwhile. Init must have succeeded.
+func (r *Renewer) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		cur := r.cfg.Authority.Material()
+		if cur == nil {
+			return errors.New("ca: renewer: Init has not activated an intermediate")
+		}
+		wait := r.RenewAt(cur).Sub(r.cfg.Clock.Now())
+		if failures > 0 {
+			wait = r.backoff(failures)
+		}
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.cfg.Clock.After(wait):
+			}
+		}
+		err := r.Renew(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		failures++
+		r.reportFailure(cur, err, failures)
+	}
+}
+
+func (r *Renewer) backoff(failures int) time.Duration {
+	d := r.cfg.RetryMin
+	for i := 1; i < failures && d < r.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, r.cfg.RetryMax)
+}
+
+// reportFailure logs a failed renewal, as an error once less than
+// LowLifeFraction of the current intermediate's life remains.
+func (r *Renewer) reportFailure(cur *Material, err error, failures int) {
+	now := r.cfg.Clock.Now()
+	life := cur.NotAfter().Sub(cur.Cert.NotBefore)
+	left := cur.NotAfter().Sub(now)
+	attrs := []any{"error", err.Error(), "attempts", failures, "retryIn", r.backoff(failures),
+		"intermediateNotAfter", cur.NotAfter().UTC(), "remaining", left.Round(time.Second)}
+	switch {
+	case left <= 0:
+		r.cfg.Log.Error("INTERMEDIATE CA EXPIRED: the upstream still fails; no workload certificates can be issued", attrs...)
+	case float64(left) <= float64(life)*LowLifeFraction:
+		r.cfg.Log.Error("INTERMEDIATE CA EXPIRES SOON: less than 20% of its life left and the upstream still fails; workloads lose their certificates at expiry", attrs...)
+	default:
+		r.cfg.Log.Warn("intermediate CA renewal failed; signing continues with the current one", attrs...)
+	}
+}
+
+// proofID is the identity of the throwaway leaf that proves a new
+// intermediate.
+func proofID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "ns", "warden-system", "sa", "intermediate-proof")
+}
+
+// Prove signs a throwaway leaf with m, under this authority's settings,
+// and verifies it against m's trust bundle the way workloads will
+// (go-spiffe x509svid.Verify). Material that passes Validate can still
+// fail here, for instance when the root's name constraints exclude the
+// trust domain.
+func (a *Authority) Prove(m *Material) error {
+	cfg := a.cfg
+	cfg.Meter = noMeter{}
+	t, err := New(cfg, m)
+	if err != nil {
+		return fmt.Errorf("ca: prove intermediate: %w", err)
+	}
+	key, err := GenerateKey(ECDSAP256)
+	if err != nil {
+		return err
+	}
+	id := proofID(cfg.TrustDomain)
+	csr, err := NewCSR(key, id)
+	if err != nil {
+		return err
+	}
+	iss, err := t.Sign(SignRequest{CSR: csr, ID: id, TTL: time.Minute})
+	if err != nil {
+		return fmt.Errorf("ca: prove intermediate %s: sign a test leaf: %w", m.Cert.Subject, err)
+	}
+	certs, err := ParseChain(iss.Chain[:len(iss.Chain)-1])
+	if err != nil {
+		return fmt.Errorf("ca: prove intermediate %s: %w", m.Cert.Subject, err)
+	}
+	got, _, err := x509svid.Verify(certs, t.Bundle(), x509svid.WithTime(cfg.Clock.Now()))
+	if err != nil {
+		return fmt.Errorf("ca: prove intermediate %s: a test leaf does not verify against the trust bundle: %w", m.Cert.Subject, err)
+	}
+	if got != id {
+		return fmt.Errorf("ca: prove intermediate %s: test leaf verified as %s, want %s", m.Cert.Subject, got, id)
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// Auth is a way to log in to Vault: Token, AppRole or Kubernetes.
+type Auth interface {
+	// String names the method and its mount for messages; never a secret.
+	String() string
+	check() error
+	login(ctx context.Context, c *api.Client) (*api.Secret, error)
+}
+
+// Token authenticates with a Vault token given by the operator. It is
+// renewed while renewable, but cannot be replaced once it expires.
+type Token struct {
+	Token string
+}
+
+// AppRole logs in with a role ID and a secret ID (read from a file, so
+// that it never appears on a command line).
+type AppRole struct {
+	Mount        string // auth mount path; default "approle"
+	RoleID       string
+	SecretIDFile string
+}
+
+// Kubernetes logs in with the pod's service-account token, which Vault
+// checks with a TokenReview against the cluster.
+type Kubernetes struct {
+	Mount   string // auth mount path; default "kubernetes"
+	Role    string
+	JWTFile string // default DefaultServiceAccountTokenFile; re-read at every login (projected tokens rotate)
+}
+
+// DefaultServiceAccountTokenFile is where Kubernetes mounts a pod's token.
+const DefaultServiceAccountTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+var (
+	_ Auth = Token{}
+	_ Auth = AppRole{}
+	_ Auth = Kubernetes{}
+)
+
+func (Token) String() string { return "token auth" }
+
+func (t Token) check() error {
+	if strings.TrimSpace(t.Token) == "" {
+		return errors.New("vault: token auth: no token (set VAULT_TOKEN or --vault-token-file)")
+	}
+	return nil
+}
+
+// login checks the token with lookup-self, so that a revoked or expired
+// token is refused at startup.
+func (t Token) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+	tok := strings.TrimSpace(t.Token)
+	lc, err := c.CloneWithHeaders()
+	if err != nil {
+		return nil, err
+	}
+	lc.SetToken(tok)
+	s, err := lc.Auth().Token().LookupSelfWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?", describe(err))
+	}
+	if s == nil || s.Data == nil {
+		return nil, errors.New("vault: token auth: empty answer from auth/token/lookup-self")
+	}
+	ttl, _ := s.TokenTTL()
+	renewable, _ := s.TokenIsRenewable()
+	policies, _ := s.TokenPolicies()
+	return &api.Secret{Auth: &api.SecretAuth{
+		ClientToken:   tok,
+		Policies:      policies,
+		LeaseDuration: int(ttl / time.Second),
+		Renewable:     renewable,
+	}}, nil
+}
+
+func (a AppRole) mount() string { return mountOr(a.Mount, "approle") }
+
+func (a AppRole) String() string { return "approle auth at auth/" + a.mount() }
+
+func (a AppRole) check() error {
+	if a.RoleID == "" || a.SecretIDFile == "" {
+		return fmt.Errorf("vault: %s: a role ID and a secret ID file are required", a)
+	}
+	return nil
+}
+
+func (a AppRole) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+	secretID, err := readSecretFile(a.SecretIDFile)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s: secret ID: %w", a, err)
+	}
+	return write(ctx, c, a, "auth/"+a.mount()+"/login", map[string]any{"role_id": a.RoleID, "secret_id": secretID})
+}
+
+func (k Kubernetes) mount() string { return mountOr(k.Mount, "kubernetes") }
+
+func (k Kubernetes) jwtFile() string {
+	if k.JWTFile == "" {
+		return DefaultServiceAccountTokenFile
+	}
+	return k.JWTFile
+}
+
+func (k Kubernetes) String() string {
+	return fmt.Sprintf("kubernetes auth at auth/%s (role %q)", k.mount(), k.Role)
+}
+
+func (k Kubernetes) check() error {
+	if k.Role == "" {
+		return fmt.Errorf("vault: %s: a role is required", k)
+	}
+	return nil
+}
+
+func (k Kubernetes) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+	jwt, err := readSecretFile(k.jwtFile())
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s: service-account token: %w", k, err)
+	}
+	return write(ctx, c, k, "auth/"+k.mount()+"/login", map[string]any{"role": k.Role, "jwt": jwt})
+}
+
+// write posts a login request without any current token.
+func write(ctx context.Context, c *api.Client, a Auth, path string, body map[string]any) (*api.Secret, error) {
+	lc, err := c.CloneWithHeaders()
+	if err != nil {
+		return nil, err
+	}
+	lc.ClearToken()
+	s, err := lc.Logical().WriteWithContext(ctx, path, body)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s: login refused (%s: %s)", a, path, describe(err))
+	}
+	return s, nil
+}
+
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return s, nil
+}
+
+func mountOr(m, def string) string {
+	if m = strings.Trim(m, "/"); m != "" {
+		return m
+	}
+	return def
+}

@@ -1,0 +1,429 @@
+// Package vault is a ca.Upstream on HashiCorp Vault's PKI secrets engine:
+// Vault holds the root, warden sends the CSR of its own intermediate key to
+// <mount>/root/sign-intermediate and signs workload certificates itself,
+// so Vault is asked once per intermediate lifetime, never per workload.
+//
+// The client logs in with a token, AppRole or Kubernetes auth, keeps its
+// token alive with vault/api's lifetime watcher and logs in again when
+// renewal fails (Run). It reads nothing from the environment: the caller
+// passes every setting (warden's command line maps VAULT_ADDR and friends
+// onto Config).
+package vault
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/wardenmesh/warden/ca"
+)
+
+// Defaults for Config.
+const (
+	DefaultPKIMount = "pki"
+	DefaultTimeout  = 30 * time.Second
+	DefaultRetryMin = time.Second
+	DefaultRetryMax = 2 * time.Minute
+)
+
+// Config holds the Vault connection and PKI settings.
+type Config struct {
+	Address       string // Vault's URL, e.g. https://vault.example.com:8200 (required)
+	CACert        string // PEM file with the CAs that issued Vault's TLS certificate
+	TLSServerName string // name to verify in Vault's TLS certificate, when it differs from Address's host
+	Namespace     string // Vault Enterprise namespace (X-Vault-Namespace), empty for none
+	PKIMount      string // the PKI secrets engine's mount path; default "pki"
+	// SignPath is the endpoint that signs the intermediate's CSR; default
+	// "<PKIMount>/root/sign-intermediate" (for a named issuer:
+	// "<PKIMount>/issuer/<ref>/sign-intermediate").
+	SignPath string
+	Auth     Auth          // how to log in (required)
+	Timeout  time.Duration // per request; default DefaultTimeout
+	// RetryMin and RetryMax bound the backoff between failed logins in Run.
+	RetryMin, RetryMax time.Duration
+	Log                *slog.Logger
+}
+
+// Upstream signs warden's intermediates with Vault's PKI engine.
+type Upstream struct {
+	cfg    Config
+	client *api.Client
+
+	mu     sync.Mutex
+	secret *api.Secret // the current login; Auth holds the token
+}
+
+var _ ca.Upstream = (*Upstream)(nil)
+
+// New connects to Vault and logs in. A refused login (wrong role, revoked
+// token, bad secret) is an error naming the auth method and Vault's
+// answer; nothing is retried here.
+func New(ctx context.Context, cfg Config) (*Upstream, error) {
+	if cfg.Address == "" {
+		return nil, errors.New("vault: address is required")
+	}
+	if !strings.HasPrefix(cfg.Address, "https://") && !strings.HasPrefix(cfg.Address, "http://") {
+		return nil, fmt.Errorf("vault: address %q: want an http:// or https:// URL", cfg.Address)
+	}
+	if cfg.Auth == nil {
+		return nil, errors.New("vault: an auth method is required")
+	}
+	if err := cfg.Auth.check(); err != nil {
+		return nil, err
+	}
+	cfg.PKIMount = strings.Trim(cfg.PKIMount, "/")
+	if cfg.PKIMount == "" {
+		cfg.PKIMount = DefaultPKIMount
+	}
+	cfg.SignPath = strings.Trim(cfg.SignPath, "/")
+	if cfg.SignPath == "" {
+		cfg.SignPath = cfg.PKIMount + "/root/sign-intermediate"
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.RetryMin == 0 {
+		cfg.RetryMin = DefaultRetryMin
+	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	client, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	u := &Upstream{cfg: cfg, client: client}
+	if err := u.login(ctx); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// newClient builds a vault/api client from cfg alone: whatever
+// api.DefaultConfig picked up from VAULT_* variables is overridden.
+func newClient(cfg Config) (*api.Client, error) {
+	vc := api.DefaultConfig()
+	if vc.Error != nil {
+		return nil, fmt.Errorf("vault: client config: %w", vc.Error)
+	}
+	vc.Address = cfg.Address
+	vc.AgentAddress = ""
+	vc.Timeout = cfg.Timeout
+	vc.MaxRetries = 0 // warden retries on its own schedule
+	vc.Limiter = nil
+	if err := vc.ConfigureTLS(&api.TLSConfig{CACert: cfg.CACert, TLSServerName: cfg.TLSServerName}); err != nil {
+		return nil, fmt.Errorf("vault: TLS (CA cert %q): %w", cfg.CACert, err)
+	}
+	c, err := api.NewClient(vc)
+	if err != nil {
+		return nil, fmt.Errorf("vault: client: %w", err)
+	}
+	c.ClearToken()
+	c.SetHeaders(http.Header{})
+	if cfg.Namespace != "" {
+		c.SetNamespace(cfg.Namespace)
+	}
+	return c, nil
+}
+
+// login authenticates with the configured method and installs the token.
+func (u *Upstream) login(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.Timeout)
+	defer cancel()
+	s, err := u.cfg.Auth.login(ctx, u.client)
+	if err != nil {
+		return err
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return fmt.Errorf("vault: %s: Vault returned no token", u.cfg.Auth)
+	}
+	u.mu.Lock()
+	u.secret = s
+	u.mu.Unlock()
+	u.client.SetToken(s.Auth.ClientToken)
+	u.cfg.Log.Info("logged in to Vault", "addr", u.cfg.Address, "auth", u.cfg.Auth.String(),
+		"policies", strings.Join(s.Auth.Policies, ","), "ttl", time.Duration(s.Auth.LeaseDuration)*time.Second, "renewable", s.Auth.Renewable)
+	return nil
+}
+
+func (u *Upstream) current() *api.Secret {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.secret
+}
+
+// Run keeps the login alive until ctx is done: it renews the token with
+// vault/api's lifetime watcher and, when renewal fails or the token
+// reaches its max TTL, logs in again, retrying with capped backoff (Vault
+// may be down meanwhile; signing goes on with the current intermediate).
+// A static token that cannot be renewed is left as it is.
+func (u *Upstream) Run(ctx context.Context) error {
+	for {
+		s := u.current()
+		if !s.Auth.Renewable {
+			if _, static := u.cfg.Auth.(Token); static {
+				if s.Auth.LeaseDuration > 0 {
+					u.cfg.Log.Warn("the Vault token is not renewable; warden stops reaching Vault when it expires",
+						"ttl", time.Duration(s.Auth.LeaseDuration)*time.Second)
+				}
+				<-ctx.Done()
+				return nil
+			}
+		} else if err := u.watch(ctx, s); err != nil {
+			u.cfg.Log.Warn("Vault token renewal stopped; logging in again", "auth", u.cfg.Auth.String(), "error", err.Error())
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if _, static := u.cfg.Auth.(Token); static {
+			u.cfg.Log.Error("the Vault token could not be renewed and token auth cannot log in again; provide a new token and restart warden")
+			<-ctx.Done()
+			return nil
+		}
+		u.relogin(ctx)
+	}
+}
+
+// watch renews s until that fails or ctx is done.
+func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
+	w, err := u.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: s, RenewBehavior: api.RenewBehaviorErrorOnErrors})
+	if err != nil {
+		return err
+	}
+	go w.Start()
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-w.DoneCh():
+			if err == nil {
+				err = errors.New("token reached its maximum TTL")
+			}
+			return err
+		case r := <-w.RenewCh():
+			u.cfg.Log.Debug("renewed the Vault token", "ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
+		}
+	}
+}
+
+// relogin logs in until it works or ctx is done.
+func (u *Upstream) relogin(ctx context.Context) {
+	d := u.cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := u.login(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		u.cfg.Log.Warn("Vault login failed; retrying", "auth", u.cfg.Auth.String(), "attempt", attempt, "retryIn", d, "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		d = min(2*d, u.cfg.RetryMax)
+	}
+}
+
+// SignIntermediate implements ca.Upstream: Vault signs req.CSR as a CA
+// (path length 0: it signs only workloads) and the trust bundle is the
+// mount's root.
+func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequest) (*ca.UpstreamChain, error) {
+	csr, err := ca.ParseCSR(req.CSR)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %w", err)
+	}
+	body := map[string]any{
+		"csr":                  string(req.CSR),
+		"common_name":          csr.Subject.CommonName,
+		"use_csr_values":       true,
+		"exclude_cn_from_sans": true,
+		"max_path_length":      0,
+		"format":               "pem",
+	}
+	if req.TTL > 0 {
+		body["ttl"] = fmt.Sprintf("%ds", int64(req.TTL/time.Second))
+	}
+	s, err := u.write(ctx, u.cfg.SignPath, body)
+	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) {
+		// The token may have been revoked or expired between renewals.
+		if lerr := u.login(ctx); lerr == nil {
+			s, err = u.write(ctx, u.cfg.SignPath, body)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
+	}
+	if s == nil || s.Data == nil {
+		return nil, fmt.Errorf("vault: sign intermediate at %s: empty response", u.cfg.SignPath)
+	}
+	cert, err := onePEM(s.Data["certificate"])
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s: certificate: %w", u.cfg.SignPath, err)
+	}
+	var above []*x509.Certificate
+	if list, ok := s.Data["ca_chain"].([]any); ok && len(list) > 0 {
+		for i, e := range list {
+			c, err := onePEM(e)
+			if err != nil {
+				return nil, fmt.Errorf("vault: %s: ca_chain[%d]: %w", u.cfg.SignPath, i, err)
+			}
+			above = append(above, c)
+		}
+	} else {
+		c, err := onePEM(s.Data["issuing_ca"])
+		if err != nil {
+			return nil, fmt.Errorf("vault: %s: issuing_ca: %w", u.cfg.SignPath, err)
+		}
+		above = append(above, c)
+	}
+	roots, err := u.Roots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &ca.UpstreamChain{Cert: cert, Roots: roots}
+	for _, c := range above {
+		// Vault's ca_chain may start with the certificate it just issued.
+		if !isSelfSigned(c) && !c.Equal(cert) {
+			out.Chain = append(out.Chain, c)
+		}
+	}
+	return out, nil
+}
+
+// Roots fetches the trust bundle: the PKI mount's CA certificate
+// (<mount>/ca/pem) when it is a root, else the self-signed certificates of
+// its chain (<mount>/ca_chain), for a Vault mount that is itself an
+// intermediate.
+func (u *Upstream) Roots(ctx context.Context) ([]*x509.Certificate, error) {
+	caPEM, err := u.readRaw(ctx, u.cfg.PKIMount+"/ca/pem")
+	if err != nil {
+		return nil, err
+	}
+	certs, err := ca.ParseCerts(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s/ca/pem: %w", u.cfg.PKIMount, err)
+	}
+	if isSelfSigned(certs[0]) {
+		return certs[:1], nil
+	}
+	chainPEM, err := u.readRaw(ctx, u.cfg.PKIMount+"/ca_chain")
+	if err != nil {
+		return nil, err
+	}
+	chain, err := ca.ParseCerts(chainPEM)
+	if err != nil {
+		return nil, fmt.Errorf("vault: %s/ca_chain: %w", u.cfg.PKIMount, err)
+	}
+	var roots []*x509.Certificate
+	for _, c := range chain {
+		if isSelfSigned(c) {
+			roots = append(roots, c)
+		}
+	}
+	if len(roots) == 0 {
+		return nil, fmt.Errorf("vault: the CA of mount %s is not self-signed and %s/ca_chain holds no root; import the root into the mount's chain", u.cfg.PKIMount, u.cfg.PKIMount)
+	}
+	return roots, nil
+}
+
+func (u *Upstream) write(ctx context.Context, path string, body map[string]any) (*api.Secret, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.Timeout)
+	defer cancel()
+	return u.client.Logical().WriteWithContext(ctx, path, body)
+}
+
+func (u *Upstream) readRaw(ctx context.Context, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.Timeout)
+	defer cancel()
+	resp, err := u.client.Logical().ReadRawWithContext(ctx, path)
+	if resp != nil {
+		defer resp.Body.Close()
+	}
+	if err == nil && resp != nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vault: read %s: %s", path, describe(err))
+	}
+	if resp == nil {
+		return nil, fmt.Errorf("vault: read %s: no response", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("vault: read %s: %w", path, err)
+	}
+	return b, nil
+}
+
+func onePEM(v any) (*x509.Certificate, error) {
+	s, ok := v.(string)
+	if !ok || s == "" {
+		return nil, errors.New("missing from Vault's response")
+	}
+	certs, err := ca.ParseCerts([]byte(s))
+	if err != nil {
+		return nil, err
+	}
+	return certs[0], nil
+}
+
+func isSelfSigned(c *x509.Certificate) bool {
+	return c.IsCA && string(c.RawIssuer) == string(c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
+
+func isForbidden(err error) bool {
+	var re *api.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
+}
+
+func isStatic(a Auth) bool {
+	_, ok := a.(Token)
+	return ok
+}
+
+// describe renders a Vault error as "<status> <Vault's messages>", or the
+// transport error as it is.
+func describe(err error) string {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		var msgs []string
+		for _, e := range re.Errors {
+			msgs = append(msgs, flattenMultiError(e)...)
+		}
+		msg := strings.Join(msgs, "; ")
+		if msg == "" {
+			msg = http.StatusText(re.StatusCode)
+		}
+		return fmt.Sprintf("%d %s", re.StatusCode, msg)
+	}
+	return err.Error()
+}
+
+// flattenMultiError turns hashicorp/go-multierror's rendering
+// ("2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n")
+// into its messages.
+func flattenMultiError(s string) []string {
+	if !strings.Contains(s, " occurred:\n") {
+		return []string{strings.TrimSpace(s)}
+	}
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); strings.HasPrefix(l, "* ") {
+			out = append(out, strings.TrimPrefix(l, "* "))
+		}
+	}
+	return out
+}

@@ -1,0 +1,157 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/vault"
+)
+
+// vaultFlags configure --ca-upstream vault. The VAULT_* variables are the
+// defaults users of the Vault CLI expect.
+type vaultFlags struct {
+	upstream                     string
+	addr, caCert, serverName, ns string
+	mount, signPath              string
+	auth                         string
+	tokenFile, envToken          string
+	approleMount, roleID, secret string
+	k8sMount, k8sRole, k8sToken  string
+	ttl                          time.Duration
+	renewFraction                float64
+}
+
+func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
+	fs.StringVar(&v.upstream, "ca-upstream", "", "where the signing intermediate comes from: empty (warden's own root) or vault")
+	fs.StringVar(&v.addr, "vault-addr", e.getenv("VAULT_ADDR"), "Vault's URL (env VAULT_ADDR)")
+	fs.StringVar(&v.caCert, "vault-cacert", e.getenv("VAULT_CACERT"), "PEM file with the CA of Vault's TLS certificate (env VAULT_CACERT)")
+	fs.StringVar(&v.serverName, "vault-tls-server-name", e.getenv("VAULT_TLS_SERVER_NAME"), "name to verify in Vault's TLS certificate (env VAULT_TLS_SERVER_NAME)")
+	fs.StringVar(&v.ns, "vault-namespace", e.getenv("VAULT_NAMESPACE"), "Vault Enterprise namespace (env VAULT_NAMESPACE)")
+	fs.StringVar(&v.mount, "vault-pki-mount", vault.DefaultPKIMount, "mount path of Vault's PKI engine")
+	fs.StringVar(&v.signPath, "vault-sign-path", "", "Vault endpoint that signs the intermediate (default <pki mount>/root/sign-intermediate)")
+	auth := "token"
+	if e.getenv("KUBERNETES_SERVICE_HOST") != "" {
+		auth = "kubernetes"
+	}
+	fs.StringVar(&v.auth, "vault-auth", auth, "Vault auth method: token, approle or kubernetes")
+	fs.StringVar(&v.tokenFile, "vault-token-file", "", "file holding the Vault token (token auth; default env VAULT_TOKEN)")
+	v.envToken = e.getenv("VAULT_TOKEN")
+	fs.StringVar(&v.approleMount, "vault-approle-mount", "approle", "AppRole auth mount")
+	fs.StringVar(&v.roleID, "vault-approle-role-id", "", "AppRole role ID")
+	fs.StringVar(&v.secret, "vault-approle-secret-id-file", "", "file holding the AppRole secret ID")
+	fs.StringVar(&v.k8sMount, "vault-k8s-mount", "kubernetes", "Kubernetes auth mount")
+	fs.StringVar(&v.k8sRole, "vault-k8s-role", "", "Vault role for Kubernetes auth")
+	fs.StringVar(&v.k8sToken, "vault-k8s-token-file", vault.DefaultServiceAccountTokenFile, "service-account token for Kubernetes auth (re-read at each login)")
+	fs.DurationVar(&v.ttl, "vault-intermediate-ttl", ca.DefaultIntermediateTTL, "requested lifetime of the intermediate Vault signs")
+	fs.Float64Var(&v.renewFraction, "vault-renew-fraction", ca.DefaultRenewFraction, "renew the intermediate after this share of its life (at most 0.8)")
+}
+
+// enabled reports whether the intermediate comes from Vault; other values
+// of --ca-upstream are usage errors.
+func (v *vaultFlags) enabled() (bool, error) {
+	switch v.upstream {
+	case "":
+		return false, nil
+	case "vault":
+		return true, nil
+	}
+	return false, fmt.Errorf("%w: --ca-upstream %q: want vault (or nothing, for warden's own root)", errUsage, v.upstream)
+}
+
+func (v *vaultFlags) config() (vault.Config, error) {
+	cfg := vault.Config{Address: v.addr, CACert: v.caCert, TLSServerName: v.serverName, Namespace: v.ns, PKIMount: v.mount, SignPath: v.signPath}
+	if v.addr == "" {
+		return cfg, fmt.Errorf("%w: --ca-upstream vault needs --vault-addr (or VAULT_ADDR)", errUsage)
+	}
+	switch v.auth {
+	case "token":
+		tok := v.envToken
+		if v.tokenFile != "" {
+			b, err := os.ReadFile(v.tokenFile)
+			if err != nil {
+				return cfg, fmt.Errorf("--vault-token-file: %w", err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		cfg.Auth = vault.Token{Token: tok}
+	case "approle":
+		cfg.Auth = vault.AppRole{Mount: v.approleMount, RoleID: v.roleID, SecretIDFile: v.secret}
+	case "kubernetes":
+		cfg.Auth = vault.Kubernetes{Mount: v.k8sMount, Role: v.k8sRole, JWTFile: v.k8sToken}
+	default:
+		return cfg, fmt.Errorf("%w: --vault-auth %q: want token, approle or kubernetes", errUsage, v.auth)
+	}
+	return cfg, nil
+}
+
+// wireVault makes an authority whose intermediate Vault signs: it logs
+// in, obtains and proves the first intermediate (failing startup
+// otherwise), and schedules the token and intermediate renewals.
+// onRenew runs after every later intermediate is activated.
+func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType, onRenew func(old, cur *ca.Material)) error {
+	vcfg, err := v.config()
+	if err != nil {
+		return err
+	}
+	vcfg.Log = s.log
+	up, err := vault.New(ctx, vcfg)
+	if err != nil {
+		return err
+	}
+	if s.authority, err = ca.New(caCfg, nil); err != nil {
+		return err
+	}
+	r, err := ca.NewRenewer(ca.RenewerConfig{
+		Authority: s.authority, Upstream: up, KeyType: kt, TTL: v.ttl, RenewFraction: v.renewFraction,
+		Clock: ca.SystemClock{}, Log: s.log, OnActivate: onRenew,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := r.Init(ctx); err != nil {
+		return err
+	}
+	s.origin = fmt.Sprintf("intermediate signed by Vault at %s (PKI mount %s)", v.addr, v.mount)
+	s.tasks = append(s.tasks, up.Run, r.Run)
+	return nil
+}
+
+// metricsHandler serves warden serve's Prometheus metrics from a private
+// registry.
+func metricsHandler(authority *ca.Authority, clock ca.Clock) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "warden_ca_intermediate_expiry_seconds",
+		Help: "Seconds until the signing CA certificate (or the first certificate above it) expires; workload certificates are clamped to it.",
+	}, func() float64 {
+		m := authority.Material()
+		if m == nil {
+			return 0
+		}
+		return m.NotAfter().Sub(clock.Now()).Seconds()
+	}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// rootsChanged reports whether a renewal changed the trust bundle (an
+// upstream root rotation), which subscribers must then be told.
+func rootsChanged(old, cur *ca.Material) bool {
+	if old == nil || len(old.Roots) != len(cur.Roots) {
+		return true
+	}
+	for i := range old.Roots {
+		if !old.Roots[i].Equal(cur.Roots[i]) {
+			return true
+		}
+	}
+	return false
+}

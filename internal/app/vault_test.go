@@ -1,0 +1,239 @@
+package app_test
+
+import (
+	"context"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/ca/vault/vaulttest"
+	"github.com/wardenmesh/warden/internal/app"
+)
+
+// vaultSetup starts a real Vault and runs docs/vault.md's steps with the
+// given auth step; it returns the server and the directory holding the
+// files the steps wrote (vault-root.pem, warden-role-id, ...).
+func vaultSetup(t *testing.T, authStep string) (*vaulttest.Server, string) {
+	t.Helper()
+	v := vaulttest.Start(t)
+	dir := t.TempDir()
+	v.RunDoc(t, dir, nil, "setup", "pki", "policy", authStep)
+	return v, dir
+}
+
+func approleFlags(v *vaulttest.Server, dir string) []string {
+	role, _ := os.ReadFile(filepath.Join(dir, "warden-role-id"))
+	return []string{"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert,
+		"--vault-auth", "approle", "--vault-approle-role-id", strings.TrimSpace(string(role)),
+		"--vault-approle-secret-id-file", filepath.Join(dir, "warden-secret-id")}
+}
+
+// certRequest gets a workload certificate from the CA at addr and returns
+// its chain (leaf first, root last).
+func certRequest(t *testing.T, addr, data, vaultRoot, out string) []*x509.Certificate {
+	t.Helper()
+	code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	if code != 0 {
+		t.Fatalf("token: %d %s", code, stderr)
+	}
+	tokFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+	code, stdout, stderr := run(t, "cert", "request", "--ca", addr, "--root-cert", vaultRoot, "--token-file", tokFile, "--out", out, "--overwrite")
+	if code != 0 || !strings.HasPrefix(stdout, "spiffe://cluster.local/ns/default/sa/sleep\n") {
+		t.Fatalf("cert request: %d\n%s%s", code, stdout, stderr)
+	}
+	// cert-chain.pem is the leaf and intermediates, root-cert.pem the root.
+	b, err := os.ReadFile(filepath.Join(out, "cert-chain.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := os.ReadFile(filepath.Join(out, "root-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ca.ParseCerts(append(b, r...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return chain
+}
+
+// TestServeVaultUpstream: warden serve gets its intermediate from a real
+// Vault set up by docs/vault.md (AppRole), issues workload certificates
+// that chain to Vault's root (openssl agrees), exports the time to the
+// intermediate's expiry, keeps signing while Vault is killed, and renews
+// once Vault is back, without a restart.
+func TestServeVaultUpstream(t *testing.T) {
+	v, dir := vaultSetup(t, "approle")
+	data := filepath.Join(t.TempDir(), "data")
+	vaultRoot := filepath.Join(dir, "vault-root.pem")
+	httpAddr := freeAddr(t)
+	// A 40s intermediate that Vault backdates by 30s is renewed 5s after
+	// it is issued: renewals every few seconds.
+	var logs syncBuffer
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
+		"--vault-intermediate-ttl", "40s"}, approleFlags(v, dir)...)
+	go func() { done <- app.Run(ctx, args, &logs, &logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
+		}
+	})
+	waitFor(t, &logs, "serving CA API", 1)
+	for _, want := range []string{`msg="logged in to Vault"`, `source="intermediate signed by Vault at ` + v.Addr + ` (PKI mount pki)"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs.String())
+		}
+	}
+	chain := certRequest(t, addr, data, vaultRoot, filepath.Join(t.TempDir(), "svid"))
+	verifyChain(t, "first leaf", chain, vaultRoot)
+	catest.OpenSSLVerify(t, pemChain(chain))
+
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	left := metricValue(t, string(body), "warden_ca_intermediate_expiry_seconds")
+	if left <= 0 || left > 40 {
+		t.Errorf("warden_ca_intermediate_expiry_seconds = %g, want (0, 40]", left)
+	}
+
+	waitFor(t, &logs, `msg="intermediate CA activated"`, 2) // a scheduled renewal
+	v.Stop()
+	waitFor(t, &logs, "intermediate CA renewal failed; signing continues with the current one", 1)
+	during := certRequest(t, addr, data, vaultRoot, filepath.Join(t.TempDir(), "svid"))
+	verifyChain(t, "leaf signed while Vault is down", during, vaultRoot)
+
+	activated := strings.Count(logs.String(), `msg="intermediate CA activated"`)
+	v.Restart()
+	waitFor(t, &logs, `msg="intermediate CA activated"`, activated+1)
+	after := certRequest(t, addr, data, vaultRoot, filepath.Join(t.TempDir(), "svid"))
+	verifyChain(t, "leaf after Vault's restart", after, vaultRoot)
+	if after[1].Equal(during[1]) {
+		t.Error("the leaf after the restart has the intermediate from before it")
+	}
+	verifyChain(t, "leaf from the outage, after the restart", during, vaultRoot)
+	if logged := logs.String(); strings.Contains(logged, "hvs.") || strings.Contains(logged, "PRIVATE KEY") {
+		t.Errorf("a token or key was logged:\n%s", logged)
+	}
+}
+
+// TestServeVaultRefusesBadCredentials: a wrong AppRole, a revoked token
+// or a wrong Kubernetes role stop warden serve at startup with Vault's
+// reason, before any CA listens.
+func TestServeVaultRefusesBadCredentials(t *testing.T) {
+	v, dir := vaultSetup(t, "approle")
+	v.RunDoc(t, dir, nil, "setup", "token")
+	tok, _ := os.ReadFile(filepath.Join(dir, "warden-token"))
+	v.API(t, "POST", "/v1/auth/token/revoke", map[string]any{"token": strings.TrimSpace(string(tok))})
+	revoked := filepath.Join(dir, "revoked-token")
+	os.WriteFile(revoked, tok, 0o600)
+	v.RunDoc(t, dir, nil, "setup", "token") // a valid warden-token again
+	jwt := filepath.Join(dir, "jwt")
+	os.WriteFile(jwt, []byte("not.a.jwt"), 0o600)
+	base := []string{"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert}
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		want  string
+	}{
+		{"wrong role ID", []string{"--vault-auth", "approle", "--vault-approle-role-id", "nope", "--vault-approle-secret-id-file", filepath.Join(dir, "warden-secret-id")},
+			"warden serve: vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID)\n"},
+		{"revoked token", []string{"--vault-auth", "token", "--vault-token-file", revoked},
+			"warden serve: vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired?\n"},
+		{"sign path outside the policy", []string{"--vault-auth", "token", "--vault-token-file", filepath.Join(dir, "warden-token"), "--vault-sign-path", "pki/issuer/default/sign-intermediate"},
+			"warden serve: vault: sign intermediate at pki/issuer/default/sign-intermediate: 403 permission denied\n"},
+		{"kubernetes auth not enabled", []string{"--vault-auth", "kubernetes", "--vault-k8s-role", "warden", "--vault-k8s-token-file", jwt},
+			"warden serve: vault: kubernetes auth at auth/kubernetes (role \"warden\"): login refused (auth/kubernetes/login: 403 permission denied)\n"},
+		{"unknown auth", []string{"--vault-auth", "ldap"}, "warden serve: usage: --vault-auth \"ldap\": want token, approle or kubernetes\n"},
+		{"no address", []string{"--vault-addr", ""}, "warden serve: usage: --ca-upstream vault needs --vault-addr (or VAULT_ADDR)\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := freeAddr(t)
+			args := append([]string{"serve", "--data-dir", t.TempDir(), "--listen", addr, "--http-listen", ""}, base...)
+			code, _, stderr := run(t, append(args, tc.flags...)...)
+			if code == 0 || !strings.HasSuffix(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr:\n%s\nwant suffix:\n%s", code, stderr, tc.want)
+			}
+			if strings.Contains(stderr, "CA ready") || strings.Contains(stderr, "serving CA API") {
+				t.Fatalf("a CA came up:\n%s", stderr)
+			}
+		})
+	}
+	code, _, stderr := run(t, "serve", "--ca-upstream", "consul")
+	if code != 2 || !strings.Contains(stderr, `warden serve: usage: --ca-upstream "consul": want vault (or nothing, for warden's own root)`) {
+		t.Fatalf("--ca-upstream consul: %d %s", code, stderr)
+	}
+}
+
+// waitFor waits until the log holds want at least n times.
+func waitFor(t *testing.T, logs *syncBuffer, want string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(logs.String(), want) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %d× %q:\n%s", n, want, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func verifyChain(t *testing.T, what string, chain []*x509.Certificate, rootFile string) {
+	t.Helper()
+	b, err := os.ReadFile(rootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := ca.ParseCerts(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chain) != 3 || !chain[2].Equal(roots[0]) {
+		t.Fatalf("%s: chain of %d certificates, want leaf, intermediate, Vault's root", what, len(chain))
+	}
+	bundle := x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("cluster.local"), roots)
+	if _, _, err := x509svid.Verify(chain[:2], bundle); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func pemChain(chain []*x509.Certificate) [][]byte {
+	var out [][]byte
+	for _, c := range chain {
+		out = append(out, ca.EncodeCerts(c))
+	}
+	return out
+}
+
+func metricValue(t *testing.T, body, name string) float64 {
+	t.Helper()
+	for _, l := range strings.Split(body, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("no %s in:\n%s", name, body)
+	return 0
+}
