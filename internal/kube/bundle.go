@@ -67,7 +67,9 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 		return err
 	}
 	if _, err := cmInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(_, n any) { enqueueCM(n) }, DeleteFunc: enqueueCM,
+		// Add too: a Create that lost to AlreadyExists (the lister lagged)
+		// is compared when the informer brings the object.
+		AddFunc: enqueueCM, UpdateFunc: func(_, n any) { enqueueCM(n) }, DeleteFunc: enqueueCM,
 	}); err != nil {
 		return err
 	}
