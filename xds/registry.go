@@ -100,6 +100,29 @@ func ServicesFromEntries(objs []api.Object, domain string) ([]*Service, error) {
 	return out, nil
 }
 
+// MergeServices combines the Kubernetes registry with the services of
+// ServiceEntry objects. A Kubernetes Service owns its host: an entry for
+// the same host is left out, and its host reported in shadowed, so that
+// an entry cannot redirect a cluster service's traffic. Both inputs and
+// the result are sorted by host.
+func MergeServices(kube, entries []*Service) (merged []*Service, shadowed []string) {
+	owned := make(map[string]bool, len(kube))
+	merged = make([]*Service, 0, len(kube)+len(entries))
+	for _, s := range kube {
+		owned[s.Host] = true
+		merged = append(merged, s)
+	}
+	for _, s := range entries {
+		if owned[s.Host] {
+			shadowed = append(shadowed, s.Host)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	sort.Slice(merged, func(i, j int) bool { return merged[i].Host < merged[j].Host })
+	return merged, shadowed
+}
+
 // visibleFrom says whether proxies in ns may see s (exportTo).
 func (s *Service) visibleFrom(ns string) bool {
 	return exported(s.ExportTo, s.Namespace, ns)

@@ -132,10 +132,11 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 	// policy compilers and the xDS server.
 	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
+	s.registry = &kube.ServiceRegistry{Client: cs, Log: s.log}
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)
 	}
-	s.tasks = append(s.tasks, config.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
+	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
 	return []server.Authenticator{&kube.TokenReviewAuthenticator{
 		Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock,
 	}}, nil

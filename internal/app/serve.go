@@ -97,6 +97,7 @@ type standalone struct {
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
+	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
 	xds       *xds.Server                       // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"strings"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,26 +45,17 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 		return nil, err
 	}
 	s.xds = srv
-	apply := func(objs []api.Object) error {
-		services, err := xds.ServicesFromEntries(objs, "")
-		if err != nil {
-			return err
-		}
-		srv.Update(objs, services)
-		return nil
-	}
 	switch {
 	case s.config != nil:
-		s.config.OnChange = func() {
-			if err := apply(s.config.List()); err != nil {
-				s.log.Error("xds: configuration not applied", "error", err.Error())
-			}
-		}
+		s.tasks = append(s.tasks, s.kubeFeed(srv))
 	case f.configDir != "":
 		dir := &source.Dir{Path: f.configDir, Log: s.log, OnChange: func(objs []api.Object) {
-			if err := apply(objs); err != nil {
+			services, err := xds.ServicesFromEntries(objs, "")
+			if err != nil {
 				s.log.Error("xds: configuration not applied", "dir", f.configDir, "error", err.Error())
+				return
 			}
+			srv.Update(objs, services)
 		}}
 		objs, watch, err := dir.Start(ctx)
 		if err != nil {
@@ -80,4 +72,53 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 		s.tasks = append(s.tasks, watch)
 	}
 	return srv, nil
+}
+
+// kubeFeed feeds the ADS server in Kubernetes mode: once the mesh
+// configuration and the service registry have listed, every change to
+// either (coalesced: informer events come in bursts) rebuilds the service
+// list, Kubernetes Services first and ServiceEntries for other hosts, and
+// hands it to the server, which debounces the pushes.
+func (s *standalone) kubeFeed(srv *xds.Server) func(context.Context) error {
+	kick := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	s.config.OnChange = notify
+	s.registry.OnChange = notify
+	return func(ctx context.Context) error {
+		for _, synced := range []<-chan struct{}{s.config.Synced(), s.registry.Synced()} {
+			select {
+			case <-synced:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		notify()
+		var lastShadowed string
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-kick:
+			}
+			objs := s.config.List()
+			entries, err := xds.ServicesFromEntries(objs, "")
+			if err != nil {
+				s.log.Error("xds: configuration not applied", "error", err.Error())
+				continue
+			}
+			services, shadowed := xds.MergeServices(s.registry.Services(), entries)
+			if msg := strings.Join(shadowed, ", "); msg != lastShadowed {
+				lastShadowed = msg
+				if msg != "" {
+					s.log.Warn("xds: ServiceEntry hosts ignored: a Kubernetes Service has the same name", "hosts", msg)
+				}
+			}
+			srv.Update(objs, services)
+		}
+	}
 }

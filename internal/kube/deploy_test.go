@@ -53,3 +53,43 @@ func TestDeployManifests(t *testing.T) {
 		t.Fatalf("unexpected kubectl output:\n%s", out)
 	}
 }
+
+// TestDeployRBACCoversWhatWardenReads applies deploy/'s RBAC for real and
+// asks the API server, as kubectl auth can-i would, whether warden's
+// service account may do what every replica does: watch the service
+// registry and the mesh configuration cluster-wide, review tokens, keep
+// its CA Secret and Lease. It may not read arbitrary Secrets in its own
+// namespace by name outside the rules, nor write Services.
+func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
+	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if out, err := kubectl(t, nil, "apply", "-n", "warden-system", "-f", filepath.Join("..", "..", "deploy", "warden", "rbac.yaml")); err != nil {
+		t.Fatalf("kubectl apply rbac.yaml: %v\n%s", err, out)
+	}
+	as := "--as=system:serviceaccount:warden-system:warden"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"watch", "services", "-A"}, "yes"},
+		{[]string{"list", "pods", "-A"}, "yes"},
+		{[]string{"watch", "endpointslices.discovery.k8s.io", "-A"}, "yes"},
+		{[]string{"watch", "virtualservices.networking.istio.io", "-A"}, "yes"},
+		{[]string{"list", "serviceentries.networking.istio.io", "-A"}, "yes"},
+		{[]string{"watch", "authorizationpolicies.security.istio.io", "-A"}, "yes"},
+		{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
+		{[]string{"update", "leases.coordination.k8s.io/warden-leader", "-n", "warden-system"}, "yes"},
+		{[]string{"get", "secrets/istio-ca-secret", "-n", "warden-system"}, "yes"},
+		{[]string{"create", "services", "-n", "default"}, "no"},
+		{[]string{"delete", "pods", "-n", "default"}, "no"},
+		{[]string{"update", "endpointslices.discovery.k8s.io", "-n", "default"}, "no"},
+	} {
+		out, _ := kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
+		lines := strings.Split(strings.TrimSpace(out), "\n")                           // warnings come first
+		if got := lines[len(lines)-1]; got != c.want {
+			t.Errorf("can-i %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+}

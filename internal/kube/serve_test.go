@@ -34,22 +34,19 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestServeKubernetesMode runs 'warden serve --kubernetes' against the
-// test API server and gets a certificate with a TokenRequest token through
-// 'warden cert request', as an operator would.
-func TestServeKubernetesMode(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	app1 := newNamespace(t, "app")
-	newSA(t, app1, "sleep")
+// startServe runs 'warden serve --kubernetes' with its state in ns and
+// waits for its listener.
+func startServe(t *testing.T, ns string) (string, *lockedBuffer) {
+	t.Helper()
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs lockedBuffer
+	logs := &lockedBuffer{}
 	done := make(chan int, 1)
 	go func() {
 		done <- app.Run(ctx, []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
-			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a"}, &logs, &logs)
+			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a"}, logs, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -64,6 +61,17 @@ func TestServeKubernetesMode(t *testing.T) {
 		}
 		return err
 	})
+	return addr, logs
+}
+
+// TestServeKubernetesMode runs 'warden serve --kubernetes' against the
+// test API server and gets a certificate with a TokenRequest token through
+// 'warden cert request', as an operator would.
+func TestServeKubernetesMode(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	app1 := newNamespace(t, "app")
+	newSA(t, app1, "sleep")
+	addr, logs := startServe(t, ns)
 	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())

@@ -1,0 +1,180 @@
+package kube_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/xds"
+)
+
+// adsStream is a sidecar's ADS stream to warden serve.
+type adsStream struct {
+	t *testing.T
+	s discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+}
+
+func openADS(t *testing.T, conn *grpc.ClientConn, token string) *adsStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &adsStream{t: t, s: s}
+}
+
+// send sends a request: an ACK of last when it is not nil.
+func (a *adsStream) send(node, typeURL string, names []string, last *discovery.DiscoveryResponse) error {
+	req := &discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typeURL, ResourceNames: names}
+	if last != nil {
+		req.VersionInfo, req.ResponseNonce = last.VersionInfo, last.Nonce
+	}
+	return a.s.Send(req)
+}
+
+// get sends a request (an ACK of last when it is not nil) and returns the
+// next response of that type.
+func (a *adsStream) get(node, typeURL string, names []string, last *discovery.DiscoveryResponse) (*discovery.DiscoveryResponse, error) {
+	if err := a.send(node, typeURL, names, last); err != nil {
+		return nil, err
+	}
+	for {
+		resp, err := a.s.Recv()
+		if err != nil {
+			return nil, err
+		}
+		if resp.TypeUrl == typeURL {
+			return resp, nil
+		}
+	}
+}
+
+// lbAddrs lists the host:port of every endpoint in an EDS response.
+func lbAddrs(t *testing.T, resp *discovery.DiscoveryResponse) []string {
+	t.Helper()
+	var out []string
+	for _, r := range resp.Resources {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := r.UnmarshalTo(&cla); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range cla.Endpoints {
+			for _, e := range l.LbEndpoints {
+				sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+				out = append(out, fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()))
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestServeKubernetesXDS: 'warden serve --kubernetes' serves a sidecar,
+// authenticated with its service account token, the endpoints of a
+// Kubernetes Service from its EndpointSlices, and pushes a slice change
+// on the open stream. A token for sleep cannot take the node of a
+// reviews pod: the pod's service account, read from the cluster, decides.
+func TestServeKubernetesXDS(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	shop := newNamespace(t, "shop")
+	meshApp(t, shop, map[string]string{"v1": "10.20.0.1", "v2": "10.20.0.2"})
+	newSA(t, shop, "sleep")
+	addr, logs := startServe(t, ns)
+
+	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
+		t.Fatal("no root in istio-ca-secret")
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sleepTok := requestToken(t, shop, "sleep", "istio-ca")
+	node := fmt.Sprintf("sidecar~10.20.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
+	cluster := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
+
+	// The registry lists asynchronously: wait until the cluster exists.
+	var s *adsStream
+	var cds *discovery.DiscoveryResponse
+	eventually(t, 30*time.Second, func() error {
+		s = openADS(t, conn, sleepTok)
+		cds, err = s.get(node, resource.ClusterType, nil, nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range cds.Resources {
+			if strings.Contains(string(r.Value), cluster) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no cluster %s in %d clusters", cluster, len(cds.Resources))
+	})
+	if err := s.send(node, resource.ClusterType, nil, cds); err != nil { // ACK
+		t.Fatal(err)
+	}
+	eds, err := s.get(node, resource.EndpointType, []string{cluster}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := lbAddrs(t, eds), []string{"10.20.0.1:8080", "10.20.0.2:8080"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("EDS %v, want %v", got, want)
+	}
+
+	// Scale up: a new slice with a third pod address is pushed.
+	if _, err := cs.DiscoveryV1().EndpointSlices(shop).Create(context.Background(), &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-b", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.20.0.3"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: shop, Name: "reviews-v2"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pushed, err := s.get(node, resource.EndpointType, []string{cluster}, eds) // ACK, then wait for the push
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := lbAddrs(t, pushed), []string{"10.20.0.1:8080", "10.20.0.2:8080", "10.20.0.3:8080"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pushed EDS %v, want %v", got, want)
+	}
+
+	// sleep's token naming reviews-v1's node: refused, by the pod's SA.
+	thief := openADS(t, conn, sleepTok)
+	_, err = thief.get(fmt.Sprintf("sidecar~10.20.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop), resource.ListenerType, nil, nil)
+	want := fmt.Sprintf("which runs as spiffe://cluster.local/ns/%s/sa/reviews", shop)
+	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), want) {
+		t.Fatalf("sleep as reviews-v1: %v, want PermissionDenied containing %q", err, want)
+	}
+	// And reviews' own token gets it.
+	own := openADS(t, conn, requestToken(t, shop, "reviews", "istio-ca"))
+	if _, err := own.get(fmt.Sprintf("sidecar~10.20.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop), resource.ListenerType, nil, nil); err != nil {
+		t.Fatalf("reviews as reviews-v1: %v\n%s", err, logs.String())
+	}
+}
