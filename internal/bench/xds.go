@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,12 +71,24 @@ func benchMesh(services int, subset string) ([]api.Object, []*xds.Service) {
 	return objs, svcs
 }
 
+// XDSConfig is one 'bench xds' run.
+type XDSConfig struct {
+	Proxies, Services int
+	Debounce          time.Duration
+	Exe               string   // binary of the client half
+	ClientArgs        []string // its arguments before --addr and --proxies
+	// CPUProfile, when set, receives a CPU profile of this (server)
+	// process from the VirtualService edit until every proxy ACKed it.
+	CPUProfile io.Writer
+}
+
 // XDS serves ADS on loopback in this process, connects proxies from a
-// child process (exe clientArgs...), and measures heap per proxy and the
+// child process (Exe ClientArgs...), and measures heap per proxy and the
 // time from a VirtualService edit to every proxy's ACK of the new routes.
 // Streams are not authenticated here (every proxy is an unknown workload
 // of namespace bench); authentication is per stream open, not per push.
-func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe string, clientArgs []string) (XDSResult, error) {
+func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
+	proxies, services, debounce := cfg.Proxies, cfg.Services, cfg.Debounce
 	res := XDSResult{Proxies: proxies, Services: services, Debounce: debounce}
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/bench/sa/client")
 	var acked sync.Map // node -> RDS version ACKed
@@ -111,7 +125,7 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 	defer g.Stop()
 
 	base, _ := liveMem()
-	cmd := exec.CommandContext(ctx, exe, append(clientArgs, "--addr", lis.Addr().String(), "--proxies", fmt.Sprint(proxies))...)
+	cmd := exec.CommandContext(ctx, cfg.Exe, append(slices.Clone(cfg.ClientArgs), "--addr", lis.Addr().String(), "--proxies", fmt.Sprint(proxies))...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -141,6 +155,12 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 	acked.Range(func(_, v any) bool { initial = v.(string); return false })
 	target.Store(initial)
 	edited, _ := benchMesh(services, "v2")
+	if cfg.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
+			return res, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	pushStart := time.Now()
 	srv.Update(edited, svcs)
 	deadline := time.After(60 * time.Second)
@@ -152,6 +172,9 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 		}
 	}
 	res.Push = time.Since(pushStart)
+	if cfg.CPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
 	_, _ = io.WriteString(stdin, "done\n")
 	return res, nil
 }
