@@ -119,7 +119,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	if err != nil {
 		return res, err
 	}
-	g := grpc.NewServer(grpc.MaxConcurrentStreams(1 << 20))
+	g := grpc.NewServer(append(xds.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	defer g.Stop()
