@@ -56,8 +56,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	mesh     *Mesh
-	objs     map[string]objState // key -> object and its content hash
-	outbound map[string]*part    // ns|generator -> shared outbound config
+	objs     map[string]objState  // key -> object and its content hash
+	outbound map[string]*outbound // ns|generator -> shared outbound config
 	proxies  map[string]*proxyState
 	streams  map[int64]*streamState
 
@@ -127,7 +127,7 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*part{},
+	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*outbound{},
 		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}}
 	// Not in "ADS mode": that holds a response until the request names every
 	// resource of the type, which proxyless gRPC clients (asking for the
@@ -209,7 +209,7 @@ func (s *Server) Apply(objs []api.Object, services []*Service) error {
 		}
 	}
 	s.objs, s.mesh = next, mesh
-	s.outbound = map[string]*part{}
+	s.outbound = map[string]*outbound{}
 	s.generation++
 	proxies := make([]*proxyState, 0, len(s.proxies))
 	for _, ps := range s.proxies {
@@ -320,33 +320,36 @@ func resources(v string, out, in *part, i int) cachev3.Resources {
 	return cachev3.Resources{Version: v, Items: items}
 }
 
+// outbound is a namespace's outbound part, built once.
+type outbound struct {
+	once sync.Once
+	part *part
+	err  error
+}
+
 // outboundFor returns the shared outbound configuration for a namespace
-// and generator, building it once per configuration generation.
+// and generator, building it once per configuration generation: proxies
+// that connect together, or are pushed together, wait for one build.
 func (s *Server) outboundFor(mesh *Mesh, ns, generator string) (*part, error) {
 	key := ns + "|" + generator
+	o := &outbound{}
 	s.mu.Lock()
-	p, ok := s.outbound[key]
-	s.mu.Unlock()
-	if ok {
-		return p, nil
-	}
-	c, err := mesh.Outbound(ns, generator)
-	if err != nil {
-		return nil, err
-	}
-	if p, err = newPart(c); err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	if mesh == s.mesh {
+	if mesh == s.mesh { // else mesh is stale; build it aside
 		if q, ok := s.outbound[key]; ok {
-			p = q
+			o = q
 		} else {
-			s.outbound[key] = p
+			s.outbound[key] = o
 		}
 	}
 	s.mu.Unlock()
-	return p, nil
+	o.once.Do(func() {
+		c, err := mesh.Outbound(ns, generator)
+		if err == nil {
+			o.part, err = newPart(c)
+		}
+		o.err = err
+	})
+	return o.part, o.err
 }
 
 // Snapshot builds the configuration a proxy gets (also for proxy-config).
