@@ -45,10 +45,10 @@ func (r XDSResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "VirtualService edit -> all proxies ACKed new routes: %s (debounce %s included)\n", r.Push.Round(time.Millisecond), r.Debounce)
 }
 
-// benchMesh is services services in namespace bench, two endpoints each
+// XDSMesh is services services in namespace bench, two endpoints each
 // (v1, v2), a DestinationRule with both subsets and a VirtualService per
 // service sending everything to subset.
-func benchMesh(services int, subset string) ([]api.Object, []*xds.Service) {
+func XDSMesh(services int, subset string) ([]api.Object, []*xds.Service) {
 	var objs []api.Object
 	var svcs []*xds.Service
 	for i := range services {
@@ -111,7 +111,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	if err != nil {
 		return res, err
 	}
-	objs, svcs := benchMesh(services, "v1")
+	objs, svcs := XDSMesh(services, "v1")
 	if err := srv.Apply(objs, svcs); err != nil {
 		return res, err
 	}
@@ -154,7 +154,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	var initial string
 	acked.Range(func(_, v any) bool { initial = v.(string); return false })
 	target.Store(initial)
-	edited, _ := benchMesh(services, "v2")
+	edited, _ := XDSMesh(services, "v2")
 	if cfg.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
 			return res, err
@@ -179,11 +179,17 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	return res, nil
 }
 
-// XDSClients opens proxies ADS streams to addr, Envoy style: CDS and LDS
-// wildcards, then EDS for the clusters and RDS for the listeners' route
-// tables, ACKing every response. It prints READY once every proxy has
-// ACKed routes.
+// XDSClients runs XDSProxies and prints READY once every proxy has ACKed
+// routes.
 func XDSClients(ctx context.Context, addr string, proxies int, w io.Writer) error {
+	return XDSProxies(ctx, addr, proxies, func() { fmt.Fprintln(w, "READY") })
+}
+
+// XDSProxies opens proxies ADS streams to addr, Envoy style: CDS and LDS
+// wildcards, then EDS for the clusters and RDS for the listeners' route
+// tables, ACKing every response. It calls ready once every proxy has
+// ACKed routes, and returns when ctx ends or a stream fails.
+func XDSProxies(ctx context.Context, addr string, proxies int, ready func()) error {
 	conns := max(1, proxies/250)
 	clients := make([]discovery.AggregatedDiscoveryServiceClient, conns)
 	for i := range clients {
@@ -194,13 +200,13 @@ func XDSClients(ctx context.Context, addr string, proxies int, w io.Writer) erro
 		defer c.Close()
 		clients[i] = discovery.NewAggregatedDiscoveryServiceClient(c)
 	}
-	var ready, failed atomic.Int64
+	var routed, failed atomic.Int64
 	errs := make(chan error, 1)
 	for i := range proxies {
 		go func() {
 			err := oneProxy(ctx, clients[i%conns], i, func() {
-				if ready.Add(1) == int64(proxies) {
-					fmt.Fprintln(w, "READY")
+				if routed.Add(1) == int64(proxies) {
+					ready()
 				}
 			})
 			if ctx.Err() == nil && failed.Add(1) == 1 {
