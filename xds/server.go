@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"reflect"
 	"strings"
 	"sync"
@@ -55,8 +56,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	mesh     *Mesh
-	objs     map[string]objState // key -> object and its content hash
-	outbound map[string]*part    // ns|generator -> shared outbound config
+	objs     map[string]objState  // key -> object and its content hash
+	outbound map[string]*outbound // ns|generator -> shared outbound config
 	proxies  map[string]*proxyState
 	streams  map[int64]*streamState
 
@@ -78,10 +79,13 @@ type update struct {
 	services []*Service
 }
 
-// part is generated configuration with a content hash per type.
+// part is generated configuration with, per type (typeOrder), its
+// resources encoded once and indexed by name for the snapshot cache, and
+// a content hash. A namespace's proxies share its outbound part.
 type part struct {
 	cfg    *Config
-	hashes [4]string // listeners, routes, clusters, endpoints
+	index  [4]map[string]types.ResourceWithTTL // name -> *marshaled; read-only
+	hashes [4]string
 }
 
 type proxyState struct {
@@ -123,7 +127,7 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*part{},
+	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*outbound{},
 		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}}
 	// Not in "ADS mode": that holds a response until the request names every
 	// resource of the type, which proxyless gRPC clients (asking for the
@@ -205,7 +209,7 @@ func (s *Server) Apply(objs []api.Object, services []*Service) error {
 		}
 	}
 	s.objs, s.mesh = next, mesh
-	s.outbound = map[string]*part{}
+	s.outbound = map[string]*outbound{}
 	s.generation++
 	proxies := make([]*proxyState, 0, len(s.proxies))
 	for _, ps := range s.proxies {
@@ -277,39 +281,75 @@ func hashResources(rs []types.Resource) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-func newPart(c *Config) *part {
+func newPart(c *Config) (*part, error) {
 	p := &part{cfg: c}
 	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
-		p.hashes[i] = hashResources(set)
+		// The hash is hashResources's, from the same encoding.
+		h := sha256.New()
+		p.index[i] = make(map[string]types.ResourceWithTTL, len(set))
+		for _, r := range set {
+			m, err := marshal(r)
+			if err != nil {
+				return nil, fmt.Errorf("xds: encode %s: %w", nameOf(r), err)
+			}
+			h.Write(m.wire)
+			h.Write([]byte{0})
+			// Later resources of a name win, as in cachev3.NewResources.
+			p.index[i][m.name] = types.ResourceWithTTL{Resource: m}
+		}
+		p.hashes[i] = hex.EncodeToString(h.Sum(nil)[:8])
 	}
-	return p
+	return p, nil
+}
+
+// resources is the snapshot's resources of type typeOrder[i] for a proxy
+// with outbound part out and inbound part in, at version v: a part's own
+// index when the other adds nothing (the common case, shared by every
+// proxy of a namespace), else a merge in which in wins, as it did when
+// the snapshot was built from the list out then in.
+func resources(v string, out, in *part, i int) cachev3.Resources {
+	switch {
+	case len(in.index[i]) == 0:
+		return cachev3.Resources{Version: v, Items: out.index[i]}
+	case len(out.index[i]) == 0:
+		return cachev3.Resources{Version: v, Items: in.index[i]}
+	}
+	items := make(map[string]types.ResourceWithTTL, len(out.index[i])+len(in.index[i]))
+	maps.Copy(items, out.index[i])
+	maps.Copy(items, in.index[i])
+	return cachev3.Resources{Version: v, Items: items}
+}
+
+// outbound is a namespace's outbound part, built once.
+type outbound struct {
+	once sync.Once
+	part *part
+	err  error
 }
 
 // outboundFor returns the shared outbound configuration for a namespace
-// and generator, building it once per configuration generation.
+// and generator, building it once per configuration generation: proxies
+// that connect together, or are pushed together, wait for one build.
 func (s *Server) outboundFor(mesh *Mesh, ns, generator string) (*part, error) {
 	key := ns + "|" + generator
+	o := &outbound{}
 	s.mu.Lock()
-	p, ok := s.outbound[key]
-	s.mu.Unlock()
-	if ok {
-		return p, nil
-	}
-	c, err := mesh.Outbound(ns, generator)
-	if err != nil {
-		return nil, err
-	}
-	p = newPart(c)
-	s.mu.Lock()
-	if mesh == s.mesh {
+	if mesh == s.mesh { // else mesh is stale; build it aside
 		if q, ok := s.outbound[key]; ok {
-			p = q
+			o = q
 		} else {
-			s.outbound[key] = p
+			s.outbound[key] = o
 		}
 	}
 	s.mu.Unlock()
-	return p, nil
+	o.once.Do(func() {
+		c, err := mesh.Outbound(ns, generator)
+		if err == nil {
+			o.part, err = newPart(c)
+		}
+		o.err = err
+	})
+	return o.part, o.err
 }
 
 // Snapshot builds the configuration a proxy gets (also for proxy-config).
@@ -333,7 +373,9 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		in = newPart(c)
+		if in, err = newPart(c); err != nil {
+			return nil, nil, nil, err
+		}
 		s.mu.Lock()
 		if ps.workload == w {
 			ps.inbound = in
@@ -342,14 +384,9 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 	}
 	snap := &cachev3.Snapshot{}
 	versions := map[string]string{}
-	sets := [][2][]types.Resource{
-		{out.cfg.Listeners, in.cfg.Listeners}, {out.cfg.Routes, in.cfg.Routes},
-		{out.cfg.Clusters, in.cfg.Clusters}, {out.cfg.Endpoints, in.cfg.Endpoints},
-	}
 	for i, t := range typeOrder {
 		v := out.hashes[i] + in.hashes[i][:6]
-		items := append(append(make([]types.Resource, 0, len(sets[i][0])+len(sets[i][1])), sets[i][0]...), sets[i][1]...)
-		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(v, items)
+		snap.Resources[cachev3.GetResponseType(t)] = resources(v, out, in, i)
 		versions[t] = v
 	}
 	if len(secrets) > 0 {

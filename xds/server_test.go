@@ -1,14 +1,19 @@
 package xds_test
 
 import (
+	"bytes"
 	"context"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -55,7 +60,7 @@ func startADS(t *testing.T) (*xds.Server, discovery.AggregatedDiscoveryServiceCl
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(xds.ServerOptions()...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
@@ -220,5 +225,83 @@ func TestEditPushesOnlyAffected(t *testing.T) {
 	case <-quiet:
 		t.Fatal("sleep was pushed listeners for a policy that does not select it")
 	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// wireByName is the encoding go-control-plane gives each resource (the
+// bytes a proxy receives), by resource name.
+func wireByName(t *testing.T, rs []types.Resource) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	for _, r := range rs {
+		b, err := cachev3.MarshalResource(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[cachev3.GetResourceName(r)] = b
+	}
+	return out
+}
+
+// proxyConfig is what ProxyConfig says node should have, by type URL.
+func proxyConfig(t *testing.T, srv *xds.Server, node string) map[string]map[string][]byte {
+	t.Helper()
+	p, err := xds.ParseNodeID(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := srv.Mesh().ProxyConfig(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]map[string][]byte{
+		resource.ListenerType: wireByName(t, cfg.Listeners), resource.RouteType: wireByName(t, cfg.Routes),
+		resource.ClusterType: wireByName(t, cfg.Clusters), resource.EndpointType: wireByName(t, cfg.Endpoints),
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// TestADSSendsProxyConfig: what an Envoy proxy receives over ADS is, byte
+// for byte, the encoding of what ProxyConfig builds from scratch (the
+// server shares and pre-encodes resources across proxies).
+func TestADSSendsProxyConfig(t *testing.T) {
+	srv, c := startADS(t)
+	const node = "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", "spiffe://cluster.local/ns/default/sa/flaskapp"), 20*time.Second)
+	defer cancel()
+	s, err := c.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proxyConfig(t, srv, node)
+	for _, typeURL := range []string{resource.ClusterType, resource.ListenerType, resource.EndpointType, resource.RouteType} {
+		req := &discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typeURL}
+		if typeURL == resource.EndpointType || typeURL == resource.RouteType {
+			req.ResourceNames = sortedKeys(want[typeURL])
+		}
+		if err := s.Send(req); err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.TypeUrl != typeURL {
+			t.Fatalf("got %s, want %s", r.TypeUrl, typeURL)
+		}
+		got := map[string][]byte{}
+		for _, a := range r.Resources {
+			m, err := a.UnmarshalNew()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[cachev3.GetResourceName(m)] = a.Value
+		}
+		if !maps.EqualFunc(got, want[typeURL], bytes.Equal) {
+			t.Errorf("%s: got %v, want %v (or the same names with other contents)", typeURL, sortedKeys(got), sortedKeys(want[typeURL]))
+		}
 	}
 }

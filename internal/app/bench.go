@@ -116,6 +116,7 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	proxies := fs.Int("proxies", 1000, "simulated proxies (ADS streams)")
 	services := fs.Int("services", 100, "services in the mesh")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "push debounce window")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server from the edit until every proxy ACKed it")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -123,8 +124,18 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	cfg := bench.XDSConfig{Proxies: *proxies, Services: *services, Debounce: *debounce,
+		Exe: exe, ClientArgs: []string{"bench", "xds-clients"}}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cfg.CPUProfile = f
+	}
 	fmt.Fprintf(e.stderr, "connecting %d proxies to a %d-service mesh...\n", *proxies, *services)
-	res, err := bench.XDS(ctx, *proxies, *services, *debounce, exe, []string{"bench", "xds-clients"})
+	res, err := bench.XDS(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -185,7 +185,9 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	if _, err := serving.Current(); err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	g := grpc.NewServer(server.Credentials(serving))
+	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
+	// zeroed 1 MiB buffer from gRPC's default pool.
+	g := grpc.NewServer(append(xds.ServerOptions(), server.Credentials(serving))...)
 	srv.Register(g)
 	// Central SDS on the same port, for sidecars without a node agent:
 	// each stream authenticates like a certificate request.

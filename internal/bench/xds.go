@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,10 +45,10 @@ func (r XDSResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "VirtualService edit -> all proxies ACKed new routes: %s (debounce %s included)\n", r.Push.Round(time.Millisecond), r.Debounce)
 }
 
-// benchMesh is services services in namespace bench, two endpoints each
+// XDSMesh is services services in namespace bench, two endpoints each
 // (v1, v2), a DestinationRule with both subsets and a VirtualService per
 // service sending everything to subset.
-func benchMesh(services int, subset string) ([]api.Object, []*xds.Service) {
+func XDSMesh(services int, subset string) ([]api.Object, []*xds.Service) {
 	var objs []api.Object
 	var svcs []*xds.Service
 	for i := range services {
@@ -69,12 +71,24 @@ func benchMesh(services int, subset string) ([]api.Object, []*xds.Service) {
 	return objs, svcs
 }
 
+// XDSConfig is one 'bench xds' run.
+type XDSConfig struct {
+	Proxies, Services int
+	Debounce          time.Duration
+	Exe               string   // binary of the client half
+	ClientArgs        []string // its arguments before --addr and --proxies
+	// CPUProfile, when set, receives a CPU profile of this (server)
+	// process from the VirtualService edit until every proxy ACKed it.
+	CPUProfile io.Writer
+}
+
 // XDS serves ADS on loopback in this process, connects proxies from a
-// child process (exe clientArgs...), and measures heap per proxy and the
+// child process (Exe ClientArgs...), and measures heap per proxy and the
 // time from a VirtualService edit to every proxy's ACK of the new routes.
 // Streams are not authenticated here (every proxy is an unknown workload
 // of namespace bench); authentication is per stream open, not per push.
-func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe string, clientArgs []string) (XDSResult, error) {
+func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
+	proxies, services, debounce := cfg.Proxies, cfg.Services, cfg.Debounce
 	res := XDSResult{Proxies: proxies, Services: services, Debounce: debounce}
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/bench/sa/client")
 	var acked sync.Map // node -> RDS version ACKed
@@ -97,7 +111,7 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 	if err != nil {
 		return res, err
 	}
-	objs, svcs := benchMesh(services, "v1")
+	objs, svcs := XDSMesh(services, "v1")
 	if err := srv.Apply(objs, svcs); err != nil {
 		return res, err
 	}
@@ -105,13 +119,13 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 	if err != nil {
 		return res, err
 	}
-	g := grpc.NewServer(grpc.MaxConcurrentStreams(1 << 20))
+	g := grpc.NewServer(append(xds.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	defer g.Stop()
 
 	base, _ := liveMem()
-	cmd := exec.CommandContext(ctx, exe, append(clientArgs, "--addr", lis.Addr().String(), "--proxies", fmt.Sprint(proxies))...)
+	cmd := exec.CommandContext(ctx, cfg.Exe, append(slices.Clone(cfg.ClientArgs), "--addr", lis.Addr().String(), "--proxies", fmt.Sprint(proxies))...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -140,7 +154,13 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 	var initial string
 	acked.Range(func(_, v any) bool { initial = v.(string); return false })
 	target.Store(initial)
-	edited, _ := benchMesh(services, "v2")
+	edited, _ := XDSMesh(services, "v2")
+	if cfg.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
+			return res, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	pushStart := time.Now()
 	srv.Update(edited, svcs)
 	deadline := time.After(60 * time.Second)
@@ -152,15 +172,24 @@ func XDS(ctx context.Context, proxies, services int, debounce time.Duration, exe
 		}
 	}
 	res.Push = time.Since(pushStart)
+	if cfg.CPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
 	_, _ = io.WriteString(stdin, "done\n")
 	return res, nil
 }
 
-// XDSClients opens proxies ADS streams to addr, Envoy style: CDS and LDS
-// wildcards, then EDS for the clusters and RDS for the listeners' route
-// tables, ACKing every response. It prints READY once every proxy has
-// ACKed routes.
+// XDSClients runs XDSProxies and prints READY once every proxy has ACKed
+// routes.
 func XDSClients(ctx context.Context, addr string, proxies int, w io.Writer) error {
+	return XDSProxies(ctx, addr, proxies, func() { fmt.Fprintln(w, "READY") })
+}
+
+// XDSProxies opens proxies ADS streams to addr, Envoy style: CDS and LDS
+// wildcards, then EDS for the clusters and RDS for the listeners' route
+// tables, ACKing every response. It calls ready once every proxy has
+// ACKed routes, and returns when ctx ends or a stream fails.
+func XDSProxies(ctx context.Context, addr string, proxies int, ready func()) error {
 	conns := max(1, proxies/250)
 	clients := make([]discovery.AggregatedDiscoveryServiceClient, conns)
 	for i := range clients {
@@ -171,13 +200,13 @@ func XDSClients(ctx context.Context, addr string, proxies int, w io.Writer) erro
 		defer c.Close()
 		clients[i] = discovery.NewAggregatedDiscoveryServiceClient(c)
 	}
-	var ready, failed atomic.Int64
+	var routed, failed atomic.Int64
 	errs := make(chan error, 1)
 	for i := range proxies {
 		go func() {
 			err := oneProxy(ctx, clients[i%conns], i, func() {
-				if ready.Add(1) == int64(proxies) {
-					fmt.Fprintln(w, "READY")
+				if routed.Add(1) == int64(proxies) {
+					ready()
 				}
 			})
 			if ctx.Err() == nil && failed.Add(1) == 1 {
