@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,7 +42,7 @@ type ServerConfig struct {
 	Options  Options
 	Identify Identify
 	Secrets  Secrets       // nil: no SDS over ADS
-	Debounce time.Duration // quiet time before a change is pushed (default 100ms)
+	Debounce time.Duration // quiet time before a change is pushed; 0 pushes at once
 	MaxDelay time.Duration // longest a change waits under constant churn (default 1s)
 	Log      *slog.Logger
 	// OnACK, when set, is told of every ACK (bench and tests).
@@ -116,8 +117,8 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Debounce == 0 {
-		cfg.Debounce = 100 * time.Millisecond
+	if cfg.Debounce < 0 {
+		return nil, fmt.Errorf("xds: push debounce %s is negative", cfg.Debounce)
 	}
 	if cfg.MaxDelay == 0 {
 		cfg.MaxDelay = time.Second
@@ -233,8 +234,16 @@ func kindKey(o api.Object) string {
 	return fmt.Sprintf("%T/%s/%s", o, o.Meta().Namespace, o.Meta().Name)
 }
 
+// objHash fingerprints an object's content. It hashes the JSON encoding:
+// printing the Go value would print nested pointers' addresses, so every
+// reload of an unchanged file would look like an edit (and an edit in
+// place behind a pointer like none).
 func objHash(o api.Object) string {
-	h := sha256.Sum256(fmt.Appendf(nil, "%#v", o))
+	b, err := json.Marshal(o)
+	if err != nil { // not expected of the api types; never equal to a previous hash
+		b = fmt.Appendf(nil, "%T %p %v", o, o, err)
+	}
+	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:8])
 }
 
