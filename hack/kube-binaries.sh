@@ -17,8 +17,9 @@ mkdir -p "$dir"
 build() { # name package
   if [ ! -x "$dir/$1" ]; then
     echo "kube-binaries: building $1 $version (cached in $dir)" >&2
-    go build -trimpath -o "$dir/$1.tmp" "$2"
-    mv "$dir/$1.tmp" "$dir/$1"
+    tmp=$(mktemp "$dir/$1.XXXXXX") # private: concurrent builds must not collide
+    go build -trimpath -o "$tmp" "$2"
+    mv -f "$tmp" "$dir/$1"
   fi
 }
 build etcd ./etcd

@@ -20,7 +20,10 @@ if [ ! -x "$bin" ]; then
   # -mod=mod is not needed: go.sum is complete for this program's packages
   # (go mod tidy -e: Vault's own test imports name modules the checksum
   # database does not have, which this program never builds).
-  go build -trimpath -o "$bin.tmp" .
-  mv "$bin.tmp" "$bin"
+  # A private temporary name: two builds at once (make test in two
+  # checkouts) must not move each other's output.
+  tmp=$(mktemp "$dir/vault.XXXXXX")
+  go build -trimpath -o "$tmp" .
+  mv -f "$tmp" "$bin"
 fi
 echo "$bin"
