@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -392,7 +393,7 @@ func (m *Mesh) inbound(p *Proxy, w *Workload, servers []string) (*Config, error)
 		return m.Inbound(w)
 	}
 	c := &Config{}
-	for _, n := range sortedStrings(servers) {
+	for _, n := range slices.Sorted(slices.Values(servers)) {
 		l, reports, err := m.ServerListener(w, n)
 		if err != nil {
 			c.Reports = append(c.Reports, err.Error())

@@ -36,10 +36,10 @@ type Authenticator interface {
 // ErrNoCredentials means an authenticator found nothing to check.
 var ErrNoCredentials = errors.New("no credentials")
 
-// authenticate runs the chain: the first success wins; otherwise every
+// Authenticate runs the chain: the first success wins; otherwise every
 // failure is reported, so a client sees why its token or certificate was
-// refused.
-func authenticate(ctx context.Context, chain []Authenticator) (*Caller, error) {
+// refused. Its errors carry no gRPC status: callers add their own.
+func Authenticate(ctx context.Context, chain ...Authenticator) (*Caller, error) {
 	var msgs []string
 	for _, a := range chain {
 		c, err := a.Authenticate(ctx)

@@ -68,7 +68,7 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 // CreateCertificate authenticates the caller, checks the CSR against its
 // identity and returns the signed chain.
 func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
-	caller, err := authenticate(ctx, s.cfg.Authenticators)
+	caller, err := Authenticate(ctx, s.cfg.Authenticators...)
 	if err != nil {
 		s.cfg.Logger.Info("certificate request refused", "reason", err.Error())
 		return nil, status.Error(codes.Unauthenticated, "authentication failed: "+err.Error())

@@ -213,7 +213,13 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	central.Register(g)
 	s.sds = central
 	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
-	if ads, err = s.wireXDS(ctx, f, td, xds.Identify(sdsserver.TokenIdentify(auths...)), sdsCache, roots); err != nil {
+	if ads, err = s.wireXDS(ctx, f, td, func(ctx context.Context) (spiffeid.ID, error) {
+		c, err := server.Authenticate(ctx, auths...) // the xDS server reports it as Unauthenticated
+		if err != nil {
+			return spiffeid.ID{}, err
+		}
+		return c.ID, nil
+	}, sdsCache, roots); err != nil {
 		return nil, err
 	}
 	ads.Register(g)

@@ -38,7 +38,9 @@ func openADS(t *testing.T, conn *grpc.ClientConn, token string) *adsStream {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
 	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -171,6 +173,16 @@ func TestServeKubernetesXDS(t *testing.T) {
 	want := fmt.Sprintf("which runs as spiffe://cluster.local/ns/%s/sa/reviews", shop)
 	if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), want) {
 		t.Fatalf("sleep as reviews-v1: %v, want PermissionDenied containing %q", err, want)
+	}
+	// No token, or one for another audience: Unauthenticated, saying why.
+	for _, c := range []struct{ token, msg string }{
+		{"", "xds: no credentials: send authorization: Bearer <token>"},
+		{requestToken(t, shop, "sleep", "some-other-api"), "xds: tokenreview: token rejected for audiences [istio-ca]"},
+	} {
+		_, err := openADS(t, conn, c.token).get(node, resource.ListenerType, nil, nil)
+		if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.HasPrefix(st.Message(), c.msg) {
+			t.Fatalf("token %.10q: %v, want Unauthenticated starting %q", c.token, err, c.msg)
+		}
 	}
 	// And reviews' own token gets it.
 	own := openADS(t, conn, requestToken(t, shop, "reviews", "istio-ca"))

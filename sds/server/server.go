@@ -299,20 +299,11 @@ func TokenIdentify(auths ...caserver.Authenticator) Identify {
 			md.Set("authorization", "Bearer "+v[0])
 			ctx = metadata.NewIncomingContext(ctx, md)
 		}
-		var msgs []string
-		for _, a := range auths {
-			c, err := a.Authenticate(ctx)
-			if err == nil {
-				return c.ID, nil
-			}
-			if !errors.Is(err, caserver.ErrNoCredentials) {
-				msgs = append(msgs, err.Error())
-			}
+		c, err := caserver.Authenticate(ctx, auths...)
+		if err != nil {
+			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+err.Error())
 		}
-		if len(msgs) == 0 {
-			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: no credentials: send the workload's token as authorization: Bearer <token>")
-		}
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+strings.Join(msgs, "; "))
+		return c.ID, nil
 	}
 }
 
