@@ -5,23 +5,29 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
 
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 )
 
 // runProxyConfig prints what warden would send a proxy, computed from the
-// configuration directory (like istioctl proxy-config, without a live
-// proxy). Secrets are described, never dumped: key material stays in the
+// configuration directory or, with --kubernetes, from the cluster (like
+// istioctl proxy-config, without a live proxy). Secrets are described, never dumped: key material stays in the
 // CA and the agent.
-func runProxyConfig(_ context.Context, e *env, args []string) error {
-	var dir, node, generator, format, trustDomain, servers string
+func runProxyConfig(ctx context.Context, e *env, args []string) error {
+	var dir, node, generator, format, trustDomain, servers, kubeconfig string
+	var inCluster bool
 	fs := e.flags("proxy-config")
-	fs.StringVar(&dir, "config-dir", "", "the mesh configuration directory warden serve reads (required)")
+	fs.StringVar(&dir, "config-dir", "", "the mesh configuration directory warden serve reads")
+	fs.BoolVar(&inCluster, "kubernetes", false, "read the cluster warden serve --kubernetes watches instead of a directory")
+	fs.StringVar(&kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "with --kubernetes: kubeconfig file; empty means in-cluster")
 	fs.StringVar(&node, "node", "", "node ID, sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local (required)")
 	fs.StringVar(&generator, "generator", xds.GeneratorEnvoy, "envoy or grpc (proxyless gRPC)")
 	fs.StringVar(&servers, "grpc-server", "", "comma-separated addresses a proxyless gRPC server listens on (its server listeners)")
@@ -34,8 +40,8 @@ func runProxyConfig(_ context.Context, e *env, args []string) error {
 		return fmt.Errorf("%w: want one of listeners, routes, clusters, endpoints, secrets, all", errUsage)
 	}
 	what := fs.Arg(0)
-	if dir == "" || node == "" {
-		return fmt.Errorf("%w: --config-dir and --node are required", errUsage)
+	if node == "" || (dir == "") == !inCluster {
+		return fmt.Errorf("%w: --node and one of --config-dir or --kubernetes are required", errUsage)
 	}
 	td, err := parseTrustDomain(trustDomain)
 	if err != nil {
@@ -51,11 +57,7 @@ func runProxyConfig(_ context.Context, e *env, args []string) error {
 	default:
 		return fmt.Errorf("%w: --generator %q: want envoy or grpc", errUsage, generator)
 	}
-	objs, _, err := source.Load(dir)
-	if err != nil {
-		return err
-	}
-	services, err := xds.ServicesFromEntries(objs, "")
+	objs, services, warnings, err := proxyConfigSource(ctx, dir, kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -104,8 +106,8 @@ func runProxyConfig(_ context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	if len(cfg.Reports) > 0 {
-		out["warnings"] = cfg.Reports
+	if warnings = append(warnings, cfg.Reports...); len(warnings) > 0 {
+		out["warnings"] = warnings
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
@@ -118,6 +120,36 @@ func runProxyConfig(_ context.Context, e *env, args []string) error {
 	}
 	_, err = e.stdout.Write(append(b, '\n'))
 	return err
+}
+
+// proxyConfigSource reads the mesh: the directory, or the cluster when dir
+// is empty (its Services first, ServiceEntries for other hosts, as
+// warden serve --kubernetes merges them).
+func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.Object, services []*xds.Service, warnings []string, err error) {
+	if dir != "" {
+		if objs, _, err = source.Load(dir); err != nil {
+			return nil, nil, nil, err
+		}
+		services, err = xds.ServicesFromEntries(objs, "")
+		return objs, services, nil, err
+	}
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	objs, cluster, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	entries, err := xds.ServicesFromEntries(objs, "")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	services, shadowed := xds.MergeServices(cluster, entries)
+	for _, h := range shadowed {
+		warnings = append(warnings, fmt.Sprintf("ServiceEntry host %s ignored: a Kubernetes Service has that name", h))
+	}
+	return objs, services, warnings, nil
 }
 
 func secretsInfo(p *xds.Proxy, w *xds.Workload, td interface{ Name() string }) []map[string]string {

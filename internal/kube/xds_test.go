@@ -1,9 +1,11 @@
 package kube_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"sort"
@@ -24,6 +26,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds"
 )
@@ -188,5 +191,92 @@ func TestServeKubernetesXDS(t *testing.T) {
 	own := openADS(t, conn, requestToken(t, shop, "reviews", "istio-ca"))
 	if _, err := own.get(fmt.Sprintf("sidecar~10.20.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop), resource.ListenerType, nil, nil); err != nil {
 		t.Fatalf("reviews as reviews-v1: %v\n%s", err, logs.String())
+	}
+}
+
+// TestProxyConfigKubernetes: warden proxy-config --kubernetes reads what
+// warden serve --kubernetes watches and prints a sidecar's endpoints from
+// the Service's EndpointSlices and its identity from its Pod; a
+// ServiceEntry claiming the Service's host is reported and left out.
+func TestProxyConfigKubernetes(t *testing.T) {
+	shop := newNamespace(t, "shop")
+	meshApp(t, shop, map[string]string{"v1": "10.30.0.1", "v2": "10.30.0.2"})
+	entries := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: fake-reviews, namespace: %s}
+spec:
+  hosts: [reviews]
+  resolution: STATIC
+  ports: [{number: 9080, name: http}]
+  endpoints: [{address: 203.0.113.7}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: %s}
+spec:
+  hosts: [payments.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  endpoints: [{address: 198.51.100.4}]
+`, shop, shop)
+	if out, err := kubectl(t, []byte(entries), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	node := fmt.Sprintf("sidecar~10.30.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop)
+	var out, errb bytes.Buffer
+	if code := app.Run(context.Background(), []string{"proxy-config", "--kubernetes", "--kubeconfig", kubeconfig, "--node", node, "-o", "json", "all"}, &out, &errb); code != 0 {
+		t.Fatalf("proxy-config exited %d: %s", code, errb.String())
+	}
+	var got struct {
+		Endpoints []struct {
+			ClusterName string `json:"clusterName"`
+			Endpoints   []struct {
+				LbEndpoints []struct {
+					Endpoint struct {
+						Address struct {
+							SocketAddress struct {
+								Address   string `json:"address"`
+								PortValue int    `json:"portValue"`
+							} `json:"socketAddress"`
+						} `json:"address"`
+					} `json:"endpoint"`
+				} `json:"lbEndpoints"`
+			} `json:"endpoints"`
+		} `json:"endpoints"`
+		Secrets  []map[string]string `json:"secrets"`
+		Warnings []string            `json:"warnings"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	byCluster := map[string][]string{}
+	for _, cla := range got.Endpoints {
+		for _, l := range cla.Endpoints {
+			for _, e := range l.LbEndpoints {
+				sa := e.Endpoint.Address.SocketAddress
+				byCluster[cla.ClusterName] = append(byCluster[cla.ClusterName], fmt.Sprintf("%s:%d", sa.Address, sa.PortValue))
+			}
+		}
+	}
+	reviews := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
+	if got, want := byCluster[reviews], []string{"10.30.0.1:8080", "10.30.0.2:8080"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: %v, want %v (the ServiceEntry's 203.0.113.7 must not appear)\n%s", reviews, got, want, out.String())
+	}
+	if got := byCluster[xds.ClusterName(443, "", "payments.example.com")]; !reflect.DeepEqual(got, []string{"198.51.100.4:443"}) {
+		t.Fatalf("payments.example.com: %v\n%s", got, out.String())
+	}
+	if want := "spiffe://cluster.local/ns/" + shop + "/sa/reviews"; len(got.Secrets) == 0 || got.Secrets[0]["identity"] != want {
+		t.Fatalf("secrets %v, want identity %s", got.Secrets, want)
+	}
+	if want := "ServiceEntry host reviews." + shop + ".svc.cluster.local ignored"; !strings.Contains(strings.Join(got.Warnings, "\n"), want) {
+		t.Fatalf("warnings %q lack %q", got.Warnings, want)
+	}
+	// Neither source, or both: a usage error.
+	for _, args := range [][]string{{"--node", node, "all"}, {"--kubernetes", "--config-dir", t.TempDir(), "--node", node, "all"}} {
+		errb.Reset()
+		if code := app.Run(context.Background(), append([]string{"proxy-config"}, args...), &out, &errb); code == 0 || !strings.Contains(errb.String(), "one of --config-dir or --kubernetes") {
+			t.Fatalf("%v: exit %d, %s", args, code, errb.String())
+		}
 	}
 }

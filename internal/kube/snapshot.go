@@ -1,0 +1,64 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/xds"
+)
+
+// Snapshot lists, once, what warden serve --kubernetes watches: the mesh
+// configuration (the Istio kinds) and the service registry (Services,
+// EndpointSlices, Pods). It is for one-shot tools such as
+// warden proxy-config; it gives up after timeout.
+func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) ([]api.Object, []*xds.Service, error) {
+	cs, err := NewClientset(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kube: client: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	config := &ConfigWatcher{Client: dyn}
+	registry := &ServiceRegistry{Client: cs}
+	done := make(chan error, 2)
+	go func() { done <- config.Run(ctx) }()
+	go func() { done <- registry.Run(ctx) }()
+	stopped := 0
+	defer func() {
+		cancel()
+		for ; stopped < 2; stopped++ {
+			<-done
+		}
+	}()
+	for _, w := range []struct {
+		what   string
+		synced <-chan struct{}
+	}{
+		{"the mesh configuration (are warden's CRDs installed? kubectl apply -k deploy/crds)", config.Synced()},
+		{"Services, EndpointSlices and Pods", registry.Synced()},
+	} {
+		for waiting := true; waiting; {
+			select {
+			case <-w.synced:
+				waiting = false
+			case err := <-done:
+				stopped++
+				if err != nil {
+					return nil, nil, err
+				}
+			case <-ctx.Done():
+				return nil, nil, fmt.Errorf("kube: could not list %s within %s", w.what, timeout)
+			}
+		}
+	}
+	return config.List(), registry.Services(), nil
+}
