@@ -43,6 +43,12 @@ type Config struct {
 	// OnUpdate is called (outside locks) after every new SVID, including
 	// the first; sds/server pushes from it.
 	OnUpdate func(*SVID)
+	// InUse reports whether a stream still serves an identity. When set,
+	// an identity that no stream serves and that nobody asked for since
+	// its last fetch is dropped when it is due for rotation, instead of
+	// being renewed forever: a control plane outlives many workloads.
+	// Nil keeps every identity (a per-workload agent).
+	InUse func(spiffeid.ID) bool
 }
 
 // Cache holds one SVID per identity and rotates each in the background
@@ -56,9 +62,10 @@ type Cache struct {
 }
 
 type entry struct {
-	ready chan struct{} // closed once the first fetch is done
-	svid  *SVID
-	err   error
+	ready   chan struct{} // closed once the first fetch is done
+	svid    *SVID
+	err     error
+	lastGet time.Time // the last Get (or Put)
 }
 
 // NewCache checks cfg and returns an empty cache; rotation goroutines stop
@@ -90,8 +97,10 @@ func NewCache(ctx context.Context, cfg Config) (*Cache, error) {
 func (c *Cache) Get(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 	c.mu.Lock()
 	e, ok := c.entries[id]
-	if !ok {
-		e = &entry{ready: make(chan struct{})}
+	if ok {
+		e.lastGet = c.cfg.Clock.Now()
+	} else {
+		e = &entry{ready: make(chan struct{}), lastGet: c.cfg.Clock.Now()}
 		c.entries[id] = e
 		c.mu.Unlock()
 		svid, err := c.cfg.Fetcher.Fetch(ctx, id)
@@ -183,6 +192,9 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			return
 		case <-c.cfg.Clock.After(wait):
 		}
+		if c.dropIdle(id, cur) {
+			return
+		}
 		svid, err := c.cfg.Fetcher.Fetch(ctx, id)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -207,6 +219,25 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 	}
 }
 
+// dropIdle removes id's entry when no stream serves it and nobody asked
+// for it since cur was fetched (see Config.InUse).
+func (c *Cache) dropIdle(id spiffeid.ID, cur *SVID) bool {
+	if c.cfg.InUse == nil || c.cfg.InUse(id) {
+		return false
+	}
+	c.mu.Lock()
+	e := c.entries[id]
+	idle := e != nil && !e.lastGet.After(cur.Fetched)
+	if idle {
+		delete(c.entries, id)
+	}
+	c.mu.Unlock()
+	if idle {
+		c.cfg.Log.Info("dropped an idle SVID: no stream serves it", "id", id.String())
+	}
+	return idle
+}
+
 func (c *Cache) notify(s *SVID) {
 	if c.cfg.OnUpdate != nil {
 		c.cfg.OnUpdate(s)
@@ -223,7 +254,7 @@ func (c *Cache) Put(svid *SVID) bool {
 		c.mu.Unlock()
 		return false
 	}
-	e := &entry{ready: make(chan struct{}), svid: svid}
+	e := &entry{ready: make(chan struct{}), svid: svid, lastGet: c.cfg.Clock.Now()}
 	close(e.ready)
 	c.entries[svid.ID] = e
 	c.mu.Unlock()

@@ -212,3 +212,65 @@ func TestRefreshIgnoresBackdate(t *testing.T) {
 		t.Fatalf("%d fetches right after the first; rotation is looping", f.calls.Load())
 	}
 }
+
+// TestIdleIdentityIsDropped: with InUse, an identity is renewed while a
+// stream serves it or someone asked for it since its last fetch, and
+// dropped (not renewed, its goroutine gone) once neither holds; a later
+// Get fetches it afresh.
+func TestIdleIdentityIsDropped(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(start)
+	f := newFetcher(t, clock, time.Hour)
+	var inUse atomic.Bool
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := sds.NewCache(ctx, sds.Config{Fetcher: f, Clock: clock, InUse: func(spiffeid.ID) bool { return inUse.Load() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := catest.ID("default", "sleep")
+	waitCalls := func(n int32) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for f.calls.Load() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d fetches, want %d", f.calls.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if _, err := c.Get(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	// A stream serves it: renewed at half-life.
+	inUse.Store(true)
+	waitParked(t, clock, 1)
+	clock.Add(31 * time.Minute)
+	waitCalls(2)
+	// No stream, but a Get since the last fetch: renewed once more.
+	inUse.Store(false)
+	waitParked(t, clock, 1)
+	clock.Add(time.Minute)
+	if _, err := c.Get(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(30 * time.Minute)
+	waitCalls(3)
+	// Neither: dropped at the next rotation, not renewed.
+	waitParked(t, clock, 1)
+	clock.Add(31 * time.Minute)
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Current(id) != nil || clock.Waiters() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle identity still cached (current %v, %d goroutines on the clock)", c.Current(id) != nil, clock.Waiters())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := f.calls.Load(); n != 3 {
+		t.Fatalf("%d fetches: the idle identity was renewed", n)
+	}
+	if _, err := c.Get(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	waitCalls(4)
+}

@@ -455,6 +455,19 @@ func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
 	}
 }
 
+// InUse reports whether a connected proxy runs as id (its secrets are
+// served from the SDS cache: sds.Config.InUse).
+func (s *Server) InUse(id spiffeid.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ps := range s.proxies {
+		if ps.id == id {
+			return true
+		}
+	}
+	return false
+}
+
 // Proxies lists the connected proxies' node IDs.
 func (s *Server) Proxies() []string {
 	s.mu.Lock()

@@ -189,6 +189,12 @@ func TestEditPushesOnlyAffected(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Both identities are in use (their secrets stay fresh); others not.
+	for id, want := range map[string]bool{"spiffe://cluster.local/ns/default/sa/flaskapp": true, "spiffe://cluster.local/ns/default/sa/sleep": true, "spiffe://cluster.local/ns/default/sa/other": false} {
+		if got := srv.InUse(spiffeid.RequireFromString(id)); got != want {
+			t.Errorf("InUse(%s) = %v, want %v", id, got, want)
+		}
+	}
 	objs, _, err := source.Load("../docs/examples/flaskapp")
 	if err != nil {
 		t.Fatal(err)

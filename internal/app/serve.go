@@ -194,6 +194,11 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	var central *sdsserver.Server
 	var ads *xds.Server
 	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log,
+		// Identities no SDS or ADS stream serves any more are dropped at
+		// rotation rather than renewed for ever.
+		InUse: func(id spiffeid.ID) bool {
+			return (central != nil && central.InUse(id)) || (ads != nil && ads.InUse(id))
+		},
 		OnUpdate: func(v *sds.SVID) {
 			if central != nil {
 				central.Updated(v)

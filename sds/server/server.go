@@ -169,7 +169,18 @@ func (s *Server) closed(streamID int64) {
 	delete(s.sent, streamID)
 	if s.idents[id]--; s.idents[id] == 0 {
 		delete(s.idents, id)
+		// The key is in the snapshot: keep it no longer than a stream
+		// needs it. Under s.mu, so that a stream opening now (which
+		// publishes afresh, being first) cannot lose its snapshot.
+		s.snaps.ClearSnapshot(id.String())
 	}
+}
+
+// InUse reports whether a stream serves id (sds.Config.InUse).
+func (s *Server) InUse(id spiffeid.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idents[id] > 0
 }
 
 // checkNames refuses names other than default, ROOTCA and the stream's own

@@ -408,3 +408,47 @@ func TestNACKDoesNotLoop(t *testing.T) {
 		t.Fatal("no push after a NACK and a rotation")
 	}
 }
+
+// TestInUseFollowsStreams: an identity is in use while one of its streams
+// is open; when the last closes its snapshot (which holds the key) is
+// cleared, and a new stream is served afresh.
+func TestInUseFollowsStreams(t *testing.T) {
+	f := newFixture(t, server.FixedIdentify(sleepID))
+	open := func() (*envoy, context.CancelFunc) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		e, err := f.envoy(t, ctx, sds.DefaultName)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if got, _, err := e.recv(); err != nil || got[sds.DefaultName] == nil {
+			cancel()
+			t.Fatalf("no default secret: %v %v", got, err)
+		}
+		return e, cancel
+	}
+	inUse := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for f.srv.InUse(sleepID) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("InUse = %v, want %v", !want, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if f.srv.InUse(sleepID) {
+		t.Fatal("in use before any stream")
+	}
+	_, closeA := open()
+	_, closeB := open()
+	inUse(true)
+	closeA()
+	time.Sleep(50 * time.Millisecond)
+	inUse(true) // B still open
+	closeB()
+	inUse(false)
+	_, closeC := open() // the cleared snapshot is published again
+	defer closeC()
+	inUse(true)
+}
