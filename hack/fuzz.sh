@@ -20,6 +20,7 @@ targets=(
   "./authn FuzzCompile 12000"
   "./rbac FuzzExplain 10000"
   "./xds FuzzProxyConfig 3000"
+  "./ca/vault FuzzSignResponse 8000"
 )
 for t in "${targets[@]}"; do
   set -- $t

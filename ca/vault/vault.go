@@ -12,6 +12,7 @@ package vault
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -269,38 +270,65 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 	if s == nil || s.Data == nil {
 		return nil, fmt.Errorf("vault: sign intermediate at %s: empty response", u.cfg.SignPath)
 	}
-	cert, err := onePEM(s.Data["certificate"])
+	cert, chain, err := parseSignResponse(s.Data, csr)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %s: certificate: %w", u.cfg.SignPath, err)
-	}
-	var above []*x509.Certificate
-	if list, ok := s.Data["ca_chain"].([]any); ok && len(list) > 0 {
-		for i, e := range list {
-			c, err := onePEM(e)
-			if err != nil {
-				return nil, fmt.Errorf("vault: %s: ca_chain[%d]: %w", u.cfg.SignPath, i, err)
-			}
-			above = append(above, c)
-		}
-	} else {
-		c, err := onePEM(s.Data["issuing_ca"])
-		if err != nil {
-			return nil, fmt.Errorf("vault: %s: issuing_ca: %w", u.cfg.SignPath, err)
-		}
-		above = append(above, c)
+		return nil, fmt.Errorf("vault: %s: %w", u.cfg.SignPath, err)
 	}
 	roots, err := u.Roots(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := &ca.UpstreamChain{Cert: cert, Roots: roots}
+	return &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}, nil
+}
+
+// parseSignResponse reads the data of a sign-intermediate response for
+// csr: "certificate" (PEM) must be a CA certificate for the CSR's public
+// key; the certificates above it come from "ca_chain" (a list of PEM
+// strings) or, when that is absent or empty, "issuing_ca". The returned
+// chain leaves out roots and the certificate itself, which Vault's
+// ca_chain may start with. It is pure, for fuzzing (FuzzSignResponse).
+func parseSignResponse(data map[string]any, csr *x509.CertificateRequest) (*x509.Certificate, []*x509.Certificate, error) {
+	if data == nil {
+		return nil, nil, errors.New("empty response")
+	}
+	cert, err := onePEM(data["certificate"])
+	if err != nil {
+		return nil, nil, fmt.Errorf("certificate: %w", err)
+	}
+	if !sameKey(csr.PublicKey, cert.PublicKey) {
+		return nil, nil, errors.New("certificate: for another key than the CSR's")
+	}
+	if !cert.IsCA {
+		return nil, nil, errors.New("certificate: not a CA certificate")
+	}
+	var above []*x509.Certificate
+	switch list := data["ca_chain"].(type) {
+	case nil:
+	case []any:
+		for i, e := range list {
+			c, err := onePEM(e)
+			if err != nil {
+				return nil, nil, fmt.Errorf("ca_chain[%d]: %w", i, err)
+			}
+			above = append(above, c)
+		}
+	default:
+		return nil, nil, fmt.Errorf("ca_chain: a %T, want a list of PEM strings", list)
+	}
+	if len(above) == 0 {
+		c, err := onePEM(data["issuing_ca"])
+		if err != nil {
+			return nil, nil, fmt.Errorf("issuing_ca: %w", err)
+		}
+		above = append(above, c)
+	}
+	var chain []*x509.Certificate
 	for _, c := range above {
-		// Vault's ca_chain may start with the certificate it just issued.
 		if !isSelfSigned(c) && !c.Equal(cert) {
-			out.Chain = append(out.Chain, c)
+			chain = append(chain, c)
 		}
 	}
-	return out, nil
+	return cert, chain, nil
 }
 
 // Roots fetches the trust bundle: the PKI mount's CA certificate
@@ -368,16 +396,27 @@ func (u *Upstream) readRaw(ctx context.Context, path string) ([]byte, error) {
 	return b, nil
 }
 
+// onePEM parses the first certificate of a PEM string from a response.
 func onePEM(v any) (*x509.Certificate, error) {
 	s, ok := v.(string)
-	if !ok || s == "" {
+	if v == nil || ok && s == "" {
 		return nil, errors.New("missing from Vault's response")
+	}
+	if !ok {
+		return nil, fmt.Errorf("a %T, want a PEM string", v)
 	}
 	certs, err := ca.ParseCerts([]byte(s))
 	if err != nil {
 		return nil, err
 	}
 	return certs[0], nil
+}
+
+// sameKey reports whether two public keys are equal; every key type the
+// standard library parses has an Equal method.
+func sameKey(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
 }
 
 func isSelfSigned(c *x509.Certificate) bool {

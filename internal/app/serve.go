@@ -142,11 +142,23 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 		}
 	} else {
 		if useVault {
+			if err := checkNoLocalCA(f.dataDir); err != nil {
+				return nil, err
+			}
 			err = s.wireVault(ctx, f.vault, caCfg, kt, func(old, cur *ca.Material) {
-				if s.sds != nil && rootsChanged(old, cur) {
+				if !rootsChanged(old, cur) {
+					return
+				}
+				if err := writeRootCert(f.dataDir, cur.Roots); err != nil {
+					log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
+				}
+				if s.sds != nil {
 					s.sds.RootsChanged()
 				}
 			})
+			if err == nil {
+				err = writeRootCert(f.dataDir, s.authority.Material().Roots)
+			}
 		} else {
 			var m *ca.Material
 			m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)

@@ -2,10 +2,14 @@ package app
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/filestore"
 	"github.com/wardenmesh/warden/ca/vault"
 )
 
@@ -123,6 +128,39 @@ func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Confi
 	s.origin = fmt.Sprintf("intermediate signed by Vault at %s (PKI mount %s)", v.addr, v.mount)
 	s.tasks = append(s.tasks, up.Run, r.Run)
 	return nil
+}
+
+// checkNoLocalCA refuses a data directory that holds a self-signed CA
+// (from a run without --ca-upstream): in Vault mode warden writes
+// root-cert.pem there, and it never replaces another CA's files.
+func checkNoLocalCA(dataDir string) error {
+	var found []string
+	for _, n := range []string{ca.FileCACert, ca.FileCAKey, ca.FileCertChain} {
+		if _, err := os.Lstat(filepath.Join(dataDir, n)); err == nil {
+			found = append(found, n)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	if len(found) == 0 {
+		return nil
+	}
+	if _, err := os.Lstat(filepath.Join(dataDir, ca.FileRootCert)); err == nil {
+		found = append(found, ca.FileRootCert)
+	}
+	return fmt.Errorf("--ca-upstream vault: %s holds a CA of warden's own (%s) from a run without Vault; "+
+		"warden would replace its %s with Vault's root, so it refuses: move those files away or use another --data-dir",
+		dataDir, strings.Join(found, ", "), ca.FileRootCert)
+}
+
+// writeRootCert writes the trust bundle to <dataDir>/root-cert.pem, the
+// default --root-cert of agents on this host, atomically and 0600 like
+// the self-signed store's files.
+func writeRootCert(dataDir string, roots []*x509.Certificate) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	return filestore.WriteReplace(filepath.Join(dataDir, ca.FileRootCert), ca.EncodeCerts(roots...), 0o600)
 }
 
 // metricsHandler serves warden serve's Prometheus metrics from a private

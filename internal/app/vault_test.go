@@ -2,7 +2,9 @@ package app_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -236,4 +238,151 @@ func metricValue(t *testing.T, body, name string) float64 {
 	}
 	t.Fatalf("no %s in:\n%s", name, body)
 	return 0
+}
+
+// TestServeVaultWritesRootCert: in Vault mode warden serve writes Vault's
+// root to <data-dir>/root-cert.pem (0600, like a self-signed store's), an
+// agent trusting that file reaches the CA, and when Vault's root is
+// rotated the file follows at the next renewal: the new root, then the
+// old one, still trusted for the leaves it signed.
+func TestServeVaultWritesRootCert(t *testing.T) {
+	v, dir := vaultSetup(t, "approle")
+	data := filepath.Join(t.TempDir(), "data")
+	rootFile := filepath.Join(data, "root-cert.pem")
+	vaultRootFile := filepath.Join(dir, "vault-root.pem")
+	b, err := os.ReadFile(vaultRootFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRoot, err := ca.ParseCerts(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	// A 40s intermediate is renewed every few seconds (see TestServeVaultUpstream).
+	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", "",
+		"--vault-intermediate-ttl", "40s"}, approleFlags(v, dir)...)
+	go func() { done <- app.Run(ctx, args, &logs, &logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
+		}
+	})
+	waitFor(t, &logs, "serving CA API", 1)
+	readRoots := func() []*x509.Certificate {
+		t.Helper()
+		b, err := os.ReadFile(rootFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots, err := ca.ParseCerts(b)
+		if err != nil {
+			t.Fatalf("%s: %v", rootFile, err)
+		}
+		return roots
+	}
+	if got := readRoots(); len(got) != 1 || !got[0].Equal(oldRoot[0]) {
+		t.Fatalf("%s holds %d certificates, want Vault's root alone", rootFile, len(got))
+	}
+	if fi, err := os.Stat(rootFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: mode %v (%v), want 0600", rootFile, fi.Mode(), err)
+	}
+	chain := certRequest(t, addr, data, rootFile, filepath.Join(t.TempDir(), "svid"))
+	verifyChain(t, "leaf requested with --root-cert <data-dir>/root-cert.pem", chain, vaultRootFile)
+
+	// Rotate Vault's root: a new issuer, made the default that
+	// sign-intermediate and ca/pem use.
+	rotated := v.API(t, "POST", "/v1/pki/root/rotate/internal",
+		map[string]any{"common_name": "Example Mesh Root CA 2", "key_type": "ec", "key_bits": 256, "ttl": "87600h"})
+	d := rotated["data"].(map[string]any)
+	v.API(t, "POST", "/v1/pki/config/issuers", map[string]any{"default": d["issuer_id"]})
+	newRoot, err := ca.ParseCerts([]byte(d["certificate"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		got := readRoots()
+		if len(got) == 2 && got[0].Equal(newRoot[0]) && got[1].Equal(oldRoot[0]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s holds %d certificates 60s after the rotation, want the new root then the old:\n%s", rootFile, len(got), logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if fi, err := os.Stat(rootFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s after the rotation: mode %v (%v), want 0600", rootFile, fi.Mode(), err)
+	}
+}
+
+// TestServeVaultRefusesSelfSignedDataDir: a data directory holding a CA
+// of warden's own (a run without Vault, or a stray key) stops warden
+// serve --ca-upstream vault before it contacts Vault, naming the files,
+// and leaves them as they were.
+func TestServeVaultRefusesSelfSignedDataDir(t *testing.T) {
+	v, dir := vaultSetup(t, "approle")
+	selfSigned := filepath.Join(t.TempDir(), "data")
+	_, stop := serve(t, selfSigned)
+	if code := stop(); code != 0 {
+		t.Fatalf("self-signed warden serve exited %d", code)
+	}
+	strayKey := t.TempDir()
+	if err := os.WriteFile(filepath.Join(strayKey, "ca-key.pem"), []byte("not used\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, data, files string
+	}{
+		{"self-signed store", selfSigned, "ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem"},
+		{"a stray CA key", strayKey, "ca-key.pem"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := snapshot(t, tc.data)
+			args := append([]string{"serve", "--data-dir", tc.data, "--listen", freeAddr(t), "--http-listen", ""}, approleFlags(v, dir)...)
+			// A deadline, so that a warden that does not refuse fails the
+			// test instead of serving until the test binary times out.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var stdout, stderr syncBuffer
+			code := app.Run(ctx, args, &stdout, &stderr)
+			want := "warden serve: --ca-upstream vault: " + tc.data + " holds a CA of warden's own (" + tc.files + ") from a run without Vault; " +
+				"warden would replace its root-cert.pem with Vault's root, so it refuses: move those files away or use another --data-dir\n"
+			if code != 1 || !strings.HasSuffix(stderr.String(), want) {
+				t.Fatalf("exit %d, stderr:\n%s\nwant exit 1 and suffix:\n%s", code, stderr.String(), want)
+			}
+			if strings.Contains(stderr.String(), "logged in to Vault") {
+				t.Fatalf("warden contacted Vault before refusing:\n%s", stderr.String())
+			}
+			if after := snapshot(t, tc.data); after != before {
+				t.Fatalf("the data directory changed:\nbefore %s\nafter  %s", before, after)
+			}
+		})
+	}
+}
+
+// snapshot describes a directory's files: names, modes and content hashes.
+func snapshot(t *testing.T, dir string) string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&out, "%s %v %x; ", e.Name(), fi.Mode(), sha256.Sum256(b))
+	}
+	return out.String()
 }

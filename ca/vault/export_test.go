@@ -1,0 +1,4 @@
+package vault
+
+// ParseSignResponse exposes parseSignResponse to the external tests.
+var ParseSignResponse = parseSignResponse
