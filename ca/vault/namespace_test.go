@@ -56,7 +56,10 @@ func newRecordingProxy(t *testing.T, v *vaulttest.Server) *recordingProxy {
 			p.mu.Unlock()
 			r.SetURL(target)
 		},
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+		// A fresh connection per request: under load, a reused connection
+		// to Vault was once closed under a response body (make test saw
+		// "use of closed network connection" and the client an EOF).
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, DisableKeepAlives: true},
 	}
 	srv := httptest.NewServer(rp)
 	t.Cleanup(srv.Close)
