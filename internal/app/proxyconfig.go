@@ -141,11 +141,10 @@ func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	entries, err := xds.ServicesFromEntries(objs, "")
+	services, shadowed, err := clusterServices(objs, cluster)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	services, shadowed := xds.MergeServices(cluster, entries)
 	for _, h := range shadowed {
 		warnings = append(warnings, fmt.Sprintf("ServiceEntry host %s ignored: a Kubernetes Service has that name", h))
 	}

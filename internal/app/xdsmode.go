@@ -106,12 +106,11 @@ func (s *standalone) kubeFeed(srv *xds.Server) func(context.Context) error {
 			case <-kick:
 			}
 			objs := s.config.List()
-			entries, err := xds.ServicesFromEntries(objs, "")
+			services, shadowed, err := clusterServices(objs, s.registry.Services())
 			if err != nil {
 				s.log.Error("xds: configuration not applied", "error", err.Error())
 				continue
 			}
-			services, shadowed := xds.MergeServices(s.registry.Services(), entries)
 			if msg := strings.Join(shadowed, ", "); msg != lastShadowed {
 				lastShadowed = msg
 				if msg != "" {
@@ -121,4 +120,16 @@ func (s *standalone) kubeFeed(srv *xds.Server) func(context.Context) error {
 			srv.Update(objs, services)
 		}
 	}
+}
+
+// clusterServices is the registry in Kubernetes mode: the cluster's
+// Services, then the ServiceEntries among objs for other hosts; shadowed
+// lists the entry hosts a Service owns (xds.MergeServices).
+func clusterServices(objs []api.Object, cluster []*xds.Service) (services []*xds.Service, shadowed []string, err error) {
+	entries, err := xds.ServicesFromEntries(objs, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	services, shadowed = xds.MergeServices(cluster, entries)
+	return services, shadowed, nil
 }
