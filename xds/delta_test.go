@@ -2,7 +2,6 @@ package xds_test
 
 import (
 	"bytes"
-	"context"
 	"maps"
 	"slices"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
@@ -77,8 +75,7 @@ func changed(prev, next map[string][]byte) map[string][]byte {
 func TestDeltaADS(t *testing.T) {
 	srv, c := startADS(t)
 	const node = "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", "spiffe://cluster.local/ns/default/sa/flaskapp"), 20*time.Second)
-	defer cancel()
+	ctx := asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second)
 	s, err := c.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)

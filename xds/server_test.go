@@ -72,6 +72,14 @@ func startADS(t *testing.T) (*xds.Server, discovery.AggregatedDiscoveryServiceCl
 	return srv, discovery.NewAggregatedDiscoveryServiceClient(cc)
 }
 
+// asID is a context whose streams startADS's server takes as id; it ends
+// after timeout or with the test.
+func asID(t *testing.T, id string, timeout time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", id), timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func grpcNode(id string) *corev3.Node {
 	md, _ := structpb.NewStruct(map[string]any{"GENERATOR": "grpc"})
 	return &corev3.Node{Id: id, Metadata: md}
@@ -79,8 +87,7 @@ func grpcNode(id string) *corev3.Node {
 
 func TestGRPCClientGetsNamedListener(t *testing.T) {
 	_, c := startADS(t)
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", "spiffe://cluster.local/ns/default/sa/sleep"), 10*time.Second)
-	defer cancel()
+	ctx := asID(t, "spiffe://cluster.local/ns/default/sa/sleep", 10*time.Second)
 	s, err := c.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -128,8 +135,7 @@ func TestStreamCannotActAsAnotherProxy(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", tc.id), 10*time.Second)
-			defer cancel()
+			ctx := asID(t, tc.id, 10*time.Second)
 			s, err := c.StreamAggregatedResources(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -166,8 +172,7 @@ func TestStreamCannotActAsAnotherProxy(t *testing.T) {
 func TestEditPushesOnlyAffected(t *testing.T) {
 	srv, c := startADS(t)
 	open := func(id, node string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", id), 20*time.Second)
-		t.Cleanup(cancel)
+		ctx := asID(t, id, 20*time.Second)
 		s, err := c.StreamAggregatedResources(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -276,8 +281,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func TestADSSendsProxyConfig(t *testing.T) {
 	srv, c := startADS(t)
 	const node = "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-test-id", "spiffe://cluster.local/ns/default/sa/flaskapp"), 20*time.Second)
-	defer cancel()
+	ctx := asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second)
 	s, err := c.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)

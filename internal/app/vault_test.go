@@ -82,22 +82,7 @@ func TestServeVaultUpstream(t *testing.T) {
 	data := filepath.Join(t.TempDir(), "data")
 	vaultRoot := filepath.Join(dir, "vault-root.pem")
 	httpAddr := freeAddr(t)
-	// A 40s intermediate that Vault backdates by 30s is renewed 5s after
-	// it is issued: renewals every few seconds.
-	var logs syncBuffer
-	addr := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
-		"--vault-intermediate-ttl", "40s"}, approleFlags(v, dir)...)
-	go func() { done <- app.Run(ctx, args, &logs, &logs) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
-		}
-	})
-	waitFor(t, &logs, "serving CA API", 1)
+	addr, logs := serveVault(t, data, httpAddr, approleFlags(v, dir))
 	for _, want := range []string{`msg="logged in to Vault"`, `source="intermediate signed by Vault at ` + v.Addr + ` (PKI mount pki)"`} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("log lacks %s:\n%s", want, logs.String())
@@ -118,15 +103,15 @@ func TestServeVaultUpstream(t *testing.T) {
 		t.Errorf("warden_ca_intermediate_expiry_seconds = %g, want (0, 40]", left)
 	}
 
-	waitFor(t, &logs, `msg="intermediate CA activated"`, 2) // a scheduled renewal
+	waitFor(t, logs, `msg="intermediate CA activated"`, 2) // a scheduled renewal
 	v.Stop()
-	waitFor(t, &logs, "intermediate CA renewal failed; signing continues with the current one", 1)
+	waitFor(t, logs, "intermediate CA renewal failed; signing continues with the current one", 1)
 	during := certRequest(t, addr, data, vaultRoot, filepath.Join(t.TempDir(), "svid"))
 	verifyChain(t, "leaf signed while Vault is down", during, vaultRoot)
 
 	activated := strings.Count(logs.String(), `msg="intermediate CA activated"`)
 	v.Restart()
-	waitFor(t, &logs, `msg="intermediate CA activated"`, activated+1)
+	waitFor(t, logs, `msg="intermediate CA activated"`, activated+1)
 	after := certRequest(t, addr, data, vaultRoot, filepath.Join(t.TempDir(), "svid"))
 	verifyChain(t, "leaf after Vault's restart", after, vaultRoot)
 	if after[1].Equal(during[1]) {
@@ -187,6 +172,29 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 }
 
 // waitFor waits until the log holds want at least n times.
+// serveVault runs warden serve with the Vault upstream (auth flags in
+// vaultArgs) and a 40s intermediate, which Vault backdates by 30s, so it
+// is renewed 5s after it is issued: renewals every few seconds. It
+// returns once the CA API is served; the process stops with the test.
+func serveVault(t *testing.T, data, httpAddr string, vaultArgs []string) (string, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
+		"--vault-intermediate-ttl", "40s"}, vaultArgs...)
+	go func() { done <- app.Run(ctx, args, logs, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
+		}
+	})
+	waitFor(t, logs, "serving CA API", 1)
+	return addr, logs
+}
+
 func waitFor(t *testing.T, logs *syncBuffer, want string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
@@ -258,21 +266,7 @@ func TestServeVaultWritesRootCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
-	addr := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	// A 40s intermediate is renewed every few seconds (see TestServeVaultUpstream).
-	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", "",
-		"--vault-intermediate-ttl", "40s"}, approleFlags(v, dir)...)
-	go func() { done <- app.Run(ctx, args, &logs, &logs) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
-		}
-	})
-	waitFor(t, &logs, "serving CA API", 1)
+	addr, logs := serveVault(t, data, "", approleFlags(v, dir))
 	readRoots := func() []*x509.Certificate {
 		t.Helper()
 		b, err := os.ReadFile(rootFile)

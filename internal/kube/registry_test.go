@@ -125,6 +125,20 @@ func meshApp(t *testing.T, ns string, ips map[string]string) {
 	}
 }
 
+// addReviewsSlice adds a second EndpointSlice to meshApp's reviews: ip,
+// pod reviews-v2, ready condition unset.
+func addReviewsSlice(t *testing.T, ns, ip string) {
+	t.Helper()
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(context.Background(), &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-b", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "reviews-v2"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestServiceRegistryFollowsTheCluster: the registry lists Services with
 // their EndpointSlices' ready addresses, the Pods' labels and service
 // accounts, and follows changes: a pod going unready, a slice added, a
@@ -163,19 +177,28 @@ func TestServiceRegistryFollowsTheCluster(t *testing.T) {
 		}
 		return nil, fmt.Errorf("%s not in the registry", host)
 	}
-	addrs := func(s *xds.Service) []string {
-		var out []string
-		for _, e := range s.Endpoints {
-			out = append(out, e.Address+"/"+e.Labels["version"]+"/"+e.ServiceAccount)
+	// endpoints says whether reviews' endpoints are want, as
+	// address/version label/service account.
+	endpoints := func(want ...string) error {
+		svc, err := find()
+		if err != nil {
+			return err
 		}
-		return out
+		var got []string
+		for _, e := range svc.Endpoints {
+			got = append(got, e.Address+"/"+e.Labels["version"]+"/"+e.ServiceAccount)
+		}
+		if !reflect.DeepEqual(got, want) {
+			return fmt.Errorf("endpoints %v, want %v", got, want)
+		}
+		return nil
+	}
+	if err := endpoints("10.10.0.1/v1/reviews", "10.10.0.2/v2/reviews"); err != nil {
+		t.Fatal(err)
 	}
 	svc, err := find()
 	if err != nil {
 		t.Fatal(err)
-	}
-	if got, want := addrs(svc), []string{"10.10.0.1/v1/reviews", "10.10.0.2/v2/reviews"}; !reflect.DeepEqual(got, want) {
-		t.Fatalf("endpoints %v, want %v", got, want)
 	}
 	if p := svc.Ports; len(p) != 1 || p[0].Number != 9080 || svc.Endpoints[0].Ports["http"] != 8080 {
 		t.Fatalf("ports %+v, endpoint ports %v", p, svc.Endpoints[0].Ports)
@@ -191,24 +214,8 @@ func TestServiceRegistryFollowsTheCluster(t *testing.T) {
 	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-b", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.10.0.3"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "reviews-v2"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 20*time.Second, func() error {
-		svc, err := find()
-		if err != nil {
-			return err
-		}
-		if got, want := addrs(svc), []string{"10.10.0.2/v2/reviews", "10.10.0.3/v2/reviews"}; !reflect.DeepEqual(got, want) {
-			return fmt.Errorf("endpoints %v, want %v", got, want)
-		}
-		return nil
-	})
+	addReviewsSlice(t, ns, "10.10.0.3")
+	eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v2/reviews", "10.10.0.3/v2/reviews") })
 	if changes.Load() == before {
 		t.Fatal("OnChange was not called for the slice changes")
 	}
@@ -222,16 +229,7 @@ func TestServiceRegistryFollowsTheCluster(t *testing.T) {
 	if _, err := cs.CoreV1().Pods(ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error {
-		svc, err := find()
-		if err != nil {
-			return err
-		}
-		if got, want := addrs(svc), []string{"10.10.0.2/v3/reviews", "10.10.0.3/v3/reviews"}; !reflect.DeepEqual(got, want) {
-			return fmt.Errorf("endpoints %v, want %v", got, want)
-		}
-		return nil
-	})
+	eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v3/reviews", "10.10.0.3/v3/reviews") })
 
 	if err := cs.CoreV1().Services(ns).Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -22,8 +22,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
@@ -154,14 +152,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 	}
 
 	// Scale up: a new slice with a third pod address is pushed.
-	if _, err := cs.DiscoveryV1().EndpointSlices(shop).Create(context.Background(), &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-b", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.20.0.3"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: shop, Name: "reviews-v2"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	addReviewsSlice(t, shop, "10.20.0.3")
 	pushed, err := s.get(node, resource.EndpointType, []string{cluster}, eds) // ACK, then wait for the push
 	if err != nil {
 		t.Fatal(err)
