@@ -25,7 +25,7 @@ const (
 	// JWTPayloadKey is where jwt_authn writes the verified token's payload
 	// in its dynamic metadata; rbac matches requestPrincipals and
 	// request.auth.* conditions against it.
-	JWTPayloadKey = "jwt_payload"
+	JWTPayloadKey = "payload"
 
 	TLSInspector   = "envoy.filters.listener.tls_inspector"
 	TLSSocket      = "envoy.transport_sockets.tls"

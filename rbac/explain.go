@@ -3,7 +3,6 @@ package rbac
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -28,7 +27,7 @@ type Request struct {
 	Path      string // with or without a query
 	Host      string
 	Headers   map[string]string // lower-case names
-	JWT       map[string]any    // the verified JWT payload (claim -> string or []string), as jwt_authn writes it
+	JWT       map[string]any    // the verified JWT payload (claim -> string, []string or a nested map), as jwt_authn writes it
 }
 
 // Decision is Explain's answer.
@@ -62,6 +61,8 @@ func (o *Output) Explain(r Request) (Decision, error) {
 	if r.RemoteIP == "" {
 		r.RemoteIP = r.SourceIP
 	}
+	// Envoy normalises the path before any filter sees it.
+	r.Path = NormalizePath(o.pathNormalization, r.Path)
 	var d Decision
 	for _, f := range o.Filters {
 		if f.rules == nil && f.shadow == nil {
@@ -158,6 +159,10 @@ func principalMatches(p *rbacv3.Principal, r Request) bool {
 		return inCIDR(id.RemoteIp, r.RemoteIP)
 	case *rbacv3.Principal_SourcedMetadata:
 		return metadataMatches(id.SourcedMetadata.GetMetadataMatcher(), r)
+	case *rbacv3.Principal_Metadata:
+		return metadataMatches(id.Metadata, r)
+	case *rbacv3.Principal_Header:
+		return headerMatches(id.Header, r)
 	}
 	return false
 }
@@ -188,6 +193,9 @@ func permissionMatches(q *rbacv3.Permission, r Request) bool {
 		return inCIDR(rule.DestinationIp, r.DestIP)
 	case *rbacv3.Permission_RequestedServerName:
 		return stringMatches(rule.RequestedServerName, r.SNI)
+	case *rbacv3.Permission_UriTemplate:
+		path, _, _ := strings.Cut(r.Path, "?")
+		return templateMatches(rule.UriTemplate, path)
 	}
 	return false
 }
@@ -208,28 +216,57 @@ func headerMatches(h *routev3.HeaderMatcher, r Request) bool {
 	if !ok {
 		return false
 	}
-	return stringMatches(h.GetStringMatch(), v)
+	if h.GetPresentMatch() {
+		return true
+	}
+	return h.GetStringMatch() != nil && stringMatches(h.GetStringMatch(), v)
 }
 
 func metadataMatches(m *matcherv3.MetadataMatcher, r Request) bool {
-	if m.Filter != "envoy.filters.http.jwt_authn" || len(m.Path) != 2 || m.Path[0].GetKey() != authn.JWTPayloadKey {
+	if m.Filter != JWTFilter || len(m.Path) < 2 || m.Path[0].GetKey() != authn.JWTPayloadKey {
 		return false
 	}
-	v, ok := r.JWT[m.Path[1].GetKey()]
-	if !ok {
-		return false
-	}
-	vm := m.GetValue()
-	switch x := v.(type) {
-	case string:
-		return vm.GetStringMatch() != nil && stringMatches(vm.GetStringMatch(), x)
-	case []string:
-		one := vm.GetListMatch().GetOneOf().GetStringMatch()
-		if one == nil {
+	var v any = r.JWT
+	for _, seg := range m.Path[1:] {
+		obj, ok := v.(map[string]any)
+		if !ok {
 			return false
 		}
-		for _, e := range x {
-			if stringMatches(one, e) {
+		if v, ok = obj[seg.GetKey()]; !ok {
+			return false
+		}
+	}
+	return valueMatches(m.GetValue(), v)
+}
+
+// valueMatches is Envoy's ValueMatcher over a JSON-like value.
+func valueMatches(vm *matcherv3.ValueMatcher, v any) bool {
+	switch p := vm.GetMatchPattern().(type) {
+	case *matcherv3.ValueMatcher_StringMatch:
+		s, ok := v.(string)
+		return ok && stringMatches(p.StringMatch, s)
+	case *matcherv3.ValueMatcher_PresentMatch:
+		return p.PresentMatch
+	case *matcherv3.ValueMatcher_ListMatch:
+		var list []any
+		switch x := v.(type) {
+		case []string:
+			for _, e := range x {
+				list = append(list, e)
+			}
+		case []any:
+			list = x
+		default:
+			return false
+		}
+		for _, e := range list {
+			if valueMatches(p.ListMatch.GetOneOf(), e) {
+				return true
+			}
+		}
+	case *matcherv3.ValueMatcher_OrMatch:
+		for _, x := range p.OrMatch.GetValueMatchers() {
+			if valueMatches(x, v) {
 				return true
 			}
 		}
@@ -258,8 +295,8 @@ func stringMatches(m *matcherv3.StringMatcher, v string) bool {
 	case *matcherv3.StringMatcher_Contains:
 		return strings.Contains(fold(cmp), fold(p.Contains))
 	case *matcherv3.StringMatcher_SafeRegex:
-		re, err := regexp.Compile("^(?:" + p.SafeRegex.Regex + ")$")
-		return err == nil && re.MatchString(cmp)
+		re := cachedRegexp("^(?:" + p.SafeRegex.Regex + ")$")
+		return re != nil && re.MatchString(cmp)
 	}
 	return false
 }

@@ -69,7 +69,9 @@ func serviceMatch(pattern, svc string) bool {
 }
 
 // compileLegacy maps ServiceRoleBindings (and their ServiceRoles) in w's
-// namespace onto ALLOW policies, one per binding and role rule.
+// namespace onto ALLOW policies, one per binding and role rule: the same
+// decisions as Istio 1.4's one policy per role (its bindings' subjects
+// ORed, its rules ORed), with names that say which binding allowed.
 func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]string) []compiled {
 	on, dry, _ := rbacOn(objs, w)
 	if !on {
@@ -92,17 +94,24 @@ func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]strin
 	sort.Slice(bindings, func(i, j int) bool { return bindings[i].Metadata.Name < bindings[j].Metadata.Name })
 	out := []compiled{{name: PolicyName(w.Namespace, "rbac-on", 0), action: "ALLOW", dryRun: dry}} // RBAC on: unmatched requests are denied
 	for _, b := range bindings {
-		roleName := b.Spec.Role
-		if b.Spec.RoleRef != nil {
-			roleName = b.Spec.RoleRef.Name
-		}
-		role, ok := roles[roleName]
 		where := fmt.Sprintf("ServiceRoleBinding %s/%s", w.Namespace, b.Metadata.Name)
-		if !ok {
-			*reports = append(*reports, fmt.Sprintf("%s: ServiceRole %q not found; binding ignored", where, roleName))
+		bd := builder{opts: opts, reports: reports, where: where}
+		// Istio 1.4 reads the role from roleRef only; role and inline
+		// actions were never enforced, so a binding relying on them
+		// grants nothing.
+		if b.Spec.RoleRef == nil || b.Spec.RoleRef.Name == "" {
+			bd.report("roleRef.name is required (Istio ignores role and actions); binding ignored")
 			continue
 		}
-		bd := builder{opts: opts, reports: reports, where: where}
+		if b.Spec.Role != "" || len(b.Spec.Actions) > 0 {
+			bd.report("role and actions are not read (Istio ignores them); roleRef %q applies", b.Spec.RoleRef.Name)
+		}
+		roleName := b.Spec.RoleRef.Name
+		role, ok := roles[roleName]
+		if !ok {
+			bd.report("ServiceRole %q not found; binding ignored", roleName)
+			continue
+		}
 		principals, err := bd.subjects(b.Spec.Subjects)
 		if err != nil {
 			bd.report("%v; binding dropped", err)
@@ -114,51 +123,80 @@ func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]strin
 			}) {
 				continue
 			}
-			perm, err := bd.accessRule(r)
+			perm, err := bd.accessRule(r, w)
 			if err != nil {
 				bd.report("ServiceRole %s rule %d: %v; rule dropped", roleName, i, err)
 				continue
 			}
-			out = append(out, compiled{name: PolicyName(w.Namespace, b.Metadata.Name, i), action: "ALLOW", dryRun: dry,
-				policy: &rbacv3.Policy{Principals: principals, Permissions: perm}})
+			out = append(out, compiled{name: PolicyName(w.Namespace, b.Metadata.Name, i), action: "ALLOW", dryRun: dry || b.Spec.Mode == "PERMISSIVE",
+				policy: &rbacv3.Policy{Principals: principals, Permissions: []*rbacv3.Permission{perm}}})
 		}
 	}
 	return out
 }
 
-// subjects ORs the binding's subjects; each subject ANDs its fields.
+// legacyUser is a subject's user: "*" and "allUsers" are anyone,
+// "allAuthenticatedUsers" any mTLS peer, else a principal.
+func legacyUser(v string) (*rbacv3.Principal, error) {
+	switch v {
+	case "*", "allUsers":
+		return anyPrincipal, nil
+	case "allAuthenticatedUsers":
+		return principal("*")
+	}
+	return principal(v)
+}
+
+// legacyNamespace is Istio 1.4's namespace match: * is any run.
+func legacyNamespace(v string) (*rbacv3.Principal, error) { return namespacePrincipal(v) }
+
+// subjects ORs the binding's subjects; each subject ANDs its fields, and a
+// subject with no fields matches nobody (Istio 1.4).
 func (b builder) subjects(subs []api.Subject) ([]*rbacv3.Principal, error) {
 	var ors []*rbacv3.Principal
+	td := b.opts.trustDomains()
 	for i, s := range subs {
-		var pfs []principalField
+		var users []string
 		if s.User != "" {
-			pfs = append(pfs, principalField{"user", []string{s.User}, false, false, func(v string) (*rbacv3.Principal, error) {
-				if v == "*" {
-					return anyPrincipal, nil
-				}
-				return principal(v), nil
-			}})
+			users = td.principals([]string{s.User})
 		}
-		if s.Group != "" || len(s.Groups) > 0 {
-			return nil, unsupported{fmt.Sprintf("subjects[%d]: groups are not supported (warden has no group source)", i)}
+		groups := s.Groups
+		if s.Group != "" {
+			groups = append([]string{s.Group}, groups...)
 		}
+		var pfs []principalField
+		if len(users) > 0 {
+			pfs = append(pfs, principalField{"user", users, nil, false, legacyUser})
+		}
+		pfs = append(pfs,
+			principalField{"names", s.Names, s.NotNames, false, legacyUser},
+			principalField{"groups", groups, s.NotGroups, true, claimValue([]string{"groups"})},
+			principalField{"namespaces", s.Namespaces, s.NotNamespaces, false, legacyNamespace},
+			principalField{"ips", s.IPs, s.NotIPs, false, ipPrincipal(false)},
+		)
 		keys := make([]string, 0, len(s.Properties))
 		for k := range s.Properties {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
 		for _, k := range keys {
-			pf, _, err := condition(fmt.Sprintf("subjects[%d].properties", i), api.Condition{Key: k, Values: []string{s.Properties[k]}})
+			pf, _, err := b.condition(fmt.Sprintf("subjects[%d].properties", i), api.Condition{Key: k, Values: []string{s.Properties[k]}}, "")
 			if err != nil || pf == nil {
-				return nil, unsupported{fmt.Sprintf("subjects[%d].properties[%s] is not a source property", i, k)}
+				return nil, unsupported{fmt.Sprintf("subjects[%d].properties[%s] is not a source property warden compiles", i, k)}
 			}
 			pfs = append(pfs, *pf)
 		}
-		ps, _, err := b.sides(pfs, nil, true)
+		sb := b
+		sb.where = fmt.Sprintf("%s subjects[%d]", b.where, i)
+		ps, err := compileFields(sb, pfs, true, orIDs, notID)
 		if err != nil {
 			return nil, err
 		}
-		ors = append(ors, andIDs(ps)...)
+		if len(ps) == 0 {
+			ors = append(ors, notID(anyPrincipal))
+			continue
+		}
+		ors = append(ors, andIDs(ps))
 	}
 	if len(ors) == 0 {
 		return nil, unsupported{"no subjects"}
@@ -166,7 +204,11 @@ func (b builder) subjects(subs []api.Subject) ([]*rbacv3.Principal, error) {
 	return []*rbacv3.Principal{orIDs(ors)}, nil
 }
 
-func (b builder) accessRule(r api.AccessRule) ([]*rbacv3.Permission, error) {
+// accessRule compiles a ServiceRole rule as Istio 1.4 does: hosts,
+// methods and paths match the :authority, :method and :path headers (the
+// path with its query); constraints on destination labels, name and
+// namespace are decided here, against the workload.
+func (b builder) accessRule(r api.AccessRule, w Workload) (*rbacv3.Permission, error) {
 	ports := func(ps []int32) []string {
 		var out []string
 		for _, p := range ps {
@@ -175,24 +217,46 @@ func (b builder) accessRule(r api.AccessRule) ([]*rbacv3.Permission, error) {
 		return out
 	}
 	qfs := []permissionField{
-		{"methods", r.Methods, false, true, headerPermission(":method", false)},
-		{"notMethods", r.NotMethods, true, true, headerPermission(":method", false)},
-		{"paths", r.Paths, false, true, pathPermission},
-		{"notPaths", r.NotPaths, true, true, pathPermission},
-		{"ports", ports(r.Ports), false, false, portPermission},
-		{"notPorts", ports(r.NotPorts), true, false, portPermission},
-	}
-	if slices.Contains(r.Methods, "*") {
-		qfs[0].values = nil // every method
+		{"hosts", r.Hosts, r.NotHosts, true, headerPermission(":authority", false)},
+		{"methods", r.Methods, r.NotMethods, true, headerPermission(":method", false)},
+		{"paths", r.Paths, r.NotPaths, true, headerPermission(":path", false)},
+		{"ports", ports(r.Ports), ports(r.NotPorts), false, portPermission},
 	}
 	for _, c := range r.Constraints {
-		_, qf, err := condition("constraints", api.Condition{Key: c.Key, Values: c.Values})
+		switch key := c.Key; {
+		case key == "destination.namespace":
+			if !slices.ContainsFunc(c.Values, func(v string) bool { return serviceMatch(v, w.Namespace) }) {
+				return nil, unsupported{fmt.Sprintf("constraint %s %v does not match namespace %s", key, c.Values, w.Namespace)}
+			}
+			continue
+		case strings.HasPrefix(key, "destination.labels"):
+			l, ok := bracketed(strings.TrimPrefix(key, "destination.labels"))
+			v, has := w.Labels[l]
+			if !ok || !has || !slices.ContainsFunc(c.Values, func(p string) bool { return serviceMatch(p, v) }) {
+				return nil, unsupported{fmt.Sprintf("constraint %s %v does not match the workload's labels", key, c.Values)}
+			}
+			continue
+		case key == "destination.name":
+			if !slices.ContainsFunc(w.Services, func(s string) bool {
+				short, _, _ := strings.Cut(s, ".")
+				return slices.ContainsFunc(c.Values, func(p string) bool { return serviceMatch(p, short) })
+			}) {
+				return nil, unsupported{fmt.Sprintf("constraint %s %v does not match the workload's services", key, c.Values)}
+			}
+			continue
+		}
+		key := c.Key
+		if h, ok := bracketed(strings.TrimPrefix(key, "request.headers")); ok && strings.HasPrefix(key, "request.headers") {
+			qfs = append(qfs, permissionField{"constraints." + key, c.Values, nil, true, headerPermission(strings.ToLower(h), false)})
+			continue
+		}
+		_, qf, err := b.condition("constraints", api.Condition{Key: key, Values: c.Values}, "")
 		if err != nil || qf == nil {
-			return nil, unsupported{fmt.Sprintf("constraint %q is not a destination property", c.Key)}
+			return nil, unsupported{fmt.Sprintf("constraint %q is not a destination property warden compiles", key)}
 		}
 		qfs = append(qfs, *qf)
 	}
-	_, qs, err := b.sides(nil, qfs, true)
+	qs, err := compileFields(b, qfs, true, orRules, notRule)
 	if err != nil {
 		return nil, err
 	}

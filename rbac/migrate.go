@@ -2,8 +2,11 @@ package rbac
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/wardenmesh/warden/api"
 )
@@ -57,33 +60,27 @@ func Migrate(objs []api.Object, serviceLabels map[string]map[string]string) ([]*
 			if b.Metadata.Namespace != ns {
 				continue
 			}
-			roleName := b.Spec.Role
-			if b.Spec.RoleRef != nil {
-				roleName = b.Spec.RoleRef.Name
-			}
-			role, ok := roles[ns+"/"+roleName]
-			if !ok {
-				notes = append(notes, fmt.Sprintf("ServiceRoleBinding %s/%s: ServiceRole %q not found; skipped", ns, b.Metadata.Name, roleName))
+			where := fmt.Sprintf("ServiceRoleBinding %s/%s", ns, b.Metadata.Name)
+			if b.Spec.RoleRef == nil || b.Spec.RoleRef.Name == "" {
+				notes = append(notes, where+": roleRef.name is required (Istio ignores role and actions); skipped")
 				continue
 			}
-			var froms []api.RuleFrom
-			var whens []api.Condition
-			expressible := true
-			for i, s := range b.Spec.Subjects {
-				if s.Group != "" || len(s.Groups) > 0 {
-					notes = append(notes, fmt.Sprintf("ServiceRoleBinding %s/%s subjects[%d]: groups cannot be expressed; binding skipped", ns, b.Metadata.Name, i))
-					expressible = false
-				}
-				src := &api.Source{}
-				if s.User != "" {
-					src.Principals = []string{s.User}
-				}
-				for k, v := range s.Properties {
-					whens = append(whens, api.Condition{Key: k, Values: []string{v}})
-				}
-				froms = append(froms, api.RuleFrom{Source: src})
+			roleName := b.Spec.RoleRef.Name
+			role, ok := roles[ns+"/"+roleName]
+			if !ok {
+				notes = append(notes, fmt.Sprintf("%s: ServiceRole %q not found; skipped", where, roleName))
+				continue
 			}
-			if !expressible {
+			var subjects []api.Rule // one rule per subject: subjects are ORed, a subject's fields ANDed
+			for i, s := range b.Spec.Subjects {
+				r, ok := migrateSubject(s)
+				if !ok {
+					notes = append(notes, fmt.Sprintf("%s subjects[%d]: a subject with no fields matches nobody; left out", where, i))
+					continue
+				}
+				subjects = append(subjects, r)
+			}
+			if len(subjects) == 0 {
 				continue
 			}
 			for i, r := range role.Spec.Rules {
@@ -92,24 +89,30 @@ func Migrate(objs []api.Object, serviceLabels map[string]map[string]string) ([]*
 					notes = append(notes, fmt.Sprintf("ServiceRole %s/%s rule %d: services %v have no labels given; skipped", ns, roleName, i, r.Services))
 					continue
 				}
-				op := &api.Operation{Methods: r.Methods, NotMethods: r.NotMethods, Paths: r.Paths, NotPaths: r.NotPaths}
-				for _, p := range r.Ports {
-					op.Ports = append(op.Ports, strconv.Itoa(int(p)))
+				op, whens, ok := migrateAccessRule(r)
+				if !ok {
+					notes = append(notes, fmt.Sprintf("ServiceRole %s/%s rule %d: constraints on destination labels, name or namespace cannot be converted; skipped", ns, roleName, i))
+					continue
 				}
-				for _, p := range r.NotPorts {
-					op.NotPorts = append(op.NotPorts, strconv.Itoa(int(p)))
+				if len(r.Paths)+len(r.NotPaths) > 0 {
+					notes = append(notes, fmt.Sprintf("ServiceRole %s/%s rule %d: paths are now matched without the query string", ns, roleName, i))
 				}
-				if len(op.Methods) == 1 && op.Methods[0] == "*" {
-					op.Methods = nil
+				var rules []api.Rule
+				for _, sr := range subjects {
+					rule := api.Rule{From: sr.From, When: append(append([]api.Condition{}, sr.When...), whens...)}
+					if op != nil {
+						rule.To = []api.RuleTo{{Operation: op}}
+					}
+					rules = append(rules, rule)
 				}
-				rule := api.Rule{From: froms, To: []api.RuleTo{{Operation: op}}, When: whens}
-				for _, c := range r.Constraints {
-					rule.When = append(rule.When, api.Condition{Key: c.Key, Values: c.Values})
+				m := meta(fmt.Sprintf("%s-%d", b.Metadata.Name, i))
+				if b.Spec.Mode == "PERMISSIVE" {
+					m.Annotations = map[string]string{"istio.io/dry-run": "true"}
 				}
 				out = append(out, &api.AuthorizationPolicy{
 					TypeMeta: api.TypeMeta{APIVersion: "security.istio.io/v1", Kind: "AuthorizationPolicy"},
-					Metadata: meta(fmt.Sprintf("%s-%d", b.Metadata.Name, i)),
-					Spec:     api.AuthorizationPolicySpec{Action: "ALLOW", Selector: sel, Rules: []api.Rule{rule}},
+					Metadata: m,
+					Spec:     api.AuthorizationPolicySpec{Action: "ALLOW", Selector: sel, Rules: rules},
 				})
 			}
 		}
@@ -127,4 +130,79 @@ func selectorFor(services []string, labels map[string]map[string]string) (*api.W
 		}
 	}
 	return nil, false
+}
+
+// migrateSubject turns one legacy subject into a rule's from and when
+// (the caller adds the operation). ok is false for a subject that matches
+// nobody.
+func migrateSubject(s api.Subject) (api.Rule, bool) {
+	var r api.Rule
+	src := &api.Source{Namespaces: s.Namespaces, NotNamespaces: s.NotNamespaces, IPBlocks: s.IPs, NotIPBlocks: s.NotIPs}
+	anyone := false
+	switch s.User {
+	case "":
+	case "*", "allUsers":
+		anyone = true
+	case "allAuthenticatedUsers":
+		src.Principals = []string{"*"}
+	default:
+		src.Principals = []string{s.User}
+	}
+	if len(s.Names) > 0 {
+		if src.Principals == nil {
+			src.Principals = s.Names
+		} else {
+			r.When = append(r.When, api.Condition{Key: "source.principal", Values: s.Names})
+		}
+	}
+	src.NotPrincipals = s.NotNames
+	groups := s.Groups
+	if s.Group != "" {
+		groups = append([]string{s.Group}, groups...)
+	}
+	if len(groups)+len(s.NotGroups) > 0 {
+		r.When = append(r.When, api.Condition{Key: "request.auth.claims[groups]", Values: groups, NotValues: s.NotGroups})
+	}
+	keys := make([]string, 0, len(s.Properties))
+	for k := range s.Properties {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		r.When = append(r.When, api.Condition{Key: k, Values: []string{s.Properties[k]}})
+	}
+	empty := api.Source{}
+	if !reflect.DeepEqual(*src, empty) {
+		r.From = []api.RuleFrom{{Source: src}}
+	} else if !anyone && len(r.When) == 0 {
+		return r, false
+	}
+	return r, true
+}
+
+// migrateAccessRule turns a ServiceRole rule into an operation (nil: any)
+// and conditions. ok is false when a constraint names the destination
+// workload, which a selector would have to express.
+func migrateAccessRule(r api.AccessRule) (*api.Operation, []api.Condition, bool) {
+	op := &api.Operation{Hosts: r.Hosts, NotHosts: r.NotHosts, Methods: r.Methods, NotMethods: r.NotMethods, Paths: r.Paths, NotPaths: r.NotPaths}
+	for _, p := range r.Ports {
+		op.Ports = append(op.Ports, strconv.Itoa(int(p)))
+	}
+	for _, p := range r.NotPorts {
+		op.NotPorts = append(op.NotPorts, strconv.Itoa(int(p)))
+	}
+	if slices.Contains(op.Methods, "*") {
+		op.Methods = nil
+	}
+	var whens []api.Condition
+	for _, c := range r.Constraints {
+		if c.Key == "destination.namespace" || c.Key == "destination.name" || c.Key == "destination.user" || strings.HasPrefix(c.Key, "destination.labels") {
+			return nil, nil, false
+		}
+		whens = append(whens, api.Condition{Key: c.Key, Values: c.Values})
+	}
+	if reflect.DeepEqual(*op, api.Operation{}) {
+		op = nil
+	}
+	return op, whens, true
 }

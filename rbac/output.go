@@ -28,6 +28,8 @@ type Filter struct {
 type Output struct {
 	Filters []*Filter
 	Reports []string // rules dropped or conditions ignored, and why
+
+	pathNormalization string // what Envoy does to the path before RBAC
 }
 
 // Compile selects the policies that apply to w among objs and compiles
@@ -42,7 +44,7 @@ func Compile(objs []api.Object, w Workload, opts Options) (*Output, error) {
 			aps = append(aps, p)
 		}
 	}
-	out := &Output{}
+	out := &Output{pathNormalization: opts.PathNormalization}
 	var all []compiled
 	for _, p := range selected(aps, w, opts) {
 		all = append(all, compilePolicy(p, opts, &out.Reports)...)

@@ -4,10 +4,12 @@
 // disagree.
 //
 // Semantics (Istio's): each rule becomes one RBAC policy named
-// ns[<ns>]-policy[<name>]-rule[<i>]; `from` sources become principals and
-// `to` operations permissions; values in a field are ORed, fields are
-// ANDed, not* fields negate; `when` conditions join the principal or
-// permission side they describe. Filters come in the order AUDIT (RBAC
+// ns[<ns>]-policy[<name>]-rule[<i>]; each `from` source becomes one
+// principal and each `to` operation one permission (entries are ORed);
+// values in a field are ORed, fields are ANDed, not* fields negate;
+// `when` conditions are ANDed into every entry of the side they describe.
+// A policy in the root namespace applies mesh-wide, or with a selector to
+// the matching workloads of every namespace. Filters come in the order AUDIT (RBAC
 // LOG), DENY, ALLOW; if any ALLOW policy applies, a request matching none is
 // denied, and an ALLOW policy without rules denies everything. A value that
 // cannot be expressed (an HTTP-only field on a TCP port, a malformed IP
@@ -34,12 +36,22 @@ type Workload struct {
 type Options struct {
 	RootNamespace string               // default istio-system
 	TrustDomain   spiffeid.TrustDomain // default cluster.local
-	TCP           bool                 // compile the network filter for a TCP port
+	// TrustDomainAliases are the mesh's other trust domains (Istio's
+	// meshConfig trustDomainAliases): principals naming any of them, or
+	// cluster.local, match peers of all of them.
+	TrustDomainAliases []string
+	TCP                bool // compile the network filter for a TCP port
+	// PathNormalization is Istio's meshConfig pathNormalization, which
+	// Explain applies before matching (default BASE).
+	PathNormalization string
 }
 
 func (o *Options) fill() {
 	if o.RootNamespace == "" {
 		o.RootNamespace = "istio-system"
+	}
+	if o.PathNormalization == "" {
+		o.PathNormalization = PathBase
 	}
 	if o.TrustDomain.IsZero() {
 		o.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
