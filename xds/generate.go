@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/wardenmesh/warden/authn"
+	"github.com/wardenmesh/warden/rbac"
 )
 
 // Config is generated configuration: resources by type, and what could not
@@ -153,6 +154,24 @@ func portOf(s *Service, n uint32) ServicePort {
 	return ServicePort{Number: n}
 }
 
+// normalizePaths sets Istio's meshConfig pathNormalization on an inbound
+// connection manager, so RBAC sees the path the application will.
+func normalizePaths(h *hcmv3.HttpConnectionManager, mode string) *hcmv3.HttpConnectionManager {
+	h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_KEEP_UNCHANGED
+	switch mode {
+	case rbac.PathNone:
+		h.NormalizePath = wrapperspb.Bool(false)
+	case rbac.PathMergeSlashes:
+		h.NormalizePath, h.MergeSlashes = wrapperspb.Bool(true), true
+	case rbac.PathDecodeAndMergeSlashes:
+		h.NormalizePath, h.MergeSlashes = wrapperspb.Bool(true), true
+		h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+	default: // BASE
+		h.NormalizePath = wrapperspb.Bool(true)
+	}
+	return h
+}
+
 func hcmFilter(h *hcmv3.HttpConnectionManager) *listenerv3.Filter {
 	return &listenerv3.Filter{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(h)}}
 }
@@ -248,7 +267,7 @@ func (m *Mesh) Inbound(w *Workload) (*Config, error) {
 				filters = append(filters, httpFilter(f.Name, f.Config))
 			}
 			filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
-			fc.Filters = []*listenerv3.Filter{hcmFilter(&hcmv3.HttpConnectionManager{
+			fc.Filters = []*listenerv3.Filter{hcmFilter(normalizePaths(&hcmv3.HttpConnectionManager{
 				StatPrefix: fmt.Sprintf("inbound_%d", port),
 				RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: cluster, VirtualHosts: []*routev3.VirtualHost{{
 					Name: cluster, Domains: []string{"*"}, Routes: []*routev3.Route{{
@@ -260,7 +279,7 @@ func (m *Mesh) Inbound(w *Workload) (*Config, error) {
 				HttpFilters:                 filters,
 				ForwardClientCertDetails:    hcmv3.HttpConnectionManager_APPEND_FORWARD,
 				SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
-			})}
+			}, m.opts.PathNormalization))}
 		} else {
 			for _, f := range tcpAuthz.Filters {
 				fc.Filters = append(fc.Filters, &listenerv3.Filter{Name: f.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(f.Config)}})
@@ -348,7 +367,7 @@ func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, [
 		filters = append(filters, httpFilter(f.Name, cfg))
 	}
 	filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
-	fc := &listenerv3.FilterChain{Name: fmt.Sprintf("inbound|%d", port), Filters: []*listenerv3.Filter{hcmFilter(&hcmv3.HttpConnectionManager{
+	fc := &listenerv3.FilterChain{Name: fmt.Sprintf("inbound|%d", port), Filters: []*listenerv3.Filter{hcmFilter(normalizePaths(&hcmv3.HttpConnectionManager{
 		StatPrefix: fmt.Sprintf("inbound_%d", port),
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: fmt.Sprintf("inbound|%d", port), VirtualHosts: []*routev3.VirtualHost{{
 			Name: "inbound", Domains: []string{"*"}, Routes: []*routev3.Route{{
@@ -357,7 +376,7 @@ func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, [
 			}},
 		}}}},
 		HttpFilters: filters,
-	})}}
+	}, m.opts.PathNormalization))}}
 	switch mode {
 	case authn.Strict:
 		inst := m.opts.CertProvider

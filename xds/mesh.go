@@ -40,6 +40,12 @@ type Options struct {
 	RootNamespace string               // default istio-system
 	SDSCluster    string               // Envoy cluster for SDS; default: SDS over ADS
 	CertProvider  string               // grpc certificate provider instance name
+	// TrustDomainAliases are the mesh's other trust domains (Istio's
+	// meshConfig trustDomainAliases), for authorization principals.
+	TrustDomainAliases []string
+	// PathNormalization is Istio's meshConfig pathNormalization, applied
+	// by every inbound HTTP connection manager (default BASE).
+	PathNormalization string
 }
 
 func (o *Options) fill() {
@@ -54,6 +60,9 @@ func (o *Options) fill() {
 	}
 	if o.CertProvider == "" {
 		o.CertProvider = DefaultCertProvider
+	}
+	if o.PathNormalization == "" {
+		o.PathNormalization = rbac.PathBase
 	}
 }
 
@@ -76,7 +85,8 @@ func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error
 		return nil, err
 	}
 	m := &Mesh{opts: opts, services: services, byHost: map[string]*Service{}, dr: map[string][]*api.DestinationRule{}, authn: ax,
-		rbac: rbac.NewIndex(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain})}
+		rbac: rbac.NewIndex(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain,
+			TrustDomainAliases: opts.TrustDomainAliases, PathNormalization: opts.PathNormalization})}
 	for _, s := range services {
 		m.byHost[s.Host] = s
 	}

@@ -80,6 +80,44 @@ func parsePorts(s string) ([]authn.Port, error) {
 
 type workloadFlags struct {
 	file, ns, labels, ports, services, output, rootNS, kind string
+	trustDomain                                             string
+	mesh                                                    meshPolicyFlags
+}
+
+// meshPolicyFlags are the mesh-wide settings authorization depends on
+// (Istio's meshConfig trustDomainAliases and pathNormalization).
+type meshPolicyFlags struct {
+	aliases  multiFlag
+	pathNorm string
+}
+
+func (m *meshPolicyFlags) register(fs *flag.FlagSet) {
+	fs.Var(&m.aliases, "trust-domain-alias", "another trust domain of this mesh (Istio's trustDomainAliases; repeatable): a principal naming it, the trust domain or cluster.local matches peers of all of them")
+	fs.StringVar(&m.pathNorm, "path-normalization", rbac.PathBase, "what inbound HTTP paths go through before authorization (Istio's meshConfig pathNormalization): "+strings.Join(rbac.PathNormalizations, ", "))
+}
+
+func (m *meshPolicyFlags) check() error {
+	if err := rbac.CheckPathNormalization(m.pathNorm); err != nil {
+		return fmt.Errorf("%w: --path-normalization: %v", errUsage, err)
+	}
+	for _, a := range m.aliases {
+		if _, err := parseTrustDomain(a); err != nil {
+			return fmt.Errorf("%w: --trust-domain-alias: %v", errUsage, err)
+		}
+	}
+	return nil
+}
+
+// rbacOptions are the authorization compiler's options from the flags.
+func (w *workloadFlags) rbacOptions(tcp bool) (rbac.Options, error) {
+	td, err := parseTrustDomain(w.trustDomain)
+	if err != nil {
+		return rbac.Options{}, err
+	}
+	if err := w.mesh.check(); err != nil {
+		return rbac.Options{}, err
+	}
+	return rbac.Options{RootNamespace: w.rootNS, TrustDomain: td, TrustDomainAliases: w.mesh.aliases, PathNormalization: w.mesh.pathNorm, TCP: tcp}, nil
 }
 
 func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
@@ -90,6 +128,8 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	fs.StringVar(&w.ports, "port", "8080", "workload ports, comma-separated, each [name:]number")
 	fs.StringVar(&w.services, "services", "", "Services selecting the workload (legacy Policy targets)")
 	fs.StringVar(&w.rootNS, "root-namespace", "istio-system", "mesh root namespace")
+	fs.StringVar(&w.trustDomain, "trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain")
+	w.mesh.register(fs)
 	return fs
 }
 
@@ -145,7 +185,11 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 			return err
 		}
 	case "authz":
-		if out, err = rbac.Compile(objs, w.rbacWorkload(wl), rbac.Options{RootNamespace: w.rootNS, TCP: *tcp}); err != nil {
+		opts, err := w.rbacOptions(*tcp)
+		if err != nil {
+			return err
+		}
+		if out, err = rbac.Compile(objs, w.rbacWorkload(wl), opts); err != nil {
 			return err
 		}
 	default:
@@ -227,7 +271,11 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 			r.JWT[k] = append(old, v)
 		}
 	}
-	out, err := rbac.Compile(objs, w.rbacWorkload(wl), rbac.Options{RootNamespace: w.rootNS, TCP: *tcp})
+	opts, err := w.rbacOptions(*tcp)
+	if err != nil {
+		return err
+	}
+	out, err := rbac.Compile(objs, w.rbacWorkload(wl), opts)
 	if err != nil {
 		return err
 	}
@@ -276,7 +324,7 @@ func runPolicyMigrate(_ context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "---\n%s", b)
 	}
 	for _, n := range notes {
-		fmt.Fprintf(e.stderr, "not migrated: %s\n", n)
+		fmt.Fprintf(e.stderr, "policy migrate: %s\n", n)
 	}
 	return nil
 }

@@ -33,7 +33,12 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&servers, "grpc-server", "", "comma-separated addresses a proxyless gRPC server listens on (its server listeners)")
 	fs.StringVar(&format, "o", "yaml", "yaml or json")
 	fs.StringVar(&trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust domain")
+	var mf meshPolicyFlags
+	mf.register(fs)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := mf.check(); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -61,7 +66,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td})
+	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm})
 	if err != nil {
 		return err
 	}

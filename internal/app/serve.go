@@ -48,6 +48,7 @@ type serveFlags struct {
 	debounce                             time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
+	mesh                                 meshPolicyFlags
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -72,9 +73,13 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
+	f.mesh.register(fs)
 	f.kube.register(fs, e)
 	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := f.mesh.check(); err != nil {
 		return err
 	}
 	log, err := e.logger(f.logLevel)

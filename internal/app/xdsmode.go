@@ -19,7 +19,7 @@ import (
 // --config-dir directory in standalone mode, the informers in Kubernetes
 // mode. Streams authenticate like certificate requests (SVID or token).
 func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xds.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xds.Server, error) {
-	opts := xds.Options{TrustDomain: td}
+	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm}
 	srv, err := xds.NewServer(ctx, xds.ServerConfig{
 		Options:  opts,
 		Identify: identify,
