@@ -306,6 +306,9 @@ func compilePolicy(p *api.AuthorizationPolicy, opts Options, reports *[]string) 
 		*reports = append(*reports, fmt.Sprintf("AuthorizationPolicy %s/%s: CUSTOM needs provider.name; policy ignored", p.Metadata.Namespace, p.Metadata.Name))
 		return nil
 	}
+	if action != "CUSTOM" && provider != "" {
+		*reports = append(*reports, fmt.Sprintf("AuthorizationPolicy %s/%s: provider.name is read only with action CUSTOM; ignored", p.Metadata.Namespace, p.Metadata.Name))
+	}
 	var out []compiled
 	for i, r := range p.Spec.Rules {
 		name := PolicyName(p.Metadata.Namespace, p.Metadata.Name, i)

@@ -15,19 +15,7 @@ import (
 // rbacOn reports whether legacy RBAC applies to w, and whether it only
 // logs (enforcementMode PERMISSIVE).
 func rbacOn(objs []api.Object, w Workload) (on, dry bool, source string) {
-	var spec *api.RbacConfigSpec
-	for _, o := range objs {
-		switch x := o.(type) {
-		case *api.ClusterRbacConfig:
-			if x.Metadata.Name == "default" {
-				spec, source = &x.Spec, "ClusterRbacConfig default"
-			}
-		case *api.RbacConfig:
-			if x.Metadata.Name == "default" && spec == nil {
-				spec, source = &x.Spec, "RbacConfig default"
-			}
-		}
-	}
+	spec, source := rbacConfig(objs)
 	if spec == nil {
 		return false, false, ""
 	}
@@ -56,6 +44,37 @@ func rbacOn(objs []api.Object, w Workload) (on, dry bool, source string) {
 	return on, spec.EnforcementMode == "PERMISSIVE", source
 }
 
+// rbacConfig is the ClusterRbacConfig (or, failing that, RbacConfig)
+// named default.
+func rbacConfig(objs []api.Object) (spec *api.RbacConfigSpec, source string) {
+	for _, o := range objs {
+		switch x := o.(type) {
+		case *api.ClusterRbacConfig:
+			if x.Metadata.Name == "default" {
+				spec, source = &x.Spec, "ClusterRbacConfig default"
+			}
+		case *api.RbacConfig:
+			if x.Metadata.Name == "default" && spec == nil {
+				spec, source = &x.Spec, "RbacConfig default"
+			}
+		}
+	}
+	return spec, source
+}
+
+// ignoredTargets reports an inclusion or exclusion list the mode does not
+// read.
+func ignoredTargets(spec *api.RbacConfigSpec, source string) []string {
+	var out []string
+	if spec.Inclusion != nil && spec.Mode != "ON_WITH_INCLUSION" {
+		out = append(out, fmt.Sprintf("%s: inclusion is read only in mode ON_WITH_INCLUSION; ignored in mode %s", source, spec.Mode))
+	}
+	if spec.Exclusion != nil && spec.Mode != "ON_WITH_EXCLUSION" {
+		out = append(out, fmt.Sprintf("%s: exclusion is read only in mode ON_WITH_EXCLUSION; ignored in mode %s", source, spec.Mode))
+	}
+	return out
+}
+
 func serviceMatch(pattern, svc string) bool {
 	switch {
 	case pattern == "*":
@@ -73,6 +92,9 @@ func serviceMatch(pattern, svc string) bool {
 // decisions as Istio 1.4's one policy per role (its bindings' subjects
 // ORed, its rules ORed), with names that say which binding allowed.
 func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]string) []compiled {
+	if spec, source := rbacConfig(objs); spec != nil {
+		*reports = append(*reports, ignoredTargets(spec, source)...)
+	}
 	on, dry, _ := rbacOn(objs, w)
 	if !on {
 		return nil
