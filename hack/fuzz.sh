@@ -19,6 +19,7 @@ targets=(
   "./api FuzzDecode 40000"
   "./authn FuzzCompile 12000"
   "./rbac FuzzExplain 10000"
+  "./rbac FuzzMonotonic 6000"
   "./xds FuzzProxyConfig 3000"
   "./ca/vault FuzzSignResponse 8000"
 )
