@@ -364,7 +364,13 @@ func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, [
 		case cfg.GetRules() == nil:
 			continue // dry-run only
 		}
-		filters = append(filters, httpFilter(f.Name, cfg))
+		name := f.Name
+		if f.Action == "DENY" {
+			// grpc-go refuses two HTTP filters of one name; Istio names
+			// the DENY one apart.
+			name += ".DENY"
+		}
+		filters = append(filters, httpFilter(name, cfg))
 	}
 	filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
 	fc := &listenerv3.FilterChain{Name: fmt.Sprintf("inbound|%d", port), Filters: []*listenerv3.Filter{hcmFilter(normalizePaths(&hcmv3.HttpConnectionManager{

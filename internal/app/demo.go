@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/xds"
@@ -120,6 +122,12 @@ func (s *demoService) UnaryCall(ctx context.Context, _ *testgrpc.SimpleRequest) 
 	return &testgrpc.SimpleResponse{ServerId: s.version, Hostname: caller}, nil
 }
 
+// EmptyCall answers nothing: a second method (path) for RBAC to tell
+// apart.
+func (s *demoService) EmptyCall(context.Context, *testgrpc.Empty) (*testgrpc.Empty, error) {
+	return &testgrpc.Empty{}, nil
+}
+
 func peerID(ai credentials.AuthInfo) string {
 	info, ok := ai.(credentials.TLSInfo)
 	if !ok || len(info.State.PeerCertificates) == 0 {
@@ -140,13 +148,28 @@ func runDemoClient(ctx context.Context, e *env, args []string) error {
 	var target string
 	var n int
 	var every time.Duration
+	var headers multiFlag
+	var rpc string
 	fs := e.flags("demo client")
 	d.register(fs, e)
+	fs.Var(&headers, "header", "request metadata k=v sent with every call (repeatable)")
+	fs.StringVar(&rpc, "rpc", "unary", "the method to call: unary (UnaryCall) or empty (EmptyCall)")
 	fs.StringVar(&target, "target", "xds:///flaskapp.default.svc.cluster.local:8080", "xds:/// target to call")
 	fs.IntVar(&n, "n", 10, "number of calls")
 	fs.DurationVar(&every, "every", 0, "pause between calls")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if rpc != "unary" && rpc != "empty" {
+		return fmt.Errorf("%w: --rpc %q: want unary or empty", errUsage, rpc)
+	}
+	var md []string
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, "=")
+		if !ok {
+			return fmt.Errorf("%w: --header %q is not k=v", errUsage, h)
+		}
+		md = append(md, strings.ToLower(k), v)
 	}
 	boot, err := d.bootstrap()
 	if err != nil {
@@ -169,9 +192,15 @@ func runDemoClient(ctx context.Context, e *env, args []string) error {
 	counts := map[string]int{}
 	failed := 0
 	for i := 1; i <= n; i++ {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, md...), 10*time.Second)
 		var p peer.Peer
-		resp, err := client.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
+		resp := &testgrpc.SimpleResponse{ServerId: "EmptyCall", Hostname: "-"}
+		var err error
+		if rpc == "unary" {
+			resp, err = client.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
+		} else {
+			_, err = client.EmptyCall(cctx, &testgrpc.Empty{}, grpc.Peer(&p), grpc.WaitForReady(true))
+		}
 		cancel()
 		if err != nil {
 			st := status.Convert(err)
