@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/rbac"
@@ -73,19 +74,29 @@ func (g gen) source() *api.Source {
 	if g.r.IntN(4) == 0 {
 		s.Principals, s.NotPrincipals = nil, nil
 		s.ServiceAccounts, s.NotServiceAccounts = g.some(genSAs...), g.some(genSAs...)
+		if len(s.ServiceAccounts)+len(s.NotServiceAccounts) == 0 {
+			s.ServiceAccounts = []string{genSAs[0]}
+		}
 	} else {
 		s.Namespaces, s.NotNamespaces = g.some(genNamespaces...), g.some(genNamespaces...)
+	}
+	if reflect.DeepEqual(*s, api.Source{}) {
+		s.Namespaces = []string{g.pick(genNamespaces...)} // Istio refuses an empty source
 	}
 	return s
 }
 
 func (g gen) operation() *api.Operation {
-	return &api.Operation{
+	o := &api.Operation{
 		Hosts: g.some(genHosts...), NotHosts: g.some(genHosts...),
 		Ports: g.some(genPorts...), NotPorts: g.some(genPorts...),
 		Methods: g.some(genMethods...), NotMethods: g.some(genMethods...),
 		Paths: g.some(genPaths...), NotPaths: g.some(genPaths...),
 	}
+	if reflect.DeepEqual(*o, api.Operation{}) {
+		o.Ports = []string{g.pick(genPorts...)} // Istio refuses an empty operation
+	}
+	return o
 }
 
 func (g gen) rule() api.Rule {

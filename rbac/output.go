@@ -8,6 +8,7 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	extauthznet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/ext_authz/v3"
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -125,7 +126,7 @@ func filtersFor(action string, group []compiled, opts Options) ([]*Filter, error
 		return nil, fmt.Errorf("rbac: %s filter: %w", action, err)
 	}
 	out := []*Filter{f}
-	if action == "CUSTOM" && !opts.TCP {
+	if action == "CUSTOM" {
 		providers := map[string]bool{}
 		for _, c := range group {
 			providers[c.provider] = true
@@ -136,21 +137,28 @@ func filtersFor(action string, group []compiled, opts Options) ([]*Filter, error
 		}
 		sort.Strings(names)
 		for _, p := range names {
-			ext := &extauthzv3.ExtAuthz{
-				Services: &extauthzv3.ExtAuthz_GrpcService{GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "ext-authz|" + p}}}},
-				// Only requests a CUSTOM policy matched (the shadow rules
-				// record it in metadata) go to the external authorizer.
-				FilterEnabledMetadata: &matcherv3.MetadataMatcher{
-					Filter: HTTPFilter,
+			svc := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "ext-authz|" + p}}}
+			// Only requests a CUSTOM policy matched (the shadow rules
+			// record it in metadata) go to the external authorizer.
+			enabled := func(filter string) *matcherv3.MetadataMatcher {
+				return &matcherv3.MetadataMatcher{
+					Filter: filter,
 					Path:   []*matcherv3.MetadataMatcher_PathSegment{{Segment: &matcherv3.MetadataMatcher_PathSegment_Key{Key: prefix + "shadow_effective_policy_id"}}},
 					Value:  &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "ns["}}}},
-				},
-				TransportApiVersion: corev3.ApiVersion_V3,
+				}
+			}
+			var ext proto.Message = &extauthzv3.ExtAuthz{Services: &extauthzv3.ExtAuthz_GrpcService{GrpcService: svc},
+				FilterEnabledMetadata: enabled(HTTPFilter), TransportApiVersion: corev3.ApiVersion_V3}
+			name := ExtAuthz
+			if opts.TCP {
+				ext = &extauthznet.ExtAuthz{StatPrefix: "tcp.", GrpcService: svc,
+					FilterEnabledMetadata: enabled(NetworkFilter), TransportApiVersion: corev3.ApiVersion_V3}
+				name = NetworkExtAuthz
 			}
 			if err := validate(ext); err != nil {
 				return nil, err
 			}
-			out = append(out, &Filter{Name: ExtAuthz, Config: ext})
+			out = append(out, &Filter{Name: name, Config: ext})
 		}
 	}
 	return out, nil
@@ -162,3 +170,30 @@ func validate(m proto.Message) error {
 	}
 	return nil
 }
+
+// FilterOf reads back an RBAC filter's typed config (HTTP or network), so
+// Explain can evaluate filters built elsewhere (another control plane's,
+// or what a proxy was sent) exactly as it evaluates warden's own.
+func FilterOf(name string, cfg proto.Message) (*Filter, error) {
+	f := &Filter{Name: name, Config: cfg}
+	var prefix string
+	switch c := cfg.(type) {
+	case *rbachttp.RBAC:
+		f.rules, f.shadow, prefix = c.GetRules(), c.GetShadowRules(), c.GetShadowRulesStatPrefix()
+	case *rbacnet.RBAC:
+		f.rules, f.shadow, prefix = c.GetRules(), c.GetShadowRules(), c.GetShadowRulesStatPrefix()
+	default:
+		return nil, fmt.Errorf("rbac: %T is not an RBAC filter config", cfg)
+	}
+	switch {
+	case f.rules == nil && f.shadow != nil && prefix == "istio_ext_authz_":
+		f.Action = "CUSTOM" // shadow rules that pick what goes to ext_authz
+	case f.rules != nil:
+		f.Action = actionName[f.rules.GetAction()]
+	case f.shadow != nil:
+		f.Action = actionName[f.shadow.GetAction()]
+	}
+	return f, nil
+}
+
+var actionName = map[rbacv3.RBAC_Action]string{rbacv3.RBAC_LOG: "AUDIT", rbacv3.RBAC_DENY: "DENY", rbacv3.RBAC_ALLOW: "ALLOW"}

@@ -63,4 +63,6 @@ const (
 	HTTPFilter    = "envoy.filters.http.rbac"
 	NetworkFilter = "envoy.filters.network.rbac"
 	ExtAuthz      = "envoy.filters.http.ext_authz"
+	// NetworkExtAuthz is the TCP ports' external authorizer.
+	NetworkExtAuthz = "envoy.filters.network.ext_authz"
 )
