@@ -292,7 +292,7 @@ func requestsFor(objs []api.Object, g gen, n int) []rbac.Request {
 
 type diffStats struct {
 	cases, policies, decisions, explained, allowed int
-	byDifference                          map[string]int
+	byDifference                                   map[string]int
 }
 
 // compareCase decides the requests with both outputs; a disagreement no
