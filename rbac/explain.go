@@ -160,6 +160,7 @@ func principalMatches(p *rbacv3.Principal, r Request) bool {
 	case *rbacv3.Principal_SourcedMetadata:
 		return metadataMatches(id.SourcedMetadata.GetMetadataMatcher(), r)
 	case *rbacv3.Principal_Metadata:
+		//lint:ignore SA1019 what Istio and warden emit (see metadataPrincipal)
 		return metadataMatches(id.Metadata, r)
 	case *rbacv3.Principal_Header:
 		return headerMatches(id.Header, r)

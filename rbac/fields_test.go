@@ -143,18 +143,6 @@ func rendered(t *testing.T, objs []api.Object, w rbac.Workload, tcp bool) (strin
 	return string(y), out.Reports
 }
 
-func clone[T any](t *testing.T, v T) T {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out T
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 func accountFields(t *testing.T, kind string, spec any, build func(spec any) []api.Object, w rbac.Workload) int {
 	n := 0

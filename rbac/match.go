@@ -210,7 +210,12 @@ func payloadPath(claims []string) []*matcherv3.MetadataMatcher_PathSegment {
 	return path
 }
 
+// metadataPrincipal uses the metadata principal Istio emits: Envoy
+// deprecates it for sourced_metadata, but grpc-go's RBAC engine rejects
+// the whole filter on sourced_metadata and reads metadata as "never
+// matches" (fail closed for ALLOW).
 func metadataPrincipal(m *matcherv3.MetadataMatcher) *rbacv3.Principal {
+	//lint:ignore SA1019 Istio's form; see above
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Metadata{Metadata: m}}
 }
 
