@@ -143,7 +143,6 @@ func rendered(t *testing.T, objs []api.Object, w rbac.Workload, tcp bool) (strin
 	return string(y), out.Reports
 }
 
-
 func accountFields(t *testing.T, kind string, spec any, build func(spec any) []api.Object, w rbac.Workload) int {
 	n := 0
 	st := reflect.TypeOf(spec).Elem()
