@@ -3,6 +3,7 @@ package api
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // ObjectMeta is the part of Kubernetes object metadata warden uses; other
@@ -13,6 +14,30 @@ type ObjectMeta struct {
 	Labels      map[string]string `json:"labels,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`
 	Generation  int64             `json:"generation,omitempty"`
+	// CreationTimestamp (RFC 3339, set by the API server; optional in
+	// standalone YAML) decides between conflicting policies: the oldest
+	// wins, as in Istio.
+	CreationTimestamp string `json:"creationTimestamp,omitempty"`
+}
+
+// Created is the creation time; the zero time when unset, which sorts
+// before every set one (as Istio compares an unset timestamp).
+func (m *ObjectMeta) Created() time.Time {
+	t, _ := time.Parse(time.RFC3339, m.CreationTimestamp)
+	return t
+}
+
+// Older orders objects as Istio resolves conflicts: by creation time,
+// then by name (then namespace).
+func Older(a, b *ObjectMeta) bool {
+	ta, tb := a.Created(), b.Created()
+	if !ta.Equal(tb) {
+		return ta.Before(tb)
+	}
+	if a.Name != b.Name {
+		return a.Name < b.Name
+	}
+	return a.Namespace < b.Namespace
 }
 
 // WorkloadSelector selects pods by labels.

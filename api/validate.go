@@ -68,6 +68,11 @@ func checkObject(o Object, k *Kind) error {
 	case m.Namespace != "" && (len(m.Namespace) > 63 || !dnsLabel.MatchString(m.Namespace)):
 		return fmt.Errorf("metadata.namespace: %q is not a valid namespace (lowercase letters, digits and '-', at most 63 characters)", m.Namespace)
 	}
+	if m.CreationTimestamp != "" {
+		if _, err := time.Parse(time.RFC3339, m.CreationTimestamp); err != nil {
+			return fmt.Errorf("metadata.creationTimestamp: %q is not an RFC 3339 time such as \"2026-01-02T15:04:05Z\"", m.CreationTimestamp)
+		}
+	}
 	return check("spec", reflect.ValueOf(o).Elem().FieldByName("Spec"), "")
 }
 

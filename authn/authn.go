@@ -13,6 +13,8 @@ package authn
 import (
 	"fmt"
 	"sort"
+	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -48,6 +50,20 @@ type Options struct {
 	RootNamespace string               // where mesh-wide PeerAuthentication lives (default istio-system)
 	TrustDomain   spiffeid.TrustDomain // peers must present an ID in it (default cluster.local)
 	SDSCluster    string               // cluster serving SDS to the proxy (default sds-grpc)
+	// TrustDomainAliases are the mesh's other trust domains: inbound mTLS
+	// accepts peers of the trust domain and of each alias.
+	TrustDomainAliases []string
+	// Keys resolves the keys of JWT rules that name only an issuer (OIDC
+	// discovery); nil means none are known, and such issuers' tokens are
+	// refused until they are.
+	Keys KeySource
+}
+
+// KeySource holds JWKS found by OIDC discovery. The control plane fetches
+// them; the pure compiler only reads what is known.
+type KeySource interface {
+	// JWKS returns the issuer's key set (JSON), or why it is not known.
+	JWKS(issuer string) (jwks string, err error)
 }
 
 func (o *Options) fill() {
@@ -79,8 +95,16 @@ type JWTRule struct {
 	Jwks                  string
 	FromHeaders           []Header
 	FromParams            []string
+	FromCookies           []string
 	OutputPayloadToHeader string
+	OutputClaimToHeaders  []ClaimHeader // claim -> header, replacing what the client sent
 	ForwardOriginalToken  bool
+	Timeout               time.Duration // remote JWKS fetch timeout (default 5s)
+	SpaceDelimitedClaims  []string      // besides scope and permission
+	// Required: a request needs a valid token (legacy originIsOptional
+	// false); otherwise a request without one passes (authorization
+	// decides) but an invalid one is refused.
+	Required bool
 	IncludePaths          []PathMatch // legacy trigger rules: only these paths need the JWT
 	ExcludePaths          []PathMatch // legacy trigger rules: these paths never do
 	Source                string
@@ -88,6 +112,9 @@ type JWTRule struct {
 
 // Header is a header a JWT may be carried in.
 type Header struct{ Name, Prefix string }
+
+// ClaimHeader copies a verified claim into a request header.
+type ClaimHeader struct{ Claim, Header string }
 
 // PathMatch matches a request path.
 type PathMatch struct{ Exact, Prefix, Suffix, Regex string }
@@ -101,6 +128,27 @@ type Settings struct {
 	JWT              []JWTRule
 	PrincipalBinding string   // legacy USE_PEER (default) or USE_ORIGIN
 	Conflicts        []string // resolved deterministically, reported
+}
+
+// IsHTTP infers a port's protocol from its name as Istio does (http,
+// http2, grpc, grpc-web, and those followed by "-"); the rest is TCP.
+func IsHTTP(p Port) bool {
+	proto, _, _ := strings.Cut(strings.ToLower(p.Name), "-")
+	switch proto {
+	case "http", "http2", "grpc", "h2c":
+		return true
+	}
+	return false
+}
+
+// port is w's port with that number (a bare number when w has none).
+func (w Workload) port(n uint32) Port {
+	for _, p := range w.Ports {
+		if p.Number == n {
+			return p
+		}
+	}
+	return Port{Number: n}
 }
 
 func sortedPorts(ps []Port) []Port {

@@ -1,6 +1,7 @@
 package authn
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -52,10 +53,10 @@ func (ix *Index) Compile(w Workload) (*Output, error) {
 	for _, p := range s.Ports {
 		switch p.Mode {
 		case Strict:
-			out.FilterChains = append(out.FilterChains, ix.tlsChain(p.Port, "tls"))
+			out.FilterChains = append(out.FilterChains, ix.tlsChain(w.port(p.Port), "tls"))
 		case Permissive:
 			inspector = true
-			out.FilterChains = append(out.FilterChains, ix.tlsChain(p.Port, "tls"), plainChain(p.Port, "raw_buffer"))
+			out.FilterChains = append(out.FilterChains, ix.tlsChain(w.port(p.Port), "tls"), plainChain(p.Port, "raw_buffer"))
 		case Disable:
 			out.FilterChains = append(out.FilterChains, plainChain(p.Port, ""))
 		}
@@ -65,7 +66,7 @@ func (ix *Index) Compile(w Workload) (*Output, error) {
 		out.ListenerFilters = []*listenerv3.ListenerFilter{{Name: TLSInspector, ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: cfg}}}
 	}
 	if len(s.JWT) > 0 {
-		if out.JWT, err = jwtConfig(s.JWT); err != nil {
+		if out.JWT, err = ix.jwtConfig(s.JWT, s); err != nil {
 			return nil, err
 		}
 	}
@@ -115,15 +116,18 @@ func (ix *Index) sdsConfig(name string) *tlsv3.SdsSecretConfig {
 
 // CommonTLS is the certificate and peer validation every mesh TLS context
 // uses: SDS "default", and SDS "ROOTCA" combined with a SAN matcher that
-// accepts any SPIFFE ID in the trust domain.
+// accepts any SPIFFE ID in the trust domain or one of its aliases (Istio
+// checks no SAN here; see docs/policy-authn.md).
 func (ix *Index) CommonTLS() *tlsv3.CommonTlsContext {
+	var sans []*tlsv3.SubjectAltNameMatcher
+	for _, td := range append([]string{ix.opts.TrustDomain.Name()}, ix.opts.TrustDomainAliases...) {
+		sans = append(sans, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_URI,
+			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: "spiffe://" + td + "/"}}})
+	}
 	return &tlsv3.CommonTlsContext{
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{ix.sdsConfig("default")},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{{
-				SanType: tlsv3.SubjectAltNameMatcher_URI,
-				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: ix.opts.TrustDomain.IDString() + "/"}},
-			}}},
+			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
 			ValidationContextSdsSecretConfig: ix.sdsConfig("ROOTCA"),
 		}},
 		AlpnProtocols: []string{"h2", "http/1.1"},
@@ -149,11 +153,17 @@ func (ix *Index) UpstreamTLS(sni string, serverIDs ...string) (*tlsv3.UpstreamTl
 	return u, nil
 }
 
-func (ix *Index) tlsChain(port uint32, transport string) *listenerv3.FilterChain {
-	ctx, _ := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: ix.CommonTLS(), RequireClientCertificate: wrapperspb.Bool(true)})
+func (ix *Index) tlsChain(port Port, transport string) *listenerv3.FilterChain {
+	common := ix.CommonTLS()
+	common.TlsParams = &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2, TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3, CipherSuites: inboundCiphers}
+	common.AlpnProtocols = alpnTCP
+	if IsHTTP(port) {
+		common.AlpnProtocols = alpnHTTP
+	}
+	ctx, _ := anypb.New(&tlsv3.DownstreamTlsContext{CommonTlsContext: common, RequireClientCertificate: wrapperspb.Bool(true)})
 	return &listenerv3.FilterChain{
-		Name:             fmt.Sprintf("inbound|%d|mtls", port),
-		FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(port), TransportProtocol: transport},
+		Name:             fmt.Sprintf("inbound|%d|mtls", port.Number),
+		FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(port.Number), TransportProtocol: transport},
 		TransportSocket:  &corev3.TransportSocket{Name: TLSSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: ctx}},
 	}
 }
@@ -165,22 +175,57 @@ func plainChain(port uint32, transport string) *listenerv3.FilterChain {
 	}
 }
 
-// jwtConfig builds jwt_authn: a provider per issuer (the verified payload
-// in dynamic metadata under JWTPayloadKey), and rules that accept a request with a valid
-// token from any provider, or with none (authorization decides), but
-// reject an invalid one.
-func jwtConfig(rules []JWTRule) (*jwtv3.JwtAuthentication, error) {
+// Istio's inbound TLS parameters: TLS 1.2 to 1.3 and its server cipher
+// suites (pilot/pkg/security/authn/utils), and the ALPN it offers.
+var (
+	inboundCiphers = []string{
+		"ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+		"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+		"AES256-GCM-SHA384", "AES128-GCM-SHA256",
+	}
+	alpnHTTP = []string{"h2", "http/1.1"}
+	alpnTCP  = []string{"istio-peer-exchange", "h2", "http/1.1"}
+)
+
+// spaceDelimited is Istio's list: scope and permission always, plus the
+// rule's own, sorted.
+func spaceDelimited(extra []string) []string {
+	set := map[string]bool{"scope": true, "permission": true}
+	for _, c := range extra {
+		set[c] = true
+	}
+	out := make([]string, 0, len(set))
+	for c := range set {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// noKeys is a key set no token verifies against: what an issuer whose
+// keys are not known yet gets, so its tokens are refused (fail closed).
+const noKeys = `{"keys":[]}`
+
+// jwtConfig builds jwt_authn as Istio does: a provider per issuer (the
+// verified payload in dynamic metadata under JWTPayloadKey, space-delimited
+// claims split into lists), CORS preflights let through, and a requirement
+// that accepts a valid token from any provider or none at all
+// (authorization decides) but refuses an invalid one. A legacy origin that
+// is not optional requires a valid token.
+func (ix *Index) jwtConfig(rules []JWTRule, s *Settings) (*jwtv3.JwtAuthentication, error) {
 	byIssuer := map[string]JWTRule{}
 	var order []string
+	required := false
 	for _, r := range rules {
 		if _, ok := byIssuer[r.Issuer]; !ok {
 			order = append(order, r.Issuer)
 		}
 		byIssuer[r.Issuer] = r // the later rule for an issuer wins
+		required = required || r.Required
 	}
 	sort.Strings(order)
-	cfg := &jwtv3.JwtAuthentication{Providers: map[string]*jwtv3.JwtProvider{}}
-	var reqs []*jwtv3.JwtRequirement
+	cfg := &jwtv3.JwtAuthentication{Providers: map[string]*jwtv3.JwtProvider{}, BypassCorsPreflight: true}
+	var any, eachOrMissing []*jwtv3.JwtRequirement
 	var excluded []PathMatch
 	var included []PathMatch
 	for i, iss := range order {
@@ -188,34 +233,72 @@ func jwtConfig(rules []JWTRule) (*jwtv3.JwtAuthentication, error) {
 		name := fmt.Sprintf("origins-%d", i)
 		p := &jwtv3.JwtProvider{
 			Issuer: r.Issuer, Audiences: r.Audiences, Forward: r.ForwardOriginalToken,
-			FromParams: r.FromParams, PayloadInMetadata: JWTPayloadKey, ForwardPayloadHeader: r.OutputPayloadToHeader,
+			FromParams: r.FromParams, FromCookies: r.FromCookies, PayloadInMetadata: JWTPayloadKey, ForwardPayloadHeader: r.OutputPayloadToHeader,
+			NormalizePayloadInMetadata: &jwtv3.JwtProvider_NormalizePayload{SpaceDelimitedClaims: spaceDelimited(r.SpaceDelimitedClaims)},
 		}
 		for _, h := range r.FromHeaders {
 			p.FromHeaders = append(p.FromHeaders, &jwtv3.JwtHeader{Name: h.Name, ValuePrefix: h.Prefix})
 		}
+		for _, c := range r.OutputClaimToHeaders {
+			p.ClaimToHeaders = append(p.ClaimToHeaders, &jwtv3.JwtClaimToHeader{HeaderName: c.Header, ClaimName: c.Claim})
+		}
+		timeout := r.Timeout
+		if timeout == 0 {
+			timeout = 5 * time.Second
+		}
 		switch {
 		case r.Jwks != "":
-			p.JwksSourceSpecifier = &jwtv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: r.Jwks}}}
+			p.JwksSourceSpecifier = localJwks(r.Jwks)
 		case r.JwksURI != "":
 			u, _ := url.Parse(r.JwksURI)
 			port := u.Port()
 			if port == "" {
-				port = "443"
+				port = map[string]string{"http": "80"}[u.Scheme]
+				if port == "" {
+					port = "443"
+				}
 			}
 			p.JwksSourceSpecifier = &jwtv3.JwtProvider_RemoteJwks{RemoteJwks: &jwtv3.RemoteJwks{
-				HttpUri:       &corev3.HttpUri{Uri: r.JwksURI, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: fmt.Sprintf("outbound|%s||%s", port, u.Hostname())}, Timeout: durationpb.New(5 * time.Second)},
+				HttpUri:       &corev3.HttpUri{Uri: r.JwksURI, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: fmt.Sprintf("outbound|%s||%s", port, u.Hostname())}, Timeout: durationpb.New(timeout)},
 				CacheDuration: durationpb.New(5 * time.Minute),
 			}}
 		default:
-			return nil, fmt.Errorf("authn: JWT issuer %s (%s) has neither jwksUri nor jwks", r.Issuer, r.Source)
+			// Only an issuer: its keys come from OIDC discovery, which the
+			// control plane does; until they are known no token of this
+			// issuer verifies.
+			jwks, err := "", errNoKeySource
+			if ix.opts.Keys != nil {
+				jwks, err = ix.opts.Keys.JWKS(r.Issuer)
+			}
+			if err != nil {
+				jwks = noKeys
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("JWT issuer %s (%s): keys not known yet (%v); its tokens are refused until OIDC discovery finds them", r.Issuer, r.Source, err))
+			}
+			p.JwksSourceSpecifier = localJwks(jwks)
 		}
 		cfg.Providers[name] = p
-		reqs = append(reqs, &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_ProviderName{ProviderName: name}})
+		one := &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_ProviderName{ProviderName: name}}
+		any = append(any, one)
+		eachOrMissing = append(eachOrMissing, &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{RequiresAny: &jwtv3.JwtRequirementOrList{
+			Requirements: []*jwtv3.JwtRequirement{one, {RequiresType: &jwtv3.JwtRequirement_AllowMissing{AllowMissing: &emptypb.Empty{}}}}}}})
 		excluded = append(excluded, r.ExcludePaths...)
 		included = append(included, r.IncludePaths...)
 	}
-	reqs = append(reqs, &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_AllowMissing{AllowMissing: &emptypb.Empty{}}})
-	req := &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: reqs}}}
+	var req *jwtv3.JwtRequirement
+	switch {
+	case required && len(any) == 1:
+		req = any[0]
+	case required:
+		req = &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: any}}}
+	case len(any) == 1:
+		req = eachOrMissing[0] // {provider OR allow_missing}
+	default:
+		// Istio's form: a valid token of any provider, or each provider's
+		// token valid or missing (which also covers providers sharing a
+		// location).
+		all := &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAll{RequiresAll: &jwtv3.JwtRequirementAndList{Requirements: eachOrMissing}}}
+		req = &jwtv3.JwtRequirement{RequiresType: &jwtv3.JwtRequirement_RequiresAny{RequiresAny: &jwtv3.JwtRequirementOrList{Requirements: append(any, all)}}}
+	}
 	// Legacy trigger rules: excluded paths need no token; when included
 	// paths are listed, only they are checked.
 	for _, m := range excluded {
@@ -232,6 +315,12 @@ func jwtConfig(rules []JWTRule) (*jwtv3.JwtAuthentication, error) {
 		RequirementType: &jwtv3.RequirementRule_Requires{Requires: req},
 	})
 	return cfg, nil
+}
+
+var errNoKeySource = errors.New("no OIDC discovery configured")
+
+func localJwks(jwks string) *jwtv3.JwtProvider_LocalJwks {
+	return &jwtv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: jwks}}}
 }
 
 func routeMatch(m PathMatch) *routev3.RouteMatch {

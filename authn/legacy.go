@@ -3,6 +3,8 @@ package authn
 import (
 	"fmt"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/wardenmesh/warden/api"
 )
@@ -101,12 +103,16 @@ func (ix *Index) legacy(w Workload, s *Settings) {
 	for _, sp := range specs {
 		if sp.PrincipalBinding == "USE_ORIGIN" {
 			s.PrincipalBinding = "USE_ORIGIN"
+			s.Conflicts = append(s.Conflicts, "principalBinding USE_ORIGIN: authorization still matches the peer's identity (Envoy RBAC cannot take the origin's); the origin JWT is required")
 		}
 		for _, o := range sp.Origins {
 			if o.JWT == nil {
 				continue
 			}
-			r := JWTRule{Issuer: o.JWT.Issuer, Audiences: o.JWT.Audiences, JwksURI: o.JWT.JwksURI, Jwks: o.JWT.Jwks, FromParams: o.JWT.JwtParams, Source: "legacy origin"}
+			// Istio 1.1-1.4's authn filter refused a request without a
+			// valid origin unless originIsOptional (USE_ORIGIN needs one).
+			required := !sp.OriginIsOptional || sp.PrincipalBinding == "USE_ORIGIN"
+			r := JWTRule{Issuer: o.JWT.Issuer, Audiences: o.JWT.Audiences, JwksURI: o.JWT.JwksURI, Jwks: o.JWT.Jwks, FromParams: o.JWT.JwtParams, Source: "legacy origin", Required: required}
 			for _, h := range o.JWT.JwtHeaders {
 				r.FromHeaders = append(r.FromHeaders, Header{Name: h})
 			}
@@ -127,21 +133,31 @@ func (ix *Index) legacy(w Workload, s *Settings) {
 // namespace, no selector), namespace-wide, and selecting the workload.
 func (ix *Index) requestAuthn(w Workload, s *Settings) {
 	add := func(r *api.RequestAuthentication) {
-		for _, j := range r.Spec.JWTRules {
-			rule := JWTRule{Issuer: j.Issuer, Audiences: j.Audiences, JwksURI: j.JwksURI, Jwks: j.Jwks, FromParams: j.FromParams,
+		src := "RequestAuthentication " + objName(r.Metadata.Namespace, r.Metadata.Name)
+		for i, j := range r.Spec.JWTRules {
+			rule := JWTRule{Issuer: j.Issuer, Audiences: j.Audiences, JwksURI: j.JwksURI, Jwks: j.Jwks, FromParams: j.FromParams, FromCookies: j.FromCookies,
 				OutputPayloadToHeader: j.OutputPayloadToHeader, ForwardOriginalToken: j.ForwardOriginalToken,
-				Source: "RequestAuthentication " + objName(r.Metadata.Namespace, r.Metadata.Name)}
+				SpaceDelimitedClaims: j.SpaceDelimitedClaims, Source: src}
 			for _, h := range j.FromHeaders {
 				rule.FromHeaders = append(rule.FromHeaders, Header{Name: h.Name, Prefix: h.Prefix})
+			}
+			for _, c := range j.OutputClaimToHeaders {
+				rule.OutputClaimToHeaders = append(rule.OutputClaimToHeaders, ClaimHeader{Claim: c.Claim, Header: c.Header})
+			}
+			if j.Timeout != "" {
+				rule.Timeout, _ = time.ParseDuration(j.Timeout) // api checked the format
+			}
+			if strings.HasPrefix(j.JwksURI, "http://") {
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("%s jwtRules[%d]: jwksUri %s is fetched in the clear, so keys could be replaced on the way (accepted, as Istio does; use https)", src, i, j.JwksURI))
 			}
 			s.JWT = append(s.JWT, rule)
 		}
 	}
-	wide := func(r *api.RequestAuthentication) bool {
-		return namespaceWide(r.Spec.Selector) && r.Spec.TargetRef == nil && len(r.Spec.TargetRefs) == 0
-	}
+	attached := func(r *api.RequestAuthentication) bool { return r.Spec.TargetRef == nil && len(r.Spec.TargetRefs) == 0 }
+	// As for authorization, a root-namespace policy applies mesh-wide, or
+	// with a selector to the matching workloads of every namespace.
 	for _, r := range ix.ra[ix.opts.RootNamespace] {
-		if wide(r) || (w.Namespace == ix.opts.RootNamespace && selects(r.Spec.Selector, w.Labels)) {
+		if attached(r) && (namespaceWide(r.Spec.Selector) || selects(r.Spec.Selector, w.Labels)) {
 			add(r)
 		}
 	}
@@ -149,7 +165,7 @@ func (ix *Index) requestAuthn(w Workload, s *Settings) {
 		return
 	}
 	for _, r := range ix.ra[w.Namespace] {
-		if wide(r) || selects(r.Spec.Selector, w.Labels) {
+		if attached(r) && (namespaceWide(r.Spec.Selector) || selects(r.Spec.Selector, w.Labels)) {
 			add(r)
 		}
 	}

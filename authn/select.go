@@ -56,8 +56,9 @@ func NewIndex(objs []api.Object, opts Options) (*Index, error) {
 			errs = append(errs, checkLegacyJWT("Policy", m, x.Spec)...)
 		}
 	}
+	// Oldest first: Istio resolves conflicting policies by creation time.
 	for ns := range ix.pa {
-		sort.Slice(ix.pa[ns], func(i, j int) bool { return ix.pa[ns][i].Metadata.Name < ix.pa[ns][j].Metadata.Name })
+		sort.Slice(ix.pa[ns], func(i, j int) bool { return api.Older(&ix.pa[ns][i].Metadata, &ix.pa[ns][j].Metadata) })
 	}
 	for ns := range ix.ra {
 		sort.Slice(ix.ra[ns], func(i, j int) bool { return ix.ra[ns][i].Metadata.Name < ix.ra[ns][j].Metadata.Name })
@@ -81,6 +82,8 @@ func checkLegacyJWT(kind string, m *api.ObjectMeta, spec api.PolicySpec) []error
 	return errs
 }
 
+// checkJwksURI refuses what is not an http(s) URL; plain http is
+// accepted (as by Istio) and reported where it applies.
 func checkJwksURI(s string) error {
 	if s == "" {
 		return nil
@@ -89,8 +92,8 @@ func checkJwksURI(s string) error {
 	if err != nil || u.Host == "" {
 		return fmt.Errorf("%q is not an absolute URL", s)
 	}
-	if u.Scheme != "https" {
-		return fmt.Errorf("%q must use https (keys fetched in the clear could be replaced)", s)
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return fmt.Errorf("%q: want an https URL", s)
 	}
 	return nil
 }
@@ -123,26 +126,34 @@ func (ix *Index) Effective(w Workload) (*Settings, error) {
 	return s, nil
 }
 
-// pick returns the one namespace-wide PeerAuthentication in ns, or an
-// error when there are several (Istio would silently use the oldest).
-func (ix *Index) namespaceWidePA(ns string) (*api.PeerAuthentication, error) {
+// namespaceWidePA returns the namespace-wide PeerAuthentication of ns: the
+// oldest (creationTimestamp, then name), as Istio picks it; the others are
+// reported.
+func (ix *Index) namespaceWidePA(ns string, s *Settings) *api.PeerAuthentication {
 	var found []*api.PeerAuthentication
 	for _, p := range ix.pa[ns] {
 		if namespaceWide(p.Spec.Selector) {
 			found = append(found, p)
 		}
 	}
-	switch len(found) {
-	case 0:
-		return nil, nil
-	case 1:
-		return found[0], nil
+	if len(found) > 1 {
+		s.Conflicts = append(s.Conflicts, conflict("namespace-wide PeerAuthentications in "+ns, found))
 	}
-	var names []string
-	for _, p := range found {
-		names = append(names, p.Metadata.Name)
+	if len(found) == 0 {
+		return nil
 	}
-	return nil, fmt.Errorf("authn: namespace %s has %d namespace-wide PeerAuthentications (%s); keep one", ns, len(found), strings.Join(names, ", "))
+	return found[0]
+}
+
+// conflict reports which of several policies at one level wins (the
+// first: the oldest) and which are ignored.
+func conflict(what string, ps []*api.PeerAuthentication) string {
+	var ignored []string
+	for _, p := range ps[1:] {
+		ignored = append(ignored, objName(p.Metadata.Namespace, p.Metadata.Name))
+	}
+	return fmt.Sprintf("%d %s: using %s (the oldest, by creationTimestamp then name), ignoring %s",
+		len(ps), what, objName(ps[0].Metadata.Namespace, ps[0].Metadata.Name), strings.Join(ignored, ", "))
 }
 
 func modeOf(m *api.PeerMTLS) Mode {
@@ -156,24 +167,29 @@ func modeOf(m *api.PeerMTLS) Mode {
 // beats mesh-level; UNSET inherits; port-level overrides. It reports
 // whether any PeerAuthentication applied.
 func (ix *Index) modern(w Workload, s *Settings) (bool, error) {
-	mesh, err := ix.namespaceWidePA(ix.opts.RootNamespace)
-	if err != nil {
-		return false, err
+	mesh := ix.namespaceWidePA(ix.opts.RootNamespace, s)
+	var nsPA, wl *api.PeerAuthentication
+	var selecting []*api.PeerAuthentication
+	if w.Namespace != ix.opts.RootNamespace {
+		nsPA = ix.namespaceWidePA(w.Namespace, s)
 	}
-	nsPA, err := ix.namespaceWidePA(w.Namespace)
-	if err != nil {
-		return false, err
-	}
-	var wl *api.PeerAuthentication
 	for _, p := range ix.pa[w.Namespace] {
-		if selects(p.Spec.Selector, w.Labels) {
-			if wl != nil {
-				s.Conflicts = append(s.Conflicts, fmt.Sprintf("PeerAuthentications %s and %s both select this workload; using %s (first by name)",
-					objName(w.Namespace, wl.Metadata.Name), objName(w.Namespace, p.Metadata.Name), objName(w.Namespace, wl.Metadata.Name)))
-				continue
-			}
-			wl = p
+		if !selects(p.Spec.Selector, w.Labels) {
+			continue
 		}
+		if w.Namespace == ix.opts.RootNamespace {
+			// Istio reads only namespace-wide policies in the root
+			// namespace.
+			s.Conflicts = append(s.Conflicts, fmt.Sprintf("PeerAuthentication %s: a selector in the root namespace is ignored (only the mesh-wide policy applies there)", objName(p.Metadata.Namespace, p.Metadata.Name)))
+			continue
+		}
+		selecting = append(selecting, p)
+	}
+	if len(selecting) > 0 {
+		wl = selecting[0]
+	}
+	if len(selecting) > 1 {
+		s.Conflicts = append(s.Conflicts, conflict("PeerAuthentications select this workload", selecting))
 	}
 	if mesh == nil && nsPA == nil && wl == nil {
 		return false, nil

@@ -43,6 +43,9 @@ type Options struct {
 	// TrustDomainAliases are the mesh's other trust domains (Istio's
 	// meshConfig trustDomainAliases), for authorization principals.
 	TrustDomainAliases []string
+	// JWTKeys holds the keys OIDC discovery found for JWT rules that name
+	// only an issuer (nil: none known, such tokens are refused).
+	JWTKeys authn.KeySource
 	// PathNormalization is Istio's meshConfig pathNormalization, applied
 	// by every inbound HTTP connection manager (default BASE).
 	PathNormalization string
@@ -80,7 +83,8 @@ type Mesh struct {
 // NewMesh indexes the configuration objects and the registry.
 func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error) {
 	opts.fill()
-	ax, err := authn.NewIndex(objs, authn.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain, SDSCluster: opts.SDSCluster})
+	ax, err := authn.NewIndex(objs, authn.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain, SDSCluster: opts.SDSCluster,
+		TrustDomainAliases: opts.TrustDomainAliases, Keys: opts.JWTKeys})
 	if err != nil {
 		return nil, err
 	}

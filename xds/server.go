@@ -62,6 +62,7 @@ type Server struct {
 	outbound map[string]*outbound // ns|generator -> shared outbound config
 	proxies  map[string]*proxyState
 	streams  map[int64]*streamState
+	reported map[string]bool // compiler reports already logged
 
 	pendMu     sync.Mutex
 	pending    *update
@@ -416,7 +417,22 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	s.mu.Lock()
 	same := reflect.DeepEqual(versions, ps.versions)
 	ps.versions, ps.reports = versions, reports
+	var fresh []string
+	for _, r := range reports {
+		if !s.reported[r] {
+			if s.reported == nil {
+				s.reported = map[string]bool{}
+			}
+			s.reported[r] = true
+			fresh = append(fresh, r)
+		}
+	}
 	s.mu.Unlock()
+	// Conflicts and what the compilers could not express are logged once
+	// each, not on every push.
+	for _, r := range fresh {
+		s.cfg.Log.Warn("xds: configuration report", "report", r)
+	}
 	if same {
 		return nil
 	}
