@@ -104,10 +104,10 @@ type JWTRule struct {
 	// Required: a request needs a valid token (legacy originIsOptional
 	// false); otherwise a request without one passes (authorization
 	// decides) but an invalid one is refused.
-	Required bool
-	IncludePaths          []PathMatch // legacy trigger rules: only these paths need the JWT
-	ExcludePaths          []PathMatch // legacy trigger rules: these paths never do
-	Source                string
+	Required     bool
+	IncludePaths []PathMatch // legacy trigger rules: only these paths need the JWT
+	ExcludePaths []PathMatch // legacy trigger rules: these paths never do
+	Source       string
 }
 
 // Header is a header a JWT may be carried in.

@@ -127,7 +127,7 @@ func (ix *Index) CommonTLS() *tlsv3.CommonTlsContext {
 	return &tlsv3.CommonTlsContext{
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{ix.sdsConfig("default")},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-			DefaultValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
+			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: sans},
 			ValidationContextSdsSecretConfig: ix.sdsConfig("ROOTCA"),
 		}},
 		AlpnProtocols: []string{"h2", "http/1.1"},
