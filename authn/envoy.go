@@ -204,7 +204,9 @@ func spaceDelimited(extra []string) []string {
 
 // noKeys is a key set no token verifies against: what an issuer whose
 // keys are not known yet gets, so its tokens are refused (fail closed).
-const noKeys = `{"keys":[]}`
+// It is a well-formed JWKS (Envoy refuses an empty one) holding an RSA
+// public key whose private key was generated and thrown away at once.
+const noKeys = `{"keys":[{"kty":"RSA","alg":"RS256","use":"sig","kid":"warden-no-private-key","e":"AQAB","n":"wHWdHWTrWGqCRO-9FdUJKfxTOJX3QG1ipRMOYRXHV417zYD7Hour6-aKv-WCDjeAFPinR42lA5sbq9sA9lRkW3n6N37yLrAVkitAS3cukHq_26OVB-HMkH12tgQEioFCkTkRb68abUysQ7BhswPt4sSL8MFN2PzhtcpqQbZy2nDa46dHwl1T_pDm4wLKhWMuS14zfSYqTISv67g3oJQlZgaEf-wbkZycEXyOiVw3b5daBxqHGM1qSmvaahrN_3ZcGbt8bmrSLshyRj3mek5KsJCkV4wf8kRt7kTkVpQ-zpcsIThdlt33yCUWEX6tCnaLarWeURPWy28lM7udaiRHcw"}]}`
 
 // jwtConfig builds jwt_authn as Istio does: a provider per issuer (the
 // verified payload in dynamic metadata under JWTPayloadKey, space-delimited

@@ -232,6 +232,25 @@ func (s *Server) Apply(objs []api.Object, services []*Service) error {
 	return errors.Join(errs...)
 }
 
+// JWTKeysChanged recompiles every proxy's inbound configuration: the keys
+// OIDC discovery found (Options.JWTKeys) are inlined in jwt_authn.
+func (s *Server) JWTKeysChanged() {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	s.mu.Lock()
+	proxies := make([]*proxyState, 0, len(s.proxies))
+	for _, ps := range s.proxies {
+		ps.inbound = nil
+		proxies = append(proxies, ps)
+	}
+	s.mu.Unlock()
+	for _, ps := range proxies {
+		if err := s.push(context.Background(), ps); err != nil {
+			s.cfg.Log.Error("xds: push after JWT keys changed", "proxy", ps.proxy.ID, "error", err.Error())
+		}
+	}
+}
+
 func kindKey(o api.Object) string {
 	return fmt.Sprintf("%T/%s/%s", o, o.Meta().Namespace, o.Meta().Name)
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
+	"github.com/wardenmesh/warden/authn/oidc"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -19,7 +20,8 @@ import (
 // --config-dir directory in standalone mode, the informers in Kubernetes
 // mode. Streams authenticate like certificate requests (SVID or token).
 func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xds.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xds.Server, error) {
-	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm}
+	keys := oidc.New(oidc.Config{Log: s.log})
+	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, JWTKeys: keys}
 	srv, err := xds.NewServer(ctx, xds.ServerConfig{
 		Options:  opts,
 		Identify: identify,
@@ -45,6 +47,7 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 		return nil, err
 	}
 	s.xds = srv
+	s.tasks = append(s.tasks, func(ctx context.Context) error { return keys.Run(ctx, srv.JWTKeysChanged) })
 	switch {
 	case s.config != nil:
 		s.tasks = append(s.tasks, s.kubeFeed(srv))
