@@ -95,6 +95,29 @@ func (ix *Index) legacy(w Workload, s *Settings) {
 	if base != nil {
 		specs = append(specs, base)
 	}
+	// What Istio 1.4 did not read either is reported, never silently
+	// dropped.
+	if ix.mesh != nil && len(ix.mesh.Spec.Targets) > 0 {
+		s.Conflicts = append(s.Conflicts, "MeshPolicy default: targets are ignored (a MeshPolicy applies to the whole mesh)")
+	}
+	note := func(what string, sp *api.PolicySpec) {
+		if sp.PeerIsOptional {
+			s.Conflicts = append(s.Conflicts, what+": peerIsOptional has no effect (as in Istio 1.4, the TLS handshake itself requires the peer's certificate under mTLS)")
+		}
+		for i, t := range sp.Targets {
+			if len(t.Labels) > 0 {
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("%s: targets[%d].labels are not read (Istio 1.4 never implemented them); the target is the whole service %s", what, i, t.Name))
+			}
+		}
+	}
+	if ix.mesh != nil {
+		note("MeshPolicy default", &ix.mesh.Spec)
+	}
+	for _, p := range ix.legNS[w.Namespace] {
+		if p == nsDefault || used[p] {
+			note("Policy "+objName(w.Namespace, p.Metadata.Name), &p.Spec)
+		}
+	}
 	for _, p := range ix.legNS[w.Namespace] {
 		if used[p] {
 			specs = append(specs, &p.Spec)

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -274,6 +275,28 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	opts, err := w.rbacOptions(*tcp)
 	if err != nil {
 		return err
+	}
+	if !*tcp {
+		// jwt_authn runs before RBAC: it may answer 401 itself, and it
+		// decides the payload (space-delimited claims split) and the
+		// headers (claim_to_headers) authorization sees.
+		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS, TrustDomain: opts.TrustDomain})
+		if err != nil {
+			return err
+		}
+		an, err := ix.Compile(wl)
+		if err != nil {
+			return err
+		}
+		if an.JWT == nil && r.JWT != nil {
+			fmt.Fprintln(e.stdout, "note: no RequestAuthentication (or legacy origin) applies to this workload, so no token is verified; --jwt is ignored")
+		}
+		adm := an.Admit(r.JWT, r.Method, r.Path, r.Headers, time.Now())
+		if adm.Rejected != "" {
+			fmt.Fprintf(e.stdout, "DENY: jwt_authn answers 401: %s\n", adm.Rejected)
+			return nil
+		}
+		r.JWT, r.Headers = adm.Payload, adm.Headers
 	}
 	out, err := rbac.Compile(objs, w.rbacWorkload(wl), opts)
 	if err != nil {
