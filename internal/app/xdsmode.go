@@ -10,9 +10,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/authn/oidc"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
-	"github.com/wardenmesh/warden/authn/oidc"
 	"github.com/wardenmesh/warden/xds"
 )
 
