@@ -3,10 +3,12 @@ package xds_test
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"maps"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,17 +33,21 @@ import (
 // startADS serves the flaskapp example over ADS on loopback; a stream's
 // identity is the SPIFFE ID in its "x-test-id" metadata (the real server
 // uses mTLS or tokens; this test is about what an identity may receive).
-func startADS(t *testing.T) (*xds.Server, discovery.AggregatedDiscoveryServiceClient) {
+func startADS(t *testing.T, opts ...func(*xds.ServerConfig)) (*xds.Server, discovery.AggregatedDiscoveryServiceClient) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	srv, err := xds.NewServer(ctx, xds.ServerConfig{Debounce: 10 * time.Millisecond, Identify: func(ctx context.Context) (spiffeid.ID, error) {
+	cfg := xds.ServerConfig{Debounce: 10 * time.Millisecond, Identify: func(ctx context.Context) (spiffeid.ID, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if v := md.Get("x-test-id"); len(v) == 1 {
 			return spiffeid.FromString(v[0])
 		}
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no identity")
-	}})
+	}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := xds.NewServer(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,3 +321,48 @@ func TestADSSendsProxyConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestReportsLoggedOnce: a conflict the compilers report is logged once,
+// however many pushes and proxies see it.
+func TestReportsLoggedOnce(t *testing.T) {
+	var logs syncBuf
+	srv, c := startADS(t, func(cfg *xds.ServerConfig) { cfg.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
+	for _, node := range []string{"sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local"} {
+		s, err := c.StreamAggregatedResources(asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.ListenerType}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objs, _, err := source.Load("../docs/examples/flaskapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b"} {
+		objs = append(objs, &api.PeerAuthentication{Metadata: api.ObjectMeta{Name: name, Namespace: "default"}, Spec: api.PeerAuthenticationSpec{MTLS: &api.PeerMTLS{Mode: "STRICT"}}})
+	}
+	services, _ := xds.ServicesFromEntries(objs, "")
+	for i := 0; i < 3; i++ {
+		if err := srv.Apply(objs, services); err != nil {
+			t.Fatal(err)
+		}
+		srv.JWTKeysChanged() // recompiles every proxy again
+	}
+	const want = "2 namespace-wide PeerAuthentications in default: using default/a"
+	if n := strings.Count(logs.String(), want); n != 1 {
+		t.Fatalf("conflict logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
