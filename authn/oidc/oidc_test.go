@@ -39,9 +39,13 @@ func jwk(t *testing.T, kid string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pub, err := k.PublicKey.Bytes() // 0x04 || X || Y
+	if err != nil {
+		t.Fatal(err)
+	}
 	b, _ := json.Marshal(map[string]any{"keys": []map[string]string{{"kty": "EC", "crv": "P-256", "kid": kid,
-		"x": base64.RawURLEncoding.EncodeToString(k.PublicKey.X.FillBytes(make([]byte, 32))),
-		"y": base64.RawURLEncoding.EncodeToString(k.PublicKey.Y.FillBytes(make([]byte, 32)))}}})
+		"x": base64.RawURLEncoding.EncodeToString(pub[1:33]),
+		"y": base64.RawURLEncoding.EncodeToString(pub[33:])}}})
 	return string(b)
 }
 

@@ -1,11 +1,8 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,36 +70,9 @@ spec:
 // each checked against the stated outcome and against policy explain on
 // the same files: the compiled filters mean the same to both evaluators.
 func TestGRPCDecidesAsExplain(t *testing.T) {
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	mesh := filepath.Join(dir, "mesh")
-	_, port, _ := net.SplitHostPort(freeAddr(t))
-	os.MkdirAll(mesh, 0o755)
-	for _, f := range []string{"services.yaml", "routing.yaml"} {
-		b, err := os.ReadFile(filepath.Join("../../docs/examples/flaskapp", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(mesh, f), bytes.ReplaceAll(b, []byte("8080"), []byte(port)), 0o644)
-	}
-	os.WriteFile(filepath.Join(mesh, "policy.yaml"), []byte(authzTablePolicies), 0o644)
-	addr, _ := serve(t, data, "--config-dir", mesh, "--push-debounce", "20ms")
-
-	idents := []string{"default/flaskapp", "default/sleep", "default/banned", "evil/sleep", "test-1/sleep", "partner/app", "partner/other", "other/app", "evil/app"}
-	certs := map[string]string{}
-	for _, id := range idents {
-		ns, sa, _ := strings.Cut(id, "/")
-		code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", ns, "--sa", sa)
-		if code != 0 {
-			t.Fatalf("token: %s", stderr)
-		}
-		tf := filepath.Join(dir, ns+"-"+sa+".token")
-		os.WriteFile(tf, []byte(tok), 0o600)
-		certs[id] = filepath.Join(dir, "certs-"+ns+"-"+sa)
-		if code, _, stderr := run(t, "cert", "request", "--ca", addr, "--data-dir", data, "--token-file", tf, "--out", certs[id]); code != 0 {
-			t.Fatalf("cert request %s: %s", id, stderr)
-		}
-	}
+	m := startMesh(t, []string{"services.yaml", "routing.yaml"}, map[string]string{"policy.yaml": authzTablePolicies},
+		"default/flaskapp", "default/sleep", "default/banned", "evil/sleep", "test-1/sleep", "partner/app", "partner/other", "other/app", "evil/app")
+	addr, port, certs, mesh := m.addr, m.port, m.certs, m.mesh
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })

@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"math"
 	"net"
@@ -26,33 +25,9 @@ import (
 // running client, mTLS required under STRICT, and RBAC DENY enforced by
 // the gRPC server.
 func TestMeshEndToEnd(t *testing.T) {
-	dir := t.TempDir()
-	data := filepath.Join(dir, "data")
-	mesh := filepath.Join(dir, "mesh")
-	_, port, _ := net.SplitHostPort(freeAddr(t))
-	os.MkdirAll(mesh, 0o755)
-	files, _ := filepath.Glob("../../docs/examples/flaskapp/*.yaml")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(filepath.Join(mesh, filepath.Base(f)), bytes.ReplaceAll(b, []byte("8080"), []byte(port)), 0o644)
-	}
-	addr, _ := serve(t, data, "--config-dir", mesh, "--push-debounce", "20ms")
-	certs := map[string]string{}
-	for _, sa := range []string{"flaskapp", "sleep", "intruder"} {
-		code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", sa)
-		if code != 0 {
-			t.Fatalf("token: %s", stderr)
-		}
-		tf := filepath.Join(dir, sa+".token")
-		os.WriteFile(tf, []byte(tok), 0o600)
-		certs[sa] = filepath.Join(dir, "certs-"+sa)
-		if code, _, stderr := run(t, "cert", "request", "--ca", addr, "--data-dir", data, "--token-file", tf, "--out", certs[sa]); code != 0 {
-			t.Fatalf("cert request: %s", stderr)
-		}
-	}
+	m := startMesh(t, nil, nil, "default/flaskapp", "default/sleep", "default/intruder")
+	addr, port, mesh := m.addr, m.port, m.mesh
+	certs := map[string]string{"flaskapp": m.certs["default/flaskapp"], "sleep": m.certs["default/sleep"], "intruder": m.certs["default/intruder"]}
 	node := func(ip, pod string) string { return "sidecar~" + ip + "~" + pod + ".default~default.svc.cluster.local" }
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
