@@ -50,8 +50,9 @@ type Config struct {
 
 // Authority signs workload certificates with its active CA material.
 type Authority struct {
-	cfg    Config
-	active atomic.Pointer[slot]
+	cfg     Config
+	active  atomic.Pointer[slot]
+	bundles *Bundles // fed on every activation
 }
 
 // slot is one activated Material with everything the hot path needs
@@ -113,7 +114,7 @@ func New(cfg Config, m *Material) (*Authority, error) {
 	// cfssl logs every signature at Info level to stderr; warden logs
 	// through slog at its edges instead.
 	quietCFSSL.Do(func() { cflog.Level = cflog.LevelError })
-	a := &Authority{cfg: cfg}
+	a := &Authority{cfg: cfg, bundles: NewBundles(nil)}
 	if m != nil {
 		if err := a.Activate(m); err != nil {
 			return nil, err
@@ -171,8 +172,14 @@ func (a *Authority) Activate(m *Material) error {
 		bundle: x509bundle.FromX509Authorities(a.cfg.TrustDomain, m.Roots),
 		notAft: m.NotAfter(),
 	})
+	a.bundles.Set(m.Roots)
 	return nil
 }
+
+// Bundles is the trust bundle's publisher: subscribers hear of every
+// activation that changes the roots (a new upstream root, a plugged-in CA
+// replaced, a rotation), and of nothing else.
+func (a *Authority) Bundles() *Bundles { return a.bundles }
 
 // anchorOf finds the root that the signing chain ends at.
 func anchorOf(m *Material) (*x509.Certificate, error) {

@@ -44,9 +44,6 @@ type RenewerConfig struct {
 	RetryMin, RetryMax time.Duration
 	Clock              Timer
 	Log                *slog.Logger
-	// OnActivate, if set, is called after a new intermediate is active
-	// (not for the first one, from Init).
-	OnActivate func(old, cur *Material)
 }
 
 // Renewer keeps an Authority signing with an intermediate issued by an
@@ -111,10 +108,8 @@ func (r *Renewer) Init(ctx context.Context) error {
 // Renew obtains, proves and activates a new intermediate now. On error the
 // current one stays active.
 func (r *Renewer) Renew(ctx context.Context) error {
-	old, err := r.renew(ctx)
-	if err == nil && r.cfg.OnActivate != nil {
-		r.cfg.OnActivate(old, r.cfg.Authority.Material())
-	}
+	// A new root reaches consumers through the authority's Bundles.
+	_, err := r.renew(ctx)
 	return err
 }
 

@@ -460,6 +460,20 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 
 // SecretsChanged re-reads the secrets of every proxy running as id (after
 // a rotation or a root change) and pushes them.
+// RootsChanged pushes fresh secrets (ROOTCA holds the new bundle) to every
+// Envoy proxy connected over ADS.
+func (s *Server) RootsChanged(ctx context.Context) {
+	s.mu.Lock()
+	ids := map[spiffeid.ID]bool{}
+	for _, p := range s.proxies {
+		ids[p.id] = true
+	}
+	s.mu.Unlock()
+	for id := range ids {
+		s.SecretsChanged(ctx, id)
+	}
+}
+
 func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
 	if s.cfg.Secrets == nil {
 		return

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -73,9 +74,9 @@ type agent struct {
 	sds       *sdsserver.Server
 	wapi      *sdsserver.WorkloadAPI
 	fileRoots []*x509.Certificate
+	bundles   *ca.Bundles // the trust anchors file plus the roots the CA names
 	mu        sync.Mutex
-	self      *sds.SVID // the workload's SVID (single-workload mode)
-	lastRoot  *x509.Certificate
+	self      *sds.SVID           // the workload's SVID (single-workload mode)
 	tokens    caserver.TokenCache // node agent: token hash -> identity
 }
 
@@ -90,7 +91,7 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	}
 	b, _ := os.ReadFile(f.rootFile)
 	fileRoots, _ := ca.ParseCerts(b)
-	a := &agent{log: log, f: f, fileRoots: fileRoots}
+	a := &agent{log: log, f: f, fileRoots: fileRoots, bundles: ca.NewBundles(fileRoots)}
 	if f.serverName == "" {
 		f.serverName, _, _ = net.SplitHostPort(f.addr)
 	}
@@ -120,6 +121,9 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if f.wapiSocket != "" && !f.nodeAgent {
 		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots}
 	}
+	// A new root the CA names reaches every SDS stream's ROOTCA (the
+	// Workload API and the files follow with the SVID that brought it).
+	a.bundles.Subscribe(func([]*x509.Certificate) { a.sds.RootsChanged() })
 	return a, nil
 }
 
@@ -130,17 +134,11 @@ func (a *agent) updated(s *sds.SVID) {
 	if a.self != nil && a.self.ID == s.ID {
 		a.self = s
 	}
-	rootChanged := len(s.Roots) > 0 && (a.lastRoot == nil || !a.lastRoot.Equal(s.Roots[0]))
-	if len(s.Roots) > 0 {
-		a.lastRoot = s.Roots[0]
-	}
 	a.mu.Unlock()
 	if a.sds != nil {
 		a.sds.Updated(s)
-		if rootChanged {
-			a.sds.RootsChanged()
-		}
 	}
+	a.bundles.Set(mergeRoots(a.fileRoots, s.Roots))
 	if a.wapi != nil {
 		a.wapi.Updated()
 	}
@@ -157,19 +155,16 @@ func (a *agent) current() *sds.SVID {
 	return a.self
 }
 
-// roots is the bundle: the trust anchors file plus the root the CA last
-// named, deduplicated.
-func (a *agent) roots() []*x509.Certificate {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := append([]*x509.Certificate{}, a.fileRoots...)
-	if a.lastRoot != nil {
-		found := false
-		for _, r := range out {
-			found = found || r.Equal(a.lastRoot)
-		}
-		if !found {
-			out = append(out, a.lastRoot)
+// roots is the bundle: the trust anchors file plus the roots the CA last
+// named.
+func (a *agent) roots() []*x509.Certificate { return a.bundles.Roots() }
+
+// mergeRoots is a followed by those of b it lacks.
+func mergeRoots(a, b []*x509.Certificate) []*x509.Certificate {
+	out := append([]*x509.Certificate{}, a...)
+	for _, r := range b {
+		if !slices.ContainsFunc(out, r.Equal) {
+			out = append(out, r)
 		}
 	}
 	return out

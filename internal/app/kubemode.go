@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,28 +61,10 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 	}
 	// With Vault the intermediate lives in memory only (a restarted
 	// replica asks Vault again), so no CA Secret is read or written.
-	var publisher *kube.BundlePublisher
-	var saSecrets *kube.SASecrets
-	onChange := func() {
-		if s.sds != nil {
-			s.sds.RootsChanged()
-		}
-		publisher.Changed()
-		if saSecrets != nil {
-			saSecrets.Changed()
-		}
-	}
 	var m *ca.Material
 	plugged := false
 	if useVault {
-		err = s.wireVault(ctx, f.vault, caCfg, rootOpts.KeyType, func(old, cur *ca.Material) {
-			// Certificates from the old intermediate stay valid under the
-			// same root; only a new root needs pushing.
-			if rootsChanged(old, cur) {
-				onChange()
-			}
-		})
-		if err != nil {
+		if err = s.wireVault(ctx, f.vault, caCfg, rootOpts.KeyType); err != nil {
 			return nil, err
 		}
 	} else {
@@ -109,11 +92,20 @@ func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.
 		}
 	}
 	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
-	publisher = &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
+	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
+	var saSecrets *kube.SASecrets
 	if k.saSecrets {
 		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock}
 	}
-	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, OnChange: onChange}
+	// The cluster's consumers of the trust bundle: the istio-ca-root-cert
+	// ConfigMaps and the istio.<sa> Secrets (the leader writes them).
+	s.authority.Bundles().Subscribe(func([]*x509.Certificate) {
+		publisher.Changed()
+		if saSecrets != nil {
+			saSecrets.Changed()
+		}
+	})
+	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log}
 	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		done := make(chan error, 2)
 		go func() { done <- publisher.Run(ctx) }()

@@ -150,19 +150,17 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 			if err := checkNoLocalCA(f.dataDir); err != nil {
 				return nil, err
 			}
-			err = s.wireVault(ctx, f.vault, caCfg, kt, func(old, cur *ca.Material) {
-				if !rootsChanged(old, cur) {
-					return
-				}
-				if err := writeRootCert(f.dataDir, cur.Roots); err != nil {
-					log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
-				}
-				if s.sds != nil {
-					s.sds.RootsChanged()
-				}
-			})
+			err = s.wireVault(ctx, f.vault, caCfg, kt)
 			if err == nil {
 				err = writeRootCert(f.dataDir, s.authority.Material().Roots)
+			}
+			if err == nil {
+				// A new Vault root is written where agents read it.
+				s.authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
+					if err := writeRootCert(f.dataDir, roots); err != nil {
+						log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
+					}
+				})
 			}
 		} else {
 			var m *ca.Material
@@ -245,6 +243,12 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 		return nil, err
 	}
 	ads.Register(g)
+	// The trust bundle's consumers in this process: SDS ROOTCA on every
+	// central stream, and every ADS proxy's secrets.
+	authority.Bundles().Subscribe(func([]*x509.Certificate) {
+		central.RootsChanged()
+		ads.RootsChanged(context.Background())
+	})
 
 	s.grpc = g
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {

@@ -101,8 +101,8 @@ func (v *vaultFlags) config() (vault.Config, error) {
 // wireVault makes an authority whose intermediate Vault signs: it logs
 // in, obtains and proves the first intermediate (failing startup
 // otherwise), and schedules the token and intermediate renewals.
-// onRenew runs after every later intermediate is activated.
-func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType, onRenew func(old, cur *ca.Material)) error {
+// A new Vault root reaches consumers through the authority's Bundles.
+func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType) error {
 	vcfg, err := v.config()
 	if err != nil {
 		return err
@@ -117,7 +117,7 @@ func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Confi
 	}
 	r, err := ca.NewRenewer(ca.RenewerConfig{
 		Authority: s.authority, Upstream: up, KeyType: kt, TTL: v.ttl, RenewFraction: v.renewFraction,
-		Clock: ca.SystemClock{}, Log: s.log, OnActivate: onRenew,
+		Clock: ca.SystemClock{}, Log: s.log,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -178,18 +178,4 @@ func metricsHandler(authority *ca.Authority, clock ca.Clock) http.Handler {
 		return m.NotAfter().Sub(clock.Now()).Seconds()
 	}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
-}
-
-// rootsChanged reports whether a renewal changed the trust bundle (an
-// upstream root rotation), which subscribers must then be told.
-func rootsChanged(old, cur *ca.Material) bool {
-	if old == nil || len(old.Roots) != len(cur.Roots) {
-		return true
-	}
-	for i := range old.Roots {
-		if !old.Roots[i].Equal(cur.Roots[i]) {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -83,7 +84,8 @@ func TestPluggedInHotReload(t *testing.T) {
 	}
 	a := catest.Authority(t, m)
 	changed := make(chan struct{}, 4)
-	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, OnChange: func() { changed <- struct{}{} }}
+	a.Bundles().Subscribe(func([]*x509.Certificate) { changed <- struct{}{} }) // root B replaces root A
+	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a}
 	go func() { _ = w.Run(ctx) }()
 
 	rootB := catest.Root(t, ca.CAOptions{CommonName: "root B"})

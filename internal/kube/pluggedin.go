@@ -26,7 +26,6 @@ type PluggedInCA struct {
 	Authority *ca.Authority
 	Clock     ca.Clock
 	Log       *slog.Logger
-	OnChange  func() // called after new material is active
 }
 
 // LoadPluggedIn reads and validates the cacerts Secret; found is false when
@@ -77,17 +76,15 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 			p.Log.Error("ignoring invalid plugged-in CA; keeping the current one", "error", err.Error())
 			return
 		}
-		if cur := p.Authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && sameRoots(cur, m) {
+		if cur := p.Authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && ca.SameRoots(cur.Roots, m.Roots) {
 			return
 		}
 		if err := p.Authority.Activate(m); err != nil {
 			p.Log.Error("could not activate plugged-in CA", "error", err.Error())
 			return
 		}
+		// Consumers hear of a new root from the authority's Bundles.
 		p.Log.Info("activated plugged-in CA", "subject", m.Cert.Subject.String(), "notAfter", m.Cert.NotAfter)
-		if p.OnChange != nil {
-			p.OnChange()
-		}
 	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
@@ -103,16 +100,4 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 	<-ctx.Done()
 	f.Shutdown()
 	return nil
-}
-
-func sameRoots(a, b *ca.Material) bool {
-	if len(a.Roots) != len(b.Roots) {
-		return false
-	}
-	for i := range a.Roots {
-		if !a.Roots[i].Equal(b.Roots[i]) {
-			return false
-		}
-	}
-	return true
 }
