@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/wardenmesh/warden/ca"
-	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/atomicfile"
 )
 
 // File names written by WriteFiles, as Istio's agent and proxyless gRPC's
@@ -28,11 +28,11 @@ func WriteFiles(dir string, s *SVID, roots []*x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	if err := filestore.WriteReplace(filepath.Join(dir, FileKey), key, 0o600); err != nil {
+	if err := atomicfile.WriteReplace(filepath.Join(dir, FileKey), key, 0o600); err != nil {
 		return err
 	}
-	if err := filestore.WriteReplace(filepath.Join(dir, FileCertChain), s.ChainPEM(), 0o644); err != nil {
+	if err := atomicfile.WriteReplace(filepath.Join(dir, FileCertChain), s.ChainPEM(), 0o644); err != nil {
 		return err
 	}
-	return filestore.WriteReplace(filepath.Join(dir, FileRootCert), ca.EncodeCerts(roots...), 0o644)
+	return atomicfile.WriteReplace(filepath.Join(dir, FileRootCert), ca.EncodeCerts(roots...), 0o644)
 }

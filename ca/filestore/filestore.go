@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/atomicfile"
 )
 
 // Store is a ca.KeyStore on a directory.
@@ -48,7 +49,7 @@ func (s *Store) Load(_ context.Context) (ca.Files, error) {
 	var missing []string
 	for _, n := range names {
 		p := filepath.Join(s.Dir, n)
-		b, err := ReadPrivate(p)
+		b, err := atomicfile.ReadPrivate(p)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			missing = append(missing, n)
@@ -97,7 +98,7 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 	// The key goes last: a crash part way leaves a store without a key,
 	// which Load reports as partial rather than silently replacing.
 	for _, n := range []string{ca.FileRootCert, ca.FileCertChain, ca.FileCACert, ca.FileCAKey} {
-		if err := WriteNew(filepath.Join(s.Dir, n), files[n]); err != nil {
+		if err := atomicfile.WriteNew(filepath.Join(s.Dir, n), files[n]); err != nil {
 			if errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("filestore: %s: %w", filepath.Join(s.Dir, n), ca.ErrExists)
 			}
@@ -118,74 +119,4 @@ func (s *Store) lock(how int) (func(), error) {
 		return nil, fmt.Errorf("filestore: lock %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil
-}
-
-// WriteNew writes data to path with mode 0600, atomically and only if path
-// does not exist (the error then wraps fs.ErrExist).
-func WriteNew(path string, data []byte) error {
-	tmp, err := writeTemp(path, data)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// WriteReplace writes data to path with the given mode atomically,
-// replacing any existing file.
-func WriteReplace(path string, data []byte, mode os.FileMode) error {
-	tmp, err := writeTemp(path, data)
-	if err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func writeTemp(path string, data []byte) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	_, werr := f.Write(data)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		os.Remove(name)
-		return "", fmt.Errorf("write %s: %w", path, err)
-	}
-	return name, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// ReadPrivate reads a file that must not be readable or writable by group
-// or others (a key, or a file beside one).
-func ReadPrivate(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %#o; it must not be accessible to group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
-	}
-	return os.ReadFile(path)
 }

@@ -146,17 +146,3 @@ func TestLooseKeyPermissionsRefused(t *testing.T) {
 		t.Fatalf("err = %v\nwant %q", err, want)
 	}
 }
-
-func TestWriteNewRefusesExisting(t *testing.T) {
-	t.Parallel()
-	p := filepath.Join(t.TempDir(), "k")
-	if err := filestore.WriteNew(p, []byte("one")); err != nil {
-		t.Fatal(err)
-	}
-	if err := filestore.WriteNew(p, []byte("two")); !errors.Is(err, os.ErrExist) {
-		t.Fatalf("err = %v, want ErrExist", err)
-	}
-	if b, _ := os.ReadFile(p); string(b) != "one" {
-		t.Fatalf("content = %q, want the original", b)
-	}
-}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
 	caserver "github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
@@ -70,7 +71,7 @@ type agent struct {
 	log       *slog.Logger
 	f         agentFlags
 	cache     *sds.Cache
-	fetcher   *sds.CAFetcher
+	fetcher   *client.Fetcher
 	sds       *sdsserver.Server
 	wapi      *sdsserver.WorkloadAPI
 	fileRoots []*x509.Certificate
@@ -95,7 +96,7 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if f.serverName == "" {
 		f.serverName, _, _ = net.SplitHostPort(f.addr)
 	}
-	a.fetcher = &sds.CAFetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
+	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
 	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated})
 	if err != nil {
 		return nil, err

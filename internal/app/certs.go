@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/atomicfile"
 	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/token"
 )
@@ -244,7 +245,7 @@ func writeSVID(dir string, r *client.Result) error {
 }
 
 func loadSVID(dir string) (*tls.Certificate, error) {
-	kb, err := filestore.ReadPrivate(filepath.Join(dir, fileKey))
+	kb, err := atomicfile.ReadPrivate(filepath.Join(dir, fileKey))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no %s in %s to renew", fileKey, dir)
 	}

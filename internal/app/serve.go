@@ -225,7 +225,14 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	if err != nil {
 		return nil, err
 	}
-	central, err = sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(auths...), Log: log,
+	authenticate := func(ctx context.Context) (spiffeid.ID, error) {
+		c, err := server.Authenticate(ctx, auths...)
+		if err != nil {
+			return spiffeid.ID{}, err
+		}
+		return c.ID, nil
+	}
+	central, err = sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log,
 		Roots: func() []*x509.Certificate { return authority.Bundle().X509Authorities() }})
 	if err != nil {
 		return nil, err
@@ -233,13 +240,8 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	central.Register(g)
 	s.sds = central
 	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
-	if ads, err = s.wireXDS(ctx, f, td, func(ctx context.Context) (spiffeid.ID, error) {
-		c, err := server.Authenticate(ctx, auths...) // the xDS server reports it as Unauthenticated
-		if err != nil {
-			return spiffeid.ID{}, err
-		}
-		return c.ID, nil
-	}, sdsCache, roots); err != nil {
+	// The xDS server reports a failure as Unauthenticated.
+	if ads, err = s.wireXDS(ctx, f, td, authenticate, sdsCache, roots); err != nil {
 		return nil, err
 	}
 	ads.Register(g)

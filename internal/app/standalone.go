@@ -13,6 +13,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/atomicfile"
 	"github.com/wardenmesh/warden/token"
 )
 
@@ -81,7 +82,7 @@ func loadPluggedIn(dir string, now time.Time) (*ca.Material, error) {
 // create is set and it does not exist yet.
 func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
 	path := filepath.Join(dataDir, tokenKeyFile)
-	b, err := filestore.ReadPrivate(path)
+	b, err := atomicfile.ReadPrivate(path)
 	if errors.Is(err, fs.ErrNotExist) && create {
 		key, gerr := ca.GenerateKey(ca.ECDSAP256)
 		if gerr != nil {
@@ -94,10 +95,10 @@ func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
 		if gerr := os.MkdirAll(dataDir, 0o700); gerr != nil {
 			return nil, gerr
 		}
-		if werr := filestore.WriteNew(path, pemKey); werr != nil && !errors.Is(werr, fs.ErrExist) {
+		if werr := atomicfile.WriteNew(path, pemKey); werr != nil && !errors.Is(werr, fs.ErrExist) {
 			return nil, werr
 		}
-		b, err = filestore.ReadPrivate(path)
+		b, err = atomicfile.ReadPrivate(path)
 	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no token key at %s: start 'warden serve --data-dir %s' once first", path, dataDir)

@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wardenmesh/warden/ca"
-	"github.com/wardenmesh/warden/ca/filestore"
 	"github.com/wardenmesh/warden/ca/vault"
+	"github.com/wardenmesh/warden/internal/atomicfile"
 )
 
 // vaultFlags configure --ca-upstream vault. The VAULT_* variables are the
@@ -160,7 +160,7 @@ func writeRootCert(dataDir string, roots []*x509.Certificate) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
-	return filestore.WriteReplace(filepath.Join(dataDir, ca.FileRootCert), ca.EncodeCerts(roots...), 0o600)
+	return atomicfile.WriteReplace(filepath.Join(dataDir, ca.FileRootCert), ca.EncodeCerts(roots...), 0o600)
 }
 
 // metricsHandler serves warden serve's Prometheus metrics from a private

@@ -36,7 +36,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	caserver "github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/sds"
 )
 
@@ -301,8 +300,10 @@ const istioCredentialHeader = "istio_sds_credentail_header-bin"
 
 // TokenIdentify authenticates a stream with the caller's service-account
 // token, sent as "authorization: Bearer <token>" or in Istio 1.1's
-// istio_sds_credentail_header-bin, using the CA's authenticators.
-func TokenIdentify(auths ...caserver.Authenticator) Identify {
+// istio_sds_credentail_header-bin, by the given authentication (the CA's
+// authenticator chain, passed in so this package needs none of the CA's
+// server code).
+func TokenIdentify(authenticate Identify) Identify {
 	return func(ctx context.Context) (spiffeid.ID, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if v := md.Get(istioCredentialHeader); len(v) > 0 && len(md.Get("authorization")) == 0 {
@@ -310,11 +311,11 @@ func TokenIdentify(auths ...caserver.Authenticator) Identify {
 			md.Set("authorization", "Bearer "+v[0])
 			ctx = metadata.NewIncomingContext(ctx, md)
 		}
-		c, err := caserver.Authenticate(ctx, auths...)
+		id, err := authenticate(ctx)
 		if err != nil {
 			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+err.Error())
 		}
-		return c.ID, nil
+		return id, nil
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -53,8 +54,15 @@ func newFixture(t *testing.T, identify server.Identify) *fixture {
 		t.Fatal(err)
 	}
 	if identify == nil {
-		identify = server.TokenIdentify(&caserver.JWTAuthenticator{TrustDomain: catest.TrustDomain, Clock: clock,
-			Verifier: &token.Verifier{Issuer: "warden", Keys: issuer.KeySet(), Clock: clock}})
+		jwt := &caserver.JWTAuthenticator{TrustDomain: catest.TrustDomain, Clock: clock,
+			Verifier: &token.Verifier{Issuer: "warden", Keys: issuer.KeySet(), Clock: clock}}
+		identify = server.TokenIdentify(func(ctx context.Context) (spiffeid.ID, error) {
+			c, err := caserver.Authenticate(ctx, jwt)
+			if err != nil {
+				return spiffeid.ID{}, err
+			}
+			return c.ID, nil
+		})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

@@ -1,4 +1,4 @@
-package sds
+package client
 
 import (
 	"context"
@@ -14,14 +14,14 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/wardenmesh/warden/ca"
-	"github.com/wardenmesh/warden/ca/client"
+	"github.com/wardenmesh/warden/sds"
 )
 
-// CAFetcher obtains SVIDs from a warden (or Istio) CA over gRPC: with the
+// Fetcher (an sds.Fetcher) obtains SVIDs from a warden (or Istio) CA over gRPC: with the
 // current SVID over mTLS while it is valid, otherwise with a bearer token:
 // the token of the SDS caller (node-agent mode, read from the incoming
 // call's metadata) or the workload's service-account token file.
-type CAFetcher struct {
+type Fetcher struct {
 	Addr       string
 	Roots      *x509.CertPool // trust anchors for the CA's TLS certificate
 	ServerName string
@@ -29,16 +29,17 @@ type CAFetcher struct {
 	KeyType    ca.KeyType
 	TTL        time.Duration
 	// Current returns the SVID held for id, for renewal over mTLS.
-	Current func(id spiffeid.ID) *SVID
-	Clock   Clock
+	Current func(id spiffeid.ID) *sds.SVID
 }
 
-// Fetch implements Fetcher. A zero id asks for whatever identity the
+var _ sds.Fetcher = (*Fetcher)(nil)
+
+// Fetch implements sds.Fetcher. A zero id asks for whatever identity the
 // token carries.
-func (f *CAFetcher) Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error) {
-	cfg := client.Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName}
+func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) {
+	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName}
 	var tok string
-	var cur *SVID
+	var cur *sds.SVID
 	if f.Current != nil && !id.IsZero() {
 		cur = f.Current(id)
 	}
@@ -54,25 +55,25 @@ func (f *CAFetcher) Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error) {
 			return nil, err
 		}
 	}
-	c, err := client.New(cfg)
+	c, err := New(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	res, err := c.Request(ctx, client.Request{KeyType: f.KeyType, TTL: f.TTL, Token: tok, ID: id})
+	res, err := c.Request(ctx, Request{KeyType: f.KeyType, TTL: f.TTL, Token: tok, ID: id})
 	if err != nil {
 		return nil, err
 	}
 	if !id.IsZero() && res.ID != id {
-		return nil, fmt.Errorf("sds: CA issued %s, asked for %s", res.ID, id)
+		return nil, fmt.Errorf("client: CA issued %s, asked for %s", res.ID, id)
 	}
-	return &SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: []*x509.Certificate{res.Root}}, nil
+	return &sds.SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: []*x509.Certificate{res.Root}}, nil
 }
 
 // token prefers the caller's token (node agent) over the token file.
-func (f *CAFetcher) token(ctx context.Context) (string, error) {
+func (f *Fetcher) token(ctx context.Context) (string, error) {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get("authorization"); len(v) == 1 {
 			if t, ok := strings.CutPrefix(v[0], "Bearer "); ok {
@@ -84,11 +85,11 @@ func (f *CAFetcher) token(ctx context.Context) (string, error) {
 		}
 	}
 	if f.TokenFile == "" {
-		return "", errors.New("sds: no token: configure a token file or send one with the request")
+		return "", errors.New("client: no token: configure a token file or send one with the request")
 	}
 	b, err := os.ReadFile(f.TokenFile)
 	if err != nil {
-		return "", fmt.Errorf("sds: token: %w", err)
+		return "", fmt.Errorf("client: token: %w", err)
 	}
 	return strings.TrimSpace(string(b)), nil
 }
