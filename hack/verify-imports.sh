@@ -18,7 +18,7 @@ allowed='^(k8s\.io/klog(/|$)|sigs\.k8s\.io/yaml(/|$))'
 edges='/(server|vault|client)(/|$)'
 
 cores=()
-for root in ${VERIFY_IMPORTS_CORES:-ca authn rbac sds api token}; do
+for root in ${VERIFY_IMPORTS_CORES:-ca authn rbac sds api token xds}; do
   [ -d "$root" ] || continue
   while IFS= read -r pkg; do
     [[ "$pkg" =~ $edges ]] && continue

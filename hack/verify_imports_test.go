@@ -29,6 +29,7 @@ func TestVerifyImportsCatchesABadImport(t *testing.T) {
 		{"rbac", "rbac", "google.golang.org/grpc"},
 		{"authn", "authn", "k8s.io/client-go/kubernetes"},
 		{"ca", "ca", "google.golang.org/grpc"},
+		{"xds", "xds", "google.golang.org/grpc"},
 	}
 	for _, c := range cases {
 		t.Run(c.pkg, func(t *testing.T) {

@@ -51,7 +51,7 @@ func (c *Config) Validate() error {
 		for _, r := range set {
 			if v, ok := r.(interface{ ValidateAll() error }); ok {
 				if err := v.ValidateAll(); err != nil {
-					return fmt.Errorf("xds: %s: %w", nameOf(r), err)
+					return fmt.Errorf("xds: %s: %w", ResourceName(r), err)
 				}
 			}
 		}
@@ -59,7 +59,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func nameOf(r types.Resource) string {
+// ResourceName is a resource's name as xDS addresses it.
+func ResourceName(r types.Resource) string {
 	if n, ok := r.(interface{ GetName() string }); ok && n.GetName() != "" {
 		return n.GetName()
 	}
@@ -411,9 +412,9 @@ func hasPort(ps []authn.Port, n uint32) bool {
 	return false
 }
 
-// inbound is a proxy's own configuration: Envoy's virtualInbound, or the
-// gRPC server listeners it asked for.
-func (m *Mesh) inbound(p *Proxy, w *Workload, servers []string) (*Config, error) {
+// InboundFor is p's own configuration: Inbound for an Envoy sidecar; for
+// a proxyless gRPC server, the listeners it asked for by name.
+func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, error) {
 	if p.Generator != GeneratorGRPC {
 		return m.Inbound(w)
 	}
@@ -439,7 +440,7 @@ func (m *Mesh) ProxyConfig(p *Proxy, servers []string) (*Config, *Workload, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	in, err := m.inbound(p, w, servers)
+	in, err := m.InboundFor(p, w, servers)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -51,6 +51,12 @@ type Options struct {
 	PathNormalization string
 }
 
+// WithDefaults is o with its zero values filled in.
+func (o Options) WithDefaults() Options {
+	o.fill()
+	return o
+}
+
 func (o *Options) fill() {
 	if o.TrustDomain.IsZero() {
 		o.TrustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
@@ -295,4 +301,36 @@ func (m *Mesh) effectiveMode(s *Service, port ServicePort) authn.Mode {
 		return authn.Permissive
 	}
 	return authn.Permissive
+}
+
+// Affects reports whether a change to one of objs changes the inbound
+// configuration (authn, authz) of w.
+func Affects(objs []api.Object, w *Workload, root string) bool {
+	for _, o := range objs {
+		m := o.Meta()
+		var sel map[string]string
+		switch x := o.(type) {
+		case *api.MeshPolicy, *api.ClusterRbacConfig:
+			return true
+		case *api.PeerAuthentication:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.RequestAuthentication:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.AuthorizationPolicy:
+			if x.Spec.Selector != nil {
+				sel = x.Spec.Selector.MatchLabels
+			}
+		case *api.Policy, *api.ServiceRole, *api.ServiceRoleBinding, *api.RbacConfig:
+		default:
+			continue // routing and registry: outbound only
+		}
+		if m.Namespace == root || (m.Namespace == w.Namespace && labelsMatch(sel, w.Labels)) {
+			return true
+		}
+	}
+	return false
 }

@@ -23,7 +23,7 @@ import (
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
-	"github.com/wardenmesh/warden/xds"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
 // Defaults of warden serve.
@@ -103,7 +103,7 @@ type standalone struct {
 	sds       *sdsserver.Server                 // central SDS
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
 	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
-	xds       *xds.Server                       // ADS for sidecars and proxyless gRPC
+	xds       *xdsserver.Server                       // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server
@@ -202,12 +202,12 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	}
 	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
 	// zeroed 1 MiB buffer from gRPC's default pool.
-	g := grpc.NewServer(append(xds.ServerOptions(), server.Credentials(serving))...)
+	g := grpc.NewServer(append(xdsserver.ServerOptions(), server.Credentials(serving))...)
 	srv.Register(g)
 	// Central SDS on the same port, for sidecars without a node agent:
 	// each stream authenticates like a certificate request.
 	var central *sdsserver.Server
-	var ads *xds.Server
+	var ads *xdsserver.Server
 	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log,
 		// Identities no SDS or ADS stream serves any more are dropped at
 		// rotation rather than renewed for ever.

@@ -14,15 +14,16 @@ import (
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/xds"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
 // wireXDS makes the ADS server and feeds it the mesh configuration: the
 // --config-dir directory in standalone mode, the informers in Kubernetes
 // mode. Streams authenticate like certificate requests (SVID or token).
-func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xds.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xds.Server, error) {
+func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
 	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, JWTKeys: keys}
-	srv, err := xds.NewServer(ctx, xds.ServerConfig{
+	srv, err := xdsserver.New(ctx, xdsserver.Config{
 		Options:  opts,
 		Identify: identify,
 		Debounce: f.debounce,
@@ -82,7 +83,7 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 // either (coalesced: informer events come in bursts) rebuilds the service
 // list, Kubernetes Services first and ServiceEntries for other hosts, and
 // hands it to the server, which debounces the pushes.
-func (s *standalone) kubeFeed(srv *xds.Server) func(context.Context) error {
+func (s *standalone) kubeFeed(srv *xdsserver.Server) func(context.Context) error {
 	kick := make(chan struct{}, 1)
 	notify := func() {
 		select {

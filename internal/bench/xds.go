@@ -26,6 +26,7 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/xds"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
 // XDSResult is what an ADS fan-out run measured in the server process.
@@ -95,7 +96,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	var newACKs atomic.Int64
 	var target atomic.Value
 	target.Store("")
-	srv, err := xds.NewServer(ctx, xds.ServerConfig{
+	srv, err := xdsserver.New(ctx, xdsserver.Config{
 		Identify: func(context.Context) (spiffeid.ID, error) { return id, nil },
 		Debounce: debounce,
 		OnACK: func(node, typeURL, version string) {
@@ -119,7 +120,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	if err != nil {
 		return res, err
 	}
-	g := grpc.NewServer(append(xds.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
+	g := grpc.NewServer(append(xdsserver.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	defer g.Stop()

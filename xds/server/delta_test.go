@@ -1,4 +1,4 @@
-package xds_test
+package server_test
 
 import (
 	"bytes"
@@ -114,7 +114,7 @@ func TestDeltaADS(t *testing.T) {
 	}
 	for i, e := range edits {
 		// Fresh objects, as a source gives: edits so far applied.
-		objs, _, err := source.Load("../docs/examples/flaskapp")
+		objs, _, err := source.Load("../../docs/examples/flaskapp")
 		if err != nil {
 			t.Fatal(err)
 		}

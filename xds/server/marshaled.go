@@ -1,4 +1,4 @@
-package xds
+package server
 
 import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"

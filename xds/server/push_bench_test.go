@@ -1,4 +1,4 @@
-package xds_test
+package server_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wardenmesh/warden/internal/bench"
-	"github.com/wardenmesh/warden/xds"
+	"github.com/wardenmesh/warden/xds/server"
 )
 
 // BenchmarkPushVirtualServiceEdit is 'warden bench xds' in one process:
@@ -32,7 +32,7 @@ func BenchmarkPushVirtualServiceEdit(b *testing.B) {
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/bench/sa/client")
 	var acked sync.Map // node -> RDS version ACKed
 	var newACKs atomic.Int64
-	srv, err := xds.NewServer(ctx, xds.ServerConfig{
+	srv, err := server.New(ctx, server.Config{
 		Identify: func(context.Context) (spiffeid.ID, error) { return id, nil },
 		OnACK: func(node, typeURL, version string) {
 			if typeURL != resource.RouteType {
@@ -55,7 +55,7 @@ func BenchmarkPushVirtualServiceEdit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g := grpc.NewServer(append(xds.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
+	g := grpc.NewServer(append(server.ServerOptions(), grpc.MaxConcurrentStreams(1<<20))...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	defer g.Stop()

@@ -1,4 +1,4 @@
-package xds
+package server
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/wardenmesh/warden/xds"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -38,9 +40,9 @@ type Identify func(ctx context.Context) (spiffeid.ID, error)
 // of identity id receives over ADS.
 type Secrets func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error)
 
-// ServerConfig wires a Server.
-type ServerConfig struct {
-	Options  Options
+// Config wires a Server.
+type Config struct {
+	Options  xds.Options
 	Identify Identify
 	Secrets  Secrets       // nil: no SDS over ADS
 	Debounce time.Duration // quiet time before a change is pushed; 0 pushes at once
@@ -52,12 +54,12 @@ type ServerConfig struct {
 
 // Server serves per-proxy configuration over ADS.
 type Server struct {
-	cfg   ServerConfig
+	cfg   Config
 	cache cachev3.SnapshotCache
 	xds   xdsserver.Server
 
 	mu       sync.Mutex
-	mesh     *Mesh
+	mesh     *xds.Mesh
 	objs     map[string]objState  // key -> object and its content hash
 	outbound map[string]*outbound // ns|generator -> shared outbound config
 	proxies  map[string]*proxyState
@@ -79,21 +81,21 @@ type objState struct {
 
 type update struct {
 	objs     []api.Object
-	services []*Service
+	services []*xds.Service
 }
 
 // part is generated configuration with, per type (typeOrder), its
 // resources encoded once and indexed by name for the snapshot cache, and
 // a content hash. A namespace's proxies share its outbound part.
 type part struct {
-	cfg    *Config
+	cfg    *xds.Config
 	index  [4]map[string]types.ResourceWithTTL // name -> *marshaled; read-only
 	hashes [4]string
 }
 
 type proxyState struct {
-	proxy    *Proxy
-	workload *Workload
+	proxy    *xds.Proxy
+	workload *xds.Workload
 	id       spiffeid.ID
 	streams  int
 	inbound  *part
@@ -112,7 +114,7 @@ type streamState struct {
 var typeOrder = [4]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
 
 // NewServer makes a Server with an empty mesh; call Update to load config.
-func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
+func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Identify == nil {
 		return nil, errors.New("xds: Identify is required")
 	}
@@ -125,8 +127,8 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.MaxDelay == 0 {
 		cfg.MaxDelay = time.Second
 	}
-	cfg.Options.fill()
-	mesh, err := NewMesh(nil, nil, cfg.Options)
+	cfg.Options = cfg.Options.WithDefaults()
+	mesh, err := xds.NewMesh(nil, nil, cfg.Options)
 	if err != nil {
 		return nil, err
 	}
@@ -140,13 +142,13 @@ func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	return s, nil
 }
 
-// Register adds the Aggregated Discovery Service to r.
+// Register adds the Aggregated Discovery xds.Service to r.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(r, s.xds)
 }
 
-// Mesh is the current mesh view.
-func (s *Server) Mesh() *Mesh {
+// xds.Mesh is the current mesh view.
+func (s *Server) Mesh() *xds.Mesh {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mesh
@@ -154,7 +156,7 @@ func (s *Server) Mesh() *Mesh {
 
 // Update replaces the configuration; the change is pushed after the
 // debounce window.
-func (s *Server) Update(objs []api.Object, services []*Service) {
+func (s *Server) Update(objs []api.Object, services []*xds.Service) {
 	s.pendMu.Lock()
 	defer s.pendMu.Unlock()
 	s.pending = &update{objs: objs, services: services}
@@ -185,10 +187,10 @@ func (s *Server) fire() {
 
 // Apply replaces the configuration now (Update debounces, then calls
 // it): affected proxies get new snapshots.
-func (s *Server) Apply(objs []api.Object, services []*Service) error {
+func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	mesh, err := NewMesh(objs, services, s.cfg.Options)
+	mesh, err := xds.NewMesh(objs, services, s.cfg.Options)
 	if err != nil {
 		return err
 	}
@@ -217,7 +219,7 @@ func (s *Server) Apply(objs []api.Object, services []*Service) error {
 	proxies := make([]*proxyState, 0, len(s.proxies))
 	for _, ps := range s.proxies {
 		w := mesh.Workload(ps.proxy)
-		if !reflect.DeepEqual(w, ps.workload) || affects(changed, w, s.cfg.Options.RootNamespace) {
+		if !reflect.DeepEqual(w, ps.workload) || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
 			ps.workload, ps.inbound = w, nil
 		}
 		proxies = append(proxies, ps)
@@ -233,7 +235,7 @@ func (s *Server) Apply(objs []api.Object, services []*Service) error {
 }
 
 // JWTKeysChanged recompiles every proxy's inbound configuration: the keys
-// OIDC discovery found (Options.JWTKeys) are inlined in jwt_authn.
+// OIDC discovery found (xds.Options.JWTKeys) are inlined in jwt_authn.
 func (s *Server) JWTKeysChanged() {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
@@ -268,38 +270,6 @@ func objHash(o api.Object) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// affects reports whether a change to one of objs changes the inbound
-// configuration (authn, authz) of w.
-func affects(objs []api.Object, w *Workload, root string) bool {
-	for _, o := range objs {
-		m := o.Meta()
-		var sel map[string]string
-		switch x := o.(type) {
-		case *api.MeshPolicy, *api.ClusterRbacConfig:
-			return true
-		case *api.PeerAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.RequestAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.AuthorizationPolicy:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.Policy, *api.ServiceRole, *api.ServiceRoleBinding, *api.RbacConfig:
-		default:
-			continue // routing and registry: outbound only
-		}
-		if m.Namespace == root || (m.Namespace == w.Namespace && labelsMatch(sel, w.Labels)) {
-			return true
-		}
-	}
-	return false
-}
-
 func hashResources(rs []types.Resource) string {
 	h := sha256.New()
 	mo := proto.MarshalOptions{Deterministic: true}
@@ -311,7 +281,7 @@ func hashResources(rs []types.Resource) string {
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
-func newPart(c *Config) (*part, error) {
+func newPart(c *xds.Config) (*part, error) {
 	p := &part{cfg: c}
 	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
 		// The hash is hashResources's, from the same encoding.
@@ -320,7 +290,7 @@ func newPart(c *Config) (*part, error) {
 		for _, r := range set {
 			m, err := marshal(r)
 			if err != nil {
-				return nil, fmt.Errorf("xds: encode %s: %w", nameOf(r), err)
+				return nil, fmt.Errorf("xds: encode %s: %w", xds.ResourceName(r), err)
 			}
 			h.Write(m.wire)
 			h.Write([]byte{0})
@@ -360,7 +330,7 @@ type outbound struct {
 // outboundFor returns the shared outbound configuration for a namespace
 // and generator, building it once per configuration generation: proxies
 // that connect together, or are pushed together, wait for one build.
-func (s *Server) outboundFor(mesh *Mesh, ns, generator string) (*part, error) {
+func (s *Server) outboundFor(mesh *xds.Mesh, ns, generator string) (*part, error) {
 	key := ns + "|" + generator
 	o := &outbound{}
 	s.mu.Lock()
@@ -399,7 +369,7 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 		return nil, nil, nil, err
 	}
 	if in == nil {
-		c, err := mesh.inbound(ps.proxy, w, servers)
+		c, err := mesh.InboundFor(ps.proxy, w, servers)
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -481,7 +451,7 @@ func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
 	s.mu.Lock()
 	var ps []*proxyState
 	for _, p := range s.proxies {
-		if p.id == id && p.proxy.Generator == GeneratorEnvoy {
+		if p.id == id && p.proxy.Generator == xds.GeneratorEnvoy {
 			ps = append(ps, p)
 		}
 	}
@@ -587,7 +557,7 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	}
 	mesh := s.mesh
 	s.mu.Unlock()
-	p, err := ParseNode(node)
+	p, err := xds.ParseNode(node)
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -610,7 +580,7 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	st.node = p.ID
 	s.mu.Unlock()
 	if fresh {
-		if s.cfg.Secrets != nil && p.Generator == GeneratorEnvoy {
+		if s.cfg.Secrets != nil && p.Generator == xds.GeneratorEnvoy {
 			secrets, err := s.cfg.Secrets(ctx, st.id)
 			if err != nil {
 				return nil, status.Errorf(codes.Unavailable, "xds: no certificate for %s yet: %v", st.id, err)
@@ -624,7 +594,7 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	return ps, nil
 }
 
-func authorize(id spiffeid.ID, p *Proxy, w *Workload, td spiffeid.TrustDomain) error {
+func authorize(id spiffeid.ID, p *xds.Proxy, w *xds.Workload, td spiffeid.TrustDomain) error {
 	if w.Known {
 		want, err := w.ID(td)
 		if err != nil {
@@ -657,11 +627,11 @@ func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node
 	} else if ack != "" && s.cfg.OnACK != nil {
 		s.cfg.OnACK(ps.proxy.ID, typeURL, ack)
 	}
-	if typeURL == resource.ListenerType && ps.proxy.Generator == GeneratorGRPC {
+	if typeURL == resource.ListenerType && ps.proxy.Generator == xds.GeneratorGRPC {
 		var added bool
 		s.mu.Lock()
 		for _, n := range names {
-			if _, _, ok := ParseServerListenerName(n); ok && !ps.servers[n] {
+			if _, _, ok := xds.ParseServerListenerName(n); ok && !ps.servers[n] {
 				ps.servers[n] = true
 				added = true
 			}

@@ -1,4 +1,4 @@
-package xds_test
+package server_test
 
 import (
 	"bytes"
@@ -28,16 +28,17 @@ import (
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
+	"github.com/wardenmesh/warden/xds/server"
 )
 
 // startADS serves the flaskapp example over ADS on loopback; a stream's
 // identity is the SPIFFE ID in its "x-test-id" metadata (the real server
 // uses mTLS or tokens; this test is about what an identity may receive).
-func startADS(t *testing.T, opts ...func(*xds.ServerConfig)) (*xds.Server, discovery.AggregatedDiscoveryServiceClient) {
+func startADS(t *testing.T, opts ...func(*server.Config)) (*server.Server, discovery.AggregatedDiscoveryServiceClient) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cfg := xds.ServerConfig{Debounce: 10 * time.Millisecond, Identify: func(ctx context.Context) (spiffeid.ID, error) {
+	cfg := server.Config{Debounce: 10 * time.Millisecond, Identify: func(ctx context.Context) (spiffeid.ID, error) {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if v := md.Get("x-test-id"); len(v) == 1 {
 			return spiffeid.FromString(v[0])
@@ -47,11 +48,11 @@ func startADS(t *testing.T, opts ...func(*xds.ServerConfig)) (*xds.Server, disco
 	for _, o := range opts {
 		o(&cfg)
 	}
-	srv, err := xds.NewServer(ctx, cfg)
+	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, _, err := source.Load("../docs/examples/flaskapp")
+	objs, _, err := source.Load("../../docs/examples/flaskapp")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func startADS(t *testing.T, opts ...func(*xds.ServerConfig)) (*xds.Server, disco
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer(xds.ServerOptions()...)
+	g := grpc.NewServer(server.ServerOptions()...)
 	srv.Register(g)
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
@@ -206,7 +207,7 @@ func TestEditPushesOnlyAffected(t *testing.T) {
 			t.Errorf("InUse(%s) = %v, want %v", id, got, want)
 		}
 	}
-	objs, _, err := source.Load("../docs/examples/flaskapp")
+	objs, _, err := source.Load("../../docs/examples/flaskapp")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +262,7 @@ func wireByName(t *testing.T, rs []types.Resource) map[string][]byte {
 }
 
 // proxyConfig is what ProxyConfig says node should have, by type URL.
-func proxyConfig(t *testing.T, srv *xds.Server, node string) map[string]map[string][]byte {
+func proxyConfig(t *testing.T, srv *server.Server, node string) map[string]map[string][]byte {
 	t.Helper()
 	p, err := xds.ParseNodeID(node)
 	if err != nil {
@@ -326,7 +327,7 @@ func TestADSSendsProxyConfig(t *testing.T) {
 // however many pushes and proxies see it.
 func TestReportsLoggedOnce(t *testing.T) {
 	var logs syncBuf
-	srv, c := startADS(t, func(cfg *xds.ServerConfig) { cfg.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
+	srv, c := startADS(t, func(cfg *server.Config) { cfg.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
 	for _, node := range []string{"sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local"} {
 		s, err := c.StreamAggregatedResources(asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second))
 		if err != nil {
@@ -339,7 +340,7 @@ func TestReportsLoggedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	objs, _, err := source.Load("../docs/examples/flaskapp")
+	objs, _, err := source.Load("../../docs/examples/flaskapp")
 	if err != nil {
 		t.Fatal(err)
 	}
