@@ -103,7 +103,7 @@ type standalone struct {
 	sds       *sdsserver.Server                 // central SDS
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
 	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
-	xds       *xdsserver.Server                       // ADS for sidecars and proxyless gRPC
+	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
 	http      *http.Server
