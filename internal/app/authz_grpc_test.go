@@ -70,7 +70,12 @@ spec:
 // each checked against the stated outcome and against policy explain on
 // the same files: the compiled filters mean the same to both evaluators.
 func TestGRPCDecidesAsExplain(t *testing.T) {
-	m := startMesh(t, []string{"services.yaml", "routing.yaml"}, map[string]string{"policy.yaml": authzTablePolicies},
+	// One loader (internal/source) reads the directory for serve and for
+	// policy explain: a hidden draft is skipped by both, and a policy
+	// without a namespace lands in "default" for both.
+	files := map[string]string{"policy.yaml": authzTablePolicies, ".draft.yaml": "not: [valid: yaml",
+		"no-namespace.yaml": "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-namespace}\nspec:\n  action: DENY\n  rules: [{when: [{key: \"request.headers[x-nons]\", values: [\"yes\"]}]}]\n"}
+	m := startMesh(t, []string{"services.yaml", "routing.yaml"}, files,
 		"default/flaskapp", "default/sleep", "default/banned", "evil/sleep", "test-1/sleep", "partner/app", "partner/other", "other/app", "evil/app")
 	addr, port, certs, mesh := m.addr, m.port, m.certs, m.mesh
 	ctx, cancel := context.WithCancel(context.Background())
@@ -115,6 +120,7 @@ func TestGRPCDecidesAsExplain(t *testing.T) {
 		{"evil/app", "unary", []string{"x-tenant=acme"}, false},                   //
 		{"test-1/sleep", "empty", []string{"x-root=allow"}, false},                //
 		{"partner/app", "empty", []string{"x-block=yes", "x-tenant=acme"}, false}, //
+		{"default/sleep", "unary", []string{"x-nons=yes"}, false},                 // the policy without a namespace, in default
 	}
 	target := "xds:///flaskapp.default.svc.cluster.local:" + port
 	for i, c := range table {

@@ -4,9 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -15,38 +12,14 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
+	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/rbac"
 )
 
-// readObjects decodes a YAML file, or every *.yaml/*.yml/*.json file in a
-// directory (sorted), naming the file in errors.
+// readObjects reads policy files with serve --config-dir's loader.
 func readObjects(path string) ([]api.Object, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	files := []string{path}
-	if fi.IsDir() {
-		files = nil
-		for _, pat := range []string{"*.yaml", "*.yml", "*.json"} {
-			m, _ := filepath.Glob(filepath.Join(path, pat))
-			files = append(files, m...)
-		}
-		sort.Strings(files)
-	}
-	var out []api.Object
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return nil, err
-		}
-		objs, err := api.Decode(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
-		}
-		out = append(out, objs...)
-	}
-	return out, nil
+	objs, _, err := source.Load(path)
+	return objs, err
 }
 
 // parseLabels parses k=v,k2=v2.

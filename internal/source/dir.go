@@ -30,22 +30,32 @@ type Dir struct {
 	OnChange func([]api.Object)
 }
 
-// Load reads the directory once. Errors name the file and the object.
-func Load(dir string) ([]api.Object, []byte, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, nil, fmt.Errorf("config directory: %w", err)
-	}
-	var names []string
-	for _, e := range entries {
-		switch strings.ToLower(filepath.Ext(e.Name())) {
-		case ".yaml", ".yml", ".json":
-			if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
-				names = append(names, e.Name())
+// Load reads a directory once — its *.yaml, *.yml and *.json files in
+// name order, hidden ones (".x.yaml", editors' swap files) skipped — or a
+// single file. Namespaced objects without a namespace go to "default" (as
+// kubectl applies them); an object defined twice is an error. It is the
+// one loader of serve --config-dir and the policy and proxy-config
+// commands, so they cannot read one directory differently. Errors name the
+// file and the object.
+func Load(path string) ([]api.Object, []byte, error) {
+	dir, names := path, []string(nil)
+	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
+		dir, names = filepath.Dir(path), []string{filepath.Base(path)}
+	} else {
+		entries, err := os.ReadDir(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config directory: %w", err)
+		}
+		for _, e := range entries {
+			switch strings.ToLower(filepath.Ext(e.Name())) {
+			case ".yaml", ".yml", ".json":
+				if !e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+					names = append(names, e.Name())
+				}
 			}
 		}
+		sort.Strings(names)
 	}
-	sort.Strings(names)
 	var objs []api.Object
 	sum := sha256.New()
 	seen := map[string]string{}
