@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/atomicfile"
@@ -119,4 +120,37 @@ func (s *Store) lock(how int) (func(), error) {
 		return nil, fmt.Errorf("filestore: lock %s: %w", f.Name(), err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// LoadPluggedIn reads an operator's CA in Istio's cacerts layout from dir
+// (ca-cert.pem, ca-key.pem, root-cert.pem, and cert-chain.pem when the
+// signing certificate is an intermediate). It only reads: warden never
+// writes an operator's files.
+func LoadPluggedIn(dir string, now time.Time) (*ca.Material, error) {
+	read := func(name string, optional bool) ([]byte, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if optional && errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return b, err
+	}
+	var f ca.Files
+	var err error
+	if f.CACert, err = read(ca.FileCACert, false); err != nil {
+		return nil, err
+	}
+	if f.CAKey, err = read(ca.FileCAKey, false); err != nil {
+		return nil, err
+	}
+	if f.CertChain, err = read(ca.FileCertChain, true); err != nil {
+		return nil, err
+	}
+	if f.RootCert, err = read(ca.FileRootCert, false); err != nil {
+		return nil, err
+	}
+	m, err := ca.DecodeMaterial(f, now)
+	if err != nil {
+		return nil, fmt.Errorf("plugged-in CA in %s: %w", dir, err)
+	}
+	return m, nil
 }

@@ -71,7 +71,7 @@ func runCAInfo(ctx context.Context, e *env, args []string) error {
 		err error
 	)
 	if *plugged != "" {
-		m, err = loadPluggedIn(*plugged, time.Now())
+		m, err = filestore.LoadPluggedIn(*plugged, time.Now())
 	} else {
 		var f ca.Files
 		if f, err = (&filestore.Store{Dir: *dataDir}).Load(ctx); err == nil {

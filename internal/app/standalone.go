@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -31,7 +30,7 @@ type caSource struct {
 // else the data directory's, generating a self-signed root on first start.
 func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Material, origin string, err error) {
 	if src.pluggedIn != "" {
-		m, err := loadPluggedIn(src.pluggedIn, clock.Now())
+		m, err := filestore.LoadPluggedIn(src.pluggedIn, clock.Now())
 		return m, "plugged-in CA from " + src.pluggedIn, err
 	}
 	store := &filestore.Store{Dir: src.dataDir}
@@ -46,36 +45,6 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 		origin = "new self-signed root created in " + src.dataDir
 	}
 	return m, origin, nil
-}
-
-// loadPluggedIn reads Istio's cacerts layout from dir.
-func loadPluggedIn(dir string, now time.Time) (*ca.Material, error) {
-	read := func(name string, optional bool) ([]byte, error) {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if optional && errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return b, err
-	}
-	var f ca.Files
-	var err error
-	if f.CACert, err = read(ca.FileCACert, false); err != nil {
-		return nil, err
-	}
-	if f.CAKey, err = read(ca.FileCAKey, false); err != nil {
-		return nil, err
-	}
-	if f.CertChain, err = read(ca.FileCertChain, true); err != nil {
-		return nil, err
-	}
-	if f.RootCert, err = read(ca.FileRootCert, false); err != nil {
-		return nil, err
-	}
-	m, err := ca.DecodeMaterial(f, now)
-	if err != nil {
-		return nil, fmt.Errorf("plugged-in CA in %s: %w", dir, err)
-	}
-	return m, nil
 }
 
 // tokenIssuer loads the standalone token signing key, creating it when
