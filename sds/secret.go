@@ -8,6 +8,7 @@ package sds
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardenmesh/warden/ca"
@@ -85,4 +87,25 @@ func ValidationContext(name string, roots []*x509.Certificate) (*tlsv3.Secret, e
 // same order.
 func SameRoots(a, b []*x509.Certificate) bool {
 	return bytes.Equal(ca.EncodeCerts(a...), ca.EncodeCerts(b...))
+}
+
+// ProxySecrets are the secrets a proxy fetches over ADS for its identity:
+// "default" (its SVID, fetched or renewed through the cache) and "ROOTCA"
+// (the trust bundle roots returns now).
+func ProxySecrets(cache *Cache, roots func() []*x509.Certificate) func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error) {
+	return func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error) {
+		svid, err := cache.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		def, err := TLSCertificate(DefaultName, svid)
+		if err != nil {
+			return nil, err
+		}
+		root, err := ValidationContext(RootName, roots())
+		if err != nil {
+			return nil, err
+		}
+		return []types.Resource{def, root}, nil
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardenmesh/warden/api"
@@ -28,21 +27,7 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 		Identify: identify,
 		Debounce: f.debounce,
 		Log:      s.log,
-		Secrets: func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error) {
-			svid, err := cache.Get(ctx, id)
-			if err != nil {
-				return nil, err
-			}
-			def, err := sds.TLSCertificate(sds.DefaultName, svid)
-			if err != nil {
-				return nil, err
-			}
-			root, err := sds.ValidationContext(sds.RootName, roots())
-			if err != nil {
-				return nil, err
-			}
-			return []types.Resource{def, root}, nil
-		},
+		Secrets:  sds.ProxySecrets(cache, roots),
 	})
 	if err != nil {
 		return nil, err
