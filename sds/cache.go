@@ -59,6 +59,49 @@ type Cache struct {
 	workers sync.WaitGroup // rotation goroutines
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
+	watch   []watcher // consumers added after construction (Watch)
+}
+
+type watcher struct {
+	updated func(*SVID)
+	inUse   func(spiffeid.ID) bool
+}
+
+// Watch adds a consumer once it exists (SDS or ADS server): updated is
+// called after every new SVID, as Config.OnUpdate is, and inUse (may be
+// nil) tells whether it still serves an identity (see Config.InUse). Wiring
+// consumers after they are made keeps callbacks from reaching a server
+// that is not assigned yet.
+func (c *Cache) Watch(updated func(*SVID), inUse func(spiffeid.ID) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watch = append(c.watch, watcher{updated, inUse})
+}
+
+func (c *Cache) watchers() []watcher {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]watcher(nil), c.watch...)
+}
+
+// inUse: nil when nobody says (keep every identity), else whether any
+// consumer serves id.
+func (c *Cache) inUse(id spiffeid.ID) (known, used bool) {
+	if c.cfg.InUse != nil {
+		known = true
+		if c.cfg.InUse(id) {
+			return true, true
+		}
+	}
+	for _, w := range c.watchers() {
+		if w.inUse != nil {
+			known = true
+			if w.inUse(id) {
+				return true, true
+			}
+		}
+	}
+	return known, false
 }
 
 type entry struct {
@@ -222,7 +265,7 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 // dropIdle removes id's entry when no stream serves it and nobody asked
 // for it since cur was fetched (see Config.InUse).
 func (c *Cache) dropIdle(id spiffeid.ID, cur *SVID) bool {
-	if c.cfg.InUse == nil || c.cfg.InUse(id) {
+	if known, used := c.inUse(id); !known || used {
 		return false
 	}
 	c.mu.Lock()
@@ -241,6 +284,11 @@ func (c *Cache) dropIdle(id spiffeid.ID, cur *SVID) bool {
 func (c *Cache) notify(s *SVID) {
 	if c.cfg.OnUpdate != nil {
 		c.cfg.OnUpdate(s)
+	}
+	for _, w := range c.watchers() {
+		if w.updated != nil {
+			w.updated(s)
+		}
 	}
 }
 

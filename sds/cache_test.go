@@ -217,16 +217,40 @@ func TestRefreshIgnoresBackdate(t *testing.T) {
 // stream serves it or someone asked for it since its last fetch, and
 // dropped (not renewed, its goroutine gone) once neither holds; a later
 // Get fetches it afresh.
+// TestIdleIdentityIsDropped: with Config.InUse, and with a consumer added
+// by Watch (as serve wires its SDS and ADS servers).
 func TestIdleIdentityIsDropped(t *testing.T) {
 	t.Parallel()
+	for _, viaWatch := range []bool{false, true} {
+		t.Run(map[bool]string{false: "config", true: "watch"}[viaWatch], func(t *testing.T) {
+			t.Parallel()
+			idleDropped(t, viaWatch)
+		})
+	}
+}
+
+func idleDropped(t *testing.T, viaWatch bool) {
 	clock := catest.NewClock(start)
 	f := newFetcher(t, clock, time.Hour)
 	var inUse atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c, err := sds.NewCache(ctx, sds.Config{Fetcher: f, Clock: clock, InUse: func(spiffeid.ID) bool { return inUse.Load() }})
+	cfg := sds.Config{Fetcher: f, Clock: clock, InUse: func(spiffeid.ID) bool { return inUse.Load() }}
+	var updates atomic.Int32
+	if viaWatch {
+		cfg.InUse = nil
+	}
+	c, err := sds.NewCache(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if viaWatch {
+		c.Watch(func(*sds.SVID) { updates.Add(1) }, func(spiffeid.ID) bool { return inUse.Load() })
+		defer func() {
+			if updates.Load() < 2 {
+				t.Errorf("the watcher heard of %d rotations", updates.Load())
+			}
+		}()
 	}
 	id := catest.ID("default", "sleep")
 	waitCalls := func(n int32) {

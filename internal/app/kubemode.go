@@ -48,7 +48,7 @@ func (k *kubeFlags) enabled() bool { return k.on }
 // wireKubernetes loads CA material from the cluster (cacerts if present,
 // else istio-ca-secret, created once), and schedules the watchers and the
 // leader's writers. It returns the TokenReview authenticator.
-func (s *standalone) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
+func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
 	klog.SetSlogLogger(s.log) // client-go logs through warden's logger
 	rc, err := kube.RESTConfig(k.kubeconfig)

@@ -86,15 +86,15 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := newStandalone(ctx, f, log)
+	s, err := newControlPlane(ctx, f, log)
 	if err != nil {
 		return err
 	}
 	return s.run(ctx)
 }
 
-// standalone is a wired warden serve.
-type standalone struct {
+// controlPlane is a wired warden serve (standalone or Kubernetes mode).
+type controlPlane struct {
 	log       *slog.Logger
 	authority *ca.Authority
 	origin    string                            // where the CA material came from
@@ -110,7 +110,19 @@ type standalone struct {
 	httpLis   net.Listener
 }
 
-func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standalone, error) {
+// serveOptions are serve's flags checked and parsed, before anything is
+// read, written or listened on.
+type serveOptions struct {
+	f        serveFlags
+	td       spiffeid.TrustDomain
+	keyType  ca.KeyType
+	useVault bool
+	clock    ca.Clock
+	caCfg    ca.Config
+	rootOpts ca.CAOptions
+}
+
+func (f serveFlags) options() (*serveOptions, error) {
 	td, err := parseTrustDomain(f.trustDomain)
 	if err != nil {
 		return nil, err
@@ -130,56 +142,33 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
 	}
 	clock := ca.SystemClock{}
-	caCfg := ca.Config{
-		TrustDomain: td,
-		DefaultTTL:  f.defaultTTL,
-		MaxTTL:      f.maxTTL,
-		CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP},
-		Clock:       clock,
+	return &serveOptions{f: f, td: td, keyType: kt, useVault: useVault, clock: clock,
+		caCfg: ca.Config{
+			TrustDomain: td,
+			DefaultTTL:  f.defaultTTL,
+			MaxTTL:      f.maxTTL,
+			CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP},
+			Clock:       clock,
+		},
+		rootOpts: ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1},
+	}, nil
+}
+
+// newControlPlane wires warden serve, in standalone or Kubernetes mode:
+// the authority and the callers' authenticators, the gRPC services on the
+// CA port (CA API, central SDS, ADS), the trust bundle's subscribers, and
+// the listeners.
+func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*controlPlane, error) {
+	o, err := f.options()
+	if err != nil {
+		return nil, err
 	}
-	rootOpts := ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1}
-	auds := splitList(f.jwtAudiences)
-	s := &standalone{log: log}
-	var auths []server.Authenticator
-	if f.kube.enabled() {
-		if auths, err = s.wireKubernetes(ctx, f, caCfg, rootOpts, useVault); err != nil {
-			return nil, err
-		}
-	} else {
-		if useVault {
-			if err := checkNoLocalCA(f.dataDir); err != nil {
-				return nil, err
-			}
-			err = s.wireVault(ctx, f.vault, caCfg, kt)
-			if err == nil {
-				err = writeRootCert(f.dataDir, s.authority.Material().Roots)
-			}
-			if err == nil {
-				// A new Vault root is written where agents read it.
-				s.authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
-					if err := writeRootCert(f.dataDir, roots); err != nil {
-						log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
-					}
-				})
-			}
-		} else {
-			var m *ca.Material
-			m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: rootOpts}, clock)
-			if err == nil {
-				s.authority, err = ca.New(caCfg, m)
-			}
-		}
-		if err != nil {
-			return nil, err
-		}
-		if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
-			return nil, err
-		}
-		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
-			Issuer: s.issuer.Name(), Audiences: auds, Keys: s.issuer.KeySet(), Clock: clock,
-		}})
+	s := &controlPlane{log: log}
+	auths, err := s.loadAuthority(ctx, o)
+	if err != nil {
+		return nil, err
 	}
-	authority := s.authority
+	authority, clock, td := s.authority, o.clock, o.td
 	m := authority.Material()
 	// Renewal with the current SVID is tried first, as it needs no API call.
 	auths = append([]server.Authenticator{&server.SVIDAuthenticator{Bundle: authority.Bundle, Clock: clock}}, auths...)
@@ -189,70 +178,12 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 			return nil, err
 		}
 		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
-			Issuer: f.jwtIssuer, Audiences: auds, Keys: ks, Clock: clock, Leeway: time.Minute,
+			Issuer: f.jwtIssuer, Audiences: splitList(f.jwtAudiences), Keys: ks, Clock: clock, Leeway: time.Minute,
 		}})
 	}
-	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log})
-	if err != nil {
+	if err := s.wireServices(ctx, o, auths); err != nil {
 		return nil, err
 	}
-	serving := &server.ServingCert{Authority: authority, Clock: clock, Options: servingOptions(td, f.listen, splitList(f.dnsNames))}
-	if _, err := serving.Current(); err != nil {
-		return nil, fmt.Errorf("serving certificate: %w", err)
-	}
-	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
-	// zeroed 1 MiB buffer from gRPC's default pool.
-	g := grpc.NewServer(append(xdsserver.ServerOptions(), server.Credentials(serving))...)
-	srv.Register(g)
-	// Central SDS on the same port, for sidecars without a node agent:
-	// each stream authenticates like a certificate request.
-	var central *sdsserver.Server
-	var ads *xdsserver.Server
-	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log,
-		// Identities no SDS or ADS stream serves any more are dropped at
-		// rotation rather than renewed for ever.
-		InUse: func(id spiffeid.ID) bool {
-			return (central != nil && central.InUse(id)) || (ads != nil && ads.InUse(id))
-		},
-		OnUpdate: func(v *sds.SVID) {
-			if central != nil {
-				central.Updated(v)
-			}
-			if ads != nil {
-				ads.SecretsChanged(context.Background(), v.ID)
-			}
-		}})
-	if err != nil {
-		return nil, err
-	}
-	authenticate := func(ctx context.Context) (spiffeid.ID, error) {
-		c, err := server.Authenticate(ctx, auths...)
-		if err != nil {
-			return spiffeid.ID{}, err
-		}
-		return c.ID, nil
-	}
-	central, err = sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log,
-		Roots: func() []*x509.Certificate { return authority.Bundle().X509Authorities() }})
-	if err != nil {
-		return nil, err
-	}
-	central.Register(g)
-	s.sds = central
-	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
-	// The xDS server reports a failure as Unauthenticated.
-	if ads, err = s.wireXDS(ctx, f, td, authenticate, sdsCache, roots); err != nil {
-		return nil, err
-	}
-	ads.Register(g)
-	// The trust bundle's consumers in this process: SDS ROOTCA on every
-	// central stream, and every ADS proxy's secrets.
-	authority.Bundles().Subscribe(func([]*x509.Certificate) {
-		central.RootsChanged()
-		ads.RootsChanged(context.Background())
-	})
-
-	s.grpc = g
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
 		return nil, fmt.Errorf("CA API: %w", err)
 	}
@@ -269,6 +200,107 @@ func newStandalone(ctx context.Context, f serveFlags, log *slog.Logger) (*standa
 	return s, nil
 }
 
+// loadAuthority makes the authority from the mode's CA material
+// (Kubernetes Secrets, Vault, a plugged-in directory or the data
+// directory) and returns the mode's token authenticators.
+func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]server.Authenticator, error) {
+	f := o.f
+	if f.kube.enabled() {
+		return s.wireKubernetes(ctx, f, o.caCfg, o.rootOpts, o.useVault)
+	}
+	var err error
+	switch {
+	case o.useVault:
+		if err := checkNoLocalCA(f.dataDir); err != nil {
+			return nil, err
+		}
+		if err := s.wireVault(ctx, f.vault, o.caCfg, o.keyType); err != nil {
+			return nil, err
+		}
+		if err := writeRootCert(f.dataDir, s.authority.Material().Roots); err != nil {
+			return nil, err
+		}
+		// A new Vault root is written where agents read it.
+		s.authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
+			if err := writeRootCert(f.dataDir, roots); err != nil {
+				s.log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
+			}
+		})
+	default:
+		var m *ca.Material
+		if m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: o.rootOpts}, o.clock); err != nil {
+			return nil, err
+		}
+		if s.authority, err = ca.New(o.caCfg, m); err != nil {
+			return nil, err
+		}
+	}
+	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
+		return nil, err
+	}
+	return []server.Authenticator{&server.JWTAuthenticator{TrustDomain: o.td, Clock: o.clock, Verifier: &token.Verifier{
+		Issuer: s.issuer.Name(), Audiences: splitList(f.jwtAudiences), Keys: s.issuer.KeySet(), Clock: o.clock,
+	}}}, nil
+}
+
+// wireServices registers the CA API, central SDS and ADS on one gRPC
+// server and subscribes SDS and ADS to the trust bundle.
+func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths []server.Authenticator) error {
+	f, authority, log := o.f, s.authority, s.log
+	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log})
+	if err != nil {
+		return err
+	}
+	serving := &server.ServingCert{Authority: authority, Clock: o.clock, Options: servingOptions(o.td, f.listen, splitList(f.dnsNames))}
+	if _, err := serving.Current(); err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
+	// zeroed 1 MiB buffer from gRPC's default pool.
+	g := grpc.NewServer(append(xdsserver.ServerOptions(), server.Credentials(serving))...)
+	srv.Register(g)
+	// Central SDS on the same port, for sidecars without a node agent:
+	// each stream authenticates like a certificate request.
+	sdsCache, err := sds.NewCache(ctx, sds.Config{Fetcher: &sds.LocalFetcher{Authority: authority}, Log: log})
+	if err != nil {
+		return err
+	}
+	authenticate := func(ctx context.Context) (spiffeid.ID, error) {
+		c, err := server.Authenticate(ctx, auths...)
+		if err != nil {
+			return spiffeid.ID{}, err
+		}
+		return c.ID, nil
+	}
+	central, err := sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log,
+		Roots: func() []*x509.Certificate { return authority.Bundle().X509Authorities() }})
+	if err != nil {
+		return err
+	}
+	central.Register(g)
+	s.sds = central
+	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
+	// The xDS server reports a failure as Unauthenticated.
+	ads, err := s.wireXDS(ctx, f, o.td, authenticate, sdsCache, roots)
+	if err != nil {
+		return err
+	}
+	ads.Register(g)
+	// New SVIDs reach both servers; identities neither serves any more are
+	// dropped at rotation rather than renewed for ever.
+	sdsCache.Watch(central.Updated, central.InUse)
+	sdsCache.Watch(func(v *sds.SVID) { ads.SecretsChanged(context.Background(), v.ID) }, ads.InUse)
+	// The trust bundle's consumers in this process: SDS ROOTCA on every
+	// central stream, and every ADS proxy's secrets.
+	authority.Bundles().Subscribe(func([]*x509.Certificate) {
+		central.RootsChanged()
+		ads.RootsChanged(context.Background())
+	})
+
+	s.grpc = g
+	return nil
+}
+
 func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	if host, _, err := net.SplitHostPort(listen); err == nil {
@@ -283,7 +315,7 @@ func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.Ser
 	}
 }
 
-func (s *standalone) httpHandler() http.Handler {
+func (s *controlPlane) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	if s.issuer != nil {
 		jwks, _ := json.Marshal(s.issuer.KeySet())
@@ -306,7 +338,7 @@ func (s *standalone) httpHandler() http.Handler {
 
 // run serves until ctx is done, then stops gracefully within
 // shutdownGrace before forcing connections closed.
-func (s *standalone) run(ctx context.Context) error {
+func (s *controlPlane) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	s.log.Info("serving CA API", "addr", s.caLis.Addr().String())
 	g.Go(func() error { return s.grpc.Serve(s.caLis) })

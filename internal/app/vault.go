@@ -102,7 +102,7 @@ func (v *vaultFlags) config() (vault.Config, error) {
 // in, obtains and proves the first intermediate (failing startup
 // otherwise), and schedules the token and intermediate renewals.
 // A new Vault root reaches consumers through the authority's Bundles.
-func (s *standalone) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType) error {
+func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType) error {
 	vcfg, err := v.config()
 	if err != nil {
 		return err

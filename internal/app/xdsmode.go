@@ -19,7 +19,7 @@ import (
 // wireXDS makes the ADS server and feeds it the mesh configuration: the
 // --config-dir directory in standalone mode, the informers in Kubernetes
 // mode. Streams authenticate like certificate requests (SVID or token).
-func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
+func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
 	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, JWTKeys: keys}
 	srv, err := xdsserver.New(ctx, xdsserver.Config{
@@ -68,7 +68,7 @@ func (s *standalone) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Trus
 // either (coalesced: informer events come in bursts) rebuilds the service
 // list, Kubernetes Services first and ServiceEntries for other hosts, and
 // hands it to the server, which debounces the pushes.
-func (s *standalone) kubeFeed(srv *xdsserver.Server) func(context.Context) error {
+func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) error {
 	kick := make(chan struct{}, 1)
 	notify := func() {
 		select {
