@@ -35,16 +35,6 @@ type UpstreamChain struct {
 	Roots []*x509.Certificate // the upstream's self-signed roots
 }
 
-// Timer is a Clock that can also wait; schedules (intermediate renewal)
-// need it. SystemClock and catest.Clock implement it.
-type Timer interface {
-	Clock
-	After(d time.Duration) <-chan time.Time
-}
-
-// After is time.After.
-func (SystemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 var _ Timer = SystemClock{}
 
 // RequestIntermediate generates a key of type kt and a CSR for it with the

@@ -10,23 +10,14 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // Fetcher obtains a new SVID for an identity from the CA.
 type Fetcher interface {
 	Fetch(ctx context.Context, id spiffeid.ID) (*SVID, error)
 }
-
-// Clock tells the time and waits; tests pass a fake one.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // ErrExpired is returned while the only SVID held has expired and the CA
 // cannot be reached: an expired certificate is never served.
@@ -35,7 +26,7 @@ var ErrExpired = errors.New("sds: SVID expired and no replacement could be fetch
 // Config configures a Cache.
 type Config struct {
 	Fetcher    Fetcher
-	Clock      Clock         // default the wall clock
+	Clock      ca.Timer      // default the wall clock
 	Jitter     float64       // rotate up to this fraction of the lifetime early (default 0.05)
 	MinBackoff time.Duration // first retry after a CA error (default 1s)
 	MaxBackoff time.Duration // cap of the exponential backoff (default 1m)
@@ -118,7 +109,7 @@ func NewCache(ctx context.Context, cfg Config) (*Cache, error) {
 		return nil, errors.New("sds: Fetcher is required")
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = ca.SystemClock{}
 	}
 	if cfg.Jitter == 0 {
 		cfg.Jitter = 0.05

@@ -22,6 +22,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // DefaultAudience is the audience Istio's CA expects on workload tokens.
@@ -95,13 +97,6 @@ func dns1123(s string, dots bool) bool {
 	return true
 }
 
-// Clock tells the time.
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // claims are the registered claims warden reads and writes.
 type claims struct {
 	jwt.Claims
@@ -113,12 +108,12 @@ type Issuer struct {
 	key    crypto.Signer
 	kid    string
 	signer jose.Signer
-	clock  Clock
+	clock  ca.Clock
 }
 
 // NewIssuer makes an issuer named iss signing with key (ECDSA P-256/P-384
 // or RSA). clock may be nil.
-func NewIssuer(iss string, key crypto.Signer, clock Clock) (*Issuer, error) {
+func NewIssuer(iss string, key crypto.Signer, clock ca.Clock) (*Issuer, error) {
 	if iss == "" {
 		return nil, errors.New("token: issuer name is required")
 	}
@@ -138,7 +133,7 @@ func NewIssuer(iss string, key crypto.Signer, clock Clock) (*Issuer, error) {
 		return nil, fmt.Errorf("token: signer: %w", err)
 	}
 	if clock == nil {
-		clock = systemClock{}
+		clock = ca.SystemClock{}
 	}
 	return &Issuer{issuer: iss, key: key, kid: kid, signer: s, clock: clock}, nil
 }

@@ -13,6 +13,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/token"
 )
 
@@ -22,7 +23,7 @@ func (c *fixedClock) Now() time.Time { return c.t }
 
 var t0 = time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
 
-func newIssuer(t testing.TB, name string, clock token.Clock) *token.Issuer {
+func newIssuer(t testing.TB, name string, clock ca.Clock) *token.Issuer {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -31,7 +32,7 @@ func newIssuer(t testing.TB, name string, clock token.Clock) *token.Issuer {
 	return issuerWithKey(t, name, key, clock)
 }
 
-func issuerWithKey(t testing.TB, name string, key *ecdsa.PrivateKey, clock token.Clock) *token.Issuer {
+func issuerWithKey(t testing.TB, name string, key *ecdsa.PrivateKey, clock ca.Clock) *token.Issuer {
 	t.Helper()
 	iss, err := token.NewIssuer(name, key, clock)
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // ErrInvalid marks every verification failure; the message says which check
@@ -22,7 +24,7 @@ type Verifier struct {
 	Issuer    string              // required iss
 	Audiences []string            // token must name one of these (default DefaultAudience)
 	Keys      *jose.JSONWebKeySet // public keys
-	Clock     Clock               // default the system clock
+	Clock     ca.Clock            // default the system clock
 	Leeway    time.Duration       // clock skew allowed on exp/nbf/iat (default 0)
 }
 
@@ -76,7 +78,7 @@ func (v *Verifier) Verify(raw string) (Verified, error) {
 	}
 	clock := v.Clock
 	if clock == nil {
-		clock = systemClock{}
+		clock = ca.SystemClock{}
 	}
 	now := clock.Now()
 	if c.Expiry == nil {

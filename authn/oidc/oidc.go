@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wardenmesh/warden/authn"
+	"github.com/wardenmesh/warden/ca"
 )
 
 // Defaults (Istio refreshes discovered keys every 20 minutes).
@@ -29,20 +30,13 @@ const (
 	maxBody        = 1 << 20
 )
 
-// Clock is the time source (a fake in tests).
-type Clock interface{ Now() time.Time }
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time { return time.Now() }
-
 // Config are the resolver's dependencies; zero values get defaults.
 type Config struct {
 	Client  *http.Client  // default: http.Client with Timeout
 	Timeout time.Duration // per request
 	Refresh time.Duration // how often known keys are fetched again
 	Retry   time.Duration // after a failure (default Refresh/20, at least 1s)
-	Clock   Clock
+	Clock   ca.Clock      // default the wall clock
 	Log     *slog.Logger
 }
 
@@ -77,7 +71,7 @@ func New(cfg Config) *Resolver {
 		cfg.Retry = max(cfg.Refresh/20, time.Second)
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = ca.SystemClock{}
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
