@@ -40,9 +40,9 @@ type Workload struct {
 	Namespace string            `json:"namespace"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Ports     []Port            `json:"ports,omitempty"`
-	// Services are the names of the Kubernetes Services selecting the
-	// workload (legacy Policy targets name them).
-	Services []string `json:"services,omitempty"`
+	// ServiceNames are the short names of the Kubernetes Services
+	// selecting the workload (legacy Policy targets name them).
+	ServiceNames []string `json:"services,omitempty"`
 }
 
 // Options are mesh-wide settings.

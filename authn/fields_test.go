@@ -59,7 +59,7 @@ func compiled(t *testing.T, objs []api.Object) (string, []string) {
 		return "error: " + err.Error(), nil
 	}
 	out, err := ix.Compile(authn.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"},
-		Ports: []authn.Port{{Number: 8080, Name: "http"}, {Number: 9090, Name: "grpc"}}, Services: []string{"flaskapp"}})
+		Ports: []authn.Port{{Number: 8080, Name: "http"}, {Number: 9090, Name: "grpc"}}, ServiceNames: []string{"flaskapp"}})
 	if err != nil {
 		return "error: " + err.Error(), nil
 	}

@@ -95,7 +95,7 @@ func FuzzCompile(f *testing.F) {
 			return
 		}
 		for _, w := range []authn.Workload{
-			{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, Ports: []authn.Port{{Number: 8080, Name: "http"}, {Number: 9090}}, Services: []string{"flaskapp"}},
+			{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, Ports: []authn.Port{{Number: 8080, Name: "http"}, {Number: 9090}}, ServiceNames: []string{"flaskapp"}},
 			{Namespace: "istio-system"},
 		} {
 			if out, err := ix.Compile(w); err == nil {

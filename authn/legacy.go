@@ -30,7 +30,7 @@ func legacyMode(spec api.PolicySpec) Mode {
 func targets(p *api.Policy, w Workload, port Port) int {
 	best := 0
 	for _, t := range p.Spec.Targets {
-		if !slices.Contains(w.Services, t.Name) {
+		if !slices.Contains(w.ServiceNames, t.Name) {
 			continue
 		}
 		if len(t.Ports) == 0 {

@@ -8,7 +8,7 @@ import (
 	"github.com/wardenmesh/warden/rbac"
 )
 
-var flaskapp = rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, Services: []string{"flaskapp.default.svc.cluster.local"}}
+var flaskapp = rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, ServiceFQDNs: []string{"flaskapp.default.svc.cluster.local"}}
 
 const sleep = "spiffe://cluster.local/ns/default/sa/sleep"
 
@@ -195,7 +195,7 @@ func TestMigrateKeepsDecisions(t *testing.T) {
 		{Principal: sleep, Method: "GET", Path: "/other"},
 	}
 	want := []bool{true, false, true, false, false, false}
-	for _, w := range []rbac.Workload{flaskapp, {Namespace: "default", Labels: map[string]string{"app": "db"}, Services: []string{"db.default.svc.cluster.local"}}} {
+	for _, w := range []rbac.Workload{flaskapp, {Namespace: "default", Labels: map[string]string{"app": "db"}, ServiceFQDNs: []string{"db.default.svc.cluster.local"}}} {
 		for i, r := range table {
 			l := decide(t, legacy, w, false, r)
 			m := decide(t, mobjs, w, false, r)

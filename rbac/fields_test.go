@@ -118,7 +118,7 @@ func newReportNames(reports, base []string, name string) bool {
 
 func TestEveryAuthorizationFieldIsAccounted(t *testing.T) {
 	t.Parallel()
-	w := rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, Services: []string{"flaskapp.default.svc.cluster.local"}}
+	w := rbac.Workload{Namespace: "default", Labels: map[string]string{"app": "flaskapp"}, ServiceFQDNs: []string{"flaskapp.default.svc.cluster.local"}}
 	base := &api.AuthorizationPolicySpec{Rules: []api.Rule{{
 		From: []api.RuleFrom{{Source: &api.Source{Principals: []string{"cluster.local/ns/default/sa/sleep"}}}},
 		To:   []api.RuleTo{{Operation: &api.Operation{Ports: []string{"80"}}}},

@@ -27,7 +27,7 @@ func rbacOn(objs []api.Object, w Workload) (on, dry bool, source string) {
 			return true
 		}
 		for _, s := range t.Services {
-			if slices.ContainsFunc(w.Services, func(x string) bool { return serviceMatch(s, x) }) {
+			if slices.ContainsFunc(w.ServiceFQDNs, func(x string) bool { return serviceMatch(s, x) }) {
 				return true
 			}
 		}
@@ -141,7 +141,7 @@ func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]strin
 		}
 		for i, r := range role.Spec.Rules {
 			if len(r.Services) > 0 && !slices.ContainsFunc(r.Services, func(s string) bool {
-				return slices.ContainsFunc(w.Services, func(x string) bool { return serviceMatch(s, x) })
+				return slices.ContainsFunc(w.ServiceFQDNs, func(x string) bool { return serviceMatch(s, x) })
 			}) {
 				continue
 			}
@@ -259,7 +259,7 @@ func (b builder) accessRule(r api.AccessRule, w Workload) (*rbacv3.Permission, e
 			}
 			continue
 		case key == "destination.name":
-			if !slices.ContainsFunc(w.Services, func(s string) bool {
+			if !slices.ContainsFunc(w.ServiceFQDNs, func(s string) bool {
 				short, _, _ := strings.Cut(s, ".")
 				return slices.ContainsFunc(c.Values, func(p string) bool { return serviceMatch(p, short) })
 			}) {

@@ -27,9 +27,9 @@ import (
 type Workload struct {
 	Namespace string            `json:"namespace"`
 	Labels    map[string]string `json:"labels,omitempty"`
-	// Services are the FQDNs of the Services selecting the workload (legacy
+	// ServiceFQDNs are the hosts of the Services selecting the workload (legacy
 	// ServiceRole rules name them).
-	Services []string `json:"services,omitempty"`
+	ServiceFQDNs []string `json:"services,omitempty"`
 }
 
 // Options are mesh-wide settings.

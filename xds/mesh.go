@@ -201,13 +201,13 @@ func (w *Workload) authn() authn.Workload {
 	}
 	for _, h := range w.Services {
 		name, _, _ := strings.Cut(h, ".")
-		aw.Services = append(aw.Services, name)
+		aw.ServiceNames = append(aw.ServiceNames, name)
 	}
 	return aw
 }
 
 func (w *Workload) rbac() rbac.Workload {
-	return rbac.Workload{Namespace: w.Namespace, Labels: w.Labels, Services: w.Services}
+	return rbac.Workload{Namespace: w.Namespace, Labels: w.Labels, ServiceFQDNs: w.Services}
 }
 
 // destinationRule is the rule for host as seen from namespace ns: one in
@@ -284,7 +284,7 @@ func (m *Mesh) effectiveMode(s *Service, port ServicePort) authn.Mode {
 	modes := map[authn.Mode]bool{}
 	for i := range s.Endpoints {
 		e := &s.Endpoints[i]
-		w := authn.Workload{Namespace: s.Namespace, Labels: e.Labels, Ports: []authn.Port{{Number: e.target(port), Name: port.Name}}, Services: []string{s.Name}}
+		w := authn.Workload{Namespace: s.Namespace, Labels: e.Labels, Ports: []authn.Port{{Number: e.target(port), Name: port.Name}}, ServiceNames: []string{s.Name}}
 		st, err := m.authn.Effective(w)
 		if err != nil || len(st.Ports) == 0 {
 			modes[authn.Permissive] = true

@@ -100,7 +100,7 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	fs.StringVar(&w.ns, "namespace", "default", "workload namespace")
 	fs.StringVar(&w.labels, "labels", "", "workload labels k=v,k2=v2")
 	fs.StringVar(&w.ports, "port", "8080", "workload ports, comma-separated, each [name:]number")
-	fs.StringVar(&w.services, "services", "", "Services selecting the workload (legacy Policy targets)")
+	fs.StringVar(&w.services, "services", "", "Services selecting the workload, by name or FQDN (legacy Policy targets, ServiceRole services)")
 	fs.StringVar(&w.rootNS, "root-namespace", "istio-system", "mesh root namespace")
 	fs.StringVar(&w.trustDomain, "trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain")
 	w.mesh.register(fs)
@@ -129,7 +129,12 @@ func (w *workloadFlags) workload() (authn.Workload, error) {
 	if err != nil {
 		return authn.Workload{}, err
 	}
-	return authn.Workload{Namespace: w.ns, Labels: labels, Ports: ports, Services: splitList(w.services)}, nil
+	var names []string
+	for _, s := range splitList(w.services) {
+		short, _, _ := strings.Cut(s, ".")
+		names = append(names, short)
+	}
+	return authn.Workload{Namespace: w.ns, Labels: labels, Ports: ports, ServiceNames: names}, nil
 }
 
 func runPolicyCompile(_ context.Context, e *env, args []string) error {
@@ -185,8 +190,18 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	return err
 }
 
+// rbacWorkload is the workload as authorization sees it: ServiceRole
+// rules name services by FQDN, so a short --services name is completed in
+// the workload's namespace.
 func (w *workloadFlags) rbacWorkload(a authn.Workload) rbac.Workload {
-	return rbac.Workload{Namespace: a.Namespace, Labels: a.Labels, Services: a.Services}
+	var fqdns []string
+	for _, s := range splitList(w.services) {
+		if !strings.Contains(s, ".") {
+			s += "." + a.Namespace + ".svc.cluster.local"
+		}
+		fqdns = append(fqdns, s)
+	}
+	return rbac.Workload{Namespace: a.Namespace, Labels: a.Labels, ServiceFQDNs: fqdns}
 }
 
 type multiFlag []string

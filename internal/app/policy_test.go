@@ -107,3 +107,40 @@ spec:
 		t.Errorf("bad mode: %d %s", code, stderr)
 	}
 }
+
+// --services takes names or FQDNs: a legacy Policy targets the short
+// name, a ServiceRole the FQDN, and either spelling reaches both.
+func TestPolicyServicesByNameOrFQDN(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "p.yaml"), []byte(`apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: flaskapp-strict, namespace: default}
+spec: {targets: [{name: flaskapp}], peers: [{mtls: {}}]}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ClusterRbacConfig
+metadata: {name: default}
+spec: {mode: 'ON'}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: viewer, namespace: default}
+spec: {rules: [{services: [flaskapp.default.svc.cluster.local], methods: [GET]}]}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: all, namespace: default}
+spec: {subjects: [{user: '*'}], roleRef: {kind: ServiceRole, name: viewer}}
+`), 0o644)
+	for _, svc := range []string{"flaskapp", "flaskapp.default.svc.cluster.local"} {
+		_, out, stderr := run(t, "policy", "check", "-f", dir, "--services", svc, "--port", "http:8080")
+		if !strings.Contains(out, "port 8080: STRICT (targeted Policy default/flaskapp-strict)") {
+			t.Errorf("--services %s, authentication: %s%s", svc, out, stderr)
+		}
+		_, out, stderr = run(t, "policy", "explain", "-f", dir, "--services", svc, "--method", "GET")
+		if !strings.HasPrefix(out, "ALLOW: allowed by ns[default]-policy[all]-rule[0]") {
+			t.Errorf("--services %s, authorization: %s%s", svc, out, stderr)
+		}
+	}
+}
