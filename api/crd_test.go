@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"maps"
 	"os"
@@ -14,9 +13,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
-var update = flag.Bool("update", false, "rewrite deploy/crds from the Go types")
+var update = testkit.Update // -update rewrites deploy/crds from the Go types
 
 const crdDir = "../deploy/crds"
 

@@ -3,7 +3,6 @@ package authn_test
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,9 +10,8 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*-out.yaml")
 
 // compileCase runs one testdata case: the first line of <case>-in.yaml is
 // `# workload: {json}`; the rest are policy objects. The result is the
@@ -60,20 +58,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := compileCase(t, b)
-			outPath := strings.TrimSuffix(in, "-in.yaml") + "-out.yaml"
-			if *update {
-				if err := os.WriteFile(outPath, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(outPath)
-			if err != nil {
-				t.Fatalf("%v (run go test ./authn -update)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s differs from the compiled output; review with go test ./authn -update && git diff\n--- got:\n%s", outPath, got)
-			}
+			testkit.Golden(t, strings.TrimSuffix(in, "-in.yaml")+"-out.yaml", got, "./authn")
 		})
 	}
 }

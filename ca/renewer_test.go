@@ -1,13 +1,11 @@
 package ca_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,25 +13,11 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
-// lockedBuffer collects log output from the renewer's goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is the shared concurrent-safe buffer.
+type lockedBuffer = testkit.Buffer
 
 type renewerFixture struct {
 	clock *catest.Clock

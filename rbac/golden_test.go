@@ -3,17 +3,15 @@ package rbac_test
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/rbac"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*/*-out.yaml")
 
 func compileCase(t testing.TB, in []byte, tcp bool) []byte {
 	first, rest, _ := bytes.Cut(in, []byte("\n"))
@@ -53,20 +51,7 @@ func TestGolden(t *testing.T) {
 					t.Fatal(err)
 				}
 				got := compileCase(t, b, kind == "tcp")
-				outPath := strings.TrimSuffix(in, "-in.yaml") + "-out.yaml"
-				if *update {
-					if err := os.WriteFile(outPath, got, 0o644); err != nil {
-						t.Fatal(err)
-					}
-					return
-				}
-				want, err := os.ReadFile(outPath)
-				if err != nil {
-					t.Fatalf("%v (run go test ./rbac -update)", err)
-				}
-				if !bytes.Equal(got, want) {
-					t.Errorf("%s differs; review with go test ./rbac -update && git diff\n--- got:\n%s", outPath, got)
-				}
+				testkit.Golden(t, strings.TrimSuffix(in, "-in.yaml")+"-out.yaml", got, "./rbac")
 			})
 		}
 	}

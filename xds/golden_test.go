@@ -2,8 +2,6 @@ package xds_test
 
 import (
 	"encoding/json"
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -11,10 +9,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/wardenmesh/warden/internal/source"
+	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/xds"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
 // TestGoldenProxyConfig pins the full resource set of each kind of proxy
 // in testdata/mesh (Envoy and proxyless gRPC, client and server), and
@@ -77,19 +74,7 @@ func TestGoldenProxyConfig(t *testing.T) {
 				dump[k] = list
 			}
 			got, _ := json.MarshalIndent(dump, "", "  ")
-			path := filepath.Join("testdata", tc.file)
-			if *update {
-				if err := os.WriteFile(path, append(got, '\n'), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test ./xds -update)", err)
-			}
-			if string(want) != string(got)+"\n" {
-				t.Errorf("%s differs from the generated configuration; review and run go test ./xds -update", path)
-			}
+			testkit.Golden(t, filepath.Join("testdata", tc.file), append(got, '\n'), "./xds")
 		})
 	}
 }

@@ -1,14 +1,12 @@
 package vault_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/ca/vault"
 	"github.com/wardenmesh/warden/ca/vault/vaulttest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // setup starts a real Vault and runs docs/vault.md's common steps plus
@@ -48,22 +47,8 @@ func config(v *vaulttest.Server, auth vault.Auth) vault.Config {
 	return vault.Config{Address: v.Addr, CACert: v.CACert, Auth: auth}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer is the shared concurrent-safe buffer.
+type lockedBuffer = testkit.Buffer
 
 // TestDocsSetupTokenAuthChainsToVaultRoot: docs/vault.md's steps, token
 // auth, one intermediate from Vault; a workload certificate chains leaf →

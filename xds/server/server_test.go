@@ -8,7 +8,6 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
+	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/xds"
 	"github.com/wardenmesh/warden/xds/server"
 )
@@ -360,10 +360,5 @@ func TestReportsLoggedOnce(t *testing.T) {
 	}
 }
 
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+// syncBuf is the shared concurrent-safe buffer.
+type syncBuf = testkit.Buffer

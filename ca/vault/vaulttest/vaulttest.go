@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // BinaryEnv names the variable holding the test Vault's path; when it is
@@ -45,23 +47,8 @@ type Server struct {
 	log    *syncBuffer
 }
 
-// syncBuffer is a bytes.Buffer safe for the process's writer and a test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+// syncBuffer is safe for the process's writer and a test.
+type syncBuffer = testkit.Buffer
 
 // RepoRoot is the warden checkout this package lives in.
 func RepoRoot() string {

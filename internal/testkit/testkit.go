@@ -1,0 +1,54 @@
+// Package testkit holds what warden's tests share: a log buffer safe for
+// concurrent writers, and the golden-file comparison of the compilers'
+// tests (refreshed with go test -update, reviewed as a diff).
+package testkit
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"sync"
+	"testing"
+)
+
+// Update is the -update flag: rewrite golden files instead of comparing.
+var Update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+// Golden compares got with the file at path, or rewrites the file under
+// -update. pkg names the package for the hint in the failure.
+func Golden(t testing.TB, path string, got []byte, pkg string) {
+	t.Helper()
+	if *Update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test %s -update)", err, pkg)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs; review with go test %s -update && git diff\n--- got:\n%s", path, pkg, got)
+	}
+}
+
+// Buffer is a bytes.Buffer safe for concurrent writers (loggers of
+// servers under test) and readers.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
