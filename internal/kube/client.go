@@ -1,7 +1,23 @@
-// Package kube is warden's only client-go user: it authenticates callers
-// with TokenReview, keeps CA material in Secrets, publishes the trust bundle
-// and Citadel-style per-service-account Secrets, and elects a leader among
-// replicas for those writes.
+// Package kube is warden's only client-go user. It owns everything warden
+// reads from and writes to a cluster:
+//
+//   - callers' identities: TokenReviewAuthenticator (tokenreview.go);
+//   - CA material: SecretStore, the istio-ca-secret created once
+//     (secrets.go); LoadPluggedIn and PluggedInCA, the operator's cacerts
+//     Secret read at start and followed (pluggedin.go, pem.go);
+//   - the trust bundle's cluster consumers, fed by ca.Bundles:
+//     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
+//     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go);
+//   - Leader, the election that picks which replica writes them (leader.go);
+//   - the mesh configuration: ConfigWatcher, informers decoding every Istio
+//     kind warden reads (config.go), and Snapshot, a one-off listing for
+//     proxy-config (snapshot.go);
+//   - the service registry for xDS: ServiceRegistry, from Services,
+//     EndpointSlices and Pods (registry.go), turned into the xds model's
+//     services;
+//   - clients and the shared retry loop (client.go, loop.go).
+//
+// It imports the pure xds model, never the ADS server.
 package kube
 
 import (
