@@ -65,7 +65,7 @@ func TestSignLeafShape(t *testing.T) {
 	}
 }
 
-// checkLeafShape asserts DESIGN.md §2's leaf profile.
+// checkLeafShape asserts the leaf profile of docs/design.md §2 (docs/ca.md).
 func checkLeafShape(t *testing.T, c *x509.Certificate, id spiffeid.ID) {
 	t.Helper()
 	if len(c.RawSubject) != 2 || len(c.Subject.Names) != 0 {

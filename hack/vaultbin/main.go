@@ -1,7 +1,7 @@
 // Command vaultbin is a real Vault server for warden's tests: Vault's own
 // core, HTTP API, PKI secrets engine and AppRole and Kubernetes auth
 // methods, built from the Go module proxy (the full Vault binary's plugin
-// set is not buildable here, see DESIGN §8).
+// set is not buildable here, see docs/vault.md).
 //
 // It starts initialized and unsealed with one key share. With -data the
 // storage is Vault's file backend in that directory, and the unseal key and
