@@ -1,6 +1,10 @@
 package api
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"reflect"
+)
 
 // PeerAuthentication (security.istio.io/v1beta1, v1) sets the mTLS mode
 // for workloads.
@@ -126,6 +130,34 @@ func (s *Source) check() error {
 	if len(s.ServiceAccounts)+len(s.NotServiceAccounts) > 0 &&
 		len(s.Principals)+len(s.NotPrincipals)+len(s.Namespaces)+len(s.NotNamespaces) > 0 {
 		return errors.New("cannot set serviceAccounts with namespaces or principals")
+	}
+	if reflect.ValueOf(*s).IsZero() {
+		// Istio refuses it: an empty source would match every caller.
+		return errors.New("must not be empty (it would match every caller; leave out from instead)")
+	}
+	return nil
+}
+
+// check applies Istio's rule: a from entry has a source.
+func (f *RuleFrom) check() error {
+	if f.Source == nil {
+		return &fieldError{"source", "is required (an empty from entry would match every caller)"}
+	}
+	return nil
+}
+
+// check applies Istio's rule: a to entry has a non-empty operation.
+func (t *RuleTo) check() error {
+	if t.Operation == nil || reflect.ValueOf(*t.Operation).IsZero() {
+		return &fieldError{"operation", "must not be empty (it would match every request; leave out to instead)"}
+	}
+	return nil
+}
+
+// check applies Istio's rule: a condition has values or notValues.
+func (c *Condition) check() error {
+	if len(c.Values)+len(c.NotValues) == 0 {
+		return fmt.Errorf("%s: at least one of values or notValues must be set", c.Key)
 	}
 	return nil
 }

@@ -333,3 +333,21 @@ func TestJWTPayloadKey(t *testing.T) {
 		t.Errorf("metadata path:\n%s", y)
 	}
 }
+
+// Forms Istio's validation refuses are refused at decoding, with the
+// field named: an empty from/to entry would otherwise match everyone.
+func TestEmptyEntriesRefused(t *testing.T) {
+	t.Parallel()
+	for rules, want := range map[string]string{
+		"[{from: [{}]}]":               "spec.rules[0].from[0].source: is required (an empty from entry would match every caller)",
+		"[{from: [{source: {}}]}]":     "spec.rules[0].from[0].source: must not be empty (it would match every caller; leave out from instead)",
+		"[{to: [{operation: {}}]}]":    "spec.rules[0].to[0].operation: must not be empty (it would match every request; leave out to instead)",
+		"[{when: [{key: source.ip}]}]": "spec.rules[0].when[0]: source.ip: at least one of values or notValues must be set",
+		"[{to: [{}]}, {from: [{}]}]":   "spec.rules[0].to[0].operation: must not be empty (it would match every request; leave out to instead)",
+	} {
+		_, err := api.Decode([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: default}\nspec: {rules: " + rules + "}\n"))
+		if err == nil || !strings.HasSuffix(err.Error(), want) {
+			t.Errorf("%s: %v\nwant ...%s", rules, err, want)
+		}
+	}
+}
