@@ -1,6 +1,7 @@
 package ca_test
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -11,6 +12,7 @@ import (
 	"encoding/asn1"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -201,7 +203,7 @@ func TestSignRejects(t *testing.T) {
 		{"DNS SAN not allowed", catest.CSR(t, p256, &x509.CertificateRequest{DNSNames: []string{"evil.example.com"}}), callerX, ca.ErrInvalidCSR,
 			"ca: invalid CSR: DNS SANs are not allowed (got evil.example.com)"},
 		{"IP SAN not allowed", catest.CSR(t, p256, &x509.CertificateRequest{IPAddresses: []net.IP{net.IPv4(10, 0, 0, 1)}}), callerX, ca.ErrInvalidCSR,
-			"ca: invalid CSR: IP SANs are not allowed (got [10.0.0.1])"},
+			"ca: invalid CSR: IP SANs are not allowed (got 10.0.0.1)"},
 		{"email SAN not allowed", catest.CSR(t, p256, &x509.CertificateRequest{EmailAddresses: []string{"a@example.com"}}), callerX, ca.ErrInvalidCSR,
 			"ca: invalid CSR: email SANs are not allowed (got a@example.com)"},
 		{"RSA 1024", catest.CSR(t, rsa1024, nil), callerX, ca.ErrInvalidCSR,
@@ -339,4 +341,72 @@ func parseChain(t *testing.T, chain [][]byte) []*x509.Certificate {
 		out = append(out, cs...)
 	}
 	return out
+}
+
+// TestSignRefusesTheCAsNames: even with DNS and IP SANs allowed, no
+// workload gets a name that lets it pose as the CA (its serving names and
+// addresses, localhost, loopback, wildcards), an IP address written as a
+// DNS name when IP SANs are off, or an RSA key with an odd exponent; and a
+// refusal repeats only a few of many SANs.
+func TestSignRefusesTheCAsNames(t *testing.T) {
+	t.Parallel()
+	reserved := []string{"warden.warden-system.svc", "istiod.istio-system.svc", "192.0.2.10"}
+	allow := catest.Authority(t, catest.Root(t, ca.CAOptions{}), func(c *ca.Config) {
+		c.CSR = ca.CSRPolicy{AllowDNSNames: true, AllowIPAddresses: true, Reserved: reserved}
+	})
+	dnsOnly := catest.Authority(t, catest.Root(t, ca.CAOptions{}), func(c *ca.Config) {
+		c.CSR = ca.CSRPolicy{AllowDNSNames: true, Reserved: reserved}
+	})
+	key := catest.Key(t, ca.ECDSAP256)
+	many := make([]string, 50)
+	for i := range many {
+		many[i] = fmt.Sprintf("n%d.example", i)
+	}
+	for _, c := range []struct {
+		a    *ca.Authority
+		req  *x509.CertificateRequest
+		want string
+	}{
+		{allow, &x509.CertificateRequest{DNSNames: []string{"warden.warden-system.svc"}}, `ca: identity mismatch: DNS SAN "warden.warden-system.svc" is one of the CA's own names`},
+		{allow, &x509.CertificateRequest{DNSNames: []string{"Istiod.Istio-System.svc."}}, `ca: identity mismatch: DNS SAN "Istiod.Istio-System.svc." is one of the CA's own names`},
+		{allow, &x509.CertificateRequest{DNSNames: []string{"localhost"}}, `ca: identity mismatch: DNS SAN "localhost" is one of the CA's own names`},
+		{allow, &x509.CertificateRequest{DNSNames: []string{"*.warden-system.svc"}}, `ca: invalid CSR: DNS SAN "*.warden-system.svc": wildcard names are not issued to workloads`},
+		{allow, &x509.CertificateRequest{DNSNames: []string{"127.0.0.1"}}, `ca: identity mismatch: DNS SAN "127.0.0.1" is one of the CA's own names`},
+		{allow, &x509.CertificateRequest{IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}, `ca: identity mismatch: IP SAN 127.0.0.1 is one of the CA's own addresses`},
+		{allow, &x509.CertificateRequest{IPAddresses: []net.IP{net.ParseIP("192.0.2.10")}}, `ca: identity mismatch: IP SAN 192.0.2.10 is one of the CA's own addresses`},
+		{dnsOnly, &x509.CertificateRequest{DNSNames: []string{"10.1.2.3"}}, `ca: invalid CSR: DNS SAN "10.1.2.3" is an IP address, and IP SANs are not allowed`},
+		{catest.Authority(t, catest.Root(t, ca.CAOptions{})), &x509.CertificateRequest{DNSNames: many}, "ca: invalid CSR: DNS SANs are not allowed (got n0.example, n1.example, n2.example, n3.example, n4.example and 45 more)"},
+	} {
+		_, err := c.a.Sign(ca.SignRequest{CSR: catest.CSR(t, key, c.req), ID: callerX})
+		if err == nil || err.Error() != c.want {
+			t.Errorf("%v %v: %v\nwant %s", c.req.DNSNames, c.req.IPAddresses, err, c.want)
+		}
+	}
+	tooMany := make([]string, 101)
+	for i := range tooMany {
+		tooMany[i] = fmt.Sprintf("n%d.example", i)
+	}
+	if _, err := allow.Sign(ca.SignRequest{CSR: catest.CSR(t, key, &x509.CertificateRequest{DNSNames: tooMany}), ID: callerX}); err == nil || err.Error() != "ca: invalid CSR: 101 SANs; at most 100 are allowed" {
+		t.Errorf("101 SANs: %v", err)
+	}
+	// RSA with a public exponent other than 65537 (the policy refuses it
+	// before any signature is checked).
+	real, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oddCSR, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// e = 65537 is INTEGER 01 00 01; make it 65539 (same length).
+	at := bytes.Index(oddCSR, []byte{0x02, 0x03, 0x01, 0x00, 0x01})
+	if at < 0 {
+		t.Fatal("no exponent in the CSR")
+	}
+	oddCSR[at+4] = 0x03
+	_, err = allow.Sign(ca.SignRequest{CSR: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: oddCSR}), ID: callerX})
+	if err == nil || !strings.Contains(err.Error(), "RSA public exponent 65539 is not allowed (want 65537)") {
+		t.Errorf("exponent 65539: %v", err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 
@@ -23,6 +24,46 @@ type CSRPolicy struct {
 	AllowIPAddresses    bool // copy IP SANs
 	AllowEmailAddresses bool // copy email SANs
 	MinRSABits          int  // default DefaultMinRSABits
+	// Reserved are names no workload may get: the CA's own serving names
+	// and addresses, so no workload can pose as the CA. localhost,
+	// loopback addresses and wildcard names are always refused.
+	Reserved []string
+}
+
+// maxSANs bounds the SANs of one request, and maxEcho how many of them an
+// error repeats: a refusal must not become a 94 KB log line.
+const (
+	maxSANs = 100
+	maxEcho = 5
+)
+
+// echo lists at most maxEcho values.
+func echo(vs []string) string {
+	if len(vs) <= maxEcho {
+		return strings.Join(vs, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(vs[:maxEcho], ", "), len(vs)-maxEcho)
+}
+
+// reserved reports whether name (a DNS name or an address) is one the CA
+// keeps for itself.
+func (p CSRPolicy) reserved(name string) bool {
+	n := strings.ToLower(strings.TrimSuffix(name, "."))
+	if n == "localhost" || strings.HasSuffix(n, ".localhost") {
+		return true
+	}
+	if ip := net.ParseIP(n); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
+		return true
+	}
+	for _, r := range p.Reserved {
+		if strings.EqualFold(strings.TrimSuffix(r, "."), n) {
+			return true
+		}
+		if ip, rip := net.ParseIP(n), net.ParseIP(r); ip != nil && rip != nil && ip.Equal(rip) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseCSR decodes a PEM certificate request (type "CERTIFICATE REQUEST" or
@@ -68,29 +109,50 @@ func (p CSRPolicy) check(csr *x509.CertificateRequest, id spiffeid.ID) ([]string
 	default:
 		return nil, fmt.Errorf("ca: %w: CSR has %d URI SANs; at most one (the caller's SPIFFE ID) is allowed", ErrIdentityMismatch, len(csr.URIs))
 	}
+	if n := len(csr.DNSNames) + len(csr.IPAddresses) + len(csr.EmailAddresses); n > maxSANs {
+		return nil, fmt.Errorf("ca: %w: %d SANs; at most %d are allowed", ErrInvalidCSR, n, maxSANs)
+	}
 	var hosts []string
 	if len(csr.DNSNames) > 0 {
 		if !p.AllowDNSNames {
-			return nil, fmt.Errorf("ca: %w: DNS SANs are not allowed (got %s)", ErrInvalidCSR, strings.Join(csr.DNSNames, ", "))
+			return nil, fmt.Errorf("ca: %w: DNS SANs are not allowed (got %s)", ErrInvalidCSR, echo(csr.DNSNames))
 		}
 		for _, d := range csr.DNSNames {
-			if err := checkDNSName(d); err != nil {
-				return nil, fmt.Errorf("ca: %w: DNS SAN %q: %v", ErrInvalidCSR, d, err)
+			switch {
+			case net.ParseIP(d) != nil && !p.AllowIPAddresses:
+				// The signer would turn it into an IP SAN.
+				return nil, fmt.Errorf("ca: %w: DNS SAN %q is an IP address, and IP SANs are not allowed", ErrInvalidCSR, d)
+			case strings.HasPrefix(d, "*"):
+				return nil, fmt.Errorf("ca: %w: DNS SAN %q: wildcard names are not issued to workloads", ErrInvalidCSR, d)
+			case p.reserved(d):
+				return nil, fmt.Errorf("ca: %w: DNS SAN %q is one of the CA's own names", ErrIdentityMismatch, d)
+			}
+			if net.ParseIP(d) == nil {
+				if err := checkDNSName(d); err != nil {
+					return nil, fmt.Errorf("ca: %w: DNS SAN %q: %v", ErrInvalidCSR, d, err)
+				}
 			}
 		}
 		hosts = append(hosts, csr.DNSNames...)
 	}
 	if len(csr.IPAddresses) > 0 {
-		if !p.AllowIPAddresses {
-			return nil, fmt.Errorf("ca: %w: IP SANs are not allowed (got %v)", ErrInvalidCSR, csr.IPAddresses)
-		}
+		var ips []string
 		for _, ip := range csr.IPAddresses {
-			hosts = append(hosts, ip.String())
+			ips = append(ips, ip.String())
 		}
+		if !p.AllowIPAddresses {
+			return nil, fmt.Errorf("ca: %w: IP SANs are not allowed (got %s)", ErrInvalidCSR, echo(ips))
+		}
+		for _, ip := range ips {
+			if p.reserved(ip) {
+				return nil, fmt.Errorf("ca: %w: IP SAN %s is one of the CA's own addresses", ErrIdentityMismatch, ip)
+			}
+		}
+		hosts = append(hosts, ips...)
 	}
 	if len(csr.EmailAddresses) > 0 {
 		if !p.AllowEmailAddresses {
-			return nil, fmt.Errorf("ca: %w: email SANs are not allowed (got %s)", ErrInvalidCSR, strings.Join(csr.EmailAddresses, ", "))
+			return nil, fmt.Errorf("ca: %w: email SANs are not allowed (got %s)", ErrInvalidCSR, echo(csr.EmailAddresses))
 		}
 		for _, e := range csr.EmailAddresses {
 			if !strings.Contains(e, "@") {

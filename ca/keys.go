@@ -136,6 +136,9 @@ func checkPublicKey(pub crypto.PublicKey, minRSABits int) error {
 		if bits > 8192 {
 			return fmt.Errorf("RSA key of %d bits is too large (maximum 8192)", bits)
 		}
+		if k.E != 65537 {
+			return fmt.Errorf("RSA public exponent %d is not allowed (want 65537)", k.E)
+		}
 		return nil
 	}
 	return fmt.Errorf("key type %s is not allowed (want ECDSA P-256/P-384 or RSA)", DescribeKey(pub))

@@ -30,6 +30,17 @@ type Config struct {
 	ServerName string            // defaults to the host in Addr
 	ClientCert *tls.Certificate  // current SVID, for renewal over mTLS
 	Options    []grpc.DialOption // extra dial options
+	// ServerID is the SPIFFE ID the CA's certificate must carry (the
+	// control plane's identity, as Istio's agents check istiod's). A
+	// workload certificate that happens to hold the CA's host name is
+	// then not taken for the CA. Zero checks the host name only.
+	ServerID spiffeid.ID
+}
+
+// ControlPlaneID is warden serve's own identity in trust domain td (the
+// URI SAN of its serving certificate).
+func ControlPlaneID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromSegments(td, "ns", "warden-system", "sa", "warden")
 }
 
 // Client talks to one CA.
@@ -44,6 +55,22 @@ func New(cfg Config) (*Client, error) {
 		return nil, errors.New("client: Roots are required to verify the CA")
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.Roots, ServerName: cfg.ServerName}
+	if want := cfg.ServerID; !want.IsZero() {
+		// Runs after the chain and host name verified.
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("client: the CA presented no certificate")
+			}
+			got, err := x509svid.IDFromCert(cs.PeerCertificates[0])
+			if err != nil {
+				return fmt.Errorf("client: the CA's certificate carries no SPIFFE ID, want %s: %v", want, err)
+			}
+			if got != want {
+				return fmt.Errorf("client: the server at %s is %s, not the control plane %s (a workload certificate holding the CA's name?); set the expected identity if the CA really is another", cfg.Addr, got, want)
+			}
+			return nil
+		}
+	}
 	if cfg.ClientCert != nil {
 		cert := cfg.ClientCert
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }

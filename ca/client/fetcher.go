@@ -25,7 +25,8 @@ type Fetcher struct {
 	Addr       string
 	Roots      *x509.CertPool // trust anchors for the CA's TLS certificate
 	ServerName string
-	TokenFile  string // projected service-account token
+	ServerID   spiffeid.ID // the CA's required identity (see Config.ServerID)
+	TokenFile  string      // projected service-account token
 	KeyType    ca.KeyType
 	TTL        time.Duration
 	// Current returns the SVID held for id, for renewal over mTLS.
@@ -37,7 +38,7 @@ var _ sds.Fetcher = (*Fetcher)(nil)
 // Fetch implements sds.Fetcher. A zero id asks for whatever identity the
 // token carries.
 func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) {
-	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName}
+	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName, ServerID: f.ServerID}
 	var tok string
 	var cur *sds.SVID
 	if f.Current != nil && !id.IsZero() {

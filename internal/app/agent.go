@@ -30,6 +30,7 @@ import (
 
 type agentFlags struct {
 	addr, rootFile, serverName, tokenFile string
+	caID                                  *string
 	sdsSocket, wapiSocket, outDir         string
 	keyType, logLevel                     string
 	ttl                                   time.Duration
@@ -43,6 +44,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.addr, "ca", defaultCAListen, "CA address host:port")
 	fs.StringVar(&f.rootFile, "root-cert", filepath.Join(e.dataDirDefault(), ca.FileRootCert), "trust anchors: the CA's TLS certificate and the mesh bundle")
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
+	f.caID = caIDFlag(fs)
 	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca)")
 	fs.StringVar(&f.sdsSocket, "sds-socket", "warden-agent/sds.sock", "Unix socket to serve SDS on")
 	fs.StringVar(&f.wapiSocket, "workload-api-socket", "warden-agent/workload.sock", "Unix socket for the SPIFFE Workload API; empty disables")
@@ -96,7 +98,11 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if f.serverName == "" {
 		f.serverName, _, _ = net.SplitHostPort(f.addr)
 	}
-	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
+	serverID, err := parseCAID(*f.caID)
+	if err != nil {
+		return nil, err
+	}
+	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, ServerID: serverID, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
 	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated})
 	if err != nil {
 		return nil, err

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -149,6 +150,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert")
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
+	caID := caIDFlag(fs)
 	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
 	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
 	want := fs.String("spiffe-id", "", "put this SPIFFE ID in the CSR (the CA refuses any but the caller's own)")
@@ -185,7 +187,11 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := client.Config{Addr: *addr, Roots: roots, ServerName: *serverName}
+	serverID, err := parseCAID(*caID)
+	if err != nil {
+		return err
+	}
+	cfg := client.Config{Addr: *addr, Roots: roots, ServerName: *serverName, ServerID: serverID}
 	if cfg.ServerName == "" {
 		if host, _, err := net.SplitHostPort(*addr); err == nil {
 			cfg.ServerName = host
@@ -269,4 +275,18 @@ func loadSVID(dir string) (*tls.Certificate, error) {
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
 	return tc, nil
+}
+
+// caIDFlag is --ca-id: the identity a client requires of the CA.
+func caIDFlag(fs *flag.FlagSet) *string {
+	return fs.String("ca-id", client.ControlPlaneID(spiffeid.RequireTrustDomainFromString(defaultTrustDomain)).String(),
+		"SPIFFE ID the CA's certificate must carry (warden serve's is spiffe://<trust domain>/ns/warden-system/sa/warden; istiod's is usually spiffe://cluster.local/ns/istio-system/sa/istiod)")
+}
+
+func parseCAID(s string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: --ca-id: %v", errUsage, err)
+	}
+	return id, nil
 }

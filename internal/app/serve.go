@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/sds"
@@ -142,12 +143,19 @@ func (f serveFlags) options() (*serveOptions, error) {
 		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
 	}
 	clock := ca.SystemClock{}
+	// No workload may get a name or address the CA serves on: clients
+	// that check the CA by host name would take that workload for it.
+	serving := servingOptions(td, f.listen, splitList(f.dnsNames))
+	reserved := append([]string{}, serving.DNSNames...)
+	for _, ip := range serving.IPs {
+		reserved = append(reserved, ip.String())
+	}
 	return &serveOptions{f: f, td: td, keyType: kt, useVault: useVault, clock: clock,
 		caCfg: ca.Config{
 			TrustDomain: td,
 			DefaultTTL:  f.defaultTTL,
 			MaxTTL:      f.maxTTL,
-			CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP},
+			CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP, Reserved: reserved},
 			Clock:       clock,
 		},
 		rootOpts: ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1},
@@ -309,7 +317,7 @@ func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.Ser
 		}
 	}
 	return ca.ServingOptions{
-		ID:       spiffeid.RequireFromSegments(td, "ns", "warden-system", "sa", "warden"),
+		ID:       client.ControlPlaneID(td),
 		DNSNames: dns,
 		IPs:      ips,
 	}

@@ -1,0 +1,23 @@
+package app
+
+import (
+	"slices"
+	"testing"
+)
+
+// TestServeReservesItsNames: the CA's serving names and addresses are
+// reserved in its CSR policy, so even with --allow-csr-dns-sans and
+// --allow-csr-ip-sans no workload can obtain them.
+func TestServeReservesItsNames(t *testing.T) {
+	f := serveFlags{trustDomain: "cluster.local", caKeyType: "ecdsa-p256", listen: "192.0.2.7:15012",
+		dnsNames: "localhost,warden.warden-system.svc", allowDNS: true, allowIP: true}
+	o, err := f.options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"localhost", "warden.warden-system.svc", "127.0.0.1", "::1", "192.0.2.7"} {
+		if !slices.Contains(o.caCfg.CSR.Reserved, want) {
+			t.Errorf("%s not reserved: %v", want, o.caCfg.CSR.Reserved)
+		}
+	}
+}
