@@ -41,6 +41,9 @@ func (s *Store) Load(_ context.Context) (ca.Files, error) {
 	if _, err := os.Stat(s.Dir); errors.Is(err, fs.ErrNotExist) {
 		return ca.Files{}, fmt.Errorf("filestore: %s: %w", s.Dir, ca.ErrNotFound)
 	}
+	if err := CheckDir(s.Dir); err != nil {
+		return ca.Files{}, err
+	}
 	unlock, err := s.lock(syscall.LOCK_SH)
 	if err != nil {
 		return ca.Files{}, err
@@ -80,6 +83,9 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("filestore: %w", err)
 	}
+	if err := CheckDir(s.Dir); err != nil {
+		return err
+	}
 	unlock, err := s.lock(syscall.LOCK_EX)
 	if err != nil {
 		return err
@@ -105,6 +111,23 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 			}
 			return fmt.Errorf("filestore: %w", err)
 		}
+	}
+	return nil
+}
+
+// CheckDir refuses a data directory that group or others may write (they
+// could replace the CA's files) or read (they could read its keys): the
+// store promises 0700.
+func CheckDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	switch perm := fi.Mode().Perm(); {
+	case perm&0o022 != 0:
+		return fmt.Errorf("filestore: data directory %s is writable by group or others (mode %#o): anyone with that access could replace the CA; chmod 700 %s", dir, perm, dir)
+	case perm&0o055 != 0:
+		return fmt.Errorf("filestore: data directory %s is readable by group or others (mode %#o) and holds private keys; chmod 700 %s", dir, perm, dir)
 	}
 	return nil
 }

@@ -64,7 +64,7 @@ func TestCreateLoadPermissions(t *testing.T) {
 
 func TestCreateNeverOverwrites(t *testing.T) {
 	t.Parallel()
-	s := &filestore.Store{Dir: t.TempDir()}
+	s := &filestore.Store{Dir: privateDir(t)}
 	ctx := context.Background()
 	first := newFiles(t)
 	if err := s.Create(ctx, first); err != nil {
@@ -82,7 +82,7 @@ func TestCreateNeverOverwrites(t *testing.T) {
 
 func TestConcurrentCreateOneWins(t *testing.T) {
 	t.Parallel()
-	s := &filestore.Store{Dir: t.TempDir()}
+	s := &filestore.Store{Dir: privateDir(t)}
 	ctx := context.Background()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -114,7 +114,7 @@ func TestConcurrentCreateOneWins(t *testing.T) {
 
 func TestPartialStoreIsAnError(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := privateDir(t)
 	s := &filestore.Store{Dir: dir}
 	if err := s.Create(context.Background(), newFiles(t)); err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestPartialStoreIsAnError(t *testing.T) {
 
 func TestLooseKeyPermissionsRefused(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
+	dir := privateDir(t)
 	s := &filestore.Store{Dir: dir}
 	if err := s.Create(context.Background(), newFiles(t)); err != nil {
 		t.Fatal(err)
@@ -144,5 +144,39 @@ func TestLooseKeyPermissionsRefused(t *testing.T) {
 	want := "filestore: " + key + " has mode 0644; it must not be accessible to group or others (chmod 600 " + key + ")"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v\nwant %q", err, want)
+	}
+}
+
+// privateDir is a 0700 directory, as a data directory must be.
+func privateDir(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "store")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestLooseDirectoryRefused: a data directory group or others may write,
+// or read, is refused with the fix in the message; nothing is written.
+func TestLooseDirectoryRefused(t *testing.T) {
+	t.Parallel()
+	for mode, want := range map[os.FileMode]string{
+		0o777: "is writable by group or others (mode 0777): anyone with that access could replace the CA; chmod 700 ",
+		0o770: "is writable by group or others (mode 0770)",
+		0o755: "is readable by group or others (mode 0755) and holds private keys; chmod 700 ",
+	} {
+		dir := privateDir(t)
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		s := &filestore.Store{Dir: dir}
+		_, _, err := ca.LoadOrCreate(context.Background(), s, ca.SystemClock{}, func() (*ca.Material, error) { return ca.NewSelfSigned(ca.CAOptions{}) })
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("mode %#o: %v\nwant %q", mode, err, want)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("mode %#o: %d files written", mode, len(entries))
+		}
 	}
 }

@@ -127,7 +127,7 @@ func TestStandaloneFlowAndRestartKeepsRoot(t *testing.T) {
 }
 
 func TestTruncatedKeyStopsServe(t *testing.T) {
-	dir := t.TempDir()
+	dir := filepath.Join(t.TempDir(), "data") // serve makes it 0700
 	_, stop := serve(t, dir)
 	stop()
 	keyPath := filepath.Join(dir, "ca-key.pem")

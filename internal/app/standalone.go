@@ -64,6 +64,9 @@ func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
 		if gerr := os.MkdirAll(dataDir, 0o700); gerr != nil {
 			return nil, gerr
 		}
+		if gerr := filestore.CheckDir(dataDir); gerr != nil {
+			return nil, gerr
+		}
 		if werr := atomicfile.WriteNew(path, pemKey); werr != nil && !errors.Is(werr, fs.ErrExist) {
 			return nil, werr
 		}
