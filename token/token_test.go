@@ -148,3 +148,43 @@ func TestMintRejectsBadInput(t *testing.T) {
 		t.Error("minted a token with no lifetime")
 	}
 }
+
+// TestClockSkewAndLifetime: a token issued in the future (beyond the
+// leeway) or valid for longer than the maximum is refused, so it is never
+// cached for long; within them it passes.
+func TestClockSkewAndLifetime(t *testing.T) {
+	t.Parallel()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := &jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), Algorithm: "ES256", Use: "sig"}}}
+	v := &token.Verifier{Issuer: "warden", Keys: ks, Clock: &fixedClock{t0}, Leeway: time.Minute, MaxLifetime: 24 * time.Hour}
+	sign := func(iat, exp time.Time) string {
+		c := jwt.Claims{Issuer: "warden", Subject: "system:serviceaccount:default:sleep", Audience: jwt.Audience{"istio-ca"}, Expiry: jwt.NewNumericDate(exp)}
+		if !iat.IsZero() {
+			c.IssuedAt = jwt.NewNumericDate(iat)
+		}
+		tok, err := jwt.Signed(signer).Claims(c).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	for _, c := range []struct {
+		iat, exp time.Time
+		want     string
+	}{
+		{t0.Add(-time.Hour), t0.Add(time.Hour), ""},
+		{t0.Add(30 * time.Second), t0.Add(time.Hour), ""}, // within the leeway
+		{t0.Add(10 * time.Minute), t0.Add(time.Hour), "token: invalid token: issued in the future (iat 2026-05-01T00:10:00Z; the clock skew allowed is 1m0s)"},
+		{t0, t0.Add(10 * 365 * 24 * time.Hour), "token: invalid token: valid for 87600h0m0s, longer than the 24h0m0s allowed"},
+		{time.Time{}, t0.Add(48 * time.Hour), "token: invalid token: valid for 48h0m0s, longer than the 24h0m0s allowed"},
+	} {
+		_, err := v.Verify(sign(c.iat, c.exp))
+		if (c.want == "" && err != nil) || (c.want != "" && (err == nil || err.Error() != c.want)) {
+			t.Errorf("iat %v exp %v: %v, want %q", c.iat, c.exp, err, c.want)
+		}
+	}
+}

@@ -26,7 +26,14 @@ type Verifier struct {
 	Keys      *jose.JSONWebKeySet // public keys
 	Clock     ca.Clock            // default the system clock
 	Leeway    time.Duration       // clock skew allowed on exp/nbf/iat (default 0)
+	// MaxLifetime refuses tokens valid for longer (exp - iat, or exp - now
+	// without iat): a token that never ends would be cached and honoured
+	// for ever. Default DefaultMaxLifetime.
+	MaxLifetime time.Duration
 }
+
+// DefaultMaxLifetime is the longest token lifetime accepted by default.
+const DefaultMaxLifetime = 24 * time.Hour
 
 // Verified is what a valid token asserts.
 type Verified struct {
@@ -90,6 +97,20 @@ func (v *Verifier) Verify(raw string) (Verified, error) {
 	}
 	if c.NotBefore != nil && now.Add(v.Leeway).Before(c.NotBefore.Time()) {
 		return Verified{}, fmt.Errorf("token: %w: not valid before %s", ErrInvalid, c.NotBefore.Time().UTC().Format(time.RFC3339))
+	}
+	start := now
+	if c.IssuedAt != nil {
+		start = c.IssuedAt.Time()
+		if start.After(now.Add(v.Leeway)) {
+			return Verified{}, fmt.Errorf("token: %w: issued in the future (iat %s; the clock skew allowed is %s)", ErrInvalid, start.UTC().Format(time.RFC3339), v.Leeway)
+		}
+	}
+	maxLife := v.MaxLifetime
+	if maxLife == 0 {
+		maxLife = DefaultMaxLifetime
+	}
+	if life := exp.Sub(start); life > maxLife+v.Leeway {
+		return Verified{}, fmt.Errorf("token: %w: valid for %s, longer than the %s allowed", ErrInvalid, life.Round(time.Second), maxLife)
 	}
 	sa, err := ParseSubject(c.Subject)
 	if err != nil {

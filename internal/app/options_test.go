@@ -3,6 +3,7 @@ package app
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestServeReservesItsNames: the CA's serving names and addresses are
@@ -10,7 +11,7 @@ import (
 // --allow-csr-ip-sans no workload can obtain them.
 func TestServeReservesItsNames(t *testing.T) {
 	f := serveFlags{trustDomain: "cluster.local", caKeyType: "ecdsa-p256", listen: "192.0.2.7:15012",
-		dnsNames: "localhost,warden.warden-system.svc", allowDNS: true, allowIP: true}
+		dnsNames: "localhost,warden.warden-system.svc", allowDNS: true, allowIP: true, tokenLeeway: time.Minute, tokenMaxLifetime: time.Hour}
 	o, err := f.options()
 	if err != nil {
 		t.Fatal(err)

@@ -44,6 +44,7 @@ type serveFlags struct {
 	rootTTL, defaultTTL, maxTTL          time.Duration
 	dnsNames                             string
 	jwksFile, jwtIssuer, jwtAudiences    string
+	tokenLeeway, tokenMaxLifetime        time.Duration
 	allowDNS, allowIP                    bool
 	configDir                            string
 	debounce                             time.Duration
@@ -69,6 +70,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
 	fs.StringVar(&f.jwtAudiences, "jwt-audiences", token.DefaultAudience, "comma-separated audiences accepted on bearer tokens")
+	fs.DurationVar(&f.tokenLeeway, "token-leeway", time.Minute, "clock skew allowed on bearer tokens' exp, nbf and iat")
+	fs.DurationVar(&f.tokenMaxLifetime, "token-max-lifetime", token.DefaultMaxLifetime, "longest bearer token lifetime accepted (exp - iat); raise it for Kubernetes' extended tokens read with --jwks-file")
 	fs.BoolVar(&f.allowDNS, "allow-csr-dns-sans", false, "copy DNS SANs from workload CSRs into certificates")
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -132,6 +135,9 @@ func (f serveFlags) options() (*serveOptions, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --ca-key-type: %v", errUsage, err)
 	}
+	if f.tokenLeeway < 0 || f.tokenLeeway > time.Hour || f.tokenMaxLifetime <= 0 {
+		return nil, fmt.Errorf("%w: --token-leeway must be from 0 to 1h and --token-max-lifetime positive", errUsage)
+	}
 	if (f.jwksFile == "") != (f.jwtIssuer == "") {
 		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
 	}
@@ -186,7 +192,7 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 			return nil, err
 		}
 		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
-			Issuer: f.jwtIssuer, Audiences: splitList(f.jwtAudiences), Keys: ks, Clock: clock, Leeway: time.Minute,
+			Issuer: f.jwtIssuer, Audiences: splitList(f.jwtAudiences), Keys: ks, Clock: clock, Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 		}})
 	}
 	if err := s.wireServices(ctx, o, auths); err != nil {
@@ -248,6 +254,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 	}
 	return []server.Authenticator{&server.JWTAuthenticator{TrustDomain: o.td, Clock: o.clock, Verifier: &token.Verifier{
 		Issuer: s.issuer.Name(), Audiences: splitList(f.jwtAudiences), Keys: s.issuer.KeySet(), Clock: o.clock,
+		Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 	}}}, nil
 }
 
