@@ -11,6 +11,7 @@ package filestore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -176,4 +177,41 @@ func LoadPluggedIn(dir string, now time.Time) (*ca.Material, error) {
 		return nil, fmt.Errorf("plugged-in CA in %s: %w", dir, err)
 	}
 	return m, nil
+}
+
+// MarkerFile remembers what a data directory once held (the root's and
+// the token key's SHA-256), so that files deleted by accident are not
+// silently replaced by new ones, which every workload would then
+// distrust.
+const MarkerFile = "store-identity.json"
+
+// Marker is the content of MarkerFile.
+type Marker struct {
+	RootSHA256     string `json:"rootSHA256,omitempty"`
+	TokenKeySHA256 string `json:"tokenKeySHA256,omitempty"`
+}
+
+// ReadMarker reads dir's marker; an absent one is the zero Marker.
+func ReadMarker(dir string) (Marker, error) {
+	var m Marker
+	b, err := os.ReadFile(filepath.Join(dir, MarkerFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return m, nil
+	}
+	if err != nil {
+		return m, fmt.Errorf("filestore: %w", err)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("filestore: %s: %v (restore it, or remove it to forget what the directory held)", filepath.Join(dir, MarkerFile), err)
+	}
+	return m, nil
+}
+
+// WriteMarker replaces dir's marker.
+func WriteMarker(dir string, m Marker) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteReplace(filepath.Join(dir, MarkerFile), append(b, '\n'), 0o600)
 }

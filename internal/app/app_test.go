@@ -237,3 +237,39 @@ func TestPluggedInCA(t *testing.T) {
 		t.Fatalf("bad plugged-in CA: %d %s", code, stderr)
 	}
 }
+
+// TestLostFilesAreNotSilentlyReplaced: a data directory remembers its root
+// and token key (store-identity.json). When the CA files, or the token
+// key, are deleted, serve refuses to mint new ones and names the flag that
+// allows it; with the flag it starts, and the marker follows.
+func TestLostFilesAreNotSilentlyReplaced(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	_, stop := serve(t, data)
+	stop()
+	mk, err := os.ReadFile(filepath.Join(data, "store-identity.json"))
+	if err != nil || !strings.Contains(string(mk), "rootSHA256") || !strings.Contains(string(mk), "tokenKeySHA256") {
+		t.Fatalf("marker: %s %v", mk, err)
+	}
+	for _, n := range []string{"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"} {
+		os.Remove(filepath.Join(data, n))
+	}
+	code, _, stderr := run(t, "serve", "--data-dir", data, "--listen", freeAddr(t), "--http-listen", "")
+	if code != 1 || !strings.Contains(stderr, "the CA files are gone, but this directory held the root with SHA-256") || !strings.Contains(stderr, "--allow-new-root") {
+		t.Fatalf("lost CA files: %d %s", code, stderr)
+	}
+	if entries, _ := filepath.Glob(filepath.Join(data, "ca-*.pem")); len(entries) != 0 {
+		t.Fatalf("a new root was written: %v", entries)
+	}
+	_, stop = serve(t, data, "--allow-new-root")
+	stop()
+	_, stop = serve(t, data) // the marker now names the new root
+	stop()
+
+	os.Remove(filepath.Join(data, "token-key.pem"))
+	code, _, stderr = run(t, "serve", "--data-dir", data, "--listen", freeAddr(t), "--http-listen", "")
+	if code != 1 || !strings.Contains(stderr, "token-key.pem is gone, but this directory held a token key") || !strings.Contains(stderr, "--allow-new-token-key") {
+		t.Fatalf("lost token key: %d %s", code, stderr)
+	}
+	_, stop = serve(t, data, "--allow-new-token-key")
+	stop()
+}

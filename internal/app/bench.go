@@ -44,7 +44,7 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	issuer, err := tokenIssuer(*dataDir, *iss, false)
+	issuer, err := tokenIssuer(*dataDir, *iss, false, false)
 	if err != nil {
 		return err
 	}

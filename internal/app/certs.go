@@ -48,7 +48,7 @@ func runToken(_ context.Context, e *env, args []string) error {
 	if *ns == "" || *sa == "" {
 		return fmt.Errorf("%w: --ns and --sa are required", errUsage)
 	}
-	issuer, err := tokenIssuer(*dataDir, *iss, false)
+	issuer, err := tokenIssuer(*dataDir, *iss, false, false)
 	if err != nil {
 		return err
 	}

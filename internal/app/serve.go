@@ -45,6 +45,7 @@ type serveFlags struct {
 	dnsNames                             string
 	jwksFile, jwtIssuer, jwtAudiences    string
 	tokenLeeway, tokenMaxLifetime        time.Duration
+	allowNewRoot, allowNewTokenKey       bool
 	allowDNS, allowIP                    bool
 	configDir                            string
 	debounce                             time.Duration
@@ -72,6 +73,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.jwtAudiences, "jwt-audiences", token.DefaultAudience, "comma-separated audiences accepted on bearer tokens")
 	fs.DurationVar(&f.tokenLeeway, "token-leeway", time.Minute, "clock skew allowed on bearer tokens' exp, nbf and iat")
 	fs.DurationVar(&f.tokenMaxLifetime, "token-max-lifetime", token.DefaultMaxLifetime, "longest bearer token lifetime accepted (exp - iat); raise it for Kubernetes' extended tokens read with --jwks-file")
+	fs.BoolVar(&f.allowNewRoot, "allow-new-root", false, "standalone: make a new root although the data directory once held another (its files were lost); every workload must then get the new bundle")
+	fs.BoolVar(&f.allowNewTokenKey, "allow-new-token-key", false, "standalone: make a new token key although the data directory once held another; tokens minted before stop working")
 	fs.BoolVar(&f.allowDNS, "allow-csr-dns-sans", false, "copy DNS SANs from workload CSRs into certificates")
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -242,14 +245,14 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		})
 	default:
 		var m *ca.Material
-		if m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: o.rootOpts}, o.clock); err != nil {
+		if m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: o.rootOpts, allowNewRoot: f.allowNewRoot}, o.clock); err != nil {
 			return nil, err
 		}
 		if s.authority, err = ca.New(o.caCfg, m); err != nil {
 			return nil, err
 		}
 	}
-	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true); err != nil {
+	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true, f.allowNewTokenKey); err != nil {
 		return nil, err
 	}
 	return []server.Authenticator{&server.JWTAuthenticator{TrustDomain: o.td, Clock: o.clock, Verifier: &token.Verifier{

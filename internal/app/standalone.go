@@ -2,6 +2,9 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -21,24 +24,51 @@ const tokenKeyFile = "token-key.pem"
 
 // caSource says where CA material comes from.
 type caSource struct {
-	dataDir   string // standalone store (created if empty)
-	pluggedIn string // a cacerts directory, preferred when set
-	root      ca.CAOptions
+	dataDir      string // standalone store (created if empty)
+	pluggedIn    string // a cacerts directory, preferred when set
+	root         ca.CAOptions
+	allowNewRoot bool // replace a root the directory once held
 }
 
 // loadMaterial returns the CA material: the plugged-in CA when configured,
-// else the data directory's, generating a self-signed root on first start.
+// else the data directory's, generating a self-signed root on first start
+// only: a directory that once held a root (its marker says so) gets no new
+// one unless allowNewRoot.
 func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Material, origin string, err error) {
 	if src.pluggedIn != "" {
 		m, err := filestore.LoadPluggedIn(src.pluggedIn, clock.Now())
 		return m, "plugged-in CA from " + src.pluggedIn, err
 	}
+	if err := os.MkdirAll(src.dataDir, 0o700); err != nil {
+		return nil, "", err
+	}
+	if err := filestore.CheckDir(src.dataDir); err != nil {
+		return nil, "", err
+	}
+	mk, err := filestore.ReadMarker(src.dataDir)
+	if err != nil {
+		return nil, "", err
+	}
 	store := &filestore.Store{Dir: src.dataDir}
 	m, created, err := ca.LoadOrCreate(ctx, store, clock, func() (*ca.Material, error) {
+		if mk.RootSHA256 != "" && !src.allowNewRoot {
+			return nil, fmt.Errorf("the CA files are gone, but this directory held the root with SHA-256 %s: restore them (a new root would be distrusted by every workload), or pass --allow-new-root to start a new CA", mk.RootSHA256)
+		}
 		return ca.NewSelfSigned(src.root)
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("CA store %s: %w", src.dataDir, err)
+	}
+	fp := fingerprint(m.Roots[0].Raw)
+	switch {
+	case mk.RootSHA256 == fp:
+	case mk.RootSHA256 != "" && !created && !src.allowNewRoot:
+		return nil, "", fmt.Errorf("CA store %s: the root is now %s, but the directory held %s: restore the files, or pass --allow-new-root to adopt the new root", src.dataDir, fp, mk.RootSHA256)
+	default:
+		mk.RootSHA256 = fp
+		if err := filestore.WriteMarker(src.dataDir, mk); err != nil {
+			return nil, "", err
+		}
 	}
 	origin = "self-signed root loaded from " + src.dataDir
 	if created {
@@ -47,11 +77,25 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 	return m, origin, nil
 }
 
+func fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
 // tokenIssuer loads the standalone token signing key, creating it when
-// create is set and it does not exist yet.
-func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
+// create is set and it does not exist yet — unless the directory's marker
+// says it held one (every token minted with it would stop working), which
+// only allowNew overrides.
+func tokenIssuer(dataDir, name string, create, allowNew bool) (*token.Issuer, error) {
 	path := filepath.Join(dataDir, tokenKeyFile)
+	mk, err := filestore.ReadMarker(dataDir)
+	if err != nil {
+		return nil, err
+	}
 	b, err := atomicfile.ReadPrivate(path)
+	if errors.Is(err, fs.ErrNotExist) && create && mk.TokenKeySHA256 != "" && !allowNew {
+		return nil, fmt.Errorf("%s is gone, but this directory held a token key (public key SHA-256 %s): every token minted with it would stop working; restore it, or pass --allow-new-token-key", path, mk.TokenKeySHA256)
+	}
 	if errors.Is(err, fs.ErrNotExist) && create {
 		key, gerr := ca.GenerateKey(ca.ECDSAP256)
 		if gerr != nil {
@@ -81,6 +125,22 @@ func tokenIssuer(dataDir, name string, create bool) (*token.Issuer, error) {
 	key, err := ca.ParseKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if create {
+		pub, err := x509.MarshalPKIXPublicKey(key.Public())
+		if err != nil {
+			return nil, err
+		}
+		switch fp := fingerprint(pub); {
+		case mk.TokenKeySHA256 == fp:
+		case mk.TokenKeySHA256 != "" && !allowNew:
+			return nil, fmt.Errorf("%s is not the token key this directory held (public key SHA-256 %s): restore it, or pass --allow-new-token-key", path, mk.TokenKeySHA256)
+		default:
+			mk.TokenKeySHA256 = fp
+			if err := filestore.WriteMarker(dataDir, mk); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return token.NewIssuer(name, key, nil)
 }
