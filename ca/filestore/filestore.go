@@ -45,6 +45,9 @@ func (s *Store) Load(_ context.Context) (ca.Files, error) {
 	if err := CheckDir(s.Dir); err != nil {
 		return ca.Files{}, err
 	}
+	if err := s.recover(); err != nil {
+		return ca.Files{}, err
+	}
 	unlock, err := s.lock(syscall.LOCK_SH)
 	if err != nil {
 		return ca.Files{}, err
@@ -103,8 +106,16 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 		ca.FileCertChain: f.CertChain,
 		ca.FileRootCert:  f.RootCert,
 	}
-	// The key goes last: a crash part way leaves a store without a key,
-	// which Load reports as partial rather than silently replacing.
+	// A sentinel marks the creation in progress: if warden dies before
+	// the four files are all in place, the next Load removes what was
+	// written (no certificate can have been issued from an unfinished
+	// store) instead of refusing a partial store for ever.
+	sentinel := filepath.Join(s.Dir, creatingFile)
+	if err := atomicfile.WriteReplace(sentinel, nil, 0o600); err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	// The key goes last: a store without the sentinel and without a key
+	// is someone's damaged store, reported as partial, never replaced.
 	for _, n := range []string{ca.FileRootCert, ca.FileCertChain, ca.FileCACert, ca.FileCAKey} {
 		if err := atomicfile.WriteNew(filepath.Join(s.Dir, n), files[n]); err != nil {
 			if errors.Is(err, fs.ErrExist) {
@@ -113,7 +124,50 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 			return fmt.Errorf("filestore: %w", err)
 		}
 	}
-	return nil
+	if err := os.Remove(sentinel); err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	return syncDir(s.Dir)
+}
+
+// creatingFile is the sentinel of a store being created.
+const creatingFile = ".creating"
+
+// recover cleans up after a crash: temporary files (which may hold key
+// material) are removed, and so is a store whose creation never finished.
+func (s *Store) recover() error {
+	unlock, err := s.lock(syscall.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	tmps, _ := filepath.Glob(filepath.Join(s.Dir, ".*.tmp-*"))
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("filestore: removing a leftover temporary file: %w", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.Dir, creatingFile)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(s.Dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("filestore: removing an unfinished store: %w", err)
+		}
+	}
+	if err := os.Remove(filepath.Join(s.Dir, creatingFile)); err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	return syncDir(s.Dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // CheckDir refuses a data directory that group or others may write (they

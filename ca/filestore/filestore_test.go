@@ -180,3 +180,31 @@ func TestLooseDirectoryRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestUnfinishedCreationIsCleanedUp: a store whose creation was
+// interrupted (the sentinel is still there) is removed and created anew;
+// temporary files, which may hold a key, never survive a Load; a partial
+// store without the sentinel is someone's damaged store and stays an error.
+func TestUnfinishedCreationIsCleanedUp(t *testing.T) {
+	t.Parallel()
+	dir := privateDir(t)
+	for n, b := range map[string]string{".creating": "", "root-cert.pem": "x", "cert-chain.pem": "x", ".ca-key.pem.tmp-123": "KEY MATERIAL"} {
+		os.WriteFile(filepath.Join(dir, n), []byte(b), 0o600)
+	}
+	s := &filestore.Store{Dir: dir}
+	if _, err := s.Load(context.Background()); !errors.Is(err, ca.ErrNotFound) {
+		t.Fatalf("Load after an interrupted creation: %v, want ErrNotFound", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != ".lock" {
+		t.Fatalf("left behind: %v", entries)
+	}
+	if hidden, _ := filepath.Glob(filepath.Join(dir, ".*.tmp-*")); len(hidden) != 0 || fileIn(dir, ".creating") {
+		t.Fatalf("left behind: %v", hidden)
+	}
+	os.WriteFile(filepath.Join(dir, "root-cert.pem"), []byte("x"), 0o600)
+	if _, err := s.Load(context.Background()); err == nil || !strings.Contains(err.Error(), "partial CA store") {
+		t.Fatalf("a partial store without the sentinel: %v", err)
+	}
+}
+
+func fileIn(dir, name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
