@@ -15,9 +15,9 @@ import (
 	"github.com/wardenmesh/warden/internal/app"
 )
 
-// crashChildEnv makes the test binary run 'warden serve' (the args in
-// the variable, separated by the unit separator \\x1f) instead of the tests: the process the
-// crash test kills.
+// crashChildEnv makes the test binary run 'warden serve' (its arguments
+// in the variable, separated by \x1f) instead of the tests: the process
+// the crash test kills.
 const crashChildEnv = "WARDEN_CRASH_CHILD_ARGS"
 
 func TestMain(m *testing.M) {
