@@ -127,7 +127,7 @@ func (s *Store) Create(_ context.Context, f ca.Files) error {
 	if err := os.Remove(sentinel); err != nil {
 		return fmt.Errorf("filestore: %w", err)
 	}
-	return syncDir(s.Dir)
+	return atomicfile.SyncDir(s.Dir)
 }
 
 // creatingFile is the sentinel of a store being created.
@@ -158,17 +158,9 @@ func (s *Store) recover() error {
 	if err := os.Remove(filepath.Join(s.Dir, creatingFile)); err != nil {
 		return fmt.Errorf("filestore: %w", err)
 	}
-	return syncDir(s.Dir)
+	return atomicfile.SyncDir(s.Dir)
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
 
 // CheckDir refuses a data directory that group or others may write (they
 // could replace the CA's files) or read (they could read its keys): the

@@ -23,7 +23,7 @@ func WriteNew(path string, data []byte) error {
 	if err := os.Link(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // WriteReplace writes data to path with the given mode atomically,
@@ -41,7 +41,7 @@ func WriteReplace(path string, data []byte, mode os.FileMode) error {
 		os.Remove(tmp)
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 func writeTemp(path string, data []byte) (string, error) {
@@ -60,7 +60,9 @@ func writeTemp(path string, data []byte) (string, error) {
 	return name, nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes a directory's entries durable (after a create, rename
+// or remove in it).
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
