@@ -161,7 +161,6 @@ func (s *Store) recover() error {
 	return atomicfile.SyncDir(s.Dir)
 }
 
-
 // CheckDir refuses a data directory that group or others may write (they
 // could replace the CA's files) or read (they could read its keys): the
 // store promises 0700.
