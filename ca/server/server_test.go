@@ -82,7 +82,7 @@ func newBenchFixture(t testing.TB, opts ...fixtureOpt) *fixture {
 	serving := &server.ServingCert{Authority: a, Clock: clock, Options: ca.ServingOptions{
 		ID: catest.ID("warden-system", "warden"), DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
 	}}
-	g := grpc.NewServer(server.Credentials(serving))
+	g := grpc.NewServer(append(server.Limits(), server.Credentials(serving))...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -275,7 +275,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
 	// zeroed 1 MiB buffer from gRPC's default pool.
-	g := grpc.NewServer(append(xdsserver.ServerOptions(), server.Credentials(serving))...)
+	g := grpc.NewServer(append(append(xdsserver.ServerOptions(), server.Limits()...), server.Credentials(serving))...)
 	srv.Register(g)
 	// Central SDS on the same port, for sidecars without a node agent:
 	// each stream authenticates like a certificate request.
