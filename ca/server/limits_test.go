@@ -2,7 +2,9 @@ package server_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/tls"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -99,10 +101,11 @@ func heapInUse() uint64 {
 }
 
 // TestOversizedHeadersAreRefused: 40 callers each send a 2 MiB
-// authorization header and never finish; every stream is refused by the
-// server (it reads no more than MaxHeaderListBytes of it), honest callers
+// authorization header and never finish, beside 200 idle connections and
+// 20 sending garbage; every hostile stream is refused by the server (it
+// reads no more than MaxHeaderListBytes of a header list), honest callers
 // keep getting certificates meanwhile, and the server's heap stays
-// bounded and comes back afterwards.
+// bounded.
 func TestOversizedHeadersAreRefused(t *testing.T) {
 	f := newFixture(t)
 	c := f.client(t, nil)
@@ -115,6 +118,31 @@ func TestOversizedHeadersAreRefused(t *testing.T) {
 	}
 	honest()
 	before := heapInUse()
+	// Beside them: idle TCP connections that never start TLS, and TLS
+	// connections that send garbage instead of HTTP/2.
+	var idle []net.Conn
+	for i := 0; i < 200; i++ {
+		c, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idle = append(idle, c)
+	}
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		g, err := tls.Dial("tcp", f.addr, &tls.Config{RootCAs: f.roots, ServerName: "localhost", NextProtos: []string{"h2"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk := make([]byte, 64<<10)
+		rand.Read(junk)
+		g.Write(junk)
+		defer g.Close()
+	}
 	var wg sync.WaitGroup
 	results := make(chan string, 40)
 	for i := 0; i < 40; i++ {
