@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
@@ -88,4 +89,24 @@ func TestServeKubernetesMode(t *testing.T) {
 		_, err := cs.CoreV1().Secrets(app1).Get(context.Background(), "istio.sleep", metav1.GetOptions{})
 		return err
 	})
+}
+
+// TestBindFailureWritesNothing: a replica that cannot bind its port fails
+// before it writes shared state: no istio-ca-secret is created.
+func TestBindFailureWritesNothing(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	var logs lockedBuffer
+	code := app.Run(context.Background(), []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+		"--listen", busy.Addr().String(), "--http-listen", "", "--replica-id", "replica-a"}, &logs, &logs)
+	if code != 1 || !strings.Contains(logs.String(), "CA API: listen tcp "+busy.Addr().String()) {
+		t.Fatalf("serve on a busy port: %d\n%s", code, logs.String())
+	}
+	if _, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("istio-ca-secret after a failed bind: %v", err)
+	}
 }
