@@ -181,26 +181,20 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 		return nil, err
 	}
 	s := &controlPlane{log: log}
-	// Bind first: a replica that cannot listen must fail before it writes
-	// shared state (istio-ca-secret, a data directory).
-	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
-		return nil, fmt.Errorf("CA API: %w", err)
-	}
-	if f.httpListen != "" {
-		if s.httpLis, err = net.Listen("tcp", f.httpListen); err != nil {
-			s.caLis.Close()
-			return nil, fmt.Errorf("HTTP: %w", err)
+	// A replica that cannot listen must fail before it writes shared state
+	// (istio-ca-secret, a data directory): try the ports now. They are
+	// bound for good once everything is ready, so that a client that can
+	// connect finds the CA working.
+	for _, addr := range []string{f.listen, f.httpListen} {
+		if addr == "" {
+			continue
 		}
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			s.caLis.Close()
-			if s.httpLis != nil {
-				s.httpLis.Close()
-			}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", map[bool]string{true: "CA API", false: "HTTP"}[addr == f.listen], err)
 		}
-	}()
+		l.Close()
+	}
 	auths, err := s.loadAuthority(ctx, o)
 	if err != nil {
 		return nil, err
@@ -221,10 +215,16 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	if err := s.wireServices(ctx, o, auths); err != nil {
 		return nil, err
 	}
-	if s.httpLis != nil {
+	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
+		return nil, fmt.Errorf("CA API: %w", err)
+	}
+	if f.httpListen != "" {
+		if s.httpLis, err = net.Listen("tcp", f.httpListen); err != nil {
+			s.caLis.Close()
+			return nil, fmt.Errorf("HTTP: %w", err)
+		}
 		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
-	ok = true
 	fp := sha256.Sum256(m.Roots[0].Raw)
 	log.Info("CA ready", "source", s.origin, "trustDomain", td.Name(),
 		"root", m.Roots[0].Subject.String(), "rootSHA256", fmt.Sprintf("%X", fp[:]), "rootNotAfter", m.Roots[0].NotAfter.UTC())
