@@ -100,35 +100,25 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 // Init obtains, proves and activates the first intermediate. It does not
 // retry: at startup an unreachable or refusing upstream is an error for
 // the operator, and the authority stays without material.
-func (r *Renewer) Init(ctx context.Context) error {
-	_, err := r.renew(ctx)
-	return err
-}
+func (r *Renewer) Init(ctx context.Context) error { return r.Renew(ctx) }
 
 // Renew obtains, proves and activates a new intermediate now. On error the
-// current one stays active.
+// current one stays active. A new root reaches consumers through the
+// authority's Bundles.
 func (r *Renewer) Renew(ctx context.Context) error {
-	// A new root reaches consumers through the authority's Bundles.
-	_, err := r.renew(ctx)
-	return err
-}
-
-func (r *Renewer) renew(ctx context.Context) (old *Material, err error) {
-	old = r.cfg.Authority.Material()
-	now := r.cfg.Clock.Now()
-	m, err := RequestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, old, now)
+	m, err := RequestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, r.cfg.Authority.Material(), r.cfg.Clock.Now())
 	if err != nil {
-		return old, err
+		return err
 	}
 	if err := r.cfg.Authority.Prove(m); err != nil {
-		return old, err
+		return err
 	}
 	if err := r.cfg.Authority.Activate(m); err != nil {
-		return old, err
+		return err
 	}
 	r.cfg.Log.Info("intermediate CA activated", "subject", m.Cert.Subject.String(), "serial", m.Cert.SerialNumber.Text(16),
 		"notAfter", m.NotAfter().UTC(), "renewAt", r.RenewAt(m).UTC())
-	return old, nil
+	return nil
 }
 
 // RenewAt is when the renewer asks for m's successor.
