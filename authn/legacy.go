@@ -139,6 +139,7 @@ func (ix *Index) legacy(w Workload, s *Settings) {
 			for _, h := range o.JWT.JwtHeaders {
 				r.FromHeaders = append(r.FromHeaders, Header{Name: h})
 			}
+			reportPlainJwksURI(s, "legacy origin "+o.JWT.Issuer, o.JWT.JwksURI)
 			for _, tr := range o.JWT.TriggerRules {
 				for _, m := range tr.IncludedPaths {
 					r.IncludePaths = append(r.IncludePaths, PathMatch(m))
@@ -170,9 +171,7 @@ func (ix *Index) requestAuthn(w Workload, s *Settings) {
 			if j.Timeout != "" {
 				rule.Timeout, _ = time.ParseDuration(j.Timeout) // api checked the format
 			}
-			if strings.HasPrefix(j.JwksURI, "http://") {
-				s.Conflicts = append(s.Conflicts, fmt.Sprintf("%s jwtRules[%d]: jwksUri %s is fetched in the clear, so keys could be replaced on the way (accepted, as Istio does; use https)", src, i, j.JwksURI))
-			}
+			reportPlainJwksURI(s, fmt.Sprintf("%s jwtRules[%d]", src, i), j.JwksURI)
 			s.JWT = append(s.JWT, rule)
 		}
 	}
@@ -191,5 +190,13 @@ func (ix *Index) requestAuthn(w Workload, s *Settings) {
 		if attached(r) && (namespaceWide(r.Spec.Selector) || selects(r.Spec.Selector, w.Labels)) {
 			add(r)
 		}
+	}
+}
+
+// reportPlainJwksURI reports a jwksUri fetched over plain http: accepted,
+// as Istio accepts it, but its keys could be replaced on the way.
+func reportPlainJwksURI(s *Settings, where, uri string) {
+	if strings.HasPrefix(uri, "http://") {
+		s.Conflicts = append(s.Conflicts, fmt.Sprintf("%s: jwksUri %s is fetched in the clear, so keys could be replaced on the way (accepted, as Istio does; use https)", where, uri))
 	}
 }
