@@ -304,14 +304,14 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 		}
 		return c.ID, nil
 	}
-	central, err := sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log,
-		Roots: func() []*x509.Certificate { return authority.Bundle().X509Authorities() }})
+	// The trust bundle's owner answers for ROOTCA.
+	roots := authority.Bundles().Roots
+	central, err := sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log, Roots: roots})
 	if err != nil {
 		return err
 	}
 	central.Register(g)
 	s.sds = central
-	roots := func() []*x509.Certificate { return authority.Bundle().X509Authorities() }
 	// The xDS server reports a failure as Unauthenticated.
 	ads, err := s.wireXDS(ctx, f, o.td, authenticate, sdsCache, roots)
 	if err != nil {
