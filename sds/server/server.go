@@ -132,15 +132,26 @@ func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) er
 	return s.snaps.SetSnapshot(ctx, id.String(), snap)
 }
 
+// identify runs the configured Identify for a stream or a fetch. An error
+// that already carries a gRPC status keeps it (an agent whose CA is down
+// says Unavailable, not Unauthenticated); any other is Unauthenticated.
+func (s *Server) identify(ctx context.Context) (spiffeid.ID, error) {
+	id, err := s.cfg.Identify(ctx)
+	if err == nil {
+		return id, nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return spiffeid.ID{}, err
+	}
+	return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+err.Error())
+}
+
 // open authenticates a new stream and makes sure its identity's snapshot
 // exists.
 func (s *Server) open(ctx context.Context, streamID int64) error {
-	id, err := s.cfg.Identify(ctx)
+	id, err := s.identify(ctx)
 	if err != nil {
-		if _, ok := status.FromError(err); ok {
-			return err
-		}
-		return status.Error(codes.Unauthenticated, "sds: "+err.Error())
+		return err
 	}
 	svid, err := s.cfg.Cache.Get(ctx, id)
 	if err != nil {
@@ -267,9 +278,9 @@ func (s *Server) callbacks() xds.Callbacks {
 			return checkNames(id, req.ResourceNamesSubscribe)
 		},
 		FetchRequestFunc: func(ctx context.Context, req *discovery.DiscoveryRequest) error {
-			id, err := s.cfg.Identify(ctx)
+			id, err := s.identify(ctx)
 			if err != nil {
-				return status.Error(codes.Unauthenticated, "sds: "+err.Error())
+				return err
 			}
 			if err := checkNames(id, req.ResourceNames); err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -459,4 +460,37 @@ func TestInUseFollowsStreams(t *testing.T) {
 	_, closeC := open() // the cleared snapshot is published again
 	defer closeC()
 	inUse(true)
+}
+
+// TestIdentifyErrorsKeepTheirCode: a fetch and a stream whose Identify
+// fails with a gRPC status (the node agent's CA is down: Unavailable) get
+// that status, not Unauthenticated; a plain error is Unauthenticated,
+// prefixed once.
+func TestIdentifyErrorsKeepTheirCode(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{status.Error(codes.Unavailable, "sds: CA: connection refused"), codes.Unavailable, "sds: CA: connection refused"},
+		{errors.New("bad token"), codes.Unauthenticated, "sds: bad token"},
+	} {
+		f := newFixture(t, func(context.Context) (spiffeid.ID, error) { return spiffeid.ID{}, tc.err })
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c := secretsvc.NewSecretDiscoveryServiceClient(f.conn)
+		_, err := c.FetchSecrets(ctx, &discovery.DiscoveryRequest{Node: &corev3.Node{Id: "x"}, ResourceNames: []string{sds.DefaultName}, TypeUrl: resource.SecretType})
+		if st := status.Convert(err); st.Code() != tc.code || st.Message() != tc.msg {
+			t.Errorf("fetch: %v, want %v %q", err, tc.code, tc.msg)
+		}
+		s, err := c.StreamSecrets(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Recv()
+		if st := status.Convert(err); st.Code() != tc.code || st.Message() != tc.msg {
+			t.Errorf("stream: %v, want %v %q", err, tc.code, tc.msg)
+		}
+	}
 }
