@@ -141,11 +141,8 @@ func (s *Store) recover() error {
 		return err
 	}
 	defer unlock()
-	tmps, _ := filepath.Glob(filepath.Join(s.Dir, ".*.tmp-*"))
-	for _, t := range tmps {
-		if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("filestore: removing a leftover temporary file: %w", err)
-		}
+	if err := atomicfile.RemoveTemps(s.Dir); err != nil {
+		return fmt.Errorf("filestore: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(s.Dir, creatingFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil

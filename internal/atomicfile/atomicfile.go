@@ -8,6 +8,7 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -45,7 +46,7 @@ func WriteReplace(path string, data []byte, mode os.FileMode) error {
 }
 
 func writeTemp(path string, data []byte) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+tempInfix+"*")
 	if err != nil {
 		return "", err
 	}
@@ -58,6 +59,21 @@ func writeTemp(path string, data []byte) (string, error) {
 		return "", fmt.Errorf("write %s: %w", path, err)
 	}
 	return name, nil
+}
+
+// tempInfix marks this package's temporary files: ".<name>.tmp-<random>".
+const tempInfix = ".tmp-"
+
+// RemoveTemps removes the temporary files a crash left in dir (they may
+// hold key material), leaving every other file alone.
+func RemoveTemps(dir string) error {
+	tmps, _ := filepath.Glob(filepath.Join(dir, ".*"+tempInfix+"*"))
+	for _, t := range tmps {
+		if err := os.Remove(t); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing a leftover temporary file: %w", err)
+		}
+	}
+	return nil
 }
 
 // SyncDir makes a directory's entries durable (after a create, rename

@@ -41,3 +41,27 @@ func TestWriteReplaceLeavesNoTemporaryFiles(t *testing.T) {
 		t.Fatalf("%q %v", b, fi.Mode())
 	}
 }
+
+// TestRemoveTemps: the temporary file a crash leaves between writeTemp
+// and the rename is removed; the files beside it are not.
+func TestRemoveTemps(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	keep := []string{"ca-key.pem", ".creating", "notes.tmp-1"}
+	for _, n := range append([]string{".ca-key.pem.tmp-123456"}, keep...) {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := atomicfile.RemoveTemps(dir); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var got []string
+	for _, e := range entries {
+		got = append(got, e.Name())
+	}
+	if len(got) != len(keep) || got[0] != ".creating" || got[1] != "ca-key.pem" || got[2] != "notes.tmp-1" {
+		t.Fatalf("left %q, want %q", got, keep)
+	}
+}
