@@ -127,6 +127,7 @@ type serveOptions struct {
 	clock    ca.Clock
 	caCfg    ca.Config
 	rootOpts ca.CAOptions
+	serving  ca.ServingOptions // the CA's own names, reserved in caCfg.CSR
 }
 
 func (f serveFlags) options() (*serveOptions, error) {
@@ -159,7 +160,7 @@ func (f serveFlags) options() (*serveOptions, error) {
 	for _, ip := range serving.IPs {
 		reserved = append(reserved, ip.String())
 	}
-	return &serveOptions{f: f, td: td, keyType: kt, useVault: useVault, clock: clock,
+	return &serveOptions{f: f, td: td, keyType: kt, useVault: useVault, clock: clock, serving: serving,
 		caCfg: ca.Config{
 			TrustDomain: td,
 			DefaultTTL:  f.defaultTTL,
@@ -283,7 +284,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	if err != nil {
 		return err
 	}
-	serving := &server.ServingCert{Authority: authority, Clock: o.clock, Options: servingOptions(o.td, f.listen, splitList(f.dnsNames))}
+	serving := &server.ServingCert{Authority: authority, Clock: o.clock, Options: o.serving}
 	if _, err := serving.Current(); err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
