@@ -26,12 +26,7 @@ func rbacOn(objs []api.Object, w Workload) (on, dry bool, source string) {
 		if slices.Contains(t.Namespaces, w.Namespace) {
 			return true
 		}
-		for _, s := range t.Services {
-			if slices.ContainsFunc(w.ServiceFQDNs, func(x string) bool { return serviceMatch(s, x) }) {
-				return true
-			}
-		}
-		return false
+		return servesAny(w, t.Services)
 	}
 	switch spec.Mode {
 	case "ON":
@@ -73,6 +68,14 @@ func ignoredTargets(spec *api.RbacConfigSpec, source string) []string {
 		out = append(out, fmt.Sprintf("%s: exclusion is read only in mode ON_WITH_EXCLUSION; ignored in mode %s", source, spec.Mode))
 	}
 	return out
+}
+
+// servesAny reports whether a Service of w (by FQDN) matches one of the
+// patterns: a ClusterRbacConfig target's or a ServiceRole rule's services.
+func servesAny(w Workload, patterns []string) bool {
+	return slices.ContainsFunc(patterns, func(p string) bool {
+		return slices.ContainsFunc(w.ServiceFQDNs, func(s string) bool { return serviceMatch(p, s) })
+	})
 }
 
 func serviceMatch(pattern, svc string) bool {
@@ -140,9 +143,7 @@ func compileLegacy(objs []api.Object, w Workload, opts Options, reports *[]strin
 			continue
 		}
 		for i, r := range role.Spec.Rules {
-			if len(r.Services) > 0 && !slices.ContainsFunc(r.Services, func(s string) bool {
-				return slices.ContainsFunc(w.ServiceFQDNs, func(x string) bool { return serviceMatch(s, x) })
-			}) {
+			if len(r.Services) > 0 && !servesAny(w, r.Services) {
 				continue
 			}
 			perm, err := bd.accessRule(r, w)
