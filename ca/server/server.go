@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 
@@ -129,22 +128,3 @@ func TLSConfig(certs *ServingCert) *tls.Config {
 func Credentials(certs *ServingCert) grpc.ServerOption {
 	return grpc.Creds(credentials.NewTLS(TLSConfig(certs)))
 }
-
-// Limits bound what a client can make a warden gRPC server hold before it
-// has proved anything: header lists (where tokens travel) are small, a
-// handshake must finish quickly, idle connections are closed, pings are
-// rate-limited, and a message is at most 4 MiB. Every gRPC server warden
-// runs (CA port with CA, SDS and ADS; the agent's Unix sockets) uses them.
-func Limits() []grpc.ServerOption {
-	return []grpc.ServerOption{
-		grpc.MaxHeaderListSize(MaxHeaderListBytes),
-		grpc.ConnectionTimeout(10 * time.Second),
-		grpc.MaxRecvMsgSize(4 << 20),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Hour, Timeout: 20 * time.Second}),
-	}
-}
-
-// MaxHeaderListBytes bounds a request's headers: a service-account token
-// is a few KiB.
-const MaxHeaderListBytes = 64 << 10

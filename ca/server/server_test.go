@@ -40,6 +40,7 @@ type fixture struct {
 	tokKey    crypto.Signer
 	addr      string
 	roots     *x509.CertPool
+	limiter   *server.Limiter
 }
 
 type fixtureOpt func(*fixtureCfg)
@@ -47,7 +48,10 @@ type fixtureOpt func(*fixtureCfg)
 type fixtureCfg struct {
 	signer   server.Signer // defaults to the authority
 	material *ca.Material
+	limits   server.LimitConfig
 }
+
+func withLimits(l server.LimitConfig) fixtureOpt { return func(c *fixtureCfg) { c.limits = l } }
 
 func newFixture(t *testing.T, opts ...fixtureOpt) *fixture { return newBenchFixture(t, opts...) }
 
@@ -55,7 +59,7 @@ func newBenchFixture(t testing.TB, opts ...fixtureOpt) *fixture {
 	t.Helper()
 	clock := catest.NewClock(time.Now())
 	root := catest.Root(t, ca.CAOptions{Clock: clock})
-	cfg := fixtureCfg{material: root}
+	cfg := fixtureCfg{material: root, limits: server.DefaultLimits()}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -82,17 +86,18 @@ func newBenchFixture(t testing.TB, opts ...fixtureOpt) *fixture {
 	serving := &server.ServingCert{Authority: a, Clock: clock, Options: ca.ServingOptions{
 		ID: catest.ID("warden-system", "warden"), DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
 	}}
-	g := grpc.NewServer(append(server.Limits(), server.Credentials(serving))...)
+	limiter := server.NewLimiter(cfg.limits)
+	g := grpc.NewServer(append(limiter.ServerOptions(), server.Credentials(serving))...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = g.Serve(lis) }()
+	go func() { _ = g.Serve(limiter.Listen(lis)) }()
 	t.Cleanup(g.Stop)
 	roots := x509.NewCertPool()
 	roots.AddCert(a.Material().Roots[0])
-	return &fixture{clock: clock, authority: a, issuer: issuer, tokKey: tokKey, addr: lis.Addr().String(), roots: roots}
+	return &fixture{clock: clock, authority: a, issuer: issuer, tokKey: tokKey, addr: lis.Addr().String(), roots: roots, limiter: limiter}
 }
 
 func (f *fixture) client(t *testing.T, cert *tls.Certificate) *client.Client {

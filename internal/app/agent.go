@@ -225,7 +225,7 @@ func (a *agent) run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		s := grpc.NewServer(caserver.Limits()...)
+		s := grpc.NewServer(caserver.NewLimiter(caserver.DefaultLimits()).ServerOptions()...)
 		register(s)
 		g.Go(func() error { return s.Serve(lis) })
 		g.Go(func() error {

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,9 +28,22 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
 	runs := fs.Int("runs", 1, "measured runs; with more than one, the median throughput is reported too")
+	metrics := fs.String("server-metrics", "http://"+defaultHTTPListen+"/metrics", "the server's /metrics, for its CPU time and memory (empty: not reported)")
+	hostile := fs.Bool("hostile", false, "measure honest callers before, beside and after hostile clients (oversized headers, stalled streams, idle, half-open and garbage connections)")
+	var hc bench.HostileConfig
+	fs.IntVar(&hc.Oversized, "hostile-oversized", 200, "--hostile: callers sending never-ending oversized authorization headers")
+	fs.IntVar(&hc.HeaderBytes, "hostile-header-bytes", 8<<20, "--hostile: size of each oversized header")
+	fs.IntVar(&hc.Stalled, "hostile-stalled", 1000, "--hostile: streams whose body never comes")
+	fs.IntVar(&hc.Idle, "hostile-idle", 1000, "--hostile: TLS connections that open no stream")
+	fs.IntVar(&hc.HalfOpen, "hostile-half-open", 200, "--hostile: TCP connections that never start TLS")
+	fs.IntVar(&hc.Garbage, "hostile-garbage", 20, "--hostile: callers sending random bytes after TLS")
+	sources := fs.Int("hostile-sources", 8, "--hostile: source addresses the hostile clients dial from (127.0.0.2 and up) when the CA is on loopback")
+	settle := fs.Duration("settle", 3*time.Second, "--hostile: pause after the hostile clients start and after they leave")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	metricsSet := false
+	fs.Visit(func(f *flag.Flag) { metricsSet = metricsSet || f.Name == "server-metrics" })
 	if *runs < 1 {
 		return fmt.Errorf("%w: --runs %d: want at least 1", errUsage, *runs)
 	}
@@ -55,6 +69,34 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 		Token: func(w int) (string, error) {
 			return issuer.Mint(token.ServiceAccount{Namespace: "bench", Name: fmt.Sprintf("worker-%d", w)}, nil, time.Hour)
 		},
+	}
+	if *metrics != "" {
+		if _, err := bench.Scrape(ctx, *metrics); err != nil {
+			if metricsSet || *hostile {
+				return fmt.Errorf("--server-metrics: %w", err)
+			}
+			fmt.Fprintf(e.stderr, "no server figures (%v); point --server-metrics at the server's /metrics for them\n", err)
+			*metrics = ""
+		}
+	}
+	cfg.Metrics = *metrics
+	if *hostile {
+		hc.Addr, hc.Roots, hc.ServerName = *addr, roots, host
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() && ip.To4() != nil {
+			for i := range *sources {
+				hc.Sources = append(hc.Sources, net.IPv4(127, 0, 0, byte(2+i)))
+			}
+		}
+		fmt.Fprintf(e.stderr, "preparing %s keys and CSRs...\n", keyType)
+		res, err := bench.CAUnderAttack(ctx, cfg, hc, *settle, e.stderr)
+		if err != nil {
+			return err
+		}
+		res.Print(e.stdout)
+		if n := res.Before.Errors + res.During.Errors + res.After.Errors; n > 0 {
+			return fmt.Errorf("%d honest requests failed", n)
+		}
+		return nil
 	}
 	var rates []float64
 	for i := range *runs {

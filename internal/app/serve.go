@@ -49,6 +49,7 @@ type serveFlags struct {
 	allowDNS, allowIP                    bool
 	configDir                            string
 	debounce                             time.Duration
+	limits                               server.LimitConfig
 	kube                                 kubeFlags
 	vault                                vaultFlags
 	mesh                                 meshPolicyFlags
@@ -80,6 +81,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
+	f.limits = server.DefaultLimits()
+	fs.IntVar(&f.limits.ConnsPerPeer, "max-conns-per-peer", f.limits.ConnsPerPeer, "open connections one IP address may hold on the CA port; further ones are closed at once (0: no limit)")
+	fs.Float64Var(&f.limits.ConnRatePerPeer, "max-conn-rate-per-peer", f.limits.ConnRatePerPeer, "new connections a second one IP address may open on the CA port, in bursts of twice as many (0: no limit)")
+	fs.IntVar(&f.limits.StreamsPerPeer, "max-streams-per-peer", f.limits.StreamsPerPeer, "open gRPC streams one IP address may hold across its connections (0: no limit)")
+	fs.IntVar(&f.limits.StreamsPerConn, "max-streams-per-conn", f.limits.StreamsPerConn, "concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; 0: no limit)")
 	f.mesh.register(fs)
 	f.kube.register(fs, e)
 	f.vault.register(fs, e)
@@ -113,6 +119,7 @@ type controlPlane struct {
 	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
+	limiter   *server.Limiter // the CA port's per-peer limits
 	http      *http.Server
 	httpLis   net.Listener
 }
@@ -141,6 +148,9 @@ func (f serveFlags) options() (*serveOptions, error) {
 	}
 	if f.tokenLeeway < 0 || f.tokenLeeway > time.Hour || f.tokenMaxLifetime <= 0 {
 		return nil, fmt.Errorf("%w: --token-leeway must be from 0 to 1h and --token-max-lifetime positive", errUsage)
+	}
+	if f.limits.ConnsPerPeer < 0 || f.limits.StreamsPerPeer < 0 || f.limits.ConnRatePerPeer < 0 || f.limits.StreamsPerConn < 0 {
+		return nil, fmt.Errorf("%w: --max-conns-per-peer, --max-conn-rate-per-peer, --max-streams-per-peer and --max-streams-per-conn must be 0 (no limit) or more", errUsage)
 	}
 	if (f.jwksFile == "") != (f.jwtIssuer == "") {
 		return nil, fmt.Errorf("%w: --jwks-file and --jwt-issuer go together", errUsage)
@@ -290,7 +300,10 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
 	// zeroed 1 MiB buffer from gRPC's default pool.
-	g := grpc.NewServer(append(append(xdsserver.ServerOptions(), server.Limits()...), server.Credentials(serving))...)
+	lim := f.limits
+	lim.Log = log
+	s.limiter = server.NewLimiter(lim)
+	g := grpc.NewServer(append(append(xdsserver.ServerOptions(), s.limiter.ServerOptions()...), server.Credentials(serving))...)
 	srv.Register(g)
 	// Central SDS on the same port, for sidecars without a node agent:
 	// each stream authenticates like a certificate request.
@@ -374,7 +387,7 @@ func (s *controlPlane) httpHandler() http.Handler {
 func (s *controlPlane) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	s.log.Info("serving CA API", "addr", s.caLis.Addr().String())
-	g.Go(func() error { return s.grpc.Serve(s.caLis) })
+	g.Go(func() error { return s.grpc.Serve(s.limiter.Listen(s.caLis)) })
 	if s.http != nil {
 		s.log.Info("serving JWKS and health checks", "url", "http://"+s.httpLis.Addr().String()+jwksPath)
 		g.Go(func() error {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wardenmesh/warden/ca"
@@ -167,6 +168,8 @@ func writeRootCert(dataDir string, roots []*x509.Certificate) error {
 // registry.
 func metricsHandler(authority *ca.Authority, clock ca.Clock) http.Handler {
 	reg := prometheus.NewRegistry()
+	// The Go runtime's and the process's own: heap, goroutines, RSS, CPU.
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "warden_ca_intermediate_expiry_seconds",
 		Help: "Seconds until the signing CA certificate (or the first certificate above it) expires; workload certificates are clamped to it.",

@@ -34,6 +34,9 @@ type CAConfig struct {
 	KeyType     ca.KeyType
 	CSRs        int                              // distinct CSRs prepared and cycled (default 256)
 	Token       func(worker int) (string, error) // bearer token for a caller
+	// Metrics is the server's /metrics URL; when set, the server's own
+	// CPU time and memory during the measured period are reported.
+	Metrics string
 }
 
 // CAResult is what a run measured.
@@ -48,6 +51,11 @@ type CAResult struct {
 	// ClientCPU is this process's CPU time (user+system) during the
 	// measured period: what the load generator took from the machine.
 	ClientCPU time.Duration
+	// With Config.Metrics: the server process's CPU time during the
+	// measured period, its peak heap and RSS, and both at the end.
+	ServerCPU  time.Duration
+	ServerPeak ServerSample
+	ServerEnd  ServerSample
 }
 
 func cpuTime() time.Duration {
@@ -70,6 +78,11 @@ func (r CAResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "throughput: %.0f certs/s\n", r.PerSecond())
 	fmt.Fprintf(w, "latency: p50 %s  p90 %s  p99 %s  max %s\n", r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
 	fmt.Fprintf(w, "load generator CPU: %.2f cores (%.0f µs per cert)\n", r.ClientCPU.Seconds()/r.Elapsed.Seconds(), float64(r.ClientCPU.Microseconds())/float64(max(r.Certs, 1)))
+	if r.Config.Metrics != "" {
+		fmt.Fprintf(w, "server CPU: %.2f cores (%.0f µs per cert); heap in use %s peak, %s at the end; RSS %s peak\n",
+			r.ServerCPU.Seconds()/r.Elapsed.Seconds(), float64(r.ServerCPU.Microseconds())/float64(max(r.Certs, 1)),
+			MiB(r.ServerPeak.HeapInuse), MiB(r.ServerEnd.HeapInuse), MiB(r.ServerPeak.RSS))
+	}
 	if r.FirstErr != nil {
 		fmt.Fprintf(w, "first error: %v\n", r.FirstErr)
 	}
@@ -185,6 +198,19 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 	case <-time.After(cfg.Warmup):
 	case <-ctx.Done():
 	}
+	var (
+		server0 ServerSample
+		peaks   *peakSampler
+	)
+	if cfg.Metrics != "" {
+		var err error
+		if server0, err = Scrape(ctx, cfg.Metrics); err != nil {
+			close(stopping)
+			wg.Wait()
+			return res, fmt.Errorf("bench: server metrics: %w", err)
+		}
+		peaks = samplePeaks(ctx, cfg.Metrics, 250*time.Millisecond)
+	}
 	close(measure)
 	begin, cpu0 := time.Now(), cpuTime()
 	select {
@@ -194,6 +220,17 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 	close(stopping)
 	wg.Wait() // requests in flight at the stop are counted, so is their time
 	res.Elapsed, res.ClientCPU = time.Since(begin), cpuTime()-cpu0
+	if peaks != nil {
+		res.ServerPeak = peaks.Stop()
+		end, err := Scrape(ctx, cfg.Metrics)
+		if err != nil {
+			return res, fmt.Errorf("bench: server metrics: %w", err)
+		}
+		res.ServerEnd = end
+		res.ServerCPU = time.Duration((end.CPUSeconds - server0.CPUSeconds) * float64(time.Second))
+		res.ServerPeak.HeapInuse = max(res.ServerPeak.HeapInuse, end.HeapInuse)
+		res.ServerPeak.RSS = max(res.ServerPeak.RSS, end.RSS)
+	}
 	slices.Sort(lats)
 	if len(lats) > 0 {
 		pct := func(p float64) time.Duration { return lats[min(len(lats)-1, int(p*float64(len(lats))))] }
@@ -201,6 +238,9 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 	}
 	return res, ctx.Err()
 }
+
+// MiB renders a byte count as "12.3 MiB".
+func MiB(b float64) string { return fmt.Sprintf("%.1f MiB", b/(1<<20)) }
 
 // Median is the median of xs (the mean of the middle two for an even
 // count); 0 for none.
