@@ -86,8 +86,6 @@ func (l *Limiter) ServerOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(4 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: 2 * time.Hour, Timeout: 20 * time.Second}),
-		// An idle connection gives its write buffer back.
-		grpc.SharedWriteBuffer(true),
 		grpc.InTapHandle(l.tap),
 	}
 	if l.cfg.StreamsPerConn > 0 {

@@ -72,12 +72,23 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			return nil, err
 		}
 		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
+		if plugged {
+			err = kube.RecordPluggedIn(ctx, cs, k.namespace, m)
+		} else {
+			err = kube.CheckNotPluggedIn(ctx, cs, k.namespace)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	selfSigned := func(ctx context.Context) (*ca.Material, bool, error) {
+		return ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
+			return ca.NewSelfSigned(rootOpts)
+		})
 	}
 	if !useVault && !plugged {
 		var created bool
-		m, created, err = ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
-			return ca.NewSelfSigned(rootOpts)
-		})
+		m, created, err = selfSigned(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -92,10 +103,10 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		}
 	}
 	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
-	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Log: s.log}
+	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Owner: k.namespace, Log: s.log}
 	var saSecrets *kube.SASecrets
 	if k.saSecrets {
-		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock}
+		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock, Owner: k.namespace}
 	}
 	// The cluster's consumers of the trust bundle: the istio-ca-root-cert
 	// ConfigMaps and the istio.<sa> Secrets (the leader writes them).
@@ -105,7 +116,8 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			saSecrets.Changed()
 		}
 	})
-	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log}
+	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log,
+		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		done := make(chan error, 2)
 		go func() { done <- publisher.Run(ctx) }()

@@ -3,7 +3,10 @@ package kube
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -16,6 +19,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
+// DefaultOwner is the owner of an install that names none.
+const DefaultOwner = "warden-system"
+
 // Trust bundle ConfigMap, as Istio names it.
 const (
 	BundleConfigMap = "istio-ca-root-cert"
@@ -24,13 +30,20 @@ const (
 
 // BundlePublisher keeps ConfigMap istio-ca-root-cert (key root-cert.pem)
 // in every namespace equal to the current trust bundle: it creates it in
-// new namespaces and repairs it when edited or deleted.
+// new namespaces and repairs it when edited or deleted. It writes only
+// ConfigMaps that carry its Owner (or no owner, which it adopts), and
+// backs off from one that someone else keeps rewriting.
 type BundlePublisher struct {
 	Client kubernetes.Interface
 	Bundle func() []byte // PEM roots
+	Owner  string        // this install (its namespace); default warden-system
 	Log    *slog.Logger
 	Resync time.Duration // default 10m
+	Now    func() time.Time
 
+	guard  *guard
+	mu     sync.Mutex
+	sent   [][32]byte // digests of the last bundles published: rewriting one of them is an update, not a repair
 	loop   *loop
 	nsList corelisters.NamespaceLister
 	cmList corelisters.ConfigMapLister
@@ -44,6 +57,13 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	if p.Resync == 0 {
 		p.Resync = 10 * time.Minute
 	}
+	if p.Owner == "" {
+		p.Owner = DefaultOwner
+	}
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	p.guard = newGuard(p.Owner, "ConfigMap", p.Log, p.Now)
 	p.loop = newLoop("bundle", p.Log, p.reconcile)
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -80,6 +100,21 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	return nil
 }
 
+// published records want as published, and says whether old was
+// published before it (so that replacing it is an update).
+func (p *BundlePublisher) published(old, want []byte) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := sha256.Sum256(want)
+	if !slices.Contains(p.sent, w) {
+		p.sent = append(p.sent, w)
+		if len(p.sent) > 4 {
+			p.sent = p.sent[1:]
+		}
+	}
+	return old != nil && slices.Contains(p.sent, sha256.Sum256(old))
+}
+
 // Changed republishes every namespace, after the bundle changed.
 func (p *BundlePublisher) Changed() {
 	if p.loop == nil || p.nsList == nil {
@@ -101,13 +136,16 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 	}
 	want := p.Bundle()
 	cms := p.Client.CoreV1().ConfigMaps(ns)
+	key := ns + "/" + BundleConfigMap
 	cm, err := p.cmList.ConfigMaps(ns).Get(BundleConfigMap)
 	switch {
 	case apierrors.IsNotFound(err):
-		_, err = cms.Create(ctx, &corev1.ConfigMap{
+		created := &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: BundleConfigMap, Namespace: ns, Labels: map[string]string{"istio.io/config": "true", "app.kubernetes.io/managed-by": "warden"}},
 			Data:       map[string]string{BundleKey: string(want)},
-		}, metav1.CreateOptions{})
+		}
+		p.guard.annotate(&created.ObjectMeta)
+		_, err = cms.Create(ctx, created, metav1.CreateOptions{FieldManager: FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return 0, nil // the informer will bring it and we will compare
 		}
@@ -118,15 +156,30 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 	case err != nil:
 		return 0, err
 	}
-	if bytes.Equal([]byte(cm.Data[BundleKey]), want) && len(cm.Data) == 1 && len(cm.BinaryData) == 0 {
+	p.published(nil, want)
+	same := bytes.Equal([]byte(cm.Data[BundleKey]), want) && len(cm.Data) == 1 && len(cm.BinaryData) == 0
+	if same && p.guard.owned(cm) {
 		return 0, nil
+	}
+	if ok, retry := p.guard.mayWrite(key, cm); !ok {
+		return retry, nil
 	}
 	fixed := cm.DeepCopy()
 	fixed.Data = map[string]string{BundleKey: string(want)}
 	fixed.BinaryData = nil
-	if _, err := cms.Update(ctx, fixed, metav1.UpdateOptions{}); err != nil {
+	p.guard.annotate(&fixed.ObjectMeta)
+	if _, err := cms.Update(ctx, fixed, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 		return 0, err
 	}
+	if same {
+		p.Log.Info("adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
+		return 0, nil
+	}
+	if p.published([]byte(cm.Data[BundleKey]), want) {
+		p.Log.Info("updated trust bundle", "namespace", ns)
+		return 0, nil
+	}
+	p.guard.wrote(key)
 	p.Log.Info("repaired trust bundle", "namespace", ns)
 	return 0, nil
 }

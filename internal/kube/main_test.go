@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/wardenmesh/warden/internal/app"
 )
 
 // The tests share one real kube-apiserver and etcd, built by
@@ -28,7 +31,15 @@ var (
 // userToken authenticates as the plain (non service account) user alice.
 const userToken = "alice-static-token-for-tests"
 
+// childEnv makes the test binary run warden (its arguments in the
+// variable, separated by \x1f) instead of the tests: a replica a test can
+// kill -9.
+const childEnv = "WARDEN_KUBE_CHILD_ARGS"
+
 func TestMain(m *testing.M) {
+	if args := os.Getenv(childEnv); args != "" {
+		os.Exit(app.Run(context.Background(), strings.Split(args, "\x1f"), os.Stdout, os.Stderr))
+	}
 	os.Exit(runMain(m))
 }
 

@@ -20,12 +20,20 @@ import (
 // tls.crt/tls.key/ca.crt) and activates its material in the authority on
 // every change, without a restart. Every replica runs it, since every
 // replica signs. Invalid material is reported and the current CA kept.
+//
+// Deleting cacerts changes nothing in a running replica (it keeps the CA
+// it holds), and a replica started afterwards refuses to start (see
+// CASourceConfigMap), so that replicas never sign under two roots.
+// Deleting the CASourceConfigMap as well switches every replica to the
+// self-signed CA in istio-ca-secret (SelfSigned).
 type PluggedInCA struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Authority *ca.Authority
 	Clock     ca.Clock
 	Log       *slog.Logger
+	// SelfSigned loads (or, first, creates) istio-ca-secret's CA.
+	SelfSigned func(context.Context) (*ca.Material, error)
 }
 
 // LoadPluggedIn reads and validates the cacerts Secret; found is false when
@@ -66,6 +74,10 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 		informers.WithNamespace(p.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + PluggedSecretName }))
 	inf := f.Core().V1().Secrets().Informer()
+	srcF := informers.NewSharedInformerFactoryWithOptions(p.Client, 10*time.Minute,
+		informers.WithNamespace(p.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + CASourceConfigMap }))
+	srcInf := srcF.Core().V1().ConfigMaps().Informer()
 	apply := func(obj any) {
 		sec, ok := obj.(*corev1.Secret)
 		if !ok {
@@ -74,6 +86,10 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 		m, err := decodePluggedIn(sec, p.Clock.Now())
 		if err != nil {
 			p.Log.Error("ignoring invalid plugged-in CA; keeping the current one", "error", err.Error())
+			return
+		}
+		if err := RecordPluggedIn(ctx, p.Client, p.Namespace, m); err != nil {
+			p.Log.Error("not activating the plugged-in CA: replicas started later could not know of it", "error", err.Error())
 			return
 		}
 		if cur := p.Authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && ca.SameRoots(cur.Roots, m.Roots) {
@@ -90,14 +106,58 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 		AddFunc:    apply,
 		UpdateFunc: func(_, n any) { apply(n) },
 		DeleteFunc: func(any) {
-			p.Log.Warn("plugged-in CA secret deleted; keeping the current CA until restart")
+			p.Log.Error(fmt.Sprintf("secret %s/%s deleted: this replica keeps signing with the plugged-in CA it holds, and replicas started now refuse to start. "+
+				"Restore the secret; or, to switch every replica to the self-signed root in secret %s/%s, delete configmap %s/%s",
+				p.Namespace, PluggedSecretName, p.Namespace, CASecretName, p.Namespace, CASourceConfigMap))
 		},
 	}); err != nil {
 		return err
 	}
+	if _, err := srcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(any) { p.sourceDeleted(ctx) },
+	}); err != nil {
+		return err
+	}
 	f.Start(ctx.Done())
+	srcF.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
+	srcF.WaitForCacheSync(ctx.Done())
 	<-ctx.Done()
 	f.Shutdown()
+	srcF.Shutdown()
 	return nil
+}
+
+// sourceDeleted: the record of the plugged-in CA is gone. With cacerts
+// still there, it is written again; without, the operator has confirmed
+// the switch to istio-ca-secret, which this replica makes.
+func (p *PluggedInCA) sourceDeleted(ctx context.Context) {
+	m, found, err := LoadPluggedIn(ctx, p.Client, p.Namespace, p.Clock.Now())
+	switch {
+	case err != nil && found:
+		p.Log.Error("the plugged-in CA record was deleted and secret cacerts is invalid; keeping the current CA", "error", err.Error())
+		return
+	case err != nil:
+		p.Log.Error("the plugged-in CA record was deleted; could not read secret cacerts; keeping the current CA", "error", err.Error())
+		return
+	case found:
+		if err := RecordPluggedIn(ctx, p.Client, p.Namespace, m); err != nil {
+			p.Log.Error("could not restore the plugged-in CA record", "error", err.Error())
+		}
+		return
+	}
+	if p.SelfSigned == nil {
+		return
+	}
+	m, err = p.SelfSigned(ctx)
+	if err != nil {
+		p.Log.Error("could not switch to the self-signed CA; keeping the current one", "error", err.Error())
+		return
+	}
+	if err := p.Authority.Activate(m); err != nil {
+		p.Log.Error("could not activate the self-signed CA; keeping the current one", "error", err.Error())
+		return
+	}
+	p.Log.Warn(fmt.Sprintf("secret %s/%s and configmap %s/%s deleted: switched to the self-signed CA in secret %s/%s", p.Namespace, PluggedSecretName, p.Namespace, CASourceConfigMap, p.Namespace, CASecretName),
+		"subject", m.Cert.Subject.String())
 }

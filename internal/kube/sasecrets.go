@@ -41,7 +41,9 @@ type SASecrets struct {
 	Clock     ca.Clock
 	Log       *slog.Logger
 	Resync    time.Duration // default 10m
+	Owner     string        // this install (its namespace); default warden-system
 
+	guard  *guard
 	loop   *loop
 	saList corelisters.ServiceAccountLister
 	nsList corelisters.NamespaceLister
@@ -59,6 +61,10 @@ func (c *SASecrets) Run(ctx context.Context) error {
 	if c.Resync == 0 {
 		c.Resync = 10 * time.Minute
 	}
+	if c.Owner == "" {
+		c.Owner = DefaultOwner
+	}
+	c.guard = newGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
 	c.loop = newLoop("sa-secrets", c.Log, c.reconcile)
 	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
 	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -134,6 +140,11 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	if existing != nil && existing.Annotations[SAAnnotation] != name {
 		return 0, nil // not ours: leave it alone
 	}
+	if existing != nil {
+		if ok, retry := c.guard.mayWrite(ns+"/"+secName, existing); !ok {
+			return retry, nil
+		}
+	}
 	sa, err := c.saList.ServiceAccounts(ns).Get(name)
 	if apierrors.IsNotFound(err) {
 		if existing == nil {
@@ -158,6 +169,14 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	root := c.bundlePEM()
 	if existing != nil {
 		if refreshAt, ok := c.fresh(existing, root, now); ok {
+			if !c.guard.owned(existing) {
+				// Written before owners were marked: adopt it as it is.
+				upd := existing.DeepCopy()
+				c.guard.annotate(&upd.ObjectMeta)
+				if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+					return 0, err
+				}
+			}
 			return refreshAt.Sub(now), nil
 		}
 	}
@@ -169,14 +188,14 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: secName, Namespace: ns,
-				Annotations: map[string]string{SAAnnotation: name},
+				Annotations: map[string]string{SAAnnotation: name, OwnerAnnotation: c.guard.owner},
 				OwnerReferences: []metav1.OwnerReference{{
 					APIVersion: "v1", Kind: "ServiceAccount", Name: sa.Name, UID: sa.UID,
 				}},
 			},
 			Type: WorkloadType,
 			Data: data,
-		}, metav1.CreateOptions{})
+		}, metav1.CreateOptions{FieldManager: FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return 0, fmt.Errorf("secret %s/%s appeared meanwhile", ns, secName) // retry against the cache
 		}
@@ -186,7 +205,8 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	} else {
 		upd := existing.DeepCopy()
 		upd.Data = data
-		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{})
+		c.guard.annotate(&upd.ObjectMeta)
+		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err == nil {
 			c.Log.Info("refreshed service account secret", "namespace", ns, "secret", secName)
 		}

@@ -25,6 +25,12 @@ type lockedBuffer = testkit.Buffer
 // waits for its listener.
 func startServe(t *testing.T, ns string) (string, *lockedBuffer) {
 	t.Helper()
+	return startServeAs(t, ns, "replica-a")
+}
+
+// startServeAs is startServe for a named replica.
+func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
+	t.Helper()
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
@@ -33,7 +39,7 @@ func startServe(t *testing.T, ns string) (string, *lockedBuffer) {
 	done := make(chan int, 1)
 	go func() {
 		done <- app.Run(ctx, []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
-			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a"}, logs, logs)
+			"--listen", addr, "--http-listen", "", "--replica-id", replica}, logs, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()

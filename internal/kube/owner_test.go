@@ -1,0 +1,164 @@
+package kube_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/testkit"
+)
+
+func fakeBundle(name string) []byte {
+	return []byte("-----BEGIN CERTIFICATE-----\n" + name + "\n-----END CERTIFICATE-----\n")
+}
+
+// writes counts the updates to a ConfigMap over a period, from its
+// resourceVersion changes seen by polling.
+func writes(t *testing.T, ctx context.Context, ns string, period time.Duration) (n int, last *corev1.ConfigMap) {
+	t.Helper()
+	rv := ""
+	for end := time.Now().Add(period); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cm.ResourceVersion != rv {
+			if rv != "" {
+				n++
+			}
+			rv, last = cm.ResourceVersion, cm
+		}
+	}
+	return n, last
+}
+
+// TestTwoInstallsDoNotFight: two warden installs in one cluster (two
+// publishers with different owners and different roots) used to rewrite
+// every istio-ca-root-cert against each other, thousands of times. Now
+// the ConfigMap belongs to whichever wrote it first; the other leaves it
+// alone and says so, loudly.
+func TestTwoInstallsDoNotFight(t *testing.T) {
+	ctx := testCtx(t)
+	var logA, logB testkit.Buffer
+	a := &kube.BundlePublisher{Client: cs, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+		Log: slog.New(slog.NewTextHandler(&logA, nil))}
+	go func() { _ = a.Run(ctx) }()
+	ns := newNamespace(t, "twoinstalls")
+	eventually(t, 20*time.Second, func() error {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cm.Annotations[kube.OwnerAnnotation] != "install-a" {
+			return fmt.Errorf("owner %q", cm.Annotations[kube.OwnerAnnotation])
+		}
+		return nil
+	})
+	b := &kube.BundlePublisher{Client: cs, Owner: "install-b", Bundle: func() []byte { return fakeBundle("root-b") },
+		Log: slog.New(slog.NewTextHandler(&logB, nil))}
+	go func() { _ = b.Run(ctx) }()
+	n, cm := writes(t, ctx, ns, 3*time.Second)
+	if n > 0 || !bytes.Equal([]byte(cm.Data[kube.BundleKey]), fakeBundle("root-a")) {
+		t.Errorf("the second install wrote the first's ConfigMap: %d writes in 3 s, bundle now %q", n, cm.Data[kube.BundleKey])
+	}
+	if !strings.Contains(logB.String(), "belongs to another warden install (warden.io/owner=install-a)") || !strings.Contains(logB.String(), "level=ERROR") {
+		t.Errorf("the second install did not report the conflict:\n%s", logB.String())
+	}
+	// Deleting the ConfigMap hands it to whichever install gets there
+	// first; the other then backs off in turn.
+	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		_, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		return err
+	})
+	if n, _ := writes(t, ctx, ns, 2*time.Second); n > 1 {
+		t.Errorf("after the deletion the installs wrote the ConfigMap %d times in 2 s", n)
+	}
+}
+
+// TestPublisherBacksOffFromAnotherWriter: a controller that is not warden
+// (as istiod would be) keeps rewriting the bundle; warden repairs it a few
+// times, then stops, names the other writer, and tries again later.
+func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
+	ctx := testCtx(t)
+	var logs testkit.Buffer
+	p := &kube.BundlePublisher{Client: cs, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+		Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	go func() { _ = p.Run(ctx) }()
+	ns := newNamespace(t, "rogue")
+	eventually(t, 20*time.Second, func() error {
+		_, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		return err
+	})
+	rogueWrites := 0
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cm.Data[kube.BundleKey] == "rogue" {
+			continue
+		}
+		cm.Data[kube.BundleKey] = "rogue"
+		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "rogue-ca"}); err == nil {
+			rogueWrites++
+		}
+	}
+	repairs := strings.Count(logs.String(), "repaired trust bundle")
+	t.Logf("the other writer wrote %d times; warden repaired %d times", rogueWrites, repairs)
+	if repairs > 4 {
+		t.Errorf("warden kept fighting: %d repairs in 4 s", repairs)
+	}
+	if !strings.Contains(logs.String(), "keeps being changed by another writer (last: rogue-ca)") {
+		t.Errorf("the fight was not reported with the other writer's name:\n%s", logs.String())
+	}
+}
+
+// TestSASecretsBelongToOneInstall: the istio.<sa> Secrets too are left
+// alone by a second install with another CA, instead of being re-issued
+// by each in turn.
+func TestSASecretsBelongToOneInstall(t *testing.T) {
+	ctx := testCtx(t)
+	var logB testkit.Buffer
+	a := &kube.SASecrets{Client: cs, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
+	go func() { _ = a.Run(ctx) }()
+	ns := newNamespace(t, "sasowner")
+	newSA(t, ns, "sleep")
+	var first *corev1.Secret
+	eventually(t, 20*time.Second, func() (err error) {
+		first, err = cs.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+		return err
+	})
+	if first.Annotations[kube.OwnerAnnotation] != "install-a" {
+		t.Fatalf("owner annotation %q", first.Annotations[kube.OwnerAnnotation])
+	}
+	b := &kube.SASecrets{Client: cs, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
+		Log: slog.New(slog.NewTextHandler(&logB, nil))}
+	go func() { _ = b.Run(ctx) }()
+	eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(logB.String(), "Secret "+ns+"/istio.sleep belongs to another warden install") {
+			return fmt.Errorf("no conflict reported yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	now, err := cs.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.ResourceVersion != first.ResourceVersion {
+		t.Errorf("the second install rewrote the first's Secret")
+	}
+}
