@@ -51,6 +51,8 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
 	watch   []watcher // consumers added after construction (Watch)
+	renewMu sync.Mutex
+	renewCh chan struct{} // closed by RenewAll
 }
 
 type watcher struct {
@@ -220,12 +222,17 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 	cur := c.entries[id].svid
 	c.mu.Unlock()
 	wait := c.RefreshAt(cur).Sub(c.cfg.Clock.Now())
+	renew := c.renewSignal()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.cfg.Clock.After(wait):
+		case <-renew:
+			c.cfg.Log.Info("renewing SVID early: the CA signs under a new root", "id", id.String())
 		}
+		// Taken before the fetch: a RenewAll during it fires at once.
+		renew = c.renewSignal()
 		if c.dropIdle(id, cur) {
 			return
 		}
@@ -251,6 +258,28 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 		c.notify(svid)
 		wait = c.RefreshAt(svid).Sub(c.cfg.Clock.Now())
 	}
+}
+
+// renewSignal is closed by the next RenewAll.
+func (c *Cache) renewSignal() <-chan struct{} {
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
+	if c.renewCh == nil {
+		c.renewCh = make(chan struct{})
+	}
+	return c.renewCh
+}
+
+// RenewAll has every SVID fetched again now instead of at half-life: a
+// root rotation has moved signing to a new root, and leaves under it
+// should replace the old ones before the old root is retired.
+func (c *Cache) RenewAll() {
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
+	if c.renewCh != nil {
+		close(c.renewCh)
+	}
+	c.renewCh = make(chan struct{})
 }
 
 // dropIdle removes id's entry when no stream serves it and nobody asked

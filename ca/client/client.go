@@ -21,6 +21,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/sds"
 )
 
 // Config describes how to reach the CA.
@@ -81,6 +82,19 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
 	}
 	return &Client{conn: conn, pb: pb.NewIstioCertificateServiceClient(conn)}, nil
+}
+
+// Conn is the client's connection to the CA port, which also serves SDS
+// and ADS (an agent follows the trust bundle over it).
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// ClientCert is a tls.Certificate for an SVID.
+func ClientCert(s *sds.SVID) *tls.Certificate {
+	tc := &tls.Certificate{PrivateKey: s.Key, Leaf: s.Certs[0]}
+	for _, c := range s.Certs {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc
 }
 
 // Close closes the connection.

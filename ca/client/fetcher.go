@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -22,8 +21,11 @@ import (
 // the token of the SDS caller (node-agent mode, read from the incoming
 // call's metadata) or the workload's service-account token file.
 type Fetcher struct {
-	Addr       string
-	Roots      *x509.CertPool // trust anchors for the CA's TLS certificate
+	Addr  string
+	Roots *x509.CertPool // trust anchors for the CA's TLS certificate
+	// RootPool, when set, is asked for the trust anchors at every
+	// connection instead (they follow the bundle through a rotation).
+	RootPool   func() *x509.CertPool
 	ServerName string
 	ServerID   spiffeid.ID // the CA's required identity (see Config.ServerID)
 	TokenFile  string      // projected service-account token
@@ -39,17 +41,16 @@ var _ sds.Fetcher = (*Fetcher)(nil)
 // token carries.
 func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) {
 	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName, ServerID: f.ServerID}
+	if f.RootPool != nil {
+		cfg.Roots = f.RootPool()
+	}
 	var tok string
 	var cur *sds.SVID
 	if f.Current != nil && !id.IsZero() {
 		cur = f.Current(id)
 	}
 	if cur != nil {
-		tc := &tls.Certificate{PrivateKey: cur.Key, Leaf: cur.Certs[0]}
-		for _, c := range cur.Certs {
-			tc.Certificate = append(tc.Certificate, c.Raw)
-		}
-		cfg.ClientCert = tc
+		cfg.ClientCert = ClientCert(cur)
 	} else {
 		var err error
 		if tok, err = f.token(ctx); err != nil {

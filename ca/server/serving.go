@@ -8,10 +8,19 @@ import (
 	"github.com/wardenmesh/warden/ca"
 )
 
+// ServingIssuer issues warden's serving certificate: the Authority, or
+// during a root rotation the material that stays trusted longest.
+type ServingIssuer interface {
+	Material() *ca.Material
+	IssueServing(ca.ServingOptions) (*tls.Certificate, error)
+}
+
+var _ ServingIssuer = (*ca.Authority)(nil)
+
 // ServingCert is warden's own TLS certificate, issued by its CA and
 // re-issued once half its lifetime has passed (or the CA material changed).
 type ServingCert struct {
-	Authority *ca.Authority
+	Authority ServingIssuer
 	Options   ca.ServingOptions
 	Clock     ca.Clock
 

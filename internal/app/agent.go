@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -77,7 +76,8 @@ type agent struct {
 	sds       *sdsserver.Server
 	wapi      *sdsserver.WorkloadAPI
 	fileRoots []*x509.Certificate
-	bundles   *ca.Bundles // the trust anchors file plus the roots the CA names
+	bundles   *ca.Bundles // the CA's bundle as followed (followBundle); until then the trust anchors file plus the roots the CA names
+	streamed  []*x509.Certificate
 	mu        sync.Mutex
 	self      *sds.SVID           // the workload's SVID (single-workload mode)
 	tokens    caserver.TokenCache // node agent: token hash -> identity
@@ -102,7 +102,7 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if err != nil {
 		return nil, err
 	}
-	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, ServerName: f.serverName, ServerID: serverID, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
+	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, RootPool: a.caPool, ServerName: f.serverName, ServerID: serverID, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
 	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated})
 	if err != nil {
 		return nil, err
@@ -128,9 +128,10 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if f.wapiSocket != "" && !f.nodeAgent {
 		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots}
 	}
-	// A new root the CA names reaches every SDS stream's ROOTCA (the
-	// Workload API and the files follow with the SVID that brought it).
-	a.bundles.Subscribe(func([]*x509.Certificate) { a.sds.RootsChanged() })
+	// A new bundle reaches every SDS stream's ROOTCA, the Workload API and
+	// the files; when the CA signs under a root the SVID does not chain
+	// to (a rotation activated), the SVID is renewed at once.
+	a.bundles.Subscribe(a.rootsChanged)
 	return a, nil
 }
 
@@ -145,7 +146,13 @@ func (a *agent) updated(s *sds.SVID) {
 	if a.sds != nil {
 		a.sds.Updated(s)
 	}
-	a.bundles.Set(mergeRoots(a.fileRoots, s.Roots))
+	a.mu.Lock()
+	if a.streamed == nil {
+		a.mu.Unlock()
+		a.bundles.Set(ca.MergeRoots(a.fileRoots, s.Roots))
+	} else {
+		a.mu.Unlock()
+	}
 	if a.wapi != nil {
 		a.wapi.Updated()
 	}
@@ -165,17 +172,6 @@ func (a *agent) current() *sds.SVID {
 // roots is the bundle: the trust anchors file plus the roots the CA last
 // named.
 func (a *agent) roots() []*x509.Certificate { return a.bundles.Roots() }
-
-// mergeRoots is a followed by those of b it lacks.
-func mergeRoots(a, b []*x509.Certificate) []*x509.Certificate {
-	out := append([]*x509.Certificate{}, a...)
-	for _, r := range b {
-		if !slices.ContainsFunc(out, r.Equal) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
 
 // identifyByToken (node-agent mode) learns a stream's identity by having
 // the CA check its token: the answer is a certificate for exactly that
@@ -244,6 +240,9 @@ func (a *agent) run(ctx context.Context) error {
 		if err := serve(a.f.wapiSocket, a.wapi.Register); err != nil {
 			return fmt.Errorf("workload API socket: %w", err)
 		}
+	}
+	if !a.f.nodeAgent {
+		g.Go(func() error { a.followBundle(ctx); return nil })
 	}
 	err := g.Wait()
 	a.cache.Wait() // no rotation or file write after we return

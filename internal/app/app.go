@@ -38,6 +38,7 @@ func commands() []command {
 		{"agent", "node agent: get and rotate workload certificates, serve them over SDS and the Workload API", runAgent},
 		{"token", "mint a workload token (standalone mode)", runToken},
 		{"ca info", "show the CA's root, expiry and chain", runCAInfo},
+		{"ca rotate", "rotate the self-signed root of a running serve: prepare, publish, activate, retire (abort, --status)", runCARotate},
 		{"cert request", "get a workload certificate from the CA", runCertRequest},
 		{"cert inspect", "show the SPIFFE ID, validity and issuer of certificates in a PEM file", runCertInspect},
 		{"bench ca", "load-test the CA API: certs/s and latency", runBenchCA},

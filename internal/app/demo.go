@@ -51,6 +51,8 @@ func (d *demoFlags) bootstrap() ([]byte, error) {
 		"private_key_file":    filepath.Join(d.certs, sds.FileKey),
 		"ca_certificate_file": filepath.Join(d.certs, sds.FileRootCert),
 	}
+	// Both the data plane's certificates and the xDS channel's are
+	// re-read every 5 s: the agent rewrites them at every renewal.
 	provider := map[string]any{"refresh_interval": "5s"}
 	for k, v := range files {
 		provider[k] = v
@@ -58,7 +60,7 @@ func (d *demoFlags) bootstrap() ([]byte, error) {
 	return json.Marshal(map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      d.xdsAddr,
-			"channel_creds":   []any{map[string]any{"type": "tls", "config": files}},
+			"channel_creds":   []any{map[string]any{"type": "tls", "config": provider}},
 			"server_features": []string{"xds_v3"},
 		}},
 		"node":                                   map[string]any{"id": d.node, "metadata": map[string]string{"GENERATOR": "grpc"}},
@@ -157,6 +159,7 @@ func runDemoClient(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&target, "target", "xds:///flaskapp.default.svc.cluster.local:8080", "xds:/// target to call")
 	fs.IntVar(&n, "n", 10, "number of calls")
 	fs.DurationVar(&every, "every", 0, "pause between calls")
+	newConn := fs.Bool("new-conn", false, "a new connection (and TLS handshake, with the certificates on disk now) for every call, which fails at once instead of waiting for a ready connection")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -183,23 +186,37 @@ func runDemoClient(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cc, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds), grpc.WithResolvers(resolver))
+	dial := func() (*grpc.ClientConn, error) {
+		return grpc.NewClient(target, grpc.WithTransportCredentials(creds), grpc.WithResolvers(resolver))
+	}
+	cc, err := dial()
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	client := testgrpc.NewTestServiceClient(cc)
 	counts := map[string]int{}
 	failed := 0
 	for i := 1; i <= n; i++ {
 		cctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, md...), 10*time.Second)
 		var p peer.Peer
 		resp := &testgrpc.SimpleResponse{ServerId: "EmptyCall", Hostname: "-"}
+		conn, ready := cc, grpc.WaitForReady(true)
+		if *newConn {
+			if conn, err = dial(); err != nil {
+				cancel()
+				return err
+			}
+			ready = grpc.WaitForReady(false)
+		}
+		client := testgrpc.NewTestServiceClient(conn)
 		var err error
 		if rpc == "unary" {
-			resp, err = client.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.Peer(&p), grpc.WaitForReady(true))
+			resp, err = client.UnaryCall(cctx, &testgrpc.SimpleRequest{}, grpc.Peer(&p), ready)
 		} else {
-			_, err = client.EmptyCall(cctx, &testgrpc.Empty{}, grpc.Peer(&p), grpc.WaitForReady(true))
+			_, err = client.EmptyCall(cctx, &testgrpc.Empty{}, grpc.Peer(&p), ready)
+		}
+		if *newConn {
+			conn.Close()
 		}
 		cancel()
 		if err != nil {

@@ -21,6 +21,12 @@ type meshFixture struct {
 // the identities ("ns/sa").
 func startMesh(t *testing.T, files []string, extra map[string]string, idents ...string) *meshFixture {
 	t.Helper()
+	return startMeshWith(t, files, extra, nil, idents...)
+}
+
+// startMeshWith is startMesh with more flags for warden serve.
+func startMeshWith(t *testing.T, files []string, extra map[string]string, serveFlags []string, idents ...string) *meshFixture {
+	t.Helper()
 	m := &meshFixture{dir: t.TempDir(), certs: map[string]string{}}
 	m.data, m.mesh = filepath.Join(m.dir, "data"), filepath.Join(m.dir, "mesh")
 	_, m.port, _ = net.SplitHostPort(freeAddr(t))
@@ -41,7 +47,7 @@ func startMesh(t *testing.T, files []string, extra map[string]string, idents ...
 	for name, content := range extra {
 		os.WriteFile(filepath.Join(m.mesh, name), []byte(content), 0o644)
 	}
-	m.addr, _ = serve(t, m.data, "--config-dir", m.mesh, "--push-debounce", "20ms")
+	m.addr, _ = serve(t, m.data, append([]string{"--config-dir", m.mesh, "--push-debounce", "20ms"}, serveFlags...)...)
 	for _, id := range idents {
 		ns, sa, _ := strings.Cut(id, "/")
 		code, tok, stderr := run(t, "token", "--data-dir", m.data, "--ns", ns, "--sa", sa)

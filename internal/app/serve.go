@@ -50,6 +50,8 @@ type serveFlags struct {
 	configDir                            string
 	debounce                             time.Duration
 	limits                               server.LimitConfig
+	autoRotate                           float64
+	rotationGrace                        time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
 	mesh                                 meshPolicyFlags
@@ -81,6 +83,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
+	fs.Float64Var(&f.autoRotate, "auto-rotate-root", 0.2, "standalone self-signed root: rotate it automatically when less than this fraction of its lifetime remains (0: never)")
+	fs.DurationVar(&f.rotationGrace, "rotation-grace", 10*time.Minute, "root rotation: least time between publishing the new root and signing with it, for consumers that poll files (gRPC's file_watcher polls every 10m by default)")
 	f.limits = server.DefaultLimits()
 	fs.IntVar(&f.limits.ConnsPerPeer, "max-conns-per-peer", f.limits.ConnsPerPeer, "open connections one IP address may hold on the CA port; further ones are closed at once (0: no limit)")
 	fs.Float64Var(&f.limits.ConnRatePerPeer, "max-conn-rate-per-peer", f.limits.ConnRatePerPeer, "new connections a second one IP address may open on the CA port, in bursts of twice as many (0: no limit)")
@@ -120,6 +124,7 @@ type controlPlane struct {
 	grpc      *grpc.Server
 	caLis     net.Listener
 	limiter   *server.Limiter // the CA port's per-peer limits
+	rotator   *rotator        // the self-signed root's rotation (standalone)
 	http      *http.Server
 	httpLis   net.Listener
 }
@@ -276,6 +281,16 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		if s.authority, err = ca.New(o.caCfg, m); err != nil {
 			return nil, err
 		}
+		if f.pluggedIn == "" {
+			rootOpts := o.rootOpts
+			s.rotator = newRotator(s.log, o.clock, s.authority, o.caCfg, &dirRotation{dir: f.dataDir, clock: o.clock},
+				func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, f.rotationGrace, f.autoRotate)
+			if err := s.rotator.load(ctx, m); err != nil {
+				return nil, fmt.Errorf("CA store %s: %w", f.dataDir, err)
+			}
+			dir := f.dataDir
+			s.tasks = append(s.tasks, s.rotator.run, func(ctx context.Context) error { return s.rotator.serveAdmin(ctx, dir) })
+		}
 	}
 	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true, f.allowNewTokenKey); err != nil {
 		return nil, err
@@ -294,7 +309,11 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	if err != nil {
 		return err
 	}
-	serving := &server.ServingCert{Authority: authority, Clock: o.clock, Options: o.serving}
+	var issuer server.ServingIssuer = authority
+	if s.rotator != nil {
+		issuer = s.rotator.serving
+	}
+	serving := &server.ServingCert{Authority: issuer, Clock: o.clock, Options: o.serving}
 	if _, err := serving.Current(); err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
@@ -342,6 +361,13 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 		central.RootsChanged()
 		ads.RootsChanged(context.Background())
 	})
+	if s.rotator != nil {
+		// A rotation activates once every stream holds the new root, and
+		// then renews every leaf the servers hold.
+		s.rotator.consumers["sds"] = central.Missing
+		s.rotator.consumers["ads"] = ads.Missing
+		s.rotator.reissue = append(s.rotator.reissue, sdsCache.RenewAll)
+	}
 
 	s.grpc = g
 	return nil
@@ -370,7 +396,7 @@ func (s *controlPlane) httpHandler() http.Handler {
 			_, _ = w.Write(jwks)
 		})
 	}
-	mux.Handle("GET /metrics", metricsHandler(s.authority, ca.SystemClock{}))
+	mux.Handle("GET /metrics", metricsHandler(s.authority, ca.SystemClock{}, s.rotator))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {

@@ -45,6 +45,13 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 	if err := filestore.CheckDir(src.dataDir); err != nil {
 		return nil, "", err
 	}
+	// A rotation that was replacing the store's files when warden died
+	// is finished first.
+	if done, err := recoverRetire(ctx, src.dataDir, clock); err != nil {
+		return nil, "", fmt.Errorf("CA store %s: finishing a root rotation: %w", src.dataDir, err)
+	} else if done {
+		origin = "root rotation finished after a restart; "
+	}
 	mk, err := filestore.ReadMarker(src.dataDir)
 	if err != nil {
 		return nil, "", err
@@ -70,7 +77,7 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 			return nil, "", err
 		}
 	}
-	origin = "self-signed root loaded from " + src.dataDir
+	origin += "self-signed root loaded from " + src.dataDir
 	if created {
 		origin = "new self-signed root created in " + src.dataDir
 	}

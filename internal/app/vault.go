@@ -166,7 +166,7 @@ func writeRootCert(dataDir string, roots []*x509.Certificate) error {
 
 // metricsHandler serves warden serve's Prometheus metrics from a private
 // registry.
-func metricsHandler(authority *ca.Authority, clock ca.Clock) http.Handler {
+func metricsHandler(authority *ca.Authority, clock ca.Clock, rot *rotator) http.Handler {
 	reg := prometheus.NewRegistry()
 	// The Go runtime's and the process's own: heap, goroutines, RSS, CPU.
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -180,5 +180,14 @@ func metricsHandler(authority *ca.Authority, clock ca.Clock) http.Handler {
 		}
 		return m.NotAfter().Sub(clock.Now()).Seconds()
 	}))
+	if rot != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "warden_ca_rotation_phase",
+			Help: "Phase of the root rotation in progress: 0 none, 1 prepared, 2 published, 3 activated.",
+		}, rot.phaseIndex), prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "warden_ca_root_rotations_started_total",
+			Help: "Root rotations started, by request or automatically, since this process started.",
+		}, func() float64 { return float64(rot.started.Load()) }))
+	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

@@ -10,14 +10,24 @@
 // Each stream is tied to one identity, established when it opens (the
 // node agent's own workload, or the caller's token). Resource names are
 // "default" (the identity's certificate and key), "ROOTCA" (the trust
-// bundle), or the identity's own SPIFFE ID; any other name is refused.
+// bundle), or the identity's own SPIFFE ID; any other name is refused. A
+// stream whose first request names ROOTCA alone is a bundle stream: it
+// gets the bundle and no certificate is issued for it (a node agent
+// following the bundle).
+//
+// The server remembers which roots each stream last ACKed, so that a root
+// rotation can wait until every stream holds the new root (Missing).
 package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,11 +69,36 @@ type Server struct {
 	xds      xds.Server
 	version  atomic.Uint64
 	mu       sync.Mutex
-	streams  map[int64]spiffeid.ID
-	sent     map[int64]string    // last version sent on each SotW stream
-	idents   map[spiffeid.ID]int // open streams per identity
-	building sync.Mutex          // serialises snapshot builds
+	streams  map[int64]*stream
+	idents   map[spiffeid.ID]int // open certificate streams per identity
+	versions map[string][]string // snapshot version -> fingerprints of its ROOTCA roots (the last maxVersions)
+	order    []string
+	building sync.Mutex // serialises snapshot builds
 }
+
+type stream struct {
+	id    spiffeid.ID
+	ctx   context.Context
+	kind  streamKind
+	sent  string   // last version sent (SotW NACK handling)
+	nonce string   // last delta response nonce, and its version
+	nver  string   //
+	acked []string // fingerprints of the roots last ACKed
+}
+
+type streamKind int
+
+const (
+	kindUnbound streamKind = iota // no request yet
+	kindCert                      // certificates (and maybe ROOTCA)
+	kindBundle                    // ROOTCA only
+)
+
+// bundleKey is the snapshot every bundle stream shares.
+const bundleKey = "warden~bundle"
+
+// maxVersions bounds the version -> roots memory.
+const maxVersions = 4096
 
 // New makes a server. Call Register to add it to a gRPC server, and
 // sds.Config.OnUpdate = s.Updated so rotations are pushed.
@@ -74,9 +109,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, streams: map[int64]spiffeid.ID{}, sent: map[int64]string{}, idents: map[spiffeid.ID]int{}}
+	s := &Server{cfg: cfg, streams: map[int64]*stream{}, idents: map[spiffeid.ID]int{}, versions: map[string][]string{}}
 	s.snaps = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.xds = xds.NewServer(ctx, s.snaps, s.callbacks())
+	if err := s.publishBundle(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -94,6 +132,9 @@ func (s *Server) Updated(svid *sds.SVID) {
 
 // RootsChanged pushes the current bundle to every ROOTCA watcher.
 func (s *Server) RootsChanged() {
+	if err := s.publishBundle(context.Background()); err != nil {
+		s.cfg.Log.Error("sds: cannot publish the bundle", "error", err.Error())
+	}
 	s.mu.Lock()
 	ids := make([]spiffeid.ID, 0, len(s.idents))
 	for id := range s.idents {
@@ -119,17 +160,89 @@ func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) er
 	if err != nil {
 		return err
 	}
-	root, err := sds.ValidationContext(sds.RootName, s.cfg.Roots())
+	roots := s.cfg.Roots()
+	root, err := sds.ValidationContext(sds.RootName, roots)
 	if err != nil {
 		return err
 	}
-	snap, err := cachev3.NewSnapshot(strconv.FormatUint(s.version.Add(1), 10), map[resource.Type][]types.Resource{
+	version := s.newVersion(roots)
+	snap, err := cachev3.NewSnapshot(version, map[resource.Type][]types.Resource{
 		resource.SecretType: {def, named, root},
 	})
 	if err != nil {
 		return err
 	}
 	return s.snaps.SetSnapshot(ctx, id.String(), snap)
+}
+
+// publishBundle builds the bundle streams' snapshot.
+func (s *Server) publishBundle(ctx context.Context) error {
+	s.building.Lock()
+	defer s.building.Unlock()
+	roots := s.cfg.Roots()
+	if len(roots) == 0 {
+		return nil
+	}
+	root, err := sds.ValidationContext(sds.RootName, roots)
+	if err != nil {
+		return err
+	}
+	snap, err := cachev3.NewSnapshot(s.newVersion(roots), map[resource.Type][]types.Resource{resource.SecretType: {root}})
+	if err != nil {
+		return err
+	}
+	return s.snaps.SetSnapshot(ctx, bundleKey, snap)
+}
+
+// newVersion numbers a snapshot and remembers the roots it carries.
+func (s *Server) newVersion(roots []*x509.Certificate) string {
+	v := strconv.FormatUint(s.version.Add(1), 10)
+	fps := make([]string, len(roots))
+	for i, r := range roots {
+		fps[i] = Fingerprint(r)
+	}
+	s.mu.Lock()
+	s.versions[v] = fps
+	s.order = append(s.order, v)
+	if len(s.order) > maxVersions {
+		delete(s.versions, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.mu.Unlock()
+	return v
+}
+
+// Fingerprint is the hex SHA-256 of a certificate, as Missing takes it.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// ack records that a stream accepted version (s.mu held).
+func (s *Server) ack(st *stream, version string) {
+	if fps, ok := s.versions[version]; ok {
+		st.acked = fps
+	}
+}
+
+// Missing reports, of the open streams that asked for ROOTCA's holder
+// (every stream past its first request), how many there are and which
+// have not ACKed a bundle holding the root with fingerprint fp: a root
+// rotation waits for them. Names are "<SPIFFE ID> (stream N)".
+func (s *Server) Missing(fp string) (total int, missing []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n, st := range s.streams {
+		if st.kind == kindUnbound {
+			continue
+		}
+		total++
+		if !slices.Contains(st.acked, fp) {
+			missing = append(missing, fmt.Sprintf("%s (sds stream %d)", st.id, n))
+		}
+	}
+	slices.Sort(missing)
+	return total, missing
 }
 
 // identify runs the configured Identify for a stream or a fetch. An error
@@ -146,24 +259,37 @@ func (s *Server) identify(ctx context.Context) (spiffeid.ID, error) {
 	return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+err.Error())
 }
 
-// open authenticates a new stream and makes sure its identity's snapshot
-// exists.
+// open authenticates a new stream; its first request says what it is for
+// (bind).
 func (s *Server) open(ctx context.Context, streamID int64) error {
 	id, err := s.identify(ctx)
 	if err != nil {
 		return err
 	}
-	svid, err := s.cfg.Cache.Get(ctx, id)
+	s.mu.Lock()
+	s.streams[streamID] = &stream{id: id, ctx: ctx}
+	s.mu.Unlock()
+	return nil
+}
+
+// certificates makes a stream a certificate stream: its identity's
+// certificate is fetched (issued if need be) and its snapshot built.
+func (s *Server) certificates(st *stream) error {
+	svid, err := s.cfg.Cache.Get(st.ctx, st.id)
 	if err != nil {
-		return status.Errorf(codes.Unavailable, "sds: no certificate for %s yet: %v", id, err)
+		return status.Errorf(codes.Unavailable, "sds: no certificate for %s yet: %v", st.id, err)
 	}
 	s.mu.Lock()
-	s.streams[streamID] = id
-	first := s.idents[id] == 0
-	s.idents[id]++
+	if st.kind != kindUnbound {
+		s.mu.Unlock()
+		return nil
+	}
+	st.kind = kindCert
+	first := s.idents[st.id] == 0
+	s.idents[st.id]++
 	s.mu.Unlock()
 	if first {
-		return s.publish(ctx, id, svid)
+		return s.publish(st.ctx, st.id, svid)
 	}
 	return nil
 }
@@ -171,18 +297,20 @@ func (s *Server) open(ctx context.Context, streamID int64) error {
 func (s *Server) closed(streamID int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	id, ok := s.streams[streamID]
+	st, ok := s.streams[streamID]
 	if !ok {
 		return
 	}
 	delete(s.streams, streamID)
-	delete(s.sent, streamID)
-	if s.idents[id]--; s.idents[id] == 0 {
-		delete(s.idents, id)
+	if st.kind != kindCert {
+		return
+	}
+	if s.idents[st.id]--; s.idents[st.id] == 0 {
+		delete(s.idents, st.id)
 		// The key is in the snapshot: keep it no longer than a stream
 		// needs it. Under s.mu, so that a stream opening now (which
 		// publishes afresh, being first) cannot lose its snapshot.
-		s.snaps.ClearSnapshot(id.String())
+		s.snaps.ClearSnapshot(st.id.String())
 	}
 }
 
@@ -209,20 +337,43 @@ func checkNames(id spiffeid.ID, names []string) error {
 }
 
 // bind points a request at its stream's identity, whatever node it names,
-// so a proxy can only ever be served its own secrets.
-func (s *Server) bind(streamID int64, node **corev3.Node) (spiffeid.ID, error) {
+// so a proxy can only ever be served its own secrets. The first request
+// decides the stream's kind: ROOTCA alone makes a bundle stream, anything
+// else a certificate stream.
+func (s *Server) bind(streamID int64, node **corev3.Node, names []string) (*stream, error) {
 	s.mu.Lock()
-	id, ok := s.streams[streamID]
+	st, ok := s.streams[streamID]
 	s.mu.Unlock()
 	if !ok {
-		return id, status.Error(codes.Unauthenticated, "sds: stream not authenticated")
+		return nil, status.Error(codes.Unauthenticated, "sds: stream not authenticated")
 	}
-	n := &corev3.Node{Id: id.String()}
+	if err := checkNames(st.id, names); err != nil {
+		return nil, err
+	}
+	bundleOnly := len(names) > 0 && !slices.ContainsFunc(names, func(n string) bool { return n != sds.RootName })
+	s.mu.Lock()
+	kind := st.kind
+	if kind == kindUnbound && bundleOnly {
+		st.kind, kind = kindBundle, kindBundle
+	}
+	s.mu.Unlock()
+	switch {
+	case kind == kindUnbound:
+		if err := s.certificates(st); err != nil {
+			return nil, err
+		}
+	case kind == kindBundle && !bundleOnly:
+		return nil, status.Errorf(codes.InvalidArgument, "sds: this stream asked for %q alone first; open another stream for certificates", sds.RootName)
+	}
+	n := &corev3.Node{Id: st.id.String()}
+	if kind == kindBundle {
+		n.Id = bundleKey
+	}
 	if *node != nil {
 		n.Cluster, n.Metadata = (*node).Cluster, (*node).Metadata
 	}
 	*node = n
-	return id, nil
+	return st, nil
 }
 
 // nack logs a rejected push.
@@ -244,38 +395,57 @@ func (s *Server) callbacks() xds.Callbacks {
 		},
 		DeltaStreamClosedFunc: func(streamID int64, _ *corev3.Node) { s.closed(streamID) },
 		StreamRequestFunc: func(streamID int64, req *discovery.DiscoveryRequest) error {
-			id, err := s.bind(streamID, &req.Node)
+			st, err := s.bind(streamID, &req.Node, req.ResourceNames)
 			if err != nil {
 				return err
 			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
 			if req.ErrorDetail != nil {
 				// A NACK names the last version the proxy accepted, so the
 				// snapshot cache would answer with the rejected version at
 				// once, and the proxy would reject it again, forever.
 				// Treat the rejected version as seen: the next change is
 				// pushed, the same one never again.
-				s.mu.Lock()
-				rejected := s.sent[streamID]
-				s.mu.Unlock()
-				s.nack(id, rejected, req.ErrorDetail.GetMessage())
+				rejected := st.sent
+				s.nack(st.id, rejected, req.ErrorDetail.GetMessage())
 				req.VersionInfo = rejected
+				return nil
 			}
-			return checkNames(id, req.ResourceNames)
+			if req.VersionInfo != "" && req.ResponseNonce != "" {
+				s.ack(st, req.VersionInfo)
+			}
+			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, streamID int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			s.mu.Lock()
-			s.sent[streamID] = resp.VersionInfo
+			if st := s.streams[streamID]; st != nil {
+				st.sent = resp.VersionInfo
+			}
 			s.mu.Unlock()
 		},
 		StreamDeltaRequestFunc: func(streamID int64, req *discovery.DeltaDiscoveryRequest) error {
-			id, err := s.bind(streamID, &req.Node)
+			st, err := s.bind(streamID, &req.Node, req.ResourceNamesSubscribe)
 			if err != nil {
 				return err
 			}
 			if req.ErrorDetail != nil {
-				s.nack(id, req.ResponseNonce, req.ErrorDetail.GetMessage())
+				s.nack(st.id, req.ResponseNonce, req.ErrorDetail.GetMessage())
+				return nil
 			}
-			return checkNames(id, req.ResourceNamesSubscribe)
+			s.mu.Lock()
+			if req.ResponseNonce != "" && req.ResponseNonce == st.nonce {
+				s.ack(st, st.nver)
+			}
+			s.mu.Unlock()
+			return nil
+		},
+		StreamDeltaResponseFunc: func(streamID int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			s.mu.Lock()
+			if st := s.streams[streamID]; st != nil {
+				st.nonce, st.nver = resp.Nonce, resp.SystemVersionInfo
+			}
+			s.mu.Unlock()
 		},
 		FetchRequestFunc: func(ctx context.Context, req *discovery.DiscoveryRequest) error {
 			id, err := s.identify(ctx)

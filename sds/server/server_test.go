@@ -494,3 +494,72 @@ func TestIdentifyErrorsKeepTheirCode(t *testing.T) {
 		}
 	}
 }
+
+// TestBundleStreamsAndMissing: a stream asking for ROOTCA alone gets the
+// bundle without a certificate being issued; when a root is added, Missing
+// names every stream until it has ACKed a bundle holding it (a stream that
+// never ACKs stays missing), and a bundle stream cannot then ask for a
+// certificate.
+func TestBundleStreamsAndMissing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, server.FixedIdentify(sleepID))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bundle, err := f.envoy(t, ctx, sds.RootName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := recvWithin(t, bundle, 10*time.Second)
+	if _, ok := got[sds.DefaultName]; ok || got[sds.RootName] == nil || len(got) != 1 {
+		t.Fatalf("a bundle stream got %d secrets", len(got))
+	}
+	if f.srv.InUse(sleepID) {
+		t.Fatal("a bundle stream counts as a certificate stream")
+	}
+	certs, err := f.envoy(t, ctx, sds.DefaultName, sds.RootName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvWithin(t, certs, 10*time.Second)
+	// A stream that receives but never ACKs.
+	mute, err := f.envoy(t, ctx, sds.RootName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mute.stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	next := catest.Root(t, ca.CAOptions{CommonName: "next root"})
+	fp := server.Fingerprint(next.Cert)
+	if total, missing := f.srv.Missing(fp); total != 3 || len(missing) != 3 {
+		t.Fatalf("before the new root: %d streams, missing %v", total, missing)
+	}
+	m := f.authority.Material()
+	if err := f.authority.Activate(&ca.Material{Cert: m.Cert, Key: m.Key, Chain: m.Chain, Roots: append(append([]*x509.Certificate{}, m.Roots...), next.Cert)}); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.RootsChanged()
+	for _, e := range []*envoy{bundle, certs} {
+		got, _ := recvWithin(t, e, 10*time.Second)
+		if roots, _ := ca.ParseCerts(got[sds.RootName].GetValidationContext().GetTrustedCa().GetInlineBytes()); len(roots) != 2 {
+			t.Fatalf("ROOTCA holds %d roots", len(roots))
+		}
+	}
+	var missing []string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, missing = f.srv.Missing(fp); len(missing) == 1 {
+			break
+		}
+	}
+	if len(missing) != 1 || !strings.Contains(missing[0], sleepID.String()) {
+		t.Fatalf("missing %v, want only the stream that never ACKs", missing)
+	}
+
+	if err := bundle.stream.Send(&discovery.DiscoveryRequest{ResourceNames: []string{sds.DefaultName}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bundle.stream.Recv(); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a bundle stream asking for a certificate: %v", err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/wardenmesh/warden/xds"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -66,6 +68,10 @@ type Server struct {
 	streams  map[int64]*streamState
 	reported map[string]bool // compiler reports already logged
 
+	rootsMu    sync.Mutex
+	rootsOf    map[string][]string // secrets version -> fingerprints of its ROOTCA roots
+	rootsOrder []string
+
 	pendMu     sync.Mutex
 	pending    *update
 	timer      *time.Timer
@@ -109,6 +115,10 @@ type streamState struct {
 	id   spiffeid.ID
 	node string
 	sent map[string]string // type -> last version sent (SotW NACK handling)
+	// Secrets: the delta nonce last sent with its version, and the
+	// fingerprints of the ROOTCA roots last ACKed.
+	secretNonce, secretVersion string
+	acked                      []string
 }
 
 var typeOrder = [4]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
@@ -393,6 +403,7 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 		v := hashResources(secrets)
 		snap.Resources[cachev3.GetResponseType(resource.SecretType)] = cachev3.NewResources(v, secrets)
 		versions[resource.SecretType] = v
+		s.rememberRoots(v, secrets)
 	}
 	return snap, versions, append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...), nil
 }
@@ -472,6 +483,92 @@ func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
 			s.cfg.Log.Error("xds: push", "node", p.proxy.ID, "error", err.Error())
 		}
 	}
+}
+
+// maxRootsVersions bounds the secrets version -> roots memory.
+const maxRootsVersions = 4096
+
+// rememberRoots notes which roots the secrets of version v carry.
+func (s *Server) rememberRoots(v string, secrets []types.Resource) {
+	s.rootsMu.Lock()
+	defer s.rootsMu.Unlock()
+	if s.rootsOf == nil {
+		s.rootsOf = map[string][]string{}
+	}
+	if _, ok := s.rootsOf[v]; ok {
+		return
+	}
+	var fps []string
+	for _, r := range secrets {
+		sec, ok := r.(*tlsv3.Secret)
+		if !ok || sec.GetValidationContext() == nil {
+			continue
+		}
+		for _, der := range pemBlocks(sec.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
+			sum := sha256.Sum256(der)
+			fps = append(fps, hex.EncodeToString(sum[:]))
+		}
+	}
+	s.rootsOf[v] = fps
+	s.rootsOrder = append(s.rootsOrder, v)
+	if len(s.rootsOrder) > maxRootsVersions {
+		delete(s.rootsOf, s.rootsOrder[0])
+		s.rootsOrder = s.rootsOrder[1:]
+	}
+}
+
+// pemBlocks is the DER of each CERTIFICATE block in b.
+func pemBlocks(b []byte) [][]byte {
+	var out [][]byte
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			return out
+		}
+		if blk.Type == "CERTIFICATE" {
+			out = append(out, blk.Bytes)
+		}
+	}
+}
+
+// ackSecrets records that a stream accepted the secrets of version v.
+func (s *Server) ackSecrets(id int64, v string) {
+	s.rootsMu.Lock()
+	fps, ok := s.rootsOf[v]
+	s.rootsMu.Unlock()
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	if st := s.streams[id]; st != nil {
+		st.acked = fps
+	}
+	s.mu.Unlock()
+}
+
+// Missing reports how many streams of Envoy proxies that get their
+// secrets over ADS are open, and which have not ACKed a ROOTCA holding
+// the root with fingerprint fp (hex SHA-256 of its DER): a root rotation
+// waits for them. Names are "<node> (ads stream N)".
+func (s *Server) Missing(fp string) (total int, missing []string) {
+	if s.cfg.Secrets == nil {
+		return 0, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n, st := range s.streams {
+		ps := s.proxies[st.node]
+		if ps == nil || ps.proxy.Generator != xds.GeneratorEnvoy {
+			continue
+		}
+		total++
+		if !slices.Contains(st.acked, fp) {
+			missing = append(missing, fmt.Sprintf("%s (ads stream %d)", st.node, n))
+		}
+	}
+	slices.Sort(missing)
+	return total, missing
 }
 
 // InUse reports whether a connected proxy runs as id (its secrets are
@@ -656,6 +753,9 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			var nack *string
 			ack := ""
+			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl == resource.SecretType {
+				s.ackSecrets(id, req.VersionInfo)
+			}
 			if req.ErrorDetail != nil {
 				msg := req.ErrorDetail.GetMessage()
 				nack = &msg
@@ -678,7 +778,29 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			}
 			s.mu.Unlock()
 		},
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			if resp.TypeUrl != resource.SecretType {
+				return
+			}
+			s.mu.Lock()
+			if st := s.streams[id]; st != nil {
+				st.secretNonce, st.secretVersion = resp.Nonce, resp.SystemVersionInfo
+			}
+			s.mu.Unlock()
+		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl == resource.SecretType {
+				s.mu.Lock()
+				st := s.streams[id]
+				v := ""
+				if st != nil && st.secretNonce == req.ResponseNonce {
+					v = st.secretVersion
+				}
+				s.mu.Unlock()
+				if v != "" {
+					s.ackSecrets(id, v)
+				}
+			}
 			var nack *string
 			ack := ""
 			if req.ErrorDetail != nil {

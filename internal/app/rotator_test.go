@@ -1,0 +1,210 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+	"github.com/wardenmesh/warden/ca/filestore"
+)
+
+type rotatorFixture struct {
+	clock     *catest.Clock
+	dir       string
+	authority *ca.Authority
+	r         *rotator
+	old       *ca.Material
+	held      atomic.Bool // the fake consumer holds the new root
+	reissued  atomic.Int32
+}
+
+// newRotatorFixture: a standalone data directory with a 10-hour root, a
+// rotator on an injected clock (no grace, automatic at 20% of life left,
+// leaves of at most an hour) and one consumer that holds the new root
+// only when told.
+func newRotatorFixture(t *testing.T) *rotatorFixture {
+	t.Helper()
+	f := &rotatorFixture{clock: catest.NewClock(time.Now()), dir: filepath.Join(t.TempDir(), "data")}
+	opts := ca.CAOptions{Organization: "cluster.local", CommonName: "warden root CA", TTL: 10 * time.Hour, MaxPathLen: -1, Clock: f.clock}
+	m, _, err := loadMaterial(context.Background(), caSource{dataDir: f.dir, root: opts}, f.clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ca.Config{TrustDomain: catest.TrustDomain, DefaultTTL: time.Hour, MaxTTL: time.Hour, Clock: f.clock}
+	if f.authority, err = ca.New(cfg, m); err != nil {
+		t.Fatal(err)
+	}
+	f.old = m
+	f.r = newRotator(slog.New(slog.DiscardHandler), f.clock, f.authority, cfg, &dirRotation{dir: f.dir, clock: f.clock},
+		func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }, 0, 0.2)
+	if err := f.r.load(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	f.r.consumers["test"] = func(fp string) (int, []string) {
+		if f.held.Load() {
+			return 1, nil
+		}
+		return 1, []string{"the test consumer"}
+	}
+	f.r.reissue = append(f.r.reissue, func() { f.reissued.Add(1) })
+	return f
+}
+
+func (f *rotatorFixture) tick(t *testing.T) {
+	t.Helper()
+	f.r.autoStart()
+	if err := f.r.step(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAutomaticRotation: with the clock moved to where less than 20% of
+// the root's life is left, the rotator starts by itself, publishes, waits
+// for the consumer that lacks the new root (and says so), activates once
+// it has it (renewing every leaf), waits out the old key's last leaf, and
+// retires: the data directory then holds the new root alone.
+func TestAutomaticRotation(t *testing.T) {
+	f := newRotatorFixture(t)
+	f.tick(t)
+	if st := f.r.status(); st.Phase != "none" || f.r.started.Load() != 0 {
+		t.Fatalf("a young root was rotated: %+v", st)
+	}
+	f.clock.Add(8*time.Hour + 30*time.Minute) // 15% left
+	f.tick(t)
+	st := f.r.status()
+	if st.Phase != "published" || st.Target != "retired" || f.r.started.Load() != 1 {
+		t.Fatalf("after the threshold: %+v", st)
+	}
+	if !strings.Contains(st.Waiting, "the test consumer") || st.Consumers["test"].Total != 1 {
+		t.Fatalf("activation does not name the consumer it waits for: %+v", st)
+	}
+	if n := len(f.authority.Bundles().Roots()); n != 2 {
+		t.Fatalf("published bundle has %d roots", n)
+	}
+	if !f.authority.Material().Cert.Equal(f.old.Cert) {
+		t.Fatal("signing moved before the consumer held the new root")
+	}
+	f.held.Store(true)
+	f.tick(t)
+	st = f.r.status()
+	if st.Phase != "activated" || f.reissued.Load() != 1 {
+		t.Fatalf("after the consumer ACKed: %+v, reissued %d", st, f.reissued.Load())
+	}
+	roots := f.authority.Bundles().Roots()
+	if f.authority.Material().Cert.Equal(f.old.Cert) || !roots[0].Equal(f.authority.Material().Cert) || !roots[1].Equal(f.old.Cert) {
+		t.Fatal("activated: want the new root signing, first in the bundle, the old one second")
+	}
+	if !strings.Contains(st.Waiting, "retirement waits until") {
+		t.Fatalf("retirement does not wait for the old leaves: %+v", st)
+	}
+	f.clock.Add(time.Hour + time.Second)
+	f.tick(t)
+	st = f.r.status()
+	if st.Phase != "none" || len(f.authority.Bundles().Roots()) != 1 || f.authority.Bundles().Roots()[0].Equal(f.old.Cert) {
+		t.Fatalf("after the old leaves expired: %+v", st)
+	}
+	// The data directory now is the new CA, and says so.
+	b, _ := os.ReadFile(filepath.Join(f.dir, ca.FileRootCert))
+	certs, _ := ca.ParseCerts(b)
+	mk, _ := filestore.ReadMarker(f.dir)
+	if len(certs) != 1 || !certs[0].Equal(f.authority.Material().Cert) || mk.RootSHA256 != ca.RootFingerprint(f.authority.Material()) {
+		t.Fatal("the data directory does not hold the new root")
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, filestore.RotationDir)); !os.IsNotExist(err) {
+		t.Fatalf("the rotation directory is left: %v", err)
+	}
+}
+
+// TestRotationResumesAndAborts: a rotation survives a restart in its
+// phase; aborted before activation, the bundle is the old root alone
+// again; after activation it cannot be aborted.
+func TestRotationResumesAndAborts(t *testing.T) {
+	f := newRotatorFixture(t)
+	f.clock.Add(time.Minute) // the new root must outlive the old one
+	if err := f.r.request(ca.PhasePublished, false); err != nil {
+		t.Fatal(err)
+	}
+	f.tick(t)
+	// A restart: a new authority and rotator over the same directory.
+	g := newRotatorFixtureAt(t, f)
+	if st := g.r.status(); st.Phase != "published" || len(g.authority.Bundles().Roots()) != 2 {
+		t.Fatalf("after a restart: %+v", st)
+	}
+	if err := g.r.abort(); err != nil {
+		t.Fatal(err)
+	}
+	if roots := g.authority.Bundles().Roots(); len(roots) != 1 || !roots[0].Equal(f.old.Cert) {
+		t.Fatal("an aborted rotation left the new root in the bundle")
+	}
+	if err := g.r.request(ca.PhaseActivated, true); err != nil {
+		t.Fatal(err)
+	}
+	g.tick(t)
+	if err := g.r.abort(); err == nil {
+		t.Fatal("an activated rotation was aborted")
+	}
+	if err := g.r.request(ca.PhasePrepared, false); err == nil {
+		t.Fatal("a rotation went backwards")
+	}
+}
+
+// newRotatorFixtureAt restarts f: the same directory and clock.
+func newRotatorFixtureAt(t *testing.T, f *rotatorFixture) *rotatorFixture {
+	t.Helper()
+	g := &rotatorFixture{clock: f.clock, dir: f.dir, old: f.old}
+	opts := ca.CAOptions{Organization: "cluster.local", TTL: 10 * time.Hour, MaxPathLen: -1, Clock: f.clock}
+	m, _, err := loadMaterial(context.Background(), caSource{dataDir: g.dir, root: opts}, g.clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ca.Config{TrustDomain: catest.TrustDomain, DefaultTTL: time.Hour, MaxTTL: time.Hour, Clock: g.clock}
+	if g.authority, err = ca.New(cfg, m); err != nil {
+		t.Fatal(err)
+	}
+	g.r = newRotator(slog.New(slog.DiscardHandler), g.clock, g.authority, cfg, &dirRotation{dir: g.dir, clock: g.clock},
+		func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }, 0, 0)
+	if err := g.r.load(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// TestRetireSurvivesACrash: warden dies while the new CA replaces the
+// store's files (the key is new, the certificate still old): the next
+// start finishes the job instead of refusing a store whose key does not
+// match.
+func TestRetireSurvivesACrash(t *testing.T) {
+	f := newRotatorFixture(t)
+	f.clock.Add(time.Minute)
+	if err := f.r.request(ca.PhaseActivated, true); err != nil {
+		t.Fatal(err)
+	}
+	f.tick(t)
+	next := f.authority.Material()
+	st, found, err := (&filestore.Store{Dir: f.dir}).ReadRotation()
+	if err != nil || !found {
+		t.Fatal(err)
+	}
+	st.Retiring = true
+	if err := (&filestore.Store{Dir: f.dir}).WriteRotation(st); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := next.Encode()
+	if err := os.WriteFile(filepath.Join(f.dir, ca.FileCAKey), files.CAKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, origin, err := loadMaterial(context.Background(), caSource{dataDir: f.dir}, f.clock)
+	if err != nil {
+		t.Fatalf("a start after a crash in retirement: %v", err)
+	}
+	if !m.Cert.Equal(next.Cert) || !strings.Contains(origin, "rotation finished") {
+		t.Fatalf("the store is not the new CA (origin %q)", origin)
+	}
+}
