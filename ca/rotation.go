@@ -68,6 +68,22 @@ type Rotation struct {
 	PreparedAt, PublishedAt, ActivatedAt, RetireAfter time.Time
 }
 
+// RotationState is what a store (a data directory, the API server)
+// remembers of a rotation.
+type RotationState struct {
+	Phase          Phase     `json:"phase"`
+	Target         Phase     `json:"target"`
+	Force          bool      `json:"force,omitempty"`
+	NextRootSHA256 string    `json:"nextRootSHA256"`
+	PreparedAt     time.Time `json:"preparedAt"`
+	PublishedAt    time.Time `json:"publishedAt,omitzero"`
+	ActivatedAt    time.Time `json:"activatedAt,omitzero"`
+	RetireAfter    time.Time `json:"retireAfter,omitzero"`
+	// Retiring is set while the prepared CA replaces the main store's
+	// files: a start that finds it finishes the job.
+	Retiring bool `json:"retiring,omitempty"`
+}
+
 // ErrRotation marks a refused rotation step.
 var ErrRotation = errors.New("ca: rotation")
 

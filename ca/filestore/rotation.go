@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/atomicfile"
@@ -23,21 +22,6 @@ const RotationDir = "rotation"
 
 const rotationStateFile = "state.json"
 
-// RotationState is what a data directory remembers of a rotation.
-type RotationState struct {
-	Phase          ca.Phase  `json:"phase"`
-	Target         ca.Phase  `json:"target"`
-	Force          bool      `json:"force,omitempty"`
-	NextRootSHA256 string    `json:"nextRootSHA256"`
-	PreparedAt     time.Time `json:"preparedAt"`
-	PublishedAt    time.Time `json:"publishedAt,omitzero"`
-	ActivatedAt    time.Time `json:"activatedAt,omitzero"`
-	RetireAfter    time.Time `json:"retireAfter,omitzero"`
-	// Retiring is set while the prepared CA replaces the main store's
-	// files: a start that finds it finishes the job.
-	Retiring bool `json:"retiring,omitempty"`
-}
-
 // NextStore is the prepared CA's store.
 func (s *Store) NextStore() *Store {
 	return &Store{Dir: filepath.Join(s.Dir, RotationDir, "next")}
@@ -46,7 +30,7 @@ func (s *Store) NextStore() *Store {
 // ReadRotation reads the rotation state; found is false when there is no
 // rotation (a prepared CA without a state, left by a crash in prepare, is
 // removed).
-func (s *Store) ReadRotation() (st RotationState, found bool, err error) {
+func (s *Store) ReadRotation() (st ca.RotationState, found bool, err error) {
 	dir := filepath.Join(s.Dir, RotationDir)
 	b, err := os.ReadFile(filepath.Join(dir, rotationStateFile))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -65,7 +49,7 @@ func (s *Store) ReadRotation() (st RotationState, found bool, err error) {
 }
 
 // WriteRotation replaces the rotation state.
-func (s *Store) WriteRotation(st RotationState) error {
+func (s *Store) WriteRotation(st ca.RotationState) error {
 	dir := filepath.Join(s.Dir, RotationDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("filestore: %w", err)

@@ -86,7 +86,15 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			return ca.NewSelfSigned(rootOpts)
 		})
 	}
+	var rotStore *kube.RotationStore
 	if !useVault && !plugged {
+		// A retirement a dead leader left half done is finished first.
+		rotStore = &kube.RotationStore{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
+		if done, err := rotStore.FinishRetire(ctx); err != nil {
+			return nil, fmt.Errorf("finishing a root rotation: %w", err)
+		} else if done {
+			s.log.Warn("finished a root rotation's retirement that a previous leader left half done")
+		}
 		var created bool
 		m, created, err = selfSigned(ctx)
 		if err != nil {
@@ -104,6 +112,26 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}
 	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
 	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Owner: k.namespace, Log: s.log}
+	if rotStore != nil {
+		// The self-signed root rotates: the leader drives the steps, every
+		// replica follows the state kept in the API server.
+		rootOpts := rootOpts
+		s.rotator = newRotator(s.log, caCfg.Clock, s.authority, caCfg, rotStore,
+			func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, f.rotationGrace, f.autoRotate)
+		s.rotator.loadCurrent = func(ctx context.Context) (*ca.Material, error) {
+			files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return ca.DecodeMaterial(files, caCfg.Clock.Now())
+		}
+		kubeRotation(s.rotator, rotStore)
+		s.rotator.consumers["configmaps"] = publisher.Missing
+		if err := s.rotator.load(ctx, m); err != nil {
+			return nil, err
+		}
+		s.tasks = append(s.tasks, s.rotator.follow)
+	}
 	var saSecrets *kube.SASecrets
 	if k.saSecrets {
 		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock, Owner: k.namespace}
@@ -119,12 +147,16 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
-		done := make(chan error, 2)
+		done := make(chan error, 3)
 		go func() { done <- publisher.Run(ctx) }()
 		n := 1
 		if saSecrets != nil {
 			n++
 			go func() { done <- saSecrets.Run(ctx) }()
+		}
+		if s.rotator != nil {
+			n++
+			go func() { done <- s.rotator.run(ctx) }()
 		}
 		for range n {
 			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {

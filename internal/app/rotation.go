@@ -20,6 +20,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/kube"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 )
 
@@ -31,11 +32,11 @@ const adminSocket = "admin.sock"
 // rotationStore keeps a rotation across restarts.
 type rotationStore interface {
 	// Load returns the rotation in progress, with its prepared CA.
-	Load(ctx context.Context) (st filestore.RotationState, next *ca.Material, found bool, err error)
-	Prepare(ctx context.Context, st filestore.RotationState, next *ca.Material) error
-	Save(ctx context.Context, st filestore.RotationState) error
+	Load(ctx context.Context) (st ca.RotationState, next *ca.Material, found bool, err error)
+	Prepare(ctx context.Context, st ca.RotationState, next *ca.Material) error
+	Save(ctx context.Context, st ca.RotationState) error
 	// Retire makes next the CA for good and forgets the rotation.
-	Retire(ctx context.Context, st filestore.RotationState, next *ca.Material) error
+	Retire(ctx context.Context, st ca.RotationState, next *ca.Material) error
 	Abort(ctx context.Context) error
 }
 
@@ -47,7 +48,7 @@ type dirRotation struct {
 
 func (d *dirRotation) store() *filestore.Store { return &filestore.Store{Dir: d.dir} }
 
-func (d *dirRotation) Load(ctx context.Context) (filestore.RotationState, *ca.Material, bool, error) {
+func (d *dirRotation) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
 	st, found, err := d.store().ReadRotation()
 	if err != nil || !found {
 		return st, nil, false, err
@@ -66,7 +67,7 @@ func (d *dirRotation) Load(ctx context.Context) (filestore.RotationState, *ca.Ma
 	return st, next, true, nil
 }
 
-func (d *dirRotation) Prepare(ctx context.Context, st filestore.RotationState, next *ca.Material) error {
+func (d *dirRotation) Prepare(ctx context.Context, st ca.RotationState, next *ca.Material) error {
 	// A crash between the two leaves a prepared CA without a state, which
 	// the next Load removes.
 	_ = d.store().RemoveRotation()
@@ -80,11 +81,11 @@ func (d *dirRotation) Prepare(ctx context.Context, st filestore.RotationState, n
 	return d.store().WriteRotation(st)
 }
 
-func (d *dirRotation) Save(_ context.Context, st filestore.RotationState) error {
+func (d *dirRotation) Save(_ context.Context, st ca.RotationState) error {
 	return d.store().WriteRotation(st)
 }
 
-func (d *dirRotation) Retire(ctx context.Context, st filestore.RotationState, next *ca.Material) error {
+func (d *dirRotation) Retire(ctx context.Context, st ca.RotationState, next *ca.Material) error {
 	st.Retiring = true
 	if err := d.store().WriteRotation(st); err != nil {
 		return err
@@ -152,9 +153,19 @@ type rotator struct {
 	consumers map[string]consumer
 	reissue   []func()
 
+	// Kubernetes mode: the leader polls operators' requests and reports
+	// its status for them; every replica follows the stored state, and
+	// reloads the current CA when a rotation ended elsewhere.
+	poll        func(ctx context.Context)
+	report      func(ctx context.Context, st rotationStatus)
+	loadCurrent func(ctx context.Context) (*ca.Material, error)
+	lastReport  string
+	requestSeq  int64
+	requestErr  string
+
 	stepMu  sync.Mutex // one step at a time
 	mu      sync.Mutex
-	st      filestore.RotationState
+	st      ca.RotationState
 	cur     *ca.Material
 	next    *ca.Material
 	waiting string
@@ -245,7 +256,7 @@ func (r *rotator) abort() error {
 	if err := r.store.Abort(context.Background()); err != nil {
 		return err
 	}
-	r.st, r.next, r.waiting = filestore.RotationState{}, nil, ""
+	r.st, r.next, r.waiting = ca.RotationState{}, nil, ""
 	r.log.Warn("root rotation aborted: the bundle is the current root alone again")
 	return r.applyLocked()
 }
@@ -262,9 +273,19 @@ func (r *rotator) run(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
+		if r.poll != nil {
+			r.poll(ctx)
+		}
 		r.autoStart()
 		if err := r.step(ctx); err != nil {
 			r.log.Error("root rotation step failed; the mesh stays on the current phase", "error", err.Error())
+		}
+		if r.report != nil {
+			st := r.status()
+			if b, _ := json.Marshal(st); string(b) != r.lastReport {
+				r.lastReport = string(b)
+				r.report(ctx, st)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -318,8 +339,14 @@ func (r *rotator) step(ctx context.Context) error {
 }
 
 // advance takes one step from st.Phase; done is false when it must wait.
-func (r *rotator) advance(ctx context.Context, st filestore.RotationState) (bool, error) {
+func (r *rotator) advance(ctx context.Context, st ca.RotationState) (bool, error) {
 	now := r.clock.Now()
+	r.mu.Lock()
+	expect := (&ca.Rotation{Phase: r.st.Phase, Current: r.cur, Next: r.next}).Signing()
+	r.mu.Unlock()
+	if m := r.authority.Material(); m == nil || !m.Cert.Equal(expect.Cert) {
+		return false, fmt.Errorf("%w: the CA now signs with %s, which this rotation did not put there (a plugged-in CA?); rotate that one by replacing it", ca.ErrRotation, m.Cert.Subject)
+	}
 	switch st.Phase {
 	case ca.PhaseNone:
 		next, err := r.newCA()
@@ -379,7 +406,7 @@ func (r *rotator) advance(ctx context.Context, st filestore.RotationState) (bool
 			return false, err
 		}
 		r.mu.Lock()
-		r.cur, r.next, r.st = next, nil, filestore.RotationState{}
+		r.cur, r.next, r.st = next, nil, ca.RotationState{}
 		err := r.applyLocked()
 		r.mu.Unlock()
 		if err != nil {
@@ -391,7 +418,7 @@ func (r *rotator) advance(ctx context.Context, st filestore.RotationState) (bool
 }
 
 // commit makes st (and a newly prepared CA) current and applies it.
-func (r *rotator) commit(st filestore.RotationState, next *ca.Material) {
+func (r *rotator) commit(st ca.RotationState, next *ca.Material) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.st = st
@@ -435,6 +462,39 @@ func (r *rotator) missing(fp string) (total int, missing []string) {
 	return total, missing
 }
 
+// sync follows the stored rotation (Kubernetes mode: the leader writes
+// it, every replica applies it).
+func (r *rotator) sync(ctx context.Context) error {
+	r.stepMu.Lock()
+	defer r.stepMu.Unlock()
+	st, next, found, err := r.store.Load(ctx)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !found {
+		if r.st.Phase == ca.PhaseNone || r.loadCurrent == nil {
+			return nil
+		}
+		// The rotation ended (retired or aborted) elsewhere.
+		m, err := r.loadCurrent(ctx)
+		if err != nil {
+			return err
+		}
+		r.cur, r.next, r.st = m, nil, ca.RotationState{}
+		r.log.Info("root rotation ended", "rootSHA256", ca.RootFingerprint(m))
+		return r.applyLocked()
+	}
+	if st.Phase == r.st.Phase && st.NextRootSHA256 == r.st.NextRootSHA256 {
+		r.st = st
+		return nil
+	}
+	r.st, r.next = st, next
+	r.log.Info("root rotation: following the leader", "phase", phaseName(st.Phase), "nextRootSHA256", st.NextRootSHA256)
+	return r.applyLocked()
+}
+
 // rotationStatus is what 'warden ca rotate --status' shows.
 type rotationStatus struct {
 	Phase          string              `json:"phase"`
@@ -449,6 +509,8 @@ type rotationStatus struct {
 	ActivatedAt    time.Time           `json:"activatedAt,omitzero"`
 	RetireAfter    time.Time           `json:"retireAfter,omitzero"`
 	Consumers      map[string]holdings `json:"consumers,omitempty"`
+	RequestSeq     int64               `json:"requestSeq,omitempty"` // Kubernetes: the last operator request taken
+	RequestError   string              `json:"requestError,omitempty"`
 }
 
 type holdings struct {
@@ -458,11 +520,11 @@ type holdings struct {
 
 func (r *rotator) status() rotationStatus {
 	r.mu.Lock()
-	st, cur, waiting := r.st, r.cur, r.waiting
+	st, cur, waiting, seq, reqErr := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr
 	r.mu.Unlock()
 	out := rotationStatus{Phase: phaseName(st.Phase), Target: phaseName(st.Target), Force: st.Force, Waiting: waiting,
 		CurrentRoot: ca.RootFingerprint(cur), CurrentExpires: cur.Roots[0].NotAfter, NextRoot: st.NextRootSHA256,
-		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter}
+		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr}
 	if st.NextRootSHA256 != "" {
 		out.Consumers = map[string]holdings{}
 		for name, c := range r.consumers {
@@ -581,8 +643,14 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "the data directory of the running 'warden serve' (its admin socket is there)")
 	force := fs.Bool("force", false, "do not wait: activate although consumers lack the new root, retire before the old key's last leaf expires")
 	statusOnly := fs.Bool("status", false, "show the rotation's phase, who holds which bundle, and what the next step waits for")
+	kubeMode := fs.Bool("kubernetes", false, "rotate the root of a warden install on Kubernetes (the request goes to its leader through the API server)")
+	kubeconfig := fs.String("kubeconfig", e.getenv("KUBECONFIG"), "with --kubernetes: kubeconfig file; empty means in-cluster")
+	namespace := fs.String("namespace", "warden-system", "with --kubernetes: the install's namespace")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *kubeMode {
+		return rotateKube(ctx, e, *kubeconfig, *namespace, *statusOnly, *force, fs.Args())
 	}
 	c := adminClient(*dataDir)
 	var (
@@ -648,4 +716,127 @@ func printRotation(w io.Writer, st rotationStatus) {
 	if st.Waiting != "" {
 		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
 	}
+}
+
+// kubeRotation wires r for Kubernetes mode: the leader takes operators'
+// requests from the rotation ConfigMap and reports its status there.
+func kubeRotation(r *rotator, store *kube.RotationStore) {
+	r.poll = func(ctx context.Context) {
+		req, err := store.ReadRequest(ctx)
+		if err != nil {
+			r.log.Error("root rotation: reading requests", "error", err.Error())
+			return
+		}
+		r.mu.Lock()
+		if r.requestSeq == 0 {
+			// A new leader: what was already taken is in the last report.
+			if b, err := store.ReadStatus(ctx); err == nil {
+				var st rotationStatus
+				if json.Unmarshal(b, &st) == nil {
+					r.requestSeq = st.RequestSeq
+				}
+			}
+		}
+		if req.Seq <= r.requestSeq {
+			r.mu.Unlock()
+			return
+		}
+		r.requestSeq = req.Seq
+		r.mu.Unlock()
+		if req.Abort {
+			err = r.abort()
+		} else {
+			err = r.request(req.Target, req.Force)
+		}
+		r.mu.Lock()
+		r.requestErr = ""
+		if err != nil {
+			r.requestErr = err.Error()
+		}
+		r.mu.Unlock()
+	}
+	r.report = func(ctx context.Context, st rotationStatus) {
+		b, err := json.Marshal(st)
+		if err == nil {
+			err = store.WriteStatus(ctx, b)
+		}
+		if err != nil {
+			r.log.Error("root rotation: writing the status", "error", err.Error())
+		}
+	}
+}
+
+// follow keeps a replica on the stored rotation until ctx is done.
+func (r *rotator) follow(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last string
+	for {
+		if err := r.sync(ctx); err != nil && ctx.Err() == nil && err.Error() != last {
+			last = err.Error()
+			r.log.Error("root rotation: following the stored state", "error", last)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// rotateKube asks an install's leader for a rotation step through the
+// rotation ConfigMap, and prints the leader's report once it took it.
+func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, statusOnly, force bool, rest []string) error {
+	rc, err := kube.RESTConfig(kubeconfig)
+	if err != nil {
+		return err
+	}
+	cs, err := kube.NewClientset(rc)
+	if err != nil {
+		return err
+	}
+	store := &kube.RotationStore{Client: cs, Namespace: namespace, Clock: ca.SystemClock{}}
+	read := func() (rotationStatus, error) {
+		var st rotationStatus
+		b, err := store.ReadStatus(ctx)
+		if err != nil {
+			return st, err
+		}
+		return st, json.Unmarshal(b, &st)
+	}
+	var req kube.RotationRequest
+	switch {
+	case statusOnly && len(rest) == 0:
+		st, err := read()
+		if err != nil {
+			return err
+		}
+		printRotation(e.stdout, st)
+		return nil
+	case len(rest) == 1 && rest[0] == "abort":
+		req.Abort = true
+	case len(rest) == 1:
+		if req.Target, err = ca.ParsePhase(rest[0]); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		req.Force = force
+	default:
+		return fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
+	}
+	seq, err := store.Request(ctx, req)
+	if err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		st, err := read()
+		if err != nil || st.RequestSeq < seq {
+			continue
+		}
+		printRotation(e.stdout, st)
+		if st.RequestError != "" {
+			return errors.New(st.RequestError)
+		}
+		return nil
+	}
+	return fmt.Errorf("the leader of the install in %s did not take the request within 30 s (is warden serve running there?)", namespace)
 }

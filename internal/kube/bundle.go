@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
 	"slices"
 	"sync"
@@ -17,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // DefaultOwner is the owner of an install that names none.
@@ -182,4 +185,46 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 	p.guard.wrote(key)
 	p.Log.Info("repaired trust bundle", "namespace", ns)
 	return 0, nil
+}
+
+// Missing reports, for a root rotation, how many namespaces' trust
+// bundle ConfigMaps there are and which lack the root with fingerprint fp
+// (hex SHA-256 of its DER). Only the leader, which runs the publisher,
+// can tell.
+func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
+	if p.nsList == nil || p.cmList == nil {
+		return 1, []string{"istio-ca-root-cert ConfigMaps (this replica does not publish them)"}
+	}
+	nss, err := p.nsList.List(labels.Everything())
+	if err != nil {
+		return 1, []string{"istio-ca-root-cert ConfigMaps: " + err.Error()}
+	}
+	for _, ns := range nss {
+		if ns.Status.Phase == corev1.NamespaceTerminating {
+			continue
+		}
+		total++
+		cm, err := p.cmList.ConfigMaps(ns.Name).Get(BundleConfigMap)
+		if err == nil && holdsRoot([]byte(cm.Data[BundleKey]), fp) {
+			continue
+		}
+		missing = append(missing, "configmap "+ns.Name+"/"+BundleConfigMap)
+	}
+	slices.Sort(missing)
+	return total, missing
+}
+
+// holdsRoot says whether PEM b holds a certificate with fingerprint fp.
+func holdsRoot(b []byte, fp string) bool {
+	certs, err := ca.ParseCerts(b)
+	if err != nil {
+		return false
+	}
+	for _, c := range certs {
+		sum := sha256.Sum256(c.Raw)
+		if hex.EncodeToString(sum[:]) == fp {
+			return true
+		}
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +32,14 @@ func startServe(t *testing.T, ns string) (string, *lockedBuffer) {
 // startServeAs is startServe for a named replica.
 func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
 	t.Helper()
+	addr, logs, _ := startServeWith(t, ns, replica)
+	return addr, logs
+}
+
+// startServeWith is startServeAs with more flags; stop ends the replica
+// early (as a rolled pod would go).
+func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, *lockedBuffer, func()) {
+	t.Helper()
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
@@ -38,15 +47,19 @@ func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
 	logs := &lockedBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- app.Run(ctx, []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
-			"--listen", addr, "--http-listen", "", "--replica-id", replica}, logs, logs)
+		done <- app.Run(ctx, append([]string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+			"--listen", addr, "--http-listen", "", "--replica-id", replica}, extra...), logs, logs)
 	}()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if code := <-done; code != 0 {
+				t.Errorf("warden serve exited %d:\n%s", code, logs.String())
+			}
+		})
+	}
+	t.Cleanup(stop)
 	eventually(t, 30*time.Second, func() error {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
@@ -54,7 +67,7 @@ func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
 		}
 		return err
 	})
-	return addr, logs
+	return addr, logs, stop
 }
 
 // TestServeKubernetesMode runs 'warden serve --kubernetes' against the

@@ -1,0 +1,144 @@
+package kube_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+// bundleRoots reads the roots of ns's istio-ca-root-cert.
+func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
+	t.Helper()
+	cm, err := cs.CoreV1().ConfigMaps(ns).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	roots, _ := ca.ParseCerts([]byte(cm.Data[kube.BundleKey]))
+	return roots
+}
+
+// TestKubeRotationResumesAfterLeaderChange: two replicas; an operator
+// publishes a new root with 'warden ca rotate --kubernetes' (the leader
+// takes the request through the API server, both replicas follow), the
+// leader goes away between publish and activate, and the new leader
+// activates and retires. The workloads' ConfigMap and istio.<sa> Secret
+// hold the right roots at each step, a certificate signed after
+// activation chains to the new root, and istio-ca-secret ends as the new
+// CA.
+func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
+	ctx := testCtx(t)
+	ns := newNamespace(t, "warden")
+	shop := newNamespace(t, "shop")
+	newSA(t, shop, "cart")
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	_, logsA, stopA := startServeWith(t, ns, "replica-a", flags...)
+	eventually(t, 30*time.Second, func() error {
+		if len(bundleRoots(t, shop)) != 1 {
+			return fmt.Errorf("no bundle published yet")
+		}
+		return nil
+	})
+	addrB, logsB, _ := startServeWith(t, ns, "replica-b", flags...)
+	oldSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRoots, _ := ca.ParseCerts(oldSec.Data["root-cert.pem"])
+	rotate := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		code := app.Run(ctx, append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut)
+		if code != 0 {
+			t.Fatalf("ca rotate %s: %d\n%s%s\nreplica a:\n%s\nreplica b:\n%s", strings.Join(args, " "), code, out.String(), errOut.String(), logsA.String(), logsB.String())
+		}
+		return out.String()
+	}
+
+	out := rotate("publish")
+	if !strings.Contains(out, "phase: published") || !strings.Contains(out, "configmaps:") {
+		t.Fatalf("publish:\n%s", out)
+	}
+	nextSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRoots, _ := ca.ParseCerts(nextSec.Data["root-cert.pem"])
+	eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(oldRoots[0]) || !r[1].Equal(newRoots[0]) {
+			return fmt.Errorf("the ConfigMap holds %d roots, want old then new", len(r))
+		}
+		sec, err := cs.CoreV1().Secrets(shop).Get(ctx, "istio.cart", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 2 {
+			return fmt.Errorf("istio.cart holds %d roots", len(r))
+		}
+		return nil
+	})
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logsB.String(), "following the leader") {
+			return fmt.Errorf("replica b did not follow the published phase")
+		}
+		return nil
+	})
+
+	// The leader goes between publish and activate.
+	stopA()
+	out = rotate("activate")
+	if !strings.Contains(out, "phase: activated") {
+		t.Fatalf("activate after the leader changed:\n%s", out)
+	}
+	if !strings.Contains(logsB.String(), "elected leader") {
+		t.Fatalf("replica b did not take over:\n%s", logsB.String())
+	}
+	// Replica b signs under the new root.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "root.pem"), oldSec.Data["root-cert.pem"], 0o600)
+	os.WriteFile(filepath.Join(dir, "token"), []byte(requestToken(t, shop, "cart", "istio-ca")), 0o600)
+	var o, e bytes.Buffer
+	if code := app.Run(ctx, []string{"cert", "request", "--ca", addrB, "--root-cert", filepath.Join(dir, "root.pem"), "--token-file", filepath.Join(dir, "token"), "--out", filepath.Join(dir, "svid")}, &o, &e); code != 0 {
+		t.Fatalf("cert request after activation: %s%s", o.String(), e.String())
+	}
+	chainPEM, _ := os.ReadFile(filepath.Join(dir, "svid", "cert-chain.pem"))
+	chain, _ := ca.ParseCerts(chainPEM)
+	if err := chain[0].CheckSignatureFrom(newRoots[0]); err != nil {
+		t.Fatalf("a certificate issued after activation is not signed by the new root: %v", err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(newRoots[0]) {
+			return fmt.Errorf("after activation the ConfigMap's first root is not the new one")
+		}
+		return nil
+	})
+
+	out = rotate("--force", "retire")
+	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.RootFingerprint(&ca.Material{Roots: newRoots})) {
+		t.Fatalf("retire:\n%s", out)
+	}
+	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 1 || !r[0].Equal(newRoots[0]) {
+		t.Fatal("istio-ca-secret is not the new CA after retirement")
+	}
+	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{}); err == nil {
+		t.Error("the prepared CA's Secret is left after retirement")
+	}
+	eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 1 || !r[0].Equal(newRoots[0]) {
+			return fmt.Errorf("the ConfigMap holds %d roots after retirement", len(r))
+		}
+		return nil
+	})
+}
