@@ -188,9 +188,9 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 }
 
 // Missing reports, for a root rotation, how many namespaces' trust
-// bundle ConfigMaps there are and which lack the root with fingerprint fp
-// (hex SHA-256 of its DER). Only the leader, which runs the publisher,
-// can tell.
+// bundle ConfigMaps this install keeps and which lack the root with
+// fingerprint fp (hex SHA-256 of its DER). Only the leader, which runs the
+// publisher, can tell.
 func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 	if p.nsList == nil || p.cmList == nil {
 		return 1, []string{"istio-ca-root-cert ConfigMaps (this replica does not publish them)"}
@@ -203,8 +203,13 @@ func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 		if ns.Status.Phase == corev1.NamespaceTerminating {
 			continue
 		}
-		total++
 		cm, err := p.cmList.ConfigMaps(ns.Name).Get(BundleConfigMap)
+		if err == nil {
+			if o := cm.Annotations[OwnerAnnotation]; o != "" && o != p.Owner {
+				continue // another install's (reported by the publisher), not this one's to wait for
+			}
+		}
+		total++
 		if err == nil && holdsRoot([]byte(cm.Data[BundleKey]), fp) {
 			continue
 		}
