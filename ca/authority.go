@@ -165,16 +165,24 @@ func (a *Authority) Activate(m *Material) error {
 		tail = append(tail, EncodeCerts(c))
 	}
 	tail = append(tail, EncodeCerts(anchor))
+	// The bundle's first root is the one new leaves chain to, so that a
+	// consumer can tell from the bundle alone that signing moved (and
+	// renew early): a plugged-in root-cert.pem may list its roots in any
+	// order.
+	roots := MergeRoots([]*x509.Certificate{anchor}, m.Roots)
 	a.active.Store(&slot{
 		m:      m,
 		signer: s,
 		tail:   tail,
-		bundle: x509bundle.FromX509Authorities(a.cfg.TrustDomain, m.Roots),
+		bundle: x509bundle.FromX509Authorities(a.cfg.TrustDomain, roots),
 		notAft: m.NotAfter(),
 	})
-	a.bundles.Set(m.Roots)
+	a.bundles.Set(roots)
 	return nil
 }
+
+// SigningRoot is the root m's signing chain ends at.
+func SigningRoot(m *Material) (*x509.Certificate, error) { return anchorOf(m) }
 
 // Bundles is the trust bundle's publisher: subscribers hear of every
 // activation that changes the roots (a new upstream root, a plugged-in CA

@@ -148,10 +148,9 @@ type rotator struct {
 	grace        time.Duration // least time between publish and activate
 	autoFraction float64       // rotate automatically when less than this part of the root's life remains; 0: never
 
-	// Wired by the servers: who holds the bundle, and how to renew the
-	// leaves they hold.
+	// Wired by the servers: who holds the bundle. (Leaves are renewed
+	// when the bundle's first root changes, by the servers themselves.)
 	consumers map[string]consumer
-	reissue   []func()
 
 	// Kubernetes mode: the leader polls operators' requests and reports
 	// its status for them; every replica follows the stored state, and
@@ -390,9 +389,6 @@ func (r *rotator) advance(ctx context.Context, st ca.RotationState) (bool, error
 			return false, err
 		}
 		r.commit(st, nil)
-		for _, f := range r.reissue {
-			f()
-		}
 		r.log.Warn("root rotation: the new root signs; every leaf is being renewed under it", "consumers", total, "forced", len(missing) > 0, "retireAfter", st.RetireAfter.UTC())
 	case ca.PhaseActivated:
 		if now.Before(st.RetireAfter) && !st.Force {

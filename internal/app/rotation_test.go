@@ -56,7 +56,7 @@ func waitStatus(t *testing.T, data string, d time.Duration, what string, cond fu
 
 // agentFor runs 'warden agent' for ns/sa, writing its files to a
 // directory the demo workloads read, and waits for them.
-func agentFor(t *testing.T, ctx context.Context, wg *sync.WaitGroup, m *meshFixture, ns, sa string) string {
+func agentFor(t *testing.T, ctx context.Context, wg *sync.WaitGroup, m *meshFixture, root, ns, sa string) string {
 	t.Helper()
 	code, tok, stderr := run(t, "token", "--data-dir", m.data, "--ns", ns, "--sa", sa, "--ttl", "1h")
 	if code != 0 {
@@ -69,7 +69,7 @@ func agentFor(t *testing.T, ctx context.Context, wg *sync.WaitGroup, m *meshFixt
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		app.Run(ctx, []string{"agent", "--ca", m.addr, "--root-cert", filepath.Join(m.data, "root-cert.pem"), "--token-file", tf,
+		app.Run(ctx, []string{"agent", "--ca", m.addr, "--root-cert", root, "--token-file", tf,
 			"--sds-socket", filepath.Join(m.dir, sa+"-sds.sock"), "--workload-api-socket", "", "--output-dir", out}, logs, logs)
 	}()
 	t.Cleanup(func() {
@@ -81,33 +81,27 @@ func agentFor(t *testing.T, ctx context.Context, wg *sync.WaitGroup, m *meshFixt
 	return out
 }
 
-// TestRootRotationUnderTraffic: proxyless gRPC workloads (grpc-go's xDS
-// client and server, certificates from 'warden agent' files) call each
-// other over mTLS, a new connection and TLS handshake per call, every
-// 25 ms, while the self-signed root goes through a whole rotation with
-// 'warden ca rotate': prepare, publish (activation then waits for both
-// agents to hold the new root, and for --rotation-grace), activate (the
-// agents renew at once), retire (after the old key's last leaf expired).
-// No call fails, and at the end the workloads' certificates chain to the
-// new root only.
-func TestRootRotationUnderTraffic(t *testing.T) {
-	m := startMeshWith(t, nil, nil, []string{"--default-ttl", "20s", "--max-ttl", "20s", "--rotation-grace", "6s", "--auto-rotate-root", "0"})
-	oldRoot, err := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
+// traffic is proxyless gRPC workloads (grpc-go's xDS client and server,
+// certificates from 'warden agent' files) calling each other over mTLS,
+// with a new connection and TLS handshake per call every 25 ms.
+type traffic struct {
+	flask, sleep string // the agents' output directories
+	stop         func() string
+}
+
+func startTraffic(t *testing.T, m *meshFixture, root string) *traffic {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	flask := agentFor(t, ctx, &wg, m, "default", "flaskapp")
-	sleep := agentFor(t, ctx, &wg, m, "default", "sleep")
+	tr := &traffic{flask: agentFor(t, ctx, &wg, m, root, "default", "flaskapp"), sleep: agentFor(t, ctx, &wg, m, root, "default", "sleep")}
 	node := func(ip, pod string) string { return "sidecar~" + ip + "~" + pod + ".default~default.svc.cluster.local" }
 	for v, ip := range map[string]string{"v1": "127.0.0.2", "v2": "127.0.0.3"} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var out syncBuffer
-			app.Run(ctx, []string{"demo", "server", "--xds", m.addr, "--node", node(ip, "flaskapp-"+v), "--certs", flask,
+			app.Run(ctx, []string{"demo", "server", "--xds", m.addr, "--node", node(ip, "flaskapp-"+v), "--certs", tr.flask,
 				"--listen", net.JoinHostPort(ip, m.port), "--version", v}, &out, &out)
 		}()
 	}
@@ -117,11 +111,79 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		var out, errOut syncBuffer
-		app.Run(clientCtx, []string{"demo", "client", "--xds", m.addr, "--node", node("127.0.0.4", "sleep"), "--certs", sleep,
+		app.Run(clientCtx, []string{"demo", "client", "--xds", m.addr, "--node", node("127.0.0.4", "sleep"), "--certs", tr.sleep,
 			"--target", "xds:///flaskapp.default.svc.cluster.local:" + m.port, "-n", "100000", "--every", "25ms", "--new-conn"}, &out, &errOut)
 		calls <- out.String()
 	}()
+	tr.stop = func() string { stopClient(); return <-calls }
 	time.Sleep(2 * time.Second)
+	return tr
+}
+
+// end stops the calls and checks that none failed.
+func (tr *traffic) end(t *testing.T) {
+	t.Helper()
+	got := tr.stop()
+	ok := strings.Count(got, "(mTLS to spiffe://cluster.local/ns/default/sa/flaskapp; server saw spiffe://cluster.local/ns/default/sa/sleep)")
+	var failed, lines []string
+	for _, l := range strings.Split(got, "\n") {
+		if strings.HasPrefix(l, "call ") {
+			lines = append(lines, l)
+		}
+	}
+	for i, l := range lines {
+		// The call in flight when the client is stopped is cancelled.
+		if strings.Contains(l, "(mTLS to") || (i == len(lines)-1 && strings.Contains(l, "Canceled: context canceled")) {
+			continue
+		}
+		failed = append(failed, l)
+	}
+	t.Logf("%d calls over mTLS through the rotation, %d failed", ok, len(failed))
+	if len(failed) > 0 || ok < 300 {
+		t.Fatalf("%d calls succeeded, %d failed, e.g.:\n%s", ok, len(failed), strings.Join(first(failed, 10), "\n"))
+	}
+}
+
+// chainOnlyTo checks that both workloads' certificates and bundles are
+// the new root's alone.
+func (tr *traffic) chainOnlyTo(t *testing.T, root, old *x509.Certificate) {
+	t.Helper()
+	for _, dir := range []string{tr.flask, tr.sleep} {
+		for _, f := range []string{"cert-chain.pem", "root-cert.pem"} {
+			b, _ := os.ReadFile(filepath.Join(dir, f))
+			certs, err := ca.ParseCerts(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f == "root-cert.pem" {
+				if len(certs) != 1 || !certs[0].Equal(root) {
+					t.Errorf("%s: the bundle is not the new root alone", filepath.Join(dir, f))
+				}
+				continue
+			}
+			if err := verifies(certs, root); err != nil {
+				t.Errorf("%s does not chain to the new root: %v", filepath.Join(dir, f), err)
+			}
+			if verifies(certs, old) == nil {
+				t.Errorf("%s still chains to the old root", filepath.Join(dir, f))
+			}
+		}
+	}
+}
+
+// TestRootRotationUnderTraffic: the workloads call each other while the
+// self-signed root goes through a whole rotation with 'warden ca rotate':
+// prepare, publish (activation then waits for both agents to hold the new
+// root, and for --rotation-grace), activate (the agents renew at once),
+// retire (after the old key's last leaf expired). No call fails, and at
+// the end the workloads' certificates chain to the new root only.
+func TestRootRotationUnderTraffic(t *testing.T) {
+	m := startMeshWith(t, nil, nil, []string{"--default-ttl", "20s", "--max-ttl", "20s", "--rotation-grace", "6s", "--auto-rotate-root", "0"})
+	oldRoot, err := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := startTraffic(t, m, filepath.Join(m.data, "root-cert.pem"))
 
 	out := rotate(t, m.data, "publish")
 	if !strings.Contains(out, "phase: published") {
@@ -140,50 +202,94 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	rotate(t, m.data, "retire")
 	waitStatus(t, m.data, 40*time.Second, "retirement", func(s string) bool { return strings.Contains(s, "current root: sha256 "+next) })
 	time.Sleep(3 * time.Second) // traffic on the new root alone
-	stopClient()
-	got := <-calls
+	tr.end(t)
 
-	ok := strings.Count(got, "(mTLS to spiffe://cluster.local/ns/default/sa/flaskapp; server saw spiffe://cluster.local/ns/default/sa/sleep)")
-	var failed []string
-	for _, l := range strings.Split(got, "\n") {
-		if strings.HasPrefix(l, "call ") && !strings.Contains(l, "(mTLS to") {
-			failed = append(failed, l)
-		}
-	}
-	t.Logf("%d calls over mTLS through the rotation, %d failed", ok, len(failed))
-	if len(failed) > 0 || ok < 300 {
-		t.Fatalf("%d calls succeeded, %d failed, e.g.:\n%s", ok, len(failed), strings.Join(first(failed, 10), "\n"))
-	}
-
-	// The end: the data directory's root and both workloads' certificates
-	// are the new root's alone.
 	rootPEM, _ := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
 	roots, err := ca.ParseCerts(rootPEM)
 	if err != nil || len(roots) != 1 || string(rootPEM) == string(oldRoot) {
 		t.Fatalf("root-cert.pem after the rotation: %d roots, %v", len(roots), err)
 	}
 	olds, _ := ca.ParseCerts(oldRoot)
-	for _, dir := range []string{flask, sleep} {
-		for _, f := range []string{"cert-chain.pem", "root-cert.pem"} {
-			b, _ := os.ReadFile(filepath.Join(dir, f))
-			certs, err := ca.ParseCerts(b)
-			if err != nil {
-				t.Fatal(err)
+	tr.chainOnlyTo(t, roots[0], olds[0])
+}
+
+// TestPluggedInRotationUnderTraffic: the same workloads while an operator
+// rotates a plugged-in CA by editing its directory in three steps: the new
+// root added to root-cert.pem (warden publishes it; the agents take it
+// up), then the signing certificate and key replaced by an intermediate
+// under the new root (warden signs with it and renews every certificate
+// at once), then, once the old leaves have expired, the old root dropped.
+// No call fails.
+func TestPluggedInRotationUnderTraffic(t *testing.T) {
+	dir := t.TempDir()
+	plugged := filepath.Join(dir, "cacerts")
+	mk := func(name string) (root, inter *ca.Material) {
+		root, err := ca.NewSelfSigned(ca.CAOptions{Organization: "cluster.local", CommonName: name + " root", MaxPathLen: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inter, err = ca.NewIntermediate(root, ca.CAOptions{Organization: "cluster.local", CommonName: name + " intermediate", TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return root, inter
+	}
+	rootA, interA := mk("A")
+	rootB, interB := mk("B")
+	fa, _ := interA.Encode()
+	writePluggedIn(t, plugged, fa)
+	m := startMeshWith(t, nil, nil, []string{"--plugged-in-dir", plugged, "--default-ttl", "20s", "--max-ttl", "20s"})
+	tr := startTraffic(t, m, filepath.Join(plugged, "root-cert.pem"))
+	put := func(name string, b []byte) {
+		t.Helper()
+		tmp := filepath.Join(plugged, "."+name+".tmp")
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(plugged, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agentsHold := func(what string, cond func(roots, chain []*x509.Certificate) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			all := true
+			for _, d := range []string{tr.flask, tr.sleep} {
+				rb, _ := os.ReadFile(filepath.Join(d, "root-cert.pem"))
+				cb, _ := os.ReadFile(filepath.Join(d, "cert-chain.pem"))
+				roots, _ := ca.ParseCerts(rb)
+				chain, _ := ca.ParseCerts(cb)
+				all = all && len(chain) > 0 && cond(roots, chain)
 			}
-			if f == "root-cert.pem" {
-				if len(certs) != 1 || !certs[0].Equal(roots[0]) {
-					t.Errorf("%s: the bundle is not the new root alone", filepath.Join(dir, f))
-				}
-				continue
+			if all {
+				return
 			}
-			if err := verifies(certs, roots[0]); err != nil {
-				t.Errorf("%s does not chain to the new root: %v", filepath.Join(dir, f), err)
-			}
-			if verifies(certs, olds[0]) == nil {
-				t.Errorf("%s still chains to the old root", filepath.Join(dir, f))
+			if time.Now().After(deadline) {
+				t.Fatalf("the agents did not take up %s", what)
 			}
 		}
 	}
+
+	// 1. Publish: both roots trusted, A's intermediate still signs.
+	put("root-cert.pem", ca.EncodeCerts(rootA.Cert, rootB.Cert))
+	agentsHold("the two-root bundle", func(roots, _ []*x509.Certificate) bool { return len(roots) == 2 })
+	time.Sleep(6 * time.Second) // the workloads re-read their files every 5 s
+
+	// 2. Activate: B's intermediate signs.
+	fb, _ := interB.Encode()
+	put("ca-key.pem", fb.CAKey)
+	put("cert-chain.pem", append(ca.EncodeCerts(interB.Cert), ca.EncodeCerts(rootB.Cert)...))
+	put("ca-cert.pem", fb.CACert)
+	activated := time.Now()
+	agentsHold("certificates under the new root", func(_, chain []*x509.Certificate) bool { return verifies(chain, rootB.Cert) == nil })
+
+	// 3. Retire, once every leaf A's intermediate signed has expired.
+	time.Sleep(time.Until(activated.Add(21 * time.Second)))
+	put("root-cert.pem", ca.EncodeCerts(rootB.Cert))
+	agentsHold("the new root alone", func(roots, _ []*x509.Certificate) bool { return len(roots) == 1 && roots[0].Equal(rootB.Cert) })
+	time.Sleep(3 * time.Second)
+	tr.end(t)
+	tr.chainOnlyTo(t, rootB.Cert, rootA.Cert)
 }
 
 func verifies(chain []*x509.Certificate, root *x509.Certificate) error {

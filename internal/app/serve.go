@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -281,6 +282,13 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		if s.authority, err = ca.New(o.caCfg, m); err != nil {
 			return nil, err
 		}
+		if f.pluggedIn != "" {
+			dir := f.pluggedIn
+			s.tasks = append(s.tasks, func(ctx context.Context) error {
+				watchPluggedInDir(ctx, dir, s.authority, o.clock, s.log, 2*time.Second)
+				return nil
+			})
+		}
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
 			s.rotator = newRotator(s.log, o.clock, s.authority, o.caCfg, &dirRotation{dir: f.dataDir, clock: o.clock},
@@ -357,16 +365,29 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	sdsCache.Watch(func(v *sds.SVID) { ads.SecretsChanged(context.Background(), v.ID) }, ads.InUse)
 	// The trust bundle's consumers in this process: SDS ROOTCA on every
 	// central stream, and every ADS proxy's secrets.
-	authority.Bundles().Subscribe(func([]*x509.Certificate) {
+	// When the root new leaves chain to changes (a rotation activated, a
+	// cacerts swap, a new Vault root), every leaf the servers hold is
+	// renewed at once rather than at half-life.
+	signing := authority.Bundles().Roots()
+	authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
 		central.RootsChanged()
 		ads.RootsChanged(context.Background())
+		if len(roots) == 0 || (len(signing) > 0 && roots[0].Equal(signing[0])) {
+			signing = roots
+			return
+		}
+		if !slices.ContainsFunc(signing, roots[0].Equal) {
+			log.Error("the CA now signs under a root the trust bundle did not hold before: workloads that trust only the old roots will refuse the new certificates until they get the new bundle. Publish a new root before signing with it (docs/ca.md, Rotating the root)",
+				"root", roots[0].Subject.String())
+		}
+		log.Info("the CA signs under a new root: renewing every certificate it serves", "root", roots[0].Subject.String())
+		signing = roots
+		sdsCache.RenewAll()
 	})
 	if s.rotator != nil {
-		// A rotation activates once every stream holds the new root, and
-		// then renews every leaf the servers hold.
+		// A rotation activates once every stream holds the new root.
 		s.rotator.consumers["sds"] = central.Missing
 		s.rotator.consumers["ads"] = ads.Missing
-		s.rotator.reissue = append(s.rotator.reissue, sdsCache.RenewAll)
 	}
 
 	s.grpc = g

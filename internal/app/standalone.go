@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -158,4 +160,39 @@ func parseTrustDomain(s string) (spiffeid.TrustDomain, error) {
 		return td, fmt.Errorf("%w: --trust-domain %q: %v", errUsage, s, err)
 	}
 	return td, nil
+}
+
+// watchPluggedInDir takes up changes to a plugged-in CA directory, read
+// every poll: a valid new set of files is activated (a new root in
+// root-cert.pem is published at once, a new signing certificate signs at
+// once); an invalid one (a half-written set included) is reported and the
+// current CA kept. Rotating a plugged-in root is three edits: add the new
+// root to root-cert.pem, later switch the signing certificate, later drop
+// the old root (docs/ca.md).
+func watchPluggedInDir(ctx context.Context, dir string, authority *ca.Authority, clock ca.Clock, log *slog.Logger, poll time.Duration) {
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(poll):
+		}
+		m, err := filestore.LoadPluggedIn(dir, clock.Now())
+		if err != nil {
+			if err.Error() != lastErr {
+				lastErr = err.Error()
+				log.Error("ignoring invalid plugged-in CA; keeping the current one", "dir", dir, "error", lastErr)
+			}
+			continue
+		}
+		lastErr = ""
+		if cur := authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && ca.SameRoots(cur.Roots, m.Roots) {
+			continue
+		}
+		if err := authority.Activate(m); err != nil {
+			log.Error("could not activate the plugged-in CA; keeping the current one", "dir", dir, "error", err.Error())
+			continue
+		}
+		log.Info("activated plugged-in CA", "dir", dir, "subject", m.Cert.Subject.String(), "roots", len(m.Roots), "notAfter", m.Cert.NotAfter.UTC())
+	}
 }
