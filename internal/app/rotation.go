@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,6 +163,8 @@ type rotator struct {
 	requestSeq  int64
 	requestErr  string
 
+	plugged string // a plugged-in CA's directory: status only, rotated by its files
+
 	stepMu  sync.Mutex // one step at a time
 	mu      sync.Mutex
 	st      ca.RotationState
@@ -216,6 +219,9 @@ func (r *rotator) applyLocked() error {
 
 // request moves the target phase; the loop does the work.
 func (r *rotator) request(to ca.Phase, force bool) error {
+	if r.plugged != "" {
+		return r.pluggedRefusal()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if to == ca.PhaseNone {
@@ -242,6 +248,9 @@ func (r *rotator) request(to ca.Phase, force bool) error {
 // abort ends a rotation that has not activated: the prepared CA is
 // dropped and the bundle is the current roots again.
 func (r *rotator) abort() error {
+	if r.plugged != "" {
+		return r.pluggedRefusal()
+	}
 	r.stepMu.Lock()
 	defer r.stepMu.Unlock()
 	r.mu.Lock()
@@ -258,6 +267,10 @@ func (r *rotator) abort() error {
 	r.st, r.next, r.waiting = ca.RotationState{}, nil, ""
 	r.log.Warn("root rotation aborted: the bundle is the current root alone again")
 	return r.applyLocked()
+}
+
+func (r *rotator) pluggedRefusal() error {
+	return fmt.Errorf("%w: the CA is plugged in from %s, whose files are yours: rotate it by editing them (add the new root to root-cert.pem; then the signing CA; then drop the old root), watching who holds each root with --status (docs/ca.md)", ca.ErrRotation, r.plugged)
 }
 
 func (r *rotator) poke() {
@@ -507,6 +520,10 @@ type rotationStatus struct {
 	Consumers      map[string]holdings `json:"consumers,omitempty"`
 	RequestSeq     int64               `json:"requestSeq,omitempty"` // Kubernetes: the last operator request taken
 	RequestError   string              `json:"requestError,omitempty"`
+	// A plugged-in CA is rotated by editing its files: the status then
+	// says, for every root of the bundle, who holds it.
+	Plugged string        `json:"plugged,omitempty"`
+	Roots   []rootHolders `json:"roots,omitempty"`
 }
 
 type holdings struct {
@@ -518,17 +535,41 @@ func (r *rotator) status() rotationStatus {
 	r.mu.Lock()
 	st, cur, waiting, seq, reqErr := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr
 	r.mu.Unlock()
+	if r.plugged != "" {
+		cur = r.authority.Material()
+	}
 	out := rotationStatus{Phase: phaseName(st.Phase), Target: phaseName(st.Target), Force: st.Force, Waiting: waiting,
 		CurrentRoot: ca.RootFingerprint(cur), CurrentExpires: cur.Roots[0].NotAfter, NextRoot: st.NextRootSHA256,
 		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr}
 	if st.NextRootSHA256 != "" {
-		out.Consumers = map[string]holdings{}
-		for name, c := range r.consumers {
-			t, m := c(st.NextRootSHA256)
-			out.Consumers[name] = holdings{Total: t, Missing: m}
+		out.Consumers = r.holders(st.NextRootSHA256)
+	}
+	if r.plugged != "" {
+		out.Plugged = r.plugged
+		// What an operator rotating by hand needs: who holds each root.
+		for i, root := range r.authority.Bundles().Roots() {
+			fp := ca.RootFingerprint(&ca.Material{Roots: []*x509.Certificate{root}})
+			out.Roots = append(out.Roots, rootHolders{SHA256: fp, Subject: root.Subject.String(), Signing: i == 0, NotAfter: root.NotAfter, Consumers: r.holders(fp)})
 		}
 	}
 	return out
+}
+
+func (r *rotator) holders(fp string) map[string]holdings {
+	out := map[string]holdings{}
+	for name, c := range r.consumers {
+		t, m := c(fp)
+		out[name] = holdings{Total: t, Missing: m}
+	}
+	return out
+}
+
+type rootHolders struct {
+	SHA256    string              `json:"sha256"`
+	Subject   string              `json:"subject"`
+	Signing   bool                `json:"signing,omitempty"`
+	NotAfter  time.Time           `json:"notAfter"`
+	Consumers map[string]holdings `json:"consumers"`
 }
 
 // phaseIndex is the rotation phase as a number, for the metric.
@@ -697,20 +738,35 @@ func printRotation(w io.Writer, st rotationStatus) {
 			fmt.Fprintf(w, "%-13s %s\n", t.name+":", t.at.UTC().Format(time.RFC3339))
 		}
 	}
-	names := make([]string, 0, len(st.Consumers))
-	for n := range st.Consumers {
+	printHolders(w, "", st.Consumers)
+	for _, root := range st.Roots {
+		role := "trusted"
+		if root.Signing {
+			role = "signs"
+		}
+		fmt.Fprintf(w, "bundle root sha256 %s (%s; %s, expires %s)\n", root.SHA256, role, root.Subject, root.NotAfter.UTC().Format(time.RFC3339))
+		printHolders(w, "  ", root.Consumers)
+	}
+	if st.Plugged != "" {
+		fmt.Fprintf(w, "plugged-in CA from %s: rotate it by editing the files (docs/ca.md)\n", st.Plugged)
+	}
+	if st.Waiting != "" {
+		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
+	}
+}
+
+func printHolders(w io.Writer, indent string, hs map[string]holdings) {
+	names := make([]string, 0, len(hs))
+	for n := range hs {
 		names = append(names, n)
 	}
 	slices.Sort(names)
 	for _, n := range names {
-		h := st.Consumers[n]
-		fmt.Fprintf(w, "%s: %d of %d hold the new root\n", n, h.Total-len(h.Missing), h.Total)
+		h := hs[n]
+		fmt.Fprintf(w, "%s%s: %d of %d hold the %s\n", indent, n, h.Total-len(h.Missing), h.Total, map[bool]string{true: "new root", false: "root"}[indent == ""])
 		for _, m := range h.Missing {
-			fmt.Fprintf(w, "  missing: %s\n", m)
+			fmt.Fprintf(w, "%s  missing: %s\n", indent, m)
 		}
-	}
-	if st.Waiting != "" {
-		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
 	}
 }
 

@@ -105,6 +105,13 @@ func startTraffic(t *testing.T, m *meshFixture, root string) *traffic {
 				"--listen", net.JoinHostPort(ip, m.port), "--version", v}, &out, &out)
 		}()
 	}
+	// Warm up (waiting for ready connections) so that the measured calls,
+	// which do not wait, start once the servers serve.
+	var warm, warmErr syncBuffer
+	if code := app.Run(ctx, []string{"demo", "client", "--xds", m.addr, "--node", node("127.0.0.4", "sleep"), "--certs", tr.sleep,
+		"--target", "xds:///flaskapp.default.svc.cluster.local:" + m.port, "-n", "3"}, &warm, &warmErr); code != 0 || strings.Count(warm.String(), "(mTLS to") != 3 {
+		t.Fatalf("warm-up calls: %d\n%s%s", code, warm.String(), warmErr.String())
+	}
 	clientCtx, stopClient := context.WithCancel(ctx)
 	calls := make(chan string, 1)
 	wg.Add(1)
@@ -270,9 +277,18 @@ func TestPluggedInRotationUnderTraffic(t *testing.T) {
 		}
 	}
 
-	// 1. Publish: both roots trusted, A's intermediate still signs.
+	// 1. Publish: both roots trusted, A's intermediate still signs. The
+	// status says which consumers hold which root.
 	put("root-cert.pem", ca.EncodeCerts(rootA.Cert, rootB.Cert))
 	agentsHold("the two-root bundle", func(roots, _ []*x509.Certificate) bool { return len(roots) == 2 })
+	fpB := ca.RootFingerprint(&ca.Material{Roots: []*x509.Certificate{rootB.Cert}})
+	waitStatus(t, m.data, 10*time.Second, "both agents to hold root B", func(s string) bool {
+		_, after, _ := strings.Cut(s, "bundle root sha256 "+fpB+" (trusted;")
+		return strings.Contains(after, "sds: 2 of 2 hold the root")
+	})
+	if code, _, stderr := run(t, "ca", "rotate", "--data-dir", m.data, "publish"); code == 0 || !strings.Contains(stderr, "rotate it by editing them") {
+		t.Errorf("ca rotate publish on a plugged-in CA: %d %s", code, stderr)
+	}
 	time.Sleep(6 * time.Second) // the workloads re-read their files every 5 s
 
 	// 2. Activate: B's intermediate signs.

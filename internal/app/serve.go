@@ -283,11 +283,15 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			return nil, err
 		}
 		if f.pluggedIn != "" {
-			dir := f.pluggedIn
+			dir, dataDir := f.pluggedIn, f.dataDir
+			// Rotated by the operator's edits; the admin socket reports
+			// who holds each root.
+			s.rotator = newRotator(s.log, o.clock, s.authority, o.caCfg, nil, nil, 0, 0)
+			s.rotator.plugged = dir
 			s.tasks = append(s.tasks, func(ctx context.Context) error {
 				watchPluggedInDir(ctx, dir, s.authority, o.clock, s.log, 2*time.Second)
 				return nil
-			})
+			}, func(ctx context.Context) error { return s.rotator.serveAdmin(ctx, dataDir) })
 		}
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
