@@ -125,7 +125,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			}
 			return ca.DecodeMaterial(files, caCfg.Clock.Now())
 		}
-		kubeRotation(s.rotator, rotStore)
+		kubeRotation(s.rotator, rotStore, k.identity)
 		s.rotator.consumers["configmaps"] = publisher.Missing
 		if err := s.rotator.load(ctx, m); err != nil {
 			return nil, err

@@ -163,7 +163,8 @@ type rotator struct {
 	requestSeq  int64
 	requestErr  string
 
-	plugged string // a plugged-in CA's directory: status only, rotated by its files
+	plugged   string // a plugged-in CA's directory: status only, rotated by its files
+	afterSync func(ctx context.Context)
 
 	stepMu  sync.Mutex // one step at a time
 	mu      sync.Mutex
@@ -772,7 +773,33 @@ func printHolders(w io.Writer, indent string, hs map[string]holdings) {
 
 // kubeRotation wires r for Kubernetes mode: the leader takes operators'
 // requests from the rotation ConfigMap and reports its status there.
-func kubeRotation(r *rotator, store *kube.RotationStore) {
+func kubeRotation(r *rotator, store *kube.RotationStore, replica string) {
+	// Other replicas' streams: each reports its own while a new root is
+	// published, and the leader counts the fresh reports.
+	r.consumers["replicas"] = func(fp string) (int, []string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		reports, err := store.ReadReports(ctx)
+		if err != nil {
+			return 1, []string{"other replicas: " + err.Error()}
+		}
+		total, missing, now := 0, []string(nil), r.clock.Now()
+		for _, rep := range reports {
+			if rep.Replica == replica || now.Sub(rep.At) > replicaReportFresh {
+				continue
+			}
+			if rep.NextRoot != fp {
+				total++
+				missing = append(missing, fmt.Sprintf("replica %s (has not taken up the new root yet)", rep.Replica))
+				continue
+			}
+			total += rep.Total
+			for _, m := range rep.Missing {
+				missing = append(missing, "replica "+rep.Replica+": "+m)
+			}
+		}
+		return total, missing
+	}
 	r.poll = func(ctx context.Context) {
 		req, err := store.ReadRequest(ctx)
 		if err != nil {
@@ -816,7 +843,45 @@ func kubeRotation(r *rotator, store *kube.RotationStore) {
 			r.log.Error("root rotation: writing the status", "error", err.Error())
 		}
 	}
+	// Every replica reports (a heartbeat every few seconds, at once when
+	// its view changes), so that the leader knows which replicas there
+	// are and waits for a report on the new root from each.
+	var last kube.ReplicaReport
+	r.afterSync = func(ctx context.Context) {
+		if ctx.Err() != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = store.DeleteReport(dctx, replica) // gone: not to be waited for
+			return
+		}
+		r.mu.Lock()
+		st := r.st
+		r.mu.Unlock()
+		rep := kube.ReplicaReport{Replica: replica, At: r.clock.Now()}
+		if st.Phase == ca.PhasePublished {
+			rep.NextRoot = st.NextRootSHA256
+			for _, name := range []string{"sds", "ads"} {
+				if c := r.consumers[name]; c != nil {
+					t, m := c(st.NextRootSHA256)
+					rep.Total += t
+					rep.Missing = append(rep.Missing, m...)
+				}
+			}
+		}
+		if rep.NextRoot == last.NextRoot && rep.Total == last.Total && slices.Equal(rep.Missing, last.Missing) && rep.At.Sub(last.At) < replicaReportFresh/3 {
+			return
+		}
+		if err := store.WriteReport(ctx, rep); err != nil {
+			r.log.Error("root rotation: reporting this replica's streams", "error", err.Error())
+			return
+		}
+		last = rep
+	}
 }
+
+// replicaReportFresh is how old a replica's report may be and still
+// count: a replica that stopped reporting has gone, and its streams with it.
+const replicaReportFresh = 15 * time.Second
 
 // follow keeps a replica on the stored rotation until ctx is done.
 func (r *rotator) follow(ctx context.Context) error {
@@ -828,8 +893,14 @@ func (r *rotator) follow(ctx context.Context) error {
 			last = err.Error()
 			r.log.Error("root rotation: following the stored state", "error", last)
 		}
+		if r.afterSync != nil {
+			r.afterSync(ctx)
+		}
 		select {
 		case <-ctx.Done():
+			if r.afterSync != nil {
+				r.afterSync(ctx)
+			}
 			return nil
 		case <-t.C:
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -256,4 +257,72 @@ func (s *RotationStore) ReadStatus(ctx context.Context) ([]byte, error) {
 		return nil, errors.New("no status reported yet: is a warden serve --kubernetes leader running in this namespace?")
 	}
 	return []byte(cm.Data["status"]), nil
+}
+
+// ReplicaReport is what one replica says of its own streams during a
+// rotation: the leader, which sees only its own, waits for every
+// replica's too.
+type ReplicaReport struct {
+	Replica  string    `json:"replica"`
+	NextRoot string    `json:"nextRootSHA256"`
+	Total    int       `json:"total"`
+	Missing  []string  `json:"missing,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// reportLabel marks the replicas' report ConfigMaps.
+const reportLabel = "warden.io/rotation-report"
+
+func reportName(replica string) string { return RotationConfigMap + "-" + replica }
+
+// WriteReport stores a replica's report.
+func (s *RotationStore) WriteReport(ctx context.Context, r ReplicaReport) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	cms := s.Client.CoreV1().ConfigMaps(s.Namespace)
+	name := reportName(r.Replica)
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := cms.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			_, err = cms.Create(ctx, &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.Namespace, Labels: map[string]string{reportLabel: "true", "app.kubernetes.io/managed-by": "warden"}},
+				Data:       map[string]string{"report": string(b)},
+			}, metav1.CreateOptions{FieldManager: FieldManager})
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		upd := cm.DeepCopy()
+		upd.Data = map[string]string{"report": string(b)}
+		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		return err
+	})
+}
+
+// DeleteReport removes a replica's report.
+func (s *RotationStore) DeleteReport(ctx context.Context, replica string) error {
+	err := s.Client.CoreV1().ConfigMaps(s.Namespace).Delete(ctx, reportName(replica), metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// ReadReports returns every replica's report.
+func (s *RotationStore) ReadReports(ctx context.Context) ([]ReplicaReport, error) {
+	list, err := s.Client.CoreV1().ConfigMaps(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: reportLabel + "=true"})
+	if err != nil {
+		return nil, fmt.Errorf("kube: rotation reports: %w", err)
+	}
+	var out []ReplicaReport
+	for _, cm := range list.Items {
+		var r ReplicaReport
+		if err := json.Unmarshal([]byte(cm.Data["report"]), &r); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
 }

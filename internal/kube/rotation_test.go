@@ -3,6 +3,7 @@ package kube_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -11,6 +12,12 @@ import (
 	"testing"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -138,6 +145,81 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	eventually(t, 20*time.Second, func() error {
 		if r := bundleRoots(t, shop); len(r) != 1 || !r[0].Equal(newRoots[0]) {
 			return fmt.Errorf("the ConfigMap holds %d roots after retirement", len(r))
+		}
+		return nil
+	})
+}
+
+// TestKubeRotationWaitsForOtherReplicasStreams: a stream on the replica
+// that does not lead took the bundle before the rotation and never ACKs
+// the new one: the leader's activation waits for it, named through that
+// replica's report; once the stream is gone, activation proceeds.
+func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
+	ctx := testCtx(t)
+	ns := newNamespace(t, "warden")
+	shop := newNamespace(t, "shop")
+	newSA(t, shop, "cart")
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	startServeWith(t, ns, "replica-a", flags...)
+	eventually(t, 30*time.Second, func() error {
+		if len(bundleRoots(t, shop)) != 1 {
+			return fmt.Errorf("no bundle published yet")
+		}
+		return nil
+	})
+	addrB, _, _ := startServeWith(t, ns, "replica-b", flags...)
+	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
+	conn, err := grpc.NewClient(addrB, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+requestToken(t, shop, "cart", "istio-ca")))
+	defer cancel()
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"ROOTCA"}
+	if err := s.Send(&discovery.DiscoveryRequest{ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	rotate := func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := app.Run(ctx, append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut); code != 0 {
+			t.Fatalf("ca rotate %s: %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
+		}
+		return out.String()
+	}
+	rotate("activate")
+	var status string
+	eventually(t, 20*time.Second, func() error {
+		status = rotate("--status")
+		if !strings.Contains(status, "missing: replica replica-b: spiffe://cluster.local/ns/"+shop+"/sa/cart (sds stream") {
+			return fmt.Errorf("the silent stream on replica b is not named:\n%s", status)
+		}
+		return nil
+	})
+	if !strings.Contains(status, "phase: published") {
+		t.Fatalf("activated although a stream on another replica lacks the new root:\n%s", status)
+	}
+	cancel()
+	eventually(t, 20*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
+			return fmt.Errorf("not activated:\n%s", status)
 		}
 		return nil
 	})
