@@ -14,6 +14,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/rotation"
 )
 
 // kubeFlags select and configure Kubernetes mode.
@@ -116,21 +117,21 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		// The self-signed root rotates: the leader drives the steps, every
 		// replica follows the state kept in the API server.
 		rootOpts := rootOpts
-		s.rotator = newRotator(s.log, caCfg.Clock, s.authority, caCfg, rotStore,
-			func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, f.rotationGrace, f.autoRotate)
-		s.rotator.loadCurrent = func(ctx context.Context) (*ca.Material, error) {
-			files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
-			if err != nil {
-				return nil, err
-			}
-			return ca.DecodeMaterial(files, caCfg.Clock.Now())
-		}
-		kubeRotation(s.rotator, rotStore, k.identity)
-		s.rotator.consumers["configmaps"] = publisher.Missing
-		if err := s.rotator.load(ctx, m); err != nil {
+		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore,
+			NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
+			LoadCurrent: func(ctx context.Context) (*ca.Material, error) {
+				files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return ca.DecodeMaterial(files, caCfg.Clock.Now())
+			}})
+		rotation.Kube(s.rotator, rotStore, k.identity)
+		s.rotator.AddConsumer("configmaps", publisher.Missing)
+		if err := s.rotator.Load(ctx, m); err != nil {
 			return nil, err
 		}
-		s.tasks = append(s.tasks, s.rotator.follow)
+		s.tasks = append(s.tasks, s.rotator.Follow)
 	}
 	var saSecrets *kube.SASecrets
 	if k.saSecrets {
@@ -156,7 +157,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		}
 		if s.rotator != nil {
 			n++
-			go func() { done <- s.rotator.run(ctx) }()
+			go func() { done <- s.rotator.Run(ctx) }()
 		}
 		for range n {
 			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {

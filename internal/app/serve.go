@@ -22,6 +22,7 @@ import (
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -124,8 +125,8 @@ type controlPlane struct {
 	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
-	limiter   *server.Limiter // the CA port's per-peer limits
-	rotator   *rotator        // the self-signed root's rotation (standalone)
+	limiter   *server.Limiter   // the CA port's per-peer limits
+	rotator   *rotation.Rotator // the root's rotation
 	http      *http.Server
 	httpLis   net.Listener
 }
@@ -286,22 +287,22 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			dir, dataDir := f.pluggedIn, f.dataDir
 			// Rotated by the operator's edits; the admin socket reports
 			// who holds each root.
-			s.rotator = newRotator(s.log, o.clock, s.authority, o.caCfg, nil, nil, 0, 0)
-			s.rotator.plugged = dir
+			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Plugged: dir})
 			s.tasks = append(s.tasks, func(ctx context.Context) error {
 				watchPluggedInDir(ctx, dir, s.authority, o.clock, s.log, 2*time.Second)
 				return nil
-			}, func(ctx context.Context) error { return s.rotator.serveAdmin(ctx, dataDir) })
+			}, func(ctx context.Context) error { return s.rotator.ServeAdmin(ctx, dataDir) })
 		}
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
-			s.rotator = newRotator(s.log, o.clock, s.authority, o.caCfg, &dirRotation{dir: f.dataDir, clock: o.clock},
-				func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, f.rotationGrace, f.autoRotate)
-			if err := s.rotator.load(ctx, m); err != nil {
+			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg,
+				Store: &rotation.DirStore{Dir: f.dataDir, Clock: o.clock}, NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) },
+				Grace: f.rotationGrace, AutoFraction: f.autoRotate})
+			if err := s.rotator.Load(ctx, m); err != nil {
 				return nil, fmt.Errorf("CA store %s: %w", f.dataDir, err)
 			}
 			dir := f.dataDir
-			s.tasks = append(s.tasks, s.rotator.run, func(ctx context.Context) error { return s.rotator.serveAdmin(ctx, dir) })
+			s.tasks = append(s.tasks, s.rotator.Run, func(ctx context.Context) error { return s.rotator.ServeAdmin(ctx, dir) })
 		}
 	}
 	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true, f.allowNewTokenKey); err != nil {
@@ -323,7 +324,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	var issuer server.ServingIssuer = authority
 	if s.rotator != nil {
-		issuer = s.rotator.serving
+		issuer = s.rotator.Serving()
 	}
 	serving := &server.ServingCert{Authority: issuer, Clock: o.clock, Options: o.serving}
 	if _, err := serving.Current(); err != nil {
@@ -390,8 +391,8 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	})
 	if s.rotator != nil {
 		// A rotation activates once every stream holds the new root.
-		s.rotator.consumers["sds"] = central.Missing
-		s.rotator.consumers["ads"] = ads.Missing
+		s.rotator.AddConsumer("sds", central.Missing)
+		s.rotator.AddConsumer("ads", ads.Missing)
 	}
 
 	s.grpc = g

@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
 	"github.com/wardenmesh/warden/internal/atomicfile"
+	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/token"
 )
 
@@ -49,7 +50,7 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 	}
 	// A rotation that was replacing the store's files when warden died
 	// is finished first.
-	if done, err := recoverRetire(ctx, src.dataDir, clock); err != nil {
+	if done, err := rotation.RecoverRetire(ctx, src.dataDir, clock); err != nil {
 		return nil, "", fmt.Errorf("CA store %s: finishing a root rotation: %w", src.dataDir, err)
 	} else if done {
 		origin = "root rotation finished after a restart; "

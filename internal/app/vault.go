@@ -20,6 +20,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/vault"
 	"github.com/wardenmesh/warden/internal/atomicfile"
+	"github.com/wardenmesh/warden/internal/rotation"
 )
 
 // vaultFlags configure --ca-upstream vault. The VAULT_* variables are the
@@ -166,7 +167,7 @@ func writeRootCert(dataDir string, roots []*x509.Certificate) error {
 
 // metricsHandler serves warden serve's Prometheus metrics from a private
 // registry.
-func metricsHandler(authority *ca.Authority, clock ca.Clock, rot *rotator) http.Handler {
+func metricsHandler(authority *ca.Authority, clock ca.Clock, rot *rotation.Rotator) http.Handler {
 	reg := prometheus.NewRegistry()
 	// The Go runtime's and the process's own: heap, goroutines, RSS, CPU.
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -184,10 +185,10 @@ func metricsHandler(authority *ca.Authority, clock ca.Clock, rot *rotator) http.
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "warden_ca_rotation_phase",
 			Help: "Phase of the root rotation in progress: 0 none, 1 prepared, 2 published, 3 activated.",
-		}, rot.phaseIndex), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		}, rot.PhaseIndex), prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "warden_ca_root_rotations_started_total",
 			Help: "Root rotations started, by request or automatically, since this process started.",
-		}, func() float64 { return float64(rot.started.Load()) }))
+		}, func() float64 { return float64(rot.Started()) }))
 	}
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

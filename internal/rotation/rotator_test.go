@@ -1,4 +1,4 @@
-package app
+package rotation
 
 import (
 	"context"
@@ -19,7 +19,7 @@ type rotatorFixture struct {
 	clock     *catest.Clock
 	dir       string
 	authority *ca.Authority
-	r         *rotator
+	r         *Rotator
 	old       *ca.Material
 	held      atomic.Bool // the fake consumer holds the new root
 }
@@ -32,35 +32,46 @@ func newRotatorFixture(t *testing.T) *rotatorFixture {
 	t.Helper()
 	f := &rotatorFixture{clock: catest.NewClock(time.Now()), dir: filepath.Join(t.TempDir(), "data")}
 	opts := ca.CAOptions{Organization: "cluster.local", CommonName: "warden root CA", TTL: 10 * time.Hour, MaxPathLen: -1, Clock: f.clock}
-	m, _, err := loadMaterial(context.Background(), caSource{dataDir: f.dir, root: opts}, f.clock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newStore(t, f.dir, opts, f.clock)
 	cfg := ca.Config{TrustDomain: catest.TrustDomain, DefaultTTL: time.Hour, MaxTTL: time.Hour, Clock: f.clock}
+	var err error
 	if f.authority, err = ca.New(cfg, m); err != nil {
 		t.Fatal(err)
 	}
 	f.old = m
-	f.r = newRotator(slog.New(slog.DiscardHandler), f.clock, f.authority, cfg, &dirRotation{dir: f.dir, clock: f.clock},
-		func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }, 0, 0.2)
-	if err := f.r.load(context.Background(), m); err != nil {
+	f.r = New(Config{Log: slog.New(slog.DiscardHandler), Authority: f.authority, CA: cfg, Store: &DirStore{Dir: f.dir, Clock: f.clock},
+		NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }, AutoFraction: 0.2})
+	if err := f.r.Load(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
-	f.r.consumers["test"] = func(fp string) (int, []string) {
+	f.r.AddConsumer("test", func(fp string) (int, []string) {
 		if f.held.Load() {
 			return 1, nil
 		}
 		return 1, []string{"the test consumer"}
-	}
+	})
 	return f
 }
 
 func (f *rotatorFixture) tick(t *testing.T) {
 	t.Helper()
-	f.r.autoStart()
-	if err := f.r.step(context.Background()); err != nil {
+	if err := f.r.Step(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// newStore makes a data directory's CA store, as warden serve's first
+// start does.
+func newStore(t *testing.T, dir string, opts ca.CAOptions, clock ca.Clock) *ca.Material {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := ca.LoadOrCreate(context.Background(), &filestore.Store{Dir: dir}, clock, func() (*ca.Material, error) { return ca.NewSelfSigned(opts) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // TestAutomaticRotation: with the clock moved to where less than 20% of
@@ -71,13 +82,13 @@ func (f *rotatorFixture) tick(t *testing.T) {
 func TestAutomaticRotation(t *testing.T) {
 	f := newRotatorFixture(t)
 	f.tick(t)
-	if st := f.r.status(); st.Phase != "none" || f.r.started.Load() != 0 {
+	if st := f.r.Status(); st.Phase != "none" || f.r.Started() != 0 {
 		t.Fatalf("a young root was rotated: %+v", st)
 	}
 	f.clock.Add(8*time.Hour + 30*time.Minute) // 15% left
 	f.tick(t)
-	st := f.r.status()
-	if st.Phase != "published" || st.Target != "retired" || f.r.started.Load() != 1 {
+	st := f.r.Status()
+	if st.Phase != "published" || st.Target != "retired" || f.r.Started() != 1 {
 		t.Fatalf("after the threshold: %+v", st)
 	}
 	if !strings.Contains(st.Waiting, "the test consumer") || st.Consumers["test"].Total != 1 {
@@ -91,7 +102,7 @@ func TestAutomaticRotation(t *testing.T) {
 	}
 	f.held.Store(true)
 	f.tick(t)
-	st = f.r.status()
+	st = f.r.Status()
 	if st.Phase != "activated" {
 		t.Fatalf("after the consumer ACKed: %+v", st)
 	}
@@ -104,7 +115,7 @@ func TestAutomaticRotation(t *testing.T) {
 	}
 	f.clock.Add(time.Hour + time.Second)
 	f.tick(t)
-	st = f.r.status()
+	st = f.r.Status()
 	if st.Phase != "none" || len(f.authority.Bundles().Roots()) != 1 || f.authority.Bundles().Roots()[0].Equal(f.old.Cert) {
 		t.Fatalf("after the old leaves expired: %+v", st)
 	}
@@ -126,29 +137,29 @@ func TestAutomaticRotation(t *testing.T) {
 func TestRotationResumesAndAborts(t *testing.T) {
 	f := newRotatorFixture(t)
 	f.clock.Add(time.Minute) // the new root must outlive the old one
-	if err := f.r.request(ca.PhasePublished, false); err != nil {
+	if err := f.r.Request(ca.PhasePublished, false); err != nil {
 		t.Fatal(err)
 	}
 	f.tick(t)
 	// A restart: a new authority and rotator over the same directory.
 	g := newRotatorFixtureAt(t, f)
-	if st := g.r.status(); st.Phase != "published" || len(g.authority.Bundles().Roots()) != 2 {
+	if st := g.r.Status(); st.Phase != "published" || len(g.authority.Bundles().Roots()) != 2 {
 		t.Fatalf("after a restart: %+v", st)
 	}
-	if err := g.r.abort(); err != nil {
+	if err := g.r.Abort(); err != nil {
 		t.Fatal(err)
 	}
 	if roots := g.authority.Bundles().Roots(); len(roots) != 1 || !roots[0].Equal(f.old.Cert) {
 		t.Fatal("an aborted rotation left the new root in the bundle")
 	}
-	if err := g.r.request(ca.PhaseActivated, true); err != nil {
+	if err := g.r.Request(ca.PhaseActivated, true); err != nil {
 		t.Fatal(err)
 	}
 	g.tick(t)
-	if err := g.r.abort(); err == nil {
+	if err := g.r.Abort(); err == nil {
 		t.Fatal("an activated rotation was aborted")
 	}
-	if err := g.r.request(ca.PhasePrepared, false); err == nil {
+	if err := g.r.Request(ca.PhasePrepared, false); err == nil {
 		t.Fatal("a rotation went backwards")
 	}
 }
@@ -158,51 +169,16 @@ func newRotatorFixtureAt(t *testing.T, f *rotatorFixture) *rotatorFixture {
 	t.Helper()
 	g := &rotatorFixture{clock: f.clock, dir: f.dir, old: f.old}
 	opts := ca.CAOptions{Organization: "cluster.local", TTL: 10 * time.Hour, MaxPathLen: -1, Clock: f.clock}
-	m, _, err := loadMaterial(context.Background(), caSource{dataDir: g.dir, root: opts}, g.clock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newStore(t, g.dir, opts, g.clock)
 	cfg := ca.Config{TrustDomain: catest.TrustDomain, DefaultTTL: time.Hour, MaxTTL: time.Hour, Clock: g.clock}
+	var err error
 	if g.authority, err = ca.New(cfg, m); err != nil {
 		t.Fatal(err)
 	}
-	g.r = newRotator(slog.New(slog.DiscardHandler), g.clock, g.authority, cfg, &dirRotation{dir: g.dir, clock: g.clock},
-		func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }, 0, 0)
-	if err := g.r.load(context.Background(), m); err != nil {
+	g.r = New(Config{Log: slog.New(slog.DiscardHandler), Authority: g.authority, CA: cfg, Store: &DirStore{Dir: g.dir, Clock: g.clock},
+		NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(opts) }})
+	if err := g.r.Load(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
 	return g
-}
-
-// TestRetireSurvivesACrash: warden dies while the new CA replaces the
-// store's files (the key is new, the certificate still old): the next
-// start finishes the job instead of refusing a store whose key does not
-// match.
-func TestRetireSurvivesACrash(t *testing.T) {
-	f := newRotatorFixture(t)
-	f.clock.Add(time.Minute)
-	if err := f.r.request(ca.PhaseActivated, true); err != nil {
-		t.Fatal(err)
-	}
-	f.tick(t)
-	next := f.authority.Material()
-	st, found, err := (&filestore.Store{Dir: f.dir}).ReadRotation()
-	if err != nil || !found {
-		t.Fatal(err)
-	}
-	st.Retiring = true
-	if err := (&filestore.Store{Dir: f.dir}).WriteRotation(st); err != nil {
-		t.Fatal(err)
-	}
-	files, _ := next.Encode()
-	if err := os.WriteFile(filepath.Join(f.dir, ca.FileCAKey), files.CAKey, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	m, origin, err := loadMaterial(context.Background(), caSource{dataDir: f.dir}, f.clock)
-	if err != nil {
-		t.Fatalf("a start after a crash in retirement: %v", err)
-	}
-	if !m.Cert.Equal(next.Cert) || !strings.Contains(origin, "rotation finished") {
-		t.Fatalf("the store is not the new CA (origin %q)", origin)
-	}
 }

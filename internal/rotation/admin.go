@@ -1,0 +1,77 @@
+package rotation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wardenmesh/warden/ca"
+	sdsserver "github.com/wardenmesh/warden/sds/server"
+)
+
+// adminHandler is the rotation API on the admin socket.
+func (r *Rotator) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /rotation", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r.Status())
+	})
+	mux.HandleFunc("POST /rotation", func(w http.ResponseWriter, req *http.Request) {
+		to, err := ca.ParsePhase(req.URL.Query().Get("to"))
+		if err == nil {
+			err = r.Request(to, req.URL.Query().Get("force") == "true")
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		_ = r.step(req.Context())
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r.Status())
+	})
+	mux.HandleFunc("POST /rotation/abort", func(w http.ResponseWriter, _ *http.Request) {
+		if err := r.Abort(); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(r.Status())
+	})
+	return mux
+}
+
+// ServeAdmin serves the admin socket in dataDir until ctx is done.
+func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
+	path := filepath.Join(dataDir, AdminSocket)
+	l, err := sdsserver.ListenUnix(path, 0o600)
+	if err != nil {
+		return fmt.Errorf("admin socket: %w", err)
+	}
+	srv := &http.Server{Handler: r.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+		_ = os.Remove(path)
+	}()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// AdminClient talks to a running serve's admin socket.
+func AdminClient(dataDir string) *http.Client {
+	path := filepath.Join(dataDir, AdminSocket)
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
+}

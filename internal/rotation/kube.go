@@ -1,0 +1,148 @@
+package rotation
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+// Kube wires r for Kubernetes mode: the leader takes operators'
+// requests from the rotation ConfigMap and reports its status there.
+func Kube(r *Rotator, store *kube.RotationStore, replica string) {
+	// Other replicas' streams: each reports its own while a new root is
+	// published, and the leader counts the fresh reports.
+	r.AddConsumer("replicas", func(fp string) (int, []string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		reports, err := store.ReadReports(ctx)
+		if err != nil {
+			return 1, []string{"other replicas: " + err.Error()}
+		}
+		total, missing, now := 0, []string(nil), r.clock.Now()
+		for _, rep := range reports {
+			if rep.Replica == replica || now.Sub(rep.At) > replicaReportFresh {
+				continue
+			}
+			if rep.NextRoot != fp {
+				total++
+				missing = append(missing, fmt.Sprintf("replica %s (has not taken up the new root yet)", rep.Replica))
+				continue
+			}
+			total += rep.Total
+			for _, m := range rep.Missing {
+				missing = append(missing, "replica "+rep.Replica+": "+m)
+			}
+		}
+		return total, missing
+	})
+	r.poll = func(ctx context.Context) {
+		req, err := store.ReadRequest(ctx)
+		if err != nil {
+			r.log.Error("root rotation: reading requests", "error", err.Error())
+			return
+		}
+		r.mu.Lock()
+		if r.requestSeq == 0 {
+			// A new leader: what was already taken is in the last report.
+			if b, err := store.ReadStatus(ctx); err == nil {
+				var st Status
+				if json.Unmarshal(b, &st) == nil {
+					r.requestSeq = st.RequestSeq
+				}
+			}
+		}
+		if req.Seq <= r.requestSeq {
+			r.mu.Unlock()
+			return
+		}
+		r.requestSeq = req.Seq
+		r.mu.Unlock()
+		if req.Abort {
+			err = r.Abort()
+		} else {
+			err = r.Request(req.Target, req.Force)
+		}
+		r.mu.Lock()
+		r.requestErr = ""
+		if err != nil {
+			r.requestErr = err.Error()
+		}
+		r.mu.Unlock()
+	}
+	r.report = func(ctx context.Context, st Status) {
+		b, err := json.Marshal(st)
+		if err == nil {
+			err = store.WriteStatus(ctx, b)
+		}
+		if err != nil {
+			r.log.Error("root rotation: writing the status", "error", err.Error())
+		}
+	}
+	// Every replica reports (a heartbeat every few seconds, at once when
+	// its view changes), so that the leader knows which replicas there
+	// are and waits for a report on the new root from each.
+	var last kube.ReplicaReport
+	r.afterSync = func(ctx context.Context) {
+		if ctx.Err() != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = store.DeleteReport(dctx, replica) // gone: not to be waited for
+			return
+		}
+		r.mu.Lock()
+		st := r.st
+		r.mu.Unlock()
+		rep := kube.ReplicaReport{Replica: replica, At: r.clock.Now()}
+		if st.Phase == ca.PhasePublished {
+			rep.NextRoot = st.NextRootSHA256
+			for _, name := range []string{"sds", "ads"} {
+				if c := r.consumers[name]; c != nil {
+					t, m := c(st.NextRootSHA256)
+					rep.Total += t
+					rep.Missing = append(rep.Missing, m...)
+				}
+			}
+		}
+		if rep.NextRoot == last.NextRoot && rep.Total == last.Total && slices.Equal(rep.Missing, last.Missing) && rep.At.Sub(last.At) < replicaReportFresh/3 {
+			return
+		}
+		if err := store.WriteReport(ctx, rep); err != nil {
+			r.log.Error("root rotation: reporting this replica's streams", "error", err.Error())
+			return
+		}
+		last = rep
+	}
+}
+
+// replicaReportFresh is how old a replica's report may be and still
+// count: a replica that stopped reporting has gone, and its streams with it.
+const replicaReportFresh = 15 * time.Second
+
+// Follow keeps a replica on the stored rotation until ctx is done.
+func (r *Rotator) Follow(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var last string
+	for {
+		if err := r.sync(ctx); err != nil && ctx.Err() == nil && err.Error() != last {
+			last = err.Error()
+			r.log.Error("root rotation: following the stored state", "error", last)
+		}
+		if r.afterSync != nil {
+			r.afterSync(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			if r.afterSync != nil {
+				r.afterSync(ctx)
+			}
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package rotation
+
+import (
+	"crypto/x509"
+	"fmt"
+	"io"
+	"slices"
+	"time"
+
+	"github.com/wardenmesh/warden/ca"
+)
+
+// Status is what 'warden ca rotate --status' shows.
+type Status struct {
+	Phase          string              `json:"phase"`
+	Target         string              `json:"target"`
+	Force          bool                `json:"force,omitempty"`
+	Waiting        string              `json:"waiting,omitempty"`
+	CurrentRoot    string              `json:"currentRootSHA256"`
+	CurrentExpires time.Time           `json:"currentRootNotAfter"`
+	NextRoot       string              `json:"nextRootSHA256,omitempty"`
+	PreparedAt     time.Time           `json:"preparedAt,omitzero"`
+	PublishedAt    time.Time           `json:"publishedAt,omitzero"`
+	ActivatedAt    time.Time           `json:"activatedAt,omitzero"`
+	RetireAfter    time.Time           `json:"retireAfter,omitzero"`
+	Consumers      map[string]Holdings `json:"consumers,omitempty"`
+	RequestSeq     int64               `json:"requestSeq,omitempty"` // Kubernetes: the last operator request taken
+	RequestError   string              `json:"requestError,omitempty"`
+	// A plugged-in CA is rotated by editing its files: the status then
+	// says, for every root of the bundle, who holds it.
+	Plugged string        `json:"plugged,omitempty"`
+	Roots   []RootHolders `json:"roots,omitempty"`
+}
+
+type Holdings struct {
+	Total   int      `json:"total"`
+	Missing []string `json:"missing,omitempty"`
+}
+
+func (r *Rotator) Status() Status {
+	r.mu.Lock()
+	st, cur, waiting, seq, reqErr := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr
+	r.mu.Unlock()
+	if r.plugged != "" {
+		cur = r.authority.Material()
+	}
+	out := Status{Phase: PhaseName(st.Phase), Target: PhaseName(st.Target), Force: st.Force, Waiting: waiting,
+		CurrentRoot: ca.RootFingerprint(cur), CurrentExpires: cur.Roots[0].NotAfter, NextRoot: st.NextRootSHA256,
+		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr}
+	if st.NextRootSHA256 != "" {
+		out.Consumers = r.holders(st.NextRootSHA256)
+	}
+	if r.plugged != "" {
+		out.Plugged = r.plugged
+		// What an operator rotating by hand needs: who holds each root.
+		for i, root := range r.authority.Bundles().Roots() {
+			fp := ca.RootFingerprint(&ca.Material{Roots: []*x509.Certificate{root}})
+			out.Roots = append(out.Roots, RootHolders{SHA256: fp, Subject: root.Subject.String(), Signing: i == 0, NotAfter: root.NotAfter, Consumers: r.holders(fp)})
+		}
+	}
+	return out
+}
+
+func (r *Rotator) holders(fp string) map[string]Holdings {
+	out := map[string]Holdings{}
+	for name, c := range r.consumers {
+		t, m := c(fp)
+		out[name] = Holdings{Total: t, Missing: m}
+	}
+	return out
+}
+
+type RootHolders struct {
+	SHA256    string              `json:"sha256"`
+	Subject   string              `json:"subject"`
+	Signing   bool                `json:"signing,omitempty"`
+	NotAfter  time.Time           `json:"notAfter"`
+	Consumers map[string]Holdings `json:"consumers"`
+}
+
+// Print writes the status for people.
+func (st Status) Print(w io.Writer) {
+	fmt.Fprintf(w, "phase: %s (target %s%s)\n", st.Phase, st.Target, map[bool]string{true: ", forced"}[st.Force])
+	fmt.Fprintf(w, "current root: sha256 %s, expires %s\n", st.CurrentRoot, st.CurrentExpires.UTC().Format(time.RFC3339))
+	if st.NextRoot != "" {
+		fmt.Fprintf(w, "new root:     sha256 %s\n", st.NextRoot)
+	}
+	for _, t := range []struct {
+		name string
+		at   time.Time
+	}{{"prepared", st.PreparedAt}, {"published", st.PublishedAt}, {"activated", st.ActivatedAt}, {"retire after", st.RetireAfter}} {
+		if !t.at.IsZero() {
+			fmt.Fprintf(w, "%-13s %s\n", t.name+":", t.at.UTC().Format(time.RFC3339))
+		}
+	}
+	printHolders(w, "", st.Consumers)
+	for _, root := range st.Roots {
+		role := "trusted"
+		if root.Signing {
+			role = "signs"
+		}
+		fmt.Fprintf(w, "bundle root sha256 %s (%s; %s, expires %s)\n", root.SHA256, role, root.Subject, root.NotAfter.UTC().Format(time.RFC3339))
+		printHolders(w, "  ", root.Consumers)
+	}
+	if st.Plugged != "" {
+		fmt.Fprintf(w, "plugged-in CA from %s: rotate it by editing the files (docs/ca.md)\n", st.Plugged)
+	}
+	if st.Waiting != "" {
+		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
+	}
+}
+
+func printHolders(w io.Writer, indent string, hs map[string]Holdings) {
+	names := make([]string, 0, len(hs))
+	for n := range hs {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		h := hs[n]
+		fmt.Fprintf(w, "%s%s: %d of %d hold the %s\n", indent, n, h.Total-len(h.Missing), h.Total, map[bool]string{true: "new root", false: "root"}[indent == ""])
+		for _, m := range h.Missing {
+			fmt.Fprintf(w, "%s  missing: %s\n", indent, m)
+		}
+	}
+}
