@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net"
@@ -14,15 +13,9 @@ import (
 	"testing"
 	"time"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 var (
@@ -336,32 +329,8 @@ func TestActivationWaitsForASilentConsumer(t *testing.T) {
 	if code != 0 {
 		t.Fatal(stderr)
 	}
-	pool := x509.NewCertPool()
 	rootPEM, _ := os.ReadFile(filepath.Join(data, "root-cert.pem"))
-	pool.AppendCertsFromPEM(rootPEM)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(tok)))
-	defer cancel()
-	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := []string{"ROOTCA"}
-	if err := s.Send(&discovery.DiscoveryRequest{ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := s.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// ACK the current bundle; from now on, silence.
-	if err := s.Send(&discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
-		t.Fatal(err)
-	}
+	closeStream := testkit.SilentBundleStream(t, addr, rootPEM, strings.TrimSpace(tok))
 	rotate(t, data, "activate")
 	out := waitStatus(t, data, 10*time.Second, "activation to wait for the silent stream", func(s string) bool {
 		return strings.Contains(s, "activation waits for 1 of 1 consumers") && strings.Contains(s, "missing: spiffe://cluster.local/ns/shop/sa/cart (sds stream")
@@ -369,6 +338,6 @@ func TestActivationWaitsForASilentConsumer(t *testing.T) {
 	if phaseLine.FindStringSubmatch(out)[1] != "published" {
 		t.Fatalf("activated although a consumer lacks the new root:\n%s", out)
 	}
-	cancel() // the stream goes away
+	closeStream()
 	waitStatus(t, data, 10*time.Second, "activation once the stream is gone", func(s string) bool { return phaseLine.FindStringSubmatch(s)[1] == "activated" })
 }

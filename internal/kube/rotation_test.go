@@ -3,7 +3,6 @@ package kube_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -12,17 +11,12 @@ import (
 	"testing"
 	"time"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // bundleRoots reads the roots of ns's istio-ca-root-cert.
@@ -34,6 +28,35 @@ func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
 	}
 	roots, _ := ca.ParseCerts([]byte(cm.Data[kube.BundleKey]))
 	return roots
+}
+
+// kubeRotate runs 'warden ca rotate --kubernetes' against ns; a failure
+// shows the replicas' logs.
+func kubeRotate(t *testing.T, ns string, logs ...*lockedBuffer) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		code := app.Run(context.Background(), append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut)
+		if code != 0 {
+			var all strings.Builder
+			for i, l := range logs {
+				fmt.Fprintf(&all, "\nreplica %d:\n%s", i+1, l.String())
+			}
+			t.Fatalf("ca rotate %s: %d\n%s%s%s", strings.Join(args, " "), code, out.String(), errOut.String(), all.String())
+		}
+		return out.String()
+	}
+}
+
+// waitBundle waits until the leader has published a one-root bundle to ns.
+func waitBundle(t *testing.T, ns string) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() error {
+		if len(bundleRoots(t, ns)) != 1 {
+			return fmt.Errorf("no bundle published yet")
+		}
+		return nil
+	})
 }
 
 // TestKubeRotationResumesAfterLeaderChange: two replicas; an operator
@@ -51,27 +74,14 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	newSA(t, shop, "cart")
 	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
 	_, logsA, stopA := startServeWith(t, ns, "replica-a", flags...)
-	eventually(t, 30*time.Second, func() error {
-		if len(bundleRoots(t, shop)) != 1 {
-			return fmt.Errorf("no bundle published yet")
-		}
-		return nil
-	})
+	waitBundle(t, shop)
 	addrB, logsB, _ := startServeWith(t, ns, "replica-b", flags...)
 	oldSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	oldRoots, _ := ca.ParseCerts(oldSec.Data["root-cert.pem"])
-	rotate := func(args ...string) string {
-		t.Helper()
-		var out, errOut bytes.Buffer
-		code := app.Run(ctx, append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut)
-		if code != 0 {
-			t.Fatalf("ca rotate %s: %d\n%s%s\nreplica a:\n%s\nreplica b:\n%s", strings.Join(args, " "), code, out.String(), errOut.String(), logsA.String(), logsB.String())
-		}
-		return out.String()
-	}
+	rotate := kubeRotate(t, ns, logsA, logsB)
 
 	out := rotate("publish")
 	if !strings.Contains(out, "phase: published") || !strings.Contains(out, "configmaps:") {
@@ -161,49 +171,14 @@ func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 	newSA(t, shop, "cart")
 	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
 	startServeWith(t, ns, "replica-a", flags...)
-	eventually(t, 30*time.Second, func() error {
-		if len(bundleRoots(t, shop)) != 1 {
-			return fmt.Errorf("no bundle published yet")
-		}
-		return nil
-	})
+	waitBundle(t, shop)
 	addrB, _, _ := startServeWith(t, ns, "replica-b", flags...)
 	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
-	conn, err := grpc.NewClient(addrB, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+requestToken(t, shop, "cart", "istio-ca")))
-	defer cancel()
-	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := []string{"ROOTCA"}
-	if err := s.Send(&discovery.DiscoveryRequest{ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := s.Recv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
-		t.Fatal(err)
-	}
-	rotate := func(args ...string) string {
-		t.Helper()
-		var out, errOut bytes.Buffer
-		if code := app.Run(ctx, append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut); code != 0 {
-			t.Fatalf("ca rotate %s: %d\n%s%s", strings.Join(args, " "), code, out.String(), errOut.String())
-		}
-		return out.String()
-	}
+	closeStream := testkit.SilentBundleStream(t, addrB, sec.Data["root-cert.pem"], requestToken(t, shop, "cart", "istio-ca"))
+	rotate := kubeRotate(t, ns)
 	rotate("activate")
 	var status string
 	eventually(t, 20*time.Second, func() error {
@@ -216,7 +191,7 @@ func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 	if !strings.Contains(status, "phase: published") {
 		t.Fatalf("activated although a stream on another replica lacks the new root:\n%s", status)
 	}
-	cancel()
+	closeStream()
 	eventually(t, 20*time.Second, func() error {
 		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
 			return fmt.Errorf("not activated:\n%s", status)
