@@ -120,30 +120,96 @@ func (m *Mesh) Outbound(ns, generator string) (*Config, error) {
 		}
 		sort.Slice(ports, func(i, j int) bool { return ports[i] < ports[j] })
 		for _, port := range ports {
-			svcs := byPort[port]
-			sp := portOf(svcs[0], port)
-			if !sp.isHTTP() {
-				if len(svcs) > 1 {
-					g.report("port %d: TCP port shared by %d services; outbound listener forwards to %s", port, len(svcs), svcs[0].Host)
-				}
-				out.Listeners = append(out.Listeners, tcpListener(fmt.Sprintf("0.0.0.0_%d", port), "0.0.0.0", port, ClusterName(port, "", svcs[0].Host)))
-				continue
+			l, rc := g.outboundListener(port, byPort[port])
+			if rc != nil {
+				out.Routes = append(out.Routes, rc)
 			}
-			rc := &routev3.RouteConfiguration{Name: strconv.Itoa(int(port)), ValidateClusters: wrapperspb.Bool(false)}
-			for _, s := range svcs {
-				p := portOf(s, port)
-				if !p.isHTTP() {
-					continue
-				}
-				rc.VirtualHosts = append(rc.VirtualHosts, g.virtualHost(s, p, g.domains(s, p)))
+			if l != nil {
+				out.Listeners = append(out.Listeners, l)
 			}
-			rc.VirtualHosts = append(rc.VirtualHosts, notFound())
-			out.Routes = append(out.Routes, rc)
-			out.Listeners = append(out.Listeners, httpListener(fmt.Sprintf("0.0.0.0_%d", port), "0.0.0.0", port, rc.Name))
 		}
 	}
 	out.Reports = g.reports
 	return out, out.Validate()
+}
+
+// outboundListener is an Envoy proxy's listener for one port, as Istio's
+// outbound listener builder makes it: the HTTP services on the port share
+// a route table chosen by host; each TCP (or unknown-protocol) service is
+// matched by its destination address (Service ClusterIPs, ServiceEntry
+// addresses and CIDRs) in a filter chain of its own. A TCP service with no
+// address can only be the port's catch-all, and only when no HTTP service
+// claims the port; otherwise it is reported, never silently dropped.
+func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listener, *routev3.RouteConfiguration) {
+	name := fmt.Sprintf("0.0.0.0_%d", port)
+	l := &listenerv3.Listener{Name: name, Address: socketAddress("0.0.0.0", port), TrafficDirection: corev3.TrafficDirection_OUTBOUND}
+	var http, wildcard []*Service
+	for _, s := range svcs {
+		p := portOf(s, port)
+		if p.isHTTP() {
+			http = append(http, s)
+			continue
+		}
+		if s.Headless {
+			g.report("port %d: headless TCP service %s is not supported yet (its pods' addresses are not matched); give it a ClusterIP or a ServiceEntry", port, s.Host)
+			continue
+		}
+		ranges := prefixRanges(s.Addresses)
+		if len(ranges) == 0 {
+			wildcard = append(wildcard, s)
+			continue
+		}
+		cluster := ClusterName(port, "", s.Host)
+		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{
+			Name:             cluster,
+			FilterChainMatch: &listenerv3.FilterChainMatch{PrefixRanges: ranges},
+			Filters:          []*listenerv3.Filter{tcpProxy(cluster, cluster)},
+		})
+	}
+	var rc *routev3.RouteConfiguration
+	switch {
+	case len(http) > 0:
+		rc = &routev3.RouteConfiguration{Name: strconv.Itoa(int(port)), ValidateClusters: wrapperspb.Bool(false)}
+		for _, s := range http {
+			p := portOf(s, port)
+			rc.VirtualHosts = append(rc.VirtualHosts, g.virtualHost(s, p, g.domains(s, p)))
+		}
+		rc.VirtualHosts = append(rc.VirtualHosts, notFound())
+		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), rc.Name))}})
+		for _, s := range wildcard {
+			g.report("port %d: TCP service %s has no address (ClusterIP, or ServiceEntry addresses), so its traffic cannot be told from the HTTP services' on the port, and reaches their routes; give it an address", port, s.Host)
+		}
+	case len(wildcard) > 0:
+		cluster := ClusterName(port, "", wildcard[0].Host)
+		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpProxy(cluster, cluster)}})
+		for _, s := range wildcard[1:] {
+			g.report("port %d: TCP services %s and %s have no address: the port forwards to %s only; give them addresses", port, wildcard[0].Host, s.Host, wildcard[0].Host)
+		}
+	}
+	if len(l.FilterChains) == 0 {
+		return nil, nil
+	}
+	return l, rc
+}
+
+// prefixRanges turns addresses (IPs or CIDRs) into a filter chain match.
+func prefixRanges(addrs []string) []*corev3.CidrRange {
+	var out []*corev3.CidrRange
+	for _, a := range addrs {
+		if _, n, err := net.ParseCIDR(a); err == nil {
+			ones, _ := n.Mask.Size()
+			out = append(out, &corev3.CidrRange{AddressPrefix: n.IP.String(), PrefixLen: wrapperspb.UInt32(uint32(ones))})
+			continue
+		}
+		if ip := net.ParseIP(a); ip != nil {
+			bits := uint32(32)
+			if ip.To4() == nil {
+				bits = 128
+			}
+			out = append(out, &corev3.CidrRange{AddressPrefix: ip.String(), PrefixLen: wrapperspb.UInt32(bits)})
+		}
+	}
+	return out
 }
 
 func portOf(s *Service, n uint32) ServicePort {
@@ -189,23 +255,9 @@ func rdsHCM(prefix, route string) *hcmv3.HttpConnectionManager {
 	}
 }
 
-func httpListener(name, ip string, port uint32, route string) *listenerv3.Listener {
-	return &listenerv3.Listener{
-		Name: name, Address: socketAddress(ip, port), TrafficDirection: corev3.TrafficDirection_OUTBOUND,
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), route))}}},
-	}
-}
-
 func tcpProxy(prefix, cluster string) *listenerv3.Filter {
 	return &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpv3.TcpProxy{
 		StatPrefix: prefix, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster}})}}
-}
-
-func tcpListener(name, ip string, port uint32, cluster string) *listenerv3.Listener {
-	return &listenerv3.Listener{
-		Name: name, Address: socketAddress(ip, port), TrafficDirection: corev3.TrafficDirection_OUTBOUND,
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{tcpProxy(cluster, cluster)}}},
-	}
 }
 
 // apiListener is a proxyless gRPC client's listener: the dial target

@@ -13,11 +13,9 @@ import (
 	"github.com/wardenmesh/warden/xds"
 )
 
-// TestGoldenProxyConfig pins the full resource set of each kind of proxy
-// in testdata/mesh (Envoy and proxyless gRPC, client and server), and
-// checks every resource passes ValidateAll.
-func TestGoldenProxyConfig(t *testing.T) {
-	objs, _, err := source.Load("testdata/mesh")
+func loadMesh(t *testing.T, dir string) *xds.Mesh {
+	t.Helper()
+	objs, _, err := source.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,16 +27,30 @@ func TestGoldenProxyConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return mesh
+}
+
+// TestGoldenProxyConfig pins the full resource set of each kind of proxy
+// in testdata/mesh (Envoy and proxyless gRPC, client and server), and
+// checks every resource passes ValidateAll.
+func TestGoldenProxyConfig(t *testing.T) {
+	meshes := map[string]*xds.Mesh{"testdata/mesh": loadMesh(t, "testdata/mesh"), "testdata/tcp": loadMesh(t, "testdata/tcp")}
 	for _, tc := range []struct {
 		file, node, generator string
 		servers               []string
+		dir                   string
 	}{
-		{"envoy-sleep.json", "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil},
-		{"envoy-flaskapp.json", "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil},
-		{"grpc-sleep.json", "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorGRPC, nil},
+		{"envoy-sleep.json", "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, ""},
+		{"envoy-flaskapp.json", "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, ""},
+		{"grpc-sleep.json", "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorGRPC, nil, ""},
 		{"grpc-flaskapp-server.json", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local", xds.GeneratorGRPC,
-			[]string{xds.ServerListenerName + "127.0.0.3:8080"}},
+			[]string{xds.ServerListenerName + "127.0.0.3:8080"}, ""},
+		{"envoy-tcp.json", "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/tcp"},
 	} {
+		if tc.dir == "" {
+			tc.dir = "testdata/mesh"
+		}
+		mesh := meshes[tc.dir]
 		t.Run(tc.file, func(t *testing.T) {
 			p, err := xds.ParseNodeID(tc.node)
 			if err != nil {

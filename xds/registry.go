@@ -18,6 +18,11 @@ type Service struct {
 	Endpoints []Endpoint
 	External  bool     // MESH_EXTERNAL: not in the mesh, no auto-mTLS
 	ExportTo  []string // "*" (default), "." or namespaces
+	// Addresses a client dials to reach the service (ClusterIPs,
+	// ServiceEntry addresses: IPs or CIDRs): how an outbound TCP service
+	// is told from others on the same port.
+	Addresses []string
+	Headless  bool // a Kubernetes Service with clusterIP None
 }
 
 // ServicePort is one port of a service.
@@ -86,7 +91,7 @@ func ServicesFromEntries(objs []api.Object, domain string) ([]*Service, error) {
 			}
 			seen[host] = m.Namespace + "/" + m.Name
 			name, _, _ := strings.Cut(host, ".")
-			s := &Service{Host: host, Name: name, Namespace: m.Namespace, External: se.Spec.Location == "MESH_EXTERNAL", ExportTo: se.Spec.ExportTo}
+			s := &Service{Host: host, Name: name, Namespace: m.Namespace, External: se.Spec.Location == "MESH_EXTERNAL", ExportTo: se.Spec.ExportTo, Addresses: se.Spec.Addresses}
 			for _, p := range se.Spec.Ports {
 				s.Ports = append(s.Ports, ServicePort{Number: p.Number, Name: p.Name, Protocol: p.Protocol, TargetPort: p.TargetPort})
 			}

@@ -168,6 +168,14 @@ func ServiceFromKubernetes(svc *corev1.Service, domain string) *xds.Service {
 		Name:      svc.Name,
 		Namespace: svc.Namespace,
 	}
+	switch {
+	case svc.Spec.ClusterIP == corev1.ClusterIPNone:
+		s.Headless = true
+	case len(svc.Spec.ClusterIPs) > 0:
+		s.Addresses = append(s.Addresses, svc.Spec.ClusterIPs...)
+	case svc.Spec.ClusterIP != "":
+		s.Addresses = []string{svc.Spec.ClusterIP}
+	}
 	if v, ok := svc.Annotations[ExportToAnnotation]; ok {
 		for _, e := range strings.Split(v, ",") {
 			if e = strings.TrimSpace(e); e != "" {

@@ -22,7 +22,7 @@ func ptr[T any](v T) *T { return &v }
 func TestServiceFromKubernetes(t *testing.T) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: "bookinfo", Annotations: map[string]string{kube.ExportToAnnotation: " ., istio-system "}},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.3.4", ClusterIPs: []string{"10.96.3.4", "fd00::34"}, Ports: []corev1.ServicePort{
 			{Name: "http", Port: 9080, TargetPort: intstr.FromInt32(8080)},
 			{Name: "metrics", Port: 9090, TargetPort: intstr.FromString("prom"), AppProtocol: ptr("kubernetes.io/h2c")},
 			{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
@@ -31,7 +31,8 @@ func TestServiceFromKubernetes(t *testing.T) {
 	got := kube.ServiceFromKubernetes(svc, "example.org")
 	want := &xds.Service{
 		Host: "reviews.bookinfo.svc.example.org", Name: "reviews", Namespace: "bookinfo",
-		ExportTo: []string{".", "istio-system"},
+		ExportTo:  []string{".", "istio-system"},
+		Addresses: []string{"10.96.3.4", "fd00::34"},
 		Ports: []xds.ServicePort{
 			{Number: 9080, Name: "http", TargetPort: 8080},
 			{Number: 9090, Name: "metrics", Protocol: "HTTP2"},
@@ -39,6 +40,10 @@ func TestServiceFromKubernetes(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+	headless := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "x"}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "tcp", Port: 5432}}}}
+	if s := kube.ServiceFromKubernetes(headless, "cluster.local"); !s.Headless || len(s.Addresses) != 0 {
+		t.Fatalf("headless service: %+v", s)
 	}
 	ext := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "x"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}}
 	if s := kube.ServiceFromKubernetes(ext, "cluster.local"); s != nil {

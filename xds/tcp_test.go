@@ -1,0 +1,96 @@
+package xds_test
+
+import (
+	"maps"
+	"strconv"
+	"strings"
+	"testing"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+
+	"github.com/wardenmesh/warden/xds"
+)
+
+// TestTCPServicesByAddress: on port 80, flaskapp (HTTP) keeps its routes
+// while sleep's TCP port ("ssh") and aaa-db's (whose name sorts first,
+// which used to turn the whole port into a TCP proxy to it) are matched by
+// their addresses; a TCP service without an address is reported by name;
+// an external CIDR and a port with a single TCP service work too.
+func TestTCPServicesByAddress(t *testing.T) {
+	mesh := loadMesh(t, "testdata/tcp")
+	p, err := xds.ParseNodeID("sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _, err := mesh.ProxyConfig(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	listeners := map[string]*listenerv3.Listener{}
+	for _, r := range cfg.Listeners {
+		l := r.(*listenerv3.Listener)
+		listeners[l.Name] = l
+	}
+	// chains maps a chain's match ("*" for none) to what it does.
+	chains := func(name string) map[string]string {
+		t.Helper()
+		l := listeners[name]
+		if l == nil {
+			t.Fatalf("no listener %s", name)
+		}
+		out := map[string]string{}
+		for _, fc := range l.FilterChains {
+			match := "*"
+			if m := fc.GetFilterChainMatch(); m != nil {
+				var rs []string
+				for _, r := range m.PrefixRanges {
+					rs = append(rs, r.AddressPrefix+"/"+itoa(r.PrefixLen.GetValue()))
+				}
+				match = strings.Join(rs, ",")
+			}
+			f := fc.Filters[0]
+			what := f.Name
+			if f.Name == "envoy.filters.network.tcp_proxy" {
+				var tp tcpv3.TcpProxy
+				if err := f.GetTypedConfig().UnmarshalTo(&tp); err != nil {
+					t.Fatal(err)
+				}
+				what = "tcp:" + tp.GetCluster()
+			}
+			out[match] = what
+		}
+		return out
+	}
+	want80 := map[string]string{
+		"10.96.0.5/32":  "tcp:outbound|80||aaa-db.default.svc.cluster.local",
+		"10.96.0.20/32": "tcp:outbound|80||sleep.default.svc.cluster.local",
+		"*":             "envoy.filters.network.http_connection_manager",
+	}
+	if got := chains("0.0.0.0_80"); !equalMaps(got, want80) {
+		t.Errorf("port 80: %v\nwant %v", got, want80)
+	}
+	if got := chains("0.0.0.0_5432"); got["192.0.2.0/24"] != "tcp:outbound|5432||pg.example.com" || len(got) != 1 {
+		t.Errorf("port 5432: %v", got)
+	}
+	if got := chains("0.0.0.0_6379"); got["*"] != "tcp:outbound|6379||cache.default.svc.cluster.local" || len(got) != 1 {
+		t.Errorf("port 6379: %v", got)
+	}
+	var rc80 *routev3.RouteConfiguration
+	for _, r := range cfg.Routes {
+		if rc := r.(*routev3.RouteConfiguration); rc.Name == "80" {
+			rc80 = rc
+		}
+	}
+	if rc80 == nil || !strings.Contains(rc80.String(), "flaskapp.default.svc.cluster.local") || strings.Contains(rc80.String(), "sleep.default") {
+		t.Errorf("the port 80 routes lost flaskapp or gained a TCP service: %v", rc80)
+	}
+	if len(cfg.Reports) != 1 || !strings.Contains(cfg.Reports[0], "legacy.default.svc.cluster.local has no address") {
+		t.Errorf("reports: %q", cfg.Reports)
+	}
+}
+
+func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
+
+func equalMaps(a, b map[string]string) bool { return maps.Equal(a, b) }
