@@ -1,10 +1,12 @@
 package vault_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -56,15 +58,53 @@ func newRecordingProxy(t *testing.T, v *vaulttest.Server) *recordingProxy {
 			p.mu.Unlock()
 			r.SetURL(target)
 		},
-		// A fresh connection per request: under load, a reused connection
-		// to Vault was once closed under a response body (make test saw
-		// "use of closed network connection" and the client an EOF).
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, DisableKeepAlives: true},
+		// A fresh connection per request, and each answer read whole
+		// (retried up to three times) before it is passed on: under load
+		// the proxy's connection to Vault was closed under a response body
+		// ("use of closed network connection", and warden saw an EOF). The
+		// proxy is the test's, not what it checks; Rewrite records each of
+		// warden's requests once, however often the proxy retries.
+		Transport: bufferingTransport{&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, DisableKeepAlives: true}},
 	}
 	srv := httptest.NewServer(rp)
 	t.Cleanup(srv.Close)
 	p.URL = srv.URL
 	return p
+}
+
+// bufferingTransport reads each response whole, retrying a request whose
+// answer could not be read.
+type bufferingTransport struct{ base http.RoundTripper }
+
+func (b bufferingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	var body []byte
+	if req.Body != nil {
+		var err error
+		if body, err = io.ReadAll(req.Body); err != nil {
+			return nil, err
+		}
+		req.Body.Close()
+	}
+	var lastErr error
+	for range 3 {
+		r := req.Clone(req.Context())
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		resp, err := b.base.RoundTrip(r)
+		if err == nil {
+			var data []byte
+			data, err = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(data)), int64(len(data))
+				return resp, nil
+			}
+		}
+		lastErr = err
+		if req.Context().Err() != nil {
+			break
+		}
+	}
+	return nil, lastErr
 }
 
 func (p *recordingProxy) requests() []string {
