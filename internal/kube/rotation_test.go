@@ -114,13 +114,19 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 
 	// The leader goes between publish and activate.
 	stopA()
-	out = rotate("activate")
-	if !strings.Contains(out, "phase: activated") {
-		t.Fatalf("activate after the leader changed:\n%s", out)
-	}
+	// The new leader takes the request, and activates once it has seen
+	// that every consumer holds the new root (its publisher starts with
+	// its leadership).
+	rotate("activate")
 	if !strings.Contains(logsB.String(), "elected leader") {
 		t.Fatalf("replica b did not take over:\n%s", logsB.String())
 	}
+	eventually(t, 20*time.Second, func() error {
+		if out = rotate("--status"); !strings.Contains(out, "phase: activated") {
+			return fmt.Errorf("not activated:\n%s", out)
+		}
+		return nil
+	})
 	// Replica b signs under the new root.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "root.pem"), oldSec.Data["root-cert.pem"], 0o600)
