@@ -360,9 +360,13 @@ func adsDownstream(fc *listenerv3.FilterChain) {
 }
 
 // ParseServerListenerName reads the address in a proxyless gRPC server's
-// listener name (grpc/server?xds.resource.listening_address=IP:PORT).
+// listener name: warden's (grpc/server?xds.resource.listening_address=IP:PORT)
+// or Istio's (xds.istio.io/grpc/lds/inbound/IP:PORT).
 func ParseServerListenerName(name string) (ip string, port uint32, ok bool) {
 	addr, found := strings.CutPrefix(name, ServerListenerName)
+	if !found {
+		addr, found = strings.CutPrefix(name, IstioServerListenerName)
+	}
 	if !found {
 		return "", 0, false
 	}
@@ -385,7 +389,7 @@ func ParseServerListenerName(name string) (ip string, port uint32, ok bool) {
 func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, []string, error) {
 	ip, port, ok := ParseServerListenerName(name)
 	if !ok {
-		return nil, nil, fmt.Errorf("xds: %q is not a gRPC server listener name (%sIP:PORT)", name, ServerListenerName)
+		return nil, nil, fmt.Errorf("xds: %q is not a gRPC server listener name (%sIP:PORT, or Istio's %sIP:PORT)", name, ServerListenerName, IstioServerListenerName)
 	}
 	var reports []string
 	aw := w.authn()

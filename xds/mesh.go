@@ -31,6 +31,10 @@ const (
 	InboundListener     = "virtualInbound"
 	InboundPort         = 15006
 	ServerListenerName  = "grpc/server?xds.resource.listening_address="
+	// IstioServerListenerName is the same, as Istio's agent writes it in
+	// the bootstrap (server_listener_resource_name_template) and istiod
+	// serves it. warden serves both.
+	IstioServerListenerName = "xds.istio.io/grpc/lds/inbound/"
 )
 
 // Options are mesh-wide settings.

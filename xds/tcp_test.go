@@ -9,6 +9,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/wardenmesh/warden/xds"
 )
@@ -94,3 +95,41 @@ func TestTCPServicesByAddress(t *testing.T) {
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
 func equalMaps(a, b map[string]string) bool { return maps.Equal(a, b) }
+
+// TestIstioServerListenerName: a proxyless gRPC server behind Istio's
+// agent asks for its listener as istiod names it; it gets the same
+// listener as under warden's name, named as it asked.
+func TestIstioServerListenerName(t *testing.T) {
+	mesh := loadMesh(t, "testdata/mesh")
+	p, err := xds.ParseNodeID("sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Generator = xds.GeneratorGRPC
+	server := func(name string) *listenerv3.Listener {
+		t.Helper()
+		cfg, _, err := mesh.ProxyConfig(p, []string{name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range cfg.Listeners {
+			if l := r.(*listenerv3.Listener); l.Name == name {
+				return l
+			}
+		}
+		t.Fatalf("no listener %q", name)
+		return nil
+	}
+	istio := server(xds.IstioServerListenerName + "127.0.0.3:8080")
+	warden := server(xds.ServerListenerName + "127.0.0.3:8080")
+	if len(istio.FilterChains) != 1 || istio.FilterChains[0].TransportSocket == nil {
+		t.Fatalf("Istio-named listener without its mTLS filter chain: %v", istio)
+	}
+	istio.Name = warden.Name
+	if !proto.Equal(istio, warden) {
+		t.Fatal("the listener differs by the name it was asked by")
+	}
+	if _, _, ok := xds.ParseServerListenerName(xds.IstioServerListenerName + "[::]:8080"); !ok {
+		t.Error("Istio's IPv6 unspecified form is not read")
+	}
+}
