@@ -131,11 +131,11 @@ type Result struct {
 	ID    spiffeid.ID
 	Key   crypto.Signer
 	Certs []*x509.Certificate // leaf first, without the root
-	Root  *x509.Certificate   // the last element of the CA's answer
+	Roots []*x509.Certificate // the last element of the CA's answer: the whole trust bundle, as istiod sends it
 }
 
 // Request generates a key, sends a CSR, and checks the answer: the chain
-// verifies as an X.509 SVID up to the root the CA sent (the CA itself was
+// verifies as an X.509 SVID up to a root the CA sent (the CA itself was
 // authenticated against Config.Roots by TLS), and the leaf holds our key.
 func (c *Client) Request(ctx context.Context, r Request) (*Result, error) {
 	key, err := ca.GenerateKey(r.KeyType)
@@ -157,27 +157,31 @@ func parseResponse(key crypto.Signer, chain []string) (*Result, error) {
 	if len(chain) < 2 {
 		return nil, fmt.Errorf("client: CA returned %d certificates, want at least a leaf and a root", len(chain))
 	}
-	var certs []*x509.Certificate
-	for i, p := range chain {
+	// Leaf and intermediates, then, in the last element, every root of
+	// the bundle (istiod sends root-cert.pem whole; so does warden).
+	var leafs []*x509.Certificate
+	for i, p := range chain[:len(chain)-1] {
 		cs, err := ca.ParseCerts([]byte(p))
 		if err != nil {
 			return nil, fmt.Errorf("client: cert_chain[%d]: %w", i, err)
 		}
-		certs = append(certs, cs...)
+		leafs = append(leafs, cs...)
 	}
-	root := certs[len(certs)-1]
-	leafs := certs[:len(certs)-1]
+	roots, err := ca.ParseCerts([]byte(chain[len(chain)-1]))
+	if err != nil {
+		return nil, fmt.Errorf("client: cert_chain[%d] (the roots): %w", len(chain)-1, err)
+	}
 	id, err := x509svid.IDFromCert(leafs[0])
 	if err != nil {
 		return nil, fmt.Errorf("client: issued certificate: %w", err)
 	}
-	if _, _, err := x509svid.Verify(leafs, x509bundle.FromX509Authorities(id.TrustDomain(), []*x509.Certificate{root})); err != nil {
+	if _, _, err := x509svid.Verify(leafs, x509bundle.FromX509Authorities(id.TrustDomain(), roots)); err != nil {
 		return nil, fmt.Errorf("client: issued chain does not verify: %w", err)
 	}
 	if pub, ok := leafs[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
 		return nil, errors.New("client: issued certificate is not for the key we sent")
 	}
-	return &Result{ID: id, Key: key, Certs: leafs, Root: root}, nil
+	return &Result{ID: id, Key: key, Certs: leafs, Roots: roots}, nil
 }
 
 // TLSCertificate returns r as a tls.Certificate, e.g. for renewal.

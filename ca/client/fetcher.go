@@ -71,7 +71,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) 
 	if !id.IsZero() && res.ID != id {
 		return nil, fmt.Errorf("client: CA issued %s, asked for %s", res.ID, id)
 	}
-	return &sds.SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: []*x509.Certificate{res.Root}}, nil
+	return &sds.SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: res.Roots}, nil
 }
 
 // token prefers the caller's token (node agent) over the token file.

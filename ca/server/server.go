@@ -1,7 +1,7 @@
 // Package server serves warden's CA over gRPC, wire-compatible with Istio's
 // istio.v1.auth.IstioCertificateService: callers authenticate with a bearer
 // JWT or their current SVID, send a CSR, and get back the chain leaf first,
-// root last.
+// and the whole trust bundle in the last element (as istiod answers).
 package server
 
 import (
@@ -91,10 +91,15 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 		s.cfg.Logger.Debug("certificate issued", "id", caller.ID.String(), "auth", caller.Method,
 			"serial", fmt.Sprintf("%x", iss.Cert.SerialNumber), "notAfter", iss.Cert.NotAfter)
 	}
-	chain := make([]string, len(iss.Chain))
-	for i, c := range iss.Chain {
-		chain[i] = string(c)
+	// Leaf and intermediates, then the whole trust bundle in one element,
+	// as istiod answers: Istio's agent builds ROOTCA from the last
+	// element, and with two roots (a rotation, a plugged-in bundle) it
+	// must get both.
+	chain := make([]string, 0, len(iss.Chain))
+	for _, c := range iss.Chain[:len(iss.Chain)-1] {
+		chain = append(chain, string(c))
 	}
+	chain = append(chain, string(ca.EncodeCerts(s.cfg.Signer.Bundle().X509Authorities()...)))
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil
 }
 

@@ -150,7 +150,7 @@ func TestTokenGetsExactlyItsIdentity(t *testing.T) {
 		if _, _, err := x509svid.Verify(res.Certs, f.authority.Bundle()); err != nil {
 			t.Fatal(err)
 		}
-		if !res.Root.Equal(f.authority.Material().Roots[0]) {
+		if len(res.Roots) != 1 || !res.Roots[0].Equal(f.authority.Material().Roots[0]) {
 			t.Fatal("the last element of cert_chain is not the root")
 		}
 	}
@@ -296,4 +296,34 @@ func TestNotReadyIsUnavailable(t *testing.T) {
 	f := newFixture(t, func(c *fixtureCfg) { c.signer = empty })
 	_, err := f.client(t, nil).Request(ctx(t), client.Request{Token: f.token(t, saX)})
 	wantStatus(t, err, codes.Unavailable, "ca: CA not ready: no signing material loaded")
+}
+
+// TestAnswerCarriesTheWholeBundle: with two roots trusted (a rotation,
+// a plugged-in bundle), the last element of the answer holds both, as
+// istiod's does (Istio's agent builds ROOTCA from it), and the client
+// keeps both.
+func TestAnswerCarriesTheWholeBundle(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	m := f.authority.Material()
+	next := catest.Root(t, ca.CAOptions{CommonName: "next root"})
+	if err := f.authority.Activate(&ca.Material{Cert: m.Cert, Key: m.Key, Chain: m.Chain, Roots: append(append([]*x509.Certificate{}, m.Roots...), next.Cert)}); err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t, nil)
+	chain, err := c.CreateCertificate(ctx(t), catest.CSR(t, catest.Key(t, ca.ECDSAP256), nil), 0, f.token(t, saX))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := ca.ParseCerts([]byte(chain[len(chain)-1]))
+	if err != nil || len(last) != 2 || !last[0].Equal(m.Roots[0]) || !last[1].Equal(next.Cert) {
+		t.Fatalf("last element: %d certificates, %v; want the signing root then the other", len(last), err)
+	}
+	res, err := c.Request(ctx(t), client.Request{Token: f.token(t, saX)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Roots) != 2 {
+		t.Fatalf("the client kept %d roots", len(res.Roots))
+	}
 }

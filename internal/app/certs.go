@@ -247,7 +247,7 @@ func readPool(path string) (*x509.CertPool, error) {
 
 // writeSVID writes the key (0600), chain and root atomically, key first.
 func writeSVID(dir string, r *client.Result) error {
-	return sds.WriteFiles(dir, &sds.SVID{ID: r.ID, Certs: r.Certs, Key: r.Key}, []*x509.Certificate{r.Root})
+	return sds.WriteFiles(dir, &sds.SVID{ID: r.ID, Certs: r.Certs, Key: r.Key}, r.Roots)
 }
 
 func loadSVID(dir string) (*tls.Certificate, error) {
