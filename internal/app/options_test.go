@@ -22,3 +22,23 @@ func TestServeReservesItsNames(t *testing.T) {
 		}
 	}
 }
+
+// TestIstiodNames: with --istiod-names the serving certificate covers the
+// names Istio's agent dials for istiod, and no workload may get them.
+func TestIstiodNames(t *testing.T) {
+	f := serveFlags{trustDomain: "cluster.local", caKeyType: "ecdsa-p256", listen: "127.0.0.1:15012",
+		dnsNames: "localhost", allowDNS: true, tokenLeeway: time.Minute, tokenMaxLifetime: time.Hour, istiodNames: true}
+	o, err := f.options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local"} {
+		if !slices.Contains(o.serving.DNSNames, want) || !slices.Contains(o.caCfg.CSR.Reserved, want) {
+			t.Errorf("%s: served %v, reserved %v", want, o.serving.DNSNames, o.caCfg.CSR.Reserved)
+		}
+	}
+	f.istiodNames = false
+	if o, _ = f.options(); slices.Contains(o.serving.DNSNames, "istiod.istio-system.svc") {
+		t.Error("istiod's names served without --istiod-names")
+	}
+}

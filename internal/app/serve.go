@@ -53,6 +53,7 @@ type serveFlags struct {
 	debounce                             time.Duration
 	limits                               server.LimitConfig
 	autoRotate                           float64
+	istiodNames                          bool
 	rotationGrace                        time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
@@ -72,6 +73,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&f.defaultTTL, "default-ttl", ca.DefaultTTL, "workload certificate lifetime when the request names none")
 	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")
 	fs.StringVar(&f.dnsNames, "server-dns-names", "localhost,warden.warden-system.svc", "comma-separated DNS SANs of the CA's serving certificate")
+	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.istio-system.svc...), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
 	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
@@ -172,7 +174,11 @@ func (f serveFlags) options() (*serveOptions, error) {
 	clock := ca.SystemClock{}
 	// No workload may get a name or address the CA serves on: clients
 	// that check the CA by host name would take that workload for it.
-	serving := servingOptions(td, f.listen, splitList(f.dnsNames))
+	dns := splitList(f.dnsNames)
+	if f.istiodNames {
+		dns = append(dns, IstiodNames...)
+	}
+	serving := servingOptions(td, f.listen, dns)
 	reserved := append([]string{}, serving.DNSNames...)
 	for _, ip := range serving.IPs {
 		reserved = append(reserved, ip.String())
@@ -398,6 +404,11 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	s.grpc = g
 	return nil
 }
+
+// IstiodNames are the names Istio's agent dials and verifies for istiod
+// (its default CA_ADDR and discovery address is istiod.istio-system.svc,
+// and it puts that name in place of localhost).
+var IstiodNames = []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod.istio-system", "istiod"}
 
 func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}

@@ -97,3 +97,32 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployIstiodCompat renders deploy/istiod-compat (warden in istiod's
+// place for an existing Istio data plane) and has the API server validate
+// it: the istiod Service in istio-system points at warden, and warden
+// serves under istiod's names.
+func TestDeployIstiodCompat(t *testing.T) {
+	rendered, err := kubectl(t, nil, "kustomize", filepath.Join("..", "..", "deploy", "istiod-compat"))
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy/istiod-compat: %v\n%s", err, rendered)
+	}
+	for _, want := range []string{"name: istiod\n  namespace: istio-system", "externalName: warden.warden-system.svc.cluster.local", "- --istiod-names", "kind: Deployment"} {
+		if !strings.Contains(rendered, want) {
+			t.Errorf("rendered manifests lack %q", want)
+		}
+	}
+	for _, ns := range []string{"warden-system", "istio-system"} {
+		_, err = cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	out, err := kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
+	if err != nil {
+		t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "service/istiod") {
+		t.Fatalf("unexpected kubectl output:\n%s", out)
+	}
+}
