@@ -72,6 +72,14 @@ func (l *Limiter) Refused() (conns, streams, noCredentials int64) {
 	return l.refusedConns.Load(), l.refusedStreams.Load(), l.noCredentials.Load()
 }
 
+// Open reports what a peer (an IP address) holds now: connections and
+// streams.
+func (l *Limiter) Open(peer string) (conns, streams int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns[peer], l.streams[peer]
+}
+
 // ServerOptions bound what a client can make the server hold: header
 // lists (where tokens travel) are small, a handshake must finish within
 // 10 s, idle connections are closed, pings are rate-limited, a message is

@@ -127,6 +127,12 @@ func TestPerPeerLimits(t *testing.T) {
 	}
 	streams.Stop()
 	conns.Stop()
+	// The server releases a peer's allowance as it notices the closes.
+	eventually(t, "the peers' connections and streams released", func() bool {
+		c2, s2 := f.limiter.Open("127.0.0.2")
+		c3, s3 := f.limiter.Open("127.0.0.3")
+		return c2+s2+c3+s3 == 0
+	})
 	again := bench.StartHostile(context.Background(), f.hostile(bench.HostileConfig{Stalled: 5, Idle: 2}, "127.0.0.2"))
 	defer again.Stop()
 	eventually(t, "the peer's allowance back", func() bool {
