@@ -187,6 +187,10 @@ func (c *Cache) Current(id spiffeid.ID) *SVID {
 	return e.svid
 }
 
+// expiredRetry is the longest wait between renewals once the SVID has
+// expired: one dial every 2 s.
+const expiredRetry = 2 * time.Second
+
 // minRefresh keeps a very short-lived SVID from being refetched in a
 // tight loop.
 const minRefresh = time.Second
@@ -242,9 +246,22 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 				return
 			}
 			left := cur.Certs[0].NotAfter.Sub(c.cfg.Clock.Now())
-			c.cfg.Log.Warn("SVID rotation failed; serving the current one and retrying", "id", id.String(),
-				"retryIn", backoff.String(), "validFor", left.Round(time.Second).String(), "error", err.Error())
+			if left <= 0 {
+				c.cfg.Log.Error("SVID expired and renewal keeps failing: it is no longer served (the trust bundle still is)", "id", id.String(),
+					"expired", cur.Certs[0].NotAfter.UTC(), "retryIn", backoff.String(), "error", err.Error())
+			} else {
+				c.cfg.Log.Warn("SVID rotation failed; serving the current one and retrying", "id", id.String(),
+					"retryIn", backoff.String(), "validFor", left.Round(time.Second).String(), "error", err.Error())
+			}
 			wait = backoff
+			switch {
+			case left > 0 && left < wait:
+				// Try once more as the SVID expires, and say so then.
+				wait = left + 100*time.Millisecond
+			case left <= 0:
+				// Nothing to serve: come back as soon as the CA does.
+				wait = min(wait, expiredRetry)
+			}
 			backoff = min(backoff*2, c.cfg.MaxBackoff)
 			continue
 		}

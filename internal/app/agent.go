@@ -110,9 +110,12 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	a.fetcher.Current = a.cache.Current
 	identify := a.identifyByToken
 	if !f.nodeAgent {
-		svid, err := a.fetcher.Fetch(ctx, spiffeid.ID{})
+		// The agent may start before the CA: the first certificate is
+		// retried with backoff, and the sockets appear only once it came
+		// (their presence is the agent's readiness).
+		svid, err := a.firstSVID(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("first certificate from %s: %w", f.addr, err)
+			return nil, err
 		}
 		log.Info("workload identity", "id", svid.ID.String(), "notAfter", svid.Certs[0].NotAfter)
 		a.mu.Lock()
@@ -126,7 +129,7 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 		return nil, err
 	}
 	if f.wapiSocket != "" && !f.nodeAgent {
-		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots}
+		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots, TrustDomain: a.self.ID.TrustDomain()}
 	}
 	// A new bundle reaches every SDS stream's ROOTCA, the Workload API and
 	// the files; when the CA signs under a root the SVID does not chain
@@ -163,10 +166,38 @@ func (a *agent) updated(s *sds.SVID) {
 	}
 }
 
+// current is the workload's SVID while it is valid: an expired one is
+// never served (the Workload API then sends the bundle alone).
 func (a *agent) current() *sds.SVID {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.self == nil || !time.Now().Before(a.self.Certs[0].NotAfter) {
+		return nil
+	}
 	return a.self
+}
+
+// firstSVID fetches the workload's first SVID, retrying (1 s doubling to
+// 30 s) while the CA cannot be reached, until ctx is done.
+func (a *agent) firstSVID(ctx context.Context) (*sds.SVID, error) {
+	backoff := time.Second
+	for {
+		svid, err := a.fetcher.Fetch(ctx, spiffeid.ID{})
+		if err == nil {
+			return svid, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("first certificate from %s: %w", a.f.addr, err)
+		}
+		a.log.Warn("no first certificate yet; retrying (the sockets appear once it comes)", "ca", a.f.addr, "tokenFile", a.f.tokenFile,
+			"retryIn", backoff.String(), "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("first certificate from %s: %w", a.f.addr, err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
 }
 
 // roots is the bundle: the trust anchors file plus the roots the CA last

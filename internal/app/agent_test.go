@@ -30,6 +30,27 @@ import (
 	"github.com/wardenmesh/warden/internal/app"
 )
 
+// sdsTry opens an SDS stream on sock for names and reads one answer.
+func sdsTry(t *testing.T, sock string, names ...string) error {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{ResourceNames: names, TypeUrl: resource.SecretType}); err != nil {
+		return err
+	}
+	_, err = s.Recv()
+	return err
+}
+
 // sdsDefault opens an SDS stream on sock and returns the leaf of the
 // "default" secret and the ROOTCA bundle.
 func sdsDefault(t *testing.T, sock string) (leafSerial string, chainLen, roots int) {
@@ -163,17 +184,86 @@ func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 	if !strings.Contains(logs.String(), "SVID rotation failed; serving the current one and retrying") {
 		t.Fatalf("no retry logged during the outage:\n%s", logs.String())
 	}
-	// The CA returns on the same address: the agent recovers.
+	// Past its expiry with the CA still down: the SVID is served nowhere,
+	// the bundle still is, and the log says so at ERROR.
+	time.Sleep(time.Until(svid.Certificates[0].NotAfter.Add(1500 * time.Millisecond)))
+	short, shortCancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer shortCancel()
+	if got, err := workloadapi.FetchX509SVID(short, workloadapi.WithAddr("unix://"+wSock)); err == nil {
+		t.Fatalf("the Workload API served an expired SVID (notAfter %s)", got.Certificates[0].NotAfter)
+	}
+	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer bcancel()
+	if b, err := workloadapi.FetchX509Bundles(bctx, workloadapi.WithAddr("unix://"+wSock)); err != nil || b.Len() != 1 {
+		t.Fatalf("the Workload API does not serve the bundle while the SVID is expired: %v", err)
+	}
+	if err := sdsTry(t, sdsSock, "default", "ROOTCA"); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "has expired") {
+		t.Fatalf("SDS with an expired SVID: %v", err)
+	}
+	if err := sdsTry(t, sdsSock, "ROOTCA"); err != nil {
+		t.Fatalf("SDS refuses ROOTCA alone while the SVID is expired: %v", err)
+	}
+	if !strings.Contains(logs.String(), "SVID expired and renewal keeps failing") {
+		t.Fatalf("no ERROR after the expiry:\n%s", logs.String())
+	}
+	// The CA returns on the same address: the agent recovers within a
+	// few seconds (it retries every 2 s once the SVID has expired).
 	serveAt(t, data, addr)
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if s3, _, _ := sdsDefault(t, sdsSock); s3 != serial {
-			break
+		if sdsTry(t, sdsSock, "default", "ROOTCA") == nil {
+			if s3, _, _ := sdsDefault(t, sdsSock); s3 != serial {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no new certificate after the CA came back:\n%s", logs.String())
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestAgentStartsBeforeCA: an agent started while the CA is down does not
+// exit: it retries, serves no socket until its first SVID (that is its
+// readiness), and gets the SVID once the CA starts.
+func TestAgentStartsBeforeCA(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, stopCA := serve(t, data) // creates the data directory and its root
+	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	stopCA()
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+	sdsSock := filepath.Join(dir, "sds.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"), "--token-file", tokFile,
+			"--sds-socket", sdsSock, "--workload-api-socket", ""}, &logs, &logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("agent exited %d:\n%s", code, logs.String())
+		}
+	})
+	time.Sleep(2 * time.Second)
+	select {
+	case code := <-done:
+		t.Fatalf("the agent exited (%d) while the CA was down:\n%s", code, logs.String())
+	default:
+	}
+	if _, err := os.Stat(sdsSock); err == nil {
+		t.Fatal("the SDS socket is served before the first SVID")
+	}
+	if !strings.Contains(logs.String(), "no first certificate yet; retrying") {
+		t.Fatalf("no retry logged:\n%s", logs.String())
+	}
+	serveAt(t, data, addr)
+	waitFile(t, sdsSock)
+	if serial, _, roots := sdsDefault(t, sdsSock); serial == "" || roots != 1 {
+		t.Fatalf("SDS after the CA started: serial %q, %d roots", serial, roots)
 	}
 }
 

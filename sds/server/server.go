@@ -276,6 +276,9 @@ func (s *Server) open(ctx context.Context, streamID int64) error {
 // certificate is fetched (issued if need be) and its snapshot built.
 func (s *Server) certificates(st *stream) error {
 	svid, err := s.cfg.Cache.Get(st.ctx, st.id)
+	if errors.Is(err, sds.ErrExpired) {
+		return status.Errorf(codes.Unavailable, "sds: the certificate for %s has expired and could not be renewed yet (is the CA reachable?); %q alone is still served", st.id, sds.RootName)
+	}
 	if err != nil {
 		return status.Errorf(codes.Unavailable, "sds: no certificate for %s yet: %v", st.id, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -18,8 +19,11 @@ import (
 // new message whenever the SVID rotates or the bundle changes.
 type WorkloadAPI struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
-	Current func() *sds.SVID           // the workload's SVID, nil before the first
+	Current func() *sds.SVID           // the workload's SVID; nil before the first, and once it has expired
 	Roots   func() []*x509.Certificate // the trust bundle
+	// TrustDomain names the bundle FetchX509Bundles sends, which needs no
+	// SVID (a workload whose SVID expired still gets the bundle).
+	TrustDomain spiffeid.TrustDomain
 
 	mu   sync.Mutex
 	subs map[chan struct{}]struct{}
@@ -72,7 +76,7 @@ func der(certs []*x509.Certificate) []byte {
 
 // serve sends the current state with send at once and after every
 // update, until the stream ends.
-func (w *WorkloadAPI) serve(stream grpc.ServerStream, send func(*sds.SVID) error) error {
+func (w *WorkloadAPI) serve(stream grpc.ServerStream, needSVID bool, send func(*sds.SVID) error) error {
 	md, _ := metadata.FromIncomingContext(stream.Context())
 	if err := checkHeader(md); err != nil {
 		return err
@@ -80,7 +84,7 @@ func (w *WorkloadAPI) serve(stream grpc.ServerStream, send func(*sds.SVID) error
 	wake, done := w.subscribe()
 	defer done()
 	for {
-		if s := w.Current(); s != nil {
+		if s := w.Current(); s != nil || !needSVID {
 			if err := send(s); err != nil {
 				return err
 			}
@@ -95,7 +99,7 @@ func (w *WorkloadAPI) serve(stream grpc.ServerStream, send func(*sds.SVID) error
 
 // FetchX509SVID implements the Workload API.
 func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
-	return w.serve(stream, func(s *sds.SVID) error {
+	return w.serve(stream, true, func(s *sds.SVID) error {
 		key, err := x509.MarshalPKCS8PrivateKey(s.Key)
 		if err != nil {
 			return status.Error(codes.Internal, err.Error())
@@ -108,9 +112,13 @@ func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Ser
 
 // FetchX509Bundles implements the Workload API.
 func (w *WorkloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
-	return w.serve(stream, func(s *sds.SVID) error {
+	return w.serve(stream, w.TrustDomain.IsZero(), func(s *sds.SVID) error {
+		td := w.TrustDomain
+		if s != nil {
+			td = s.ID.TrustDomain()
+		}
 		return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
-			s.ID.TrustDomain().IDString(): der(w.Roots()),
+			td.IDString(): der(w.Roots()),
 		}})
 	})
 }
