@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -51,9 +52,13 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048 (also ecdsa-p384, rsa-4096)")
 	fs.DurationVar(&f.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
 	fs.BoolVar(&f.nodeAgent, "node-agent", false, "serve several workloads: each SDS stream authenticates with its own token in gRPC metadata")
-	fs.UintVar(&f.socketMode, "socket-mode", 0o600, "permissions of the sockets (0600, or 0660 to share with a group)")
+	f.socketMode = 0o600
+	fs.Var((*octalFlag)(&f.socketMode), "socket-mode", "permissions of the sockets: an octal `mode`, 0600, or 0660 to share with a group")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := f.check(); err != nil {
 		return err
 	}
 	log, err := e.logger(f.logLevel)
@@ -65,6 +70,42 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	return a.run(ctx)
+}
+
+// maxSocketPath is the longest Unix socket path Linux accepts
+// (sun_path holds 108 bytes with the terminating NUL).
+const maxSocketPath = 107
+
+// check refuses flag mistakes with the flag named: one socket path for
+// both services, a socket path too long to bind, a mode that would open
+// the sockets to everyone.
+func (f *agentFlags) check() error {
+	if f.wapiSocket != "" && filepath.Clean(f.wapiSocket) == filepath.Clean(f.sdsSocket) {
+		return fmt.Errorf("%w: --sds-socket and --workload-api-socket are both %s; give each its own path", errUsage, f.sdsSocket)
+	}
+	for flag, p := range map[string]string{"--sds-socket": f.sdsSocket, "--workload-api-socket": f.wapiSocket} {
+		if abs, err := filepath.Abs(p); err == nil && p != "" && len(abs) > maxSocketPath {
+			return fmt.Errorf("%w: %s %s is %d bytes long; Unix sockets allow at most %d: choose a shorter path", errUsage, flag, abs, len(abs), maxSocketPath)
+		}
+	}
+	if f.socketMode&^0o777 != 0 || f.socketMode&0o007 != 0 {
+		return fmt.Errorf("%w: --socket-mode %#o: want permissions for owner and group only (0600 or 0660)", errUsage, f.socketMode)
+	}
+	return nil
+}
+
+// octalFlag is a uint flag read and shown in octal (0600, not 384).
+type octalFlag uint
+
+func (o *octalFlag) String() string { return fmt.Sprintf("%#o", uint(*o)) }
+
+func (o *octalFlag) Set(s string) error {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil {
+		return fmt.Errorf("not an octal mode: %q", s)
+	}
+	*o = octalFlag(v)
+	return nil
 }
 
 // agent is a wired 'warden agent'.
@@ -90,7 +131,7 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	}
 	pool, err := readPool(f.rootFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the trust anchors for the CA (--root-cert): %w", err)
 	}
 	b, _ := os.ReadFile(f.rootFile)
 	fileRoots, _ := ca.ParseCerts(b)

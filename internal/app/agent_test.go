@@ -377,3 +377,25 @@ func TestCentralSDS(t *testing.T) {
 		t.Fatalf("without a token: %v", err)
 	}
 }
+
+// TestAgentUsageErrors: the agent's flag mistakes name the flag and what
+// fixes them, before anything is dialled or bound.
+func TestAgentUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	long := filepath.Join(dir, strings.Repeat("d", 120), "sds.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--sds-socket", filepath.Join(dir, "s.sock"), "--workload-api-socket", filepath.Join(dir, "s.sock")}, "--sds-socket and --workload-api-socket are both"},
+		{[]string{"--sds-socket", long}, "--sds-socket " + long + " is"},
+		{[]string{"--socket-mode", "0666"}, "--socket-mode 0666: want permissions for owner and group only"},
+		{[]string{"--socket-mode", "9"}, "not an octal mode"},
+		{[]string{"--sds-socket", filepath.Join(dir, "a.sock"), "--workload-api-socket", "", "--root-cert", filepath.Join(dir, "missing.pem")}, "the trust anchors for the CA (--root-cert): open " + filepath.Join(dir, "missing.pem")},
+	} {
+		code, _, stderr := run(t, append([]string{"agent", "--ca", "127.0.0.1:1", "--token-file", filepath.Join(dir, "token")}, c.args...)...)
+		if code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("agent %s: exit %d, stderr %q; want %q", strings.Join(c.args, " "), code, stderr, c.want)
+		}
+	}
+}
