@@ -144,12 +144,15 @@ func OldLeavesExpire(current *Material, now time.Time, maxTTL time.Duration) tim
 	return t
 }
 
-// RootFingerprint is the hex SHA-256 of a root's DER, as warden logs and
-// stores it.
-func RootFingerprint(m *Material) string {
-	sum := sha256.Sum256(m.Roots[0].Raw)
+// Fingerprint is the hex SHA-256 of a certificate's DER: how warden
+// names a root in its stores, its logs, and a rotation's consumers.
+func Fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
 	return hex.EncodeToString(sum[:])
 }
+
+// RootFingerprint is the Fingerprint of m's first root.
+func RootFingerprint(m *Material) string { return Fingerprint(m.Roots[0]) }
 
 func withRoots(m *Material, roots []*x509.Certificate) *Material {
 	c := *m

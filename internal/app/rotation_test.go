@@ -274,7 +274,7 @@ func TestPluggedInRotationUnderTraffic(t *testing.T) {
 	// status says which consumers hold which root.
 	put("root-cert.pem", ca.EncodeCerts(rootA.Cert, rootB.Cert))
 	agentsHold("the two-root bundle", func(roots, _ []*x509.Certificate) bool { return len(roots) == 2 })
-	fpB := ca.RootFingerprint(&ca.Material{Roots: []*x509.Certificate{rootB.Cert}})
+	fpB := ca.Fingerprint(rootB.Cert)
 	waitStatus(t, m.data, 10*time.Second, "both agents to hold root B", func(s string) bool {
 		_, after, _ := strings.Cut(s, "bundle root sha256 "+fpB+" (trusted;")
 		return strings.Contains(after, "sds: 2 of 2 hold the root")

@@ -69,7 +69,7 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 	if err != nil {
 		return nil, "", fmt.Errorf("CA store %s: %w", src.dataDir, err)
 	}
-	fp := fingerprint(m.Roots[0].Raw)
+	fp := ca.RootFingerprint(m)
 	switch {
 	case mk.RootSHA256 == fp:
 	case mk.RootSHA256 != "" && !created && !src.allowNewRoot:

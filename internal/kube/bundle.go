@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
+	"crypto/x509"
 	"log/slog"
 	"slices"
 	"sync"
@@ -189,7 +189,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 
 // Missing reports, for a root rotation, how many namespaces' trust
 // bundle ConfigMaps this install keeps and which lack the root with
-// fingerprint fp (hex SHA-256 of its DER). Only the leader, which runs the
+// fingerprint fp (ca.Fingerprint). Only the leader, which runs the
 // publisher, can tell.
 func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 	if p.nsList == nil || p.cmList == nil {
@@ -225,11 +225,5 @@ func holdsRoot(b []byte, fp string) bool {
 	if err != nil {
 		return false
 	}
-	for _, c := range certs {
-		sum := sha256.Sum256(c.Raw)
-		if hex.EncodeToString(sum[:]) == fp {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(certs, func(c *x509.Certificate) bool { return ca.Fingerprint(c) == fp })
 }

@@ -2,8 +2,6 @@ package kube
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,8 +25,7 @@ const sourcePluggedIn = "cacerts"
 
 // RecordPluggedIn writes the record for plugged-in material m.
 func RecordPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace string, m *ca.Material) error {
-	fp := sha256.Sum256(m.Roots[0].Raw)
-	data := map[string]string{"source": sourcePluggedIn, "rootSHA256": hex.EncodeToString(fp[:])}
+	data := map[string]string{"source": sourcePluggedIn, "rootSHA256": ca.RootFingerprint(m)}
 	cms := cs.CoreV1().ConfigMaps(namespace)
 	cur, err := cms.Get(ctx, CASourceConfigMap, metav1.GetOptions{})
 	switch {

@@ -148,7 +148,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	})
 
 	out = rotate("--force", "retire")
-	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.RootFingerprint(&ca.Material{Roots: newRoots})) {
+	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.Fingerprint(newRoots[0])) {
 		t.Fatalf("retire:\n%s", out)
 	}
 	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})

@@ -1,7 +1,6 @@
 package rotation
 
 import (
-	"crypto/x509"
 	"fmt"
 	"io"
 	"slices"
@@ -54,7 +53,7 @@ func (r *Rotator) Status() Status {
 		out.Plugged = r.plugged
 		// What an operator rotating by hand needs: who holds each root.
 		for i, root := range r.authority.Bundles().Roots() {
-			fp := ca.RootFingerprint(&ca.Material{Roots: []*x509.Certificate{root}})
+			fp := ca.Fingerprint(root)
 			out.Roots = append(out.Roots, RootHolders{SHA256: fp, Subject: root.Subject.String(), Signing: i == 0, NotAfter: root.NotAfter, Consumers: r.holders(fp)})
 		}
 	}

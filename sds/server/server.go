@@ -21,9 +21,7 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +44,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/sds"
 )
 
@@ -199,7 +198,7 @@ func (s *Server) newVersion(roots []*x509.Certificate) string {
 	v := strconv.FormatUint(s.version.Add(1), 10)
 	fps := make([]string, len(roots))
 	for i, r := range roots {
-		fps[i] = Fingerprint(r)
+		fps[i] = ca.Fingerprint(r)
 	}
 	s.mu.Lock()
 	s.versions[v] = fps
@@ -212,12 +211,6 @@ func (s *Server) newVersion(roots []*x509.Certificate) string {
 	return v
 }
 
-// Fingerprint is the hex SHA-256 of a certificate, as Missing takes it.
-func Fingerprint(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
-
 // ack records that a stream accepted version (s.mu held).
 func (s *Server) ack(st *stream, version string) {
 	if fps, ok := s.versions[version]; ok {
@@ -227,7 +220,8 @@ func (s *Server) ack(st *stream, version string) {
 
 // Missing reports, of the open streams that asked for ROOTCA's holder
 // (every stream past its first request), how many there are and which
-// have not ACKed a bundle holding the root with fingerprint fp: a root
+// have not ACKed a bundle holding the root with fingerprint fp
+// (ca.Fingerprint): a root
 // rotation waits for them. Names are "<SPIFFE ID> (stream N)".
 func (s *Server) Missing(fp string) (total int, missing []string) {
 	s.mu.Lock()

@@ -531,7 +531,7 @@ func TestBundleStreamsAndMissing(t *testing.T) {
 	}
 
 	next := catest.Root(t, ca.CAOptions{CommonName: "next root"})
-	fp := server.Fingerprint(next.Cert)
+	fp := ca.Fingerprint(next.Cert)
 	if total, missing := f.srv.Missing(fp); total != 3 || len(missing) != 3 {
 		t.Fatalf("before the new root: %d streams, missing %v", total, missing)
 	}

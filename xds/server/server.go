@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/xds"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -504,9 +504,9 @@ func (s *Server) rememberRoots(v string, secrets []types.Resource) {
 		if !ok || sec.GetValidationContext() == nil {
 			continue
 		}
-		for _, der := range pemBlocks(sec.GetValidationContext().GetTrustedCa().GetInlineBytes()) {
-			sum := sha256.Sum256(der)
-			fps = append(fps, hex.EncodeToString(sum[:]))
+		roots, _ := ca.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
+		for _, c := range roots {
+			fps = append(fps, ca.Fingerprint(c))
 		}
 	}
 	s.rootsOf[v] = fps
@@ -514,21 +514,6 @@ func (s *Server) rememberRoots(v string, secrets []types.Resource) {
 	if len(s.rootsOrder) > maxRootsVersions {
 		delete(s.rootsOf, s.rootsOrder[0])
 		s.rootsOrder = s.rootsOrder[1:]
-	}
-}
-
-// pemBlocks is the DER of each CERTIFICATE block in b.
-func pemBlocks(b []byte) [][]byte {
-	var out [][]byte
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return out
-		}
-		if blk.Type == "CERTIFICATE" {
-			out = append(out, blk.Bytes)
-		}
 	}
 }
 
@@ -549,7 +534,7 @@ func (s *Server) ackSecrets(id int64, v string) {
 
 // Missing reports how many streams of Envoy proxies that get their
 // secrets over ADS are open, and which have not ACKed a ROOTCA holding
-// the root with fingerprint fp (hex SHA-256 of its DER): a root rotation
+// the root with fingerprint fp (ca.Fingerprint): a root rotation
 // waits for them. Names are "<node> (ads stream N)".
 func (s *Server) Missing(fp string) (total int, missing []string) {
 	if s.cfg.Secrets == nil {
