@@ -184,6 +184,16 @@ func (a *Authority) Activate(m *Material) error {
 // SigningRoot is the root m's signing chain ends at.
 func SigningRoot(m *Material) (*x509.Certificate, error) { return anchorOf(m) }
 
+// Replace activates m unless the authority already signs with the same
+// certificate under the same roots (a watcher re-reading unchanged CA
+// files), and reports whether it activated.
+func (a *Authority) Replace(m *Material) (bool, error) {
+	if cur := a.Material(); cur != nil && cur.Cert.Equal(m.Cert) && SameRoots(cur.Roots, m.Roots) {
+		return false, nil
+	}
+	return true, a.Activate(m)
+}
+
 // Bundles is the trust bundle's publisher: subscribers hear of every
 // activation that changes the roots (a new upstream root, a plugged-in CA
 // replaced, a rotation), and of nothing else.

@@ -51,3 +51,18 @@ func TestBundlesPublish(t *testing.T) {
 		t.Fatalf("%d notifications, roots %v", n, auth.Bundles().Roots())
 	}
 }
+
+// TestReplaceSkipsUnchangedMaterial: re-reading the same CA files
+// activates nothing; a new root does.
+func TestReplaceSkipsUnchangedMaterial(t *testing.T) {
+	t.Parallel()
+	m := catest.Root(t, ca.CAOptions{CommonName: "a"})
+	a := catest.Authority(t, m)
+	if changed, err := a.Replace(&ca.Material{Cert: m.Cert, Key: m.Key, Roots: m.Roots}); changed || err != nil {
+		t.Fatalf("the same material: changed %t, %v", changed, err)
+	}
+	n := catest.Root(t, ca.CAOptions{CommonName: "b"})
+	if changed, err := a.Replace(n); !changed || err != nil || !a.Material().Cert.Equal(n.Cert) {
+		t.Fatalf("a new root: changed %t, %v", changed, err)
+	}
+}

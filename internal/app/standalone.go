@@ -187,11 +187,12 @@ func watchPluggedInDir(ctx context.Context, dir string, authority *ca.Authority,
 			continue
 		}
 		lastErr = ""
-		if cur := authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && ca.SameRoots(cur.Roots, m.Roots) {
+		changed, err := authority.Replace(m)
+		if err != nil {
+			log.Error("could not activate the plugged-in CA; keeping the current one", "dir", dir, "error", err.Error())
 			continue
 		}
-		if err := authority.Activate(m); err != nil {
-			log.Error("could not activate the plugged-in CA; keeping the current one", "dir", dir, "error", err.Error())
+		if !changed {
 			continue
 		}
 		log.Info("activated plugged-in CA", "dir", dir, "subject", m.Cert.Subject.String(), "roots", len(m.Roots), "notAfter", m.Cert.NotAfter.UTC())

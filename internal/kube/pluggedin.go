@@ -92,11 +92,12 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 			p.Log.Error("not activating the plugged-in CA: replicas started later could not know of it", "error", err.Error())
 			return
 		}
-		if cur := p.Authority.Material(); cur != nil && cur.Cert.Equal(m.Cert) && ca.SameRoots(cur.Roots, m.Roots) {
+		changed, err := p.Authority.Replace(m)
+		if err != nil {
+			p.Log.Error("could not activate plugged-in CA", "error", err.Error())
 			return
 		}
-		if err := p.Authority.Activate(m); err != nil {
-			p.Log.Error("could not activate plugged-in CA", "error", err.Error())
+		if !changed {
 			return
 		}
 		// Consumers hear of a new root from the authority's Bundles.
