@@ -170,6 +170,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"cert", "request", "--out", "x"}, 2, "give exactly one of --token-file or --renew"},
 		{[]string{"cert", "inspect"}, 2, "want exactly one PEM file"},
 		{[]string{"token", "--data-dir", "/nonexistent", "--ns", "a", "--sa", "b"}, 1, "no token key at /nonexistent/token-key.pem"},
+		{[]string{"ca", "rotate", "--data-dir", "/nonexistent", "activatd"}, 2, `unknown rotation step "activatd"`},
+		{[]string{"ca", "rotate", "--kubernetes", "--data-dir", "/nonexistent"}, 2, "want one of prepare, publish, activate, retire, abort, or --status"},
+		{[]string{"ca", "rotate", "--data-dir", "/nonexistent", "publish"}, 1, "no warden serve answers on /nonexistent/admin.sock"},
 	}
 	for _, tc := range cases {
 		code, _, stderr := run(t, tc.args...)

@@ -27,26 +27,22 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	req, err := rotateRequest(*statusOnly, *force, fs.Args())
+	if err != nil {
+		return err
+	}
 	if *kubeMode {
-		return rotateKube(ctx, e, *kubeconfig, *namespace, *statusOnly, *force, fs.Args())
+		return rotateKube(ctx, e, *kubeconfig, *namespace, req)
 	}
 	c := rotation.AdminClient(*dataDir)
-	var (
-		resp *http.Response
-		err  error
-	)
-	switch rest := fs.Args(); {
-	case *statusOnly && len(rest) == 0:
+	var resp *http.Response
+	switch {
+	case req == nil:
 		resp, err = c.Get("http://warden/rotation")
-	case len(rest) == 1 && rest[0] == "abort":
+	case req.Abort:
 		resp, err = c.Post("http://warden/rotation/abort", "", nil)
-	case len(rest) == 1:
-		if _, perr := ca.ParsePhase(rest[0]); perr != nil {
-			return fmt.Errorf("%w: %v", errUsage, perr)
-		}
-		resp, err = c.Post(fmt.Sprintf("http://warden/rotation?to=%s&force=%t", rest[0], *force), "", nil)
 	default:
-		return fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
+		resp, err = c.Post(fmt.Sprintf("http://warden/rotation?to=%s&force=%t", req.Target, req.Force), "", nil)
 	}
 	if err != nil {
 		return fmt.Errorf("no warden serve answers on %s (is it running with --data-dir %s?): %w", filepath.Join(*dataDir, rotation.AdminSocket), *dataDir, err)
@@ -65,9 +61,26 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 	return nil
 }
 
+// rotateRequest reads what 'ca rotate' asks: nil for --status alone.
+func rotateRequest(statusOnly, force bool, rest []string) (*kube.RotationRequest, error) {
+	switch {
+	case statusOnly && len(rest) == 0:
+		return nil, nil
+	case len(rest) == 1 && rest[0] == "abort":
+		return &kube.RotationRequest{Abort: true}, nil
+	case len(rest) == 1:
+		to, err := ca.ParsePhase(rest[0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		return &kube.RotationRequest{Target: to, Force: force}, nil
+	}
+	return nil, fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
+}
+
 // rotateKube asks an install's leader for a rotation step through the
 // rotation ConfigMap, and prints the leader's report once it took it.
-func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, statusOnly, force bool, rest []string) error {
+func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, req *kube.RotationRequest) error {
 	rc, err := kube.RESTConfig(kubeconfig)
 	if err != nil {
 		return err
@@ -85,26 +98,15 @@ func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, statu
 		}
 		return st, json.Unmarshal(b, &st)
 	}
-	var req kube.RotationRequest
-	switch {
-	case statusOnly && len(rest) == 0:
+	if req == nil {
 		st, err := read()
 		if err != nil {
 			return err
 		}
 		st.Print(e.stdout)
 		return nil
-	case len(rest) == 1 && rest[0] == "abort":
-		req.Abort = true
-	case len(rest) == 1:
-		if req.Target, err = ca.ParsePhase(rest[0]); err != nil {
-			return fmt.Errorf("%w: %v", errUsage, err)
-		}
-		req.Force = force
-	default:
-		return fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
 	}
-	seq, err := store.Request(ctx, req)
+	seq, err := store.Request(ctx, *req)
 	if err != nil {
 		return err
 	}
