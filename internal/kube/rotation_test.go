@@ -59,6 +59,28 @@ func waitBundle(t *testing.T, ns string) {
 	})
 }
 
+type replica struct {
+	addr string
+	logs *lockedBuffer
+	stop func()
+}
+
+// twoReplicas starts replica-a (the leader, once it has published the
+// bundle to a workload namespace with service account cart) and
+// replica-b of an install in a namespace of its own, with no rotation
+// grace and no automatic rotation.
+func twoReplicas(t *testing.T) (ns, shop string, a, b replica) {
+	t.Helper()
+	ns = newNamespace(t, "warden")
+	shop = newNamespace(t, "shop")
+	newSA(t, shop, "cart")
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	a.addr, a.logs, a.stop = startServeWith(t, ns, "replica-a", flags...)
+	waitBundle(t, shop)
+	b.addr, b.logs, b.stop = startServeWith(t, ns, "replica-b", flags...)
+	return ns, shop, a, b
+}
+
 // TestKubeRotationResumesAfterLeaderChange: two replicas; an operator
 // publishes a new root with 'warden ca rotate --kubernetes' (the leader
 // takes the request through the API server, both replicas follow), the
@@ -69,13 +91,8 @@ func waitBundle(t *testing.T, ns string) {
 // CA.
 func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	ctx := testCtx(t)
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	newSA(t, shop, "cart")
-	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
-	_, logsA, stopA := startServeWith(t, ns, "replica-a", flags...)
-	waitBundle(t, shop)
-	addrB, logsB, _ := startServeWith(t, ns, "replica-b", flags...)
+	ns, shop, a, b := twoReplicas(t)
+	logsA, stopA, addrB, logsB := a.logs, a.stop, b.addr, b.logs
 	oldSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -172,13 +189,8 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 // replica's report; once the stream is gone, activation proceeds.
 func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 	ctx := testCtx(t)
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	newSA(t, shop, "cart")
-	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
-	startServeWith(t, ns, "replica-a", flags...)
-	waitBundle(t, shop)
-	addrB, _, _ := startServeWith(t, ns, "replica-b", flags...)
+	ns, shop, _, b := twoReplicas(t)
+	addrB := b.addr
 	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
