@@ -181,9 +181,6 @@ func (a *Authority) Activate(m *Material) error {
 	return nil
 }
 
-// SigningRoot is the root m's signing chain ends at.
-func SigningRoot(m *Material) (*x509.Certificate, error) { return anchorOf(m) }
-
 // Replace activates m unless the authority already signs with the same
 // certificate under the same roots (a watcher re-reading unchanged CA
 // files), and reports whether it activated.

@@ -130,10 +130,6 @@ func (r *Rotation) Check(now time.Time) error {
 	return nil
 }
 
-// Retired is the material once the rotation is over: Next, with its own
-// roots only.
-func (r *Rotation) Retired() *Material { return r.Next }
-
 // OldLeavesExpire is when every leaf Current can have signed by now has
 // expired: leaves are at most maxTTL long and never outlive the signer.
 func OldLeavesExpire(current *Material, now time.Time, maxTTL time.Duration) time.Time {

@@ -67,7 +67,7 @@ func TestRotationPhases(t *testing.T) {
 			t.Errorf("%s: leaf does not verify against the bundle: %v", c.phase, err)
 		}
 	}
-	if got := names(r.Retired().Roots); !equalStrings(got, []string{"next"}) {
+	if got := names(r.Next.Roots); !equalStrings(got, []string{"next"}) { // what signs once it retires
 		t.Errorf("retired bundle %v", got)
 	}
 }

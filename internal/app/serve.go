@@ -176,7 +176,7 @@ func (f serveFlags) options() (*serveOptions, error) {
 	// that check the CA by host name would take that workload for it.
 	dns := splitList(f.dnsNames)
 	if f.istiodNames {
-		dns = append(dns, IstiodNames...)
+		dns = append(dns, istiodNames...)
 	}
 	serving := servingOptions(td, f.listen, dns)
 	reserved := append([]string{}, serving.DNSNames...)
@@ -405,10 +405,10 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	return nil
 }
 
-// IstiodNames are the names Istio's agent dials and verifies for istiod
+// istiodNames are the names Istio's agent dials and verifies for istiod
 // (its default CA_ADDR and discovery address is istiod.istio-system.svc,
 // and it puts that name in place of localhost).
-var IstiodNames = []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod.istio-system", "istiod"}
+var istiodNames = []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod.istio-system", "istiod"}
 
 func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
