@@ -65,6 +65,8 @@ var Kinds = []Kind{
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &ServiceEntry{} }},
 	{Group: "networking.istio.io", Kind: "Gateway", Plural: "gateways", ShortNames: []string{"gw"}, Versions: []string{"v1alpha3", "v1beta1", "v1"}, Storage: "v1",
 		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &Gateway{} }},
+	{Group: "networking.istio.io", Kind: "Sidecar", Plural: "sidecars", Versions: []string{"v1alpha3", "v1beta1", "v1"}, Storage: "v1",
+		Categories: []string{"istio-io", "networking-istio-io"}, New: func() Object { return &Sidecar{} }},
 }
 
 // kindOf finds the Kind of o by its Go type (Go-built objects may have no
@@ -172,3 +174,9 @@ func (o *ServiceEntry) Meta() *ObjectMeta { return &o.Metadata }
 
 // Validate implements Object.
 func (o *ServiceEntry) Validate() error { return validate(o) }
+
+// Meta implements Object.
+func (o *Sidecar) Meta() *ObjectMeta { return &o.Metadata }
+
+// Validate implements Object.
+func (o *Sidecar) Validate() error { return validate(o) }

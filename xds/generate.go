@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/rbac"
 )
@@ -78,20 +79,23 @@ func typed(m proto.Message) *anypb.Any {
 	return a
 }
 
-// Outbound builds what proxies in ns may call: clusters and endpoints of
-// every visible service (and DestinationRule subset), and for Envoy one
-// listener and route table per port, for gRPC one API listener and route
-// table per service port.
-func (m *Mesh) Outbound(ns, generator string) (*Config, error) {
-	g := &gen{m: m, ns: ns, grpc: generator == GeneratorGRPC}
+// Outbound builds what proxies of scope sc may call: clusters and
+// endpoints of every visible service (and DestinationRule subset), and for
+// Envoy one listener and route table per port, for gRPC one API listener
+// and route table per service port. Visible means exported to the
+// namespace and, when a Sidecar applies, named by its egress hosts (or a
+// destination of a VirtualService it names, as in Istio).
+func (m *Mesh) Outbound(sc Scope) (*Config, error) {
+	ns := sc.Namespace
+	g := &gen{m: m, ns: ns, grpc: sc.Generator == GeneratorGRPC}
+	if sc.Sidecar != nil {
+		g.egress, g.reports = compileSidecar(sc.Sidecar, ns, m.opts.RootNamespace)
+	}
 	out := &Config{}
 	byPort := map[uint32][]*Service{}
-	for _, s := range m.services {
-		if !s.visibleFrom(ns) {
-			continue
-		}
-		dr := m.destinationRule(s.Host, ns)
-		for _, p := range s.Ports {
+	for _, v := range g.visible() {
+		s, dr := v.s, m.destinationRule(v.s.Host, ns)
+		for _, p := range v.ports {
 			out.Clusters = append(out.Clusters, g.cluster(s, p, "", dr))
 			out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, nil))
 			if dr != nil {
@@ -131,6 +135,88 @@ func (m *Mesh) Outbound(ns, generator string) (*Config, error) {
 	}
 	out.Reports = g.reports
 	return out, out.Validate()
+}
+
+// visibleService is a service and the ports of it a proxy sees.
+type visibleService struct {
+	s     *Service
+	ports []ServicePort
+}
+
+// visible lists the services g's proxies see, in registry order.
+func (g *gen) visible() []visibleService {
+	var out []visibleService
+	if g.egress == nil {
+		for _, s := range g.m.services {
+			if s.visibleFrom(g.ns) {
+				out = append(out, visibleService{s, s.Ports})
+			}
+		}
+		return out
+	}
+	// The egress hosts, then the destinations of the VirtualServices in
+	// scope for those hosts (one level, as Istio infers them).
+	chosen := map[*Service][]ServicePort{}
+	for _, s := range g.m.services {
+		if !s.visibleFrom(g.ns) {
+			continue
+		}
+		all, ports := g.egress.ports(s)
+		for _, p := range s.Ports {
+			if all || ports[p.Number] {
+				chosen[s] = append(chosen[s], p)
+			}
+		}
+	}
+	named := make([]*Service, 0, len(chosen))
+	for s := range chosen {
+		named = append(named, s)
+	}
+	for _, s := range named {
+		v := g.m.virtualService(s.Host, g.ns, g.egress)
+		if v == nil {
+			continue
+		}
+		for _, d := range destinations(v) {
+			ds := g.m.byHost[g.m.fqdn(d, v.Metadata.Namespace)]
+			if ds != nil && ds.visibleFrom(g.ns) && len(chosen[ds]) < len(ds.Ports) {
+				chosen[ds] = ds.Ports
+			}
+		}
+	}
+	for _, s := range g.m.services {
+		if ps := chosen[s]; len(ps) > 0 {
+			out = append(out, visibleService{s, ps})
+		}
+	}
+	return out
+}
+
+// destinations are the hosts v's routes and mirrors send to, as written.
+func destinations(v *api.VirtualService) []string {
+	var out []string
+	for _, r := range v.Spec.HTTP {
+		for _, d := range r.Route {
+			out = append(out, d.Destination.Host)
+		}
+		if r.Mirror != nil {
+			out = append(out, r.Mirror.Host)
+		}
+		for _, mp := range r.Mirrors {
+			out = append(out, mp.Destination.Host)
+		}
+	}
+	for _, r := range v.Spec.TLS {
+		for _, d := range r.Route {
+			out = append(out, d.Destination.Host)
+		}
+	}
+	for _, r := range v.Spec.TCP {
+		for _, d := range r.Route {
+			out = append(out, d.Destination.Host)
+		}
+	}
+	return out
 }
 
 // outboundListener is an Envoy proxy's listener for one port, as Istio's
@@ -492,7 +578,7 @@ func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, err
 // listener names a proxyless server would ask for.
 func (m *Mesh) ProxyConfig(p *Proxy, servers []string) (*Config, *Workload, error) {
 	w := m.Workload(p)
-	out, err := m.Outbound(p.Namespace, p.Generator)
+	out, err := m.Outbound(m.ScopeOf(p, w))
 	if err != nil {
 		return nil, nil, err
 	}

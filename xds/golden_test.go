@@ -34,7 +34,8 @@ func loadMesh(t *testing.T, dir string) *xds.Mesh {
 // in testdata/mesh (Envoy and proxyless gRPC, client and server), and
 // checks every resource passes ValidateAll.
 func TestGoldenProxyConfig(t *testing.T) {
-	meshes := map[string]*xds.Mesh{"testdata/mesh": loadMesh(t, "testdata/mesh"), "testdata/tcp": loadMesh(t, "testdata/tcp")}
+	meshes := map[string]*xds.Mesh{"testdata/mesh": loadMesh(t, "testdata/mesh"), "testdata/tcp": loadMesh(t, "testdata/tcp"),
+		"testdata/scope": loadMesh(t, "testdata/scope")}
 	for _, tc := range []struct {
 		file, node, generator string
 		servers               []string
@@ -46,6 +47,8 @@ func TestGoldenProxyConfig(t *testing.T) {
 		{"grpc-flaskapp-server.json", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local", xds.GeneratorGRPC,
 			[]string{xds.ServerListenerName + "127.0.0.3:8080"}, ""},
 		{"envoy-tcp.json", "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/tcp"},
+		{"envoy-scope-web.json", "sidecar~10.0.2.2~web.frontend~frontend.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/scope"},
+		{"grpc-scope-web.json", "sidecar~10.0.2.2~web.frontend~frontend.svc.cluster.local", xds.GeneratorGRPC, nil, "testdata/scope"},
 	} {
 		if tc.dir == "" {
 			tc.dir = "testdata/mesh"

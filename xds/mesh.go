@@ -88,6 +88,7 @@ type Mesh struct {
 	dr       map[string][]*api.DestinationRule // by FQDN host
 	authn    *authn.Index
 	rbac     *rbac.Index
+	sidecars sidecarIndex
 }
 
 // NewMesh indexes the configuration objects and the registry.
@@ -101,6 +102,7 @@ func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error
 	m := &Mesh{opts: opts, services: services, byHost: map[string]*Service{}, dr: map[string][]*api.DestinationRule{}, authn: ax,
 		rbac: rbac.NewIndex(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain,
 			TrustDomainAliases: opts.TrustDomainAliases, PathNormalization: opts.PathNormalization})}
+	m.sidecars = newSidecarIndex(objs)
 	for _, s := range services {
 		m.byHost[s.Host] = s
 	}
@@ -129,6 +131,14 @@ func (m *Mesh) fqdn(host, ns string) string {
 		return host
 	}
 	return fmt.Sprintf("%s.%s.svc.%s", host, ns, m.opts.Domain)
+}
+
+func (m *Mesh) fqdns(hosts []string, ns string) []string {
+	out := make([]string, len(hosts))
+	for i, h := range hosts {
+		out[i] = m.fqdn(h, ns)
+	}
+	return out
 }
 
 // Services lists the registry.
@@ -233,12 +243,15 @@ func (m *Mesh) destinationRule(host, ns string) *api.DestinationRule {
 }
 
 // virtualService is the VirtualService routing host for proxies in ns
-// (the mesh gateway): the first by namespace/name, the proxy's own
-// namespace first.
-func (m *Mesh) virtualService(host, ns string) *api.VirtualService {
+// (the mesh gateway) within their Sidecar's egress (nil: no Sidecar): the
+// first by namespace/name, the proxy's own namespace first.
+func (m *Mesh) virtualService(host, ns string, e *egress) *api.VirtualService {
 	var found []*api.VirtualService
 	for _, v := range m.vs {
 		if !exported(v.Spec.ExportTo, v.Metadata.Namespace, ns) || !meshGateway(v.Spec.Gateways) {
+			continue
+		}
+		if e != nil && !e.admitsConfig(v.Metadata.Namespace, m.fqdns(v.Spec.Hosts, v.Metadata.Namespace)) {
 			continue
 		}
 		for _, h := range v.Spec.Hosts {

@@ -30,6 +30,7 @@ type gen struct {
 	m       *Mesh
 	ns      string
 	grpc    bool
+	egress  *egress // the proxy's Sidecar egress; nil: none applies
 	reports []string
 }
 
@@ -45,7 +46,7 @@ func ClusterName(port uint32, subset, host string) string {
 // virtualHost builds the routes for service s on port p.
 func (g *gen) virtualHost(s *Service, p ServicePort, domains []string) *routev3.VirtualHost {
 	vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", s.Host, p.Number), Domains: domains}
-	if v := g.m.virtualService(s.Host, g.ns); v != nil {
+	if v := g.m.virtualService(s.Host, g.ns, g.egress); v != nil {
 		vh.Routes = g.vsRoutes(v, s, p)
 	}
 	if len(vh.Routes) == 0 {

@@ -158,6 +158,7 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	proxies := fs.Int("proxies", 1000, "simulated proxies (ADS streams)")
 	services := fs.Int("services", 100, "services in the mesh")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "push debounce window")
+	sidecar := fs.Bool("sidecar", false, "scope the proxies with a Sidecar to their namespace (one service in ten)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the server from the edit until every proxy ACKed it")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -166,7 +167,7 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := bench.XDSConfig{Proxies: *proxies, Services: *services, Debounce: *debounce,
+	cfg := bench.XDSConfig{Proxies: *proxies, Services: *services, Debounce: *debounce, Sidecar: *sidecar,
 		Exe: exe, ClientArgs: []string{"bench", "xds-clients"}}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

@@ -19,10 +19,12 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/xds"
@@ -36,32 +38,51 @@ type XDSResult struct {
 	ConnectAll        time.Duration // until every proxy ACKed its first routes
 	HeapPerProxy      float64       // bytes of live server heap per connected proxy
 	Push              time.Duration // VirtualService edit until every proxy ACKed the new routes
+	Sidecar           bool          // proxies scoped by a Sidecar to their namespace
+	ConfigBytes       int           // one proxy's listeners, routes, clusters and endpoints, encoded
+	Clusters          int           // one proxy's clusters
 }
 
 // Print writes the result for people.
 func (r XDSResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "ADS proxies: %d Envoy-style clients (separate process) on a %d-service mesh\n", r.Proxies, r.Services)
+	scope := "none: every proxy sees every service"
+	if r.Sidecar {
+		scope = "namespace bench only (\"./*\")"
+	}
+	fmt.Fprintf(w, "Sidecar scope: %s\n", scope)
+	fmt.Fprintf(w, "config per proxy: %.1f KiB encoded, %d clusters\n", float64(r.ConfigBytes)/1024, r.Clusters)
 	fmt.Fprintf(w, "all proxies configured (CDS, EDS, LDS, RDS ACKed): %s\n", r.ConnectAll.Round(time.Millisecond))
 	fmt.Fprintf(w, "server heap per proxy: %.1f KiB\n", r.HeapPerProxy/1024)
 	fmt.Fprintf(w, "VirtualService edit -> all proxies ACKed new routes: %s (debounce %s included)\n", r.Push.Round(time.Millisecond), r.Debounce)
 }
 
-// XDSMesh is services services in namespace bench, two endpoints each
-// (v1, v2), a DestinationRule with both subsets and a VirtualService per
-// service sending everything to subset.
-func XDSMesh(services int, subset string) ([]api.Object, []*xds.Service) {
+// XDSMesh is services services, one in ten in namespace bench (where
+// the simulated proxies run) and the others in namespace apps, two
+// endpoints each (v1, v2), a DestinationRule with both subsets and a
+// VirtualService per service sending everything to subset. With sidecar,
+// a Sidecar scopes namespace bench's proxies to their own namespace.
+func XDSMesh(services int, subset string, sidecar bool) ([]api.Object, []*xds.Service) {
 	var objs []api.Object
 	var svcs []*xds.Service
+	if sidecar {
+		objs = append(objs, &api.Sidecar{Metadata: api.ObjectMeta{Name: "default", Namespace: "bench"},
+			Spec: api.SidecarSpec{Egress: []api.IstioEgressListener{{Hosts: []string{"./*"}}}}})
+	}
 	for i := range services {
 		name := fmt.Sprintf("svc%03d", i)
-		host := name + ".bench.svc.cluster.local"
-		svcs = append(svcs, &xds.Service{Host: host, Name: name, Namespace: "bench",
+		ns := "apps"
+		if i%10 == 0 {
+			ns = "bench"
+		}
+		host := name + "." + ns + ".svc.cluster.local"
+		svcs = append(svcs, &xds.Service{Host: host, Name: name, Namespace: ns,
 			Ports: []xds.ServicePort{{Number: 8080, Name: "http"}},
 			Endpoints: []xds.Endpoint{
 				{Address: fmt.Sprintf("10.1.%d.1", i), Labels: map[string]string{"app": name, "version": "v1"}, ServiceAccount: name},
 				{Address: fmt.Sprintf("10.1.%d.2", i), Labels: map[string]string{"app": name, "version": "v2"}, ServiceAccount: name},
 			}})
-		meta := api.ObjectMeta{Name: name, Namespace: "bench"}
+		meta := api.ObjectMeta{Name: name, Namespace: ns}
 		objs = append(objs,
 			&api.DestinationRule{Metadata: meta, Spec: api.DestinationRuleSpec{Host: name, Subsets: []api.Subset{
 				{Name: "v1", Labels: map[string]string{"version": "v1"}}, {Name: "v2", Labels: map[string]string{"version": "v2"}}}}},
@@ -76,6 +97,7 @@ func XDSMesh(services int, subset string) ([]api.Object, []*xds.Service) {
 type XDSConfig struct {
 	Proxies, Services int
 	Debounce          time.Duration
+	Sidecar           bool     // scope the proxies with a Sidecar
 	Exe               string   // binary of the client half
 	ClientArgs        []string // its arguments before --addr and --proxies
 	// CPUProfile, when set, receives a CPU profile of this (server)
@@ -90,7 +112,7 @@ type XDSConfig struct {
 // of namespace bench); authentication is per stream open, not per push.
 func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	proxies, services, debounce := cfg.Proxies, cfg.Services, cfg.Debounce
-	res := XDSResult{Proxies: proxies, Services: services, Debounce: debounce}
+	res := XDSResult{Proxies: proxies, Services: services, Debounce: debounce, Sidecar: cfg.Sidecar}
 	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/bench/sa/client")
 	var acked sync.Map // node -> RDS version ACKed
 	var newACKs atomic.Int64
@@ -112,8 +134,11 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	if err != nil {
 		return res, err
 	}
-	objs, svcs := XDSMesh(services, "v1")
+	objs, svcs := XDSMesh(services, "v1", cfg.Sidecar)
 	if err := srv.Apply(objs, svcs); err != nil {
+		return res, err
+	}
+	if res.ConfigBytes, res.Clusters, err = proxyConfigSize(objs, svcs); err != nil {
 		return res, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -155,7 +180,7 @@ func XDS(ctx context.Context, cfg XDSConfig) (XDSResult, error) {
 	var initial string
 	acked.Range(func(_, v any) bool { initial = v.(string); return false })
 	target.Store(initial)
-	edited, _ := XDSMesh(services, "v2")
+	edited, _ := XDSMesh(services, "v2", cfg.Sidecar)
 	if cfg.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
 			return res, err
@@ -228,7 +253,7 @@ func oneProxy(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient,
 	if err != nil {
 		return err
 	}
-	node := &corev3.Node{Id: fmt.Sprintf("sidecar~10.2.%d.%d~p%d.bench~bench.svc.cluster.local", i/250, i%250, i)}
+	node := &corev3.Node{Id: benchNode(i)}
 	send := func(typeURL, version, nonce string, names []string) error {
 		return s.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typeURL, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names})
 	}
@@ -275,6 +300,34 @@ func oneProxy(ctx context.Context, c discovery.AggregatedDiscoveryServiceClient,
 			routed()
 		}
 	}
+}
+
+func benchNode(i int) string {
+	return fmt.Sprintf("sidecar~10.2.%d.%d~p%d.bench~bench.svc.cluster.local", i/250, i%250, i)
+}
+
+// proxyConfigSize is the encoded size of one simulated proxy's
+// configuration (what it receives, without secrets) and its cluster count.
+func proxyConfigSize(objs []api.Object, svcs []*xds.Service) (int, int, error) {
+	mesh, err := xds.NewMesh(objs, svcs, xds.Options{})
+	if err != nil {
+		return 0, 0, err
+	}
+	p, err := xds.ParseNodeID(benchNode(0))
+	if err != nil {
+		return 0, 0, err
+	}
+	cfg, _, err := mesh.ProxyConfig(p, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	n := 0
+	for _, set := range [][]types.Resource{cfg.Listeners, cfg.Routes, cfg.Clusters, cfg.Endpoints} {
+		for _, r := range set {
+			n += proto.Size(r)
+		}
+	}
+	return n, len(cfg.Clusters), nil
 }
 
 func resourceNames(resp *discovery.DiscoveryResponse) []string {

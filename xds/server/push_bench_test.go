@@ -46,8 +46,8 @@ func BenchmarkPushVirtualServiceEdit(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v1, svcs := bench.XDSMesh(services, "v1")
-	v2, _ := bench.XDSMesh(services, "v2")
+	v1, svcs := bench.XDSMesh(services, "v1", false)
+	v2, _ := bench.XDSMesh(services, "v2", false)
 	if err := srv.Apply(v1, svcs); err != nil {
 		b.Fatal(err)
 	}

@@ -337,11 +337,11 @@ type outbound struct {
 	err  error
 }
 
-// outboundFor returns the shared outbound configuration for a namespace
-// and generator, building it once per configuration generation: proxies
+// outboundFor returns the shared outbound configuration for a scope
+// (namespace, generator, Sidecar), building it once per configuration generation: proxies
 // that connect together, or are pushed together, wait for one build.
-func (s *Server) outboundFor(mesh *xds.Mesh, ns, generator string) (*part, error) {
-	key := ns + "|" + generator
+func (s *Server) outboundFor(mesh *xds.Mesh, sc xds.Scope) (*part, error) {
+	key := sc.Key()
 	o := &outbound{}
 	s.mu.Lock()
 	if mesh == s.mesh { // else mesh is stale; build it aside
@@ -353,7 +353,7 @@ func (s *Server) outboundFor(mesh *xds.Mesh, ns, generator string) (*part, error
 	}
 	s.mu.Unlock()
 	o.once.Do(func() {
-		c, err := mesh.Outbound(ns, generator)
+		c, err := mesh.Outbound(sc)
 		if err == nil {
 			o.part, err = newPart(c)
 		}
@@ -374,7 +374,7 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 	}
 	secrets := ps.secrets
 	s.mu.Unlock()
-	out, err := s.outboundFor(mesh, ps.proxy.Namespace, ps.proxy.Generator)
+	out, err := s.outboundFor(mesh, mesh.ScopeOf(ps.proxy, w))
 	if err != nil {
 		return nil, nil, nil, err
 	}
