@@ -35,7 +35,10 @@ type Config struct {
 	Routes    []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
-	Reports   []string
+	// Credentials are the SDS names of Gateway credentials the listeners
+	// refer to (kubernetes://<credentialName>[-cacert]).
+	Credentials []string
+	Reports     []string
 }
 
 func (c *Config) add(o *Config) {
@@ -43,6 +46,7 @@ func (c *Config) add(o *Config) {
 	c.Routes = append(c.Routes, o.Routes...)
 	c.Clusters = append(c.Clusters, o.Clusters...)
 	c.Endpoints = append(c.Endpoints, o.Endpoints...)
+	c.Credentials = append(c.Credentials, o.Credentials...)
 	c.Reports = append(c.Reports, o.Reports...)
 }
 
@@ -106,7 +110,7 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 				}
 			}
 			byPort[p.Number] = append(byPort[p.Number], s)
-			if g.grpc && p.isHTTP() {
+			if g.grpc && p.isHTTP() && !sc.Router {
 				name := fmt.Sprintf("%s:%d", s.Host, p.Number)
 				rc := &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{g.virtualHost(s, p, []string{"*"})}}
 				out.Routes = append(out.Routes, rc)
@@ -117,7 +121,7 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 			}
 		}
 	}
-	if !g.grpc {
+	if !g.grpc && !sc.Router {
 		ports := make([]uint32, 0, len(byPort))
 		for p := range byPort {
 			ports = append(ports, p)
@@ -555,8 +559,12 @@ func hasPort(ps []authn.Port, n uint32) bool {
 }
 
 // InboundFor is p's own configuration: Inbound for an Envoy sidecar; for
-// a proxyless gRPC server, the listeners it asked for by name.
+// a proxyless gRPC server, the listeners it asked for by name; for a
+// gateway proxy (router), the listeners and routes of its Gateways.
 func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, error) {
+	if p.Type == "router" {
+		return m.Gateway(p, w)
+	}
 	if p.Generator != GeneratorGRPC {
 		return m.Inbound(w)
 	}

@@ -35,7 +35,7 @@ func loadMesh(t *testing.T, dir string) *xds.Mesh {
 // checks every resource passes ValidateAll.
 func TestGoldenProxyConfig(t *testing.T) {
 	meshes := map[string]*xds.Mesh{"testdata/mesh": loadMesh(t, "testdata/mesh"), "testdata/tcp": loadMesh(t, "testdata/tcp"),
-		"testdata/scope": loadMesh(t, "testdata/scope")}
+		"testdata/scope": loadMesh(t, "testdata/scope"), "testdata/gateway": loadMesh(t, "testdata/gateway")}
 	for _, tc := range []struct {
 		file, node, generator string
 		servers               []string
@@ -48,6 +48,8 @@ func TestGoldenProxyConfig(t *testing.T) {
 			[]string{xds.ServerListenerName + "127.0.0.3:8080"}, ""},
 		{"envoy-tcp.json", "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/tcp"},
 		{"envoy-scope-web.json", "sidecar~10.0.2.2~web.frontend~frontend.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/scope"},
+		{"envoy-ingress-gateway.json", ingressNode, xds.GeneratorEnvoy, nil, "testdata/gateway"},
+		{"envoy-egress-gateway.json", egressNode, xds.GeneratorEnvoy, nil, "testdata/gateway"},
 		{"grpc-scope-web.json", "sidecar~10.0.2.2~web.frontend~frontend.svc.cluster.local", xds.GeneratorGRPC, nil, "testdata/scope"},
 	} {
 		if tc.dir == "" {

@@ -89,6 +89,7 @@ type Mesh struct {
 	authn    *authn.Index
 	rbac     *rbac.Index
 	sidecars sidecarIndex
+	gateways []*api.Gateway // by namespace/name
 }
 
 // NewMesh indexes the configuration objects and the registry.
@@ -113,8 +114,11 @@ func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error
 		case *api.DestinationRule:
 			h := m.fqdn(x.Spec.Host, x.Metadata.Namespace)
 			m.dr[h] = append(m.dr[h], x)
+		case *api.Gateway:
+			m.gateways = append(m.gateways, x)
 		}
 	}
+	sort.Slice(m.gateways, func(i, j int) bool { return objKey(m.gateways[i]) < objKey(m.gateways[j]) })
 	sort.Slice(m.vs, func(i, j int) bool { return objKey(m.vs[i]) < objKey(m.vs[j]) })
 	for h := range m.dr {
 		sort.Slice(m.dr[h], func(i, j int) bool { return objKey(m.dr[h][i]) < objKey(m.dr[h][j]) })

@@ -31,6 +31,7 @@ type gen struct {
 	ns      string
 	grpc    bool
 	egress  *egress // the proxy's Sidecar egress; nil: none applies
+	gateway string  // the Gateway (namespace/name) routes are for; "": the mesh
 	reports []string
 }
 
@@ -101,7 +102,7 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 			if mr.Port != 0 && mr.Port != p.Number {
 				continue
 			}
-			if len(mr.Gateways) > 0 && !meshGateway(mr.Gateways) {
+			if len(mr.Gateways) > 0 && (g.gateway == "" && !meshGateway(mr.Gateways) || g.gateway != "" && !namesGateway(mr.Gateways, v.Metadata.Namespace, g.gateway)) {
 				continue
 			}
 			if mr.SourceNamespace != "" && mr.SourceNamespace != g.ns {

@@ -14,6 +14,9 @@ import (
 type Scope struct {
 	Namespace string
 	Generator string
+	// Router is a gateway proxy: clusters and endpoints only (its
+	// listeners and routes come from Gateways, built per workload).
+	Router bool
 	// Sidecar narrows what the proxy sees (nil: every service exported to
 	// its namespace).
 	Sidecar *api.Sidecar
@@ -22,6 +25,9 @@ type Scope struct {
 // Key identifies the scope's outbound configuration.
 func (s Scope) Key() string {
 	k := s.Namespace + "|" + s.Generator
+	if s.Router {
+		k += "|router"
+	}
 	if s.Sidecar != nil {
 		k += "|" + objKey(s.Sidecar)
 	}
@@ -54,9 +60,13 @@ func newSidecarIndex(objs []api.Object) sidecarIndex {
 // ScopeOf is p's scope. The Sidecar that applies is, as in Istio: the
 // oldest in p's namespace whose workloadSelector matches the workload's
 // labels; else the oldest in the namespace without a selector; else the
-// oldest without a selector in the root namespace (the mesh default).
+// oldest without a selector in the root namespace (the mesh default). A
+// gateway proxy (router) has none.
 func (m *Mesh) ScopeOf(p *Proxy, w *Workload) Scope {
-	sc := Scope{Namespace: p.Namespace, Generator: p.Generator}
+	sc := Scope{Namespace: p.Namespace, Generator: p.Generator, Router: p.Type == "router"}
+	if sc.Router {
+		return sc // Sidecars apply to sidecars, as in Istio
+	}
 	var labels map[string]string
 	if w != nil {
 		labels = w.Labels

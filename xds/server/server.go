@@ -229,7 +229,9 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 	proxies := make([]*proxyState, 0, len(s.proxies))
 	for _, ps := range s.proxies {
 		w := mesh.Workload(ps.proxy)
-		if !reflect.DeepEqual(w, ps.workload) || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
+		// A gateway's listeners come from Gateways and VirtualServices:
+		// rebuilt on every change.
+		if !reflect.DeepEqual(w, ps.workload) || ps.proxy.Type == "router" || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
 			ps.workload, ps.inbound = w, nil
 		}
 		proxies = append(proxies, ps)
