@@ -170,6 +170,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
 	s.registry = &kube.ServiceRegistry{Client: cs, Log: s.log}
+	s.gwCreds = &kube.GatewayCredentials{Client: cs, Log: s.log}
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)
 	}

@@ -50,6 +50,7 @@ type serveFlags struct {
 	allowNewRoot, allowNewTokenKey       bool
 	allowDNS, allowIP                    bool
 	configDir                            string
+	credentialsDir                       string
 	debounce                             time.Duration
 	limits                               server.LimitConfig
 	autoRotate                           float64
@@ -86,6 +87,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
+	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "standalone: Gateway credentialName certificates, as <dir>/<namespace>/<name>/tls.crt, tls.key and ca.crt (the data of a Kubernetes Secret); re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
 	fs.Float64Var(&f.autoRotate, "auto-rotate-root", 0.2, "standalone self-signed root: rotate it automatically when less than this fraction of its lifetime remains (0: never)")
 	fs.DurationVar(&f.rotationGrace, "rotation-grace", 10*time.Minute, "root rotation: least time between publishing the new root and signing with it, for consumers that poll files (gRPC's file_watcher polls every 10m by default)")
@@ -124,6 +126,7 @@ type controlPlane struct {
 	sds       *sdsserver.Server                 // central SDS
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
 	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
+	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
 	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener

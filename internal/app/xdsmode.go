@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"strings"
+	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardenmesh/warden/api"
@@ -22,17 +24,28 @@ import (
 func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
 	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, JWTKeys: keys}
+	lookup, credTask := s.gatewayCredentials(f)
+	var creds xdsserver.Credentials
+	if lookup != nil {
+		creds = func(ns, name string) (*tlsv3.Secret, error) {
+			return xds.CredentialSecret(name, func(secret string) (map[string][]byte, bool) { return lookup(ns, secret) })
+		}
+	}
 	srv, err := xdsserver.New(ctx, xdsserver.Config{
-		Options:  opts,
-		Identify: identify,
-		Debounce: f.debounce,
-		Log:      s.log,
-		Secrets:  sds.ProxySecrets(cache, roots),
+		Options:     opts,
+		Identify:    identify,
+		Debounce:    f.debounce,
+		Log:         s.log,
+		Secrets:     sds.ProxySecrets(cache, roots),
+		Credentials: creds,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.xds = srv
+	if credTask != nil {
+		s.tasks = append(s.tasks, func(ctx context.Context) error { return credTask(ctx, srv) })
+	}
 	s.tasks = append(s.tasks, func(ctx context.Context) error { return keys.Run(ctx, srv.JWTKeysChanged) })
 	switch {
 	case s.config != nil:
@@ -121,4 +134,23 @@ func clusterServices(objs []api.Object, cluster []*xds.Service) (services []*xds
 	}
 	services, shadowed = xds.MergeServices(cluster, entries)
 	return services, shadowed, nil
+}
+
+// gatewayCredentials is where Gateway credentialName Secrets come from:
+// the API server in Kubernetes mode, --credentials-dir in standalone
+// mode (nil: none), and the task that pushes gateways when one changes.
+func (s *controlPlane) gatewayCredentials(f serveFlags) (func(ns, name string) (map[string][]byte, bool), func(context.Context, *xdsserver.Server) error) {
+	switch {
+	case s.gwCreds != nil:
+		return s.gwCreds.Lookup, func(ctx context.Context, srv *xdsserver.Server) error {
+			s.gwCreds.OnChange = func(ns string) { srv.CredentialsChanged(ctx, ns) }
+			return s.gwCreds.Run(ctx)
+		}
+	case f.credentialsDir != "":
+		d := &source.CredentialsDir{Path: f.credentialsDir}
+		return d.Lookup, func(ctx context.Context, srv *xdsserver.Server) error {
+			return d.Watch(ctx, time.Second, func() { srv.CredentialsChanged(ctx, "") })
+		}
+	}
+	return nil, nil
 }

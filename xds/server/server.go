@@ -42,14 +42,20 @@ type Identify func(ctx context.Context) (spiffeid.ID, error)
 // of identity id receives over ADS.
 type Secrets func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error)
 
+// Credentials returns a Gateway credential (SDS name
+// kubernetes://<credentialName>[-cacert]) for a gateway proxy of
+// namespace ns: only Secrets of the gateway's own namespace are served.
+type Credentials func(ns, sdsName string) (*tlsv3.Secret, error)
+
 // Config wires a Server.
 type Config struct {
-	Options  xds.Options
-	Identify Identify
-	Secrets  Secrets       // nil: no SDS over ADS
-	Debounce time.Duration // quiet time before a change is pushed; 0 pushes at once
-	MaxDelay time.Duration // longest a change waits under constant churn (default 1s)
-	Log      *slog.Logger
+	Options     xds.Options
+	Identify    Identify
+	Secrets     Secrets       // nil: no SDS over ADS
+	Credentials Credentials   // nil: Gateway credentialName is not served
+	Debounce    time.Duration // quiet time before a change is pushed; 0 pushes at once
+	MaxDelay    time.Duration // longest a change waits under constant churn (default 1s)
+	Log         *slog.Logger
 	// OnACK, when set, is told of every ACK (bench and tests).
 	OnACK func(node, typeURL, version string)
 }
@@ -401,13 +407,47 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 		snap.Resources[cachev3.GetResponseType(t)] = resources(v, out, in, i)
 		versions[t] = v
 	}
+	reports := append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...)
+	if len(in.cfg.Credentials) > 0 {
+		secrets = slices.Clone(secrets)
+		for _, name := range in.cfg.Credentials {
+			if s.cfg.Credentials == nil {
+				reports = append(reports, fmt.Sprintf("gateway credential %s: not served (no credential source configured); its listener waits for it", name))
+				continue
+			}
+			c, err := s.cfg.Credentials(ps.proxy.Namespace, name)
+			if err != nil {
+				reports = append(reports, err.Error()+"; its listener waits for it")
+				continue
+			}
+			secrets = append(secrets, c)
+		}
+	}
 	if len(secrets) > 0 {
 		v := hashResources(secrets)
 		snap.Resources[cachev3.GetResponseType(resource.SecretType)] = cachev3.NewResources(v, secrets)
 		versions[resource.SecretType] = v
 		s.rememberRoots(v, secrets)
 	}
-	return snap, versions, append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...), nil
+	return snap, versions, reports, nil
+}
+
+// CredentialsChanged rebuilds the configuration of every gateway proxy
+// in namespace ns ("" for all): a credential Secret there changed.
+func (s *Server) CredentialsChanged(ctx context.Context, ns string) {
+	s.mu.Lock()
+	var ps []*proxyState
+	for _, p := range s.proxies {
+		if p.proxy.Type == "router" && (ns == "" || p.proxy.Namespace == ns) {
+			ps = append(ps, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range ps {
+		if err := s.push(ctx, p); err != nil {
+			s.cfg.Log.Error("xds: push", "node", p.proxy.ID, "error", err.Error())
+		}
+	}
 }
 
 // push sets ps's snapshot when any type's version changed.
@@ -503,7 +543,7 @@ func (s *Server) rememberRoots(v string, secrets []types.Resource) {
 	var fps []string
 	for _, r := range secrets {
 		sec, ok := r.(*tlsv3.Secret)
-		if !ok || sec.GetValidationContext() == nil {
+		if !ok || sec.GetName() != "ROOTCA" || sec.GetValidationContext() == nil { // not a gateway's own CA credential
 			continue
 		}
 		roots, _ := ca.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())

@@ -1,0 +1,248 @@
+package kube_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/wardenmesh/warden/internal/kube"
+)
+
+// selfSigned is a certificate for host and its key, PEM.
+func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
+}
+
+// ingressGateway registers a gateway pod (labels istio=ingressgateway) at
+// ip in ns, behind a Service, as an Istio install does.
+func ingressGateway(t *testing.T, ns, ip string) {
+	t.Helper()
+	ctx := context.Background()
+	newSA(t, ns, "istio-ingressgateway")
+	labels := map[string]string{"istio": "ingressgateway"}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ingressgateway-1", Labels: labels},
+		Spec: corev1.PodSpec{ServiceAccountName: "istio-ingressgateway", Containers: []corev1.Container{{Name: "proxy", Image: "example.org/proxy"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway"},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443)}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "istio-ingressgateway-a", Labels: map[string]string{discoveryv1.LabelServiceName: "istio-ingressgateway"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr("https"), Port: ptr(int32(8443))}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "ingressgateway-1"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func tlsSecret(ns, name string, cert, key []byte) *corev1.Secret {
+	return &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": cert, "tls.key": key}}
+}
+
+// handshake serves TLS with the certificate and key of an SDS secret and
+// returns the certificate a client verifying web.example.com against
+// roots sees.
+func handshake(t *testing.T, sec *tlsv3.Secret, roots []byte) []byte {
+	t.Helper()
+	tc := sec.GetTlsCertificate()
+	pair, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+	if err != nil {
+		t.Fatalf("the served credential is not a usable certificate and key: %v", err)
+	}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			_ = c.(*tls.Conn).Handshake()
+			c.Close()
+		}
+	}()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(roots)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", l.Addr().String(), &tls.Config{RootCAs: pool, ServerName: "web.example.com"})
+	if err != nil {
+		t.Fatalf("TLS handshake with the served credential: %v", err)
+	}
+	defer c.Close()
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.ConnectionState().PeerCertificates[0].Raw})
+}
+
+func credential(t *testing.T, resp *discovery.DiscoveryResponse) *tlsv3.Secret {
+	t.Helper()
+	for _, r := range resp.Resources {
+		var s tlsv3.Secret
+		if err := r.UnmarshalTo(&s); err != nil {
+			t.Fatal(err)
+		}
+		if s.Name == "kubernetes://web-cert" {
+			return &s
+		}
+	}
+	t.Fatalf("no kubernetes://web-cert in the SDS response")
+	return nil
+}
+
+// TestGatewayCredentialName: an ingress gateway proxy selected by a
+// Gateway gets an HTTPS listener whose certificate is SDS
+// kubernetes://web-cert, and warden serves that secret from the Secret
+// web-cert of the gateway's namespace in the real API server; the
+// certificate completes a TLS handshake for web.example.com, and
+// replacing the Secret pushes the new certificate on the open stream.
+// A Secret of that name in another namespace is never served to it.
+func TestGatewayCredentialName(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	gw := newNamespace(t, "ingress")
+	other := newNamespace(t, "other")
+	ingressGateway(t, gw, "10.40.0.1")
+	certA, keyA := selfSigned(t, "web.example.com")
+	ctx := context.Background()
+	// Another namespace's Secret of the same name must not be used.
+	otherCert, otherKey := selfSigned(t, "web.example.com")
+	if _, err := cs.CoreV1().Secrets(other).Create(ctx, tlsSecret(other, "web-cert", otherCert, otherKey), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gateway := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: %[1]s}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [web.example.com]
+    tls: {mode: SIMPLE, credentialName: web-cert}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: %[1]s}
+spec:
+  hosts: [web.example.com]
+  gateways: [web]
+  http:
+  - route: [{destination: {host: istio-ingressgateway, port: {number: 443}}}]
+`, gw)
+	if out, err := kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	addr, logs := startServe(t, ns)
+	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	node := fmt.Sprintf("router~10.40.0.1~ingressgateway-1.%s~%s.svc.cluster.local", gw, gw)
+	tok := requestToken(t, gw, "istio-ingressgateway", "istio-ca")
+
+	// The listener first: it names the credential.
+	var s *adsStream
+	eventually(t, 30*time.Second, func() error {
+		s = openADS(t, conn, tok)
+		lds, err := s.get(node, resource.ListenerType, nil, nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range lds.Resources {
+			var l listenerv3.Listener
+			if r.UnmarshalTo(&l) == nil && l.Name == "0.0.0.0_443" && strings.Contains(string(r.Value), "kubernetes://web-cert") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no listener 0.0.0.0_443 naming kubernetes://web-cert in %d listeners", len(lds.Resources))
+	})
+
+	// The Secret is created after the gateway connected: it reaches the
+	// SDS stream.
+	if _, err := cs.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", certA, keyA), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert"}, nil)
+	if err != nil {
+		t.Fatalf("SDS: %v\n%s", err, logs.String())
+	}
+	got := credential(t, first)
+	if !bytes.Equal(got.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), certA) {
+		t.Fatalf("served certificate is not web-cert's of namespace %s", gw)
+	}
+	if peer := handshake(t, got, certA); !bytes.Equal(peer, certA) {
+		t.Fatal("the handshake did not present certificate A")
+	}
+
+	// Rotation: the Secret is replaced; the open stream gets the new one.
+	certB, keyB := selfSigned(t, "web.example.com")
+	if _, err := cs.CoreV1().Secrets(gw).Update(ctx, tlsSecret(gw, "web-cert", certB, keyB), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pushed := make(chan *discovery.DiscoveryResponse, 1)
+	go func() {
+		resp, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert"}, first) // ACK, then wait for the push
+		if err == nil {
+			pushed <- resp
+		}
+	}()
+	select {
+	case resp := <-pushed:
+		got := credential(t, resp)
+		if !bytes.Equal(got.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), certB) {
+			t.Fatal("pushed certificate is not the rotated one")
+		}
+		if peer := handshake(t, got, certB); !bytes.Equal(peer, certB) {
+			t.Fatal("the handshake after rotation did not present certificate B")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the open stream kept the old certificate after the Secret changed\n%s", logs.String())
+	}
+	if strings.Contains(logs.String(), string(keyA)) || strings.Contains(logs.String(), string(keyB)) {
+		t.Fatal("a private key reached the log")
+	}
+}
