@@ -135,6 +135,18 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
 	}
 	pol := policyFor(dr, subsetName, p.Number)
+	if g.originalDst(s) {
+		// A headless service's clients dial a pod's own address: the
+		// connection goes where it was headed, as Istio's PASSTHROUGH
+		// clusters do (no endpoints, no load balancing).
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+		c.EdsClusterConfig = nil
+		c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+		if pol.lb != nil {
+			g.report("DestinationRule %s: loadBalancer does not apply to headless service %s (connections go to the pod dialed); ignored", objKey(dr), s.Host)
+			pol.lb = nil
+		}
+	}
 	if lb := pol.lb; lb != nil {
 		switch lb.Simple {
 		case "LEAST_CONN", "LEAST_REQUEST":
@@ -215,6 +227,11 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 	g.clusterTLS(c, s, p, pol.tls)
 	return c
 }
+
+// originalDst says whether s's clusters forward to the original
+// destination: a headless Kubernetes Service, for Envoy (proxyless gRPC
+// has no original destination, and balances over the endpoints).
+func (g *gen) originalDst(s *Service) bool { return s.Headless && !g.grpc }
 
 func hasPrefix(name, p string) bool {
 	return len(name) >= len(p) && (name == p || len(name) > len(p) && name[:len(p)+1] == p+"-")

@@ -99,14 +99,19 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 	byPort := map[uint32][]*Service{}
 	for _, v := range g.visible() {
 		s, dr := v.s, m.destinationRule(v.s.Host, ns)
+		eds := !g.originalDst(s)
 		for _, p := range v.ports {
 			out.Clusters = append(out.Clusters, g.cluster(s, p, "", dr))
-			out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, nil))
+			if eds {
+				out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, nil))
+			}
 			if dr != nil {
 				for i := range dr.Spec.Subsets {
 					sub := &dr.Spec.Subsets[i]
 					out.Clusters = append(out.Clusters, g.cluster(s, p, sub.Name, dr))
-					out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, sub))
+					if eds {
+						out.Endpoints = append(out.Endpoints, g.loadAssignment(s, p, sub))
+					}
 				}
 			}
 			byPort[p.Number] = append(byPort[p.Number], s)
@@ -227,8 +232,9 @@ func destinations(v *api.VirtualService) []string {
 // outbound listener builder makes it: the HTTP services on the port share
 // a route table chosen by host; each TCP (or unknown-protocol) service is
 // matched by its destination address (Service ClusterIPs, ServiceEntry
-// addresses and CIDRs) in a filter chain of its own. A TCP service with no
-// address can only be the port's catch-all, and only when no HTTP service
+// addresses and CIDRs; a headless Service's pod addresses) in a filter
+// chain of its own. A TCP service with no address can only be the port's
+// catch-all, and only when no HTTP service
 // claims the port; otherwise it is reported, never silently dropped.
 func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listener, *routev3.RouteConfiguration) {
 	name := fmt.Sprintf("0.0.0.0_%d", port)
@@ -240,11 +246,18 @@ func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listen
 			http = append(http, s)
 			continue
 		}
+		addrs := s.Addresses
 		if s.Headless {
-			g.report("port %d: headless TCP service %s is not supported yet (its pods' addresses are not matched); give it a ClusterIP or a ServiceEntry", port, s.Host)
-			continue
+			// No ClusterIP: clients dial the pods' own addresses.
+			addrs = nil
+			for _, e := range s.Endpoints {
+				addrs = append(addrs, e.Address)
+			}
+			if len(addrs) == 0 {
+				continue // no pod yet: nothing to match
+			}
 		}
-		ranges := prefixRanges(s.Addresses)
+		ranges := prefixRanges(addrs)
 		if len(ranges) == 0 {
 			wildcard = append(wildcard, s)
 			continue

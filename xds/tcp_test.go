@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -131,5 +132,75 @@ func TestIstioServerListenerName(t *testing.T) {
 	}
 	if _, _, ok := xds.ParseServerListenerName(xds.IstioServerListenerName + "[::]:8080"); !ok {
 		t.Error("Istio's IPv6 unspecified form is not read")
+	}
+}
+
+// TestHeadlessTCPService: a headless Service's TCP port is matched by its
+// pods' addresses and forwarded to where the client was going (an
+// ORIGINAL_DST cluster, as Istio's), beside an HTTP service on the same
+// port; proxyless gRPC, which has no original destination, balances over
+// the endpoints.
+func TestHeadlessTCPService(t *testing.T) {
+	services := []*xds.Service{
+		{Host: "cassandra.db.svc.cluster.local", Name: "cassandra", Namespace: "db", Headless: true,
+			Ports:     []xds.ServicePort{{Number: 9042, Name: "tcp-cql"}},
+			Endpoints: []xds.Endpoint{{Address: "10.1.0.7", ServiceAccount: "cassandra"}, {Address: "10.1.0.8", ServiceAccount: "cassandra"}}},
+		{Host: "web.default.svc.cluster.local", Name: "web", Namespace: "default", Addresses: []string{"10.96.0.9"},
+			Ports:     []xds.ServicePort{{Number: 9042, Name: "http"}},
+			Endpoints: []xds.Endpoint{{Address: "10.1.0.9", ServiceAccount: "web"}}},
+	}
+	mesh, err := xds.NewMesh(nil, services, xds.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const cluster = "outbound|9042||cassandra.db.svc.cluster.local"
+	for _, gen := range []string{xds.GeneratorEnvoy, xds.GeneratorGRPC} {
+		cfg, err := mesh.Outbound(xds.Scope{Namespace: "default", Generator: gen})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c *clusterv3.Cluster
+		for _, r := range cfg.Clusters {
+			if r.(*clusterv3.Cluster).Name == cluster {
+				c = r.(*clusterv3.Cluster)
+			}
+		}
+		hasCLA := false
+		for _, r := range cfg.Endpoints {
+			hasCLA = hasCLA || xds.ResourceName(r) == cluster
+		}
+		switch {
+		case c == nil:
+			t.Fatalf("%s: no cluster %s", gen, cluster)
+		case gen == xds.GeneratorEnvoy && (c.GetType() != clusterv3.Cluster_ORIGINAL_DST || c.LbPolicy != clusterv3.Cluster_CLUSTER_PROVIDED || hasCLA):
+			t.Errorf("envoy: cluster %v (type %v, lb %v), endpoints sent: %v; want ORIGINAL_DST, CLUSTER_PROVIDED, none", cluster, c.GetType(), c.LbPolicy, hasCLA)
+		case gen == xds.GeneratorGRPC && (c.GetType() != clusterv3.Cluster_EDS || !hasCLA):
+			t.Errorf("grpc: cluster type %v, endpoints sent %v; want EDS with endpoints", c.GetType(), hasCLA)
+		}
+		if gen != xds.GeneratorEnvoy {
+			continue
+		}
+		var l *listenerv3.Listener
+		for _, r := range cfg.Listeners {
+			if r.(*listenerv3.Listener).Name == "0.0.0.0_9042" {
+				l = r.(*listenerv3.Listener)
+			}
+		}
+		if l == nil || len(l.FilterChains) != 2 {
+			t.Fatalf("listener 0.0.0.0_9042: %v", l)
+		}
+		fc := l.FilterChains[0]
+		var ranges []string
+		for _, r := range fc.GetFilterChainMatch().GetPrefixRanges() {
+			ranges = append(ranges, r.AddressPrefix+"/"+itoa(r.PrefixLen.GetValue()))
+		}
+		var tp tcpv3.TcpProxy
+		if err := fc.Filters[0].GetTypedConfig().UnmarshalTo(&tp); err != nil || tp.GetCluster() != cluster ||
+			strings.Join(ranges, ",") != "10.1.0.7/32,10.1.0.8/32" {
+			t.Errorf("headless chain: ranges %v -> %s (%v)", ranges, tp.GetCluster(), err)
+		}
+		if len(cfg.Reports) > 0 {
+			t.Errorf("reports: %q", cfg.Reports)
+		}
 	}
 }

@@ -56,7 +56,9 @@ func ingressGateway(t *testing.T, ns, ip string) {
 	t.Helper()
 	ctx := context.Background()
 	newSA(t, ns, "istio-ingressgateway")
-	labels := map[string]string{"istio": "ingressgateway"}
+	// Gateways select in every namespace: the namespace label keeps
+	// another test's Gateway (-count) from selecting this pod too.
+	labels := map[string]string{"istio": "ingressgateway", "install": ns}
 	if _, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ingressgateway-1", Labels: labels},
 		Spec: corev1.PodSpec{ServiceAccountName: "istio-ingressgateway", Containers: []corev1.Container{{Name: "proxy", Image: "example.org/proxy"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -124,8 +126,43 @@ func credential(t *testing.T, resp *discovery.DiscoveryResponse) *tlsv3.Secret {
 			return &s
 		}
 	}
-	t.Fatalf("no kubernetes://web-cert in the SDS response")
 	return nil
+}
+
+// awaitCredential ACKs last (when not nil) and reads SDS responses until
+// one holds kubernetes://web-cert with a certificate other than old.
+func awaitCredential(t *testing.T, s *adsStream, node string, last *discovery.DiscoveryResponse, old []byte) (*tlsv3.Secret, *discovery.DiscoveryResponse) {
+	t.Helper()
+	type result struct {
+		sec  *tlsv3.Secret
+		resp *discovery.DiscoveryResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		for {
+			resp, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert"}, last)
+			if err != nil {
+				done <- result{err: err}
+				return
+			}
+			last = resp
+			if sec := credential(t, resp); sec != nil && !bytes.Equal(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), old) {
+				done <- result{sec, resp, nil}
+				return
+			}
+		}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("SDS: %v", r.err)
+		}
+		return r.sec, r.resp
+	case <-time.After(30 * time.Second):
+		t.Fatal("no new kubernetes://web-cert on the stream within 30s")
+		return nil, nil
+	}
 }
 
 // TestGatewayCredentialName: an ingress gateway proxy selected by a
@@ -151,7 +188,7 @@ func TestGatewayCredentialName(t *testing.T) {
 kind: Gateway
 metadata: {name: web, namespace: %[1]s}
 spec:
-  selector: {istio: ingressgateway}
+  selector: {istio: ingressgateway, install: %[1]s}
   servers:
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: [web.example.com]
@@ -206,11 +243,7 @@ spec:
 	if _, err := cs.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", certA, keyA), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	first, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert"}, nil)
-	if err != nil {
-		t.Fatalf("SDS: %v\n%s", err, logs.String())
-	}
-	got := credential(t, first)
+	got, first := awaitCredential(t, s, node, nil, nil)
 	if !bytes.Equal(got.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), certA) {
 		t.Fatalf("served certificate is not web-cert's of namespace %s", gw)
 	}
@@ -223,24 +256,12 @@ spec:
 	if _, err := cs.CoreV1().Secrets(gw).Update(ctx, tlsSecret(gw, "web-cert", certB, keyB), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pushed := make(chan *discovery.DiscoveryResponse, 1)
-	go func() {
-		resp, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert"}, first) // ACK, then wait for the push
-		if err == nil {
-			pushed <- resp
-		}
-	}()
-	select {
-	case resp := <-pushed:
-		got := credential(t, resp)
-		if !bytes.Equal(got.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), certB) {
-			t.Fatal("pushed certificate is not the rotated one")
-		}
-		if peer := handshake(t, got, certB); !bytes.Equal(peer, certB) {
-			t.Fatal("the handshake after rotation did not present certificate B")
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the open stream kept the old certificate after the Secret changed\n%s", logs.String())
+	got, _ = awaitCredential(t, s, node, first, certA)
+	if !bytes.Equal(got.GetTlsCertificate().GetCertificateChain().GetInlineBytes(), certB) {
+		t.Fatal("pushed certificate is not the rotated one")
+	}
+	if peer := handshake(t, got, certB); !bytes.Equal(peer, certB) {
+		t.Fatal("the handshake after rotation did not present certificate B")
 	}
 	if strings.Contains(logs.String(), string(keyA)) || strings.Contains(logs.String(), string(keyB)) {
 		t.Fatal("a private key reached the log")
