@@ -85,6 +85,8 @@ type Mesh struct {
 	services []*Service
 	byHost   map[string]*Service
 	vs       []*api.VirtualService
+	vsByHost map[string][]*api.VirtualService // by FQDN host, for hosts without a wildcard
+	vsWild   []*api.VirtualService            // those with a wildcard host
 	dr       map[string][]*api.DestinationRule // by FQDN host
 	authn    *authn.Index
 	rbac     *rbac.Index
@@ -120,6 +122,20 @@ func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error
 	}
 	sort.Slice(m.gateways, func(i, j int) bool { return objKey(m.gateways[i]) < objKey(m.gateways[j]) })
 	sort.Slice(m.vs, func(i, j int) bool { return objKey(m.vs[i]) < objKey(m.vs[j]) })
+	m.vsByHost = map[string][]*api.VirtualService{}
+	for _, v := range m.vs {
+		wild := false
+		for _, h := range v.Spec.Hosts {
+			if f := m.fqdn(h, v.Metadata.Namespace); strings.Contains(f, "*") {
+				wild = true
+			} else if l := m.vsByHost[f]; len(l) == 0 || l[len(l)-1] != v {
+				m.vsByHost[f] = append(l, v)
+			}
+		}
+		if wild {
+			m.vsWild = append(m.vsWild, v)
+		}
+	}
 	for h := range m.dr {
 		sort.Slice(m.dr[h], func(i, j int) bool { return objKey(m.dr[h][i]) < objKey(m.dr[h][j]) })
 	}
@@ -251,7 +267,7 @@ func (m *Mesh) destinationRule(host, ns string) *api.DestinationRule {
 // first by namespace/name, the proxy's own namespace first.
 func (m *Mesh) virtualService(host, ns string, e *egress) *api.VirtualService {
 	var found []*api.VirtualService
-	for _, v := range m.vs {
+	for _, v := range m.vsCandidates(host) {
 		if !exported(v.Spec.ExportTo, v.Metadata.Namespace, ns) || !meshGateway(v.Spec.Gateways) {
 			continue
 		}
@@ -274,6 +290,31 @@ func (m *Mesh) virtualService(host, ns string, e *egress) *api.VirtualService {
 		return found[0]
 	}
 	return nil
+}
+
+// vsCandidates are the VirtualServices that may name host: those naming
+// it exactly and those with a wildcard host, in namespace/name order.
+func (m *Mesh) vsCandidates(host string) []*api.VirtualService {
+	exact := m.vsByHost[host]
+	if len(m.vsWild) == 0 {
+		return exact
+	}
+	out := make([]*api.VirtualService, 0, len(exact)+len(m.vsWild))
+	i, j := 0, 0
+	for i < len(exact) || j < len(m.vsWild) {
+		switch {
+		case j == len(m.vsWild) || i < len(exact) && objKey(exact[i]) < objKey(m.vsWild[j]):
+			out = append(out, exact[i])
+			i++
+		case i < len(exact) && exact[i] == m.vsWild[j]:
+			out = append(out, exact[i])
+			i, j = i+1, j+1
+		default:
+			out = append(out, m.vsWild[j])
+			j++
+		}
+	}
+	return out
 }
 
 func meshGateway(gws []string) bool {
