@@ -89,11 +89,14 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 			srv := &gw.Spec.Servers[i]
 			s := gwServer{gw, srv, i}
 			id := fmt.Sprintf("Gateway %s: servers[%d]", s.name(), i)
-			switch {
-			case srv.Bind != "":
+			if srv.Bind != "" {
 				g.report("%s: bind is not supported; the server listens on 0.0.0.0", id)
-			case srv.DefaultEndpoint != "":
+			}
+			if srv.DefaultEndpoint != "" {
 				g.report("%s: defaultEndpoint is not supported; ignored", id)
+			}
+			if srv.Port.TargetPort != 0 {
+				g.report("%s: port.targetPort is not supported; the listener is on port.number %d", id, srv.Port.Number)
 			}
 			switch s.tlsMode() {
 			case "AUTO_PASSTHROUGH":
@@ -472,6 +475,9 @@ func (g *gen) serverTLS(s gwServer, creds *[]string) *corev3.TransportSocket {
 	}
 	switch {
 	case t.CredentialName != "":
+		if t.ServerCertificate != "" || t.PrivateKey != "" || t.CACertificates != "" {
+			g.report("%s: serverCertificate, privateKey and caCertificates are not used when credentialName is set (as in Istio)", id)
+		}
 		name := CredentialPrefix + t.CredentialName
 		cc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds(name)}
 		*creds = append(*creds, name)

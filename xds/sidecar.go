@@ -143,6 +143,9 @@ func compileSidecar(sc *api.Sidecar, ns, root string) (*egress, []string) {
 		el := egressListener{}
 		if l.Port != nil {
 			el.port = l.Port.Number
+			if l.Port.Protocol != "" || l.Port.Name != "" || l.Port.TargetPort != 0 {
+				report("egress[%d].port: only number is applied (protocol, name and targetPort come from each service's own port)", i)
+			}
 		}
 		for _, h := range l.Hosts {
 			hns, host, _ := strings.Cut(h, "/") // api validation requires the slash
