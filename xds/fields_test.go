@@ -31,7 +31,7 @@ var xdsSamples = map[string]any{
 	"verifyCertificateSpki": []string{"abc"}, "verifyCertificateHash": []string{"ab:cd"},
 	"minProtocolVersion": "TLSV1_3", "maxProtocolVersion": "TLSV1_2", "cipherSuites": []string{"ECDHE-ECDSA-AES128-GCM-SHA256"},
 	"insecureSkipVerify": ptrBool(true),
-	"maxConnections": int32(10), "connectTimeout": "1s", "probes": uint32(3), "time": "10s", "interval": "5s",
+	"maxConnections":     int32(10), "connectTimeout": "1s", "probes": uint32(3), "time": "10s", "interval": "5s",
 	"maxConnectionDuration": "1h", "idleTimeout": "1m", "http1MaxPendingRequests": int32(10), "http2MaxRequests": int32(10),
 	"maxRequestsPerConnection": int32(1), "maxRetries": int32(1), "h2UpgradePolicy": "UPGRADE", "useClientProtocol": true,
 	"maxConcurrentStreams": int32(10), "timeout": "1s",

@@ -85,8 +85,8 @@ type Mesh struct {
 	services []*Service
 	byHost   map[string]*Service
 	vs       []*api.VirtualService
-	vsByHost map[string][]*api.VirtualService // by FQDN host, for hosts without a wildcard
-	vsWild   []*api.VirtualService            // those with a wildcard host
+	vsByHost map[string][]*api.VirtualService  // by FQDN host, for hosts without a wildcard
+	vsWild   []*api.VirtualService             // those with a wildcard host
 	dr       map[string][]*api.DestinationRule // by FQDN host
 	authn    *authn.Index
 	rbac     *rbac.Index
