@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -53,8 +54,13 @@ type RenewerConfig struct {
 // leaf is signed with it and verified against its bundle) before it is
 // activated; one that fails is discarded and the old one kept.
 type Renewer struct {
-	cfg RenewerConfig
+	cfg               RenewerConfig
+	renewals, failure atomic.Uint64
 }
+
+// Counts are the renewals that activated a new intermediate and those
+// that failed, since the renewer was made (metrics).
+func (r *Renewer) Counts() (renewed, failed uint64) { return r.renewals.Load(), r.failure.Load() }
 
 // NewRenewer checks cfg and fills in the defaults.
 func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
@@ -106,6 +112,16 @@ func (r *Renewer) Init(ctx context.Context) error { return r.Renew(ctx) }
 // current one stays active. A new root reaches consumers through the
 // authority's Bundles.
 func (r *Renewer) Renew(ctx context.Context) error {
+	err := r.renew(ctx)
+	if err != nil {
+		r.failure.Add(1)
+	} else {
+		r.renewals.Add(1)
+	}
+	return err
+}
+
+func (r *Renewer) renew(ctx context.Context) error {
 	m, err := RequestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, r.cfg.Authority.Material(), r.cfg.Clock.Now())
 	if err != nil {
 		return err

@@ -38,6 +38,44 @@ type Config struct {
 	Signer         Signer
 	Authenticators []Authenticator // tried in order
 	Logger         *slog.Logger
+	Observer       Observer // nil: none
+}
+
+// Outcome is how a certificate request ended.
+type Outcome string
+
+// Outcomes, as the metrics name them.
+const (
+	Issued           Outcome = "issued"
+	Unauthenticated  Outcome = "unauthenticated"   // no or bad credentials
+	InvalidCSR       Outcome = "invalid_csr"       // the CSR does not parse, or its key or signature is refused
+	IdentityMismatch Outcome = "identity_mismatch" // the CSR names another identity
+	InvalidTTL       Outcome = "invalid_ttl"       // the lifetime asked for is refused
+	NotReady         Outcome = "unavailable"       // no CA material yet
+	SignError        Outcome = "sign_error"        // anything else
+)
+
+// Observer hears of every CreateCertificate's outcome, and for an issued
+// certificate how long signing took (metrics). It must not block.
+type Observer interface {
+	CertificateRequest(o Outcome, signing time.Duration)
+}
+
+// OutcomeOf classifies a Sign error.
+func OutcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return Issued
+	case errors.Is(err, ca.ErrInvalidCSR):
+		return InvalidCSR
+	case errors.Is(err, ca.ErrIdentityMismatch):
+		return IdentityMismatch
+	case errors.Is(err, ca.ErrInvalidTTL):
+		return InvalidTTL
+	case errors.Is(err, ca.ErrNotReady):
+		return NotReady
+	}
+	return SignError
 }
 
 // Server implements IstioCertificateService.
@@ -70,18 +108,22 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	caller, err := Authenticate(ctx, s.cfg.Authenticators...)
 	if err != nil {
+		s.observe(Unauthenticated, 0)
 		s.cfg.Logger.Info("certificate request refused", "reason", err.Error())
 		return nil, status.Error(codes.Unauthenticated, "authentication failed: "+err.Error())
 	}
 	vd := req.GetValidityDuration()
 	if vd < 0 || vd > math.MaxInt64/int64(time.Second) {
+		s.observe(InvalidTTL, 0)
 		return nil, status.Errorf(codes.InvalidArgument, "validity_duration %d out of range", vd)
 	}
+	signStart := time.Now()
 	iss, err := s.cfg.Signer.Sign(ca.SignRequest{
 		CSR: []byte(req.GetCsr()),
 		ID:  caller.ID,
 		TTL: time.Duration(vd) * time.Second,
 	})
+	s.observe(OutcomeOf(err), time.Since(signStart))
 	if err != nil {
 		code := Code(err)
 		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "code", code.String(), "reason", err.Error())
@@ -101,6 +143,12 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 	}
 	chain = append(chain, string(ca.EncodeCerts(s.cfg.Signer.Bundle().X509Authorities()...)))
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil
+}
+
+func (s *Server) observe(o Outcome, d time.Duration) {
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.CertificateRequest(o, d)
+	}
 }
 
 // Code maps the CA core's errors to gRPC codes.

@@ -22,7 +22,9 @@ import (
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
+	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -127,6 +129,9 @@ type controlPlane struct {
 	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
 	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
 	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
+	metrics   *metrics.Registry                 // /metrics
+	renewer   *ca.Renewer                       // Vault mode: the intermediate's renewer
+	configDir *source.Dir                       // standalone --config-dir
 	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
@@ -207,7 +212,7 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	if err != nil {
 		return nil, err
 	}
-	s := &controlPlane{log: log}
+	s := &controlPlane{log: log, metrics: metrics.New()}
 	// A replica that cannot listen must fail before it writes shared state
 	// (istio-ca-secret, a data directory): try the ports now. They are
 	// bound for good once everything is ready, so that a client that can
@@ -327,7 +332,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 // server and subscribes SDS and ADS to the trust bundle.
 func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths []server.Authenticator) error {
 	f, authority, log := o.f, s.authority, s.log
-	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log})
+	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log, Observer: s.metrics})
 	if err != nil {
 		return err
 	}
@@ -367,6 +372,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	central.Register(g)
 	s.sds = central
+	s.metrics.SDS(central.Streams, central.Pushes)
 	// The xDS server reports a failure as Unauthenticated.
 	ads, err := s.wireXDS(ctx, f, o.td, authenticate, sdsCache, roots)
 	if err != nil {
@@ -408,6 +414,28 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	return nil
 }
 
+// metricsHandler registers what is known once everything is wired and
+// serves the registry.
+func (s *controlPlane) metricsHandler() http.Handler {
+	s.metrics.Authority(s.authority, ca.SystemClock{})
+	if s.rotator != nil {
+		s.metrics.Rotation(s.rotator.PhaseIndex, s.rotator.Started)
+	}
+	if s.renewer != nil {
+		s.metrics.Vault(s.renewer.Counts)
+	}
+	if s.xds != nil {
+		s.metrics.XDSReports(s.xds.Reports)
+	}
+	switch {
+	case s.config != nil:
+		s.metrics.ConfigRejected(func() int { return len(s.config.Rejected()) }, nil)
+	case s.configDir != nil:
+		s.metrics.ConfigRejected(nil, s.configDir.Failures)
+	}
+	return s.metrics.Handler()
+}
+
 // istiodNames are the names Istio's agent dials and verifies for istiod
 // (its default CA_ADDR and discovery address is istiod.istio-system.svc,
 // and it puts that name in place of localhost).
@@ -436,7 +464,7 @@ func (s *controlPlane) httpHandler() http.Handler {
 			_, _ = w.Write(jwks)
 		})
 	}
-	mux.Handle("GET /metrics", metricsHandler(s.authority, ca.SystemClock{}, s.rotator))
+	mux.Handle("GET /metrics", s.metricsHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {

@@ -7,20 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/vault"
 	"github.com/wardenmesh/warden/internal/atomicfile"
-	"github.com/wardenmesh/warden/internal/rotation"
 )
 
 // vaultFlags configure --ca-upstream vault. The VAULT_* variables are the
@@ -127,6 +121,7 @@ func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Con
 	if err := r.Init(ctx); err != nil {
 		return err
 	}
+	s.renewer = r
 	s.origin = fmt.Sprintf("intermediate signed by Vault at %s (PKI mount %s)", v.addr, v.mount)
 	s.tasks = append(s.tasks, up.Run, r.Run)
 	return nil
@@ -163,32 +158,4 @@ func writeRootCert(dataDir string, roots []*x509.Certificate) error {
 		return err
 	}
 	return atomicfile.WriteReplace(filepath.Join(dataDir, ca.FileRootCert), ca.EncodeCerts(roots...), 0o600)
-}
-
-// metricsHandler serves warden serve's Prometheus metrics from a private
-// registry.
-func metricsHandler(authority *ca.Authority, clock ca.Clock, rot *rotation.Rotator) http.Handler {
-	reg := prometheus.NewRegistry()
-	// The Go runtime's and the process's own: heap, goroutines, RSS, CPU.
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "warden_ca_intermediate_expiry_seconds",
-		Help: "Seconds until the signing CA certificate (or the first certificate above it) expires; workload certificates are clamped to it.",
-	}, func() float64 {
-		m := authority.Material()
-		if m == nil {
-			return 0
-		}
-		return m.NotAfter().Sub(clock.Now()).Seconds()
-	}))
-	if rot != nil {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "warden_ca_rotation_phase",
-			Help: "Phase of the root rotation in progress: 0 none, 1 prepared, 2 published, 3 activated.",
-		}, rot.PhaseIndex), prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "warden_ca_root_rotations_started_total",
-			Help: "Root rotations started, by request or automatically, since this process started.",
-		}, func() float64 { return float64(rot.Started()) }))
-	}
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }

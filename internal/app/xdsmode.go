@@ -38,6 +38,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 		Log:         s.log,
 		Secrets:     sds.ProxySecrets(cache, roots),
 		Credentials: creds,
+		Observer:    s.metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -59,6 +60,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 			}
 			srv.Update(objs, services)
 		}}
+		s.configDir = dir
 		objs, watch, err := dir.Start(ctx)
 		if err != nil {
 			return nil, err

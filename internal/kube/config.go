@@ -27,9 +27,10 @@ type ConfigWatcher struct {
 	Resync   time.Duration // default 10m
 	OnChange func()        // called after every change
 
-	mu      sync.RWMutex
-	objects map[string]api.Object // kind/namespace/name -> object
-	synced  chan struct{}
+	mu       sync.RWMutex
+	objects  map[string]api.Object // kind/namespace/name -> object
+	rejected map[string]string     // kind/namespace/name -> why it is left out
+	synced   chan struct{}
 }
 
 func configKey(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
@@ -44,6 +45,7 @@ func (w *ConfigWatcher) Run(ctx context.Context) error {
 	}
 	w.mu.Lock()
 	w.objects = map[string]api.Object{}
+	w.rejected = map[string]string{}
 	if w.synced == nil {
 		w.synced = make(chan struct{})
 	}
@@ -96,20 +98,42 @@ func (w *ConfigWatcher) put(obj any) {
 		return
 	}
 	objs, err := api.Decode(b)
+	key := configKey(u.GetKind(), u.GetNamespace(), u.GetName())
 	if err != nil || len(objs) != 1 {
 		w.Log.Error("ignoring invalid config object", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "error", fmt.Sprint(err))
-		w.removeKey(configKey(u.GetKind(), u.GetNamespace(), u.GetName()))
+		w.mu.Lock()
+		w.rejected[key] = fmt.Sprint(err)
+		w.mu.Unlock()
+		w.removeKey(key)
 		return
 	}
 	w.mu.Lock()
-	w.objects[configKey(u.GetKind(), u.GetNamespace(), u.GetName())] = objs[0]
+	w.objects[key] = objs[0]
+	delete(w.rejected, key)
 	w.mu.Unlock()
 	w.changed()
 }
 
+// Rejected lists the objects left out for failing to decode, as
+// "Kind/namespace/name: error", sorted (metrics, warden check).
+func (w *ConfigWatcher) Rejected() []string {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	out := make([]string, 0, len(w.rejected))
+	for k, why := range w.rejected {
+		out = append(out, k+": "+why)
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (w *ConfigWatcher) remove(obj any) {
 	if u, ok := tombstone(obj).(*unstructured.Unstructured); ok {
-		w.removeKey(configKey(u.GetKind(), u.GetNamespace(), u.GetName()))
+		key := configKey(u.GetKind(), u.GetNamespace(), u.GetName())
+		w.mu.Lock()
+		delete(w.rejected, key)
+		w.mu.Unlock()
+		w.removeKey(key)
 	}
 }
 

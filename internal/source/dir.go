@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/wardenmesh/warden/api"
@@ -28,7 +29,13 @@ type Dir struct {
 	// differs from the previous one. A load with an error is logged and
 	// skipped: the previous configuration stays.
 	OnChange func([]api.Object)
+
+	failures atomic.Uint64
 }
+
+// Failures counts the reloads refused for an invalid file (metrics); the
+// previous configuration stayed each time.
+func (d *Dir) Failures() uint64 { return d.failures.Load() }
 
 // Load reads a directory once — its *.yaml, *.yml and *.json files in
 // name order, hidden ones (".x.yaml", editors' swap files) skipped — or a
@@ -135,6 +142,7 @@ func (d *Dir) watch(ctx context.Context, sum []byte) error {
 		objs, next, err := Load(d.Path)
 		if err != nil {
 			if err.Error() != lastErr {
+				d.failures.Add(1)
 				log.Error("configuration not reloaded; keeping the previous one", "dir", d.Path, "error", err.Error())
 				lastErr = err.Error()
 			}

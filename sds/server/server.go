@@ -193,6 +193,17 @@ func (s *Server) publishBundle(ctx context.Context) error {
 	return s.snaps.SetSnapshot(ctx, bundleKey, snap)
 }
 
+// Streams is the number of open SDS streams (metrics).
+func (s *Server) Streams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.streams)
+}
+
+// Pushes counts the snapshots set: each certificate or bundle change
+// pushed to the streams that hold it (metrics).
+func (s *Server) Pushes() uint64 { return s.version.Load() }
+
 // newVersion numbers a snapshot and remembers the roots it carries.
 func (s *Server) newVersion(roots []*x509.Certificate) string {
 	v := strconv.FormatUint(s.version.Add(1), 10)

@@ -58,6 +58,9 @@ type Config struct {
 	Log         *slog.Logger
 	// OnACK, when set, is told of every ACK (bench and tests).
 	OnACK func(node, typeURL, version string)
+	// Observer, when set, hears of connections, pushes, convergence and
+	// rejections (metrics).
+	Observer Observer
 }
 
 // Server serves per-proxy configuration over ADS.
@@ -105,8 +108,26 @@ type part struct {
 	hashes [4]string
 }
 
+// Observer hears what the server does, for metrics. Calls are made
+// outside the server's lock and must not block.
+type Observer interface {
+	// ProxiesChanged is +1 when a proxy connects, -1 when its last
+	// stream closes.
+	ProxiesChanged(delta int)
+	// Pushed: a new version of typeURL was set for a proxy, d after its
+	// build began.
+	Pushed(typeURL string, d time.Duration)
+	// Converged: a proxy ACKed every type pushed to it, d after the
+	// first of those pushes began.
+	Converged(d time.Duration)
+	// Rejected: a proxy NACKed typeURL.
+	Rejected(typeURL string)
+}
+
 type proxyState struct {
 	proxy    *xds.Proxy
+	pending  map[string]string // type -> version pushed, not yet ACKed
+	since    time.Time         // when the oldest pending push began
 	workload *xds.Workload
 	id       spiffeid.ID
 	streams  int
@@ -452,12 +473,26 @@ func (s *Server) CredentialsChanged(ctx context.Context, ns string) {
 
 // push sets ps's snapshot when any type's version changed.
 func (s *Server) push(ctx context.Context, ps *proxyState) error {
+	start := time.Now()
 	snap, versions, reports, err := s.build(ps)
 	if err != nil {
 		return fmt.Errorf("xds: %s: %w", ps.proxy.ID, err)
 	}
 	s.mu.Lock()
 	same := reflect.DeepEqual(versions, ps.versions)
+	var changed []string
+	for t, v := range versions {
+		if ps.versions[t] != v {
+			changed = append(changed, t)
+			if ps.pending == nil {
+				ps.pending = map[string]string{}
+			}
+			if len(ps.pending) == 0 {
+				ps.since = start
+			}
+			ps.pending[t] = v
+		}
+	}
 	ps.versions, ps.reports = versions, reports
 	var fresh []string
 	for _, r := range reports {
@@ -478,7 +513,37 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	if same {
 		return nil
 	}
-	return s.cache.SetSnapshot(ctx, ps.proxy.ID, snap)
+	if err := s.cache.SetSnapshot(ctx, ps.proxy.ID, snap); err != nil {
+		return err
+	}
+	if o := s.cfg.Observer; o != nil {
+		d := time.Since(start)
+		for _, t := range changed {
+			o.Pushed(t, d)
+		}
+	}
+	return nil
+}
+
+// acked notes an ACK of typeURL (version: the SotW version; "" on a
+// delta stream, where any ACK after a push counts) and reports
+// convergence when nothing pushed to ps is left unACKed.
+func (s *Server) acked(ps *proxyState, typeURL, version string) {
+	s.mu.Lock()
+	want, ok := ps.pending[typeURL]
+	if !ok || (version != "" && version != want) {
+		s.mu.Unlock()
+		return
+	}
+	delete(ps.pending, typeURL)
+	var d time.Duration
+	if len(ps.pending) == 0 {
+		d = time.Since(ps.since)
+	}
+	s.mu.Unlock()
+	if o := s.cfg.Observer; o != nil && d > 0 {
+		o.Converged(d)
+	}
 }
 
 // SecretsChanged re-reads the secrets of every proxy running as id (after
@@ -611,6 +676,20 @@ func (s *Server) InUse(id spiffeid.ID) bool {
 	return false
 }
 
+// Reports counts the distinct compiler reports (conflicts, what could
+// not be expressed) in the configuration of the connected proxies.
+func (s *Server) Reports() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	for _, ps := range s.proxies {
+		for _, r := range ps.reports {
+			seen[r] = true
+		}
+	}
+	return len(seen)
+}
+
 // Proxies lists the connected proxies' node IDs.
 func (s *Server) Proxies() []string {
 	s.mu.Lock()
@@ -654,6 +733,9 @@ func (s *Server) closed(streamID int64) {
 	s.mu.Unlock()
 	if drop != "" {
 		s.cache.ClearSnapshot(drop)
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.ProxiesChanged(-1)
+		}
 	}
 }
 
@@ -703,6 +785,9 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	ps.streams++
 	st.node = p.ID
 	s.mu.Unlock()
+	if fresh && s.cfg.Observer != nil {
+		s.cfg.Observer.ProxiesChanged(1)
+	}
 	if fresh {
 		if s.cfg.Secrets != nil && p.Generator == xds.GeneratorEnvoy {
 			secrets, err := s.cfg.Secrets(ctx, st.id)
@@ -738,7 +823,7 @@ func authorize(id spiffeid.ID, p *xds.Proxy, w *xds.Workload, td spiffeid.TrustD
 
 // request handles what every request needs: binding, gRPC server
 // listener names, NACK logging, ACK reporting.
-func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node, typeURL string, names []string, nack *string, ack string) error {
+func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node, typeURL string, names []string, nack *string, ack string, delta bool) error {
 	ps, err := s.bind(ctx, streamID, *node)
 	if err != nil {
 		return err
@@ -746,10 +831,21 @@ func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node
 	if *node == nil {
 		*node = &corev3.Node{Id: ps.proxy.ID}
 	}
-	if nack != nil {
+	switch {
+	case nack != nil:
 		s.cfg.Log.Warn("xds: proxy rejected configuration (NACK)", "node", ps.proxy.ID, "type", typeURL, "error", *nack)
-	} else if ack != "" && s.cfg.OnACK != nil {
-		s.cfg.OnACK(ps.proxy.ID, typeURL, ack)
+		if s.cfg.Observer != nil {
+			s.cfg.Observer.Rejected(typeURL)
+		}
+	case ack != "":
+		if s.cfg.OnACK != nil {
+			s.cfg.OnACK(ps.proxy.ID, typeURL, ack)
+		}
+		v := ack
+		if delta {
+			v = "" // a nonce: any ACK after the push counts
+		}
+		s.acked(ps, typeURL, v)
 	}
 	if typeURL == resource.ListenerType && ps.proxy.Generator == xds.GeneratorGRPC {
 		var added bool
@@ -796,7 +892,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			} else if req.ResponseNonce != "" {
 				ack = req.VersionInfo
 			}
-			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNames, nack, ack)
+			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNames, nack, ack, false)
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			s.mu.Lock()
@@ -836,7 +932,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			} else if req.ResponseNonce != "" {
 				ack = req.ResponseNonce
 			}
-			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNamesSubscribe, nack, ack)
+			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNamesSubscribe, nack, ack, true)
 		},
 	}
 }

@@ -1,0 +1,242 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/wardenmesh/warden/ca/client"
+)
+
+// scrape reads a Prometheus text exposition: series (name{labels}) ->
+// value.
+func scrape(t *testing.T, u string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	s := bufio.NewScanner(resp.Body)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		l := s.Text()
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		v, err := strconv.ParseFloat(l[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", l, err)
+		}
+		out[l[:i]] = v
+	}
+	return out
+}
+
+func csrFor(t *testing.T, id string) []byte {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	u, _ := url.Parse(id)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
+// TestServeMetrics: /metrics carries Istio's CA and xDS metrics and
+// warden's own, with values that follow what happened: every
+// certificate bench ca got is counted as issued; each refusal is counted
+// by its reason; a proxy's pushes, convergence and NACKs are counted;
+// the expiry gauges are the root's.
+func TestServeMetrics(t *testing.T) {
+	httpAddr := freeAddr(t)
+	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr}, "default/sleep")
+	metricsURL := "http://" + httpAddr + "/metrics"
+	before := scrape(t, metricsURL)
+	for _, name := range []string{
+		"citadel_server_csr_count", "citadel_server_success_cert_issuance_count", "citadel_server_authentication_failure_count",
+		"citadel_server_csr_parsing_err_count", "citadel_server_id_extraction_err_count", `citadel_server_csr_sign_err_count{error="invalid_ttl"}`,
+		"citadel_server_root_cert_expiry_timestamp", "citadel_server_cert_chain_expiry_timestamp", "pilot_xds", `pilot_xds_pushes{type="lds"}`,
+		`pilot_total_xds_rejects{type="lds"}`, "pilot_proxy_convergence_time_count", "warden_ca_signing_seconds_count", "warden_sds_streams",
+		"warden_sds_pushes_total", "warden_xds_config_reports", "warden_config_reload_failures_total", "warden_ca_rotation_phase",
+		"warden_ca_trust_bundle_roots", "process_cpu_seconds_total", "go_memstats_heap_inuse_bytes",
+	} {
+		if _, ok := before[name]; !ok {
+			t.Errorf("no series %s on /metrics", name)
+		}
+	}
+	root, err := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := pem.Decode(root)
+	rc, _ := x509.ParseCertificate(b.Bytes)
+	if got := before["citadel_server_root_cert_expiry_timestamp"]; got != float64(rc.NotAfter.Unix()) {
+		t.Errorf("root expiry %v, root-cert.pem says %d", got, rc.NotAfter.Unix())
+	}
+
+	// bench ca: the issuance counter moves by exactly what bench got.
+	code, out, stderr := run(t, "bench", "ca", "--addr", m.addr, "--data-dir", m.data, "--duration", "1s", "--warmup", "200ms",
+		"--concurrency", "4", "--server-metrics", metricsURL)
+	if code != 0 {
+		t.Fatalf("bench ca: %s", stderr)
+	}
+	match := regexp.MustCompile(`issued in all, warm-up included: (\d+)`).FindStringSubmatch(out)
+	if match == nil {
+		t.Fatalf("bench ca printed no total:\n%s", out)
+	}
+	issued, _ := strconv.Atoi(match[1])
+	after := scrape(t, metricsURL)
+	delta := func(series string) float64 { return after[series] - before[series] }
+	if got := delta("citadel_server_success_cert_issuance_count"); int(got) != issued || issued == 0 {
+		t.Errorf("issuance counter moved by %v; bench ca got %d certificates", got, issued)
+	}
+	if got := delta("citadel_server_csr_count"); int(got) != issued {
+		t.Errorf("CSR counter moved by %v, want %d", got, issued)
+	}
+	if got := delta("warden_ca_signing_seconds_count"); int(got) != issued {
+		t.Errorf("signing latency observations moved by %v, want %d", got, issued)
+	}
+
+	// One refusal of each kind, counted by reason.
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(root)
+	c, err := client.New(client.Config{Addr: m.addr, Roots: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, _ := os.ReadFile(filepath.Join(m.dir, "default-sleep.token"))
+	tok := strings.TrimSpace(string(raw))
+	sleep, flask := "spiffe://cluster.local/ns/default/sa/sleep", "spiffe://cluster.local/ns/default/sa/flaskapp"
+	ctx := context.Background()
+	for _, r := range []struct {
+		csr   []byte
+		ttl   time.Duration
+		token string
+	}{
+		{[]byte("not a CSR"), 0, tok},
+		{csrFor(t, flask), 0, tok},
+		{csrFor(t, sleep), 0, "not.a.token"},
+		{csrFor(t, sleep), 100 * 24 * time.Hour, tok},
+	} {
+		if _, err := c.CreateCertificate(ctx, r.csr, r.ttl, r.token); err == nil {
+			t.Fatal("a bad request got a certificate")
+		}
+	}
+	before, after = after, scrape(t, metricsURL)
+	for series, want := range map[string]float64{
+		"citadel_server_csr_count": 4, "citadel_server_csr_parsing_err_count": 1, "citadel_server_id_extraction_err_count": 1,
+		"citadel_server_authentication_failure_count": 1, `citadel_server_csr_sign_err_count{error="invalid_ttl"}`: 1,
+		"citadel_server_success_cert_issuance_count": 0,
+	} {
+		if got := delta(series); got != want {
+			t.Errorf("%s moved by %v, want %v", series, got, want)
+		}
+	}
+
+	// A proxy over ADS: pushed, converged once it ACKs, and a NACK counted.
+	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), 30*time.Second)
+	defer cancel()
+	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
+	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	lds, err := ads.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before = after
+	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, VersionInfo: lds.VersionInfo, ResponseNonce: lds.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType, ResponseNonce: lds.Nonce,
+		ErrorDetail: &statuspb.Status{Code: 3, Message: "test: listener refused"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		after = scrape(t, metricsURL)
+		if delta(`pilot_total_xds_rejects{type="lds"}`) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the NACK was not counted: pilot_total_xds_rejects{type=\"lds\"} %v", after[`pilot_total_xds_rejects{type="lds"}`])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, series := range []string{`pilot_xds_pushes{type="lds"}`, `pilot_xds_pushes{type="sds"}`} {
+		if after[series] < 1 {
+			t.Errorf("%s = %v after a proxy connected", series, after[series])
+		}
+	}
+	if after["pilot_xds"] != 1 {
+		t.Errorf("pilot_xds = %v with one proxy connected", after["pilot_xds"])
+	}
+	// ACK every other type: the proxy has converged.
+	for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
+		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+			t.Fatal(err)
+		}
+		var resp *discovery.DiscoveryResponse
+		for resp == nil || resp.TypeUrl != typ {
+			if resp, err = ads.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for delta("pilot_proxy_convergence_time_count") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no convergence observed once every type was ACKed: %v", delta("pilot_proxy_convergence_time_count"))
+		}
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, metricsURL)
+	}
+	cancel()
+	deadline = time.Now().Add(10 * time.Second)
+	for after["pilot_xds"] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pilot_xds = %v after the proxy left", after["pilot_xds"])
+		}
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, metricsURL)
+	}
+}

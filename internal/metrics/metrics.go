@@ -1,0 +1,256 @@
+// Package metrics owns warden's Prometheus metrics: one registry per
+// process, served on the HTTP port's /metrics. Where Istio has a metric
+// for the same thing it has Istio's name and meaning (citadel_server_*,
+// pilot_*), so existing dashboards and alerts keep working; warden's own
+// start with warden_. No label carries an identity or a node: label
+// values come from small fixed sets (outcomes, xDS types, reasons).
+//
+// The servers report through small observer interfaces they define
+// (ca/server.Observer, xds/server.Observer) or through counters they
+// expose; this package adapts them, so that no core imports Prometheus.
+package metrics
+
+import (
+	"crypto/x509"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/server"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
+)
+
+// Registry is one process's metrics.
+type Registry struct {
+	reg *prometheus.Registry
+
+	csr, success, authn, parse, idExtract prometheus.Counter
+	signErr                               *prometheus.CounterVec
+	signing                               prometheus.Histogram
+
+	proxies     prometheus.Gauge
+	pushes      *prometheus.CounterVec
+	pushTime    *prometheus.HistogramVec
+	convergence prometheus.Histogram
+	rejects     *prometheus.CounterVec
+
+	reviewTime     prometheus.Histogram
+	reviewCache    prometheus.Counter
+	reviewRefusals prometheus.Counter
+}
+
+// New is a registry with the Go runtime's and the process's collectors
+// (heap, goroutines, CPU seconds, RSS) and warden serve's metrics.
+func New() *Registry {
+	r := &Registry{reg: prometheus.NewRegistry()}
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		r.reg.MustRegister(c)
+		return c
+	}
+	r.csr = counter("citadel_server_csr_count", "The number of CSRs received by the CA (Istio's metric).")
+	r.success = counter("citadel_server_success_cert_issuance_count", "The number of certificates issued (Istio's metric).")
+	r.authn = counter("citadel_server_authentication_failure_count", "The number of certificate requests whose caller could not be authenticated (Istio's metric).")
+	r.parse = counter("citadel_server_csr_parsing_err_count", "The number of CSRs refused as malformed: not parsing, a bad signature, or a refused key (Istio's metric).")
+	r.idExtract = counter("citadel_server_id_extraction_err_count", "The number of CSRs refused because the identity they name is not the caller's (Istio's metric; see docs/metrics.md).")
+	r.signErr = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "citadel_server_csr_sign_err_count",
+		Help: "The number of certificate requests that failed at signing, by error: invalid_ttl, unavailable (no CA material), sign_error (Istio's metric)."}, []string{"error"})
+	r.signing = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_ca_signing_seconds",
+		Help: "Time to check a CSR and sign its certificate, for certificates issued.", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+	r.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Proxies connected over ADS (Istio's metric, without its version label)."})
+	r.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes",
+		Help: "Configuration pushes to proxies, by xDS type: cds, eds, lds, rds, sds (Istio's metric)."}, []string{"type"})
+	r.pushTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilot_xds_push_time",
+		Help: "Time to build and set a proxy's new configuration, by xDS type (Istio's metric).", Buckets: []float64{.01, .1, 1, 3, 5, 10, 20, 30}}, []string{"type"})
+	r.convergence = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pilot_proxy_convergence_time",
+		Help: "Time from a push's start until the proxy ACKed every type pushed (Istio's metric).", Buckets: []float64{.1, .5, 1, 3, 5, 10, 20, 30}})
+	r.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_total_xds_rejects",
+		Help: "Configuration rejected by proxies (NACK), by xDS type (Istio's metric)."}, []string{"type"})
+	r.reviewTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_tokenreview_seconds",
+		Help: "Time of a Kubernetes TokenReview (tokens not answered from the cache).", Buckets: prometheus.ExponentialBuckets(.001, 2, 14)})
+	r.reviewCache = counter("warden_tokenreview_cache_hits_total", "Bearer tokens accepted from the TokenReview cache, without an API call.")
+	r.reviewRefusals = counter("warden_tokenreview_failures_total", "TokenReviews that refused the token or failed to reach the API server.")
+	r.reg.MustRegister(r.signErr, r.signing, r.proxies, r.pushes, r.pushTime, r.convergence, r.rejects, r.reviewTime)
+	// Zero values exist before the first event, so rate() and alerts see
+	// them at once.
+	for _, e := range []server.Outcome{server.InvalidTTL, server.NotReady, server.SignError} {
+		r.signErr.WithLabelValues(string(e))
+	}
+	for _, t := range []string{"cds", "eds", "lds", "rds", "sds"} {
+		r.pushes.WithLabelValues(t)
+		r.rejects.WithLabelValues(t)
+	}
+	return r
+}
+
+// Handler serves the registry.
+func (r *Registry) Handler() http.Handler { return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}) }
+
+// CertificateRequest implements ca/server.Observer.
+func (r *Registry) CertificateRequest(o server.Outcome, d time.Duration) {
+	r.csr.Inc()
+	switch o {
+	case server.Issued:
+		r.success.Inc()
+		r.signing.Observe(d.Seconds())
+	case server.Unauthenticated:
+		r.authn.Inc()
+	case server.InvalidCSR:
+		r.parse.Inc()
+	case server.IdentityMismatch:
+		r.idExtract.Inc()
+	default:
+		r.signErr.WithLabelValues(string(o)).Inc()
+	}
+}
+
+var _ server.Observer = (*Registry)(nil)
+var _ xdsserver.Observer = (*Registry)(nil)
+
+// ProxiesChanged implements xds/server.Observer.
+func (r *Registry) ProxiesChanged(delta int) { r.proxies.Add(float64(delta)) }
+
+// Pushed implements xds/server.Observer.
+func (r *Registry) Pushed(typeURL string, d time.Duration) {
+	t := xdsType(typeURL)
+	r.pushes.WithLabelValues(t).Inc()
+	r.pushTime.WithLabelValues(t).Observe(d.Seconds())
+}
+
+// Converged implements xds/server.Observer.
+func (r *Registry) Converged(d time.Duration) { r.convergence.Observe(d.Seconds()) }
+
+// Rejected implements xds/server.Observer.
+func (r *Registry) Rejected(typeURL string) { r.rejects.WithLabelValues(xdsType(typeURL)).Inc() }
+
+// xdsType is Istio's short name of an xDS type URL.
+func xdsType(typeURL string) string {
+	switch typeURL {
+	case "type.googleapis.com/envoy.config.cluster.v3.Cluster":
+		return "cds"
+	case "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
+		return "eds"
+	case "type.googleapis.com/envoy.config.listener.v3.Listener":
+		return "lds"
+	case "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
+		return "rds"
+	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret":
+		return "sds"
+	}
+	return "other"
+}
+
+// TokenReview is kube.TokenReviewAuthenticator's Observe.
+func (r *Registry) TokenReview(d time.Duration, cached bool, err error) {
+	switch {
+	case cached:
+		r.reviewCache.Inc()
+		return
+	case err != nil:
+		r.reviewRefusals.Inc()
+	}
+	r.reviewTime.Observe(d.Seconds())
+}
+
+// Authority exports the CA's expiry, as Istio does: the signing root's
+// and the signing certificate's (the intermediate, or the root itself
+// when it signs) NotAfter as Unix timestamps, and the seconds left.
+func (r *Registry) Authority(a *ca.Authority, clock ca.Clock) {
+	notAfter := func(pick func(m *ca.Material) *x509.Certificate) func() float64 {
+		return func() float64 {
+			m := a.Material()
+			if m == nil {
+				return 0
+			}
+			if c := pick(m); c != nil {
+				return float64(c.NotAfter.Unix())
+			}
+			return 0
+		}
+	}
+	root := notAfter(func(m *ca.Material) *x509.Certificate {
+		if rs := a.Bundles().Roots(); len(rs) > 0 {
+			return rs[0]
+		}
+		return nil
+	})
+	chain := notAfter(func(m *ca.Material) *x509.Certificate { return m.Cert })
+	left := func(ts func() float64) func() float64 {
+		return func() float64 {
+			if t := ts(); t != 0 {
+				return t - float64(clock.Now().Unix())
+			}
+			return 0
+		}
+	}
+	r.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citadel_server_root_cert_expiry_timestamp", Help: "Unix time the signing root expires (Istio's metric)."}, root),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citadel_server_root_cert_expiry_seconds", Help: "Seconds until the signing root expires; negative once expired (Istio's metric)."}, left(root)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citadel_server_cert_chain_expiry_timestamp", Help: "Unix time the signing CA certificate expires (Istio's metric)."}, chain),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "citadel_server_cert_chain_expiry_seconds", Help: "Seconds until the signing CA certificate expires; negative once expired (Istio's metric)."}, left(chain)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_ca_intermediate_expiry_seconds",
+			Help: "Seconds until the signing CA certificate (or the first certificate above it) expires; workload certificates are clamped to it."}, func() float64 {
+			m := a.Material()
+			if m == nil {
+				return 0
+			}
+			return m.NotAfter().Sub(clock.Now()).Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_ca_trust_bundle_roots", Help: "Roots in the trust bundle (2 during a root rotation's overlap)."},
+			func() float64 { return float64(len(a.Bundles().Roots())) }),
+	)
+}
+
+// Rotation exports the root rotation's phase and starts.
+func (r *Registry) Rotation(phase func() float64, started func() int64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "warden_ca_rotation_phase",
+		Help: "Phase of the root rotation in progress: 0 none, 1 prepared, 2 published, 3 activated.",
+	}, phase), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "warden_ca_root_rotations_started_total",
+		Help: "Root rotations started, by request or automatically, since this process started.",
+	}, func() float64 { return float64(started()) }))
+}
+
+// SDS exports central SDS's open streams and pushes.
+func (r *Registry) SDS(streams func() int, pushes func() uint64) {
+	r.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_sds_streams", Help: "Open SDS streams."}, func() float64 { return float64(streams()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_sds_pushes_total", Help: "SDS snapshots set: a certificate or trust bundle change pushed to its streams."},
+			func() float64 { return float64(pushes()) }))
+}
+
+// XDSReports exports the number of distinct compiler reports in the
+// connected proxies' configuration.
+func (r *Registry) XDSReports(n func() int) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_xds_config_reports",
+		Help: "Distinct reports (conflicts, settings not applied) in the configuration of the connected proxies; see the log or warden proxy-config."},
+		func() float64 { return float64(n()) }))
+}
+
+// Vault exports the intermediate's renewals.
+func (r *Registry) Vault(counts func() (renewed, failed uint64)) {
+	r.reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_vault_renewals_total", Help: "Intermediates obtained from Vault, proven and activated."},
+			func() float64 { n, _ := counts(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_vault_renewal_failures_total", Help: "Attempts to obtain an intermediate from Vault that failed (the current one kept signing)."},
+			func() float64 { _, n := counts(); return float64(n) }))
+}
+
+// ConfigRejected exports the configuration objects left out: invalid
+// objects now (Kubernetes), and reloads refused (a directory).
+func (r *Registry) ConfigRejected(objects func() int, reloads func() uint64) {
+	if objects != nil {
+		r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_config_rejected_objects",
+			Help: "Configuration objects left out because they failed validation (each is logged with its error)."}, func() float64 { return float64(objects()) }))
+	}
+	if reloads != nil {
+		r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_config_reload_failures_total",
+			Help: "Configuration directory reloads refused for an invalid file (the previous configuration stays)."}, func() float64 { return float64(reloads()) }))
+	}
+}
