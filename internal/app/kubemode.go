@@ -175,8 +175,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.tasks = append(s.tasks, watcher.Run)
 	}
 	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
-	return []server.Authenticator{&kube.TokenReviewAuthenticator{
-		Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock,
-		Observe: s.metrics.TokenReview,
-	}}, nil
+	tr := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock}
+	if s.metrics != nil {
+		tr.Observe = s.metrics.TokenReview
+	}
+	return []server.Authenticator{tr}, nil
 }

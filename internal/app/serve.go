@@ -53,6 +53,7 @@ type serveFlags struct {
 	allowDNS, allowIP                    bool
 	configDir                            string
 	credentialsDir                       string
+	metrics                              bool
 	debounce                             time.Duration
 	limits                               server.LimitConfig
 	autoRotate                           float64
@@ -89,6 +90,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.BoolVar(&f.allowIP, "allow-csr-ip-sans", false, "copy IP SANs from workload CSRs into certificates")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.configDir, "config-dir", "", "standalone: serve the mesh configuration in this directory's YAML files (ServiceEntry, VirtualService, DestinationRule, authn and authz policies) over xDS; re-read on change")
+	fs.BoolVar(&f.metrics, "metrics", true, "serve Prometheus metrics on the HTTP port's /metrics (false: none are kept)")
 	fs.StringVar(&f.credentialsDir, "credentials-dir", "", "standalone: Gateway credentialName certificates, as <dir>/<namespace>/<name>/tls.crt, tls.key and ca.crt (the data of a Kubernetes Secret); re-read on change")
 	fs.DurationVar(&f.debounce, "push-debounce", 100*time.Millisecond, "quiet time after a configuration change before proxies are pushed")
 	fs.Float64Var(&f.autoRotate, "auto-rotate-root", 0.2, "standalone self-signed root: rotate it automatically when less than this fraction of its lifetime remains (0: never)")
@@ -212,7 +214,10 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	if err != nil {
 		return nil, err
 	}
-	s := &controlPlane{log: log, metrics: metrics.New()}
+	s := &controlPlane{log: log}
+	if f.metrics {
+		s.metrics = metrics.New()
+	}
 	// A replica that cannot listen must fail before it writes shared state
 	// (istio-ca-secret, a data directory): try the ports now. They are
 	// bound for good once everything is ready, so that a client that can
@@ -332,7 +337,11 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 // server and subscribes SDS and ADS to the trust bundle.
 func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths []server.Authenticator) error {
 	f, authority, log := o.f, s.authority, s.log
-	srv, err := server.New(server.Config{Signer: authority, Authenticators: auths, Logger: log, Observer: s.metrics})
+	cfg := server.Config{Signer: authority, Authenticators: auths, Logger: log}
+	if s.metrics != nil {
+		cfg.Observer = s.metrics
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -372,7 +381,6 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	central.Register(g)
 	s.sds = central
-	s.metrics.SDS(central.Streams, central.Pushes)
 	// The xDS server reports a failure as Unauthenticated.
 	ads, err := s.wireXDS(ctx, f, o.td, authenticate, sdsCache, roots)
 	if err != nil {
@@ -417,6 +425,10 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 // metricsHandler registers what is known once everything is wired and
 // serves the registry.
 func (s *controlPlane) metricsHandler() http.Handler {
+	if s.metrics == nil {
+		return http.NotFoundHandler()
+	}
+	s.metrics.SDS(s.sds.Streams, s.sds.Pushes)
 	s.metrics.Authority(s.authority, ca.SystemClock{})
 	if s.rotator != nil {
 		s.metrics.Rotation(s.rotator.PhaseIndex, s.rotator.Started)

@@ -31,15 +31,18 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 			return xds.CredentialSecret(name, func(secret string) (map[string][]byte, bool) { return lookup(ns, secret) })
 		}
 	}
-	srv, err := xdsserver.New(ctx, xdsserver.Config{
+	cfg := xdsserver.Config{
 		Options:     opts,
 		Identify:    identify,
 		Debounce:    f.debounce,
 		Log:         s.log,
 		Secrets:     sds.ProxySecrets(cache, roots),
 		Credentials: creds,
-		Observer:    s.metrics,
-	})
+	}
+	if s.metrics != nil {
+		cfg.Observer = s.metrics
+	}
+	srv, err := xdsserver.New(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
