@@ -34,7 +34,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "run the control plane (CA API on :15012) in standalone mode", runServe},
+		{"serve", "run the control plane: CA API, SDS and xDS on :15012 (standalone, or with --kubernetes in a cluster)", runServe},
 		{"agent", "node agent: get and rotate workload certificates, serve them over SDS and the Workload API", runAgent},
 		{"token", "mint a workload token (standalone mode)", runToken},
 		{"ca info", "show the CA's root, expiry and chain", runCAInfo},

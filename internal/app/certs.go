@@ -180,10 +180,14 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("%s already exists; pass --renew to rotate it or --overwrite to replace it", filepath.Join(*out, fileKey))
 		}
 	}
-	if *rootFile == "" {
+	defaultRoot := *rootFile == ""
+	if defaultRoot {
 		*rootFile = filepath.Join(*dataDir, ca.FileRootCert)
 	}
 	roots, err := readPool(*rootFile)
+	if errors.Is(err, os.ErrNotExist) && defaultRoot {
+		return fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert: on Kubernetes, the bundle warden publishes (kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", errUsage, *rootFile)
+	}
 	if err != nil {
 		return err
 	}

@@ -24,7 +24,6 @@ type kubeFlags struct {
 	namespace  string
 	identity   string
 	saSecrets  bool
-	audiences  string
 }
 
 func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
@@ -41,7 +40,6 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 	}
 	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
 	fs.BoolVar(&k.saSecrets, "sa-secrets", true, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount")
-	fs.StringVar(&k.audiences, "token-audiences", "istio-ca", "comma-separated audiences accepted by TokenReview")
 }
 
 func (k *kubeFlags) enabled() bool { return k.on }
@@ -175,7 +173,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.tasks = append(s.tasks, watcher.Run)
 	}
 	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
-	tr := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(k.audiences), Clock: caCfg.Clock}
+	tr := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
 	if s.metrics != nil {
 		tr.Observe = s.metrics.TokenReview
 	}

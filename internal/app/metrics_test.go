@@ -68,6 +68,38 @@ func csrFor(t *testing.T, id string) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
+// adsProxy connects sleep's sidecar over ADS, ACKs every type and
+// returns the stream's cancel (the proxy leaves when it is called).
+func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) context.CancelFunc {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok), 2*time.Minute)
+	t.Cleanup(func() { cancel(); conn.Close() })
+	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
+	for _, typ := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
+		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+			t.Fatal(err)
+		}
+		var resp *discovery.DiscoveryResponse
+		for resp == nil || resp.TypeUrl != typ {
+			if resp, err = ads.Recv(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cancel
+}
+
 // TestServeMetrics: /metrics carries Istio's CA and xDS metrics and
 // warden's own, with values that follow what happened: every
 // certificate bench ca got is counted as issued; each refusal is counted
@@ -238,5 +270,15 @@ func TestServeMetrics(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 		after = scrape(t, metricsURL)
+	}
+}
+
+// TestCertRequestWithoutRoot: outside a data directory, cert request says
+// where the trust anchors come from instead of "no such file".
+func TestCertRequestWithoutRoot(t *testing.T) {
+	dir := t.TempDir()
+	code, _, stderr := run(t, "cert", "request", "--ca", "127.0.0.1:1", "--data-dir", filepath.Join(dir, "none"), "--token-file", "/dev/null", "--out", filepath.Join(dir, "out"))
+	if code != 2 || !strings.Contains(stderr, "kubectl get configmap istio-ca-root-cert") || !strings.Contains(stderr, "--root-cert") {
+		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }

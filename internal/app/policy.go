@@ -53,24 +53,30 @@ func parsePorts(s string) ([]authn.Port, error) {
 }
 
 type workloadFlags struct {
-	file, ns, labels, ports, services, output, rootNS, kind string
-	trustDomain                                             string
-	mesh                                                    meshPolicyFlags
+	file, ns, labels, ports, services, output, kind string
+	trustDomain                                     string
+	mesh                                            meshPolicyFlags
 }
 
-// meshPolicyFlags are the mesh-wide settings authorization depends on
-// (Istio's meshConfig trustDomainAliases and pathNormalization).
+// meshPolicyFlags are the mesh-wide settings policy and routing depend on
+// (Istio's meshConfig rootNamespace, trustDomainAliases and
+// pathNormalization).
 type meshPolicyFlags struct {
 	aliases  multiFlag
 	pathNorm string
+	rootNS   string
 }
 
 func (m *meshPolicyFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&m.rootNS, "root-namespace", "istio-system", "the mesh root namespace (Istio's meshConfig rootNamespace): policies and Sidecars there apply mesh-wide")
 	fs.Var(&m.aliases, "trust-domain-alias", "another trust domain of this mesh (Istio's trustDomainAliases; repeatable): a principal naming it, the trust domain or cluster.local matches peers of all of them")
 	fs.StringVar(&m.pathNorm, "path-normalization", rbac.PathBase, "what inbound HTTP paths go through before authorization (Istio's meshConfig pathNormalization): "+strings.Join(rbac.PathNormalizations, ", "))
 }
 
 func (m *meshPolicyFlags) check() error {
+	if m.rootNS == "" {
+		return fmt.Errorf("%w: --root-namespace is empty", errUsage)
+	}
 	if err := rbac.CheckPathNormalization(m.pathNorm); err != nil {
 		return fmt.Errorf("%w: --path-normalization: %v", errUsage, err)
 	}
@@ -91,7 +97,7 @@ func (w *workloadFlags) rbacOptions(tcp bool) (rbac.Options, error) {
 	if err := w.mesh.check(); err != nil {
 		return rbac.Options{}, err
 	}
-	return rbac.Options{RootNamespace: w.rootNS, TrustDomain: td, TrustDomainAliases: w.mesh.aliases, PathNormalization: w.mesh.pathNorm, TCP: tcp}, nil
+	return rbac.Options{RootNamespace: w.mesh.rootNS, TrustDomain: td, TrustDomainAliases: w.mesh.aliases, PathNormalization: w.mesh.pathNorm, TCP: tcp}, nil
 }
 
 func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
@@ -101,7 +107,6 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	fs.StringVar(&w.labels, "labels", "", "workload labels k=v,k2=v2")
 	fs.StringVar(&w.ports, "port", "8080", "workload ports, comma-separated, each [name:]number")
 	fs.StringVar(&w.services, "services", "", "Services selecting the workload, by name or FQDN (legacy Policy targets, ServiceRole services)")
-	fs.StringVar(&w.rootNS, "root-namespace", "istio-system", "mesh root namespace")
 	fs.StringVar(&w.trustDomain, "trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain")
 	w.mesh.register(fs)
 	return fs
@@ -156,7 +161,7 @@ func runPolicyCompile(_ context.Context, e *env, args []string) error {
 	}
 	switch w.kind {
 	case "authn":
-		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS})
+		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.mesh.rootNS})
 		if err != nil {
 			return err
 		}
@@ -268,7 +273,7 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 		// jwt_authn runs before RBAC: it may answer 401 itself, and it
 		// decides the payload (space-delimited claims split) and the
 		// headers (claim_to_headers) authorization sees.
-		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS, TrustDomain: opts.TrustDomain})
+		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.mesh.rootNS, TrustDomain: opts.TrustDomain})
 		if err != nil {
 			return err
 		}
@@ -353,7 +358,7 @@ func runPolicyCheck(_ context.Context, e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "%d objects valid\n", len(objs))
-	ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.rootNS})
+	ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.mesh.rootNS})
 	if err != nil {
 		return err
 	}

@@ -66,7 +66,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm})
+	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
 	if err != nil {
 		return err
 	}
@@ -142,9 +142,12 @@ func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	objs, cluster, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	for _, r := range rejected {
+		warnings = append(warnings, "invalid object left out (warden serve leaves it out too): "+r)
 	}
 	services, shadowed, err := clusterServices(objs, cluster)
 	if err != nil {

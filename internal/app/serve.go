@@ -47,7 +47,7 @@ type serveFlags struct {
 	caKeyType, logLevel, tokenIssuerName string
 	rootTTL, defaultTTL, maxTTL          time.Duration
 	dnsNames                             string
-	jwksFile, jwtIssuer, jwtAudiences    string
+	jwksFile, jwtIssuer, audiences       string
 	tokenLeeway, tokenMaxLifetime        time.Duration
 	allowNewRoot, allowNewTokenKey       bool
 	allowDNS, allowIP                    bool
@@ -81,7 +81,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
-	fs.StringVar(&f.jwtAudiences, "jwt-audiences", token.DefaultAudience, "comma-separated audiences accepted on bearer tokens")
+	fs.StringVar(&f.audiences, "token-audiences", token.DefaultAudience, "comma-separated audiences a workload's bearer token must carry (checked offline in standalone mode, by TokenReview in Kubernetes mode)")
+	fs.StringVar(&f.audiences, "jwt-audiences", token.DefaultAudience, "the same as --token-audiences (its former standalone name)")
 	fs.DurationVar(&f.tokenLeeway, "token-leeway", time.Minute, "clock skew allowed on bearer tokens' exp, nbf and iat")
 	fs.DurationVar(&f.tokenMaxLifetime, "token-max-lifetime", token.DefaultMaxLifetime, "longest bearer token lifetime accepted (exp - iat); raise it for Kubernetes' extended tokens read with --jwks-file")
 	fs.BoolVar(&f.allowNewRoot, "allow-new-root", false, "standalone: make a new root although the data directory once held another (its files were lost); every workload must then get the new bundle")
@@ -246,7 +247,7 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 			return nil, err
 		}
 		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
-			Issuer: f.jwtIssuer, Audiences: splitList(f.jwtAudiences), Keys: ks, Clock: clock, Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
+			Issuer: f.jwtIssuer, Audiences: splitList(f.audiences), Keys: ks, Clock: clock, Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 		}})
 	}
 	if err := s.wireServices(ctx, o, auths); err != nil {
@@ -328,7 +329,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		return nil, err
 	}
 	return []server.Authenticator{&server.JWTAuthenticator{TrustDomain: o.td, Clock: o.clock, Verifier: &token.Verifier{
-		Issuer: s.issuer.Name(), Audiences: splitList(f.jwtAudiences), Keys: s.issuer.KeySet(), Clock: o.clock,
+		Issuer: s.issuer.Name(), Audiences: splitList(f.audiences), Keys: s.issuer.KeySet(), Clock: o.clock,
 		Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 	}}}, nil
 }
@@ -433,18 +434,24 @@ func (s *controlPlane) metricsHandler() http.Handler {
 	if s.rotator != nil {
 		s.metrics.Rotation(s.rotator.PhaseIndex, s.rotator.Started)
 	}
+	// Every series exists in every mode (zero where it cannot move), so
+	// one dashboard and one rule file fit every install.
+	vaultCounts := func() (uint64, uint64) { return 0, 0 }
 	if s.renewer != nil {
-		s.metrics.Vault(s.renewer.Counts)
+		vaultCounts = s.renewer.Counts
 	}
+	s.metrics.Vault(vaultCounts)
 	if s.xds != nil {
 		s.metrics.XDSReports(s.xds.Reports)
 	}
-	switch {
-	case s.config != nil:
-		s.metrics.ConfigRejected(func() int { return len(s.config.Rejected()) }, nil)
-	case s.configDir != nil:
-		s.metrics.ConfigRejected(nil, s.configDir.Failures)
+	rejected, reloads := func() int { return 0 }, func() uint64 { return 0 }
+	if s.config != nil {
+		rejected = func() int { return len(s.config.Rejected()) }
 	}
+	if s.configDir != nil {
+		reloads = s.configDir.Failures
+	}
+	s.metrics.ConfigRejected(rejected, reloads)
 	return s.metrics.Handler()
 }
 

@@ -23,7 +23,7 @@ import (
 // mode. Streams authenticate like certificate requests (SVID or token).
 func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
-	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, JWTKeys: keys}
+	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, RootNamespace: f.mesh.rootNS, JWTKeys: keys}
 	lookup, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials
 	if lookup != nil {
@@ -105,7 +105,7 @@ func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) err
 			}
 		}
 		notify()
-		var lastShadowed string
+		var lastShadowed, lastSummary string
 		for {
 			select {
 			case <-ctx.Done():
@@ -125,6 +125,16 @@ func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) err
 				}
 			}
 			srv.Update(objs, services)
+			// Say what the configuration is when its objects change, not
+			// on every endpoint change.
+			rejected := s.config.Rejected()
+			if summary := fmt.Sprint(len(objs), rejected); summary != lastSummary {
+				lastSummary = summary
+				s.log.Info("mesh configuration applied", "objects", len(objs), "services", len(services), "rejected", len(rejected))
+				for _, r := range rejected {
+					s.log.Warn("mesh configuration: invalid object left out", "object", r)
+				}
+			}
 		}
 	}
 }

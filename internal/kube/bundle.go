@@ -183,7 +183,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 		return 0, nil
 	}
 	p.guard.wrote(key)
-	p.Log.Info("repaired trust bundle", "namespace", ns)
+	p.Log.Info("rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
 	return 0, nil
 }
 

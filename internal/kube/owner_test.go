@@ -116,7 +116,7 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 			rogueWrites++
 		}
 	}
-	repairs := strings.Count(logs.String(), "repaired trust bundle")
+	repairs := strings.Count(logs.String(), "rewrote trust bundle")
 	t.Logf("the other writer wrote %d times; warden repaired %d times", rogueWrites, repairs)
 	if repairs > 4 {
 		t.Errorf("warden kept fighting: %d repairs in 4 s", repairs)

@@ -15,15 +15,16 @@ import (
 // Snapshot lists, once, what warden serve --kubernetes watches: the mesh
 // configuration (the Istio kinds) and the service registry (Services,
 // EndpointSlices, Pods). It is for one-shot tools such as
-// warden proxy-config; it gives up after timeout.
-func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) ([]api.Object, []*xds.Service, error) {
+// warden proxy-config; it gives up after timeout. rejected lists the
+// objects left out for failing validation, with their errors.
+func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs []api.Object, services []*xds.Service, rejected []string, err error) {
 	cs, err := NewClientset(rc)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kube: client: %w", err)
+		return nil, nil, nil, fmt.Errorf("kube: client: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -53,12 +54,12 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) ([]ap
 			case err := <-done:
 				stopped++
 				if err != nil {
-					return nil, nil, err
+					return nil, nil, nil, err
 				}
 			case <-ctx.Done():
-				return nil, nil, fmt.Errorf("kube: could not list %s within %s", w.what, timeout)
+				return nil, nil, nil, fmt.Errorf("kube: could not list %s within %s", w.what, timeout)
 			}
 		}
 	}
-	return config.List(), registry.Services(), nil
+	return config.List(), registry.Services(), config.Rejected(), nil
 }

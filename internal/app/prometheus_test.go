@@ -1,0 +1,262 @@
+package app_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// A real Prometheus (hack/prometheus.sh builds it from the module proxy;
+// make test passes the folder in WARDEN_PROMETHEUS_DIR) scrapes a running
+// warden serve under load and evaluates deploy/grafana/warden.json's
+// queries and deploy/prometheus/warden-rules.yaml's alerts.
+
+func prometheusDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("WARDEN_PROMETHEUS_DIR")
+	if dir == "" {
+		t.Fatal("WARDEN_PROMETHEUS_DIR is not set: run make test, or export WARDEN_PROMETHEUS_DIR=$(hack/prometheus.sh)")
+	}
+	return dir
+}
+
+// promQuery evaluates q now: the number of series, or the error
+// Prometheus gives.
+func promQuery(t *testing.T, addr, q string) (int, error) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status, Error string
+		Data          struct {
+			ResultType string
+			Result     json.RawMessage
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, err
+	}
+	if r.Status != "success" {
+		return 0, fmt.Errorf("%s", r.Error)
+	}
+	var series []any
+	if r.Data.ResultType == "vector" || r.Data.ResultType == "matrix" {
+		if err := json.Unmarshal(r.Data.Result, &series); err != nil {
+			return 0, err
+		}
+		return len(series), nil
+	}
+	return 1, nil // a scalar
+}
+
+// signals splits an alert expression at its top-level "and", "or" and
+// "unless", and each part at its last top-level comparison: the
+// quantities the alert watches, which must have data even when it does
+// not fire.
+func signals(expr string) []string {
+	var parts []string
+	depth, start := 0, 0
+	for i := 0; i < len(expr); i++ {
+		switch expr[i] {
+		case '(', '[', '{':
+			depth++
+		case ')', ']', '}':
+			depth--
+		case ' ':
+			if depth == 0 {
+				for _, op := range []string{" and ", " or ", " unless "} {
+					if strings.HasPrefix(expr[i:], op) {
+						parts = append(parts, expr[start:i])
+						start = i + len(op)
+					}
+				}
+			}
+		}
+	}
+	parts = append(parts, expr[start:])
+	var out []string
+	for _, p := range parts {
+		depth, cut := 0, -1
+		for i := 0; i < len(p); i++ {
+			switch p[i] {
+			case '(', '[', '{':
+				depth++
+			case ')', ']', '}':
+				depth--
+			case ' ':
+				if depth == 0 {
+					for _, op := range []string{" > ", " < ", " >= ", " <= ", " == ", " != "} {
+						if strings.HasPrefix(p[i:], op) {
+							cut = i
+						}
+					}
+				}
+			}
+		}
+		if cut >= 0 {
+			p = p[:cut]
+		}
+		out = append(out, strings.TrimSpace(p))
+	}
+	return out
+}
+
+// TestDashboardAndAlerts: promtool accepts the rules; Prometheus scrapes
+// warden serve while bench ca loads it and a proxy converges; every
+// dashboard query returns data, every alert expression parses and the
+// quantities it watches have data; and with a root that expires in 20
+// days, the root expiry alert fires.
+func TestDashboardAndAlerts(t *testing.T) {
+	bin := prometheusDir(t)
+	rules, _ := filepath.Abs("../../deploy/prometheus/warden-rules.yaml")
+	if out, err := exec.Command(filepath.Join(bin, "promtool"), "check", "rules", rules).CombinedOutput(); err != nil {
+		t.Fatalf("promtool check rules: %v\n%s", err, out)
+	}
+
+	httpAddr := freeAddr(t)
+	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr, "--root-ttl", "480h", "--auto-rotate-root", "0"}, "default/sleep")
+	promAddr := freeAddr(t)
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: [%q]
+scrape_configs:
+- job_name: warden
+  static_configs: [{targets: [%q]}]
+`, rules, httpAddr)
+	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "prometheus"), "--config.file", filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path", filepath.Join(dir, "data"), "--web.listen-address", promAddr)
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("prometheus:\n%s", tail(logs.String(), 20))
+		}
+	})
+	eventuallyCalls(t, func() error {
+		n, err := promQuery(t, promAddr, `up{job="warden"} == 1`)
+		if err == nil && n == 0 {
+			err = fmt.Errorf("warden not scraped yet")
+		}
+		return err
+	})
+
+	// Load: certificates, and a proxy that converges.
+	if code, _, stderr := run(t, "bench", "ca", "--addr", m.addr, "--data-dir", m.data, "--duration", "2s", "--warmup", "100ms",
+		"--concurrency", "4", "--server-metrics", ""); code != 0 {
+		t.Fatalf("bench ca: %s", stderr)
+	}
+	root, _ := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(root)
+	raw, _ := os.ReadFile(filepath.Join(m.dir, "default-sleep.token"))
+	adsProxy(t, m.addr, pool, strings.TrimSpace(string(raw)))
+	time.Sleep(3 * time.Second) // a few scrapes after the load
+
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	b, err := os.ReadFile("../../deploy/grafana/warden.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("deploy/grafana/warden.json: %v", err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			q := strings.ReplaceAll(tg.Expr, "$job", ".*")
+			queries++
+			if n, err := promQuery(t, promAddr, q); err != nil || n == 0 {
+				t.Errorf("panel %q: %s: %d series, %v", p.Title, q, n, err)
+			}
+		}
+	}
+
+	var groups struct {
+		Groups []struct {
+			Rules []struct{ Alert, Expr string }
+		}
+	}
+	if err := yamlUnmarshalFile(rules, &groups); err != nil {
+		t.Fatal(err)
+	}
+	alerts := 0
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			alerts++
+			if _, err := promQuery(t, promAddr, r.Expr); err != nil {
+				t.Errorf("alert %s: %v", r.Alert, err)
+			}
+			for _, s := range signals(r.Expr) {
+				if n, err := promQuery(t, promAddr, s); err != nil || n == 0 {
+					t.Errorf("alert %s watches %s: %d series, %v", r.Alert, s, n, err)
+				}
+			}
+		}
+	}
+
+	// The root expires in 20 days: the 30-day alert fires.
+	eventuallyCalls(t, func() error {
+		resp, err := http.Get("http://" + promAddr + "/api/v1/alerts")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Alerts []struct {
+					Labels map[string]string
+					State  string
+				}
+			}
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return err
+		}
+		var seen []string
+		for _, a := range r.Data.Alerts {
+			if a.Labels["alertname"] == "WardenRootCertExpiringSoon" && a.State == "firing" {
+				return nil
+			}
+			seen = append(seen, a.Labels["alertname"]+"="+a.State)
+		}
+		return fmt.Errorf("WardenRootCertExpiringSoon is not firing; alerts: %v", seen)
+	})
+	t.Logf("%d dashboard queries and %d alert rules evaluated", queries, alerts)
+}
+
+func yamlUnmarshalFile(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return yaml.Unmarshal(b, v)
+}
