@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: all build kube-binaries vault-binary istio-oracle istio-agent test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -41,13 +41,17 @@ vault-binary:
 istio-oracle:
 	hack/istioauthz.sh
 
+## prometheus: build (once, cached in ~/.cache/warden/prometheus) the Prometheus server and promtool the dashboard and alert test runs.
+prometheus:
+	hack/prometheus.sh
+
 ## istio-agent: build (once, cached in ~/.cache/warden/istioagent) Istio's pilot-agent and istio-probe, for the drop-in test.
 istio-agent:
 	hack/istioagent.sh
 
 unit:
 	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" WARDEN_ISTIO_AUTHZ_BIN="$$(hack/istioauthz.sh)" \
-	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" $(GO) test -count=1 -timeout 20m ./...
+	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)" $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-smoke:
 	FUZZ_SCALE=$(FUZZ_SCALE) hack/fuzz.sh
