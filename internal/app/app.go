@@ -53,6 +53,7 @@ func commands() []command {
 		{"proxy-config", "show the listeners, routes, clusters, endpoints or secrets warden sends a proxy", runProxyConfig},
 		{"bench xds", "connect simulated proxies over ADS: push latency and heap per proxy", runBenchXDS},
 		{"bench xds-clients", "", runBenchXDSClients},
+		{"check", "check the CA, the trust bundle's copies, the proxies and the mesh configuration; non-zero exit on any error", runCheck},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -484,6 +484,14 @@ func (s *controlPlane) httpHandler() http.Handler {
 		})
 	}
 	mux.Handle("GET /metrics", s.metricsHandler())
+	if s.xds != nil {
+		// warden check asks which proxies have not ACKed their latest
+		// configuration (node IDs and xDS types only).
+		mux.HandleFunc("GET /debug/proxies", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(s.xds.Status())
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.authority.Material() == nil {

@@ -1,0 +1,226 @@
+package app
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/check"
+	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/source"
+	"github.com/wardenmesh/warden/xds"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
+)
+
+// runCheck is warden check: the CA, the trust bundle's copies, the
+// proxies and the mesh configuration, in standalone or Kubernetes mode.
+func runCheck(ctx context.Context, e *env, args []string) error {
+	fs := e.flags("check")
+	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone: the data directory of warden serve")
+	plugged := fs.String("plugged-in-dir", "", "standalone: check this plugged-in CA directory (cacerts) instead of the data directory's CA")
+	configDir := fs.String("config-dir", "", "standalone: the mesh configuration directory warden serve reads")
+	server := fs.String("server", "", "a running warden serve's HTTP address (e.g. 127.0.0.1:15014): check its proxies' convergence")
+	output := fs.String("o", "", "output: empty for people, json for scripts")
+	warn := fs.Duration("expiry-warning", 30*24*time.Hour, "warn about CA certificates expiring sooner than this")
+	stale := fs.Duration("stale-after", time.Minute, "a proxy that has not ACKed a push for this long is an error")
+	var k kubeFlags
+	k.register(fs, e)
+	var mf meshPolicyFlags
+	mf.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *output != "" && *output != "json" {
+		return fmt.Errorf("%w: -o %q: want json or nothing", errUsage, *output)
+	}
+	if err := mf.check(); err != nil {
+		return err
+	}
+	now := time.Now()
+	var report check.Report
+	var objs []api.Object
+	var services []*xds.Service
+	if k.enabled() {
+		var err error
+		if objs, services, err = checkKubernetes(ctx, &report, k, now, *warn); err != nil {
+			return err
+		}
+	} else {
+		checkStandaloneCA(&report, *dataDir, *plugged, now, *warn)
+		if *configDir != "" {
+			var err error
+			if objs, _, err = source.Load(*configDir); err != nil {
+				report = append(report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+			} else if services, err = xds.ServicesFromEntries(objs, ""); err != nil {
+				report = append(report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+			} else {
+				report = append(report, check.Result{Check: "config", Status: check.OK, Message: fmt.Sprintf("%s: %d objects, %d services", *configDir, len(objs), len(services))})
+			}
+		}
+	}
+	if objs != nil || services != nil {
+		res, err := check.Policy(objs, services, xds.Options{TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
+		if err != nil {
+			report = append(report, check.Result{Check: "policy", Status: check.Error, Message: err.Error()})
+		}
+		report = append(report, res...)
+	}
+	if *server != "" {
+		status, err := proxyStatus(ctx, *server)
+		if err != nil {
+			report = append(report, check.Result{Check: "proxies", Status: check.Error, Message: err.Error()})
+		} else {
+			report = append(report, check.Proxies(status, now, *stale)...)
+		}
+	}
+	if *output == "json" {
+		if err := report.JSON(e.stdout); err != nil {
+			return err
+		}
+	} else {
+		report.Print(e.stdout)
+	}
+	if report.Failed() {
+		return errors.New("some checks failed")
+	}
+	return nil
+}
+
+func checkStandaloneCA(report *check.Report, dataDir, plugged string, now time.Time, warn time.Duration) {
+	var m *ca.Material
+	var err error
+	what := "ca"
+	switch {
+	case plugged != "":
+		what = "cacerts"
+		m, err = filestore.LoadPluggedIn(plugged, now)
+	default:
+		var f ca.Files
+		if f, err = (&filestore.Store{Dir: dataDir}).Load(context.Background()); err == nil {
+			m, err = ca.DecodeMaterial(f, now)
+		} else if b, rerr := os.ReadFile(filepath.Join(dataDir, ca.FileRootCert)); rerr == nil {
+			// Vault mode keeps only the bundle in the data directory.
+			roots, perr := ca.ParseCerts(b)
+			if perr == nil && len(roots) > 0 {
+				m, err = &ca.Material{Cert: roots[0], Roots: roots}, nil
+				what = "bundle"
+			}
+		}
+	}
+	if err != nil {
+		*report = append(*report, check.Result{Check: what, Status: check.Error, Message: err.Error()})
+		return
+	}
+	*report = append(*report, check.CA(what, m, now, warn)...)
+}
+
+// checkKubernetes checks an install: its CA Secret, the bundle
+// ConfigMaps, the istio.<sa> Secrets and the configuration objects; it
+// returns the configuration and registry for the policy checks.
+func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now time.Time, warn time.Duration) ([]api.Object, []*xds.Service, error) {
+	rc, err := kube.RESTConfig(k.kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := kube.NewClientset(rc)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, which, err := kube.LoadCA(ctx, cs, k.namespace, now)
+	if err != nil {
+		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: err.Error()})
+	} else {
+		*report = append(*report, check.CA("ca "+which, m, now, warn)...)
+		fp := ca.Fingerprint(signingRoot(m))
+		total, missing, stale, others, err := kube.CheckBundles(ctx, cs, fp, k.namespace)
+		if err != nil {
+			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: err.Error()})
+		}
+		if err == nil && len(missing)+len(stale) == 0 {
+			*report = append(*report, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", kube.BundleConfigMap, total-len(others), total)})
+		}
+		if len(missing) > 0 {
+			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", kube.BundleConfigMap, strings.Join(missing, ", "))})
+		}
+		if len(stale) > 0 {
+			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", kube.BundleConfigMap, strings.Join(stale, ", "))})
+		}
+		if len(others) > 0 {
+			*report = append(*report, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", kube.BundleConfigMap, strings.Join(others, ", "))})
+		}
+		total, staleS, late, err := kube.CheckSASecrets(ctx, cs, fp, k.namespace, now)
+		switch {
+		case err != nil:
+			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Error, Message: err.Error()})
+		case len(staleS) > 0:
+			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Error, Message: "expired, or not under the signing root: " + strings.Join(staleS, ", ")})
+		case len(late) > 0:
+			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Warn, Message: "past half-life, not renewed yet: " + strings.Join(late, ", ")})
+		default:
+			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.OK, Message: fmt.Sprintf("%d istio.<sa> Secrets current", total)})
+		}
+	}
+	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	if err != nil {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+		return nil, nil, nil
+	}
+	for _, r := range rejected {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: "invalid object left out: " + r})
+	}
+	services, shadowed, err := clusterServices(objs, cluster)
+	if err != nil {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+		return nil, nil, nil
+	}
+	for _, h := range shadowed {
+		*report = append(*report, check.Result{Check: "config", Status: check.Warn, Message: fmt.Sprintf("ServiceEntry host %s ignored: a Kubernetes Service has that name", h)})
+	}
+	if len(rejected) == 0 {
+		*report = append(*report, check.Result{Check: "config", Status: check.OK, Message: fmt.Sprintf("%d objects, %d services", len(objs), len(services))})
+	}
+	return objs, services, nil
+}
+
+// signingRoot is the root m's signing certificate chains to.
+func signingRoot(m *ca.Material) *x509.Certificate {
+	pool := x509.NewCertPool()
+	inter := x509.NewCertPool()
+	for _, c := range m.Chain {
+		inter.AddCert(c)
+	}
+	for _, r := range m.Roots {
+		pool = x509.NewCertPool()
+		pool.AddCert(r)
+		if _, err := m.Cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+			return r
+		}
+	}
+	return m.Roots[0]
+}
+
+func proxyStatus(ctx context.Context, addr string) ([]xdsserver.ProxyStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/proxies", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("warden serve at %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("warden serve at %s: /debug/proxies: %s (is its xDS server on?)", addr, resp.Status)
+	}
+	var out []xdsserver.ProxyStatus
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}

@@ -1,0 +1,135 @@
+package check_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/check"
+	"github.com/wardenmesh/warden/xds"
+	xdsserver "github.com/wardenmesh/warden/xds/server"
+)
+
+func cert(t *testing.T, name string, notAfter time.Time, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name}, NotBefore: time.Now().Add(-48 * time.Hour),
+		NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c, key
+}
+
+func statuses(rs []check.Result) map[check.Status][]string {
+	out := map[check.Status][]string{}
+	for _, r := range rs {
+		out[r.Status] = append(out[r.Status], r.Message)
+	}
+	return out
+}
+
+// TestCA: a healthy chain is ok; an expired certificate is an error; one
+// expiring within the warning window is a warning; a signing certificate
+// from another root is an error.
+func TestCA(t *testing.T) {
+	now := time.Now()
+	root, rootKey := cert(t, "root", now.Add(365*24*time.Hour), nil, nil)
+	inter, _ := cert(t, "intermediate", now.Add(10*24*time.Hour), root, rootKey)
+	other, _ := cert(t, "other root", now.Add(365*24*time.Hour), nil, nil)
+	old, _ := cert(t, "old root", now.Add(-time.Hour), nil, nil)
+	for _, tc := range []struct {
+		name  string
+		m     *ca.Material
+		worst check.Status
+		want  string
+	}{
+		{"healthy", &ca.Material{Cert: inter, Roots: []*x509.Certificate{root}}, check.OK, "chains to the trust bundle"},
+		{"expiring", &ca.Material{Cert: inter, Roots: []*x509.Certificate{root}}, check.Warn, `"CN=intermediate" expires in`},
+		{"foreign", &ca.Material{Cert: inter, Roots: []*x509.Certificate{other}}, check.Error, "does not chain to the trust bundle"},
+		{"expired", &ca.Material{Cert: old, Roots: []*x509.Certificate{old}}, check.Error, `"CN=old root" expired at`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			warn := time.Hour
+			if tc.name == "expiring" {
+				warn = 30 * 24 * time.Hour
+			}
+			got := statuses(check.CA("ca", tc.m, now, warn))
+			worst := check.OK
+			if len(got[check.Warn]) > 0 {
+				worst = check.Warn
+			}
+			if len(got[check.Error]) > 0 {
+				worst = check.Error
+			}
+			if worst != tc.worst || !strings.Contains(strings.Join(got[tc.worst], "\n"), tc.want) {
+				t.Fatalf("got %v, want %s containing %q", got, tc.worst, tc.want)
+			}
+		})
+	}
+}
+
+// TestPolicy: a VirtualService to an unknown host or subset is an error,
+// a selector matching nothing and a compiler report are warnings, a clean
+// configuration is ok.
+func TestPolicy(t *testing.T) {
+	services := []*xds.Service{{Host: "web.default.svc.cluster.local", Name: "web", Namespace: "default", Ports: []xds.ServicePort{{Number: 80, Name: "http"}},
+		Endpoints: []xds.Endpoint{{Address: "10.0.0.1", Labels: map[string]string{"app": "web"}, ServiceAccount: "web"}}}}
+	meta := func(n string) api.ObjectMeta { return api.ObjectMeta{Name: n, Namespace: "default"} }
+	clean := []api.Object{&api.AuthorizationPolicy{Metadata: meta("ok"), Spec: api.AuthorizationPolicySpec{Selector: &api.WorkloadSelector{MatchLabels: map[string]string{"app": "web"}}}}}
+	got, err := check.Policy(clean, services, xds.Options{})
+	if err != nil || len(got) != 1 || got[0].Status != check.OK {
+		t.Fatalf("clean: %v %v", got, err)
+	}
+	bad := []api.Object{
+		&api.AuthorizationPolicy{Metadata: meta("nobody"), Spec: api.AuthorizationPolicySpec{Selector: &api.WorkloadSelector{MatchLabels: map[string]string{"app": "gone"}}}},
+		&api.VirtualService{Metadata: meta("v"), Spec: api.VirtualServiceSpec{Hosts: []string{"web"}, HTTP: []api.HTTPRoute{
+			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "nothere"}}}},
+			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "web", Subset: "v9"}}}},
+			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "web"}}}, CorsPolicy: &api.CorsPolicy{}},
+		}}},
+	}
+	got, err = check.Policy(bad, services, xds.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := statuses(got)
+	for st, want := range map[check.Status][]string{
+		check.Error: {"destination host nothere.default.svc.cluster.local is not in the service registry", "destination web.default.svc.cluster.local subset v9 is not defined by a DestinationRule"},
+		check.Warn:  {"AuthorizationPolicy default/nobody: selector map[app:gone] matches no workload", "corsPolicy is not supported"},
+	} {
+		for _, w := range want {
+			if !strings.Contains(strings.Join(s[st], "\n"), w) {
+				t.Errorf("%s results %q lack %q", st, s[st], w)
+			}
+		}
+	}
+}
+
+// TestProxies: a proxy that has not ACKed a push for longer than the
+// limit is an error naming it and the types.
+func TestProxies(t *testing.T) {
+	now := time.Now()
+	st := []xdsserver.ProxyStatus{{Node: "sidecar~10.0.0.1~a.default~default.svc.cluster.local"},
+		{Node: "sidecar~10.0.0.2~b.default~default.svc.cluster.local", Pending: []string{"lds"}, Since: now.Add(-5 * time.Minute)}}
+	got := statuses(check.Proxies(st, now, time.Minute))
+	if len(got[check.Error]) != 1 || !strings.Contains(got[check.Error][0], "b.default") || !strings.Contains(got[check.Error][0], "has not ACKed lds for 5m0s") {
+		t.Fatalf("got %v", got)
+	}
+	if got := statuses(check.Proxies(st[:1], now, time.Minute)); len(got[check.OK]) != 1 {
+		t.Fatalf("healthy: %v", got)
+	}
+}
