@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -28,6 +28,14 @@ lint: $(STATICCHECK)
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+
+## image: build warden's OCI image without a container daemon (static binary, user 65532, no shell) into bin/image;
+## IMAGE=<registry>/warden also pushes it and writes the reference by digest into deploy/warden/kustomization.yaml.
+GOARCH     ?= $(shell $(GO) env GOARCH)
+image:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/linux_$(GOARCH)/warden ./cmd/warden
+	$(GO) run ./hack/image --binary $(BIN)/linux_$(GOARCH)/warden --version $(VERSION) --arch $(GOARCH) --layout $(BIN)/image \
+	  $(if $(IMAGE),--push $(IMAGE) --deploy deploy/warden)
 
 ## kube-binaries: build (once, cached in .cache/kube) the kube-apiserver and etcd the tests run.
 kube-binaries:

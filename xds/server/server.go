@@ -690,6 +690,36 @@ func (s *Server) Reports() int {
 	return len(seen)
 }
 
+// ProxyStatus is one connected proxy's state, for warden check.
+type ProxyStatus struct {
+	Node string `json:"node"`
+	// Pending lists the xDS types pushed and not yet ACKed; Since is when
+	// the oldest of those pushes began.
+	Pending []string  `json:"pending,omitempty"`
+	Since   time.Time `json:"since,omitempty"`
+	Reports []string  `json:"reports,omitempty"`
+}
+
+// Status lists the connected proxies, by node ID.
+func (s *Server) Status() []ProxyStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(s.proxies))
+	for id, ps := range s.proxies {
+		st := ProxyStatus{Node: id, Reports: slices.Clone(ps.reports)}
+		for t := range ps.pending {
+			st.Pending = append(st.Pending, t)
+		}
+		if len(st.Pending) > 0 {
+			slices.Sort(st.Pending)
+			st.Since = ps.since
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.Node, b.Node) })
+	return out
+}
+
 // Proxies lists the connected proxies' node IDs.
 func (s *Server) Proxies() []string {
 	s.mu.Lock()
