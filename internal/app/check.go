@@ -194,13 +194,12 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 
 // signingRoot is the root m's signing certificate chains to.
 func signingRoot(m *ca.Material) *x509.Certificate {
-	pool := x509.NewCertPool()
 	inter := x509.NewCertPool()
 	for _, c := range m.Chain {
 		inter.AddCert(c)
 	}
 	for _, r := range m.Roots {
-		pool = x509.NewCertPool()
+		pool := x509.NewCertPool()
 		pool.AddCert(r)
 		if _, err := m.Cert.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
 			return r
