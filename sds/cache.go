@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -53,6 +54,26 @@ type Cache struct {
 	watch   []watcher // consumers added after construction (Watch)
 	renewMu sync.Mutex
 	renewCh chan struct{} // closed by RenewAll
+
+	rotated, failed atomic.Uint64
+}
+
+// Stats are the cache's figures for metrics: rotations done and failed
+// since it was made, the SVIDs held, and the earliest expiry among them
+// (zero when none).
+func (c *Cache) Stats() (rotated, failed uint64, held int, earliest time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		if e.svid == nil || len(e.svid.Certs) == 0 {
+			continue
+		}
+		held++
+		if na := e.svid.Certs[0].NotAfter; earliest.IsZero() || na.Before(earliest) {
+			earliest = na
+		}
+	}
+	return c.rotated.Load(), c.failed.Load(), held, earliest
 }
 
 type watcher struct {
@@ -245,6 +266,7 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			if ctx.Err() != nil {
 				return
 			}
+			c.failed.Add(1)
 			left := cur.Certs[0].NotAfter.Sub(c.cfg.Clock.Now())
 			if left <= 0 {
 				c.cfg.Log.Error("SVID expired and renewal keeps failing: it is no longer served (the trust bundle still is)", "id", id.String(),
@@ -266,6 +288,7 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			continue
 		}
 		backoff = c.cfg.MinBackoff
+		c.rotated.Add(1)
 		c.stamp(svid)
 		c.mu.Lock()
 		c.entries[id].svid = svid

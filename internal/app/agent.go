@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	caserver "github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -32,7 +34,7 @@ type agentFlags struct {
 	addr, rootFile, serverName, tokenFile string
 	caID                                  *string
 	sdsSocket, wapiSocket, outDir         string
-	keyType, logLevel                     string
+	keyType, logLevel, metricsListen      string
 	ttl                                   time.Duration
 	nodeAgent                             bool
 	socketMode                            uint
@@ -55,6 +57,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	f.socketMode = 0o600
 	fs.Var((*octalFlag)(&f.socketMode), "socket-mode", "permissions of the sockets: an octal `mode`, 0600, or 0660 to share with a group")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics (warden_agent_*) on this address's /metrics, e.g. 127.0.0.1:15020; empty: off")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -315,6 +318,24 @@ func (a *agent) run(ctx context.Context) error {
 	}
 	if !a.f.nodeAgent {
 		g.Go(func() error { a.followBundle(ctx); return nil })
+	}
+	if a.f.metricsListen != "" {
+		lis, err := net.Listen("tcp", a.f.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		reg := metrics.NewAgent(metrics.AgentStats{Cache: a.cache.Stats, Streams: a.sds.Streams, Roots: func() int { return len(a.roots()) }})
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", reg.Handler())
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		g.Go(func() error {
+			if err := hs.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error { <-ctx.Done(); return hs.Close() })
+		a.log.Info("serving metrics", "address", lis.Addr().String())
 	}
 	err := g.Wait()
 	a.cache.Wait() // no rotation or file write after we return

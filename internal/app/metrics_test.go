@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/wardenmesh/warden/ca/client"
+	"github.com/wardenmesh/warden/internal/app"
 )
 
 // scrape reads a Prometheus text exposition: series (name{labels}) ->
@@ -280,5 +281,46 @@ func TestCertRequestWithoutRoot(t *testing.T) {
 	code, _, stderr := run(t, "cert", "request", "--ca", "127.0.0.1:1", "--data-dir", filepath.Join(dir, "none"), "--token-file", "/dev/null", "--out", filepath.Join(dir, "out"))
 	if code != 2 || !strings.Contains(stderr, "kubectl get configmap istio-ca-root-cert") || !strings.Contains(stderr, "--root-cert") {
 		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
+// TestAgentMetrics: warden agent --metrics-listen exports its SVID (held,
+// expiry), rotations, SDS streams and bundle.
+func TestAgentMetrics(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	tokFile := filepath.Join(dir, "token")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+	sdsSock, out, metricsAddr := filepath.Join(dir, "sds.sock"), filepath.Join(dir, "out"), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"), "--token-file", tokFile,
+			"--sds-socket", sdsSock, "--workload-api-socket", "", "--output-dir", out, "--ttl", "4s", "--metrics-listen", metricsAddr}, &logs, &logs)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	waitFile(t, filepath.Join(out, "cert-chain.pem"))
+	chain, _ := os.ReadFile(filepath.Join(out, "cert-chain.pem"))
+	b, _ := pem.Decode(chain)
+	leaf, _ := x509.ParseCertificate(b.Bytes)
+	m := scrape(t, "http://"+metricsAddr+"/metrics")
+	if m["warden_agent_svids"] != 1 || m["warden_agent_trust_bundle_roots"] != 1 || m["warden_agent_svid_expiry_timestamp"] != float64(leaf.NotAfter.Unix()) {
+		t.Fatalf("agent metrics: svids %v roots %v expiry %v (leaf %d)\n%s", m["warden_agent_svids"], m["warden_agent_trust_bundle_roots"],
+			m["warden_agent_svid_expiry_timestamp"], leaf.NotAfter.Unix(), logs.String())
+	}
+	// A 4 s certificate rotates at about half its life.
+	deadline := time.Now().Add(15 * time.Second)
+	for m["warden_agent_svid_rotations_total"] < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rotation counted: %v", m["warden_agent_svid_rotations_total"])
+		}
+		time.Sleep(200 * time.Millisecond)
+		m = scrape(t, "http://"+metricsAddr+"/metrics")
+	}
+	if _, ok := m["warden_agent_sds_streams"]; !ok {
+		t.Fatal("no warden_agent_sds_streams")
 	}
 }

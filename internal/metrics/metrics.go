@@ -250,3 +250,38 @@ func (r *Registry) ConfigRejected(objects func() int, reloads func() uint64) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_config_reload_failures_total",
 			Help: "Configuration directory reloads refused for an invalid file (the previous configuration stays)."}, func() float64 { return float64(reloads()) }))
 }
+
+// AgentStats are what warden agent exports.
+type AgentStats struct {
+	Cache   func() (rotated, failed uint64, held int, earliest time.Time) // sds.Cache.Stats
+	Streams func() int                                                    // open SDS streams
+	Roots   func() int                                                    // roots in the bundle it serves
+}
+
+// NewAgent is warden agent's registry: the Go runtime's and process's
+// collectors and the agent's certificates and streams.
+func NewAgent(s AgentStats) *Registry {
+	r := &Registry{reg: prometheus.NewRegistry()}
+	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	stat := func(pick func(rotated, failed uint64, held int, earliest time.Time) float64) func() float64 {
+		return func() float64 { return pick(s.Cache()) }
+	}
+	r.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_agent_svids", Help: "Workload certificates (SVIDs) the agent holds."},
+			stat(func(_, _ uint64, held int, _ time.Time) float64 { return float64(held) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_agent_svid_expiry_timestamp", Help: "Unix time the first of the agent's SVIDs expires (0: none held)."},
+			stat(func(_, _ uint64, _ int, earliest time.Time) float64 {
+				if earliest.IsZero() {
+					return 0
+				}
+				return float64(earliest.Unix())
+			})),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_agent_svid_rotations_total", Help: "SVIDs renewed from the CA."},
+			stat(func(rotated, _ uint64, _ int, _ time.Time) float64 { return float64(rotated) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_agent_svid_rotation_failures_total", Help: "Renewals that failed (the current SVID is served until it expires; then none)."},
+			stat(func(_, failed uint64, _ int, _ time.Time) float64 { return float64(failed) })),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_agent_sds_streams", Help: "Open SDS streams on the agent's socket."}, func() float64 { return float64(s.Streams()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_agent_trust_bundle_roots", Help: "Roots in the trust bundle the agent serves."}, func() float64 { return float64(s.Roots()) }),
+	)
+	return r
+}
