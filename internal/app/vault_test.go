@@ -118,6 +118,17 @@ func TestServeVaultUpstream(t *testing.T) {
 		t.Error("the leaf after the restart has the intermediate from before it")
 	}
 	verifyChain(t, "leaf from the outage, after the restart", during, vaultRoot)
+	// The renewals and the failures during the outage are counted.
+	resp, err = http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	renewed, failed := metricValue(t, string(body), "warden_vault_renewals_total"), metricValue(t, string(body), "warden_vault_renewal_failures_total")
+	if renewed < float64(activated+1) || failed < 1 {
+		t.Errorf("warden_vault_renewals_total %g (want at least %d), warden_vault_renewal_failures_total %g (want at least 1)", renewed, activated+1, failed)
+	}
 	if logged := logs.String(); strings.Contains(logged, "hvs.") || strings.Contains(logged, "PRIVATE KEY") {
 		t.Errorf("a token or key was logged:\n%s", logged)
 	}

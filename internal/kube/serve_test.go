@@ -3,7 +3,9 @@ package kube_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,7 +79,10 @@ func TestServeKubernetesMode(t *testing.T) {
 	ns := newNamespace(t, "warden")
 	app1 := newNamespace(t, "app")
 	newSA(t, app1, "sleep")
-	addr, logs := startServe(t, ns)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	httpAddr := l.Addr().String()
+	l.Close()
+	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
 	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
@@ -91,6 +96,23 @@ func TestServeKubernetesMode(t *testing.T) {
 	code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", filepath.Join(dir, "svid")}, &out, &errb)
 	if want := "spiffe://cluster.local/ns/" + app1 + "/sa/sleep\n"; code != 0 || !strings.HasPrefix(out.String(), want) {
 		t.Fatalf("cert request: %d %s%s\nserver log:\n%s", code, out.String(), errb.String(), logs.String())
+	}
+	// The same token again is answered from the TokenReview cache; the
+	// metrics say so.
+	code = app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", filepath.Join(dir, "svid2")}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("second cert request: %s", errb.String())
+	}
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"warden_tokenreview_seconds_count 1\n", "warden_tokenreview_cache_hits_total 1\n", "citadel_server_success_cert_issuance_count 2\n", "warden_tokenreview_failures_total 0\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", strings.TrimSpace(want))
+		}
 	}
 	// The leader publishes the bundle to the workload's namespace.
 	eventually(t, 30*time.Second, func() error {
