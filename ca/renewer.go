@@ -155,7 +155,7 @@ func (r *Renewer) Run(ctx context.Context) error {
 		}
 		wait := r.RenewAt(cur).Sub(r.cfg.Clock.Now())
 		if failures > 0 {
-			wait = r.backoff(failures)
+			wait = r.retryIn(cur, failures)
 		}
 		if wait > 0 {
 			select {
@@ -177,6 +177,21 @@ func (r *Renewer) Run(ctx context.Context) error {
 	}
 }
 
+// retryIn is the wait before the next attempt after failures: the
+// backoff, but never more than a quarter of the current intermediate's
+// remaining life, so that an upstream back before expiry is used before
+// expiry.
+func (r *Renewer) retryIn(cur *Material, failures int) time.Duration {
+	d := r.backoff(failures)
+	if left := cur.NotAfter().Sub(r.cfg.Clock.Now()); left > 0 {
+		d = min(d, max(left/4, minRetry))
+	}
+	return d
+}
+
+// minRetry is the shortest wait between two renewal attempts.
+const minRetry = 100 * time.Millisecond
+
 func (r *Renewer) backoff(failures int) time.Duration {
 	d := r.cfg.RetryMin
 	for i := 1; i < failures && d < r.cfg.RetryMax; i++ {
@@ -191,9 +206,12 @@ func (r *Renewer) reportFailure(cur *Material, err error, failures int) {
 	now := r.cfg.Clock.Now()
 	life := cur.NotAfter().Sub(cur.Cert.NotBefore)
 	left := cur.NotAfter().Sub(now)
-	attrs := []any{"error", err.Error(), "attempts", failures, "retryIn", r.backoff(failures),
+	retry := r.retryIn(cur, failures)
+	attrs := []any{"error", err.Error(), "attempts", failures, "retryIn", retry,
 		"intermediateNotAfter", cur.NotAfter().UTC(), "remaining", left.Round(time.Second)}
 	switch {
+	case left > 0 && r.backoff(failures) >= left:
+		r.cfg.Log.Error("INTERMEDIATE CA EXPIRES BEFORE THE NEXT REGULAR RETRY: retrying every quarter of its remaining life instead; fix the upstream now", attrs...)
 	case left <= 0:
 		r.cfg.Log.Error("INTERMEDIATE CA EXPIRED: the upstream still fails; no workload certificates can be issued", attrs...)
 	case float64(left) <= float64(life)*LowLifeFraction:

@@ -303,3 +303,37 @@ func BenchmarkRenew(b *testing.B) {
 		}
 	}
 }
+
+// TestRenewerBackoffCappedByRemainingLife: with a long backoff (up to 4h)
+// the retries still come at least every quarter of the intermediate's
+// remaining life, so an upstream that is back 40 minutes before expiry is
+// used before expiry; the log says loudly when the backoff outgrew the
+// remaining life.
+func TestRenewerBackoffCappedByRemainingLife(t *testing.T) {
+	t.Parallel()
+	f := newRenewerFixture(t, func(c *ca.RenewerConfig) { c.RetryMin, c.RetryMax = time.Minute, 4*time.Hour })
+	if err := f.r.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	first := f.a.Material()
+	f.up.SetErr(errors.New("vault: connection refused"))
+	f.run(t)
+	back := first.NotAfter().Add(-40 * time.Minute)
+	for f.clock.Now().Before(back) {
+		f.advance(t, 5*time.Minute)
+	}
+	f.up.SetErr(nil)
+	for f.a.Material() == first {
+		if !f.clock.Now().Before(first.NotAfter()) {
+			t.Fatalf("the intermediate expired before a retry reached the recovered upstream:\n%s", f.log.String())
+		}
+		f.advance(t, time.Minute)
+		deadline := time.Now().Add(time.Second)
+		for f.a.Material() == first && time.Now().Before(deadline) && f.clock.Waiters() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if !strings.Contains(f.log.String(), "INTERMEDIATE CA EXPIRES BEFORE THE NEXT REGULAR RETRY") {
+		t.Errorf("no loud error once the backoff outgrew the remaining life:\n%s", f.log.String())
+	}
+}

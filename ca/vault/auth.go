@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +18,10 @@ type Auth interface {
 	String() string
 	check() error
 	login(ctx context.Context, c *api.Client) (*api.Secret, error)
+	// credentials is a digest of what the next login would send (the
+	// files are read again), so that a refused login is retried at once
+	// when the operator writes new credentials, and not before.
+	credentials() [32]byte
 }
 
 // Token authenticates with a Vault token given by the operator. It is
@@ -70,7 +75,10 @@ func (t Token) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
 	lc.SetToken(tok)
 	s, err := lc.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?", describe(err))
+		if msg, ok := reach(c.Address(), err); ok {
+			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(ErrUnreachable))
+		}
+		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?%w", describe(err), errSuffix(ErrCredentials))
 	}
 	if s == nil || s.Data == nil {
 		return nil, errors.New("vault: token auth: empty answer from auth/token/lookup-self")
@@ -87,6 +95,18 @@ func (t Token) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
 }
 
 func (a AppRole) mount() string { return mountOr(a.Mount, "approle") }
+
+func (a AppRole) credentials() [32]byte {
+	b, _ := os.ReadFile(a.SecretIDFile)
+	return sha256.Sum256(append([]byte(a.RoleID+"\x00"), b...))
+}
+
+func (k Kubernetes) credentials() [32]byte {
+	b, _ := os.ReadFile(k.jwtFile())
+	return sha256.Sum256(b)
+}
+
+func (t Token) credentials() [32]byte { return sha256.Sum256([]byte(t.Token)) }
 
 func (a AppRole) String() string { return "approle auth at auth/" + a.mount() }
 
@@ -142,10 +162,25 @@ func write(ctx context.Context, c *api.Client, a Auth, path string, body map[str
 	lc.ClearToken()
 	s, err := lc.Logical().WriteWithContext(ctx, path, body)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %s: login refused (%s: %s)", a, path, describe(err))
+		if msg, ok := reach(c.Address(), err); ok {
+			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(ErrUnreachable))
+		}
+		msg := fmt.Sprintf("vault: %s: login refused (%s: %s)", a, path, describe(err))
+		if h := loginHint(a, err); h != "" {
+			msg += ": " + h
+		}
+		return nil, fmt.Errorf("%s%w", msg, errSuffix(ErrCredentials))
 	}
 	return s, nil
 }
+
+// errSuffix wraps a sentinel without changing the message.
+func errSuffix(sentinel error) error { return silent{sentinel} }
+
+type silent struct{ err error }
+
+func (s silent) Error() string { return "" }
+func (s silent) Unwrap() error { return s.err }
 
 func readSecretFile(path string) (string, error) {
 	b, err := os.ReadFile(path)

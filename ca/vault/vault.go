@@ -19,8 +19,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -59,9 +61,25 @@ type Upstream struct {
 	cfg    Config
 	client *api.Client
 
-	mu     sync.Mutex
-	secret *api.Secret // the current login; Auth holds the token
+	mu      sync.Mutex
+	secret  *api.Secret // the current login; Auth holds the token
+	loginAt time.Time   // when it was made
+	// refused is the digest of the credentials Vault last refused, and
+	// its answer: they are not sent again until they change (lockout).
+	refused    [32]byte
+	refusedErr error
+
+	logins atomic.Uint64 // login attempts (tests: never a lockout)
 }
+
+// Logins counts the login attempts made, successful or not.
+func (u *Upstream) Logins() uint64 { return u.logins.Load() }
+
+// CredentialRetry is how long warden waits before trying credentials
+// Vault refused again, unless they change meanwhile: Vault locks a role
+// out after a few failed logins (5 in 15 minutes by default), and a
+// locked-out role is refused even with good credentials.
+const CredentialRetry = 5 * time.Minute
 
 var _ ca.Upstream = (*Upstream)(nil)
 
@@ -143,20 +161,48 @@ func newClient(cfg Config) (*api.Client, error) {
 func (u *Upstream) login(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, u.cfg.Timeout)
 	defer cancel()
+	creds := u.cfg.Auth.credentials()
+	u.mu.Lock()
+	if u.refusedErr != nil && creds == u.refused {
+		err := u.refusedErr
+		u.mu.Unlock()
+		return fmt.Errorf("not logging in again with the credentials Vault refused (to stay clear of its lockout; new ones are used as soon as they are written): %w", err)
+	}
+	u.mu.Unlock()
+	u.logins.Add(1)
 	s, err := u.cfg.Auth.login(ctx, u.client)
 	if err != nil {
+		if errors.Is(err, ErrCredentials) {
+			u.mu.Lock()
+			u.refused, u.refusedErr = creds, err
+			u.mu.Unlock()
+		}
 		return err
 	}
 	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
 		return fmt.Errorf("vault: %s: Vault returned no token", u.cfg.Auth)
 	}
 	u.mu.Lock()
-	u.secret = s
+	u.secret, u.loginAt, u.refusedErr = s, time.Now(), nil
 	u.mu.Unlock()
 	u.client.SetToken(s.Auth.ClientToken)
 	u.cfg.Log.Info("logged in to Vault", "addr", u.cfg.Address, "auth", u.cfg.Auth.String(),
 		"policies", strings.Join(s.Auth.Policies, ","), "ttl", time.Duration(s.Auth.LeaseDuration)*time.Second, "renewable", s.Auth.Renewable)
+	if slices.Contains(s.Auth.Policies, "root") {
+		u.cfg.Log.Warn("warden is logged in to Vault with the root policy: give it a token or role limited to the PKI paths it signs with (docs/vault.md, Policy)",
+			"auth", u.cfg.Auth.String())
+	}
 	return nil
+}
+
+// freshLogin is how old a login must be before a refused request is
+// blamed on an expired token and retried after logging in again.
+const freshLogin = 10 * time.Second
+
+func (u *Upstream) loginAge() time.Duration {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return time.Since(u.loginAt)
 }
 
 func (u *Upstream) current() *api.Secret {
@@ -220,13 +266,25 @@ func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
 	}
 }
 
-// relogin logs in until it works or ctx is done.
+// relogin logs in until it works or ctx is done. When Vault cannot be
+// reached it retries with capped backoff; when Vault refuses the
+// credentials it waits CredentialRetry, or until the credentials change
+// (a new secret ID written), so that it never walks into Vault's lockout.
 func (u *Upstream) relogin(ctx context.Context) {
 	d := u.cfg.RetryMin
 	for attempt := 1; ; attempt++ {
+		sent := u.cfg.Auth.credentials()
 		err := u.login(ctx)
 		if err == nil || ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, ErrCredentials) {
+			u.cfg.Log.Error("Vault refused warden's credentials; waiting for new ones (or retrying later, to stay clear of Vault's lockout)",
+				"auth", u.cfg.Auth.String(), "attempt", attempt, "retryIn", CredentialRetry, "error", err.Error())
+			if !u.waitForCredentials(ctx, sent, CredentialRetry) {
+				return
+			}
+			continue
 		}
 		u.cfg.Log.Warn("Vault login failed; retrying", "auth", u.cfg.Auth.String(), "attempt", attempt, "retryIn", d, "error", err.Error())
 		select {
@@ -235,6 +293,27 @@ func (u *Upstream) relogin(ctx context.Context) {
 		case <-time.After(d):
 		}
 		d = min(2*d, u.cfg.RetryMax)
+	}
+}
+
+// waitForCredentials waits until the credentials differ from sent or max
+// has passed; false when ctx ended.
+func (u *Upstream) waitForCredentials(ctx context.Context, sent [32]byte, max time.Duration) bool {
+	deadline := time.After(max)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline:
+			return true
+		case <-tick.C:
+			if u.cfg.Auth.credentials() != sent {
+				u.cfg.Log.Info("new Vault credentials found; logging in", "auth", u.cfg.Auth.String())
+				return true
+			}
+		}
 	}
 }
 
@@ -258,14 +337,28 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 		body["ttl"] = fmt.Sprintf("%ds", int64(req.TTL/time.Second))
 	}
 	s, err := u.write(ctx, u.cfg.SignPath, body)
-	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) {
-		// The token may have been revoked or expired between renewals.
-		if lerr := u.login(ctx); lerr == nil {
+	var relogin error
+	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) && (u.loginAge() > freshLogin || invalidToken(err)) {
+		// The token may have been revoked or expired between renewals;
+		// a fresh one that is refused is a policy or path problem.
+		if relogin = u.login(ctx); relogin == nil {
 			s, err = u.write(ctx, u.cfg.SignPath, body)
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
+		if msg, ok := reach(u.cfg.Address, err); ok {
+			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(ErrUnreachable))
+		}
+		msg := fmt.Sprintf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
+		switch {
+		case relogin != nil:
+			msg += "; logging in again failed: " + relogin.Error()
+		case invalidToken(err):
+			msg += ": warden's Vault token expired or was revoked"
+		case isForbidden(err):
+			msg += fmt.Sprintf(": warden's Vault token may not write %s; check the PKI mount (--vault-pki-mount %s, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)", u.cfg.SignPath, u.cfg.PKIMount)
+		}
+		return nil, errors.New(msg)
 	}
 	if s == nil || s.Data == nil {
 		return nil, fmt.Errorf("vault: sign intermediate at %s: empty response", u.cfg.SignPath)
@@ -426,6 +519,13 @@ func isSelfSigned(c *x509.Certificate) bool {
 func isForbidden(err error) bool {
 	var re *api.ResponseError
 	return errors.As(err, &re) && re.StatusCode == http.StatusForbidden
+}
+
+// invalidToken says whether Vault refused the request's token itself
+// (expired or revoked), not what it asked for.
+func invalidToken(err error) bool {
+	var re *api.ResponseError
+	return errors.As(err, &re) && slices.ContainsFunc(re.Errors, func(e string) bool { return strings.Contains(e, "invalid token") })
 }
 
 func isStatic(a Auth) bool {

@@ -3,6 +3,7 @@ package vault_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -164,11 +165,11 @@ func TestRefusedCredentials(t *testing.T) {
 		want string
 	}{
 		{"revoked token", vault.Token{Token: tok}, "vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired?"},
-		{"wrong role ID", vault.AppRole{RoleID: "no-such-role", SecretIDFile: filepath.Join(dir, "warden-secret-id")}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID)"},
-		{"wrong secret ID", vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: badSecret}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID)"},
+		{"wrong role ID", vault.AppRole{RoleID: "no-such-role", SecretIDFile: filepath.Join(dir, "warden-secret-id")}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + filepath.Join(dir, "warden-secret-id") + " (read again at each login)"},
+		{"wrong secret ID", vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: badSecret}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + badSecret + " (read again at each login)"},
 		{"missing secret file", vault.AppRole{RoleID: "x", SecretIDFile: filepath.Join(dir, "nope")}, "vault: approle auth at auth/approle: secret ID: open " + filepath.Join(dir, "nope") + ": no such file or directory"},
 		{"no token", vault.Token{}, "vault: token auth: no token (set VAULT_TOKEN or --vault-token-file)"},
-		{"kubernetes auth not enabled", vault.Kubernetes{Role: "warden", JWTFile: badSecret}, `vault: kubernetes auth at auth/kubernetes (role "warden"): login refused (auth/kubernetes/login: 403 permission denied)`},
+		{"kubernetes auth not enabled", vault.Kubernetes{Role: "warden", JWTFile: badSecret}, `vault: kubernetes auth at auth/kubernetes (role "warden"): login refused (auth/kubernetes/login: 403 permission denied): is the auth method enabled at that mount? If logins failed before, Vault may have locked the role out: see ` + "`vault read sys/locked-users`" + ` (docs/vault.md, Lockout)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := vault.New(context.Background(), config(v, tc.auth))
@@ -184,7 +185,7 @@ func TestRefusedCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = up.SignIntermediate(context.Background(), csrRequest(t))
-	if want := "vault: sign intermediate at pki/root/sign-intermediate: 403 permission denied"; err == nil || err.Error() != want {
+	if want := "vault: sign intermediate at pki/root/sign-intermediate: 403 permission denied: warden's Vault token may not write pki/root/sign-intermediate; check the PKI mount (--vault-pki-mount pki, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)"; err == nil || err.Error() != want {
 		t.Fatalf("SignIntermediate:\n got %v\nwant %s", err, want)
 	}
 	// A wrong mount.
@@ -307,7 +308,7 @@ func TestVaultOutageAndRestart(t *testing.T) {
 		t.Fatal("material changed while Vault was down")
 	}
 	if !strings.Contains(logs.String(), "intermediate CA renewal failed; signing continues with the current one") ||
-		!strings.Contains(logs.String(), `error="vault: sign intermediate at pki/root/sign-intermediate: Put \"`+v.Addr) {
+		!strings.Contains(logs.String(), `error="vault: sign intermediate: cannot reach Vault at `+v.Addr+`: connection refused; is Vault running at that address (--vault-addr)?"`) {
 		t.Fatalf("no failed renewal logged:\n%s", logs.String())
 	}
 	during := sign("during the outage")
@@ -381,4 +382,84 @@ func TestTokenRenewalAndRelogin(t *testing.T) {
 	if _, err := up.SignIntermediate(ctx, csrRequest(t)); err != nil {
 		t.Fatalf("signing after Vault's restart: %v\n%s", err, logs.String())
 	}
+}
+
+// TestExpiredSecretIDNoLockout: an AppRole whose secret IDs are good for
+// one login. When warden's token reaches its max TTL and the secret ID is
+// used up, Vault refuses the login; warden does not try again with the same secret ID
+// (Vault locks a role out after a few failures), neither from its login
+// loop nor from a signing attempt, and logs in at once when a new secret
+// ID is written to the file.
+func TestExpiredSecretIDNoLockout(t *testing.T) {
+	t.Parallel()
+	v, dir := setup(t, "approle")
+	// Short tokens and secret IDs good for one login.
+	v.API(t, "POST", "/v1/auth/approle/role/warden", map[string]any{"token_policies": []string{"warden"}, "token_ttl": "2s", "token_max_ttl": "3s", "secret_id_num_uses": 1})
+	secretFile := filepath.Join(dir, "warden-secret-id")
+	newSecret := func() {
+		s := v.API(t, "POST", "/v1/auth/approle/role/warden/secret-id", nil)
+		if err := os.WriteFile(secretFile, []byte(s["data"].(map[string]any)["secret_id"].(string)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newSecret()
+	logs := &lockedBuffer{}
+	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: secretFile})
+	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+	up, err := vault.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	waitLog := func(want string, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for !strings.Contains(logs.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("log lacks %q:\n%s", want, logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// The token expires at 3 s; the relogin then is refused.
+	waitLog("Vault refused warden's credentials", 30*time.Second)
+	refusedAt := up.Logins()
+	// Once the last token has expired, a signing attempt does not log in
+	// with the refused secret ID either.
+	time.Sleep(3 * time.Second)
+	_, err = up.SignIntermediate(context.Background(), csrRequest(t))
+	if err == nil || !strings.Contains(err.Error(), "not logging in again with the credentials Vault refused") {
+		t.Fatalf("SignIntermediate with refused credentials: %v", err)
+	}
+	time.Sleep(3 * time.Second)
+	if n := up.Logins(); n != refusedAt {
+		t.Fatalf("%d more login attempts with the refused secret ID within 6 s", n-refusedAt)
+	}
+	locked := v.API(t, "GET", "/v1/sys/locked-users", nil)
+	data, _ := locked["data"].(map[string]any)
+	if b, _ := json.Marshal(locked["data"]); data == nil || data["total"] != float64(0) {
+		t.Fatalf("Vault locked the role out (or said nothing): %s", b)
+	}
+	// A new secret ID (good for any number of logins): logged in at once.
+	v.API(t, "POST", "/v1/auth/approle/role/warden", map[string]any{"token_policies": []string{"warden"}, "token_ttl": "1h", "token_max_ttl": "24h", "secret_id_num_uses": 0})
+	newSecret()
+	before := strings.Count(logs.String(), "logged in to Vault")
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(logs.String(), "logged in to Vault") == before {
+		if time.Now().After(deadline) {
+			t.Fatalf("no login with the new secret ID:\n%s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "new Vault credentials found; logging in") {
+		t.Errorf("the new secret ID was not noticed:\n%s", logs.String())
+	}
+	if _, err := up.SignIntermediate(context.Background(), csrRequest(t)); err != nil {
+		t.Fatalf("signing after the new secret ID: %v", err)
+	}
+	t.Logf("%d login attempts in all", up.Logins())
 }

@@ -77,6 +77,20 @@ func runCAInfo(ctx context.Context, e *env, args []string) error {
 		var f ca.Files
 		if f, err = (&filestore.Store{Dir: *dataDir}).Load(ctx); err == nil {
 			m, err = ca.DecodeMaterial(f, time.Now())
+		} else if vaultDir(*dataDir) {
+			// Vault mode: the intermediate lives in memory; the data
+			// directory holds only the trust bundle.
+			b, _ := os.ReadFile(filepath.Join(*dataDir, ca.FileRootCert))
+			roots, perr := ca.ParseCerts(b)
+			if perr != nil {
+				return fmt.Errorf("%s: %w", filepath.Join(*dataDir, ca.FileRootCert), perr)
+			}
+			fmt.Fprintf(e.stdout, "%s holds the trust bundle of a Vault-backed CA (warden serve --ca-upstream vault): the signing intermediate is in the running server's memory; see its log (\"intermediate CA activated\") or citadel_server_cert_chain_expiry_timestamp on /metrics.\n", *dataDir)
+			for i, r := range roots {
+				fmt.Fprintf(e.stdout, "Root %d:\n", i+1)
+				describeCert(e.stdout, r, "  ")
+			}
+			return nil
 		}
 	}
 	if err != nil {
@@ -231,6 +245,20 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s\nissued, valid until %s, written to %s\n", res.ID, res.Certs[0].NotAfter.UTC().Format(time.RFC3339), *out)
 	return nil
+}
+
+// vaultDir says whether dataDir is a Vault-mode data directory: the
+// trust bundle without CA files.
+func vaultDir(dataDir string) bool {
+	if _, err := os.Stat(filepath.Join(dataDir, ca.FileRootCert)); err != nil {
+		return false
+	}
+	for _, n := range []string{ca.FileCACert, ca.FileCAKey} {
+		if _, err := os.Stat(filepath.Join(dataDir, n)); err == nil {
+			return false
+		}
+	}
+	return true
 }
 
 func readPool(path string) (*x509.CertPool, error) {

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -107,6 +108,8 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	f.vault.set = map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { f.vault.set[fl.Name] = true })
 	if err := f.mesh.check(); err != nil {
 		return err
 	}

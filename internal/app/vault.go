@@ -29,6 +29,14 @@ type vaultFlags struct {
 	k8sMount, k8sRole, k8sToken  string
 	ttl                          time.Duration
 	renewFraction                float64
+	set                          map[string]bool // flags given on the command line
+}
+
+// authFlags are the flags each auth method reads.
+var authFlags = map[string][]string{
+	"token":      {"vault-token-file"},
+	"approle":    {"vault-approle-mount", "vault-approle-role-id", "vault-approle-secret-id-file"},
+	"kubernetes": {"vault-k8s-mount", "vault-k8s-role", "vault-k8s-token-file"},
 }
 
 func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
@@ -72,6 +80,15 @@ func (v *vaultFlags) config() (vault.Config, error) {
 	cfg := vault.Config{Address: v.addr, CACert: v.caCert, TLSServerName: v.serverName, Namespace: v.ns, PKIMount: v.mount, SignPath: v.signPath}
 	if v.addr == "" {
 		return cfg, fmt.Errorf("%w: --ca-upstream vault needs --vault-addr (or VAULT_ADDR)", errUsage)
+	}
+	if _, known := authFlags[v.auth]; known {
+		for method, names := range authFlags {
+			for _, n := range names {
+				if method != v.auth && v.set[n] {
+					return cfg, fmt.Errorf("%w: --%s is for --vault-auth %s, but this run uses --vault-auth %s (the default outside Kubernetes is token): add --vault-auth %s, or drop --%s", errUsage, n, method, v.auth, method, n)
+				}
+			}
+		}
 	}
 	switch v.auth {
 	case "token":

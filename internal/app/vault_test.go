@@ -148,19 +148,36 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 	jwt := filepath.Join(dir, "jwt")
 	os.WriteFile(jwt, []byte("not.a.jwt"), 0o600)
 	base := []string{"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert}
+	secretFile := filepath.Join(dir, "warden-secret-id")
+	approle := []string{"--vault-auth", "approle", "--vault-approle-role-id", strings.TrimSpace(readFile(t, filepath.Join(dir, "warden-role-id"))), "--vault-approle-secret-id-file", secretFile}
+	closed := freeAddr(t)
+	plainAddr := strings.Replace(v.Addr, "https://", "http://", 1)
+	// The operator mistakes of issue #20, each with the message it gets.
 	for _, tc := range []struct {
 		name  string
 		flags []string
 		want  string
 	}{
-		{"wrong role ID", []string{"--vault-auth", "approle", "--vault-approle-role-id", "nope", "--vault-approle-secret-id-file", filepath.Join(dir, "warden-secret-id")},
-			"warden serve: vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID)\n"},
+		{"wrong role ID", []string{"--vault-auth", "approle", "--vault-approle-role-id", "nope", "--vault-approle-secret-id-file", secretFile},
+			"warden serve: vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + secretFile + " (read again at each login)\n"},
 		{"revoked token", []string{"--vault-auth", "token", "--vault-token-file", revoked},
 			"warden serve: vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired?\n"},
 		{"sign path outside the policy", []string{"--vault-auth", "token", "--vault-token-file", filepath.Join(dir, "warden-token"), "--vault-sign-path", "pki/issuer/default/sign-intermediate"},
-			"warden serve: vault: sign intermediate at pki/issuer/default/sign-intermediate: 403 permission denied\n"},
+			"warden serve: vault: sign intermediate at pki/issuer/default/sign-intermediate: 403 permission denied: warden's Vault token may not write pki/issuer/default/sign-intermediate; check the PKI mount (--vault-pki-mount pki, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)\n"},
+		{"wrong PKI mount", append([]string{"--vault-pki-mount", "pki-typo"}, approle...),
+			"warden serve: vault: sign intermediate at pki-typo/root/sign-intermediate: 403 permission denied: warden's Vault token may not write pki-typo/root/sign-intermediate; check the PKI mount (--vault-pki-mount pki-typo, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)\n"},
+		{"wrong auth mount", append([]string{"--vault-approle-mount", "approle-typo"}, approle...),
+			"warden serve: vault: approle auth at auth/approle-typo: login refused (auth/approle-typo/login: 403 permission denied): is the auth method enabled at that mount? If logins failed before, Vault may have locked the role out: see `vault read sys/locked-users` (docs/vault.md, Lockout)\n"},
 		{"kubernetes auth not enabled", []string{"--vault-auth", "kubernetes", "--vault-k8s-role", "warden", "--vault-k8s-token-file", jwt},
-			"warden serve: vault: kubernetes auth at auth/kubernetes (role \"warden\"): login refused (auth/kubernetes/login: 403 permission denied)\n"},
+			"warden serve: vault: kubernetes auth at auth/kubernetes (role \"warden\"): login refused (auth/kubernetes/login: 403 permission denied): is the auth method enabled at that mount? If logins failed before, Vault may have locked the role out: see `vault read sys/locked-users` (docs/vault.md, Lockout)\n"},
+		{"http:// against HTTPS", append([]string{"--vault-addr", plainAddr}, approle...),
+			"warden serve: vault: approle auth at auth/approle: Vault at " + plainAddr + " speaks HTTPS: use an https:// address (--vault-addr)\n"},
+		{"missing CA certificate", append([]string{"--vault-cacert", ""}, approle...),
+			"give the CA of Vault's certificate with --vault-cacert (env VAULT_CACERT)\n"},
+		{"nothing listening", append([]string{"--vault-addr", "https://" + closed}, approle...),
+			"warden serve: vault: approle auth at auth/approle: cannot reach Vault at https://" + closed + ": connection refused; is Vault running at that address (--vault-addr)?\n"},
+		{"flags for another auth method", []string{"--vault-auth", "token", "--vault-token-file", filepath.Join(dir, "warden-token"), "--vault-approle-role-id", "x"},
+			"warden serve: usage: --vault-approle-role-id is for --vault-auth approle, but this run uses --vault-auth token (the default outside Kubernetes is token): add --vault-auth approle, or drop --vault-approle-role-id\n"},
 		{"unknown auth", []string{"--vault-auth", "ldap"}, "warden serve: usage: --vault-auth \"ldap\": want token, approle or kubernetes\n"},
 		{"no address", []string{"--vault-addr", ""}, "warden serve: usage: --ca-upstream vault needs --vault-addr (or VAULT_ADDR)\n"},
 	} {
@@ -173,6 +190,9 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 			}
 			if strings.Contains(stderr, "CA ready") || strings.Contains(stderr, "serving CA API") {
 				t.Fatalf("a CA came up:\n%s", stderr)
+			}
+			if strings.Count(stderr, "logged in to Vault") > 1 {
+				t.Fatalf("logged in more than once:\n%s", stderr)
 			}
 		})
 	}
@@ -390,4 +410,13 @@ func snapshot(t *testing.T, dir string) string {
 		fmt.Fprintf(&out, "%s %v %x; ", e.Name(), fi.Mode(), sha256.Sum256(b))
 	}
 	return out.String()
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
