@@ -3,18 +3,14 @@ package ca
 import (
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/cloudflare/cfssl/config"
-	cferr "github.com/cloudflare/cfssl/errors"
 	cflog "github.com/cloudflare/cfssl/log"
-	"github.com/cloudflare/cfssl/signer"
-	"github.com/cloudflare/cfssl/signer/local"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -59,7 +55,7 @@ type Authority struct {
 // precomputed.
 type slot struct {
 	m      *Material
-	signer *local.Signer
+	signer *leafSigner
 	tail   [][]byte // PEM of intermediates then the anchoring root
 	bundle *x509bundle.Bundle
 	notAft time.Time
@@ -83,9 +79,6 @@ type Issued struct {
 }
 
 var quietCFSSL sync.Once
-
-// profileRSA is the cfssl signing profile for RSA workload keys.
-const profileRSA = "rsa"
 
 // New makes an authority signing with m. m may be nil: the authority is then
 // not ready (ErrNotReady) until Activate.
@@ -132,26 +125,9 @@ func (a *Authority) Activate(m *Material) error {
 	if err := m.Validate(a.cfg.Clock.Now()); err != nil {
 		return err
 	}
-	profile := func(usage ...string) *config.SigningProfile {
-		return &config.SigningProfile{
-			Usage:                       append(usage, "server auth", "client auth"),
-			Expiry:                      a.cfg.DefaultTTL,
-			ExpiryString:                a.cfg.DefaultTTL.String(),
-			ClientProvidesSerialNumbers: true,
-			// Take only the key from the CSR; SANs come from the
-			// authenticated identity, and CA:TRUE requests are dropped.
-			CSRWhitelist: &config.CSRWhitelist{PublicKey: true, PublicKeyAlgorithm: true},
-		}
-	}
-	// keyEncipherment only means something for RSA keys; RFC 8813
-	// forbids it on ECDSA keys, so those leaves get digitalSignature alone.
-	policy := &config.Signing{
-		Default:  profile("digital signature"),
-		Profiles: map[string]*config.SigningProfile{profileRSA: profile("digital signature", "key encipherment")},
-	}
-	s, err := local.NewSigner(m.Key, m.Cert, signer.DefaultSigAlgo(m.Key), policy)
+	s, err := newLeafSigner(m)
 	if err != nil {
-		return fmt.Errorf("ca: signer: %w", err)
+		return err
 	}
 	anchor, err := anchorOf(m)
 	if err != nil {
@@ -262,6 +238,9 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("ca: %w: signature does not verify with the CSR's public key", ErrInvalidCSR)
+	}
 	serial, err := NewSerial()
 	if err != nil {
 		return nil, err
@@ -274,43 +253,16 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	if notAfter.After(s.notAft) {
 		notAfter = s.notAft
 	}
-	profile := ""
-	if _, ok := csr.PublicKey.(*rsa.PublicKey); ok {
-		profile = profileRSA
-	}
+	_, rsaKey := csr.PublicKey.(*rsa.PublicKey)
 	hosts := append([]string{req.ID.String()}, extra...)
 	hosts = append(hosts, req.Hosts...)
-	leafPEM, err := s.signer.Sign(signer.SignRequest{
-		Request:   string(req.CSR),
-		Profile:   profile,
-		Hosts:     hosts,
-		Serial:    serial,
-		NotBefore: notBefore,
-		NotAfter:  notAfter,
-	})
+	cert, err := s.signer.sign(serial, notBefore, notAfter, csr, rsaKey, splitHosts(hosts))
 	if err != nil {
-		return nil, mapCFSSLError(req.ID, err)
+		return nil, fmt.Errorf("ca: sign %s: %w", req.ID, err)
 	}
-	certs, err := ParseCerts(leafPEM)
-	if err != nil {
-		return nil, fmt.Errorf("ca: sign %s: parse issued certificate: %w", req.ID, err)
-	}
+	leafPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	chain := make([][]byte, 0, 1+len(s.tail))
 	chain = append(chain, leafPEM)
 	chain = append(chain, s.tail...)
-	return &Issued{Cert: certs[0], Chain: chain}, nil
-}
-
-// mapCFSSLError turns cfssl's errors for a bad CSR (only the signature
-// check is left to cfssl) into ErrInvalidCSR.
-func mapCFSSLError(id spiffeid.ID, err error) error {
-	var ce *cferr.Error
-	if errors.As(err, &ce) && ce.ErrorCode/1000 == int(cferr.CSRError)/1000 {
-		msg := ce.Message
-		if strings.Contains(msg, "signature") || ce.ErrorCode%1000 == int(cferr.KeyMismatch) {
-			msg = "signature does not verify with the CSR's public key"
-		}
-		return fmt.Errorf("ca: %w: %s", ErrInvalidCSR, msg)
-	}
-	return fmt.Errorf("ca: sign %s: %w", id, err)
+	return &Issued{Cert: cert, Chain: chain}, nil
 }

@@ -69,7 +69,9 @@ func loginHint(a Auth, err error) string {
 		if ar, ok := a.(AppRole); ok {
 			return fmt.Sprintf("the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to %s (read again at each login)", ar.SecretIDFile)
 		}
-	case re.StatusCode == http.StatusForbidden:
+	case strings.Contains(msg, "service account name not authorized"), strings.Contains(msg, "namespace not authorized"):
+		return "the Vault role (--vault-k8s-role) does not bind this service account and namespace: see its bound_service_account_names and bound_service_account_namespaces"
+	case re.StatusCode == http.StatusForbidden && strings.Contains(msg, "permission denied"):
 		return "is the auth method enabled at that mount? If logins failed before, Vault may have locked the role out: see `vault read sys/locked-users` (docs/vault.md, Lockout)"
 	}
 	return ""

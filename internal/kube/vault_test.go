@@ -71,7 +71,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		name, role, jwt, want string
 	}{
 		{"wrong role", "nope", jwt, `warden serve: vault: kubernetes auth at auth/kubernetes (role "nope"): login refused (auth/kubernetes/login: 400 invalid role name "nope")`},
-		{"unbound service account", "warden", intruder, `warden serve: vault: kubernetes auth at auth/kubernetes (role "warden"): login refused (auth/kubernetes/login: 403 service account name not authorized)`},
+		{"unbound service account", "warden", intruder, `warden serve: vault: kubernetes auth at auth/kubernetes (role "warden"): login refused (auth/kubernetes/login: 403 service account name not authorized): the Vault role (--vault-k8s-role) does not bind this service account and namespace: see its bound_service_account_names and bound_service_account_namespaces`},
 	} {
 		var out bytes.Buffer
 		code := app.Run(context.Background(), serveArgs(freeLocalAddr(t), tc.role, tc.jwt), &out, &out)
