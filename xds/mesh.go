@@ -365,27 +365,43 @@ func (m *Mesh) effectiveMode(s *Service, port ServicePort) authn.Mode {
 	return authn.Permissive
 }
 
+// Selector is the workload labels an object selects by (policies'
+// selector.matchLabels, a Sidecar's workloadSelector.labels, a Gateway's
+// selector); nil when it has none.
+func Selector(o api.Object) map[string]string {
+	switch x := o.(type) {
+	case *api.PeerAuthentication:
+		if x.Spec.Selector != nil {
+			return x.Spec.Selector.MatchLabels
+		}
+	case *api.RequestAuthentication:
+		if x.Spec.Selector != nil {
+			return x.Spec.Selector.MatchLabels
+		}
+	case *api.AuthorizationPolicy:
+		if x.Spec.Selector != nil {
+			return x.Spec.Selector.MatchLabels
+		}
+	case *api.Sidecar:
+		if x.Spec.WorkloadSelector != nil {
+			return x.Spec.WorkloadSelector.Labels
+		}
+	case *api.Gateway:
+		return x.Spec.Selector
+	}
+	return nil
+}
+
 // Affects reports whether a change to one of objs changes the inbound
 // configuration (authn, authz) of w.
 func Affects(objs []api.Object, w *Workload, root string) bool {
 	for _, o := range objs {
 		m := o.Meta()
-		var sel map[string]string
-		switch x := o.(type) {
+		sel := Selector(o)
+		switch o.(type) {
 		case *api.MeshPolicy, *api.ClusterRbacConfig:
 			return true
-		case *api.PeerAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.RequestAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.AuthorizationPolicy:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
+		case *api.PeerAuthentication, *api.RequestAuthentication, *api.AuthorizationPolicy:
 		case *api.Policy, *api.ServiceRole, *api.ServiceRoleBinding, *api.RbacConfig:
 		default:
 			continue // routing and registry: outbound only

@@ -24,14 +24,20 @@ import (
 // WARDEN_ISTIO_AGENT_DIR.
 
 func istioAgentDir(t *testing.T) string {
+	return toolDir(t, "WARDEN_ISTIO_AGENT_DIR", "hack/istioagent.sh", "pilot-agent", "istio-probe")
+}
+
+// toolDir is the folder a hack/ script built (make test exports it in
+// env), holding files; the test fails, naming the script, without it.
+func toolDir(t *testing.T, env, script string, files ...string) string {
 	t.Helper()
-	dir := os.Getenv("WARDEN_ISTIO_AGENT_DIR")
+	dir := os.Getenv(env)
 	if dir == "" {
-		t.Fatal("WARDEN_ISTIO_AGENT_DIR is not set: run make test, or export WARDEN_ISTIO_AGENT_DIR=$(hack/istioagent.sh)")
+		t.Fatalf("%s is not set: run make test, or export %s=$(%s)", env, env, script)
 	}
-	for _, b := range []string{"pilot-agent", "istio-probe"} {
+	for _, b := range files {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			t.Fatalf("WARDEN_ISTIO_AGENT_DIR: %v", err)
+			t.Fatalf("%s: %v", env, err)
 		}
 	}
 	return dir

@@ -23,12 +23,7 @@ import (
 // queries and deploy/prometheus/warden-rules.yaml's alerts.
 
 func prometheusDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("WARDEN_PROMETHEUS_DIR")
-	if dir == "" {
-		t.Fatal("WARDEN_PROMETHEUS_DIR is not set: run make test, or export WARDEN_PROMETHEUS_DIR=$(hack/prometheus.sh)")
-	}
-	return dir
+	return toolDir(t, "WARDEN_PROMETHEUS_DIR", "hack/prometheus.sh", "prometheus", "promtool")
 }
 
 // promQuery evaluates q now: the number of series, or the error

@@ -213,28 +213,13 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 		}
 		id := kind + " " + o.Meta().Namespace + "/" + o.Meta().Name
 		ns := o.Meta().Namespace
-		var sel map[string]string
+		sel := xds.Selector(o)
 		switch x := o.(type) {
-		case *api.AuthorizationPolicy:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.PeerAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.RequestAuthentication:
-			if x.Spec.Selector != nil {
-				sel = x.Spec.Selector.MatchLabels
-			}
-		case *api.Sidecar:
-			if x.Spec.WorkloadSelector != nil {
-				sel = x.Spec.WorkloadSelector.Labels
-			}
 		case *api.Gateway:
-			if len(x.Spec.Selector) > 0 && !selects(opts.RootNamespace, x.Spec.Selector) {
-				out = append(out, res("policy", Warn, "%s: selector %v matches no workload in the registry: no gateway serves it", id, x.Spec.Selector))
+			if len(sel) > 0 && !selects(opts.RootNamespace, sel) {
+				out = append(out, res("policy", Warn, "%s: selector %v matches no workload in the registry: no gateway serves it", id, sel))
 			}
+			sel = nil // Gateways select in every namespace: reported above
 		case *api.DestinationRule:
 			if h := fqdn(x.Spec.Host, ns); !strings.Contains(h, "*") && byHost[h] == nil {
 				out = append(out, res("routing", Error, "%s: host %s is not in the service registry", id, h))
