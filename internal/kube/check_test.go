@@ -62,8 +62,18 @@ spec:
 		t.Fatalf("%v\n%s", err, out)
 	}
 	t.Cleanup(func() { _, _ = kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", app1) })
+	// An istio.<sa> Secret whose bundle lost the signing root.
+	sec, err := cs.CoreV1().Secrets(app1).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["root-cert.pem"] = []byte("not a bundle")
+	if _, err := cs.CoreV1().Secrets(app1).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	code, out := runCheck("--namespace", ns)
-	for _, want := range []string{"is missing in " + orphan, "invalid object left out: AuthorizationPolicy/" + app1 + "/wildcard", "wildcard not allowed"} {
+	for _, want := range []string{"is missing in " + orphan, "invalid object left out: AuthorizationPolicy/" + app1 + "/wildcard", "wildcard not allowed",
+		"ERROR   sa-secrets       expired, or not under the signing root: " + app1 + "/istio.sleep"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}
