@@ -27,6 +27,7 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up")
 	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
+	fleet := fs.Int("fleet", 0, "fleet mode: prepare this many distinct tokens, one per request, so the server verifies every token (a scale-up); 0: each caller reuses one token (renewals, answered from the token cache)")
 	runs := fs.Int("runs", 1, "measured runs; with more than one, the median throughput is reported too")
 	metrics := fs.String("server-metrics", "http://"+defaultHTTPListen+"/metrics", "the server's /metrics, for its CPU time and memory (empty: not reported)")
 	hostile := fs.Bool("hostile", false, "measure honest callers before, beside and after hostile clients (oversized headers, stalled streams, idle, half-open and garbage connections)")
@@ -65,7 +66,7 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	host, _, _ := net.SplitHostPort(*addr)
 	cfg := bench.CAConfig{
 		Addr: *addr, Roots: roots, ServerName: host,
-		Concurrency: *conc, Conns: *conns, Duration: *dur, Warmup: *warm, KeyType: keyType,
+		Concurrency: *conc, Conns: *conns, Duration: *dur, Warmup: *warm, KeyType: keyType, Fleet: *fleet,
 		Token: func(w int) (string, error) {
 			return issuer.Mint(token.ServiceAccount{Namespace: "bench", Name: fmt.Sprintf("worker-%d", w)}, nil, time.Hour)
 		},

@@ -33,7 +33,13 @@ type CAConfig struct {
 	Warmup      time.Duration // unmeasured period first
 	KeyType     ca.KeyType
 	CSRs        int                              // distinct CSRs prepared and cycled (default 256)
-	Token       func(worker int) (string, error) // bearer token for a caller
+	Token       func(worker int) (string, error) // bearer token for a caller (each call a new one)
+	// Fleet, when positive, prepares that many distinct tokens and uses
+	// each for one request, as a scale-up's pods would: the server checks
+	// every token's signature (no cache hit). Without it each caller
+	// reuses one token, as renewals do, and the server's token cache
+	// answers.
+	Fleet int
 	// Metrics is the server's /metrics URL; when set, the server's own
 	// CPU time and memory during the measured period are reported.
 	Metrics string
@@ -47,11 +53,14 @@ type CAResult struct {
 	// Issued counts every certificate the run got, warm-up and each
 	// connection's first request included (to compare with the server's
 	// citadel_server_success_cert_issuance_count).
-	Issued   int
-	FirstErr error
-	Elapsed  time.Duration
-	P50, P90 time.Duration
-	P99, Max time.Duration
+	Issued int
+	// FleetReused counts the requests of a fleet run made after its
+	// tokens ran out (each reusing one, so answered from the cache).
+	FleetReused int
+	FirstErr    error
+	Elapsed     time.Duration
+	P50, P90    time.Duration
+	P99, Max    time.Duration
 	// ClientCPU is this process's CPU time (user+system) during the
 	// measured period: what the load generator took from the machine.
 	ClientCPU time.Duration
@@ -79,6 +88,13 @@ func (r CAResult) Print(w io.Writer) {
 	fmt.Fprintf(w, "CreateCertificate over TLS to %s: %d callers on %d connections, %s workload keys, %s\n",
 		cfg.Addr, cfg.Concurrency, cfg.Conns, cfg.KeyType, r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "certs: %d  errors: %d  (issued in all, warm-up included: %d)\n", r.Certs, r.Errors, r.Issued)
+	if cfg.Fleet > 0 {
+		fmt.Fprintf(w, "fleet: every request with a token the server has not seen (%d prepared", cfg.Fleet)
+		if r.FleetReused > 0 {
+			fmt.Fprintf(w, "; %d requests after they ran out reused one: prepare more with --fleet", r.FleetReused)
+		}
+		fmt.Fprintln(w, ")")
+	}
 	fmt.Fprintf(w, "throughput: %.0f certs/s\n", r.PerSecond())
 	fmt.Fprintf(w, "latency: p50 %s  p90 %s  p99 %s  max %s\n", r.P50.Round(time.Microsecond), r.P90.Round(time.Microsecond), r.P99.Round(time.Microsecond), r.Max.Round(time.Microsecond))
 	fmt.Fprintf(w, "load generator CPU: %.2f cores (%.0f µs per cert)\n", r.ClientCPU.Seconds()/r.Elapsed.Seconds(), float64(r.ClientCPU.Microseconds())/float64(max(r.Certs, 1)))
@@ -133,6 +149,20 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 			return CAResult{}, err
 		}
 	}
+	// Fleet mode: each worker's own run of distinct tokens.
+	fleet := make([][]string, cfg.Concurrency)
+	if cfg.Fleet > 0 {
+		per := max(1, cfg.Fleet/cfg.Concurrency)
+		for w := range fleet {
+			for range per {
+				t, err := cfg.Token(w)
+				if err != nil {
+					return CAResult{}, err
+				}
+				fleet[w] = append(fleet[w], t)
+			}
+		}
+	}
 	clients := make([]*client.Client, cfg.Conns)
 	for i := range clients {
 		c, err := client.New(client.Config{Addr: cfg.Addr, Roots: cfg.Roots, ServerName: cfg.ServerName})
@@ -161,7 +191,7 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 			defer wg.Done()
 			c := clients[w%len(clients)]
 			var local []time.Duration
-			n, errs, issued := 0, 0, 0
+			n, errs, issued, next, reused := 0, 0, 0, 0, 0
 			var firstErr error
 			measuring := false
 			for i := w; ; i++ {
@@ -172,6 +202,7 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 					res.Certs += n
 					res.Errors += errs
 					res.Issued += issued
+					res.FleetReused += reused
 					if res.FirstErr == nil {
 						res.FirstErr = firstErr
 					}
@@ -182,7 +213,16 @@ func CA(ctx context.Context, cfg CAConfig) (CAResult, error) {
 				default:
 				}
 				t := time.Now()
-				_, err := c.CreateCertificate(ctx, csrs[i%len(csrs)], 0, tokens[w])
+				tok := tokens[w]
+				if cfg.Fleet > 0 {
+					if next < len(fleet[w]) {
+						tok = fleet[w][next]
+						next++
+					} else if measuring {
+						reused++
+					}
+				}
+				_, err := c.CreateCertificate(ctx, csrs[i%len(csrs)], 0, tok)
 				d := time.Since(t)
 				if err == nil {
 					issued++
