@@ -128,6 +128,7 @@ type TokenCache struct {
 
 	mu      sync.Mutex
 	entries map[[32]byte]cacheEntry
+	swept   time.Time // the last sweep of expired entries
 }
 
 type cacheEntry struct {
@@ -167,9 +168,14 @@ func (t *TokenCache) Put(raw string, c *Caller, exp, now time.Time) {
 		t.entries = make(map[[32]byte]cacheEntry)
 	}
 	if len(t.entries) >= size {
-		for key, e := range t.entries {
-			if !now.Before(e.exp) {
-				delete(t.entries, key)
+		// Expired entries are swept at most once a second: a full cache
+		// of live tokens (a scale-up) must not cost a scan per token.
+		if now.Sub(t.swept) >= time.Second {
+			t.swept = now
+			for key, e := range t.entries {
+				if !now.Before(e.exp) {
+					delete(t.entries, key)
+				}
 			}
 		}
 		for key := range t.entries {
