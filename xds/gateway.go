@@ -136,7 +136,7 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 				inspect = inspect || fc.FilterChainMatch != nil
 				l.FilterChains = append(l.FilterChains, fc)
 			case "tls":
-				fc := g.gatewayTCP(s, port, nil)
+				fc := g.gatewayTCP(s, port)
 				if fc == nil {
 					continue
 				}
@@ -150,7 +150,7 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 				l.FilterChains = append(l.FilterChains, g.gatewayPassthrough(s, port)...)
 				inspect = true
 			case "tcp":
-				if fc := g.gatewayTCP(s, port, nil); fc != nil {
+				if fc := g.gatewayTCP(s, port); fc != nil {
 					l.FilterChains = append(l.FilterChains, fc)
 				}
 			}
@@ -266,16 +266,16 @@ func exactMatcher(s string) *matcherv3.StringMatcher {
 	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}}
 }
 
-// boundServices are the VirtualServices bound to s, with the host each
-// one serves there, in namespace/name order.
-func (g *gen) bound(s gwServer) []struct {
+// boundVS is a VirtualService bound to a server, with the hosts it serves
+// there.
+type boundVS struct {
 	vs    *api.VirtualService
 	hosts []string
-} {
-	var out []struct {
-		vs    *api.VirtualService
-		hosts []string
-	}
+}
+
+// bound lists the VirtualServices bound to s, in namespace/name order.
+func (g *gen) bound(s gwServer) []boundVS {
+	var out []boundVS
 	for _, v := range g.m.vs {
 		if !bound(v.Spec.Gateways, v.Metadata.Namespace, s) || !exported(v.Spec.ExportTo, v.Metadata.Namespace, g.ns) {
 			continue
@@ -287,10 +287,7 @@ func (g *gen) bound(s gwServer) []struct {
 			}
 		}
 		if len(hosts) > 0 {
-			out = append(out, struct {
-				vs    *api.VirtualService
-				hosts []string
-			}{v, hosts})
+			out = append(out, boundVS{v, hosts})
 		}
 	}
 	return out
@@ -342,7 +339,7 @@ func (g *gen) gatewayRoutes(name string, servers []gwServer) *routev3.RouteConfi
 
 // gatewayTCP proxies a TCP (or terminated TLS) server's connections to
 // the first tcp rule of a bound VirtualService that applies to the port.
-func (g *gen) gatewayTCP(s gwServer, port uint32, _ []string) *listenerv3.FilterChain {
+func (g *gen) gatewayTCP(s gwServer, port uint32) *listenerv3.FilterChain {
 	for _, b := range g.bound(s) {
 		for i, r := range b.vs.Spec.TCP {
 			if !g.l4Applies(r.Match, s, port) {
