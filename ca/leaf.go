@@ -36,18 +36,17 @@ import (
 // signing code is Go's own; Activate proves each new key by a full
 // verification anyway.
 type leafSigner struct {
-	key      crypto.Signer
-	hash     crypto.Hash
-	sigAlg   x509.SignatureAlgorithm
-	algID    []byte // the AlgorithmIdentifier, DER
-	issuer   *x509.Certificate
-	ku       map[bool][]byte // KeyUsage extension by "RSA key"
-	ekuBC    []byte          // ExtendedKeyUsage and BasicConstraints extensions
-	aki      []byte          // AuthorityKeyIdentifier extension (empty when the issuer has no SKI)
-	akiID    []byte
-	every    uint64 // verify one signature in every; 1: all
-	count    atomic.Uint64
-	pubIssue crypto.PublicKey
+	key    crypto.Signer
+	hash   crypto.Hash
+	sigAlg x509.SignatureAlgorithm
+	algID  []byte // the AlgorithmIdentifier, DER
+	issuer *x509.Certificate
+	ku     map[bool][]byte // KeyUsage extension by "RSA key"
+	ekuBC  []byte          // ExtendedKeyUsage and BasicConstraints extensions
+	aki    []byte          // AuthorityKeyIdentifier extension (empty when the issuer has no SKI)
+	akiID  []byte
+	every  uint64 // verify one signature in every; 1: all
+	count  atomic.Uint64
 }
 
 // verifyEvery is the sampling of post-sign checks for in-memory ECDSA keys.
@@ -76,7 +75,7 @@ func newLeafSigner(m *Material) (*leafSigner, error) {
 	if key == nil {
 		return nil, errors.New("ca: no signing key")
 	}
-	s := &leafSigner{key: key, issuer: m.Cert, every: 1, pubIssue: m.Cert.PublicKey}
+	s := &leafSigner{key: key, issuer: m.Cert, every: 1}
 	var oid asn1.ObjectIdentifier
 	rsaNull := false
 	switch pub := key.Public().(type) {
@@ -254,10 +253,7 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 	}
 	ski := sha1.Sum(pubBits.Bytes)
 	skiDER, skiExt := ext(oidSKI, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(ski[:]) })
-	san, err := marshalSANs(sans)
-	if err != nil {
-		return nil, err
-	}
+	san := marshalSANs(sans)
 	var tb cryptobyte.Builder
 	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddASN1Int64(2) })
@@ -377,9 +373,9 @@ func addTime(b *cryptobyte.Builder, t time.Time) {
 // marshalSANs is the SubjectAltName extension, critical (the subject is
 // empty), in crypto/x509's order: DNS names, emails, IPs, URIs; nil when
 // there is no name.
-func marshalSANs(s leafSANs) ([]byte, error) {
+func marshalSANs(s leafSANs) []byte {
 	if len(s.dns)+len(s.emails)+len(s.ips)+len(s.uris) == 0 {
-		return nil, nil
+		return nil
 	}
 	return extension(oidSAN, true, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
@@ -399,5 +395,5 @@ func marshalSANs(s leafSANs) ([]byte, error) {
 				b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(u.String())) })
 			}
 		})
-	}), nil
+	})
 }
