@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -80,6 +80,10 @@ bench-smoke: build
 ## demo: the standalone demo on the default ports.
 demo: build
 	WARDEN=$(BIN)/warden hack/demo.sh
+
+## bench-peers: warden beside step-ca and cfssl serve, alternating runs (hack/bench-peers.sh; builds the peers once).
+bench-peers: build
+	WARDEN=$(BIN)/warden hack/bench-peers.sh
 
 ## bench: Go benchmarks, then the end-to-end CA load.
 bench: bench-go bench-ca bench-sds
