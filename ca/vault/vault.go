@@ -51,8 +51,13 @@ type Config struct {
 	SignPath string
 	Auth     Auth          // how to log in (required)
 	Timeout  time.Duration // per request; default DefaultTimeout
-	// RetryMin and RetryMax bound the backoff between failed logins in Run.
+	// RetryMin and RetryMax bound the backoff between failed logins in Run
+	// when Vault cannot be reached.
 	RetryMin, RetryMax time.Duration
+	// CredentialRetry is the wait before credentials Vault refused are
+	// sent again (default DefaultCredentialRetry); new ones are sent at
+	// once.
+	CredentialRetry time.Duration
 	Log                *slog.Logger
 }
 
@@ -75,11 +80,11 @@ type Upstream struct {
 // Logins counts the login attempts made, successful or not.
 func (u *Upstream) Logins() uint64 { return u.logins.Load() }
 
-// CredentialRetry is how long warden waits before trying credentials
-// Vault refused again, unless they change meanwhile: Vault locks a role
-// out after a few failed logins (5 in 15 minutes by default), and a
-// locked-out role is refused even with good credentials.
-const CredentialRetry = 5 * time.Minute
+// DefaultCredentialRetry is how long warden waits before trying
+// credentials Vault refused again, unless they change meanwhile: Vault
+// locks a role out after a few failed logins (5 in 15 minutes by
+// default), and a locked-out role is refused even with good credentials.
+const DefaultCredentialRetry = 5 * time.Minute
 
 var _ ca.Upstream = (*Upstream)(nil)
 
@@ -115,6 +120,9 @@ func New(ctx context.Context, cfg Config) (*Upstream, error) {
 	}
 	if cfg.RetryMax == 0 {
 		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.CredentialRetry == 0 {
+		cfg.CredentialRetry = DefaultCredentialRetry
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -268,7 +276,7 @@ func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
 
 // relogin logs in until it works or ctx is done. When Vault cannot be
 // reached it retries with capped backoff; when Vault refuses the
-// credentials it waits CredentialRetry, or until the credentials change
+// credentials it waits Config.CredentialRetry, or until the credentials change
 // (a new secret ID written), so that it never walks into Vault's lockout.
 func (u *Upstream) relogin(ctx context.Context) {
 	d := u.cfg.RetryMin
@@ -280,9 +288,17 @@ func (u *Upstream) relogin(ctx context.Context) {
 		}
 		if errors.Is(err, ErrCredentials) {
 			u.cfg.Log.Error("Vault refused warden's credentials; waiting for new ones (or retrying later, to stay clear of Vault's lockout)",
-				"auth", u.cfg.Auth.String(), "attempt", attempt, "retryIn", CredentialRetry, "error", err.Error())
-			if !u.waitForCredentials(ctx, sent, CredentialRetry) {
+				"auth", u.cfg.Auth.String(), "attempt", attempt, "retryIn", u.cfg.CredentialRetry, "error", err.Error())
+			changed, ok := u.waitForCredentials(ctx, sent, u.cfg.CredentialRetry)
+			if !ok {
 				return
+			}
+			if !changed {
+				// The wait is over: the same credentials may be sent once
+				// more (Vault's role may have been fixed or unlocked).
+				u.mu.Lock()
+				u.refusedErr = nil
+				u.mu.Unlock()
 			}
 			continue
 		}
@@ -296,22 +312,22 @@ func (u *Upstream) relogin(ctx context.Context) {
 	}
 }
 
-// waitForCredentials waits until the credentials differ from sent or max
-// has passed; false when ctx ended.
-func (u *Upstream) waitForCredentials(ctx context.Context, sent [32]byte, max time.Duration) bool {
+// waitForCredentials waits until the credentials differ from sent
+// (changed) or max has passed; ok is false when ctx ended.
+func (u *Upstream) waitForCredentials(ctx context.Context, sent [32]byte, max time.Duration) (changed, ok bool) {
 	deadline := time.After(max)
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(min(time.Second, max))
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			return false
+			return false, false
 		case <-deadline:
-			return true
+			return false, true
 		case <-tick.C:
 			if u.cfg.Auth.credentials() != sent {
 				u.cfg.Log.Info("new Vault credentials found; logging in", "auth", u.cfg.Auth.String())
-				return true
+				return true, true
 			}
 		}
 	}

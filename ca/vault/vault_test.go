@@ -406,6 +406,7 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 	logs := &lockedBuffer{}
 	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: secretFile})
 	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
+	cfg.CredentialRetry = 9 * time.Second // 5 minutes by default
 	up, err := vault.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -439,6 +440,19 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 	if n := up.Logins(); n != refusedAt {
 		t.Fatalf("%d more login attempts with the refused secret ID within 6 s", n-refusedAt)
 	}
+	// Once the wait is over, the same secret ID is tried once more (the
+	// role may have been fixed meanwhile), then the wait starts again.
+	deadline := time.Now().Add(15 * time.Second)
+	for up.Logins() == refusedAt {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused credentials were never tried again after the wait:\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	if n := up.Logins(); n != refusedAt+1 {
+		t.Fatalf("%d login attempts after the wait, want 1", n-refusedAt)
+	}
 	locked := v.API(t, "GET", "/v1/sys/locked-users", nil)
 	data, _ := locked["data"].(map[string]any)
 	if b, _ := json.Marshal(locked["data"]); data == nil || data["total"] != float64(0) {
@@ -448,7 +462,7 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 	v.API(t, "POST", "/v1/auth/approle/role/warden", map[string]any{"token_policies": []string{"warden"}, "token_ttl": "1h", "token_max_ttl": "24h", "secret_id_num_uses": 0})
 	newSecret()
 	before := strings.Count(logs.String(), "logged in to Vault")
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for strings.Count(logs.String(), "logged in to Vault") == before {
 		if time.Now().After(deadline) {
 			t.Fatalf("no login with the new secret ID:\n%s", logs.String())
