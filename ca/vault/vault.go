@@ -58,7 +58,7 @@ type Config struct {
 	// sent again (default DefaultCredentialRetry); new ones are sent at
 	// once.
 	CredentialRetry time.Duration
-	Log                *slog.Logger
+	Log             *slog.Logger
 }
 
 // Upstream signs warden's intermediates with Vault's PKI engine.
