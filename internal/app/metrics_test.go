@@ -306,6 +306,17 @@ func TestAgentMetrics(t *testing.T) {
 	chain, _ := os.ReadFile(filepath.Join(out, "cert-chain.pem"))
 	b, _ := pem.Decode(chain)
 	leaf, _ := x509.ParseCertificate(b.Bytes)
+	// The metrics port opens once the agent serves (after its first SVID).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + metricsAddr + "/metrics")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent metrics never served: %v\n%s", err, logs.String())
+		}
+	}
 	m := scrape(t, "http://"+metricsAddr+"/metrics")
 	if m["warden_agent_svids"] != 1 || m["warden_agent_trust_bundle_roots"] != 1 || m["warden_agent_svid_expiry_timestamp"] != float64(leaf.NotAfter.Unix()) {
 		t.Fatalf("agent metrics: svids %v roots %v expiry %v (leaf %d)\n%s", m["warden_agent_svids"], m["warden_agent_trust_bundle_roots"],
