@@ -241,10 +241,33 @@ func TestSASecretsLifecycle(t *testing.T) {
 	newSA(t, optOut, "quiet")
 	newSA(t, ns, "marker") // processed after "quiet" by the same queue
 	eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.marker", metav1.GetOptions{}); return err })
+	// The label may reach the controller after the service account did;
+	// the namespace converges to none either way.
+	eventually(t, 20*time.Second, func() error {
+		if _, err := cs.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("opted-out namespace holds a secret (%v)", err)
+		}
+		return nil
+	})
 	time.Sleep(300 * time.Millisecond)
 	if _, err := cs.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Fatalf("opted-out namespace got a secret (%v)", err)
+		t.Fatalf("opted-out namespace got a secret back (%v)", err)
 	}
+
+	// Opting out later removes the secrets already there.
+	newSA(t, ns, "later")
+	eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); return err })
+	n, _ = cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
+	if _, err := cs.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("secret still there after opting out (%v)", err)
+		}
+		return nil
+	})
 }
 
 func TestLeaderElectionOneAtATime(t *testing.T) {

@@ -163,7 +163,20 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		return 0, err
 	}
 	if n, err := c.nsList.Get(ns); err == nil && n.Labels[SASecretsOptOutLabel] == "disabled" {
-		return 0, nil
+		// Opted out: none of ours stays, including one written before the
+		// label reached this replica (a service account made right after
+		// the namespace was labelled).
+		if existing == nil {
+			return 0, nil
+		}
+		err := secrets.Delete(ctx, secName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &existing.UID}})
+		if err == nil {
+			c.Log.Info("deleted service account secret: the namespace opted out", "namespace", ns, "secret", secName)
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return 0, nil
+		}
+		return 0, err
 	}
 	now := c.Clock.Now()
 	root := c.bundlePEM()
