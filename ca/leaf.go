@@ -41,9 +41,9 @@ type leafSigner struct {
 	sigAlg x509.SignatureAlgorithm
 	algID  []byte // the AlgorithmIdentifier, DER
 	issuer *x509.Certificate
-	ku     map[bool][]byte // KeyUsage extension by "RSA key"
-	ekuBC  []byte          // ExtendedKeyUsage and BasicConstraints extensions
-	aki    []byte          // AuthorityKeyIdentifier extension (empty when the issuer has no SKI)
+	ku     map[bool]encodedExt // KeyUsage extension by "RSA key"
+	ekuBC  []encodedExt        // ExtendedKeyUsage and BasicConstraints extensions
+	aki    []encodedExt        // AuthorityKeyIdentifier extension (none when the issuer has no SKI)
 	akiID  []byte
 	every  uint64 // verify one signature in every; 1: all
 	count  atomic.Uint64
@@ -116,29 +116,29 @@ func newLeafSigner(m *Material) (*leafSigner, error) {
 		}
 	})
 	s.algID = b.BytesOrPanic()
-	s.ku = map[bool][]byte{false: keyUsageExt(x509.KeyUsageDigitalSignature), true: keyUsageExt(x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment)}
-	s.ekuBC = append(extension(oidEKU, false, func(b *cryptobyte.Builder) {
+	s.ku = map[bool]encodedExt{false: keyUsageExt(x509.KeyUsageDigitalSignature), true: keyUsageExt(x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment)}
+	s.ekuBC = []encodedExt{ext(oidEKU, false, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			b.AddASN1ObjectIdentifier(oidServerAuth)
 			b.AddASN1ObjectIdentifier(oidClientAuth)
 		})
-	}), extension(oidBC, true, func(b *cryptobyte.Builder) {
+	}), ext(oidBC, true, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.SEQUENCE, func(*cryptobyte.Builder) {})
-	})...)
+	})}
 	if len(m.Cert.SubjectKeyId) > 0 {
 		s.akiID = m.Cert.SubjectKeyId
-		s.aki = extension(oidAKI, false, func(b *cryptobyte.Builder) {
+		s.aki = []encodedExt{ext(oidAKI, false, func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 				b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(m.Cert.SubjectKeyId) })
 			})
-		})
+		})}
 	}
 	return s, nil
 }
 
 // keyUsageExt is the KeyUsage extension (critical) as crypto/x509 encodes
 // it: a BIT STRING of the usages, trailing zero bits trimmed.
-func keyUsageExt(ku x509.KeyUsage) []byte {
+func keyUsageExt(ku x509.KeyUsage) encodedExt {
 	var a [2]byte
 	a[0] = reverseBits(byte(ku))
 	a[1] = reverseBits(byte(ku >> 8))
@@ -153,7 +153,7 @@ func keyUsageExt(ku x509.KeyUsage) []byte {
 		last >>= 1
 		unused++
 	}
-	return extension(oidKeyUsage, true, func(b *cryptobyte.Builder) {
+	return ext(oidKeyUsage, true, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.BIT_STRING, func(b *cryptobyte.Builder) {
 			b.AddUint8(uint8(unused))
 			b.AddBytes(bits)
@@ -171,15 +171,16 @@ func reverseBits(in byte) byte {
 	return out
 }
 
-// extension encodes one Extension: its OID, critical when true, and its
-// value (an OCTET STRING holding what value writes).
-func extension(oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) []byte {
-	der, _ := ext(oid, critical, value)
-	return der
+// encodedExt is one Extension, encoded for the TBSCertificate and as
+// crypto/x509 parses it (for Certificate.Extensions): both made once.
+type encodedExt struct {
+	der []byte
+	ext pkix.Extension
 }
 
-// ext is extension, also as crypto/x509 parses it.
-func ext(oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) ([]byte, pkix.Extension) {
+// ext encodes one Extension: its OID, critical when true, and its value
+// (an OCTET STRING holding what value writes).
+func ext(oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builder)) encodedExt {
 	var v cryptobyte.Builder
 	value(&v)
 	val := v.BytesOrPanic()
@@ -191,25 +192,7 @@ func ext(oid asn1.ObjectIdentifier, critical bool, value func(*cryptobyte.Builde
 		}
 		b.AddASN1OctetString(val)
 	})
-	return b.BytesOrPanic(), pkix.Extension{Id: oid, Critical: critical, Value: val}
-}
-
-// parsedExts reads back a run of encoded extensions (made once per key).
-func parsedExts(der []byte) []pkix.Extension {
-	var out []pkix.Extension
-	in := cryptobyte.String(der)
-	for !in.Empty() {
-		var e cryptobyte.String
-		var oid asn1.ObjectIdentifier
-		var val []byte
-		critical := false
-		if !in.ReadASN1(&e, cbasn1.SEQUENCE) || !e.ReadASN1ObjectIdentifier(&oid) ||
-			e.PeekASN1Tag(cbasn1.BOOLEAN) && !e.ReadASN1Boolean(&critical) || !e.ReadASN1Bytes(&val, cbasn1.OCTET_STRING) {
-			panic("ca: malformed prepared extension")
-		}
-		out = append(out, pkix.Extension{Id: oid, Critical: critical, Value: val})
-	}
-	return out
+	return encodedExt{der: b.BytesOrPanic(), ext: pkix.Extension{Id: oid, Critical: critical, Value: val}}
 }
 
 // leafSANs are a leaf's names, split as cfssl splits host strings.
@@ -252,8 +235,13 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 		return nil, fmt.Errorf("ca: %w: malformed public key", ErrInvalidCSR)
 	}
 	ski := sha1.Sum(pubBits.Bytes)
-	skiDER, skiExt := ext(oidSKI, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(ski[:]) })
-	san := marshalSANs(sans)
+	// In crypto/x509's order.
+	exts := make([]encodedExt, 0, 6)
+	exts = append(exts, s.ku[rsaKey])
+	exts = append(exts, s.ekuBC...)
+	exts = append(exts, ext(oidSKI, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(ski[:]) }))
+	exts = append(exts, s.aki...)
+	exts = append(exts, marshalSANs(sans)...)
 	var tb cryptobyte.Builder
 	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddASN1Int64(2) })
@@ -268,12 +256,8 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 		b.AddBytes(spki)
 		b.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddBytes(s.ku[rsaKey])
-				b.AddBytes(s.ekuBC)
-				b.AddBytes(skiDER)
-				b.AddBytes(s.aki)
-				if san != nil {
-					b.AddBytes(san)
+				for _, e := range exts {
+					b.AddBytes(e.der)
 				}
 			})
 		})
@@ -332,14 +316,10 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 	if rsaKey {
 		c.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
-	exts := parsedExts(s.ku[rsaKey])
-	exts = append(exts, parsedExts(s.ekuBC)...)
-	exts = append(exts, skiExt)
-	exts = append(exts, parsedExts(s.aki)...)
-	if san != nil {
-		exts = append(exts, parsedExts(san)...)
+	c.Extensions = make([]pkix.Extension, len(exts))
+	for i, e := range exts {
+		c.Extensions[i] = e.ext
 	}
-	c.Extensions = exts
 	c.Subject = pkix.Name{}
 	return c, nil
 }
@@ -371,13 +351,13 @@ func addTime(b *cryptobyte.Builder, t time.Time) {
 }
 
 // marshalSANs is the SubjectAltName extension, critical (the subject is
-// empty), in crypto/x509's order: DNS names, emails, IPs, URIs; nil when
+// empty), in crypto/x509's order: DNS names, emails, IPs, URIs; none when
 // there is no name.
-func marshalSANs(s leafSANs) []byte {
+func marshalSANs(s leafSANs) []encodedExt {
 	if len(s.dns)+len(s.emails)+len(s.ips)+len(s.uris) == 0 {
 		return nil
 	}
-	return extension(oidSAN, true, func(b *cryptobyte.Builder) {
+	return []encodedExt{ext(oidSAN, true, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 			for _, d := range s.dns {
 				b.AddASN1(cbasn1.Tag(2).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(d)) })
@@ -395,5 +375,5 @@ func marshalSANs(s leafSANs) []byte {
 				b.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes([]byte(u.String())) })
 			}
 		})
-	})
+	})}
 }
