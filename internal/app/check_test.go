@@ -1,22 +1,16 @@
 package app_test
 
 import (
-	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 )
 
 // TestCheckStandalone: warden check on a running standalone install: all
@@ -80,17 +74,7 @@ spec:
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(root)
 	raw, _ := os.ReadFile(filepath.Join(m.dir, "default-sleep.token"))
-	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(string(raw))), 30*time.Second)
-	defer cancel()
-	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ads, _ := openADS(t, m.addr, pool, string(raw))
 	if err := ads.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}, TypeUrl: resource.ListenerType}); err != nil {
 		t.Fatal(err)
 	}

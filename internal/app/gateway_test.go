@@ -2,17 +2,14 @@ package app_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"math/big"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,9 +17,6 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 )
 
 // TestGatewayCredentialsDir: in standalone mode a Gateway's
@@ -69,18 +63,8 @@ spec:
 	pool := x509.NewCertPool()
 	b, _ := os.ReadFile(filepath.Join(data, "root-cert.pem"))
 	pool.AppendCertsFromPEM(b)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "istio-system", "--sa", "ingress")
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(tok)), 30*time.Second)
-	defer cancel()
-	s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := openADS(t, addr, pool, tok)
 	node := &corev3.Node{Id: "router~127.0.0.9~ingress-1.istio-system~istio-system.svc.cluster.local"}
 	get := func(last *discovery.DiscoveryResponse) ([]byte, *discovery.DiscoveryResponse) {
 		t.Helper()

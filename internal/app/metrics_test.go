@@ -69,20 +69,30 @@ func csrFor(t *testing.T, id string) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
 }
 
-// adsProxy connects sleep's sidecar over ADS, ACKs every type and
-// returns the stream's cancel (the proxy leaves when it is called).
-func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) context.CancelFunc {
+// openADS opens an ADS stream to warden serve at addr over TLS (roots:
+// pool), authenticated with bearer token tok; cancel ends it (the test's
+// cleanup does too).
+func openADS(t *testing.T, addr string, pool *x509.CertPool, tok string) (discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, context.CancelFunc) {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(tok)), 2*time.Minute)
 	t.Cleanup(func() { cancel(); conn.Close() })
 	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ads, cancel
+}
+
+// adsProxy connects sleep's sidecar over ADS, ACKs every type and
+// returns the stream's cancel (the proxy leaves when it is called).
+func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) context.CancelFunc {
+	t.Helper()
+	ads, cancel := openADS(t, addr, pool, tok)
+	var err error
 	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
 		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
@@ -194,17 +204,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 
 	// A proxy over ADS: pushed, converged once it ACKs, and a NACK counted.
-	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), 30*time.Second)
-	defer cancel()
-	ads, err := discovery.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ads, cancel := openADS(t, m.addr, pool, tok)
 	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
 	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
 		t.Fatal(err)
