@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -116,6 +118,38 @@ func TestPluggedInHotReload(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if !a.Material().Cert.Equal(rootB.Cert) {
 		t.Fatal("a broken cacerts update replaced the CA")
+	}
+}
+
+// TestPluggedInDeletedBeforeWatch: cacerts is deleted after the replica
+// read it and before its watch listed (no delete event reaches the
+// watch). The deletion is still reported, and the CA kept.
+func TestPluggedInDeletedBeforeWatch(t *testing.T) {
+	ctx := testCtx(t)
+	ns := newNamespace(t, "cacerts-gone")
+	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
+	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
+	if err != nil || !found {
+		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
+	}
+	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a := catest.Authority(t, m)
+	var logs lockedBuffer
+	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, Plugged: true, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	go func() { _ = w.Run(ctx) }()
+	eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(logs.String(), "secret "+ns+"/cacerts deleted: this replica keeps signing") {
+			return errors.New("no report of the deletion")
+		}
+		return nil
+	})
+	if !a.Material().Cert.Equal(root.Cert) {
+		t.Fatal("the deletion changed the CA")
 	}
 }
 

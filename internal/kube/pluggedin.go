@@ -34,6 +34,10 @@ type PluggedInCA struct {
 	Log       *slog.Logger
 	// SelfSigned loads (or, first, creates) istio-ca-secret's CA.
 	SelfSigned func(context.Context) (*ca.Material, error)
+	// Plugged: the replica started with cacerts' CA. A deletion between
+	// that read and the watch's first list leaves no event, so it is
+	// reported once the watch has synced and found no cacerts.
+	Plugged bool
 }
 
 // LoadPluggedIn reads and validates the cacerts Secret; found is false when
@@ -106,11 +110,7 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    apply,
 		UpdateFunc: func(_, n any) { apply(n) },
-		DeleteFunc: func(any) {
-			p.Log.Error(fmt.Sprintf("secret %s/%s deleted: this replica keeps signing with the plugged-in CA it holds, and replicas started now refuse to start. "+
-				"Restore the secret; or, to switch every replica to the self-signed root in secret %s/%s, delete configmap %s/%s",
-				p.Namespace, PluggedSecretName, p.Namespace, CASecretName, p.Namespace, CASourceConfigMap))
-		},
+		DeleteFunc: func(any) { p.deleted() },
 	}); err != nil {
 		return err
 	}
@@ -123,10 +123,20 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 	srcF.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
 	srcF.WaitForCacheSync(ctx.Done())
+	if p.Plugged && ctx.Err() == nil && len(inf.GetStore().List()) == 0 {
+		p.deleted()
+	}
 	<-ctx.Done()
 	f.Shutdown()
 	srcF.Shutdown()
 	return nil
+}
+
+// deleted reports that cacerts is gone (the replica keeps its CA).
+func (p *PluggedInCA) deleted() {
+	p.Log.Error(fmt.Sprintf("secret %s/%s deleted: this replica keeps signing with the plugged-in CA it holds, and replicas started now refuse to start. "+
+		"Restore the secret; or, to switch every replica to the self-signed root in secret %s/%s, delete configmap %s/%s",
+		p.Namespace, PluggedSecretName, p.Namespace, CASecretName, p.Namespace, CASourceConfigMap))
 }
 
 // sourceDeleted: the record of the plugged-in CA is gone. With cacerts
