@@ -230,7 +230,7 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	if !now.Before(s.notAft) {
 		return nil, fmt.Errorf("ca: %w: signing certificate expired at %s", ErrNotReady, s.notAft.UTC().Format(time.RFC3339))
 	}
-	csr, err := ParseCSR(req.CSR)
+	csr, err := parseCSRSigning(req.CSR)
 	if err != nil {
 		return nil, err
 	}

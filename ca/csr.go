@@ -70,6 +70,15 @@ func (p CSRPolicy) reserved(name string) bool {
 // "NEW CERTIFICATE REQUEST"). It does not check the signature: the signer
 // does that exactly once, on the hot path. Errors wrap ErrInvalidCSR.
 func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
+	der, err := csrDER(data)
+	if err != nil {
+		return nil, err
+	}
+	return parseCSRDER(der)
+}
+
+// csrDER is the DER of a PEM certificate request.
+func csrDER(data []byte) ([]byte, error) {
 	block, rest := pem.Decode(data)
 	if block == nil {
 		if len(bytes.TrimSpace(data)) == 0 {
@@ -83,7 +92,11 @@ func ParseCSR(data []byte) (*x509.CertificateRequest, error) {
 	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, fmt.Errorf("ca: %w: unexpected data after the PEM block", ErrInvalidCSR)
 	}
-	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	return block.Bytes, nil
+}
+
+func parseCSRDER(der []byte) (*x509.CertificateRequest, error) {
+	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w: malformed DER: %v", ErrInvalidCSR, err)
 	}

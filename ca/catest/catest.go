@@ -8,7 +8,9 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
+	"net"
 	"net/url"
 	"sync"
 	"testing"
@@ -227,4 +229,31 @@ var _ ca.Upstream = (*Upstream)(nil)
 // fixtures' trust domain.
 func TrustDomainSubject() pkix.Name {
 	return pkix.Name{Organization: []string{TrustDomain.Name()}, CommonName: "warden intermediate CA"}
+}
+
+// SANExtension is the subjectAltName extension for the names, encoded as
+// crypto/x509 encodes it (for templates that set it themselves, e.g.
+// critical, as Istio's agent does).
+func SANExtension(uris []*url.URL, dns []string, ips []net.IP, emails []string) pkix.Extension {
+	var names []asn1.RawValue
+	for _, e := range emails {
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 1, Bytes: []byte(e)})
+	}
+	for _, d := range dns {
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 2, Bytes: []byte(d)})
+	}
+	for _, u := range uris {
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(u.String())})
+	}
+	for _, ip := range ips {
+		if v4 := ip.To4(); v4 != nil {
+			ip = v4
+		}
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 7, Bytes: ip})
+	}
+	der, err := asn1.Marshal(names)
+	if err != nil {
+		panic(err) // raw values always marshal
+	}
+	return pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: der}
 }

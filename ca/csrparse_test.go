@@ -1,0 +1,211 @@
+package ca_test
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
+)
+
+// csrDiff lists the fields in which the fast parser's CSR differs from
+// crypto/x509's (Attributes aside: deprecated, and not filled).
+func csrDiff(got, want *x509.CertificateRequest) string {
+	g, w := *got, *want
+	g.Attributes, w.Attributes = nil, nil //lint:ignore SA1019 the deprecated field is the one left out
+	var out string
+	if gk, ok := g.PublicKey.(*ecdsa.PublicKey); !ok || !gk.Equal(w.PublicKey) {
+		out += fmt.Sprintf("\n  PublicKey: got %v, want %v", g.PublicKey, w.PublicKey)
+	}
+	g.PublicKey, w.PublicKey = nil, nil
+	gv, wv := reflect.ValueOf(g), reflect.ValueOf(w)
+	for i := range gv.NumField() {
+		gf, wf := gv.Field(i).Interface(), wv.Field(i).Interface()
+		if !reflect.DeepEqual(gf, wf) && !(emptySlice(gv.Field(i)) && emptySlice(wv.Field(i))) {
+			out += fmt.Sprintf("\n  %s: got %#v, want %#v", gv.Type().Field(i).Name, gf, wf)
+		}
+	}
+	return out
+}
+
+func emptySlice(v reflect.Value) bool { return v.Kind() == reflect.Slice && v.Len() == 0 }
+
+// compareWithX509 parses der both ways: where the fast parser accepts,
+// crypto/x509 must accept too, with the same fields.
+func compareWithX509(t *testing.T, der []byte) bool {
+	t.Helper()
+	fast, ok := ca.ParseWorkloadCSR(der)
+	if !ok {
+		return false
+	}
+	std, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatalf("the fast parser accepted a CSR crypto/x509 refuses (%v):\n%x", err, der)
+	}
+	if d := csrDiff(fast, std); d != "" {
+		t.Fatalf("the fast parser's CSR differs from crypto/x509's:%s\nDER %x", d, der)
+	}
+	return true
+}
+
+// randomCSRTemplate is a request of the kinds workloads and tools send:
+// no subject or a random one (Istio's agent sends O=""), a SPIFFE URI
+// SAN or not, DNS, IP and email SANs, the SAN extension critical (as
+// Istio marks it with an empty subject) or not.
+func randomCSRTemplate(r *mrand.Rand) *x509.CertificateRequest {
+	tmpl := &x509.CertificateRequest{}
+	str := func(alphabet string, n int) string {
+		b := make([]rune, n)
+		as := []rune(alphabet)
+		for i := range b {
+			b[i] = as[r.IntN(len(as))]
+		}
+		return string(b)
+	}
+	const printableChars = "abcXYZ019 '()+,-./:=?"
+	switch r.IntN(5) {
+	case 1:
+		tmpl.Subject.Organization = []string{""}
+	case 2:
+		tmpl.Subject.CommonName = str(printableChars, r.IntN(20))
+	case 3:
+		tmpl.Subject.CommonName = str("héllo wörld ✓", 1+r.IntN(10)) // UTF8String
+		tmpl.Subject.Organization = []string{str(printableChars, 1+r.IntN(8)), str(printableChars, 1+r.IntN(8))}
+		tmpl.Subject.Country = []string{"DE"}
+	case 4:
+		tmpl.Subject.ExtraNames = []pkix.AttributeTypeAndValue{{Type: asn1.ObjectIdentifier{2, 5, 4, 11}, Value: str(printableChars, 1+r.IntN(8))}}
+	}
+	if r.IntN(4) > 0 {
+		tmpl.URIs = []*url.URL{{Scheme: "spiffe", Host: "cluster.local", Path: "/ns/" + str("abcdef-", 1+r.IntN(12)) + "/sa/" + str("xyz0", 1+r.IntN(8))}}
+	}
+	for range r.IntN(3) {
+		tmpl.DNSNames = append(tmpl.DNSNames, str("abcdefgh", 1+r.IntN(10))+".svc.cluster.local")
+	}
+	for range r.IntN(3) {
+		ip := make(net.IP, []int{4, 16}[r.IntN(2)])
+		for i := range ip {
+			ip[i] = byte(r.IntN(256))
+		}
+		tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+	}
+	if r.IntN(8) == 0 {
+		tmpl.EmailAddresses = []string{str("abc", 1+r.IntN(6)) + "@example.com"}
+	}
+	if r.IntN(3) == 0 && len(tmpl.URIs)+len(tmpl.DNSNames)+len(tmpl.IPAddresses)+len(tmpl.EmailAddresses) > 0 {
+		// The SAN extension marked critical, as Istio's agent does.
+		ext := catest.SANExtension(tmpl.URIs, tmpl.DNSNames, tmpl.IPAddresses, tmpl.EmailAddresses)
+		ext.Critical = true
+		tmpl.ExtraExtensions = []pkix.Extension{ext}
+		tmpl.URIs, tmpl.DNSNames, tmpl.IPAddresses, tmpl.EmailAddresses = nil, nil, nil, nil
+	}
+	return tmpl
+}
+
+// TestWorkloadCSRMatchesX509: for thousands of random P-256 requests the
+// fast parser applies and its CSR equals crypto/x509's field by field;
+// requests of other shapes (other keys, extensions other than the SANs,
+// other attributes) are left to crypto/x509.
+func TestWorkloadCSRMatchesX509(t *testing.T) {
+	r := mrand.New(mrand.NewPCG(21, uint64(os.Getpid())))
+	keys := []crypto.Signer{catest.Key(t, ca.ECDSAP256), catest.Key(t, ca.ECDSAP256)}
+	n := 3000
+	if testing.Short() {
+		n = 300
+	}
+	for i := range n {
+		der, err := x509.CreateCertificateRequest(rand.Reader, randomCSRTemplate(r), keys[i%len(keys)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !compareWithX509(t, der) {
+			t.Fatalf("request %d: the fast parser did not apply to a P-256 workload CSR:\n%s", i, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+		}
+	}
+	// Left to crypto/x509.
+	p256 := keys[0]
+	others := map[string]struct {
+		key  crypto.Signer
+		tmpl *x509.CertificateRequest
+	}{
+		"P-384 key":     {catest.Key(t, ca.ECDSAP384), &x509.CertificateRequest{}},
+		"RSA key":       {catest.Key(t, ca.RSA2048), &x509.CertificateRequest{}},
+		"ECDSA-SHA384":  {p256, &x509.CertificateRequest{SignatureAlgorithm: x509.ECDSAWithSHA384}},
+		"key usage ext": {p256, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Value: []byte{3, 2, 7, 128}}}}},
+		"INTEGER in the subject": {p256, &x509.CertificateRequest{Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+			{Type: asn1.ObjectIdentifier{2, 5, 4, 5}, Value: 42}}}}},
+		"challengePassword": {p256, &x509.CertificateRequest{}},
+	}
+	//lint:ignore SA1019 building the deprecated field on purpose
+	others["challengePassword"].tmpl.Attributes = []pkix.AttributeTypeAndValueSET{{
+		Type: asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 7}, Value: [][]pkix.AttributeTypeAndValue{{{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "pw"}}}}}
+	for name, c := range others {
+		der, err := x509.CreateCertificateRequest(rand.Reader, c.tmpl, c.key)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if compareWithX509(t, der) {
+			t.Errorf("%s: the fast parser took a request it should leave to crypto/x509", name)
+		}
+		if _, err := x509.ParseCertificateRequest(der); err != nil {
+			t.Errorf("%s: crypto/x509: %v", name, err)
+		}
+	}
+}
+
+// FuzzWorkloadCSR: whatever DER the fast parser accepts, crypto/x509
+// accepts too and parses to the same fields. Seeds:
+// testdata/fuzz/FuzzWorkloadCSR, and random requests.
+func FuzzWorkloadCSR(f *testing.F) {
+	r := mrand.New(mrand.NewPCG(1, 2))
+	key := catest.Key(f, ca.ECDSAP256)
+	for range 16 {
+		der, err := x509.CreateCertificateRequest(rand.Reader, randomCSRTemplate(r), key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(der)
+	}
+	f.Fuzz(func(t *testing.T, der []byte) { compareWithX509(t, der) })
+}
+
+// TestWorkloadCSRSeeds: the seed corpus holds requests the fast parser
+// takes (so fuzzing starts from its accepting paths) and near misses.
+func TestWorkloadCSRSeeds(t *testing.T) {
+	files, _ := filepath.Glob("testdata/fuzz/FuzzWorkloadCSR/*")
+	accepted := 0
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// go test fuzz v1 / []byte("...")
+		_, lit, found := strings.Cut(string(b), "[]byte(")
+		if !found {
+			t.Fatalf("%s: not a fuzz corpus file", p)
+		}
+		var der []byte
+		if _, err := fmt.Sscanf(strings.TrimSuffix(strings.TrimSpace(lit), ")"), "%q", &der); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if compareWithX509(t, der) {
+			accepted++
+		}
+	}
+	if len(files) < 8 || accepted < 4 {
+		t.Fatalf("seed corpus: %d files, %d taken by the fast parser; want at least 8 and 4", len(files), accepted)
+	}
+}
