@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/mail"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -211,7 +212,7 @@ func splitHosts(hosts []string) leafSANs {
 				ip = v4 // as a parsed certificate holds it
 			}
 			s.ips = append(s.ips, ip)
-		} else if e, err := mail.ParseAddress(h); err == nil && e != nil {
+		} else if e, err := parseEmail(h); err == nil && e != nil {
 			s.emails = append(s.emails, e.Address)
 		} else if u, err := url.ParseRequestURI(h); err == nil && u != nil {
 			s.uris = append(s.uris, u)
@@ -221,6 +222,17 @@ func splitHosts(hosts []string) leafSANs {
 	}
 	return s
 }
+
+// parseEmail is mail.ParseAddress for strings that can be addresses (an
+// address has an @); the SPIFFE ID, every leaf's first SAN, skips it.
+func parseEmail(h string) (*mail.Address, error) {
+	if !strings.Contains(h, "@") {
+		return nil, errNotEmail
+	}
+	return mail.ParseAddress(h)
+}
+
+var errNotEmail = errors.New("no @")
 
 // sign issues the leaf for csr's key (its signature already checked).
 func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x509.CertificateRequest, rsaKey bool, sans leafSANs) (*x509.Certificate, error) {

@@ -22,6 +22,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
@@ -121,6 +122,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	gctune.Start(ctx) // a small live heap would be collected dozens of times a second
 	return s.run(ctx)
 }
 

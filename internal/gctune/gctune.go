@@ -1,0 +1,105 @@
+// Package gctune paces the garbage collector of a long-running server.
+//
+// With Go's default (GOGC=100) a collection starts whenever the heap has
+// doubled since the last one. A CA's live heap is small (about 8 MiB
+// serving thousands of certificates a second), so it collects dozens of
+// times a second and spends a sixth of its CPU doing so. gctune keeps at
+// least Headroom bytes of allocation between collections: GOGC is raised
+// to Headroom/live (at most MaxPercent) while the live heap is small, and
+// is Go's 100 once the live heap exceeds Headroom, so a large mesh's heap
+// still grows by at most its own size. Setting GOGC in the environment
+// leaves the collector as the operator set it.
+package gctune
+
+import (
+	"context"
+	"os"
+	"runtime/debug"
+	"runtime/metrics"
+	"sync"
+	"time"
+)
+
+const (
+	// Headroom is the allocation allowed between collections while the
+	// live heap is smaller.
+	Headroom = 32 << 20
+	// MaxPercent bounds the GOGC set for a tiny live heap.
+	MaxPercent = 1000
+	// every is how often the live heap is read.
+	every = time.Second
+)
+
+// Percent is the GOGC for a live heap of live bytes.
+func Percent(live uint64) int {
+	if live == 0 {
+		return MaxPercent
+	}
+	return int(max(100, min(Headroom*100/live, MaxPercent)))
+}
+
+var (
+	mu      sync.Mutex
+	users   int
+	stop    chan struct{}
+	done    chan struct{}
+	initial int
+)
+
+// Start paces the collector until ctx is done (or, with several callers
+// in one process, until the last one's is); then GOGC is restored. It
+// does nothing when the environment sets GOGC.
+func Start(ctx context.Context) {
+	if _, set := os.LookupEnv("GOGC"); set {
+		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	users++
+	if users == 1 {
+		stop, done = make(chan struct{}), make(chan struct{})
+		p := Percent(liveHeap())
+		initial = debug.SetGCPercent(p)
+		go loop(stop, done, p)
+	}
+	go func() {
+		<-ctx.Done()
+		mu.Lock()
+		defer mu.Unlock()
+		users--
+		if users == 0 {
+			close(stop)
+			<-done
+			debug.SetGCPercent(initial)
+		}
+	}()
+}
+
+func loop(stop, done chan struct{}, cur int) {
+	defer close(done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		// A change under a tenth is not worth the collector's retuning.
+		if p := Percent(liveHeap()); p*10 < cur*9 || p*10 > cur*11 {
+			debug.SetGCPercent(p)
+			cur = p
+		}
+	}
+}
+
+// liveHeap is the heap the last collection found live (0 before the
+// first).
+func liveHeap() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
