@@ -254,7 +254,13 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 	exts = append(exts, ext(oidSKI, false, func(b *cryptobyte.Builder) { b.AddASN1OctetString(ski[:]) }))
 	exts = append(exts, s.aki...)
 	exts = append(exts, marshalSANs(sans)...)
-	var tb cryptobyte.Builder
+	// One buffer, sized for the whole TBSCertificate, so that encoding
+	// does not grow it.
+	size := 64 + len(s.algID) + len(s.issuer.RawSubject) + len(spki)
+	for _, e := range exts {
+		size += len(e.der)
+	}
+	tb := cryptobyte.NewBuilder(make([]byte, 0, size))
 	tb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) { b.AddASN1Int64(2) })
 		b.AddASN1BigInt(serial)
@@ -284,7 +290,7 @@ func (s *leafSigner) sign(serial *big.Int, notBefore, notAfter time.Time, csr *x
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign: %w", err)
 	}
-	var cb cryptobyte.Builder
+	cb := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(s.algID)+len(sig)+16))
 	cb.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(tbs)
 		b.AddBytes(s.algID)

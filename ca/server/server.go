@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -82,6 +83,25 @@ func OutcomeOf(err error) Outcome {
 type Server struct {
 	pb.UnimplementedIstioCertificateServiceServer
 	cfg Config
+	// bundlePEM is the trust bundle as every response carries it,
+	// encoded once per bundle.
+	bundlePEM atomic.Pointer[encodedBundle]
+}
+
+type encodedBundle struct {
+	of  *x509bundle.Bundle
+	pem string
+}
+
+// bundle is the trust bundle's PEM, encoded again only when it changed.
+func (s *Server) bundle() string {
+	b := s.cfg.Signer.Bundle()
+	if e := s.bundlePEM.Load(); e != nil && e.of == b {
+		return e.pem
+	}
+	e := &encodedBundle{of: b, pem: string(ca.EncodeCerts(b.X509Authorities()...))}
+	s.bundlePEM.Store(e)
+	return e.pem
 }
 
 // New checks cfg and returns a server.
@@ -141,7 +161,7 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 	for _, c := range iss.Chain[:len(iss.Chain)-1] {
 		chain = append(chain, string(c))
 	}
-	chain = append(chain, string(ca.EncodeCerts(s.cfg.Signer.Bundle().X509Authorities()...)))
+	chain = append(chain, s.bundle())
 	return &pb.IstioCertificateResponse{CertChain: chain}, nil
 }
 

@@ -306,11 +306,20 @@ func TestAnswerCarriesTheWholeBundle(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	m := f.authority.Material()
+	c := f.client(t, nil)
+	// One answer before the change: the encoded bundle the server keeps
+	// must follow the change.
+	before, err := c.CreateCertificate(ctx(t), catest.CSR(t, catest.Key(t, ca.ECDSAP256), nil), 0, f.token(t, saX))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if roots, _ := ca.ParseCerts([]byte(before[len(before)-1])); len(roots) != 1 {
+		t.Fatalf("before: %d roots in the last element", len(roots))
+	}
 	next := catest.Root(t, ca.CAOptions{CommonName: "next root"})
 	if err := f.authority.Activate(&ca.Material{Cert: m.Cert, Key: m.Key, Chain: m.Chain, Roots: append(append([]*x509.Certificate{}, m.Roots...), next.Cert)}); err != nil {
 		t.Fatal(err)
 	}
-	c := f.client(t, nil)
 	chain, err := c.CreateCertificate(ctx(t), catest.CSR(t, catest.Key(t, ca.ECDSAP256), nil), 0, f.token(t, saX))
 	if err != nil {
 		t.Fatal(err)
