@@ -15,6 +15,7 @@ scale=${FUZZ_SCALE:-1}
 targets=(
   "./ca FuzzParseCSR 8000"
   "./ca FuzzSign 10000"
+  "./ca FuzzWorkloadCSR 30000"
   "./token FuzzVerify 40000"
   "./api FuzzDecode 40000"
   "./authn FuzzCompile 12000"
