@@ -3,12 +3,13 @@
 // With Go's default (GOGC=100) a collection starts whenever the heap has
 // doubled since the last one. A CA's live heap is small (about 8 MiB
 // serving thousands of certificates a second), so it collects dozens of
-// times a second and spends a sixth of its CPU doing so. gctune keeps at
-// least Headroom bytes of allocation between collections: GOGC is raised
-// to Headroom/live (at most MaxPercent) while the live heap is small, and
-// is Go's 100 once the live heap exceeds Headroom, so a large mesh's heap
-// still grows by at most its own size. Setting GOGC in the environment
-// leaves the collector as the operator set it.
+// times a second and spends a sixth of its CPU doing so. gctune keeps
+// about Headroom bytes of allocation between collections: GOGC is raised
+// to Headroom/base (at most MaxPercent) while the base is small, and is
+// Go's 100 once it exceeds Headroom, so a large mesh's heap still grows by
+// at most its own size. The base is what Go's pacer multiplies GOGC by:
+// the live heap plus the goroutine stacks and globals it scans. Setting
+// GOGC in the environment leaves the collector as the operator set it.
 package gctune
 
 import (
@@ -22,20 +23,21 @@ import (
 
 const (
 	// Headroom is the allocation allowed between collections while the
-	// live heap is smaller.
+	// base (live heap, stacks, globals) is smaller.
 	Headroom = 32 << 20
-	// MaxPercent bounds the GOGC set for a tiny live heap.
+	// MaxPercent bounds the GOGC set for a tiny base.
 	MaxPercent = 1000
-	// every is how often the live heap is read.
+	// every is how often the base is read.
 	every = time.Second
 )
 
-// Percent is the GOGC for a live heap of live bytes.
-func Percent(live uint64) int {
-	if live == 0 {
+// Percent is the GOGC for a base (live heap, stacks and globals) of base
+// bytes.
+func Percent(base uint64) int {
+	if base == 0 {
 		return MaxPercent
 	}
-	return int(max(100, min(Headroom*100/live, MaxPercent)))
+	return int(max(100, min(Headroom*100/base, MaxPercent)))
 }
 
 var (
@@ -50,7 +52,7 @@ var (
 // in one process, until the last one's is); then GOGC is restored. It
 // does nothing when the environment sets GOGC.
 func Start(ctx context.Context) {
-	if _, set := os.LookupEnv("GOGC"); set {
+	if os.Getenv("GOGC") != "" { // empty is Go's default, as unset
 		return
 	}
 	mu.Lock()
@@ -58,7 +60,7 @@ func Start(ctx context.Context) {
 	users++
 	if users == 1 {
 		stop, done = make(chan struct{}), make(chan struct{})
-		p := Percent(liveHeap())
+		p := Percent(base())
 		initial = debug.SetGCPercent(p)
 		go loop(stop, done, p)
 	}
@@ -86,20 +88,24 @@ func loop(stop, done chan struct{}, cur int) {
 		case <-t.C:
 		}
 		// A change under a tenth is not worth the collector's retuning.
-		if p := Percent(liveHeap()); p*10 < cur*9 || p*10 > cur*11 {
+		if p := Percent(base()); p*10 < cur*9 || p*10 > cur*11 {
 			debug.SetGCPercent(p)
 			cur = p
 		}
 	}
 }
 
-// liveHeap is the heap the last collection found live (0 before the
-// first).
-func liveHeap() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+// base is what the pacer multiplies GOGC by: the heap the last
+// collection found live, and the stacks and globals it scanned (0 before
+// the first collection).
+func base() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/scan/stack:bytes"}, {Name: "/gc/scan/globals:bytes"}}
 	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+	var sum uint64
+	for _, v := range s {
+		if v.Value.Kind() == metrics.KindUint64 {
+			sum += v.Value.Uint64()
+		}
 	}
-	return s[0].Value.Uint64()
+	return sum
 }

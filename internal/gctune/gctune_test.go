@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"testing"
 	"time"
 
@@ -72,12 +73,12 @@ func TestGOGCFromEnvironmentWins(t *testing.T) {
 	}
 }
 
-// current reads GOGC without turning the collector off: setting the
-// same value back is the only read the runtime offers.
+// current reads GOGC (runtime/metrics; setting it is the only other
+// way to read it, which would race with the restore).
 func current() int {
-	p := debug.SetGCPercent(100)
-	debug.SetGCPercent(p)
-	return p
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
 }
 
 // unsetenv removes GOGC for the test (t.Setenv first, so that it is put

@@ -135,6 +135,9 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 	if err != nil || !found {
 		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
 	}
+	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil { // as serve does at startup
+		t.Fatal(err)
+	}
 	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +154,43 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 	if !a.Material().Cert.Equal(root.Cert) {
 		t.Fatal("the deletion changed the CA")
 	}
+}
+
+// TestPluggedInSwitchBeforeWatch: the operator confirms the switch to the
+// self-signed CA (cacerts and its record deleted) after the replica read
+// cacerts and before its watches listed. The replica switches like the
+// others, instead of signing under the old root alone.
+func TestPluggedInSwitchBeforeWatch(t *testing.T) {
+	ctx := testCtx(t)
+	ns := newNamespace(t, "cacerts-switch")
+	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
+	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
+	if err != nil || !found {
+		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
+	}
+	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	self := catest.Root(t, ca.CAOptions{CommonName: "self-signed root"})
+	a := catest.Authority(t, m)
+	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, Plugged: true,
+		SelfSigned: func(context.Context) (*ca.Material, error) { return self, nil }}
+	go func() { _ = w.Run(ctx) }()
+	eventually(t, 20*time.Second, func() error {
+		if !a.Material().Cert.Equal(self.Cert) {
+			return errors.New("still signing with the plugged-in CA")
+		}
+		return nil
+	})
 }
 
 func TestBundleConfigMaps(t *testing.T) {

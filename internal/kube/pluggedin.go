@@ -34,9 +34,10 @@ type PluggedInCA struct {
 	Log       *slog.Logger
 	// SelfSigned loads (or, first, creates) istio-ca-secret's CA.
 	SelfSigned func(context.Context) (*ca.Material, error)
-	// Plugged: the replica started with cacerts' CA. A deletion between
-	// that read and the watch's first list leaves no event, so it is
-	// reported once the watch has synced and found no cacerts.
+	// Plugged: the replica started with cacerts' CA (and recorded it). A
+	// deletion between that read and the watches' first lists leaves no
+	// event, so once they have synced, a missing record is handled as its
+	// deletion and a missing cacerts is reported.
 	Plugged bool
 }
 
@@ -123,8 +124,14 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 	srcF.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
 	srcF.WaitForCacheSync(ctx.Done())
-	if p.Plugged && ctx.Err() == nil && len(inf.GetStore().List()) == 0 {
-		p.deleted()
+	// Deletions made before the watches' first lists leave no events.
+	if p.Plugged && ctx.Err() == nil {
+		switch {
+		case len(srcInf.GetStore().List()) == 0:
+			p.sourceDeleted(ctx) // the record (and perhaps cacerts) gone
+		case len(inf.GetStore().List()) == 0:
+			p.deleted()
+		}
 	}
 	<-ctx.Done()
 	f.Shutdown()
