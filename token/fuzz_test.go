@@ -12,14 +12,8 @@ import (
 // wrap ErrInvalid; a success can only be a token the issuer signed.
 // Seeds: testdata/fuzz/FuzzVerify.
 func FuzzVerify(f *testing.F) {
-	clock := &fixedClock{t0}
-	iss := newIssuer(f, "warden", clock)
-	good, err := iss.Mint(token.ServiceAccount{Namespace: "default", Name: "sleep"}, nil, time.Hour)
-	if err != nil {
-		f.Fatal(err)
-	}
+	good, v := mintedToken(f, token.ServiceAccount{Namespace: "default", Name: "sleep"})
 	f.Add(good)
-	v := &token.Verifier{Issuer: "warden", Keys: iss.KeySet(), Clock: clock}
 	f.Fuzz(func(t *testing.T, raw string) {
 		got, err := v.Verify(raw)
 		if err != nil {
@@ -32,4 +26,17 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("verified a token with no service account: %+v", got)
 		}
 	})
+}
+
+// mintedToken is a token for sa from a new issuer, and a verifier that
+// trusts it (both on a fixed clock).
+func mintedToken(t testing.TB, sa token.ServiceAccount) (string, *token.Verifier) {
+	t.Helper()
+	clock := &fixedClock{t0}
+	iss := newIssuer(t, "warden", clock)
+	tok, err := iss.Mint(sa, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, &token.Verifier{Issuer: "warden", Keys: iss.KeySet(), Clock: clock}
 }

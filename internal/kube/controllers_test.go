@@ -121,12 +121,12 @@ func TestPluggedInHotReload(t *testing.T) {
 	}
 }
 
-// TestPluggedInDeletedBeforeWatch: cacerts is deleted after the replica
-// read it and before its watch listed (no delete event reaches the
-// watch). The deletion is still reported, and the CA kept.
-func TestPluggedInDeletedBeforeWatch(t *testing.T) {
+// startedWithCacerts is a replica's startup with a plugged-in CA: cacerts
+// created in a new namespace, read, and recorded (as serve does).
+func startedWithCacerts(t *testing.T, prefix string) (string, *ca.Material) {
+	t.Helper()
 	ctx := testCtx(t)
-	ns := newNamespace(t, "cacerts-gone")
+	ns := newNamespace(t, prefix)
 	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
 	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -135,9 +135,18 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 	if err != nil || !found {
 		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
 	}
-	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil { // as serve does at startup
+	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil {
 		t.Fatal(err)
 	}
+	return ns, m
+}
+
+// TestPluggedInDeletedBeforeWatch: cacerts is deleted after the replica
+// read it and before its watch listed (no delete event reaches the
+// watch). The deletion is still reported, and the CA kept.
+func TestPluggedInDeletedBeforeWatch(t *testing.T) {
+	ctx := testCtx(t)
+	ns, m := startedWithCacerts(t, "cacerts-gone")
 	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +160,7 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 		}
 		return nil
 	})
-	if !a.Material().Cert.Equal(root.Cert) {
+	if !a.Material().Cert.Equal(m.Cert) {
 		t.Fatal("the deletion changed the CA")
 	}
 }
@@ -162,18 +171,7 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 // others, instead of signing under the old root alone.
 func TestPluggedInSwitchBeforeWatch(t *testing.T) {
 	ctx := testCtx(t)
-	ns := newNamespace(t, "cacerts-switch")
-	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
-	if err != nil || !found {
-		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
-	}
-	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil {
-		t.Fatal(err)
-	}
+	ns, m := startedWithCacerts(t, "cacerts-switch")
 	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
