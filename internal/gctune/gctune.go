@@ -3,13 +3,14 @@
 // With Go's default (GOGC=100) a collection starts whenever the heap has
 // doubled since the last one. A CA's live heap is small (about 8 MiB
 // serving thousands of certificates a second), so it collects dozens of
-// times a second and spends a sixth of its CPU doing so. gctune keeps
-// about Headroom bytes of allocation between collections: GOGC is raised
-// to Headroom/base (at most MaxPercent) while the base is small, and is
-// Go's 100 once it exceeds Headroom, so a large mesh's heap still grows by
-// at most its own size. The base is what Go's pacer multiplies GOGC by:
-// the live heap plus the goroutine stacks and globals it scans. Setting
-// GOGC in the environment leaves the collector as the operator set it.
+// times a second and spends a tenth or more of its CPU doing so. gctune
+// keeps about Headroom bytes of allocation between collections: GOGC is
+// raised to Headroom/base (at most MaxPercent) while the base is small,
+// and is Go's 100 once it exceeds Headroom, so a large mesh's heap still
+// grows by at most its own size. The base is what Go's pacer multiplies
+// GOGC by: the live heap plus the goroutine stacks and globals it scans.
+// Setting GOGC in the environment leaves the collector as the operator
+// set it.
 package gctune
 
 import (
