@@ -24,6 +24,10 @@ type Proxy struct {
 	Namespace string
 	Domain    string // ns.svc.cluster.local
 	Generator string
+	// IstioVersion is the metadata ISTIO_VERSION the proxy sent (Istio's
+	// agent sends its release), for metrics only; empty when absent or
+	// not a version-like string (at most 64 letters, digits and .-+_).
+	IstioVersion string
 }
 
 // ParseNode reads Istio's node ID form
@@ -38,6 +42,9 @@ func ParseNode(n *corev3.Node) (*Proxy, error) {
 		return nil, err
 	}
 	p.Generator = GeneratorEnvoy
+	if v := n.GetMetadata().GetFields()["ISTIO_VERSION"].GetStringValue(); versionLike(v) {
+		p.IstioVersion = v
+	}
 	if g := n.GetMetadata().GetFields()["GENERATOR"].GetStringValue(); g != "" {
 		switch g {
 		case GeneratorGRPC, GeneratorEnvoy:
@@ -47,6 +54,21 @@ func ParseNode(n *corev3.Node) (*Proxy, error) {
 		}
 	}
 	return p, nil
+}
+
+// versionLike: a label value a client may choose without bloating the
+// metrics (short, and only the characters of a release name).
+func versionLike(v string) bool {
+	if len(v) > 64 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '+' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseNodeID parses a node ID without metadata.

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/structpb"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -93,7 +95,8 @@ func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) contex
 	t.Helper()
 	ads, cancel := openADS(t, addr, pool, tok)
 	var err error
-	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
+	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local",
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"ISTIO_VERSION": structpb.NewStringValue("1.24.2")}}}
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
 		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
 			t.Fatal(err)
@@ -124,7 +127,7 @@ func TestServeMetrics(t *testing.T) {
 	for _, name := range []string{
 		"citadel_server_csr_count", "citadel_server_success_cert_issuance_count", "citadel_server_authentication_failure_count",
 		"citadel_server_csr_parsing_err_count", "citadel_server_id_extraction_err_count", `citadel_server_csr_sign_err_count{error="invalid_ttl"}`,
-		"citadel_server_root_cert_expiry_timestamp", "citadel_server_cert_chain_expiry_timestamp", "pilot_xds", `pilot_xds_pushes{type="lds"}`,
+		"citadel_server_root_cert_expiry_timestamp", "citadel_server_cert_chain_expiry_timestamp", `pilot_xds{version=""}`, `pilot_xds_pushes{type="lds"}`,
 		`pilot_total_xds_rejects{type="lds"}`, "pilot_proxy_convergence_time_count", "warden_ca_signing_seconds_count", "warden_sds_streams",
 		"warden_sds_pushes_total", "warden_xds_config_reports", "warden_config_reload_failures_total", "warden_ca_rotation_phase",
 		"warden_ca_trust_bundle_roots", "process_cpu_seconds_total", "go_memstats_heap_inuse_bytes",
@@ -205,7 +208,8 @@ func TestServeMetrics(t *testing.T) {
 
 	// A proxy over ADS: pushed, converged once it ACKs, and a NACK counted.
 	ads, cancel := openADS(t, m.addr, pool, tok)
-	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
+	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local",
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"ISTIO_VERSION": structpb.NewStringValue("1.24.2")}}}
 	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +241,9 @@ func TestServeMetrics(t *testing.T) {
 			t.Errorf("%s = %v after a proxy connected", series, after[series])
 		}
 	}
-	if after["pilot_xds"] != 1 {
-		t.Errorf("pilot_xds = %v with one proxy connected", after["pilot_xds"])
+	const xdsSeries = `pilot_xds{version="1.24.2"}` // the proxy's ISTIO_VERSION, as istiod labels it
+	if after[xdsSeries] != 1 || after[`pilot_xds{version=""}`] != 0 {
+		t.Errorf("%s = %v, pilot_xds{version=\"\"} = %v with one proxy of 1.24.2 connected", xdsSeries, after[xdsSeries], after[`pilot_xds{version=""}`])
 	}
 	// ACK every other type: the proxy has converged.
 	for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
@@ -265,9 +270,9 @@ func TestServeMetrics(t *testing.T) {
 	}
 	cancel()
 	deadline = time.Now().Add(10 * time.Second)
-	for after["pilot_xds"] != 0 {
+	for after[xdsSeries] != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("pilot_xds = %v after the proxy left", after["pilot_xds"])
+			t.Fatalf("%s = %v after the proxy left", xdsSeries, after[xdsSeries])
 		}
 		time.Sleep(50 * time.Millisecond)
 		after = scrape(t, metricsURL)

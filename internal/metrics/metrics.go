@@ -13,6 +13,7 @@ package metrics
 import (
 	"crypto/x509"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +33,9 @@ type Registry struct {
 	signErr                               *prometheus.CounterVec
 	signing                               prometheus.Histogram
 
-	proxies     prometheus.Gauge
+	proxies     *prometheus.GaugeVec
+	versionsMu  sync.Mutex
+	versions    map[string]bool // ISTIO_VERSION label values in use (at most maxVersions)
 	pushes      *prometheus.CounterVec
 	pushTime    *prometheus.HistogramVec
 	convergence prometheus.Histogram
@@ -62,7 +65,10 @@ func New() *Registry {
 		Help: "The number of certificate requests that failed at signing, by error: invalid_ttl, unavailable (no CA material), sign_error (Istio's metric)."}, []string{"error"})
 	r.signing = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_ca_signing_seconds",
 		Help: "Time to check a CSR and sign its certificate, for certificates issued.", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
-	r.proxies = prometheus.NewGauge(prometheus.GaugeOpts{Name: "pilot_xds", Help: "Proxies connected over ADS (Istio's metric, without its version label)."})
+	r.proxies = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "pilot_xds",
+		Help: "Proxies connected over ADS, by the Istio version their node metadata names (Istio's metric)."}, []string{"version"})
+	r.proxies.WithLabelValues("")
+	r.versions = map[string]bool{"": true}
 	r.pushes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_xds_pushes",
 		Help: "Configuration pushes to proxies, by xDS type: cds, eds, lds, rds, sds (Istio's metric)."}, []string{"type"})
 	r.pushTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "pilot_xds_push_time",
@@ -112,8 +118,23 @@ func (r *Registry) CertificateRequest(o server.Outcome, d time.Duration) {
 var _ server.Observer = (*Registry)(nil)
 var _ xdsserver.Observer = (*Registry)(nil)
 
+// maxVersions bounds pilot_xds's version label values: proxies choose
+// them, and versions beyond the first maxVersions count as "other".
+const maxVersions = 32
+
 // ProxiesChanged implements xds/server.Observer.
-func (r *Registry) ProxiesChanged(delta int) { r.proxies.Add(float64(delta)) }
+func (r *Registry) ProxiesChanged(version string, delta int) {
+	r.versionsMu.Lock()
+	if !r.versions[version] {
+		if len(r.versions) < maxVersions {
+			r.versions[version] = true
+		} else {
+			version = "other" // the same for the proxy's connect and disconnect: the set is full for good
+		}
+	}
+	r.versionsMu.Unlock()
+	r.proxies.WithLabelValues(version).Add(float64(delta))
+}
 
 // Pushed implements xds/server.Observer.
 func (r *Registry) Pushed(typeURL string, d time.Duration) {

@@ -112,8 +112,8 @@ type part struct {
 // outside the server's lock and must not block.
 type Observer interface {
 	// ProxiesChanged is +1 when a proxy connects, -1 when its last
-	// stream closes.
-	ProxiesChanged(delta int)
+	// stream closes; version is its ISTIO_VERSION (Proxy.IstioVersion).
+	ProxiesChanged(version string, delta int)
 	// Pushed: a new version of typeURL was set for a proxy, d after its
 	// build began.
 	Pushed(typeURL string, d time.Duration)
@@ -751,20 +751,20 @@ func (s *Server) closed(streamID int64) {
 	s.mu.Lock()
 	st, ok := s.streams[streamID]
 	delete(s.streams, streamID)
-	var drop string
+	var drop *proxyState
 	if ok && st.node != "" {
 		if ps := s.proxies[st.node]; ps != nil {
 			if ps.streams--; ps.streams <= 0 {
 				delete(s.proxies, st.node)
-				drop = st.node
+				drop = ps
 			}
 		}
 	}
 	s.mu.Unlock()
-	if drop != "" {
-		s.cache.ClearSnapshot(drop)
+	if drop != nil {
+		s.cache.ClearSnapshot(drop.proxy.ID)
 		if s.cfg.Observer != nil {
-			s.cfg.Observer.ProxiesChanged(-1)
+			s.cfg.Observer.ProxiesChanged(drop.proxy.IstioVersion, -1)
 		}
 	}
 }
@@ -816,7 +816,7 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	st.node = p.ID
 	s.mu.Unlock()
 	if fresh && s.cfg.Observer != nil {
-		s.cfg.Observer.ProxiesChanged(1)
+		s.cfg.Observer.ProxiesChanged(p.IstioVersion, 1)
 	}
 	if fresh {
 		if s.cfg.Secrets != nil && p.Generator == xds.GeneratorEnvoy {

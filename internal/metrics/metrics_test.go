@@ -1,0 +1,45 @@
+package metrics_test
+
+import (
+	"fmt"
+	"io"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/wardenmesh/warden/internal/metrics"
+)
+
+// TestProxyVersionsBounded: pilot_xds is labelled with each proxy's
+// version, as istiod's is; since proxies choose it, the label takes at
+// most 32 values, and proxies of further versions are counted as
+// "other", on connecting and on leaving alike.
+func TestProxyVersionsBounded(t *testing.T) {
+	r := metrics.New()
+	for i := range 40 {
+		r.ProxiesChanged(fmt.Sprintf("1.%d.0", i), 1)
+	}
+	r.ProxiesChanged("1.39.0", -1) // an "other" one leaves
+	r.ProxiesChanged("1.0.0", -1)  // a labelled one leaves
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	body, _ := io.ReadAll(rec.Body)
+	series := map[string]string{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "pilot_xds{") {
+			k, v, _ := strings.Cut(l, " ")
+			series[k] = v
+		}
+	}
+	if len(series) != 33 { // "" (present from the start), 31 versions, other
+		t.Errorf("%d pilot_xds series, want 33:\n%v", len(series), series)
+	}
+	for k, want := range map[string]string{`pilot_xds{version="other"}`: "8", `pilot_xds{version="1.0.0"}`: "0", `pilot_xds{version="1.30.0"}`: "1", `pilot_xds{version=""}`: "0"} {
+		if series[k] != want {
+			t.Errorf("%s = %q, want %s", k, series[k], want)
+		}
+	}
+	if _, ok := series[`pilot_xds{version="1.31.0"}`]; ok {
+		t.Error("a 33rd version got its own series")
+	}
+}
