@@ -102,27 +102,29 @@ func verify(pub crypto.PublicKey, digest, sig []byte) bool {
 }
 
 // BenchmarkParseCSR compares crypto/x509's CSR parser with the signing
-// path's (a P-256 request with a SPIFFE URI SAN, as workloads send).
+// path's (requests with a SPIFFE URI SAN, as workloads send).
 func BenchmarkParseCSR(b *testing.B) {
-	csr, err := ca.NewCSR(catest.Key(b, ca.ECDSAP256), catest.ID("bench", "worker"))
-	if err != nil {
-		b.Fatal(err)
+	for _, kt := range benchKeyTypes {
+		csr, err := ca.NewCSR(catest.Key(b, kt), catest.ID("bench", "worker"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		block, _ := pem.Decode(csr)
+		b.Run("x509/"+string(kt), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := x509.ParseCertificateRequest(block.Bytes); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("workload/"+string(kt), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := ca.ParseWorkloadCSR(block.Bytes); !ok {
+					b.Fatal("not taken")
+				}
+			}
+		})
 	}
-	block, _ := pem.Decode(csr)
-	b.Run("x509", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := x509.ParseCertificateRequest(block.Bytes); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("workload", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, ok := ca.ParseWorkloadCSR(block.Bytes); !ok {
-				b.Fatal("not taken")
-			}
-		}
-	})
 }

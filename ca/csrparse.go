@@ -2,11 +2,14 @@ package ca
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	encasn1 "encoding/asn1"
+	"math/big"
 	"net"
 	"net/url"
 	"unicode/utf8"
@@ -17,8 +20,9 @@ import (
 
 // The signing path's CSR parser. crypto/x509.ParseCertificateRequest
 // decodes through reflection (encoding/asn1), which cost a CA about a
-// tenth of its CPU per certificate. parseWorkloadCSR reads the one shape
-// workloads send — a P-256 key, an ECDSA-SHA256 signature, a subject of
+// tenth of its CPU per certificate. parseWorkloadCSR reads the shapes
+// workloads send — a P-256 key with an ECDSA-SHA256 signature or an RSA
+// key with a SHA256-RSA one (Istio's agent's default), a subject of
 // printable or UTF-8 strings, and at most a subjectAltName extension
 // request — directly from the DER, and hands everything else to
 // crypto/x509. It accepts only what crypto/x509 accepts and fills the
@@ -30,6 +34,10 @@ import (
 var (
 	// AlgorithmIdentifier { id-ecPublicKey, prime256v1 }
 	p256SPKIAlgorithm = []byte{0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+	// AlgorithmIdentifier { rsaEncryption, NULL }
+	rsaSPKIAlgorithm = []byte{0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00}
+	// AlgorithmIdentifier { sha256WithRSAEncryption, NULL }
+	rsaSHA256Algorithm = []byte{0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00}
 	// AlgorithmIdentifier { ecdsa-with-SHA256 } (parameters absent)
 	ecdsaSHA256Algorithm = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
 	// PKCS #9 extensionRequest, 1.2.840.113549.1.9.14
@@ -57,7 +65,7 @@ func parseCSRSigning(data []byte) (*x509.CertificateRequest, error) {
 // otherwise, and for anything malformed.
 func parseWorkloadCSR(der []byte) (csr *x509.CertificateRequest, ok bool) {
 	in := cryptobyte.String(der)
-	var whole, rawTBS, tbs, version, rawSubject, rawSPKI, spki, spkiAlg, attrs, sigAlg cryptobyte.String
+	var whole, rawTBS, tbs, version, rawSubject, rawSPKI, spki, spkiAlg, attrs, sigAlgDER cryptobyte.String
 	if !in.ReadASN1(&whole, asn1.SEQUENCE) || !in.Empty() ||
 		!whole.ReadASN1Element(&rawTBS, asn1.SEQUENCE) {
 		return nil, false
@@ -71,21 +79,39 @@ func parseWorkloadCSR(der []byte) (csr *x509.CertificateRequest, ok bool) {
 		return nil, false
 	}
 	var sigBits encasn1.BitString
-	if !whole.ReadASN1Element(&sigAlg, asn1.SEQUENCE) || !bytes.Equal(sigAlg, ecdsaSHA256Algorithm) ||
+	if !whole.ReadASN1Element(&sigAlgDER, asn1.SEQUENCE) ||
 		!whole.ReadASN1BitString(&sigBits) || sigBits.BitLength%8 != 0 || !whole.Empty() {
 		return nil, false
 	}
 
-	// SubjectPublicKeyInfo: a P-256 point, uncompressed.
+	// SubjectPublicKeyInfo: a P-256 point (uncompressed) signing with
+	// ECDSA-SHA256, or an RSA key signing with SHA256-RSA.
 	spki = rawSPKI
 	var keyBits encasn1.BitString
 	if !spki.ReadASN1(&spki, asn1.SEQUENCE) ||
-		!spki.ReadASN1Element(&spkiAlg, asn1.SEQUENCE) || !bytes.Equal(spkiAlg, p256SPKIAlgorithm) ||
+		!spki.ReadASN1Element(&spkiAlg, asn1.SEQUENCE) ||
 		!spki.ReadASN1BitString(&keyBits) || keyBits.BitLength%8 != 0 || !spki.Empty() {
 		return nil, false
 	}
-	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), keyBits.Bytes)
-	if err != nil {
+	var (
+		pub    crypto.PublicKey
+		pubAlg x509.PublicKeyAlgorithm
+		sigAlg x509.SignatureAlgorithm
+	)
+	switch {
+	case bytes.Equal(spkiAlg, p256SPKIAlgorithm) && bytes.Equal(sigAlgDER, ecdsaSHA256Algorithm):
+		k, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), keyBits.Bytes)
+		if err != nil {
+			return nil, false
+		}
+		pub, pubAlg, sigAlg = k, x509.ECDSA, x509.ECDSAWithSHA256
+	case bytes.Equal(spkiAlg, rsaSPKIAlgorithm) && bytes.Equal(sigAlgDER, rsaSHA256Algorithm):
+		k, ok := parseRSAKey(keyBits.Bytes)
+		if !ok {
+			return nil, false
+		}
+		pub, pubAlg, sigAlg = k, x509.RSA, x509.SHA256WithRSA
+	default:
 		return nil, false
 	}
 
@@ -95,8 +121,8 @@ func parseWorkloadCSR(der []byte) (csr *x509.CertificateRequest, ok bool) {
 		RawSubjectPublicKeyInfo:  rawSPKI,
 		RawSubject:               rawSubject,
 		Signature:                sigBits.Bytes,
-		SignatureAlgorithm:       x509.ECDSAWithSHA256,
-		PublicKeyAlgorithm:       x509.ECDSA,
+		SignatureAlgorithm:       sigAlg,
+		PublicKeyAlgorithm:       pubAlg,
 		PublicKey:                pub,
 	}
 	rdns, ok := parseSubject(rawSubject)
@@ -108,6 +134,19 @@ func parseWorkloadCSR(der []byte) (csr *x509.CertificateRequest, ok bool) {
 		return nil, false
 	}
 	return csr, true
+}
+
+// parseRSAKey reads an RSAPublicKey (PKCS #1) as crypto/x509 does: a
+// positive modulus and exponent, here with nothing after them.
+func parseRSAKey(der cryptobyte.String) (*rsa.PublicKey, bool) {
+	var seq cryptobyte.String
+	n, e := new(big.Int), 0
+	if !der.ReadASN1(&seq, asn1.SEQUENCE) || !der.Empty() ||
+		!seq.ReadASN1Integer(n) || !seq.ReadASN1Integer(&e) || !seq.Empty() ||
+		n.Sign() <= 0 || e <= 0 {
+		return nil, false
+	}
+	return &rsa.PublicKey{N: n, E: e}, true
 }
 
 // parseSubject reads a Name whose attribute values are all PrintableString

@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"net/url"
@@ -31,7 +32,7 @@ func csrDiff(got, want *x509.CertificateRequest) string {
 	g, w := *got, *want
 	g.Attributes, w.Attributes = nil, nil //lint:ignore SA1019 the deprecated field is the one left out
 	var out string
-	if gk, ok := g.PublicKey.(*ecdsa.PublicKey); !ok || !gk.Equal(w.PublicKey) {
+	if gk, ok := g.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !gk.Equal(w.PublicKey) {
 		out += fmt.Sprintf("\n  PublicKey: got %v, want %v", g.PublicKey, w.PublicKey)
 	}
 	g.PublicKey, w.PublicKey = nil, nil
@@ -118,24 +119,30 @@ func randomCSRTemplate(r *mrand.Rand) *x509.CertificateRequest {
 	return tmpl
 }
 
-// TestWorkloadCSRMatchesX509: for thousands of random P-256 requests the
-// fast parser applies and its CSR equals crypto/x509's field by field;
-// requests of other shapes (other keys, extensions other than the SANs,
-// other attributes) are left to crypto/x509.
+// TestWorkloadCSRMatchesX509: for thousands of random requests with P-256
+// and RSA (2048 and 4096) keys the fast parser applies and its CSR equals
+// crypto/x509's field by field; requests of other shapes (other keys and
+// signature algorithms, extensions other than the SANs, other
+// attributes) are left to crypto/x509.
 func TestWorkloadCSRMatchesX509(t *testing.T) {
 	r := mrand.New(mrand.NewPCG(21, 2026)) // fixed: a failure reproduces
-	keys := []crypto.Signer{catest.Key(t, ca.ECDSAP256), catest.Key(t, ca.ECDSAP256)}
+	keys := []crypto.Signer{catest.Key(t, ca.ECDSAP256), catest.Key(t, ca.ECDSAP256), catest.Key(t, ca.ECDSAP256), catest.Key(t, ca.RSA2048)}
+	rsa4096 := catest.Key(t, ca.RSA4096) // one request in 64 (slow to sign)
 	n := 3000
 	if testing.Short() {
 		n = 300
 	}
 	for i := range n {
-		der, err := x509.CreateCertificateRequest(rand.Reader, randomCSRTemplate(r), keys[i%len(keys)])
+		key := keys[i%len(keys)]
+		if i%64 == 63 {
+			key = rsa4096
+		}
+		der, err := x509.CreateCertificateRequest(rand.Reader, randomCSRTemplate(r), key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !compareWithX509(t, der) {
-			t.Fatalf("request %d: the fast parser did not apply to a P-256 workload CSR:\n%s", i, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+			t.Fatalf("request %d: the fast parser did not apply to a workload CSR:\n%s", i, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 		}
 	}
 	// Left to crypto/x509.
@@ -144,10 +151,11 @@ func TestWorkloadCSRMatchesX509(t *testing.T) {
 		key  crypto.Signer
 		tmpl *x509.CertificateRequest
 	}{
-		"P-384 key":     {catest.Key(t, ca.ECDSAP384), &x509.CertificateRequest{}},
-		"RSA key":       {catest.Key(t, ca.RSA2048), &x509.CertificateRequest{}},
-		"ECDSA-SHA384":  {p256, &x509.CertificateRequest{SignatureAlgorithm: x509.ECDSAWithSHA384}},
-		"key usage ext": {p256, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Value: []byte{3, 2, 7, 128}}}}},
+		"P-384 key":        {catest.Key(t, ca.ECDSAP384), &x509.CertificateRequest{}},
+		"RSA with SHA-384": {catest.Key(t, ca.RSA2048), &x509.CertificateRequest{SignatureAlgorithm: x509.SHA384WithRSA}},
+		"RSA-PSS":          {catest.Key(t, ca.RSA2048), &x509.CertificateRequest{SignatureAlgorithm: x509.SHA256WithRSAPSS}},
+		"ECDSA-SHA384":     {p256, &x509.CertificateRequest{SignatureAlgorithm: x509.ECDSAWithSHA384}},
+		"key usage ext":    {p256, &x509.CertificateRequest{ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 15}, Value: []byte{3, 2, 7, 128}}}}},
 		"INTEGER in the subject": {p256, &x509.CertificateRequest{Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
 			{Type: asn1.ObjectIdentifier{2, 5, 4, 5}, Value: 42}}}}},
 		"challengePassword": {p256, &x509.CertificateRequest{}},
@@ -192,7 +200,7 @@ func FuzzWorkloadCSR(f *testing.F) {
 func TestWorkloadCSRSeeds(t *testing.T) {
 	taken := map[string]bool{
 		"01-istio-agent": true, "02-empty-subject": true, "03-dns-ip": true, "04-email": true, "05-utf8-subject": true, "06-no-extensions": true,
-		"07-p384": false, "08-rsa": false, "09-othername": false, "10-keyusage": false, "11-sha384": false, "12-truncated": false,
+		"07-p384": false, "08-rsa": true, "09-othername": false, "10-keyusage": false, "11-sha384": false, "12-truncated": false,
 	}
 	for name, want := range taken {
 		p := filepath.Join("testdata/fuzz/FuzzWorkloadCSR", name)
@@ -255,6 +263,11 @@ func TestWorkloadCSREdges(t *testing.T) {
 		{"DNS name with an 8-bit byte", edgeCSR(t, empty, edgeExtReq(edgeSAN(nil, edgeGN(0x82, "a\xffb")))), false},
 		{"otherName", edgeCSR(t, empty, edgeExtReq(edgeSAN(nil, []byte{0xa0, 0x03, 0x06, 0x01, 0x00}))), false},
 		{"no attributes", edgeCSR(t, empty, nil), true},
+		{"RSA", edgeRSACSR(t, rsaSPKIAlgorithm, edgeRSAKey(big.NewInt(0).Lsh(big.NewInt(1), 2047), 65537, nil)), true},
+		{"RSA without NULL parameters", edgeRSACSR(t, rsaSPKIAlgorithm[:13:13], edgeRSAKey(big.NewInt(0).Lsh(big.NewInt(1), 2047), 65537, nil)), false},
+		{"RSA exponent 0", edgeRSACSR(t, rsaSPKIAlgorithm, edgeRSAKey(big.NewInt(0).Lsh(big.NewInt(1), 2047), 0, nil)), false},
+		{"RSA negative modulus", edgeRSACSR(t, rsaSPKIAlgorithm, edgeRSAKey(big.NewInt(-12345), 65537, nil)), false},
+		{"RSA key with trailing bytes", edgeRSACSR(t, rsaSPKIAlgorithm, edgeRSAKey(big.NewInt(0).Lsh(big.NewInt(1), 2047), 65537, []byte{2, 1, 0})), false},
 	}
 	for _, c := range cases {
 		if taken := compareWithX509(t, c.der); taken != c.taken {
@@ -292,6 +305,46 @@ func edgeCSR(t *testing.T, subject, attrs []byte) []byte {
 		b.AddASN1BitString([]byte{1, 2, 3})
 	})
 	return b.BytesOrPanic()
+}
+
+// The RSA SubjectPublicKeyInfo algorithm (rsaEncryption, NULL) as DER.
+var rsaSPKIAlgorithm = []byte{0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00}
+
+// edgeRSACSR is a CSR with an RSA key (algorithm identifier alg, key
+// bits key) and a SHA256-RSA signature (not checked).
+func edgeRSACSR(t *testing.T, alg, key []byte) []byte {
+	t.Helper()
+	if alg[1] != byte(len(alg)-2) { // rsaSPKIAlgorithm cut short: fix its length
+		alg = append([]byte{0x30, byte(len(alg) - 2)}, alg[2:]...)
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1Int64(0)
+			b.AddBytes(edgeName())
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddBytes(alg)
+				b.AddASN1BitString(key)
+			})
+			b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(*cryptobyte.Builder) {})
+		})
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 1, 11})
+			b.AddASN1NULL()
+		})
+		b.AddASN1BitString([]byte{1, 2, 3})
+	})
+	return b.BytesOrPanic()
+}
+
+// edgeRSAKey is an RSAPublicKey, with extra bytes after it when given.
+func edgeRSAKey(n *big.Int, e int64, extra []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1BigInt(n)
+		b.AddASN1Int64(e)
+	})
+	return append(b.BytesOrPanic(), extra...)
 }
 
 func edgeExtReq(exts ...[]byte) []byte {
