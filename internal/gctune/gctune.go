@@ -11,6 +11,11 @@
 // GOGC by: the live heap plus the goroutine stacks and globals it scans.
 // Setting GOGC in the environment leaves the collector as the operator
 // set it.
+//
+// In a container with a memory limit (and no GOMEMLIMIT set), the
+// collector is also given a soft limit of nine tenths of it, so that the
+// headroom never costs an out-of-memory kill: near the limit Go collects
+// as often as it must.
 package gctune
 
 import (
@@ -18,6 +23,8 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/metrics"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -42,12 +49,33 @@ func Percent(base uint64) int {
 }
 
 var (
-	mu      sync.Mutex
-	users   int
-	stop    chan struct{}
-	done    chan struct{}
-	initial int
+	mu          sync.Mutex
+	users       int
+	stop        chan struct{}
+	done        chan struct{}
+	initial     int
+	initialSoft int64 = -1 // the memory limit before Start set one; -1: none set
+
+	// readFile reads the cgroup files (tests replace it).
+	readFile = os.ReadFile
 )
+
+// containerLimit is the memory limit of this process's cgroup (v2
+// memory.max, else v1 memory.limit_in_bytes); ok is false without one.
+func containerLimit() (limit uint64, ok bool) {
+	for _, p := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		b, err := readFile(p)
+		if err != nil {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil || n == 0 || n >= 1<<62 { // "max", or v1's "unlimited" (nearly 2^63)
+			return 0, false
+		}
+		return n, true
+	}
+	return 0, false
+}
 
 // Start paces the collector until ctx is done (or, with several callers
 // in one process, until the last one's is); then GOGC is restored. It
@@ -61,6 +89,9 @@ func Start(ctx context.Context) {
 	users++
 	if users == 1 {
 		stop, done = make(chan struct{}), make(chan struct{})
+		if limit, ok := containerLimit(); ok && os.Getenv("GOMEMLIMIT") == "" {
+			initialSoft = debug.SetMemoryLimit(int64(limit - limit/10))
+		}
 		p := Percent(base())
 		initial = debug.SetGCPercent(p)
 		go loop(stop, done, p)
@@ -74,6 +105,10 @@ func Start(ctx context.Context) {
 			close(stop)
 			<-done
 			debug.SetGCPercent(initial)
+			if initialSoft >= 0 {
+				debug.SetMemoryLimit(initialSoft)
+				initialSoft = -1
+			}
 		}
 	}()
 }
