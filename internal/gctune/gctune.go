@@ -78,8 +78,8 @@ func containerLimit() (limit uint64, ok bool) {
 }
 
 // Start paces the collector until ctx is done (or, with several callers
-// in one process, until the last one's is); then GOGC is restored. It
-// does nothing when the environment sets GOGC.
+// in one process, until the last one's is); then GOGC and the memory
+// limit are restored. It does nothing when the environment sets GOGC.
 func Start(ctx context.Context) {
 	if os.Getenv("GOGC") != "" { // empty is Go's default, as unset
 		return
