@@ -19,16 +19,6 @@ import (
 // syncBuffer is the shared concurrent-safe buffer.
 type syncBuffer = testkit.Buffer
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // run runs a command to completion.
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -41,7 +31,7 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // port accepts connections. The returned stop function waits for exit.
 func serve(t *testing.T, dataDir string, extra ...string) (addr string, stop func() int) {
 	t.Helper()
-	return serveAt(t, dataDir, freeAddr(t), extra...)
+	return serveAt(t, dataDir, testkit.FreeAddr(t), extra...)
 }
 
 // serveAt is serve on a given address (to restart a CA where it was).
@@ -140,7 +130,7 @@ func TestTruncatedKeyStopsServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadDir(dir)
-	code, _, stderr := run(t, "serve", "--data-dir", dir, "--listen", freeAddr(t), "--http-listen", "")
+	code, _, stderr := run(t, "serve", "--data-dir", dir, "--listen", testkit.FreeAddr(t), "--http-listen", "")
 	if code != 1 {
 		t.Fatalf("exit code %d, want 1", code)
 	}
@@ -235,7 +225,7 @@ func TestPluggedInCA(t *testing.T) {
 	f.CAKey = of.CAKey
 	bad := filepath.Join(dir, "bad")
 	writePluggedIn(t, bad, f)
-	code, _, stderr = run(t, "serve", "--data-dir", data, "--plugged-in-dir", bad, "--listen", freeAddr(t), "--http-listen", "")
+	code, _, stderr = run(t, "serve", "--data-dir", data, "--plugged-in-dir", bad, "--listen", testkit.FreeAddr(t), "--http-listen", "")
 	if code != 1 || !strings.Contains(stderr, "plugged-in CA in "+bad+": ca: ca-key.pem does not match the public key in ca-cert.pem") {
 		t.Fatalf("bad plugged-in CA: %d %s", code, stderr)
 	}
@@ -256,7 +246,7 @@ func TestLostFilesAreNotSilentlyReplaced(t *testing.T) {
 	for _, n := range []string{"ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"} {
 		os.Remove(filepath.Join(data, n))
 	}
-	code, _, stderr := run(t, "serve", "--data-dir", data, "--listen", freeAddr(t), "--http-listen", "")
+	code, _, stderr := run(t, "serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", "")
 	if code != 1 || !strings.Contains(stderr, "the CA files are gone, but this directory held the root with SHA-256") || !strings.Contains(stderr, "--allow-new-root") {
 		t.Fatalf("lost CA files: %d %s", code, stderr)
 	}
@@ -269,7 +259,7 @@ func TestLostFilesAreNotSilentlyReplaced(t *testing.T) {
 	stop()
 
 	os.Remove(filepath.Join(data, "token-key.pem"))
-	code, _, stderr = run(t, "serve", "--data-dir", data, "--listen", freeAddr(t), "--http-listen", "")
+	code, _, stderr = run(t, "serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", "")
 	if code != 1 || !strings.Contains(stderr, "token-key.pem is gone, but this directory held a token key") || !strings.Contains(stderr, "--allow-new-token-key") {
 		t.Fatalf("lost token key: %d %s", code, stderr)
 	}

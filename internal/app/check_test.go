@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -18,7 +20,7 @@ import (
 // VirtualService to an unknown host and a selector matching nothing make
 // it fail (exit 1, JSON for scripts); a proxy that does not ACK is named.
 func TestCheckStandalone(t *testing.T) {
-	httpAddr := freeAddr(t)
+	httpAddr := testkit.FreeAddr(t)
 	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr}, "default/sleep")
 	code, out, stderr := run(t, "check", "--data-dir", m.data, "--config-dir", m.mesh, "--server", httpAddr, "--kubernetes=false")
 	if code != 0 || !strings.Contains(out, "0 errors") || !strings.Contains(out, "chains to the trust bundle") || !strings.Contains(out, "proxies connected, all ACKed") {

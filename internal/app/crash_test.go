@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	"github.com/wardenmesh/warden/internal/app"
 )
 
@@ -44,7 +46,7 @@ func TestKillDuringFirstStart(t *testing.T) {
 	for i := 0; i < runs; i++ {
 		data := filepath.Join(t.TempDir(), "data")
 		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+strings.Join([]string{"serve", "--data-dir", data, "--listen", freeAddr(t), "--http-listen", ""}, "\x1f"))
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+strings.Join([]string{"serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", ""}, "\x1f"))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

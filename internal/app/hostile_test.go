@@ -10,13 +10,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // serveProcess runs 'warden serve' in a child process (so that its memory
 // and CPU are its own) and waits until it is ready.
 func serveProcess(t *testing.T, data string, extra ...string) (addr, httpAddr string) {
 	t.Helper()
-	addr, httpAddr = freeAddr(t), freeAddr(t)
+	addr, httpAddr = testkit.FreeAddr(t), testkit.FreeAddr(t)
 	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr}, extra...)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+strings.Join(args, "\x1f"))

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // Istio's own agent against warden serve: hack/istioagent.sh builds
@@ -101,7 +103,7 @@ func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa stri
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(a.dir, "var", "run", "secrets", "tokens", "istio-token"), tok, 0o600)
-	_, status, _ := net.SplitHostPort(freeAddr(t))
+	_, status, _ := net.SplitHostPort(testkit.FreeAddr(t))
 	root := filepath.Join(m.data, "root-cert.pem")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pilot-agent"), "proxy", "sidecar", "--domain", "default.svc.cluster.local")
@@ -112,18 +114,7 @@ func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa stri
 		"POD_NAME=" + name, "POD_NAMESPACE=default", "INSTANCE_IP=" + ip, "SERVICE_ACCOUNT=" + sa,
 		"DISABLE_ENVOY=true", "GRPC_XDS_BOOTSTRAP=./etc/istio/proxy/grpc-bootstrap.json", "OUTPUT_CERTS=" + a.certs,
 		"ISTIO_META_GENERATOR=grpc"}
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("pilot-agent %s:\n%s", name, tail(logs.String(), 30))
-		}
-	})
+	startLogged(t, cmd, cancel, "pilot-agent "+name)
 	written := filepath.Join(a.dir, "etc", "istio", "proxy", "grpc-bootstrap.json")
 	for _, f := range []string{written, filepath.Join(a.certs, "cert-chain.pem"), filepath.Join(a.certs, "root-cert.pem")} {
 		waitFile(t, f)
@@ -161,6 +152,30 @@ func eventuallyCalls(t *testing.T, check func() error) {
 	}
 }
 
+// startLogged starts cmd (made with a context cancel ends), keeping what
+// it writes (stderr, and stdout unless already taken); the process is
+// ended when the test is, and the end of its output logged if it failed.
+func startLogged(t *testing.T, cmd *exec.Cmd, cancel context.CancelFunc, what string) *syncBuffer {
+	t.Helper()
+	logs := &syncBuffer{}
+	if cmd.Stdout == nil {
+		cmd.Stdout = logs
+	}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("%s:\n%s", what, tail(logs.String(), 30))
+		}
+	})
+	return logs
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
@@ -181,18 +196,7 @@ func startProbeServer(t *testing.T, bin string, a *istioAgent, listen, version s
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("grpc server %s:\n%s", version, tail(logs.String(), 20))
-		}
-	})
+	logs := startLogged(t, cmd, cancel, "grpc server "+version)
 	serving := make(chan struct{})
 	go func() {
 		s := bufio.NewScanner(out)

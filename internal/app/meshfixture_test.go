@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // meshFixture is warden serve on a copy of docs/examples/flaskapp (the
@@ -29,7 +31,7 @@ func startMeshWith(t *testing.T, files []string, extra map[string]string, serveF
 	t.Helper()
 	m := &meshFixture{dir: t.TempDir(), certs: map[string]string{}}
 	m.data, m.mesh = filepath.Join(m.dir, "data"), filepath.Join(m.dir, "mesh")
-	_, m.port, _ = net.SplitHostPort(freeAddr(t))
+	_, m.port, _ = net.SplitHostPort(testkit.FreeAddr(t))
 	os.MkdirAll(m.mesh, 0o755)
 	if files == nil {
 		paths, _ := filepath.Glob("../../docs/examples/flaskapp/*.yaml")

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	"google.golang.org/protobuf/types/known/structpb"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -94,24 +96,29 @@ func openADS(t *testing.T, addr string, pool *x509.CertPool, tok string) (discov
 func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) context.CancelFunc {
 	t.Helper()
 	ads, cancel := openADS(t, addr, pool, tok)
-	var err error
-	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local",
-		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"ISTIO_VERSION": structpb.NewStringValue("1.24.2")}}}
+	node := &corev3.Node{Id: "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"}
 	for _, typ := range []string{resource.ListenerType, resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
-		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
-			t.Fatal(err)
-		}
-		var resp *discovery.DiscoveryResponse
-		for resp == nil || resp.TypeUrl != typ {
-			if resp, err = ads.Recv(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		subscribeAndACK(t, ads, node, typ)
+	}
+	return cancel
+}
+
+// subscribeAndACK asks for typ on the stream and ACKs the response.
+func subscribeAndACK(t *testing.T, ads discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient, node *corev3.Node, typ string) {
+	t.Helper()
+	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
+		t.Fatal(err)
+	}
+	var resp *discovery.DiscoveryResponse
+	for resp == nil || resp.TypeUrl != typ {
+		var err error
+		if resp, err = ads.Recv(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return cancel
+	if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestServeMetrics: /metrics carries Istio's CA and xDS metrics and
@@ -120,7 +127,7 @@ func adsProxy(t *testing.T, addr string, pool *x509.CertPool, tok string) contex
 // by its reason; a proxy's pushes, convergence and NACKs are counted;
 // the expiry gauges are the root's.
 func TestServeMetrics(t *testing.T) {
-	httpAddr := freeAddr(t)
+	httpAddr := testkit.FreeAddr(t)
 	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr}, "default/sleep")
 	metricsURL := "http://" + httpAddr + "/metrics"
 	before := scrape(t, metricsURL)
@@ -247,18 +254,7 @@ func TestServeMetrics(t *testing.T) {
 	}
 	// ACK every other type: the proxy has converged.
 	for _, typ := range []string{resource.ClusterType, resource.EndpointType, resource.RouteType, resource.SecretType} {
-		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ}); err != nil {
-			t.Fatal(err)
-		}
-		var resp *discovery.DiscoveryResponse
-		for resp == nil || resp.TypeUrl != typ {
-			if resp, err = ads.Recv(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := ads.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typ, VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce}); err != nil {
-			t.Fatal(err)
-		}
+		subscribeAndACK(t, ads, node, typ)
 	}
 	deadline = time.Now().Add(10 * time.Second)
 	for delta("pilot_proxy_convergence_time_count") != 1 {
@@ -298,7 +294,7 @@ func TestAgentMetrics(t *testing.T) {
 	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
 	tokFile := filepath.Join(dir, "token")
 	os.WriteFile(tokFile, []byte(tok), 0o600)
-	sdsSock, out, metricsAddr := filepath.Join(dir, "sds.sock"), filepath.Join(dir, "out"), freeAddr(t)
+	sdsSock, out, metricsAddr := filepath.Join(dir, "sds.sock"), filepath.Join(dir, "out"), testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs syncBuffer
 	done := make(chan int, 1)

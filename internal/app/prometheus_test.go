@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	"sigs.k8s.io/yaml"
 )
 
@@ -64,7 +66,28 @@ func promQuery(t *testing.T, addr, q string) (int, error) {
 // not fire.
 func signals(expr string) []string {
 	var parts []string
-	depth, start := 0, 0
+	start := 0
+	topLevel(expr, []string{" and ", " or ", " unless "}, func(i int, op string) {
+		parts = append(parts, expr[start:i])
+		start = i + len(op)
+	})
+	parts = append(parts, expr[start:])
+	var out []string
+	for _, p := range parts {
+		cut := -1
+		topLevel(p, []string{" > ", " < ", " >= ", " <= ", " == ", " != "}, func(i int, _ string) { cut = i })
+		if cut >= 0 {
+			p = p[:cut]
+		}
+		out = append(out, strings.TrimSpace(p))
+	}
+	return out
+}
+
+// topLevel calls found for each of ops occurring in expr outside any
+// brackets, at its index.
+func topLevel(expr string, ops []string, found func(i int, op string)) {
+	depth := 0
 	for i := 0; i < len(expr); i++ {
 		switch expr[i] {
 		case '(', '[', '{':
@@ -73,41 +96,14 @@ func signals(expr string) []string {
 			depth--
 		case ' ':
 			if depth == 0 {
-				for _, op := range []string{" and ", " or ", " unless "} {
+				for _, op := range ops {
 					if strings.HasPrefix(expr[i:], op) {
-						parts = append(parts, expr[start:i])
-						start = i + len(op)
+						found(i, op)
 					}
 				}
 			}
 		}
 	}
-	parts = append(parts, expr[start:])
-	var out []string
-	for _, p := range parts {
-		depth, cut := 0, -1
-		for i := 0; i < len(p); i++ {
-			switch p[i] {
-			case '(', '[', '{':
-				depth++
-			case ')', ']', '}':
-				depth--
-			case ' ':
-				if depth == 0 {
-					for _, op := range []string{" > ", " < ", " >= ", " <= ", " == ", " != "} {
-						if strings.HasPrefix(p[i:], op) {
-							cut = i
-						}
-					}
-				}
-			}
-		}
-		if cut >= 0 {
-			p = p[:cut]
-		}
-		out = append(out, strings.TrimSpace(p))
-	}
-	return out
 }
 
 // TestDashboardAndAlerts: promtool accepts the rules; Prometheus scrapes
@@ -122,9 +118,9 @@ func TestDashboardAndAlerts(t *testing.T) {
 		t.Fatalf("promtool check rules: %v\n%s", err, out)
 	}
 
-	httpAddr := freeAddr(t)
+	httpAddr := testkit.FreeAddr(t)
 	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr, "--root-ttl", "480h", "--auto-rotate-root", "0"}, "default/sleep")
-	promAddr := freeAddr(t)
+	promAddr := testkit.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
@@ -136,18 +132,7 @@ scrape_configs:
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "prometheus"), "--config.file", filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path", filepath.Join(dir, "data"), "--web.listen-address", promAddr)
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("prometheus:\n%s", tail(logs.String(), 20))
-		}
-	})
+	startLogged(t, cmd, cancel, "prometheus")
 	eventuallyCalls(t, func() error {
 		n, err := promQuery(t, promAddr, `up{job="warden"} == 1`)
 		if err == nil && n == 0 {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -81,7 +83,7 @@ func TestServeVaultUpstream(t *testing.T) {
 	v, dir := vaultSetup(t, "approle")
 	data := filepath.Join(t.TempDir(), "data")
 	vaultRoot := filepath.Join(dir, "vault-root.pem")
-	httpAddr := freeAddr(t)
+	httpAddr := testkit.FreeAddr(t)
 	addr, logs := serveVault(t, data, httpAddr, approleFlags(v, dir))
 	for _, want := range []string{`msg="logged in to Vault"`, `source="intermediate signed by Vault at ` + v.Addr + ` (PKI mount pki)"`} {
 		if !strings.Contains(logs.String(), want) {
@@ -150,7 +152,7 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 	base := []string{"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert}
 	secretFile := filepath.Join(dir, "warden-secret-id")
 	approle := []string{"--vault-auth", "approle", "--vault-approle-role-id", strings.TrimSpace(readFile(t, filepath.Join(dir, "warden-role-id"))), "--vault-approle-secret-id-file", secretFile}
-	closed := freeAddr(t)
+	closed := testkit.FreeAddr(t)
 	plainAddr := strings.Replace(v.Addr, "https://", "http://", 1)
 	// The operator mistakes of issue #20, each with the message it gets.
 	for _, tc := range []struct {
@@ -182,7 +184,7 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 		{"no address", []string{"--vault-addr", ""}, "warden serve: usage: --ca-upstream vault needs --vault-addr (or VAULT_ADDR)\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			addr := freeAddr(t)
+			addr := testkit.FreeAddr(t)
 			args := append([]string{"serve", "--data-dir", t.TempDir(), "--listen", addr, "--http-listen", ""}, base...)
 			code, _, stderr := run(t, append(args, tc.flags...)...)
 			if code == 0 || !strings.HasSuffix(stderr, tc.want) {
@@ -210,7 +212,7 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 func serveVault(t *testing.T, data, httpAddr string, vaultArgs []string) (string, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
@@ -368,7 +370,7 @@ func TestServeVaultRefusesSelfSignedDataDir(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snapshot(t, tc.data)
-			args := append([]string{"serve", "--data-dir", tc.data, "--listen", freeAddr(t), "--http-listen", ""}, approleFlags(v, dir)...)
+			args := append([]string{"serve", "--data-dir", tc.data, "--listen", testkit.FreeAddr(t), "--http-listen", ""}, approleFlags(v, dir)...)
 			// A deadline, so that a warden that does not refuse fails the
 			// test instead of serving until the test binary times out.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

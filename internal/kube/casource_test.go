@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -150,9 +152,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 	}
 	start := func() (string, *exec.Cmd) {
 		t.Helper()
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
-		addr := l.Addr().String()
-		l.Close()
+		addr := testkit.FreeAddr(t)
 		cmd := exec.Command(os.Args[0])
 		cmd.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{"serve", "--kubernetes", "--kubeconfig", kubeconfig,
 			"--namespace", ns, "--listen", addr, "--http-listen", "", "--replica-id", "crash"}, "\x1f"))

@@ -42,9 +42,7 @@ func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
 // early (as a rolled pod would go).
 func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, *lockedBuffer, func()) {
 	t.Helper()
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
+	addr := testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &lockedBuffer{}
 	done := make(chan int, 1)
@@ -79,9 +77,7 @@ func TestServeKubernetesMode(t *testing.T) {
 	ns := newNamespace(t, "warden")
 	app1 := newNamespace(t, "app")
 	newSA(t, app1, "sleep")
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	httpAddr := l.Addr().String()
-	l.Close()
+	httpAddr := testkit.FreeAddr(t)
 	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
 	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {

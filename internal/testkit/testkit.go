@@ -1,11 +1,12 @@
 // Package testkit holds what warden's tests share: a log buffer safe for
-// concurrent writers, and the golden-file comparison of the compilers'
+// concurrent writers, a free loopback address, and the golden-file comparison of the compilers'
 // tests (refreshed with go test -update, reviewed as a diff).
 package testkit
 
 import (
 	"bytes"
 	"flag"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -51,4 +52,16 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// FreeAddr is a loopback address with a port free at the time of the
+// call, for a server the test starts.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

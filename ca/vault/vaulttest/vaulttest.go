@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -93,12 +92,7 @@ func Binary(t testing.TB) string {
 // Start runs a fresh Vault; it is killed when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := l.Addr().String()
-	l.Close()
+	listen := testkit.FreeAddr(t)
 	s := &Server{t: t, listen: listen, Dir: t.TempDir()}
 	s.start()
 	t.Cleanup(func() { s.Stop() })
