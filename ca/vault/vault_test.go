@@ -349,14 +349,7 @@ func TestTokenRenewalAndRelogin(t *testing.T) {
 	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: filepath.Join(dir, "warden-secret-id")})
 	cfg.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 500*time.Millisecond
-	up, err := vault.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- up.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	up := runUpstream(t, cfg)
 	wait := func(what string, n int) {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second)
@@ -371,7 +364,7 @@ func TestTokenRenewalAndRelogin(t *testing.T) {
 	wait(`msg="Vault token renewal stopped; logging in again" auth="approle auth at auth/approle" error="token reached its maximum TTL"`, 1)
 	wait(`msg="logged in to Vault"`, 2)
 	time.Sleep(time.Second) // the first token has expired by now
-	if _, err := up.SignIntermediate(ctx, csrRequest(t)); err != nil {
+	if _, err := up.SignIntermediate(t.Context(), csrRequest(t)); err != nil {
 		t.Fatalf("signing with the renewed login: %v\n%s", err, logs.String())
 	}
 	v.Stop()
@@ -379,7 +372,7 @@ func TestTokenRenewalAndRelogin(t *testing.T) {
 	logins := strings.Count(logs.String(), `msg="logged in to Vault"`)
 	v.Restart()
 	wait(`msg="logged in to Vault"`, logins+1)
-	if _, err := up.SignIntermediate(ctx, csrRequest(t)); err != nil {
+	if _, err := up.SignIntermediate(t.Context(), csrRequest(t)); err != nil {
 		t.Fatalf("signing after Vault's restart: %v\n%s", err, logs.String())
 	}
 }
@@ -407,14 +400,7 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: secretFile})
 	cfg.Log = slog.New(slog.NewTextHandler(logs, nil))
 	cfg.CredentialRetry = 9 * time.Second // 5 minutes by default
-	up, err := vault.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- up.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	up := runUpstream(t, cfg)
 
 	waitLog := func(want string, within time.Duration) {
 		t.Helper()
@@ -432,7 +418,7 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 	// Once the last token has expired, a signing attempt does not log in
 	// with the refused secret ID either.
 	time.Sleep(3 * time.Second)
-	_, err = up.SignIntermediate(context.Background(), csrRequest(t))
+	_, err := up.SignIntermediate(context.Background(), csrRequest(t))
 	if err == nil || !strings.Contains(err.Error(), "not logging in again with the credentials Vault refused") {
 		t.Fatalf("SignIntermediate with refused credentials: %v", err)
 	}
@@ -476,4 +462,19 @@ func TestExpiredSecretIDNoLockout(t *testing.T) {
 		t.Fatalf("signing after the new secret ID: %v", err)
 	}
 	t.Logf("%d login attempts in all", up.Logins())
+}
+
+// runUpstream makes an Upstream of cfg and runs it (its renewals) until
+// the test ends.
+func runUpstream(t *testing.T, cfg vault.Config) *vault.Upstream {
+	t.Helper()
+	up, err := vault.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- up.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return up
 }
