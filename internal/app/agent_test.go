@@ -119,9 +119,7 @@ func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	addr, stopCA := serve(t, data)
-	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte(tok), 0o600)
+	tokFile := sleepTokenFile(t, dir, data)
 
 	sdsSock, wSock, out := filepath.Join(dir, "run", "sds.sock"), filepath.Join(dir, "run", "workload.sock"), filepath.Join(dir, "out")
 	// A stale socket from a crashed agent is cleaned up.
@@ -230,10 +228,8 @@ func TestAgentStartsBeforeCA(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	addr, stopCA := serve(t, data) // creates the data directory and its root
-	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	tokFile := sleepTokenFile(t, dir, data)
 	stopCA()
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte(tok), 0o600)
 	sdsSock := filepath.Join(dir, "sds.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs syncBuffer

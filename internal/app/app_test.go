@@ -19,6 +19,21 @@ import (
 // syncBuffer is the shared concurrent-safe buffer.
 type syncBuffer = testkit.Buffer
 
+// sleepTokenFile mints a token for default/sleep from the data directory
+// and writes it to dir/token (0600), as an agent's token file.
+func sleepTokenFile(t *testing.T, dir, data string) string {
+	t.Helper()
+	code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
+	if code != 0 {
+		t.Fatalf("token: %d %s", code, stderr)
+	}
+	p := filepath.Join(dir, "token")
+	if err := os.WriteFile(p, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // run runs a command to completion.
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
@@ -76,12 +91,7 @@ func TestStandaloneFlowAndRestartKeepsRoot(t *testing.T) {
 	data := filepath.Join(dir, "data")
 	addr, stop := serve(t, data)
 
-	code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
-	if code != 0 {
-		t.Fatalf("token: %d %s", code, stderr)
-	}
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte(tok), 0o600)
+	tokFile := sleepTokenFile(t, dir, data)
 	out := filepath.Join(dir, "out")
 	code, stdout, stderr := run(t, "cert", "request", "--ca", addr, "--data-dir", data, "--token-file", tokFile, "--out", out)
 	if code != 0 || !strings.HasPrefix(stdout, "spiffe://cluster.local/ns/default/sa/sleep\n") {

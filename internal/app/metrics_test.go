@@ -291,9 +291,7 @@ func TestAgentMetrics(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	addr, _ := serve(t, data)
-	_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", "sleep")
-	tokFile := filepath.Join(dir, "token")
-	os.WriteFile(tokFile, []byte(tok), 0o600)
+	tokFile := sleepTokenFile(t, dir, data)
 	sdsSock, out, metricsAddr := filepath.Join(dir, "sds.sock"), filepath.Join(dir, "out"), testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs syncBuffer
