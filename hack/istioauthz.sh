@@ -24,7 +24,12 @@ golden=$dir/istio-golden
 if [ ! -x "$bin" ] || [ ! -d "$golden" ]; then
   mkdir -p "$dir"
   if [ ! -d "$golden" ]; then
-    src=$(go list -m -f '{{.Dir}}' istio.io/istio)/pilot/pkg/security/authz/builder/testdata
+    # go list -m names the folder only once the module is downloaded (a
+    # fresh machine's module cache is empty).
+    go mod download istio.io/istio
+    mod=$(go list -m -f '{{.Dir}}' istio.io/istio)
+    if [ -z "$mod" ]; then echo "istioauthz: istio.io/istio $version is not in the module cache" >&2; exit 1; fi
+    src=$mod/pilot/pkg/security/authz/builder/testdata
     echo "istioauthz: copying Istio's builder golden inputs from $src" >&2
     # Private temporary names, then mv: two runs at once must not see or
     # move each other's half-done output.

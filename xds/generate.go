@@ -13,6 +13,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -141,9 +142,47 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 				out.Listeners = append(out.Listeners, l)
 			}
 		}
+		out.Listeners = append(out.Listeners, virtualOutbound())
+		out.Clusters = append(out.Clusters, blackHoleCluster())
 	}
 	out.Reports = g.reports
 	return out, out.Validate()
+}
+
+// virtualOutbound is the listener iptables redirects a sidecar's outbound
+// connections to, as Istio builds it for REDIRECT interception:
+// use_original_dst hands a connection to the port listener (bound to no
+// socket) of the address it was headed for, where the filter chains match
+// that address; what no listener claims goes to the BlackHoleCluster
+// (warden serves only registered destinations: Istio's REGISTRY_ONLY).
+// The first chain stops a connection addressed to 15001 itself from
+// looping.
+func virtualOutbound() *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:             OutboundListener,
+		Address:          socketAddress("0.0.0.0", OutboundPort),
+		UseOriginalDst:   wrapperspb.Bool(true),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		FilterChains: []*listenerv3.FilterChain{
+			{
+				Name:             "virtualOutbound-blackhole",
+				FilterChainMatch: &listenerv3.FilterChainMatch{DestinationPort: wrapperspb.UInt32(OutboundPort)},
+				Filters:          []*listenerv3.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)},
+			},
+			{
+				Name:    "virtualOutbound-catchall-tcp",
+				Filters: []*listenerv3.Filter{tcpProxy(BlackHoleCluster, BlackHoleCluster)},
+			},
+		},
+	}
+}
+
+func blackHoleCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 BlackHoleCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationOf(10),
+	}
 }
 
 // visibleService is a service and the ports of it a proxy sees.
@@ -238,7 +277,12 @@ func destinations(v *api.VirtualService) []string {
 // claims the port; otherwise it is reported, never silently dropped.
 func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listener, *routev3.RouteConfiguration) {
 	name := fmt.Sprintf("0.0.0.0_%d", port)
-	l := &listenerv3.Listener{Name: name, Address: socketAddress("0.0.0.0", port), TrafficDirection: corev3.TrafficDirection_OUTBOUND}
+	// Not bound: iptables sends the connection to virtualOutbound, which
+	// hands it here with its original destination as the local address
+	// (the port may be an application's own, and the prefix ranges below
+	// need that address).
+	l := &listenerv3.Listener{Name: name, Address: socketAddress("0.0.0.0", port), TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		BindToPort: wrapperspb.Bool(false)}
 	var http, wildcard []*Service
 	for _, s := range svcs {
 		p := portOf(s, port)
@@ -358,6 +402,11 @@ func rdsHCM(prefix, route string) *hcmv3.HttpConnectionManager {
 	}
 }
 
+func originalDst() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{Name: "envoy.filters.listener.original_dst",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: typed(&originaldstv3.OriginalDst{})}}
+}
+
 func tcpProxy(prefix, cluster string) *listenerv3.Filter {
 	return &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpv3.TcpProxy{
 		StatPrefix: prefix, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster}})}}
@@ -405,8 +454,10 @@ func (m *Mesh) Inbound(w *Workload) (*Config, error) {
 			LoadAssignment:       staticAssignment(InboundCluster(p.Number), "127.0.0.1", p.Number),
 		})
 	}
+	// original_dst first, as in Istio: the filter chains match the port the
+	// connection was headed for, not 15006, where iptables redirected it.
 	lis := &listenerv3.Listener{Name: InboundListener, Address: socketAddress("0.0.0.0", InboundPort), TrafficDirection: corev3.TrafficDirection_INBOUND,
-		ListenerFilters: an.ListenerFilters}
+		ListenerFilters: append([]*listenerv3.ListenerFilter{originalDst()}, an.ListenerFilters...)}
 	for _, fc := range an.FilterChains {
 		fc = proto.Clone(fc).(*listenerv3.FilterChain)
 		port := fc.GetFilterChainMatch().GetDestinationPort().GetValue()

@@ -30,6 +30,14 @@ const (
 	DefaultCertProvider = "default" // grpc bootstrap certificate_providers key
 	InboundListener     = "virtualInbound"
 	InboundPort         = 15006
+	// OutboundListener is where iptables sends an Envoy sidecar's
+	// outbound connections (Istio's virtualOutbound on 15001): it hands
+	// each to the port listener of its original destination.
+	OutboundListener = "virtualOutbound"
+	OutboundPort     = 15001
+	// BlackHoleCluster has no endpoints: traffic to a destination no
+	// listener claims ends there (Istio's REGISTRY_ONLY).
+	BlackHoleCluster = "BlackHoleCluster"
 	ServerListenerName  = "grpc/server?xds.resource.listening_address="
 	// IstioServerListenerName is the same, as Istio's agent writes it in
 	// the bootstrap (server_listener_resource_name_template) and istiod
