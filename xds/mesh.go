@@ -37,8 +37,8 @@ const (
 	OutboundPort     = 15001
 	// BlackHoleCluster has no endpoints: traffic to a destination no
 	// listener claims ends there (Istio's REGISTRY_ONLY).
-	BlackHoleCluster = "BlackHoleCluster"
-	ServerListenerName  = "grpc/server?xds.resource.listening_address="
+	BlackHoleCluster   = "BlackHoleCluster"
+	ServerListenerName = "grpc/server?xds.resource.listening_address="
 	// IstioServerListenerName is the same, as Istio's agent writes it in
 	// the bootstrap (server_listener_resource_name_template) and istiod
 	// serves it. warden serves both.
