@@ -66,7 +66,7 @@ type Config struct {
 // Server serves per-proxy configuration over ADS.
 type Server struct {
 	cfg   Config
-	cache cachev3.SnapshotCache
+	cache *sotwCache
 	xds   xdsserver.Server
 
 	mu       sync.Mutex
@@ -105,6 +105,7 @@ type update struct {
 type part struct {
 	cfg    *xds.Config
 	index  [4]map[string]types.ResourceWithTTL // name -> *marshaled; read-only
+	lists  [4]*typeList                        // the same, in order, as Anys (SotW answers)
 	hashes [4]string
 }
 
@@ -136,12 +137,19 @@ type proxyState struct {
 	secrets  []types.Resource
 	versions map[string]string
 	reports  []string
+	built    *built // the configuration last set
+	seq      uint64 // counts builds set, so a slower push never replaces a newer one
+	delta    bool   // a delta stream is open: the snapshot cache serves it
 }
 
 type streamState struct {
 	id   spiffeid.ID
 	node string
 	sent map[string]string // type -> last version sent (SotW NACK handling)
+	// SotW: per type, the nonce last sent, and the print (namesPrint) of
+	// the names last asked for and of those the last answer was for.
+	nonce           map[string]string
+	asked, answered map[string]uint64
 	// Secrets: the delta nonce last sent with its version, and the
 	// fingerprints of the ROOTCA roots last ACKed.
 	secretNonce, secretVersion string
@@ -174,7 +182,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	// Not in "ADS mode": that holds a response until the request names every
 	// resource of the type, which proxyless gRPC clients (asking for the
 	// listeners they dial) never do.
-	s.cache = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	s.cache = newSOTWCache(cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil))
 	s.xds = xdsserver.NewServer(ctx, s.cache, s.callbacks())
 	return s, nil
 }
@@ -326,7 +334,8 @@ func newPart(c *xds.Config) (*part, error) {
 		// The hash is hashResources's, from the same encoding.
 		h := sha256.New()
 		p.index[i] = make(map[string]types.ResourceWithTTL, len(set))
-		for _, r := range set {
+		set = slices.Clone(set) // the encoded resources, for the lists
+		for j, r := range set {
 			m, err := marshal(r)
 			if err != nil {
 				return nil, fmt.Errorf("xds: encode %s: %w", xds.ResourceName(r), err)
@@ -335,8 +344,13 @@ func newPart(c *xds.Config) (*part, error) {
 			h.Write([]byte{0})
 			// Later resources of a name win, as in cachev3.NewResources.
 			p.index[i][m.name] = types.ResourceWithTTL{Resource: m}
+			set[j] = m
 		}
 		p.hashes[i] = hex.EncodeToString(h.Sum(nil)[:8])
+		var err error
+		if p.lists[i], err = newTypeList(typeOrder[i], set); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
 }
@@ -391,8 +405,31 @@ func (s *Server) outboundFor(mesh *xds.Mesh, sc xds.Scope) (*part, error) {
 	return o.part, o.err
 }
 
-// Snapshot builds the configuration a proxy gets (also for proxy-config).
-func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []string, error) {
+// built is the configuration a proxy gets: its outbound part (shared
+// with its scope), its inbound part and its secrets, with each type's
+// version.
+type built struct {
+	out, in  *part
+	secrets  []types.Resource // with the gateway credentials
+	versions map[string]string
+	reports  []string
+	sets     map[string]*typeSet // for SotW streams (sotwCache)
+}
+
+// snapshot is b for go-control-plane's snapshot cache (delta streams).
+func (b *built) snapshot() *cachev3.Snapshot {
+	snap := &cachev3.Snapshot{}
+	for i, t := range typeOrder {
+		snap.Resources[cachev3.GetResponseType(t)] = resources(b.versions[t], b.out, b.in, i)
+	}
+	if v, ok := b.versions[resource.SecretType]; ok {
+		snap.Resources[cachev3.GetResponseType(resource.SecretType)] = cachev3.NewResources(v, b.secrets)
+	}
+	return snap
+}
+
+// build makes the configuration ps gets now.
+func (s *Server) build(ps *proxyState) (*built, error) {
 	s.mu.Lock()
 	mesh := s.mesh
 	in := ps.inbound
@@ -405,15 +442,15 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 	s.mu.Unlock()
 	out, err := s.outboundFor(mesh, mesh.ScopeOf(ps.proxy, w))
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if in == nil {
 		c, err := mesh.InboundFor(ps.proxy, w, servers)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 		if in, err = newPart(c); err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
 		s.mu.Lock()
 		if ps.workload == w {
@@ -421,24 +458,30 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 		}
 		s.mu.Unlock()
 	}
-	snap := &cachev3.Snapshot{}
-	versions := map[string]string{}
+	b := &built{out: out, in: in, versions: map[string]string{}, sets: map[string]*typeSet{}}
 	for i, t := range typeOrder {
 		v := out.hashes[i] + in.hashes[i][:6]
-		snap.Resources[cachev3.GetResponseType(t)] = resources(v, out, in, i)
-		versions[t] = v
+		b.versions[t] = v
+		set := &typeSet{version: v, lists: [2]*typeList{out.lists[i], in.lists[i]}}
+		for _, n := range in.lists[i].names {
+			if _, ok := out.index[i][n]; ok { // in wins, in out's place
+				set.lists = [2]*typeList{concat(out.lists[i], in.lists[i])}
+				break
+			}
+		}
+		b.sets[t] = set
 	}
-	reports := append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...)
+	b.reports = append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...)
 	if len(in.cfg.Credentials) > 0 {
 		secrets = slices.Clone(secrets)
 		for _, name := range in.cfg.Credentials {
 			if s.cfg.Credentials == nil {
-				reports = append(reports, fmt.Sprintf("gateway credential %s: not served (no credential source configured); its listener waits for it", name))
+				b.reports = append(b.reports, fmt.Sprintf("gateway credential %s: not served (no credential source configured); its listener waits for it", name))
 				continue
 			}
 			c, err := s.cfg.Credentials(ps.proxy.Namespace, name)
 			if err != nil {
-				reports = append(reports, err.Error()+"; its listener waits for it")
+				b.reports = append(b.reports, err.Error()+"; its listener waits for it")
 				continue
 			}
 			secrets = append(secrets, c)
@@ -446,11 +489,16 @@ func (s *Server) build(ps *proxyState) (*cachev3.Snapshot, map[string]string, []
 	}
 	if len(secrets) > 0 {
 		v := hashResources(secrets)
-		snap.Resources[cachev3.GetResponseType(resource.SecretType)] = cachev3.NewResources(v, secrets)
-		versions[resource.SecretType] = v
+		l, err := newTypeList(resource.SecretType, secrets)
+		if err != nil {
+			return nil, err
+		}
+		b.secrets = secrets
+		b.versions[resource.SecretType] = v
+		b.sets[resource.SecretType] = &typeSet{version: v, lists: [2]*typeList{l}}
 		s.rememberRoots(v, secrets)
 	}
-	return snap, versions, reports, nil
+	return b, nil
 }
 
 // CredentialsChanged rebuilds the configuration of every gateway proxy
@@ -471,13 +519,14 @@ func (s *Server) CredentialsChanged(ctx context.Context, ns string) {
 	}
 }
 
-// push sets ps's snapshot when any type's version changed.
+// push sets ps's configuration when any type's version changed.
 func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	start := time.Now()
-	snap, versions, reports, err := s.build(ps)
+	b, err := s.build(ps)
 	if err != nil {
 		return fmt.Errorf("xds: %s: %w", ps.proxy.ID, err)
 	}
+	versions, reports := b.versions, b.reports
 	s.mu.Lock()
 	same := reflect.DeepEqual(versions, ps.versions)
 	var changed []string
@@ -504,6 +553,12 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 			fresh = append(fresh, r)
 		}
 	}
+	var seq uint64
+	if !same {
+		ps.built = b
+		ps.seq++
+		seq = ps.seq
+	}
 	s.mu.Unlock()
 	// Conflicts and what the compilers could not express are logged once
 	// each, not on every push.
@@ -513,7 +568,7 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	if same {
 		return nil
 	}
-	if err := s.cache.SetSnapshot(ctx, ps.proxy.ID, snap); err != nil {
+	if err := s.set(ctx, ps, b, seq); err != nil {
 		return err
 	}
 	if o := s.cfg.Observer; o != nil {
@@ -523,6 +578,36 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 		}
 	}
 	return nil
+}
+
+// set hands b, the seq'th build of ps, to the caches, unless a later
+// build got there first or ps is gone: SotW streams always, the snapshot
+// cache once ps has a delta stream. Under the lock, so builds reach the
+// caches in order and never after the proxy left (closed).
+func (s *Server) set(ctx context.Context, ps *proxyState, b *built, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proxies[ps.proxy.ID] != ps || ps.seq != seq {
+		return nil
+	}
+	s.cache.Set(ps.proxy.ID, b.sets)
+	if !ps.delta {
+		return nil
+	}
+	return s.cache.SetSnapshot(ctx, ps.proxy.ID, b.snapshot())
+}
+
+// startDelta makes the snapshot cache serve ps from now on (its first
+// delta stream asks, before its watch is made).
+func (s *Server) startDelta(ctx context.Context, ps *proxyState) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ps.delta || ps.built == nil {
+		ps.delta = true
+		return nil
+	}
+	ps.delta = true
+	return s.cache.SetSnapshot(ctx, ps.proxy.ID, ps.built.snapshot())
 }
 
 // acked notes an ACK of typeURL (version: the SotW version; "" on a
@@ -742,7 +827,8 @@ func (s *Server) open(ctx context.Context, streamID int64) error {
 		return status.Error(codes.Unauthenticated, "xds: "+err.Error())
 	}
 	s.mu.Lock()
-	s.streams[streamID] = &streamState{id: id, sent: map[string]string{}}
+	s.streams[streamID] = &streamState{id: id, sent: map[string]string{}, nonce: map[string]string{},
+		asked: map[string]uint64{}, answered: map[string]uint64{}}
 	s.mu.Unlock()
 	return nil
 }
@@ -760,9 +846,11 @@ func (s *Server) closed(streamID int64) {
 			}
 		}
 	}
-	s.mu.Unlock()
 	if drop != nil {
 		s.cache.ClearSnapshot(drop.proxy.ID)
+	}
+	s.mu.Unlock()
+	if drop != nil {
 		if s.cfg.Observer != nil {
 			s.cfg.Observer.ProxiesChanged(drop.proxy.IstioVersion, -1)
 		}
@@ -858,6 +946,11 @@ func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node
 	if err != nil {
 		return err
 	}
+	if delta {
+		if err := s.startDelta(ctx, ps); err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+	}
 	if *node == nil {
 		*node = &corev3.Node{Id: ps.proxy.ID}
 	}
@@ -897,6 +990,48 @@ func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node
 	return nil
 }
 
+// sotwRequest keeps what sotwCache needs of a SotW request, before it
+// makes the watch. A request whose names the stream has not been
+// answered for (a new stream, or a changed subscription) gets its
+// version cleared, so the cache answers it now rather than at the next
+// change. Names the proxy's configuration has are replaced by the
+// configuration's own strings: a stream keeps its last request's names
+// (an Envoy's EDS request names every cluster), and a thousand proxies
+// need not hold a thousand copies of them.
+func (s *Server) sotwRequest(id int64, req *discovery.DiscoveryRequest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[id]
+	if st == nil {
+		return
+	}
+	t := req.TypeUrl
+	if n := st.nonce[t]; n != "" && req.ResponseNonce != n {
+		return // stale: go-control-plane ignores it, and so does this
+	}
+	fp := namesPrint(req.ResourceNames)
+	st.asked[t] = fp
+	if last, ok := st.answered[t]; !ok || last != fp {
+		req.VersionInfo = ""
+	}
+	ps := s.proxies[st.node]
+	if ps == nil || ps.built == nil || len(req.ResourceNames) == 0 {
+		return
+	}
+	i := slices.Index(typeOrder[:], t)
+	if i < 0 {
+		return
+	}
+	for j, n := range req.ResourceNames {
+		for _, p := range [2]*part{ps.built.out, ps.built.in} {
+			if r, ok := p.index[i][n]; ok {
+				req.ResourceNames[j] = r.Resource.(*marshaled).name
+				break
+			}
+		}
+	}
+}
+
 func (s *Server) callbacks() xdsserver.Callbacks {
 	return xdsserver.CallbackFuncs{
 		StreamOpenFunc:        func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
@@ -922,12 +1057,18 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			} else if req.ResponseNonce != "" {
 				ack = req.VersionInfo
 			}
-			return s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNames, nack, ack, false)
+			if err := s.request(context.Background(), id, &req.Node, req.TypeUrl, req.ResourceNames, nack, ack, false); err != nil {
+				return err
+			}
+			s.sotwRequest(id, req)
+			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			s.mu.Lock()
 			if st := s.streams[id]; st != nil {
 				st.sent[resp.TypeUrl] = resp.VersionInfo
+				st.nonce[resp.TypeUrl] = resp.Nonce
+				st.answered[resp.TypeUrl] = st.asked[resp.TypeUrl]
 			}
 			s.mu.Unlock()
 		},
