@@ -342,7 +342,7 @@ func (g *gen) gatewayRoutes(name string, servers []gwServer) *routev3.RouteConfi
 func (g *gen) gatewayTCP(s gwServer, port uint32) *listenerv3.FilterChain {
 	for _, b := range g.bound(s) {
 		for i, r := range b.vs.Spec.TCP {
-			if !g.l4Applies(r.Match, s, port) {
+			if !g.l4Applies(r.Match, b.vs.Metadata.Namespace, s, port) {
 				continue
 			}
 			cluster := g.l4Cluster(b.vs, r.Route, port)
@@ -397,12 +397,12 @@ func (g *gen) gatewayPassthrough(s gwServer, port uint32) []*listenerv3.FilterCh
 	return out
 }
 
-func (g *gen) l4Applies(ms []api.L4MatchAttributes, s gwServer, port uint32) bool {
+func (g *gen) l4Applies(ms []api.L4MatchAttributes, vsNamespace string, s gwServer, port uint32) bool {
 	if len(ms) == 0 {
 		return true
 	}
 	for _, m := range ms {
-		if (m.Port == 0 || m.Port == port) && (len(m.Gateways) == 0 || bound(m.Gateways, s.gw.Metadata.Namespace, s)) &&
+		if (m.Port == 0 || m.Port == port) && (len(m.Gateways) == 0 || bound(m.Gateways, vsNamespace, s)) &&
 			len(m.DestinationSubnets) == 0 && m.SourceSubnet == "" && len(m.SourceLabels) == 0 && m.SourceNamespace == "" {
 			return true
 		}

@@ -32,10 +32,14 @@ func loadMesh(t *testing.T, dir string) *xds.Mesh {
 
 // TestGoldenProxyConfig pins the full resource set of each kind of proxy
 // in testdata/mesh (Envoy and proxyless gRPC, client and server), and
-// checks every resource passes ValidateAll.
+// checks every resource passes ValidateAll. The testdata/kube cases are
+// Kubernetes manifests (loadKubeMesh).
 func TestGoldenProxyConfig(t *testing.T) {
 	meshes := map[string]*xds.Mesh{"testdata/mesh": loadMesh(t, "testdata/mesh"), "testdata/tcp": loadMesh(t, "testdata/tcp"),
-		"testdata/scope": loadMesh(t, "testdata/scope"), "testdata/gateway": loadMesh(t, "testdata/gateway")}
+		"testdata/scope": loadMesh(t, "testdata/scope"), "testdata/gateway": loadMesh(t, "testdata/gateway"),
+		// Kubernetes Services (ClusterIPs, headless, appProtocol) mapped by the Kubernetes registry's code.
+		"testdata/kube/headless.yaml": loadKubeMesh(t, "testdata/kube/headless.yaml"), "testdata/kube/port80.yaml": loadKubeMesh(t, "testdata/kube/port80.yaml"),
+		"testdata/kube/port80-tcp-first.yaml": loadKubeMesh(t, "testdata/kube/port80-tcp-first.yaml")}
 	for _, tc := range []struct {
 		file, node, generator string
 		servers               []string
@@ -51,6 +55,9 @@ func TestGoldenProxyConfig(t *testing.T) {
 		{"envoy-ingress-gateway.json", ingressNode, xds.GeneratorEnvoy, nil, "testdata/gateway"},
 		{"envoy-egress-gateway.json", egressNode, xds.GeneratorEnvoy, nil, "testdata/gateway"},
 		{"grpc-scope-web.json", "sidecar~10.0.2.2~web.frontend~frontend.svc.cluster.local", xds.GeneratorGRPC, nil, "testdata/scope"},
+		{"envoy-kube-headless.json", "sidecar~10.0.0.4~sleep-7d9f8c6b5-x2x4q.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/headless.yaml"},
+		{"envoy-kube-port80.json", "sidecar~10.0.0.4~sleep-7d9f8c6b5-x2x4q.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/port80.yaml"},
+		{"envoy-kube-port80-tcp-first.json", "sidecar~10.0.0.5~bastion-5c8d7f9b4-q7w2m.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/port80-tcp-first.yaml"},
 	} {
 		if tc.dir == "" {
 			tc.dir = "testdata/mesh"

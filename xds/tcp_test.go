@@ -139,7 +139,7 @@ func TestIstioServerListenerName(t *testing.T) {
 // pods' addresses and forwarded to where the client was going (an
 // ORIGINAL_DST cluster, as Istio's), beside an HTTP service on the same
 // port; proxyless gRPC, which has no original destination, balances over
-// the endpoints.
+// the endpoints. Every resource passes ValidateAll.
 func TestHeadlessTCPService(t *testing.T) {
 	services := []*xds.Service{
 		{Host: "cassandra.db.svc.cluster.local", Name: "cassandra", Namespace: "db", Headless: true,
@@ -158,6 +158,9 @@ func TestHeadlessTCPService(t *testing.T) {
 		cfg, err := mesh.Outbound(xds.Scope{Namespace: "default", Generator: gen})
 		if err != nil {
 			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("%s: %v", gen, err)
 		}
 		var c *clusterv3.Cluster
 		for _, r := range cfg.Clusters {
