@@ -297,3 +297,61 @@ spec:
 		t.Errorf("port 9100 goes to %s, want pg's cluster: the short name tcp-gw is default/tcp-gw", c)
 	}
 }
+
+// TestVirtualHostAddressDomains: an HTTP service is also reached by its
+// address (a client that dials the ClusterIP or ServiceEntry address
+// sends it as the Host), as in Istio; two services claiming one address
+// on a port would make Envoy refuse the whole route table, so the first
+// keeps it and the second is reported.
+func TestVirtualHostAddressDomains(t *testing.T) {
+	t.Parallel()
+	mesh := meshFromYAML(t, `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: default}
+spec:
+  hosts: [a.example.com]
+  addresses: [10.96.7.7]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.7.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: default}
+spec:
+  hosts: [b.example.com]
+  addresses: [10.96.7.7, "2001:db8::7"]
+  resolution: STATIC
+  ports: [{number: 80, name: http}]
+  endpoints: [{address: 10.0.7.2}]
+`)
+	v := viewOf(t, mesh, "sidecar~10.0.7.9~c.default~default.svc.cluster.local")
+	if err := v.cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	domains := map[string][]string{}
+	for _, vh := range v.routes["80"].GetVirtualHosts() {
+		domains[vh.Name] = vh.Domains
+	}
+	var a, b []string
+	for name, d := range domains {
+		switch {
+		case strings.HasPrefix(name, "a.example.com"):
+			a = d
+		case strings.HasPrefix(name, "b.example.com"):
+			b = d
+		}
+	}
+	if !slices.Contains(a, "10.96.7.7") || !slices.Contains(a, "10.96.7.7:80") {
+		t.Errorf("a's domains %q lack its address", a)
+	}
+	if slices.Contains(b, "10.96.7.7") || !slices.Contains(b, "[2001:db8::7]:80") {
+		t.Errorf("b's domains %q: want its own IPv6 address and not a's", b)
+	}
+	if !slices.ContainsFunc(v.cfg.Reports, func(r string) bool {
+		return strings.Contains(r, "a.example.com and b.example.com are both called 10.96.7.7")
+	}) {
+		t.Errorf("reports %q lack the shared address", v.cfg.Reports)
+	}
+}

@@ -317,9 +317,24 @@ func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listen
 	switch {
 	case len(http) > 0:
 		rc = &routev3.RouteConfiguration{Name: strconv.Itoa(int(port)), ValidateClusters: wrapperspb.Bool(false)}
+		// Envoy refuses a route table in which two virtual hosts share a
+		// domain (two ServiceEntries with one address, say): the first
+		// service keeps it, as in Istio, and the others are reported.
+		seen := map[string]string{}
 		for _, s := range http {
 			p := portOf(s, port)
-			rc.VirtualHosts = append(rc.VirtualHosts, g.virtualHost(s, p, g.domains(s, p)))
+			var domains []string
+			for _, d := range g.domains(s, p) {
+				if first, ok := seen[d]; ok {
+					g.report("port %d: %s and %s are both called %s; it routes to %s", port, first, s.Host, d, first)
+					continue
+				}
+				seen[d] = s.Host
+				domains = append(domains, d)
+			}
+			if len(domains) > 0 {
+				rc.VirtualHosts = append(rc.VirtualHosts, g.virtualHost(s, p, domains))
+			}
 		}
 		rc.VirtualHosts = append(rc.VirtualHosts, notFound())
 		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), rc.Name))}})

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"time"
@@ -72,6 +73,23 @@ func (g *gen) domains(s *Service, p ServicePort) []string {
 	var out []string
 	for _, n := range names {
 		out = append(out, n, fmt.Sprintf("%s:%d", n, p.Number))
+	}
+	// As Istio: a headless Service's pods are also called by their own
+	// names (<pod>.<service>...), and a client may dial the service's
+	// address with no name at all.
+	if s.Headless {
+		for _, d := range out {
+			out = append(out, "*."+d)
+		}
+	}
+	for _, a := range s.Addresses {
+		if ip := net.ParseIP(a); ip != nil && !ip.IsUnspecified() {
+			h := ip.String()
+			if ip.To4() == nil {
+				h = "[" + h + "]"
+			}
+			out = append(out, h, fmt.Sprintf("%s:%d", h, p.Number))
+		}
 	}
 	return out
 }
