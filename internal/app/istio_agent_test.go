@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -84,14 +86,31 @@ func strs(v any) []string {
 // Istio's grpc-agent injection template runs it), in a folder standing
 // for the pod's filesystem.
 type istioAgent struct {
+	name      string
 	dir       string // the pod's root
 	bootstrap string // the gRPC bootstrap it wrote, the socket path made absolute
 	certs     string // OUTPUT_CERTS
 }
 
-func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa string) *istioAgent {
+// istiodSAN is the name Istio's agent checks the control plane's
+// certificate for (ISTIOD_SAN; in a pod, the host of
+// istiod.istio-system.svc:15012), which warden serves with --istiod-names.
+const istiodSAN = "istiod.istio-system.svc"
+
+// agentCertTTL is the certificate lifetime the agents ask for
+// (SECRET_TTL): they renew at half of it, so a root rotation reaches
+// their files within the test.
+const agentCertTTL = "24s"
+
+// startIstioAgent runs pilot-agent for pod name as Istio's injector
+// configures it, except that the control plane is dialled by address
+// with ISTIOD_SAN naming istiod (as on a VM): the CA is the discovery
+// address, as when CA_ADDR is unset. With wardenName, the gRPC bootstrap
+// the test hands the app asks for its server listeners under warden's own
+// name instead of Istio's (warden serves both).
+func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa string, wardenName bool) *istioAgent {
 	t.Helper()
-	a := &istioAgent{dir: filepath.Join(m.dir, "pod-"+name)}
+	a := &istioAgent{name: name, dir: filepath.Join(m.dir, "pod-"+name)}
 	a.certs = filepath.Join(a.dir, "var", "lib", "istio", "data")
 	for _, d := range []string{filepath.Join(a.dir, "var", "run", "secrets", "tokens"), a.certs} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -110,7 +129,7 @@ func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa stri
 	cmd.Dir = a.dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + a.dir,
 		fmt.Sprintf(`PROXY_CONFIG={"discoveryAddress":%q,"statusPort":%s}`, m.addr, status),
-		"CA_ADDR=" + m.addr, "CA_ROOT_CA=" + root, "XDS_ROOT_CA=" + root,
+		"ISTIOD_SAN=" + istiodSAN, "SECRET_TTL=" + agentCertTTL, "CA_ROOT_CA=" + root, "XDS_ROOT_CA=" + root,
 		"POD_NAME=" + name, "POD_NAMESPACE=default", "INSTANCE_IP=" + ip, "SERVICE_ACCOUNT=" + sa,
 		"DISABLE_ENVOY=true", "GRPC_XDS_BOOTSTRAP=./etc/istio/proxy/grpc-bootstrap.json", "OUTPUT_CERTS=" + a.certs,
 		"ISTIO_META_GENERATOR=grpc"}
@@ -130,9 +149,56 @@ func startIstioAgent(t *testing.T, bin string, m *meshFixture, name, ip, sa stri
 	if !bytes.Contains(b, []byte(`"unix:///etc/istio/proxy/XDS"`)) {
 		t.Fatalf("pilot-agent's bootstrap does not point at its XDS socket:\n%s", b)
 	}
+	b = bytes.ReplaceAll(b, []byte("unix:///etc/istio/proxy/XDS"), []byte(sock))
+	if wardenName {
+		const istioName = `"xds.istio.io/grpc/lds/inbound/%s"`
+		if !bytes.Contains(b, []byte(istioName)) {
+			t.Fatalf("pilot-agent's bootstrap does not name server listeners %s:\n%s", istioName, b)
+		}
+		b = bytes.ReplaceAll(b, []byte(istioName), []byte(`"grpc/server?xds.resource.listening_address=%s"`))
+	}
 	a.bootstrap = filepath.Join(a.dir, "bootstrap.json")
-	os.WriteFile(a.bootstrap, bytes.ReplaceAll(b, []byte("unix:///etc/istio/proxy/XDS"), []byte(sock)), 0o600)
+	os.WriteFile(a.bootstrap, b, 0o600)
 	return a
+}
+
+// rootsAndSigner reads a's OUTPUT_CERTS: the fingerprints of the roots
+// in root-cert.pem, and which of them cert-chain.pem's leaf chains to
+// ("" if none, or several).
+func (a *istioAgent) rootsAndSigner() ([]string, string, error) {
+	pem, err := os.ReadFile(filepath.Join(a.certs, "root-cert.pem"))
+	if err != nil {
+		return nil, "", err
+	}
+	roots, err := ca.ParseCerts(pem)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s root-cert.pem: %w", a.name, err)
+	}
+	chainPEM, err := os.ReadFile(filepath.Join(a.certs, "cert-chain.pem"))
+	if err != nil {
+		return nil, "", err
+	}
+	chain, err := ca.ParseCerts(chainPEM)
+	if err != nil || len(chain) == 0 {
+		return nil, "", fmt.Errorf("%s cert-chain.pem: %v", a.name, err)
+	}
+	// Istio's agent writes the answer's whole chain, the roots included,
+	// to cert-chain.pem: the leaf is verified against each root alone.
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	var fps []string
+	signer := ""
+	for _, r := range roots {
+		fps = append(fps, ca.Fingerprint(r))
+		pool := x509.NewCertPool()
+		pool.AddCert(r)
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+			signer = ca.Fingerprint(r)
+		}
+	}
+	return fps, signer, nil
 }
 
 // eventuallyCalls retries check (which makes calls) for 20 s: a
@@ -225,7 +291,7 @@ func startProbeServer(t *testing.T, bin string, a *istioAgent, listen, version s
 // through which the secret cache holds both roots and no call fails.
 func TestIstioAgentDropIn(t *testing.T) {
 	bin := istioAgentDir(t)
-	m := startMeshWith(t, nil, nil, []string{"--rotation-grace", "1s"}, "default/flaskapp", "default/sleep", "default/intruder")
+	m := startMeshWith(t, nil, nil, []string{"--rotation-grace", "1s", "--istiod-names"}, "default/flaskapp", "default/sleep", "default/intruder")
 	root := filepath.Join(m.data, "root-cert.pem")
 	token := func(sa string) string { return filepath.Join(m.dir, "default-"+sa+".token") }
 	id := func(sa string) string { return "spiffe://cluster.local/ns/default/sa/" + sa }
@@ -260,11 +326,14 @@ func TestIstioAgentDropIn(t *testing.T) {
 		t.Fatalf("secret cache: default %s, ROOTCA %v, default chains to root %d", got, before, signer)
 	}
 
-	// pilot-agent, proxyless, for two flaskapp servers and two clients.
-	v1 := startIstioAgent(t, bin, m, "flaskapp-v1", "127.0.0.2", "flaskapp")
-	v2 := startIstioAgent(t, bin, m, "flaskapp-v2", "127.0.0.3", "flaskapp")
-	sleep := startIstioAgent(t, bin, m, "sleep", "127.0.0.4", "sleep")
-	intruder := startIstioAgent(t, bin, m, "intruder", "127.0.0.5", "intruder")
+	// pilot-agent, proxyless, for two flaskapp servers and two clients;
+	// v1's server asks for its listener under Istio's name, v2's under
+	// warden's.
+	v1 := startIstioAgent(t, bin, m, "flaskapp-v1", "127.0.0.2", "flaskapp", false)
+	v2 := startIstioAgent(t, bin, m, "flaskapp-v2", "127.0.0.3", "flaskapp", true)
+	sleep := startIstioAgent(t, bin, m, "sleep", "127.0.0.4", "sleep", false)
+	intruder := startIstioAgent(t, bin, m, "intruder", "127.0.0.5", "intruder", false)
+	agents := []*istioAgent{v1, v2, sleep, intruder}
 	startProbeServer(t, bin, v1, net.JoinHostPort("127.0.0.2", m.port), "v1")
 	startProbeServer(t, bin, v2, net.JoinHostPort("127.0.0.3", m.port), "v2")
 	target := "xds:///flaskapp.default.svc.cluster.local:" + m.port
@@ -336,28 +405,91 @@ spec:
 		t.Fatalf("the running client's first call went to %v and its last to %v; want v2, then v1", first["version"], last)
 	}
 
-	// Root rotation: a client calls throughout; Istio's secret cache sees
-	// both roots through the overlap.
-	var wg sync.WaitGroup
-	var during []map[string]any
-	var duringErr error
-	wg.Add(1)
+	// Root rotation, as an operator runs it for Istio's agents: publish,
+	// wait until every agent renewed and so holds both roots (the
+	// agents ask for certificates of agentCertTTL), activate, and wait
+	// until every agent renewed under the new root. A client calls
+	// flaskapp every 100 ms throughout, each call a new mTLS handshake
+	// checked by both sides against the roots in the agents' files.
+	ctx, stopCalls := context.WithCancel(context.Background())
+	defer stopCalls()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "istio-probe"), "grpc-client", "--target", target, "-n", "100000", "--every", "100ms")
+	cmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+sleep.bootstrap)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	startLogged(t, cmd, stopCalls, "grpc client during the rotation")
+	type call struct {
+		at  time.Time
+		res map[string]any
+	}
+	var callsMu sync.Mutex
+	var during []call
 	go func() {
-		defer wg.Done()
-		during, duringErr = probe(t, bin, []string{"GRPC_XDS_BOOTSTRAP=" + sleep.bootstrap}, "grpc-client", "--target", target, "-n", "150", "--every", "100ms")
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			var res map[string]any
+			if json.Unmarshal(s.Bytes(), &res) == nil {
+				callsMu.Lock()
+				during = append(during, call{time.Now(), res})
+				callsMu.Unlock()
+			}
+		}
 	}()
-	rotate := func(step string) {
+	callsSince := func(since time.Time) (n int) {
+		callsMu.Lock()
+		defer callsMu.Unlock()
+		for _, c := range during {
+			if c.at.After(since) {
+				n++
+			}
+		}
+		return n
+	}
+	waitCalls := func(since time.Time, what string) {
 		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for callsSince(since) < 5 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no calls %s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitCalls(time.Time{}, "before the rotation")
+	rotate := func(step string) time.Time {
+		t.Helper()
+		at := time.Now()
 		if code, _, stderr := run(t, "ca", "rotate", "--data-dir", m.data, step); code != 0 {
 			t.Fatalf("ca rotate %s: %s", step, stderr)
+		}
+		return at
+	}
+	var next string // the new root's fingerprint, once published
+	// every waits (three renewals at most) until each running agent's
+	// files pass check.
+	every := func(what string, check func(roots []string, signer string) bool) {
+		t.Helper()
+		deadline := time.Now().Add(40 * time.Second)
+		for _, a := range agents {
+			for {
+				roots, signer, err := a.rootsAndSigner()
+				if err == nil && check(roots, signer) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: pilot-agent %s holds roots %v, its certificate under %q (%v); the old root is %s, the new %s", what, a.name, roots, signer, err, before[0], next)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
 		}
 	}
 	// ca rotate asks for a step; the rotator takes it in the background.
 	// Istio's secret cache sorts ROOTCA's roots (its own merge with the
 	// mesh's trust anchors), so only the set and the root the default
 	// certificate chains to are compared.
-	rotate("publish")
-	var next string
+	published := rotate("publish")
 	eventuallyCalls(t, func() error {
 		_, roots, signer := cache()
 		if len(roots) != 2 || !slices.Contains(roots, before[0]) || signer < 0 || roots[signer] != before[0] {
@@ -366,21 +498,29 @@ spec:
 		next = roots[1-signer]
 		return nil
 	})
-	rotate("activate")
+	every("after publish", func(roots []string, signer string) bool {
+		return len(roots) == 2 && slices.Contains(roots, before[0]) && slices.Contains(roots, next) && signer == before[0]
+	})
+	waitCalls(published, "between publish and activate")
+	activated := rotate("activate")
 	eventuallyCalls(t, func() error {
 		if _, roots, signer := cache(); len(roots) != 2 || !slices.Contains(roots, before[0]) || signer < 0 || roots[signer] != next {
 			return fmt.Errorf("after activate Istio's ROOTCA holds %v (default under root %d), want the new root %s, signing, and the old one %s", roots, signer, next, before[0])
 		}
 		return nil
 	})
-	wg.Wait()
-	if duringErr != nil {
-		t.Fatal(duringErr)
-	}
+	every("after activate", func(roots []string, signer string) bool { return signer == next && slices.Contains(roots, next) })
+	renewed := time.Now()
+	waitCalls(renewed, "once every agent's certificate was under the new root")
+	stopCalls()
+	afterPublish, afterActivate, afterRenewal := callsSince(published), callsSince(activated), callsSince(renewed)
+	callsMu.Lock()
+	defer callsMu.Unlock()
 	for _, c := range during {
-		if c["code"] != "OK" {
-			t.Fatalf("a call failed during the rotation: %v", c)
+		if c.res["code"] != "OK" {
+			t.Fatalf("a call failed during the rotation: %v", c.res)
 		}
 	}
-	t.Logf("%d calls during publish and activate, none failed", len(during))
+	t.Logf("%d calls, none failed: %d after publish, %d after activate, %d once all four agents held certificates under the new root",
+		len(during), afterPublish, afterActivate, afterRenewal)
 }
