@@ -341,3 +341,37 @@ func TestActivationWaitsForASilentConsumer(t *testing.T) {
 	closeStream()
 	waitStatus(t, data, 10*time.Second, "activation once the stream is gone", func(s string) bool { return phaseLine.FindStringSubmatch(s)[1] == "activated" })
 }
+
+// TestCertRequestWritesTheWholeBundle: during a rotation the CA answers
+// with both roots, and cert request writes both to root-cert.pem (what
+// the workload trusts), as istiod's answer gives Istio's agent both.
+func TestCertRequestWritesTheWholeBundle(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	tokFile := sleepTokenFile(t, dir, data)
+	rootsIn := func(out string) int {
+		t.Helper()
+		code, stdout, stderr := run(t, "cert", "request", "--ca", addr, "--data-dir", data, "--token-file", tokFile, "--out", out)
+		if code != 0 {
+			t.Fatalf("cert request: %d %s%s", code, stdout, stderr)
+		}
+		b, err := os.ReadFile(filepath.Join(out, "root-cert.pem"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots, err := ca.ParseCerts(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(roots)
+	}
+	if n := rootsIn(filepath.Join(dir, "before")); n != 1 {
+		t.Fatalf("before the rotation root-cert.pem holds %d roots, want 1", n)
+	}
+	rotate(t, data, "publish")
+	waitStatus(t, data, 20*time.Second, "the new root published", func(s string) bool { return phaseLine.FindStringSubmatch(s)[1] == "published" })
+	if n := rootsIn(filepath.Join(dir, "during")); n != 2 {
+		t.Fatalf("after publish root-cert.pem holds %d roots, want 2 (the signing root and the next)", n)
+	}
+}
