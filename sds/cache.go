@@ -32,6 +32,10 @@ type Config struct {
 	MinBackoff time.Duration // first retry after a CA error (default 1s)
 	MaxBackoff time.Duration // cap of the exponential backoff (default 1m)
 	Log        *slog.Logger
+	// FetchAttrs name what the Fetcher depends on (the agent: the CA's
+	// address and the token file); they are logged with every failed
+	// rotation, so that the operator knows what to check.
+	FetchAttrs []slog.Attr
 	// OnUpdate is called (outside locks) after every new SVID, including
 	// the first; sds/server pushes from it.
 	OnUpdate func(*SVID)
@@ -268,13 +272,6 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			}
 			c.failed.Add(1)
 			left := cur.Certs[0].NotAfter.Sub(c.cfg.Clock.Now())
-			if left <= 0 {
-				c.cfg.Log.Error("SVID expired and renewal keeps failing: it is no longer served (the trust bundle still is)", "id", id.String(),
-					"expired", cur.Certs[0].NotAfter.UTC(), "retryIn", backoff.String(), "error", err.Error())
-			} else {
-				c.cfg.Log.Warn("SVID rotation failed; serving the current one and retrying", "id", id.String(),
-					"retryIn", backoff.String(), "validFor", left.Round(time.Second).String(), "error", err.Error())
-			}
 			wait = backoff
 			switch {
 			case left > 0 && left < wait:
@@ -283,6 +280,13 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 			case left <= 0:
 				// Nothing to serve: come back as soon as the CA does.
 				wait = min(wait, expiredRetry)
+			}
+			if left <= 0 {
+				c.cfg.Log.Error("SVID expired and renewal keeps failing: it is no longer served (the trust bundle still is)",
+					c.failureAttrs(id, err, wait, "expired", cur.Certs[0].NotAfter.UTC())...)
+			} else {
+				c.cfg.Log.Warn("SVID rotation failed; serving the current one and retrying",
+					c.failureAttrs(id, err, wait, "validFor", left.Round(time.Second).String())...)
 			}
 			backoff = min(backoff*2, c.cfg.MaxBackoff)
 			continue
@@ -298,6 +302,17 @@ func (c *Cache) rotate(ctx context.Context, id spiffeid.ID) {
 		c.notify(svid)
 		wait = c.RefreshAt(svid).Sub(c.cfg.Clock.Now())
 	}
+}
+
+// failureAttrs are the attributes of a failed rotation's log line: the
+// identity, then extra, what the fetch depends on (Config.FetchAttrs),
+// when the next attempt is, and the error.
+func (c *Cache) failureAttrs(id spiffeid.ID, err error, retryIn time.Duration, extra ...any) []any {
+	attrs := append([]any{"id", id.String()}, extra...)
+	for _, a := range c.cfg.FetchAttrs {
+		attrs = append(attrs, a)
+	}
+	return append(attrs, "retryIn", retryIn.String(), "error", err.Error())
 }
 
 // renewSignal is closed by the next RenewAll.

@@ -17,7 +17,8 @@ type Auth interface {
 	// String names the method and its mount for messages; never a secret.
 	String() string
 	check() error
-	login(ctx context.Context, c *api.Client) (*api.Secret, error)
+	// login authenticates through c; at names Vault in transport errors.
+	login(ctx context.Context, c *api.Client, at endpoint) (*api.Secret, error)
 	// credentials is a digest of what the next login would send (the
 	// files are read again), so that a refused login is retried at once
 	// when the operator writes new credentials, and not before.
@@ -66,7 +67,7 @@ func (t Token) check() error {
 
 // login checks the token with lookup-self, so that a revoked or expired
 // token is refused at startup.
-func (t Token) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+func (t Token) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secret, error) {
 	tok := strings.TrimSpace(t.Token)
 	lc, err := c.CloneWithHeaders()
 	if err != nil {
@@ -75,7 +76,7 @@ func (t Token) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
 	lc.SetToken(tok)
 	s, err := lc.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		if msg, ok := reach(c.Address(), err); ok {
+		if msg, ok := at.reach(err); ok {
 			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(ErrUnreachable))
 		}
 		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?%w", describe(err), errSuffix(ErrCredentials))
@@ -117,12 +118,12 @@ func (a AppRole) check() error {
 	return nil
 }
 
-func (a AppRole) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+func (a AppRole) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secret, error) {
 	secretID, err := readSecretFile(a.SecretIDFile)
 	if err != nil {
 		return nil, fmt.Errorf("vault: %s: secret ID: %w", a, err)
 	}
-	return write(ctx, c, a, "auth/"+a.mount()+"/login", map[string]any{"role_id": a.RoleID, "secret_id": secretID})
+	return write(ctx, c, at, a, "auth/"+a.mount()+"/login", map[string]any{"role_id": a.RoleID, "secret_id": secretID})
 }
 
 func (k Kubernetes) mount() string { return mountOr(k.Mount, "kubernetes") }
@@ -145,16 +146,16 @@ func (k Kubernetes) check() error {
 	return nil
 }
 
-func (k Kubernetes) login(ctx context.Context, c *api.Client) (*api.Secret, error) {
+func (k Kubernetes) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secret, error) {
 	jwt, err := readSecretFile(k.jwtFile())
 	if err != nil {
 		return nil, fmt.Errorf("vault: %s: service-account token: %w", k, err)
 	}
-	return write(ctx, c, k, "auth/"+k.mount()+"/login", map[string]any{"role": k.Role, "jwt": jwt})
+	return write(ctx, c, at, k, "auth/"+k.mount()+"/login", map[string]any{"role": k.Role, "jwt": jwt})
 }
 
 // write posts a login request without any current token.
-func write(ctx context.Context, c *api.Client, a Auth, path string, body map[string]any) (*api.Secret, error) {
+func write(ctx context.Context, c *api.Client, at endpoint, a Auth, path string, body map[string]any) (*api.Secret, error) {
 	lc, err := c.CloneWithHeaders()
 	if err != nil {
 		return nil, err
@@ -162,7 +163,7 @@ func write(ctx context.Context, c *api.Client, a Auth, path string, body map[str
 	lc.ClearToken()
 	s, err := lc.Logical().WriteWithContext(ctx, path, body)
 	if err != nil {
-		if msg, ok := reach(c.Address(), err); ok {
+		if msg, ok := at.reach(err); ok {
 			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(ErrUnreachable))
 		}
 		msg := fmt.Sprintf("vault: %s: login refused (%s: %s)", a, path, describe(err))

@@ -22,9 +22,15 @@ var ErrUnreachable = errors.New("vault unreachable")
 // counts toward Vault's user lockout.
 var ErrCredentials = errors.New("vault login refused")
 
-// reach describes a transport failure to Vault at addr with what to
-// check; ok is false when err is an answer from Vault.
-func reach(addr string, err error) (string, bool) {
+// endpoint is where warden reaches Vault: its address and the CA file
+// (--vault-cacert; empty for the system's roots) that checks its TLS
+// certificate, so that a failure to connect names the one to fix.
+type endpoint struct{ addr, caCert string }
+
+// reach describes a transport failure to Vault with what to check; ok is
+// false when err is an answer from Vault.
+func (e endpoint) reach(err error) (string, bool) {
+	addr := e.addr
 	var re *api.ResponseError
 	if errors.As(err, &re) {
 		if re.StatusCode == http.StatusBadRequest && strings.Contains(strings.Join(re.Errors, " ")+fmt.Sprint(re.RawError), "HTTP request to an HTTPS server") {
@@ -41,6 +47,11 @@ func reach(addr string, err error) (string, bool) {
 	)
 	switch {
 	case errors.As(err, &unknown), errors.As(err, &certErr) && errors.As(certErr.Err, &unknown):
+		if e.caCert != "" {
+			// A CA was given, but not the one of Vault's listener: often
+			// the PKI engine's root, which signs warden's intermediate.
+			return fmt.Sprintf("cannot reach Vault at %s: its TLS certificate is not signed by the CA in %s (%v); give with --vault-cacert (env VAULT_CACERT) the CA that issued Vault's TLS certificate, which is not necessarily the PKI engine's root", addr, e.caCert, err), true
+		}
 		return fmt.Sprintf("cannot reach Vault at %s: its TLS certificate is not signed by a CA warden trusts (%v); give the CA of Vault's certificate with --vault-cacert (env VAULT_CACERT)", addr, err), true
 	case errors.As(err, &hostname):
 		return fmt.Sprintf("cannot reach Vault at %s: its TLS certificate is not for that name (%v); use a name it has, or --vault-tls-server-name", addr, err), true

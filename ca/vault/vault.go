@@ -178,7 +178,7 @@ func (u *Upstream) login(ctx context.Context) error {
 	}
 	u.mu.Unlock()
 	u.logins.Add(1)
-	s, err := u.cfg.Auth.login(ctx, u.client)
+	s, err := u.cfg.Auth.login(ctx, u.client, u.endpoint())
 	if err != nil {
 		if errors.Is(err, ErrCredentials) {
 			u.mu.Lock()
@@ -206,6 +206,8 @@ func (u *Upstream) login(ctx context.Context) error {
 // freshLogin is how old a login must be before a refused request is
 // blamed on an expired token and retried after logging in again.
 const freshLogin = 10 * time.Second
+
+func (u *Upstream) endpoint() endpoint { return endpoint{addr: u.cfg.Address, caCert: u.cfg.CACert} }
 
 func (u *Upstream) loginAge() time.Duration {
 	u.mu.Lock()
@@ -362,7 +364,7 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 		}
 	}
 	if err != nil {
-		if msg, ok := reach(u.cfg.Address, err); ok {
+		if msg, ok := u.endpoint().reach(err); ok {
 			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(ErrUnreachable))
 		}
 		msg := fmt.Sprintf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))

@@ -147,7 +147,13 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 		return nil, err
 	}
 	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, RootPool: a.caPool, ServerName: f.serverName, ServerID: serverID, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
-	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated})
+	// A failed rotation names what it depends on: the CA, and the token
+	// file (a node agent uses each stream's token instead).
+	fetchAttrs := []slog.Attr{slog.String("ca", f.addr)}
+	if !f.nodeAgent {
+		fetchAttrs = append(fetchAttrs, slog.String("tokenFile", f.tokenFile))
+	}
+	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated, FetchAttrs: fetchAttrs})
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -115,6 +116,12 @@ func waitFile(t *testing.T, path string) {
 	}
 }
 
+// TestAgentSDSWorkloadAPIFilesAndCAOutage: the agent serves its SVID over
+// SDS, the Workload API and files; while the CA is down it serves the
+// current one, logging each failure with the CA's address and the token
+// file; once the SVID expired it serves it nowhere (the bundle still) and
+// says so at ERROR; when the CA is back the new SVID is served on SDS and
+// the Workload API alike.
 func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -179,8 +186,14 @@ func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 	if s2, _, _ := sdsDefault(t, sdsSock); s2 != serial {
 		t.Fatalf("during the outage SDS serves %s, want the current %s", s2, serial)
 	}
-	if !strings.Contains(logs.String(), "SVID rotation failed; serving the current one and retrying") {
-		t.Fatalf("no retry logged during the outage:\n%s", logs.String())
+	// Each failure names what failed: the CA's address and the token
+	// file, as attributes of their own.
+	const id = "id=spiffe://cluster.local/ns/default/sa/sleep"
+	fetchAttrs := " ca=" + regexp.QuoteMeta(addr) + " tokenFile=" + regexp.QuoteMeta(tokFile) + " "
+	warn := regexp.MustCompile(`level=WARN msg="SVID rotation failed; serving the current one and retrying" ` + id +
+		` validFor=\S+` + fetchAttrs + `retryIn=\S+ error=".*connection refused`)
+	if !warn.MatchString(logs.String()) {
+		t.Fatalf("no retry logged during the outage, naming the CA and the token file (want %s):\n%s", warn, logs.String())
 	}
 	// Past its expiry with the CA still down: the SVID is served nowhere,
 	// the bundle still is, and the log says so at ERROR.
@@ -201,16 +214,21 @@ func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 	if err := sdsTry(t, sdsSock, "ROOTCA"); err != nil {
 		t.Fatalf("SDS refuses ROOTCA alone while the SVID is expired: %v", err)
 	}
-	if !strings.Contains(logs.String(), "SVID expired and renewal keeps failing") {
-		t.Fatalf("no ERROR after the expiry:\n%s", logs.String())
+	// Once expired, the agent retries every 2 s (1 s if it had failed
+	// only once before).
+	expired := regexp.MustCompile(`level=ERROR msg="SVID expired and renewal keeps failing: it is no longer served \(the trust bundle still is\)" ` + id +
+		` expired=` + regexp.QuoteMeta(svid.Certificates[0].NotAfter.UTC().Format("2006-01-02T15:04:05.000Z07:00")) + fetchAttrs + `retryIn=[12]s error=".*connection refused`)
+	if !expired.MatchString(logs.String()) {
+		t.Fatalf("no ERROR after the expiry naming the CA and the token file (want %s):\n%s", expired, logs.String())
 	}
 	// The CA returns on the same address: the agent recovers within a
 	// few seconds (it retries every 2 s once the SVID has expired).
 	serveAt(t, data, addr)
 	deadline := time.Now().Add(10 * time.Second)
+	var renewed string
 	for {
 		if sdsTry(t, sdsSock, "default", "ROOTCA") == nil {
-			if s3, _, _ := sdsDefault(t, sdsSock); s3 != serial {
+			if renewed, _, _ = sdsDefault(t, sdsSock); renewed != serial {
 				break
 			}
 		}
@@ -218,6 +236,20 @@ func TestAgentSDSWorkloadAPIFilesAndCAOutage(t *testing.T) {
 			t.Fatalf("no new certificate after the CA came back:\n%s", logs.String())
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// The Workload API serves the new SVID too (the agent records it
+	// before it pushes to SDS), valid and verifying against its bundle.
+	nctx, ncancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ncancel()
+	x, err = workloadapi.FetchX509Context(nctx, workloadapi.WithAddr("unix://"+wSock))
+	if err != nil {
+		t.Fatalf("the Workload API after the CA came back: %v\n%s", err, logs.String())
+	}
+	if got := x.DefaultSVID().Certificates[0]; got.SerialNumber.String() != renewed || !time.Now().Before(got.NotAfter) {
+		t.Fatalf("after the CA came back the Workload API serves serial %s (notAfter %s), SDS serves %s", got.SerialNumber, got.NotAfter, renewed)
+	}
+	if _, _, err := x509svid.Verify(x.DefaultSVID().Certificates, x.Bundles); err != nil {
+		t.Fatalf("the new Workload API SVID does not verify against its bundle: %v", err)
 	}
 }
 

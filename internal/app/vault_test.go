@@ -136,9 +136,10 @@ func TestServeVaultUpstream(t *testing.T) {
 	}
 }
 
-// TestServeVaultRefusesBadCredentials: a wrong AppRole, a revoked token
-// or a wrong Kubernetes role stop warden serve at startup with Vault's
-// reason, before any CA listens.
+// TestServeVaultRefusesBadCredentials: a wrong AppRole, a revoked token,
+// a wrong Kubernetes role, a wrong mount, address or CA certificate stop
+// warden serve at startup with the whole message each gets (Vault's
+// reason and what to fix), before any CA listens.
 func TestServeVaultRefusesBadCredentials(t *testing.T) {
 	v, dir := vaultSetup(t, "approle")
 	v.RunDoc(t, dir, nil, "setup", "token")
@@ -154,6 +155,7 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 	approle := []string{"--vault-auth", "approle", "--vault-approle-role-id", strings.TrimSpace(readFile(t, filepath.Join(dir, "warden-role-id"))), "--vault-approle-secret-id-file", secretFile}
 	closed := testkit.FreeAddr(t)
 	plainAddr := strings.Replace(v.Addr, "https://", "http://", 1)
+	vaultRoot := filepath.Join(dir, "vault-root.pem")
 	// The operator mistakes of issue #20, each with the message it gets.
 	for _, tc := range []struct {
 		name  string
@@ -175,7 +177,14 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 		{"http:// against HTTPS", append([]string{"--vault-addr", plainAddr}, approle...),
 			"warden serve: vault: approle auth at auth/approle: Vault at " + plainAddr + " speaks HTTPS: use an https:// address (--vault-addr)\n"},
 		{"missing CA certificate", append([]string{"--vault-cacert", ""}, approle...),
-			"give the CA of Vault's certificate with --vault-cacert (env VAULT_CACERT)\n"},
+			"warden serve: vault: approle auth at auth/approle: cannot reach Vault at " + v.Addr + ": its TLS certificate is not signed by a CA warden trusts (" +
+				`Put "` + v.Addr + `/v1/auth/approle/login": tls: failed to verify certificate: x509: certificate signed by unknown authority); ` +
+				"give the CA of Vault's certificate with --vault-cacert (env VAULT_CACERT)\n"},
+		// The PKI engine's root is not the CA of Vault's TLS certificate.
+		{"wrong CA certificate", append([]string{"--vault-cacert", vaultRoot}, approle...),
+			"warden serve: vault: approle auth at auth/approle: cannot reach Vault at " + v.Addr + ": its TLS certificate is not signed by the CA in " + vaultRoot + " (" +
+				`Put "` + v.Addr + `/v1/auth/approle/login": tls: failed to verify certificate: x509: certificate signed by unknown authority); ` +
+				"give with --vault-cacert (env VAULT_CACERT) the CA that issued Vault's TLS certificate, which is not necessarily the PKI engine's root\n"},
 		{"nothing listening", append([]string{"--vault-addr", "https://" + closed}, approle...),
 			"warden serve: vault: approle auth at auth/approle: cannot reach Vault at https://" + closed + ": connection refused; is Vault running at that address (--vault-addr)?\n"},
 		{"flags for another auth method", []string{"--vault-auth", "token", "--vault-token-file", filepath.Join(dir, "warden-token"), "--vault-approle-role-id", "x"},
