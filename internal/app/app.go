@@ -10,7 +10,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // Version is set at build time with -ldflags "-X ...app.Version=...".
@@ -128,6 +131,27 @@ func (e *env) dataDirDefault() string {
 		return d
 	}
 	return "warden-data"
+}
+
+// podRootCert is where Istio's injector mounts the istio-ca-root-cert
+// ConfigMap, the bundle warden publishes, in every pod.
+const podRootCert = "/var/run/secrets/istio/root-cert.pem"
+
+// rootCertDefault is --root-cert's default for cert request and agent:
+// $WARDEN_ROOT_CERT; else dataDir's root-cert.pem (standalone) when it
+// exists; else the pod's mounted bundle when that exists (Kubernetes);
+// else dataDir's, whose absence is then reported with what to give.
+func (e *env) rootCertDefault(dataDir string) string {
+	if f := e.getenv("WARDEN_ROOT_CERT"); f != "" {
+		return f
+	}
+	own := filepath.Join(dataDir, ca.FileRootCert)
+	for _, f := range []string{own, podRootCert} {
+		if _, err := os.Stat(f); err == nil {
+			return f
+		}
+	}
+	return own
 }
 
 func (e *env) logger(level string) (*slog.Logger, error) {

@@ -161,7 +161,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	addr := fs.String("ca", defaultCAListen, "CA address host:port")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (e.g. from 'warden token')")
 	out := fs.String("out", "", "directory to write cert-chain.pem, key.pem (0600) and root-cert.pem (required)")
-	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
+	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert")
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	caID := caIDFlag(fs)
@@ -196,11 +196,11 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	}
 	defaultRoot := *rootFile == ""
 	if defaultRoot {
-		*rootFile = filepath.Join(*dataDir, ca.FileRootCert)
+		*rootFile = e.rootCertDefault(*dataDir)
 	}
 	roots, err := readPool(*rootFile)
 	if errors.Is(err, os.ErrNotExist) && defaultRoot {
-		return fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert: on Kubernetes, the bundle warden publishes (kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", errUsage, *rootFile)
+		return fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): on Kubernetes, the bundle warden publishes, which a pod mounts from the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", errUsage, *rootFile, podRootCert)
 	}
 	if err != nil {
 		return err

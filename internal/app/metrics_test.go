@@ -25,6 +25,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -264,15 +265,154 @@ func TestServeMetrics(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		after = scrape(t, metricsURL)
 	}
-	cancel()
-	deadline = time.Now().Add(10 * time.Second)
-	for after[xdsSeries] != 0 {
+	if after[`pilot_xds_push_time_count{type="lds"}`] < 1 || after["warden_xds_config_reports"] != 0 {
+		t.Errorf("after the proxy converged: lds push time observations %v, config reports %v (want >= 1, 0)",
+			after[`pilot_xds_push_time_count{type="lds"}`], after["warden_xds_config_reports"])
+	}
+	// A configuration edit: two namespace-wide PeerAuthentications in
+	// default conflict, which the compiler reports in sleep's inbound
+	// configuration; the one that wins (a) makes mTLS PERMISSIVE where the
+	// MeshPolicy made it STRICT. The new listeners' build is timed, and
+	// the report counted while the proxy holds it.
+	before = after
+	os.WriteFile(filepath.Join(m.mesh, "conflict.yaml"), []byte(`apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: a, namespace: default}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: b, namespace: default}
+spec: {mtls: {mode: STRICT}}
+`), 0o644)
+	deadline = time.Now().Add(15 * time.Second)
+	for after["warden_xds_config_reports"] != 1 || delta(`pilot_xds_push_time_count{type="lds"}`) < 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s = %v after the proxy left", xdsSeries, after[xdsSeries])
+			t.Fatalf("after the edit: config reports %v (want 1), lds push time observations moved by %v (want >= 1)",
+				after["warden_xds_config_reports"], delta(`pilot_xds_push_time_count{type="lds"}`))
 		}
 		time.Sleep(50 * time.Millisecond)
 		after = scrape(t, metricsURL)
 	}
+	cancel()
+	deadline = time.Now().Add(10 * time.Second)
+	for after[xdsSeries] != 0 || after["warden_xds_config_reports"] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v, config reports %v after the proxy left", xdsSeries, after[xdsSeries], after["warden_xds_config_reports"])
+		}
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, metricsURL)
+	}
+
+	// An invalid object in --config-dir: the reload is refused, once per
+	// distinct error; no object is left out on its own in standalone mode
+	// (warden_config_rejected_objects is Kubernetes mode's).
+	before = after
+	os.WriteFile(filepath.Join(m.mesh, "typo.yaml"), []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: default}\nspec: {action: ALOW}\n"), 0o644)
+	deadline = time.Now().Add(10 * time.Second)
+	for delta("warden_config_reload_failures_total") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the refused reload was not counted: %v", delta("warden_config_reload_failures_total"))
+		}
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, metricsURL)
+	}
+	time.Sleep(2500 * time.Millisecond) // two more polls of the same invalid directory
+	after = scrape(t, metricsURL)
+	if got := delta("warden_config_reload_failures_total"); got != 1 || after["warden_config_rejected_objects"] != 0 {
+		t.Errorf("one invalid file: reload failures moved by %v (want 1), rejected objects %v (want 0)", got, after["warden_config_rejected_objects"])
+	}
+
+	// Central SDS: a stream is counted while open, and its identity's
+	// snapshot is a push.
+	before = after
+	sdsStream := openCentralSDS(t, m, "flaskapp")
+	after = scrape(t, metricsURL)
+	if after["warden_sds_streams"] != 1 || delta("warden_sds_pushes_total") < 1 {
+		t.Errorf("an open SDS stream: warden_sds_streams %v (want 1), warden_sds_pushes_total moved by %v (want >= 1)",
+			after["warden_sds_streams"], delta("warden_sds_pushes_total"))
+	}
+
+	// A root rotation, step by step through the admin socket: one
+	// rotation started, its phase followed, the bundle's two roots pushed
+	// to the open SDS stream.
+	if before["warden_ca_root_rotations_started_total"] != 0 || before["warden_ca_rotation_phase"] != 0 || before["warden_ca_trust_bundle_roots"] != 1 {
+		t.Errorf("before a rotation: started %v, phase %v, roots %v", before["warden_ca_root_rotations_started_total"],
+			before["warden_ca_rotation_phase"], before["warden_ca_trust_bundle_roots"])
+	}
+	for _, step := range []struct {
+		args          []string
+		phase, roots  float64
+		pushesAtLeast float64
+	}{
+		{[]string{"prepare"}, 1, 1, 0},
+		{[]string{"publish"}, 2, 2, 1},
+		{[]string{"--force", "activate"}, 3, 2, 1},
+	} {
+		before = after
+		rotate(t, m.data, step.args...)
+		deadline = time.Now().Add(10 * time.Second)
+		for after = scrape(t, metricsURL); after["warden_ca_rotation_phase"] != step.phase || delta("warden_sds_pushes_total") < step.pushesAtLeast; after = scrape(t, metricsURL) {
+			if time.Now().After(deadline) {
+				t.Fatalf("ca rotate %s: phase %v (want %v), SDS pushes moved by %v (want >= %v)", strings.Join(step.args, " "),
+					after["warden_ca_rotation_phase"], step.phase, delta("warden_sds_pushes_total"), step.pushesAtLeast)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if after["warden_ca_root_rotations_started_total"] != 1 || after["warden_ca_trust_bundle_roots"] != step.roots || after["warden_sds_streams"] != 1 {
+			t.Errorf("after ca rotate %s: rotations started %v (want 1), bundle roots %v (want %v), SDS streams %v (want 1)", strings.Join(step.args, " "),
+				after["warden_ca_root_rotations_started_total"], after["warden_ca_trust_bundle_roots"], step.roots, after["warden_sds_streams"])
+		}
+	}
+	sdsStream()
+	deadline = time.Now().Add(10 * time.Second)
+	for after["warden_sds_streams"] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("warden_sds_streams = %v after the stream closed", after["warden_sds_streams"])
+		}
+		time.Sleep(50 * time.Millisecond)
+		after = scrape(t, metricsURL)
+	}
+}
+
+// openCentralSDS opens a central SDS stream to m's serve for default/sa
+// (a token minted from m's data directory), reads the first answer, and
+// returns the stream's end.
+func openCentralSDS(t *testing.T, m *meshFixture, sa string) context.CancelFunc {
+	t.Helper()
+	code, tok, stderr := run(t, "token", "--data-dir", m.data, "--ns", "default", "--sa", sa)
+	if code != 0 {
+		t.Fatalf("token: %s", stderr)
+	}
+	root, _ := os.ReadFile(filepath.Join(m.data, "root-cert.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(root)
+	conn, err := grpc.NewClient(m.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+strings.TrimSpace(tok)), 2*time.Minute)
+	t.Cleanup(func() { cancel(); conn.Close() })
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"},
+		ResourceNames: []string{"default", "ROOTCA"}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// Keep reading (pushes), so that the stream never blocks the server.
+	go func() {
+		for {
+			if _, err := s.Recv(); err != nil {
+				return
+			}
+		}
+	}()
+	return func() { cancel(); conn.Close() }
 }
 
 // TestCertRequestWithoutRoot: outside a data directory, cert request says
@@ -280,8 +420,29 @@ func TestServeMetrics(t *testing.T) {
 func TestCertRequestWithoutRoot(t *testing.T) {
 	dir := t.TempDir()
 	code, _, stderr := run(t, "cert", "request", "--ca", "127.0.0.1:1", "--data-dir", filepath.Join(dir, "none"), "--token-file", "/dev/null", "--out", filepath.Join(dir, "out"))
-	if code != 2 || !strings.Contains(stderr, "kubectl get configmap istio-ca-root-cert") || !strings.Contains(stderr, "--root-cert") {
+	if code != 2 || !strings.Contains(stderr, "kubectl get configmap istio-ca-root-cert") || !strings.Contains(stderr, "--root-cert (or $WARDEN_ROOT_CERT)") ||
+		!strings.Contains(stderr, "a pod mounts from the istio-ca-root-cert ConfigMap at /var/run/secrets/istio/root-cert.pem") {
 		t.Fatalf("exit %d: %s", code, stderr)
+	}
+}
+
+// TestCertRequestRootFromEnvironment: outside the data directory (in a
+// pod, say), $WARDEN_ROOT_CERT names the trust anchors, for cert request
+// and agent alike.
+func TestCertRequestRootFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	tokFile := sleepTokenFile(t, dir, data)
+	t.Setenv("WARDEN_ROOT_CERT", filepath.Join(data, "root-cert.pem"))
+	code, stdout, stderr := run(t, "cert", "request", "--ca", addr, "--data-dir", filepath.Join(dir, "elsewhere"), "--token-file", tokFile, "--out", filepath.Join(dir, "out"))
+	if code != 0 || !strings.HasPrefix(stdout, "spiffe://cluster.local/ns/default/sa/sleep\n") {
+		t.Fatalf("cert request with WARDEN_ROOT_CERT: %d %s%s", code, stdout, stderr)
+	}
+	t.Setenv("WARDEN_ROOT_CERT", filepath.Join(dir, "missing.pem"))
+	code, _, stderr = run(t, "agent", "--ca", addr, "--token-file", tokFile, "--sds-socket", filepath.Join(dir, "sds.sock"), "--workload-api-socket", "")
+	if code == 0 || !strings.Contains(stderr, filepath.Join(dir, "missing.pem")) {
+		t.Fatalf("agent with WARDEN_ROOT_CERT naming a missing file: %d %s", code, stderr)
 	}
 }
 

@@ -119,7 +119,13 @@ func Proxies(status []xdsserver.ProxyStatus, now time.Time, stale time.Duration)
 	for _, p := range status {
 		if len(p.Pending) > 0 && now.Sub(p.Since) > stale {
 			late++
-			out = append(out, res("proxies", Error, "%s has not ACKed %s for %s", p.Node, strings.Join(p.Pending, ", "), now.Sub(p.Since).Round(time.Second)))
+			types := make([]string, len(p.Pending))
+			for i, t := range p.Pending {
+				if types[i] = xds.ShortType(t); types[i] == "" {
+					types[i] = t
+				}
+			}
+			out = append(out, res("proxies", Error, "%s has not ACKed %s for %s", p.Node, strings.Join(types, ", "), now.Sub(p.Since).Round(time.Second)))
 		}
 	}
 	if late == 0 {

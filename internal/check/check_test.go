@@ -120,11 +120,12 @@ func TestPolicy(t *testing.T) {
 }
 
 // TestProxies: a proxy that has not ACKed a push for longer than the
-// limit is an error naming it and the types.
+// limit is an error naming it and the types (the server lists type URLs;
+// the check names them as Istio does).
 func TestProxies(t *testing.T) {
 	now := time.Now()
 	st := []xdsserver.ProxyStatus{{Node: "sidecar~10.0.0.1~a.default~default.svc.cluster.local"},
-		{Node: "sidecar~10.0.0.2~b.default~default.svc.cluster.local", Pending: []string{"lds"}, Since: now.Add(-5 * time.Minute)}}
+		{Node: "sidecar~10.0.0.2~b.default~default.svc.cluster.local", Pending: []string{"type.googleapis.com/envoy.config.listener.v3.Listener"}, Since: now.Add(-5 * time.Minute)}}
 	got := statuses(check.Proxies(st, now, time.Minute))
 	if len(got[check.Error]) != 1 || !strings.Contains(got[check.Error][0], "b.default") || !strings.Contains(got[check.Error][0], "has not ACKed lds for 5m0s") {
 		t.Fatalf("got %v", got)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
@@ -149,19 +150,10 @@ func (r *Registry) Converged(d time.Duration) { r.convergence.Observe(d.Seconds(
 // Rejected implements xds/server.Observer.
 func (r *Registry) Rejected(typeURL string) { r.rejects.WithLabelValues(xdsType(typeURL)).Inc() }
 
-// xdsType is Istio's short name of an xDS type URL.
+// xdsType is the type label: Istio's short name of an xDS type URL.
 func xdsType(typeURL string) string {
-	switch typeURL {
-	case "type.googleapis.com/envoy.config.cluster.v3.Cluster":
-		return "cds"
-	case "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment":
-		return "eds"
-	case "type.googleapis.com/envoy.config.listener.v3.Listener":
-		return "lds"
-	case "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
-		return "rds"
-	case "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret":
-		return "sds"
+	if t := xds.ShortType(typeURL); t != "" {
+		return t
 	}
 	return "other"
 }
