@@ -75,7 +75,8 @@ test-demo: build
 ## bench-smoke: the load commands run briefly (no figures asserted), so they keep working.
 bench-smoke: build
 	$(BIN)/warden bench sds --streams 200
-	DURATION=1s CONCURRENCY=4 KEY_TYPES=ecdsa-p256 UPSTREAMS="self-signed vault" WARDEN=$(BIN)/warden hack/bench-ca.sh
+	$(BIN)/warden bench xds --proxies 50 --services 20 --sidecar
+	DURATION=1s CONCURRENCY=4 KEY_TYPES=ecdsa-p256 UPSTREAMS="self-signed vault" METRICS="on off" WARDEN=$(BIN)/warden hack/bench-ca.sh
 
 ## demo: the standalone demo on the default ports.
 demo: build

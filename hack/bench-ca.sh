@@ -9,9 +9,15 @@
 # hack/vaultbin, set up with docs/vault.md's steps verbatim; AppRole auth).
 # With Vault off the hot path both should sign at the same rate.
 #
+# METRICS="on off" serves each upstream twice, with Prometheus metrics kept
+# (serve's default) and with --metrics=false, to measure what they cost.
+# Each run also prints the server's CPU per certificate (from
+# /proc/<pid>/stat), which the load generator sharing the cores disturbs
+# less than certs/s.
+#
 # Env: WARDEN (default bin/warden), DURATION (10s), CONCURRENCY (16),
-# KEY_TYPES (ecdsa-p256 rsa-2048), UPSTREAMS (self-signed), RUNS (1),
-# WARDEN_VAULT_BIN (default: built by hack/vault-binary.sh).
+# KEY_TYPES (ecdsa-p256 rsa-2048), UPSTREAMS (self-signed), METRICS (on),
+# RUNS (1), WARDEN_VAULT_BIN (default: built by hack/vault-binary.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -47,10 +53,17 @@ start_vault() {
   root=$dir/vault-root.pem
 }
 
+# cpu_ticks <pid>: the process's user+system CPU in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+
 for kt in ${KEY_TYPES:-ecdsa-p256 rsa-2048}; do
   work=$(mktemp -d)
   port=25112
-  declare -A addr=() rootf=() rates=()
+  declare -A addr=() rootf=() rates=() cpus=() spid=() dir=()
+  servers=()
   for up in $upstreams; do
     vault_flags=()
     root=$work/$up/data/root-cert.pem
@@ -59,30 +72,47 @@ for kt in ${KEY_TYPES:-ecdsa-p256 rsa-2048}; do
       vault) start_vault "$work/$up" ;;
       *) echo "bench-ca: unknown upstream $up (want self-signed or vault)" >&2; exit 2 ;;
     esac
-    addr[$up]=127.0.0.1:$port
-    env -u VAULT_TOKEN "$warden" serve --data-dir "$work/$up/data" --listen "${addr[$up]}" --http-listen "" \
-      --ca-key-type "$kt" --log-level warn "${vault_flags[@]}" &
-    pids+=($!)
-    wait_port "$port"
-    rootf[$up]=$root
-    port=$((port + 1))
-  done
-  for i in $(seq "$runs"); do
-    for up in $upstreams; do
-      echo "== $kt, $up upstream, run $i/$runs"
-      out=$("$warden" bench ca --addr "${addr[$up]}" --data-dir "$work/$up/data" --root-cert "${rootf[$up]}" \
-        --key-type "$kt" --duration "${DURATION:-10s}" --concurrency "${CONCURRENCY:-16}")
-      echo "$out"
-      rates[$up]+="$(awk '/^throughput:/ {print $2}' <<<"$out") "
+    for m in ${METRICS:-on}; do
+      case $m in on) mflag=--metrics=true ;; off) mflag=--metrics=false ;; *) echo "bench-ca: METRICS takes on and off, not $m" >&2; exit 2 ;; esac
+      s=$up
+      [ "${METRICS:-on}" = on ] || s=$up/metrics-$m
+      servers+=("$s")
+      dir[$s]=$work/$up/data-$m
+      # One data directory per server: a Vault-rooted one shares the
+      # upstream, a self-signed one has its own root.
+      [ "$up" = self-signed ] && root=${dir[$s]}/root-cert.pem
+      addr[$s]=127.0.0.1:$port
+      env -u VAULT_TOKEN "$warden" serve --data-dir "${dir[$s]}" --listen "${addr[$s]}" --http-listen "" \
+        --ca-key-type "$kt" --log-level warn "$mflag" "${vault_flags[@]}" &
+      pids+=($!)
+      spid[$s]=$!
+      wait_port "$port"
+      rootf[$s]=$root
+      port=$((port + 1))
     done
   done
-  echo "== $kt: median certs/s over $runs run(s)"
-  for up in $upstreams; do
-    med=$(tr ' ' '\n' <<<"${rates[$up]}" | grep . | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}')
-    printf '%-12s %8.0f certs/s  (runs: %s)\n' "$up" "$med" "${rates[$up]% }"
+  for i in $(seq "$runs"); do
+    for s in "${servers[@]}"; do
+      echo "== $kt, $s, run $i/$runs"
+      t0=$(cpu_ticks "${spid[$s]}")
+      out=$("$warden" bench ca --addr "${addr[$s]}" --data-dir "${dir[$s]}" --root-cert "${rootf[$s]}" \
+        --key-type "$kt" --duration "${DURATION:-10s}" --concurrency "${CONCURRENCY:-16}")
+      t1=$(cpu_ticks "${spid[$s]}")
+      echo "$out"
+      # The server's CPU over the whole run counts the warm-up too.
+      n=$(sed -n 's/.*warm-up included: \([0-9]*\)).*/\1/p' <<<"$out")
+      cpu=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v n="$n" 'BEGIN {printf "%.0f", (n > 0 ? t / hz * 1e6 / n : 0)}')
+      echo "server CPU: $cpu µs per certificate"
+      rates[$s]+="$(awk '/^throughput:/ {print $2}' <<<"$out") "
+      cpus[$s]+="$cpu "
+    done
+  done
+  echo "== $kt: medians over $runs run(s)"
+  for s in "${servers[@]}"; do
+    printf '%-28s %8.0f certs/s  %6.0f server µs/cert  (certs/s: %s; µs: %s)\n' "$s" "$(median "${rates[$s]}")" "$(median "${cpus[$s]}")" "${rates[$s]% }" "${cpus[$s]% }"
   done
   cleanup; pids=()
   rm -rf "$work"
-  unset addr rootf rates
+  unset addr rootf rates cpus spid dir
   echo
 done
