@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"context"
 	"maps"
 	"slices"
 	"testing"
@@ -143,5 +144,65 @@ func TestDeltaADS(t *testing.T) {
 		// The next response is that type's, with only what changed.
 		p.expect(e.typeURL, d)
 		want = next
+	}
+}
+
+// TestSotWAndDeltaStreamsApart: go-control-plane numbers SotW and delta
+// streams from 1 each, so the first of each kind share a number. Two
+// proxies, one on each kind, with different identities, both get their
+// configuration; and when the delta one leaves, the SotW one is still
+// served (a push reaches it).
+func TestSotWAndDeltaStreamsApart(t *testing.T) {
+	srv, c := startADS(t)
+	const sotwNode = "sidecar~127.0.0.4~sleep.default~default.svc.cluster.local"
+	const deltaNode = "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"
+	sotw, err := c.StreamAggregatedResources(asID(t, "spiffe://cluster.local/ns/default/sa/sleep", 20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sotw.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: sotwNode}, TypeUrl: resource.ClusterType}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := sotw.Recv()
+	if err != nil {
+		t.Fatalf("SotW stream: %v", err)
+	}
+	ctx, leave := context.WithCancel(asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second))
+	d, err := c.DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := deltaProxy{t: t, s: d}
+	p.send(&discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: deltaNode}, TypeUrl: resource.ClusterType})
+	p.expect(resource.ClusterType, proxyConfig(t, srv, deltaNode)[resource.ClusterType])
+	// The SotW stream is still its own: its ACK is taken as sleep's.
+	if err := sotw.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	leave()
+	// An edit that changes sleep's clusters reaches it.
+	objs, _, err := source.Load("../../docs/examples/flaskapp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	services, err := xds.ServicesFromEntries(objs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if dr, ok := o.(*api.DestinationRule); ok {
+			dr.Spec.Subsets = dr.Spec.Subsets[:1]
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the delta stream's close is handled
+	if err := srv.Apply(objs, services); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := sotw.Recv()
+	if err != nil {
+		t.Fatalf("SotW stream after the delta stream left: %v", err)
+	}
+	if r2.VersionInfo == r.VersionInfo || len(r2.Resources) >= len(r.Resources) {
+		t.Fatalf("after the edit sleep got %d clusters at %s, before %d at %s", len(r2.Resources), r2.VersionInfo, len(r.Resources), r.VersionInfo)
 	}
 }

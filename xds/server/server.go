@@ -138,8 +138,10 @@ type proxyState struct {
 	versions map[string]string
 	reports  []string
 	built    *built // the configuration last set
-	seq      uint64 // counts builds set, so a slower push never replaces a newer one
-	delta    bool   // a delta stream is open: the snapshot cache serves it
+	// started counts builds as they read the mesh; applied is the number
+	// of the last one set, so that a slow build never replaces a later one.
+	started, applied uint64
+	delta            bool // a delta stream is open: the snapshot cache serves it
 }
 
 type streamState struct {
@@ -409,6 +411,7 @@ func (s *Server) outboundFor(mesh *xds.Mesh, sc xds.Scope) (*part, error) {
 // with its scope), its inbound part and its secrets, with each type's
 // version.
 type built struct {
+	seq      uint64 // proxyState.started when the build read the mesh
 	out, in  *part
 	secrets  []types.Resource // with the gateway credentials
 	versions map[string]string
@@ -439,6 +442,8 @@ func (s *Server) build(ps *proxyState) (*built, error) {
 		servers = append(servers, n)
 	}
 	secrets := ps.secrets
+	ps.started++
+	seq := ps.started
 	s.mu.Unlock()
 	out, err := s.outboundFor(mesh, mesh.ScopeOf(ps.proxy, w))
 	if err != nil {
@@ -458,7 +463,7 @@ func (s *Server) build(ps *proxyState) (*built, error) {
 		}
 		s.mu.Unlock()
 	}
-	b := &built{out: out, in: in, versions: map[string]string{}, sets: map[string]*typeSet{}}
+	b := &built{seq: seq, out: out, in: in, versions: map[string]string{}, sets: map[string]*typeSet{}}
 	for i, t := range typeOrder {
 		v := out.hashes[i] + in.hashes[i][:6]
 		b.versions[t] = v
@@ -528,6 +533,10 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	}
 	versions, reports := b.versions, b.reports
 	s.mu.Lock()
+	if b.seq < ps.applied { // a later build was set while this one ran
+		s.mu.Unlock()
+		return nil
+	}
 	same := reflect.DeepEqual(versions, ps.versions)
 	var changed []string
 	for t, v := range versions {
@@ -553,22 +562,14 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 			fresh = append(fresh, r)
 		}
 	}
-	var seq uint64
-	if !same {
-		ps.built = b
-		ps.seq++
-		seq = ps.seq
-	}
+	err = s.set(ctx, ps, b, same)
 	s.mu.Unlock()
 	// Conflicts and what the compilers could not express are logged once
 	// each, not on every push.
 	for _, r := range fresh {
 		s.cfg.Log.Warn("xds: configuration report", "report", r)
 	}
-	if same {
-		return nil
-	}
-	if err := s.set(ctx, ps, b, seq); err != nil {
+	if same || err != nil {
 		return err
 	}
 	if o := s.cfg.Observer; o != nil {
@@ -580,18 +581,18 @@ func (s *Server) push(ctx context.Context, ps *proxyState) error {
 	return nil
 }
 
-// set hands b, the seq'th build of ps, to the caches, unless a later
-// build got there first or ps is gone: SotW streams always, the snapshot
-// cache once ps has a delta stream. Under the lock, so builds reach the
-// caches in order and never after the proxy left (closed).
-func (s *Server) set(ctx context.Context, ps *proxyState, b *built, seq uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proxies[ps.proxy.ID] != ps || ps.seq != seq {
+// set hands b to the caches (s.mu held, so builds reach them in order
+// and never after the proxy left: closed): SotW streams always, the
+// snapshot cache once ps has a delta stream. An unchanged configuration
+// (same) is set too, answering nothing: it holds the current
+// generation's shared parts, so the previous one's can be freed.
+func (s *Server) set(ctx context.Context, ps *proxyState, b *built, same bool) error {
+	ps.built, ps.applied = b, b.seq
+	if s.proxies[ps.proxy.ID] != ps {
 		return nil
 	}
 	s.cache.Set(ps.proxy.ID, b.sets)
-	if !ps.delta {
+	if same || !ps.delta {
 		return nil
 	}
 	return s.cache.SetSnapshot(ctx, ps.proxy.ID, b.snapshot())
@@ -741,7 +742,11 @@ func (s *Server) Missing(fp string) (total int, missing []string) {
 		}
 		total++
 		if !slices.Contains(st.acked, fp) {
-			missing = append(missing, fmt.Sprintf("%s (ads stream %d)", st.node, n))
+			kind := "ads stream"
+			if n < 0 {
+				kind, n = "delta ads stream", -n
+			}
+			missing = append(missing, fmt.Sprintf("%s (%s %d)", st.node, kind, n))
 		}
 	}
 	slices.Sort(missing)
@@ -912,7 +917,9 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 			if err != nil {
 				return nil, status.Errorf(codes.Unavailable, "xds: no certificate for %s yet: %v", st.id, err)
 			}
+			s.mu.Lock()
 			ps.secrets = secrets
+			s.mu.Unlock()
 		}
 		if err := s.push(ctx, ps); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
@@ -1009,6 +1016,9 @@ func (s *Server) sotwRequest(id int64, req *discovery.DiscoveryRequest) {
 	if n := st.nonce[t]; n != "" && req.ResponseNonce != n {
 		return // stale: go-control-plane ignores it, and so does this
 	}
+	// go-control-plane's new watch has no nonce until it is answered: it
+	// takes any request of the type until then.
+	st.nonce[t] = ""
 	fp := namesPrint(req.ResourceNames)
 	st.asked[t] = fp
 	if last, ok := st.answered[t]; !ok || last != fp {
@@ -1036,8 +1046,10 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 	return xdsserver.CallbackFuncs{
 		StreamOpenFunc:        func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
 		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.closed(id) },
-		DeltaStreamOpenFunc:   func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
-		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.closed(id) },
+		// go-control-plane numbers SotW and delta streams apart, each from
+		// 1: delta streams are kept under their negated number.
+		DeltaStreamOpenFunc:   func(ctx context.Context, id int64, _ string) error { return s.open(ctx, -id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.closed(-id) },
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			var nack *string
 			ack := ""
@@ -1073,6 +1085,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			s.mu.Unlock()
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			id = -id
 			if resp.TypeUrl != resource.SecretType {
 				return
 			}
@@ -1083,6 +1096,7 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			s.mu.Unlock()
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
+			id = -id
 			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl == resource.SecretType {
 				s.mu.Lock()
 				st := s.streams[id]
