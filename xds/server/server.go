@@ -1044,8 +1044,8 @@ func (s *Server) sotwRequest(id int64, req *discovery.DiscoveryRequest) {
 
 func (s *Server) callbacks() xdsserver.Callbacks {
 	return xdsserver.CallbackFuncs{
-		StreamOpenFunc:        func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
-		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.closed(id) },
+		StreamOpenFunc:   func(ctx context.Context, id int64, _ string) error { return s.open(ctx, id) },
+		StreamClosedFunc: func(id int64, _ *corev3.Node) { s.closed(id) },
 		// go-control-plane numbers SotW and delta streams apart, each from
 		// 1: delta streams are kept under their negated number.
 		DeltaStreamOpenFunc:   func(ctx context.Context, id int64, _ string) error { return s.open(ctx, -id) },
