@@ -17,15 +17,7 @@ func meshFromYAML(t *testing.T, manifest string) *xds.Mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	services, err := xds.ServicesFromEntries(objs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mesh, err := xds.NewMesh(objs, services, xds.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mesh
+	return meshOf(t, objs)
 }
 
 // gatewayWorkload registers the ingress gateway proxy of ingressNode.
@@ -112,6 +104,30 @@ spec:
 	}
 }
 
+// databases are the TCP services the gateway tests route to.
+const databases = `
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mysql, namespace: default}
+spec:
+  hosts: [mysql]
+  addresses: [10.96.0.50]
+  resolution: STATIC
+  ports: [{number: 3306, name: tcp-mysql}]
+  endpoints: [{address: 10.0.0.50, labels: {app: mysql}, serviceAccount: mysql}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: pg, namespace: default}
+spec:
+  hosts: [pg]
+  addresses: [10.96.0.51]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-pg}]
+  endpoints: [{address: 10.0.0.51, labels: {app: pg}, serviceAccount: pg}]
+`
+
 // TestGatewayTLSTermination: a TLS server with tls.mode SIMPLE or MUTUAL
 // terminates TLS with its credentialName over SDS (MUTUAL: the client CA
 // from <name>-cacert, and with subjectAltNames those checked too), on a
@@ -150,27 +166,7 @@ spec:
     route: [{destination: {host: mysql, port: {number: 3306}}}]
   - match: [{port: 9001}, {port: 9002}]
     route: [{destination: {host: pg, port: {number: 5432}}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: mysql, namespace: default}
-spec:
-  hosts: [mysql]
-  addresses: [10.96.0.50]
-  resolution: STATIC
-  ports: [{number: 3306, name: tcp-mysql}]
-  endpoints: [{address: 10.0.0.50, labels: {app: mysql}, serviceAccount: mysql}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: pg, namespace: default}
-spec:
-  hosts: [pg]
-  addresses: [10.96.0.51]
-  resolution: STATIC
-  ports: [{number: 5432, name: tcp-pg}]
-  endpoints: [{address: 10.0.0.51, labels: {app: pg}, serviceAccount: pg}]
-`)
+`+databases)
 	v := viewOf(t, mesh, ingressNode)
 	if err := v.cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -270,25 +266,7 @@ spec:
     route: [{destination: {host: mysql, port: {number: 3306}}}]
   - match: [{port: 9100, gateways: [istio-system/tcp-gw]}]
     route: [{destination: {host: pg, port: {number: 5432}}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: mysql, namespace: default}
-spec:
-  hosts: [mysql]
-  resolution: STATIC
-  ports: [{number: 3306, name: tcp-mysql}]
-  endpoints: [{address: 10.0.0.50}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: pg, namespace: default}
-spec:
-  hosts: [pg]
-  resolution: STATIC
-  ports: [{number: 5432, name: tcp-pg}]
-  endpoints: [{address: 10.0.0.51}]
-`)
+`+databases)
 	v := viewOf(t, mesh, ingressNode)
 	if err := v.cfg.Validate(); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/xds"
@@ -19,6 +20,12 @@ func loadMesh(t *testing.T, dir string) *xds.Mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return meshOf(t, objs)
+}
+
+// meshOf is the mesh of objs, their ServiceEntries as the registry.
+func meshOf(t *testing.T, objs []api.Object) *xds.Mesh {
+	t.Helper()
 	services, err := xds.ServicesFromEntries(objs, "")
 	if err != nil {
 		t.Fatal(err)

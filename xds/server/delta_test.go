@@ -13,8 +13,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/wardenmesh/warden/api"
-	"github.com/wardenmesh/warden/internal/source"
-	"github.com/wardenmesh/warden/xds"
+	"github.com/wardenmesh/warden/xds/server"
 )
 
 // deltaProxy is a raw delta ADS client that ACKs what it checks.
@@ -115,14 +114,7 @@ func TestDeltaADS(t *testing.T) {
 	}
 	for i, e := range edits {
 		// Fresh objects, as a source gives: edits so far applied.
-		objs, _, err := source.Load("../../docs/examples/flaskapp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		services, err := xds.ServicesFromEntries(objs, "")
-		if err != nil {
-			t.Fatal(err)
-		}
+		objs, services := server.FlaskappExample(t)
 		for _, o := range objs {
 			for _, e := range edits[:i+1] {
 				e.edit(o)
@@ -181,14 +173,7 @@ func TestSotWAndDeltaStreamsApart(t *testing.T) {
 	}
 	leave()
 	// An edit that changes sleep's clusters reaches it.
-	objs, _, err := source.Load("../../docs/examples/flaskapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	services, err := xds.ServicesFromEntries(objs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	objs, services := server.FlaskappExample(t)
 	for _, o := range objs {
 		if dr, ok := o.(*api.DestinationRule); ok {
 			dr.Spec.Subsets = dr.Spec.Subsets[:1]

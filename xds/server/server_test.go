@@ -52,15 +52,7 @@ func startADS(t *testing.T, opts ...func(*server.Config)) (*server.Server, disco
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, _, err := source.Load("../../docs/examples/flaskapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	services, err := xds.ServicesFromEntries(objs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Apply(objs, services); err != nil {
+	if err := srv.Apply(server.FlaskappExample(t)); err != nil {
 		t.Fatal(err)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -131,11 +131,7 @@ func (c *sotwCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, 
 	node, typeURL := req.GetNode().GetId(), req.GetTypeUrl()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := c.nodes[node]
-	if n == nil {
-		n = &sotwNode{watches: map[int64]sotwWatch{}}
-		c.nodes[node] = n
-	}
+	n := c.node(node)
 	w := sotwWatch{typeURL: typeURL, version: req.GetVersionInfo(), sub: sub, out: out}
 	if set := n.sets[typeURL]; set != nil && set.version != w.version {
 		w.respond(set)
@@ -156,11 +152,7 @@ func (c *sotwCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, 
 func (c *sotwCache) Set(node string, sets map[string]*typeSet) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := c.nodes[node]
-	if n == nil {
-		n = &sotwNode{watches: map[int64]sotwWatch{}}
-		c.nodes[node] = n
-	}
+	n := c.node(node)
 	n.sets = sets
 	for id, w := range n.watches {
 		if set := sets[w.typeURL]; set != nil && set.version != w.version {
@@ -168,6 +160,16 @@ func (c *sotwCache) Set(node string, sets map[string]*typeSet) {
 			delete(n.watches, id)
 		}
 	}
+}
+
+// node is id's entry, made on first use (c.mu held).
+func (c *sotwCache) node(id string) *sotwNode {
+	n := c.nodes[id]
+	if n == nil {
+		n = &sotwNode{watches: map[int64]sotwWatch{}}
+		c.nodes[id] = n
+	}
+	return n
 }
 
 // ClearSnapshot forgets node (its last stream closed).

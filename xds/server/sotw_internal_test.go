@@ -11,9 +11,6 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/server/stream/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/wardenmesh/warden/internal/source"
-	"github.com/wardenmesh/warden/xds"
 )
 
 // TestProxiesShareTheirScopesAnswers: what keeps a proxy's memory in the
@@ -28,15 +25,7 @@ func TestProxiesShareTheirScopesAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, _, err := source.Load("../../docs/examples/flaskapp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	services, err := xds.ServicesFromEntries(objs, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Apply(objs, services); err != nil {
+	if err := s.Apply(FlaskappExample(t)); err != nil {
 		t.Fatal(err)
 	}
 	cb := s.callbacks()
