@@ -3,8 +3,6 @@ package kube_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -14,8 +12,6 @@ import (
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -75,17 +71,7 @@ func TestCheckKubernetesFailures(t *testing.T) {
 	})
 
 	// A proxy that took its listeners and never ACKed them.
-	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialServe(t, ns, addr, logs)
 	node := fmt.Sprintf("sidecar~10.40.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
 	if _, err := openADS(t, conn, requestToken(t, shop, "sleep", "istio-ca")).get(node, resource.ListenerType, nil, nil); err != nil {
 		t.Fatal(err)

@@ -21,14 +21,10 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-
-	"github.com/wardenmesh/warden/internal/kube"
 )
 
 // selfSigned is a certificate for host and its key, PEM.
@@ -207,17 +203,7 @@ spec:
 		t.Fatalf("%v\n%s", err, out)
 	}
 	addr, logs := startServe(t, ns)
-	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialServe(t, ns, addr, logs)
 	node := fmt.Sprintf("router~10.40.0.1~ingressgateway-1.%s~%s.svc.cluster.local", gw, gw)
 	tok := requestToken(t, gw, "istio-ingressgateway", "istio-ca")
 

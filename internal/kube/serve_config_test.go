@@ -3,8 +3,6 @@ package kube_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,12 +14,8 @@ import (
 	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -98,17 +92,7 @@ spec:
 	metricsURL := "http://" + httpAddr + "/metrics"
 	addr, logs, _ := startServeWith(t, ns, "replica-a", "--root-namespace", meshRoot, "--http-listen", httpAddr)
 
-	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(sec.Data["root-cert.pem"])
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialServe(t, ns, addr, logs)
 	tok := requestToken(t, shop, "reviews", "istio-ca")
 	node := fmt.Sprintf("sidecar~10.50.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop)
 	rootPolicy, otherPolicy := "ns["+meshRoot+"]-policy[root-deny]-rule[0]", "ns["+other+"]-policy[other-deny]-rule[0]"

@@ -107,19 +107,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 	newSA(t, shop, "sleep")
 	addr, logs := startServe(t, ns)
 
-	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
-		t.Fatal("no root in istio-ca-secret")
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialServe(t, ns, addr, logs)
 	sleepTok := requestToken(t, shop, "sleep", "istio-ca")
 	node := fmt.Sprintf("sidecar~10.20.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
 	cluster := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
@@ -129,6 +117,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 	var cds *discovery.DiscoveryResponse
 	eventually(t, 30*time.Second, func() error {
 		s = openADS(t, conn, sleepTok)
+		var err error
 		cds, err = s.get(node, resource.ClusterType, nil, nil)
 		if err != nil {
 			return err
@@ -270,4 +259,25 @@ spec:
 			t.Fatalf("%v: exit %d, %s", args, code, errb.String())
 		}
 	}
+}
+
+// dialServe is a gRPC connection to the warden serve of install
+// namespace ns at addr, checked against the root in its istio-ca-secret;
+// closed with the test.
+func dialServe(t *testing.T, ns, addr string, logs *lockedBuffer) *grpc.ClientConn {
+	t.Helper()
+	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(sec.Data["root-cert.pem"]) {
+		t.Fatal("no root in istio-ca-secret")
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
