@@ -31,8 +31,10 @@ for pkg in "${cores[@]}"; do
   bad=$(go list -deps "$pkg" | grep -E "$forbidden" | grep -Ev "$allowed" || true)
   if [ -n "$bad" ]; then
     echo "verify-imports: $pkg depends on forbidden packages:" >&2
-    echo "$bad" | head -5 | sed "s/^/  /" >&2
-    echo "  ($(echo "$bad" | wc -l) in all)" >&2
+    # No pipe into head: it may exit before echo writes, and pipefail
+    # would turn that SIGPIPE into a failure of its own.
+    sed -n '1,5s/^/  /p' <<<"$bad" >&2
+    echo "  ($(wc -l <<<"$bad") in all)" >&2
     fail=1
   fi
 done
@@ -46,7 +48,9 @@ for pkg in $vault_pkgs; do
   bad=$(go list -deps "$pkg" | grep -E "$kube" | grep -Ev "$allowed" || true)
   if [ -n "$bad" ]; then
     echo "verify-imports: $pkg depends on Kubernetes packages:" >&2
-    echo "$bad" | head -5 | sed "s/^/  /" >&2
+    # No pipe into head: it may exit before echo writes, and pipefail
+    # would turn that SIGPIPE into a failure of its own.
+    sed -n '1,5s/^/  /p' <<<"$bad" >&2
     fail=1
   fi
 done
