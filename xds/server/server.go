@@ -147,11 +147,7 @@ type proxyState struct {
 type streamState struct {
 	id   spiffeid.ID
 	node string
-	sent map[string]string // type -> last version sent (SotW NACK handling)
-	// SotW: per type, the nonce last sent, and the print (namesPrint) of
-	// the names last asked for and of those the last answer was for.
-	nonce           map[string]string
-	asked, answered map[string]uint64
+	sotw map[string]*sotwType // SotW: type URL -> what sotwCache needs
 	// Secrets: the delta nonce last sent with its version, and the
 	// fingerprints of the ROOTCA roots last ACKed.
 	secretNonce, secretVersion string
@@ -159,6 +155,25 @@ type streamState struct {
 }
 
 var typeOrder = [4]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
+
+// sotwType is a SotW stream's state for one type.
+type sotwType struct {
+	sent  string // version last answered ("" before the first answer)
+	nonce string // nonce last answered, until a request of the type is taken
+	// asked prints (namesPrint) the names last asked for, answered those
+	// the last answer was for.
+	asked, answered uint64
+}
+
+// sotwOf is st's state for typeURL, made on first use (s.mu held).
+func (st *streamState) sotwOf(typeURL string) *sotwType {
+	t := st.sotw[typeURL]
+	if t == nil {
+		t = &sotwType{}
+		st.sotw[typeURL] = t
+	}
+	return t
+}
 
 // NewServer makes a Server with an empty mesh; call Update to load config.
 func New(ctx context.Context, cfg Config) (*Server, error) {
@@ -832,8 +847,7 @@ func (s *Server) open(ctx context.Context, streamID int64) error {
 		return status.Error(codes.Unauthenticated, "xds: "+err.Error())
 	}
 	s.mu.Lock()
-	s.streams[streamID] = &streamState{id: id, sent: map[string]string{}, nonce: map[string]string{},
-		asked: map[string]uint64{}, answered: map[string]uint64{}}
+	s.streams[streamID] = &streamState{id: id, sotw: map[string]*sotwType{}}
 	s.mu.Unlock()
 	return nil
 }
@@ -1001,7 +1015,8 @@ func (s *Server) request(ctx context.Context, streamID int64, node **corev3.Node
 // makes the watch. A request whose names the stream has not been
 // answered for (a new stream, or a changed subscription) gets its
 // version cleared, so the cache answers it now rather than at the next
-// change. Names the proxy's configuration has are replaced by the
+// change; a NACK's is set to the version it rejects, which is not sent
+// again. Names the proxy's configuration has are replaced by the
 // configuration's own strings: a stream keeps its last request's names
 // (an Envoy's EDS request names every cluster), and a thousand proxies
 // need not hold a thousand copies of them.
@@ -1013,15 +1028,20 @@ func (s *Server) sotwRequest(id int64, req *discovery.DiscoveryRequest) {
 		return
 	}
 	t := req.TypeUrl
-	if n := st.nonce[t]; n != "" && req.ResponseNonce != n {
+	sw := st.sotwOf(t)
+	if sw.nonce != "" && req.ResponseNonce != sw.nonce {
 		return // stale: go-control-plane ignores it, and so does this
 	}
 	// go-control-plane's new watch has no nonce until it is answered: it
 	// takes any request of the type until then.
-	st.nonce[t] = ""
-	fp := namesPrint(req.ResourceNames)
-	st.asked[t] = fp
-	if last, ok := st.answered[t]; !ok || last != fp {
+	sw.nonce = ""
+	if req.ErrorDetail != nil {
+		// A NACK: the rejected version counts as seen, so the cache does
+		// not resend it forever; the next change is pushed.
+		req.VersionInfo = sw.sent
+	}
+	sw.asked = namesPrint(req.ResourceNames)
+	if sw.sent == "" || sw.answered != sw.asked {
 		req.VersionInfo = ""
 	}
 	ps := s.proxies[st.node]
@@ -1059,13 +1079,6 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			if req.ErrorDetail != nil {
 				msg := req.ErrorDetail.GetMessage()
 				nack = &msg
-				// The rejected version counts as seen, so the cache does
-				// not resend it forever; the next change is pushed.
-				s.mu.Lock()
-				if st := s.streams[id]; st != nil {
-					req.VersionInfo = st.sent[req.TypeUrl]
-				}
-				s.mu.Unlock()
 			} else if req.ResponseNonce != "" {
 				ack = req.VersionInfo
 			}
@@ -1078,9 +1091,8 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			s.mu.Lock()
 			if st := s.streams[id]; st != nil {
-				st.sent[resp.TypeUrl] = resp.VersionInfo
-				st.nonce[resp.TypeUrl] = resp.Nonce
-				st.answered[resp.TypeUrl] = st.asked[resp.TypeUrl]
+				sw := st.sotwOf(resp.TypeUrl)
+				sw.sent, sw.nonce, sw.answered = resp.VersionInfo, resp.Nonce, sw.asked
 			}
 			s.mu.Unlock()
 		},

@@ -9,13 +9,15 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 )
 
 // TestSotWSubscriptionChanges walks the state-of-the-world rules the
 // server keeps per stream (xDS protocol, "resource updates"): an ACK is
 // not answered until something changes; a request for more names at the
 // same version is answered at once with them; a request carrying a stale
-// nonce is ignored; names the configuration lacks are left out; and a
+// nonce is ignored; a NACK is not answered with the version it rejects;
+// names the configuration lacks are left out; and a
 // new stream is answered even when it already holds the current
 // version (a reconnecting Envoy).
 func TestSotWSubscriptionChanges(t *testing.T) {
@@ -102,6 +104,13 @@ func TestSotWSubscriptionChanges(t *testing.T) {
 	r = recv(all...)
 	send(r.VersionInfo, r.Nonce, all...)
 	quiet("the ACK of the wider subscription")
+	// A NACK carries the version the proxy had before (here none): the
+	// rejected one is not sent again until something changes.
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: resource.EndpointType,
+		ResponseNonce: r.Nonce, ResourceNames: all, ErrorDetail: &statuspb.Status{Code: 3, Message: "test: refused"}}); err != nil {
+		t.Fatal(err)
+	}
+	quiet("a NACK")
 
 	// Reconnect holding the current version.
 	s2, err := c.StreamAggregatedResources(ctx)
