@@ -348,26 +348,19 @@ func hashResources(rs []types.Resource) string {
 func newPart(c *xds.Config) (*part, error) {
 	p := &part{cfg: c}
 	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
-		// The hash is hashResources's, from the same encoding.
+		l, err := newTypeList(typeOrder[i], set)
+		if err != nil {
+			return nil, fmt.Errorf("xds: encode %w", err)
+		}
+		p.lists[i] = l
+		p.index[i] = make(map[string]types.ResourceWithTTL, l.len())
 		h := sha256.New()
-		p.index[i] = make(map[string]types.ResourceWithTTL, len(set))
-		set = slices.Clone(set) // the encoded resources, for the lists
-		for j, r := range set {
-			m, err := marshal(r)
-			if err != nil {
-				return nil, fmt.Errorf("xds: encode %s: %w", xds.ResourceName(r), err)
-			}
+		for _, m := range l.items {
 			h.Write(m.wire)
 			h.Write([]byte{0})
-			// Later resources of a name win, as in cachev3.NewResources.
 			p.index[i][m.name] = types.ResourceWithTTL{Resource: m}
-			set[j] = m
 		}
 		p.hashes[i] = hex.EncodeToString(h.Sum(nil)[:8])
-		var err error
-		if p.lists[i], err = newTypeList(typeOrder[i], set); err != nil {
-			return nil, err
-		}
 	}
 	return p, nil
 }
@@ -483,8 +476,8 @@ func (s *Server) build(ps *proxyState) (*built, error) {
 		v := out.hashes[i] + in.hashes[i][:6]
 		b.versions[t] = v
 		set := &typeSet{version: v, lists: [2]*typeList{out.lists[i], in.lists[i]}}
-		for _, n := range in.lists[i].names {
-			if _, ok := out.index[i][n]; ok { // in wins, in out's place
+		for _, m := range in.lists[i].items {
+			if _, ok := out.index[i][m.name]; ok { // in wins, in out's place
 				set.lists = [2]*typeList{concat(out.lists[i], in.lists[i])}
 				break
 			}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"hash/maphash"
 	"slices"
 	"sync"
@@ -10,6 +11,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/wardenmesh/warden/xds"
 )
 
 // sotwCache answers state-of-the-world watches itself and leaves delta
@@ -46,11 +49,18 @@ type sotwWatch struct {
 	out              chan cachev3.Response
 }
 
-// typeList is resources of one type in order, with their Anys: a part's
-// is built once and shared by every proxy that gets the part.
+// typeList is resources of one type in order, encoded, with their Anys:
+// a part's is built once and shared by every proxy that gets the part.
 type typeList struct {
-	names []string
+	items []*marshaled
 	anys  []*anypb.Any
+}
+
+func (l *typeList) len() int {
+	if l == nil {
+		return 0
+	}
+	return len(l.items)
 }
 
 // newTypeList encodes rs (later resources of a name win, in the place of
@@ -63,16 +73,16 @@ func newTypeList(typeURL string, rs []types.Resource) (*typeList, error) {
 		if !ok {
 			var err error
 			if m, err = marshal(r); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("%s: %w", xds.ResourceName(r), err)
 			}
 		}
 		a := &anypb.Any{TypeUrl: typeURL, Value: m.wire}
 		if i, ok := at[m.name]; ok {
-			l.anys[i] = a
+			l.items[i], l.anys[i] = m, a
 			continue
 		}
-		at[m.name] = len(l.names)
-		l.names = append(l.names, m.name)
+		at[m.name] = len(l.items)
+		l.items = append(l.items, m)
 		l.anys = append(l.anys, a)
 	}
 	return l, nil
@@ -93,27 +103,28 @@ type typeSet struct {
 // the mesh.
 func concat(out, in *typeList) *typeList {
 	switch {
-	case in == nil || len(in.names) == 0:
+	case in.len() == 0:
 		return out
-	case out == nil || len(out.names) == 0:
+	case out.len() == 0:
 		return in
 	}
-	l := &typeList{names: make([]string, 0, len(out.names)+len(in.names)), anys: make([]*anypb.Any, 0, len(out.names)+len(in.names))}
-	own := make(map[string]int, len(in.names))
-	for i, n := range in.names {
-		own[n] = i
+	n := out.len() + in.len()
+	l := &typeList{items: make([]*marshaled, 0, n), anys: make([]*anypb.Any, 0, n)}
+	own := make(map[string]int, in.len())
+	for i, m := range in.items {
+		own[m.name] = i
 	}
-	for i, n := range out.names {
+	for i, m := range out.items {
 		a := out.anys[i]
-		if j, ok := own[n]; ok {
-			a = in.anys[j]
-			delete(own, n)
+		if j, ok := own[m.name]; ok {
+			m, a = in.items[j], in.anys[j]
+			delete(own, m.name)
 		}
-		l.names, l.anys = append(l.names, n), append(l.anys, a)
+		l.items, l.anys = append(l.items, m), append(l.anys, a)
 	}
-	for i, n := range in.names {
-		if _, ok := own[n]; ok {
-			l.names, l.anys = append(l.names, n), append(l.anys, in.anys[i])
+	for i, m := range in.items {
+		if _, ok := own[m.name]; ok {
+			l.items, l.anys = append(l.items, m), append(l.anys, in.anys[i])
 		}
 	}
 	return l
@@ -188,14 +199,14 @@ func (w sotwWatch) respond(set *typeSet) {
 	var parts [][]*anypb.Any
 	for _, l := range set.lists {
 		switch {
-		case l == nil || len(l.names) == 0:
-		case w.sub.IsWildcard() || subscribesAll(w.sub, l.names):
+		case l.len() == 0:
+		case w.sub.IsWildcard() || subscribesAll(w.sub, l):
 			parts = append(parts, l.anys)
 		default:
 			names := w.sub.SubscribedResources()
 			var kept []*anypb.Any
-			for i, n := range l.names {
-				if _, ok := names[n]; ok {
+			for i, m := range l.items {
+				if _, ok := names[m.name]; ok {
 					kept = append(kept, l.anys[i])
 				}
 			}
@@ -213,13 +224,13 @@ func (w sotwWatch) respond(set *typeSet) {
 	w.out <- &sotwResponse{req: &discovery.DiscoveryRequest{TypeUrl: w.typeURL, VersionInfo: w.version}, version: set.version, anys: anys}
 }
 
-func subscribesAll(sub cachev3.Subscription, names []string) bool {
+func subscribesAll(sub cachev3.Subscription, l *typeList) bool {
 	subs := sub.SubscribedResources()
-	if len(subs) < len(names) {
+	if len(subs) < l.len() {
 		return false
 	}
-	for _, n := range names {
-		if _, ok := subs[n]; !ok {
+	for _, m := range l.items {
+		if _, ok := subs[m.name]; !ok {
 			return false
 		}
 	}

@@ -41,8 +41,8 @@ func TestProxiesShareTheirScopesAnswers(t *testing.T) {
 				s.mu.Lock()
 				ps := s.proxies[node]
 				s.mu.Unlock()
-				for _, n := range ps.built.out.lists[3].names {
-					req.ResourceNames = append(req.ResourceNames, string([]byte(n))) // a copy, as decoding makes
+				for _, m := range ps.built.out.lists[3].items {
+					req.ResourceNames = append(req.ResourceNames, string([]byte(m.name))) // a copy, as decoding makes
 				}
 			}
 			if err := cb.OnStreamRequest(streamID, req); err != nil {
