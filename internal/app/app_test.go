@@ -79,7 +79,12 @@ func serveAt(t *testing.T, dataDir, addr string, extra ...string) (string, func(
 	var once sync.Once
 	code := 0
 	stop := func() int {
-		once.Do(func() { cancel(); code = <-done })
+		once.Do(func() {
+			cancel()
+			if code = <-done; code != 0 {
+				t.Logf("warden serve exited with %d:\n%s", code, stderr.String())
+			}
+		})
 		return code
 	}
 	t.Cleanup(func() { stop() })

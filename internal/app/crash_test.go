@@ -95,3 +95,19 @@ func TestKillDuringFirstStart(t *testing.T) {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// TestStopBeforeServing: a stop that comes before the servers start (a
+// SIGTERM during the first start) is a clean exit, status 0, not
+// gRPC's "the server has been stopped" as a failure.
+func TestStopBeforeServing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out bytes.Buffer
+	data := filepath.Join(t.TempDir(), "data")
+	if code := app.Run(ctx, []string{"serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", ""}, &out, &out); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, out.String())
+	}
+	if !fileExists(filepath.Join(data, "root-cert.pem")) {
+		t.Fatalf("no store made:\n%s", out.String())
+	}
+}

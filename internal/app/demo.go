@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -104,7 +105,10 @@ func runDemoServer(ctx context.Context, e *env, args []string) error {
 	}
 	go func() { <-ctx.Done(); srv.GracefulStop() }()
 	fmt.Fprintf(e.stdout, "demo server %s listening on %s\n", version, lis.Addr())
-	return srv.Serve(lis)
+	if err := srv.Serve(lis); !errors.Is(err, grpc.ErrServerStopped) {
+		return err
+	}
+	return nil
 }
 
 type demoService struct {

@@ -513,7 +513,14 @@ func (s *controlPlane) httpHandler() http.Handler {
 func (s *controlPlane) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	s.log.Info("serving CA API", "addr", s.caLis.Addr().String())
-	g.Go(func() error { return s.grpc.Serve(s.limiter.Listen(s.caLis)) })
+	g.Go(func() error {
+		// A shutdown that comes before Serve starts makes it return
+		// ErrServerStopped: that is a clean stop, not a failure.
+		if err := s.grpc.Serve(s.limiter.Listen(s.caLis)); !errors.Is(err, grpc.ErrServerStopped) {
+			return err
+		}
+		return nil
+	})
 	if s.http != nil {
 		s.log.Info("serving JWKS and health checks", "url", "http://"+s.httpLis.Addr().String()+jwksPath)
 		g.Go(func() error {
