@@ -531,7 +531,15 @@ func (s *controlPlane) run(ctx context.Context) error {
 		})
 	}
 	for _, task := range s.tasks {
-		g.Go(func() error { return task(ctx) })
+		g.Go(func() error {
+			// A task stopped by the shutdown (say, during its first list
+			// from the API server) has not failed.
+			err := task(ctx)
+			if ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+				return nil
+			}
+			return err
+		})
 	}
 	g.Go(func() error {
 		<-ctx.Done()

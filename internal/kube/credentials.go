@@ -47,6 +47,10 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 	}
 	lister := inf.Lister()
 	if err := startAndSync(ctx, "gateway-credentials", f); err != nil {
+		f.Shutdown()
+		if ctx.Err() != nil {
+			return nil // stopped before the first list finished: not a failure
+		}
 		return err
 	}
 	g.lister.Store(&lister)
