@@ -9,7 +9,6 @@ import (
 	"os"
 
 	"k8s.io/client-go/dynamic"
-	"k8s.io/klog/v2"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
@@ -49,7 +48,7 @@ func (k *kubeFlags) enabled() bool { return k.on }
 // leader's writers. It returns the TokenReview authenticator.
 func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
-	klog.SetSlogLogger(s.log) // client-go logs through warden's logger
+	logClientGoTo(s.log)
 	rc, err := kube.RESTConfig(k.kubeconfig)
 	if err != nil {
 		return nil, err
