@@ -94,7 +94,10 @@ func (c *SASecrets) Run(ctx context.Context) error {
 		h   cache.ResourceEventHandlerFuncs
 	}{
 		{saInf.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: onSA, UpdateFunc: func(_, n any) { onSA(n) }, DeleteFunc: onSA}},
-		{secInf.Informer(), cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, n any) { onSecret(n) }, DeleteFunc: onSecret}},
+		// Adds too: a Secret created by a reconcile that ran before its
+		// namespace's opt-out label arrived must be seen, and removed,
+		// even when the namespace's own event was handled first.
+		{secInf.Informer(), cache.ResourceEventHandlerFuncs{AddFunc: onSecret, UpdateFunc: func(_, n any) { onSecret(n) }, DeleteFunc: onSecret}},
 		{nsInf.Informer(), cache.ResourceEventHandlerFuncs{UpdateFunc: func(_, n any) { onNS(n) }}},
 	} {
 		if _, err := reg.inf.AddEventHandler(reg.h); err != nil {
