@@ -54,14 +54,19 @@ func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
 		return fmt.Errorf("admin socket: %w", err)
 	}
 	srv := &http.Server{Handler: r.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	removed := make(chan struct{})
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
 		_ = os.Remove(path)
+		close(removed)
 	}()
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// The socket is gone before we return: a serve started next on this
+	// data directory must not lose its new socket to our removal.
+	<-removed
 	return nil
 }
 
