@@ -183,18 +183,23 @@ func (hc *h2Conn) read() {
 			return
 		case *http2.SettingsFrame:
 			if !x.IsAck() {
-				hc.wmu.Lock()
-				_ = hc.fr.WriteSettingsAck()
-				hc.wmu.Unlock()
+				_ = hc.write(hc.fr.WriteSettingsAck)
 			}
 		case *http2.PingFrame:
 			if !x.IsAck() {
-				hc.wmu.Lock()
-				_ = hc.fr.WritePing(true, x.Data)
-				hc.wmu.Unlock()
+				_ = hc.write(func() error { return hc.fr.WritePing(true, x.Data) })
 			}
 		}
 	}
+}
+
+// write runs one frame write under wmu: the reader answers SETTINGS and
+// PING while the sender writes HEADERS, and a Framer is not safe for
+// concurrent writes.
+func (hc *h2Conn) write(f func() error) error {
+	hc.wmu.Lock()
+	defer hc.wmu.Unlock()
+	return f()
 }
 
 func headerBlock(h *HostileConfig, authorization string) []byte {
@@ -222,7 +227,9 @@ func (h *Hostile) oversized(ctx context.Context) {
 		h.oversizedSent.Add(1)
 		const chunk = 16 << 10
 		sent := min(chunk, len(block))
-		err = hc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:sent]})
+		err = hc.write(func() error {
+			return hc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block[:sent]})
+		})
 		for off := sent; err == nil && off < len(block) && ctx.Err() == nil; off += chunk {
 			select {
 			case <-hc.closed:
@@ -234,7 +241,7 @@ func (h *Hostile) oversized(ctx context.Context) {
 			default:
 			}
 			end := min(off+chunk, len(block))
-			err = hc.fr.WriteContinuation(1, false, block[off:end])
+			err = hc.write(func() error { return hc.fr.WriteContinuation(1, false, block[off:end]) })
 			sent = end
 		}
 		h.headerBytes.Add(int64(sent))
@@ -263,9 +270,9 @@ func (h *Hostile) stalled(ctx context.Context, n int) {
 		}
 		open := int64(0)
 		for i := range n {
-			hc.wmu.Lock()
-			err := hc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block, EndHeaders: true})
-			hc.wmu.Unlock()
+			err := hc.write(func() error {
+				return hc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: block, EndHeaders: true})
+			})
 			if err != nil {
 				break
 			}
