@@ -81,14 +81,8 @@ func TestGRPCDecidesAsExplain(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	var serverOut syncBuffer
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		out := &serverOut
-		app.Run(ctx, []string{"demo", "server", "--xds", addr, "--node", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local",
-			"--certs", certs["default/flaskapp"], "--listen", net.JoinHostPort("127.0.0.3", port), "--version", "v2"}, out, out)
-	}()
+	serverOut := demoServer(t, ctx, &wg, "--xds", addr, "--node", "sidecar~127.0.0.3~flaskapp-v2.default~default.svc.cluster.local",
+		"--certs", certs["default/flaskapp"], "--listen", net.JoinHostPort("127.0.0.3", port), "--version", "v2")
 
 	type call struct {
 		id, rpc string

@@ -381,25 +381,42 @@ spec:
 		return nil
 	})
 
-	// A VirtualService edit reaches a running client: v2, then v1.
-	var live []map[string]any
-	var liveErr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		live, liveErr = probe(t, bin, []string{"GRPC_XDS_BOOTSTRAP=" + sleep.bootstrap}, "grpc-client", "--target", target, "-n", "60", "--every", "100ms")
-	}()
-	time.Sleep(2 * time.Second)
+	// A VirtualService edit reaches a running client: v2, then v1. The
+	// edit is written once the client's first call has come back (on v2).
 	routing := filepath.Join(m.mesh, "routing.yaml")
 	b, _ := os.ReadFile(routing)
 	edited := strings.Replace(string(b), "subset: v2}", "subset: v1}", 1)
 	if edited == string(b) {
 		t.Fatal("routing.yaml did not route to subset v2")
 	}
-	os.WriteFile(routing, []byte(edited), 0o644)
-	<-done
-	if liveErr != nil {
-		t.Fatal(liveErr)
+	liveCtx, stopLive := context.WithTimeout(context.Background(), 90*time.Second)
+	defer stopLive()
+	liveCmd := exec.CommandContext(liveCtx, filepath.Join(bin, "istio-probe"), "grpc-client", "--target", target, "-n", "100", "--every", "100ms")
+	liveCmd.Env = append(os.Environ(), "GRPC_XDS_BOOTSTRAP="+sleep.bootstrap)
+	var liveErr bytes.Buffer
+	liveCmd.Stderr = &liveErr
+	liveOut, err := liveCmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := liveCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var live []map[string]any
+	for sc := bufio.NewScanner(liveOut); sc.Scan(); {
+		if !strings.HasPrefix(sc.Text(), "{") {
+			continue // Istio's log lines
+		}
+		var res map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &res); err != nil {
+			t.Fatalf("istio-probe printed %q: %v", sc.Text(), err)
+		}
+		if live = append(live, res); len(live) == 1 {
+			os.WriteFile(routing, []byte(edited), 0o644)
+		}
+	}
+	if err := liveCmd.Wait(); err != nil || len(live) == 0 {
+		t.Fatalf("grpc client during the VirtualService edit: %v (%d calls)\n%s", err, len(live), liveErr.String())
 	}
 	if first, last := live[0], live[len(live)-1]; first["version"] != "v2" || last["code"] != "OK" || last["version"] != "v1" {
 		t.Fatalf("the running client's first call went to %v and its last to %v; want v2, then v1", first["version"], last)

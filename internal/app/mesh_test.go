@@ -33,13 +33,8 @@ func TestMeshEndToEnd(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for v, ip := range map[string]string{"v1": "127.0.0.2", "v2": "127.0.0.3"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var out syncBuffer
-			app.Run(ctx, []string{"demo", "server", "--xds", addr, "--node", node(ip, "flaskapp-"+v), "--certs", certs["flaskapp"],
-				"--listen", net.JoinHostPort(ip, port), "--version", v}, &out, &out)
-		}()
+		demoServer(t, ctx, &wg, "--xds", addr, "--node", node(ip, "flaskapp-"+v), "--certs", certs["flaskapp"],
+			"--listen", net.JoinHostPort(ip, port), "--version", v)
 	}
 	target := "xds:///flaskapp.default.svc.cluster.local:" + port
 	client := func(sa, ip string, n int, every time.Duration) string {

@@ -2,12 +2,16 @@ package app_test
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -64,4 +68,23 @@ func startMeshWith(t *testing.T, files []string, extra map[string]string, serveF
 		}
 	}
 	return m
+}
+
+// demoServer runs 'warden demo server' with args until ctx is done, and
+// returns once it serves (its listener came from xDS): a client started
+// earlier could wait out gRPC's reconnect backoff on its first calls.
+func demoServer(t *testing.T, ctx context.Context, wg *sync.WaitGroup, args ...string) *syncBuffer {
+	t.Helper()
+	out := &syncBuffer{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		app.Run(ctx, append([]string{"demo", "server"}, args...), out, out)
+	}()
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(out.String(), "serving mode SERVING"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo server %v never served:\n%s", args, out.String())
+		}
+	}
+	return out
 }

@@ -60,6 +60,18 @@ func promQuery(t *testing.T, addr, q string) (int, error) {
 	return 1, nil // a scalar
 }
 
+// promSeries is promQuery retried for up to 20 s until the query has a
+// series: rates need two scrapes after the load, and a slow scrape can
+// leave a gap.
+func promSeries(t *testing.T, addr, q string) (n int, err error) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if n, err = promQuery(t, addr, q); (err == nil && n > 0) || time.Now().After(deadline) {
+			return n, err
+		}
+	}
+}
+
 // signals splits an alert expression at its top-level "and", "or" and
 // "unless", and each part at its last top-level comparison: the
 // quantities the alert watches, which must have data even when it does
@@ -174,7 +186,7 @@ scrape_configs:
 		for _, tg := range p.Targets {
 			q := strings.ReplaceAll(tg.Expr, "$job", ".*")
 			queries++
-			if n, err := promQuery(t, promAddr, q); err != nil || n == 0 {
+			if n, err := promSeries(t, promAddr, q); err != nil || n == 0 {
 				t.Errorf("panel %q: %s: %d series, %v", p.Title, q, n, err)
 			}
 		}
@@ -196,7 +208,7 @@ scrape_configs:
 				t.Errorf("alert %s: %v", r.Alert, err)
 			}
 			for _, s := range signals(r.Expr) {
-				if n, err := promQuery(t, promAddr, s); err != nil || n == 0 {
+				if n, err := promSeries(t, promAddr, s); err != nil || n == 0 {
 					t.Errorf("alert %s watches %s: %d series, %v", r.Alert, s, n, err)
 				}
 			}

@@ -90,13 +90,8 @@ func startTraffic(t *testing.T, m *meshFixture, root string) *traffic {
 	tr := &traffic{flask: agentFor(t, ctx, &wg, m, root, "default", "flaskapp"), sleep: agentFor(t, ctx, &wg, m, root, "default", "sleep")}
 	node := func(ip, pod string) string { return "sidecar~" + ip + "~" + pod + ".default~default.svc.cluster.local" }
 	for v, ip := range map[string]string{"v1": "127.0.0.2", "v2": "127.0.0.3"} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var out syncBuffer
-			app.Run(ctx, []string{"demo", "server", "--xds", m.addr, "--node", node(ip, "flaskapp-"+v), "--certs", tr.flask,
-				"--listen", net.JoinHostPort(ip, m.port), "--version", v}, &out, &out)
-		}()
+		demoServer(t, ctx, &wg, "--xds", m.addr, "--node", node(ip, "flaskapp-"+v), "--certs", tr.flask,
+			"--listen", net.JoinHostPort(ip, m.port), "--version", v)
 	}
 	// Warm up (waiting for ready connections) so that the measured calls,
 	// which do not wait, start once the servers serve.
@@ -185,6 +180,7 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	}
 	tr := startTraffic(t, m, filepath.Join(m.data, "root-cert.pem"))
 
+	beforePublish := time.Now()
 	out := rotate(t, m.data, "publish")
 	if !strings.Contains(out, "phase: published") {
 		t.Fatalf("publish:\n%s", out)
@@ -194,9 +190,15 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 		h := sdsLine.FindStringSubmatch(s)
 		return h != nil && h[1] == "2" && h[2] == "2"
 	})
+	// Activation must wait for the 6 s grace when it comes inside it: a
+	// loaded machine may get here after the grace (a second's margin).
+	inGrace := time.Since(beforePublish) < 5*time.Second
 	out = rotate(t, m.data, "activate")
-	if !strings.Contains(out, "activation waits until") {
+	switch waited := strings.Contains(out, "activation waits until"); {
+	case inGrace && !waited:
 		t.Errorf("activation did not wait for --rotation-grace:\n%s", out)
+	case !inGrace:
+		t.Logf("activate came %s after publish, past the grace: its wait not checked", time.Since(beforePublish).Round(time.Millisecond))
 	}
 	waitStatus(t, m.data, 20*time.Second, "activation", func(s string) bool { return phaseLine.FindStringSubmatch(s)[1] == "activated" })
 	rotate(t, m.data, "retire")

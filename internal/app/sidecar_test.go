@@ -33,13 +33,8 @@ spec:
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var out syncBuffer
-		app.Run(ctx, []string{"demo", "server", "--xds", m.addr, "--node", node("127.0.0.3", "flaskapp-v2"), "--certs", m.certs["default/flaskapp"],
-			"--listen", net.JoinHostPort("127.0.0.3", m.port), "--version", "v2"}, &out, &out)
-	}()
+	demoServer(t, ctx, &wg, "--xds", m.addr, "--node", node("127.0.0.3", "flaskapp-v2"), "--certs", m.certs["default/flaskapp"],
+		"--listen", net.JoinHostPort("127.0.0.3", m.port), "--version", "v2")
 	client := func(sa, ip string, wait time.Duration) string {
 		var out syncBuffer
 		cctx, ccancel := context.WithTimeout(ctx, wait)
