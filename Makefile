@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: race bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -57,9 +57,15 @@ prometheus:
 istio-agent:
 	hack/istioagent.sh
 
+TEST_ENV = KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" WARDEN_ISTIO_AUTHZ_BIN="$$(hack/istioauthz.sh)" \
+	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)"
+
 unit:
-	KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" WARDEN_ISTIO_AUTHZ_BIN="$$(hack/istioauthz.sh)" \
-	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)" $(GO) test -count=1 -timeout 20m ./...
+	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...
+
+## race: every Go test under the race detector (not part of `make test`: about 25 minutes on 2 cores).
+race:
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout 60m ./...
 
 fuzz-smoke:
 	FUZZ_SCALE=$(FUZZ_SCALE) hack/fuzz.sh
