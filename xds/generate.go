@@ -16,6 +16,7 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -142,7 +143,7 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 				out.Listeners = append(out.Listeners, l)
 			}
 		}
-		out.Listeners = append(out.Listeners, virtualOutbound())
+		out.Listeners = append(out.Listeners, virtualOutbound(sc.Transparent))
 		out.Clusters = append(out.Clusters, blackHoleCluster())
 	}
 	out.Reports = g.reports
@@ -157,11 +158,12 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 // (warden serves only registered destinations: Istio's REGISTRY_ONLY).
 // The first chain stops a connection addressed to 15001 itself from
 // looping.
-func virtualOutbound() *listenerv3.Listener {
+func virtualOutbound(transparent bool) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:             OutboundListener,
 		Address:          socketAddress("0.0.0.0", OutboundPort),
 		UseOriginalDst:   wrapperspb.Bool(true),
+		Transparent:      transparentFlag(transparent),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		FilterChains: []*listenerv3.FilterChain{
 			{
@@ -417,6 +419,24 @@ func rdsHCM(prefix, route string) *hcmv3.HttpConnectionManager {
 	}
 }
 
+// transparentFlag is a listener's Transparent for TPROXY interception
+// (IP_TRANSPARENT: it accepts connections to addresses not its own); unset
+// for REDIRECT, as in Istio.
+func transparentFlag(transparent bool) *wrapperspb.BoolValue {
+	if !transparent {
+		return nil
+	}
+	return wrapperspb.Bool(true)
+}
+
+// originalSrc makes inbound connections to the application come from the
+// caller's address, marked 1337 for TPROXY's routing rules (Istio's
+// mark).
+func originalSrc() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{Name: "envoy.filters.listener.original_src",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: typed(&originalsrcv3.OriginalSrc{Mark: 1337})}}
+}
+
 func originalDst() *listenerv3.ListenerFilter {
 	return &listenerv3.ListenerFilter{Name: "envoy.filters.listener.original_dst",
 		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: typed(&originaldstv3.OriginalDst{})}}
@@ -437,10 +457,13 @@ func apiListener(name, route string) *listenerv3.Listener {
 func InboundCluster(port uint32) string { return fmt.Sprintf("inbound|%d||", port) }
 
 // Inbound builds w's own listener (Envoy's virtualInbound, with the authn
-// filter chains, jwt_authn and RBAC) and the clusters to the application.
-// For proxyless gRPC, servers ask for their listeners by address: see
+// filter chains, jwt_authn and RBAC) and the clusters to the application,
+// for REDIRECT interception (InboundFor reads the proxy's mode). For
+// proxyless gRPC, servers ask for their listeners by address: see
 // ServerListener.
-func (m *Mesh) Inbound(w *Workload) (*Config, error) {
+func (m *Mesh) Inbound(w *Workload) (*Config, error) { return m.inbound(w, false) }
+
+func (m *Mesh) inbound(w *Workload, transparent bool) (*Config, error) {
 	out := &Config{}
 	if len(w.Ports) == 0 {
 		return out, nil
@@ -470,9 +493,14 @@ func (m *Mesh) Inbound(w *Workload) (*Config, error) {
 		})
 	}
 	// original_dst first, as in Istio: the filter chains match the port the
-	// connection was headed for, not 15006, where iptables redirected it.
+	// connection was headed for, not 15006, where iptables redirected it;
+	// with TPROXY, original_src next.
+	filters := []*listenerv3.ListenerFilter{originalDst()}
+	if transparent {
+		filters = append(filters, originalSrc())
+	}
 	lis := &listenerv3.Listener{Name: InboundListener, Address: socketAddress("0.0.0.0", InboundPort), TrafficDirection: corev3.TrafficDirection_INBOUND,
-		ListenerFilters: append([]*listenerv3.ListenerFilter{originalDst()}, an.ListenerFilters...)}
+		Transparent: transparentFlag(transparent), ListenerFilters: append(filters, an.ListenerFilters...)}
 	for _, fc := range an.FilterChains {
 		fc = proto.Clone(fc).(*listenerv3.FilterChain)
 		port := fc.GetFilterChainMatch().GetDestinationPort().GetValue()
@@ -645,7 +673,7 @@ func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, err
 		return m.Gateway(p, w)
 	}
 	if p.Generator != GeneratorGRPC {
-		return m.Inbound(w)
+		return m.inbound(w, p.Transparent)
 	}
 	c := &Config{}
 	for _, n := range slices.Sorted(slices.Values(servers)) {

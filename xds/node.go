@@ -28,6 +28,11 @@ type Proxy struct {
 	// agent sends its release), for metrics only; empty when absent or
 	// not a version-like string (at most 64 letters, digits and .-+_).
 	IstioVersion string
+	// Transparent: an Envoy sidecar whose traffic iptables intercepts
+	// with TPROXY (metadata INTERCEPTION_MODE), not REDIRECT. Its virtual
+	// listeners are transparent, and inbound connections keep the
+	// caller's address (original_src), as Istio builds them.
+	Transparent bool
 }
 
 // ParseNode reads Istio's node ID form
@@ -53,7 +58,29 @@ func ParseNode(n *corev3.Node) (*Proxy, error) {
 			return nil, fmt.Errorf("xds: node %s: metadata GENERATOR %q is not %q or %q", n.GetId(), g, GeneratorEnvoy, GeneratorGRPC)
 		}
 	}
+	if err := p.interception(n.GetMetadata().GetFields()["INTERCEPTION_MODE"].GetStringValue()); err != nil {
+		return nil, fmt.Errorf("xds: node %s: %w", n.GetId(), err)
+	}
 	return p, nil
+}
+
+// interception reads the metadata INTERCEPTION_MODE of an Envoy sidecar.
+// Gateways bind their own ports and proxyless gRPC has nothing
+// intercepted: for them, as in Istio, the mode changes nothing.
+func (p *Proxy) interception(mode string) error {
+	if p.Type != "sidecar" || p.Generator != GeneratorEnvoy {
+		return nil
+	}
+	switch mode {
+	case "", "REDIRECT":
+	case "TPROXY":
+		p.Transparent = true
+	case "NONE":
+		return fmt.Errorf(`metadata INTERCEPTION_MODE "NONE" (a sidecar without iptables) is not served: warden builds a sidecar's listeners for iptables interception, REDIRECT or TPROXY; without it they would have to bind the workload's ports`)
+	default:
+		return fmt.Errorf("metadata INTERCEPTION_MODE %q is not REDIRECT or TPROXY (or NONE, which warden does not serve)", mode)
+	}
+	return nil
 }
 
 // versionLike: a label value a client may choose without bloating the

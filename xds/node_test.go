@@ -25,6 +25,7 @@ func TestParseNodeMetadata(t *testing.T) {
 	for _, c := range []struct {
 		md                 map[string]string
 		generator, version string
+		transparent        bool
 		err                string
 	}{
 		{md: nil, generator: xds.GeneratorEnvoy},
@@ -34,6 +35,13 @@ func TestParseNodeMetadata(t *testing.T) {
 		{md: map[string]string{"ISTIO_VERSION": `1"} 9`}, generator: xds.GeneratorEnvoy},
 		{md: map[string]string{"ISTIO_VERSION": strings.Repeat("9", 65)}, generator: xds.GeneratorEnvoy},
 		{md: map[string]string{"GENERATOR": "ztunnel"}, err: `metadata GENERATOR "ztunnel" is not "envoy" or "grpc"`},
+		{md: map[string]string{"INTERCEPTION_MODE": "REDIRECT"}, generator: xds.GeneratorEnvoy},
+		{md: map[string]string{"INTERCEPTION_MODE": "TPROXY"}, generator: xds.GeneratorEnvoy, transparent: true},
+		{md: map[string]string{"INTERCEPTION_MODE": "NONE"}, err: `metadata INTERCEPTION_MODE "NONE" (a sidecar without iptables) is not served`},
+		{md: map[string]string{"INTERCEPTION_MODE": "tproxy"}, err: `metadata INTERCEPTION_MODE "tproxy" is not REDIRECT or TPROXY`},
+		// Proxyless gRPC: nothing is intercepted; the mode changes nothing.
+		{md: map[string]string{"GENERATOR": "grpc", "INTERCEPTION_MODE": "NONE"}, generator: xds.GeneratorGRPC},
+		{md: map[string]string{"GENERATOR": "grpc", "INTERCEPTION_MODE": "TPROXY"}, generator: xds.GeneratorGRPC},
 	} {
 		p, err := xds.ParseNode(node(c.md))
 		if c.err != "" {
@@ -45,8 +53,14 @@ func TestParseNodeMetadata(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%v: %v", c.md, err)
 		}
-		if p.Generator != c.generator || p.IstioVersion != c.version {
-			t.Errorf("%v: generator %q, version %q; want %q, %q", c.md, p.Generator, p.IstioVersion, c.generator, c.version)
+		if p.Generator != c.generator || p.IstioVersion != c.version || p.Transparent != c.transparent {
+			t.Errorf("%v: generator %q, version %q, transparent %v; want %q, %q, %v", c.md, p.Generator, p.IstioVersion, p.Transparent, c.generator, c.version, c.transparent)
 		}
+	}
+	// A gateway binds its own ports: its mode changes nothing either.
+	gw := &corev3.Node{Id: "router~10.0.0.9~ingress.istio-system~istio-system.svc.cluster.local",
+		Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{"INTERCEPTION_MODE": structpb.NewStringValue("NONE")}}}
+	if p, err := xds.ParseNode(gw); err != nil || p.Transparent {
+		t.Errorf("gateway with INTERCEPTION_MODE NONE: %v, transparent %v", err, p != nil && p.Transparent)
 	}
 }

@@ -20,6 +20,9 @@ type Scope struct {
 	// Sidecar narrows what the proxy sees (nil: every service exported to
 	// its namespace).
 	Sidecar *api.Sidecar
+	// Transparent: the proxy's traffic is intercepted with TPROXY
+	// (Proxy.Transparent): virtualOutbound is a transparent listener.
+	Transparent bool
 }
 
 // Key identifies the scope's outbound configuration.
@@ -30,6 +33,9 @@ func (s Scope) Key() string {
 	}
 	if s.Sidecar != nil {
 		k += "|" + objKey(s.Sidecar)
+	}
+	if s.Transparent {
+		k += "|tproxy"
 	}
 	return k
 }
@@ -63,7 +69,7 @@ func newSidecarIndex(objs []api.Object) sidecarIndex {
 // oldest without a selector in the root namespace (the mesh default). A
 // gateway proxy (router) has none.
 func (m *Mesh) ScopeOf(p *Proxy, w *Workload) Scope {
-	sc := Scope{Namespace: p.Namespace, Generator: p.Generator, Router: p.Type == "router"}
+	sc := Scope{Namespace: p.Namespace, Generator: p.Generator, Router: p.Type == "router", Transparent: p.Transparent}
 	if sc.Router {
 		return sc // Sidecars apply to sidecars, as in Istio
 	}
