@@ -7,8 +7,10 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardenmesh/warden/api"
@@ -22,7 +24,7 @@ import (
 // istioctl proxy-config, without a live proxy). Secrets are described, never dumped: key material stays in the
 // CA and the agent.
 func runProxyConfig(ctx context.Context, e *env, args []string) error {
-	var dir, node, generator, format, trustDomain, servers, kubeconfig string
+	var dir, node, generator, interception, format, trustDomain, servers, kubeconfig string
 	var inCluster bool
 	fs := e.flags("proxy-config")
 	fs.StringVar(&dir, "config-dir", "", "the mesh configuration directory warden serve reads")
@@ -30,6 +32,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "with --kubernetes: kubeconfig file; empty means in-cluster")
 	fs.StringVar(&node, "node", "", "node ID, sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local (required)")
 	fs.StringVar(&generator, "generator", xds.GeneratorEnvoy, "envoy or grpc (proxyless gRPC)")
+	fs.StringVar(&interception, "interception-mode", "REDIRECT", "an Envoy sidecar's iptables interception, REDIRECT or TPROXY (its metadata INTERCEPTION_MODE)")
 	fs.StringVar(&servers, "grpc-server", "", "comma-separated addresses a proxyless gRPC server listens on (its server listeners)")
 	fs.StringVar(&format, "o", "yaml", "yaml or json")
 	fs.StringVar(&trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust domain")
@@ -52,15 +55,20 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	p, err := xds.ParseNodeID(node)
+	switch generator {
+	case xds.GeneratorEnvoy, xds.GeneratorGRPC:
+	default:
+		return fmt.Errorf("%w: --generator %q: want envoy or grpc", errUsage, generator)
+	}
+	// The node as the proxy would send it, metadata and all: the same
+	// parsing, and the same refusals, as warden serve's.
+	md, err := structpb.NewStruct(map[string]any{"GENERATOR": generator, "INTERCEPTION_MODE": interception})
 	if err != nil {
 		return err
 	}
-	switch generator {
-	case xds.GeneratorEnvoy, xds.GeneratorGRPC:
-		p.Generator = generator
-	default:
-		return fmt.Errorf("%w: --generator %q: want envoy or grpc", errUsage, generator)
+	p, err := xds.ParseNode(&corev3.Node{Id: node, Metadata: md})
+	if err != nil {
+		return err
 	}
 	objs, services, warnings, err := proxyConfigSource(ctx, dir, kubeconfig)
 	if err != nil {
