@@ -29,7 +29,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/wardenmesh/warden/api"
 )
@@ -334,17 +333,6 @@ func objHash(o api.Object) string {
 	return hex.EncodeToString(h[:8])
 }
 
-func hashResources(rs []types.Resource) string {
-	h := sha256.New()
-	mo := proto.MarshalOptions{Deterministic: true}
-	for _, r := range rs {
-		b, _ := mo.Marshal(r)
-		h.Write(b)
-		h.Write([]byte{0})
-	}
-	return hex.EncodeToString(h.Sum(nil)[:8])
-}
-
 func newPart(c *xds.Config) (*part, error) {
 	p := &part{cfg: c}
 	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
@@ -354,13 +342,10 @@ func newPart(c *xds.Config) (*part, error) {
 		}
 		p.lists[i] = l
 		p.index[i] = make(map[string]types.ResourceWithTTL, l.len())
-		h := sha256.New()
 		for _, m := range l.items {
-			h.Write(m.wire)
-			h.Write([]byte{0})
 			p.index[i][m.name] = types.ResourceWithTTL{Resource: m}
 		}
-		p.hashes[i] = hex.EncodeToString(h.Sum(nil)[:8])
+		p.hashes[i] = l.hash()
 	}
 	return p, nil
 }
@@ -501,11 +486,11 @@ func (s *Server) build(ps *proxyState) (*built, error) {
 		}
 	}
 	if len(secrets) > 0 {
-		v := hashResources(secrets)
 		l, err := newTypeList(resource.SecretType, secrets)
 		if err != nil {
 			return nil, err
 		}
+		v := l.hash()
 		b.secrets = secrets
 		b.versions[resource.SecretType] = v
 		b.sets[resource.SecretType] = &typeSet{version: v, lists: [2]*typeList{l}}

@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"hash/maphash"
 	"slices"
@@ -86,6 +88,17 @@ func newTypeList(typeURL string, rs []types.Resource) (*typeList, error) {
 		l.anys = append(l.anys, a)
 	}
 	return l, nil
+}
+
+// hash is the list's version: a digest of its resources' encodings, in
+// order.
+func (l *typeList) hash() string {
+	h := sha256.New()
+	for _, m := range l.items {
+		h.Write(m.wire)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }
 
 // typeSet is what a proxy gets of one type at a version: its outbound
