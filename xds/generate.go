@@ -150,8 +150,8 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 	return out, out.Validate()
 }
 
-// virtualOutbound is the listener iptables redirects a sidecar's outbound
-// connections to, as Istio builds it for REDIRECT interception:
+// virtualOutbound is the listener iptables sends a sidecar's outbound
+// connections to, as Istio builds it (transparent for TPROXY):
 // use_original_dst hands a connection to the port listener (bound to no
 // socket) of the address it was headed for, where the filter chains match
 // that address; what no listener claims goes to the BlackHoleCluster
