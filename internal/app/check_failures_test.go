@@ -14,6 +14,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // checkLine is a line of warden check's human output, as it prints it.
@@ -199,38 +200,7 @@ func TestCheckStandaloneConfigFailures(t *testing.T) {
 	mesh := filepath.Join(dir, "mesh")
 	os.MkdirAll(mesh, 0o755)
 	os.WriteFile(filepath.Join(mesh, "services.yaml"), services, 0o644)
-	os.WriteFile(filepath.Join(mesh, "bad.yaml"), []byte(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: routes, namespace: default}
-spec:
-  hosts: [flaskapp]
-  http:
-  - route: [{destination: {host: flaskap}}]
-  - route: [{destination: {host: flaskapp, subset: v9}}]
-  - route: [{destination: {host: flaskapp}}]
-    corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ghost, namespace: default}
-spec: {host: ghost}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: nobody, namespace: default}
-spec:
-  selector: {matchLabels: {app: flask}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: a, namespace: default}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: b, namespace: default}
-spec: {mtls: {mode: PERMISSIVE}}
-`), 0o644)
+	os.WriteFile(filepath.Join(mesh, "bad.yaml"), []byte(testkit.CheckFindingsYAML("default", "flaskapp", "flaskap")), 0o644)
 	code, out, _ = run(t, "check", "--kubernetes=false", "--data-dir", data, "--config-dir", mesh)
 	for _, want := range []string{
 		checkLine("ok", "config", mesh+": 8 objects, 3 services"),

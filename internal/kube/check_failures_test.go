@@ -99,38 +99,7 @@ func TestCheckKubernetesFailures(t *testing.T) {
 
 	// The mesh configuration, as the whole cluster holds it: the findings
 	// of other tests' namespaces may be there too; ours must be.
-	config := strings.ReplaceAll(`apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: routes, namespace: SHOP}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{destination: {host: reveiws}}]
-  - route: [{destination: {host: reviews, subset: v9}}]
-  - route: [{destination: {host: reviews}}]
-    corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ghost, namespace: SHOP}
-spec: {host: ghost}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: nobody, namespace: SHOP}
-spec:
-  selector: {matchLabels: {app: flask}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: a, namespace: SHOP}
-spec: {mtls: {mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: b, namespace: SHOP}
-spec: {mtls: {mode: PERMISSIVE}}
----
+	config := testkit.CheckFindingsYAML(shop, "reviews", "reveiws") + strings.ReplaceAll(`---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: fake-reviews, namespace: SHOP}
