@@ -33,6 +33,21 @@ import (
 	"github.com/wardenmesh/warden/internal/app"
 )
 
+// sdsFirst opens an SDS stream on conn as node, asks for names, and reads
+// the first answer or the stream's status.
+func sdsFirst(ctx context.Context, conn *grpc.ClientConn, node string, names ...string) (*discovery.DiscoveryResponse, error) {
+	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// io.EOF: the server ended the stream already (a refusal); Recv has
+	// its status.
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: node}, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return s.Recv()
+}
+
 // sdsTry opens an SDS stream on sock for names and reads one answer.
 func sdsTry(t *testing.T, sock string, names ...string) error {
 	t.Helper()
@@ -43,16 +58,7 @@ func sdsTry(t *testing.T, sock string, names ...string) error {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
-	if err != nil {
-		return err
-	}
-	// io.EOF: the server ended the stream already (a refusal); Recv has
-	// its status.
-	if err := s.Send(&discovery.DiscoveryRequest{ResourceNames: names, TypeUrl: resource.SecretType}); err != nil && !errors.Is(err, io.EOF) {
-		return err
-	}
-	_, err = s.Recv()
+	_, err = sdsFirst(ctx, conn, "", names...)
 	return err
 }
 
@@ -67,15 +73,7 @@ func sdsDefault(t *testing.T, sock string) (leafSerial string, chainLen, roots i
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.1~sleep.default~default.svc.cluster.local"},
-		ResourceNames: []string{"default", "ROOTCA"}, TypeUrl: resource.SecretType}); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := s.Recv()
+	resp, err := sdsFirst(ctx, conn, "sidecar~127.0.0.1~sleep.default~default.svc.cluster.local", "default", "ROOTCA")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,16 +331,7 @@ func TestNodeAgentServesEachCallerItsOwnIdentity(t *testing.T) {
 		if tok != "" {
 			c = metadata.AppendToOutgoingContext(c, "authorization", "Bearer "+tok)
 		}
-		s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(c)
-		if err != nil {
-			return nil, err
-		}
-		// io.EOF: the agent refused the stream before it was sent; Recv
-		// has the status.
-		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNames: names, TypeUrl: resource.SecretType}); err != nil && !errors.Is(err, io.EOF) {
-			return nil, err
-		}
-		return s.Recv()
+		return sdsFirst(c, conn, "n", names...)
 	}
 	mint := func(sa string) string {
 		_, tok, _ := run(t, "token", "--data-dir", data, "--ns", "default", "--sa", sa)
@@ -390,14 +379,7 @@ func TestCentralSDS(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		t.Cleanup(cancel)
 		ctx = metadata.AppendToOutgoingContext(ctx, md...)
-		s, err := secretsvc.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "n"}, ResourceNames: []string{"default", "ROOTCA"}, TypeUrl: resource.SecretType}); err != nil && !errors.Is(err, io.EOF) {
-			return nil, err // io.EOF: refused already; Recv has the status
-		}
-		return s.Recv()
+		return sdsFirst(ctx, conn, "n", "default", "ROOTCA")
 	}
 	resp, err := recv("authorization", "Bearer "+strings.TrimSpace(tok))
 	if err != nil {
