@@ -71,11 +71,12 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 	if n > 0 || !bytes.Equal([]byte(cm.Data[kube.BundleKey]), fakeBundle("root-a")) {
 		t.Errorf("the second install wrote the first's ConfigMap: %d writes in 3 s, bundle now %q", n, cm.Data[kube.BundleKey])
 	}
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(logB.String(), "belongs to another warden install (warden.io/owner=install-a)") || !strings.Contains(logB.String(), "level=ERROR"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the second install did not report the conflict:\n%s", logB.String())
+	eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(logB.String(), "belongs to another warden install (warden.io/owner=install-a)") || !strings.Contains(logB.String(), "level=ERROR") {
+			return fmt.Errorf("the second install did not report the conflict:\n%s", logB.String())
 		}
-	}
+		return nil
+	})
 	// Deleting the ConfigMap hands it to whichever install gets there
 	// first; the other then backs off in turn.
 	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
