@@ -28,19 +28,24 @@ import (
 
 // serving is the serving certificate a replica presents, signed by the
 // CA it signs with.
-func serving(t *testing.T, addr string) *x509.Certificate {
-	t.Helper()
+func serving(addr string) (*x509.Certificate, error) {
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}) // only reading who signed it
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer c.Close()
-	return c.ConnectionState().PeerCertificates[0]
+	return c.ConnectionState().PeerCertificates[0], nil
 }
 
-func signsWith(t *testing.T, addr string, want *x509.Certificate) func() error {
+// signsWith is a condition for eventually: a failed handshake (a replica
+// still starting) is tried again, as is a certificate from another CA.
+func signsWith(addr string, want *x509.Certificate) func() error {
 	return func() error {
-		if got := serving(t, addr); got.CheckSignatureFrom(want) != nil {
+		got, err := serving(addr)
+		if err != nil {
+			return err
+		}
+		if got.CheckSignatureFrom(want) != nil {
 			return fmt.Errorf("%s signs with %q, want %q", addr, got.Issuer, want.Subject)
 		}
 		return nil
@@ -64,7 +69,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 	addrA, logsA := startServeAs(t, ns, "replica-a")
 	addrB, _ := startServeAs(t, ns, "replica-b")
 	for _, addr := range []string{addrA, addrB} {
-		eventually(t, 10*time.Second, signsWith(t, addr, inter.Cert))
+		eventually(t, 10*time.Second, signsWith(addr, inter.Cert))
 	}
 	rec, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
 	if err != nil || rec.Data["source"] != "cacerts" {
@@ -81,7 +86,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 		return nil
 	})
 	for _, addr := range []string{addrA, addrB} {
-		if err := signsWith(t, addr, inter.Cert)(); err != nil {
+		if err := signsWith(addr, inter.Cert)(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,7 +108,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 		t.Fatal(err)
 	}
 	addrC, _ := startServeAs(t, ns, "replica-c")
-	eventually(t, 10*time.Second, signsWith(t, addrC, inter.Cert))
+	eventually(t, 10*time.Second, signsWith(addrC, inter.Cert))
 
 	// Confirmed: cacerts and the record deleted, every replica moves to
 	// the one self-signed CA in istio-ca-secret.
@@ -128,7 +133,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 		return nil
 	})
 	for _, addr := range []string{addrA, addrB, addrC} {
-		eventually(t, 20*time.Second, signsWith(t, addr, self))
+		eventually(t, 20*time.Second, signsWith(addr, self))
 	}
 }
 
@@ -159,6 +164,9 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// A replica left running by a failed run would keep writing the
+		// cluster's bundles as its install, and fail the tests after it.
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		eventually(t, 30*time.Second, func() error {
 			c, err := net.Dial("tcp", addr)
 			if err == nil {
@@ -185,7 +193,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		_ = cmd.Wait()
 
 		addr, cmd := start()
-		eventually(t, 10*time.Second, signsWith(t, addr, next.Cert))
+		eventually(t, 10*time.Second, signsWith(addr, next.Cert))
 		fp := sha256.Sum256(next.Roots[0].Raw)
 		eventually(t, 10*time.Second, func() error {
 			rec, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
