@@ -10,6 +10,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -83,6 +84,18 @@ func (s gwServer) kind() string {
 func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 	out := &Config{}
 	g := &gen{m: m, ns: p.Namespace}
+	// The policies that select the gateway's workload, enforced on every
+	// server it carries traffic for, as on a sidecar's inbound ports.
+	wp, err := m.policyOf(w)
+	if err != nil {
+		return nil, err
+	}
+	out.Reports = append(out.Reports, wp.reports()...)
+	httpChain, _ := wp.httpChain(GatewayHTTP)
+	tcpChain := wp.networkChain(GatewayTCP)
+	hcm := func(route string) *listenerv3.Filter {
+		return hcmFilter(m.gatewayHCM("outbound_"+route, route, httpChain))
+	}
 	byPort := map[uint32][]gwServer{}
 	for _, gw := range m.RouterGateways(w) {
 		for i := range gw.Spec.Servers {
@@ -128,15 +141,14 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 			case "https":
 				rc := g.gatewayRoutes(fmt.Sprintf("https.%d.%s.%s.%s", port, s.srv.Port.Name, s.gw.Metadata.Name, s.gw.Metadata.Namespace), []gwServer{s})
 				out.Routes = append(out.Routes, rc)
-				fc := &listenerv3.FilterChain{Name: rc.Name, FilterChainMatch: sniMatch(s.srv.Hosts),
-					Filters: []*listenerv3.Filter{hcmFilter(rdsHCM("outbound_"+rc.Name, rc.Name))}}
+				fc := &listenerv3.FilterChain{Name: rc.Name, FilterChainMatch: sniMatch(s.srv.Hosts), Filters: []*listenerv3.Filter{hcm(rc.Name)}}
 				if fc.TransportSocket = g.serverTLS(s, &out.Credentials); fc.TransportSocket == nil {
 					continue
 				}
 				inspect = inspect || fc.FilterChainMatch != nil
 				l.FilterChains = append(l.FilterChains, fc)
 			case "tls":
-				fc := g.gatewayTCP(s, port)
+				fc := g.gatewayTCP(s, port, tcpChain)
 				if fc == nil {
 					continue
 				}
@@ -147,10 +159,10 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 				inspect = inspect || fc.FilterChainMatch != nil
 				l.FilterChains = append(l.FilterChains, fc)
 			case "passthrough":
-				l.FilterChains = append(l.FilterChains, g.gatewayPassthrough(s, port)...)
+				l.FilterChains = append(l.FilterChains, g.gatewayPassthrough(s, port, tcpChain)...)
 				inspect = true
 			case "tcp":
-				if fc := g.gatewayTCP(s, port); fc != nil {
+				if fc := g.gatewayTCP(s, port, tcpChain); fc != nil {
 					l.FilterChains = append(l.FilterChains, fc)
 				}
 			}
@@ -158,7 +170,7 @@ func (m *Mesh) Gateway(p *Proxy, w *Workload) (*Config, error) {
 		if len(http) > 0 {
 			rc := g.gatewayRoutes(fmt.Sprintf("http.%d", port), http)
 			out.Routes = append(out.Routes, rc)
-			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Name: rc.Name, Filters: []*listenerv3.Filter{hcmFilter(rdsHCM("outbound_"+rc.Name, rc.Name))}})
+			l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Name: rc.Name, Filters: []*listenerv3.Filter{hcm(rc.Name)}})
 		}
 		if inspect {
 			l.ListenerFilters = []*listenerv3.ListenerFilter{{Name: "envoy.filters.listener.tls_inspector",
@@ -337,9 +349,28 @@ func (g *gen) gatewayRoutes(name string, servers []gwServer) *routev3.RouteConfi
 	return rc
 }
 
+// gatewayHCM is a gateway server's HTTP connection manager, as Istio
+// builds it for a router: routes over RDS; the workload's policy filters
+// (chain), then fault and router; the client's address taken as Envoy's
+// edge proxy takes it (use_remote_address, and the mesh's
+// numTrustedProxies for X-Forwarded-For hops added by load balancers in
+// front), so that remoteIpBlocks see the real client rather than an
+// X-Forwarded-For it wrote; client certificate details sanitized and set
+// (SANITIZE_SET); paths normalized as on a sidecar's inbound.
+func (m *Mesh) gatewayHCM(prefix, route string, chain []*hcmv3.HttpFilter) *hcmv3.HttpConnectionManager {
+	h := rdsHCM(prefix, route)
+	h.HttpFilters = append(slices.Clone(chain), h.HttpFilters...)
+	h.UseRemoteAddress = wrapperspb.Bool(true)
+	h.XffNumTrustedHops = m.opts.GatewayTrustedProxies
+	h.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
+	h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Cert: true, Dns: true, Uri: true}
+	return normalizePaths(h, m.opts.PathNormalization)
+}
+
 // gatewayTCP proxies a TCP (or terminated TLS) server's connections to
-// the first tcp rule of a bound VirtualService that applies to the port.
-func (g *gen) gatewayTCP(s gwServer, port uint32) *listenerv3.FilterChain {
+// the first tcp rule of a bound VirtualService that applies to the port,
+// after the workload's network policy filters (chain).
+func (g *gen) gatewayTCP(s gwServer, port uint32, chain []*listenerv3.Filter) *listenerv3.FilterChain {
 	for _, b := range g.bound(s) {
 		for i, r := range b.vs.Spec.TCP {
 			if !g.l4Applies(r.Match, b.vs.Metadata.Namespace, s, port) {
@@ -350,7 +381,7 @@ func (g *gen) gatewayTCP(s gwServer, port uint32) *listenerv3.FilterChain {
 				g.report("VirtualService %s: tcp[%d] has no destination; skipped", objKey(b.vs), i)
 				continue
 			}
-			return &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d", s.name(), port), Filters: []*listenerv3.Filter{tcpProxy(cluster, cluster)}}
+			return &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d", s.name(), port), Filters: append(slices.Clone(chain), tcpProxy(cluster, cluster))}
 		}
 	}
 	g.report("Gateway %s: servers[%d] (port %d, %s) has no VirtualService tcp route bound to it; not served", s.name(), s.idx, port, s.srv.Port.Protocol)
@@ -358,8 +389,9 @@ func (g *gen) gatewayTCP(s gwServer, port uint32) *listenerv3.FilterChain {
 }
 
 // gatewayPassthrough routes a PASSTHROUGH server's TLS connections by SNI
-// from the tls rules of the VirtualServices bound to it.
-func (g *gen) gatewayPassthrough(s gwServer, port uint32) []*listenerv3.FilterChain {
+// from the tls rules of the VirtualServices bound to it, after the
+// workload's network policy filters (chain), as Istio's gateway does.
+func (g *gen) gatewayPassthrough(s gwServer, port uint32, chain []*listenerv3.Filter) []*listenerv3.FilterChain {
 	var out []*listenerv3.FilterChain
 	for _, b := range g.bound(s) {
 		for i, r := range b.vs.Spec.TLS {
@@ -387,7 +419,7 @@ func (g *gen) gatewayPassthrough(s gwServer, port uint32) []*listenerv3.FilterCh
 				sort.Strings(snis)
 				out = append(out, &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d.%s", s.name(), port, strings.Join(snis, ",")),
 					FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: snis},
-					Filters:          []*listenerv3.Filter{tcpProxy(cluster, cluster)}})
+					Filters:          append(slices.Clone(chain), tcpProxy(cluster, cluster))})
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	originalsrcv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_src/v3"
@@ -468,20 +467,14 @@ func (m *Mesh) inbound(w *Workload, transparent bool) (*Config, error) {
 	if len(w.Ports) == 0 {
 		return out, nil
 	}
-	an, err := m.authn.Compile(w.authn())
+	wp, err := m.policyOf(w)
 	if err != nil {
 		return nil, err
 	}
-	out.Reports = append(out.Reports, an.Settings.Conflicts...)
-	httpAuthz, err := m.rbac.Compile(w.rbac(), false)
-	if err != nil {
-		return nil, err
-	}
-	tcpAuthz, err := m.rbac.Compile(w.rbac(), true)
-	if err != nil {
-		return nil, err
-	}
-	out.Reports = append(out.Reports, httpAuthz.Reports...)
+	an := wp.authn
+	out.Reports = append(out.Reports, wp.reports()...)
+	httpFilters, _ := wp.httpChain(SidecarInbound)
+	tcpFilters := wp.networkChain(SidecarInbound)
 	httpPort := map[uint32]bool{}
 	for _, p := range w.Ports {
 		httpPort[p.Number] = p.HTTP
@@ -509,14 +502,7 @@ func (m *Mesh) inbound(w *Workload, transparent bool) (*Config, error) {
 		}
 		cluster := InboundCluster(port)
 		if httpPort[port] {
-			var filters []*hcmv3.HttpFilter
-			if an.JWT != nil {
-				filters = append(filters, httpFilter(authn.JWTAuthnFilter, an.JWT))
-			}
-			for _, f := range httpAuthz.Filters {
-				filters = append(filters, httpFilter(f.Name, f.Config))
-			}
-			filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
+			filters := append(slices.Clone(httpFilters), httpFilter(RouterFilter, &routerv3.Router{}))
 			fc.Filters = []*listenerv3.Filter{hcmFilter(normalizePaths(&hcmv3.HttpConnectionManager{
 				StatPrefix: fmt.Sprintf("inbound_%d", port),
 				RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{Name: cluster, VirtualHosts: []*routev3.VirtualHost{{
@@ -531,10 +517,7 @@ func (m *Mesh) inbound(w *Workload, transparent bool) (*Config, error) {
 				SetCurrentClientCertDetails: &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true},
 			}, m.opts.PathNormalization))}
 		} else {
-			for _, f := range tcpAuthz.Filters {
-				fc.Filters = append(fc.Filters, &listenerv3.Filter{Name: f.Name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(f.Config)}})
-			}
-			fc.Filters = append(fc.Filters, tcpProxy(cluster, cluster))
+			fc.Filters = append(slices.Clone(tcpFilters), tcpProxy(cluster, cluster))
 		}
 		lis.FilterChains = append(lis.FilterChains, fc)
 	}
@@ -603,28 +586,14 @@ func (m *Mesh) ServerListener(w *Workload, name string) (*listenerv3.Listener, [
 			mode = ps.Mode
 		}
 	}
-	az, err := m.rbac.Compile(w.rbac(), false)
+	wp, err := m.policyOf(w)
 	if err != nil {
 		return nil, nil, err
 	}
-	reports = append(reports, az.Reports...)
-	var filters []*hcmv3.HttpFilter
-	for _, f := range az.Filters {
-		cfg, isHTTP := f.Config.(*rbachttp.RBAC)
-		switch {
-		case !isHTTP || (f.Action != "ALLOW" && f.Action != "DENY"):
-			reports = append(reports, fmt.Sprintf("port %d: %s %s policies are not enforced by proxyless gRPC servers", port, f.Action, f.Name))
-			continue
-		case cfg.GetRules() == nil:
-			continue // dry-run only
-		}
-		name := f.Name
-		if f.Action == "DENY" {
-			// grpc-go refuses two HTTP filters of one name; Istio names
-			// the DENY one apart.
-			name += ".DENY"
-		}
-		filters = append(filters, httpFilter(name, cfg))
+	reports = append(reports, wp.http.Reports...)
+	filters, unenforced := wp.httpChain(ProxylessServer)
+	for _, r := range unenforced {
+		reports = append(reports, fmt.Sprintf("port %d: %s", port, r))
 	}
 	filters = append(filters, httpFilter(RouterFilter, &routerv3.Router{}))
 	fc := &listenerv3.FilterChain{Name: fmt.Sprintf("inbound|%d", port), Filters: []*listenerv3.Filter{hcmFilter(normalizePaths(&hcmv3.HttpConnectionManager{
@@ -669,7 +638,7 @@ func hasPort(ps []authn.Port, n uint32) bool {
 // a proxyless gRPC server, the listeners it asked for by name; for a
 // gateway proxy (router), the listeners and routes of its Gateways.
 func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, error) {
-	if p.Type == "router" {
+	if p.Type == RouterProxy {
 		return m.Gateway(p, w)
 	}
 	if p.Generator != GeneratorGRPC {

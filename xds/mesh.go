@@ -61,6 +61,11 @@ type Options struct {
 	// PathNormalization is Istio's meshConfig pathNormalization, applied
 	// by every inbound HTTP connection manager (default BASE).
 	PathNormalization string
+	// GatewayTrustedProxies is Istio's
+	// meshConfig.defaultConfig.gatewayTopology.numTrustedProxies: how many
+	// proxies (load balancers) in front of the gateways append to
+	// X-Forwarded-For; their HTTP connection managers' xff_num_trusted_hops.
+	GatewayTrustedProxies uint32
 }
 
 // WithDefaults is o with its zero values filled in.

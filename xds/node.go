@@ -15,10 +15,22 @@ const (
 	GeneratorGRPC  = "grpc"
 )
 
+// ProxyType is what a proxy is: the first part of its node ID, as Istio
+// names it.
+type ProxyType string
+
+// Proxy types.
+const (
+	// SidecarProxy is a workload's own proxy (Envoy or proxyless gRPC).
+	SidecarProxy ProxyType = "sidecar"
+	// RouterProxy is an ingress or egress gateway.
+	RouterProxy ProxyType = "router"
+)
+
 // Proxy is a connected client as its node describes it.
 type Proxy struct {
 	ID        string // the node ID, verbatim
-	Type      string // sidecar or router
+	Type      ProxyType
 	IP        string
 	Pod       string
 	Namespace string
@@ -68,7 +80,7 @@ func ParseNode(n *corev3.Node) (*Proxy, error) {
 // Gateways bind their own ports and proxyless gRPC has nothing
 // intercepted: for them, as in Istio, the mode changes nothing.
 func (p *Proxy) interception(mode string) error {
-	if p.Type != "sidecar" || p.Generator != GeneratorEnvoy {
+	if p.Type != SidecarProxy || p.Generator != GeneratorEnvoy {
 		return nil
 	}
 	switch mode {
@@ -104,9 +116,9 @@ func ParseNodeID(id string) (*Proxy, error) {
 	if len(parts) != 4 {
 		return nil, fmt.Errorf("xds: node ID %q: want 4 parts separated by ~ (sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local), got %d", id, len(parts))
 	}
-	p := &Proxy{ID: id, Type: parts[0], IP: parts[1], Domain: parts[3], Generator: GeneratorEnvoy}
+	p := &Proxy{ID: id, Type: ProxyType(parts[0]), IP: parts[1], Domain: parts[3], Generator: GeneratorEnvoy}
 	switch p.Type {
-	case "sidecar", "router":
+	case SidecarProxy, RouterProxy:
 	default:
 		return nil, fmt.Errorf("xds: node ID %q: type %q is not sidecar or router", id, p.Type)
 	}

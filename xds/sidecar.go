@@ -69,7 +69,7 @@ func newSidecarIndex(objs []api.Object) sidecarIndex {
 // oldest without a selector in the root namespace (the mesh default). A
 // gateway proxy (router) has none.
 func (m *Mesh) ScopeOf(p *Proxy, w *Workload) Scope {
-	sc := Scope{Namespace: p.Namespace, Generator: p.Generator, Router: p.Type == "router", Transparent: p.Transparent}
+	sc := Scope{Namespace: p.Namespace, Generator: p.Generator, Router: p.Type == RouterProxy, Transparent: p.Transparent}
 	if sc.Router {
 		return sc // Sidecars apply to sidecars, as in Istio
 	}

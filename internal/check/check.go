@@ -159,7 +159,7 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 		namespaces[s.Namespace] = true
 		for i, e := range s.Endpoints {
 			workloads = append(workloads, workload{s.Namespace, e.Labels})
-			p := &xds.Proxy{Type: "sidecar", IP: e.Address, Namespace: s.Namespace, ID: fmt.Sprintf("check~%s~%s-%d.%s", e.Address, s.Name, i, s.Namespace)}
+			p := &xds.Proxy{Type: xds.SidecarProxy, IP: e.Address, Namespace: s.Namespace, ID: fmt.Sprintf("check~%s~%s-%d.%s", e.Address, s.Name, i, s.Namespace)}
 			w := mesh.Workload(p)
 			in, err := mesh.Inbound(w)
 			if err != nil {
