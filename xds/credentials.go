@@ -20,8 +20,31 @@ var (
 	caKeys   = []string{"ca.crt", "cacert"}
 )
 
-// SecretLookup finds a Secret's data by name in the gateway's namespace.
-type SecretLookup func(name string) (data map[string][]byte, ok bool)
+// Secret is a credential Secret as a lookup finds it.
+type Secret struct {
+	// Type is the Kubernetes Secret type ("" for a standalone
+	// credentials directory, which holds TLS credentials only).
+	Type string
+	Data map[string][]byte
+}
+
+// SecretLookup finds a Secret by name in the gateway's namespace.
+type SecretLookup func(name string) (*Secret, bool)
+
+// credentialTypes are the Secret types a Gateway credential may have:
+// kubernetes.io/tls, and a generic (Opaque) Secret with Istio's cert,
+// key and cacert keys. Any other type holds something else (a registry
+// password, a token, a workload's istio.io/key-and-cert identity) and is
+// refused by name, even when its keys would parse (istiod does not look
+// at the type).
+var credentialTypes = map[string]bool{"": true, "Opaque": true, "kubernetes.io/tls": true}
+
+func credentialType(sdsName, name string, s *Secret) error {
+	if !credentialTypes[s.Type] {
+		return fmt.Errorf("xds: gateway credential %s: Secret %s is of type %s, not a TLS credential (kubernetes.io/tls, or Opaque with cert and key)", sdsName, name, s.Type)
+	}
+	return nil
+}
 
 // CredentialSecret builds the SDS secret a gateway asked for by sdsName
 // (kubernetes://<credentialName>, or kubernetes://<credentialName>-cacert
@@ -36,18 +59,24 @@ func CredentialSecret(sdsName string, lookup SecretLookup) (*tlsv3.Secret, error
 		return nil, fmt.Errorf("xds: %q is not a gateway credential name (%s<Secret name>)", sdsName, CredentialPrefix)
 	}
 	if base, isCA := strings.CutSuffix(name, CACertSuffix); isCA {
-		if data, ok := lookup(name); ok {
-			return caSecret(sdsName, name, data)
-		}
-		if data, ok := lookup(base); ok {
-			return caSecret(sdsName, base, data)
+		for _, n := range []string{name, base} {
+			if sec, ok := lookup(n); ok {
+				if err := credentialType(sdsName, n, sec); err != nil {
+					return nil, err
+				}
+				return caSecret(sdsName, n, sec.Data)
+			}
 		}
 		return nil, fmt.Errorf("xds: gateway credential %s: neither Secret %s nor Secret %s (key ca.crt) exists in the gateway's namespace", sdsName, name, base)
 	}
-	data, ok := lookup(name)
+	sec, ok := lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("xds: gateway credential %s: Secret %s does not exist in the gateway's namespace", sdsName, name)
 	}
+	if err := credentialType(sdsName, name, sec); err != nil {
+		return nil, err
+	}
+	data := sec.Data
 	certPEM, ck := first(data, certKeys)
 	keyPEM, kk := first(data, keyKeys)
 	if ck == "" || kk == "" {

@@ -40,8 +40,15 @@ func TestCredentialSecret(t *testing.T) {
 		"mismatch":       {"tls.crt": cert, "tls.key": otherKey},
 		"nokey":          {"tls.crt": cert},
 		"garbage-ca":     {"tls.crt": cert, "tls.key": key, "ca.crt": []byte("not pem")},
+		// Keys that would parse, in Secrets that are not TLS credentials.
+		"istio.productpage": {"tls.crt": cert, "tls.key": key, "ca.crt": cert},
+		"regcred":           {"cert": cert, "key": key},
 	}
-	lookup := func(name string) (map[string][]byte, bool) { d, ok := secrets[name]; return d, ok }
+	types := map[string]string{"tls": "kubernetes.io/tls", "generic": "Opaque", "istio.productpage": "istio.io/key-and-cert", "regcred": "kubernetes.io/dockerconfigjson"}
+	lookup := func(name string) (*xds.Secret, bool) {
+		d, ok := secrets[name]
+		return &xds.Secret{Type: types[name], Data: d}, ok
+	}
 	for _, name := range []string{"kubernetes://tls", "kubernetes://generic"} {
 		s, err := xds.CredentialSecret(name, lookup)
 		if err != nil || s.Name != name || string(s.GetTlsCertificate().GetCertificateChain().GetInlineBytes()) != string(cert) {
@@ -55,12 +62,15 @@ func TestCredentialSecret(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]string{
-		"kubernetes://absent":            "Secret absent does not exist in the gateway's namespace",
-		"kubernetes://mismatch":          "Secret mismatch: tls.crt and tls.key are not a certificate and its key",
-		"kubernetes://nokey":             "Secret nokey needs tls.crt and tls.key (or cert and key)",
-		"kubernetes://garbage-ca-cacert": "Secret garbage-ca: ca.crt holds no PEM certificate",
-		"kubernetes://nokey-cacert":      "Secret nokey has no ca.crt (or cacert)",
-		"file:///etc/passwd":             "is not a gateway credential name",
+		"kubernetes://absent":                   "Secret absent does not exist in the gateway's namespace",
+		"kubernetes://mismatch":                 "Secret mismatch: tls.crt and tls.key are not a certificate and its key",
+		"kubernetes://nokey":                    "Secret nokey needs tls.crt and tls.key (or cert and key)",
+		"kubernetes://garbage-ca-cacert":        "Secret garbage-ca: ca.crt holds no PEM certificate",
+		"kubernetes://nokey-cacert":             "Secret nokey has no ca.crt (or cacert)",
+		"file:///etc/passwd":                    "is not a gateway credential name",
+		"kubernetes://istio.productpage":        "Secret istio.productpage is of type istio.io/key-and-cert, not a TLS credential",
+		"kubernetes://istio.productpage-cacert": "Secret istio.productpage is of type istio.io/key-and-cert, not a TLS credential",
+		"kubernetes://regcred":                  "Secret regcred is of type kubernetes.io/dockerconfigjson, not a TLS credential",
 	} {
 		_, err := xds.CredentialSecret(name, lookup)
 		if err == nil || !strings.Contains(err.Error(), want) {

@@ -59,6 +59,9 @@ spec:
 		return cert
 	}
 	certA := writePair()
+	// The ingress service account may read the namespace's credentials;
+	// no other may (TestGatewayCredentialsGrants).
+	os.WriteFile(filepath.Join(creds, "istio-system", "service-accounts"), []byte("ingress\n"), 0o600)
 	addr, _ := serve(t, data, "--config-dir", mesh, "--credentials-dir", creds, "--push-debounce", "20ms")
 	pool := x509.NewCertPool()
 	b, _ := os.ReadFile(filepath.Join(data, "root-cert.pem"))

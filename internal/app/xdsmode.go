@@ -24,20 +24,21 @@ import (
 func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
 	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, RootNamespace: f.mesh.rootNS, JWTKeys: keys}
-	lookup, credTask := s.gatewayCredentials(f)
+	lookup, access, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials
 	if lookup != nil {
 		creds = func(ns, name string) (*tlsv3.Secret, error) {
-			return xds.CredentialSecret(name, func(secret string) (map[string][]byte, bool) { return lookup(ns, secret) })
+			return xds.CredentialSecret(name, func(secret string) (*xds.Secret, bool) { return lookup(ns, secret) })
 		}
 	}
 	cfg := xdsserver.Config{
-		Options:     opts,
-		Identify:    identify,
-		Debounce:    f.debounce,
-		Log:         s.log,
-		Secrets:     sds.ProxySecrets(cache, roots),
-		Credentials: creds,
+		Options:      opts,
+		Identify:     identify,
+		Debounce:     f.debounce,
+		Log:          s.log,
+		Secrets:      sds.ProxySecrets(cache, roots),
+		Credentials:  creds,
+		SecretAccess: access,
 	}
 	if s.metrics != nil {
 		cfg.Observer = s.metrics
@@ -153,19 +154,20 @@ func clusterServices(objs []api.Object, cluster []*xds.Service) (services []*xds
 
 // gatewayCredentials is where Gateway credentialName Secrets come from:
 // the API server in Kubernetes mode, --credentials-dir in standalone
-// mode (nil: none), and the task that pushes gateways when one changes.
-func (s *controlPlane) gatewayCredentials(f serveFlags) (func(ns, name string) (map[string][]byte, bool), func(context.Context, *xdsserver.Server) error) {
+// mode (nil: none), who may have them, and the task that pushes gateways
+// when one changes.
+func (s *controlPlane) gatewayCredentials(f serveFlags) (func(ns, name string) (*xds.Secret, bool), xds.SecretAccess, func(context.Context, *xdsserver.Server) error) {
 	switch {
 	case s.gwCreds != nil:
-		return s.gwCreds.Lookup, func(ctx context.Context, srv *xdsserver.Server) error {
+		return s.gwCreds.Lookup, s.gwCreds, func(ctx context.Context, srv *xdsserver.Server) error {
 			s.gwCreds.OnChange = func(ns string) { srv.CredentialsChanged(ctx, ns) }
 			return s.gwCreds.Run(ctx)
 		}
 	case f.credentialsDir != "":
 		d := &source.CredentialsDir{Path: f.credentialsDir}
-		return d.Lookup, func(ctx context.Context, srv *xdsserver.Server) error {
+		return d.Lookup, d, func(ctx context.Context, srv *xdsserver.Server) error {
 			return d.Watch(ctx, time.Second, func() { srv.CredentialsChanged(ctx, "") })
 		}
 	}
-	return nil, nil
+	return nil, nil, nil
 }

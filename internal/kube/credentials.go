@@ -2,16 +2,22 @@ package kube
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/xds"
 )
 
 // GatewayCredentials follows the Secrets a Gateway's credentialName
@@ -23,7 +29,83 @@ type GatewayCredentials struct {
 	Client   kubernetes.Interface
 	Log      *slog.Logger
 	OnChange func(namespace string)
+	Clock    ca.Clock // nil: the system's
 	lister   atomic.Pointer[corelisters.SecretLister]
+
+	reviewMu sync.Mutex
+	reviews  map[string]review // namespace/serviceaccount -> the last answer
+}
+
+var _ xds.SecretAccess = (*GatewayCredentials)(nil)
+
+// review is a SubjectAccessReview's answer, kept until until.
+type review struct {
+	err   error
+	until time.Time
+}
+
+// How long SubjectAccessReview answers are kept (istiod's: an allowed
+// answer five minutes, a denied one one minute), and how many at most.
+const (
+	reviewAllowedTTL = 5 * time.Minute
+	reviewDeniedTTL  = time.Minute
+	maxReviews       = 4096
+)
+
+// MayReadSecrets implements xds.SecretAccess as istiod decides it: a
+// SubjectAccessReview asking whether system:serviceaccount:<ns>:<sa>
+// may list secrets in ns (no groups, as istiod sends none). Answers are
+// cached, at most maxReviews of them; a review that fails is not cached
+// and refuses (the gateway's listener waits for its credential).
+func (g *GatewayCredentials) MayReadSecrets(ctx context.Context, ns, sa string) error {
+	clock := g.Clock
+	if clock == nil {
+		clock = ca.SystemClock{}
+	}
+	key := ns + "/" + sa
+	now := clock.Now()
+	g.reviewMu.Lock()
+	r, ok := g.reviews[key]
+	g.reviewMu.Unlock()
+	if ok && now.Before(r.until) {
+		return r.err
+	}
+	user := "system:serviceaccount:" + ns + ":" + sa
+	res, err := g.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User:               user,
+		ResourceAttributes: &authzv1.ResourceAttributes{Namespace: ns, Verb: "list", Resource: "secrets"},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("gateway credentials: SubjectAccessReview for %s: %w (does warden's ClusterRole allow creating subjectaccessreviews?)", user, err)
+	}
+	r = review{until: now.Add(reviewAllowedTTL)}
+	if !res.Status.Allowed {
+		why := res.Status.Reason
+		if why == "" {
+			why = "no RBAC rule allows it"
+		}
+		r = review{until: now.Add(reviewDeniedTTL), err: fmt.Errorf("%w: service account %s/%s may not list secrets in namespace %s (%s): grant it with a Role and RoleBinding, as Istio requires of gateways", xds.ErrNotAuthorized, ns, sa, ns, why)}
+	}
+	g.reviewMu.Lock()
+	if g.reviews == nil {
+		g.reviews = map[string]review{}
+	}
+	if len(g.reviews) >= maxReviews {
+		for k, old := range g.reviews { // the expired first
+			if !now.Before(old.until) {
+				delete(g.reviews, k)
+			}
+		}
+		for k := range g.reviews { // then any
+			if len(g.reviews) < maxReviews {
+				break
+			}
+			delete(g.reviews, k)
+		}
+	}
+	g.reviews[key] = r
+	g.reviewMu.Unlock()
+	return r.err
 }
 
 // Run watches until ctx is done.
@@ -61,9 +143,9 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 	return nil
 }
 
-// Lookup returns the data of Secret ns/name; false until the first list
-// is done, or when there is no such Secret.
-func (g *GatewayCredentials) Lookup(ns, name string) (map[string][]byte, bool) {
+// Lookup returns Secret ns/name; false until the first list is done, or
+// when there is no such Secret.
+func (g *GatewayCredentials) Lookup(ns, name string) (*xds.Secret, bool) {
 	l := g.lister.Load()
 	if l == nil {
 		return nil, false
@@ -72,5 +154,5 @@ func (g *GatewayCredentials) Lookup(ns, name string) (map[string][]byte, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return s.Data, true
+	return &xds.Secret{Type: string(s.Type), Data: s.Data}, true
 }

@@ -80,6 +80,7 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		{[]string{"list", "serviceentries.networking.istio.io", "-A"}, "yes"},
 		{[]string{"watch", "authorizationpolicies.security.istio.io", "-A"}, "yes"},
 		{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
+		{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
 		{[]string{"update", "leases.coordination.k8s.io/warden-leader", "-n", "warden-system"}, "yes"},
 		{[]string{"get", "secrets/istio-ca-secret", "-n", "warden-system"}, "yes"},
 		{[]string{"create", "configmaps", "-n", "warden-system"}, "yes"},

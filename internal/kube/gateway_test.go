@@ -23,6 +23,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -70,6 +71,22 @@ func ingressGateway(t *testing.T, ns, ip string) {
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
 			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "ingressgateway-1"}}},
 	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// grantSecretRead lets service account sa list the Secrets of ns, as an
+// Istio install's Role does for its gateways.
+func grantSecretRead(t *testing.T, ns, sa string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "watch", "list"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "gateway-secrets"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -173,6 +190,7 @@ func TestGatewayCredentialName(t *testing.T) {
 	gw := newNamespace(t, "ingress")
 	other := newNamespace(t, "other")
 	ingressGateway(t, gw, "10.40.0.1")
+	grantSecretRead(t, gw, "istio-ingressgateway")
 	certA, keyA := selfSigned(t, "web.example.com")
 	ctx := context.Background()
 	// Another namespace's Secret of the same name must not be used.
@@ -250,6 +268,112 @@ spec:
 		t.Fatal("the handshake after rotation did not present certificate B")
 	}
 	if strings.Contains(logs.String(), string(keyA)) || strings.Contains(logs.String(), string(keyB)) {
+		t.Fatal("a private key reached the log")
+	}
+}
+
+// TestGatewayCredentialsNeedSecretRead: a gateway proxy gets its
+// namespace's credentialName keys only when its service account may list
+// Secrets there (a SubjectAccessReview, as istiod asks). Two gateways
+// with the same Gateway and Secret in two namespaces: the one whose
+// service account has the Role gets the key; the other, whose service
+// account has none, gets its listener but never the key, and the log
+// names the grant it lacks. A Secret that is not a TLS credential is
+// never served, whatever its keys.
+func TestGatewayCredentialsNeedSecretRead(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	allowed, denied := newNamespace(t, "gw-allowed"), newNamespace(t, "gw-denied")
+	ctx := context.Background()
+	cert, key := selfSigned(t, "web.example.com")
+	for i, gw := range []string{allowed, denied} {
+		ingressGateway(t, gw, fmt.Sprintf("10.41.0.%d", i+1))
+		if _, err := cs.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", cert, key), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// Keys that parse, in a Secret of a type that is no TLS credential.
+		if _, err := cs.CoreV1().Secrets(gw).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "not-tls"}, Type: "istio.io/key-and-cert",
+			Data: map[string][]byte{"tls.crt": cert, "tls.key": key}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gateway := fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: %[1]s}
+spec:
+  selector: {istio: ingressgateway, install: %[1]s}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [web.example.com]
+    tls: {mode: SIMPLE, credentialName: web-cert}
+  - port: {number: 8443, name: https-other, protocol: HTTPS}
+    hosts: [other.example.com]
+    tls: {mode: SIMPLE, credentialName: not-tls}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: %[1]s}
+spec:
+  hosts: [web.example.com, other.example.com]
+  gateways: [web]
+  http:
+  - route: [{destination: {host: istio-ingressgateway, port: {number: 443}}}]
+`, gw)
+		if out, err := kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+	grantSecretRead(t, allowed, "istio-ingressgateway")
+	addr, logs := startServe(t, ns)
+	conn := dialServe(t, ns, addr, logs)
+	secretsOf := func(gw, ip string) map[string]bool {
+		t.Helper()
+		node := fmt.Sprintf("router~%s~ingressgateway-1.%s~%s.svc.cluster.local", ip, gw, gw)
+		tok := requestToken(t, gw, "istio-ingressgateway", "istio-ca")
+		var names map[string]bool
+		eventually(t, 30*time.Second, func() error {
+			s := openADS(t, conn, tok)
+			lds, err := s.get(node, resource.ListenerType, nil, nil)
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(fmt.Sprint(lds.Resources), "kubernetes://web-cert") {
+				return fmt.Errorf("no listener names kubernetes://web-cert yet")
+			}
+			sds, err := s.get(node, resource.SecretType, []string{"kubernetes://web-cert", "kubernetes://not-tls"}, nil)
+			if err != nil {
+				return err
+			}
+			names = map[string]bool{}
+			for _, r := range sds.Resources {
+				var sec tlsv3.Secret
+				if r.UnmarshalTo(&sec) == nil {
+					names[sec.Name] = true
+				}
+			}
+			if gw == allowed && !names["kubernetes://web-cert"] {
+				return fmt.Errorf("the granted gateway has no kubernetes://web-cert yet: %v", names)
+			}
+			return nil
+		})
+		return names
+	}
+	if got := secretsOf(allowed, "10.41.0.1"); !got["kubernetes://web-cert"] || got["kubernetes://not-tls"] {
+		t.Errorf("granted gateway's secrets: %v, want kubernetes://web-cert and not kubernetes://not-tls", got)
+	}
+	if got := secretsOf(denied, "10.41.0.2"); got["kubernetes://web-cert"] || got["kubernetes://not-tls"] {
+		t.Errorf("a gateway whose service account may not list secrets got %v", got)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("service account %s/istio-ingressgateway may not list secrets in namespace %s", denied, denied),
+		"Secret not-tls is of type istio.io/key-and-cert, not a TLS credential",
+	} {
+		eventually(t, 10*time.Second, func() error {
+			if !strings.Contains(logs.String(), want) {
+				return fmt.Errorf("the log does not say %q", want)
+			}
+			return nil
+		})
+	}
+	if strings.Contains(logs.String(), string(key)) {
 		t.Fatal("a private key reached the log")
 	}
 }

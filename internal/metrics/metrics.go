@@ -44,6 +44,7 @@ type Registry struct {
 
 	reviewTime     prometheus.Histogram
 	reviewCache    prometheus.Counter
+	revoked        prometheus.Counter
 	reviewRefusals prometheus.Counter
 }
 
@@ -78,6 +79,7 @@ func New() *Registry {
 		Help: "Time from a push's start until the proxy ACKed every type pushed (Istio's metric).", Buckets: []float64{.1, .5, 1, 3, 5, 10, 20, 30}})
 	r.rejects = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pilot_total_xds_rejects",
 		Help: "Configuration rejected by proxies (NACK), by xDS type (Istio's metric)."}, []string{"type"})
+	r.revoked = counter("warden_xds_streams_revoked_total", "ADS streams closed because the workload they stood for no longer runs as the identity that opened them (an address registered to another service account).")
 	r.reviewTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_tokenreview_seconds",
 		Help: "Time of a Kubernetes TokenReview (tokens not answered from the cache).", Buckets: prometheus.ExponentialBuckets(.001, 2, 14)})
 	r.reviewCache = counter("warden_tokenreview_cache_hits_total", "Bearer tokens accepted from the TokenReview cache, without an API call.")
@@ -149,6 +151,9 @@ func (r *Registry) Converged(d time.Duration) { r.convergence.Observe(d.Seconds(
 
 // Rejected implements xds/server.Observer.
 func (r *Registry) Rejected(typeURL string) { r.rejects.WithLabelValues(xdsType(typeURL)).Inc() }
+
+// StreamRevoked implements xds/server.Observer.
+func (r *Registry) StreamRevoked() { r.revoked.Inc() }
 
 // xdsType is the type label: Istio's short name of an xDS type URL.
 func xdsType(typeURL string) string {

@@ -1,0 +1,157 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/wardenmesh/warden/xds"
+
+	"github.com/wardenmesh/warden/api"
+)
+
+// The configuration feed: changes debounced, then applied to every proxy.
+
+type objState struct {
+	obj  api.Object
+	hash string
+}
+
+type update struct {
+	objs     []api.Object
+	services []*xds.Service
+}
+
+// Update replaces the configuration; the change is pushed after the
+// debounce window.
+func (s *Server) Update(objs []api.Object, services []*xds.Service) {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	s.pending = &update{objs: objs, services: services}
+	now := time.Now()
+	if s.timer == nil {
+		s.firstPend = now
+		s.timer = time.AfterFunc(s.cfg.Debounce, s.fire)
+		return
+	}
+	wait := s.cfg.Debounce
+	if left := s.cfg.MaxDelay - now.Sub(s.firstPend); left < wait {
+		wait = max(left, 0)
+	}
+	s.timer.Reset(wait)
+}
+
+func (s *Server) fire() {
+	s.pendMu.Lock()
+	u := s.pending
+	s.pending, s.timer = nil, nil
+	s.pendMu.Unlock()
+	if u != nil {
+		if err := s.Apply(u.objs, u.services); err != nil {
+			s.cfg.Log.Error("xds: configuration not applied; proxies keep the previous one", "error", err.Error())
+		}
+	}
+}
+
+// Apply replaces the configuration now (Update debounces, then calls
+// it): affected proxies get new snapshots.
+func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	mesh, err := xds.NewMesh(objs, services, s.cfg.Options)
+	if err != nil {
+		return err
+	}
+	next := map[string]objState{}
+	for _, o := range objs {
+		next[kindKey(o)] = objState{obj: o, hash: objHash(o)}
+	}
+	s.mu.Lock()
+	var changed []api.Object
+	for k, n := range next {
+		if o, ok := s.objs[k]; !ok || o.hash != n.hash {
+			changed = append(changed, n.obj)
+			if ok {
+				changed = append(changed, o.obj)
+			}
+		}
+	}
+	for k, o := range s.objs {
+		if _, ok := next[k]; !ok {
+			changed = append(changed, o.obj)
+		}
+	}
+	s.objs, s.mesh = next, mesh
+	s.outbound = map[string]*outbound{}
+	s.generation++
+	proxies := make([]*proxyState, 0, len(s.proxies))
+	var revoked []revocation
+	for _, ps := range s.proxies {
+		w := mesh.Workload(ps.proxy)
+		// The workload a proxy stands for may have changed under its
+		// streams (an address now registered to another service
+		// account): they are closed before anything of it is built.
+		if err := s.mayServe(ps.id, ps.proxy, w); err != nil {
+			revoked = append(revoked, s.revokeLocked(ps, err))
+			continue
+		}
+		// A gateway's listeners come from Gateways and VirtualServices:
+		// rebuilt on every change.
+		if !reflect.DeepEqual(w, ps.workload) || ps.proxy.Type == xds.RouterProxy || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
+			ps.workload, ps.inbound = w, nil
+		}
+		proxies = append(proxies, ps)
+	}
+	s.mu.Unlock()
+	for _, r := range revoked {
+		s.endRevoked(r)
+	}
+	var errs []error
+	for _, ps := range proxies {
+		if err := s.push(context.Background(), ps); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// JWTKeysChanged recompiles every proxy's inbound configuration: the keys
+// OIDC discovery found (xds.Options.JWTKeys) are inlined in jwt_authn.
+func (s *Server) JWTKeysChanged() {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	s.mu.Lock()
+	proxies := make([]*proxyState, 0, len(s.proxies))
+	for _, ps := range s.proxies {
+		ps.inbound = nil
+		proxies = append(proxies, ps)
+	}
+	s.mu.Unlock()
+	for _, ps := range proxies {
+		if err := s.push(context.Background(), ps); err != nil {
+			s.cfg.Log.Error("xds: push after JWT keys changed", "proxy", ps.proxy.ID, "error", err.Error())
+		}
+	}
+}
+
+func kindKey(o api.Object) string {
+	return fmt.Sprintf("%T/%s/%s", o, o.Meta().Namespace, o.Meta().Name)
+}
+
+// objHash fingerprints an object's content. It hashes the JSON encoding:
+// printing the Go value would print nested pointers' addresses, so every
+// reload of an unchanged file would look like an edit (and an edit in
+// place behind a pointer like none).
+func objHash(o api.Object) string {
+	b, err := json.Marshal(o)
+	if err != nil { // not expected of the api types; never equal to a previous hash
+		b = fmt.Appendf(nil, "%T %p %v", o, o, err)
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:8])
+}
