@@ -209,6 +209,14 @@ func (r *Resolver) fetch(ctx context.Context, issuer string) (string, error) {
 	if err := json.Unmarshal(b, &doc); err != nil {
 		return "", fmt.Errorf("oidc: %s: not a discovery document: %v", conf, err)
 	}
+	// OpenID Connect Discovery 1.0 §4.3: the document's issuer must be
+	// identical to the URL it was fetched under (without the trailing
+	// slash §4.1 drops before appending the well-known path); a token's
+	// iss must in turn be that issuer. Another value means the document
+	// is some other issuer's, or a forgery, and none of its keys is used.
+	if doc.Issuer != issuer && doc.Issuer != strings.TrimSuffix(issuer, "/") {
+		return "", fmt.Errorf("oidc: %s names issuer %q, not %q: a discovery document must name the issuer it is fetched for (OpenID Connect Discovery 1.0 §4.3); no keys are taken from it", conf, doc.Issuer, issuer)
+	}
 	if doc.JwksURI == "" {
 		return "", fmt.Errorf("oidc: %s names no jwks_uri", conf)
 	}
