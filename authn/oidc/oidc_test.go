@@ -174,7 +174,8 @@ func TestDiscoveryFailuresFailClosed(t *testing.T) {
 	ctx := context.Background()
 	is := newIssuer(t, `{"keys":[]}`)
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r := oidc.New(oidc.Config{Clock: clock, Retry: time.Minute})
+	// A retry every minute: no backoff (TestRetryBacksOff has it).
+	r := oidc.New(oidc.Config{Clock: clock, Retry: time.Minute, RetryMax: time.Minute})
 	cases := []struct {
 		issuer string
 		want   string
