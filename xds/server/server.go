@@ -46,6 +46,13 @@ type Secrets func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error)
 // namespace ns: only Secrets of the gateway's own namespace are served.
 type Credentials func(ns, sdsName string) (*tlsv3.Secret, error)
 
+// IssuerSetter is the optional side of Options.JWTKeys (oidc.Resolver)
+// that is told, on every configuration applied, the issuers the
+// configuration leaves to OIDC discovery; it forgets the others.
+type IssuerSetter interface {
+	SetIssuers(issuers []string)
+}
+
 // Config wires a Server.
 type Config struct {
 	Options     xds.Options
@@ -288,6 +295,11 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 		proxies = append(proxies, ps)
 	}
 	s.mu.Unlock()
+	// After the swap, so that a compile of the previous configuration
+	// still finds the keys of an issuer this one drops.
+	if is, ok := s.cfg.Options.JWTKeys.(IssuerSetter); ok {
+		is.SetIssuers(mesh.JWTDiscoveryIssuers())
+	}
 	var errs []error
 	for _, ps := range proxies {
 		if err := s.push(context.Background(), ps); err != nil {
