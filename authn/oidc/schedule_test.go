@@ -67,17 +67,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// run runs r until the test ends, then checks that Run returned.
-func run(t *testing.T, r *oidc.Resolver) {
+// run runs r until stop is called or the test ends; stop returns when
+// Run has.
+func run(t *testing.T, r *oidc.Resolver) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx, func() {}) }()
-	t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
 	})
+	t.Cleanup(stop)
+	return stop
 }
 
 // hasKeys reports whether r serves keys as iss's key set.
@@ -105,7 +108,8 @@ func (c *counting) RoundTrip(req *http.Request) (*http.Response, error) {
 // connection and never answer do not hold up a good issuer's discovery:
 // its keys are served while all eight requests are still blocked (they
 // would be for the hour of the timeout). Serially, the good issuer waited
-// for every hung one before it.
+// for every hung one before it. There is a worker for each issuer here;
+// TestWorkersBoundFetches has more hung issuers than workers.
 func TestHungIssuersDoNotDelayOthers(t *testing.T) {
 	t.Parallel()
 	h := newHangs()
@@ -116,13 +120,17 @@ func TestHungIssuersDoNotDelayOthers(t *testing.T) {
 	keys := jwk(t, "good")
 	good := newIssuer(t, keys)
 	r := oidc.New(oidc.Config{Workers: 9, Timeout: time.Hour})
-	run(t, r)
+	stop := run(t, r)
 	want(r, append(issuers, good.srv.URL)...)
 	waitFor(t, "the good issuer's keys", hasKeys(r, good.srv.URL, keys))
 	waitFor(t, "all eight hung requests", func() bool { return h.read(func(h *hangs) int { return h.entered }) == 8 })
 	if n := h.read(func(h *hangs) int { return h.released }); n != 0 {
 		t.Fatalf("%d hung requests ended before the test did", n)
 	}
+	// Run leaves nothing behind: once it returns, every hung request
+	// has been given up.
+	stop()
+	waitFor(t, "the hung requests given up", func() bool { return h.read(func(h *hangs) int { return h.released }) == 8 })
 }
 
 // TestWorkersBoundFetches: with more hung issuers than workers, exactly
