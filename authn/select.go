@@ -3,7 +3,9 @@ package authn
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -67,6 +69,39 @@ func NewIndex(objs []api.Object, opts Options) (*Index, error) {
 		sort.Slice(ix.legNS[ns], func(i, j int) bool { return ix.legNS[ns][i].Metadata.Name < ix.legNS[ns][j].Metadata.Name })
 	}
 	return ix, errors.Join(errs...)
+}
+
+// DiscoveryIssuers are the issuers whose keys come from OIDC discovery:
+// those of the JWT rules (RequestAuthentication jwtRules, legacy
+// origins) that name neither jwks nor jwksUri, sorted, each once. The
+// control plane fetches the keys of these and of no other issuer.
+func (ix *Index) DiscoveryIssuers() []string {
+	set := map[string]bool{}
+	for _, ras := range ix.ra {
+		for _, ra := range ras {
+			for _, j := range ra.Spec.JWTRules {
+				if j.Jwks == "" && j.JwksURI == "" {
+					set[j.Issuer] = true
+				}
+			}
+		}
+	}
+	legacy := func(spec *api.PolicySpec) {
+		for _, o := range spec.Origins {
+			if o.JWT != nil && o.JWT.Jwks == "" && o.JWT.JwksURI == "" {
+				set[o.JWT.Issuer] = true
+			}
+		}
+	}
+	if ix.mesh != nil {
+		legacy(&ix.mesh.Spec)
+	}
+	for _, ps := range ix.legNS {
+		for _, p := range ps {
+			legacy(&p.Spec)
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
 }
 
 func checkLegacyJWT(kind string, m *api.ObjectMeta, spec api.PolicySpec) []error {

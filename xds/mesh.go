@@ -107,6 +107,10 @@ type Mesh struct {
 	gateways []*api.Gateway // by namespace/name
 }
 
+// JWTDiscoveryIssuers are the issuers whose JWT keys the configuration
+// leaves to OIDC discovery (authn.Index.DiscoveryIssuers).
+func (m *Mesh) JWTDiscoveryIssuers() []string { return m.authn.DiscoveryIssuers() }
+
 // NewMesh indexes the configuration objects and the registry.
 func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error) {
 	opts.fill()

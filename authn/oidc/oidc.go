@@ -4,18 +4,19 @@
 // RequestAuthentication rule that names only an issuer; the authn
 // compiler reads the cache (authn.KeySource) and inlines the keys, or a
 // key set nothing verifies against while they are unknown (fail closed).
+//
+// Issuers are fetched concurrently by a bounded number of workers, each
+// discovery within a timeout, so an issuer that never answers holds one
+// worker for at most that long and does not hold up the others. The
+// control plane names the issuers its configuration needs (SetIssuers) on
+// every change; the others are forgotten.
 package oidc
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,21 +24,33 @@ import (
 	"github.com/wardenmesh/warden/ca"
 )
 
-// Defaults (Istio refreshes discovered keys every 20 minutes).
+// Defaults.
 const (
-	DefaultRefresh = 20 * time.Minute
-	DefaultTimeout = 5 * time.Second
-	maxBody        = 1 << 20
+	DefaultRefresh  = 20 * time.Minute // as Istio refreshes discovered keys
+	DefaultTimeout  = 10 * time.Second
+	DefaultWorkers  = 8
+	DefaultRetry    = 5 * time.Second
+	DefaultRetryMax = 5 * time.Minute
 )
 
 // Config are the resolver's dependencies; zero values get defaults.
 type Config struct {
-	Client  *http.Client  // default: http.Client with Timeout
-	Timeout time.Duration // per request
-	Refresh time.Duration // how often known keys are fetched again
-	Retry   time.Duration // after a failure (default Refresh/20, at least 1s)
-	Clock   ca.Clock      // default the wall clock
-	Log     *slog.Logger
+	Client *http.Client // default: a plain http.Client (Timeout bounds each discovery)
+	// Timeout bounds one discovery of an issuer: the configuration
+	// document and the key set together. A hung issuer holds a worker no
+	// longer than this.
+	Timeout time.Duration
+	// Workers is how many issuers are fetched at once (default 8).
+	Workers int
+	// Refresh is how often known keys are fetched again; a failed
+	// refresh keeps the keys and tries again after Refresh.
+	Refresh time.Duration
+	// Retry is the wait after an issuer's first failed discovery; it
+	// doubles after each further failure, up to RetryMax.
+	Retry    time.Duration
+	RetryMax time.Duration
+	Clock    ca.Clock // default the wall clock
+	Log      *slog.Logger
 }
 
 // Resolver caches discovered key sets by issuer.
@@ -45,13 +58,19 @@ type Resolver struct {
 	cfg  Config
 	mu   sync.Mutex
 	keys map[string]*entry
+	// told: SetIssuers was called, and the set it gave is the one
+	// fetched; before, JWKS adds the issuers it is asked for.
+	told bool
 	kick chan struct{}
 }
 
 type entry struct {
-	jwks    string
-	err     error
-	fetched time.Time // last attempt
+	jwks     string
+	err      error
+	fetched  time.Time // when the last attempt ended
+	failures int       // attempts failed in a row
+	// cancel ends the fetch under way; nil when there is none.
+	cancel context.CancelFunc
 }
 
 var _ authn.KeySource = (*Resolver)(nil)
@@ -62,14 +81,21 @@ func New(cfg Config) *Resolver {
 		cfg.Timeout = DefaultTimeout
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: cfg.Timeout}
+		cfg.Client = &http.Client{}
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultWorkers
 	}
 	if cfg.Refresh == 0 {
 		cfg.Refresh = DefaultRefresh
 	}
 	if cfg.Retry == 0 {
-		cfg.Retry = max(cfg.Refresh/20, time.Second)
+		cfg.Retry = DefaultRetry
 	}
+	if cfg.RetryMax == 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	cfg.RetryMax = max(cfg.RetryMax, cfg.Retry)
 	if cfg.Clock == nil {
 		cfg.Clock = ca.SystemClock{}
 	}
@@ -83,16 +109,18 @@ func New(cfg Config) *Resolver {
 var ErrPending = errors.New("oidc: discovery not done yet")
 
 // JWKS returns the issuer's key set as last fetched, or why there is
-// none. An issuer asked for the first time is fetched by Run.
+// none. Until SetIssuers is first called, an issuer asked for the first
+// time is fetched by Run; after, only the issuers SetIssuers names are.
 func (r *Resolver) JWKS(issuer string) (string, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.keys[issuer]
 	if !ok {
-		r.keys[issuer] = &entry{err: ErrPending}
-		select {
-		case r.kick <- struct{}{}:
-		default:
+		// Told: an issuer outside the set is one a compile of the
+		// configuration before the last asks for; it stays forgotten.
+		if !r.told {
+			r.keys[issuer] = &entry{err: ErrPending}
+			r.wake()
 		}
 		return "", ErrPending
 	}
@@ -102,128 +130,38 @@ func (r *Resolver) JWKS(issuer string) (string, error) {
 	return e.jwks, nil
 }
 
-// Run fetches new issuers at once, refreshes known ones, and retries
-// failures, until ctx ends; changed is called when a key set appears or
-// changes (the control plane recompiles).
-func (r *Resolver) Run(ctx context.Context, changed func()) error {
-	t := time.NewTicker(min(r.cfg.Retry, time.Second))
-	defer t.Stop()
-	for {
-		if r.Sync(ctx) {
-			changed()
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.kick:
-		case <-t.C:
-		}
-	}
-}
-
-// Sync fetches every issuer that is new, due for refresh, or failed long
-// enough ago, and reports whether any key set changed.
-func (r *Resolver) Sync(ctx context.Context) bool {
-	now := r.cfg.Clock.Now()
+// SetIssuers gives the issuers the configuration discovers keys for; the
+// control plane calls it on every configuration change. New ones are
+// fetched at once; the others are forgotten: their keys dropped, a fetch
+// under way cancelled, no retry.
+func (r *Resolver) SetIssuers(issuers []string) {
 	r.mu.Lock()
-	var due []string
+	defer r.mu.Unlock()
+	r.told = true
+	wanted := make(map[string]bool, len(issuers))
+	for _, iss := range issuers {
+		wanted[iss] = true
+		if _, ok := r.keys[iss]; !ok {
+			r.keys[iss] = &entry{err: ErrPending}
+			r.wake()
+		}
+	}
 	for iss, e := range r.keys {
-		wait := r.cfg.Refresh
-		if e.jwks == "" {
-			wait = r.cfg.Retry
+		if wanted[iss] {
+			continue
 		}
-		if e.fetched.IsZero() || now.Sub(e.fetched) >= wait {
-			due = append(due, iss)
+		if e.cancel != nil {
+			e.cancel()
 		}
+		delete(r.keys, iss)
+		r.cfg.Log.Info("oidc: issuer forgotten: no policy names it any more", "issuer", iss)
 	}
-	r.mu.Unlock()
-	sort.Strings(due)
-	changed := false
-	for _, iss := range due {
-		jwks, err := r.fetch(ctx, iss)
-		r.mu.Lock()
-		e := r.keys[iss]
-		e.fetched = now
-		switch {
-		case err == nil:
-			if jwks != e.jwks {
-				changed = true
-				r.cfg.Log.Info("oidc: keys discovered", "issuer", iss)
-			}
-			e.jwks, e.err = jwks, nil
-		case e.jwks != "":
-			// Keep serving the last good keys through an outage of the
-			// issuer; say so.
-			r.cfg.Log.Warn("oidc: refresh failed; keeping the keys fetched before", "issuer", iss, "error", err.Error())
-		default:
-			if e.err == nil || e.err.Error() != err.Error() {
-				r.cfg.Log.Error("oidc: discovery failed; this issuer's tokens are refused until it succeeds", "issuer", iss, "error", err.Error())
-			}
-			e.err = err
-		}
-		r.mu.Unlock()
-	}
-	return changed
 }
 
-func (r *Resolver) get(ctx context.Context, url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
+// wake tells Run there is an issuer to fetch (r.mu held).
+func (r *Resolver) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
 	}
-	resp, err := r.cfg.Client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody+1))
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", url, err)
-	}
-	if len(b) > maxBody {
-		return nil, fmt.Errorf("GET %s: more than %d bytes", url, maxBody)
-	}
-	return b, nil
-}
-
-// fetch does the discovery: the configuration document, then its
-// jwks_uri, which must hold at least one key.
-func (r *Resolver) fetch(ctx context.Context, issuer string) (string, error) {
-	if !strings.HasPrefix(issuer, "https://") && !strings.HasPrefix(issuer, "http://") {
-		return "", fmt.Errorf("oidc: issuer %q is not an http(s) URL, so it cannot be discovered; give jwksUri or jwks", issuer)
-	}
-	conf := strings.TrimSuffix(issuer, "/") + "/.well-known/openid-configuration"
-	b, err := r.get(ctx, conf)
-	if err != nil {
-		return "", fmt.Errorf("oidc: %w", err)
-	}
-	var doc struct {
-		Issuer  string `json:"issuer"`
-		JwksURI string `json:"jwks_uri"`
-	}
-	if err := json.Unmarshal(b, &doc); err != nil {
-		return "", fmt.Errorf("oidc: %s: not a discovery document: %v", conf, err)
-	}
-	if doc.JwksURI == "" {
-		return "", fmt.Errorf("oidc: %s names no jwks_uri", conf)
-	}
-	if !strings.HasPrefix(doc.JwksURI, "https://") && !strings.HasPrefix(doc.JwksURI, "http://") {
-		return "", fmt.Errorf("oidc: %s: jwks_uri %q is not an http(s) URL", conf, doc.JwksURI)
-	}
-	kb, err := r.get(ctx, doc.JwksURI)
-	if err != nil {
-		return "", fmt.Errorf("oidc: keys of %s: %w", issuer, err)
-	}
-	var set struct {
-		Keys []json.RawMessage `json:"keys"`
-	}
-	if err := json.Unmarshal(kb, &set); err != nil || len(set.Keys) == 0 {
-		return "", fmt.Errorf("oidc: %s is not a key set with keys", doc.JwksURI)
-	}
-	return string(kb), nil
 }

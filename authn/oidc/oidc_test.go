@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -55,11 +56,18 @@ type issuer struct {
 	mu         sync.Mutex
 	srv        *httptest.Server
 	jwks       string
-	discovery  int // status of the discovery document
-	discovered int // requests for it
+	discovery  int    // status of the discovery document
+	discovered int    // requests for it
+	keysAsked  int    // requests for the key set
+	names      string // the issuer the document names ("": the server's URL)
 }
 
 func newIssuer(t *testing.T, jwks string) *issuer {
+	return serveIssuer(t, jwks, httptest.NewServer)
+}
+
+// serveIssuer is newIssuer on a server of start's making (TLS or not).
+func serveIssuer(t *testing.T, jwks string, start func(http.Handler) *httptest.Server) *issuer {
 	is := &issuer{jwks: jwks, discovery: http.StatusOK}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, r *http.Request) {
@@ -70,19 +78,27 @@ func newIssuer(t *testing.T, jwks string) *issuer {
 			w.WriteHeader(is.discovery)
 			return
 		}
-		fmt.Fprintf(w, `{"issuer":%q,"jwks_uri":%q}`, is.srv.URL, is.srv.URL+"/keys")
+		names := is.names
+		if names == "" {
+			names = is.srv.URL
+		}
+		fmt.Fprintf(w, `{"issuer":%q,"jwks_uri":%q}`, names, is.srv.URL+"/keys")
 	})
 	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
 		is.mu.Lock()
 		defer is.mu.Unlock()
+		is.keysAsked++
 		fmt.Fprint(w, is.jwks)
 	})
-	is.srv = httptest.NewServer(mux)
+	is.srv = start(mux)
 	t.Cleanup(is.srv.Close)
 	return is
 }
 
 func (is *issuer) set(f func(*issuer)) { is.mu.Lock(); f(is); is.mu.Unlock() }
+
+// requests is how often the discovery document was asked for.
+func (is *issuer) requests() int { is.mu.Lock(); defer is.mu.Unlock(); return is.discovered }
 
 // TestDiscoveryAndRotation: an issuer-only rule's keys come from the
 // discovery document's jwks_uri, reach the compiled jwt_authn, follow a
@@ -158,7 +174,8 @@ func TestDiscoveryFailuresFailClosed(t *testing.T) {
 	ctx := context.Background()
 	is := newIssuer(t, `{"keys":[]}`)
 	clock := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	r := oidc.New(oidc.Config{Clock: clock, Retry: time.Minute})
+	// A retry every minute: no backoff (TestRetryBacksOff has it).
+	r := oidc.New(oidc.Config{Clock: clock, Retry: time.Minute, RetryMax: time.Minute})
 	cases := []struct {
 		issuer string
 		want   string
@@ -235,5 +252,62 @@ func TestRunCallsChanged(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDiscoveryDocumentMustNameItsIssuer: a discovery document that names
+// another issuer than the one it was fetched for is refused (OpenID
+// Connect Discovery 1.0 §4.3: identical): its key set is not even
+// fetched, the issuer's tokens stay refused, and the log names both
+// values. Over real TLS, as issuers serve.
+func TestDiscoveryDocumentMustNameItsIssuer(t *testing.T) {
+	t.Parallel()
+	same := func(u string) string { return u }
+	slash := func(u string) string { return u + "/" }
+	cases := []struct {
+		name                 string
+		configured, document func(url string) string
+		ok                   bool
+	}{
+		{"another issuer", same, func(string) string { return "https://login.example.com" }, false},
+		{"a trailing slash the rule does not have", same, slash, false},
+		{"the same", same, same, true},
+		// Auth0's form: the issuer ends with a slash, and so does what
+		// its document names.
+		{"both with a trailing slash", slash, slash, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			keys := jwk(t, "k")
+			is := serveIssuer(t, keys, httptest.NewTLSServer)
+			configured, document := c.configured(is.srv.URL), c.document(is.srv.URL)
+			is.set(func(is *issuer) { is.names = document })
+			var logs strings.Builder
+			r := oidc.New(oidc.Config{Client: is.srv.Client(), Log: slog.New(slog.NewTextHandler(&logs, nil))})
+			r.JWKS(configured) // asked for, as by a compile
+			changed := r.Sync(context.Background())
+			got, err := r.JWKS(configured)
+			if c.ok {
+				if err != nil || got != keys || !changed {
+					t.Fatalf("%q %v (changed %v)", got, err, changed)
+				}
+				return
+			}
+			msg := fmt.Sprintf("oidc: %s/.well-known/openid-configuration names issuer %q, not %q: a discovery document must name the issuer it is fetched for (OpenID Connect Discovery 1.0 §4.3); no keys are taken from it",
+				is.srv.URL, document, configured)
+			if err == nil || err.Error() != msg || got != "" || changed {
+				t.Fatalf("got %q, %v (changed %v), want the error %q", got, err, changed, msg)
+			}
+			is.mu.Lock()
+			asked := is.keysAsked
+			is.mu.Unlock()
+			if asked != 0 {
+				t.Errorf("the key set was fetched %d times", asked)
+			}
+			if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "issuer="+configured+" ") || !strings.Contains(l, document) {
+				t.Errorf("no error logged naming both issuers:\n%s", l)
+			}
+		})
 	}
 }

@@ -18,6 +18,10 @@ import (
 	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
+// The xDS server tells OIDC discovery which issuers each configuration
+// names.
+var _ xdsserver.IssuerSetter = (*oidc.Resolver)(nil)
+
 // wireXDS makes the ADS server and feeds it the mesh configuration: the
 // --config-dir directory in standalone mode, the informers in Kubernetes
 // mode. Streams authenticate like certificate requests (SVID or token).

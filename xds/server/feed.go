@@ -108,6 +108,11 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 		proxies = append(proxies, ps)
 	}
 	s.mu.Unlock()
+	// After the swap, so that a compile of the previous configuration
+	// still finds the keys of an issuer this one drops.
+	if is, ok := s.cfg.Options.JWTKeys.(IssuerSetter); ok {
+		is.SetIssuers(mesh.JWTDiscoveryIssuers())
+	}
 	for _, r := range revoked {
 		s.endRevoked(r)
 	}

@@ -32,6 +32,13 @@ type Secrets func(ctx context.Context, id spiffeid.ID) ([]types.Resource, error)
 // namespace ns: only Secrets of the gateway's own namespace are served.
 type Credentials func(ns, sdsName string) (*tlsv3.Secret, error)
 
+// IssuerSetter is the optional side of Options.JWTKeys (oidc.Resolver)
+// that is told, on every configuration applied, the issuers the
+// configuration leaves to OIDC discovery; it forgets the others.
+type IssuerSetter interface {
+	SetIssuers(issuers []string)
+}
+
 // Config wires a Server.
 type Config struct {
 	Options     xds.Options
