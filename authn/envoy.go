@@ -20,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardenmesh/warden/api"
 )
 
 // Envoy names warden uses.
@@ -317,6 +319,48 @@ func (ix *Index) jwtConfig(rules []JWTRule, s *Settings) (*jwtv3.JwtAuthenticati
 }
 
 var errNoKeySource = errors.New("no OIDC discovery configured")
+
+// JwksClusters is, for each jwksUri of the index's policies, the cluster
+// its keys are fetched through and why that cluster will not exist (after
+// a NUL; nothing when it will). It follows the registry (Options.Hosts):
+// the control plane compares it across registry changes, which no policy
+// edit marks, to know when jwt_authn must be compiled again.
+func (ix *Index) JwksClusters() map[string]string {
+	out := map[string]string{}
+	add := func(uri string) {
+		if uri == "" {
+			return
+		}
+		c, problem := ix.jwksCluster(uri)
+		if problem != nil {
+			c += "\x00" + problem.Error()
+		}
+		out[uri] = c
+	}
+	for _, ras := range ix.ra {
+		for _, ra := range ras {
+			for _, r := range ra.Spec.JWTRules {
+				add(r.JwksURI)
+			}
+		}
+	}
+	origins := func(spec api.PolicySpec) {
+		for _, o := range spec.Origins {
+			if o.JWT != nil {
+				add(o.JWT.JwksURI)
+			}
+		}
+	}
+	if ix.mesh != nil {
+		origins(ix.mesh.Spec)
+	}
+	for _, ps := range ix.legNS {
+		for _, p := range ps {
+			origins(p.Spec)
+		}
+	}
+	return out
+}
 
 // jwksCluster is the outbound cluster Envoy fetches a jwksUri through, as
 // Istio names it (pilot/pkg/security/authn policy_applier.go, JwtFilter):

@@ -110,3 +110,17 @@ func portList(s *Service) string {
 	}
 	return strings.Join(ps, ", ")
 }
+
+// JwksClustersChanged says whether a jwksUri the policies of both m and
+// next hold is fetched through another cluster (or fails for another
+// reason) in next: a registry change that changes jwt_authn, which
+// Affects, looking at configuration objects only, does not see.
+func (m *Mesh) JwksClustersChanged(next *Mesh) bool {
+	before, after := m.authn.JwksClusters(), next.authn.JwksClusters()
+	for uri, c := range after {
+		if b, ok := before[uri]; ok && b != c {
+			return true
+		}
+	}
+	return false
+}

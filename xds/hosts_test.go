@@ -102,3 +102,43 @@ func TestJwksHostAsIstio(t *testing.T) {
 		})
 	}
 }
+
+// TestJwksClustersChanged: the server recompiles jwt_authn when a
+// jwksUri's cluster moves with the registry — the issuer's Service
+// appearing, or losing the URI's port — but not for endpoint churn, nor
+// for a jwksUri only one side has (policy edits: Affects decides).
+func TestJwksClustersChanged(t *testing.T) {
+	t.Parallel()
+	ra := func(uri string) *api.RequestAuthentication {
+		return &api.RequestAuthentication{Metadata: api.ObjectMeta{Name: "jwt-" + uri[len(uri)-1:], Namespace: "foo"},
+			Spec: api.RequestAuthenticationSpec{JWTRules: []api.JWTRule{{Issuer: "mesh cluster", JwksURI: uri}}}}
+	}
+	issuer := func(port uint32, addr string) *xds.Service {
+		return &xds.Service{Host: "jwt-token-issuer.mesh.svc.cluster.local", Name: "jwt-token-issuer", Namespace: "mesh",
+			Ports: []xds.ServicePort{{Number: port, Name: "http"}}, Endpoints: []xds.Endpoint{{Address: addr}}}
+	}
+	mesh := func(services []*xds.Service, objs ...api.Object) *xds.Mesh {
+		m, err := xds.NewMesh(objs, services, xds.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	short := ra("http://jwt-token-issuer.mesh:7443/jwks")
+	other := ra("https://issuer.example.org/jwks")
+	for _, tc := range []struct {
+		name         string
+		before, next *xds.Mesh
+		want         bool
+	}{
+		{"the Service appears", mesh(nil, short), mesh([]*xds.Service{issuer(7443, "10.0.3.7")}, short), true},
+		{"the Service goes", mesh([]*xds.Service{issuer(7443, "10.0.3.7")}, short), mesh(nil, short), true},
+		{"its port changes", mesh([]*xds.Service{issuer(7443, "10.0.3.7")}, short), mesh([]*xds.Service{issuer(8443, "10.0.3.7")}, short), true},
+		{"its endpoints change", mesh([]*xds.Service{issuer(7443, "10.0.3.7")}, short), mesh([]*xds.Service{issuer(7443, "10.0.3.8")}, short), false},
+		{"a policy is added", mesh(nil, short), mesh(nil, short, other), false},
+	} {
+		if got := tc.before.JwksClustersChanged(tc.next); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
