@@ -57,6 +57,21 @@ type Options struct {
 	// discovery); nil means none are known, and such issuers' tokens are
 	// refused until they are.
 	Keys KeySource
+	// Hosts resolves the host of each jwksUri to the registry service
+	// whose outbound cluster fetches its keys; nil (no registry known,
+	// as in policy compile) takes hosts as written.
+	Hosts HostResolver
+}
+
+// HostResolver finds the registry service a URL's host names, so that a
+// cluster policy refers to is one the proxy has. xds implements it over
+// the registry its clusters come from.
+type HostResolver interface {
+	// ResolveHost returns the hostname of the outbound cluster that
+	// carries host:port (outbound|port||<hostname>). When no cluster of
+	// the registry will, err says why and what to change, and hostname is
+	// host as written (Istio's fallback).
+	ResolveHost(host string, port uint32) (hostname string, err error)
 }
 
 // KeySource holds JWKS found by OIDC discovery. The control plane fetches

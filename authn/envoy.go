@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"regexp"
 	"sort"
+	"strconv"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -19,6 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/wardenmesh/warden/api"
 )
 
 // Envoy names warden uses.
@@ -252,16 +255,12 @@ func (ix *Index) jwtConfig(rules []JWTRule, s *Settings) (*jwtv3.JwtAuthenticati
 		case r.Jwks != "":
 			p.JwksSourceSpecifier = localJwks(r.Jwks)
 		case r.JwksURI != "":
-			u, _ := url.Parse(r.JwksURI)
-			port := u.Port()
-			if port == "" {
-				port = map[string]string{"http": "80"}[u.Scheme]
-				if port == "" {
-					port = "443"
-				}
+			cluster, problem := ix.jwksCluster(r.JwksURI)
+			if problem != nil {
+				s.Conflicts = append(s.Conflicts, fmt.Sprintf("JWT issuer %s (%s): jwksUri %s: %v; until then Envoy cannot fetch its keys and refuses its tokens", r.Issuer, r.Source, r.JwksURI, problem))
 			}
 			p.JwksSourceSpecifier = &jwtv3.JwtProvider_RemoteJwks{RemoteJwks: &jwtv3.RemoteJwks{
-				HttpUri:       &corev3.HttpUri{Uri: r.JwksURI, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: fmt.Sprintf("outbound|%s||%s", port, u.Hostname())}, Timeout: durationpb.New(timeout)},
+				HttpUri:       &corev3.HttpUri{Uri: r.JwksURI, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: cluster}, Timeout: durationpb.New(timeout)},
 				CacheDuration: durationpb.New(5 * time.Minute),
 			}}
 		default:
@@ -320,6 +319,74 @@ func (ix *Index) jwtConfig(rules []JWTRule, s *Settings) (*jwtv3.JwtAuthenticati
 }
 
 var errNoKeySource = errors.New("no OIDC discovery configured")
+
+// JwksClusters is, for each jwksUri of the index's policies, the cluster
+// its keys are fetched through and why that cluster will not exist (after
+// a NUL; nothing when it will). It follows the registry (Options.Hosts):
+// the control plane compares it across registry changes, which no policy
+// edit marks, to know when jwt_authn must be compiled again.
+func (ix *Index) JwksClusters() map[string]string {
+	out := map[string]string{}
+	add := func(uri string) {
+		if uri == "" {
+			return
+		}
+		c, problem := ix.jwksCluster(uri)
+		if problem != nil {
+			c += "\x00" + problem.Error()
+		}
+		out[uri] = c
+	}
+	for _, ras := range ix.ra {
+		for _, ra := range ras {
+			for _, r := range ra.Spec.JWTRules {
+				add(r.JwksURI)
+			}
+		}
+	}
+	origins := func(spec api.PolicySpec) {
+		for _, o := range spec.Origins {
+			if o.JWT != nil {
+				add(o.JWT.JwksURI)
+			}
+		}
+	}
+	if ix.mesh != nil {
+		origins(ix.mesh.Spec)
+	}
+	for _, ps := range ix.legNS {
+		for _, p := range ps {
+			origins(p.Spec)
+		}
+	}
+	return out
+}
+
+// jwksCluster is the outbound cluster Envoy fetches a jwksUri through, as
+// Istio names it (pilot/pkg/security/authn policy_applier.go, JwtFilter):
+// the port is the URI's, else 80 for http and 443 for https
+// (pkg/config/security ParseJwksURI); the host is the registry service the
+// URI's host names (Options.Hosts), or the host as written when none does
+// or no registry is known (Istio's model.BuildSubsetKey fallback). problem
+// says why that cluster will not exist.
+func (ix *Index) jwksCluster(uri string) (cluster string, problem error) {
+	u, _ := url.Parse(uri) // checked by NewIndex
+	port := uint64(443)
+	if u.Scheme == "http" {
+		port = 80
+	}
+	if p := u.Port(); p != "" {
+		var err error
+		if port, err = strconv.ParseUint(p, 10, 16); err != nil {
+			return fmt.Sprintf("outbound|%s||%s", p, u.Hostname()), fmt.Errorf("port %q is not a port number", p)
+		}
+	}
+	host := u.Hostname()
+	if ix.opts.Hosts != nil {
+		host, problem = ix.opts.Hosts.ResolveHost(host, uint32(port))
+	}
+	return fmt.Sprintf("outbound|%d||%s", port, host), problem
+}
 
 func localJwks(jwks string) *jwtv3.JwtProvider_LocalJwks {
 	return &jwtv3.JwtProvider_LocalJwks{LocalJwks: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: jwks}}}

@@ -11,10 +11,13 @@ import (
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/internal/testkit"
+	"github.com/wardenmesh/warden/xds"
 )
 
 // compileCase runs one testdata case: the first line of <case>-in.yaml is
-// `# workload: {json}`; the rest are policy objects. The result is the
+// `# workload: {json}`; an optional second line `# registry: [{json}]`
+// lists the services (xds.Service) jwksUri hosts resolve against, as
+// warden serve's registry; the rest are policy objects. The result is the
 // rendered YAML, or "error: <message>".
 func compileCase(t testing.TB, in []byte) []byte {
 	first, rest, _ := bytes.Cut(in, []byte("\n"))
@@ -26,11 +29,20 @@ func compileCase(t testing.TB, in []byte) []byte {
 	if err := json.Unmarshal(wl, &w); err != nil {
 		t.Fatal(err)
 	}
+	var opts authn.Options
+	second, after, _ := bytes.Cut(rest, []byte("\n"))
+	if reg, ok := bytes.CutPrefix(second, []byte("# registry: ")); ok {
+		var services []*xds.Service
+		if err := json.Unmarshal(reg, &services); err != nil {
+			t.Fatal(err)
+		}
+		opts.Hosts, rest = xds.NewHostIndex(services, ""), after
+	}
 	objs, err := api.Decode(rest)
 	if err != nil {
 		return []byte("error: " + err.Error() + "\n")
 	}
-	ix, err := authn.NewIndex(objs, authn.Options{})
+	ix, err := authn.NewIndex(objs, opts)
 	if err != nil {
 		return []byte("error: " + err.Error() + "\n")
 	}

@@ -137,7 +137,7 @@ func filtersFor(action string, group []compiled, opts Options) ([]*Filter, error
 		}
 		sort.Strings(names)
 		for _, p := range names {
-			svc := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "ext-authz|" + p}}}
+			svc := &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: ExtAuthzClusterPrefix + p}}}
 			// Only requests a CUSTOM policy matched (the shadow rules
 			// record it in metadata) go to the external authorizer.
 			enabled := func(filter string) *matcherv3.MetadataMatcher {

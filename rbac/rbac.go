@@ -66,3 +66,8 @@ const (
 	// NetworkExtAuthz is the TCP ports' external authorizer.
 	NetworkExtAuthz = "envoy.filters.network.ext_authz"
 )
+
+// ExtAuthzClusterPrefix begins the Envoy cluster a CUSTOM provider's
+// ext_authz calls, ext-authz|<provider>. warden serves no such cluster:
+// the proxy's bootstrap defines it (docs/policy-authz.md).
+const ExtAuthzClusterPrefix = "ext-authz|"

@@ -46,7 +46,8 @@ func TestGoldenProxyConfig(t *testing.T) {
 		"testdata/scope": loadMesh(t, "testdata/scope"), "testdata/gateway": loadMesh(t, "testdata/gateway"),
 		// Kubernetes Services (ClusterIPs, headless, appProtocol) mapped by the Kubernetes registry's code.
 		"testdata/kube/headless.yaml": loadKubeMesh(t, "testdata/kube/headless.yaml"), "testdata/kube/port80.yaml": loadKubeMesh(t, "testdata/kube/port80.yaml"),
-		"testdata/kube/port80-tcp-first.yaml": loadKubeMesh(t, "testdata/kube/port80-tcp-first.yaml")}
+		"testdata/kube/port80-tcp-first.yaml": loadKubeMesh(t, "testdata/kube/port80-tcp-first.yaml"),
+		"testdata/kube/jwks-mesh-issuer.yaml": loadKubeMesh(t, "testdata/kube/jwks-mesh-issuer.yaml")}
 	for _, tc := range []struct {
 		file, node, generator string
 		servers               []string
@@ -65,6 +66,9 @@ func TestGoldenProxyConfig(t *testing.T) {
 		{"envoy-kube-headless.json", "sidecar~10.0.0.4~sleep-7d9f8c6b5-x2x4q.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/headless.yaml"},
 		{"envoy-kube-port80.json", "sidecar~10.0.0.4~sleep-7d9f8c6b5-x2x4q.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/port80.yaml"},
 		{"envoy-kube-port80-tcp-first.json", "sidecar~10.0.0.5~bastion-5c8d7f9b4-q7w2m.default~default.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/port80-tcp-first.yaml"},
+		// Istio's TestJwtFilter "Mesh cluster as issuer" case: remote_jwks
+		// through outbound|7443||jwt-token-issuer.mesh.svc.cluster.local.
+		{"envoy-kube-jwks-mesh-issuer.json", "sidecar~10.0.1.5~httpbin-7b8c9d6f5-p3q4r.foo~foo.svc.cluster.local", xds.GeneratorEnvoy, nil, "testdata/kube/jwks-mesh-issuer.yaml"},
 	} {
 		if tc.dir == "" {
 			tc.dir = "testdata/mesh"

@@ -115,7 +115,7 @@ func (m *Mesh) JWTDiscoveryIssuers() []string { return m.authn.DiscoveryIssuers(
 func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error) {
 	opts.fill()
 	ax, err := authn.NewIndex(objs, authn.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain, SDSCluster: opts.SDSCluster,
-		TrustDomainAliases: opts.TrustDomainAliases, Keys: opts.JWTKeys})
+		TrustDomainAliases: opts.TrustDomainAliases, Keys: opts.JWTKeys, Hosts: NewHostIndex(services, opts.Domain)})
 	if err != nil {
 		return nil, err
 	}

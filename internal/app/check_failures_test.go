@@ -152,9 +152,10 @@ func TestCheckStandaloneCAFailures(t *testing.T) {
 // TestCheckStandaloneConfigFailures: warden check --config-dir with a file
 // that does not load (an error, also in JSON), and a directory that loads
 // with every policy and routing finding: an unknown destination host, an
-// unknown subset, a DestinationRule for an unknown host (errors), a
-// selector matching nothing, a setting the compiler reports and two
-// namespace-wide PeerAuthentications in conflict (warnings).
+// unknown subset, a DestinationRule for an unknown host, a jwksUri
+// cluster no proxy has (errors), a selector matching nothing, a setting
+// the compiler reports and two namespace-wide PeerAuthentications in
+// conflict (warnings).
 func TestCheckStandaloneConfigFailures(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -201,9 +202,17 @@ func TestCheckStandaloneConfigFailures(t *testing.T) {
 	os.MkdirAll(mesh, 0o755)
 	os.WriteFile(filepath.Join(mesh, "services.yaml"), services, 0o644)
 	os.WriteFile(filepath.Join(mesh, "bad.yaml"), []byte(testkit.CheckFindingsYAML("default", "flaskapp", "flaskap")), 0o644)
+	// A jwksUri host that is a bare name resolves to no service (issue
+	// #33): its remote_jwks cluster is one no proxy has.
+	os.WriteFile(filepath.Join(mesh, "jwt.yaml"), []byte("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: default}\n"+
+		"spec: {jwtRules: [{issuer: issuer.example.com, jwksUri: \"https://keys/jwks\"}]}\n"), 0o644)
 	code, out, _ = run(t, "check", "--kubernetes=false", "--data-dir", data, "--config-dir", mesh)
 	for _, want := range []string{
-		checkLine("ok", "config", mesh+": 8 objects, 3 services"),
+		checkLine("ok", "config", mesh+": 9 objects, 3 services"),
+		checkLine("error", "clusters", `jwt_authn of default/127.0.0.2 and 3 other workload(s) fetches the keys of issuer "issuer.example.com" (jwksUri https://keys/jwks) through cluster outbound|443||keys, `+
+			"which its proxy does not have: tokens of that issuer are refused (401); name a service of the registry and one of its ports (docs/policy-authn.md), and let the proxy see it (Sidecar egress, exportTo)"),
+		checkLine("warning", "policy", "JWT issuer issuer.example.com (RequestAuthentication default/jwt): jwksUri https://keys/jwks: host keys is a bare name, which names no registry service "+
+			"(its namespace would be the caller's); write <name>.<namespace> or the service's FQDN; until then Envoy cannot fetch its keys and refuses its tokens"),
 		checkLine("error", "routing", "VirtualService default/routes: destination host flaskap.default.svc.cluster.local is not in the service registry: calls routed to it fail"),
 		checkLine("error", "routing", "VirtualService default/routes: destination flaskapp.default.svc.cluster.local subset v9 is not defined by a DestinationRule: calls routed to it fail"),
 		checkLine("error", "routing", "DestinationRule default/ghost: host ghost.default.svc.cluster.local is not in the service registry"),

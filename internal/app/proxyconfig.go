@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
@@ -119,7 +120,19 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	if warnings = append(warnings, cfg.Reports...); len(warnings) > 0 {
+	dangling, err := cfg.Dangling()
+	if err != nil {
+		return err
+	}
+	warnings = append(warnings, cfg.Reports...)
+	for _, d := range dangling {
+		what := "the requests the CUSTOM policy selects are refused (403) unless the proxy's bootstrap defines it"
+		if d.Filter == authn.JWTAuthnFilter {
+			what = "tokens of that issuer are refused (401)"
+		}
+		warnings = append(warnings, fmt.Sprintf("%s names cluster %s for %s, which this proxy is not sent: %s", d.Filter, d.Cluster, d.What, what))
+	}
+	if len(warnings) > 0 {
 		out["warnings"] = warnings
 	}
 	b, err := json.MarshalIndent(out, "", "  ")

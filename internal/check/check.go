@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
@@ -137,8 +139,10 @@ func Proxies(status []xdsserver.ProxyStatus, now time.Time, stale time.Duration)
 // Policy checks the mesh configuration against the registry: the
 // compilers' reports for every workload and every namespace's outbound
 // view (warnings), objects whose selector matches no workload
-// (warnings), and routing that names hosts or subsets that do not exist
-// (errors: calls to them fail).
+// (warnings), routing that names hosts or subsets that do not exist
+// (errors: calls to them fail), and clusters a workload's policy filters
+// name that its proxy does not have (jwt_authn's: errors; ext_authz's:
+// warnings).
 func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Result, error) {
 	opts = opts.WithDefaults()
 	mesh, err := xds.NewMesh(objs, services, opts)
@@ -154,6 +158,8 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 		labels map[string]string
 	}
 	var workloads []workload
+	dangling := map[xds.Reference][]string{} // -> workloads
+	var danglingOrder []xds.Reference
 	for _, s := range services {
 		byHost[s.Host] = s
 		namespaces[s.Namespace] = true
@@ -169,12 +175,30 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 			for _, r := range in.Reports {
 				reports[r] = true
 			}
-			if o, err := mesh.Outbound(mesh.ScopeOf(p, w)); err == nil {
-				for _, r := range o.Reports {
-					reports[r] = true
+			o, err := mesh.Outbound(mesh.ScopeOf(p, w))
+			if err != nil {
+				continue
+			}
+			for _, r := range o.Reports {
+				reports[r] = true
+			}
+			// The proxy's clusters are its outbound and inbound ones; its
+			// policy filters are in the inbound listener.
+			refs, err := (&xds.Config{Listeners: in.Listeners, Clusters: slices.Concat(o.Clusters, in.Clusters)}).Dangling()
+			if err != nil {
+				out = append(out, res("clusters", Error, "workload %s in %s: %v", e.Address, s.Namespace, err))
+				continue
+			}
+			for _, r := range refs {
+				if dangling[r] == nil {
+					danglingOrder = append(danglingOrder, r)
 				}
+				dangling[r] = append(dangling[r], s.Namespace+"/"+e.Address)
 			}
 		}
+	}
+	for _, r := range danglingOrder {
+		out = append(out, danglingResult(r, dangling[r]))
 	}
 	for ns := range namespaces {
 		if o, err := mesh.Outbound(xds.Scope{Namespace: ns, Generator: xds.GeneratorEnvoy}); err == nil {
@@ -249,6 +273,22 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 		out = append(out, res("policy", OK, "%d objects, %d services: no reports, no dangling selector or reference", len(objs), len(services)))
 	}
 	return out, nil
+}
+
+// danglingResult is the finding for a cluster the policy filters of
+// workloads name and their proxies do not have: an error for jwt_authn
+// (the issuer's tokens are refused), a warning for ext_authz (warden
+// serves no ext-authz|<provider> cluster: the bootstrap must define it,
+// which check cannot see).
+func danglingResult(r xds.Reference, workloads []string) Result {
+	who := workloads[0]
+	if n := len(workloads); n > 1 {
+		who = fmt.Sprintf("%s and %d other workload(s)", who, n-1)
+	}
+	if r.Filter == authn.JWTAuthnFilter {
+		return res("clusters", Error, "jwt_authn of %s fetches the keys of %s through cluster %s, which its proxy does not have: tokens of that issuer are refused (401); name a service of the registry and one of its ports (docs/policy-authn.md), and let the proxy see it (Sidecar egress, exportTo)", who, r.What, r.Cluster)
+	}
+	return res("clusters", Warn, "%s of %s calls cluster %s for %s, which warden does not serve: the proxy's bootstrap must define it, or the requests the CUSTOM policy selects are refused (403)", r.Filter, who, r.Cluster, r.What)
 }
 
 func matches(want, have map[string]string) bool {

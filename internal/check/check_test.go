@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -132,5 +133,60 @@ func TestProxies(t *testing.T) {
 	}
 	if got := statuses(check.Proxies(st[:1], now, time.Minute)); len(got[check.OK]) != 1 {
 		t.Fatalf("healthy: %v", got)
+	}
+}
+
+// TestPolicyDanglingClusters: a jwt_authn remote_jwks cluster the proxy
+// does not have is an error — a bare-name jwksUri host (Istio's look-up
+// finds only registry hostnames), and a resolved one a Sidecar hides —
+// while the short form name.namespace resolves to the Service's cluster,
+// which the proxy has; a CUSTOM provider's ext-authz|<name> cluster, which
+// only the bootstrap can define, is a warning.
+func TestPolicyDanglingClusters(t *testing.T) {
+	ep := func(addr, app string) []xds.Endpoint {
+		return []xds.Endpoint{{Address: addr, Labels: map[string]string{"app": app}, ServiceAccount: app}}
+	}
+	http := func(n uint32) []xds.ServicePort { return []xds.ServicePort{{Number: n, Name: "http"}} }
+	services := []*xds.Service{
+		{Host: "jwt-token-issuer.mesh.svc.cluster.local", Name: "jwt-token-issuer", Namespace: "mesh", Ports: http(7443), Endpoints: ep("10.0.3.7", "issuer")},
+		{Host: "web.default.svc.cluster.local", Name: "web", Namespace: "default", Ports: http(80), Endpoints: ep("10.0.0.1", "web")},
+		{Host: "api.scoped.svc.cluster.local", Name: "api", Namespace: "scoped", Ports: http(80), Endpoints: ep("10.0.2.9", "api")},
+	}
+	ra := func(ns string, uris ...string) *api.RequestAuthentication {
+		r := &api.RequestAuthentication{Metadata: api.ObjectMeta{Name: "jwt", Namespace: ns}}
+		for i, u := range uris {
+			r.Spec.JWTRules = append(r.Spec.JWTRules, api.JWTRule{Issuer: fmt.Sprintf("issuer-%d", i), JwksURI: u})
+		}
+		return r
+	}
+	objs := []api.Object{
+		ra("default", "http://jwt-token-issuer.mesh:7443/jwks", "http://jwt-token-issuer:7443/jwks"),
+		ra("scoped", "http://jwt-token-issuer.mesh:7443/jwks"),
+		&api.Sidecar{Metadata: api.ObjectMeta{Name: "default", Namespace: "scoped"}, Spec: api.SidecarSpec{Egress: []api.IstioEgressListener{{Hosts: []string{"./*"}}}}},
+		&api.AuthorizationPolicy{Metadata: api.ObjectMeta{Name: "ext", Namespace: "default"}, Spec: api.AuthorizationPolicySpec{Action: "CUSTOM",
+			Provider: &api.ExtensionProvider{Name: "opa"}, Rules: []api.Rule{{To: []api.RuleTo{{Operation: &api.Operation{Paths: []string{"/admin"}}}}}}}},
+	}
+	got, err := check.Policy(objs, services, xds.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var clusters []string
+	for _, r := range got {
+		if r.Check == "clusters" {
+			clusters = append(clusters, string(r.Status)+": "+r.Message)
+		}
+	}
+	want := []string{
+		`warning: envoy.filters.http.ext_authz of default/10.0.0.1 calls cluster ext-authz|opa for CUSTOM provider "opa", which warden does not serve: the proxy's bootstrap must define it, or the requests the CUSTOM policy selects are refused (403)`,
+		`error: jwt_authn of default/10.0.0.1 fetches the keys of issuer "issuer-1" (jwksUri http://jwt-token-issuer:7443/jwks) through cluster outbound|7443||jwt-token-issuer, which its proxy does not have: tokens of that issuer are refused (401); name a service of the registry and one of its ports (docs/policy-authn.md), and let the proxy see it (Sidecar egress, exportTo)`,
+		`error: jwt_authn of scoped/10.0.2.9 fetches the keys of issuer "issuer-0" (jwksUri http://jwt-token-issuer.mesh:7443/jwks) through cluster outbound|7443||jwt-token-issuer.mesh.svc.cluster.local, which its proxy does not have: tokens of that issuer are refused (401); name a service of the registry and one of its ports (docs/policy-authn.md), and let the proxy see it (Sidecar egress, exportTo)`,
+	}
+	if strings.Join(clusters, "\n") != strings.Join(want, "\n") {
+		t.Errorf("clusters findings:\n%s\nwant:\n%s", strings.Join(clusters, "\n"), strings.Join(want, "\n"))
+	}
+	// The bare name is also the compiler's report, as serve logs it.
+	s := statuses(got)
+	if w := strings.Join(s[check.Warn], "\n"); !strings.Contains(w, "jwksUri http://jwt-token-issuer:7443/jwks: host jwt-token-issuer is a bare name") {
+		t.Errorf("warnings lack the compiler's report on the bare name: %s", w)
 	}
 }

@@ -86,6 +86,10 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 			changed = append(changed, o.obj)
 		}
 	}
+	// A jwksUri's cluster follows the registry: when one moves, every
+	// jwt_authn is compiled again (rare: a service of a jwksUri host
+	// appearing, going, or changing its ports).
+	jwks := s.mesh != nil && s.mesh.JwksClustersChanged(mesh)
 	s.objs, s.mesh = next, mesh
 	s.outbound = map[string]*outbound{}
 	s.generation++
@@ -102,7 +106,7 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 		}
 		// A gateway's listeners come from Gateways and VirtualServices:
 		// rebuilt on every change.
-		if !reflect.DeepEqual(w, ps.workload) || ps.proxy.Type == xds.RouterProxy || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
+		if jwks || !reflect.DeepEqual(w, ps.workload) || ps.proxy.Type == xds.RouterProxy || xds.Affects(changed, w, s.cfg.Options.RootNamespace) {
 			ps.workload, ps.inbound = w, nil
 		}
 		proxies = append(proxies, ps)
