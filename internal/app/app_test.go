@@ -52,11 +52,18 @@ func serve(t *testing.T, dataDir string, extra ...string) (addr string, stop fun
 // serveAt is serve on a given address (to restart a CA where it was).
 func serveAt(t *testing.T, dataDir, addr string, extra ...string) (string, func() int) {
 	t.Helper()
+	stop, _ := serveLogged(t, dataDir, addr, extra...)
+	return addr, stop
+}
+
+// serveLogged is serveAt that also returns what serve logs.
+func serveLogged(t *testing.T, dataDir, addr string, extra ...string) (func() int, *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
+	stderr := &syncBuffer{}
 	done := make(chan int, 1)
 	args := append([]string{"serve", "--data-dir", dataDir, "--listen", addr, "--http-listen", ""}, extra...)
-	go func() { done <- app.Run(ctx, args, &stderr, &stderr) }()
+	go func() { done <- app.Run(ctx, args, stderr, stderr) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := net.Dial("tcp", addr)
@@ -88,7 +95,7 @@ func serveAt(t *testing.T, dataDir, addr string, extra ...string) (string, func(
 		return code
 	}
 	t.Cleanup(func() { stop() })
-	return addr, stop
+	return stop, stderr
 }
 
 func TestStandaloneFlowAndRestartKeepsRoot(t *testing.T) {

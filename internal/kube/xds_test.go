@@ -281,3 +281,52 @@ func dialServe(t *testing.T, ns, addr string, logs *lockedBuffer) *grpc.ClientCo
 	t.Cleanup(func() { conn.Close() })
 	return conn
 }
+
+// TestStreamClosedWhenPodIPReused: a stream authenticated as shop/sleep
+// binds to a node whose address no pod has yet (allowed: it gets the
+// namespace's outbound configuration). The address then goes to a pod of
+// service account reviews (an EndpointSlice names it, as when a pod IP is
+// reused or a pod becomes ready): the stream is closed with
+// PermissionDenied before any listener of reviews' inbound port reaches
+// it.
+func TestStreamClosedWhenPodIPReused(t *testing.T) {
+	ns := newNamespace(t, "warden")
+	shop := newNamespace(t, "shop")
+	meshApp(t, shop, map[string]string{"v1": "10.21.0.1", "v2": "10.21.0.2"})
+	newSA(t, shop, "sleep")
+	addr, logs := startServe(t, ns)
+	conn := dialServe(t, ns, addr, logs)
+	node := fmt.Sprintf("sidecar~10.21.0.3~sleep-1.%s~%s.svc.cluster.local", shop, shop)
+	cluster := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
+	var s *adsStream
+	var lds *discovery.DiscoveryResponse
+	eventually(t, 30*time.Second, func() error {
+		s = openADS(t, conn, requestToken(t, shop, "sleep", "istio-ca"))
+		cds, err := s.get(node, resource.ClusterType, nil, nil)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(fmt.Sprint(cds.Resources), cluster) {
+			return fmt.Errorf("no cluster %s yet", cluster)
+		}
+		lds, err = s.get(node, resource.ListenerType, nil, nil)
+		return err
+	})
+	addReviewsSlice(t, shop, "10.21.0.3")
+	for last := lds; ; {
+		resp, err := s.get(node, resource.ListenerType, nil, last) // ACK, then wait for the next push
+		if err != nil {
+			want := fmt.Sprintf("runs as spiffe://cluster.local/ns/%s/sa/reviews", shop)
+			if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), want) {
+				t.Fatalf("the stream ended with %v, want PermissionDenied containing %q", err, want)
+			}
+			return
+		}
+		for _, r := range resp.Resources {
+			if strings.Contains(string(r.Value), xds.InboundCluster(8080)) {
+				t.Fatal("reviews' inbound listener reached the sleep stream before it was closed")
+			}
+		}
+		last = resp
+	}
+}
