@@ -31,11 +31,16 @@ type Admission struct {
 // authorization. It is how policy explain models authentication; the
 // decision follows the filter's own fields, not the policy objects.
 func (o *Output) Admit(claims map[string]any, method, path string, headers map[string]string, now time.Time) Admission {
+	return AdmitJWT(o.JWT, claims, method, path, headers, now)
+}
+
+// AdmitJWT is Admit for a jwt_authn configuration as a proxy got it (nil:
+// no jwt_authn filter).
+func AdmitJWT(cfg *jwtv3.JwtAuthentication, claims map[string]any, method, path string, headers map[string]string, now time.Time) Admission {
 	a := Admission{Headers: map[string]string{}}
 	for k, v := range headers {
 		a.Headers[k] = v
 	}
-	cfg := o.JWT
 	if cfg == nil {
 		return a // no jwt_authn: nothing is verified, nothing reaches metadata
 	}

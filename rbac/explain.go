@@ -58,13 +58,20 @@ func (d Decision) String() string {
 // Explain evaluates the compiled filters for r, as Envoy runs them: DENY
 // filters reject on a match, ALLOW filters reject when nothing matches.
 func (o *Output) Explain(r Request) (Decision, error) {
+	// Envoy normalises the path before any filter sees it.
+	r.Path = NormalizePath(o.pathNormalization, r.Path)
+	return ExplainFilters(o.Filters, r)
+}
+
+// ExplainFilters evaluates RBAC filters (FilterOf reads them back from a
+// proxy's configuration) for r, in order, as Envoy runs them; r's path
+// is taken as already normalized.
+func ExplainFilters(filters []*Filter, r Request) (Decision, error) {
 	if r.RemoteIP == "" {
 		r.RemoteIP = r.SourceIP
 	}
-	// Envoy normalises the path before any filter sees it.
-	r.Path = NormalizePath(o.pathNormalization, r.Path)
 	var d Decision
-	for _, f := range o.Filters {
+	for _, f := range filters {
 		if f.rules == nil && f.shadow == nil {
 			continue
 		}

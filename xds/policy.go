@@ -159,3 +159,13 @@ func (wp *workloadPolicy) networkChain(ListenerKind) []*listenerv3.Filter {
 	}
 	return append(custom, authz...)
 }
+
+// JWT is the jwt_authn configuration the policies selecting w compile
+// to (nil: no RequestAuthentication or legacy origin applies).
+func (m *Mesh) JWT(w *Workload) (*jwtv3.JwtAuthentication, error) {
+	an, err := m.authn.Compile(w.authn())
+	if err != nil {
+		return nil, err
+	}
+	return an.JWT, nil
+}

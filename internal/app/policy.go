@@ -14,6 +14,7 @@ import (
 	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/rbac"
+	"github.com/wardenmesh/warden/xds"
 )
 
 // readObjects reads policy files with serve --config-dir's loader.
@@ -62,20 +63,25 @@ type workloadFlags struct {
 // (Istio's meshConfig rootNamespace, trustDomainAliases and
 // pathNormalization).
 type meshPolicyFlags struct {
-	aliases  multiFlag
-	pathNorm string
-	rootNS   string
+	aliases        multiFlag
+	pathNorm       string
+	rootNS         string
+	trustedProxies uint
 }
 
 func (m *meshPolicyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.rootNS, "root-namespace", "istio-system", "the mesh root namespace (Istio's meshConfig rootNamespace): policies and Sidecars there apply mesh-wide")
 	fs.Var(&m.aliases, "trust-domain-alias", "another trust domain of this mesh (Istio's trustDomainAliases; repeatable): a principal naming it, the trust domain or cluster.local matches peers of all of them")
 	fs.StringVar(&m.pathNorm, "path-normalization", rbac.PathBase, "what inbound HTTP paths go through before authorization (Istio's meshConfig pathNormalization): "+strings.Join(rbac.PathNormalizations, ", "))
+	fs.UintVar(&m.trustedProxies, "gateway-num-trusted-proxies", 0, "proxies (load balancers) in front of the gateways that append to X-Forwarded-For (Istio's meshConfig.defaultConfig.gatewayTopology.numTrustedProxies): a gateway takes the client address, remote.ip, that many hops from the right")
 }
 
 func (m *meshPolicyFlags) check() error {
 	if m.rootNS == "" {
 		return fmt.Errorf("%w: --root-namespace is empty", errUsage)
+	}
+	if m.trustedProxies > 64 {
+		return fmt.Errorf("%w: --gateway-num-trusted-proxies %d: at most 64", errUsage, m.trustedProxies)
 	}
 	if err := rbac.CheckPathNormalization(m.pathNorm); err != nil {
 		return fmt.Errorf("%w: --path-normalization: %v", errUsage, err)
@@ -214,31 +220,35 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
-// runPolicyExplain evaluates the compiled RBAC filters for one request and
-// prints ALLOW or DENY with the deciding policy.
+// runPolicyExplain evaluates one request against the policy filters of
+// the listener the proxy gets (xds.Mesh.Explain) and prints ALLOW or DENY
+// with the deciding policy: a sidecar's inbound port (the default), a
+// gateway's server (--gateway), or the proxy of a node the -f
+// directory's registry knows (--node).
 func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	var w workloadFlags
 	fs := e.policyFlags("policy explain", &w)
 	var r rbac.Request
-	var headers, claims multiFlag
+	var headers, claims, servers multiFlag
 	fs.StringVar(&r.Principal, "source-principal", "", "the caller's SPIFFE ID (empty: no mTLS)")
 	fs.StringVar(&r.Method, "method", "GET", "HTTP method")
 	fs.StringVar(&r.Path, "path", "/", "request path")
 	fs.StringVar(&r.Host, "host", "", "Host/:authority")
-	fs.StringVar(&r.SourceIP, "source-ip", "10.0.0.1", "peer address")
-	fs.StringVar(&r.SNI, "sni", "", "TLS server name")
-	fs.Var(&headers, "header", "request header k=v (repeatable)")
+	fs.StringVar(&r.SourceIP, "source-ip", "10.0.0.1", "the peer's address (the connection's, as source.ip sees it; remote.ip is derived from it and X-Forwarded-For as the listener's connection manager does)")
+	fs.StringVar(&r.SNI, "sni", "", "TLS server name (selects a gateway's HTTPS or TLS server)")
+	fs.Var(&headers, "header", "request header k=v (repeatable), e.g. --header x-forwarded-for=203.0.113.7")
 	fs.Var(&claims, "jwt", "verified JWT claim claim=value (repeatable; a repeated claim becomes a list), e.g. --jwt iss=https://issuer --jwt sub=alice")
-	tcp := fs.Bool("tcp", false, "evaluate the network filter (no HTTP attributes)")
+	tcp := fs.Bool("tcp", false, "the sidecar's ports are TCP: evaluate the network filters (no HTTP attributes)")
+	gateway := fs.Bool("gateway", false, "the workload (--namespace, --labels) is a gateway: evaluate the server on --port of the Gateways in -f that select it")
+	node := fs.String("node", "", "evaluate the proxy of this node ID (sidecar~IP~pod.ns~ns.svc.cluster.local or router~...), its workload from the ServiceEntries in -f")
+	generator := fs.String("generator", xds.GeneratorEnvoy, "with --node: envoy or grpc (a proxyless gRPC server)")
+	fs.Var(&servers, "server", "with --node --generator grpc: a server listener name the proxy asks for (repeatable; default: its IP and --port)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	wl, objs, err := w.load()
 	if err != nil {
 		return err
-	}
-	if len(wl.Ports) > 0 {
-		r.DestPort = wl.Ports[0].Number
 	}
 	r.Headers = map[string]string{}
 	for _, h := range headers {
@@ -248,59 +258,101 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 		}
 		r.Headers[strings.ToLower(k)] = v
 	}
+	var payload map[string]any
 	if len(claims) > 0 {
-		r.JWT = map[string]any{}
+		payload = map[string]any{}
 	}
 	for _, c := range claims {
 		k, v, ok := strings.Cut(c, "=")
 		if !ok {
 			return fmt.Errorf("%w: --jwt %q is not claim=value", errUsage, c)
 		}
-		switch old := r.JWT[k].(type) {
+		switch old := payload[k].(type) {
 		case nil:
-			r.JWT[k] = v
+			payload[k] = v
 		case string:
-			r.JWT[k] = []string{old, v}
+			payload[k] = []string{old, v}
 		case []string:
-			r.JWT[k] = append(old, v)
+			payload[k] = append(old, v)
 		}
 	}
 	opts, err := w.rbacOptions(*tcp)
 	if err != nil {
 		return err
 	}
-	if !*tcp {
-		// jwt_authn runs before RBAC: it may answer 401 itself, and it
-		// decides the payload (space-delimited claims split) and the
-		// headers (claim_to_headers) authorization sees.
-		ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.mesh.rootNS, TrustDomain: opts.TrustDomain})
-		if err != nil {
-			return err
-		}
-		an, err := ix.Compile(wl)
-		if err != nil {
-			return err
-		}
-		if an.JWT == nil && r.JWT != nil {
-			fmt.Fprintln(e.stdout, "note: no RequestAuthentication (or legacy origin) applies to this workload, so no token is verified; --jwt is ignored")
-		}
-		adm := an.Admit(r.JWT, r.Method, r.Path, r.Headers, time.Now())
-		if adm.Rejected != "" {
-			fmt.Fprintf(e.stdout, "DENY: jwt_authn answers 401: %s\n", adm.Rejected)
-			return nil
-		}
-		r.JWT, r.Headers = adm.Payload, adm.Headers
-	}
-	out, err := rbac.Compile(objs, w.rbacWorkload(wl), opts)
+	services, err := xds.ServicesFromEntries(objs, "")
 	if err != nil {
 		return err
 	}
-	d, err := out.Explain(r)
+	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: opts.TrustDomain, TrustDomainAliases: w.mesh.aliases, RootNamespace: w.mesh.rootNS,
+		PathNormalization: w.mesh.pathNorm, GatewayTrustedProxies: uint32(w.mesh.trustedProxies)})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(e.stdout, d)
+	p, proxyWL, err := explainedProxy(mesh, w, wl, *node, *generator, *gateway, *tcp)
+	if err != nil {
+		return err
+	}
+	req := xds.ExplainRequest{Request: r, Claims: payload, Now: time.Now()}
+	if len(wl.Ports) > 0 {
+		req.Port = wl.Ports[0].Number
+	}
+	if p.Generator == xds.GeneratorGRPC && len(servers) == 0 {
+		servers = multiFlag{fmt.Sprintf("%s%s:%d", xds.ServerListenerName, p.IP, req.Port)}
+	}
+	ex, err := mesh.Explain(p, proxyWL, servers, req)
+	if err != nil {
+		return err
+	}
+	if payload != nil && !strings.Contains(ex.Reason, "jwt_authn") && !hasJWTRule(mesh, proxyWL) {
+		fmt.Fprintln(e.stdout, "note: no RequestAuthentication (or legacy origin) applies to this workload, so no token is verified; --jwt is ignored")
+	}
+	fmt.Fprintln(e.stdout, ex)
 	return nil
+}
+
+// explainedProxy is the proxy policy explain evaluates and its workload.
+func explainedProxy(mesh *xds.Mesh, w workloadFlags, wl authn.Workload, node, generator string, gateway, tcp bool) (*xds.Proxy, *xds.Workload, error) {
+	if node != "" {
+		if gateway {
+			return nil, nil, fmt.Errorf("%w: --node names the proxy kind itself (router~... for a gateway); drop --gateway", errUsage)
+		}
+		p, err := xds.ParseNodeID(node)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: --node: %v", errUsage, err)
+		}
+		if generator != xds.GeneratorEnvoy && generator != xds.GeneratorGRPC {
+			return nil, nil, fmt.Errorf("%w: --generator %q is not envoy or grpc", errUsage, generator)
+		}
+		p.Generator = generator
+		pw := mesh.Workload(p)
+		if !pw.Known {
+			return nil, nil, fmt.Errorf("node %s: no ServiceEntry endpoint in -f %s has address %s in namespace %s, so its workload (labels, ports, service account) is unknown; add one, or describe the workload with --namespace, --labels and --port instead of --node", node, w.file, p.IP, p.Namespace)
+		}
+		return p, pw, nil
+	}
+	typ := xds.SidecarProxy
+	if gateway {
+		typ = xds.RouterProxy
+	}
+	id := fmt.Sprintf("%s~%s~explained.%s~%s.svc.cluster.local", typ, "127.0.0.1", wl.Namespace, wl.Namespace)
+	p, err := xds.ParseNodeID(id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: --namespace: %v", errUsage, err)
+	}
+	pw := &xds.Workload{Namespace: wl.Namespace, Labels: wl.Labels, Known: true, ServiceAccount: "explained"}
+	for _, port := range wl.Ports {
+		pw.Ports = append(pw.Ports, xds.WorkloadPort{Number: port.Number, Name: port.Name, HTTP: !tcp})
+	}
+	pw.Services = w.rbacWorkload(wl).ServiceFQDNs
+	return p, pw, nil
+}
+
+// hasJWTRule says whether a RequestAuthentication (or legacy origin)
+// applies to w.
+func hasJWTRule(mesh *xds.Mesh, w *xds.Workload) bool {
+	jwt, err := mesh.JWT(w)
+	return err == nil && jwt != nil
 }
 
 // runPolicyMigrate converts legacy RBAC into AuthorizationPolicies.

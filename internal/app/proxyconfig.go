@@ -75,7 +75,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
+	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS, GatewayTrustedProxies: uint32(mf.trustedProxies)})
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,8 @@ var _ xdsserver.IssuerSetter = (*oidc.Resolver)(nil)
 // mode. Streams authenticate like certificate requests (SVID or token).
 func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.TrustDomain, identify xdsserver.Identify, cache *sds.Cache, roots func() []*x509.Certificate) (*xdsserver.Server, error) {
 	keys := oidc.New(oidc.Config{Log: s.log})
-	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, RootNamespace: f.mesh.rootNS, JWTKeys: keys}
+	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, RootNamespace: f.mesh.rootNS, JWTKeys: keys,
+		GatewayTrustedProxies: uint32(f.mesh.trustedProxies)}
 	lookup, access, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials
 	if lookup != nil {
