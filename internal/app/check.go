@@ -6,15 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/source"
@@ -142,33 +143,11 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 	} else {
 		*report = append(*report, check.CA("ca "+which, m, now, warn)...)
 		fp := ca.Fingerprint(signingRoot(m))
-		total, missing, stale, others, err := kube.CheckBundles(ctx, cs, fp, k.namespace)
-		if err != nil {
-			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: err.Error()})
-		}
-		if err == nil && len(missing)+len(stale) == 0 {
-			*report = append(*report, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", kube.BundleConfigMap, total-len(others), total)})
-		}
-		if len(missing) > 0 {
-			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", kube.BundleConfigMap, strings.Join(missing, ", "))})
-		}
-		if len(stale) > 0 {
-			*report = append(*report, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", kube.BundleConfigMap, strings.Join(stale, ", "))})
-		}
-		if len(others) > 0 {
-			*report = append(*report, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", kube.BundleConfigMap, strings.Join(others, ", "))})
-		}
-		total, staleS, late, err := kube.CheckSASecrets(ctx, cs, fp, k.namespace, now)
-		switch {
-		case err != nil:
-			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Error, Message: err.Error()})
-		case len(staleS) > 0:
-			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Error, Message: "expired, or not under the signing root: " + strings.Join(staleS, ", ")})
-		case len(late) > 0:
-			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.Warn, Message: "past half-life, not renewed yet: " + strings.Join(late, ", ")})
-		default:
-			*report = append(*report, check.Result{Check: "sa-secrets", Status: check.OK, Message: fmt.Sprintf("%d istio.<sa> Secrets current", total)})
-		}
+		// The cluster's copies of the bundle: the same list serve writes
+		// and a rotation waits for.
+		set := &bundle.Set{}
+		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
+		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
 	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {

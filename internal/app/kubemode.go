@@ -2,16 +2,19 @@ package app
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"sync"
 
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
@@ -109,12 +112,11 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		}
 	}
 	bundle := func() []byte { return ca.EncodeCerts(s.authority.Bundle().X509Authorities()...) }
-	publisher := &kube.BundlePublisher{Client: cs, Bundle: bundle, Owner: k.namespace, Log: s.log}
 	if rotStore != nil {
 		// The self-signed root rotates: the leader drives the steps, every
 		// replica follows the state kept in the API server.
 		rootOpts := rootOpts
-		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore,
+		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore, Consumers: s.consumers,
 			NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
 			LoadCurrent: func(ctx context.Context) (*ca.Material, error) {
 				files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
@@ -124,43 +126,29 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 				return ca.DecodeMaterial(files, caCfg.Clock.Now())
 			}})
 		rotation.Kube(s.rotator, rotStore, k.identity)
-		s.rotator.AddConsumer("configmaps", publisher.Missing)
 		if err := s.rotator.Load(ctx, m); err != nil {
 			return nil, err
 		}
 		s.tasks = append(s.tasks, s.rotator.Follow)
 	}
-	var saSecrets *kube.SASecrets
-	if k.saSecrets {
-		saSecrets = &kube.SASecrets{Client: cs, Authority: s.authority, Log: s.log, Clock: caCfg.Clock, Owner: k.namespace}
-	}
-	// The cluster's consumers of the trust bundle: the istio-ca-root-cert
-	// ConfigMaps and the istio.<sa> Secrets (the leader writes them).
-	s.authority.Bundles().Subscribe(func([]*x509.Certificate) {
-		publisher.Changed()
-		if saSecrets != nil {
-			saSecrets.Changed()
-		}
-	})
+	// The cluster's consumers of the trust bundle (the leader writes
+	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
+	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
 	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
-		done := make(chan error, 3)
-		go func() { done <- publisher.Run(ctx) }()
-		n := 1
-		if saSecrets != nil {
-			n++
-			go func() { done <- saSecrets.Run(ctx) }()
-		}
+		// The leader's work: the cluster's bundle copies, and the
+		// rotation's steps.
+		var wg sync.WaitGroup
 		if s.rotator != nil {
-			n++
-			go func() { done <- s.rotator.Run(ctx) }()
+			wg.Go(func() {
+				if err := s.rotator.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					s.log.Error("leader task failed", "task", "root rotation", "error", err.Error())
+				}
+			})
 		}
-		for range n {
-			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
-				s.log.Error("leader task failed", "error", err.Error())
-			}
-		}
+		s.consumers.Lead(ctx, s.log)
+		wg.Wait()
 	}}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
@@ -177,4 +165,15 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		tr.Observe = s.metrics.TokenReview
 	}
 	return []server.Authenticator{tr}, nil
+}
+
+// clusterConsumers are the trust bundle's copies in the cluster, for
+// serve (the leader writes them, a rotation waits for them) and for
+// warden check (which inspects them): one list for both.
+func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
+	out := []bundle.Consumer{&kube.BundlePublisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
+	if k.saSecrets {
+		out = append(out, &kube.SASecrets{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
+	}
+	return out
 }

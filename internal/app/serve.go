@@ -22,6 +22,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/metrics"
@@ -145,6 +146,7 @@ type controlPlane struct {
 	caLis     net.Listener
 	limiter   *server.Limiter   // the CA port's per-peer limits
 	rotator   *rotation.Rotator // the root's rotation
+	consumers *bundle.Set       // the trust bundle's consumers in this process
 	http      *http.Server
 	httpLis   net.Listener
 }
@@ -220,7 +222,7 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	if err != nil {
 		return nil, err
 	}
-	s := &controlPlane{log: log}
+	s := &controlPlane{log: log, consumers: &bundle.Set{}}
 	if f.metrics {
 		s.metrics = metrics.New()
 	}
@@ -295,11 +297,11 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			return nil, err
 		}
 		// A new Vault root is written where agents read it.
-		s.authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
+		s.consumers.Add(bundle.Func{Kind: "root-cert.pem", In: bundle.PerReplica, OnChange: func(roots []*x509.Certificate) {
 			if err := writeRootCert(f.dataDir, roots); err != nil {
 				s.log.Error("could not write the new trust bundle; agents reading it trust only the old roots", "error", err.Error())
 			}
-		})
+		}})
 	default:
 		var m *ca.Material
 		if m, s.origin, err = loadMaterial(ctx, caSource{dataDir: f.dataDir, pluggedIn: f.pluggedIn, root: o.rootOpts, allowNewRoot: f.allowNewRoot}, o.clock); err != nil {
@@ -312,7 +314,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			dir, dataDir := f.pluggedIn, f.dataDir
 			// Rotated by the operator's edits; the admin socket reports
 			// who holds each root.
-			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Plugged: dir})
+			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Plugged: dir, Consumers: s.consumers})
 			s.tasks = append(s.tasks, func(ctx context.Context) error {
 				watchPluggedInDir(ctx, dir, s.authority, o.clock, s.log, 2*time.Second)
 				return nil
@@ -320,7 +322,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		}
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
-			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg,
+			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Consumers: s.consumers,
 				Store: &rotation.DirStore{Dir: f.dataDir, Clock: o.clock}, NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) },
 				Grace: f.rotationGrace, AutoFraction: f.autoRotate})
 			if err := s.rotator.Load(ctx, m); err != nil {
@@ -397,15 +399,20 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	// dropped at rotation rather than renewed for ever.
 	sdsCache.Watch(central.Updated, central.InUse)
 	sdsCache.Watch(func(v *sds.SVID) { ads.SecretsChanged(context.Background(), v.ID) }, ads.InUse)
-	// The trust bundle's consumers in this process: SDS ROOTCA on every
-	// central stream, and every ADS proxy's secrets.
+	// The trust bundle's consumers in every replica: SDS ROOTCA on every
+	// central stream, and every ADS proxy's secrets; a rotation
+	// activates once every stream holds the new root. All of the
+	// process's consumers are subscribed here, once.
+	s.consumers.Add(
+		bundle.Func{Kind: "sds", In: bundle.PerReplica, OnChange: func([]*x509.Certificate) { central.RootsChanged() }, Holders: central.Missing},
+		bundle.Func{Kind: "ads", In: bundle.PerReplica, OnChange: func([]*x509.Certificate) { ads.RootsChanged(context.Background()) }, Holders: ads.Missing},
+	)
+	s.consumers.Subscribe(authority.Bundles())
 	// When the root new leaves chain to changes (a rotation activated, a
 	// cacerts swap, a new Vault root), every leaf the servers hold is
 	// renewed at once rather than at half-life.
 	signing := authority.Bundles().Roots()
 	authority.Bundles().Subscribe(func(roots []*x509.Certificate) {
-		central.RootsChanged()
-		ads.RootsChanged(context.Background())
 		if len(roots) == 0 || (len(signing) > 0 && roots[0].Equal(signing[0])) {
 			signing = roots
 			return
@@ -418,11 +425,6 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 		signing = roots
 		sdsCache.RenewAll()
 	})
-	if s.rotator != nil {
-		// A rotation activates once every stream holds the new root.
-		s.rotator.AddConsumer("sds", central.Missing)
-		s.rotator.AddConsumer("ads", ads.Missing)
-	}
 
 	s.grpc = g
 	return nil

@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/bundle"
+	"github.com/wardenmesh/warden/internal/check"
 )
 
 // DefaultOwner is the owner of an install that names none.
@@ -118,8 +122,21 @@ func (p *BundlePublisher) published(old, want []byte) bool {
 	return old != nil && slices.Contains(p.sent, sha256.Sum256(old))
 }
 
+// BundlePublisher is the cluster's istio-ca-root-cert ConfigMaps.
+var (
+	_ bundle.Consumer = (*BundlePublisher)(nil)
+	_ bundle.Runner   = (*BundlePublisher)(nil)
+	_ bundle.Checker  = (*BundlePublisher)(nil)
+)
+
+// Name implements bundle.Consumer.
+func (p *BundlePublisher) Name() string { return "configmaps" }
+
+// Scope implements bundle.Consumer: the leader writes them.
+func (p *BundlePublisher) Scope() bundle.Scope { return bundle.Cluster }
+
 // Changed republishes every namespace, after the bundle changed.
-func (p *BundlePublisher) Changed() {
+func (p *BundlePublisher) Changed([]*x509.Certificate) {
 	if p.loop == nil || p.nsList == nil {
 		return
 	}
@@ -226,4 +243,31 @@ func holdsRoot(b []byte, fp string) bool {
 		return false
 	}
 	return slices.ContainsFunc(certs, func(c *x509.Certificate) bool { return ca.Fingerprint(c) == fp })
+}
+
+// Check implements bundle.Checker: the ConfigMap of every namespace
+// holds the root fp (the one workload certificates chain to).
+func (p *BundlePublisher) Check(ctx context.Context, fp string, _ time.Time) []check.Result {
+	owner := p.Owner
+	if owner == "" {
+		owner = DefaultOwner
+	}
+	total, missing, stale, others, err := CheckBundles(ctx, p.Client, fp, owner)
+	if err != nil {
+		return []check.Result{{Check: "bundle", Status: check.Error, Message: err.Error()}}
+	}
+	var out []check.Result
+	if len(missing)+len(stale) == 0 {
+		out = append(out, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", BundleConfigMap, total-len(others), total)})
+	}
+	if len(missing) > 0 {
+		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", BundleConfigMap, strings.Join(missing, ", "))})
+	}
+	if len(stale) > 0 {
+		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", BundleConfigMap, strings.Join(stale, ", "))})
+	}
+	if len(others) > 0 {
+		out = append(out, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", BundleConfigMap, strings.Join(others, ", "))})
+	}
+	return out
 }

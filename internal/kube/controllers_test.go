@@ -230,7 +230,7 @@ func TestBundleConfigMaps(t *testing.T) {
 	next := append([]byte(nil), bundle...)
 	next = append(next, "# second root\n"...)
 	cur.Store(&next)
-	p.Changed()
+	p.Changed(nil)
 	eventually(t, 20*time.Second, want(next))
 }
 
@@ -274,7 +274,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 	if err := a.Activate(newRoot); err != nil {
 		t.Fatal(err)
 	}
-	ctrl.Changed()
+	ctrl.Changed(nil)
 	eventually(t, 20*time.Second, func() error {
 		s, err := get()
 		if err != nil {

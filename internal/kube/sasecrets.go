@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/bundle"
+	"github.com/wardenmesh/warden/internal/check"
 )
 
 // SASecretsOptOutLabel on a namespace, set to "disabled", stops
@@ -111,8 +114,64 @@ func (c *SASecrets) Run(ctx context.Context) error {
 	return nil
 }
 
+// SASecrets is the cluster's istio.<sa> Secrets: they carry the bundle
+// (root-cert.pem), so a rotation waits for them too.
+var (
+	_ bundle.Consumer = (*SASecrets)(nil)
+	_ bundle.Runner   = (*SASecrets)(nil)
+	_ bundle.Checker  = (*SASecrets)(nil)
+)
+
+// Name implements bundle.Consumer.
+func (c *SASecrets) Name() string { return "sa-secrets" }
+
+// Scope implements bundle.Consumer: the leader writes them.
+func (c *SASecrets) Scope() bundle.Scope { return bundle.Cluster }
+
+// Missing implements bundle.Consumer: the istio.<sa> Secrets of this
+// install whose root-cert.pem lacks the root fp.
+func (c *SASecrets) Missing(fp string) (total int, missing []string) {
+	if c.secLst == nil {
+		return 1, []string{"istio.<sa> Secrets (this replica does not write them)"}
+	}
+	list, err := c.secLst.List(labels.Everything())
+	if err != nil {
+		return 1, []string{"istio.<sa> Secrets: " + err.Error()}
+	}
+	for _, s := range list {
+		if !strings.HasPrefix(s.Name, SASecretPrefix) || otherOwner(s.ObjectMeta, c.Owner) {
+			continue
+		}
+		total++
+		if !holdsRoot(s.Data[keyRootCert], fp) {
+			missing = append(missing, "secret "+s.Namespace+"/"+s.Name)
+		}
+	}
+	slices.Sort(missing)
+	return total, missing
+}
+
+// Check implements bundle.Checker: every istio.<sa> Secret holds the root
+// fp and a certificate not past half-life.
+func (c *SASecrets) Check(ctx context.Context, fp string, now time.Time) []check.Result {
+	owner := c.Owner
+	if owner == "" {
+		owner = DefaultOwner
+	}
+	total, stale, late, err := CheckSASecrets(ctx, c.Client, fp, owner, now)
+	switch {
+	case err != nil:
+		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: err.Error()}}
+	case len(stale) > 0:
+		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: "expired, or not under the signing root: " + strings.Join(stale, ", ")}}
+	case len(late) > 0:
+		return []check.Result{{Check: "sa-secrets", Status: check.Warn, Message: "past half-life, not renewed yet: " + strings.Join(late, ", ")}}
+	}
+	return []check.Result{{Check: "sa-secrets", Status: check.OK, Message: fmt.Sprintf("%d istio.<sa> Secrets current", total)}}
+}
+
 // Changed re-checks every ServiceAccount, after the root changed.
-func (c *SASecrets) Changed() {
+func (c *SASecrets) Changed([]*x509.Certificate) {
 	if c.loop == nil || c.saList == nil {
 		return
 	}

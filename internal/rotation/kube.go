@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
 )
 
@@ -100,9 +101,11 @@ func Kube(r *Rotator, store *kube.RotationStore, replica string) {
 		rep := kube.ReplicaReport{Replica: replica, At: r.clock.Now()}
 		if st.Phase == ca.PhasePublished {
 			rep.NextRoot = st.NextRootSHA256
-			for _, name := range []string{"sds", "ads"} {
-				if c := r.consumers[name]; c != nil {
-					t, m := c(st.NextRootSHA256)
+			// This replica's own consumers; the cluster's copies are the
+			// leader's to count.
+			if r.set != nil {
+				for _, c := range r.set.Of(bundle.PerReplica) {
+					t, m := c.Missing(st.NextRootSHA256)
 					rep.Total += t
 					rep.Missing = append(rep.Missing, m...)
 				}

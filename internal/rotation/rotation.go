@@ -11,6 +11,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/internal/bundle"
 )
 
 // Consumer reports which holders of the trust bundle lack a root.
@@ -43,6 +46,7 @@ type Rotator struct {
 	// Wired by the servers: who holds the bundle. (Leaves are renewed
 	// when the bundle's first root changes, by the servers themselves.)
 	consumers map[string]Consumer
+	set       *bundle.Set // the process's bundle consumers
 
 	// Kubernetes mode: the leader polls operators' requests and reports
 	// its status for them; every replica follows the stored state, and
@@ -86,6 +90,10 @@ type Config struct {
 	// LoadCurrent reloads the current CA when a rotation ended elsewhere
 	// (Kubernetes: another leader retired it).
 	LoadCurrent func(ctx context.Context) (*ca.Material, error)
+	// Consumers are the process's bundle consumers: activation waits
+	// until each holds the new root, and each replica reports its
+	// per-replica ones.
+	Consumers *bundle.Set
 }
 
 // New returns a rotator; Load it before use.
@@ -99,10 +107,11 @@ func New(cfg Config) *Rotator {
 	}
 	return &Rotator{log: cfg.Log, clock: clock, authority: cfg.Authority, serving: &servingSwitch{main: cfg.Authority, cfg: cfg.CA},
 		store: cfg.Store, newCA: cfg.NewCA, maxTTL: cfg.CA.MaxTTL, grace: cfg.Grace, autoFraction: cfg.AutoFraction,
-		plugged: cfg.Plugged, loadCurrent: cfg.LoadCurrent, consumers: map[string]Consumer{}, kick: make(chan struct{}, 1)}
+		plugged: cfg.Plugged, loadCurrent: cfg.LoadCurrent, consumers: map[string]Consumer{}, set: cfg.Consumers, kick: make(chan struct{}, 1)}
 }
 
-// AddConsumer adds a source of bundle holders a rotation waits for.
+// AddConsumer adds a source of bundle holders a rotation waits for,
+// beside Config.Consumers (Kubernetes mode's other replicas).
 func (r *Rotator) AddConsumer(name string, c Consumer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -405,12 +414,26 @@ func first(xs []string, n int) []string {
 
 // missing asks every consumer which holders lack the root fp.
 func (r *Rotator) missing(fp string) (total int, missing []string) {
-	for _, c := range r.consumers {
-		t, m := c(fp)
-		total += t
-		missing = append(missing, m...)
+	for _, h := range r.holders(fp) {
+		total += h.Total
+		missing = append(missing, h.Missing...)
 	}
+	slices.Sort(missing)
 	return total, missing
+}
+
+// sources are the consumers a rotation waits for, by name: the
+// process's bundle consumers and those added with AddConsumer.
+func (r *Rotator) sources() map[string]Consumer {
+	r.mu.Lock()
+	out := maps.Clone(r.consumers)
+	r.mu.Unlock()
+	if r.set != nil {
+		for _, c := range r.set.All() {
+			out[c.Name()] = c.Missing
+		}
+	}
+	return out
 }
 
 // sync follows the stored rotation (Kubernetes mode: the leader writes

@@ -62,7 +62,7 @@ func (r *Rotator) Status() Status {
 
 func (r *Rotator) holders(fp string) map[string]Holdings {
 	out := map[string]Holdings{}
-	for name, c := range r.consumers {
+	for name, c := range r.sources() {
 		t, m := c(fp)
 		out[name] = Holdings{Total: t, Missing: m}
 	}
