@@ -24,6 +24,7 @@ import (
 	"github.com/wardenmesh/warden/ca/client"
 	caserver "github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/metrics"
+	"github.com/wardenmesh/warden/internal/unixsock"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -74,10 +75,6 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	return a.run(ctx)
 }
 
-// maxSocketPath is the longest Unix socket path Linux accepts
-// (sun_path holds 108 bytes with the terminating NUL).
-const maxSocketPath = 107
-
 // check refuses flag mistakes with the flag named: one socket path for
 // both services, a socket path too long to bind, a mode that would open
 // the sockets to everyone.
@@ -86,8 +83,8 @@ func (f *agentFlags) check() error {
 		return fmt.Errorf("%w: --sds-socket and --workload-api-socket are both %s; give each its own path", errUsage, f.sdsSocket)
 	}
 	for flag, p := range map[string]string{"--sds-socket": f.sdsSocket, "--workload-api-socket": f.wapiSocket} {
-		if abs, err := filepath.Abs(p); err == nil && p != "" && len(abs) > maxSocketPath {
-			return fmt.Errorf("%w: %s %s is %d bytes long; Unix sockets allow at most %d: choose a shorter path", errUsage, flag, abs, len(abs), maxSocketPath)
+		if abs, err := filepath.Abs(p); err == nil && p != "" && len(abs) > unixsock.MaxPath {
+			return fmt.Errorf("%w: %s %s is %d bytes long; Unix sockets allow at most %d: choose a shorter path", errUsage, flag, abs, len(abs), unixsock.MaxPath)
 		}
 	}
 	if f.socketMode&^0o777 != 0 || f.socketMode&0o007 != 0 {
@@ -309,7 +306,7 @@ func tokenCacheExpiry(tok string, now time.Time) (time.Time, bool) {
 func (a *agent) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	serve := func(path string, register func(grpc.ServiceRegistrar)) error {
-		lis, err := sdsserver.ListenUnix(path, os.FileMode(a.f.socketMode))
+		lis, err := unixsock.Listen(path, os.FileMode(a.f.socketMode))
 		if err != nil {
 			return err
 		}
@@ -318,8 +315,7 @@ func (a *agent) run(ctx context.Context) error {
 		g.Go(func() error { return s.Serve(lis) })
 		g.Go(func() error {
 			<-ctx.Done()
-			s.GracefulStop()
-			_ = os.Remove(path)
+			s.GracefulStop() // closes lis, which removes its socket
 			return nil
 		})
 		a.log.Info("serving", "socket", path)
