@@ -17,6 +17,7 @@ targets=(
   "./ca FuzzSign 10000"
   "./ca FuzzWorkloadCSR 30000"
   "./token FuzzVerify 40000"
+  "./token FuzzFromAuthorization 100000"
   "./api FuzzDecode 40000"
   "./authn FuzzCompile 12000"
   "./rbac FuzzExplain 10000"

@@ -10,16 +10,17 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/sds"
 )
 
-// Fetcher (an sds.Fetcher) obtains SVIDs from a warden (or Istio) CA over gRPC: with the
-// current SVID over mTLS while it is valid, otherwise with a bearer token:
-// the token of the SDS caller (node-agent mode, read from the incoming
-// call's metadata) or the workload's service-account token file.
+// Fetcher (an sds.Fetcher) obtains SVIDs from a warden (or Istio) CA over
+// gRPC: with the current SVID over mTLS while it is valid, otherwise with
+// a bearer token whose source is explicit: Fetch reads TokenFile (the
+// workload's own agent); FetchWithToken takes the token it is given (a
+// node agent, with each SDS caller's token) and nothing else. A node
+// agent leaves TokenFile empty: the file never stands in for a caller.
 type Fetcher struct {
 	Addr  string
 	Roots *x509.CertPool // trust anchors for the CA's TLS certificate
@@ -28,34 +29,64 @@ type Fetcher struct {
 	RootPool   func() *x509.CertPool
 	ServerName string
 	ServerID   spiffeid.ID // the CA's required identity (see Config.ServerID)
-	TokenFile  string      // projected service-account token
-	KeyType    ca.KeyType
-	TTL        time.Duration
+	// TokenFile is the projected service-account token Fetch uses when
+	// it has no valid SVID to renew with; empty: Fetch renews over mTLS
+	// only.
+	TokenFile string
+	KeyType   ca.KeyType
+	TTL       time.Duration
 	// Current returns the SVID held for id, for renewal over mTLS.
 	Current func(id spiffeid.ID) *sds.SVID
 }
 
 var _ sds.Fetcher = (*Fetcher)(nil)
 
-// Fetch implements sds.Fetcher. A zero id asks for whatever identity the
-// token carries.
+// Fetch implements sds.Fetcher: it renews id over mTLS with the SVID held
+// for it, or else authenticates with TokenFile. A zero id asks for
+// whatever identity the token carries.
 func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) {
-	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName, ServerID: f.ServerID}
-	if f.RootPool != nil {
-		cfg.Roots = f.RootPool()
-	}
-	var tok string
 	var cur *sds.SVID
 	if f.Current != nil && !id.IsZero() {
 		cur = f.Current(id)
 	}
 	if cur != nil {
-		cfg.ClientCert = ClientCert(cur)
-	} else {
-		var err error
-		if tok, err = f.token(ctx); err != nil {
-			return nil, err
+		return f.fetch(ctx, id, cur, "")
+	}
+	if f.TokenFile == "" {
+		if id.IsZero() {
+			return nil, errors.New("client: no token file and no identity to renew: configure a token file")
 		}
+		return nil, fmt.Errorf("client: %s: no valid certificate to renew with and no token file: the workload's next SDS stream brings its token", id)
+	}
+	b, err := os.ReadFile(f.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("client: token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return nil, fmt.Errorf("client: token file %s is empty", f.TokenFile)
+	}
+	return f.fetch(ctx, id, nil, tok)
+}
+
+// FetchWithToken asks the CA for the identity tok belongs to,
+// authenticated with tok alone: a node agent's SDS caller's token. An
+// empty tok is refused, never replaced by TokenFile.
+func (f *Fetcher) FetchWithToken(ctx context.Context, tok string) (*sds.SVID, error) {
+	if tok == "" {
+		return nil, errors.New("client: no token given")
+	}
+	return f.fetch(ctx, spiffeid.ID{}, nil, tok)
+}
+
+// fetch asks for id with cur's certificate, or else with tok.
+func (f *Fetcher) fetch(ctx context.Context, id spiffeid.ID, cur *sds.SVID, tok string) (*sds.SVID, error) {
+	cfg := Config{Addr: f.Addr, Roots: f.Roots, ServerName: f.ServerName, ServerID: f.ServerID}
+	if f.RootPool != nil {
+		cfg.Roots = f.RootPool()
+	}
+	if cur != nil {
+		cfg.ClientCert = ClientCert(cur)
 	}
 	c, err := New(cfg)
 	if err != nil {
@@ -72,26 +103,4 @@ func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) 
 		return nil, fmt.Errorf("client: CA issued %s, asked for %s", res.ID, id)
 	}
 	return &sds.SVID{ID: res.ID, Certs: res.Certs, Key: res.Key, Roots: res.Roots}, nil
-}
-
-// token prefers the caller's token (node agent) over the token file.
-func (f *Fetcher) token(ctx context.Context) (string, error) {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get("authorization"); len(v) == 1 {
-			if t, ok := strings.CutPrefix(v[0], "Bearer "); ok {
-				return strings.TrimSpace(t), nil
-			}
-		}
-		if v := md.Get("istio_sds_credentail_header-bin"); len(v) == 1 {
-			return strings.TrimSpace(v[0]), nil
-		}
-	}
-	if f.TokenFile == "" {
-		return "", errors.New("client: no token: configure a token file or send one with the request")
-	}
-	b, err := os.ReadFile(f.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("client: token: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
 }

@@ -2,7 +2,8 @@
 // layout of Istio's cacerts Secret. It is warden's KeyStore in standalone
 // mode.
 //
-// The directory is created 0700 and every file 0600. Files are written to
+// The directory is created 0700 and every file 0600, and both must be
+// owned by the user warden runs as. Files are written to
 // temporary names, synced, and then hard-linked into place, which fails
 // rather than replaces when a name exists: nothing is ever overwritten.
 // An advisory lock (flock on .lock) keeps a reader from seeing a store that
@@ -158,13 +159,18 @@ func (s *Store) recover() error {
 	return atomicfile.SyncDir(s.Dir)
 }
 
-// CheckDir refuses a data directory that group or others may write (they
-// could replace the CA's files) or read (they could read its keys): the
-// store promises 0700.
+// CheckDir refuses a data directory owned by another user than the one
+// warden runs as, or that group or others may write (they could replace
+// the CA's files) or read (they could read its keys): the store promises
+// 0700, warden's own. The files' owner and mode are checked as they are
+// read (atomicfile.ReadPrivate).
 func CheckDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("filestore: %w", err)
+	}
+	if err := atomicfile.CheckOwner(dir, fi); err != nil {
+		return fmt.Errorf("filestore: data directory %w", err)
 	}
 	switch perm := fi.Mode().Perm(); {
 	case perm&0o022 != 0:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,3 +209,55 @@ func TestUnfinishedCreationIsCleanedUp(t *testing.T) {
 }
 
 func fileIn(dir, name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
+
+// chownTo gives path to uid (the tests run as root, as CI does; chown
+// needs it).
+func chownTo(t *testing.T, path string, uid int) {
+	t.Helper()
+	if err := os.Lchown(path, uid, -1); err != nil {
+		t.Fatalf("chown %s to uid %d: %v (this test needs root, or CAP_CHOWN)", path, uid, err)
+	}
+}
+
+// TestForeignOwnerRefused: a data directory, or a key file in it, owned
+// by a user other than the one warden runs as is refused with the path,
+// both uids and the fix, whatever its mode; nothing is written into a
+// foreign directory; owned back, the store loads.
+func TestForeignOwnerRefused(t *testing.T) {
+	t.Parallel()
+	me := os.Geteuid()
+	other := me + 1000
+	dir := privateDir(t)
+	s := &filestore.Store{Dir: dir}
+	if err := s.Create(context.Background(), newFiles(t)); err != nil {
+		t.Fatal(err)
+	}
+	chownTo(t, dir, other)
+	_, err := s.Load(context.Background())
+	want := fmt.Sprintf("filestore: data directory %s is owned by uid %d, but warden runs as uid %d: its owner could replace what warden keeps there; chown -R %d %s (or run warden as uid %d)", dir, other, me, me, dir, other)
+	if err == nil || err.Error() != want {
+		t.Errorf("foreign directory: %v\nwant %q", err, want)
+	}
+	chownTo(t, dir, me)
+	key := filepath.Join(dir, ca.FileCAKey)
+	chownTo(t, key, other)
+	_, err = s.Load(context.Background())
+	want = fmt.Sprintf("filestore: %s is owned by uid %d, but warden runs as uid %d: its owner could replace what warden keeps there; chown %d %s (or run warden as uid %d)", key, other, me, me, key, other)
+	if err == nil || err.Error() != want {
+		t.Errorf("foreign key file: %v\nwant %q", err, want)
+	}
+	chownTo(t, key, me)
+	if _, err := s.Load(context.Background()); err != nil {
+		t.Errorf("owned back: %v", err)
+	}
+
+	empty := privateDir(t)
+	chownTo(t, empty, other)
+	_, _, err = ca.LoadOrCreate(context.Background(), &filestore.Store{Dir: empty}, ca.SystemClock{}, func() (*ca.Material, error) { return ca.NewSelfSigned(ca.CAOptions{}) })
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("is owned by uid %d, but warden runs as uid %d", other, me)) {
+		t.Errorf("foreign empty directory: %v", err)
+	}
+	if entries, _ := os.ReadDir(empty); len(entries) != 0 {
+		t.Errorf("%d files written into a foreign directory", len(entries))
+	}
+}

@@ -57,21 +57,15 @@ func Authenticate(ctx context.Context, chain ...Authenticator) (*Caller, error) 
 }
 
 // BearerToken extracts the token from gRPC metadata "authorization: Bearer
-// <token>". It returns ErrNoCredentials when there is none.
+// <token>" with token.FromAuthorization (RFC 6750; the scheme
+// case-insensitive). It returns ErrNoCredentials when there is none.
 func BearerToken(ctx context.Context) (string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
+	tok, err := token.FromAuthorization(md.Get("authorization"))
+	if errors.Is(err, token.ErrNoToken) {
 		return "", ErrNoCredentials
 	}
-	if len(vals) > 1 {
-		return "", errors.New("several authorization headers")
-	}
-	scheme, tok, ok := strings.Cut(vals[0], " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
-		return "", errors.New("authorization header is not of the form \"Bearer <token>\"")
-	}
-	return strings.TrimSpace(tok), nil
+	return tok, err
 }
 
 // TokenVerifier checks a bearer token and names its service account.

@@ -18,13 +18,13 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	caserver "github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/metrics"
+	"github.com/wardenmesh/warden/internal/unixsock"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 	"github.com/wardenmesh/warden/token"
@@ -47,7 +47,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.rootFile, "root-cert", e.rootCertDefault(e.dataDirDefault()), "trust anchors: the CA's TLS certificate and the mesh bundle (default: $WARDEN_ROOT_CERT, else the data directory's, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	f.caID = caIDFlag(fs)
-	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca)")
+	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca); not read with --node-agent, whose callers each send their own")
 	fs.StringVar(&f.sdsSocket, "sds-socket", "warden-agent/sds.sock", "Unix socket to serve SDS on")
 	fs.StringVar(&f.wapiSocket, "workload-api-socket", "warden-agent/workload.sock", "Unix socket for the SPIFFE Workload API; empty disables")
 	fs.StringVar(&f.outDir, "output-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem here (for proxyless gRPC's file_watcher)")
@@ -75,10 +75,6 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	return a.run(ctx)
 }
 
-// maxSocketPath is the longest Unix socket path Linux accepts
-// (sun_path holds 108 bytes with the terminating NUL).
-const maxSocketPath = 107
-
 // check refuses flag mistakes with the flag named: one socket path for
 // both services, a socket path too long to bind, a mode that would open
 // the sockets to everyone.
@@ -87,8 +83,8 @@ func (f *agentFlags) check() error {
 		return fmt.Errorf("%w: --sds-socket and --workload-api-socket are both %s; give each its own path", errUsage, f.sdsSocket)
 	}
 	for flag, p := range map[string]string{"--sds-socket": f.sdsSocket, "--workload-api-socket": f.wapiSocket} {
-		if abs, err := filepath.Abs(p); err == nil && p != "" && len(abs) > maxSocketPath {
-			return fmt.Errorf("%w: %s %s is %d bytes long; Unix sockets allow at most %d: choose a shorter path", errUsage, flag, abs, len(abs), maxSocketPath)
+		if abs, err := filepath.Abs(p); err == nil && p != "" && len(abs) > unixsock.MaxPath {
+			return fmt.Errorf("%w: %s %s is %d bytes long; Unix sockets allow at most %d: choose a shorter path", errUsage, flag, abs, len(abs), unixsock.MaxPath)
 		}
 	}
 	if f.socketMode&^0o777 != 0 || f.socketMode&0o007 != 0 {
@@ -146,11 +142,13 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if err != nil {
 		return nil, err
 	}
-	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, RootPool: a.caPool, ServerName: f.serverName, ServerID: serverID, TokenFile: f.tokenFile, KeyType: kt, TTL: f.ttl}
+	a.fetcher = &client.Fetcher{Addr: f.addr, Roots: pool, RootPool: a.caPool, ServerName: f.serverName, ServerID: serverID, KeyType: kt, TTL: f.ttl}
 	// A failed rotation names what it depends on: the CA, and the token
-	// file (a node agent uses each stream's token instead).
+	// file. A node agent has none: each stream brings its workload's
+	// token, and the agent's own must never stand in for a caller's.
 	fetchAttrs := []slog.Attr{slog.String("ca", f.addr)}
 	if !f.nodeAgent {
+		a.fetcher.TokenFile = f.tokenFile
 		fetchAttrs = append(fetchAttrs, slog.String("tokenFile", f.tokenFile))
 	}
 	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated, FetchAttrs: fetchAttrs})
@@ -256,23 +254,22 @@ func (a *agent) roots() []*x509.Certificate { return a.bundles.Roots() }
 
 // identifyByToken (node-agent mode) learns a stream's identity by having
 // the CA check its token: the answer is a certificate for exactly that
-// identity, which the cache then keeps fresh over mTLS.
+// identity, which the cache then keeps fresh over mTLS. A stream without
+// a well-formed token is refused here; the agent's own token file is
+// never asked (the fetcher has none in this mode).
 func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
-	md, _ := metadata.FromIncomingContext(ctx)
-	raw := ""
-	if v := md.Get("authorization"); len(v) == 1 {
-		raw = v[0]
-	} else if v := md.Get("istio_sds_credentail_header-bin"); len(v) == 1 {
-		raw = v[0]
+	tok, err := sdsserver.CallerToken(ctx)
+	if errors.Is(err, token.ErrNoToken) {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: no credentials: "+sdsserver.TokenHint)
 	}
-	if raw == "" {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: no credentials: send the workload's token as authorization: Bearer <token>")
+	if err != nil {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error()+": "+sdsserver.TokenHint)
 	}
 	now := time.Now()
-	if c, ok := a.tokens.Get(raw, now); ok {
+	if c, ok := a.tokens.Get(tok, now); ok {
 		return c.ID, nil
 	}
-	svid, err := a.fetcher.Fetch(ctx, spiffeid.ID{})
+	svid, err := a.fetcher.FetchWithToken(ctx, tok)
 	if err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() == codes.Unauthenticated {
 			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: the CA refused the token: "+st.Message())
@@ -280,25 +277,36 @@ func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "sds: CA: %v", err)
 	}
 	a.cache.Put(svid)
-	exp := now.Add(5 * time.Minute)
-	if _, c, err := token.Parse(trimBearer(raw)); err == nil && c.Expiry != nil && c.Expiry.Time().Before(exp) {
-		exp = c.Expiry.Time()
+	if exp, ok := tokenCacheExpiry(tok, now); ok {
+		a.tokens.Put(tok, &caserver.Caller{ID: svid.ID, Method: "ca"}, exp, now)
 	}
-	a.tokens.Put(raw, &caserver.Caller{ID: svid.ID, Method: "ca"}, exp, now)
 	return svid.ID, nil
 }
 
-func trimBearer(s string) string {
-	if len(s) > 7 && (s[:7] == "Bearer " || s[:7] == "bearer ") {
-		return s[7:]
+// maxTokenCache bounds how long the node agent trusts a token the CA
+// accepted without asking again.
+const maxTokenCache = 5 * time.Minute
+
+// tokenCacheExpiry is when the node agent stops trusting tok (which the
+// CA accepted at now) without asking the CA again: maxTokenCache, but no
+// later than the token's own expiry. A token whose claims cannot be read
+// is not cached.
+func tokenCacheExpiry(tok string, now time.Time) (time.Time, bool) {
+	_, c, err := token.Parse(tok)
+	if err != nil {
+		return time.Time{}, false
 	}
-	return s
+	exp := now.Add(maxTokenCache)
+	if c.Expiry != nil && c.Expiry.Time().Before(exp) {
+		exp = c.Expiry.Time()
+	}
+	return exp, true
 }
 
 func (a *agent) run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	serve := func(path string, register func(grpc.ServiceRegistrar)) error {
-		lis, err := sdsserver.ListenUnix(path, os.FileMode(a.f.socketMode))
+		lis, err := unixsock.Listen(path, os.FileMode(a.f.socketMode))
 		if err != nil {
 			return err
 		}
@@ -307,8 +315,7 @@ func (a *agent) run(ctx context.Context) error {
 		g.Go(func() error { return s.Serve(lis) })
 		g.Go(func() error {
 			<-ctx.Done()
-			s.GracefulStop()
-			_ = os.Remove(path)
+			s.GracefulStop() // closes lis, which removes its socket
 			return nil
 		})
 		a.log.Info("serving", "socket", path)

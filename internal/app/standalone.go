@@ -98,6 +98,13 @@ func fingerprint(der []byte) string {
 // only allowNew overrides.
 func tokenIssuer(dataDir, name string, create, allowNew bool) (*token.Issuer, error) {
 	path := filepath.Join(dataDir, tokenKeyFile)
+	// The directory is checked like the CA's (owner, 0700) before its
+	// key is trusted: whoever may change it could swap the key.
+	if _, err := os.Stat(dataDir); err == nil {
+		if err := filestore.CheckDir(dataDir); err != nil {
+			return nil, err
+		}
+	}
 	mk, err := filestore.ReadMarker(dataDir)
 	if err != nil {
 		return nil, err

@@ -8,9 +8,11 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // WriteNew writes data to path with mode 0600, atomically and only if path
@@ -87,15 +89,47 @@ func SyncDir(dir string) error {
 	return d.Sync()
 }
 
-// ReadPrivate reads a file that must not be readable or writable by group
-// or others (a key, or a file beside one).
+// ReadPrivate reads a file that must be owned by the running user and
+// not readable or writable by group or others (a key, or a file beside
+// one). Its owner and mode are those of the file opened (no window
+// between the check and the read).
 func ReadPrivate(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
+	f, err := os.Open(path)
 	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckOwner(path, fi); err != nil {
 		return nil, err
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%s has mode %#o; it must not be accessible to group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
 	}
-	return os.ReadFile(path)
+	return io.ReadAll(f)
+}
+
+// CheckOwner refuses a file or directory (fi, at path) that the running
+// user (the effective uid) does not own: whatever its mode, its owner can
+// change it, and so replace what warden keeps there (a CA key, a token
+// key) or read it. It is warden's one ownership check, beside the mode
+// checks of ReadPrivate and the data directory's.
+func CheckOwner(path string, fi fs.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: the file system reports no owner", path)
+	}
+	me := os.Geteuid()
+	if int(st.Uid) == me {
+		return nil
+	}
+	chown := "chown"
+	if fi.IsDir() {
+		chown = "chown -R"
+	}
+	return fmt.Errorf("%s is owned by uid %d, but warden runs as uid %d: its owner could replace what warden keeps there; %s %d %s (or run warden as uid %d)",
+		path, st.Uid, me, chown, me, path, st.Uid)
 }

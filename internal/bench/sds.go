@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/unixsock"
 	"github.com/wardenmesh/warden/sds"
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 )
@@ -89,7 +90,7 @@ func SDS(ctx context.Context, streams int, exe string, clientArgs []string) (SDS
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "sds.sock")
-	lis, err := sdsserver.ListenUnix(sock, 0o600)
+	lis, err := unixsock.Listen(sock, 0o600)
 	if err != nil {
 		return SDSResult{}, err
 	}

@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/wardenmesh/warden/ca"
-	sdsserver "github.com/wardenmesh/warden/sds/server"
+	"github.com/wardenmesh/warden/internal/unixsock"
 )
 
 // adminHandler is the rotation API on the admin socket.
@@ -49,7 +48,7 @@ func (r *Rotator) adminHandler() http.Handler {
 // ServeAdmin serves the admin socket in dataDir until ctx is done.
 func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
 	path := filepath.Join(dataDir, AdminSocket)
-	l, err := sdsserver.ListenUnix(path, 0o600)
+	l, err := unixsock.Listen(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
@@ -57,8 +56,7 @@ func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
 	removed := make(chan struct{})
 	go func() {
 		<-ctx.Done()
-		_ = srv.Close()
-		_ = os.Remove(path)
+		_ = srv.Close() // closes l, which removes its socket (only its own)
 		close(removed)
 	}()
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {

@@ -46,6 +46,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/sds"
+	"github.com/wardenmesh/warden/token"
 )
 
 // Identify names the identity a stream may receive, from its context
@@ -483,21 +484,57 @@ func (s *Server) snapshotMissing(id spiffeid.ID) bool {
 	return err != nil
 }
 
-// istioCredentialHeader is the binary metadata key Istio 1.1's node agent
-// read the workload's token from (its spelling).
-const istioCredentialHeader = "istio_sds_credentail_header-bin"
+// IstioCredentialHeader is the binary metadata key Istio 1.1's node agent
+// read the workload's token from (its spelling): the bare token, no
+// scheme (see token.FromRaw).
+const IstioCredentialHeader = "istio_sds_credentail_header-bin"
 
-// TokenIdentify authenticates a stream with the caller's service-account
-// token, sent as "authorization: Bearer <token>" or in Istio 1.1's
-// istio_sds_credentail_header-bin, by the given authentication (the CA's
-// authenticator chain, passed in so this package needs none of the CA's
-// server code).
+// CallerToken is the service-account token an SDS call carries: in
+// "authorization: Bearer <token>" (token.FromAuthorization: RFC 6750, the
+// scheme case-insensitive) or bare in IstioCredentialHeader
+// (token.FromRaw). Both at once are refused: Istio's agent would take the
+// one, warden used to take the other, and a caller must not be read two
+// ways. No credentials at all is token.ErrNoToken.
+func CallerToken(ctx context.Context) (string, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	auth, istio := md.Get("authorization"), md.Get(IstioCredentialHeader)
+	var tok string
+	var err error
+	switch {
+	case len(auth) > 0 && len(istio) > 0:
+		return "", errors.New("sds: both authorization and " + IstioCredentialHeader + " sent; send one")
+	case len(istio) > 0:
+		tok, err = token.FromRaw(IstioCredentialHeader, istio)
+	default:
+		tok, err = token.FromAuthorization(auth)
+	}
+	if err != nil {
+		return "", fmt.Errorf("sds: %w", err)
+	}
+	return tok, nil
+}
+
+// TokenHint is what a caller refused for its token is told to send.
+const TokenHint = "send the workload's token as authorization: Bearer <token>"
+
+// TokenIdentify authenticates a stream by the given authentication (the
+// CA's authenticator chain, passed in so this package needs none of the
+// CA's server code). A token in IstioCredentialHeader is handed on as
+// "authorization: Bearer <token>"; a malformed one is refused here. A
+// stream with no token goes on to the chain (an agent's ROOTCA stream
+// authenticates with its certificate).
 func TokenIdentify(authenticate Identify) Identify {
 	return func(ctx context.Context) (spiffeid.ID, error) {
-		md, _ := metadata.FromIncomingContext(ctx)
-		if v := md.Get(istioCredentialHeader); len(v) > 0 && len(md.Get("authorization")) == 0 {
+		tok, err := CallerToken(ctx)
+		switch {
+		case errors.Is(err, token.ErrNoToken):
+		case err != nil:
+			return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error()+": "+TokenHint)
+		default:
+			md, _ := metadata.FromIncomingContext(ctx)
 			md = md.Copy()
-			md.Set("authorization", "Bearer "+v[0])
+			delete(md, IstioCredentialHeader)
+			md.Set("authorization", "Bearer "+tok)
 			ctx = metadata.NewIncomingContext(ctx, md)
 		}
 		id, err := authenticate(ctx)

@@ -366,6 +366,28 @@ func TestNodeAgentTokens(t *testing.T) {
 	if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || !strings.Contains(st.Message(), "malformed") {
 		t.Fatalf("bad token: %v", err)
 	}
+	// The scheme is case-insensitive (RFC 6750, RFC 9110 §11.1).
+	e, _ = f.envoy(t, withToken("authorization", "bearer "+mint("default", "sleep")), sds.DefaultName)
+	if got, _ := recvWithin(t, e, 10*time.Second); got[sds.DefaultName] == nil {
+		t.Fatal("lowercase bearer: no certificate")
+	}
+	// Credentials that are not one bearer token are refused before any
+	// authenticator runs, with the fix named.
+	sleep := mint("default", "sleep")
+	for _, md := range [][]string{
+		{"authorization", "Basic x"},
+		{"authorization", "Bearer " + sleep + " " + sleep},
+		{"authorization", sleep},
+		{"istio_sds_credentail_header-bin", "Bearer " + sleep},
+		{"istio_sds_credentail_header-bin", ""},
+		{"authorization", "Bearer " + sleep, "istio_sds_credentail_header-bin", sleep},
+	} {
+		e, _ = f.envoy(t, metadata.AppendToOutgoingContext(base, md...), sds.DefaultName)
+		_, _, err = e.recv()
+		if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || !strings.HasSuffix(st.Message(), ": send the workload's token as authorization: Bearer <token>") {
+			t.Errorf("%q: %v", md, err)
+		}
+	}
 }
 
 // A NACK is logged with its detail and does not make the server resend
