@@ -38,6 +38,9 @@ var _ Signer = (*ca.Authority)(nil)
 type Config struct {
 	Signer         Signer
 	Authenticators []Authenticator // tried in order
+	// Authorizer decides which identity an authenticated caller's
+	// certificate is for; nil is SelfOnly.
+	Authorizer Authorizer
 	Logger         *slog.Logger
 	Observer       Observer // nil: none
 }
@@ -115,6 +118,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = SelfOnly{}
+	}
 	return &Server{cfg: cfg}, nil
 }
 
@@ -137,10 +143,16 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 		s.observe(InvalidTTL, 0)
 		return nil, status.Errorf(codes.InvalidArgument, "validity_duration %d out of range", vd)
 	}
+	id, err := s.cfg.Authorizer.Authorize(ctx, caller, &Request{CSR: []byte(req.GetCsr()), Metadata: req.GetMetadata()})
+	if err != nil {
+		s.observe(Unauthenticated, 0)
+		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "reason", err.Error())
+		return nil, status.Error(codes.Unauthenticated, err.Error())
+	}
 	signStart := time.Now()
 	iss, err := s.cfg.Signer.Sign(ca.SignRequest{
 		CSR: []byte(req.GetCsr()),
-		ID:  caller.ID,
+		ID:  id,
 		TTL: time.Duration(vd) * time.Second,
 	})
 	s.observe(OutcomeOf(err), time.Since(signStart))

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
@@ -334,5 +339,39 @@ func TestAnswerCarriesTheWholeBundle(t *testing.T) {
 	}
 	if len(res.Roots) != 2 {
 		t.Fatalf("the client kept %d roots", len(res.Roots))
+	}
+}
+
+// TestImpersonationRefused: with no node account trusted (SelfOnly, the
+// default Authorizer), a caller asking for another identity in the
+// request metadata, as ztunnel asks, is refused as istiod refuses a
+// failed impersonation (Unauthenticated), not answered with its own;
+// naming its own identity there is its own request.
+func TestImpersonationRefused(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	conn, err := grpc.NewClient(f.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: f.roots, ServerName: "localhost"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	key := catest.Key(t, ca.ECDSAP256)
+	csrFor := func(id spiffeid.ID) string {
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	}
+	call := func(asked spiffeid.ID) (*pb.IstioCertificateResponse, error) {
+		md, _ := structpb.NewStruct(map[string]any{server.ImpersonatedIdentity: asked.String()})
+		c := metadata.AppendToOutgoingContext(ctx(t), "authorization", "Bearer "+f.token(t, saX))
+		return pb.NewIstioCertificateServiceClient(conn).CreateCertificate(c, &pb.IstioCertificateRequest{Csr: csrFor(asked), ValidityDuration: 3600, Metadata: md})
+	}
+	_, err = call(idY)
+	wantStatus(t, err, codes.Unauthenticated, "request impersonation authentication failure: spiffe://cluster.local/ns/a/sa/x asked for \"spiffe://cluster.local/ns/b/sa/y\"")
+	res, err := call(idX)
+	if err != nil || len(res.CertChain) < 2 {
+		t.Fatalf("asking for its own identity in the metadata: %v", err)
 	}
 }

@@ -1,0 +1,54 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Authorizer is the step between authenticating a caller and signing:
+// which identity may this caller have a certificate for? Its answer is
+// the identity signed (the CSR must name no other: ca.Authority.Sign
+// checks it). Rules other than "the caller's own" go here: a trusted
+// node proxy asking for the identities of its node's pods
+// (impersonation), a pod-certificate request, a federated trust domain.
+// An error refuses the request as Unauthenticated, as istiod answers a
+// refused impersonation; it is logged with its reason.
+type Authorizer interface {
+	Authorize(ctx context.Context, caller *Caller, req *Request) (spiffeid.ID, error)
+}
+
+// Request is what a caller asked for.
+type Request struct {
+	CSR []byte
+	// Metadata is the request's metadata Struct (Istio's agent and
+	// ztunnel send ImpersonatedIdentity there).
+	Metadata *structpb.Struct
+}
+
+// ImpersonatedIdentity is the metadata key with which a caller asks for
+// another identity's certificate (Istio's
+// security/pkg/server/ca.ImpersonatedIdentity).
+const ImpersonatedIdentity = "ImpersonatedIdentity"
+
+// ErrImpersonation refuses a request for another identity.
+var ErrImpersonation = errors.New("request impersonation authentication failure")
+
+// SelfOnly is warden's rule for every caller today: a certificate for the
+// caller's own identity. A request asking for another one
+// (ImpersonatedIdentity) is refused rather than answered with the
+// caller's own, which a node proxy would then refuse for the wrong SAN.
+type SelfOnly struct{}
+
+var _ Authorizer = SelfOnly{}
+
+// Authorize implements Authorizer.
+func (SelfOnly) Authorize(_ context.Context, c *Caller, req *Request) (spiffeid.ID, error) {
+	if v, ok := req.Metadata.GetFields()[ImpersonatedIdentity]; ok && v.GetStringValue() != c.ID.String() {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s asked for %q, and this CA issues a caller's own identity only: no node account is trusted to ask for another (ImpersonatedIdentity)", ErrImpersonation, c.ID, v.GetStringValue())
+	}
+	return c.ID, nil
+}
