@@ -6,11 +6,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	cflog "github.com/cloudflare/cfssl/log"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -78,8 +76,6 @@ type Issued struct {
 	Chain [][]byte // PEM: leaf, intermediates, root last
 }
 
-var quietCFSSL sync.Once
-
 // New makes an authority signing with m. m may be nil: the authority is then
 // not ready (ErrNotReady) until Activate.
 func New(cfg Config, m *Material) (*Authority, error) {
@@ -104,9 +100,6 @@ func New(cfg Config, m *Material) (*Authority, error) {
 	if cfg.Meter == nil {
 		cfg.Meter = noMeter{}
 	}
-	// cfssl logs every signature at Info level to stderr; warden logs
-	// through slog at its edges instead.
-	quietCFSSL.Do(func() { cflog.Level = cflog.LevelError })
 	a := &Authority{cfg: cfg, bundles: NewBundles(nil)}
 	if m != nil {
 		if err := a.Activate(m); err != nil {

@@ -231,7 +231,7 @@ func headerMatches(h *routev3.HeaderMatcher, r Request) bool {
 }
 
 func metadataMatches(m *matcherv3.MetadataMatcher, r Request) bool {
-	if m.Filter != JWTFilter || len(m.Path) < 2 || m.Path[0].GetKey() != authn.JWTPayloadKey {
+	if m.Filter != authn.JWTAuthnFilter || len(m.Path) < 2 || m.Path[0].GetKey() != authn.JWTPayloadKey {
 		return false
 	}
 	var v any = r.JWT

@@ -23,10 +23,6 @@ import (
 // it means in Istio. Where warden refuses what Istio accepts, the error
 // says so and docs/policy-authz.md lists the difference.
 
-// JWTFilter is the filter whose dynamic metadata holds the verified JWT
-// payload (under authn.JWTPayloadKey).
-const JWTFilter = "envoy.filters.http.jwt_authn"
-
 // unsupported marks a value warden cannot express for this filter.
 type unsupported struct{ msg string }
 
@@ -221,7 +217,7 @@ func metadataPrincipal(m *matcherv3.MetadataMatcher) *rbacv3.Principal {
 
 // claimString matches a claim holding a string (iss, sub).
 func claimString(claim string, m *matcherv3.StringMatcher) *rbacv3.Principal {
-	return metadataPrincipal(&matcherv3.MetadataMatcher{Filter: JWTFilter, Path: payloadPath([]string{claim}),
+	return metadataPrincipal(&matcherv3.MetadataMatcher{Filter: authn.JWTAuthnFilter, Path: payloadPath([]string{claim}),
 		Value: &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: m}}})
 }
 
@@ -234,7 +230,7 @@ func claimValue(claims []string) func(string) (*rbacv3.Principal, error) {
 		}
 		str := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_StringMatch{StringMatch: stringMatch(v, "")}}
 		list := &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_ListMatch{ListMatch: &matcherv3.ListMatcher{MatchPattern: &matcherv3.ListMatcher_OneOf{OneOf: str}}}}
-		return metadataPrincipal(&matcherv3.MetadataMatcher{Filter: JWTFilter, Path: payloadPath(claims),
+		return metadataPrincipal(&matcherv3.MetadataMatcher{Filter: authn.JWTAuthnFilter, Path: payloadPath(claims),
 			Value: &matcherv3.ValueMatcher{MatchPattern: &matcherv3.ValueMatcher_OrMatch{OrMatch: &matcherv3.OrMatcher{ValueMatchers: []*matcherv3.ValueMatcher{list, str}}}}}), nil
 	}
 }

@@ -7,7 +7,6 @@
 package sds
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -81,12 +80,6 @@ func ValidationContext(name string, roots []*x509.Certificate) (*tlsv3.Secret, e
 		return nil, fmt.Errorf("sds: %s: %w", name, err)
 	}
 	return sec, nil
-}
-
-// SameRoots reports whether two bundles hold the same certificates in the
-// same order.
-func SameRoots(a, b []*x509.Certificate) bool {
-	return bytes.Equal(ca.EncodeCerts(a...), ca.EncodeCerts(b...))
 }
 
 // ProxySecrets are the secrets a proxy fetches over ADS for its identity:
