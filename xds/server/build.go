@@ -48,17 +48,29 @@ type proxyState struct {
 // a content hash. A namespace's proxies share its outbound part.
 type part struct {
 	cfg    *xds.Config
-	index  [4]map[string]types.ResourceWithTTL // name -> *marshaled; read-only
-	lists  [4]*typeList                        // the same, in order, as Anys (SotW answers)
-	hashes [4]string
+	index  []map[string]types.ResourceWithTTL // per type: name -> *marshaled; read-only
+	lists  []*typeList                        // the same, in order, as Anys (SotW answers)
+	hashes []string
 }
 
-var typeOrder = [4]string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
+// typeOrder is the xDS types a part carries, in order, each with the
+// field of xds.Config that holds its resources: data, so that a proxy
+// kind with other resource types adds to a list rather than to
+// fixed-size arrays.
+var typeOrder = []string{resource.ListenerType, resource.RouteType, resource.ClusterType, resource.EndpointType}
+
+var typeResources = map[string]func(*xds.Config) []types.Resource{
+	resource.ListenerType: func(c *xds.Config) []types.Resource { return c.Listeners },
+	resource.RouteType:    func(c *xds.Config) []types.Resource { return c.Routes },
+	resource.ClusterType:  func(c *xds.Config) []types.Resource { return c.Clusters },
+	resource.EndpointType: func(c *xds.Config) []types.Resource { return c.Endpoints },
+}
 
 func newPart(c *xds.Config) (*part, error) {
-	p := &part{cfg: c}
-	for i, set := range [][]types.Resource{c.Listeners, c.Routes, c.Clusters, c.Endpoints} {
-		l, err := newTypeList(typeOrder[i], set)
+	n := len(typeOrder)
+	p := &part{cfg: c, index: make([]map[string]types.ResourceWithTTL, n), lists: make([]*typeList, n), hashes: make([]string, n)}
+	for i, t := range typeOrder {
+		l, err := newTypeList(t, typeResources[t](c))
 		if err != nil {
 			return nil, fmt.Errorf("xds: encode %w", err)
 		}

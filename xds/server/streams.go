@@ -318,7 +318,7 @@ func (s *Server) sotwRequest(id int64, req *discovery.DiscoveryRequest) {
 	if ps == nil || ps.built == nil || len(req.ResourceNames) == 0 {
 		return
 	}
-	i := slices.Index(typeOrder[:], t)
+	i := slices.Index(typeOrder, t)
 	if i < 0 {
 		return
 	}
