@@ -31,8 +31,8 @@ for _ in $(seq 100); do
 done
 sed 's/^/  /' "$work/serve.log"
 
-step "warden token --ns default --sa sleep"
-"$warden" token --data-dir "$data" --ns default --sa sleep >"$work/sleep.token"
+step "warden token --namespace default --sa sleep"
+"$warden" token --data-dir "$data" --namespace default --sa sleep >"$work/sleep.token"
 cut -c1-60 "$work/sleep.token" | sed 's/$/.../'
 
 step "warden cert request --token-file sleep.token --out sleep/"
@@ -81,7 +81,7 @@ grep 'mesh configuration loaded' "$work/serve.log" | sed 's/^/  /'
 
 step "warden agent for flaskapp, sleep and intruder (certificates in files for grpc-go's file_watcher)"
 for sa in flaskapp sleep intruder; do
-  "$warden" token --data-dir "$data" --ns default --sa $sa >"$work/$sa.token"
+  "$warden" token --data-dir "$data" --namespace default --sa $sa >"$work/$sa.token"
   mkdir -p "$work/agent-$sa"
   "$warden" agent --ca "$ca_addr" --root-cert "$data/root-cert.pem" --token-file "$work/$sa.token" \
     --output-dir "$work/certs-$sa" --sds-socket "$work/agent-$sa/sds.sock" --workload-api-socket "" >"$work/agent-$sa.log" 2>&1 &

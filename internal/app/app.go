@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/wardenmesh/warden/ca"
 )
@@ -87,6 +88,9 @@ func (e *env) run(ctx context.Context, args []string) int {
 			}
 		}
 	}
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		return e.run(ctx, []string{"version"})
+	}
 	if len(args) > 0 && args[0] != "help" && args[0] != "-h" && args[0] != "--help" {
 		fmt.Fprintf(e.stderr, "warden: unknown command %q\n\n", strings.Join(args, " "))
 		e.usage()
@@ -114,14 +118,77 @@ func (e *env) flags(name string) *flag.FlagSet {
 }
 
 // parse parses args, turning flag errors and stray arguments into errUsage.
+// A mistake gets one line that names it (with the flag meant, when a
+// known one is close, and a hint for a duration without its unit) and
+// points at -h; the flags' usage is printed for -h only.
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
+		fs.PrintDefaults()
+		return err
 	}
-	return nil
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		if near := closestFlag(fs, strings.TrimLeft(name, "-")); near != "" {
+			msg += fmt.Sprintf(" (did you mean --%s?)", near)
+		}
+	}
+	if strings.Contains(msg, "invalid value") && strings.Contains(msg, "parse error") {
+		var name string
+		if _, after, ok := strings.Cut(msg, " for flag -"); ok {
+			name, _, _ = strings.Cut(after, ":")
+		}
+		if f := fs.Lookup(name); f != nil {
+			if _, derr := time.ParseDuration(f.DefValue); derr == nil {
+				msg += " (a duration needs its unit: 90s, 10m, 24h)"
+			}
+		}
+	}
+	return fmt.Errorf("%w: %s; run '%s -h' for its flags", errUsage, msg, fs.Name())
+}
+
+// closestFlag is the defined flag nearest to name (at most two edits, or
+// name a prefix of it), "" when none is.
+func closestFlag(fs *flag.FlagSet, name string) string {
+	best, bestD := "", 3
+	fs.VisitAll(func(f *flag.Flag) {
+		d := editDistance(name, f.Name)
+		if strings.HasPrefix(f.Name, name) && len(name) >= 3 {
+			d = min(d, 1)
+		}
+		if d < bestD {
+			best, bestD = f.Name, d
+		}
+	})
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 // dataDirDefault is the standalone data directory: $WARDEN_DATA_DIR or

@@ -176,7 +176,11 @@ func TestUsageErrors(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"frobnicate"}, 2, `warden: unknown command "frobnicate"`},
-		{[]string{"token", "--ns", "default"}, 2, "warden token: usage: --ns and --sa are required"},
+		{[]string{"token", "--ns", "default"}, 2, "warden token: usage: --namespace (or --ns) and --sa are required"},
+		// A misspelt flag: one line naming it and the flag meant, no usage dump.
+		{[]string{"token", "--namespce", "default"}, 2, "warden token: usage: flag provided but not defined: -namespce (did you mean --namespace?); run 'warden token -h' for its flags\n"},
+		{[]string{"agent", "--tokn-file", "x"}, 2, "(did you mean --token-file?)"},
+		{[]string{"token", "--ttl", "10"}, 2, `invalid value "10" for flag -ttl: parse error (a duration needs its unit: 90s, 10m, 24h)`},
 		{[]string{"serve", "--trust-domain", "Bad Domain"}, 2, `warden serve: usage: --trust-domain "Bad Domain"`},
 		{[]string{"serve", "--ca-key-type", "dsa"}, 2, `unknown key type "dsa"`},
 		{[]string{"cert", "request", "--out", "x"}, 2, "give exactly one of --token-file or --renew"},
@@ -191,6 +195,16 @@ func TestUsageErrors(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr, tc.msg) {
 			t.Errorf("warden %s: code %d, stderr %q; want %d and %q", strings.Join(tc.args, " "), code, stderr, tc.code, tc.msg)
 		}
+		if n := strings.Count(stderr, "\n"); tc.code == 2 && tc.args[0] != "frobnicate" && n > 2 {
+			t.Errorf("warden %s: %d lines on stderr; a mistake gets its message, not the usage", strings.Join(tc.args, " "), n)
+		}
+	}
+	// -h prints the flags, exit 0; --version the version.
+	if code, _, stderr := run(t, "token", "-h"); code != 0 || !strings.Contains(stderr, "-namespace") || !strings.Contains(stderr, "Usage of warden token") {
+		t.Errorf("token -h: %d %q", code, stderr)
+	}
+	if code, out, _ := run(t, "--version"); code != 0 || out != "warden dev\n" {
+		t.Errorf("--version: %d %q", code, out)
 	}
 }
 

@@ -37,16 +37,18 @@ const (
 func runToken(_ context.Context, e *env, args []string) error {
 	fs := e.flags("token")
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory holding the token key")
-	ns := fs.String("ns", "", "namespace of the service account (required)")
+	ns := fs.String("namespace", "", "namespace of the service account (required; --ns for short)")
+	fs.StringVar(ns, "ns", "", "the same as --namespace")
 	sa := fs.String("sa", "", "service account name (required)")
 	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
-	aud := fs.String("audience", token.DefaultAudience, "comma-separated audiences")
+	aud := fs.String("token-audiences", token.DefaultAudience, "comma-separated audiences (as serve's --token-audiences; --audience is the same)")
+	fs.StringVar(aud, "audience", token.DefaultAudience, "the same as --token-audiences")
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss claim; must match 'warden serve --token-issuer'")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *ns == "" || *sa == "" {
-		return fmt.Errorf("%w: --ns and --sa are required", errUsage)
+		return fmt.Errorf("%w: --namespace (or --ns) and --sa are required", errUsage)
 	}
 	issuer, err := tokenIssuer(*dataDir, *iss, false, false)
 	if err != nil {
