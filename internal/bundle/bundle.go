@@ -146,9 +146,9 @@ type Func struct {
 
 var _ Consumer = Func{}
 
-func (f Func) Name() string                           { return f.Kind }
-func (f Func) Scope() Scope                           { return f.In }
-func (f Func) Changed(roots []*x509.Certificate)      { f.OnChange(roots) }
+func (f Func) Name() string                      { return f.Kind }
+func (f Func) Scope() Scope                      { return f.In }
+func (f Func) Changed(roots []*x509.Certificate) { f.OnChange(roots) }
 func (f Func) Missing(fp string) (total int, missing []string) {
 	if f.Holders == nil {
 		return 0, nil
