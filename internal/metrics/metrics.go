@@ -92,6 +92,7 @@ func New() *Registry {
 	}
 	for _, t := range []string{"cds", "eds", "lds", "rds", "sds"} {
 		r.pushes.WithLabelValues(t)
+		r.pushTime.WithLabelValues(t)
 		r.rejects.WithLabelValues(t)
 	}
 	return r

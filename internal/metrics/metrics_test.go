@@ -3,6 +3,7 @@ package metrics_test
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -41,5 +42,18 @@ func TestProxyVersionsBounded(t *testing.T) {
 	}
 	if _, ok := series[`pilot_xds{version="1.31.0"}`]; ok {
 		t.Error("a 33rd version got its own series")
+	}
+}
+
+// TestEverySeriesFromTheStart: the per-type xDS series exist before the
+// first push, so dashboards and rate() see zeros rather than nothing.
+func TestEverySeriesFromTheStart(t *testing.T) {
+	r := metrics.New()
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{`pilot_xds_push_time_count{type="lds"} 0`, `pilot_xds_pushes{type="cds"} 0`, `pilot_total_xds_rejects{type="sds"} 0`, "warden_xds_streams_revoked_total 0"} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("no %q before any push", want)
+		}
 	}
 }
