@@ -23,6 +23,10 @@ var Version = "dev"
 // errUsage marks a command-line mistake (exit code 2).
 var errUsage = errors.New("usage")
 
+// errDenied is policy explain --exit-code's DENY (exit code 3): the
+// command worked, and its answer is no.
+var errDenied = errors.New("denied")
+
 // env is the process environment, read through a function so tests can
 // pass their own.
 type env struct {
@@ -63,7 +67,8 @@ func commands() []command {
 }
 
 // Run executes the command line args (without the program name) and returns
-// the process exit code: 0 success, 1 failure, 2 usage error.
+// the process exit code: 0 success, 1 failure, 2 usage error (3: policy
+// explain --exit-code's DENY).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr, getenv: os.Getenv}
 	return e.run(ctx, args)
@@ -79,6 +84,8 @@ func (e *env) run(ctx context.Context, args []string) int {
 				return 0
 			case errors.Is(err, flag.ErrHelp):
 				return 0
+			case errors.Is(err, errDenied):
+				return 3
 			case errors.Is(err, errUsage):
 				fmt.Fprintf(e.stderr, "warden %s: %v\n", c.name, err)
 				return 2

@@ -3,6 +3,7 @@ package app_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -158,6 +159,29 @@ func TestExplainGatewayListeners(t *testing.T) {
 			if out := explain(sidecar); !strings.HasPrefix(out, c.sidec) || !strings.Contains(out, "evaluated: sidecar inbound") {
 				t.Errorf("%s, sidecar: %q, want %q", c.name, out, c.sidec)
 			}
+		}
+	}
+}
+
+// TestExplainExitCode: --exit-code makes DENY exit 3 for scripts, ALLOW 0;
+// without it both exit 0.
+func TestExplainExitCode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(gatewayPolicyMesh), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"policy", "explain", "-f", dir, "--gateway", "--namespace", "istio-system", "--labels", "istio=ingressgateway", "--port", "80"}
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--source-ip", "203.0.113.7", "--exit-code"}, 0},
+		{[]string{"--source-ip", "10.1.1.1", "--exit-code"}, 3},
+		{[]string{"--source-ip", "10.1.1.1"}, 0},
+	} {
+		if code, out, stderr := run(t, append(slices.Clone(base), c.args...)...); code != c.code || stderr != "" {
+			t.Errorf("%v: exit %d (%q %q), want %d", c.args, code, out, stderr, c.code)
 		}
 	}
 }

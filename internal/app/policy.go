@@ -243,6 +243,7 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	node := fs.String("node", "", "evaluate the proxy of this node ID (sidecar~IP~pod.ns~ns.svc.cluster.local or router~...), its workload from the ServiceEntries in -f")
 	generator := fs.String("generator", xds.GeneratorEnvoy, "with --node: envoy or grpc (a proxyless gRPC server)")
 	fs.Var(&servers, "server", "with --node --generator grpc: a server listener name the proxy asks for (repeatable; default: its IP and --port)")
+	exitCode := fs.Bool("exit-code", false, "for scripts: exit 3 when the answer is DENY (0 for ALLOW)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -308,6 +309,9 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stdout, "note: no RequestAuthentication (or legacy origin) applies to this workload, so no token is verified; --jwt is ignored")
 	}
 	fmt.Fprintln(e.stdout, ex)
+	if *exitCode && !ex.Allowed {
+		return errDenied
+	}
 	return nil
 }
 
