@@ -45,7 +45,7 @@ kube-binaries:
 vault-binary:
 	hack/vault-binary.sh
 
-## istio-oracle: build (once, cached in ~/.cache/warden/istioauthz) Istio's authorization builder, the rbac tests' oracle.
+## istio-oracle: build (once, cached in ~/.cache/warden/istioauthz) Istio's authorization builder and listener generator, the rbac and xds tests' oracle.
 istio-oracle:
 	hack/istioauthz.sh
 

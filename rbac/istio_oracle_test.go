@@ -1,7 +1,6 @@
 package rbac_test
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,47 +18,16 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/rbac"
 )
 
 // The differential test against Istio's own authorization builder
-// (hack/istioauthz, istio.io/istio built from the module proxy): over
+// (hack/istioauthz, istio.io/istio built from the module proxy, located by
+// testkit.IstioOracle: $WARDEN_ISTIO_AUTHZ_BIN or hack/istioauthz.sh): over
 // Istio's builder golden inputs and a generated corpus, warden's filters
 // and Istio's decide every request of a table alike, except where a
 // difference listed in docs/policy-authz.md explains it.
-
-// IstioAuthzEnv names the oracle binary; unset, hack/istioauthz.sh builds
-// it (minutes, once; cached).
-const IstioAuthzEnv = "WARDEN_ISTIO_AUTHZ_BIN"
-
-var (
-	oracleOnce sync.Once
-	oracleBin  string
-	oracleErr  error
-)
-
-func istioAuthz(t *testing.T) string {
-	t.Helper()
-	oracleOnce.Do(func() {
-		if p := os.Getenv(IstioAuthzEnv); p != "" {
-			oracleBin = p
-			return
-		}
-		cmd := exec.Command(filepath.Join("..", "hack", "istioauthz.sh"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			oracleErr = fmt.Errorf("hack/istioauthz.sh: %v\n%s", err, stderr.String())
-			return
-		}
-		oracleBin = strings.TrimSpace(string(out))
-	})
-	if oracleErr != nil {
-		t.Fatal(oracleErr)
-	}
-	return oracleBin
-}
 
 type oracleCase struct {
 	ID                 string            `json:"id"`
@@ -87,33 +54,13 @@ type oracleResult struct {
 // askIstio runs the cases through one oracle process.
 func askIstio(t *testing.T, cases []oracleCase) []oracleResult {
 	t.Helper()
-	cmd := exec.Command(istioAuthz(t))
-	var in bytes.Buffer
-	enc := json.NewEncoder(&in)
-	for _, c := range cases {
-		if err := enc.Encode(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd.Stdin = &in
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("istioauthz: %v\n%s", err, stderr.String())
-	}
 	var res []oracleResult
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 64<<20)
-	for sc.Scan() {
+	for _, line := range testkit.AskIstio(t, nil, cases) {
 		var r oracleResult
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		if err := json.Unmarshal(line, &r); err != nil {
 			t.Fatalf("istioauthz output: %v", err)
 		}
 		res = append(res, r)
-	}
-	if len(res) != len(cases) {
-		t.Fatalf("istioauthz answered %d of %d cases", len(res), len(cases))
 	}
 	return res
 }
@@ -342,7 +289,7 @@ func compareCase(t *testing.T, c oracleCase, res oracleResult, g gen, st *diffSt
 }
 
 func TestIstioDecidesAlike(t *testing.T) {
-	bin := istioAuthz(t)
+	bin := testkit.IstioOracle(t)
 	st := &diffStats{byDifference: map[string]int{}}
 
 	// Istio's own builder golden inputs, with its test's workload.

@@ -1,7 +1,8 @@
-// Command istioauthz is an oracle for warden's rbac compiler: Istio's own
-// AuthorizationPolicy -> Envoy RBAC builder (istio.io/istio
-// pilot/pkg/security/authz/builder, at the version in go.mod), driven the way
-// istiod drives it for a sidecar workload.
+// Command istioauthz is an oracle for warden's rbac compiler and listener
+// builder: Istio's own AuthorizationPolicy -> Envoy RBAC builder
+// (istio.io/istio pilot/pkg/security/authz/builder, at the version in
+// go.mod), driven the way istiod drives it for a sidecar workload; and, with
+// -listeners, Istio's own listener generator (listeners.go).
 //
 // It is a filter. Each stdin line is one JSON case:
 //
@@ -78,6 +79,13 @@
 //	-check-istio-golden DIR  run those cases through the filter (JSON round trip
 //	                         included) and compare with the *-out.yaml files in DIR
 //	                         (Istio's testdata directory); exit 1 on a mismatch.
+//	-listeners               a second filter: each line is a set of Istio objects
+//	                         and a proxy (sidecar or router), and the answer the
+//	                         listeners Istio's own config generator
+//	                         (pilot/pkg/networking/core) builds for it, summarised:
+//	                         per filter chain its match, its filters in order, RBAC
+//	                         actions, and the connection manager's client-address
+//	                         settings. See listeners.go.
 package main
 
 import (
@@ -159,6 +167,7 @@ type Result struct {
 func main() {
 	list := flag.String("list-istio-golden", "", "print the cases of Istio's builder golden tests for the inputs in `DIR`/{http,tcp}")
 	check := flag.String("check-istio-golden", "", "run Istio's builder golden tests against the *-out.yaml files in `DIR`")
+	listeners := flag.Bool("listeners", false, "read listener cases (Istio objects and a proxy) and write the listeners Istio's config generator builds (listeners.go)")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
@@ -175,8 +184,10 @@ func main() {
 		err = listGolden(*list, os.Stdout)
 	case *check != "":
 		err = checkGolden(o, *check)
+	case *listeners:
+		err = filter(os.Stdin, os.Stdout, func(line []byte) any { return o.runListenerLine(line) })
 	default:
-		err = o.filter(os.Stdin, os.Stdout)
+		err = filter(os.Stdin, os.Stdout, func(line []byte) any { return o.runLine(line) })
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "istioauthz:", err)
@@ -213,13 +224,15 @@ func newOracle() (*oracle, error) {
 	}, nil
 }
 
-func (o *oracle) filter(in io.Reader, out io.Writer) error {
+// filter answers each non-empty input line with run's result as one JSON
+// line.
+func filter(in io.Reader, out io.Writer, run func(line []byte) any) error {
 	r := bufio.NewReaderSize(in, 1<<20)
 	w := bufio.NewWriterSize(out, 1<<16)
 	for {
 		line, rerr := r.ReadBytes('\n')
 		if len(bytes.TrimSpace(line)) > 0 {
-			res := o.runLine(line)
+			res := run(line)
 			b, err := json.Marshal(res)
 			if err != nil {
 				return err
@@ -698,7 +711,7 @@ func checkGolden(o *oracle, dir string) error {
 		line, _ := json.Marshal(c)
 		var res Result
 		var out bytes.Buffer
-		if err := o.filter(bytes.NewReader(line), &out); err != nil {
+		if err := filter(bytes.NewReader(line), &out, func(line []byte) any { return o.runLine(line) }); err != nil {
 			return err
 		}
 		if err := json.Unmarshal(out.Bytes(), &res); err != nil {

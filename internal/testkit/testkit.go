@@ -1,6 +1,7 @@
 // Package testkit holds what warden's tests share: a log buffer safe for
-// concurrent writers, a free loopback address, and the golden-file comparison of the compilers'
-// tests (refreshed with go test -update, reviewed as a diff).
+// concurrent writers, a free loopback address, the golden-file comparison of the compilers'
+// tests (refreshed with go test -update, reviewed as a diff), and the Istio
+// oracle the differential tests run (IstioOracle, AskIstio).
 package testkit
 
 import (
