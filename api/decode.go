@@ -24,8 +24,22 @@ var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
 // type, a missing required field or a value the field does not allow is
 // an error naming the document (from 1), the object and the field path.
 // Fields the API server writes (metadata.uid, status...) are ignored.
+// Decode stops at the first invalid object; DecodeAll goes on.
 func Decode(data []byte) ([]Object, error) {
+	objs, errs := DecodeAll(data)
+	if len(errs) > 0 {
+		return nil, errs[0]
+	}
+	return objs, nil
+}
+
+// DecodeAll is Decode that does not stop at an invalid object: it returns
+// the valid objects and one error for each invalid one (each document, or
+// each item of a List), in order. An invalid object is left out whole;
+// its error names the first field in the way.
+func DecodeAll(data []byte) ([]Object, []error) {
 	var out []Object
+	var errs []error
 	n := 0
 	for _, doc := range docSeparator.Split(string(data), -1) {
 		if strings.TrimSpace(stripComments(doc)) == "" {
@@ -35,15 +49,14 @@ func Decode(data []byte) ([]Object, error) {
 		where := fmt.Sprintf("document %d", n)
 		raw, err := parse([]byte(doc))
 		if err != nil {
-			return nil, fmt.Errorf("api: %s: %v", where, err)
+			errs = append(errs, fmt.Errorf("api: %s: %v", where, err))
+			continue
 		}
-		objs, err := decodeValue(raw, where)
-		if err != nil {
-			return nil, err
-		}
+		objs, bad := decodeValue(raw, where)
 		out = append(out, objs...)
+		errs = append(errs, bad...)
 	}
-	return out, nil
+	return out, errs
 }
 
 // parse turns one YAML or JSON document into generic JSON values, numbers
@@ -89,53 +102,55 @@ func objectID(kind, ns, name string) string {
 	return kind + " " + ns + "/" + name
 }
 
-func decodeValue(raw any, where string) ([]Object, error) {
+// decodeValue decodes one document or List item: the valid objects and an
+// error for each invalid one.
+func decodeValue(raw any, where string) ([]Object, []error) {
+	one := func(err error) []error { return []error{err} }
 	m, ok := raw.(map[string]any)
 	if !ok {
 		if raw == nil {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("api: %s: expected an object, got %s", where, describe(raw))
+		return nil, one(fmt.Errorf("api: %s: expected an object, got %s", where, describe(raw)))
 	}
 	apiVersion, _ := m["apiVersion"].(string)
 	kind, _ := m["kind"].(string)
 	if kind == "List" && apiVersion == "v1" {
 		items, ok := m["items"].([]any)
 		if !ok && m["items"] != nil {
-			return nil, fmt.Errorf("api: %s: items: expected a list, got %s", where, describe(m["items"]))
+			return nil, one(fmt.Errorf("api: %s: items: expected a list, got %s", where, describe(m["items"])))
 		}
 		var out []Object
+		var errs []error
 		for i, it := range items {
-			objs, err := decodeValue(it, fmt.Sprintf("%s items[%d]", where, i))
-			if err != nil {
-				return nil, err
-			}
+			objs, bad := decodeValue(it, fmt.Sprintf("%s items[%d]", where, i))
 			out = append(out, objs...)
+			errs = append(errs, bad...)
 		}
-		return out, nil
+		return out, errs
 	}
 	if apiVersion == "" || kind == "" {
-		return nil, fmt.Errorf("api: %s: apiVersion and kind are required", where)
+		return nil, one(fmt.Errorf("api: %s: apiVersion and kind are required", where))
 	}
 	k, ok := lookup(apiVersion, kind)
 	if !ok {
-		return nil, fmt.Errorf("api: %s: unknown kind %s in %s", where, kind, apiVersion)
+		return nil, one(fmt.Errorf("api: %s: unknown kind %s in %s", where, kind, apiVersion))
 	}
 	md, _ := m["metadata"].(map[string]any)
 	name, _ := md["name"].(string)
 	ns, _ := md["namespace"].(string)
 	id := objectID(kind, ns, name)
 	if n, ok := md["name"]; !ok || n == nil || n == "" {
-		return nil, fmt.Errorf("api: %s (%s): metadata.name is required", where, kind)
+		return nil, one(fmt.Errorf("api: %s (%s): metadata.name is required", where, kind))
 	}
 	body := maps.Clone(m)
 	delete(body, "status") // the API server's and Istio's to write
 	obj := k.New()
 	if err := walk("", body, reflect.ValueOf(obj).Elem(), ""); err != nil {
-		return nil, fmt.Errorf("api: %s (%s): %w", where, id, err)
+		return nil, one(fmt.Errorf("api: %s (%s): %w", where, id, err))
 	}
 	if err := checkObject(obj, k); err != nil {
-		return nil, fmt.Errorf("api: %s (%s): %w", where, id, err)
+		return nil, one(fmt.Errorf("api: %s (%s): %w", where, id, err))
 	}
 	return []Object{obj}, nil
 }

@@ -108,6 +108,35 @@ func TestDecodeErrors(t *testing.T) {
 	}
 }
 
+// TestDecodeAllGoesOn: every invalid document and List item is an error
+// of its own, and the valid objects around them are kept.
+func TestDecodeAllGoesOn(t *testing.T) {
+	t.Parallel()
+	in := ap + "spec: {action: ALOW}\n---\nnot: [valid\n---\n" + strings.Replace(ap, "deny-all", "good", 1) + "spec: {}\n---\n" +
+		`{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"p"},"spec":{"mtls":{"mode":"STRICTEST"}}},` +
+		`{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"q"},"spec":{}}]}`
+	objs, errs := api.DecodeAll([]byte(in))
+	var names []string
+	for _, o := range objs {
+		names = append(names, o.Meta().Name)
+	}
+	var got []string
+	for _, err := range errs {
+		got = append(got, err.Error())
+	}
+	want := []string{
+		`api: document 1 (AuthorizationPolicy default/deny-all): spec.action: "ALOW" is not one of ALLOW, DENY, AUDIT, CUSTOM`,
+		"api: document 2: yaml: line 2: did not find expected ',' or ']'",
+		`api: document 4 items[0] (PeerAuthentication p): spec.mtls.mode: "STRICTEST" is not one of UNSET, DISABLE, PERMISSIVE, STRICT`,
+	}
+	if strings.Join(names, ",") != "good,q" || strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("objects %v, errors:\n%s\nwant objects good,q, errors:\n%s", names, strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, err := api.Decode([]byte(in)); err == nil || err.Error() != want[0] {
+		t.Fatalf("Decode: %v, want the first error", err)
+	}
+}
+
 func TestDecodeAcceptsAPIServerFieldsAndLists(t *testing.T) {
 	t.Parallel()
 	in := `{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule",

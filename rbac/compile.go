@@ -317,6 +317,7 @@ func compilePolicy(p *api.AuthorizationPolicy, opts Options, reports *[]string) 
 		if err != nil {
 			b.report("%v; rule dropped (ALLOW is narrowed, never widened)", err)
 		}
+		*reports = append(*reports, lintRule(b.where, r)...)
 		out = append(out, compiled{name: name, action: action, provider: provider, dryRun: dry, policy: pol})
 	}
 	if len(p.Spec.Rules) == 0 && action == "ALLOW" {

@@ -14,8 +14,6 @@ import (
 	"runtime"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/wardenmesh/warden/internal/image"
@@ -47,14 +45,7 @@ func run(binary, version, arch, dir, push, deploy string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		return err
-	}
-	if err := p.AppendImage(img); err != nil {
+	if err := image.WriteLayout(dir, img); err != nil {
 		return err
 	}
 	fmt.Printf("built %s (OCI layout in %s)\n", digest, dir)

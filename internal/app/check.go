@@ -59,14 +59,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	} else {
 		checkStandaloneCA(&report, *dataDir, *plugged, now, *warn)
 		if *configDir != "" {
-			var err error
-			if objs, _, err = source.Load(*configDir); err != nil {
-				report = append(report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
-			} else if services, err = xds.ServicesFromEntries(objs, ""); err != nil {
-				report = append(report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
-			} else {
-				report = append(report, check.Result{Check: "config", Status: check.OK, Message: fmt.Sprintf("%s: %d objects, %d services", *configDir, len(objs), len(services))})
-			}
+			objs, services = checkConfigDir(&report, *configDir)
 		}
 	}
 	if objs != nil || services != nil {
@@ -95,6 +88,29 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		return errors.New("some checks failed")
 	}
 	return nil
+}
+
+// checkConfigDir reports every problem of every file of a --config-dir,
+// each a result (serve refuses the directory until they are fixed), and
+// returns its valid objects and services for the policy checks.
+func checkConfigDir(report *check.Report, dir string) ([]api.Object, []*xds.Service) {
+	l, err := source.LoadAll(dir)
+	if err != nil {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+		return nil, nil
+	}
+	for _, p := range l.Problems {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: p.Error()})
+	}
+	services, err := xds.ServicesFromEntries(l.Objects, "")
+	if err != nil {
+		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
+		return l.Objects, nil
+	}
+	if len(l.Problems) == 0 {
+		*report = append(*report, check.Result{Check: "config", Status: check.OK, Message: fmt.Sprintf("%s: %d objects, %d services", dir, len(l.Objects), len(services))})
+	}
+	return l.Objects, services
 }
 
 func checkStandaloneCA(report *check.Report, dataDir, plugged string, now time.Time, warn time.Duration) {

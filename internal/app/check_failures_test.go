@@ -149,8 +149,8 @@ func TestCheckStandaloneCAFailures(t *testing.T) {
 	}
 }
 
-// TestCheckStandaloneConfigFailures: warden check --config-dir with a file
-// that does not load (an error, also in JSON), and a directory that loads
+// TestCheckStandaloneConfigFailures: warden check --config-dir with files
+// that do not load (an error each, also in JSON), and a directory that loads
 // with every policy and routing finding: an unknown destination host, an
 // unknown subset, a DestinationRule for an unknown host, a jwksUri
 // cluster no proxy has (errors), a selector matching nothing, a setting
@@ -174,10 +174,14 @@ func TestCheckStandaloneConfigFailures(t *testing.T) {
 	os.MkdirAll(broken, 0o755)
 	os.WriteFile(filepath.Join(broken, "services.yaml"), services, 0o644)
 	os.WriteFile(filepath.Join(broken, "typo.yaml"), []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: default}\nspec: {action: ALOW}\n"), 0o644)
+	os.WriteFile(filepath.Join(broken, "typo2.yaml"), []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: typo2, namespace: default}\nspec: {mtls: {mode: STRICTEST}}\n"), 0o644)
 	wantMsg := broken + `/typo.yaml: api: document 1 (AuthorizationPolicy default/typo): spec.action: "ALOW" is not one of ALLOW, DENY, AUDIT, CUSTOM`
 	code, out, _ := run(t, "check", "--kubernetes=false", "--data-dir", data, "--config-dir", broken)
-	if code != 1 || !hasLine(out, checkLine("error", "config", wantMsg)) {
-		t.Errorf("a file that does not load: exit %d, want 1 and the line\n%s\nin\n%s", code, checkLine("error", "config", wantMsg), out)
+	// Every file's problem, each its own line.
+	for _, msg := range []string{wantMsg, broken + `/typo2.yaml: api: document 1 (PeerAuthentication default/typo2): spec.mtls.mode: "STRICTEST" is not one of UNSET, DISABLE, PERMISSIVE, STRICT`} {
+		if code != 1 || !hasLine(out, checkLine("error", "config", msg)) {
+			t.Errorf("a file that does not load: exit %d, want 1 and the line\n%s\nin\n%s", code, checkLine("error", "config", msg), out)
+		}
 	}
 	code, out, _ = run(t, "check", "--kubernetes=false", "--data-dir", data, "--config-dir", broken, "-o", "json")
 	var rep struct {

@@ -17,9 +17,13 @@ import (
 	"github.com/wardenmesh/warden/xds"
 )
 
-// readObjects reads policy files with serve --config-dir's loader.
+// readObjects reads policy files with serve --config-dir's loader; no
+// object at all is an error (errNoObjects).
 func readObjects(path string) ([]api.Object, error) {
 	objs, _, err := source.Load(path)
+	if err == nil && len(objs) == 0 {
+		err = errNoObjects(path)
+	}
 	return objs, err
 }
 
@@ -401,35 +405,107 @@ func runPolicyMigrate(_ context.Context, e *env, args []string) error {
 	return nil
 }
 
-// runPolicyCheck validates objects and prints the effective mode per port
-// and any conflicts for the workload.
+// runPolicyCheck reads every file of -f and reports, in one run, every
+// problem: each unreadable file and invalid or repeated object (errors:
+// exit 1, as serve --config-dir refuses the directory), then for the
+// workload its effective mode per port, trusted issuers and authentication
+// conflicts, and the authorization compiler's reports for every
+// AuthorizationPolicy and for the workload's legacy RBAC (warnings: exit 0
+// unless --strict).
 func runPolicyCheck(_ context.Context, e *env, args []string) error {
 	var w workloadFlags
 	fs := e.policyFlags("policy check", &w)
+	strict := fs.Bool("strict", false, "exit 1 on warnings too (authentication conflicts, authorization reports)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	wl, objs, err := w.load()
+	if w.file == "" {
+		return fmt.Errorf("%w: -f is required", errUsage)
+	}
+	wl, err := w.workload()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "%d objects valid\n", len(objs))
-	ix, err := authn.NewIndex(objs, authn.Options{RootNamespace: w.mesh.rootNS})
+	opts, err := w.rbacOptions(false)
 	if err != nil {
 		return err
 	}
-	s, err := ix.Effective(wl)
+	l, err := source.LoadAll(w.file)
 	if err != nil {
 		return err
 	}
-	for _, p := range s.Ports {
-		fmt.Fprintf(e.stdout, "port %d: %s (%s)\n", p.Port, p.Mode, p.Source)
+	if len(l.Objects)+len(l.Problems) == 0 {
+		return errNoObjects(w.file)
 	}
-	for _, j := range s.JWT {
-		fmt.Fprintf(e.stdout, "jwt issuer %s (%s)\n", j.Issuer, j.Source)
+	problems := l.Problems
+	for _, p := range problems {
+		fmt.Fprintf(e.stdout, "error: %v\n", p)
 	}
-	for _, c := range s.Conflicts {
-		fmt.Fprintf(e.stdout, "conflict: %s\n", c)
+	summary := fmt.Sprintf("%d objects valid", len(l.Objects))
+	if len(problems) > 0 {
+		summary += fmt.Sprintf(", %s (serve --config-dir refuses the directory until they are fixed)", count(len(problems), "problem"))
+	}
+	fmt.Fprintln(e.stdout, summary)
+	warnings := 0
+	// The authentication and authorization the valid objects give.
+	var after []error
+	if ix, err := authn.NewIndex(l.Objects, authn.Options{RootNamespace: w.mesh.rootNS}); err != nil {
+		after = append(after, err)
+	} else if s, err := ix.Effective(wl); err != nil {
+		after = append(after, err)
+	} else {
+		for _, p := range s.Ports {
+			fmt.Fprintf(e.stdout, "port %d: %s (%s)\n", p.Port, p.Mode, p.Source)
+		}
+		for _, j := range s.JWT {
+			fmt.Fprintf(e.stdout, "jwt issuer %s (%s)\n", j.Issuer, j.Source)
+		}
+		for _, c := range s.Conflicts {
+			fmt.Fprintf(e.stdout, "conflict: %s\n", c)
+		}
+		warnings += len(s.Conflicts)
+		if _, err := ix.Compile(wl); err != nil {
+			after = append(after, err)
+		}
+	}
+	reports := rbac.Check(l.Objects, opts)
+	if out, err := rbac.Compile(l.Objects, w.rbacWorkload(wl), opts); err != nil {
+		after = append(after, err)
+	} else {
+		reports = append(reports, out.Reports...) // legacy RBAC's, for this workload
+	}
+	seen := map[string]bool{}
+	for _, r := range reports {
+		if !seen[r] {
+			seen[r] = true
+			fmt.Fprintf(e.stdout, "authz: %s\n", r)
+		}
+	}
+	warnings += len(seen)
+	for _, err := range after {
+		fmt.Fprintf(e.stdout, "error: %v\n", err)
+	}
+	problems = append(problems, after...)
+	switch {
+	case len(problems) > 0:
+		return fmt.Errorf("%s: %s", w.file, count(len(problems), "problem"))
+	case *strict && warnings > 0:
+		return fmt.Errorf("%s: %s (--strict)", w.file, count(warnings, "warning"))
 	}
 	return nil
+}
+
+// errNoObjects is the error of a policy command whose -f holds no
+// configuration object: most likely a wrong path, which would otherwise
+// read as a mesh without policy.
+func errNoObjects(path string) error {
+	return fmt.Errorf("%s holds no configuration object (policy commands read its *.yaml, *.yml and *.json files, not subdirectories): check the -f path", path)
+}
+
+// count is "1 problem", "2 problems".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

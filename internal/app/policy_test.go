@@ -21,9 +21,9 @@ func TestPolicyCheckAndCompile(t *testing.T) {
 	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: x, namespace: default}\nspec: {mtls: {mode: STRICTEST}}\n"), 0o644)
-	code, _, stderr = run(t, "policy", "check", "-f", bad)
-	if want := bad + `: api: document 1 (PeerAuthentication default/x): spec.mtls.mode: "STRICTEST" is not one of UNSET, DISABLE, PERMISSIVE, STRICT`; code != 1 || !strings.Contains(stderr, want) {
-		t.Fatalf("bad input: %d %q\nwant %q", code, stderr, want)
+	code, out, stderr = run(t, "policy", "check", "-f", bad)
+	if want := "error: " + bad + `: api: document 1 (PeerAuthentication default/x): spec.mtls.mode: "STRICTEST" is not one of UNSET, DISABLE, PERMISSIVE, STRICT` + "\n"; code != 1 || !strings.HasPrefix(out, want) || stderr != "warden policy check: "+bad+": 1 problem\n" {
+		t.Fatalf("bad input: %d %q %q\nwant %q", code, out, stderr, want)
 	}
 	if code, _, stderr = run(t, "policy", "compile", "-f", examples, "--port", "http"); code != 2 || !strings.Contains(stderr, `port "http" is not [name:]number`) {
 		t.Fatalf("bad port flag: %d %s", code, stderr)
@@ -141,6 +141,84 @@ spec: {subjects: [{user: '*'}], roleRef: {kind: ServiceRole, name: viewer}}
 		_, out, stderr = run(t, "policy", "explain", "-f", dir, "--services", svc, "--method", "GET", "--source-principal", "spiffe://cluster.local/ns/default/sa/sleep")
 		if !strings.HasPrefix(out, "ALLOW: allowed by ns[default]-policy[all]-rule[0]") {
 			t.Errorf("--services %s, authorization: %s%s", svc, out, stderr)
+		}
+	}
+}
+
+// TestPolicyCheckReportsEveryProblem: one run of policy check names every
+// invalid object of every file, every authorization compiler report
+// (whichever workload the policy selects) and a request principal that
+// cannot match, with the value to write; errors exit 1, warnings exit 0
+// unless --strict; a directory without objects is an error naming -f.
+func TestPolicyCheckReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	files := map[string]string{
+		"a.yaml": `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: headers, namespace: default}
+spec:
+  selector: {matchLabels: {app: other}}
+  rules:
+  - when:
+    - key: request.header[x-user]
+      values: [alice]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: bad, namespace: default}
+spec: {mtls: {mode: STRICTEST}}
+`,
+		"b.yaml": `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: items, namespace: default}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/api/*/items"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: jwt, namespace: default}
+spec:
+  rules: [{from: [{source: {requestPrincipals: ["https://issuer.example.com*"]}}]}]
+`,
+		"c.yaml": "apiVersion: security.istio.io/v1\nkind: [\n",
+	}
+	for n, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(b), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, stderr := run(t, "policy", "check", "-f", dir, "--labels", "app=flaskapp")
+	want := "error: " + filepath.Join(dir, "a.yaml") + `: api: document 2 (PeerAuthentication default/bad): spec.mtls.mode: "STRICTEST" is not one of UNSET, DISABLE, PERMISSIVE, STRICT
+error: ` + filepath.Join(dir, "c.yaml") + `: api: document 1: yaml: line 2: did not find expected node content
+3 objects valid, 2 problems (serve --config-dir refuses the directory until they are fixed)
+port 8080: PERMISSIVE (default (no policy sets a mode))
+authz: AuthorizationPolicy default/headers rule 0: when[0]: unknown key "request.header[x-user]"; rule dropped (ALLOW is narrowed, never widened)
+authz: AuthorizationPolicy default/items rule 0: operation.paths: path "/api/*/items": * is allowed only at the start or the end (use {*} or {**} for segments); value ignored
+authz: AuthorizationPolicy default/jwt rule 0: source.requestPrincipals: "https://issuer.example.com*" means issuer "https:/" and a subject starting "issuer.example.com" (Istio splits issuer and subject at the last "/"), which no token has; for any subject of issuer https://issuer.example.com write "https://issuer.example.com/*"
+`
+	if code != 1 || out != want || stderr != "warden policy check: "+dir+": 2 problems\n" {
+		t.Fatalf("policy check: exit %d\n%s\nstderr %q\nwant exit 1:\n%s", code, out, stderr, want)
+	}
+
+	// Only warnings: exit 0, or 1 with --strict.
+	os.Remove(filepath.Join(dir, "c.yaml"))
+	os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(files["a.yaml"][:strings.Index(files["a.yaml"], "---")]), 0o644)
+	if code, out, stderr = run(t, "policy", "check", "-f", dir); code != 0 || !strings.HasPrefix(out, "3 objects valid\n") || strings.Count(out, "authz: ") != 3 {
+		t.Fatalf("warnings only: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, _, stderr = run(t, "policy", "check", "--strict", "-f", dir); code != 1 || stderr != "warden policy check: "+dir+": 3 warnings (--strict)\n" {
+		t.Fatalf("--strict: exit %d %q", code, stderr)
+	}
+
+	// No object: a wrong -f, not a mesh without policy.
+	empty := t.TempDir()
+	os.WriteFile(filepath.Join(empty, "README.md"), []byte("# not configuration\n"), 0o644)
+	for _, cmd := range [][]string{{"policy", "check"}, {"policy", "compile"}, {"policy", "explain"}} {
+		code, out, stderr = run(t, append(cmd, "-f", empty)...)
+		if want := empty + " holds no configuration object (policy commands read its *.yaml, *.yml and *.json files, not subdirectories): check the -f path"; code != 1 || out != "" || !strings.Contains(stderr, want) {
+			t.Errorf("%s on an empty directory: exit %d %q %q", cmd, code, out, stderr)
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/rbac"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
@@ -138,7 +139,9 @@ func Proxies(status []xdsserver.ProxyStatus, now time.Time, stale time.Duration)
 
 // Policy checks the mesh configuration against the registry: the
 // compilers' reports for every workload and every namespace's outbound
-// view (warnings), objects whose selector matches no workload
+// view, and the authorization compiler's for every AuthorizationPolicy
+// (rbac.Check: a request principal that cannot match among them)
+// (warnings), objects whose selector matches no workload
 // (warnings), routing that names hosts or subsets that do not exist
 // (errors: calls to them fail), and clusters a workload's policy filters
 // name that its proxy does not have (jwt_authn's: errors; ext_authz's:
@@ -206,6 +209,12 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 				reports[r] = true
 			}
 		}
+	}
+	// Every AuthorizationPolicy's, those that select no workload yet
+	// included (policy check prints the same).
+	for _, r := range rbac.Check(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain,
+		TrustDomainAliases: opts.TrustDomainAliases, PathNormalization: opts.PathNormalization}) {
+		reports[r] = true
 	}
 	for _, r := range sortedKeys(reports) {
 		out = append(out, res("policy", Warn, "%s", r))

@@ -120,6 +120,32 @@ func TestPolicy(t *testing.T) {
 	}
 }
 
+// TestPolicyRequestPrincipalSplit: warden check warns about a request
+// principal that means issuer "https:/" (rbac.Check, as policy check),
+// naming the value to write, on a policy that selects a workload and on
+// one that selects none.
+func TestPolicyRequestPrincipalSplit(t *testing.T) {
+	t.Parallel()
+	services := []*xds.Service{{Host: "web.default.svc.cluster.local", Name: "web", Namespace: "default", Ports: []xds.ServicePort{{Number: 80, Name: "http"}},
+		Endpoints: []xds.Endpoint{{Address: "10.0.0.1", Labels: map[string]string{"app": "web"}, ServiceAccount: "web"}}}}
+	policy := func(name, app string) *api.AuthorizationPolicy {
+		return &api.AuthorizationPolicy{Metadata: api.ObjectMeta{Name: name, Namespace: "default"}, Spec: api.AuthorizationPolicySpec{
+			Selector: &api.WorkloadSelector{MatchLabels: map[string]string{"app": app}},
+			Rules:    []api.Rule{{From: []api.RuleFrom{{Source: &api.Source{RequestPrincipals: []string{"https://issuer.example.com*"}}}}}}}}
+	}
+	got, err := check.Policy([]api.Object{policy("web", "web"), policy("gone", "gone")}, services, xds.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings := strings.Join(statuses(got)[check.Warn], "\n")
+	for _, name := range []string{"web", "gone"} {
+		want := "AuthorizationPolicy default/" + name + ` rule 0: source.requestPrincipals: "https://issuer.example.com*" means issuer "https:/" and a subject starting "issuer.example.com" (Istio splits issuer and subject at the last "/"), which no token has; for any subject of issuer https://issuer.example.com write "https://issuer.example.com/*"`
+		if strings.Count(warnings, want) != 1 {
+			t.Errorf("warnings lack (once) %q:\n%s", want, warnings)
+		}
+	}
+}
+
 // TestProxies: a proxy that has not ACKed a push for longer than the
 // limit is an error naming it and the types (the server lists type URLs;
 // the check names them as Istio does).

@@ -1,9 +1,10 @@
 // Package image builds warden's OCI image without a container daemon:
 // one layer on an empty base holding the static binary, a passwd entry
-// for an unprivileged user and nothing else (no shell, no package
-// manager), the entrypoint warden, the user 65532. hack/image (make image)
-// drives it; the tests push the image to a registry and run the binary
-// they pull back.
+// for an unprivileged user, the data directory that user owns and
+// nothing else (no shell, no package manager), the entrypoint warden, the
+// user 65532. hack/image (make image) drives it; the tests push the image
+// to a registry and run the binary they pull back, and run the image's
+// default command as its user in its unpacked root file system.
 package image
 
 import (
@@ -11,21 +12,31 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"sigs.k8s.io/yaml"
 )
 
-// Paths in the image.
+// Paths and the user of the image.
 const (
 	BinaryPath = "/usr/local/bin/warden"
 	User       = "65532:65532"
+	// DataDir is serve's standalone data directory (WARDEN_DATA_DIR, and
+	// the working directory), owned by User with mode 0700 and declared a
+	// volume: mount one there to keep the CA and the token key across
+	// container restarts. Kubernetes mode keeps them in Secrets and
+	// writes nothing here.
+	DataDir = "/var/lib/warden"
+	uid     = 65532
 )
 
 // Build makes the image from a static linux binary, labelled with version.
@@ -39,8 +50,8 @@ func Build(binary string, version, arch string) (v1.Image, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	epoch := time.Unix(0, 0).UTC()
-	dir := func(name string) error {
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755, ModTime: epoch})
+	dir := func(name string, mode int64, owner int) error {
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, Uid: owner, Gid: owner, ModTime: epoch})
 	}
 	file := func(name string, mode int64, b []byte) error {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Size: int64(len(b)), ModTime: epoch}); err != nil {
@@ -49,10 +60,18 @@ func Build(binary string, version, arch string) (v1.Image, error) {
 		_, err := tw.Write(b)
 		return err
 	}
-	for _, d := range []string{"etc/", "usr/", "usr/local/", "usr/local/bin/", "tmp/"} {
-		if err := dir(d); err != nil {
+	for _, d := range []string{"etc/", "usr/", "usr/local/", "usr/local/bin/", "var/", "var/lib/"} {
+		if err := dir(d, 0o755, 0); err != nil {
 			return nil, err
 		}
+	}
+	// /tmp as every system has it (world-writable, sticky); the data
+	// directory the user's alone.
+	if err := dir("tmp/", 0o1777, 0); err != nil {
+		return nil, err
+	}
+	if err := dir(DataDir[1:]+"/", 0o700, uid); err != nil {
+		return nil, err
 	}
 	// No shell: the user's shell is a path that does not exist.
 	if err := file("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")); err != nil {
@@ -87,8 +106,9 @@ func Build(binary string, version, arch string) (v1.Image, error) {
 	cf.Config.Entrypoint = []string{BinaryPath}
 	cf.Config.Cmd = []string{"serve"}
 	cf.Config.User = User
-	cf.Config.WorkingDir = "/tmp"
-	cf.Config.Env = []string{"PATH=/usr/local/bin"}
+	cf.Config.WorkingDir = DataDir
+	cf.Config.Env = []string{"PATH=/usr/local/bin", "WARDEN_DATA_DIR=" + DataDir}
+	cf.Config.Volumes = map[string]struct{}{DataDir: {}}
 	cf.Config.Labels = map[string]string{
 		"org.opencontainers.image.title":   "warden",
 		"org.opencontainers.image.version": version,
@@ -99,6 +119,34 @@ func Build(binary string, version, arch string) (v1.Image, error) {
 		return nil, fmt.Errorf("image: config: %w", err)
 	}
 	return img, nil
+}
+
+// WriteLayout writes img as an OCI image layout in dir (replacing what is
+// there) and makes its files readable by everyone, 0644 (directories
+// 0755): go-containerregistry writes a layer blob through a temporary
+// file, 0600, which another user's OCI tool (or a registry's uploader
+// run as another user) cannot read.
+func WriteLayout(dir string, img v1.Image) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return fmt.Errorf("image: layout %s: %w", dir, err)
+	}
+	if err := p.AppendImage(img); err != nil {
+		return fmt.Errorf("image: layout %s: %w", dir, err)
+	}
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := fs.FileMode(0o644)
+		if d.IsDir() {
+			mode = 0o755
+		}
+		return os.Chmod(path, mode)
+	})
 }
 
 // Binary extracts the warden binary from an image's layers (a pulled

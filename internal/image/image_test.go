@@ -57,6 +57,18 @@ func startRegistry(t *testing.T) string {
 	}
 }
 
+// buildWarden builds warden static, as make image does, into dir.
+func buildWarden(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "warden")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X github.com/wardenmesh/warden/internal/app.Version=image-test", "-o", bin, "../../cmd/warden")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // TestImagePushPullRun: warden built static, packed as an OCI image,
 // pushed to a registry process on loopback, pulled back by digest; the
 // image runs as a non-root user, has no shell, and the binary taken from
@@ -64,12 +76,7 @@ func startRegistry(t *testing.T) string {
 // that kubectl renders into the Deployment.
 func TestImagePushPullRun(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "warden")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X github.com/wardenmesh/warden/internal/app.Version=image-test", "-o", bin, "../../cmd/warden")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildWarden(t, dir)
 	img, err := image.Build(bin, "image-test", runtime.GOARCH)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -42,16 +43,42 @@ func (d *Dir) Failures() uint64 { return d.failures.Load() }
 // single file. Namespaced objects without a namespace go to "default" (as
 // kubectl applies them); an object defined twice is an error. It is the
 // one loader of serve --config-dir and the policy and proxy-config
-// commands, so they cannot read one directory differently. Errors name the
-// file and the object.
+// commands, so they cannot read one directory differently. Any invalid
+// file or object fails the whole load (serve keeps its previous
+// configuration); the error lists every problem LoadAll finds, one a
+// line, each naming the file and the object.
 func Load(path string) ([]api.Object, []byte, error) {
+	l, err := LoadAll(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(l.Problems) > 0 {
+		return nil, nil, errors.Join(l.Problems...)
+	}
+	return l.Objects, l.Sum, nil
+}
+
+// Loaded is what LoadAll read.
+type Loaded struct {
+	Objects  []api.Object // the valid objects
+	Sum      []byte       // SHA-256 of the file names and contents
+	Files    []string     // the files read, in order
+	Problems []error      // every unreadable file and invalid or repeated object, in file order
+}
+
+// LoadAll reads path as Load does but does not stop at the first
+// problem: every file is read and every object decoded, and each
+// unreadable file, invalid object (api.DecodeAll: document, object and
+// field) and repeated object is a problem of its own, prefixed with the
+// file's path. The error is for a path that cannot be read at all.
+func LoadAll(path string) (*Loaded, error) {
 	dir, names := path, []string(nil)
 	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
 		dir, names = filepath.Dir(path), []string{filepath.Base(path)}
 	} else {
 		entries, err := os.ReadDir(path)
 		if err != nil {
-			return nil, nil, fmt.Errorf("config directory: %w", err)
+			return nil, fmt.Errorf("config directory: %w", err)
 		}
 		for _, e := range entries {
 			switch strings.ToLower(filepath.Ext(e.Name())) {
@@ -63,19 +90,22 @@ func Load(path string) ([]api.Object, []byte, error) {
 		}
 		sort.Strings(names)
 	}
-	var objs []api.Object
+	l := &Loaded{}
 	sum := sha256.New()
 	seen := map[string]string{}
 	for _, n := range names {
-		b, err := os.ReadFile(filepath.Join(dir, n))
+		file := filepath.Join(dir, n)
+		l.Files = append(l.Files, file)
+		b, err := os.ReadFile(file)
 		if err != nil {
-			return nil, nil, err
+			l.Problems = append(l.Problems, err)
+			continue
 		}
 		sum.Write([]byte(n))
 		sum.Write(b)
-		got, err := api.Decode(b)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w", filepath.Join(dir, n), err)
+		got, errs := api.DecodeAll(b)
+		for _, err := range errs {
+			l.Problems = append(l.Problems, fmt.Errorf("%s: %w", file, err))
 		}
 		for _, o := range got {
 			if o.Meta().Namespace == "" && !clusterScoped(o) {
@@ -83,13 +113,15 @@ func Load(path string) ([]api.Object, []byte, error) {
 			}
 			key := fmt.Sprintf("%s %s/%s", o.Type().Kind, o.Meta().Namespace, o.Meta().Name)
 			if prev, dup := seen[key]; dup {
-				return nil, nil, fmt.Errorf("%s: %s is already defined in %s", filepath.Join(dir, n), key, prev)
+				l.Problems = append(l.Problems, fmt.Errorf("%s: %s is already defined in %s", file, key, prev))
+				continue
 			}
 			seen[key] = n
+			l.Objects = append(l.Objects, o)
 		}
-		objs = append(objs, got...)
 	}
-	return objs, sum.Sum(nil), nil
+	l.Sum = sum.Sum(nil)
+	return l, nil
 }
 
 func clusterScoped(o api.Object) bool {
