@@ -58,7 +58,34 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	st.Print(e.stdout)
-	return nil
+	return stepFailed(req, st, "warden ca rotate --data-dir "+*dataDir)
+}
+
+// stepFailed is the error of a request whose step failed on the server
+// (nil when there is none): the server keeps retrying it.
+func stepFailed(req *kube.RotationRequest, st rotation.Status, cmd string) error {
+	if req == nil || req.Abort || st.StepError == "" {
+		return nil
+	}
+	phase, _ := ca.ParsePhase(st.Phase)
+	msg := fmt.Sprintf("the server could not %s: %s. It retries every second (its log repeats the error once a minute)", stepVerb(phase), st.StepError)
+	if phase.Index() < ca.PhaseActivated.Index() {
+		msg += fmt.Sprintf("; fix the cause, or drop the request with '%s abort'", cmd)
+	}
+	return errors.New(msg)
+}
+
+// stepVerb names the step that follows phase.
+func stepVerb(phase ca.Phase) string {
+	switch phase {
+	case ca.PhaseNone:
+		return "prepare"
+	case ca.PhasePrepared:
+		return "publish"
+	case ca.PhasePublished:
+		return "activate"
+	}
+	return "retire"
 }
 
 // rotateRequest reads what 'ca rotate' asks: nil for --status alone.
@@ -119,7 +146,7 @@ func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, req *
 		if st.RequestError != "" {
 			return errors.New(st.RequestError)
 		}
-		return nil
+		return stepFailed(req, st, "warden ca rotate --kubernetes --namespace "+namespace)
 	}
 	return fmt.Errorf("the leader of the install in %s did not take the request within 30 s (is warden serve running there?)", namespace)
 }

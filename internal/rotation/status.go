@@ -25,6 +25,11 @@ type Status struct {
 	Consumers      map[string]Holdings `json:"consumers,omitempty"`
 	RequestSeq     int64               `json:"requestSeq,omitempty"` // Kubernetes: the last operator request taken
 	RequestError   string              `json:"requestError,omitempty"`
+	// StepError is why the step towards Target fails (the server retries
+	// it every second), since StepErrorSince; empty once a step went
+	// through.
+	StepError      string    `json:"stepError,omitempty"`
+	StepErrorSince time.Time `json:"stepErrorSince,omitzero"`
 	// A plugged-in CA is rotated by editing its files: the status then
 	// says, for every root of the bundle, who holds it.
 	Plugged string        `json:"plugged,omitempty"`
@@ -38,14 +43,15 @@ type Holdings struct {
 
 func (r *Rotator) Status() Status {
 	r.mu.Lock()
-	st, cur, waiting, seq, reqErr := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr
+	st, cur, waiting, seq, reqErr, stepErr, stepErrSince := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr, r.stepErr, r.stepErrSince
 	r.mu.Unlock()
 	if r.plugged != "" {
 		cur = r.authority.Material()
 	}
 	out := Status{Phase: PhaseName(st.Phase), Target: PhaseName(st.Target), Force: st.Force, Waiting: waiting,
 		CurrentRoot: ca.RootFingerprint(cur), CurrentExpires: cur.Roots[0].NotAfter, NextRoot: st.NextRootSHA256,
-		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr}
+		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr,
+		StepError: stepErr, StepErrorSince: stepErrSince}
 	if st.NextRootSHA256 != "" {
 		out.Consumers = r.holders(st.NextRootSHA256)
 	}
@@ -106,6 +112,9 @@ func (st Status) Print(w io.Writer) {
 	}
 	if st.Waiting != "" {
 		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
+	}
+	if st.StepError != "" {
+		fmt.Fprintf(w, "error: the step towards %s fails since %s, retried every second: %s\n", st.Target, st.StepErrorSince.UTC().Format(time.RFC3339), st.StepError)
 	}
 }
 
