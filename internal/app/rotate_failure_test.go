@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // TestRotateStepFailureIsReported: a rotation step that fails on the
@@ -16,10 +14,7 @@ import (
 // server's log says it once, not at every retry; once the cause is gone
 // the server's retry goes through and --status is clean.
 func TestRotateStepFailureIsReported(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "data")
-	_, logs := serveLogged(t, data, testkit.FreeAddr(t), "--auto-rotate-root", "0")
-	// A root made in the same second as the first would not outlive it.
-	time.Sleep(time.Second)
+	data, logs := startRotatable(t)
 	blocker := filepath.Join(data, "rotation")
 	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 		t.Fatal(err)
