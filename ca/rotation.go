@@ -111,7 +111,10 @@ func (r *Rotation) Serving() *Material {
 }
 
 // Check validates that Next can replace Current: it signs, its roots are
-// not Current's, and it outlives Current.
+// not Current's, and it does not expire before Current. (An equal expiry
+// is accepted: certificates carry whole seconds, so a root of the same
+// lifetime made in the same second as Current, a rotation right after
+// the first start, expires at the same instant.)
 func (r *Rotation) Check(now time.Time) error {
 	if r.Current == nil || r.Next == nil {
 		return fmt.Errorf("%w: no prepared CA", ErrRotation)
@@ -124,8 +127,8 @@ func (r *Rotation) Check(now time.Time) error {
 			return fmt.Errorf("%w: the prepared CA's root %s is already trusted: a rotation needs a new root", ErrRotation, n.Subject)
 		}
 	}
-	if !r.Next.NotAfter().After(r.Current.NotAfter()) {
-		return fmt.Errorf("%w: the prepared CA expires %s, no later than the current one (%s)", ErrRotation, r.Next.NotAfter().UTC().Format(time.RFC3339), r.Current.NotAfter().UTC().Format(time.RFC3339))
+	if r.Next.NotAfter().Before(r.Current.NotAfter()) {
+		return fmt.Errorf("%w: the prepared CA expires %s, before the current one (%s)", ErrRotation, r.Next.NotAfter().UTC().Format(time.RFC3339), r.Current.NotAfter().UTC().Format(time.RFC3339))
 	}
 	return nil
 }

@@ -120,3 +120,21 @@ func TestOldLeavesExpire(t *testing.T) {
 		t.Errorf("got %s, want the signer's expiry %s", got, old.NotAfter())
 	}
 }
+
+// TestRotationCheckExpiry: a new root may expire with the current one
+// (same lifetime, made in the same second: certificates carry whole
+// seconds), not before it.
+func TestRotationCheckExpiry(t *testing.T) {
+	t.Parallel()
+	clock := catest.NewClock(time.Now())
+	old := catest.Root(t, ca.CAOptions{CommonName: "old", TTL: 24 * time.Hour, Clock: clock})
+	same := catest.Root(t, ca.CAOptions{CommonName: "same second", TTL: 24 * time.Hour, Clock: clock})
+	if err := (&ca.Rotation{Current: old, Next: same}).Check(clock.Now()); err != nil {
+		t.Errorf("a root made in the same second: %v", err)
+	}
+	short := catest.Root(t, ca.CAOptions{CommonName: "short", TTL: time.Hour, Clock: clock})
+	want := "ca: rotation: the prepared CA expires " + short.NotAfter().UTC().Format(time.RFC3339) + ", before the current one (" + old.NotAfter().UTC().Format(time.RFC3339) + ")"
+	if err := (&ca.Rotation{Current: old, Next: short}).Check(clock.Now()); err == nil || err.Error() != want || !errors.Is(err, ca.ErrRotation) {
+		t.Errorf("a shorter-lived root: %v, want %q", err, want)
+	}
+}

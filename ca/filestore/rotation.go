@@ -31,19 +31,29 @@ func (s *Store) NextStore() *Store {
 // rotation (a prepared CA without a state, left by a crash in prepare, is
 // removed).
 func (s *Store) ReadRotation() (st ca.RotationState, found bool, err error) {
-	dir := filepath.Join(s.Dir, RotationDir)
-	b, err := os.ReadFile(filepath.Join(dir, rotationStateFile))
-	if errors.Is(err, fs.ErrNotExist) {
-		if err := os.RemoveAll(filepath.Join(dir, "next")); err != nil {
+	st, found, err = s.PeekRotation()
+	if err == nil && !found {
+		if err := os.RemoveAll(filepath.Join(s.Dir, RotationDir, "next")); err != nil {
 			return st, false, fmt.Errorf("filestore: %w", err)
 		}
+	}
+	return st, found, err
+}
+
+// PeekRotation is ReadRotation without its clean-up: for a reader beside
+// the running serve (warden ca info), which must not remove the prepared
+// CA that serve may be writing.
+func (s *Store) PeekRotation() (st ca.RotationState, found bool, err error) {
+	path := filepath.Join(s.Dir, RotationDir, rotationStateFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
 		return st, false, nil
 	}
 	if err != nil {
 		return st, false, fmt.Errorf("filestore: %w", err)
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return st, false, fmt.Errorf("filestore: %s: %v", filepath.Join(dir, rotationStateFile), err)
+		return st, false, fmt.Errorf("filestore: %s: %v", path, err)
 	}
 	return st, true, nil
 }

@@ -41,8 +41,8 @@ type Config struct {
 	// Authorizer decides which identity an authenticated caller's
 	// certificate is for; nil is SelfOnly.
 	Authorizer Authorizer
-	Logger         *slog.Logger
-	Observer       Observer // nil: none
+	Logger     *slog.Logger
+	Observer   Observer // nil: none
 }
 
 // Outcome is how a certificate request ended.

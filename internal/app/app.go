@@ -78,7 +78,15 @@ func (e *env) run(ctx context.Context, args []string) int {
 	for _, c := range commands() {
 		words := strings.Fields(c.name)
 		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
-			err := c.run(ctx, e, args[len(words):])
+			out := &outWriter{w: e.stdout}
+			ce := *e
+			ce.stdout = out
+			err := c.run(ctx, &ce, args[len(words):])
+			if err == nil && out.err != nil {
+				// The work is lost (a token on a full disk, a closed
+				// pipe): the command failed.
+				err = fmt.Errorf("writing the output: %w", out.err)
+			}
 			switch {
 			case err == nil:
 				return 0
@@ -105,6 +113,28 @@ func (e *env) run(ctx context.Context, args []string) int {
 	}
 	e.usage()
 	return 0
+}
+
+// outWriter is a command's standard output that remembers the first
+// write that failed: a command whose output did not reach its reader
+// exits non-zero, however it wrote.
+type outWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (o *outWriter) Write(p []byte) (int, error) {
+	if o.err != nil {
+		return 0, o.err
+	}
+	n, err := o.w.Write(p)
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		o.err = err
+	}
+	return n, err
 }
 
 func (e *env) usage() {

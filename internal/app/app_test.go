@@ -118,7 +118,7 @@ func TestStandaloneFlowAndRestartKeepsRoot(t *testing.T) {
 		t.Fatalf("second request: %d %s", code, stderr)
 	}
 	code, stdout, _ = run(t, "cert", "inspect", filepath.Join(out, "cert-chain.pem"))
-	if code != 0 || !strings.Contains(stdout, "SPIFFE ID:   spiffe://cluster.local/ns/default/sa/sleep") || !strings.Contains(stdout, "Issuer:      CN=warden root CA,O=cluster.local") {
+	if code != 0 || !strings.Contains(stdout, "SPIFFE ID:   spiffe://cluster.local/ns/default/sa/sleep") || !strings.Contains(stdout, "Issuer:      CN=warden root CA 20") {
 		t.Fatalf("cert inspect: %d\n%s", code, stdout)
 	}
 	_, info1, _ := run(t, "ca", "info", "--data-dir", data)

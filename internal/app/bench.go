@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -170,18 +171,28 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	}
 	cfg := bench.XDSConfig{Proxies: *proxies, Services: *services, Debounce: *debounce, Sidecar: *sidecar,
 		Exe: exe, ClientArgs: []string{"bench", "xds-clients"}}
+	var (
+		pf      *os.File
+		profile *outWriter // pprof drops its write errors: kept here
+	)
 	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
+		var err error
+		if pf, err = os.Create(*cpuProfile); err != nil {
 			return err
 		}
-		defer f.Close()
-		cfg.CPUProfile = f
+		defer pf.Close()
+		profile = &outWriter{w: pf}
+		cfg.CPUProfile = profile
 	}
 	fmt.Fprintf(e.stderr, "connecting %d proxies to a %d-service mesh...\n", *proxies, *services)
 	res, err := bench.XDS(ctx, cfg)
 	if err != nil {
 		return err
+	}
+	if profile != nil {
+		if err := errors.Join(profile.err, pf.Close()); err != nil {
+			return fmt.Errorf("--cpu-profile %s: %w", *cpuProfile, err)
+		}
 	}
 	res.Print(e.stdout)
 	return nil

@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,7 +28,6 @@ func TestCAInfoVaultDataDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := roots[0]
-	fp := sha256.Sum256(root.Raw)
 	want := data + ` holds the trust bundle of a Vault-backed CA (warden serve --ca-upstream vault): the signing intermediate is in the running server's memory; see its log ("intermediate CA activated") or citadel_server_cert_chain_expiry_timestamp on /metrics.
 Root 1:
   Subject:     CN=Example Mesh Root CA
@@ -39,7 +37,7 @@ Root 1:
   Not after:   ` + root.NotAfter.UTC().Format(time.RFC3339) + `
   Key:         ECDSA P-256
   CA:          true
-  SHA-256:     ` + fmt.Sprintf("%X", fp[:]) + `
+  SHA-256:     ` + ca.Fingerprint(root) + `
 `
 	code, stdout, stderr := run(t, "ca", "info", "--data-dir", data)
 	if code != 0 || stdout != want || stderr != "" {

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +23,7 @@ import (
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/filestore"
 	"github.com/wardenmesh/warden/internal/atomicfile"
+	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/token"
 )
@@ -98,21 +99,68 @@ func runCAInfo(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	w := e.stdout
-	for i, r := range m.Roots {
-		fmt.Fprintf(w, "Root %d:\n", i+1)
+	var (
+		rot    *ca.Rotation
+		target ca.Phase
+	)
+	if *plugged == "" {
+		// A root rotation in progress: the CA signs, and trusts, what
+		// its phase says, not the main store alone.
+		st, next, found, err := (&rotation.DirStore{Dir: *dataDir, Clock: ca.SystemClock{}}).Peek(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: %w", *dataDir, err)
+		}
+		if found {
+			rot, target = &ca.Rotation{Phase: st.Phase, Current: m, Next: next}, st.Target
+		}
+	}
+	describeCA(e.stdout, m, rot, target)
+	return nil
+}
+
+// describeCA writes the roots of the trust bundle (the first signs), the
+// signing chain, and, during a rotation, which root is which.
+func describeCA(w io.Writer, m *ca.Material, rot *ca.Rotation, target ca.Phase) {
+	signing := m
+	if rot != nil {
+		signing = rot.Signing()
+		fmt.Fprintf(w, "Root rotation in progress: %s (target %s); see 'warden ca rotate --status'.\n", rot.Phase, target)
+	}
+	for i, r := range signing.Roots {
+		fmt.Fprintf(w, "Root %d%s:\n", i+1, rootRole(rot, r, i == 0))
 		describeCert(w, r, "  ")
 	}
-	if !m.Roots[0].Equal(m.Cert) {
+	if rot != nil && rot.Phase == ca.PhasePrepared {
+		fmt.Fprintln(w, "Prepared root (not trusted yet: 'warden ca rotate publish' adds it to the bundle):")
+		describeCert(w, rot.Next.Roots[0], "  ")
+	}
+	if !signing.Roots[0].Equal(signing.Cert) {
 		fmt.Fprintln(w, "Signing CA:")
-		describeCert(w, m.Cert, "  ")
-		for i, c := range m.Chain {
+		describeCert(w, signing.Cert, "  ")
+		for i, c := range signing.Chain {
 			fmt.Fprintf(w, "Intermediate %d:\n", i+1)
 			describeCert(w, c, "  ")
 		}
 	}
-	fmt.Fprintf(w, "Leaves expire no later than: %s\n", m.NotAfter().UTC().Format(time.RFC3339))
-	return nil
+	fmt.Fprintf(w, "Leaves expire no later than: %s\n", signing.NotAfter().UTC().Format(time.RFC3339))
+}
+
+// rootRole says, during a rotation, whether root is the old or the new
+// one and what it does (the first root of the bundle signs).
+func rootRole(rot *ca.Rotation, root *x509.Certificate, signs bool) string {
+	if rot == nil {
+		return ""
+	}
+	isNew := slices.ContainsFunc(rot.Next.Roots, root.Equal)
+	switch {
+	case isNew && signs:
+		return " (new root, signs)"
+	case isNew:
+		return " (new root, trusted; signs from activation)"
+	case signs:
+		return " (old root, signs until activation)"
+	}
+	return " (old root, trusted until retirement)"
 }
 
 func runCertInspect(_ context.Context, e *env, args []string) error {
@@ -154,8 +202,8 @@ func describeCert(w io.Writer, c *x509.Certificate, in string) {
 	if len(c.DNSNames) > 0 {
 		fmt.Fprintf(w, "%sDNS names:   %s\n", in, strings.Join(c.DNSNames, ", "))
 	}
-	fp := sha256.Sum256(c.Raw)
-	fmt.Fprintf(w, "%sSHA-256:     %X\n", in, fp[:])
+	// Lower-case hex, as every fingerprint warden prints (ca.Fingerprint).
+	fmt.Fprintf(w, "%sSHA-256:     %s\n", in, ca.Fingerprint(c))
 }
 
 func runCertRequest(ctx context.Context, e *env, args []string) error {

@@ -84,7 +84,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}
 	selfSigned := func(ctx context.Context) (*ca.Material, bool, error) {
 		return ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
-			return ca.NewSelfSigned(rootOpts)
+			return newRoot(rootOpts)
 		})
 	}
 	var rotStore *kube.RotationStore
@@ -117,7 +117,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		// replica follows the state kept in the API server.
 		rootOpts := rootOpts
 		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore, Consumers: s.consumers,
-			NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
+			NewCA: func() (*ca.Material, error) { return newRoot(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
 			LoadCurrent: func(ctx context.Context) (*ca.Material, error) {
 				files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
 				if err != nil {

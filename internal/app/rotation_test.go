@@ -202,7 +202,9 @@ func TestRootRotationUnderTraffic(t *testing.T) {
 	}
 	waitStatus(t, m.data, 20*time.Second, "activation", func(s string) bool { return phaseLine.FindStringSubmatch(s)[1] == "activated" })
 	rotate(t, m.data, "retire")
-	waitStatus(t, m.data, 40*time.Second, "retirement", func(s string) bool { return strings.Contains(s, "current root: sha256 "+next) })
+	waitStatus(t, m.data, 40*time.Second, "retirement", func(s string) bool {
+		return strings.Contains(s, "phase: none") && strings.Contains(s, "signing root: sha256 "+next)
+	})
 	time.Sleep(3 * time.Second) // traffic on the new root alone
 	tr.end(t)
 

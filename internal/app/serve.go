@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -209,8 +208,24 @@ func (f serveFlags) options() (*serveOptions, error) {
 			CSR:         ca.CSRPolicy{AllowDNSNames: f.allowDNS, AllowIPAddresses: f.allowIP, Reserved: reserved},
 			Clock:       clock,
 		},
-		rootOpts: ca.CAOptions{Organization: td.Name(), CommonName: "warden root CA", KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1},
+		rootOpts: ca.CAOptions{Organization: td.Name(), CommonName: rootCommonName, KeyType: kt, TTL: f.rootTTL, MaxPathLen: -1, Clock: clock},
 	}, nil
+}
+
+// rootCommonName starts a generated root's name; the time it is made
+// follows, to the millisecond ("warden root CA 2026-11-29T15:03:06.042Z"),
+// so that the two roots of a rotation, side by side in the bundle, differ
+// by name and not only by fingerprint, even when the second is made in
+// the same second as the first. Roots made before are kept as they are.
+const rootCommonName = "warden root CA"
+
+// newRoot generates a self-signed root named for when it is made.
+func newRoot(opts ca.CAOptions) (*ca.Material, error) {
+	if opts.Clock == nil {
+		opts.Clock = ca.SystemClock{}
+	}
+	opts.CommonName = rootCommonName + " " + opts.Clock.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00")
+	return ca.NewSelfSigned(opts)
 }
 
 // newControlPlane wires warden serve, in standalone or Kubernetes mode:
@@ -270,9 +285,8 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 		}
 		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
-	fp := sha256.Sum256(m.Roots[0].Raw)
 	log.Info("CA ready", "source", s.origin, "trustDomain", td.Name(),
-		"root", m.Roots[0].Subject.String(), "rootSHA256", fmt.Sprintf("%X", fp[:]), "rootNotAfter", m.Roots[0].NotAfter.UTC())
+		"root", m.Roots[0].Subject.String(), "rootSHA256", ca.RootFingerprint(m), "rootNotAfter", m.Roots[0].NotAfter.UTC())
 	return s, nil
 }
 
@@ -323,7 +337,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
 			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Consumers: s.consumers,
-				Store: &rotation.DirStore{Dir: f.dataDir, Clock: o.clock}, NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) },
+				Store: &rotation.DirStore{Dir: f.dataDir, Clock: o.clock}, NewCA: func() (*ca.Material, error) { return newRoot(rootOpts) },
 				Grace: f.rotationGrace, AutoFraction: f.autoRotate})
 			if err := s.rotator.Load(ctx, m); err != nil {
 				return nil, fmt.Errorf("CA store %s: %w", f.dataDir, err)

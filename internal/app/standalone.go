@@ -64,7 +64,7 @@ func loadMaterial(ctx context.Context, src caSource, clock ca.Clock) (m *ca.Mate
 		if mk.RootSHA256 != "" && !src.allowNewRoot {
 			return nil, fmt.Errorf("the CA files are gone, but this directory held the root with SHA-256 %s: restore them (a new root would be distrusted by every workload), or pass --allow-new-root to start a new CA", mk.RootSHA256)
 		}
-		return ca.NewSelfSigned(src.root)
+		return newRoot(src.root)
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("CA store %s: %w", src.dataDir, err)

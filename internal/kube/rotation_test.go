@@ -165,7 +165,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	})
 
 	out = rotate("--force", "retire")
-	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.Fingerprint(newRoots[0])) {
+	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "signing root: sha256 "+ca.Fingerprint(newRoots[0])) {
 		t.Fatalf("retire:\n%s", out)
 	}
 	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})

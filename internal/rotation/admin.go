@@ -30,7 +30,7 @@ func (r *Rotator) adminHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
-		_ = r.step(req.Context())
+		_ = r.step(req.Context()) // a failure is in the status
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(r.Status())
 	})

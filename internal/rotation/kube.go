@@ -43,8 +43,8 @@ func Kube(r *Rotator, store *kube.RotationStore, replica string) {
 	})
 	r.poll = func(ctx context.Context) {
 		req, err := store.ReadRequest(ctx)
+		r.pollLog.note(r.log, r.clock.Now(), err, "root rotation: reading requests")
 		if err != nil {
-			r.log.Error("root rotation: reading requests", "error", err.Error())
 			return
 		}
 		r.mu.Lock()
@@ -80,9 +80,7 @@ func Kube(r *Rotator, store *kube.RotationStore, replica string) {
 		if err == nil {
 			err = store.WriteStatus(ctx, b)
 		}
-		if err != nil {
-			r.log.Error("root rotation: writing the status", "error", err.Error())
-		}
+		r.reportLog.note(r.log, r.clock.Now(), err, "root rotation: writing the status")
 	}
 	// Every replica reports (a heartbeat every few seconds, at once when
 	// its view changes), so that the leader knows which replicas there

@@ -57,6 +57,8 @@ type Rotator struct {
 	lastReport  string
 	requestSeq  int64
 	requestErr  string
+	pollLog     errorLog // Run's
+	reportLog   errorLog // Run's
 
 	plugged   string // a plugged-in CA's directory: status only, rotated by its files
 	afterSync func(ctx context.Context)
@@ -70,6 +72,11 @@ type Rotator struct {
 	started atomic.Int64 // rotations started by request or automatically (metric)
 	kick    chan struct{}
 	lastLog time.Time
+	// The last step's failure (retried every second): shown by Status,
+	// logged by stepLog (under stepMu) at once and then once a minute.
+	stepErr      string
+	stepErrSince time.Time
+	stepLog      errorLog
 }
 
 // Config wires a Rotator.
@@ -208,7 +215,15 @@ func (r *Rotator) Abort() error {
 	defer r.mu.Unlock()
 	switch r.st.Phase {
 	case ca.PhaseNone:
-		return fmt.Errorf("%w: no rotation in progress", ca.ErrRotation)
+		if r.st.Target == ca.PhaseNone {
+			return fmt.Errorf("%w: no rotation in progress", ca.ErrRotation)
+		}
+		// A request whose first step was not taken (it fails, and is
+		// retried): nothing was kept, the request is dropped.
+		r.st, r.waiting = ca.RotationState{}, ""
+		r.stepErr, r.stepErrSince, r.stepLog = "", time.Time{}, errorLog{}
+		r.log.Warn("root rotation: request cancelled before its first step")
+		return nil
 	case ca.PhaseActivated:
 		return fmt.Errorf("%w: the new root already signs; finish the rotation (retire), or rotate again", ca.ErrRotation)
 	}
@@ -240,9 +255,7 @@ func (r *Rotator) Run(ctx context.Context) error {
 			r.poll(ctx)
 		}
 		r.autoStart()
-		if err := r.step(ctx); err != nil {
-			r.log.Error("root rotation step failed; the mesh stays on the current phase", "error", err.Error())
-		}
+		_ = r.step(ctx) // a failure is in the status, and logged
 		if r.report != nil {
 			st := r.Status()
 			if b, _ := json.Marshal(st); string(b) != r.lastReport {
@@ -282,10 +295,33 @@ func (r *Rotator) autoStart() {
 		root.NotAfter.UTC().Format(time.RFC3339), 100*r.autoFraction), "rootSHA256", ca.RootFingerprint(r.cur))
 }
 
-// step moves the phase towards the target as far as it can now.
+// step moves the phase towards the target as far as it can now, and
+// records the outcome: a failure is shown by Status until a step goes
+// through, and logged at once, then once a minute while it repeats.
 func (r *Rotator) step(ctx context.Context) error {
 	r.stepMu.Lock()
 	defer r.stepMu.Unlock()
+	err := r.steps(ctx)
+	now := r.clock.Now()
+	r.mu.Lock()
+	st, failed := r.st, r.stepErr
+	switch {
+	case err == nil:
+		r.stepErr, r.stepErrSince = "", time.Time{}
+	case err.Error() != r.stepErr:
+		r.stepErr, r.stepErrSince = err.Error(), now
+	}
+	r.mu.Unlock()
+	if err == nil && failed != "" {
+		r.log.Warn("root rotation: the step that failed went through", "phase", PhaseName(st.Phase), "target", PhaseName(st.Target))
+	}
+	r.stepLog.note(r.log, now, err, "root rotation: a step failed; the mesh stays on the current phase, and the step is retried every second (logged again once a minute while it fails)",
+		"phase", PhaseName(st.Phase), "target", PhaseName(st.Target))
+	return err
+}
+
+// steps takes as many steps towards the target as can be taken now.
+func (r *Rotator) steps(ctx context.Context) error {
 	for {
 		r.mu.Lock()
 		st := r.st

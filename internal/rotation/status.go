@@ -11,13 +11,17 @@ import (
 
 // Status is what 'warden ca rotate --status' shows.
 type Status struct {
-	Phase          string              `json:"phase"`
-	Target         string              `json:"target"`
-	Force          bool                `json:"force,omitempty"`
-	Waiting        string              `json:"waiting,omitempty"`
+	Phase   string `json:"phase"`
+	Target  string `json:"target"`
+	Force   bool   `json:"force,omitempty"`
+	Waiting string `json:"waiting,omitempty"`
+	// CurrentRoot is the root the rotation replaces (the CA's until
+	// activation; trusted beside NextRoot until retirement), NextRoot the
+	// one that replaces it.
 	CurrentRoot    string              `json:"currentRootSHA256"`
 	CurrentExpires time.Time           `json:"currentRootNotAfter"`
 	NextRoot       string              `json:"nextRootSHA256,omitempty"`
+	NextExpires    time.Time           `json:"nextRootNotAfter,omitzero"`
 	PreparedAt     time.Time           `json:"preparedAt,omitzero"`
 	PublishedAt    time.Time           `json:"publishedAt,omitzero"`
 	ActivatedAt    time.Time           `json:"activatedAt,omitzero"`
@@ -25,6 +29,11 @@ type Status struct {
 	Consumers      map[string]Holdings `json:"consumers,omitempty"`
 	RequestSeq     int64               `json:"requestSeq,omitempty"` // Kubernetes: the last operator request taken
 	RequestError   string              `json:"requestError,omitempty"`
+	// StepError is why the step towards Target fails (the server retries
+	// it every second), since StepErrorSince; empty once a step went
+	// through.
+	StepError      string    `json:"stepError,omitempty"`
+	StepErrorSince time.Time `json:"stepErrorSince,omitzero"`
 	// A plugged-in CA is rotated by editing its files: the status then
 	// says, for every root of the bundle, who holds it.
 	Plugged string        `json:"plugged,omitempty"`
@@ -38,16 +47,20 @@ type Holdings struct {
 
 func (r *Rotator) Status() Status {
 	r.mu.Lock()
-	st, cur, waiting, seq, reqErr := r.st, r.cur, r.waiting, r.requestSeq, r.requestErr
+	st, cur, next, waiting, seq, reqErr, stepErr, stepErrSince := r.st, r.cur, r.next, r.waiting, r.requestSeq, r.requestErr, r.stepErr, r.stepErrSince
 	r.mu.Unlock()
 	if r.plugged != "" {
 		cur = r.authority.Material()
 	}
 	out := Status{Phase: PhaseName(st.Phase), Target: PhaseName(st.Target), Force: st.Force, Waiting: waiting,
 		CurrentRoot: ca.RootFingerprint(cur), CurrentExpires: cur.Roots[0].NotAfter, NextRoot: st.NextRootSHA256,
-		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr}
+		PreparedAt: st.PreparedAt, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt, RetireAfter: st.RetireAfter, RequestSeq: seq, RequestError: reqErr,
+		StepError: stepErr, StepErrorSince: stepErrSince}
 	if st.NextRootSHA256 != "" {
 		out.Consumers = r.holders(st.NextRootSHA256)
+	}
+	if next != nil {
+		out.NextExpires = next.Roots[0].NotAfter
 	}
 	if r.plugged != "" {
 		out.Plugged = r.plugged
@@ -80,9 +93,16 @@ type RootHolders struct {
 // Print writes the status for people.
 func (st Status) Print(w io.Writer) {
 	fmt.Fprintf(w, "phase: %s (target %s%s)\n", st.Phase, st.Target, map[bool]string{true: ", forced"}[st.Force])
-	fmt.Fprintf(w, "current root: sha256 %s, expires %s\n", st.CurrentRoot, st.CurrentExpires.UTC().Format(time.RFC3339))
-	if st.NextRoot != "" {
-		fmt.Fprintf(w, "new root:     sha256 %s\n", st.NextRoot)
+	// Once activated the new root signs: it is named first, and the one
+	// it replaces "old".
+	if st.Phase == string(ca.PhaseActivated) {
+		fmt.Fprintf(w, "signing root: sha256 %s%s (the new root)\n", st.NextRoot, expires(st.NextExpires))
+		fmt.Fprintf(w, "old root:     sha256 %s%s, trusted until retirement\n", st.CurrentRoot, expires(st.CurrentExpires))
+	} else {
+		fmt.Fprintf(w, "signing root: sha256 %s%s\n", st.CurrentRoot, expires(st.CurrentExpires))
+		if st.NextRoot != "" {
+			fmt.Fprintf(w, "new root:     sha256 %s%s\n", st.NextRoot, expires(st.NextExpires))
+		}
 	}
 	for _, t := range []struct {
 		name string
@@ -107,6 +127,18 @@ func (st Status) Print(w io.Writer) {
 	if st.Waiting != "" {
 		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)
 	}
+	if st.StepError != "" {
+		fmt.Fprintf(w, "error: the step towards %s fails since %s, retried every second: %s\n", st.Target, st.StepErrorSince.UTC().Format(time.RFC3339), st.StepError)
+	}
+}
+
+// expires is ", expires <t>", or nothing for a zero t (a status from a
+// server that did not report it).
+func expires(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return ", expires " + t.UTC().Format(time.RFC3339)
 }
 
 func printHolders(w io.Writer, indent string, hs map[string]Holdings) {

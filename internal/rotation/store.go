@@ -34,7 +34,17 @@ type DirStore struct {
 func (d *DirStore) store() *filestore.Store { return &filestore.Store{Dir: d.Dir} }
 
 func (d *DirStore) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
-	st, found, err := d.store().ReadRotation()
+	return d.load(ctx, d.store().ReadRotation)
+}
+
+// Peek is Load for a reader beside the running serve (warden ca info):
+// it leaves alone a prepared CA that serve may be writing.
+func (d *DirStore) Peek(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
+	return d.load(ctx, d.store().PeekRotation)
+}
+
+func (d *DirStore) load(ctx context.Context, read func() (ca.RotationState, bool, error)) (ca.RotationState, *ca.Material, bool, error) {
+	st, found, err := read()
 	if err != nil || !found {
 		return st, nil, false, err
 	}
