@@ -43,7 +43,7 @@ type agentFlags struct {
 func runAgent(ctx context.Context, e *env, args []string) error {
 	var f agentFlags
 	fs := e.flags("agent")
-	fs.StringVar(&f.addr, "ca", defaultCAListen, "CA address host:port")
+	fs.StringVar(&f.addr, "ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
 	fs.StringVar(&f.rootFile, "root-cert", e.rootCertDefault(e.dataDirDefault()), "trust anchors: the CA's TLS certificate and the mesh bundle (default: $WARDEN_ROOT_CERT, else the data directory's, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	f.caID = caIDFlag(fs)

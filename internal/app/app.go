@@ -228,6 +228,24 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
+// caAddr is where warden's CA port is (serve's --listen, every client's
+// --ca): $WARDEN_ADDR, or 127.0.0.1:15012.
+func (e *env) caAddr() string {
+	if a := e.getenv("WARDEN_ADDR"); a != "" {
+		return a
+	}
+	return defaultCAListen
+}
+
+// httpAddr is where warden's HTTP port is (serve's --http-listen):
+// $WARDEN_HTTP_ADDR, or 127.0.0.1:15014.
+func (e *env) httpAddr() string {
+	if a := e.getenv("WARDEN_HTTP_ADDR"); a != "" {
+		return a
+	}
+	return defaultHTTPListen
+}
+
 // dataDirDefault is the standalone data directory: $WARDEN_DATA_DIR or
 // ./warden-data.
 func (e *env) dataDirDefault() string {

@@ -302,3 +302,24 @@ func TestLostFilesAreNotSilentlyReplaced(t *testing.T) {
 	_, stop = serve(t, data, "--allow-new-token-key")
 	stop()
 }
+
+// TestWrongPortNamed: a client pointed at the other port of serve is told
+// which port is which: cert request --ca at the HTTP port, check
+// --server at the CA port.
+func TestWrongPortNamed(t *testing.T) {
+	t.Parallel()
+	data := filepath.Join(t.TempDir(), "data")
+	caAddr, httpAddr := testkit.FreeAddr(t), testkit.FreeAddr(t)
+	serveLogged(t, data, caAddr, "--http-listen", httpAddr)
+	tokFile := filepath.Join(t.TempDir(), "tok")
+	_, tok, _ := run(t, "token", "--data-dir", data, "--namespace", "default", "--sa", "sleep")
+	os.WriteFile(tokFile, []byte(tok), 0o600)
+	code, _, stderr := run(t, "cert", "request", "--ca", httpAddr, "--data-dir", data, "--token-file", tokFile, "--out", t.TempDir())
+	if want := "is it warden's HTTP port, serve's --http-listen"; code != 1 || !strings.Contains(stderr, want) {
+		t.Errorf("cert request at the HTTP port: %d %q, want 1 and %q", code, stderr, want)
+	}
+	code, out, _ := run(t, "check", "--data-dir", data, "--server", caAddr)
+	if want := "--server is serve's HTTP port, its --http-listen"; code != 1 || !strings.Contains(out, want) {
+		t.Errorf("check --server at the CA port: %d %q, want 1 and %q", code, out, want)
+	}
+}

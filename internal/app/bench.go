@@ -19,7 +19,8 @@ import (
 
 func runBenchCA(ctx context.Context, e *env, args []string) error {
 	fs := e.flags("bench ca")
-	addr := fs.String("addr", defaultCAListen, "CA address")
+	addr := fs.String("ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
+	fs.StringVar(addr, "addr", e.caAddr(), "the same as --ca")
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory (token key, root certificate)")
 	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
 	conc := fs.Int("concurrency", 4*runtime.GOMAXPROCS(0), "parallel callers")

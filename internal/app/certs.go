@@ -208,7 +208,7 @@ func describeCert(w io.Writer, c *x509.Certificate, in string) {
 
 func runCertRequest(ctx context.Context, e *env, args []string) error {
 	fs := e.flags("cert request")
-	addr := fs.String("ca", defaultCAListen, "CA address host:port")
+	addr := fs.String("ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (e.g. from 'warden token')")
 	out := fs.String("out", "", "directory to write cert-chain.pem, key.pem (0600) and root-cert.pem (required)")
 	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
@@ -288,7 +288,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	defer cancel()
 	res, err := c.Request(ctx, client.Request{KeyType: keyType, TTL: *ttl, Token: tok, ID: id})
 	if err != nil {
-		return err
+		return portHint(err, "--ca", *addr)
 	}
 	if err := writeSVID(*out, res); err != nil {
 		return err
@@ -371,4 +371,14 @@ func parseCAID(s string) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("%w: --ca-id: %v", errUsage, err)
 	}
 	return id, nil
+}
+
+// portHint names the port a client probably confused: a TLS handshake
+// answered in plain HTTP is warden's HTTP port given where its CA port
+// is meant.
+func portHint(err error, flag, addr string) error {
+	if err != nil && strings.Contains(err.Error(), "first record does not look like a TLS handshake") {
+		return fmt.Errorf("%w (%s %s answers in plain HTTP: is it warden's HTTP port, serve's --http-listen, 127.0.0.1:15014 by default? The CA port is serve's --listen, 127.0.0.1:15012 by default)", err, flag, addr)
+	}
+	return err
 }

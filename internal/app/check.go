@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/wardenmesh/warden/api"
@@ -30,7 +32,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone: the data directory of warden serve")
 	plugged := fs.String("plugged-in-dir", "", "standalone: check this plugged-in CA directory (cacerts) instead of the data directory's CA")
 	configDir := fs.String("config-dir", "", "standalone: the mesh configuration directory warden serve reads")
-	server := fs.String("server", "", "a running warden serve's HTTP address (e.g. 127.0.0.1:15014): check its proxies' convergence")
+	server := fs.String("server", e.getenv("WARDEN_HTTP_ADDR"), "a running warden serve's HTTP port (its --http-listen, e.g. 127.0.0.1:15014; env WARDEN_HTTP_ADDR), not its CA port: check its proxies' convergence")
 	output := fs.String("o", "", "output: empty for people, json for scripts")
 	warn := fs.Duration("expiry-warning", 30*24*time.Hour, "warn about CA certificates expiring sooner than this")
 	stale := fs.Duration("stale-after", time.Minute, "a proxy that has not ACKed a push for this long is an error")
@@ -209,6 +211,11 @@ func proxyStatus(ctx context.Context, addr string) ([]xdsserver.ProxyStatus, err
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/proxies", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
+		// A TLS server (the CA port) closes a plain HTTP request or
+		// answers it with a TLS alert.
+		if errors.Is(err, io.EOF) || strings.Contains(err.Error(), "malformed HTTP response") || strings.Contains(err.Error(), "connection reset") {
+			return nil, fmt.Errorf("warden serve at %s: %w (--server is serve's HTTP port, its --http-listen, 127.0.0.1:15014 by default, not the CA port)", addr, err)
+		}
 		return nil, fmt.Errorf("warden serve at %s: %w", addr, err)
 	}
 	defer resp.Body.Close()

@@ -35,7 +35,8 @@ type demoFlags struct {
 func (d *demoFlags) register(fs interface {
 	StringVar(*string, string, string, string)
 }, e *env) {
-	fs.StringVar(&d.xdsAddr, "xds", defaultCAListen, "warden's xDS address (the CA port)")
+	fs.StringVar(&d.xdsAddr, "ca", e.caAddr(), "warden's CA port, where it serves xDS too, host:port (env WARDEN_ADDR)")
+	fs.StringVar(&d.xdsAddr, "xds", e.caAddr(), "the same as --ca")
 	fs.StringVar(&d.node, "node", "", "node ID, sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local (required)")
 	fs.StringVar(&d.certs, "certs", "", "directory with cert-chain.pem, key.pem and root-cert.pem, as written by 'warden agent --output-dir' (required)")
 }
