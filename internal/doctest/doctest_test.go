@@ -108,10 +108,10 @@ func TestREADMETour(t *testing.T) {
 	out := runScript(t, dir, script, fake)
 	for _, want := range []string{
 		"spiffe://cluster.local/ns/default/sa/sleep\nissued, valid until", // cert request
-		"sleep/cert-chain.pem: OK",                                         // openssl verify
-		"citadel_server_success_cert_issuance_count",                       // the metrics
-		"ALLOW: allowed by ns[default]-policy[flaskapp-viewers]-rule[0]",   // policy explain
-		"all proxies configured",                                           // bench xds
+		"sleep/cert-chain.pem: OK",                                        // openssl verify
+		"citadel_server_success_cert_issuance_count",                      // the metrics
+		"ALLOW: allowed by ns[default]-policy[flaskapp-viewers]-rule[0]",  // policy explain
+		"all proxies configured",                                          // bench xds
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the tour's output lacks %q\n%s", want, out)
