@@ -22,19 +22,19 @@ import (
 // client rate limit and without one). Each parallel
 // caller has its own service account and token, as sidecars do.
 func BenchmarkTokenReviewCreateCertificate(b *testing.B) {
-	ns := newNamespace(b, "bench")
+	ns := apiserver.Namespace(b, "bench")
 	const callers = 8
 	tokens := make([]string, callers)
 	for i := range tokens {
 		name := fmt.Sprintf("w%d", i)
-		newSA(b, ns, name)
-		tokens[i] = requestToken(b, ns, name, "istio-ca")
+		apiserver.ServiceAccount(b, ns, name)
+		tokens[i] = apiserver.Token(b, ns, name, "istio-ca")
 	}
 	csrs := make([][]byte, 64)
 	for i := range csrs {
 		csrs[i], _ = ca.NewCSR(catest.Key(b, ca.ECDSAP256), spiffeid.ID{})
 	}
-	unthrottled := rest.CopyConfig(restCfg)
+	unthrottled := rest.CopyConfig(apiserver.Config)
 	unthrottled.QPS = -1 // no client-side rate limit: the API server's own pace
 	csFree := kubernetes.NewForConfigOrDie(unthrottled)
 	for _, bc := range []struct {
@@ -42,9 +42,9 @@ func BenchmarkTokenReviewCreateCertificate(b *testing.B) {
 		client kubernetes.Interface
 		cache  time.Duration
 	}{
-		{"cached", cs, 0},
-		{"uncached-qps200", cs, -1},          // a review per request, at warden's client QPS
-		{"uncached-unthrottled", csFree, -1}, // a review per request, no client limit
+		{"cached", apiserver.Client, 0},
+		{"uncached-qps200", apiserver.Client, -1}, // a review per request, at warden's client QPS
+		{"uncached-unthrottled", csFree, -1},      // a review per request, no client limit
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			auth := &kube.TokenReviewAuthenticator{Client: bc.client, TrustDomain: catest.TrustDomain, MaxCacheTTL: bc.cache}

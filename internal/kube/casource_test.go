@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -61,27 +62,27 @@ func signsWith(addr string, want *x509.Certificate) func() error {
 // lets it start, with the same CA. Deleting the record
 // (warden-ca-source) as well switches every replica to one self-signed CA.
 func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
-	ctx := testCtx(t)
-	ns := newNamespace(t, "warden")
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, "warden")
 	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
 	inter, _ := ca.NewIntermediate(root, ca.CAOptions{CommonName: "plugged intermediate", TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, inter), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(ctx, kubetest.CacertsSecret(ns, inter), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	addrA, logsA := startServeAs(t, ns, "replica-a")
 	addrB, _ := startServeAs(t, ns, "replica-b")
 	for _, addr := range []string{addrA, addrB} {
-		eventually(t, 10*time.Second, signsWith(addr, inter.Cert))
+		kubetest.Eventually(t, 10*time.Second, signsWith(addr, inter.Cert))
 	}
-	rec, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
+	rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
 	if err != nil || rec.Data["source"] != "cacerts" {
 		t.Fatalf("no record of the plugged-in CA: %v %v", err, rec)
 	}
 
-	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, func() error {
+	kubetest.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(logsA.String(), "cacerts deleted: this replica keeps signing") {
 			return fmt.Errorf("no report of the deletion")
 		}
@@ -92,38 +93,38 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var logsC lockedBuffer
+	var logsC testkit.Buffer
 	// (A replica that starts serves until the timeout: that is the failure.)
 	runCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	code := app.Run(runCtx, []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+	code := app.Run(runCtx, []string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns,
 		"--listen", "127.0.0.1:0", "--http-listen", "", "--replica-id", "replica-c"}, &logsC, &logsC)
 	if code == 0 || !strings.Contains(logsC.String(), "secret "+ns+"/cacerts is gone, but this install signs with it") {
 		t.Fatalf("a replica started without cacerts: exit %d\n%s", code, logsC.String())
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
 		t.Fatal("the refused replica created istio-ca-secret")
 	}
 
 	// Restored: a new replica starts with the same CA.
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, inter), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(ctx, kubetest.CacertsSecret(ns, inter), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	addrC, _ := startServeAs(t, ns, "replica-c")
-	eventually(t, 10*time.Second, signsWith(addrC, inter.Cert))
+	kubetest.Eventually(t, 10*time.Second, signsWith(addrC, inter.Cert))
 
 	// Confirmed: cacerts and the record deleted, every replica moves to
 	// the one self-signed CA in istio-ca-secret.
-	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond) // let the deletion reach the replicas first
-	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var self *x509.Certificate
-	eventually(t, 20*time.Second, func() error {
-		sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -135,7 +136,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 		return nil
 	})
 	for _, addr := range []string{addrA, addrB, addrC} {
-		eventually(t, 20*time.Second, signsWith(addr, self))
+		kubetest.Eventually(t, 20*time.Second, signsWith(addr, self))
 	}
 }
 
@@ -146,22 +147,22 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 // cacerts holds, the record names that root, and no istio-ca-secret
 // appears.
 func TestKillDuringCacertsReload(t *testing.T) {
-	ctx := testCtx(t)
-	ns := newNamespace(t, "warden")
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, "warden")
 	var mats []*ca.Material
 	for _, n := range []string{"A", "B"} {
 		root := catest.Root(t, ca.CAOptions{CommonName: "root " + n})
 		inter, _ := ca.NewIntermediate(root, ca.CAOptions{CommonName: "intermediate " + n, TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
 		mats = append(mats, inter)
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, mats[0]), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(ctx, kubetest.CacertsSecret(ns, mats[0]), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	start := func() (string, *exec.Cmd) {
 		t.Helper()
 		addr := testkit.FreeAddr(t)
 		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{"serve", "--kubernetes", "--kubeconfig", kubeconfig,
+		cmd.Env = append(os.Environ(), childEnv+"="+strings.Join([]string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig,
 			"--namespace", ns, "--listen", addr, "--http-listen", "", "--replica-id", "crash"}, "\x1f"))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -169,7 +170,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		// A replica left running by a failed run would keep writing the
 		// cluster's bundles as its install, and fail the tests after it.
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		eventually(t, 30*time.Second, func() error {
+		kubetest.Eventually(t, 30*time.Second, func() error {
 			c, err := net.Dial("tcp", addr)
 			if err == nil {
 				c.Close()
@@ -182,12 +183,12 @@ func TestKillDuringCacertsReload(t *testing.T) {
 	for i := range runs {
 		_, cmd := start()
 		next := mats[(i+1)%2]
-		sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		sec.Data = cacertsSecret(ns, next).Data
-		if _, err := cs.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+		sec.Data = kubetest.CacertsSecret(ns, next).Data
+		if _, err := apiserver.Client.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Duration(rand.IntN(200)) * time.Millisecond)
@@ -195,10 +196,10 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		_ = cmd.Wait()
 
 		addr, cmd := start()
-		eventually(t, 10*time.Second, signsWith(addr, next.Cert))
+		kubetest.Eventually(t, 10*time.Second, signsWith(addr, next.Cert))
 		fp := sha256.Sum256(next.Roots[0].Raw)
-		eventually(t, 10*time.Second, func() error {
-			rec, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
+		kubetest.Eventually(t, 10*time.Second, func() error {
+			rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -210,7 +211,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
 		t.Fatal("istio-ca-secret was created")
 	}
 }

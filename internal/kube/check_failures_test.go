@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -44,7 +45,7 @@ func hasLine(out, want string) bool { return lineMatching(out, regexp.QuoteMeta(
 // checkSplit runs warden check --kubernetes with stdout and stderr apart.
 func checkSplit(args ...string) (code int, stdout, stderr string) {
 	var o, e bytes.Buffer
-	code = app.Run(context.Background(), append([]string{"check", "--kubernetes", "--kubeconfig", kubeconfig}, args...), &o, &e)
+	code = app.Run(context.Background(), append([]string{"check", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig}, args...), &o, &e)
 	return code, o.String(), e.String()
 }
 
@@ -59,21 +60,21 @@ func checkSplit(args ...string) (code int, stdout, stderr string) {
 // its certificate's, one under a foreign root, one expired.
 func TestCheckKubernetesFailures(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	meshApp(t, shop, map[string]string{"v1": "10.40.0.1", "v2": "10.40.0.2"})
-	newSA(t, shop, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.MeshApp(t, shop, map[string]string{"v1": "10.40.0.1", "v2": "10.40.0.2"})
+	apiserver.ServiceAccount(t, shop, "sleep")
 	httpAddr := testkit.FreeAddr(t)
 	addr, logs, stop := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
-	eventually(t, 30*time.Second, func() error {
-		_, err := cs.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		_, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		return err
 	})
 
 	// A proxy that took its listeners and never ACKed them.
 	conn := dialServe(t, ns, addr, logs)
 	node := fmt.Sprintf("sidecar~10.40.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
-	if _, err := openADS(t, conn, requestToken(t, shop, "sleep", "istio-ca")).get(node, resource.ListenerType, nil, nil); err != nil {
+	if _, err := openADS(t, conn, apiserver.Token(t, shop, "sleep", "istio-ca")).get(node, resource.ListenerType, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ := checkSplit("--namespace", ns, "--server", httpAddr, "--stale-after", "0s", "-o", "json")
@@ -109,10 +110,10 @@ spec:
   ports: [{number: 9080, name: http}]
   endpoints: [{address: 203.0.113.7}]
 `, "SHOP", shop)
-	if out, err := kubectl(t, []byte(config), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(config), "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { _, _ = kubectl(t, []byte(config), "delete", "-f", "-") })
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, []byte(config), "delete", "-f", "-") })
 
 	// shop's bundle loses the signing root (its owner stays this install).
 	_, before, _ := checkSplit("--namespace", ns)
@@ -124,14 +125,14 @@ spec:
 		stale = append(stale, strings.Split(strings.TrimSuffix(rest, ": workloads there refuse new certificates"), ", ")...)
 		slices.Sort(stale)
 	}
-	cm, err := cs.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	cm, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	foreign := catest.Root(t, ca.CAOptions{CommonName: "foreign root"})
 	foreignFiles, _ := foreign.Encode()
 	cm.Data[kube.BundleKey] = string(foreignFiles.RootCert)
-	if _, err := cs.CoreV1().ConfigMaps(shop).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().ConfigMaps(shop).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ = checkSplit("--namespace", ns)
@@ -160,9 +161,9 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	mismatched := cacertsSecret(ns, inter)
+	mismatched := kubetest.CacertsSecret(ns, inter)
 	mismatched.Data["ca-key.pem"] = foreignFiles.CAKey
-	underForeign := cacertsSecret(ns, inter)
+	underForeign := kubetest.CacertsSecret(ns, inter)
 	underForeign.Data["root-cert.pem"], underForeign.Data["cert-chain.pem"] = foreignFiles.RootCert, underForeign.Data["ca-cert.pem"]
 	expired, err := ca.NewSelfSigned(ca.CAOptions{CommonName: "expired root", TTL: 24 * time.Hour, Clock: catest.NewClock(time.Now().Add(-48 * time.Hour))})
 	if err != nil {
@@ -176,15 +177,15 @@ spec:
 	}{
 		{"key not the certificate's", mismatched.Data, regexp.QuoteMeta(checkLine("error", "ca", prefix+"ca-key.pem does not match the public key in ca-cert.pem"))},
 		{"under a foreign root", underForeign.Data, regexp.QuoteMeta(checkLine("error", "ca", prefix+"ca-cert.pem does not chain to root-cert.pem through cert-chain.pem: x509: certificate signed by unknown authority"))},
-		{"expired", cacertsSecret(ns, expired).Data, regexp.QuoteMeta(checkLine("error", "ca", prefix+"ca-cert.pem does not chain to root-cert.pem through cert-chain.pem: x509: certificate has expired or is not yet valid: current time ")) +
+		{"expired", kubetest.CacertsSecret(ns, expired).Data, regexp.QuoteMeta(checkLine("error", "ca", prefix+"ca-cert.pem does not chain to root-cert.pem through cert-chain.pem: x509: certificate has expired or is not yet valid: current time ")) +
 			`\S+` + regexp.QuoteMeta(" is after "+expired.Cert.NotAfter.UTC().Format(time.RFC3339))},
 	} {
-		s := cacertsSecret(ns, inter)
+		s := kubetest.CacertsSecret(ns, inter)
 		s.Data = c.sec
 		if i == 0 {
-			_, err = cs.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{})
+			_, err = apiserver.Client.CoreV1().Secrets(ns).Create(ctx, s, metav1.CreateOptions{})
 		} else {
-			_, err = cs.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
+			_, err = apiserver.Client.CoreV1().Secrets(ns).Update(ctx, s, metav1.UpdateOptions{})
 		}
 		if err != nil {
 			t.Fatal(err)

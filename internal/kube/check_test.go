@@ -11,11 +11,12 @@ import (
 
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
 func runCheck(args ...string) (int, string) {
 	var out bytes.Buffer
-	code := app.Run(context.Background(), append([]string{"check", "--kubernetes", "--kubeconfig", kubeconfig}, args...), &out, &out)
+	code := app.Run(context.Background(), append([]string{"check", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig}, args...), &out, &out)
 	return code, out.String()
 }
 
@@ -24,18 +25,18 @@ func runCheck(args ...string) (int, string) {
 // install are ok; with the install stopped, a new namespace without the
 // ConfigMap and an object warden's validation refuses are errors (exit 1).
 func TestCheckKubernetes(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	app1 := newNamespace(t, "app")
-	newSA(t, app1, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	app1 := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, app1, "sleep")
 	_, logs, stop := startServeWith(t, ns, "replica-a")
 	ctx := context.Background()
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		for _, n := range []string{ns, app1} {
-			if _, err := cs.CoreV1().ConfigMaps(n).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{}); err != nil {
+			if _, err := apiserver.Client.CoreV1().ConfigMaps(n).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{}); err != nil {
 				return err
 			}
 		}
-		if _, err := cs.CoreV1().Secrets(app1).Get(ctx, "istio.sleep", metav1.GetOptions{}); err != nil {
+		if _, err := apiserver.Client.CoreV1().Secrets(app1).Get(ctx, "istio.sleep", metav1.GetOptions{}); err != nil {
 			return err
 		}
 		return nil
@@ -51,24 +52,24 @@ func TestCheckKubernetes(t *testing.T) {
 	}
 
 	stop()
-	orphan := newNamespace(t, "orphan")
+	orphan := apiserver.Namespace(t, "orphan")
 	bad := `apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: wildcard, namespace: ` + app1 + `}
 spec:
   selector: {matchLabels: {app: "flask*"}}
 `
-	if out, err := kubectl(t, []byte(bad), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(bad), "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	t.Cleanup(func() { _, _ = kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", app1) })
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", app1) })
 	// An istio.<sa> Secret whose bundle lost the signing root.
-	sec, err := cs.CoreV1().Secrets(app1).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(app1).Get(ctx, "istio.sleep", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sec.Data["root-cert.pem"] = []byte("not a bundle")
-	if _, err := cs.CoreV1().Secrets(app1).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(app1).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	code, out := runCheck("--namespace", ns)

@@ -14,24 +14,25 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
 // TestExamplesAppliedAndSeen: kubectl applies every example in
 // docs/examples against the real API server (with warden's CRDs), and
 // warden's informers decode each one.
 func TestExamplesAppliedAndSeen(t *testing.T) {
-	ctx := testCtx(t)
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	ctx := kubetest.Context(t)
+	if _, err := apiserver.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	w := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(restCfg)}
+	w := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(apiserver.Config)}
 	go func() { _ = w.Run(ctx) }()
 	select {
 	case <-w.Synced():
 	case <-time.After(30 * time.Second):
 		t.Fatal("informers did not sync")
 	}
-	out, err := kubectl(t, nil, "apply", "-f", filepath.Join("..", "..", "docs", "examples"))
+	out, err := apiserver.Kubectl(t, nil, "apply", "-f", filepath.Join(kubetest.RepoRoot(), "docs", "examples"))
 	if err != nil {
 		t.Fatalf("kubectl apply -f docs/examples: %v\n%s", err, out)
 	}
@@ -40,7 +41,7 @@ func TestExamplesAppliedAndSeen(t *testing.T) {
 		"MeshPolicy//default", "PeerAuthentication/istio-system/default", "Policy/default/default",
 		"ServiceRole/default/flaskapp-viewer", "ServiceRoleBinding/default/sleep-views-flaskapp", "VirtualService/default/flaskapp",
 	}
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		var got []string
 		for _, o := range w.List() {
 			got = append(got, o.Type().Kind+"/"+o.Meta().Namespace+"/"+o.Meta().Name)
@@ -54,15 +55,15 @@ func TestExamplesAppliedAndSeen(t *testing.T) {
 
 	// The generated schema lets the API server refuse what warden would.
 	bad := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: typo, namespace: default}\nspec: {action: ALOW}\n"
-	out, err = kubectl(t, []byte(bad), "apply", "-f", "-")
+	out, err = apiserver.Kubectl(t, []byte(bad), "apply", "-f", "-")
 	if err == nil || !strings.Contains(out, `spec.action: Unsupported value: "ALOW"`) {
 		t.Fatalf("a bad enum was accepted by the API server: %v\n%s", err, out)
 	}
 	// Deleting removes it from warden's view.
-	if out, err := kubectl(t, nil, "delete", "virtualservice", "flaskapp", "-n", "default"); err != nil {
+	if out, err := apiserver.Kubectl(t, nil, "delete", "virtualservice", "flaskapp", "-n", "default"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		for _, o := range w.List() {
 			if o.Type().Kind == "VirtualService" {
 				return fmt.Errorf("still sees the deleted VirtualService")

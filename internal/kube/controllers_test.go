@@ -21,10 +21,12 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 func TestCASecretTwoReplicasOneRoot(t *testing.T) {
-	ns := newNamespace(t, "race")
+	ns := apiserver.Namespace(t, "race")
 	var wg sync.WaitGroup
 	var created atomic.Int32
 	roots := make([][]byte, 2)
@@ -32,7 +34,7 @@ func TestCASecretTwoReplicasOneRoot(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			store := &kube.SecretStore{Client: cs, Namespace: ns}
+			store := &kube.SecretStore{Client: apiserver.Client, Namespace: ns}
 			m, c, err := ca.LoadOrCreate(context.Background(), store, nil, func() (*ca.Material, error) {
 				return ca.NewSelfSigned(ca.CAOptions{Organization: "cluster.local"})
 			})
@@ -50,7 +52,7 @@ func TestCASecretTwoReplicasOneRoot(t *testing.T) {
 	if created.Load() != 1 || !bytes.Equal(roots[0], roots[1]) {
 		t.Fatalf("%d replicas created a root; same root: %t", created.Load(), bytes.Equal(roots[0], roots[1]))
 	}
-	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,37 +66,29 @@ func TestCASecretTwoReplicasOneRoot(t *testing.T) {
 	}
 }
 
-func cacertsSecret(ns string, m *ca.Material) *corev1.Secret {
-	f, _ := m.Encode()
-	return &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: kube.PluggedSecretName, Namespace: ns},
-		Data:       map[string][]byte{"ca-cert.pem": f.CACert, "ca-key.pem": f.CAKey, "cert-chain.pem": f.CertChain, "root-cert.pem": f.RootCert},
-	}
-}
-
 func TestPluggedInHotReload(t *testing.T) {
-	ctx := testCtx(t)
-	ns := newNamespace(t, "cacerts")
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, "cacerts")
 	rootA := catest.Root(t, ca.CAOptions{CommonName: "root A"})
 	interA, _ := ca.NewIntermediate(rootA, ca.CAOptions{CommonName: "intermediate A", TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, interA), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(ctx, kubetest.CacertsSecret(ns, interA), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
+	m, found, err := kube.LoadPluggedIn(ctx, apiserver.Client, ns, time.Now())
 	if err != nil || !found || !m.Cert.Equal(interA.Cert) {
 		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
 	}
 	a := catest.Authority(t, m)
 	changed := make(chan struct{}, 4)
 	a.Bundles().Subscribe(func([]*x509.Certificate) { changed <- struct{}{} }) // root B replaces root A
-	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a}
+	w := &kube.PluggedInCA{Client: apiserver.Client, Namespace: ns, Authority: a}
 	go func() { _ = w.Run(ctx) }()
 
 	rootB := catest.Root(t, ca.CAOptions{CommonName: "root B"})
-	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
-	upd := cacertsSecret(ns, rootB)
+	sec, _ := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+	upd := kubetest.CacertsSecret(ns, rootB)
 	upd.ResourceVersion = sec.ResourceVersion
-	if _, err := cs.CoreV1().Secrets(ns).Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Update(ctx, upd, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -110,9 +104,9 @@ func TestPluggedInHotReload(t *testing.T) {
 		t.Fatalf("new leaves do not chain to the new CA: %v", err)
 	}
 	// A broken update is refused and the current CA kept.
-	sec, _ = cs.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+	sec, _ = apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
 	sec.Data["ca-key.pem"] = []byte("not a key")
-	if _, err := cs.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -125,17 +119,17 @@ func TestPluggedInHotReload(t *testing.T) {
 // created in a new namespace, read, and recorded (as serve does).
 func startedWithCacerts(t *testing.T, prefix string) (string, *ca.Material) {
 	t.Helper()
-	ctx := testCtx(t)
-	ns := newNamespace(t, prefix)
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, prefix)
 	root := catest.Root(t, ca.CAOptions{CommonName: "plugged root"})
-	if _, err := cs.CoreV1().Secrets(ns).Create(ctx, cacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(ctx, kubetest.CacertsSecret(ns, root), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	m, found, err := kube.LoadPluggedIn(ctx, cs, ns, time.Now())
+	m, found, err := kube.LoadPluggedIn(ctx, apiserver.Client, ns, time.Now())
 	if err != nil || !found {
 		t.Fatalf("LoadPluggedIn: found %t, %v", found, err)
 	}
-	if err := kube.RecordPluggedIn(ctx, cs, ns, m); err != nil {
+	if err := kube.RecordPluggedIn(ctx, apiserver.Client, ns, m); err != nil {
 		t.Fatal(err)
 	}
 	return ns, m
@@ -145,16 +139,16 @@ func startedWithCacerts(t *testing.T, prefix string) (string, *ca.Material) {
 // read it and before its watch listed (no delete event reaches the
 // watch). The deletion is still reported, and the CA kept.
 func TestPluggedInDeletedBeforeWatch(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	ns, m := startedWithCacerts(t, "cacerts-gone")
-	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	a := catest.Authority(t, m)
-	var logs lockedBuffer
-	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, Plugged: true, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+	var logs testkit.Buffer
+	w := &kube.PluggedInCA{Client: apiserver.Client, Namespace: ns, Authority: a, Plugged: true, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 	go func() { _ = w.Run(ctx) }()
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if !strings.Contains(logs.String(), "secret "+ns+"/cacerts deleted: this replica keeps signing") {
 			return errors.New("no report of the deletion")
 		}
@@ -170,20 +164,20 @@ func TestPluggedInDeletedBeforeWatch(t *testing.T) {
 // cacerts and before its watches listed. The replica switches like the
 // others, instead of signing under the old root alone.
 func TestPluggedInSwitchBeforeWatch(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	ns, m := startedWithCacerts(t, "cacerts-switch")
-	if err := cs.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	self := catest.Root(t, ca.CAOptions{CommonName: "self-signed root"})
 	a := catest.Authority(t, m)
-	w := &kube.PluggedInCA{Client: cs, Namespace: ns, Authority: a, Plugged: true,
+	w := &kube.PluggedInCA{Client: apiserver.Client, Namespace: ns, Authority: a, Plugged: true,
 		SelfSigned: func(context.Context) (*ca.Material, error) { return self, nil }}
 	go func() { _ = w.Run(ctx) }()
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if !a.Material().Cert.Equal(self.Cert) {
 			return errors.New("still signing with the plugged-in CA")
 		}
@@ -192,14 +186,14 @@ func TestPluggedInSwitchBeforeWatch(t *testing.T) {
 }
 
 func TestBundleConfigMaps(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	bundle := []byte("-----BEGIN CERTIFICATE-----\nfake bundle for the publisher test\n-----END CERTIFICATE-----\n")
 	var cur atomic.Pointer[[]byte]
 	cur.Store(&bundle)
-	p := &kube.BundlePublisher{Client: cs, Bundle: func() []byte { return *cur.Load() }}
+	p := &kube.BundlePublisher{Client: apiserver.Client, Bundle: func() []byte { return *cur.Load() }}
 	go func() { _ = p.Run(ctx) }()
-	ns := newNamespace(t, "bundle")
-	cms := cs.CoreV1().ConfigMaps(ns)
+	ns := apiserver.Namespace(t, "bundle")
+	cms := apiserver.Client.CoreV1().ConfigMaps(ns)
 	want := func(b []byte) func() error {
 		return func() error {
 			cm, err := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
@@ -212,7 +206,7 @@ func TestBundleConfigMaps(t *testing.T) {
 			return nil
 		}
 	}
-	eventually(t, 20*time.Second, want(bundle))
+	kubetest.Eventually(t, 20*time.Second, want(bundle))
 
 	cm, _ := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 	cm.Data[kube.BundleKey] = "tampered"
@@ -220,32 +214,32 @@ func TestBundleConfigMaps(t *testing.T) {
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, want(bundle))
+	kubetest.Eventually(t, 20*time.Second, want(bundle))
 
 	if err := cms.Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, want(bundle))
+	kubetest.Eventually(t, 20*time.Second, want(bundle))
 
 	next := append([]byte(nil), bundle...)
 	next = append(next, "# second root\n"...)
 	cur.Store(&next)
 	p.Changed(nil)
-	eventually(t, 20*time.Second, want(next))
+	kubetest.Eventually(t, 20*time.Second, want(next))
 }
 
 func TestSASecretsLifecycle(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	a := catest.Authority(t, catest.Root(t, ca.CAOptions{}), func(c *ca.Config) { c.Backdate = time.Second })
-	ctrl := &kube.SASecrets{Client: cs, Authority: a, TTL: 8 * time.Second}
+	ctrl := &kube.SASecrets{Client: apiserver.Client, Authority: a, TTL: 8 * time.Second}
 	go func() { _ = ctrl.Run(ctx) }()
-	ns := newNamespace(t, "sas")
-	newSA(t, ns, "flaskapp")
-	secrets := cs.CoreV1().Secrets(ns)
+	ns := apiserver.Namespace(t, "sas")
+	apiserver.ServiceAccount(t, ns, "flaskapp")
+	secrets := apiserver.Client.CoreV1().Secrets(ns)
 	get := func() (*corev1.Secret, error) { return secrets.Get(ctx, "istio.flaskapp", metav1.GetOptions{}) }
 
 	var first *corev1.Secret
-	eventually(t, 20*time.Second, func() (err error) { first, err = get(); return err })
+	kubetest.Eventually(t, 20*time.Second, func() (err error) { first, err = get(); return err })
 	if first.Type != kube.WorkloadType || first.Annotations[kube.SAAnnotation] != "flaskapp" {
 		t.Fatalf("type %q annotations %v", first.Type, first.Annotations)
 	}
@@ -258,7 +252,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 	}
 
 	// Refreshed at half its lifetime.
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		s, err := get()
 		if err != nil {
 			return err
@@ -275,7 +269,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctrl.Changed(nil)
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		s, err := get()
 		if err != nil {
 			return err
@@ -290,13 +284,13 @@ func TestSASecretsLifecycle(t *testing.T) {
 	if err := secrets.Delete(ctx, "istio.flaskapp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error { _, err := get(); return err })
+	kubetest.Eventually(t, 20*time.Second, func() error { _, err := get(); return err })
 
 	// Deleted with the SA.
-	if err := cs.CoreV1().ServiceAccounts(ns).Delete(ctx, "flaskapp", metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ServiceAccounts(ns).Delete(ctx, "flaskapp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if _, err := get(); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("secret still there (%v)", err)
 		}
@@ -304,19 +298,19 @@ func TestSASecretsLifecycle(t *testing.T) {
 	})
 
 	// A namespace that opts out gets none.
-	optOut := newNamespace(t, "optout")
-	n, _ := cs.CoreV1().Namespaces().Get(ctx, optOut, metav1.GetOptions{})
+	optOut := apiserver.Namespace(t, "optout")
+	n, _ := apiserver.Client.CoreV1().Namespaces().Get(ctx, optOut, metav1.GetOptions{})
 	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
-	if _, err := cs.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	newSA(t, optOut, "quiet")
-	newSA(t, ns, "marker") // processed after "quiet" by the same queue
-	eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.marker", metav1.GetOptions{}); return err })
+	apiserver.ServiceAccount(t, optOut, "quiet")
+	apiserver.ServiceAccount(t, ns, "marker") // processed after "quiet" by the same queue
+	kubetest.Eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.marker", metav1.GetOptions{}); return err })
 	// The label may reach the controller after the service account did;
 	// the namespace converges to none either way.
-	eventually(t, 20*time.Second, func() error {
-		if _, err := cs.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if _, err := apiserver.Client.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("opted-out namespace holds a secret (%v)", err)
 		}
 		return nil
@@ -324,22 +318,22 @@ func TestSASecretsLifecycle(t *testing.T) {
 	// And stays so: a reconcile that ran before the label arrived may
 	// create one late; the controller sees its creation and removes it.
 	time.Sleep(time.Second)
-	eventually(t, 20*time.Second, func() error {
-		if _, err := cs.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if _, err := apiserver.Client.CoreV1().Secrets(optOut).Get(ctx, "istio.quiet", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("opted-out namespace got a secret back (%v)", err)
 		}
 		return nil
 	})
 
 	// Opting out later removes the secrets already there.
-	newSA(t, ns, "later")
-	eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); return err })
-	n, _ = cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	apiserver.ServiceAccount(t, ns, "later")
+	kubetest.Eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); return err })
+	n, _ = apiserver.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
-	if _, err := cs.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 			return fmt.Errorf("secret still there after opting out (%v)", err)
 		}
@@ -348,7 +342,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 }
 
 func TestLeaderElectionOneAtATime(t *testing.T) {
-	ns := newNamespace(t, "lease")
+	ns := apiserver.Namespace(t, "lease")
 	var leading, maxLeading atomic.Int32
 	var led [2]atomic.Bool
 	ctxs := make([]context.CancelFunc, 2)
@@ -356,7 +350,7 @@ func TestLeaderElectionOneAtATime(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		ctxs[i] = cancel
 		t.Cleanup(cancel)
-		l := &kube.Leader{Client: cs, Namespace: ns, Identity: fmt.Sprintf("replica-%d", i), Lead: func(ctx context.Context) {
+		l := &kube.Leader{Client: apiserver.Client, Namespace: ns, Identity: fmt.Sprintf("replica-%d", i), Lead: func(ctx context.Context) {
 			n := leading.Add(1)
 			for {
 				m := maxLeading.Load()
@@ -371,7 +365,7 @@ func TestLeaderElectionOneAtATime(t *testing.T) {
 		go l.Run(ctx)
 	}
 	var first int
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		for i := range 2 {
 			if led[i].Load() {
 				first = i
@@ -381,7 +375,7 @@ func TestLeaderElectionOneAtATime(t *testing.T) {
 		return errors.New("no leader")
 	})
 	ctxs[first]() // the leader goes away and releases the lease
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		if !led[1-first].Load() {
 			return errors.New("no takeover")
 		}

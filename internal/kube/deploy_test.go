@@ -1,38 +1,21 @@
 package kube_test
 
 import (
-	"bytes"
 	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// kubectl runs the kubectl a user would run against the test API server.
-func kubectl(t *testing.T, stdin []byte, args ...string) (string, error) {
-	t.Helper()
-	bin := filepath.Join(assetsDir, "kubectl")
-	if _, err := os.Stat(bin); err != nil {
-		if bin, err = exec.LookPath("kubectl"); err != nil {
-			t.Fatal("kubectl is required (hack/kube-binaries.sh builds it when the machine has none)")
-		}
-	}
-	cmd := exec.Command(bin, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
 // TestDeployManifests renders deploy/ with kustomize and has the real API
 // server validate every object (server-side dry run).
 func TestDeployManifests(t *testing.T) {
-	rendered, err := kubectl(t, nil, "kustomize", filepath.Join("..", "..", "deploy"))
+	rendered, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy"))
 	if err != nil {
 		t.Fatalf("kubectl kustomize deploy: %v\n%s", err, rendered)
 	}
@@ -41,11 +24,11 @@ func TestDeployManifests(t *testing.T) {
 			t.Errorf("rendered manifests lack %q", want)
 		}
 	}
-	_, err = cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
+	_, err = apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	out, err := kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
+	out, err := apiserver.Kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
 	if err != nil {
 		t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
 	}
@@ -61,11 +44,11 @@ func TestDeployManifests(t *testing.T) {
 // its CA Secret and Lease. It may not read arbitrary Secrets in its own
 // namespace by name outside the rules, nor write Services.
 func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
-	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
+	_, err := apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	if out, err := kubectl(t, nil, "apply", "-n", "warden-system", "-f", filepath.Join("..", "..", "deploy", "warden", "rbac.yaml")); err != nil {
+	if out, err := apiserver.Kubectl(t, nil, "apply", "-n", "warden-system", "-f", filepath.Join(kubetest.RepoRoot(), "deploy", "warden", "rbac.yaml")); err != nil {
 		t.Fatalf("kubectl apply rbac.yaml: %v\n%s", err, out)
 	}
 	as := "--as=system:serviceaccount:warden-system:warden"
@@ -91,8 +74,8 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		{[]string{"delete", "pods", "-n", "default"}, "no"},
 		{[]string{"update", "endpointslices.discovery.k8s.io", "-n", "default"}, "no"},
 	} {
-		out, _ := kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
-		lines := strings.Split(strings.TrimSpace(out), "\n")                           // warnings come first
+		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
+		lines := strings.Split(strings.TrimSpace(out), "\n")                                     // warnings come first
 		if got := lines[len(lines)-1]; got != c.want {
 			t.Errorf("can-i %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
 		}
@@ -104,7 +87,7 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 // it: the istiod Service in istio-system points at warden, and warden
 // serves under istiod's names.
 func TestDeployIstiodCompat(t *testing.T) {
-	rendered, err := kubectl(t, nil, "kustomize", filepath.Join("..", "..", "deploy", "istiod-compat"))
+	rendered, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy", "istiod-compat"))
 	if err != nil {
 		t.Fatalf("kubectl kustomize deploy/istiod-compat: %v\n%s", err, rendered)
 	}
@@ -114,12 +97,12 @@ func TestDeployIstiodCompat(t *testing.T) {
 		}
 	}
 	for _, ns := range []string{"warden-system", "istio-system"} {
-		_, err = cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		_, err = apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			t.Fatal(err)
 		}
 	}
-	out, err := kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
+	out, err := apiserver.Kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
 	if err != nil {
 		t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
 	}

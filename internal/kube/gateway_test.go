@@ -21,6 +21,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -52,19 +53,19 @@ func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
 func ingressGateway(t *testing.T, ns, ip string) {
 	t.Helper()
 	ctx := context.Background()
-	newSA(t, ns, "istio-ingressgateway")
+	apiserver.ServiceAccount(t, ns, "istio-ingressgateway")
 	// Gateways select in every namespace: the namespace label keeps
 	// another test's Gateway (-count) from selecting this pod too.
 	labels := map[string]string{"istio": "ingressgateway", "install": ns}
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ingressgateway-1", Labels: labels},
+	if _, err := apiserver.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "ingressgateway-1", Labels: labels},
 		Spec: corev1.PodSpec{ServiceAccountName: "istio-ingressgateway", Containers: []corev1.Container{{Name: "proxy", Image: "example.org/proxy"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway"},
+	if _, err := apiserver.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "istio-ingressgateway"},
 		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443)}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+	if _, err := apiserver.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "istio-ingressgateway-a", Labels: map[string]string{discoveryv1.LabelServiceName: "istio-ingressgateway"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr("https"), Port: ptr(int32(8443))}},
@@ -80,11 +81,11 @@ func ingressGateway(t *testing.T, ns, ip string) {
 func grantSecretRead(t *testing.T, ns, sa string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
+	if _, err := apiserver.Client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
 		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "watch", "list"}}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
+	if _, err := apiserver.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "gateway-secrets"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "gateway-secrets"},
 		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -186,16 +187,16 @@ func awaitCredential(t *testing.T, s *adsStream, node string, last *discovery.Di
 // replacing the Secret pushes the new certificate on the open stream.
 // A Secret of that name in another namespace is never served to it.
 func TestGatewayCredentialName(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	gw := newNamespace(t, "ingress")
-	other := newNamespace(t, "other")
+	ns := apiserver.Namespace(t, "warden")
+	gw := apiserver.Namespace(t, "ingress")
+	other := apiserver.Namespace(t, "other")
 	ingressGateway(t, gw, "10.40.0.1")
 	grantSecretRead(t, gw, "istio-ingressgateway")
 	certA, keyA := selfSigned(t, "web.example.com")
 	ctx := context.Background()
 	// Another namespace's Secret of the same name must not be used.
 	otherCert, otherKey := selfSigned(t, "web.example.com")
-	if _, err := cs.CoreV1().Secrets(other).Create(ctx, tlsSecret(other, "web-cert", otherCert, otherKey), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(other).Create(ctx, tlsSecret(other, "web-cert", otherCert, otherKey), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	gateway := fmt.Sprintf(`apiVersion: networking.istio.io/v1
@@ -217,17 +218,17 @@ spec:
   http:
   - route: [{destination: {host: istio-ingressgateway, port: {number: 443}}}]
 `, gw)
-	if out, err := kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	addr, logs := startServe(t, ns)
 	conn := dialServe(t, ns, addr, logs)
 	node := fmt.Sprintf("router~10.40.0.1~ingressgateway-1.%s~%s.svc.cluster.local", gw, gw)
-	tok := requestToken(t, gw, "istio-ingressgateway", "istio-ca")
+	tok := apiserver.Token(t, gw, "istio-ingressgateway", "istio-ca")
 
 	// The listener first: it names the credential.
 	var s *adsStream
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		s = openADS(t, conn, tok)
 		lds, err := s.get(node, resource.ListenerType, nil, nil)
 		if err != nil {
@@ -244,7 +245,7 @@ spec:
 
 	// The Secret is created after the gateway connected: it reaches the
 	// SDS stream.
-	if _, err := cs.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", certA, keyA), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", certA, keyA), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	got, first := awaitCredential(t, s, node, nil, nil)
@@ -257,7 +258,7 @@ spec:
 
 	// Rotation: the Secret is replaced; the open stream gets the new one.
 	certB, keyB := selfSigned(t, "web.example.com")
-	if _, err := cs.CoreV1().Secrets(gw).Update(ctx, tlsSecret(gw, "web-cert", certB, keyB), metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(gw).Update(ctx, tlsSecret(gw, "web-cert", certB, keyB), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = awaitCredential(t, s, node, first, certA)
@@ -281,17 +282,17 @@ spec:
 // names the grant it lacks. A Secret that is not a TLS credential is
 // never served, whatever its keys.
 func TestGatewayCredentialsNeedSecretRead(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	allowed, denied := newNamespace(t, "gw-allowed"), newNamespace(t, "gw-denied")
+	ns := apiserver.Namespace(t, "warden")
+	allowed, denied := apiserver.Namespace(t, "gw-allowed"), apiserver.Namespace(t, "gw-denied")
 	ctx := context.Background()
 	cert, key := selfSigned(t, "web.example.com")
 	for i, gw := range []string{allowed, denied} {
 		ingressGateway(t, gw, fmt.Sprintf("10.41.0.%d", i+1))
-		if _, err := cs.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", cert, key), metav1.CreateOptions{}); err != nil {
+		if _, err := apiserver.Client.CoreV1().Secrets(gw).Create(ctx, tlsSecret(gw, "web-cert", cert, key), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		// Keys that parse, in a Secret of a type that is no TLS credential.
-		if _, err := cs.CoreV1().Secrets(gw).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "not-tls"}, Type: "istio.io/key-and-cert",
+		if _, err := apiserver.Client.CoreV1().Secrets(gw).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "not-tls"}, Type: "istio.io/key-and-cert",
 			Data: map[string][]byte{"tls.crt": cert, "tls.key": key}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +318,7 @@ spec:
   http:
   - route: [{destination: {host: istio-ingressgateway, port: {number: 443}}}]
 `, gw)
-		if out, err := kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
+		if out, err := apiserver.Kubectl(t, []byte(gateway), "apply", "-f", "-"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 	}
@@ -327,9 +328,9 @@ spec:
 	secretsOf := func(gw, ip string) map[string]bool {
 		t.Helper()
 		node := fmt.Sprintf("router~%s~ingressgateway-1.%s~%s.svc.cluster.local", ip, gw, gw)
-		tok := requestToken(t, gw, "istio-ingressgateway", "istio-ca")
+		tok := apiserver.Token(t, gw, "istio-ingressgateway", "istio-ca")
 		var names map[string]bool
-		eventually(t, 30*time.Second, func() error {
+		kubetest.Eventually(t, 30*time.Second, func() error {
 			s := openADS(t, conn, tok)
 			lds, err := s.get(node, resource.ListenerType, nil, nil)
 			if err != nil {
@@ -366,7 +367,7 @@ spec:
 		fmt.Sprintf("service account %s/istio-ingressgateway may not list secrets in namespace %s", denied, denied),
 		"Secret not-tls is of type istio.io/key-and-cert, not a TLS credential",
 	} {
-		eventually(t, 10*time.Second, func() error {
+		kubetest.Eventually(t, 10*time.Second, func() error {
 			if !strings.Contains(logs.String(), want) {
 				return fmt.Errorf("the log does not say %q", want)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -28,7 +29,7 @@ func writes(t *testing.T, ctx context.Context, ns string, period time.Duration) 
 	t.Helper()
 	rv := ""
 	for end := time.Now().Add(period); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,14 +49,14 @@ func writes(t *testing.T, ctx context.Context, ns string, period time.Duration) 
 // the ConfigMap belongs to whichever wrote it first; the other leaves it
 // alone and says so, loudly.
 func TestTwoInstallsDoNotFight(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	var logA, logB testkit.Buffer
-	a := &kube.BundlePublisher{Client: cs, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+	a := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
 		Log: slog.New(slog.NewTextHandler(&logA, nil))}
 	go func() { _ = a.Run(ctx) }()
-	ns := newNamespace(t, "twoinstalls")
-	eventually(t, 20*time.Second, func() error {
-		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	ns := apiserver.Namespace(t, "twoinstalls")
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -64,14 +65,14 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 		}
 		return nil
 	})
-	b := &kube.BundlePublisher{Client: cs, Owner: "install-b", Bundle: func() []byte { return fakeBundle("root-b") },
+	b := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-b", Bundle: func() []byte { return fakeBundle("root-b") },
 		Log: slog.New(slog.NewTextHandler(&logB, nil))}
 	go func() { _ = b.Run(ctx) }()
 	n, cm := writes(t, ctx, ns, 3*time.Second)
 	if n > 0 || !bytes.Equal([]byte(cm.Data[kube.BundleKey]), fakeBundle("root-a")) {
 		t.Errorf("the second install wrote the first's ConfigMap: %d writes in 3 s, bundle now %q", n, cm.Data[kube.BundleKey])
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if !strings.Contains(logB.String(), "belongs to another warden install (warden.io/owner=install-a)") || !strings.Contains(logB.String(), "level=ERROR") {
 			return fmt.Errorf("the second install did not report the conflict:\n%s", logB.String())
 		}
@@ -79,11 +80,11 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 	})
 	// Deleting the ConfigMap hands it to whichever install gets there
 	// first; the other then backs off in turn.
-	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error {
-		_, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		return err
 	})
 	if n, _ := writes(t, ctx, ns, 2*time.Second); n > 1 {
@@ -95,14 +96,14 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 // (as istiod would be) keeps rewriting the bundle; warden repairs it a few
 // times, then stops, names the other writer, and tries again later.
 func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	var logs testkit.Buffer
-	p := &kube.BundlePublisher{Client: cs, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+	p := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
 		Log: slog.New(slog.NewTextHandler(&logs, nil))}
 	go func() { _ = p.Run(ctx) }()
-	ns := newNamespace(t, "rogue")
-	eventually(t, 20*time.Second, func() error {
-		_, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	ns := apiserver.Namespace(t, "rogue")
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		return err
 	})
 	// The other writer goes on until warden reports the fight (20 s at
@@ -114,7 +115,7 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 		if strings.Contains(logs.String(), reported) && time.Until(end) > time.Second {
 			end = time.Now().Add(time.Second)
 		}
-		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,7 +123,7 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 			continue
 		}
 		cm.Data[kube.BundleKey] = "rogue"
-		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "rogue-ca"}); err == nil {
+		if _, err := apiserver.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "rogue-ca"}); err == nil {
 			rogueWrites++
 		}
 	}
@@ -140,31 +141,31 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 // alone by a second install with another CA, instead of being re-issued
 // by each in turn.
 func TestSASecretsBelongToOneInstall(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	var logB testkit.Buffer
-	a := &kube.SASecrets{Client: cs, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
+	a := &kube.SASecrets{Client: apiserver.Client, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
 	go func() { _ = a.Run(ctx) }()
-	ns := newNamespace(t, "sasowner")
-	newSA(t, ns, "sleep")
+	ns := apiserver.Namespace(t, "sasowner")
+	apiserver.ServiceAccount(t, ns, "sleep")
 	var first *corev1.Secret
-	eventually(t, 20*time.Second, func() (err error) {
-		first, err = cs.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	kubetest.Eventually(t, 20*time.Second, func() (err error) {
+		first, err = apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
 		return err
 	})
 	if first.Annotations[kube.OwnerAnnotation] != "install-a" {
 		t.Fatalf("owner annotation %q", first.Annotations[kube.OwnerAnnotation])
 	}
-	b := &kube.SASecrets{Client: cs, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
+	b := &kube.SASecrets{Client: apiserver.Client, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
 		Log: slog.New(slog.NewTextHandler(&logB, nil))}
 	go func() { _ = b.Run(ctx) }()
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if !strings.Contains(logB.String(), "Secret "+ns+"/istio.sleep belongs to another warden install") {
 			return fmt.Errorf("no conflict reported yet")
 		}
 		return nil
 	})
 	time.Sleep(time.Second)
-	now, err := cs.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	now, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

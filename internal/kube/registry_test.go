@@ -1,7 +1,6 @@
 package kube_test
 
 import (
-	"context"
 	"fmt"
 	"reflect"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -89,77 +89,22 @@ func TestEndpointsFromSlice(t *testing.T) {
 	}
 }
 
-// meshApp creates, in ns, a Service "reviews" with port http 9080 ->
-// 8080, a Pod per version running as service account reviews, and an
-// EndpointSlice holding the pods' IPs (envtest runs no controller
-// manager: the slice is written as the EndpointSlice controller would).
-func meshApp(t *testing.T, ns string, ips map[string]string) {
-	t.Helper()
-	ctx := context.Background()
-	newSA(t, ns, "reviews")
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "reviews"},
-		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": "reviews"},
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 9080, TargetPort: intstr.FromInt32(8080)}},
-		},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	sl := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-a", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080)), Protocol: ptr(corev1.ProtocolTCP)}},
-	}
-	for _, version := range []string{"v1", "v2"} {
-		name := "reviews-" + version
-		if _, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "reviews", "version": version}},
-			Spec:       corev1.PodSpec{ServiceAccountName: "reviews", Containers: []corev1.Container{{Name: "app", Image: "example.org/reviews:" + version}}},
-		}, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		sl.Endpoints = append(sl.Endpoints, discoveryv1.Endpoint{
-			Addresses:  []string{ips[version]},
-			Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)},
-			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: name},
-		})
-	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, sl, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// addReviewsSlice adds a second EndpointSlice to meshApp's reviews: ip,
-// pod reviews-v2, ready condition unset.
-func addReviewsSlice(t *testing.T, ns, ip string) {
-	t.Helper()
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(context.Background(), &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "reviews-b", Labels: map[string]string{discoveryv1.LabelServiceName: "reviews"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: ptr(int32(8080))}},
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "reviews-v2"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestServiceRegistryFollowsTheCluster: the registry lists Services with
 // their EndpointSlices' ready addresses, the Pods' labels and service
 // accounts, and follows changes: a pod going unready, a slice added, a
 // Service deleted. ExternalName Services are left out.
 func TestServiceRegistryFollowsTheCluster(t *testing.T) {
-	ns := newNamespace(t, "reg")
-	ctx := testCtx(t)
-	meshApp(t, ns, map[string]string{"v1": "10.10.0.1", "v2": "10.10.0.2"})
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+	ns := apiserver.Namespace(t, "reg")
+	ctx := kubetest.Context(t)
+	apiserver.MeshApp(t, ns, map[string]string{"v1": "10.10.0.1", "v2": "10.10.0.2"})
+	if _, err := apiserver.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "db"},
 		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var changes atomic.Int64
-	reg := &kube.ServiceRegistry{Client: cs, OnChange: func() { changes.Add(1) }}
+	reg := &kube.ServiceRegistry{Client: apiserver.Client, OnChange: func() { changes.Add(1) }}
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
 	select {
@@ -211,35 +156,35 @@ func TestServiceRegistryFollowsTheCluster(t *testing.T) {
 
 	// v1 goes unready; a second slice brings a third address.
 	before := changes.Load()
-	sl, err := cs.DiscoveryV1().EndpointSlices(ns).Get(ctx, "reviews-a", metav1.GetOptions{})
+	sl, err := apiserver.Client.DiscoveryV1().EndpointSlices(ns).Get(ctx, "reviews-a", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	sl.Endpoints[0].Conditions.Ready = ptr(false)
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.DiscoveryV1().EndpointSlices(ns).Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	addReviewsSlice(t, ns, "10.10.0.3")
-	eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v2/reviews", "10.10.0.3/v2/reviews") })
+	apiserver.AddReviewsSlice(t, ns, "10.10.0.3")
+	kubetest.Eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v2/reviews", "10.10.0.3/v2/reviews") })
 	if changes.Load() == before {
 		t.Fatal("OnChange was not called for the slice changes")
 	}
 
 	// A pod relabelled: the subset labels follow.
-	pod, err := cs.CoreV1().Pods(ns).Get(ctx, "reviews-v2", metav1.GetOptions{})
+	pod, err := apiserver.Client.CoreV1().Pods(ns).Get(ctx, "reviews-v2", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pod.Labels["version"] = "v3"
-	if _, err := cs.CoreV1().Pods(ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Pods(ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v3/reviews", "10.10.0.3/v3/reviews") })
+	kubetest.Eventually(t, 20*time.Second, func() error { return endpoints("10.10.0.2/v3/reviews", "10.10.0.3/v3/reviews") })
 
-	if err := cs.CoreV1().Services(ns).Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Services(ns).Delete(ctx, "reviews", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		for _, s := range reg.Services() {
 			if s.Namespace == ns {
 				return fmt.Errorf("%s still listed", s.Host)

@@ -19,6 +19,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
 // rootCA reads the trusted CA of a ROOTCA secret in an SDS response.
@@ -42,12 +43,12 @@ func rootCA(t *testing.T, resp *discovery.DiscoveryResponse) []byte {
 // the open stream is pushed the new bundle. (Before the bundle had one
 // publisher, ADS heard only of SVID rotations and kept the old root.)
 func TestADSFollowsRootChange(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	newSA(t, shop, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.ServiceAccount(t, shop, "sleep")
 	rootA := catest.Root(t, ca.CAOptions{CommonName: "root A"})
 	interA, _ := ca.NewIntermediate(rootA, ca.CAOptions{CommonName: "intermediate A", TTL: 30 * 24 * time.Hour, MaxPathLen: 0})
-	if _, err := cs.CoreV1().Secrets(ns).Create(context.Background(), cacertsSecret(ns, interA), metav1.CreateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(context.Background(), kubetest.CacertsSecret(ns, interA), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	addr, logs := startServe(t, ns)
@@ -58,7 +59,7 @@ func TestADSFollowsRootChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s := openADS(t, conn, requestToken(t, shop, "sleep", "istio-ca"))
+	s := openADS(t, conn, apiserver.Token(t, shop, "sleep", "istio-ca"))
 	node := fmt.Sprintf("sidecar~10.20.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
 	first, err := s.get(node, resource.SecretType, []string{"ROOTCA"}, nil)
 	if err != nil {
@@ -69,13 +70,13 @@ func TestADSFollowsRootChange(t *testing.T) {
 	}
 
 	rootB := catest.Root(t, ca.CAOptions{CommonName: "root B"})
-	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.PluggedSecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.PluggedSecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	upd := cacertsSecret(ns, rootB)
+	upd := kubetest.CacertsSecret(ns, rootB)
 	upd.ResourceVersion = sec.ResourceVersion
-	if _, err := cs.CoreV1().Secrets(ns).Update(context.Background(), upd, metav1.UpdateOptions{}); err != nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Update(context.Background(), upd, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pushed := make(chan *discovery.DiscoveryResponse, 1)

@@ -16,13 +16,14 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // bundleRoots reads the roots of ns's istio-ca-root-cert.
 func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
 	t.Helper()
-	cm, err := cs.CoreV1().ConfigMaps(ns).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+	cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
 	if err != nil {
 		return nil
 	}
@@ -32,11 +33,11 @@ func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
 
 // kubeRotate runs 'warden ca rotate --kubernetes' against ns; a failure
 // shows the replicas' logs.
-func kubeRotate(t *testing.T, ns string, logs ...*lockedBuffer) func(args ...string) string {
+func kubeRotate(t *testing.T, ns string, logs ...*testkit.Buffer) func(args ...string) string {
 	return func(args ...string) string {
 		t.Helper()
 		var out, errOut bytes.Buffer
-		code := app.Run(context.Background(), append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns}, args...), &out, &errOut)
+		code := app.Run(context.Background(), append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns}, args...), &out, &errOut)
 		if code != 0 {
 			var all strings.Builder
 			for i, l := range logs {
@@ -51,7 +52,7 @@ func kubeRotate(t *testing.T, ns string, logs ...*lockedBuffer) func(args ...str
 // waitBundle waits until the leader has published a one-root bundle to ns.
 func waitBundle(t *testing.T, ns string) {
 	t.Helper()
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		if len(bundleRoots(t, ns)) != 1 {
 			return fmt.Errorf("no bundle published yet")
 		}
@@ -61,7 +62,7 @@ func waitBundle(t *testing.T, ns string) {
 
 type replica struct {
 	addr string
-	logs *lockedBuffer
+	logs *testkit.Buffer
 	stop func()
 }
 
@@ -71,9 +72,9 @@ type replica struct {
 // grace and no automatic rotation.
 func twoReplicas(t *testing.T) (ns, shop string, a, b replica) {
 	t.Helper()
-	ns = newNamespace(t, "warden")
-	shop = newNamespace(t, "shop")
-	newSA(t, shop, "cart")
+	ns = apiserver.Namespace(t, "warden")
+	shop = apiserver.Namespace(t, "shop")
+	apiserver.ServiceAccount(t, shop, "cart")
 	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
 	a.addr, a.logs, a.stop = startServeWith(t, ns, "replica-a", flags...)
 	waitBundle(t, shop)
@@ -90,10 +91,10 @@ func twoReplicas(t *testing.T) (ns, shop string, a, b replica) {
 // activation chains to the new root, and istio-ca-secret ends as the new
 // CA.
 func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	ns, shop, a, b := twoReplicas(t)
 	logsA, stopA, addrB, logsB := a.logs, a.stop, b.addr, b.logs
-	oldSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	oldSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,16 +105,16 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if !strings.Contains(out, "phase: published") || !strings.Contains(out, "configmaps:") {
 		t.Fatalf("publish:\n%s", out)
 	}
-	nextSec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{})
+	nextSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	newRoots, _ := ca.ParseCerts(nextSec.Data["root-cert.pem"])
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(oldRoots[0]) || !r[1].Equal(newRoots[0]) {
 			return fmt.Errorf("the ConfigMap holds %d roots, want old then new", len(r))
 		}
-		sec, err := cs.CoreV1().Secrets(shop).Get(ctx, "istio.cart", metav1.GetOptions{})
+		sec, err := apiserver.Client.CoreV1().Secrets(shop).Get(ctx, "istio.cart", metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -122,7 +123,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, func() error {
+	kubetest.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(logsB.String(), "following the leader") {
 			return fmt.Errorf("replica b did not follow the published phase")
 		}
@@ -138,7 +139,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if !strings.Contains(logsB.String(), "elected leader") {
 		t.Fatalf("replica b did not take over:\n%s", logsB.String())
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if out = rotate("--status"); !strings.Contains(out, "phase: activated") {
 			return fmt.Errorf("not activated:\n%s", out)
 		}
@@ -147,7 +148,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	// Replica b signs under the new root.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "root.pem"), oldSec.Data["root-cert.pem"], 0o600)
-	os.WriteFile(filepath.Join(dir, "token"), []byte(requestToken(t, shop, "cart", "istio-ca")), 0o600)
+	os.WriteFile(filepath.Join(dir, "token"), []byte(apiserver.Token(t, shop, "cart", "istio-ca")), 0o600)
 	var o, e bytes.Buffer
 	if code := app.Run(ctx, []string{"cert", "request", "--ca", addrB, "--root-cert", filepath.Join(dir, "root.pem"), "--token-file", filepath.Join(dir, "token"), "--out", filepath.Join(dir, "svid")}, &o, &e); code != 0 {
 		t.Fatalf("cert request after activation: %s%s", o.String(), e.String())
@@ -157,7 +158,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if err := chain[0].CheckSignatureFrom(newRoots[0]); err != nil {
 		t.Fatalf("a certificate issued after activation is not signed by the new root: %v", err)
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(newRoots[0]) {
 			return fmt.Errorf("after activation the ConfigMap's first root is not the new one")
 		}
@@ -168,14 +169,14 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.Fingerprint(newRoots[0])) {
 		t.Fatalf("retire:\n%s", out)
 	}
-	sec, _ := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	sec, _ := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 1 || !r[0].Equal(newRoots[0]) {
 		t.Fatal("istio-ca-secret is not the new CA after retirement")
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{}); err == nil {
 		t.Error("the prepared CA's Secret is left after retirement")
 	}
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if r := bundleRoots(t, shop); len(r) != 1 || !r[0].Equal(newRoots[0]) {
 			return fmt.Errorf("the ConfigMap holds %d roots after retirement", len(r))
 		}
@@ -188,18 +189,18 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 // the new one: the leader's activation waits for it, named through that
 // replica's report; once the stream is gone, activation proceeds.
 func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := kubetest.Context(t)
 	ns, shop, _, b := twoReplicas(t)
 	addrB := b.addr
-	sec, err := cs.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeStream := testkit.SilentBundleStream(t, addrB, sec.Data["root-cert.pem"], requestToken(t, shop, "cart", "istio-ca"))
+	closeStream := testkit.SilentBundleStream(t, addrB, sec.Data["root-cert.pem"], apiserver.Token(t, shop, "cart", "istio-ca"))
 	rotate := kubeRotate(t, ns)
 	rotate("activate")
 	var status string
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		status = rotate("--status")
 		if !strings.Contains(status, "missing: replica replica-b: spiffe://cluster.local/ns/"+shop+"/sa/cart (sds stream") {
 			return fmt.Errorf("the silent stream on replica b is not named:\n%s", status)
@@ -210,7 +211,7 @@ func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 		t.Fatalf("activated although a stream on another replica lacks the new root:\n%s", status)
 	}
 	closeStream()
-	eventually(t, 20*time.Second, func() error {
+	kubetest.Eventually(t, 20*time.Second, func() error {
 		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
 			return fmt.Errorf("not activated:\n%s", status)
 		}

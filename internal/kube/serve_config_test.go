@@ -16,6 +16,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -65,11 +66,11 @@ func lastApplied(logs string) (objects, rejected int, ok bool) {
 // same object.
 func TestServeKubernetesRootNamespaceAndConfigLog(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	meshRoot := newNamespace(t, "meshroot")
-	other := newNamespace(t, "notroot")
-	meshApp(t, shop, map[string]string{"v1": "10.50.0.1", "v2": "10.50.0.2"})
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	meshRoot := apiserver.Namespace(t, "meshroot")
+	other := apiserver.Namespace(t, "notroot")
+	apiserver.MeshApp(t, shop, map[string]string{"v1": "10.50.0.1", "v2": "10.50.0.2"})
 	policies := fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: root-deny, namespace: %s}
@@ -84,21 +85,21 @@ spec:
   action: DENY
   rules: [{when: [{key: "request.headers[x-other]", values: [deny]}]}]
 `, meshRoot, other)
-	if out, err := kubectl(t, []byte(policies), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(policies), "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
-	t.Cleanup(func() { _, _ = kubectl(t, []byte(policies), "delete", "-f", "-") })
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, []byte(policies), "delete", "-f", "-") })
 	httpAddr := testkit.FreeAddr(t)
 	metricsURL := "http://" + httpAddr + "/metrics"
 	addr, logs, _ := startServeWith(t, ns, "replica-a", "--root-namespace", meshRoot, "--http-listen", httpAddr)
 
 	conn := dialServe(t, ns, addr, logs)
-	tok := requestToken(t, shop, "reviews", "istio-ca")
+	tok := apiserver.Token(t, shop, "reviews", "istio-ca")
 	node := fmt.Sprintf("sidecar~10.50.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop)
 	rootPolicy, otherPolicy := "ns["+meshRoot+"]-policy[root-deny]-rule[0]", "ns["+other+"]-policy[other-deny]-rule[0]"
 	// The registry and the configuration list asynchronously.
 	var listeners []byte
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		lds, err := openADS(t, conn, tok).get(node, resource.ListenerType, nil, nil)
 		if err != nil {
 			return err
@@ -118,7 +119,7 @@ spec:
 
 	// What serve applied, at info level.
 	var objects, rejected int
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		var ok bool
 		if objects, rejected, ok = lastApplied(logs.String()); !ok {
 			return fmt.Errorf("no \"mesh configuration applied\" line")
@@ -136,18 +137,18 @@ metadata: {name: wildcard, namespace: ` + shop + `}
 spec:
   selector: {matchLabels: {app: "reviews*"}}
 `
-	if out, err := kubectl(t, []byte(bad), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(bad), "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	deleted := false
 	t.Cleanup(func() {
 		if !deleted {
-			_, _ = kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", shop)
+			_, _ = apiserver.Kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", shop)
 		}
 	})
 	refused := "AuthorizationPolicy/" + shop + "/wildcard: api: document 1 (AuthorizationPolicy " + shop + `/wildcard): spec.selector.matchLabels["app"]: wildcard not allowed in label value match`
 	warn := regexp.MustCompile(`(?m)^time=\S+ level=WARN msg="mesh configuration: invalid object left out" object=` + regexp.QuoteMeta(strconv.Quote(refused)) + `$`)
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		o, r, _ := lastApplied(logs.String())
 		if o != objects || r != rejected+1 || !warn.MatchString(logs.String()) {
 			return fmt.Errorf("last applied objects=%d rejected=%d (want %d, %d), warning logged %t (want a line matching %s)\n%s",
@@ -161,7 +162,7 @@ spec:
 
 	// proxy-config --kubernetes says the same.
 	var out, errb bytes.Buffer
-	if code := app.Run(ctx, []string{"proxy-config", "--kubernetes", "--kubeconfig", kubeconfig, "--node", node, "-o", "json", "all"}, &out, &errb); code != 0 {
+	if code := app.Run(ctx, []string{"proxy-config", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--node", node, "-o", "json", "all"}, &out, &errb); code != 0 {
 		t.Fatalf("proxy-config exited %d: %s", code, errb.String())
 	}
 	var pc struct{ Warnings []string }
@@ -173,11 +174,11 @@ spec:
 	}
 
 	// Deleted: no longer counted, and the info line says so.
-	if out, err := kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", shop); err != nil {
+	if out, err := apiserver.Kubectl(t, nil, "delete", "authorizationpolicy", "wildcard", "-n", shop); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	deleted = true
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		if o, r, _ := lastApplied(logs.String()); o != objects || r != rejected {
 			return fmt.Errorf("last applied objects=%d rejected=%d, want %d, %d", o, r, objects, rejected)
 		}

@@ -18,21 +18,19 @@ import (
 
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
-// lockedBuffer is the shared concurrent-safe buffer.
-type lockedBuffer = testkit.Buffer
-
 // startServe runs 'warden serve --kubernetes' with its state in ns and
 // waits for its listener.
-func startServe(t *testing.T, ns string) (string, *lockedBuffer) {
+func startServe(t *testing.T, ns string) (string, *testkit.Buffer) {
 	t.Helper()
 	return startServeAs(t, ns, "replica-a")
 }
 
 // startServeAs is startServe for a named replica.
-func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
+func startServeAs(t *testing.T, ns, replica string) (string, *testkit.Buffer) {
 	t.Helper()
 	addr, logs, _ := startServeWith(t, ns, replica)
 	return addr, logs
@@ -40,14 +38,14 @@ func startServeAs(t *testing.T, ns, replica string) (string, *lockedBuffer) {
 
 // startServeWith is startServeAs with more flags; stop ends the replica
 // early (as a rolled pod would go).
-func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, *lockedBuffer, func()) {
+func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, *testkit.Buffer, func()) {
 	t.Helper()
 	addr := testkit.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &lockedBuffer{}
+	logs := &testkit.Buffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- app.Run(ctx, append([]string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+		done <- app.Run(ctx, append([]string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns,
 			"--listen", addr, "--http-listen", "", "--replica-id", replica}, extra...), logs, logs)
 	}()
 	var once sync.Once
@@ -60,7 +58,7 @@ func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, 
 		})
 	}
 	t.Cleanup(stop)
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
@@ -74,12 +72,12 @@ func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, 
 // test API server and gets a certificate with a TokenRequest token through
 // 'warden cert request', as an operator would.
 func TestServeKubernetesMode(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	app1 := newNamespace(t, "app")
-	newSA(t, app1, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	app1 := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, app1, "sleep")
 	httpAddr := testkit.FreeAddr(t)
 	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
-	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
 	}
@@ -87,7 +85,7 @@ func TestServeKubernetesMode(t *testing.T) {
 	root := filepath.Join(dir, "root.pem")
 	os.WriteFile(root, sec.Data["root-cert.pem"], 0o600)
 	tok := filepath.Join(dir, "token")
-	os.WriteFile(tok, []byte(requestToken(t, app1, "sleep", "istio-ca")), 0o600)
+	os.WriteFile(tok, []byte(apiserver.Token(t, app1, "sleep", "istio-ca")), 0o600)
 	var out, errb bytes.Buffer
 	code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", filepath.Join(dir, "svid")}, &out, &errb)
 	if want := "spiffe://cluster.local/ns/" + app1 + "/sa/sleep\n"; code != 0 || !strings.HasPrefix(out.String(), want) {
@@ -111,8 +109,8 @@ func TestServeKubernetesMode(t *testing.T) {
 		}
 	}
 	// The leader publishes the bundle to the workload's namespace.
-	eventually(t, 30*time.Second, func() error {
-		cm, err := cs.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -122,8 +120,8 @@ func TestServeKubernetesMode(t *testing.T) {
 		return nil
 	})
 	// And the Citadel-style secret for the service account.
-	eventually(t, 30*time.Second, func() error {
-		_, err := cs.CoreV1().Secrets(app1).Get(context.Background(), "istio.sleep", metav1.GetOptions{})
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		_, err := apiserver.Client.CoreV1().Secrets(app1).Get(context.Background(), "istio.sleep", metav1.GetOptions{})
 		return err
 	})
 }
@@ -131,19 +129,19 @@ func TestServeKubernetesMode(t *testing.T) {
 // TestBindFailureWritesNothing: a replica that cannot bind its port fails
 // before it writes shared state: no istio-ca-secret is created.
 func TestBindFailureWritesNothing(t *testing.T) {
-	ns := newNamespace(t, "warden")
+	ns := apiserver.Namespace(t, "warden")
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	var logs lockedBuffer
-	code := app.Run(context.Background(), []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+	var logs testkit.Buffer
+	code := app.Run(context.Background(), []string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns,
 		"--listen", busy.Addr().String(), "--http-listen", "", "--replica-id", "replica-a"}, &logs, &logs)
 	if code != 1 || !strings.Contains(logs.String(), "CA API: listen tcp "+busy.Addr().String()) {
 		t.Fatalf("serve on a busy port: %d\n%s", code, logs.String())
 	}
-	if _, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("istio-ca-secret after a failed bind: %v", err)
 	}
 }

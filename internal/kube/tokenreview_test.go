@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -20,6 +19,7 @@ import (
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
 // caServer serves a CA authenticating with TokenReview against the test
@@ -50,29 +50,17 @@ func caServer(t testing.TB, auth *kube.TokenReviewAuthenticator) *client.Client 
 	return c
 }
 
-func requestToken(t testing.TB, ns, sa string, aud ...string) string {
-	t.Helper()
-	exp := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), sa, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{Audiences: aud, ExpirationSeconds: &exp},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tr.Status.Token
-}
-
 func TestTokenReviewIdentities(t *testing.T) {
-	newSA(t, "default", "sleep")
-	ns := newNamespace(t, "tr")
-	newSA(t, ns, "flaskapp")
-	newSA(t, ns, "doomed")
-	auth := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: catest.TrustDomain}
+	apiserver.ServiceAccount(t, "default", "sleep")
+	ns := apiserver.Namespace(t, "tr")
+	apiserver.ServiceAccount(t, ns, "flaskapp")
+	apiserver.ServiceAccount(t, ns, "doomed")
+	auth := &kube.TokenReviewAuthenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain}
 	c := caServer(t, auth)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	res, err := c.Request(ctx, client.Request{Token: requestToken(t, "default", "sleep", "istio-ca")})
+	res, err := c.Request(ctx, client.Request{Token: apiserver.Token(t, "default", "sleep", "istio-ca")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,17 +68,17 @@ func TestTokenReviewIdentities(t *testing.T) {
 		t.Fatalf("issued %s", got)
 	}
 	// The sleep token cannot get flaskapp's identity.
-	_, err = c.Request(ctx, client.Request{Token: requestToken(t, "default", "sleep", "istio-ca"), ID: catest.ID(ns, "flaskapp")})
+	_, err = c.Request(ctx, client.Request{Token: apiserver.Token(t, "default", "sleep", "istio-ca"), ID: catest.ID(ns, "flaskapp")})
 	wantCode(t, err, codes.PermissionDenied, "but the caller is spiffe://cluster.local/ns/default/sa/sleep")
 
-	doomed := requestToken(t, ns, "doomed", "istio-ca")
-	if err := cs.CoreV1().ServiceAccounts(ns).Delete(ctx, "doomed", metav1.DeleteOptions{}); err != nil {
+	doomed := apiserver.Token(t, ns, "doomed", "istio-ca")
+	if err := apiserver.Client.CoreV1().ServiceAccounts(ns).Delete(ctx, "doomed", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct{ name, tok, msg string }{
-		{"other audience", requestToken(t, ns, "flaskapp", "vault"), "tokenreview: token rejected for audiences [istio-ca]"},
+		{"other audience", apiserver.Token(t, ns, "flaskapp", "vault"), "tokenreview: token rejected for audiences [istio-ca]"},
 		{"deleted service account", doomed, "tokenreview: token rejected for audiences [istio-ca]"},
-		{"user token", userToken, "tokenreview: token rejected for audiences [istio-ca]: invalid bearer token"},
+		{"user token", kubetest.UserToken, "tokenreview: token rejected for audiences [istio-ca]: invalid bearer token"},
 		{"garbage", "garbage", "tokenreview: token rejected"},
 	}
 	for _, tc := range cases {
@@ -101,8 +89,8 @@ func TestTokenReviewIdentities(t *testing.T) {
 	}
 	// Were the API server's own audience accepted, a plain user's token
 	// would pass TokenReview; it is still not a service account.
-	apiAud := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: catest.TrustDomain, Audiences: []string{strings.TrimSuffix(restCfg.Host, "/") + "/"}}
-	md := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+userToken))
+	apiAud := &kube.TokenReviewAuthenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain, Audiences: []string{strings.TrimSuffix(apiserver.Config.Host, "/") + "/"}}
+	md := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+kubetest.UserToken))
 	_, err = apiAud.Authenticate(md)
 	if want := `tokenreview: user "alice" is not a service account (not in group system:serviceaccounts)`; err == nil || err.Error() != want {
 		t.Fatalf("user token with the API audience: %v, want %q", err, want)

@@ -21,6 +21,8 @@ import (
 	"github.com/wardenmesh/warden/ca/vault/vaulttest"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 // TestVaultKubernetesAuth: docs/vault.md's Kubernetes-auth steps (kubectl
@@ -32,33 +34,33 @@ import (
 // exist, or a service account the role does not bind, stops warden at
 // startup with Vault's reason.
 func TestVaultKubernetesAuth(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	newSA(t, ns, "warden")
-	newSA(t, ns, "intruder")
-	app1 := newNamespace(t, "app")
-	newSA(t, app1, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	apiserver.ServiceAccount(t, ns, "warden")
+	apiserver.ServiceAccount(t, ns, "intruder")
+	app1 := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, app1, "sleep")
 
 	v := vaulttest.Start(t)
 	dir := t.TempDir()
 	kubeCA := filepath.Join(dir, "kube-ca.pem")
-	if err := os.WriteFile(kubeCA, restCfg.CAData, 0o600); err != nil {
+	if err := os.WriteFile(kubeCA, apiserver.Config.CAData, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	path := os.Getenv("PATH")
-	if _, err := os.Stat(filepath.Join(assetsDir, "kubectl")); err == nil {
-		path = assetsDir + string(os.PathListSeparator) + path
+	if _, err := os.Stat(filepath.Join(apiserver.Assets, "kubectl")); err == nil {
+		path = apiserver.Assets + string(os.PathListSeparator) + path
 	}
-	v.RunDoc(t, dir, []string{"KUBE_HOST=" + restCfg.Host, "KUBE_CA_CERT=" + kubeCA, "WARDEN_NAMESPACE=" + ns,
-		"KUBECONFIG=" + kubeconfig, "PATH=" + path}, "setup", "pki", "policy", "kubernetes")
+	v.RunDoc(t, dir, []string{"KUBE_HOST=" + apiserver.Config.Host, "KUBE_CA_CERT=" + kubeCA, "WARDEN_NAMESPACE=" + ns,
+		"KUBECONFIG=" + apiserver.Kubeconfig, "PATH=" + path}, "setup", "pki", "policy", "kubernetes")
 	vaultRoot, err := os.ReadFile(filepath.Join(dir, "vault-root.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	jwt := filepath.Join(dir, "warden.jwt")
-	os.WriteFile(jwt, []byte(requestToken(t, ns, "warden")), 0o600)
+	os.WriteFile(jwt, []byte(apiserver.Token(t, ns, "warden")), 0o600)
 	serveArgs := func(addr, role, tokenFile string) []string {
-		return []string{"serve", "--kubernetes", "--kubeconfig", kubeconfig, "--namespace", ns,
+		return []string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns,
 			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a",
 			"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert,
 			"--vault-auth", "kubernetes", "--vault-k8s-role", role, "--vault-k8s-token-file", tokenFile}
@@ -66,7 +68,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 
 	// Refusals first: no CA comes up.
 	intruder := filepath.Join(dir, "intruder.jwt")
-	os.WriteFile(intruder, []byte(requestToken(t, ns, "intruder")), 0o600)
+	os.WriteFile(intruder, []byte(apiserver.Token(t, ns, "intruder")), 0o600)
 	for _, tc := range []struct {
 		name, role, jwt, want string
 	}{
@@ -82,7 +84,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 
 	addr := freeLocalAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var logs lockedBuffer
+	var logs testkit.Buffer
 	done := make(chan int, 1)
 	go func() { done <- app.Run(ctx, serveArgs(addr, "warden", jwt), &logs, &logs) }()
 	t.Cleanup(func() {
@@ -91,7 +93,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 			t.Errorf("warden serve exited %d:\n%s", code, logs.String())
 		}
 	})
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		select {
 		case code := <-done:
 			done <- code
@@ -110,7 +112,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 
 	rootFile := filepath.Join(dir, "vault-root.pem")
 	tok := filepath.Join(dir, "sleep.jwt")
-	os.WriteFile(tok, []byte(requestToken(t, app1, "sleep", "istio-ca")), 0o600)
+	os.WriteFile(tok, []byte(apiserver.Token(t, app1, "sleep", "istio-ca")), 0o600)
 	svid := filepath.Join(dir, "svid")
 	var out, errb bytes.Buffer
 	code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", rootFile, "--token-file", tok, "--out", svid}, &out, &errb)
@@ -132,8 +134,8 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	}
 	catest.OpenSSLVerify(t, [][]byte{ca.EncodeCerts(chain[0]), ca.EncodeCerts(chain[1]), vaultRoot})
 	// The trust bundle published to namespaces is Vault's root.
-	eventually(t, 30*time.Second, func() error {
-		cm, err := cs.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -143,7 +145,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		return nil
 	})
 	// With Vault, no CA key is stored in the cluster.
-	if _, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("istio-ca-secret: %v, want NotFound", err)
 	}
 }

@@ -26,6 +26,8 @@ import (
 
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -101,21 +103,21 @@ func lbAddrs(t *testing.T, resp *discovery.DiscoveryResponse) []string {
 // on the open stream. A token for sleep cannot take the node of a
 // reviews pod: the pod's service account, read from the cluster, decides.
 func TestServeKubernetesXDS(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	meshApp(t, shop, map[string]string{"v1": "10.20.0.1", "v2": "10.20.0.2"})
-	newSA(t, shop, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.MeshApp(t, shop, map[string]string{"v1": "10.20.0.1", "v2": "10.20.0.2"})
+	apiserver.ServiceAccount(t, shop, "sleep")
 	addr, logs := startServe(t, ns)
 
 	conn := dialServe(t, ns, addr, logs)
-	sleepTok := requestToken(t, shop, "sleep", "istio-ca")
+	sleepTok := apiserver.Token(t, shop, "sleep", "istio-ca")
 	node := fmt.Sprintf("sidecar~10.20.0.9~sleep-1.%s~%s.svc.cluster.local", shop, shop)
 	cluster := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
 
 	// The registry lists asynchronously: wait until the cluster exists.
 	var s *adsStream
 	var cds *discovery.DiscoveryResponse
-	eventually(t, 30*time.Second, func() error {
+	kubetest.Eventually(t, 30*time.Second, func() error {
 		s = openADS(t, conn, sleepTok)
 		var err error
 		cds, err = s.get(node, resource.ClusterType, nil, nil)
@@ -141,7 +143,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 	}
 
 	// Scale up: a new slice with a third pod address is pushed.
-	addReviewsSlice(t, shop, "10.20.0.3")
+	apiserver.AddReviewsSlice(t, shop, "10.20.0.3")
 	pushed, err := s.get(node, resource.EndpointType, []string{cluster}, eds) // ACK, then wait for the push
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +162,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 	// No token, or one for another audience: Unauthenticated, saying why.
 	for _, c := range []struct{ token, msg string }{
 		{"", "xds: no credentials: send authorization: Bearer <token>"},
-		{requestToken(t, shop, "sleep", "some-other-api"), "xds: tokenreview: token rejected for audiences [istio-ca]"},
+		{apiserver.Token(t, shop, "sleep", "some-other-api"), "xds: tokenreview: token rejected for audiences [istio-ca]"},
 	} {
 		_, err := openADS(t, conn, c.token).get(node, resource.ListenerType, nil, nil)
 		if st := status.Convert(err); st.Code() != codes.Unauthenticated || !strings.HasPrefix(st.Message(), c.msg) {
@@ -168,7 +170,7 @@ func TestServeKubernetesXDS(t *testing.T) {
 		}
 	}
 	// And reviews' own token gets it.
-	own := openADS(t, conn, requestToken(t, shop, "reviews", "istio-ca"))
+	own := openADS(t, conn, apiserver.Token(t, shop, "reviews", "istio-ca"))
 	if _, err := own.get(fmt.Sprintf("sidecar~10.20.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop), resource.ListenerType, nil, nil); err != nil {
 		t.Fatalf("reviews as reviews-v1: %v\n%s", err, logs.String())
 	}
@@ -179,8 +181,8 @@ func TestServeKubernetesXDS(t *testing.T) {
 // the Service's EndpointSlices and its identity from its Pod; a
 // ServiceEntry claiming the Service's host is reported and left out.
 func TestProxyConfigKubernetes(t *testing.T) {
-	shop := newNamespace(t, "shop")
-	meshApp(t, shop, map[string]string{"v1": "10.30.0.1", "v2": "10.30.0.2"})
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.MeshApp(t, shop, map[string]string{"v1": "10.30.0.1", "v2": "10.30.0.2"})
 	entries := fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: fake-reviews, namespace: %s}
@@ -200,12 +202,12 @@ spec:
   ports: [{number: 443, name: tls, protocol: TLS}]
   endpoints: [{address: 198.51.100.4}]
 `, shop, shop)
-	if out, err := kubectl(t, []byte(entries), "apply", "-f", "-"); err != nil {
+	if out, err := apiserver.Kubectl(t, []byte(entries), "apply", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
 	node := fmt.Sprintf("sidecar~10.30.0.1~reviews-v1.%s~%s.svc.cluster.local", shop, shop)
 	var out, errb bytes.Buffer
-	if code := app.Run(context.Background(), []string{"proxy-config", "--kubernetes", "--kubeconfig", kubeconfig, "--node", node, "-o", "json", "all"}, &out, &errb); code != 0 {
+	if code := app.Run(context.Background(), []string{"proxy-config", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--node", node, "-o", "json", "all"}, &out, &errb); code != 0 {
 		t.Fatalf("proxy-config exited %d: %s", code, errb.String())
 	}
 	var got struct {
@@ -264,9 +266,9 @@ spec:
 // dialServe is a gRPC connection to the warden serve of install
 // namespace ns at addr, checked against the root in its istio-ca-secret;
 // closed with the test.
-func dialServe(t *testing.T, ns, addr string, logs *lockedBuffer) *grpc.ClientConn {
+func dialServe(t *testing.T, ns, addr string, logs *testkit.Buffer) *grpc.ClientConn {
 	t.Helper()
-	sec, err := cs.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
 	}
@@ -290,18 +292,18 @@ func dialServe(t *testing.T, ns, addr string, logs *lockedBuffer) *grpc.ClientCo
 // PermissionDenied before any listener of reviews' inbound port reaches
 // it.
 func TestStreamClosedWhenPodIPReused(t *testing.T) {
-	ns := newNamespace(t, "warden")
-	shop := newNamespace(t, "shop")
-	meshApp(t, shop, map[string]string{"v1": "10.21.0.1", "v2": "10.21.0.2"})
-	newSA(t, shop, "sleep")
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.MeshApp(t, shop, map[string]string{"v1": "10.21.0.1", "v2": "10.21.0.2"})
+	apiserver.ServiceAccount(t, shop, "sleep")
 	addr, logs := startServe(t, ns)
 	conn := dialServe(t, ns, addr, logs)
 	node := fmt.Sprintf("sidecar~10.21.0.3~sleep-1.%s~%s.svc.cluster.local", shop, shop)
 	cluster := xds.ClusterName(9080, "", "reviews."+shop+".svc.cluster.local")
 	var s *adsStream
 	var lds *discovery.DiscoveryResponse
-	eventually(t, 30*time.Second, func() error {
-		s = openADS(t, conn, requestToken(t, shop, "sleep", "istio-ca"))
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		s = openADS(t, conn, apiserver.Token(t, shop, "sleep", "istio-ca"))
 		cds, err := s.get(node, resource.ClusterType, nil, nil)
 		if err != nil {
 			return err
@@ -312,7 +314,7 @@ func TestStreamClosedWhenPodIPReused(t *testing.T) {
 		lds, err = s.get(node, resource.ListenerType, nil, nil)
 		return err
 	})
-	addReviewsSlice(t, shop, "10.21.0.3")
+	apiserver.AddReviewsSlice(t, shop, "10.21.0.3")
 	for last := lds; ; {
 		resp, err := s.get(node, resource.ListenerType, nil, last) // ACK, then wait for the next push
 		if err != nil {
