@@ -21,13 +21,9 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 )
-
-// DefaultOwner is the owner of an install that names none.
-const DefaultOwner = "warden-system"
 
 // Trust bundle ConfigMap, as Istio names it.
 const (
@@ -48,10 +44,10 @@ type BundlePublisher struct {
 	Resync time.Duration // default 10m
 	Now    func() time.Time
 
-	guard  *guard
+	guard  *Guard
 	mu     sync.Mutex
 	sent   [][32]byte // digests of the last bundles published: rewriting one of them is an update, not a repair
-	loop   *loop
+	loop   *Loop
 	nsList corelisters.NamespaceLister
 	cmList corelisters.ConfigMapLister
 }
@@ -70,8 +66,8 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	if p.Now == nil {
 		p.Now = time.Now
 	}
-	p.guard = newGuard(p.Owner, "ConfigMap", p.Log, p.Now)
-	p.loop = newLoop("bundle", p.Log, p.reconcile)
+	p.guard = NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
+	p.loop = NewLoop("bundle", p.Log, p.reconcile)
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "metadata.name=" + BundleConfigMap
@@ -80,12 +76,12 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	p.nsList, p.cmList = nsInf.Lister(), cmInf.Lister()
 	enqueueNS := func(obj any) {
 		if ns, ok := obj.(*corev1.Namespace); ok {
-			p.loop.add(ns.Name)
+			p.loop.Add(ns.Name)
 		}
 	}
 	enqueueCM := func(obj any) {
-		if cm, ok := tombstone(obj).(*corev1.ConfigMap); ok {
-			p.loop.add(cm.Namespace)
+		if cm, ok := Tombstone(obj).(*corev1.ConfigMap); ok {
+			p.loop.Add(cm.Namespace)
 		}
 	}
 	if _, err := nsInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -100,10 +96,10 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := startAndSync(ctx, "bundle", nsF, cmF); err != nil {
+	if err := StartAndSync(ctx, "bundle", nsF, cmF); err != nil {
 		return err
 	}
-	p.loop.run(ctx, 2)
+	p.loop.Run(ctx, 2)
 	return nil
 }
 
@@ -142,7 +138,7 @@ func (p *BundlePublisher) Changed([]*x509.Certificate) {
 	}
 	nss, _ := p.nsList.List(labels.Everything())
 	for _, ns := range nss {
-		p.loop.add(ns.Name)
+		p.loop.Add(ns.Name)
 	}
 }
 
@@ -164,7 +160,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 			ObjectMeta: metav1.ObjectMeta{Name: BundleConfigMap, Namespace: ns, Labels: map[string]string{"istio.io/config": "true", "app.kubernetes.io/managed-by": "warden"}},
 			Data:       map[string]string{BundleKey: string(want)},
 		}
-		p.guard.annotate(&created.ObjectMeta)
+		p.guard.Annotate(&created.ObjectMeta)
 		_, err = cms.Create(ctx, created, metav1.CreateOptions{FieldManager: FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return 0, nil // the informer will bring it and we will compare
@@ -178,16 +174,16 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 	}
 	p.published(nil, want)
 	same := bytes.Equal([]byte(cm.Data[BundleKey]), want) && len(cm.Data) == 1 && len(cm.BinaryData) == 0
-	if same && p.guard.owned(cm) {
+	if same && p.guard.Owned(cm) {
 		return 0, nil
 	}
-	if ok, retry := p.guard.mayWrite(key, cm); !ok {
+	if ok, retry := p.guard.MayWrite(key, cm); !ok {
 		return retry, nil
 	}
 	fixed := cm.DeepCopy()
 	fixed.Data = map[string]string{BundleKey: string(want)}
 	fixed.BinaryData = nil
-	p.guard.annotate(&fixed.ObjectMeta)
+	p.guard.Annotate(&fixed.ObjectMeta)
 	if _, err := cms.Update(ctx, fixed, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 		return 0, err
 	}
@@ -199,7 +195,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 		p.Log.Info("updated trust bundle", "namespace", ns)
 		return 0, nil
 	}
-	p.guard.wrote(key)
+	p.guard.Wrote(key)
 	p.Log.Info("rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
 	return 0, nil
 }
@@ -227,22 +223,13 @@ func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 			}
 		}
 		total++
-		if err == nil && holdsRoot([]byte(cm.Data[BundleKey]), fp) {
+		if err == nil && HoldsRoot([]byte(cm.Data[BundleKey]), fp) {
 			continue
 		}
 		missing = append(missing, "configmap "+ns.Name+"/"+BundleConfigMap)
 	}
 	slices.Sort(missing)
 	return total, missing
-}
-
-// holdsRoot says whether PEM b holds a certificate with fingerprint fp.
-func holdsRoot(b []byte, fp string) bool {
-	certs, err := ca.ParseCerts(b)
-	if err != nil {
-		return false
-	}
-	return slices.ContainsFunc(certs, func(c *x509.Certificate) bool { return ca.Fingerprint(c) == fp })
 }
 
 // Check implements bundle.Checker: the ConfigMap of every namespace

@@ -59,9 +59,9 @@ func CheckBundles(ctx context.Context, cs kubernetes.Interface, fp, owner string
 			missing = append(missing, n.Name)
 		case err != nil:
 			return 0, nil, nil, nil, err
-		case otherOwner(cm.ObjectMeta, owner):
+		case OtherOwner(cm.ObjectMeta, owner):
 			others = append(others, n.Name+" ("+cm.Annotations[OwnerAnnotation]+")")
-		case !holdsRoot([]byte(cm.Data[BundleKey]), fp):
+		case !HoldsRoot([]byte(cm.Data[BundleKey]), fp):
 			stale = append(stale, n.Name)
 		}
 	}
@@ -69,11 +69,6 @@ func CheckBundles(ctx context.Context, cs kubernetes.Interface, fp, owner string
 	slices.Sort(stale)
 	slices.Sort(others)
 	return total, missing, stale, others, nil
-}
-
-func otherOwner(m metav1.ObjectMeta, owner string) bool {
-	o := m.Annotations[OwnerAnnotation]
-	return o != "" && o != owner
 }
 
 // CheckSASecrets lists the Citadel-style istio.<sa> Secrets of this
@@ -86,14 +81,14 @@ func CheckSASecrets(ctx context.Context, cs kubernetes.Interface, fp, owner stri
 		return 0, nil, nil, err
 	}
 	for _, s := range list.Items {
-		if otherOwner(s.ObjectMeta, owner) {
+		if OtherOwner(s.ObjectMeta, owner) {
 			continue
 		}
 		total++
 		name := s.Namespace + "/" + s.Name
 		certs, err := ca.ParseCerts(s.Data[keyCertChain])
 		switch {
-		case err != nil || len(certs) == 0 || !holdsRoot(s.Data[keyRootCert], fp) || !now.Before(certs[0].NotAfter):
+		case err != nil || len(certs) == 0 || !HoldsRoot(s.Data[keyRootCert], fp) || !now.Before(certs[0].NotAfter):
 			stale = append(stale, name)
 		case !now.Before(halfLife(certs[0])):
 			late = append(late, name)

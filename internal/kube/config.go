@@ -128,7 +128,7 @@ func (w *ConfigWatcher) Rejected() []string {
 }
 
 func (w *ConfigWatcher) remove(obj any) {
-	if u, ok := tombstone(obj).(*unstructured.Unstructured); ok {
+	if u, ok := Tombstone(obj).(*unstructured.Unstructured); ok {
 		key := configKey(u.GetKind(), u.GetNamespace(), u.GetName())
 		w.mu.Lock()
 		delete(w.rejected, key)

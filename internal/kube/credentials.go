@@ -118,7 +118,7 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 	}))
 	inf := f.Core().V1().Secrets()
 	changed := func(obj any) {
-		if s, ok := tombstone(obj).(*corev1.Secret); ok && g.OnChange != nil && g.lister.Load() != nil {
+		if s, ok := Tombstone(obj).(*corev1.Secret); ok && g.OnChange != nil && g.lister.Load() != nil {
 			g.OnChange(s.Namespace)
 		}
 	}
@@ -128,7 +128,7 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 		return err
 	}
 	lister := inf.Lister()
-	if err := startAndSync(ctx, "gateway-credentials", f); err != nil {
+	if err := StartAndSync(ctx, "gateway-credentials", f); err != nil {
 		f.Shutdown()
 		if ctx.Err() != nil {
 			return nil // stopped before the first list finished: not a failure

@@ -74,7 +74,7 @@ func (r *ServiceRegistry) Run(ctx context.Context) error {
 	r.mu.Lock()
 	r.services, r.slices, r.pods = svcs.Lister(), slices.Lister(), pods.Lister()
 	r.mu.Unlock()
-	if err := startAndSync(ctx, "service registry", f); err != nil {
+	if err := StartAndSync(ctx, "service registry", f); err != nil {
 		f.Shutdown()
 		if ctx.Err() != nil {
 			return nil // stopped before the first list finished: not a failure

@@ -46,8 +46,8 @@ type SASecrets struct {
 	Resync    time.Duration // default 10m
 	Owner     string        // this install (its namespace); default warden-system
 
-	guard  *guard
-	loop   *loop
+	guard  *Guard
+	loop   *Loop
 	saList corelisters.ServiceAccountLister
 	nsList corelisters.NamespaceLister
 	secLst corelisters.SecretLister
@@ -67,8 +67,8 @@ func (c *SASecrets) Run(ctx context.Context) error {
 	if c.Owner == "" {
 		c.Owner = DefaultOwner
 	}
-	c.guard = newGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
-	c.loop = newLoop("sa-secrets", c.Log, c.reconcile)
+	c.guard = NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
+	c.loop = NewLoop("sa-secrets", c.Log, c.reconcile)
 	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
 	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "type=" + string(WorkloadType)
@@ -76,14 +76,14 @@ func (c *SASecrets) Run(ctx context.Context) error {
 	saInf, nsInf, secInf := f.Core().V1().ServiceAccounts(), f.Core().V1().Namespaces(), secF.Core().V1().Secrets()
 	c.saList, c.nsList, c.secLst = saInf.Lister(), nsInf.Lister(), secInf.Lister()
 	onSA := func(obj any) {
-		if sa, ok := tombstone(obj).(*corev1.ServiceAccount); ok {
-			c.loop.add(sa.Namespace + "/" + sa.Name)
+		if sa, ok := Tombstone(obj).(*corev1.ServiceAccount); ok {
+			c.loop.Add(sa.Namespace + "/" + sa.Name)
 		}
 	}
 	onSecret := func(obj any) {
-		if s, ok := tombstone(obj).(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
+		if s, ok := Tombstone(obj).(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
 			if sa := s.Annotations[SAAnnotation]; sa != "" {
-				c.loop.add(s.Namespace + "/" + sa)
+				c.loop.Add(s.Namespace + "/" + sa)
 			}
 		}
 	}
@@ -107,10 +107,10 @@ func (c *SASecrets) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := startAndSync(ctx, "sa-secrets", f, secF); err != nil {
+	if err := StartAndSync(ctx, "sa-secrets", f, secF); err != nil {
 		return err
 	}
-	c.loop.run(ctx, 2)
+	c.loop.Run(ctx, 2)
 	return nil
 }
 
@@ -139,11 +139,11 @@ func (c *SASecrets) Missing(fp string) (total int, missing []string) {
 		return 1, []string{"istio.<sa> Secrets: " + err.Error()}
 	}
 	for _, s := range list {
-		if !strings.HasPrefix(s.Name, SASecretPrefix) || otherOwner(s.ObjectMeta, c.Owner) {
+		if !strings.HasPrefix(s.Name, SASecretPrefix) || OtherOwner(s.ObjectMeta, c.Owner) {
 			continue
 		}
 		total++
-		if !holdsRoot(s.Data[keyRootCert], fp) {
+		if !HoldsRoot(s.Data[keyRootCert], fp) {
 			missing = append(missing, "secret "+s.Namespace+"/"+s.Name)
 		}
 	}
@@ -177,14 +177,14 @@ func (c *SASecrets) Changed([]*x509.Certificate) {
 	}
 	sas, _ := c.saList.List(labels.Everything())
 	for _, sa := range sas {
-		c.loop.add(sa.Namespace + "/" + sa.Name)
+		c.loop.Add(sa.Namespace + "/" + sa.Name)
 	}
 }
 
 func (c *SASecrets) enqueueNamespace(ns string) {
 	sas, _ := c.saList.ServiceAccounts(ns).List(labels.Everything())
 	for _, sa := range sas {
-		c.loop.add(ns + "/" + sa.Name)
+		c.loop.Add(ns + "/" + sa.Name)
 	}
 }
 
@@ -203,7 +203,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		return 0, nil // not ours: leave it alone
 	}
 	if existing != nil {
-		if ok, retry := c.guard.mayWrite(ns+"/"+secName, existing); !ok {
+		if ok, retry := c.guard.MayWrite(ns+"/"+secName, existing); !ok {
 			return retry, nil
 		}
 	}
@@ -244,10 +244,10 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	root := c.bundlePEM()
 	if existing != nil {
 		if refreshAt, ok := c.fresh(existing, root, now); ok {
-			if !c.guard.owned(existing) {
+			if !c.guard.Owned(existing) {
 				// Written before owners were marked: adopt it as it is.
 				upd := existing.DeepCopy()
-				c.guard.annotate(&upd.ObjectMeta)
+				c.guard.Annotate(&upd.ObjectMeta)
 				if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 					return 0, err
 				}
@@ -263,7 +263,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: secName, Namespace: ns,
-				Annotations: map[string]string{SAAnnotation: name, OwnerAnnotation: c.guard.owner},
+				Annotations: map[string]string{SAAnnotation: name, OwnerAnnotation: c.Owner},
 				OwnerReferences: []metav1.OwnerReference{{
 					APIVersion: "v1", Kind: "ServiceAccount", Name: sa.Name, UID: sa.UID,
 				}},
@@ -280,7 +280,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	} else {
 		upd := existing.DeepCopy()
 		upd.Data = data
-		c.guard.annotate(&upd.ObjectMeta)
+		c.guard.Annotate(&upd.ObjectMeta)
 		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
 		if err == nil {
 			c.Log.Info("refreshed service account secret", "namespace", ns, "secret", secName)
