@@ -1,7 +1,13 @@
-// Package kube is warden's only client-go user. It owns everything warden
-// reads from and writes to a cluster:
+// Package kube is warden's only client-go user, with its subpackages,
+// one per concern:
 //
-//   - callers' identities: TokenReviewAuthenticator (tokenreview.go);
+//   - kube/tokenreview: callers' identities, checked by TokenReview.
+//
+// This package holds what they share: clients at warden's rate limits
+// (client.go), the reconcile Loop and informer helpers (loop.go), the
+// owner Guard of the objects warden keeps in other namespaces
+// (owner.go), and PEM helpers (pem.go). It also still owns:
+//
 //   - CA material: SecretStore, the istio-ca-secret created once
 //     (secrets.go); LoadPluggedIn and PluggedInCA, the operator's cacerts
 //     Secret read at start and followed (pluggedin.go, pem.go);
@@ -14,8 +20,7 @@
 //     proxy-config (snapshot.go);
 //   - the service registry for xDS: ServiceRegistry, from Services,
 //     EndpointSlices and Pods (registry.go), turned into the xds model's
-//     services;
-//   - clients and the shared retry loop (client.go, loop.go).
+//     services.
 //
 // It imports the pure xds model, never the ADS server.
 package kube

@@ -1,4 +1,7 @@
-package kube
+// Package tokenreview authenticates callers of the CA by their
+// Kubernetes service-account tokens, asking the API server
+// (TokenReview) as Istio's CA does.
+package tokenreview
 
 import (
 	"context"
@@ -18,13 +21,13 @@ import (
 	"github.com/wardenmesh/warden/token"
 )
 
-// TokenReviewAuthenticator authenticates bearer tokens by asking the
+// Authenticator authenticates bearer tokens by asking the
 // Kubernetes API server (TokenReview), as Istio's CA does. A token must be
 // authenticated for one of Audiences, its user must be in group
 // system:serviceaccounts, and its username must be
 // system:serviceaccount:<ns>:<sa>. Accepted tokens are cached by hash until
 // the token expires, or MaxCacheTTL, whichever is first.
-type TokenReviewAuthenticator struct {
+type Authenticator struct {
 	Client      kubernetes.Interface
 	TrustDomain spiffeid.TrustDomain
 	Audiences   []string      // default istio-ca
@@ -37,10 +40,10 @@ type TokenReviewAuthenticator struct {
 	Observe func(d time.Duration, cached bool, err error)
 }
 
-var _ server.Authenticator = (*TokenReviewAuthenticator)(nil)
+var _ server.Authenticator = (*Authenticator)(nil)
 
 // Authenticate implements server.Authenticator.
-func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context) (*server.Caller, error) {
+func (a *Authenticator) Authenticate(ctx context.Context) (*server.Caller, error) {
 	raw, err := server.BearerToken(ctx)
 	if err != nil {
 		if errors.Is(err, server.ErrNoCredentials) {
@@ -64,7 +67,7 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context) (*server.Ca
 }
 
 // review asks the API server about raw and caches an accepted token.
-func (a *TokenReviewAuthenticator) review(ctx context.Context, raw string, now time.Time) (*server.Caller, error) {
+func (a *Authenticator) review(ctx context.Context, raw string, now time.Time) (*server.Caller, error) {
 	auds := a.Audiences
 	if len(auds) == 0 {
 		auds = []string{token.DefaultAudience}
@@ -112,7 +115,7 @@ func (a *TokenReviewAuthenticator) review(ctx context.Context, raw string, now t
 
 // cacheUntil is the token's exp claim (read without verifying: the API
 // server just vouched for it), capped at MaxCacheTTL from now.
-func (a *TokenReviewAuthenticator) cacheUntil(raw string, now time.Time) (time.Time, bool) {
+func (a *Authenticator) cacheUntil(raw string, now time.Time) (time.Time, bool) {
 	ttl := a.MaxCacheTTL
 	switch {
 	case ttl < 0:
@@ -131,7 +134,7 @@ func (a *TokenReviewAuthenticator) cacheUntil(raw string, now time.Time) (time.T
 	return limit, true
 }
 
-func (a *TokenReviewAuthenticator) now() time.Time {
+func (a *Authenticator) now() time.Time {
 	if a.Clock == nil {
 		return time.Now()
 	}

@@ -1,4 +1,4 @@
-package kube_test
+package tokenreview_test
 
 import (
 	"context"
@@ -18,13 +18,13 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 )
 
 // caServer serves a CA authenticating with TokenReview against the test
 // API server, over gRPC+TLS on loopback.
-func caServer(t testing.TB, auth *kube.TokenReviewAuthenticator) *client.Client {
+func caServer(t testing.TB, auth *tokenreview.Authenticator) *client.Client {
 	t.Helper()
 	a := catest.Authority(t, catest.Root(t, ca.CAOptions{}))
 	srv, err := server.New(server.Config{Signer: a, Authenticators: []server.Authenticator{auth}})
@@ -55,7 +55,7 @@ func TestTokenReviewIdentities(t *testing.T) {
 	ns := apiserver.Namespace(t, "tr")
 	apiserver.ServiceAccount(t, ns, "flaskapp")
 	apiserver.ServiceAccount(t, ns, "doomed")
-	auth := &kube.TokenReviewAuthenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain}
+	auth := &tokenreview.Authenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain}
 	c := caServer(t, auth)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -89,7 +89,7 @@ func TestTokenReviewIdentities(t *testing.T) {
 	}
 	// Were the API server's own audience accepted, a plain user's token
 	// would pass TokenReview; it is still not a service account.
-	apiAud := &kube.TokenReviewAuthenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain, Audiences: []string{strings.TrimSuffix(apiserver.Config.Host, "/") + "/"}}
+	apiAud := &tokenreview.Authenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain, Audiences: []string{strings.TrimSuffix(apiserver.Config.Host, "/") + "/"}}
 	md := metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+kubetest.UserToken))
 	_, err = apiAud.Authenticate(md)
 	if want := `tokenreview: user "alice" is not a service account (not in group system:serviceaccounts)`; err == nil || err.Error() != want {

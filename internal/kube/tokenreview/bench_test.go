@@ -1,4 +1,4 @@
-package kube_test
+package tokenreview_test
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 )
 
 // BenchmarkTokenReviewCreateCertificate measures CreateCertificate over
@@ -47,7 +47,7 @@ func BenchmarkTokenReviewCreateCertificate(b *testing.B) {
 		{"uncached-unthrottled", csFree, -1},      // a review per request, no client limit
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			auth := &kube.TokenReviewAuthenticator{Client: bc.client, TrustDomain: catest.TrustDomain, MaxCacheTTL: bc.cache}
+			auth := &tokenreview.Authenticator{Client: bc.client, TrustDomain: catest.TrustDomain, MaxCacheTTL: bc.cache}
 			c := caServer(b, auth)
 			var next atomic.Int64
 			b.SetParallelism(callers / 2)
