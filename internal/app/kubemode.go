@@ -16,6 +16,7 @@ import (
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
@@ -137,7 +138,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
 	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
-	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
+	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the
 		// rotation's steps.
 		var wg sync.WaitGroup
@@ -160,7 +161,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)
 	}
-	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
+	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { election.Run(ctx); return nil })
 	tr := &tokenreview.Authenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
 	if s.metrics != nil {
 		tr.Observe = s.metrics.TokenReview

@@ -1,7 +1,9 @@
 // Package kube is warden's only client-go user, with its subpackages,
 // one per concern:
 //
-//   - kube/tokenreview: callers' identities, checked by TokenReview.
+//   - kube/tokenreview: callers' identities, checked by TokenReview;
+//   - kube/leader: the election that picks which replica writes the
+//     objects the replicas share.
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the
@@ -13,8 +15,8 @@
 //     Secret read at start and followed (pluggedin.go, pem.go);
 //   - the trust bundle's cluster consumers, fed by ca.Bundles:
 //     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
-//     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go);
-//   - Leader, the election that picks which replica writes them (leader.go);
+//     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go),
+//     both written by the leader;
 //   - the mesh configuration: ConfigWatcher, informers decoding every Istio
 //     kind warden reads (config.go), and Snapshot, a one-off listing for
 //     proxy-config (snapshot.go);

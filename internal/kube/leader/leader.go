@@ -1,4 +1,6 @@
-package kube
+// Package leader elects, through a Lease in the install's namespace, the
+// replica that writes the objects the replicas share.
+package leader
 
 import (
 	"context"
@@ -11,10 +13,10 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
-// Leader runs Lead while this replica holds the Lease; only the leader
+// Election runs Lead while this replica holds the Lease; only the leader
 // writes shared objects (bundle ConfigMaps, per-SA Secrets). Every replica
 // keeps signing regardless.
-type Leader struct {
+type Election struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Name      string // Lease name, default "warden-leader"
@@ -24,7 +26,7 @@ type Leader struct {
 }
 
 // Run campaigns until ctx is done, running Lead whenever elected.
-func (l *Leader) Run(ctx context.Context) {
+func (l *Election) Run(ctx context.Context) {
 	if l.Log == nil {
 		l.Log = slog.New(slog.DiscardHandler)
 	}
