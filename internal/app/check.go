@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
@@ -149,7 +150,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
-	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
 		return nil, nil, nil

@@ -17,6 +17,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/leader"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
@@ -154,7 +155,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
-	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
+	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
 	s.registry = &kube.ServiceRegistry{Client: cs, Log: s.log}
 	s.gwCreds = &kube.GatewayCredentials{Client: cs, Log: s.log}

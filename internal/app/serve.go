@@ -25,6 +25,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/internal/source"
@@ -135,7 +136,7 @@ type controlPlane struct {
 	issuer    *token.Issuer                     // standalone token issuer; nil in Kubernetes mode
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
-	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
+	config    *meshconfig.Watcher               // mesh configuration (Kubernetes mode)
 	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
 	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
 	metrics   *metrics.Registry                 // /metrics

@@ -3,7 +3,10 @@
 //
 //   - kube/tokenreview: callers' identities, checked by TokenReview;
 //   - kube/leader: the election that picks which replica writes the
-//     objects the replicas share.
+//     objects the replicas share;
+//   - kube/meshconfig: the mesh configuration, informers decoding every
+//     Istio kind warden reads (Watcher), and Snapshot, a one-off listing
+//     for warden proxy-config and warden check.
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the
@@ -17,9 +20,6 @@
 //     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
 //     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go),
 //     both written by the leader;
-//   - the mesh configuration: ConfigWatcher, informers decoding every Istio
-//     kind warden reads (config.go), and Snapshot, a one-off listing for
-//     proxy-config (snapshot.go);
 //   - the service registry for xDS: ServiceRegistry, from Services,
 //     EndpointSlices and Pods (registry.go), turned into the xds model's
 //     services.

@@ -1,4 +1,8 @@
-package kube
+// Package meshconfig reads the mesh configuration from the API server:
+// every Istio kind warden reads (api.Kinds; the Istio CRDs, not Istio's
+// MeshConfig), decoded strictly. Watcher follows it for serve; Snapshot
+// lists it once, with the service registry, for one-shot commands.
+package meshconfig
 
 import (
 	"context"
@@ -16,12 +20,13 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/kube"
 )
 
-// ConfigWatcher watches every kind in api.Kinds through informers and keeps
+// Watcher watches every kind in api.Kinds through informers and keeps
 // the decoded objects. An object the strict decoder rejects is logged and
 // left out, never half-applied.
-type ConfigWatcher struct {
+type Watcher struct {
 	Client   dynamic.Interface
 	Log      *slog.Logger
 	Resync   time.Duration // default 10m
@@ -36,7 +41,7 @@ type ConfigWatcher struct {
 func configKey(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
 
 // Run watches until ctx is done.
-func (w *ConfigWatcher) Run(ctx context.Context) error {
+func (w *Watcher) Run(ctx context.Context) error {
 	if w.Log == nil {
 		w.Log = slog.New(slog.DiscardHandler)
 	}
@@ -79,7 +84,7 @@ func (w *ConfigWatcher) Run(ctx context.Context) error {
 }
 
 // Synced is closed once every informer has listed its objects.
-func (w *ConfigWatcher) Synced() <-chan struct{} {
+func (w *Watcher) Synced() <-chan struct{} {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.synced == nil {
@@ -88,7 +93,7 @@ func (w *ConfigWatcher) Synced() <-chan struct{} {
 	return w.synced
 }
 
-func (w *ConfigWatcher) put(obj any) {
+func (w *Watcher) put(obj any) {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
 		return
@@ -116,7 +121,7 @@ func (w *ConfigWatcher) put(obj any) {
 
 // Rejected lists the objects left out for failing to decode, as
 // "Kind/namespace/name: error", sorted (metrics, warden check).
-func (w *ConfigWatcher) Rejected() []string {
+func (w *Watcher) Rejected() []string {
 	w.mu.RLock()
 	defer w.mu.RUnlock()
 	out := make([]string, 0, len(w.rejected))
@@ -127,8 +132,8 @@ func (w *ConfigWatcher) Rejected() []string {
 	return out
 }
 
-func (w *ConfigWatcher) remove(obj any) {
-	if u, ok := Tombstone(obj).(*unstructured.Unstructured); ok {
+func (w *Watcher) remove(obj any) {
+	if u, ok := kube.Tombstone(obj).(*unstructured.Unstructured); ok {
 		key := configKey(u.GetKind(), u.GetNamespace(), u.GetName())
 		w.mu.Lock()
 		delete(w.rejected, key)
@@ -137,21 +142,21 @@ func (w *ConfigWatcher) remove(obj any) {
 	}
 }
 
-func (w *ConfigWatcher) removeKey(key string) {
+func (w *Watcher) removeKey(key string) {
 	w.mu.Lock()
 	delete(w.objects, key)
 	w.mu.Unlock()
 	w.changed()
 }
 
-func (w *ConfigWatcher) changed() {
+func (w *Watcher) changed() {
 	if w.OnChange != nil {
 		w.OnChange()
 	}
 }
 
 // List returns the current objects, ordered by kind, namespace and name.
-func (w *ConfigWatcher) List() []api.Object {
+func (w *Watcher) List() []api.Object {
 	w.mu.RLock()
 	keys := make([]string, 0, len(w.objects))
 	for k := range w.objects {

@@ -1,4 +1,4 @@
-package kube_test
+package meshconfig_test
 
 import (
 	"fmt"
@@ -13,8 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 )
 
 // TestExamplesAppliedAndSeen: kubectl applies every example in
@@ -25,7 +25,7 @@ func TestExamplesAppliedAndSeen(t *testing.T) {
 	if _, err := apiserver.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	w := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(apiserver.Config)}
+	w := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(apiserver.Config)}
 	go func() { _ = w.Run(ctx) }()
 	select {
 	case <-w.Synced():

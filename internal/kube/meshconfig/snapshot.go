@@ -1,4 +1,4 @@
-package kube
+package meshconfig
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -18,7 +19,7 @@ import (
 // warden proxy-config; it gives up after timeout. rejected lists the
 // objects left out for failing validation, with their errors.
 func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs []api.Object, services []*xds.Service, rejected []string, err error) {
-	cs, err := NewClientset(rc)
+	cs, err := kube.NewClientset(rc)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -28,11 +29,11 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	config := &ConfigWatcher{Client: dyn}
-	registry := &ServiceRegistry{Client: cs}
+	config := &Watcher{Client: dyn}
+	reg := &kube.ServiceRegistry{Client: cs}
 	done := make(chan error, 2)
 	go func() { done <- config.Run(ctx) }()
-	go func() { done <- registry.Run(ctx) }()
+	go func() { done <- reg.Run(ctx) }()
 	stopped := 0
 	defer func() {
 		cancel()
@@ -45,7 +46,7 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 		synced <-chan struct{}
 	}{
 		{"the mesh configuration (are warden's CRDs installed? kubectl apply -k deploy/crds)", config.Synced()},
-		{"Services, EndpointSlices and Pods", registry.Synced()},
+		{"Services, EndpointSlices and Pods", reg.Synced()},
 	} {
 		for waiting := true; waiting; {
 			select {
@@ -61,5 +62,5 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 			}
 		}
 	}
-	return config.List(), registry.Services(), config.Rejected(), nil
+	return config.List(), reg.Services(), config.Rejected(), nil
 }
