@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
@@ -157,7 +158,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// policy compilers and the xDS server.
 	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
-	s.registry = &kube.ServiceRegistry{Client: cs, Log: s.log}
+	s.registry = &registry.Watcher{Client: cs, Log: s.log}
 	s.gwCreds = &kube.GatewayCredentials{Client: cs, Log: s.log}
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)

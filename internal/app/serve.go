@@ -26,6 +26,7 @@ import (
 	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/internal/source"
@@ -137,7 +138,7 @@ type controlPlane struct {
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
 	config    *meshconfig.Watcher               // mesh configuration (Kubernetes mode)
-	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
+	registry  *registry.Watcher                 // Services and EndpointSlices (Kubernetes mode)
 	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
 	metrics   *metrics.Registry                 // /metrics
 	renewer   *ca.Renewer                       // Vault mode: the intermediate's renewer

@@ -6,7 +6,10 @@
 //     objects the replicas share;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
 //     Istio kind warden reads (Watcher), and Snapshot, a one-off listing
-//     for warden proxy-config and warden check.
+//     for warden proxy-config and warden check;
+//   - kube/registry: the service registry for xDS, from Services,
+//     EndpointSlices and Pods (Watcher), turned into the xds model's
+//     services.
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the
@@ -19,12 +22,9 @@
 //   - the trust bundle's cluster consumers, fed by ca.Bundles:
 //     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
 //     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go),
-//     both written by the leader;
-//   - the service registry for xDS: ServiceRegistry, from Services,
-//     EndpointSlices and Pods (registry.go), turned into the xds model's
-//     services.
+//     both written by the leader.
 //
-// It imports the pure xds model, never the ADS server.
+// They import the pure xds model, never the ADS server.
 package kube
 
 import (

@@ -29,6 +29,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
+func ptr[T any](v T) *T { return &v }
+
 // selfSigned is a certificate for host and its key, PEM.
 func selfSigned(t *testing.T, host string) (certPEM, keyPEM []byte) {
 	t.Helper()

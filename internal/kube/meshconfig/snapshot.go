@@ -10,6 +10,7 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -30,7 +31,7 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	config := &Watcher{Client: dyn}
-	reg := &kube.ServiceRegistry{Client: cs}
+	reg := &registry.Watcher{Client: cs}
 	done := make(chan error, 2)
 	go func() { done <- config.Run(ctx) }()
 	go func() { done <- reg.Run(ctx) }()

@@ -1,4 +1,4 @@
-package kube_test
+package registry_test
 
 import (
 	"fmt"
@@ -12,8 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -21,14 +21,14 @@ func ptr[T any](v T) *T { return &v }
 
 func TestServiceFromKubernetes(t *testing.T) {
 	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: "bookinfo", Annotations: map[string]string{kube.ExportToAnnotation: " ., istio-system "}},
+		ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: "bookinfo", Annotations: map[string]string{registry.ExportToAnnotation: " ., istio-system "}},
 		Spec: corev1.ServiceSpec{ClusterIP: "10.96.3.4", ClusterIPs: []string{"10.96.3.4", "fd00::34"}, Ports: []corev1.ServicePort{
 			{Name: "http", Port: 9080, TargetPort: intstr.FromInt32(8080)},
 			{Name: "metrics", Port: 9090, TargetPort: intstr.FromString("prom"), AppProtocol: ptr("kubernetes.io/h2c")},
 			{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
 		}},
 	}
-	got := kube.ServiceFromKubernetes(svc, "example.org")
+	got := registry.ServiceFromKubernetes(svc, "example.org")
 	want := &xds.Service{
 		Host: "reviews.bookinfo.svc.example.org", Name: "reviews", Namespace: "bookinfo",
 		ExportTo:  []string{".", "istio-system"},
@@ -42,15 +42,15 @@ func TestServiceFromKubernetes(t *testing.T) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 	headless := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "x"}, Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Ports: []corev1.ServicePort{{Name: "tcp", Port: 5432}}}}
-	if s := kube.ServiceFromKubernetes(headless, "cluster.local"); !s.Headless || len(s.Addresses) != 0 {
+	if s := registry.ServiceFromKubernetes(headless, "cluster.local"); !s.Headless || len(s.Addresses) != 0 {
 		t.Fatalf("headless service: %+v", s)
 	}
 	ext := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "x"}, Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "db.example.com"}}
-	if s := kube.ServiceFromKubernetes(ext, "cluster.local"); s != nil {
+	if s := registry.ServiceFromKubernetes(ext, "cluster.local"); s != nil {
 		t.Fatalf("ExternalName service mapped: %+v", s)
 	}
 	udp := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "dns", Namespace: "x"}, Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 53, Protocol: corev1.ProtocolUDP}}}}
-	if s := kube.ServiceFromKubernetes(udp, "cluster.local"); s != nil {
+	if s := registry.ServiceFromKubernetes(udp, "cluster.local"); s != nil {
 		t.Fatalf("UDP-only service mapped: %+v", s)
 	}
 }
@@ -73,7 +73,7 @@ func TestEndpointsFromSlice(t *testing.T) {
 			{Addresses: []string{"10.0.0.4"}, TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "gone"}},
 		},
 	}
-	got := kube.EndpointsFromSlice(sl, func(name string) *corev1.Pod { return pods[name] })
+	got := registry.EndpointsFromSlice(sl, func(name string) *corev1.Pod { return pods[name] })
 	ports := map[string]uint32{"http": 8080}
 	want := []xds.Endpoint{
 		{Address: "10.0.0.1", Ports: ports, Labels: map[string]string{"version": "v1"}, ServiceAccount: "reviews"},
@@ -84,7 +84,7 @@ func TestEndpointsFromSlice(t *testing.T) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 	sl.AddressType = discoveryv1.AddressTypeFQDN
-	if got := kube.EndpointsFromSlice(sl, nil); got != nil {
+	if got := registry.EndpointsFromSlice(sl, nil); got != nil {
 		t.Fatalf("FQDN slice mapped: %+v", got)
 	}
 }
@@ -104,7 +104,7 @@ func TestServiceRegistryFollowsTheCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	var changes atomic.Int64
-	reg := &kube.ServiceRegistry{Client: apiserver.Client, OnChange: func() { changes.Add(1) }}
+	reg := &registry.Watcher{Client: apiserver.Client, OnChange: func() { changes.Add(1) }}
 	done := make(chan error, 1)
 	go func() { done <- reg.Run(ctx) }()
 	select {

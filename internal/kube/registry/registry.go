@@ -1,4 +1,7 @@
-package kube
+// Package registry is the xDS service registry of a cluster: Services,
+// their EndpointSlices and the Pods behind them, turned into the xds
+// model's services.
+package registry
 
 import (
 	"context"
@@ -19,6 +22,7 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -26,11 +30,11 @@ import (
 // namespaces see a service: comma-separated namespaces, "." or "*".
 const ExportToAnnotation = "networking.istio.io/exportTo"
 
-// ServiceRegistry is the xDS service registry of a cluster: Services,
+// Watcher follows the xDS service registry of a cluster: Services,
 // their EndpointSlices, and the Pods behind the endpoints (for the labels
 // that DestinationRule subsets select and the service account that names
 // the identity a client must see). Every replica runs one.
-type ServiceRegistry struct {
+type Watcher struct {
 	Client   kubernetes.Interface
 	Domain   string        // cluster DNS domain, default cluster.local
 	Resync   time.Duration // default 10m
@@ -45,7 +49,7 @@ type ServiceRegistry struct {
 }
 
 // Run watches until ctx is done.
-func (r *ServiceRegistry) Run(ctx context.Context) error {
+func (r *Watcher) Run(ctx context.Context) error {
 	if r.Log == nil {
 		r.Log = slog.New(slog.DiscardHandler)
 	}
@@ -74,7 +78,7 @@ func (r *ServiceRegistry) Run(ctx context.Context) error {
 	r.mu.Lock()
 	r.services, r.slices, r.pods = svcs.Lister(), slices.Lister(), pods.Lister()
 	r.mu.Unlock()
-	if err := StartAndSync(ctx, "service registry", f); err != nil {
+	if err := kube.StartAndSync(ctx, "service registry", f); err != nil {
 		f.Shutdown()
 		if ctx.Err() != nil {
 			return nil // stopped before the first list finished: not a failure
@@ -89,7 +93,7 @@ func (r *ServiceRegistry) Run(ctx context.Context) error {
 }
 
 // Synced is closed once Services, EndpointSlices and Pods are listed.
-func (r *ServiceRegistry) Synced() chan struct{} {
+func (r *Watcher) Synced() chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.synced == nil {
@@ -98,7 +102,7 @@ func (r *ServiceRegistry) Synced() chan struct{} {
 	return r.synced
 }
 
-func (r *ServiceRegistry) changed() {
+func (r *Watcher) changed() {
 	if r.OnChange != nil {
 		r.OnChange()
 	}
@@ -118,7 +122,7 @@ func slimPod(obj any) (any, error) {
 
 // Services builds the registry from the informers' current state, sorted
 // by host. Before Run has listed, it is empty.
-func (r *ServiceRegistry) Services() []*xds.Service {
+func (r *Watcher) Services() []*xds.Service {
 	r.mu.Lock()
 	svcLister, sliceLister, podLister := r.services, r.slices, r.pods
 	r.mu.Unlock()
