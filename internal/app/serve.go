@@ -24,7 +24,7 @@ import (
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/metrics"
@@ -139,7 +139,7 @@ type controlPlane struct {
 	sds       *sdsserver.Server                 // central SDS
 	config    *meshconfig.Watcher               // mesh configuration (Kubernetes mode)
 	registry  *registry.Watcher                 // Services and EndpointSlices (Kubernetes mode)
-	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
+	gwCreds   *gatewaycreds.Watcher             // Gateway credentialName Secrets (Kubernetes mode)
 	metrics   *metrics.Registry                 // /metrics
 	renewer   *ca.Renewer                       // Vault mode: the intermediate's renewer
 	configDir *source.Dir                       // standalone --config-dir

@@ -9,7 +9,10 @@
 //     for warden proxy-config and warden check;
 //   - kube/registry: the service registry for xDS, from Services,
 //     EndpointSlices and Pods (Watcher), turned into the xds model's
-//     services.
+//     services;
+//   - kube/gatewaycreds: gateways' TLS credentials, from the Secrets
+//     their credentialName names (Watcher), and whether a gateway may
+//     read them (SubjectAccessReview).
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the

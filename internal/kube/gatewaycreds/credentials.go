@@ -1,4 +1,6 @@
-package kube
+// Package gatewaycreds serves gateways their TLS credentials from the
+// Secrets that a Gateway's credentialName names, as istiod does.
+package gatewaycreds
 
 import (
 	"context"
@@ -17,15 +19,16 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds"
 )
 
-// GatewayCredentials follows the Secrets a Gateway's credentialName
-// names, as istiod does: every Secret except service-account tokens and
-// Helm releases is watched (a Secret's data stays in the informer's
-// memory only), and a change calls OnChange with its namespace, so that
-// the gateways there are pushed the new certificate.
-type GatewayCredentials struct {
+// Watcher follows the Secrets a Gateway's credentialName names, as
+// istiod does: every Secret except service-account tokens and Helm
+// releases is watched (a Secret's data stays in the informer's memory
+// only), and a change calls OnChange with its namespace, so that the
+// gateways there are pushed the new certificate.
+type Watcher struct {
 	Client   kubernetes.Interface
 	Log      *slog.Logger
 	OnChange func(namespace string)
@@ -36,7 +39,7 @@ type GatewayCredentials struct {
 	reviews  map[string]review // namespace/serviceaccount -> the last answer
 }
 
-var _ xds.SecretAccess = (*GatewayCredentials)(nil)
+var _ xds.SecretAccess = (*Watcher)(nil)
 
 // review is a SubjectAccessReview's answer, kept until until.
 type review struct {
@@ -57,7 +60,7 @@ const (
 // may list secrets in ns (no groups, as istiod sends none). Answers are
 // cached, at most maxReviews of them; a review that fails is not cached
 // and refuses (the gateway's listener waits for its credential).
-func (g *GatewayCredentials) MayReadSecrets(ctx context.Context, ns, sa string) error {
+func (g *Watcher) MayReadSecrets(ctx context.Context, ns, sa string) error {
 	clock := g.Clock
 	if clock == nil {
 		clock = ca.SystemClock{}
@@ -109,7 +112,7 @@ func (g *GatewayCredentials) MayReadSecrets(ctx context.Context, ns, sa string) 
 }
 
 // Run watches until ctx is done.
-func (g *GatewayCredentials) Run(ctx context.Context) error {
+func (g *Watcher) Run(ctx context.Context) error {
 	if g.Log == nil {
 		g.Log = slog.New(slog.DiscardHandler)
 	}
@@ -118,7 +121,7 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 	}))
 	inf := f.Core().V1().Secrets()
 	changed := func(obj any) {
-		if s, ok := Tombstone(obj).(*corev1.Secret); ok && g.OnChange != nil && g.lister.Load() != nil {
+		if s, ok := kube.Tombstone(obj).(*corev1.Secret); ok && g.OnChange != nil && g.lister.Load() != nil {
 			g.OnChange(s.Namespace)
 		}
 	}
@@ -128,7 +131,7 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 		return err
 	}
 	lister := inf.Lister()
-	if err := StartAndSync(ctx, "gateway-credentials", f); err != nil {
+	if err := kube.StartAndSync(ctx, "gateway-credentials", f); err != nil {
 		f.Shutdown()
 		if ctx.Err() != nil {
 			return nil // stopped before the first list finished: not a failure
@@ -145,7 +148,7 @@ func (g *GatewayCredentials) Run(ctx context.Context) error {
 
 // Lookup returns Secret ns/name; false until the first list is done, or
 // when there is no such Secret.
-func (g *GatewayCredentials) Lookup(ns, name string) (*xds.Secret, bool) {
+func (g *Watcher) Lookup(ns, name string) (*xds.Secret, bool) {
 	l := g.lister.Load()
 	if l == nil {
 		return nil, false
