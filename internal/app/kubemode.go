@@ -20,6 +20,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/registry"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
@@ -92,10 +93,10 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			return ca.NewSelfSigned(rootOpts)
 		})
 	}
-	var rotStore *kube.RotationStore
+	var rotStore *rotationstore.Store
 	if !useVault && !plugged {
 		// A retirement a dead leader left half done is finished first.
-		rotStore = &kube.RotationStore{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
+		rotStore = &rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
 		if done, err := rotStore.FinishRetire(ctx); err != nil {
 			return nil, fmt.Errorf("finishing a root rotation: %w", err)
 		} else if done {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -62,25 +63,25 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 }
 
 // rotateRequest reads what 'ca rotate' asks: nil for --status alone.
-func rotateRequest(statusOnly, force bool, rest []string) (*kube.RotationRequest, error) {
+func rotateRequest(statusOnly, force bool, rest []string) (*rotationstore.Request, error) {
 	switch {
 	case statusOnly && len(rest) == 0:
 		return nil, nil
 	case len(rest) == 1 && rest[0] == "abort":
-		return &kube.RotationRequest{Abort: true}, nil
+		return &rotationstore.Request{Abort: true}, nil
 	case len(rest) == 1:
 		to, err := ca.ParsePhase(rest[0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
-		return &kube.RotationRequest{Target: to, Force: force}, nil
+		return &rotationstore.Request{Target: to, Force: force}, nil
 	}
 	return nil, fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
 }
 
 // rotateKube asks an install's leader for a rotation step through the
 // rotation ConfigMap, and prints the leader's report once it took it.
-func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, req *kube.RotationRequest) error {
+func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, req *rotationstore.Request) error {
 	rc, err := kube.RESTConfig(kubeconfig)
 	if err != nil {
 		return err
@@ -89,7 +90,7 @@ func rotateKube(ctx context.Context, e *env, kubeconfig, namespace string, req *
 	if err != nil {
 		return err
 	}
-	store := &kube.RotationStore{Client: cs, Namespace: namespace, Clock: ca.SystemClock{}}
+	store := &rotationstore.Store{Client: cs, Namespace: namespace, Clock: ca.SystemClock{}}
 	read := func() (rotation.Status, error) {
 		var st rotation.Status
 		b, err := store.ReadStatus(ctx)

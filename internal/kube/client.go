@@ -12,7 +12,9 @@
 //     services;
 //   - kube/gatewaycreds: gateways' TLS credentials, from the Secrets
 //     their credentialName names (Watcher), and whether a gateway may
-//     read them (SubjectAccessReview).
+//     read them (SubjectAccessReview);
+//   - kube/rotationstore: a root rotation's state, the operators'
+//     requests and the replicas' reports, kept in the install's namespace.
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the

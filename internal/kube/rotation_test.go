@@ -17,6 +17,7 @@ import (
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -105,7 +106,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if !strings.Contains(out, "phase: published") || !strings.Contains(out, "configmaps:") {
 		t.Fatalf("publish:\n%s", out)
 	}
-	nextSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{})
+	nextSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, rotationstore.NextCASecret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 1 || !r[0].Equal(newRoots[0]) {
 		t.Fatal("istio-ca-secret is not the new CA after retirement")
 	}
-	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.NextCASecret, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, rotationstore.NextCASecret, metav1.GetOptions{}); err == nil {
 		t.Error("the prepared CA's Secret is left after retirement")
 	}
 	kubetest.Eventually(t, 20*time.Second, func() error {

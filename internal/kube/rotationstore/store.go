@@ -1,4 +1,7 @@
-package kube
+// Package rotationstore keeps a root rotation in Kubernetes mode in the
+// API server, in the install's namespace: internal/rotation's Store
+// there, the operators' requests and every replica's report.
+package rotationstore
 
 import (
 	"context"
@@ -14,6 +17,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/kube"
 )
 
 // A root rotation in Kubernetes mode lives in the install's namespace:
@@ -24,12 +28,12 @@ import (
 // leader's report for --status (key "status"). Every replica follows the
 // state; a leader elected mid-rotation resumes from it.
 const (
-	RotationConfigMap = "warden-ca-rotation"
-	NextCASecret      = "warden-ca-next"
+	ConfigMap    = "warden-ca-rotation"
+	NextCASecret = "warden-ca-next"
 )
 
-// RotationRequest is what an operator asks of the rotation.
-type RotationRequest struct {
+// Request is what an operator asks of the rotation.
+type Request struct {
 	Target ca.Phase `json:"target"`
 	Force  bool     `json:"force,omitempty"`
 	Abort  bool     `json:"abort,omitempty"`
@@ -37,14 +41,14 @@ type RotationRequest struct {
 	Seq int64 `json:"seq"`
 }
 
-// RotationStore keeps a rotation in the API server.
-type RotationStore struct {
+// Store keeps a rotation in the API server.
+type Store struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Clock     ca.Clock
 }
 
-func (s *RotationStore) cms() interfaceConfigMaps {
+func (s *Store) cms() interfaceConfigMaps {
 	return s.Client.CoreV1().ConfigMaps(s.Namespace)
 }
 
@@ -55,23 +59,23 @@ type interfaceConfigMaps = interface {
 }
 
 // Load returns the rotation in progress with its prepared CA.
-func (s *RotationStore) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
+func (s *Store) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
 	var st ca.RotationState
-	cm, err := s.cms().Get(ctx, RotationConfigMap, metav1.GetOptions{})
+	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return st, nil, false, nil
 	}
 	if err != nil {
-		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, RotationConfigMap, err)
+		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
 	}
 	raw, ok := cm.Data["state"]
 	if !ok || raw == "" {
 		return st, nil, false, nil
 	}
 	if err := json.Unmarshal([]byte(raw), &st); err != nil {
-		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: state: %v", s.Namespace, RotationConfigMap, err)
+		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: state: %v", s.Namespace, ConfigMap, err)
 	}
-	f, err := (&SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Load(ctx)
+	f, err := (&kube.SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Load(ctx)
 	if err != nil {
 		return st, nil, false, fmt.Errorf("the prepared CA of the rotation in progress: %w", err)
 	}
@@ -86,7 +90,7 @@ func (s *RotationStore) Load(ctx context.Context) (ca.RotationState, *ca.Materia
 }
 
 // Prepare stores the prepared CA, then the state.
-func (s *RotationStore) Prepare(ctx context.Context, st ca.RotationState, next *ca.Material) error {
+func (s *Store) Prepare(ctx context.Context, st ca.RotationState, next *ca.Material) error {
 	secrets := s.Client.CoreV1().Secrets(s.Namespace)
 	// A prepared CA left by a leader that died before writing the state.
 	if err := secrets.Delete(ctx, NextCASecret, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
@@ -96,14 +100,14 @@ func (s *RotationStore) Prepare(ctx context.Context, st ca.RotationState, next *
 	if err != nil {
 		return err
 	}
-	if err := (&SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Create(ctx, f); err != nil {
+	if err := (&kube.SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Create(ctx, f); err != nil {
 		return err
 	}
 	return s.Save(ctx, st)
 }
 
 // Save writes the state.
-func (s *RotationStore) Save(ctx context.Context, st ca.RotationState) error {
+func (s *Store) Save(ctx context.Context, st ca.RotationState) error {
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -112,19 +116,19 @@ func (s *RotationStore) Save(ctx context.Context, st ca.RotationState) error {
 }
 
 // setKey writes one key of the rotation ConfigMap ("" removes it).
-func (s *RotationStore) setKey(ctx context.Context, key, value string) error {
+func (s *Store) setKey(ctx context.Context, key, value string) error {
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		cm, err := s.cms().Get(ctx, RotationConfigMap, metav1.GetOptions{})
+		cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			if value == "" {
 				return nil
 			}
 			_, err = s.cms().Create(ctx, &corev1.ConfigMap{
-				ObjectMeta: metav1.ObjectMeta{Name: RotationConfigMap, Namespace: s.Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "warden"}},
+				ObjectMeta: metav1.ObjectMeta{Name: ConfigMap, Namespace: s.Namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "warden"}},
 				Data:       map[string]string{key: value},
-			}, metav1.CreateOptions{FieldManager: FieldManager})
+			}, metav1.CreateOptions{FieldManager: kube.FieldManager})
 			if apierrors.IsAlreadyExists(err) {
-				return apierrors.NewConflict(corev1.Resource("configmaps"), RotationConfigMap, err)
+				return apierrors.NewConflict(corev1.Resource("configmaps"), ConfigMap, err)
 			}
 			return err
 		}
@@ -143,18 +147,18 @@ func (s *RotationStore) setKey(ctx context.Context, key, value string) error {
 		} else {
 			upd.Data[key] = value
 		}
-		_, err = s.cms().Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = s.cms().Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, RotationConfigMap, err)
+		return fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
 	}
 	return nil
 }
 
 // Retire makes the prepared CA istio-ca-secret's, then forgets the
 // rotation. Every step can be redone (FinishRetire).
-func (s *RotationStore) Retire(ctx context.Context, st ca.RotationState, next *ca.Material) error {
+func (s *Store) Retire(ctx context.Context, st ca.RotationState, next *ca.Material) error {
 	st.Retiring = true
 	if err := s.Save(ctx, st); err != nil {
 		return err
@@ -162,31 +166,31 @@ func (s *RotationStore) Retire(ctx context.Context, st ca.RotationState, next *c
 	return s.finishRetire(ctx, next)
 }
 
-func (s *RotationStore) finishRetire(ctx context.Context, next *ca.Material) error {
+func (s *Store) finishRetire(ctx context.Context, next *ca.Material) error {
 	f, err := next.Encode()
 	if err != nil {
 		return err
 	}
 	secrets := s.Client.CoreV1().Secrets(s.Namespace)
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		sec, err := secrets.Get(ctx, CASecretName, metav1.GetOptions{})
+		sec, err := secrets.Get(ctx, kube.CASecretName, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		upd := sec.DeepCopy()
 		upd.Data[ca.FileCACert], upd.Data[ca.FileCAKey], upd.Data[ca.FileCertChain], upd.Data[ca.FileRootCert] = f.CACert, f.CAKey, f.CertChain, f.RootCert
-		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("kube: secret %s/%s: %w", s.Namespace, CASecretName, err)
+		return fmt.Errorf("kube: secret %s/%s: %w", s.Namespace, kube.CASecretName, err)
 	}
 	return s.Abort(ctx)
 }
 
 // FinishRetire completes a retirement a dead leader left half done; it
 // reports whether there was one.
-func (s *RotationStore) FinishRetire(ctx context.Context) (bool, error) {
+func (s *Store) FinishRetire(ctx context.Context) (bool, error) {
 	st, next, found, err := s.Load(ctx)
 	if err != nil || !found || !st.Retiring {
 		return false, err
@@ -195,7 +199,7 @@ func (s *RotationStore) FinishRetire(ctx context.Context) (bool, error) {
 }
 
 // Abort forgets the rotation: the state, then the prepared CA.
-func (s *RotationStore) Abort(ctx context.Context) error {
+func (s *Store) Abort(ctx context.Context) error {
 	if err := s.setKey(ctx, "state", ""); err != nil {
 		return err
 	}
@@ -211,7 +215,7 @@ func (s *RotationStore) Abort(ctx context.Context) error {
 
 // Request records an operator's request for the leader and returns its
 // sequence number.
-func (s *RotationStore) Request(ctx context.Context, r RotationRequest) (int64, error) {
+func (s *Store) Request(ctx context.Context, r Request) (int64, error) {
 	cur, err := s.ReadRequest(ctx)
 	if err != nil {
 		return 0, err
@@ -225,33 +229,33 @@ func (s *RotationStore) Request(ctx context.Context, r RotationRequest) (int64, 
 }
 
 // ReadRequest returns the latest request (zero when none).
-func (s *RotationStore) ReadRequest(ctx context.Context) (RotationRequest, error) {
-	var r RotationRequest
-	cm, err := s.cms().Get(ctx, RotationConfigMap, metav1.GetOptions{})
+func (s *Store) ReadRequest(ctx context.Context) (Request, error) {
+	var r Request
+	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return r, nil
 	}
 	if err != nil {
-		return r, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, RotationConfigMap, err)
+		return r, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
 	}
 	if raw := cm.Data["request"]; raw != "" {
 		if err := json.Unmarshal([]byte(raw), &r); err != nil {
-			return r, fmt.Errorf("kube: configmap %s/%s: request: %v", s.Namespace, RotationConfigMap, err)
+			return r, fmt.Errorf("kube: configmap %s/%s: request: %v", s.Namespace, ConfigMap, err)
 		}
 	}
 	return r, nil
 }
 
 // WriteStatus stores the leader's report (JSON) for --status.
-func (s *RotationStore) WriteStatus(ctx context.Context, status []byte) error {
+func (s *Store) WriteStatus(ctx context.Context, status []byte) error {
 	return s.setKey(ctx, "status", string(status))
 }
 
 // ReadStatus returns the leader's last report.
-func (s *RotationStore) ReadStatus(ctx context.Context) ([]byte, error) {
-	cm, err := s.cms().Get(ctx, RotationConfigMap, metav1.GetOptions{})
+func (s *Store) ReadStatus(ctx context.Context) ([]byte, error) {
+	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, RotationConfigMap, err)
+		return nil, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
 	}
 	if cm.Data["status"] == "" {
 		return nil, errors.New("no status reported yet: is a warden serve --kubernetes leader running in this namespace?")
@@ -273,10 +277,10 @@ type ReplicaReport struct {
 // reportLabel marks the replicas' report ConfigMaps.
 const reportLabel = "warden.io/rotation-report"
 
-func reportName(replica string) string { return RotationConfigMap + "-" + replica }
+func reportName(replica string) string { return ConfigMap + "-" + replica }
 
 // WriteReport stores a replica's report.
-func (s *RotationStore) WriteReport(ctx context.Context, r ReplicaReport) error {
+func (s *Store) WriteReport(ctx context.Context, r ReplicaReport) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -289,7 +293,7 @@ func (s *RotationStore) WriteReport(ctx context.Context, r ReplicaReport) error 
 			_, err = cms.Create(ctx, &corev1.ConfigMap{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.Namespace, Labels: map[string]string{reportLabel: "true", "app.kubernetes.io/managed-by": "warden"}},
 				Data:       map[string]string{"report": string(b)},
-			}, metav1.CreateOptions{FieldManager: FieldManager})
+			}, metav1.CreateOptions{FieldManager: kube.FieldManager})
 			return err
 		}
 		if err != nil {
@@ -297,13 +301,13 @@ func (s *RotationStore) WriteReport(ctx context.Context, r ReplicaReport) error 
 		}
 		upd := cm.DeepCopy()
 		upd.Data = map[string]string{"report": string(b)}
-		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		return err
 	})
 }
 
 // DeleteReport removes a replica's report.
-func (s *RotationStore) DeleteReport(ctx context.Context, replica string) error {
+func (s *Store) DeleteReport(ctx context.Context, replica string) error {
 	err := s.Client.CoreV1().ConfigMaps(s.Namespace).Delete(ctx, reportName(replica), metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -312,7 +316,7 @@ func (s *RotationStore) DeleteReport(ctx context.Context, replica string) error 
 }
 
 // ReadReports returns every replica's report.
-func (s *RotationStore) ReadReports(ctx context.Context) ([]ReplicaReport, error) {
+func (s *Store) ReadReports(ctx context.Context) ([]ReplicaReport, error) {
 	list, err := s.Client.CoreV1().ConfigMaps(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: reportLabel + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("kube: rotation reports: %w", err)
