@@ -18,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
@@ -138,7 +139,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 	if err != nil {
 		return nil, nil, err
 	}
-	m, which, err := kube.LoadCA(ctx, cs, k.namespace, now)
+	m, which, err := casecret.Load(ctx, cs, k.namespace, now)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: err.Error()})
 	} else {

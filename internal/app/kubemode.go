@@ -16,6 +16,7 @@ import (
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
@@ -75,21 +76,21 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			return nil, err
 		}
 	} else {
-		if m, plugged, err = kube.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now()); err != nil {
+		if m, plugged, err = casecret.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now()); err != nil {
 			return nil, err
 		}
-		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
+		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, casecret.PluggedName)
 		if plugged {
-			err = kube.RecordPluggedIn(ctx, cs, k.namespace, m)
+			err = casecret.RecordPluggedIn(ctx, cs, k.namespace, m)
 		} else {
-			err = kube.CheckNotPluggedIn(ctx, cs, k.namespace)
+			err = casecret.CheckNotPluggedIn(ctx, cs, k.namespace)
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	selfSigned := func(ctx context.Context) (*ca.Material, bool, error) {
-		return ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
+		return ca.LoadOrCreate(ctx, &casecret.Store{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
 			return ca.NewSelfSigned(rootOpts)
 		})
 	}
@@ -107,9 +108,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		if err != nil {
 			return nil, err
 		}
-		s.origin = fmt.Sprintf("self-signed root from secret %s/%s", k.namespace, kube.CASecretName)
+		s.origin = fmt.Sprintf("self-signed root from secret %s/%s", k.namespace, casecret.Name)
 		if created {
-			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, kube.CASecretName)
+			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, casecret.Name)
 		}
 	}
 	if !useVault {
@@ -125,7 +126,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore, Consumers: s.consumers,
 			NewCA: func() (*ca.Material, error) { return ca.NewSelfSigned(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
 			LoadCurrent: func(ctx context.Context) (*ca.Material, error) {
-				files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
+				files, err := (&casecret.Store{Client: cs, Namespace: k.namespace}).Load(ctx)
 				if err != nil {
 					return nil, err
 				}
@@ -140,7 +141,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
 	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
-	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
+	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the

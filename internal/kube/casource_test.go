@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 
@@ -24,7 +25,6 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 )
 
 // serving is the serving certificate a replica presents, signed by the
@@ -74,12 +74,12 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 	for _, addr := range []string{addrA, addrB} {
 		kubetest.Eventually(t, 10*time.Second, signsWith(addr, inter.Cert))
 	}
-	rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
+	rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, casecret.SourceConfigMap, metav1.GetOptions{})
 	if err != nil || rec.Data["source"] != "cacerts" {
 		t.Fatalf("no record of the plugged-in CA: %v %v", err, rec)
 	}
 
-	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, casecret.PluggedName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, 10*time.Second, func() error {
@@ -102,7 +102,7 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 	if code == 0 || !strings.Contains(logsC.String(), "secret "+ns+"/cacerts is gone, but this install signs with it") {
 		t.Fatalf("a replica started without cacerts: exit %d\n%s", code, logsC.String())
 	}
-	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{}); err == nil {
 		t.Fatal("the refused replica created istio-ca-secret")
 	}
 
@@ -115,16 +115,16 @@ func TestCacertsDeletionKeepsReplicasAgreeing(t *testing.T) {
 
 	// Confirmed: cacerts and the record deleted, every replica moves to
 	// the one self-signed CA in istio-ca-secret.
-	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, kube.PluggedSecretName, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().Secrets(ns).Delete(ctx, casecret.PluggedName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond) // let the deletion reach the replicas first
-	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, kube.CASourceConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, casecret.SourceConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	var self *x509.Certificate
 	kubetest.Eventually(t, 20*time.Second, func() error {
-		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -183,7 +183,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 	for i := range runs {
 		_, cmd := start()
 		next := mats[(i+1)%2]
-		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.PluggedSecretName, metav1.GetOptions{})
+		sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.PluggedName, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -199,7 +199,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		kubetest.Eventually(t, 10*time.Second, signsWith(addr, next.Cert))
 		fp := sha256.Sum256(next.Roots[0].Raw)
 		kubetest.Eventually(t, 10*time.Second, func() error {
-			rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.CASourceConfigMap, metav1.GetOptions{})
+			rec, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, casecret.SourceConfigMap, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
@@ -211,7 +211,7 @@ func TestKillDuringCacertsReload(t *testing.T) {
 		_ = cmd.Process.Signal(syscall.SIGKILL)
 		_ = cmd.Wait()
 	}
-	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{}); err == nil {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{}); err == nil {
 		t.Fatal("istio-ca-secret was created")
 	}
 }

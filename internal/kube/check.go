@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"fmt"
 	"slices"
 	"time"
 
@@ -13,31 +12,6 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 )
-
-// LoadCA reads an install's CA material as warden serve does: the
-// plugged-in cacerts Secret when there is one, else istio-ca-secret. It
-// says which it read.
-func LoadCA(ctx context.Context, cs kubernetes.Interface, ns string, now time.Time) (*ca.Material, string, error) {
-	for _, name := range []string{PluggedSecretName, CASecretName} {
-		sec, err := cs.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return nil, "", fmt.Errorf("kube: secret %s/%s: %w", ns, name, err)
-		}
-		f, err := filesFromSecret(sec)
-		if err != nil {
-			return nil, name, err
-		}
-		m, err := ca.DecodeMaterial(f, now)
-		if err != nil {
-			return nil, name, fmt.Errorf("kube: secret %s/%s: %w", ns, name, err)
-		}
-		return m, name, nil
-	}
-	return nil, "", fmt.Errorf("kube: neither %s/%s nor %s/%s exists: is warden installed in namespace %s?", ns, PluggedSecretName, ns, CASecretName, ns)
-}
 
 // CheckBundles lists the namespaces (of total) whose istio-ca-root-cert
 // ConfigMap is missing, does not hold the root with fingerprint fp (the

@@ -2,6 +2,9 @@
 // one per concern:
 //
 //   - kube/tokenreview: callers' identities, checked by TokenReview;
+//   - kube/casecret: the CA's material in Secrets: istio-ca-secret,
+//     created once, and the operator's cacerts, read at start and
+//     followed;
 //   - kube/leader: the election that picks which replica writes the
 //     objects the replicas share;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
@@ -21,9 +24,6 @@
 // owner Guard of the objects warden keeps in other namespaces
 // (owner.go), and PEM helpers (pem.go). It also still owns:
 //
-//   - CA material: SecretStore, the istio-ca-secret created once
-//     (secrets.go); LoadPluggedIn and PluggedInCA, the operator's cacerts
-//     Secret read at start and followed (pluggedin.go, pem.go);
 //   - the trust bundle's cluster consumers, fed by ca.Bundles:
 //     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
 //     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go),

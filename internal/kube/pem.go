@@ -2,20 +2,10 @@ package kube
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"slices"
 
 	"github.com/wardenmesh/warden/ca"
 )
-
-// firstPEM returns the first PEM block of data, re-encoded.
-func firstPEM(data []byte) []byte {
-	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil
-	}
-	return pem.EncodeToMemory(b)
-}
 
 // HoldsRoot says whether PEM b holds a certificate with fingerprint fp
 // (ca.Fingerprint).

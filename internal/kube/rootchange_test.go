@@ -18,7 +18,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
@@ -70,7 +70,7 @@ func TestADSFollowsRootChange(t *testing.T) {
 	}
 
 	rootB := catest.Root(t, ca.CAOptions{CommonName: "root B"})
-	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.PluggedSecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.PluggedName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

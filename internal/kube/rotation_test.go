@@ -16,6 +16,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/testkit"
@@ -95,7 +96,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	ctx := kubetest.Context(t)
 	ns, shop, a, b := twoReplicas(t)
 	logsA, stopA, addrB, logsB := a.logs, a.stop, b.addr, b.logs
-	oldSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	oldSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +171,7 @@ func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
 	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "current root: sha256 "+ca.Fingerprint(newRoots[0])) {
 		t.Fatalf("retire:\n%s", out)
 	}
-	sec, _ := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	sec, _ := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
 	if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 1 || !r[0].Equal(newRoots[0]) {
 		t.Fatal("istio-ca-secret is not the new CA after retirement")
 	}
@@ -193,7 +194,7 @@ func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 	ctx := kubetest.Context(t)
 	ns, shop, _, b := twoReplicas(t)
 	addrB := b.addr
-	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

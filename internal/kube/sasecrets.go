@@ -32,6 +32,15 @@ const SASecretsOptOutLabel = "warden.io/sa-secrets"
 // SASecretPrefix names Citadel 1.0's per-service-account Secrets: istio.<sa>.
 const SASecretPrefix = "istio."
 
+// Citadel-compatible type, annotation and keys of the istio.<sa> Secrets.
+const (
+	WorkloadType   = corev1.SecretType("istio.io/key-and-cert")
+	SAAnnotation   = "istio.io/service-account.name"
+	keyWorkloadKey = "key.pem"
+	keyCertChain   = "cert-chain.pem"
+	keyRootCert    = "root-cert.pem"
+)
+
 // SASecrets keeps a Citadel 1.0 Secret istio.<sa> (type
 // istio.io/key-and-cert: cert-chain.pem, key.pem, root-cert.pem) for every
 // ServiceAccount: created with the SA, refreshed when less than half its

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
@@ -77,7 +78,7 @@ func TestServeKubernetesMode(t *testing.T) {
 	apiserver.ServiceAccount(t, app1, "sleep")
 	httpAddr := testkit.FreeAddr(t)
 	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
-	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
 	}
@@ -141,7 +142,7 @@ func TestBindFailureWritesNothing(t *testing.T) {
 	if code != 1 || !strings.Contains(logs.String(), "CA API: listen tcp "+busy.Addr().String()) {
 		t.Fatalf("serve on a busy port: %d\n%s", code, logs.String())
 	}
-	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("istio-ca-secret after a failed bind: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/ca/vault/vaulttest"
 	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
@@ -145,7 +146,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		return nil
 	})
 	// With Vault, no CA key is stored in the cluster.
-	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("istio-ca-secret: %v, want NotFound", err)
 	}
 }

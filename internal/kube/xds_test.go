@@ -25,7 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/testkit"
 	"github.com/wardenmesh/warden/xds"
@@ -268,7 +268,7 @@ spec:
 // closed with the test.
 func dialServe(t *testing.T, ns, addr string, logs *testkit.Buffer) *grpc.ClientConn {
 	t.Helper()
-	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), kube.CASecretName, metav1.GetOptions{})
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
 	}

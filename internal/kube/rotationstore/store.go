@@ -18,6 +18,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
 )
 
 // A root rotation in Kubernetes mode lives in the install's namespace:
@@ -75,7 +76,7 @@ func (s *Store) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool,
 	if err := json.Unmarshal([]byte(raw), &st); err != nil {
 		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: state: %v", s.Namespace, ConfigMap, err)
 	}
-	f, err := (&kube.SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Load(ctx)
+	f, err := (&casecret.Store{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Load(ctx)
 	if err != nil {
 		return st, nil, false, fmt.Errorf("the prepared CA of the rotation in progress: %w", err)
 	}
@@ -100,7 +101,7 @@ func (s *Store) Prepare(ctx context.Context, st ca.RotationState, next *ca.Mater
 	if err != nil {
 		return err
 	}
-	if err := (&kube.SecretStore{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Create(ctx, f); err != nil {
+	if err := (&casecret.Store{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Create(ctx, f); err != nil {
 		return err
 	}
 	return s.Save(ctx, st)
@@ -173,7 +174,7 @@ func (s *Store) finishRetire(ctx context.Context, next *ca.Material) error {
 	}
 	secrets := s.Client.CoreV1().Secrets(s.Namespace)
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		sec, err := secrets.Get(ctx, kube.CASecretName, metav1.GetOptions{})
+		sec, err := secrets.Get(ctx, casecret.Name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -183,7 +184,7 @@ func (s *Store) finishRetire(ctx context.Context, next *ca.Material) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("kube: secret %s/%s: %w", s.Namespace, kube.CASecretName, err)
+		return fmt.Errorf("kube: secret %s/%s: %w", s.Namespace, casecret.Name, err)
 	}
 	return s.Abort(ctx)
 }

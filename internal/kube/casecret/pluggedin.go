@@ -1,4 +1,4 @@
-package kube
+package casecret
 
 import (
 	"context"
@@ -16,17 +16,17 @@ import (
 	"github.com/wardenmesh/warden/ca"
 )
 
-// PluggedInCA watches the Secret cacerts (Istio's plugged-in CA layout, or
+// PluggedIn watches the Secret cacerts (Istio's plugged-in CA layout, or
 // tls.crt/tls.key/ca.crt) and activates its material in the authority on
 // every change, without a restart. Every replica runs it, since every
 // replica signs. Invalid material is reported and the current CA kept.
 //
 // Deleting cacerts changes nothing in a running replica (it keeps the CA
 // it holds), and a replica started afterwards refuses to start (see
-// CASourceConfigMap), so that replicas never sign under two roots.
-// Deleting the CASourceConfigMap as well switches every replica to the
+// SourceConfigMap), so that replicas never sign under two roots.
+// Deleting the SourceConfigMap as well switches every replica to the
 // self-signed CA in istio-ca-secret (SelfSigned).
-type PluggedInCA struct {
+type PluggedIn struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Authority *ca.Authority
@@ -44,12 +44,12 @@ type PluggedInCA struct {
 // LoadPluggedIn reads and validates the cacerts Secret; found is false when
 // there is none.
 func LoadPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace string, now time.Time) (m *ca.Material, found bool, err error) {
-	sec, err := cs.CoreV1().Secrets(namespace).Get(ctx, PluggedSecretName, metav1.GetOptions{})
+	sec, err := cs.CoreV1().Secrets(namespace).Get(ctx, PluggedName, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return nil, false, nil
 		}
-		return nil, false, fmt.Errorf("kube: secret %s/%s: %w", namespace, PluggedSecretName, err)
+		return nil, false, fmt.Errorf("kube: secret %s/%s: %w", namespace, PluggedName, err)
 	}
 	m, err = decodePluggedIn(sec, now)
 	return m, true, err
@@ -68,7 +68,7 @@ func decodePluggedIn(sec *corev1.Secret, now time.Time) (*ca.Material, error) {
 }
 
 // Run watches until ctx is done.
-func (p *PluggedInCA) Run(ctx context.Context) error {
+func (p *PluggedIn) Run(ctx context.Context) error {
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
 	}
@@ -77,11 +77,11 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 	}
 	f := informers.NewSharedInformerFactoryWithOptions(p.Client, 10*time.Minute,
 		informers.WithNamespace(p.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + PluggedSecretName }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + PluggedName }))
 	inf := f.Core().V1().Secrets().Informer()
 	srcF := informers.NewSharedInformerFactoryWithOptions(p.Client, 10*time.Minute,
 		informers.WithNamespace(p.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + CASourceConfigMap }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + SourceConfigMap }))
 	srcInf := srcF.Core().V1().ConfigMaps().Informer()
 	apply := func(obj any) {
 		sec, ok := obj.(*corev1.Secret)
@@ -140,16 +140,16 @@ func (p *PluggedInCA) Run(ctx context.Context) error {
 }
 
 // deleted reports that cacerts is gone (the replica keeps its CA).
-func (p *PluggedInCA) deleted() {
+func (p *PluggedIn) deleted() {
 	p.Log.Error(fmt.Sprintf("secret %s/%s deleted: this replica keeps signing with the plugged-in CA it holds, and replicas started now refuse to start. "+
 		"Restore the secret; or, to switch every replica to the self-signed root in secret %s/%s, delete configmap %s/%s",
-		p.Namespace, PluggedSecretName, p.Namespace, CASecretName, p.Namespace, CASourceConfigMap))
+		p.Namespace, PluggedName, p.Namespace, Name, p.Namespace, SourceConfigMap))
 }
 
 // sourceDeleted: the record of the plugged-in CA is gone. With cacerts
 // still there, it is written again; without, the operator has confirmed
 // the switch to istio-ca-secret, which this replica makes.
-func (p *PluggedInCA) sourceDeleted(ctx context.Context) {
+func (p *PluggedIn) sourceDeleted(ctx context.Context) {
 	m, found, err := LoadPluggedIn(ctx, p.Client, p.Namespace, p.Clock.Now())
 	switch {
 	case err != nil && found:
@@ -176,6 +176,6 @@ func (p *PluggedInCA) sourceDeleted(ctx context.Context) {
 		p.Log.Error("could not activate the self-signed CA; keeping the current one", "error", err.Error())
 		return
 	}
-	p.Log.Warn(fmt.Sprintf("secret %s/%s and configmap %s/%s deleted: switched to the self-signed CA in secret %s/%s", p.Namespace, PluggedSecretName, p.Namespace, CASourceConfigMap, p.Namespace, CASecretName),
+	p.Log.Warn(fmt.Sprintf("secret %s/%s and configmap %s/%s deleted: switched to the self-signed CA in secret %s/%s", p.Namespace, PluggedName, p.Namespace, SourceConfigMap, p.Namespace, Name),
 		"subject", m.Cert.Subject.String())
 }

@@ -1,4 +1,4 @@
-package kube
+package casecret
 
 import (
 	"context"
@@ -10,16 +10,17 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/kube"
 )
 
-// CASourceConfigMap, in the install's namespace, records that the install
+// SourceConfigMap, in the install's namespace, records that the install
 // signs with the plugged-in CA of Secret cacerts. A running replica keeps
 // the CA it holds when cacerts is deleted; the record is what lets a
 // replica started afterwards know that it must not fall back to
 // istio-ca-secret (and sign under another root beside them). Deleting
 // the record too is the operator's confirmation: every replica then
 // switches to istio-ca-secret.
-const CASourceConfigMap = "warden-ca-source"
+const SourceConfigMap = "warden-ca-source"
 
 const sourcePluggedIn = "cacerts"
 
@@ -27,13 +28,13 @@ const sourcePluggedIn = "cacerts"
 func RecordPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace string, m *ca.Material) error {
 	data := map[string]string{"source": sourcePluggedIn, "rootSHA256": ca.RootFingerprint(m)}
 	cms := cs.CoreV1().ConfigMaps(namespace)
-	cur, err := cms.Get(ctx, CASourceConfigMap, metav1.GetOptions{})
+	cur, err := cms.Get(ctx, SourceConfigMap, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: CASourceConfigMap, Namespace: namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "warden"}},
+			ObjectMeta: metav1.ObjectMeta{Name: SourceConfigMap, Namespace: namespace, Labels: map[string]string{"app.kubernetes.io/managed-by": "warden"}},
 			Data:       data,
-		}, metav1.CreateOptions{FieldManager: FieldManager})
+		}, metav1.CreateOptions{FieldManager: kube.FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return nil // another replica recorded it
 		}
@@ -43,13 +44,13 @@ func RecordPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace str
 		}
 		upd := cur.DeepCopy()
 		upd.Data = data
-		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = cms.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		if apierrors.IsConflict(err) {
 			return nil // another replica updated it
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("kube: recording the plugged-in CA in configmap %s/%s: %w", namespace, CASourceConfigMap, err)
+		return fmt.Errorf("kube: recording the plugged-in CA in configmap %s/%s: %w", namespace, SourceConfigMap, err)
 	}
 	return nil
 }
@@ -58,17 +59,17 @@ func RecordPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace str
 // signs with it: the replicas running keep its CA, and this one would sign
 // under another root.
 func CheckNotPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace string) error {
-	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, CASourceConfigMap, metav1.GetOptions{})
+	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, SourceConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("kube: configmap %s/%s: %w", namespace, CASourceConfigMap, err)
+		return fmt.Errorf("kube: configmap %s/%s: %w", namespace, SourceConfigMap, err)
 	}
 	if cm.Data["source"] != sourcePluggedIn {
 		return nil
 	}
 	return fmt.Errorf("kube: secret %s/%s is gone, but this install signs with it (configmap %s/%s, root sha256 %s), and the replicas running still do: "+
 		"restore the secret; or, to switch every replica to the self-signed root in secret %s/%s (a new root: workloads must be given it), delete configmap %s/%s",
-		namespace, PluggedSecretName, namespace, CASourceConfigMap, cm.Data["rootSHA256"], namespace, CASecretName, namespace, CASourceConfigMap)
+		namespace, PluggedName, namespace, SourceConfigMap, cm.Data["rootSHA256"], namespace, Name, namespace, SourceConfigMap)
 }
