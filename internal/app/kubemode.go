@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/registry"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
@@ -178,7 +179,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 // serve (the leader writes them, a rotation waits for them) and for
 // warden check (which inspects them): one list for both.
 func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
-	out := []bundle.Consumer{&kube.BundlePublisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
+	out := []bundle.Consumer{&rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
 	if k.saSecrets {
 		out = append(out, &kube.SASecrets{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
 	}

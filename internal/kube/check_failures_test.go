@@ -17,8 +17,8 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -67,7 +67,7 @@ func TestCheckKubernetesFailures(t *testing.T) {
 	httpAddr := testkit.FreeAddr(t)
 	addr, logs, stop := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
 	kubetest.Eventually(t, 30*time.Second, func() error {
-		_, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		_, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		return err
 	})
 
@@ -118,26 +118,26 @@ spec:
 	// shop's bundle loses the signing root (its owner stays this install).
 	_, before, _ := checkSplit("--namespace", ns)
 	stale := []string{shop}
-	if l := lineMatching(before, regexp.QuoteMeta(checkLine("error", "bundle", kube.BundleConfigMap+" lacks the signing root in "))+`(.*)`+
+	if l := lineMatching(before, regexp.QuoteMeta(checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "))+`(.*)`+
 		regexp.QuoteMeta(": workloads there refuse new certificates")); l != "" {
 		t.Logf("stale before ours: %s", l)
-		rest := strings.TrimPrefix(l, checkLine("error", "bundle", kube.BundleConfigMap+" lacks the signing root in "))
+		rest := strings.TrimPrefix(l, checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "))
 		stale = append(stale, strings.Split(strings.TrimSuffix(rest, ": workloads there refuse new certificates"), ", ")...)
 		slices.Sort(stale)
 	}
-	cm, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+	cm, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	foreign := catest.Root(t, ca.CAOptions{CommonName: "foreign root"})
 	foreignFiles, _ := foreign.Encode()
-	cm.Data[kube.BundleKey] = string(foreignFiles.RootCert)
+	cm.Data[rootcert.Key] = string(foreignFiles.RootCert)
 	if _, err := apiserver.Client.CoreV1().ConfigMaps(shop).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	code, out, _ = checkSplit("--namespace", ns)
 	for _, want := range []string{
-		checkLine("error", "bundle", kube.BundleConfigMap+" lacks the signing root in "+strings.Join(stale, ", ")+": workloads there refuse new certificates"),
+		checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "+strings.Join(stale, ", ")+": workloads there refuse new certificates"),
 		checkLine("error", "routing", "VirtualService "+shop+"/routes: destination host reveiws."+shop+".svc.cluster.local is not in the service registry: calls routed to it fail"),
 		checkLine("error", "routing", "VirtualService "+shop+"/routes: destination reviews."+shop+".svc.cluster.local subset v9 is not defined by a DestinationRule: calls routed to it fail"),
 		checkLine("error", "routing", "DestinationRule "+shop+"/ghost: host ghost."+shop+".svc.cluster.local is not in the service registry"),

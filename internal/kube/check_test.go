@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 )
 
 func runCheck(args ...string) (int, string) {
@@ -32,7 +32,7 @@ func TestCheckKubernetes(t *testing.T) {
 	ctx := context.Background()
 	kubetest.Eventually(t, 30*time.Second, func() error {
 		for _, n := range []string{ns, app1} {
-			if _, err := apiserver.Client.CoreV1().ConfigMaps(n).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{}); err != nil {
+			if _, err := apiserver.Client.CoreV1().ConfigMaps(n).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{}); err != nil {
 				return err
 			}
 		}

@@ -5,6 +5,8 @@
 //   - kube/casecret: the CA's material in Secrets: istio-ca-secret,
 //     created once, and the operator's cacerts, read at start and
 //     followed;
+//   - kube/rootcert: the trust bundle's copy in every namespace, the
+//     istio-ca-root-cert ConfigMap (Publisher, written by the leader);
 //   - kube/leader: the election that picks which replica writes the
 //     objects the replicas share;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
@@ -22,12 +24,9 @@
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the
 // owner Guard of the objects warden keeps in other namespaces
-// (owner.go), and PEM helpers (pem.go). It also still owns:
-//
-//   - the trust bundle's cluster consumers, fed by ca.Bundles:
-//     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
-//     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go),
-//     both written by the leader.
+// (owner.go), and PEM helpers (pem.go). It also still owns SASecrets,
+// Citadel's istio.<sa> Secrets (sasecrets.go, check.go), written by the
+// leader.
 //
 // They import the pure xds model, never the ADS server.
 package kube

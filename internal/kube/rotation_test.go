@@ -15,9 +15,9 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
@@ -25,11 +25,11 @@ import (
 // bundleRoots reads the roots of ns's istio-ca-root-cert.
 func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
 	t.Helper()
-	cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+	cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), rootcert.ConfigMap, metav1.GetOptions{})
 	if err != nil {
 		return nil
 	}
-	roots, _ := ca.ParseCerts([]byte(cm.Data[kube.BundleKey]))
+	roots, _ := ca.ParseCerts([]byte(cm.Data[rootcert.Key]))
 	return roots
 }
 

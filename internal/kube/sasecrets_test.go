@@ -5,6 +5,8 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 func TestSASecretsLifecycle(t *testing.T) {
@@ -129,4 +132,41 @@ func TestSASecretsLifecycle(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSASecretsBelongToOneInstall: the istio.<sa> Secrets too are left
+// alone by a second install with another CA, instead of being re-issued
+// by each in turn.
+func TestSASecretsBelongToOneInstall(t *testing.T) {
+	ctx := kubetest.Context(t)
+	var logB testkit.Buffer
+	a := &kube.SASecrets{Client: apiserver.Client, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
+	go func() { _ = a.Run(ctx) }()
+	ns := apiserver.Namespace(t, "sasowner")
+	apiserver.ServiceAccount(t, ns, "sleep")
+	var first *corev1.Secret
+	kubetest.Eventually(t, 20*time.Second, func() (err error) {
+		first, err = apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+		return err
+	})
+	if first.Annotations[kube.OwnerAnnotation] != "install-a" {
+		t.Fatalf("owner annotation %q", first.Annotations[kube.OwnerAnnotation])
+	}
+	b := &kube.SASecrets{Client: apiserver.Client, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
+		Log: slog.New(slog.NewTextHandler(&logB, nil))}
+	go func() { _ = b.Run(ctx) }()
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(logB.String(), "Secret "+ns+"/istio.sleep belongs to another warden install") {
+			return fmt.Errorf("no conflict reported yet")
+		}
+		return nil
+	})
+	time.Sleep(time.Second)
+	now, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now.ResourceVersion != first.ResourceVersion {
+		t.Errorf("the second install rewrote the first's Secret")
+	}
 }

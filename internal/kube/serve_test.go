@@ -17,9 +17,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -111,11 +111,11 @@ func TestServeKubernetesMode(t *testing.T) {
 	}
 	// The leader publishes the bundle to the workload's namespace.
 	kubetest.Eventually(t, 30*time.Second, func() error {
-		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), rootcert.ConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if cm.Data[kube.BundleKey] != string(sec.Data["root-cert.pem"]) {
+		if cm.Data[rootcert.Key] != string(sec.Data["root-cert.pem"]) {
 			return os.ErrInvalid
 		}
 		return nil

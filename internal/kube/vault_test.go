@@ -20,9 +20,9 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/ca/vault/vaulttest"
 	"github.com/wardenmesh/warden/internal/app"
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -136,11 +136,11 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	catest.OpenSSLVerify(t, [][]byte{ca.EncodeCerts(chain[0]), ca.EncodeCerts(chain[1]), vaultRoot})
 	// The trust bundle published to namespaces is Vault's root.
 	kubetest.Eventually(t, 30*time.Second, func() error {
-		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), rootcert.ConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if cm.Data[kube.BundleKey] != string(vaultRoot) {
+		if cm.Data[rootcert.Key] != string(vaultRoot) {
 			return os.ErrInvalid
 		}
 		return nil

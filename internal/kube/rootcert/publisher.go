@@ -1,4 +1,8 @@
-package kube
+// Package rootcert publishes the trust bundle to every namespace as
+// Istio does: ConfigMap istio-ca-root-cert, key root-cert.pem, written by
+// the leader, repaired when edited or deleted, and inspected by warden
+// check.
+package rootcert
 
 import (
 	"bytes"
@@ -23,20 +27,21 @@ import (
 
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
+	"github.com/wardenmesh/warden/internal/kube"
 )
 
 // Trust bundle ConfigMap, as Istio names it.
 const (
-	BundleConfigMap = "istio-ca-root-cert"
-	BundleKey       = "root-cert.pem"
+	ConfigMap = "istio-ca-root-cert"
+	Key       = "root-cert.pem"
 )
 
-// BundlePublisher keeps ConfigMap istio-ca-root-cert (key root-cert.pem)
+// Publisher keeps ConfigMap istio-ca-root-cert (key root-cert.pem)
 // in every namespace equal to the current trust bundle: it creates it in
 // new namespaces and repairs it when edited or deleted. It writes only
 // ConfigMaps that carry its Owner (or no owner, which it adopts), and
 // backs off from one that someone else keeps rewriting.
-type BundlePublisher struct {
+type Publisher struct {
 	Client kubernetes.Interface
 	Bundle func() []byte // PEM roots
 	Owner  string        // this install (its namespace); default warden-system
@@ -44,16 +49,16 @@ type BundlePublisher struct {
 	Resync time.Duration // default 10m
 	Now    func() time.Time
 
-	guard  *Guard
+	guard  *kube.Guard
 	mu     sync.Mutex
 	sent   [][32]byte // digests of the last bundles published: rewriting one of them is an update, not a repair
-	loop   *Loop
+	loop   *kube.Loop
 	nsList corelisters.NamespaceLister
 	cmList corelisters.ConfigMapLister
 }
 
 // Run publishes until ctx is done. Call it on the leader only.
-func (p *BundlePublisher) Run(ctx context.Context) error {
+func (p *Publisher) Run(ctx context.Context) error {
 	if p.Log == nil {
 		p.Log = slog.New(slog.DiscardHandler)
 	}
@@ -61,16 +66,16 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 		p.Resync = 10 * time.Minute
 	}
 	if p.Owner == "" {
-		p.Owner = DefaultOwner
+		p.Owner = kube.DefaultOwner
 	}
 	if p.Now == nil {
 		p.Now = time.Now
 	}
-	p.guard = NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
-	p.loop = NewLoop("bundle", p.Log, p.reconcile)
+	p.guard = kube.NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
+	p.loop = kube.NewLoop("bundle", p.Log, p.reconcile)
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "metadata.name=" + BundleConfigMap
+		o.FieldSelector = "metadata.name=" + ConfigMap
 	}))
 	nsInf, cmInf := nsF.Core().V1().Namespaces(), cmF.Core().V1().ConfigMaps()
 	p.nsList, p.cmList = nsInf.Lister(), cmInf.Lister()
@@ -80,7 +85,7 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 		}
 	}
 	enqueueCM := func(obj any) {
-		if cm, ok := Tombstone(obj).(*corev1.ConfigMap); ok {
+		if cm, ok := kube.Tombstone(obj).(*corev1.ConfigMap); ok {
 			p.loop.Add(cm.Namespace)
 		}
 	}
@@ -96,7 +101,7 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := StartAndSync(ctx, "bundle", nsF, cmF); err != nil {
+	if err := kube.StartAndSync(ctx, "bundle", nsF, cmF); err != nil {
 		return err
 	}
 	p.loop.Run(ctx, 2)
@@ -105,7 +110,7 @@ func (p *BundlePublisher) Run(ctx context.Context) error {
 
 // published records want as published, and says whether old was
 // published before it (so that replacing it is an update).
-func (p *BundlePublisher) published(old, want []byte) bool {
+func (p *Publisher) published(old, want []byte) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	w := sha256.Sum256(want)
@@ -118,21 +123,21 @@ func (p *BundlePublisher) published(old, want []byte) bool {
 	return old != nil && slices.Contains(p.sent, sha256.Sum256(old))
 }
 
-// BundlePublisher is the cluster's istio-ca-root-cert ConfigMaps.
+// Publisher is the cluster's istio-ca-root-cert ConfigMaps.
 var (
-	_ bundle.Consumer = (*BundlePublisher)(nil)
-	_ bundle.Runner   = (*BundlePublisher)(nil)
-	_ bundle.Checker  = (*BundlePublisher)(nil)
+	_ bundle.Consumer = (*Publisher)(nil)
+	_ bundle.Runner   = (*Publisher)(nil)
+	_ bundle.Checker  = (*Publisher)(nil)
 )
 
 // Name implements bundle.Consumer.
-func (p *BundlePublisher) Name() string { return "configmaps" }
+func (p *Publisher) Name() string { return "configmaps" }
 
 // Scope implements bundle.Consumer: the leader writes them.
-func (p *BundlePublisher) Scope() bundle.Scope { return bundle.Cluster }
+func (p *Publisher) Scope() bundle.Scope { return bundle.Cluster }
 
 // Changed republishes every namespace, after the bundle changed.
-func (p *BundlePublisher) Changed([]*x509.Certificate) {
+func (p *Publisher) Changed([]*x509.Certificate) {
 	if p.loop == nil || p.nsList == nil {
 		return
 	}
@@ -142,7 +147,7 @@ func (p *BundlePublisher) Changed([]*x509.Certificate) {
 	}
 }
 
-func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Duration, error) {
+func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, error) {
 	n, err := p.nsList.Get(ns)
 	if apierrors.IsNotFound(err) || (err == nil && n.Status.Phase == corev1.NamespaceTerminating) {
 		return 0, nil
@@ -152,16 +157,16 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 	}
 	want := p.Bundle()
 	cms := p.Client.CoreV1().ConfigMaps(ns)
-	key := ns + "/" + BundleConfigMap
-	cm, err := p.cmList.ConfigMaps(ns).Get(BundleConfigMap)
+	key := ns + "/" + ConfigMap
+	cm, err := p.cmList.ConfigMaps(ns).Get(ConfigMap)
 	switch {
 	case apierrors.IsNotFound(err):
 		created := &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: BundleConfigMap, Namespace: ns, Labels: map[string]string{"istio.io/config": "true", "app.kubernetes.io/managed-by": "warden"}},
-			Data:       map[string]string{BundleKey: string(want)},
+			ObjectMeta: metav1.ObjectMeta{Name: ConfigMap, Namespace: ns, Labels: map[string]string{"istio.io/config": "true", "app.kubernetes.io/managed-by": "warden"}},
+			Data:       map[string]string{Key: string(want)},
 		}
 		p.guard.Annotate(&created.ObjectMeta)
-		_, err = cms.Create(ctx, created, metav1.CreateOptions{FieldManager: FieldManager})
+		_, err = cms.Create(ctx, created, metav1.CreateOptions{FieldManager: kube.FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return 0, nil // the informer will bring it and we will compare
 		}
@@ -173,7 +178,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 		return 0, err
 	}
 	p.published(nil, want)
-	same := bytes.Equal([]byte(cm.Data[BundleKey]), want) && len(cm.Data) == 1 && len(cm.BinaryData) == 0
+	same := bytes.Equal([]byte(cm.Data[Key]), want) && len(cm.Data) == 1 && len(cm.BinaryData) == 0
 	if same && p.guard.Owned(cm) {
 		return 0, nil
 	}
@@ -181,17 +186,17 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 		return retry, nil
 	}
 	fixed := cm.DeepCopy()
-	fixed.Data = map[string]string{BundleKey: string(want)}
+	fixed.Data = map[string]string{Key: string(want)}
 	fixed.BinaryData = nil
 	p.guard.Annotate(&fixed.ObjectMeta)
-	if _, err := cms.Update(ctx, fixed, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+	if _, err := cms.Update(ctx, fixed, metav1.UpdateOptions{FieldManager: kube.FieldManager}); err != nil {
 		return 0, err
 	}
 	if same {
 		p.Log.Info("adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
 		return 0, nil
 	}
-	if p.published([]byte(cm.Data[BundleKey]), want) {
+	if p.published([]byte(cm.Data[Key]), want) {
 		p.Log.Info("updated trust bundle", "namespace", ns)
 		return 0, nil
 	}
@@ -204,7 +209,7 @@ func (p *BundlePublisher) reconcile(ctx context.Context, ns string) (time.Durati
 // bundle ConfigMaps this install keeps and which lack the root with
 // fingerprint fp (ca.Fingerprint). Only the leader, which runs the
 // publisher, can tell.
-func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
+func (p *Publisher) Missing(fp string) (total int, missing []string) {
 	if p.nsList == nil || p.cmList == nil {
 		return 1, []string{"istio-ca-root-cert ConfigMaps (this replica does not publish them)"}
 	}
@@ -216,17 +221,17 @@ func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 		if ns.Status.Phase == corev1.NamespaceTerminating {
 			continue
 		}
-		cm, err := p.cmList.ConfigMaps(ns.Name).Get(BundleConfigMap)
+		cm, err := p.cmList.ConfigMaps(ns.Name).Get(ConfigMap)
 		if err == nil {
-			if o := cm.Annotations[OwnerAnnotation]; o != "" && o != p.Owner {
+			if o := cm.Annotations[kube.OwnerAnnotation]; o != "" && o != p.Owner {
 				continue // another install's (reported by the publisher), not this one's to wait for
 			}
 		}
 		total++
-		if err == nil && HoldsRoot([]byte(cm.Data[BundleKey]), fp) {
+		if err == nil && kube.HoldsRoot([]byte(cm.Data[Key]), fp) {
 			continue
 		}
-		missing = append(missing, "configmap "+ns.Name+"/"+BundleConfigMap)
+		missing = append(missing, "configmap "+ns.Name+"/"+ConfigMap)
 	}
 	slices.Sort(missing)
 	return total, missing
@@ -234,27 +239,59 @@ func (p *BundlePublisher) Missing(fp string) (total int, missing []string) {
 
 // Check implements bundle.Checker: the ConfigMap of every namespace
 // holds the root fp (the one workload certificates chain to).
-func (p *BundlePublisher) Check(ctx context.Context, fp string, _ time.Time) []check.Result {
+func (p *Publisher) Check(ctx context.Context, fp string, _ time.Time) []check.Result {
 	owner := p.Owner
 	if owner == "" {
-		owner = DefaultOwner
+		owner = kube.DefaultOwner
 	}
-	total, missing, stale, others, err := CheckBundles(ctx, p.Client, fp, owner)
+	total, missing, stale, others, err := inspect(ctx, p.Client, fp, owner)
 	if err != nil {
 		return []check.Result{{Check: "bundle", Status: check.Error, Message: err.Error()}}
 	}
 	var out []check.Result
 	if len(missing)+len(stale) == 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", BundleConfigMap, total-len(others), total)})
+		out = append(out, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", ConfigMap, total-len(others), total)})
 	}
 	if len(missing) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", BundleConfigMap, strings.Join(missing, ", "))})
+		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", ConfigMap, strings.Join(missing, ", "))})
 	}
 	if len(stale) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", BundleConfigMap, strings.Join(stale, ", "))})
+		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", ConfigMap, strings.Join(stale, ", "))})
 	}
 	if len(others) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", BundleConfigMap, strings.Join(others, ", "))})
+		out = append(out, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", ConfigMap, strings.Join(others, ", "))})
 	}
 	return out
+}
+
+// inspect lists the namespaces (of total) whose istio-ca-root-cert
+// ConfigMap is missing, does not hold the root with fingerprint fp (the
+// one workload certificates chain to), or belongs to another install
+// (its warden.io/owner is not owner; that install keeps it).
+func inspect(ctx context.Context, cs kubernetes.Interface, fp, owner string) (total int, missing, stale, others []string, err error) {
+	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, nil, nil, nil, err
+	}
+	for _, n := range nss.Items {
+		if n.Status.Phase == corev1.NamespaceTerminating {
+			continue
+		}
+		total++
+		cm, err := cs.CoreV1().ConfigMaps(n.Name).Get(ctx, ConfigMap, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			missing = append(missing, n.Name)
+		case err != nil:
+			return 0, nil, nil, nil, err
+		case kube.OtherOwner(cm.ObjectMeta, owner):
+			others = append(others, n.Name+" ("+cm.Annotations[kube.OwnerAnnotation]+")")
+		case !kube.HoldsRoot([]byte(cm.Data[Key]), fp):
+			stale = append(stale, n.Name)
+		}
+	}
+	slices.Sort(missing)
+	slices.Sort(stale)
+	slices.Sort(others)
+	return total, missing, stale, others, nil
 }

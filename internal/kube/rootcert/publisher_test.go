@@ -1,4 +1,4 @@
-package kube_test
+package rootcert_test
 
 import (
 	"fmt"
@@ -8,8 +8,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 )
 
 func TestBundleConfigMaps(t *testing.T) {
@@ -17,17 +17,17 @@ func TestBundleConfigMaps(t *testing.T) {
 	bundle := []byte("-----BEGIN CERTIFICATE-----\nfake bundle for the publisher test\n-----END CERTIFICATE-----\n")
 	var cur atomic.Pointer[[]byte]
 	cur.Store(&bundle)
-	p := &kube.BundlePublisher{Client: apiserver.Client, Bundle: func() []byte { return *cur.Load() }}
+	p := &rootcert.Publisher{Client: apiserver.Client, Bundle: func() []byte { return *cur.Load() }}
 	go func() { _ = p.Run(ctx) }()
 	ns := apiserver.Namespace(t, "bundle")
 	cms := apiserver.Client.CoreV1().ConfigMaps(ns)
 	want := func(b []byte) func() error {
 		return func() error {
-			cm, err := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+			cm, err := cms.Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
-			if cm.Data[kube.BundleKey] != string(b) || len(cm.Data) != 1 {
+			if cm.Data[rootcert.Key] != string(b) || len(cm.Data) != 1 {
 				return fmt.Errorf("data = %v", cm.Data)
 			}
 			return nil
@@ -35,15 +35,15 @@ func TestBundleConfigMaps(t *testing.T) {
 	}
 	kubetest.Eventually(t, 20*time.Second, want(bundle))
 
-	cm, _ := cms.Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
-	cm.Data[kube.BundleKey] = "tampered"
+	cm, _ := cms.Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
+	cm.Data[rootcert.Key] = "tampered"
 	cm.Data["extra"] = "x"
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, 20*time.Second, want(bundle))
 
-	if err := cms.Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := cms.Delete(ctx, rootcert.ConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, 20*time.Second, want(bundle))

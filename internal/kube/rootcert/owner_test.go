@@ -1,4 +1,4 @@
-package kube_test
+package rootcert_test
 
 import (
 	"bytes"
@@ -12,10 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/wardenmesh/warden/ca"
-	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
@@ -29,7 +28,7 @@ func writes(t *testing.T, ctx context.Context, ns string, period time.Duration) 
 	t.Helper()
 	rv := ""
 	for end := time.Now().Add(period); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,12 +50,12 @@ func writes(t *testing.T, ctx context.Context, ns string, period time.Duration) 
 func TestTwoInstallsDoNotFight(t *testing.T) {
 	ctx := kubetest.Context(t)
 	var logA, logB testkit.Buffer
-	a := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+	a := &rootcert.Publisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
 		Log: slog.New(slog.NewTextHandler(&logA, nil))}
 	go func() { _ = a.Run(ctx) }()
 	ns := apiserver.Namespace(t, "twoinstalls")
 	kubetest.Eventually(t, 20*time.Second, func() error {
-		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -65,12 +64,12 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 		}
 		return nil
 	})
-	b := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-b", Bundle: func() []byte { return fakeBundle("root-b") },
+	b := &rootcert.Publisher{Client: apiserver.Client, Owner: "install-b", Bundle: func() []byte { return fakeBundle("root-b") },
 		Log: slog.New(slog.NewTextHandler(&logB, nil))}
 	go func() { _ = b.Run(ctx) }()
 	n, cm := writes(t, ctx, ns, 3*time.Second)
-	if n > 0 || !bytes.Equal([]byte(cm.Data[kube.BundleKey]), fakeBundle("root-a")) {
-		t.Errorf("the second install wrote the first's ConfigMap: %d writes in 3 s, bundle now %q", n, cm.Data[kube.BundleKey])
+	if n > 0 || !bytes.Equal([]byte(cm.Data[rootcert.Key]), fakeBundle("root-a")) {
+		t.Errorf("the second install wrote the first's ConfigMap: %d writes in 3 s, bundle now %q", n, cm.Data[rootcert.Key])
 	}
 	kubetest.Eventually(t, 20*time.Second, func() error {
 		if !strings.Contains(logB.String(), "belongs to another warden install (warden.io/owner=install-a)") || !strings.Contains(logB.String(), "level=ERROR") {
@@ -80,11 +79,11 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 	})
 	// Deleting the ConfigMap hands it to whichever install gets there
 	// first; the other then backs off in turn.
-	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, kube.BundleConfigMap, metav1.DeleteOptions{}); err != nil {
+	if err := apiserver.Client.CoreV1().ConfigMaps(ns).Delete(ctx, rootcert.ConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, 20*time.Second, func() error {
-		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		return err
 	})
 	if n, _ := writes(t, ctx, ns, 2*time.Second); n > 1 {
@@ -98,12 +97,12 @@ func TestTwoInstallsDoNotFight(t *testing.T) {
 func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 	ctx := kubetest.Context(t)
 	var logs testkit.Buffer
-	p := &kube.BundlePublisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
+	p := &rootcert.Publisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
 		Log: slog.New(slog.NewTextHandler(&logs, nil))}
 	go func() { _ = p.Run(ctx) }()
 	ns := apiserver.Namespace(t, "rogue")
 	kubetest.Eventually(t, 20*time.Second, func() error {
-		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		_, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		return err
 	})
 	// The other writer goes on until warden reports the fight (20 s at
@@ -115,14 +114,14 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 		if strings.Contains(logs.String(), reported) && time.Until(end) > time.Second {
 			end = time.Now().Add(time.Second)
 		}
-		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, kube.BundleConfigMap, metav1.GetOptions{})
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cm.Data[kube.BundleKey] == "rogue" {
+		if cm.Data[rootcert.Key] == "rogue" {
 			continue
 		}
-		cm.Data[kube.BundleKey] = "rogue"
+		cm.Data[rootcert.Key] = "rogue"
 		if _, err := apiserver.Client.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{FieldManager: "rogue-ca"}); err == nil {
 			rogueWrites++
 		}
@@ -134,42 +133,5 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), reported) {
 		t.Errorf("the fight was not reported with the other writer's name:\n%s", logs.String())
-	}
-}
-
-// TestSASecretsBelongToOneInstall: the istio.<sa> Secrets too are left
-// alone by a second install with another CA, instead of being re-issued
-// by each in turn.
-func TestSASecretsBelongToOneInstall(t *testing.T) {
-	ctx := kubetest.Context(t)
-	var logB testkit.Buffer
-	a := &kube.SASecrets{Client: apiserver.Client, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
-	go func() { _ = a.Run(ctx) }()
-	ns := apiserver.Namespace(t, "sasowner")
-	apiserver.ServiceAccount(t, ns, "sleep")
-	var first *corev1.Secret
-	kubetest.Eventually(t, 20*time.Second, func() (err error) {
-		first, err = apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
-		return err
-	})
-	if first.Annotations[kube.OwnerAnnotation] != "install-a" {
-		t.Fatalf("owner annotation %q", first.Annotations[kube.OwnerAnnotation])
-	}
-	b := &kube.SASecrets{Client: apiserver.Client, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
-		Log: slog.New(slog.NewTextHandler(&logB, nil))}
-	go func() { _ = b.Run(ctx) }()
-	kubetest.Eventually(t, 20*time.Second, func() error {
-		if !strings.Contains(logB.String(), "Secret "+ns+"/istio.sleep belongs to another warden install") {
-			return fmt.Errorf("no conflict reported yet")
-		}
-		return nil
-	})
-	time.Sleep(time.Second)
-	now, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, "istio.sleep", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if now.ResourceVersion != first.ResourceVersion {
-		t.Errorf("the second install rewrote the first's Secret")
 	}
 }
