@@ -7,6 +7,8 @@
 //     followed;
 //   - kube/rootcert: the trust bundle's copy in every namespace, the
 //     istio-ca-root-cert ConfigMap (Publisher, written by the leader);
+//   - kube/sasecrets: Citadel's istio.<sa> Secrets for every service
+//     account (Controller, written by the leader);
 //   - kube/leader: the election that picks which replica writes the
 //     objects the replicas share;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
@@ -24,9 +26,7 @@
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the
 // owner Guard of the objects warden keeps in other namespaces
-// (owner.go), and PEM helpers (pem.go). It also still owns SASecrets,
-// Citadel's istio.<sa> Secrets (sasecrets.go, check.go), written by the
-// leader.
+// (owner.go), and PEM helpers (pem.go).
 //
 // They import the pure xds model, never the ADS server.
 package kube

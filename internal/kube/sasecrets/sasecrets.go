@@ -1,4 +1,8 @@
-package kube
+// Package sasecrets keeps Citadel 1.0's per-service-account Secrets,
+// istio.<sa>, for workloads that read their certificate from a Secret:
+// issued for every ServiceAccount, refreshed, and inspected by warden
+// check.
+package sasecrets
 
 import (
 	"bytes"
@@ -23,30 +27,31 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
+	"github.com/wardenmesh/warden/internal/kube"
 )
 
-// SASecretsOptOutLabel on a namespace, set to "disabled", stops
+// OptOutLabel on a namespace, set to "disabled", stops
 // per-service-account Secrets there.
-const SASecretsOptOutLabel = "warden.io/sa-secrets"
+const OptOutLabel = "warden.io/sa-secrets"
 
-// SASecretPrefix names Citadel 1.0's per-service-account Secrets: istio.<sa>.
-const SASecretPrefix = "istio."
+// Prefix names Citadel 1.0's per-service-account Secrets: istio.<sa>.
+const Prefix = "istio."
 
 // Citadel-compatible type, annotation and keys of the istio.<sa> Secrets.
 const (
-	WorkloadType   = corev1.SecretType("istio.io/key-and-cert")
-	SAAnnotation   = "istio.io/service-account.name"
-	keyWorkloadKey = "key.pem"
-	keyCertChain   = "cert-chain.pem"
-	keyRootCert    = "root-cert.pem"
+	Type                     = corev1.SecretType("istio.io/key-and-cert")
+	ServiceAccountAnnotation = "istio.io/service-account.name"
+	keyWorkloadKey           = "key.pem"
+	keyCertChain             = "cert-chain.pem"
+	keyRootCert              = "root-cert.pem"
 )
 
-// SASecrets keeps a Citadel 1.0 Secret istio.<sa> (type
+// Controller keeps a Citadel 1.0 Secret istio.<sa> (type
 // istio.io/key-and-cert: cert-chain.pem, key.pem, root-cert.pem) for every
 // ServiceAccount: created with the SA, refreshed when less than half its
 // lifetime remains or the root changed, recreated if deleted while the SA
 // exists, deleted with the SA.
-type SASecrets struct {
+type Controller struct {
 	Client    kubernetes.Interface
 	Authority *ca.Authority
 	TTL       time.Duration // certificate lifetime; default the authority's
@@ -55,15 +60,15 @@ type SASecrets struct {
 	Resync    time.Duration // default 10m
 	Owner     string        // this install (its namespace); default warden-system
 
-	guard  *Guard
-	loop   *Loop
+	guard  *kube.Guard
+	loop   *kube.Loop
 	saList corelisters.ServiceAccountLister
 	nsList corelisters.NamespaceLister
 	secLst corelisters.SecretLister
 }
 
 // Run reconciles until ctx is done. Call it on the leader only.
-func (c *SASecrets) Run(ctx context.Context) error {
+func (c *Controller) Run(ctx context.Context) error {
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -74,24 +79,24 @@ func (c *SASecrets) Run(ctx context.Context) error {
 		c.Resync = 10 * time.Minute
 	}
 	if c.Owner == "" {
-		c.Owner = DefaultOwner
+		c.Owner = kube.DefaultOwner
 	}
-	c.guard = NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
-	c.loop = NewLoop("sa-secrets", c.Log, c.reconcile)
+	c.guard = kube.NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
+	c.loop = kube.NewLoop("sa-secrets", c.Log, c.reconcile)
 	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
 	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = "type=" + string(WorkloadType)
+		o.FieldSelector = "type=" + string(Type)
 	}))
 	saInf, nsInf, secInf := f.Core().V1().ServiceAccounts(), f.Core().V1().Namespaces(), secF.Core().V1().Secrets()
 	c.saList, c.nsList, c.secLst = saInf.Lister(), nsInf.Lister(), secInf.Lister()
 	onSA := func(obj any) {
-		if sa, ok := Tombstone(obj).(*corev1.ServiceAccount); ok {
+		if sa, ok := kube.Tombstone(obj).(*corev1.ServiceAccount); ok {
 			c.loop.Add(sa.Namespace + "/" + sa.Name)
 		}
 	}
 	onSecret := func(obj any) {
-		if s, ok := Tombstone(obj).(*corev1.Secret); ok && strings.HasPrefix(s.Name, SASecretPrefix) {
-			if sa := s.Annotations[SAAnnotation]; sa != "" {
+		if s, ok := kube.Tombstone(obj).(*corev1.Secret); ok && strings.HasPrefix(s.Name, Prefix) {
+			if sa := s.Annotations[ServiceAccountAnnotation]; sa != "" {
 				c.loop.Add(s.Namespace + "/" + sa)
 			}
 		}
@@ -116,30 +121,30 @@ func (c *SASecrets) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := StartAndSync(ctx, "sa-secrets", f, secF); err != nil {
+	if err := kube.StartAndSync(ctx, "sa-secrets", f, secF); err != nil {
 		return err
 	}
 	c.loop.Run(ctx, 2)
 	return nil
 }
 
-// SASecrets is the cluster's istio.<sa> Secrets: they carry the bundle
+// Controller is the cluster's istio.<sa> Secrets: they carry the bundle
 // (root-cert.pem), so a rotation waits for them too.
 var (
-	_ bundle.Consumer = (*SASecrets)(nil)
-	_ bundle.Runner   = (*SASecrets)(nil)
-	_ bundle.Checker  = (*SASecrets)(nil)
+	_ bundle.Consumer = (*Controller)(nil)
+	_ bundle.Runner   = (*Controller)(nil)
+	_ bundle.Checker  = (*Controller)(nil)
 )
 
 // Name implements bundle.Consumer.
-func (c *SASecrets) Name() string { return "sa-secrets" }
+func (c *Controller) Name() string { return "sa-secrets" }
 
 // Scope implements bundle.Consumer: the leader writes them.
-func (c *SASecrets) Scope() bundle.Scope { return bundle.Cluster }
+func (c *Controller) Scope() bundle.Scope { return bundle.Cluster }
 
 // Missing implements bundle.Consumer: the istio.<sa> Secrets of this
 // install whose root-cert.pem lacks the root fp.
-func (c *SASecrets) Missing(fp string) (total int, missing []string) {
+func (c *Controller) Missing(fp string) (total int, missing []string) {
 	if c.secLst == nil {
 		return 1, []string{"istio.<sa> Secrets (this replica does not write them)"}
 	}
@@ -148,11 +153,11 @@ func (c *SASecrets) Missing(fp string) (total int, missing []string) {
 		return 1, []string{"istio.<sa> Secrets: " + err.Error()}
 	}
 	for _, s := range list {
-		if !strings.HasPrefix(s.Name, SASecretPrefix) || OtherOwner(s.ObjectMeta, c.Owner) {
+		if !strings.HasPrefix(s.Name, Prefix) || kube.OtherOwner(s.ObjectMeta, c.Owner) {
 			continue
 		}
 		total++
-		if !HoldsRoot(s.Data[keyRootCert], fp) {
+		if !kube.HoldsRoot(s.Data[keyRootCert], fp) {
 			missing = append(missing, "secret "+s.Namespace+"/"+s.Name)
 		}
 	}
@@ -162,12 +167,12 @@ func (c *SASecrets) Missing(fp string) (total int, missing []string) {
 
 // Check implements bundle.Checker: every istio.<sa> Secret holds the root
 // fp and a certificate not past half-life.
-func (c *SASecrets) Check(ctx context.Context, fp string, now time.Time) []check.Result {
+func (c *Controller) Check(ctx context.Context, fp string, now time.Time) []check.Result {
 	owner := c.Owner
 	if owner == "" {
-		owner = DefaultOwner
+		owner = kube.DefaultOwner
 	}
-	total, stale, late, err := CheckSASecrets(ctx, c.Client, fp, owner, now)
+	total, stale, late, err := inspect(ctx, c.Client, fp, owner, now)
 	switch {
 	case err != nil:
 		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: err.Error()}}
@@ -180,7 +185,7 @@ func (c *SASecrets) Check(ctx context.Context, fp string, now time.Time) []check
 }
 
 // Changed re-checks every ServiceAccount, after the root changed.
-func (c *SASecrets) Changed([]*x509.Certificate) {
+func (c *Controller) Changed([]*x509.Certificate) {
 	if c.loop == nil || c.saList == nil {
 		return
 	}
@@ -190,16 +195,16 @@ func (c *SASecrets) Changed([]*x509.Certificate) {
 	}
 }
 
-func (c *SASecrets) enqueueNamespace(ns string) {
+func (c *Controller) enqueueNamespace(ns string) {
 	sas, _ := c.saList.ServiceAccounts(ns).List(labels.Everything())
 	for _, sa := range sas {
 		c.loop.Add(ns + "/" + sa.Name)
 	}
 }
 
-func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, error) {
+func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, error) {
 	ns, name, _ := strings.Cut(key, "/")
-	secName := SASecretPrefix + name
+	secName := Prefix + name
 	secrets := c.Client.CoreV1().Secrets(ns)
 	existing, err := c.secLst.Secrets(ns).Get(secName)
 	if err != nil && !apierrors.IsNotFound(err) {
@@ -208,7 +213,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	if apierrors.IsNotFound(err) {
 		existing = nil
 	}
-	if existing != nil && existing.Annotations[SAAnnotation] != name {
+	if existing != nil && existing.Annotations[ServiceAccountAnnotation] != name {
 		return 0, nil // not ours: leave it alone
 	}
 	if existing != nil {
@@ -233,7 +238,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 	if err != nil {
 		return 0, err
 	}
-	if n, err := c.nsList.Get(ns); err == nil && n.Labels[SASecretsOptOutLabel] == "disabled" {
+	if n, err := c.nsList.Get(ns); err == nil && n.Labels[OptOutLabel] == "disabled" {
 		// Opted out: none of ours stays, including one written before the
 		// label reached this replica (a service account made right after
 		// the namespace was labelled).
@@ -257,7 +262,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 				// Written before owners were marked: adopt it as it is.
 				upd := existing.DeepCopy()
 				c.guard.Annotate(&upd.ObjectMeta)
-				if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+				if _, err := secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager}); err != nil {
 					return 0, err
 				}
 			}
@@ -272,14 +277,14 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{
 				Name: secName, Namespace: ns,
-				Annotations: map[string]string{SAAnnotation: name, OwnerAnnotation: c.Owner},
+				Annotations: map[string]string{ServiceAccountAnnotation: name, kube.OwnerAnnotation: c.Owner},
 				OwnerReferences: []metav1.OwnerReference{{
 					APIVersion: "v1", Kind: "ServiceAccount", Name: sa.Name, UID: sa.UID,
 				}},
 			},
-			Type: WorkloadType,
+			Type: Type,
 			Data: data,
-		}, metav1.CreateOptions{FieldManager: FieldManager})
+		}, metav1.CreateOptions{FieldManager: kube.FieldManager})
 		if apierrors.IsAlreadyExists(err) {
 			return 0, fmt.Errorf("secret %s/%s appeared meanwhile", ns, secName) // retry against the cache
 		}
@@ -290,7 +295,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 		upd := existing.DeepCopy()
 		upd.Data = data
 		c.guard.Annotate(&upd.ObjectMeta)
-		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: FieldManager})
+		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		if err == nil {
 			c.Log.Info("refreshed service account secret", "namespace", ns, "secret", secName)
 		}
@@ -302,7 +307,7 @@ func (c *SASecrets) reconcile(ctx context.Context, key string) (time.Duration, e
 }
 
 // fresh says whether the secret can stay as is, and until when.
-func (c *SASecrets) fresh(s *corev1.Secret, root []byte, now time.Time) (time.Time, bool) {
+func (c *Controller) fresh(s *corev1.Secret, root []byte, now time.Time) (time.Time, bool) {
 	if !bytes.Equal(s.Data[keyRootCert], root) || len(s.Data[keyWorkloadKey]) == 0 {
 		return time.Time{}, false
 	}
@@ -319,7 +324,7 @@ func halfLife(c *x509.Certificate) time.Time {
 	return c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2)
 }
 
-func (c *SASecrets) bundlePEM() []byte {
+func (c *Controller) bundlePEM() []byte {
 	b := c.Authority.Bundle()
 	if b == nil {
 		return nil
@@ -327,7 +332,7 @@ func (c *SASecrets) bundlePEM() []byte {
 	return ca.EncodeCerts(b.X509Authorities()...)
 }
 
-func (c *SASecrets) issue(ns, sa string, root []byte) (map[string][]byte, *x509.Certificate, error) {
+func (c *Controller) issue(ns, sa string, root []byte) (map[string][]byte, *x509.Certificate, error) {
 	id, err := spiffeid.FromSegments(c.Authority.TrustDomain(), "ns", ns, "sa", sa)
 	if err != nil {
 		return nil, nil, err

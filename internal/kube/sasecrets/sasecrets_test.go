@@ -1,4 +1,4 @@
-package kube_test
+package sasecrets_test
 
 import (
 	"bytes"
@@ -18,13 +18,14 @@ import (
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/sasecrets"
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 func TestSASecretsLifecycle(t *testing.T) {
 	ctx := kubetest.Context(t)
 	a := catest.Authority(t, catest.Root(t, ca.CAOptions{}), func(c *ca.Config) { c.Backdate = time.Second })
-	ctrl := &kube.SASecrets{Client: apiserver.Client, Authority: a, TTL: 8 * time.Second}
+	ctrl := &sasecrets.Controller{Client: apiserver.Client, Authority: a, TTL: 8 * time.Second}
 	go func() { _ = ctrl.Run(ctx) }()
 	ns := apiserver.Namespace(t, "sas")
 	apiserver.ServiceAccount(t, ns, "flaskapp")
@@ -33,7 +34,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 
 	var first *corev1.Secret
 	kubetest.Eventually(t, 20*time.Second, func() (err error) { first, err = get(); return err })
-	if first.Type != kube.WorkloadType || first.Annotations[kube.SAAnnotation] != "flaskapp" {
+	if first.Type != sasecrets.Type || first.Annotations[sasecrets.ServiceAccountAnnotation] != "flaskapp" {
 		t.Fatalf("type %q annotations %v", first.Type, first.Annotations)
 	}
 	certs, err := ca.ParseCerts(first.Data["cert-chain.pem"])
@@ -93,7 +94,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 	// A namespace that opts out gets none.
 	optOut := apiserver.Namespace(t, "optout")
 	n, _ := apiserver.Client.CoreV1().Namespaces().Get(ctx, optOut, metav1.GetOptions{})
-	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
+	n.Labels[sasecrets.OptOutLabel] = "disabled"
 	if _, err := apiserver.Client.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +123,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 	apiserver.ServiceAccount(t, ns, "later")
 	kubetest.Eventually(t, 20*time.Second, func() error { _, err := secrets.Get(ctx, "istio.later", metav1.GetOptions{}); return err })
 	n, _ = apiserver.Client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	n.Labels[kube.SASecretsOptOutLabel] = "disabled"
+	n.Labels[sasecrets.OptOutLabel] = "disabled"
 	if _, err := apiserver.Client.CoreV1().Namespaces().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +141,7 @@ func TestSASecretsLifecycle(t *testing.T) {
 func TestSASecretsBelongToOneInstall(t *testing.T) {
 	ctx := kubetest.Context(t)
 	var logB testkit.Buffer
-	a := &kube.SASecrets{Client: apiserver.Client, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
+	a := &sasecrets.Controller{Client: apiserver.Client, Owner: "install-a", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root a"}))}
 	go func() { _ = a.Run(ctx) }()
 	ns := apiserver.Namespace(t, "sasowner")
 	apiserver.ServiceAccount(t, ns, "sleep")
@@ -152,7 +153,7 @@ func TestSASecretsBelongToOneInstall(t *testing.T) {
 	if first.Annotations[kube.OwnerAnnotation] != "install-a" {
 		t.Fatalf("owner annotation %q", first.Annotations[kube.OwnerAnnotation])
 	}
-	b := &kube.SASecrets{Client: apiserver.Client, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
+	b := &sasecrets.Controller{Client: apiserver.Client, Owner: "install-b", Authority: catest.Authority(t, catest.Root(t, ca.CAOptions{CommonName: "root b"})),
 		Log: slog.New(slog.NewTextHandler(&logB, nil))}
 	go func() { _ = b.Run(ctx) }()
 	kubetest.Eventually(t, 20*time.Second, func() error {
