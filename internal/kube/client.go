@@ -28,6 +28,10 @@
 // owner Guard of the objects warden keeps in other namespaces
 // (owner.go), and PEM helpers (pem.go).
 //
+// kube/kubetest runs a real API server for their tests, once per test
+// binary; kube/e2e holds the end-to-end tests that drive warden itself
+// against it.
+//
 // They import the pure xds model, never the ADS server.
 package kube
 

@@ -1,4 +1,4 @@
-package kube_test
+package e2e
 
 import (
 	"bytes"
