@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/wardenmesh/warden/api"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/xds"
 )
 
@@ -75,13 +75,13 @@ func loadKubeMesh(t *testing.T, file string) *xds.Mesh {
 			o.Meta().Namespace = "default"
 		}
 	}
-	// As ServiceRegistry.Services assembles them: a Service's slices by
+	// As registry.Watcher.Services assembles them: a Service's slices by
 	// the service-name label, in name order; endpoints' Pods by targetRef.
 	sort.Slice(slices, func(i, j int) bool { return slices[i].Name < slices[j].Name })
 	var services []*xds.Service
 	for _, svc := range svcs {
 		svc.Namespace = nsOr(svc.Namespace)
-		s := kube.ServiceFromKubernetes(svc, xds.DefaultDomain)
+		s := registry.ServiceFromKubernetes(svc, xds.DefaultDomain)
 		if s == nil {
 			continue
 		}
@@ -89,7 +89,7 @@ func loadKubeMesh(t *testing.T, file string) *xds.Mesh {
 			if nsOr(sl.Namespace) != svc.Namespace || sl.Labels[discoveryv1.LabelServiceName] != svc.Name {
 				continue
 			}
-			s.Endpoints = append(s.Endpoints, kube.EndpointsFromSlice(sl, func(name string) *corev1.Pod { return pods[svc.Namespace+"/"+name] })...)
+			s.Endpoints = append(s.Endpoints, registry.EndpointsFromSlice(sl, func(name string) *corev1.Pod { return pods[svc.Namespace+"/"+name] })...)
 		}
 		services = append(services, s)
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
@@ -155,7 +157,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 	if err != nil {
 		return nil, nil, err
 	}
-	m, which, err := kube.LoadCA(ctx, cs, k.namespace, now)
+	m, which, err := casecret.Load(ctx, cs, k.namespace, now)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: err.Error()})
 	} else {
@@ -167,7 +169,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
-	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
 		return nil, nil, nil

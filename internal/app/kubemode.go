@@ -16,6 +16,15 @@ import (
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
+	"github.com/wardenmesh/warden/internal/kube/leader"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/registry"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
+	"github.com/wardenmesh/warden/internal/kube/sasecrets"
+	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -69,28 +78,28 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 			return nil, err
 		}
 	} else {
-		if m, plugged, err = kube.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now()); err != nil {
+		if m, plugged, err = casecret.LoadPluggedIn(ctx, cs, k.namespace, caCfg.Clock.Now()); err != nil {
 			return nil, err
 		}
-		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, kube.PluggedSecretName)
+		s.origin = fmt.Sprintf("plugged-in CA from secret %s/%s", k.namespace, casecret.PluggedName)
 		if plugged {
-			err = kube.RecordPluggedIn(ctx, cs, k.namespace, m)
+			err = casecret.RecordPluggedIn(ctx, cs, k.namespace, m)
 		} else {
-			err = kube.CheckNotPluggedIn(ctx, cs, k.namespace)
+			err = casecret.CheckNotPluggedIn(ctx, cs, k.namespace)
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	selfSigned := func(ctx context.Context) (*ca.Material, bool, error) {
-		return ca.LoadOrCreate(ctx, &kube.SecretStore{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
+		return ca.LoadOrCreate(ctx, &casecret.Store{Client: cs, Namespace: k.namespace}, caCfg.Clock, func() (*ca.Material, error) {
 			return newRoot(rootOpts)
 		})
 	}
-	var rotStore *kube.RotationStore
+	var rotStore *rotationstore.Store
 	if !useVault && !plugged {
 		// A retirement a dead leader left half done is finished first.
-		rotStore = &kube.RotationStore{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
+		rotStore = &rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
 		if done, err := rotStore.FinishRetire(ctx); err != nil {
 			return nil, fmt.Errorf("finishing a root rotation: %w", err)
 		} else if done {
@@ -101,9 +110,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		if err != nil {
 			return nil, err
 		}
-		s.origin = fmt.Sprintf("self-signed root from secret %s/%s", k.namespace, kube.CASecretName)
+		s.origin = fmt.Sprintf("self-signed root from secret %s/%s", k.namespace, casecret.Name)
 		if created {
-			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, kube.CASecretName)
+			s.origin = fmt.Sprintf("new self-signed root stored in secret %s/%s", k.namespace, casecret.Name)
 		}
 	}
 	if !useVault {
@@ -119,7 +128,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: caCfg, Store: rotStore, Consumers: s.consumers,
 			NewCA: func() (*ca.Material, error) { return newRoot(rootOpts) }, Grace: f.rotationGrace, AutoFraction: f.autoRotate,
 			LoadCurrent: func(ctx context.Context) (*ca.Material, error) {
-				files, err := (&kube.SecretStore{Client: cs, Namespace: k.namespace}).Load(ctx)
+				files, err := (&casecret.Store{Client: cs, Namespace: k.namespace}).Load(ctx)
 				if err != nil {
 					return nil, err
 				}
@@ -134,9 +143,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
 	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
-	watcher := &kube.PluggedInCA{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
+	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
-	leader := &kube.Leader{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
+	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the
 		// rotation's steps.
 		var wg sync.WaitGroup
@@ -152,15 +161,15 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
-	config := &kube.ConfigWatcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
+	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
 	s.config = config
-	s.registry = &kube.ServiceRegistry{Client: cs, Log: s.log}
-	s.gwCreds = &kube.GatewayCredentials{Client: cs, Log: s.log}
+	s.registry = &registry.Watcher{Client: cs, Log: s.log}
+	s.gwCreds = &gatewaycreds.Watcher{Client: cs, Log: s.log}
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)
 	}
-	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { leader.Run(ctx); return nil })
-	tr := &kube.TokenReviewAuthenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
+	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { election.Run(ctx); return nil })
+	tr := &tokenreview.Authenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
 	if s.metrics != nil {
 		tr.Observe = s.metrics.TokenReview
 	}
@@ -171,9 +180,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 // serve (the leader writes them, a rotation waits for them) and for
 // warden check (which inspects them): one list for both.
 func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
-	out := []bundle.Consumer{&kube.BundlePublisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
+	out := []bundle.Consumer{&rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
 	if k.saSecrets {
-		out = append(out, &kube.SASecrets{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
+		out = append(out, &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
 	}
 	return out
 }

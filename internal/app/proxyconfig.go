@@ -16,6 +16,7 @@ import (
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 )
@@ -163,7 +164,7 @@ func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	objs, cluster, rejected, err := kube.Snapshot(ctx, rc, 30*time.Second)
+	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -85,18 +86,18 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 }
 
 // rotateRequest reads what 'ca rotate' asks: nil for --status alone.
-func rotateRequest(statusOnly, force bool, rest []string) (*kube.RotationRequest, error) {
+func rotateRequest(statusOnly, force bool, rest []string) (*rotationstore.Request, error) {
 	switch {
 	case statusOnly && len(rest) == 0:
 		return nil, nil
 	case len(rest) == 1 && rest[0] == "abort":
-		return &kube.RotationRequest{Abort: true}, nil
+		return &rotationstore.Request{Abort: true}, nil
 	case len(rest) == 1:
 		to, err := ca.ParsePhase(rest[0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
-		return &kube.RotationRequest{Target: to, Force: force}, nil
+		return &rotationstore.Request{Target: to, Force: force}, nil
 	}
 	return nil, fmt.Errorf("%w: want one of prepare, publish, activate, retire, abort, or --status", errUsage)
 }
@@ -107,7 +108,7 @@ type rotationAPI interface {
 	status(ctx context.Context) (rotation.Status, error)
 	// request returns the status once the server has taken the request
 	// and the steps it could take at once (a failed one in StepError).
-	request(ctx context.Context, req kube.RotationRequest) (rotation.Status, error)
+	request(ctx context.Context, req rotationstore.Request) (rotation.Status, error)
 }
 
 var (
@@ -124,7 +125,7 @@ func (a adminRotation) status(ctx context.Context) (rotation.Status, error) {
 	return a.do(ctx, http.MethodGet, "http://warden/rotation")
 }
 
-func (a adminRotation) request(ctx context.Context, req kube.RotationRequest) (rotation.Status, error) {
+func (a adminRotation) request(ctx context.Context, req rotationstore.Request) (rotation.Status, error) {
 	if req.Abort {
 		return a.do(ctx, http.MethodPost, "http://warden/rotation/abort")
 	}
@@ -156,7 +157,7 @@ func (a adminRotation) do(ctx context.Context, method, url string) (rotation.Sta
 // kubeRotation asks an install's leader through the rotation ConfigMap,
 // and reads the leader's report.
 type kubeRotation struct {
-	store     *kube.RotationStore
+	store     *rotationstore.Store
 	namespace string
 }
 
@@ -169,7 +170,7 @@ func newKubeRotation(kubeconfig, namespace string) (*kubeRotation, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &kubeRotation{store: &kube.RotationStore{Client: cs, Namespace: namespace, Clock: ca.SystemClock{}}, namespace: namespace}, nil
+	return &kubeRotation{store: &rotationstore.Store{Client: cs, Namespace: namespace, Clock: ca.SystemClock{}}, namespace: namespace}, nil
 }
 
 func (k *kubeRotation) status(ctx context.Context) (rotation.Status, error) {
@@ -183,7 +184,7 @@ func (k *kubeRotation) status(ctx context.Context) (rotation.Status, error) {
 
 // request waits for the leader to take it: the leader reports after
 // the steps it took at once.
-func (k *kubeRotation) request(ctx context.Context, req kube.RotationRequest) (rotation.Status, error) {
+func (k *kubeRotation) request(ctx context.Context, req rotationstore.Request) (rotation.Status, error) {
 	seq, err := k.store.Request(ctx, req)
 	if err != nil {
 		return rotation.Status{}, err

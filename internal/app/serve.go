@@ -23,7 +23,9 @@ import (
 	"github.com/wardenmesh/warden/ca/server"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
+	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/internal/source"
@@ -134,9 +136,9 @@ type controlPlane struct {
 	issuer    *token.Issuer                     // standalone token issuer; nil in Kubernetes mode
 	tasks     []func(ctx context.Context) error // background work (watchers, leader election)
 	sds       *sdsserver.Server                 // central SDS
-	config    *kube.ConfigWatcher               // mesh configuration (Kubernetes mode)
-	registry  *kube.ServiceRegistry             // Services and EndpointSlices (Kubernetes mode)
-	gwCreds   *kube.GatewayCredentials          // Gateway credentialName Secrets (Kubernetes mode)
+	config    *meshconfig.Watcher               // mesh configuration (Kubernetes mode)
+	registry  *registry.Watcher                 // Services and EndpointSlices (Kubernetes mode)
+	gwCreds   *gatewaycreds.Watcher             // Gateway credentialName Secrets (Kubernetes mode)
 	metrics   *metrics.Registry                 // /metrics
 	renewer   *ca.Renewer                       // Vault mode: the intermediate's renewer
 	configDir *source.Dir                       // standalone --config-dir

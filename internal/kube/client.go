@@ -1,23 +1,38 @@
-// Package kube is warden's only client-go user. It owns everything warden
-// reads from and writes to a cluster:
+// Package kube is warden's only client-go user, with its subpackages,
+// one per concern:
 //
-//   - callers' identities: TokenReviewAuthenticator (tokenreview.go);
-//   - CA material: SecretStore, the istio-ca-secret created once
-//     (secrets.go); LoadPluggedIn and PluggedInCA, the operator's cacerts
-//     Secret read at start and followed (pluggedin.go, pem.go);
-//   - the trust bundle's cluster consumers, fed by ca.Bundles:
-//     BundlePublisher, the istio-ca-root-cert ConfigMap in every namespace
-//     (bundle.go), and SASecrets, Citadel's istio.<sa> Secrets (sasecrets.go);
-//   - Leader, the election that picks which replica writes them (leader.go);
-//   - the mesh configuration: ConfigWatcher, informers decoding every Istio
-//     kind warden reads (config.go), and Snapshot, a one-off listing for
-//     proxy-config (snapshot.go);
-//   - the service registry for xDS: ServiceRegistry, from Services,
-//     EndpointSlices and Pods (registry.go), turned into the xds model's
+//   - kube/tokenreview: callers' identities, checked by TokenReview;
+//   - kube/casecret: the CA's material in Secrets: istio-ca-secret,
+//     created once, and the operator's cacerts, read at start and
+//     followed;
+//   - kube/rootcert: the trust bundle's copy in every namespace, the
+//     istio-ca-root-cert ConfigMap (Publisher, written by the leader);
+//   - kube/sasecrets: Citadel's istio.<sa> Secrets for every service
+//     account (Controller, written by the leader);
+//   - kube/leader: the election that picks which replica writes the
+//     objects the replicas share;
+//   - kube/meshconfig: the mesh configuration, informers decoding every
+//     Istio kind warden reads (Watcher), and Snapshot, a one-off listing
+//     for warden proxy-config and warden check;
+//   - kube/registry: the service registry for xDS, from Services,
+//     EndpointSlices and Pods (Watcher), turned into the xds model's
 //     services;
-//   - clients and the shared retry loop (client.go, loop.go).
+//   - kube/gatewaycreds: gateways' TLS credentials, from the Secrets
+//     their credentialName names (Watcher), and whether a gateway may
+//     read them (SubjectAccessReview);
+//   - kube/rotationstore: a root rotation's state, the operators'
+//     requests and the replicas' reports, kept in the install's namespace.
 //
-// It imports the pure xds model, never the ADS server.
+// This package holds what they share: clients at warden's rate limits
+// (client.go), the reconcile Loop and informer helpers (loop.go), the
+// owner Guard of the objects warden keeps in other namespaces
+// (owner.go), and PEM helpers (pem.go).
+//
+// kube/kubetest runs a real API server for their tests, once per test
+// binary; kube/e2e holds the end-to-end tests that drive warden itself
+// against it.
+//
+// They import the pure xds model, never the ADS server.
 package kube
 
 import (

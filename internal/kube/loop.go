@@ -11,17 +11,19 @@ import (
 	"k8s.io/client-go/util/workqueue"
 )
 
-// loop reconciles string keys from a rate-limited work queue: failures are
+// Loop reconciles string keys from a rate-limited work queue: failures are
 // retried with backoff, and a reconcile can ask to run again later.
-type loop struct {
+type Loop struct {
 	name      string
 	log       *slog.Logger
 	queue     workqueue.TypedRateLimitingInterface[string]
 	reconcile func(ctx context.Context, key string) (after time.Duration, err error)
 }
 
-func newLoop(name string, log *slog.Logger, rec func(context.Context, string) (time.Duration, error)) *loop {
-	return &loop{
+// NewLoop makes a loop named name (in logs and the queue's metrics) that
+// runs rec for each key.
+func NewLoop(name string, log *slog.Logger, rec func(context.Context, string) (time.Duration, error)) *Loop {
+	return &Loop{
 		name:      name,
 		log:       log,
 		reconcile: rec,
@@ -31,10 +33,11 @@ func newLoop(name string, log *slog.Logger, rec func(context.Context, string) (t
 	}
 }
 
-func (l *loop) add(key string) { l.queue.Add(key) }
+// Add queues key.
+func (l *Loop) Add(key string) { l.queue.Add(key) }
 
-// run processes keys until ctx is done.
-func (l *loop) run(ctx context.Context, workers int) {
+// Run processes keys with workers goroutines until ctx is done.
+func (l *Loop) Run(ctx context.Context, workers int) {
 	go func() { <-ctx.Done(); l.queue.ShutDown() }()
 	done := make(chan struct{})
 	for range workers {
@@ -49,7 +52,7 @@ func (l *loop) run(ctx context.Context, workers int) {
 	}
 }
 
-func (l *loop) next(ctx context.Context) bool {
+func (l *Loop) next(ctx context.Context) bool {
 	key, quit := l.queue.Get()
 	if quit {
 		return false
@@ -70,15 +73,15 @@ func (l *loop) next(ctx context.Context) bool {
 	return true
 }
 
-// factory is what client-go's informer factories have in common.
-type factory interface {
+// InformerFactory is what client-go's informer factories have in common.
+type InformerFactory interface {
 	Start(stop <-chan struct{})
 	WaitForCacheSync(stop <-chan struct{}) map[reflect.Type]bool
 }
 
-// startAndSync starts the factories and waits until every informer has
+// StartAndSync starts the factories and waits until every informer has
 // listed its objects.
-func startAndSync(ctx context.Context, name string, fs ...factory) error {
+func StartAndSync(ctx context.Context, name string, fs ...InformerFactory) error {
 	for _, f := range fs {
 		f.Start(ctx.Done())
 	}
@@ -95,9 +98,9 @@ func startAndSync(ctx context.Context, name string, fs ...factory) error {
 	return nil
 }
 
-// tombstone unwraps the final state of an object deleted while the
+// Tombstone unwraps the final state of an object deleted while the
 // informer was disconnected.
-func tombstone(obj any) any {
+func Tombstone(obj any) any {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		return t.Obj
 	}

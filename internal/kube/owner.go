@@ -16,6 +16,9 @@ import (
 // the owner for ever.
 const OwnerAnnotation = "warden.io/owner"
 
+// DefaultOwner is the owner of an install that names none.
+const DefaultOwner = "warden-system"
+
 // FieldManager is the manager name of warden's writes, which the API
 // server records in each object's managedFields.
 const FieldManager = "warden"
@@ -30,11 +33,11 @@ const (
 	maxFightBackoff = 30 * time.Minute
 )
 
-// guard decides, for one controller, whether warden may write an object
+// Guard decides, for one controller, whether warden may write an object
 // it keeps: not when another install owns it, and not while it is in a
 // fight with some other writer. Refusals are logged loudly, once per
 // backoff period and object.
-type guard struct {
+type Guard struct {
 	owner string // this install
 	kind  string // for messages: "ConfigMap", "Secret"
 	log   *slog.Logger
@@ -50,26 +53,28 @@ type fight struct {
 	until   time.Time
 }
 
-func newGuard(owner, kind string, log *slog.Logger, now func() time.Time) *guard {
-	return &guard{owner: owner, kind: kind, log: log, now: now, fights: map[string]*fight{}}
+// NewGuard makes the guard of the objects of kind (for messages:
+// "ConfigMap", "Secret") that install owner writes.
+func NewGuard(owner, kind string, log *slog.Logger, now func() time.Time) *Guard {
+	return &Guard{owner: owner, kind: kind, log: log, now: now, fights: map[string]*fight{}}
 }
 
-// annotate marks a new or rewritten object as this install's.
-func (g *guard) annotate(m *metav1.ObjectMeta) {
+// Annotate marks a new or rewritten object as this install's.
+func (g *Guard) Annotate(m *metav1.ObjectMeta) {
 	if m.Annotations == nil {
 		m.Annotations = map[string]string{}
 	}
 	m.Annotations[OwnerAnnotation] = g.owner
 }
 
-// owned says whether the object carries this install's mark.
-func (g *guard) owned(m metav1.Object) bool { return m.GetAnnotations()[OwnerAnnotation] == g.owner }
+// Owned says whether the object carries this install's mark.
+func (g *Guard) Owned(m metav1.Object) bool { return m.GetAnnotations()[OwnerAnnotation] == g.owner }
 
-// mayWrite says whether warden may rewrite the existing object m (key is
+// MayWrite says whether warden may rewrite the existing object m (key is
 // namespace/name); when not, it says when to look again. An object
 // without an owner (written by an older warden, or by istiod before
 // warden replaced it) is adopted.
-func (g *guard) mayWrite(key string, m metav1.Object) (ok bool, retry time.Duration) {
+func (g *Guard) MayWrite(key string, m metav1.Object) (ok bool, retry time.Duration) {
 	if other := m.GetAnnotations()[OwnerAnnotation]; other != "" && other != g.owner {
 		return false, g.hold(key, func() string {
 			return fmt.Sprintf("%s %s belongs to another warden install (%s=%s); not writing it. Two installs in one cluster give workloads two trust bundles: remove one, or delete the object to hand it to this install (%s)",
@@ -107,8 +112,8 @@ func (g *guard) mayWrite(key string, m metav1.Object) (ok bool, retry time.Durat
 	return true, 0
 }
 
-// wrote records a repair of key (not a first creation).
-func (g *guard) wrote(key string) {
+// Wrote records a repair of key (not a first creation).
+func (g *Guard) Wrote(key string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	f := g.fights[key]
@@ -120,7 +125,7 @@ func (g *guard) wrote(key string) {
 }
 
 // hold starts or extends key's backoff and logs why.
-func (g *guard) hold(key string, why func() string) time.Duration {
+func (g *Guard) hold(key string, why func() string) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -152,4 +157,11 @@ func lastOtherManager(m metav1.Object) string {
 		}
 	}
 	return name
+}
+
+// OtherOwner says whether m carries the mark of an install other than
+// owner (an object without a mark is no other install's).
+func OtherOwner(m metav1.ObjectMeta, owner string) bool {
+	o := m.Annotations[OwnerAnnotation]
+	return o != "" && o != owner
 }

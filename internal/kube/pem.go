@@ -1,12 +1,18 @@
 package kube
 
-import "encoding/pem"
+import (
+	"crypto/x509"
+	"slices"
 
-// firstPEM returns the first PEM block of data, re-encoded.
-func firstPEM(data []byte) []byte {
-	b, _ := pem.Decode(data)
-	if b == nil {
-		return nil
+	"github.com/wardenmesh/warden/ca"
+)
+
+// HoldsRoot says whether PEM b holds a certificate with fingerprint fp
+// (ca.Fingerprint).
+func HoldsRoot(b []byte, fp string) bool {
+	certs, err := ca.ParseCerts(b)
+	if err != nil {
+		return false
 	}
-	return pem.EncodeToMemory(b)
+	return slices.ContainsFunc(certs, func(c *x509.Certificate) bool { return ca.Fingerprint(c) == fp })
 }

@@ -164,7 +164,7 @@ func xdsType(typeURL string) string {
 	return "other"
 }
 
-// TokenReview is kube.TokenReviewAuthenticator's Observe.
+// TokenReview is tokenreview.Authenticator's Observe.
 func (r *Registry) TokenReview(d time.Duration, cached bool, err error) {
 	switch {
 	case cached:

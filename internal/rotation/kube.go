@@ -9,12 +9,12 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/bundle"
-	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 )
 
 // Kube wires r for Kubernetes mode: the leader takes operators'
 // requests from the rotation ConfigMap and reports its status there.
-func Kube(r *Rotator, store *kube.RotationStore, replica string) {
+func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 	// Other replicas' streams: each reports its own while a new root is
 	// published, and the leader counts the fresh reports.
 	r.AddConsumer("replicas", func(fp string) (int, []string) {
@@ -85,7 +85,7 @@ func Kube(r *Rotator, store *kube.RotationStore, replica string) {
 	// Every replica reports (a heartbeat every few seconds, at once when
 	// its view changes), so that the leader knows which replicas there
 	// are and waits for a report on the new root from each.
-	var last kube.ReplicaReport
+	var last rotationstore.ReplicaReport
 	r.afterSync = func(ctx context.Context) {
 		if ctx.Err() != nil {
 			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -96,7 +96,7 @@ func Kube(r *Rotator, store *kube.RotationStore, replica string) {
 		r.mu.Lock()
 		st := r.st
 		r.mu.Unlock()
-		rep := kube.ReplicaReport{Replica: replica, At: r.clock.Now()}
+		rep := rotationstore.ReplicaReport{Replica: replica, At: r.clock.Now()}
 		if st.Phase == ca.PhasePublished {
 			rep.NextRoot = st.NextRootSHA256
 			// This replica's own consumers; the cluster's copies are the

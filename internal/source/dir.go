@@ -1,6 +1,6 @@
 // Package source is the mesh configuration warden serves: a YAML
 // directory in standalone mode (this file), or the Kubernetes API
-// (internal/kube's ConfigWatcher).
+// (internal/kube/meshconfig's Watcher).
 package source
 
 import (

@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestDeployManifests renders deploy/ with kustomize and has the real API
+// server validate every object (server-side dry run).
+func TestDeployManifests(t *testing.T) {
+	rendered, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy"))
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy: %v\n%s", err, rendered)
+	}
+	for _, want := range []string{"kind: Deployment", "replicas: 2", "kind: ClusterRole", "kind: Service", "port: 15012", "kind: Namespace", "name: warden-system"} {
+		if !strings.Contains(rendered, want) {
+			t.Errorf("rendered manifests lack %q", want)
+		}
+	}
+	_, err = apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	out, err := apiserver.Kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
+	if err != nil {
+		t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "deployment.apps/warden created (server dry run)") && !strings.Contains(out, "deployment.apps/warden configured (server dry run)") {
+		t.Fatalf("unexpected kubectl output:\n%s", out)
+	}
+}
+
+// TestDeployRBACCoversWhatWardenReads applies deploy/'s RBAC for real and
+// asks the API server, as kubectl auth can-i would, whether warden's
+// service account may do what every replica does: watch the service
+// registry and the mesh configuration cluster-wide, review tokens, keep
+// its CA Secret and Lease. It may not read arbitrary Secrets in its own
+// namespace by name outside the rules, nor write Services.
+func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
+	_, err := apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	if out, err := apiserver.Kubectl(t, nil, "apply", "-n", "warden-system", "-f", filepath.Join(kubetest.RepoRoot(), "deploy", "warden", "rbac.yaml")); err != nil {
+		t.Fatalf("kubectl apply rbac.yaml: %v\n%s", err, out)
+	}
+	as := "--as=system:serviceaccount:warden-system:warden"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"watch", "services", "-A"}, "yes"},
+		{[]string{"list", "pods", "-A"}, "yes"},
+		{[]string{"watch", "endpointslices.discovery.k8s.io", "-A"}, "yes"},
+		{[]string{"watch", "virtualservices.networking.istio.io", "-A"}, "yes"},
+		{[]string{"list", "serviceentries.networking.istio.io", "-A"}, "yes"},
+		{[]string{"watch", "authorizationpolicies.security.istio.io", "-A"}, "yes"},
+		{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
+		{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
+		{[]string{"update", "leases.coordination.k8s.io/warden-leader", "-n", "warden-system"}, "yes"},
+		{[]string{"get", "secrets/istio-ca-secret", "-n", "warden-system"}, "yes"},
+		{[]string{"create", "configmaps", "-n", "warden-system"}, "yes"},
+		{[]string{"update", "configmaps/warden-ca-source", "-n", "warden-system"}, "yes"},
+		{[]string{"update", "configmaps/istio-ca-root-cert", "-n", "default"}, "yes"},
+		{[]string{"update", "configmaps/other", "-n", "default"}, "no"},
+		{[]string{"create", "services", "-n", "default"}, "no"},
+		{[]string{"delete", "pods", "-n", "default"}, "no"},
+		{[]string{"update", "endpointslices.discovery.k8s.io", "-n", "default"}, "no"},
+	} {
+		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
+		lines := strings.Split(strings.TrimSpace(out), "\n")                                     // warnings come first
+		if got := lines[len(lines)-1]; got != c.want {
+			t.Errorf("can-i %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+}
+
+// TestDeployIstiodCompat renders deploy/istiod-compat (warden in istiod's
+// place for an existing Istio data plane) and has the API server validate
+// it: the istiod Service in istio-system points at warden, and warden
+// serves under istiod's names.
+func TestDeployIstiodCompat(t *testing.T) {
+	rendered, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy", "istiod-compat"))
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy/istiod-compat: %v\n%s", err, rendered)
+	}
+	for _, want := range []string{"name: istiod\n  namespace: istio-system", "externalName: warden.warden-system.svc.cluster.local", "- --istiod-names", "kind: Deployment"} {
+		if !strings.Contains(rendered, want) {
+			t.Errorf("rendered manifests lack %q", want)
+		}
+	}
+	for _, ns := range []string{"warden-system", "istio-system"} {
+		_, err = apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	out, err := apiserver.Kubectl(t, []byte(rendered), "apply", "--dry-run=server", "-f", "-")
+	if err != nil {
+		t.Fatalf("kubectl apply --dry-run=server: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "service/istiod") {
+		t.Fatalf("unexpected kubectl output:\n%s", out)
+	}
+}

@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/kube/rootcert"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
+	"github.com/wardenmesh/warden/internal/testkit"
+)
+
+// bundleRoots reads the roots of ns's istio-ca-root-cert.
+func bundleRoots(t *testing.T, ns string) []*x509.Certificate {
+	t.Helper()
+	cm, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(context.Background(), rootcert.ConfigMap, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	roots, _ := ca.ParseCerts([]byte(cm.Data[rootcert.Key]))
+	return roots
+}
+
+// kubeRotate runs 'warden ca rotate --kubernetes' against ns; a failure
+// shows the replicas' logs.
+func kubeRotate(t *testing.T, ns string, logs ...*testkit.Buffer) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		code := app.Run(context.Background(), append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns}, args...), &out, &errOut)
+		if code != 0 {
+			var all strings.Builder
+			for i, l := range logs {
+				fmt.Fprintf(&all, "\nreplica %d:\n%s", i+1, l.String())
+			}
+			t.Fatalf("ca rotate %s: %d\n%s%s%s", strings.Join(args, " "), code, out.String(), errOut.String(), all.String())
+		}
+		return out.String()
+	}
+}
+
+// waitBundle waits until the leader has published a one-root bundle to ns.
+func waitBundle(t *testing.T, ns string) {
+	t.Helper()
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if len(bundleRoots(t, ns)) != 1 {
+			return fmt.Errorf("no bundle published yet")
+		}
+		return nil
+	})
+}
+
+type replica struct {
+	addr string
+	logs *testkit.Buffer
+	stop func()
+}
+
+// twoReplicas starts replica-a (the leader, once it has published the
+// bundle to a workload namespace with service account cart) and
+// replica-b of an install in a namespace of its own, with no rotation
+// grace and no automatic rotation.
+func twoReplicas(t *testing.T) (ns, shop string, a, b replica) {
+	t.Helper()
+	ns = apiserver.Namespace(t, "warden")
+	shop = apiserver.Namespace(t, "shop")
+	apiserver.ServiceAccount(t, shop, "cart")
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	a.addr, a.logs, a.stop = startServeWith(t, ns, "replica-a", flags...)
+	waitBundle(t, shop)
+	b.addr, b.logs, b.stop = startServeWith(t, ns, "replica-b", flags...)
+	return ns, shop, a, b
+}
+
+// TestKubeRotationResumesAfterLeaderChange: two replicas; an operator
+// publishes a new root with 'warden ca rotate --kubernetes' (the leader
+// takes the request through the API server, both replicas follow), the
+// leader goes away between publish and activate, and the new leader
+// activates and retires. The workloads' ConfigMap and istio.<sa> Secret
+// hold the right roots at each step, a certificate signed after
+// activation chains to the new root, and istio-ca-secret ends as the new
+// CA.
+func TestKubeRotationResumesAfterLeaderChange(t *testing.T) {
+	ctx := kubetest.Context(t)
+	ns, shop, a, b := twoReplicas(t)
+	logsA, stopA, addrB, logsB := a.logs, a.stop, b.addr, b.logs
+	oldSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRoots, _ := ca.ParseCerts(oldSec.Data["root-cert.pem"])
+	rotate := kubeRotate(t, ns, logsA, logsB)
+
+	out := rotate("publish")
+	if !strings.Contains(out, "phase: published") || !strings.Contains(out, "configmaps:") {
+		t.Fatalf("publish:\n%s", out)
+	}
+	nextSec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, rotationstore.NextCASecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newRoots, _ := ca.ParseCerts(nextSec.Data["root-cert.pem"])
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(oldRoots[0]) || !r[1].Equal(newRoots[0]) {
+			return fmt.Errorf("the ConfigMap holds %d roots, want old then new", len(r))
+		}
+		sec, err := apiserver.Client.CoreV1().Secrets(shop).Get(ctx, "istio.cart", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 2 {
+			return fmt.Errorf("istio.cart holds %d roots", len(r))
+		}
+		return nil
+	})
+	kubetest.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logsB.String(), "following the leader") {
+			return fmt.Errorf("replica b did not follow the published phase")
+		}
+		return nil
+	})
+
+	// The leader goes between publish and activate.
+	stopA()
+	// The new leader takes the request, and activates once it has seen
+	// that every consumer holds the new root (its publisher starts with
+	// its leadership).
+	rotate("activate")
+	if !strings.Contains(logsB.String(), "elected leader") {
+		t.Fatalf("replica b did not take over:\n%s", logsB.String())
+	}
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if out = rotate("--status"); !strings.Contains(out, "phase: activated") {
+			return fmt.Errorf("not activated:\n%s", out)
+		}
+		return nil
+	})
+	// Replica b signs under the new root.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "root.pem"), oldSec.Data["root-cert.pem"], 0o600)
+	os.WriteFile(filepath.Join(dir, "token"), []byte(apiserver.Token(t, shop, "cart", "istio-ca")), 0o600)
+	var o, e bytes.Buffer
+	if code := app.Run(ctx, []string{"cert", "request", "--ca", addrB, "--root-cert", filepath.Join(dir, "root.pem"), "--token-file", filepath.Join(dir, "token"), "--out", filepath.Join(dir, "svid")}, &o, &e); code != 0 {
+		t.Fatalf("cert request after activation: %s%s", o.String(), e.String())
+	}
+	chainPEM, _ := os.ReadFile(filepath.Join(dir, "svid", "cert-chain.pem"))
+	chain, _ := ca.ParseCerts(chainPEM)
+	if err := chain[0].CheckSignatureFrom(newRoots[0]); err != nil {
+		t.Fatalf("a certificate issued after activation is not signed by the new root: %v", err)
+	}
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 2 || !r[0].Equal(newRoots[0]) {
+			return fmt.Errorf("after activation the ConfigMap's first root is not the new one")
+		}
+		return nil
+	})
+
+	out = rotate("--force", "retire")
+	if !strings.Contains(out, "phase: none") || !strings.Contains(out, "signing root: sha256 "+ca.Fingerprint(newRoots[0])) {
+		t.Fatalf("retire:\n%s", out)
+	}
+	sec, _ := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
+	if r, _ := ca.ParseCerts(sec.Data["root-cert.pem"]); len(r) != 1 || !r[0].Equal(newRoots[0]) {
+		t.Fatal("istio-ca-secret is not the new CA after retirement")
+	}
+	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, rotationstore.NextCASecret, metav1.GetOptions{}); err == nil {
+		t.Error("the prepared CA's Secret is left after retirement")
+	}
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if r := bundleRoots(t, shop); len(r) != 1 || !r[0].Equal(newRoots[0]) {
+			return fmt.Errorf("the ConfigMap holds %d roots after retirement", len(r))
+		}
+		return nil
+	})
+}
+
+// TestKubeRotationWaitsForOtherReplicasStreams: a stream on the replica
+// that does not lead took the bundle before the rotation and never ACKs
+// the new one: the leader's activation waits for it, named through that
+// replica's report; once the stream is gone, activation proceeds.
+func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
+	ctx := kubetest.Context(t)
+	ns, shop, _, b := twoReplicas(t)
+	addrB := b.addr
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeStream := testkit.SilentBundleStream(t, addrB, sec.Data["root-cert.pem"], apiserver.Token(t, shop, "cart", "istio-ca"))
+	rotate := kubeRotate(t, ns)
+	rotate("activate")
+	var status string
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		status = rotate("--status")
+		if !strings.Contains(status, "missing: replica replica-b: spiffe://cluster.local/ns/"+shop+"/sa/cart (sds stream") {
+			return fmt.Errorf("the silent stream on replica b is not named:\n%s", status)
+		}
+		return nil
+	})
+	if !strings.Contains(status, "phase: published") {
+		t.Fatalf("activated although a stream on another replica lacks the new root:\n%s", status)
+	}
+	closeStream()
+	kubetest.Eventually(t, 20*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
+			return fmt.Errorf("not activated:\n%s", status)
+		}
+		return nil
+	})
+}
