@@ -3,7 +3,6 @@ package app_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -66,9 +65,8 @@ func serveLogged(t *testing.T, dataDir, addr string, extra ...string) (func() in
 	go func() { done <- app.Run(ctx, args, stderr, stderr) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		c, err := net.Dial("tcp", addr)
+		err := testkit.Serving(addr)
 		if err == nil {
-			c.Close()
 			break
 		}
 		select {

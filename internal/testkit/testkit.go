@@ -6,11 +6,13 @@ package testkit
 
 import (
 	"bytes"
+	"crypto/tls"
 	"flag"
 	"net"
 	"os"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Update is the -update flag: rewrite golden files instead of comparing.
@@ -65,4 +67,19 @@ func FreeAddr(t testing.TB) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// Serving reports whether a TLS server (warden's CA port) completes a
+// handshake at addr, offering h2 as a gRPC client does. A TCP connect
+// alone is not enough: serve binds its ports once early to fail fast and
+// closes them, so a dial can land in that window before it serves.
+func Serving(addr string) error {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, &tls.Config{
+		InsecureSkipVerify: true, // readiness only: nothing is sent
+		NextProtos:         []string{"h2"},
+	})
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }

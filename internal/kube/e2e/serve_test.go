@@ -59,13 +59,7 @@ func startServeWith(t *testing.T, ns, replica string, extra ...string) (string, 
 		})
 	}
 	t.Cleanup(stop)
-	kubetest.Eventually(t, 30*time.Second, func() error {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	})
+	kubetest.Eventually(t, 30*time.Second, func() error { return testkit.Serving(addr) })
 	return addr, logs, stop
 }
 

@@ -101,11 +101,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 			t.Fatalf("warden serve exited %d:\n%s", code, logs.String())
 		default:
 		}
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err
+		return testkit.Serving(addr)
 	})
 	if !strings.Contains(logs.String(), `auth="kubernetes auth at auth/kubernetes (role \"warden\")" policies=default,warden`) {
 		t.Errorf("no Kubernetes login in the log:\n%s", logs.String())
