@@ -110,3 +110,60 @@ func TestDeployIstiodCompat(t *testing.T) {
 		t.Fatalf("unexpected kubectl output:\n%s", out)
 	}
 }
+
+// TestDeployOverlays: removing warden removes nothing of the mesh.
+// deploy/istiod-compat and deploy/warden carry no Namespace and no
+// CustomResourceDefinition (istio-system and the Istio CRDs belong to
+// Istio's install, warden-system holds the adopted CA), and a server dry
+// run of deleting them names neither; deploy/ (a fresh install) carries
+// both, deploy/namespace the namespace alone.
+func TestDeployOverlays(t *testing.T) {
+	kinds := func(dir string) string {
+		t.Helper()
+		out, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy", dir))
+		if err != nil {
+			t.Fatalf("kubectl kustomize deploy/%s: %v\n%s", dir, err, out)
+		}
+		var ks []string
+		for _, l := range strings.Split(out, "\n") {
+			if k, ok := strings.CutPrefix(l, "kind: "); ok {
+				ks = append(ks, k)
+			}
+		}
+		return strings.Join(ks, ",")
+	}
+	for _, dir := range []string{"istiod-compat", "warden"} {
+		if k := kinds(dir); strings.Contains(k, "Namespace") || strings.Contains(k, "CustomResourceDefinition") || !strings.Contains(k, "Deployment") {
+			t.Errorf("deploy/%s carries %s: deleting it would delete what Istio's install or warden's namespace holds", dir, k)
+		}
+	}
+	if k := kinds(""); !strings.Contains(k, "Namespace") || !strings.Contains(k, "CustomResourceDefinition") {
+		t.Errorf("deploy/ (a fresh install) carries %s", k)
+	}
+	if k := kinds("namespace"); k != "Namespace" {
+		t.Errorf("deploy/namespace carries %s", k)
+	}
+	for _, ns := range []string{"warden-system", "istio-system"} {
+		_, err := apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	// Installed for real (no controller runs it here), then a server dry
+	// run of the uninstall the docs give.
+	compat := filepath.Join(kubetest.RepoRoot(), "deploy", "istiod-compat")
+	out, err := apiserver.Kubectl(t, nil, "apply", "-k", compat)
+	if err != nil {
+		t.Fatalf("kubectl apply -k deploy/istiod-compat: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, nil, "delete", "-k", compat, "--ignore-not-found", "--wait=false") })
+	out, err = apiserver.Kubectl(t, nil, "delete", "-k", compat, "--dry-run=server")
+	if err != nil || !strings.Contains(out, "deployment.apps \"warden\" deleted") {
+		t.Fatalf("kubectl delete -k deploy/istiod-compat --dry-run=server: %v\n%s", err, out)
+	}
+	for _, never := range []string{"namespace", "customresourcedefinition"} {
+		if strings.Contains(out, never) {
+			t.Errorf("deleting deploy/istiod-compat would delete a %s:\n%s", never, out)
+		}
+	}
+}
