@@ -354,6 +354,7 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 	if req.TTL > 0 {
 		body["ttl"] = fmt.Sprintf("%ds", int64(req.TTL/time.Second))
 	}
+	asked := time.Now()
 	s, err := u.write(ctx, u.cfg.SignPath, body)
 	var relogin error
 	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) && (u.loginAge() > freshLogin || invalidToken(err)) {
@@ -389,7 +390,37 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 	if err != nil {
 		return nil, err
 	}
-	return &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}, nil
+	resp := &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}
+	if req.TTL > 0 && cert.NotAfter.Before(asked.Add(req.TTL-min(req.TTL/10, time.Minute))) {
+		resp.Shortened = u.shortened(cert, append(append([]*x509.Certificate{}, chain...), roots...), req.TTL)
+	}
+	return resp, nil
+}
+
+// shortened says why Vault signed cert for less than ttl: it never signs
+// past its issuing CA's expiry, and otherwise caps lifetimes at the PKI
+// mount's max_lease_ttl (the system's, 768h by default, when the mount
+// sets none).
+func (u *Upstream) shortened(cert *x509.Certificate, above []*x509.Certificate, ttl time.Duration) string {
+	for _, c := range above {
+		if cert.CheckSignatureFrom(c) == nil && !cert.NotAfter.Before(c.NotAfter) {
+			return fmt.Sprintf("Vault does not sign past the expiry of its issuing CA %s (%s); renew or rotate that CA", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return fmt.Sprintf("Vault caps it at the max_lease_ttl of PKI mount %s: raise that to at least the %s warden asks for (vault secrets tune -max-lease-ttl=%s %s), or ask for less with --vault-intermediate-ttl",
+		u.cfg.PKIMount, shortDuration(ttl), shortDuration(ttl), u.cfg.PKIMount)
+}
+
+// shortDuration writes d as Vault's CLI users do: 168h, not 168h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // parseSignResponse reads the data of a sign-intermediate response for

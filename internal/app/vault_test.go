@@ -225,7 +225,7 @@ func serveVault(t *testing.T, data, httpAddr string, vaultArgs []string) (string
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
-		"--vault-intermediate-ttl", "40s"}, vaultArgs...)
+		"--vault-intermediate-ttl", "40s", "--vault-min-intermediate-ttl", "20s"}, vaultArgs...)
 	go func() { done <- app.Run(ctx, args, logs, logs) }()
 	t.Cleanup(func() {
 		cancel()
