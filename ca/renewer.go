@@ -20,7 +20,11 @@ const (
 	DefaultIntermediateTTL = 7 * 24 * time.Hour
 	DefaultRenewFraction   = 0.5
 	DefaultRetryMin        = time.Second
-	DefaultRetryMax        = 5 * time.Minute
+	DefaultRetryMax        = 2 * time.Minute
+	// DefaultRetryExpired caps the backoff once the intermediate has
+	// expired: then no workload can get a certificate, and every second
+	// counts.
+	DefaultRetryExpired = 5 * time.Second
 	// DefaultMinLife is the floor below which an intermediate is refused:
 	// shorter ones would have warden ask the upstream again and again,
 	// and cut every workload certificate to minutes.
@@ -46,8 +50,9 @@ type RenewerConfig struct {
 	// low-life alarm.
 	RenewFraction float64
 	// RetryMin and RetryMax bound the exponential backoff between failed
-	// renewals.
-	RetryMin, RetryMax time.Duration
+	// renewals; once the intermediate has expired, the backoff is at
+	// most RetryExpired (default DefaultRetryExpired).
+	RetryMin, RetryMax, RetryExpired time.Duration
 	// MinLife is the floor: an intermediate that arrives with less life
 	// left is refused (ErrShortIntermediate), the current one kept, and
 	// Init fails; default DefaultMinLife. TTL may not be below it.
@@ -79,6 +84,16 @@ type Renewer struct {
 	// issued is when the upstream last issued an intermediate, used or
 	// not (MinInterval counts from it); zero before the first.
 	issued time.Time
+	// lastErr is the last renewal's error, nil once one succeeds.
+	lastErr error
+}
+
+// LastError is why the last renewal failed, or nil when it succeeded:
+// what an operator needs next to "the CA cannot sign" (readiness).
+func (r *Renewer) LastError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr
 }
 
 // Counts are the renewals that activated a new intermediate and those
@@ -116,6 +131,12 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 	}
 	if cfg.RetryMin < 0 || cfg.RetryMax < cfg.RetryMin {
 		return nil, fmt.Errorf("ca: retry backoff %s..%s is not a range", cfg.RetryMin, cfg.RetryMax)
+	}
+	if cfg.RetryExpired == 0 {
+		cfg.RetryExpired = DefaultRetryExpired
+	}
+	if cfg.RetryExpired < 0 {
+		return nil, fmt.Errorf("ca: retry backoff after expiry %s is negative", cfg.RetryExpired)
 	}
 	if cfg.MinLife == 0 {
 		cfg.MinLife = DefaultMinLife
@@ -156,6 +177,9 @@ func (r *Renewer) Renew(ctx context.Context) error {
 	} else {
 		r.renewals.Add(1)
 	}
+	r.mu.Lock()
+	r.lastErr = err
+	r.mu.Unlock()
 	return err
 }
 
@@ -268,11 +292,13 @@ func (r *Renewer) nextAttempt(cur *Material, failures int) time.Duration {
 // retryIn is the wait before the next attempt after failures: the
 // backoff, but never more than a quarter of the current intermediate's
 // remaining life, so that an upstream back before expiry is used before
-// expiry.
+// expiry, and once it has expired never more than RetryExpired.
 func (r *Renewer) retryIn(cur *Material, failures int) time.Duration {
 	d := r.backoff(failures)
 	if left := cur.NotAfter().Sub(r.cfg.Clock.Now()); left > 0 {
 		d = min(d, max(left/4, minRetry))
+	} else {
+		d = min(d, r.cfg.RetryExpired)
 	}
 	return d
 }

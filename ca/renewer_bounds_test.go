@@ -94,3 +94,43 @@ func TestNewRenewerRejectsBadBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestRenewerRetriesFastOnceExpired (issue #28, 2): an outage that
+// outlasts the intermediate. Before expiry the backoff grows (to 30
+// minutes here); once the intermediate has expired no workload can get a
+// certificate, and the retries come every 5 s, so that the upstream is
+// used as soon as it is back. They came every 30 minutes.
+func TestRenewerRetriesFastOnceExpired(t *testing.T) {
+	t.Parallel()
+	f := newRenewerFixture(t, func(c *ca.RenewerConfig) { c.RetryMin, c.RetryMax = time.Minute, 30*time.Minute })
+	if err := f.r.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	first := f.a.Material()
+	f.up.SetErr(errors.New("vault: Vault is sealed"))
+	f.run(t)
+	for f.clock.Now().Before(first.NotAfter()) {
+		f.advance(t, time.Minute)
+	}
+	f.waitParked(t)
+	before := f.up.Calls()
+	for range 12 {
+		f.advance(t, 5*time.Second)
+	}
+	f.waitParked(t)
+	if n := f.up.Calls() - before; n < 11 || n > 13 {
+		t.Fatalf("%d attempts in the minute after expiry, want one every 5 s", n)
+	}
+	f.up.SetErr(nil)
+	f.advance(t, 5*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.a.Material() == first {
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewal 5 s after the upstream came back:\n%s", f.log.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := f.a.Ready(); err != nil {
+		t.Fatalf("Ready after the renewal: %v", err)
+	}
+}

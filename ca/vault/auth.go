@@ -76,8 +76,8 @@ func (t Token) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secr
 	lc.SetToken(tok)
 	s, err := lc.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		if msg, ok := at.reach(err); ok {
-			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(ErrUnreachable))
+		if msg, down := at.down(err); down != nil {
+			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(down))
 		}
 		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?%w", describe(err), errSuffix(ErrCredentials))
 	}
@@ -163,8 +163,8 @@ func write(ctx context.Context, c *api.Client, at endpoint, a Auth, path string,
 	lc.ClearToken()
 	s, err := lc.Logical().WriteWithContext(ctx, path, body)
 	if err != nil {
-		if msg, ok := at.reach(err); ok {
-			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(ErrUnreachable))
+		if msg, down := at.down(err); down != nil {
+			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(down))
 		}
 		msg := fmt.Sprintf("vault: %s: login refused (%s: %s)", a, path, describe(err))
 		if h := loginHint(a, err); h != "" {

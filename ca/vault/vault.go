@@ -365,8 +365,8 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 		}
 	}
 	if err != nil {
-		if msg, ok := u.endpoint().reach(err); ok {
-			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(ErrUnreachable))
+		if msg, down := u.endpoint().down(err); down != nil {
+			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(down))
 		}
 		msg := fmt.Sprintf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
 		switch {
@@ -526,6 +526,9 @@ func (u *Upstream) readRaw(ctx context.Context, path string) ([]byte, error) {
 		err = resp.Error()
 	}
 	if err != nil {
+		if msg, down := u.endpoint().down(err); down != nil {
+			return nil, fmt.Errorf("vault: read %s: %s%w", path, msg, errSuffix(down))
+		}
 		return nil, fmt.Errorf("vault: read %s: %s", path, describe(err))
 	}
 	if resp == nil {
