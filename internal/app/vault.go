@@ -52,7 +52,7 @@ func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
 		auth = "kubernetes"
 	}
 	fs.StringVar(&v.auth, "vault-auth", auth, "Vault auth method: token, approle or kubernetes")
-	fs.StringVar(&v.tokenFile, "vault-token-file", "", "file holding the Vault token (token auth; default env VAULT_TOKEN)")
+	fs.StringVar(&v.tokenFile, "vault-token-file", "", "file holding the Vault token (token auth; default env VAULT_TOKEN), read again every second: write a new token there to replace it")
 	v.envToken = e.getenv("VAULT_TOKEN")
 	fs.StringVar(&v.approleMount, "vault-approle-mount", "approle", "AppRole auth mount")
 	fs.StringVar(&v.roleID, "vault-approle-role-id", "", "AppRole role ID")
@@ -93,15 +93,9 @@ func (v *vaultFlags) config() (vault.Config, error) {
 	}
 	switch v.auth {
 	case "token":
-		tok := v.envToken
-		if v.tokenFile != "" {
-			b, err := os.ReadFile(v.tokenFile)
-			if err != nil {
-				return cfg, fmt.Errorf("--vault-token-file: %w", err)
-			}
-			tok = strings.TrimSpace(string(b))
-		}
-		cfg.Auth = vault.Token{Token: tok}
+		// A file is read at each login and watched (a new token there is
+		// used at once); VAULT_TOKEN is read once.
+		cfg.Auth = vault.Token{Token: v.envToken, File: v.tokenFile}
 	case "approle":
 		cfg.Auth = vault.AppRole{Mount: v.approleMount, RoleID: v.roleID, SecretIDFile: v.secret}
 	case "kubernetes":
