@@ -158,3 +158,22 @@ func TestSealedIsNotRefusedCredentials(t *testing.T) {
 		t.Fatalf("signing after the unseal: %v", err)
 	}
 }
+
+// TestNonRenewableLoginNoStorm: AppRole issuing batch tokens, which
+// cannot be renewed (3 s here). warden logs in again at two thirds of
+// their TTL, not at once and again: a handful of logins in 6 s.
+func TestNonRenewableLoginNoStorm(t *testing.T) {
+	t.Parallel()
+	v, dir := setup(t, "approle")
+	v.API(t, "POST", "/v1/auth/approle/role/warden", map[string]any{"token_type": "batch", "token_ttl": "3s", "token_max_ttl": "3s"})
+	cfg := config(v, vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: filepath.Join(dir, "warden-secret-id")})
+	up := runUpstream(t, cfg)
+	time.Sleep(6 * time.Second)
+	// Logins at 0, 2, 4 and 6 s.
+	if n := up.Logins(); n < 3 || n > 5 {
+		t.Fatalf("%d logins in 6 s with 3 s non-renewable tokens, want 3 to 5", n)
+	}
+	if _, err := up.SignIntermediate(context.Background(), csrRequest(t)); err != nil {
+		t.Fatalf("signing with a batch token: %v", err)
+	}
+}
