@@ -203,10 +203,26 @@ func (a *Authority) Sign(req SignRequest) (*Issued, error) {
 	return iss, err
 }
 
+// Ready says whether the authority can sign now: nil, or an ErrNotReady
+// saying why (no material yet, or the signing certificate expired).
+func (a *Authority) Ready() error {
+	return ready(a.active.Load(), a.cfg.Clock.Now())
+}
+
+func ready(s *slot, now time.Time) error {
+	if s == nil {
+		return fmt.Errorf("ca: %w: no signing material loaded", ErrNotReady)
+	}
+	if !now.Before(s.notAft) {
+		return fmt.Errorf("ca: %w: signing certificate expired at %s", ErrNotReady, s.notAft.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	s := a.active.Load()
 	if s == nil {
-		return nil, fmt.Errorf("ca: %w: no signing material loaded", ErrNotReady)
+		return nil, ready(s, now)
 	}
 	if req.ID.TrustDomain() != a.cfg.TrustDomain {
 		return nil, fmt.Errorf("ca: %w: caller %s is outside trust domain %s", ErrIdentityMismatch, req.ID, a.cfg.TrustDomain)
@@ -220,8 +236,8 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	case ttl > a.cfg.MaxTTL:
 		return nil, fmt.Errorf("ca: %w: requested %s exceeds the maximum %s", ErrInvalidTTL, ttl, a.cfg.MaxTTL)
 	}
-	if !now.Before(s.notAft) {
-		return nil, fmt.Errorf("ca: %w: signing certificate expired at %s", ErrNotReady, s.notAft.UTC().Format(time.RFC3339))
+	if err := ready(s, now); err != nil {
+		return nil, err
 	}
 	csr, err := parseCSRSigning(req.CSR)
 	if err != nil {

@@ -292,12 +292,21 @@ func TestSignNotReady(t *testing.T) {
 	if !errors.Is(err, ca.ErrNotReady) || err.Error() != "ca: CA not ready: no signing material loaded" {
 		t.Fatalf("err = %v", err)
 	}
+	if ready := a.Ready(); ready == nil || ready.Error() != err.Error() {
+		t.Fatalf("Ready = %v, want %v", ready, err)
+	}
 	clock := catest.NewClock(start)
 	a = catest.Authority(t, catest.Root(t, ca.CAOptions{Clock: clock, TTL: time.Hour}), catest.WithClock(clock))
+	if err := a.Ready(); err != nil {
+		t.Fatalf("Ready = %v with a valid root", err)
+	}
 	clock.Add(2 * time.Hour)
 	_, err = a.Sign(ca.SignRequest{CSR: catest.CSR(t, catest.Key(t, ca.ECDSAP256), nil), ID: callerX})
-	if !errors.Is(err, ca.ErrNotReady) || !strings.Contains(err.Error(), "signing certificate expired at 2026-03-01T13:00:00Z") {
+	if !errors.Is(err, ca.ErrNotReady) || err.Error() != "ca: CA not ready: signing certificate expired at 2026-03-01T13:00:00Z" {
 		t.Fatalf("err = %v", err)
+	}
+	if ready := a.Ready(); ready == nil || ready.Error() != err.Error() {
+		t.Fatalf("Ready = %v, want %v", ready, err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,7 +20,15 @@ const (
 	DefaultIntermediateTTL = 7 * 24 * time.Hour
 	DefaultRenewFraction   = 0.5
 	DefaultRetryMin        = time.Second
-	DefaultRetryMax        = 5 * time.Minute
+	DefaultRetryMax        = 2 * time.Minute
+	// DefaultRetryExpired caps the backoff once the intermediate has
+	// expired: then no workload can get a certificate, and every second
+	// counts.
+	DefaultRetryExpired = 5 * time.Second
+	// DefaultMinLife is the floor below which an intermediate is refused:
+	// shorter ones would have warden ask the upstream again and again,
+	// and cut every workload certificate to minutes.
+	DefaultMinLife = 10 * time.Minute
 	// LowLifeFraction is the remaining share of an intermediate's life
 	// below which failed renewals are logged as errors: workloads lose
 	// their certificates when it expires.
@@ -41,11 +50,25 @@ type RenewerConfig struct {
 	// low-life alarm.
 	RenewFraction float64
 	// RetryMin and RetryMax bound the exponential backoff between failed
-	// renewals.
-	RetryMin, RetryMax time.Duration
-	Clock              Timer
-	Log                *slog.Logger
+	// renewals; once the intermediate has expired, the backoff is at
+	// most RetryExpired (default DefaultRetryExpired).
+	RetryMin, RetryMax, RetryExpired time.Duration
+	// MinLife is the floor: an intermediate that arrives with less life
+	// left is refused (ErrShortIntermediate), the current one kept, and
+	// Init fails; default DefaultMinLife. TTL may not be below it.
+	MinLife time.Duration
+	// MinInterval is the least time between two intermediates the
+	// upstream issues, used or refused, whatever the schedule says (an
+	// upstream that backdates a short certificate puts its half-life in
+	// the past); default a tenth of MinLife, and below MinLife.
+	MinInterval time.Duration
+	Clock       Timer
+	Log         *slog.Logger
 }
+
+// ErrShortIntermediate marks an intermediate refused because it arrived
+// with less life left than RenewerConfig.MinLife.
+var ErrShortIntermediate = errors.New("intermediate refused")
 
 // Renewer keeps an Authority signing with an intermediate issued by an
 // Upstream: it obtains the first one, renews it at a fraction of its life,
@@ -56,6 +79,21 @@ type RenewerConfig struct {
 type Renewer struct {
 	cfg               RenewerConfig
 	renewals, failure atomic.Uint64
+
+	mu sync.Mutex
+	// issued is when the upstream last issued an intermediate, used or
+	// not (MinInterval counts from it); zero before the first.
+	issued time.Time
+	// lastErr is the last renewal's error, nil once one succeeds.
+	lastErr error
+}
+
+// LastError is why the last renewal failed, or nil when it succeeded:
+// what an operator needs next to "the CA cannot sign" (readiness).
+func (r *Renewer) LastError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr
 }
 
 // Counts are the renewals that activated a new intermediate and those
@@ -94,6 +132,27 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 	if cfg.RetryMin < 0 || cfg.RetryMax < cfg.RetryMin {
 		return nil, fmt.Errorf("ca: retry backoff %s..%s is not a range", cfg.RetryMin, cfg.RetryMax)
 	}
+	if cfg.RetryExpired == 0 {
+		cfg.RetryExpired = DefaultRetryExpired
+	}
+	if cfg.RetryExpired < 0 {
+		return nil, fmt.Errorf("ca: retry backoff after expiry %s is negative", cfg.RetryExpired)
+	}
+	if cfg.MinLife == 0 {
+		cfg.MinLife = DefaultMinLife
+	}
+	if cfg.MinLife < 0 {
+		return nil, fmt.Errorf("ca: intermediate floor %s is negative", cfg.MinLife)
+	}
+	if cfg.TTL < cfg.MinLife {
+		return nil, fmt.Errorf("ca: intermediate TTL %s is below the floor of %s", cfg.TTL, cfg.MinLife)
+	}
+	if cfg.MinInterval == 0 {
+		cfg.MinInterval = cfg.MinLife / 10
+	}
+	if cfg.MinInterval < 0 || cfg.MinInterval >= cfg.MinLife {
+		return nil, fmt.Errorf("ca: minimum renewal interval %s is outside [0, %s), the floor", cfg.MinInterval, cfg.MinLife)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = SystemClock{}
 	}
@@ -118,13 +177,27 @@ func (r *Renewer) Renew(ctx context.Context) error {
 	} else {
 		r.renewals.Add(1)
 	}
+	r.mu.Lock()
+	r.lastErr = err
+	r.mu.Unlock()
 	return err
 }
 
 func (r *Renewer) renew(ctx context.Context) error {
-	m, err := RequestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, r.cfg.Authority.Material(), r.cfg.Clock.Now())
+	m, resp, err := requestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, r.cfg.Authority.Material(), r.cfg.Clock.Now())
+	now := r.cfg.Clock.Now()
+	if resp != nil {
+		r.mu.Lock()
+		r.issued = now
+		r.mu.Unlock()
+	}
 	if err != nil {
 		return err
+	}
+	left := m.NotAfter().Sub(now)
+	if left < r.cfg.MinLife {
+		return fmt.Errorf("ca: %w: the upstream issued one valid for %s, less than the floor of %s%s",
+			ErrShortIntermediate, left.Round(time.Second), r.cfg.MinLife, because(resp.Shortened))
 	}
 	if err := r.cfg.Authority.Prove(m); err != nil {
 		return err
@@ -134,7 +207,33 @@ func (r *Renewer) renew(ctx context.Context) error {
 	}
 	r.cfg.Log.Info("intermediate CA activated", "subject", m.Cert.Subject.String(), "serial", m.Cert.SerialNumber.Text(16),
 		"notAfter", m.NotAfter().UTC(), "renewAt", r.RenewAt(m).UTC())
+	r.reportShortened(m, left, resp.Shortened)
 	return nil
+}
+
+func because(why string) string {
+	if why == "" {
+		return ""
+	}
+	return ": " + why
+}
+
+// reportShortened warns when the upstream issued less than TTL (Vault's
+// mount maximum below the TTL asked for), and says what that does to
+// workload certificates, which never outlive the intermediate.
+func (r *Renewer) reportShortened(m *Material, left time.Duration, why string) {
+	// Allowance for the clocks of warden and the upstream.
+	if left >= r.cfg.TTL-min(r.cfg.TTL/10, time.Minute) {
+		return
+	}
+	msg := fmt.Sprintf("the upstream issued the intermediate for %s, not the %s asked for", left.Round(time.Second), r.cfg.TTL)
+	// Before its renewal, an intermediate has this much life left at
+	// least; a workload certificate asked for later is cut to it.
+	if atRenewal := min(left, m.NotAfter().Sub(r.RenewAt(m))); atRenewal < r.cfg.Authority.cfg.DefaultTTL {
+		msg += fmt.Sprintf("; workload certificates are cut to its remaining life, down to %s, where the default workload TTL is %s",
+			atRenewal.Round(time.Second), r.cfg.Authority.cfg.DefaultTTL)
+	}
+	r.cfg.Log.Warn(msg+because(why), "notAfter", m.NotAfter().UTC())
 }
 
 // RenewAt is when the renewer asks for m's successor.
@@ -153,11 +252,7 @@ func (r *Renewer) Run(ctx context.Context) error {
 		if cur == nil {
 			return errors.New("ca: renewer: Init has not activated an intermediate")
 		}
-		wait := r.RenewAt(cur).Sub(r.cfg.Clock.Now())
-		if failures > 0 {
-			wait = r.retryIn(cur, failures)
-		}
-		if wait > 0 {
+		if wait := r.nextAttempt(cur, failures); wait > 0 {
 			select {
 			case <-ctx.Done():
 				return nil
@@ -177,14 +272,33 @@ func (r *Renewer) Run(ctx context.Context) error {
 	}
 }
 
+// nextAttempt is the wait before the next renewal attempt: at RenewAt,
+// or after failures the backoff (retryIn); and whatever the schedule, not
+// within MinInterval of the last intermediate the upstream issued.
+func (r *Renewer) nextAttempt(cur *Material, failures int) time.Duration {
+	now := r.cfg.Clock.Now()
+	wait := r.RenewAt(cur).Sub(now)
+	if failures > 0 {
+		wait = r.retryIn(cur, failures)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.issued.IsZero() {
+		wait = max(wait, r.issued.Add(r.cfg.MinInterval).Sub(now))
+	}
+	return wait
+}
+
 // retryIn is the wait before the next attempt after failures: the
 // backoff, but never more than a quarter of the current intermediate's
 // remaining life, so that an upstream back before expiry is used before
-// expiry.
+// expiry, and once it has expired never more than RetryExpired.
 func (r *Renewer) retryIn(cur *Material, failures int) time.Duration {
 	d := r.backoff(failures)
 	if left := cur.NotAfter().Sub(r.cfg.Clock.Now()); left > 0 {
 		d = min(d, max(left/4, minRetry))
+	} else {
+		d = min(d, r.cfg.RetryExpired)
 	}
 	return d
 }
@@ -206,10 +320,12 @@ func (r *Renewer) reportFailure(cur *Material, err error, failures int) {
 	now := r.cfg.Clock.Now()
 	life := cur.NotAfter().Sub(cur.Cert.NotBefore)
 	left := cur.NotAfter().Sub(now)
-	retry := r.retryIn(cur, failures)
+	retry := max(r.nextAttempt(cur, failures), 0)
 	attrs := []any{"error", err.Error(), "attempts", failures, "retryIn", retry,
 		"intermediateNotAfter", cur.NotAfter().UTC(), "remaining", left.Round(time.Second)}
 	switch {
+	case errors.Is(err, ErrShortIntermediate):
+		r.cfg.Log.Error("INTERMEDIATE CA REFUSED: the upstream issued one shorter than the floor; signing continues with the current one. Fix the upstream's maximum lifetime", attrs...)
 	case left > 0 && r.backoff(failures) >= left:
 		r.cfg.Log.Error("INTERMEDIATE CA EXPIRES BEFORE THE NEXT REGULAR RETRY: retrying every quarter of its remaining life instead; fix the upstream now", attrs...)
 	case left <= 0:

@@ -10,14 +10,17 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -46,6 +49,7 @@ func ControlPlaneID(td spiffeid.TrustDomain) spiffeid.ID {
 
 // Client talks to one CA.
 type Client struct {
+	addr string
 	conn *grpc.ClientConn
 	pb   pb.IstioCertificateServiceClient
 }
@@ -81,7 +85,7 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", cfg.Addr, err)
 	}
-	return &Client{conn: conn, pb: pb.NewIstioCertificateServiceClient(conn)}, nil
+	return &Client{addr: cfg.Addr, conn: conn, pb: pb.NewIstioCertificateServiceClient(conn)}, nil
 }
 
 // Conn is the client's connection to the CA port, which also serves SDS
@@ -111,9 +115,23 @@ func (c *Client) CreateCertificate(ctx context.Context, csr []byte, ttl time.Dur
 		ValidityDuration: int64(ttl / time.Second),
 	})
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
 	return resp.GetCertChain(), nil
+}
+
+// explain adds what it means when the CA presents an expired
+// certificate: a warden CA's own certificate never outlives its signing
+// certificate, and it presents the last one when it cannot issue another
+// (ca/server.ServingCert), so the CA cannot sign until it gets a new
+// signing certificate. The TLS error alone names no cause. The status
+// code (Unavailable) is kept.
+func (c *Client) explain(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "x509: certificate has expired or is not yet valid") || !strings.Contains(st.Message(), " is after ") {
+		return err
+	}
+	return status.Errorf(codes.Unavailable, "the CA at %s presents an expired certificate: a warden CA does so when its own signing certificate has expired (an intermediate from Vault not renewed in time), and it issues nothing until it has a new one; its /readyz and log say why: %s", c.addr, st.Message())
 }
 
 // Request names what to ask for.

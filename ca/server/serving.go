@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/tls"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -19,14 +20,23 @@ var _ ServingIssuer = (*ca.Authority)(nil)
 
 // ServingCert is warden's own TLS certificate, issued by its CA and
 // re-issued once half its lifetime has passed (or the CA material changed).
+//
+// When the CA cannot issue one (its signing certificate expired: a Vault
+// intermediate not renewed in time), the last one is presented until the
+// material changes. It has expired too, since it never outlives its
+// issuer, so clients refuse it, but with an error that says so
+// ("x509: certificate has expired ..."), where a failed GetCertificate
+// would give them only a TLS internal_error alert.
 type ServingCert struct {
 	Authority ServingIssuer
 	Options   ca.ServingOptions
 	Clock     ca.Clock
+	Log       *slog.Logger // nil: no log
 
-	mu   sync.Mutex
-	cert *tls.Certificate
-	from *ca.Material
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	from   *ca.Material
+	failed *ca.Material // the material the last issuance failed with
 }
 
 // GetCertificate implements tls.Config.GetCertificate.
@@ -46,11 +56,27 @@ func (s *ServingCert) Current() (*tls.Certificate, error) {
 			return s.cert, nil
 		}
 	}
+	if s.cert != nil && s.failed != nil && s.failed == m {
+		// Not again with the same material: it cannot sign (expired)
+		// until it is replaced.
+		return s.cert, nil
+	}
 	c, err := s.Authority.IssueServing(s.Options)
 	if err != nil {
-		return nil, err
+		if s.cert == nil {
+			return nil, err
+		}
+		s.failed = m
+		if s.Log != nil {
+			s.Log.Error("the CA cannot issue its own serving certificate: presenting the last one, which clients refuse once it has expired, until the CA can sign again",
+				"error", err.Error(), "servingNotAfter", s.cert.Leaf.NotAfter.UTC())
+		}
+		return s.cert, nil
 	}
-	s.cert, s.from = c, m
+	if s.failed != nil && s.Log != nil {
+		s.Log.Info("the CA issued its serving certificate again", "notAfter", c.Leaf.NotAfter.UTC())
+	}
+	s.cert, s.from, s.failed = c, m, nil
 	return c, nil
 }
 

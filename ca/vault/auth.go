@@ -25,10 +25,13 @@ type Auth interface {
 	credentials() [32]byte
 }
 
-// Token authenticates with a Vault token given by the operator. It is
-// renewed while renewable, but cannot be replaced once it expires.
+// Token authenticates with a Vault token given by the operator, renewed
+// while renewable. From a file, it is read at every login and the file is
+// checked every second: a new token written there is used at once, so
+// that it can be rotated without a restart.
 type Token struct {
-	Token string
+	Token string // the token itself (VAULT_TOKEN), when there is no File
+	File  string // a file holding the token (--vault-token-file); wins over Token
 }
 
 // AppRole logs in with a role ID and a secret ID (read from a file, so
@@ -59,16 +62,31 @@ var (
 func (Token) String() string { return "token auth" }
 
 func (t Token) check() error {
-	if strings.TrimSpace(t.Token) == "" {
+	if t.File == "" && strings.TrimSpace(t.Token) == "" {
 		return errors.New("vault: token auth: no token (set VAULT_TOKEN or --vault-token-file)")
 	}
 	return nil
 }
 
+// value is the token to send: the file's content, read now, or Token.
+func (t Token) value() (string, error) {
+	if t.File == "" {
+		return strings.TrimSpace(t.Token), nil
+	}
+	tok, err := readSecretFile(t.File)
+	if err != nil {
+		return "", fmt.Errorf("vault: token auth: token file: %w", err)
+	}
+	return tok, nil
+}
+
 // login checks the token with lookup-self, so that a revoked or expired
 // token is refused at startup.
 func (t Token) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secret, error) {
-	tok := strings.TrimSpace(t.Token)
+	tok, err := t.value()
+	if err != nil {
+		return nil, err
+	}
 	lc, err := c.CloneWithHeaders()
 	if err != nil {
 		return nil, err
@@ -76,10 +94,16 @@ func (t Token) login(ctx context.Context, c *api.Client, at endpoint) (*api.Secr
 	lc.SetToken(tok)
 	s, err := lc.Auth().Token().LookupSelfWithContext(ctx)
 	if err != nil {
-		if msg, ok := at.reach(err); ok {
-			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(ErrUnreachable))
+		if msg, down := at.down(err); down != nil {
+			return nil, fmt.Errorf("vault: token auth: %s%w", msg, errSuffix(down))
 		}
-		return nil, fmt.Errorf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?%w", describe(err), errSuffix(ErrCredentials))
+		msg := fmt.Sprintf("vault: token auth: Vault refused the token (auth/token/lookup-self: %s); is it revoked or expired?", describe(err))
+		if t.File != "" {
+			msg += fmt.Sprintf(" Write a new one to %s (a running warden reads it again every second)", t.File)
+		} else {
+			msg += " (a token from VAULT_TOKEN is read once: give it with --vault-token-file to replace it without a restart)"
+		}
+		return nil, fmt.Errorf("%s%w", msg, errSuffix(ErrCredentials))
 	}
 	if s == nil || s.Data == nil {
 		return nil, errors.New("vault: token auth: empty answer from auth/token/lookup-self")
@@ -107,7 +131,10 @@ func (k Kubernetes) credentials() [32]byte {
 	return sha256.Sum256(b)
 }
 
-func (t Token) credentials() [32]byte { return sha256.Sum256([]byte(t.Token)) }
+func (t Token) credentials() [32]byte {
+	tok, _ := t.value()
+	return sha256.Sum256([]byte(tok))
+}
 
 func (a AppRole) String() string { return "approle auth at auth/" + a.mount() }
 
@@ -163,8 +190,8 @@ func write(ctx context.Context, c *api.Client, at endpoint, a Auth, path string,
 	lc.ClearToken()
 	s, err := lc.Logical().WriteWithContext(ctx, path, body)
 	if err != nil {
-		if msg, ok := at.reach(err); ok {
-			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(ErrUnreachable))
+		if msg, down := at.down(err); down != nil {
+			return nil, fmt.Errorf("vault: %s: %s%w", a, msg, errSuffix(down))
 		}
 		msg := fmt.Sprintf("vault: %s: login refused (%s: %s)", a, path, describe(err))
 		if h := loginHint(a, err); h != "" {

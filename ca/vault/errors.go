@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -17,6 +18,11 @@ import (
 // a wrong scheme), as opposed to Vault answering with an error.
 var ErrUnreachable = errors.New("vault unreachable")
 
+// ErrUnavailable marks an answer from a Vault that cannot serve requests
+// now: sealed, a standby without an active node, overloaded (HTTP 5xx
+// and 429). It says nothing about warden's credentials.
+var ErrUnavailable = errors.New("vault unavailable")
+
 // ErrCredentials marks a login Vault refused: wrong or expired
 // credentials, a wrong auth mount, or a locked-out role. Retrying it
 // counts toward Vault's user lockout.
@@ -26,6 +32,24 @@ var ErrCredentials = errors.New("vault login refused")
 // (--vault-cacert; empty for the system's roots) that checks its TLS
 // certificate, so that a failure to connect names the one to fix.
 type endpoint struct{ addr, caCert string }
+
+// down describes a Vault that cannot be used now, with what to check: a
+// transport failure (ErrUnreachable) or an answer saying that Vault
+// cannot serve (ErrUnavailable). The sentinel is nil, and the message
+// empty, for any other error: an answer about the request itself.
+func (e endpoint) down(err error) (string, error) {
+	if msg, ok := e.reach(err); ok {
+		return msg, ErrUnreachable
+	}
+	var re *api.ResponseError
+	if !errors.As(err, &re) || re.StatusCode < 500 && re.StatusCode != http.StatusTooManyRequests {
+		return "", nil
+	}
+	if re.StatusCode == http.StatusServiceUnavailable && slices.ContainsFunc(re.Errors, func(s string) bool { return strings.Contains(s, "Vault is sealed") }) {
+		return fmt.Sprintf("Vault at %s is sealed (%s): unseal it (vault operator unseal); warden tries again meanwhile", e.addr, describe(err)), ErrUnavailable
+	}
+	return fmt.Sprintf("Vault at %s cannot serve requests now (%s); warden tries again meanwhile", e.addr, describe(err)), ErrUnavailable
+}
 
 // reach describes a transport failure to Vault with what to check; ok is
 // false when err is an answer from Vault.

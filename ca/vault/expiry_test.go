@@ -30,7 +30,7 @@ func TestRenewalBeforeExpiryAfterOutage(t *testing.T) {
 	up := runUpstream(t, cfg)
 	a := catest.Authority(t, nil)
 	// 60 s, which Vault backdates by 30 s: renewal 15 s after issue.
-	r, err := ca.NewRenewer(ca.RenewerConfig{Authority: a, Upstream: up, TTL: time.Minute, Log: log,
+	r, err := ca.NewRenewer(ca.RenewerConfig{Authority: a, Upstream: up, TTL: time.Minute, MinLife: 30 * time.Second, Log: log,
 		RetryMin: 4 * time.Second, RetryMax: 10 * time.Minute})
 	if err != nil {
 		t.Fatal(err)

@@ -73,6 +73,9 @@ type Upstream struct {
 	// its answer: they are not sent again until they change (lockout).
 	refused    [32]byte
 	refusedErr error
+	// sent is the digest of the credentials last sent: a token file is
+	// watched for a change from them.
+	sent [32]byte
 
 	logins atomic.Uint64 // login attempts (tests: never a lockout)
 }
@@ -176,6 +179,7 @@ func (u *Upstream) login(ctx context.Context) error {
 		u.mu.Unlock()
 		return fmt.Errorf("not logging in again with the credentials Vault refused (to stay clear of its lockout; new ones are used as soon as they are written): %w", err)
 	}
+	u.sent = creds
 	u.mu.Unlock()
 	u.logins.Add(1)
 	s, err := u.cfg.Auth.login(ctx, u.client, u.endpoint())
@@ -225,35 +229,42 @@ func (u *Upstream) current() *api.Secret {
 // vault/api's lifetime watcher and, when renewal fails or the token
 // reaches its max TTL, logs in again, retrying with capped backoff (Vault
 // may be down meanwhile; signing goes on with the current intermediate).
-// A static token that cannot be renewed is left as it is.
+// A login that cannot be renewed is replaced at two thirds of its TTL.
+// With token auth "logging in" is checking the token, and a token file is
+// checked every second: a new token written there replaces the current
+// one at once (one Vault refuses is reported, and the current one kept).
 func (u *Upstream) Run(ctx context.Context) error {
 	for {
 		s := u.current()
-		if !s.Auth.Renewable {
-			if _, static := u.cfg.Auth.(Token); static {
-				if s.Auth.LeaseDuration > 0 {
-					u.cfg.Log.Warn("the Vault token is not renewable; warden stops reaching Vault when it expires",
-						"ttl", time.Duration(s.Auth.LeaseDuration)*time.Second)
-				}
-				<-ctx.Done()
-				return nil
-			}
-		} else if err := u.watch(ctx, s); err != nil {
-			u.cfg.Log.Warn("Vault token renewal stopped; logging in again", "auth", u.cfg.Auth.String(), "error", err.Error())
+		var err error
+		if s.Auth.Renewable {
+			err = u.watch(ctx, s)
+		} else {
+			err = u.hold(ctx, s)
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		if _, static := u.cfg.Auth.(Token); static {
-			u.cfg.Log.Error("the Vault token could not be renewed and token auth cannot log in again; provide a new token and restart warden")
-			<-ctx.Done()
-			return nil
+		if errors.Is(err, errNewToken) {
+			if err = u.login(ctx); err == nil {
+				continue
+			}
+			if errors.Is(err, ErrCredentials) {
+				u.cfg.Log.Error("Vault refused the new token; warden keeps using the current one", "auth", u.cfg.Auth.String(), "error", err.Error())
+				continue
+			}
 		}
+		u.cfg.Log.Warn("Vault token renewal stopped; logging in again", "auth", u.cfg.Auth.String(), "error", err.Error())
 		u.relogin(ctx)
 	}
 }
 
-// watch renews s until that fails or ctx is done.
+// errNewToken ends a login's watch when its token file holds another
+// token.
+var errNewToken = errors.New("a new token was written to the token file")
+
+// watch renews s until that fails, a new token is written to the token
+// file, or ctx is done.
 func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
 	w, err := u.client.NewLifetimeWatcher(&api.LifetimeWatcherInput{Secret: s, RenewBehavior: api.RenewBehaviorErrorOnErrors})
 	if err != nil {
@@ -261,6 +272,8 @@ func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
 	}
 	go w.Start()
 	defer w.Stop()
+	tick, stop := u.tokenFileTicker()
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -272,8 +285,72 @@ func (u *Upstream) watch(ctx context.Context, s *api.Secret) error {
 			return err
 		case r := <-w.RenewCh():
 			u.cfg.Log.Debug("renewed the Vault token", "ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
+		case <-tick:
+			if u.newToken() {
+				return errNewToken
+			}
 		}
 	}
+}
+
+// hold waits, for a login that cannot be renewed, until it must be
+// replaced: at two thirds of its TTL when the auth method can log in
+// again, at its end for a token (only a new one in the token file can
+// replace it), when a new token is written to the file, or when ctx is
+// done.
+func (u *Upstream) hold(ctx context.Context, s *api.Secret) error {
+	var end <-chan time.Time
+	if ttl := time.Duration(s.Auth.LeaseDuration) * time.Second; ttl > 0 {
+		if t, ok := u.cfg.Auth.(Token); ok {
+			where := "restart warden with a new one"
+			if t.File != "" {
+				where = "write a new one to " + t.File
+			}
+			u.cfg.Log.Warn("the Vault token is not renewable: "+where+" before it expires", "ttl", ttl)
+			end = time.After(ttl)
+		} else {
+			end = time.After(ttl * 2 / 3)
+		}
+	}
+	tick, stop := u.tokenFileTicker()
+	defer stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-end:
+			return errors.New("the token cannot be renewed and its TTL is over")
+		case <-tick:
+			if u.newToken() {
+				return errNewToken
+			}
+		}
+	}
+}
+
+// tokenFileTicker ticks every second with token auth from a file, and
+// never otherwise: AppRole and Kubernetes credentials are read at each
+// login, but a new secret ID or service-account token does not call for
+// one (a secret ID may be good for one login only).
+func (u *Upstream) tokenFileTicker() (<-chan time.Time, func()) {
+	if t, ok := u.cfg.Auth.(Token); !ok || t.File == "" {
+		return nil, func() {}
+	}
+	tick := time.NewTicker(time.Second)
+	return tick.C, tick.Stop
+}
+
+// newToken reports whether the token file holds other credentials than
+// those last sent.
+func (u *Upstream) newToken() bool {
+	creds := u.cfg.Auth.credentials()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if creds == u.sent {
+		return false
+	}
+	u.cfg.Log.Info("a new Vault token was written to the token file; checking it", "auth", u.cfg.Auth.String())
+	return true
 }
 
 // relogin logs in until it works or ctx is done. When Vault cannot be
@@ -354,6 +431,7 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 	if req.TTL > 0 {
 		body["ttl"] = fmt.Sprintf("%ds", int64(req.TTL/time.Second))
 	}
+	asked := time.Now()
 	s, err := u.write(ctx, u.cfg.SignPath, body)
 	var relogin error
 	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) && (u.loginAge() > freshLogin || invalidToken(err)) {
@@ -364,8 +442,8 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 		}
 	}
 	if err != nil {
-		if msg, ok := u.endpoint().reach(err); ok {
-			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(ErrUnreachable))
+		if msg, down := u.endpoint().down(err); down != nil {
+			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(down))
 		}
 		msg := fmt.Sprintf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
 		switch {
@@ -389,7 +467,37 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 	if err != nil {
 		return nil, err
 	}
-	return &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}, nil
+	resp := &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}
+	if req.TTL > 0 && cert.NotAfter.Before(asked.Add(req.TTL-min(req.TTL/10, time.Minute))) {
+		resp.Shortened = u.shortened(cert, append(append([]*x509.Certificate{}, chain...), roots...), req.TTL)
+	}
+	return resp, nil
+}
+
+// shortened says why Vault signed cert for less than ttl: it never signs
+// past its issuing CA's expiry, and otherwise caps lifetimes at the PKI
+// mount's max_lease_ttl (the system's, 768h by default, when the mount
+// sets none).
+func (u *Upstream) shortened(cert *x509.Certificate, above []*x509.Certificate, ttl time.Duration) string {
+	for _, c := range above {
+		if cert.CheckSignatureFrom(c) == nil && !cert.NotAfter.Before(c.NotAfter) {
+			return fmt.Sprintf("Vault does not sign past the expiry of its issuing CA %s (%s); renew or rotate that CA", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return fmt.Sprintf("Vault caps it at the max_lease_ttl of PKI mount %s: raise that to at least the %s warden asks for (vault secrets tune -max-lease-ttl=%s %s), or ask for less with --vault-intermediate-ttl",
+		u.cfg.PKIMount, shortDuration(ttl), shortDuration(ttl), u.cfg.PKIMount)
+}
+
+// shortDuration writes d as Vault's CLI users do: 168h, not 168h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // parseSignResponse reads the data of a sign-intermediate response for
@@ -495,6 +603,9 @@ func (u *Upstream) readRaw(ctx context.Context, path string) ([]byte, error) {
 		err = resp.Error()
 	}
 	if err != nil {
+		if msg, down := u.endpoint().down(err); down != nil {
+			return nil, fmt.Errorf("vault: read %s: %s%w", path, msg, errSuffix(down))
+		}
 		return nil, fmt.Errorf("vault: read %s: %s", path, describe(err))
 	}
 	if resp == nil {
@@ -546,9 +657,11 @@ func invalidToken(err error) bool {
 	return errors.As(err, &re) && slices.ContainsFunc(re.Errors, func(e string) bool { return strings.Contains(e, "invalid token") })
 }
 
+// isStatic says whether logging in again cannot bring a new token: a
+// token given as such, not in a file.
 func isStatic(a Auth) bool {
-	_, ok := a.(Token)
-	return ok
+	t, ok := a.(Token)
+	return ok && t.File == ""
 }
 
 // describe renders a Vault error as "<status> <Vault's messages>", or the

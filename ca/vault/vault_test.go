@@ -164,7 +164,7 @@ func TestRefusedCredentials(t *testing.T) {
 		auth vault.Auth
 		want string
 	}{
-		{"revoked token", vault.Token{Token: tok}, "vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired?"},
+		{"revoked token", vault.Token{Token: tok}, "vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired? (a token from VAULT_TOKEN is read once: give it with --vault-token-file to replace it without a restart)"},
 		{"wrong role ID", vault.AppRole{RoleID: "no-such-role", SecretIDFile: filepath.Join(dir, "warden-secret-id")}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + filepath.Join(dir, "warden-secret-id") + " (read again at each login)"},
 		{"wrong secret ID", vault.AppRole{RoleID: readFile(t, dir, "warden-role-id"), SecretIDFile: badSecret}, "vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + badSecret + " (read again at each login)"},
 		{"missing secret file", vault.AppRole{RoleID: "x", SecretIDFile: filepath.Join(dir, "nope")}, "vault: approle auth at auth/approle: secret ID: open " + filepath.Join(dir, "nope") + ": no such file or directory"},

@@ -373,7 +373,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	if s.rotator != nil {
 		issuer = s.rotator.Serving()
 	}
-	serving := &server.ServingCert{Authority: issuer, Clock: o.clock, Options: o.serving}
+	serving := &server.ServingCert{Authority: issuer, Clock: o.clock, Options: o.serving, Log: log}
 	if _, err := serving.Current(); err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
@@ -517,13 +517,29 @@ func (s *controlPlane) httpHandler() http.Handler {
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if s.authority.Material() == nil {
-			http.Error(w, "CA not ready", http.StatusServiceUnavailable)
+		if err := s.ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
+}
+
+// ready says whether the CA can sign now (/readyz), and if not why: no
+// material yet, or the signing certificate expired, with, in Vault mode,
+// why its renewal fails.
+func (s *controlPlane) ready() error {
+	err := s.authority.Ready()
+	if err == nil {
+		return nil
+	}
+	if s.renewer != nil {
+		if last := s.renewer.LastError(); last != nil {
+			return fmt.Errorf("%w; renewing it fails: %v", err, last)
+		}
+	}
+	return err
 }
 
 // run serves until ctx is done, then stops gracefully within

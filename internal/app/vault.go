@@ -27,7 +27,7 @@ type vaultFlags struct {
 	tokenFile, envToken          string
 	approleMount, roleID, secret string
 	k8sMount, k8sRole, k8sToken  string
-	ttl                          time.Duration
+	ttl, minTTL                  time.Duration
 	renewFraction                float64
 	set                          map[string]bool // flags given on the command line
 }
@@ -52,7 +52,7 @@ func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
 		auth = "kubernetes"
 	}
 	fs.StringVar(&v.auth, "vault-auth", auth, "Vault auth method: token, approle or kubernetes")
-	fs.StringVar(&v.tokenFile, "vault-token-file", "", "file holding the Vault token (token auth; default env VAULT_TOKEN)")
+	fs.StringVar(&v.tokenFile, "vault-token-file", "", "file holding the Vault token (token auth; default env VAULT_TOKEN), read again every second: write a new token there to replace it")
 	v.envToken = e.getenv("VAULT_TOKEN")
 	fs.StringVar(&v.approleMount, "vault-approle-mount", "approle", "AppRole auth mount")
 	fs.StringVar(&v.roleID, "vault-approle-role-id", "", "AppRole role ID")
@@ -61,6 +61,7 @@ func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
 	fs.StringVar(&v.k8sRole, "vault-k8s-role", "", "Vault role for Kubernetes auth")
 	fs.StringVar(&v.k8sToken, "vault-k8s-token-file", vault.DefaultServiceAccountTokenFile, "service-account token for Kubernetes auth (re-read at each login)")
 	fs.DurationVar(&v.ttl, "vault-intermediate-ttl", ca.DefaultIntermediateTTL, "requested lifetime of the intermediate Vault signs")
+	fs.DurationVar(&v.minTTL, "vault-min-intermediate-ttl", ca.DefaultMinLife, "refuse an intermediate Vault issues with less life left than this (its PKI mount's max_lease_ttl too low); warden asks Vault at most once every tenth of it")
 	fs.Float64Var(&v.renewFraction, "vault-renew-fraction", ca.DefaultRenewFraction, "renew the intermediate after this share of its life (at most 0.8)")
 }
 
@@ -92,15 +93,9 @@ func (v *vaultFlags) config() (vault.Config, error) {
 	}
 	switch v.auth {
 	case "token":
-		tok := v.envToken
-		if v.tokenFile != "" {
-			b, err := os.ReadFile(v.tokenFile)
-			if err != nil {
-				return cfg, fmt.Errorf("--vault-token-file: %w", err)
-			}
-			tok = strings.TrimSpace(string(b))
-		}
-		cfg.Auth = vault.Token{Token: tok}
+		// A file is read at each login and watched (a new token there is
+		// used at once); VAULT_TOKEN is read once.
+		cfg.Auth = vault.Token{Token: v.envToken, File: v.tokenFile}
 	case "approle":
 		cfg.Auth = vault.AppRole{Mount: v.approleMount, RoleID: v.roleID, SecretIDFile: v.secret}
 	case "kubernetes":
@@ -116,6 +111,9 @@ func (v *vaultFlags) config() (vault.Config, error) {
 // otherwise), and schedules the token and intermediate renewals.
 // A new Vault root reaches consumers through the authority's Bundles.
 func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType) error {
+	if v.minTTL <= 0 || v.ttl < v.minTTL {
+		return fmt.Errorf("%w: --vault-intermediate-ttl %s must be at least --vault-min-intermediate-ttl %s, the shortest intermediate warden accepts (positive)", errUsage, v.ttl, v.minTTL)
+	}
 	vcfg, err := v.config()
 	if err != nil {
 		return err
@@ -130,7 +128,7 @@ func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Con
 	}
 	r, err := ca.NewRenewer(ca.RenewerConfig{
 		Authority: s.authority, Upstream: up, KeyType: kt, TTL: v.ttl, RenewFraction: v.renewFraction,
-		Clock: ca.SystemClock{}, Log: s.log,
+		MinLife: v.minTTL, Clock: ca.SystemClock{}, Log: s.log,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)

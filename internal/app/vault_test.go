@@ -165,7 +165,7 @@ func TestServeVaultRefusesBadCredentials(t *testing.T) {
 		{"wrong role ID", []string{"--vault-auth", "approle", "--vault-approle-role-id", "nope", "--vault-approle-secret-id-file", secretFile},
 			"warden serve: vault: approle auth at auth/approle: login refused (auth/approle/login: 400 invalid role or secret ID): the role ID or the secret ID is wrong, or the secret ID expired or was used up (secret_id_ttl, secret_id_num_uses): write a new secret ID to " + secretFile + " (read again at each login)\n"},
 		{"revoked token", []string{"--vault-auth", "token", "--vault-token-file", revoked},
-			"warden serve: vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired?\n"},
+			"warden serve: vault: token auth: Vault refused the token (auth/token/lookup-self: 403 permission denied; invalid token); is it revoked or expired? Write a new one to " + revoked + " (a running warden reads it again every second)\n"},
 		{"sign path outside the policy", []string{"--vault-auth", "token", "--vault-token-file", filepath.Join(dir, "warden-token"), "--vault-sign-path", "pki/issuer/default/sign-intermediate"},
 			"warden serve: vault: sign intermediate at pki/issuer/default/sign-intermediate: 403 permission denied: warden's Vault token may not write pki/issuer/default/sign-intermediate; check the PKI mount (--vault-pki-mount pki, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)\n"},
 		{"wrong PKI mount", append([]string{"--vault-pki-mount", "pki-typo"}, approle...),
@@ -225,7 +225,7 @@ func serveVault(t *testing.T, data, httpAddr string, vaultArgs []string) (string
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	args := append([]string{"serve", "--data-dir", data, "--listen", addr, "--http-listen", httpAddr,
-		"--vault-intermediate-ttl", "40s"}, vaultArgs...)
+		"--vault-intermediate-ttl", "40s", "--vault-min-intermediate-ttl", "20s"}, vaultArgs...)
 	go func() { done <- app.Run(ctx, args, logs, logs) }()
 	t.Cleanup(func() {
 		cancel()

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -167,6 +168,33 @@ func (s *Server) Restart() {
 	s.t.Helper()
 	s.Stop()
 	s.start()
+}
+
+// Seal seals Vault (sys/seal): it keeps running and answers every
+// request but the seal status with 503 "Vault is sealed", as after a
+// restart that nobody unsealed.
+func (s *Server) Seal(t testing.TB) {
+	t.Helper()
+	s.API(t, "PUT", "/v1/sys/seal", nil)
+}
+
+// Unseal unseals Vault with the key stored when it was initialized.
+func (s *Server) Unseal(t testing.TB) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(s.Dir, "init.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		UnsealKey []byte `json:"unseal_key"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	out := s.API(t, "PUT", "/v1/sys/unseal", map[string]any{"key": hex.EncodeToString(st.UnsealKey)})
+	if out["sealed"] != false {
+		t.Fatalf("Vault is still sealed: %v", out)
+	}
 }
 
 // Env is the environment a Vault client (curl in the docs, warden) needs
