@@ -50,7 +50,7 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 		id, _ = os.Hostname()
 	}
 	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
-	fs.BoolVar(&k.saSecrets, "sa-secrets", true, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount")
+	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount (needs the RBAC of deploy/sa-secrets: writing Secrets in every namespace)")
 }
 
 func (k *kubeFlags) enabled() bool { return k.on }

@@ -28,7 +28,7 @@ func TestCheckKubernetes(t *testing.T) {
 	ns := apiserver.Namespace(t, "warden")
 	app1 := apiserver.Namespace(t, "app")
 	apiserver.ServiceAccount(t, app1, "sleep")
-	_, logs, stop := startServeWith(t, ns, "replica-a")
+	_, logs, stop := startServeWith(t, ns, "replica-a", "--sa-secrets")
 	ctx := context.Background()
 	kubetest.Eventually(t, 30*time.Second, func() error {
 		for _, n := range []string{ns, app1} {
@@ -41,7 +41,7 @@ func TestCheckKubernetes(t *testing.T) {
 		}
 		return nil
 	})
-	_, out := runCheck("--namespace", ns)
+	_, out := runCheck("--namespace", ns, "--sa-secrets")
 	for _, want := range []string{"ok      ca istio-ca-secret", "chains to the trust bundle", "ok      bundle", "ok      sa-secrets"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("running install: no %q in\n%s\n%s", want, out, logs.String())
@@ -72,7 +72,7 @@ spec:
 	if _, err := apiserver.Client.CoreV1().Secrets(app1).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	code, out := runCheck("--namespace", ns)
+	code, out := runCheck("--namespace", ns, "--sa-secrets")
 	for _, want := range []string{"is missing in " + orphan, "invalid object left out: AuthorizationPolicy/" + app1 + "/wildcard", "wildcard not allowed",
 		"ERROR   sa-secrets       expired, or not under the signing root: " + app1 + "/istio.sleep"} {
 		if !strings.Contains(out, want) {

@@ -73,6 +73,12 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		{[]string{"create", "services", "-n", "default"}, "no"},
 		{[]string{"delete", "pods", "-n", "default"}, "no"},
 		{[]string{"update", "endpointslices.discovery.k8s.io", "-n", "default"}, "no"},
+		// Gateway credentials are read; no Secret is written outside
+		// warden's namespace unless istio.<sa> Secrets are on (below).
+		{[]string{"watch", "secrets", "-n", "default"}, "yes"},
+		{[]string{"delete", "secrets", "-n", "kube-system"}, "no"},
+		{[]string{"create", "secrets", "-n", "default"}, "no"},
+		{[]string{"update", "secrets/istio.sleep", "-n", "default"}, "no"},
 	} {
 		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
 		lines := strings.Split(strings.TrimSpace(out), "\n")                                     // warnings come first
@@ -164,6 +170,37 @@ func TestDeployOverlays(t *testing.T) {
 	for _, never := range []string{"namespace", "customresourcedefinition"} {
 		if strings.Contains(out, never) {
 			t.Errorf("deleting deploy/istiod-compat would delete a %s:\n%s", never, out)
+		}
+	}
+}
+
+// TestDeploySASecretsOverlay: the istio.<sa> Secrets are opt-in: only
+// deploy/sa-secrets runs warden with --sa-secrets and grants it writing
+// Secrets in every namespace, which deploy/warden does not
+// (TestDeployRBACCoversWhatWardenReads).
+func TestDeploySASecretsOverlay(t *testing.T) {
+	rendered, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy", "sa-secrets"))
+	if err != nil {
+		t.Fatalf("kubectl kustomize deploy/sa-secrets: %v\n%s", err, rendered)
+	}
+	if !strings.Contains(rendered, "- --sa-secrets") || !strings.Contains(rendered, "name: warden-sa-secrets") {
+		t.Fatalf("deploy/sa-secrets does not run --sa-secrets with its ClusterRole:\n%s", rendered)
+	}
+	base, err := apiserver.Kubectl(t, nil, "kustomize", filepath.Join(kubetest.RepoRoot(), "deploy", "warden"))
+	if err != nil || strings.Contains(base, "--sa-secrets") {
+		t.Fatalf("deploy/warden runs --sa-secrets (%v)", err)
+	}
+	overlay := filepath.Join(kubetest.RepoRoot(), "deploy", "sa-secrets", "rbac.yaml")
+	if out, err := apiserver.Kubectl(t, nil, "apply", "-f", overlay); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, nil, "delete", "-f", overlay, "--ignore-not-found") })
+	as := "--as=system:serviceaccount:warden-system:warden"
+	for _, args := range [][]string{{"create", "secrets", "-n", "default"}, {"update", "secrets", "-n", "default"}, {"delete", "secrets", "-n", "default"}, {"watch", "serviceaccounts", "-A"}} {
+		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, args...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if got := lines[len(lines)-1]; got != "yes" {
+			t.Errorf("with deploy/sa-secrets, can-i %s: %q, want yes", strings.Join(args, " "), got)
 		}
 	}
 }

@@ -71,7 +71,7 @@ func TestServeKubernetesMode(t *testing.T) {
 	app1 := apiserver.Namespace(t, "app")
 	apiserver.ServiceAccount(t, app1, "sleep")
 	httpAddr := testkit.FreeAddr(t)
-	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr)
+	addr, logs, _ := startServeWith(t, ns, "replica-a", "--http-listen", httpAddr, "--sa-secrets")
 	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
