@@ -36,11 +36,21 @@ type Authenticator interface {
 // ErrNoCredentials means an authenticator found nothing to check.
 var ErrNoCredentials = errors.New("no credentials")
 
+// ErrUnavailable marks an authenticator that could not check a
+// credential (the API server it asks is unreachable, or refuses warden
+// itself): the caller is answered Unavailable and may retry; its
+// credential is not counted as a forged one.
+var ErrUnavailable = errors.New("authentication unavailable")
+
 // Authenticate runs the chain: the first success wins; otherwise every
 // failure is reported, so a client sees why its token or certificate was
 // refused. Its errors carry no gRPC status: callers add their own.
+//
+// When no authenticator succeeded and one could not check at all
+// (ErrUnavailable), the error wraps ErrUnavailable.
 func Authenticate(ctx context.Context, chain ...Authenticator) (*Caller, error) {
 	var msgs []string
+	unavailable := false
 	for _, a := range chain {
 		c, err := a.Authenticate(ctx)
 		if err == nil {
@@ -49,9 +59,13 @@ func Authenticate(ctx context.Context, chain ...Authenticator) (*Caller, error) 
 		if !errors.Is(err, ErrNoCredentials) {
 			msgs = append(msgs, err.Error())
 		}
+		unavailable = unavailable || errors.Is(err, ErrUnavailable)
 	}
 	if len(msgs) == 0 {
 		return nil, errors.New("no credentials: send authorization: Bearer <token> or a client certificate")
+	}
+	if unavailable {
+		return nil, fmt.Errorf("%w: %s", ErrUnavailable, strings.Join(msgs, "; "))
 	}
 	return nil, errors.New(strings.Join(msgs, "; "))
 }

@@ -52,6 +52,7 @@ type Outcome string
 const (
 	Issued           Outcome = "issued"
 	Unauthenticated  Outcome = "unauthenticated"   // no or bad credentials
+	AuthUnavailable  Outcome = "auth_unavailable"  // credentials could not be checked (the API server did not answer)
 	InvalidCSR       Outcome = "invalid_csr"       // the CSR does not parse, or its key or signature is refused
 	IdentityMismatch Outcome = "identity_mismatch" // the CSR names another identity
 	InvalidTTL       Outcome = "invalid_ttl"       // the lifetime asked for is refused
@@ -133,6 +134,11 @@ func (s *Server) Register(r grpc.ServiceRegistrar) {
 // identity and returns the signed chain.
 func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	caller, err := Authenticate(ctx, s.cfg.Authenticators...)
+	if errors.Is(err, ErrUnavailable) {
+		s.observe(AuthUnavailable, 0)
+		s.cfg.Logger.Warn("certificate request not answered: its credentials cannot be checked now", "reason", err.Error())
+		return nil, status.Error(codes.Unavailable, err.Error())
+	}
 	if err != nil {
 		s.observe(Unauthenticated, 0)
 		s.cfg.Logger.Info("certificate request refused", "reason", err.Error())

@@ -17,6 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
@@ -392,6 +394,10 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	authenticate := func(ctx context.Context) (spiffeid.ID, error) {
 		c, err := server.Authenticate(ctx, auths...)
+		if errors.Is(err, server.ErrUnavailable) {
+			// Not a forged credential: the stream may retry.
+			return spiffeid.ID{}, status.Error(codes.Unavailable, err.Error())
+		}
 		if err != nil {
 			return spiffeid.ID{}, err
 		}

@@ -12,6 +12,7 @@ package metrics
 
 import (
 	"crypto/x509"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -42,10 +43,12 @@ type Registry struct {
 	convergence prometheus.Histogram
 	rejects     *prometheus.CounterVec
 
-	reviewTime     prometheus.Histogram
-	reviewCache    prometheus.Counter
-	revoked        prometheus.Counter
-	reviewRefusals prometheus.Counter
+	reviewTime      prometheus.Histogram
+	reviewCache     prometheus.Counter
+	revoked         prometheus.Counter
+	reviewErrors    prometheus.Counter
+	authUnavailable prometheus.Counter
+	reviewRefusals  prometheus.Counter
 }
 
 // New is a registry with the Go runtime's and the process's collectors
@@ -83,7 +86,9 @@ func New() *Registry {
 	r.reviewTime = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_tokenreview_seconds",
 		Help: "Time of a Kubernetes TokenReview (tokens not answered from the cache).", Buckets: prometheus.ExponentialBuckets(.001, 2, 14)})
 	r.reviewCache = counter("warden_tokenreview_cache_hits_total", "Bearer tokens accepted from the TokenReview cache, without an API call.")
-	r.reviewRefusals = counter("warden_tokenreview_failures_total", "TokenReviews that refused the token or failed to reach the API server.")
+	r.reviewRefusals = counter("warden_tokenreview_failures_total", "TokenReviews that refused the token.")
+	r.reviewErrors = counter("warden_tokenreview_errors_total", "TokenReviews the API server did not answer (unreachable, or refusing warden itself): the token was not judged, and the workload was answered Unavailable.")
+	r.authUnavailable = counter("warden_ca_authentication_unavailable_total", "Certificate requests answered Unavailable because their credentials could not be checked (TokenReview unanswered), apart from authentication failures.")
 	r.reg.MustRegister(r.signErr, r.signing, r.proxies, r.pushes, r.pushTime, r.convergence, r.rejects, r.reviewTime)
 	// Zero values exist before the first event, so rate() and alerts see
 	// them at once.
@@ -110,6 +115,8 @@ func (r *Registry) CertificateRequest(o server.Outcome, d time.Duration) {
 		r.signing.Observe(d.Seconds())
 	case server.Unauthenticated:
 		r.authn.Inc()
+	case server.AuthUnavailable:
+		r.authUnavailable.Inc()
 	case server.InvalidCSR:
 		r.parse.Inc()
 	case server.IdentityMismatch:
@@ -170,6 +177,8 @@ func (r *Registry) TokenReview(d time.Duration, cached bool, err error) {
 	case cached:
 		r.reviewCache.Inc()
 		return
+	case errors.Is(err, server.ErrUnavailable):
+		r.reviewErrors.Inc()
 	case err != nil:
 		r.reviewRefusals.Inc()
 	}

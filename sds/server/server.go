@@ -538,6 +538,9 @@ func TokenIdentify(authenticate Identify) Identify {
 			ctx = metadata.NewIncomingContext(ctx, md)
 		}
 		id, err := authenticate(ctx)
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable {
+			return spiffeid.ID{}, err // the credentials could not be checked: retry
+		}
 		if err != nil {
 			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: "+err.Error())
 		}

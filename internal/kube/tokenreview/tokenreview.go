@@ -13,6 +13,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	authnv1 "k8s.io/api/authentication/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -82,7 +83,12 @@ func (a *Authenticator) review(ctx context.Context, raw string, now time.Time) (
 		Spec: authnv1.TokenReviewSpec{Token: raw, Audiences: auds},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("tokenreview: API server: %w", err)
+		// The token was not judged: the API server did not answer, or
+		// refused warden itself. Unavailable, not a forged token.
+		if apierrors.IsForbidden(err) {
+			return nil, fmt.Errorf("%w: tokenreview: warden may not create TokenReviews (%v): grant it create on tokenreviews.authentication.k8s.io (deploy/warden/rbac.yaml)", server.ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("%w: tokenreview: the API server did not review the token: %v; new workloads cannot be authenticated until it answers (tokens already reviewed still are)", server.ErrUnavailable, err)
 	}
 	st := tr.Status
 	if !st.Authenticated {

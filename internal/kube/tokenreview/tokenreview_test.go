@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
@@ -105,5 +107,23 @@ func wantCode(t *testing.T, err error, code codes.Code, msg string) {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != code || !strings.Contains(st.Message(), msg) {
 		t.Fatalf("err = %v\nwant %s containing %q", err, code, msg)
+	}
+}
+
+// TestTokenReviewForbiddenIsUnavailable: warden without the RBAC to create
+// TokenReviews (here: a user with no role) cannot judge a token: the
+// workload is answered Unavailable, with the missing grant named, not
+// Unauthenticated as for a forged token.
+func TestTokenReviewForbiddenIsUnavailable(t *testing.T) {
+	ns := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, ns, "sleep")
+	cfg := rest.CopyConfig(apiserver.Config)
+	cfg.CertData, cfg.KeyData, cfg.CertFile, cfg.KeyFile = nil, nil, "", ""
+	cfg.BearerToken = kubetest.UserToken
+	c := caServer(t, &tokenreview.Authenticator{Client: kubernetes.NewForConfigOrDie(cfg), TrustDomain: catest.TrustDomain})
+	_, err := c.Request(kubetest.Context(t), client.Request{Token: apiserver.Token(t, ns, "sleep", "istio-ca")})
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "warden may not create TokenReviews") || !strings.Contains(st.Message(), "grant it create on tokenreviews.authentication.k8s.io") {
+		t.Fatalf("a TokenReview warden may not create: %v, want Unavailable naming the grant", err)
 	}
 }

@@ -1,0 +1,86 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
+)
+
+// TestTokenReviewOutageIsUnavailable: with the replica's path to the API
+// server cut, a new workload's token cannot be reviewed: the workload is
+// answered Unavailable, saying so, and it counts as the CA being
+// unavailable, not as a forged token (warden_ca_authentication_unavailable_total,
+// not citadel_server_authentication_failure_count). Once the path is back,
+// the same token gets its certificate.
+func TestTokenReviewOutageIsUnavailable(t *testing.T) {
+	ns := apiserver.Namespace(t, "warden")
+	app1 := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, app1, "sleep")
+	link := apiserver.Link(t)
+	httpAddr := testkit.FreeAddr(t)
+	addr, logs, _ := startServeWith(t, ns, "replica-a", "--kubeconfig", link.Kubeconfig, "--http-listen", httpAddr)
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("istio-ca-secret: %v\n%s", err, logs.String())
+	}
+	dir := t.TempDir()
+	root, tok := filepath.Join(dir, "root.pem"), filepath.Join(dir, "token")
+	os.WriteFile(root, sec.Data["root-cert.pem"], 0o600)
+	os.WriteFile(tok, []byte(apiserver.Token(t, app1, "sleep", "istio-ca")), 0o600)
+	request := func() (int, string) {
+		var out bytes.Buffer
+		code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", t.TempDir()}, &out, &out)
+		return code, out.String()
+	}
+	metric := func(name string) string {
+		resp, err := http.Get("http://" + httpAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, name+" "); ok {
+				return v
+			}
+		}
+		return ""
+	}
+
+	link.Cut()
+	code, out := request()
+	if code != 1 || !strings.Contains(out, "code = Unavailable") || !strings.Contains(out, "the API server did not review the token") {
+		t.Fatalf("cert request with the API server unreachable: exit %d\n%s", code, out)
+	}
+	if got := metric("warden_ca_authentication_unavailable_total"); got != "1" {
+		t.Errorf("warden_ca_authentication_unavailable_total = %q, want 1", got)
+	}
+	if got := metric("citadel_server_authentication_failure_count"); got != "0" {
+		t.Errorf("citadel_server_authentication_failure_count = %q, want 0: an outage is not a forged token", got)
+	}
+	if got := metric("warden_tokenreview_errors_total"); got != "1" {
+		t.Errorf("warden_tokenreview_errors_total = %q, want 1", got)
+	}
+
+	link.Restore(t)
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if code, out := request(); code != 0 {
+			return errors.New(out)
+		}
+		return nil
+	})
+}
