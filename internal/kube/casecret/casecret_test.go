@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -179,4 +180,65 @@ func TestPluggedInSwitchBeforeWatch(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestIstiodEraSecretLayouts: istio-ca-secret as Citadel and istiod
+// releases wrote it — root-cert.pem, cert-chain.pem and key.pem empty, or
+// absent — is read as istiod reads it: the self-signed ca-cert.pem is the
+// root. A ca-cert.pem that is not self-signed takes its root from the end
+// of cert-chain.pem; with neither, the error says what is missing and how
+// an empty root-cert.pem is read.
+func TestIstiodEraSecretLayouts(t *testing.T) {
+	root := catest.Root(t, ca.CAOptions{CommonName: "Istio CA", Organization: "cluster.local"})
+	files, err := root.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := ca.NewIntermediate(root, ca.CAOptions{CommonName: "intermediate", Organization: "cluster.local", TTL: 24 * time.Hour, MaxPathLen: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	interFiles, err := inter.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name     string
+		data     map[string][]byte
+		wantRoot *x509.Certificate
+		wantErr  string
+	}{
+		{"citadel and istiod: root-cert.pem, cert-chain.pem and key.pem empty", map[string][]byte{
+			"ca-cert.pem": files.CACert, "ca-key.pem": files.CAKey, "cert-chain.pem": {}, "key.pem": {}, "root-cert.pem": {}}, root.Roots[0], ""},
+		{"only ca-cert.pem and ca-key.pem", map[string][]byte{"ca-cert.pem": files.CACert, "ca-key.pem": files.CAKey}, root.Roots[0], ""},
+		{"an intermediate with its chain", map[string][]byte{
+			"ca-cert.pem": interFiles.CACert, "ca-key.pem": interFiles.CAKey, "cert-chain.pem": interFiles.CertChain, "root-cert.pem": {}}, root.Roots[0], ""},
+		{"an intermediate without a chain", map[string][]byte{"ca-cert.pem": interFiles.CACert, "ca-key.pem": interFiles.CAKey},
+			nil, "lacks [root-cert.pem] (or tls.crt, tls.key, ca.crt); an empty root-cert.pem is read from ca-cert.pem when that is self-signed, else from the last certificate of cert-chain.pem"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns := apiserver.Namespace(t, "istiod-era")
+			if _, err := apiserver.Client.CoreV1().Secrets(ns).Create(kubetest.Context(t), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: casecret.Name},
+				Type: "istio.io/ca-root", Data: c.data}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			// As serve reads it: the store, then the material.
+			m, _, err := ca.LoadOrCreate(kubetest.Context(t), &casecret.Store{Client: apiserver.Client, Namespace: ns}, ca.SystemClock{}, func() (*ca.Material, error) {
+				t.Fatal("a new root was made although istio-ca-secret exists")
+				return nil, nil
+			})
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("%v, want an error containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Roots) != 1 || !m.Roots[0].Equal(c.wantRoot) {
+				t.Fatalf("roots %v, want Istio's root", m.Roots)
+			}
+		})
+	}
 }

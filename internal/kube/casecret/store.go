@@ -7,7 +7,9 @@
 package casecret
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"time"
@@ -115,6 +117,15 @@ func filesFromSecret(sec *corev1.Secret) (ca.Files, error) {
 	if len(f.CACert) == 0 && len(d["tls.crt"]) > 0 {
 		f = ca.Files{CACert: firstPEM(d["tls.crt"]), CAKey: d["tls.key"], CertChain: d["tls.crt"], RootCert: d["ca.crt"]}
 	}
+	if len(bytes.TrimSpace(f.RootCert)) == 0 {
+		// Citadel and istiod write istio-ca-secret with root-cert.pem (and
+		// cert-chain.pem, key.pem) empty and read only ca-cert.pem and
+		// ca-key.pem: their CA is self-signed, so ca-cert.pem is the root
+		// (security/pkg/pki/ca: VerifyAndSetAll(caCert, caKey, nil,
+		// caCert)). A ca-cert.pem that is not self-signed takes its root
+		// from the end of cert-chain.pem.
+		f.RootCert = impliedRoot(f)
+	}
 	var missing []string
 	for k, v := range map[string][]byte{ca.FileCACert: f.CACert, ca.FileCAKey: f.CAKey, ca.FileRootCert: f.RootCert} {
 		if len(v) == 0 {
@@ -122,9 +133,25 @@ func filesFromSecret(sec *corev1.Secret) (ca.Files, error) {
 		}
 	}
 	if len(missing) > 0 {
-		return ca.Files{}, fmt.Errorf("kube: secret %s/%s lacks %v (or tls.crt, tls.key, ca.crt)", sec.Namespace, sec.Name, missing)
+		return ca.Files{}, fmt.Errorf("kube: secret %s/%s lacks %v (or tls.crt, tls.key, ca.crt); an empty root-cert.pem is read from ca-cert.pem when that is self-signed, else from the last certificate of cert-chain.pem", sec.Namespace, sec.Name, missing)
 	}
 	return f, nil
+}
+
+// impliedRoot is the root of a secret that names none: ca-cert.pem when it
+// is self-signed, else the last certificate of cert-chain.pem when that
+// one is; nil when neither is.
+func impliedRoot(f ca.Files) []byte {
+	selfSigned := func(c *x509.Certificate) bool {
+		return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+	}
+	if certs, err := ca.ParseCerts(f.CACert); err == nil && len(certs) == 1 && selfSigned(certs[0]) {
+		return f.CACert
+	}
+	if chain, err := ca.ParseCerts(f.CertChain); err == nil && len(chain) > 0 && selfSigned(chain[len(chain)-1]) {
+		return ca.EncodeCerts(chain[len(chain)-1])
+	}
+	return nil
 }
 
 // firstPEM returns the first PEM block of data, re-encoded.
