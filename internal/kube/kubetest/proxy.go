@@ -19,9 +19,10 @@ type Link struct {
 	addr       string // the proxy's
 	target     string // the API server's
 
-	mu    sync.Mutex
-	lis   net.Listener
-	conns map[net.Conn]bool
+	mu         sync.Mutex
+	lis        net.Listener
+	conns      map[net.Conn]bool
+	blackholed bool
 }
 
 // Link starts a proxy to the API server and writes a kubeconfig that goes
@@ -66,24 +67,65 @@ func (l *Link) serve(lis net.Listener) {
 			if err != nil {
 				return
 			}
+			l.mu.Lock()
+			switch {
+			case l.lis != lis: // cut meanwhile
+				l.mu.Unlock()
+				c.Close()
+				return
+			case l.blackholed: // taken, never answered
+				l.conns[c] = true
+				l.mu.Unlock()
+				go func() { _, _ = io.Copy(io.Discard, c) }()
+				continue
+			}
+			l.mu.Unlock()
 			up, err := net.Dial("tcp", l.target)
 			if err != nil {
 				c.Close()
 				continue
 			}
 			l.mu.Lock()
-			if l.lis != lis { // cut meanwhile
-				l.mu.Unlock()
-				c.Close()
-				up.Close()
-				return
-			}
 			l.conns[c], l.conns[up] = true, true
 			l.mu.Unlock()
-			go func() { _, _ = io.Copy(up, c); up.Close() }()
-			go func() { _, _ = io.Copy(c, up); c.Close() }()
+			go func() {
+				_, _ = io.Copy(up, c)
+				if !l.isBlackholed() {
+					up.Close()
+				}
+			}()
+			go func() {
+				_, _ = io.Copy(c, up)
+				if l.isBlackholed() {
+					// The client's connection stays open and silent.
+					_, _ = io.Copy(io.Discard, c)
+					return
+				}
+				c.Close()
+			}()
 		}
 	}()
+}
+
+func (l *Link) isBlackholed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.blackholed
+}
+
+// Blackhole drops everything from now on without closing anything, as a
+// partition that loses packets does: requests hang until their clients
+// give up, new connections are taken and never answered.
+func (l *Link) Blackhole() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.blackholed = true
+	for c := range l.conns {
+		if c.RemoteAddr().String() == l.target { // the API server's side
+			c.Close()
+			delete(l.conns, c)
+		}
+	}
 }
 
 // Cut stops the proxy: open connections are closed, new ones refused.
@@ -100,9 +142,17 @@ func (l *Link) Cut() {
 	l.conns = map[net.Conn]bool{}
 }
 
-// Restore listens again on the same address.
+// Restore ends a cut or a blackhole: the proxy forwards again on the
+// same address (connections held by a blackhole are closed).
 func (l *Link) Restore(t testing.TB) {
 	t.Helper()
+	l.mu.Lock()
+	wasBlackholed := l.blackholed
+	l.blackholed = false
+	l.mu.Unlock()
+	if wasBlackholed {
+		l.Cut()
+	}
 	lis, err := net.Listen("tcp", l.addr)
 	if err != nil {
 		t.Fatal(err)

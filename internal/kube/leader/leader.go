@@ -5,17 +5,35 @@ package leader
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
+// Timing of the Lease. The Lease outlives two renewal deadlines, so that
+// a leader that stops at its first failed renewal (or at the latest at
+// its deadline) has stopped its work well before another replica can
+// take the Lease.
+const (
+	LeaseDuration = 15 * time.Second
+	RenewDeadline = 7 * time.Second
+	RetryPeriod   = 2 * time.Second
+)
+
 // Election runs Lead while this replica holds the Lease; only the leader
 // writes shared objects (bundle ConfigMaps, per-SA Secrets). Every replica
 // keeps signing regardless.
+//
+// Lead's context ends at the first renewal of the Lease that fails (not
+// when the renewal deadline passes, nor after the Lease is released), and
+// Lead must return before this replica campaigns again: so one replica's
+// leader work has stopped before its Lease can expire, and two never
+// overlap.
 type Election struct {
 	Client    kubernetes.Interface
 	Namespace string
@@ -34,25 +52,91 @@ func (l *Election) Run(ctx context.Context) {
 	if name == "" {
 		name = "warden-leader"
 	}
-	lock := &resourcelock.LeaseLock{
+	base := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Name: name, Namespace: l.Namespace},
 		Client:     l.Client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: l.Identity},
 	}
 	for ctx.Err() == nil {
-		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-			Lock:            lock,
-			ReleaseOnCancel: true,
-			LeaseDuration:   15 * time.Second,
-			RenewDeadline:   10 * time.Second,
-			RetryPeriod:     2 * time.Second,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					l.Log.Info("elected leader", "identity", l.Identity)
-					l.Lead(ctx)
-				},
-				OnStoppedLeading: func() { l.Log.Info("stopped leading", "identity", l.Identity) },
-			},
-		})
+		l.round(ctx, base)
 	}
+}
+
+// round is one campaign: acquire, lead, and stop leading.
+func (l *Election) round(ctx context.Context, base resourcelock.Interface) {
+	round, endRound := context.WithCancel(ctx)
+	defer endRound()
+	var mu sync.Mutex
+	var stopWork context.CancelFunc // set while leading
+	lock := &watchedLock{Interface: base, failed: func(err error) {
+		mu.Lock()
+		stop := stopWork
+		stopWork = nil
+		mu.Unlock()
+		if stop != nil {
+			l.Log.Warn("the leader's Lease could not be renewed: stopping the leader's work now, before the Lease can expire", "identity", l.Identity, "error", err.Error())
+			stop()
+			endRound() // and give the Lease up (or let it expire)
+		}
+	}}
+	done := make(chan struct{})
+	started := false
+	leaderelection.RunOrDie(round, leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		ReleaseOnCancel: true,
+		LeaseDuration:   LeaseDuration,
+		RenewDeadline:   RenewDeadline,
+		RetryPeriod:     RetryPeriod,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(lctx context.Context) {
+				defer close(done)
+				work, cancel := context.WithCancel(lctx)
+				defer cancel()
+				mu.Lock()
+				started, stopWork = true, cancel
+				mu.Unlock()
+				l.Log.Info("elected leader", "identity", l.Identity)
+				l.Lead(work)
+			},
+			OnStoppedLeading: func() {
+				mu.Lock()
+				stop := stopWork
+				stopWork = nil
+				mu.Unlock()
+				if stop != nil {
+					stop()
+				}
+			},
+		},
+	})
+	mu.Lock()
+	wasLeader := started
+	mu.Unlock()
+	if wasLeader {
+		<-done // the leader's work has returned before the next campaign
+		l.Log.Info("stopped leading", "identity", l.Identity)
+	}
+}
+
+// watchedLock is a Lease lock that reports a failed read or write of the
+// Lease as it happens.
+type watchedLock struct {
+	resourcelock.Interface
+	failed func(error)
+}
+
+func (w *watchedLock) Get(ctx context.Context) (*resourcelock.LeaderElectionRecord, []byte, error) {
+	r, raw, err := w.Interface.Get(ctx)
+	if err != nil && !apierrors.IsNotFound(err) {
+		w.failed(err)
+	}
+	return r, raw, err
+}
+
+func (w *watchedLock) Update(ctx context.Context, ler resourcelock.LeaderElectionRecord) error {
+	err := w.Interface.Update(ctx, ler)
+	if err != nil {
+		w.failed(err)
+	}
+	return err
 }
