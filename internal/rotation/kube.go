@@ -16,7 +16,8 @@ import (
 // requests from the rotation ConfigMap and reports its status there.
 func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 	// Other replicas' streams: each reports its own while a new root is
-	// published, and the leader counts the fresh reports.
+	// published, and the leader counts them; a replica that stopped
+	// reporting counts until its pod is gone.
 	r.AddConsumer("replicas", func(fp string) (int, []string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -26,7 +27,26 @@ func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 		}
 		total, missing, now := 0, []string(nil), r.clock.Now()
 		for _, rep := range reports {
-			if rep.Replica == replica || now.Sub(rep.At) > replicaReportFresh {
+			if rep.Replica == replica {
+				continue
+			}
+			if quiet := now.Sub(rep.At); quiet > replicaReportFresh {
+				// Quiet is not gone: a replica cut off from the API server
+				// may still serve its workloads, which would refuse the new
+				// root's peers. Gone is its pod gone; its report goes too.
+				running, err := store.ReplicaRunning(ctx, rep.Replica)
+				switch {
+				case err != nil:
+					total++
+					missing = append(missing, fmt.Sprintf("replica %s (silent for %s; whether its pod runs is unknown: %v)", rep.Replica, quiet.Round(time.Second), err))
+				case running:
+					total++
+					missing = append(missing, fmt.Sprintf("replica %s (silent for %s, and its pod still runs: it may serve workloads without the new root; activation waits until it reports again or its pod is gone, or --force)", rep.Replica, quiet.Round(time.Second)))
+				default:
+					if err := store.DeleteReport(ctx, rep.Replica); err != nil {
+						r.log.Warn("root rotation: removing the report of a replica whose pod is gone", "replica", rep.Replica, "error", err.Error())
+					}
+				}
 				continue
 			}
 			if rep.NextRoot != fp {

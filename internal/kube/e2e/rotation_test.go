@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/wardenmesh/warden/ca"
@@ -77,7 +78,7 @@ func twoReplicas(t *testing.T) (ns, shop string, a, b replica) {
 	ns = apiserver.Namespace(t, "warden")
 	shop = apiserver.Namespace(t, "shop")
 	apiserver.ServiceAccount(t, shop, "cart")
-	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0", "--sa-secrets"}
 	a.addr, a.logs, a.stop = startServeWith(t, ns, "replica-a", flags...)
 	waitBundle(t, shop)
 	b.addr, b.logs, b.stop = startServeWith(t, ns, "replica-b", flags...)
@@ -219,4 +220,67 @@ func TestKubeRotationWaitsForOtherReplicasStreams(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestKubeRotationHeldByPartitionedReplica: replica b, whose path to the
+// API server is blackholed while it keeps serving an agent's stream that
+// holds only the old root, stops reporting. A silent replica whose pod
+// still runs holds activation (--status names it), however long it stays
+// silent; once its pod is gone, its report is removed and activation
+// goes on.
+func TestKubeRotationHeldByPartitionedReplica(t *testing.T) {
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	apiserver.ServiceAccount(t, shop, "cart")
+	for _, name := range []string{"replica-a", "replica-b"} { // the replicas' pods, as a Deployment's
+		if _, err := apiserver.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr(false), Containers: []corev1.Container{{Name: "warden", Image: "warden"}}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	_, logsA, _ := startServeWith(t, ns, "replica-a", flags...)
+	waitBundle(t, shop)
+	link := apiserver.Link(t)
+	addrB, logsB, _ := startServeWith(t, ns, "replica-b", append(flags, "--kubeconfig", link.Kubeconfig)...)
+	t.Cleanup(func() { link.Restore(t) }) // b stops cleanly
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(ctx, casecret.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.SilentBundleStream(t, addrB, sec.Data["root-cert.pem"], apiserver.Token(t, shop, "cart", "istio-ca"))
+	rotate := kubeRotate(t, ns, logsA, logsB)
+	rotate("publish")
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if st := rotate("--status"); !strings.Contains(st, "replica replica-b: spiffe://cluster.local/ns/"+shop+"/sa/cart (sds stream") {
+			return fmt.Errorf("replica b's stream is not reported yet:\n%s", st)
+		}
+		return nil
+	})
+	link.Blackhole()
+	rotate("activate")
+	var status string
+	kubetest.Eventually(t, 60*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "replica replica-b (silent for") || !strings.Contains(status, "its pod still runs") {
+			return fmt.Errorf("the silent replica is not named:\n%s", status)
+		}
+		return nil
+	})
+	if !strings.Contains(status, "phase: published") {
+		t.Fatalf("activated past a silent replica whose pod runs:\n%s", status)
+	}
+	// Its pod goes (the node died, kubectl delete pod): it is gone.
+	if err := apiserver.Client.CoreV1().Pods(ns).Delete(ctx, "replica-b", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
+			return fmt.Errorf("not activated once replica b's pod is gone:\n%s", status)
+		}
+		return nil
+	})
+	if _, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rotationstore.ConfigMap+"-replica-b", metav1.GetOptions{}); err == nil {
+		t.Error("the report of replica b, whose pod is gone, is still there")
+	}
 }

@@ -331,3 +331,19 @@ func (s *Store) ReadReports(ctx context.Context) ([]ReplicaReport, error) {
 	}
 	return out, nil
 }
+
+// ReplicaRunning says whether replica may still be running: a Pod of that
+// name exists in the install's namespace and has not finished (a replica
+// is its pod, named by --replica-id from POD_NAME). A replica that went
+// quiet but whose pod is there may still serve workloads over a path the
+// API server cannot see; one whose pod is gone is gone.
+func (s *Store) ReplicaRunning(ctx context.Context, replica string) (bool, error) {
+	pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, replica, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed, nil
+}
