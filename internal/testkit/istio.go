@@ -4,13 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 )
 
@@ -23,44 +18,13 @@ import (
 // hack/istioauthz.sh build it (minutes, once; cached).
 const IstioOracleEnv = "WARDEN_ISTIO_AUTHZ_BIN"
 
-// RepoRoot is the warden checkout this package lives in.
-func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
-var (
-	oracleOnce sync.Once
-	oracleBin  string
-	oracleErr  error
-)
+var oracle = Tool{Env: IstioOracleEnv, Script: "istioauthz.sh", What: "Istio oracle"}
 
 // IstioOracle returns the oracle's path: $WARDEN_ISTIO_AUTHZ_BIN, or what
 // hack/istioauthz.sh prints (building it on first use).
 func IstioOracle(t testing.TB) string {
 	t.Helper()
-	oracleOnce.Do(func() {
-		if p := os.Getenv(IstioOracleEnv); p != "" {
-			oracleBin = p
-			return
-		}
-		cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "istioauthz.sh"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			oracleErr = fmt.Errorf("hack/istioauthz.sh: %v\n%s", err, stderr.String())
-			return
-		}
-		oracleBin = strings.TrimSpace(string(out))
-	})
-	if oracleErr != nil {
-		t.Fatal(oracleErr)
-	}
-	if _, err := os.Stat(oracleBin); err != nil {
-		t.Fatalf("Istio oracle: %v (unset %s to have hack/istioauthz.sh build it)", err, IstioOracleEnv)
-	}
-	return oracleBin
+	return oracle.Path(t)
 }
 
 // AskIstio runs cases (one JSON line each) through one oracle process

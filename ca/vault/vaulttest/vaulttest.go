@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,44 +49,16 @@ type Server struct {
 // syncBuffer is safe for the process's writer and a test.
 type syncBuffer = testkit.Buffer
 
-// RepoRoot is the warden checkout this package lives in.
-func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
-}
+// RepoRoot is the warden checkout.
+func RepoRoot() string { return testkit.RepoRoot() }
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+var vaultBin = testkit.Tool{Env: BinaryEnv, Script: "vault-binary.sh", What: "test Vault binary"}
 
 // Binary returns the test Vault's path: $WARDEN_VAULT_BIN, or what
 // hack/vault-binary.sh prints (building it on first use; minutes).
 func Binary(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() {
-		if p := os.Getenv(BinaryEnv); p != "" {
-			binPath = p
-			return
-		}
-		cmd := exec.Command(filepath.Join(RepoRoot(), "hack", "vault-binary.sh"))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			binErr = fmt.Errorf("hack/vault-binary.sh: %v\n%s", err, stderr.String())
-			return
-		}
-		binPath = strings.TrimSpace(string(out))
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	if _, err := os.Stat(binPath); err != nil {
-		t.Fatalf("test Vault binary: %v (unset %s to have hack/vault-binary.sh build it)", err, BinaryEnv)
-	}
-	return binPath
+	return vaultBin.Path(t)
 }
 
 // Start runs a fresh Vault; it is killed when the test ends.

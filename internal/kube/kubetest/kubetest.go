@@ -14,10 +14,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
+	"github.com/wardenmesh/warden/internal/testkit"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,11 +37,8 @@ type Server struct {
 	Assets     string               // $KUBEBUILDER_ASSETS: kube-apiserver, etcd, and kubectl when built
 }
 
-// RepoRoot is the warden checkout this package lives in.
-func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
-}
+// RepoRoot is the warden checkout.
+func RepoRoot() string { return testkit.RepoRoot() }
 
 // Main starts the API server, fills in s, runs the tests and exits with
 // their result. Call it from TestMain.
