@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -277,17 +276,7 @@ func pemChain(chain []*x509.Certificate) [][]byte {
 
 func metricValue(t *testing.T, body, name string) float64 {
 	t.Helper()
-	for _, l := range strings.Split(body, "\n") {
-		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
-			v, err := strconv.ParseFloat(f[1], 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return v
-		}
-	}
-	t.Fatalf("no %s in:\n%s", name, body)
-	return 0
+	return testkit.MetricValue(t, body, name)
 }
 
 // TestServeVaultWritesRootCert: in Vault mode warden serve writes Vault's

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,34 +44,21 @@ func TestTokenReviewOutageIsUnavailable(t *testing.T) {
 		code := app.Run(context.Background(), []string{"cert", "request", "--ca", addr, "--root-cert", root, "--token-file", tok, "--out", t.TempDir()}, &out, &out)
 		return code, out.String()
 	}
-	metric := func(name string) string {
-		resp, err := http.Get("http://" + httpAddr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, name+" "); ok {
-				return v
-			}
-		}
-		return ""
-	}
+	metric := func(name string) float64 { return metricValue(t, "http://"+httpAddr+"/metrics", name) }
 
 	link.Cut()
 	code, out := request()
 	if code != 1 || !strings.Contains(out, "code = Unavailable") || !strings.Contains(out, "the API server did not review the token") {
 		t.Fatalf("cert request with the API server unreachable: exit %d\n%s", code, out)
 	}
-	if got := metric("warden_ca_authentication_unavailable_total"); got != "1" {
-		t.Errorf("warden_ca_authentication_unavailable_total = %q, want 1", got)
+	if got := metric("warden_ca_authentication_unavailable_total"); got != 1 {
+		t.Errorf("warden_ca_authentication_unavailable_total = %v, want 1", got)
 	}
-	if got := metric("citadel_server_authentication_failure_count"); got != "0" {
-		t.Errorf("citadel_server_authentication_failure_count = %q, want 0: an outage is not a forged token", got)
+	if got := metric("citadel_server_authentication_failure_count"); got != 0 {
+		t.Errorf("citadel_server_authentication_failure_count = %v, want 0: an outage is not a forged token", got)
 	}
-	if got := metric("warden_tokenreview_errors_total"); got != "1" {
-		t.Errorf("warden_tokenreview_errors_total = %q, want 1", got)
+	if got := metric("warden_tokenreview_errors_total"); got != 1 {
+		t.Errorf("warden_tokenreview_errors_total = %v, want 1", got)
 	}
 
 	link.Restore(t)

@@ -156,17 +156,7 @@ func (s *Server) Kubectl(t testing.TB, stdin []byte, args ...string) (string, er
 // Eventually polls cond until it returns nil or the timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %v", timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, timeout, cond)
 }
 
 // Context is cancelled when the test ends.
