@@ -51,7 +51,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.sdsSocket, "sds-socket", "warden-agent/sds.sock", "Unix socket to serve SDS on")
 	fs.StringVar(&f.wapiSocket, "workload-api-socket", "warden-agent/workload.sock", "Unix socket for the SPIFFE Workload API; empty disables")
 	fs.StringVar(&f.outDir, "output-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem here (for proxyless gRPC's file_watcher)")
-	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048 (also ecdsa-p384, rsa-4096)")
+	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	fs.DurationVar(&f.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
 	fs.BoolVar(&f.nodeAgent, "node-agent", false, "serve several workloads: each SDS stream authenticates with its own token in gRPC metadata")
 	f.socketMode = 0o600

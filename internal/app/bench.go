@@ -27,7 +27,7 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	conns := fs.Int("conns", 0, "gRPC connections (default one per 8 callers)")
 	dur := fs.Duration("duration", 10*time.Second, "measured duration")
 	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up")
-	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
 	fleet := fs.Int("fleet", 0, "fleet mode: prepare this many distinct tokens, one per request, so the server verifies every token (a scale-up); 0: each caller reuses one token (renewals, answered from the token cache)")
 	runs := fs.Int("runs", 1, "measured runs; with more than one, the median throughput is reported too")

@@ -216,7 +216,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	caID := caIDFlag(fs)
 	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
-	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	want := fs.String("spiffe-id", "", "put this SPIFFE ID in the CSR (the CA refuses any but the caller's own)")
 	renew := fs.Bool("renew", false, "authenticate with the SVID already in --out (mTLS) and replace it")
 	overwrite := fs.Bool("overwrite", false, "replace existing files in --out")

@@ -3,6 +3,8 @@ package app_test
 import (
 	"strings"
 	"testing"
+
+	"github.com/wardenmesh/warden/ca"
 )
 
 // TestHelpShowsSynopsis: every command's -h starts with its synopsis,
@@ -60,6 +62,28 @@ func TestHelpShowsSynopsis(t *testing.T) {
 	for cmd := range want {
 		if !strings.Contains(list, "  warden "+cmd+" ") {
 			t.Errorf("warden help does not list %s:\n%s", cmd, list)
+		}
+	}
+}
+
+// TestKeyTypeValuesListed: every key-type flag lists the same values,
+// every type warden can generate (ca.KeyTypes).
+func TestKeyTypeValuesListed(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ cmd, flag string }{
+		{"cert request", "key-type"}, {"agent", "key-type"}, {"bench ca", "key-type"}, {"serve", "ca-key-type"},
+	} {
+		_, _, help := run(t, append(strings.Fields(c.cmd), "-h")...)
+		_, after, ok := strings.Cut(help, "\n  -"+c.flag+" string\n")
+		desc, _, _ := strings.Cut(after, "\n")
+		if !ok {
+			t.Errorf("warden %s -h has no --%s:\n%s", c.cmd, c.flag, help)
+			continue
+		}
+		for _, kt := range ca.KeyTypes {
+			if !strings.Contains(desc, string(kt)) {
+				t.Errorf("warden %s --%s: %q does not list %s", c.cmd, c.flag, strings.TrimSpace(desc), kt)
+			}
 		}
 	}
 }
