@@ -35,6 +35,7 @@ type agentFlags struct {
 	caID                                  *string
 	sdsSocket, wapiSocket, outDir         string
 	keyType, logLevel, metricsListen      string
+	anchors                               []*x509.Certificate // read from rootFile
 	ttl                                   time.Duration
 	nodeAgent                             bool
 	socketMode                            uint
@@ -44,7 +45,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	var f agentFlags
 	fs := e.flags("agent")
 	fs.StringVar(&f.addr, "ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
-	fs.StringVar(&f.rootFile, "root-cert", e.rootCertDefault(e.dataDirDefault()), "trust anchors: the CA's TLS certificate and the mesh bundle (default: $WARDEN_ROOT_CERT, else the data directory's, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
+	fs.StringVar(&f.rootFile, "root-cert", "", "trust anchors: the CA's TLS certificate and the mesh bundle (default $WARDEN_ROOT_CERT, else the data directory's (env WARDEN_DATA_DIR), else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	f.caID = caIDFlag(fs)
 	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca); not read with --node-agent, whose callers each send their own")
@@ -64,6 +65,11 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	if err := f.check(); err != nil {
 		return err
 	}
+	anchors, err := trustAnchors(f.rootFile, e.rootCertDefault(e.dataDirDefault()), "$WARDEN_DATA_DIR")
+	if err != nil {
+		return err
+	}
+	f.anchors = anchors
 	log, err := e.logger(f.logLevel)
 	if err != nil {
 		return err
@@ -128,12 +134,8 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	pool, err := readPool(f.rootFile)
-	if err != nil {
-		return nil, fmt.Errorf("the trust anchors for the CA (--root-cert): %w", err)
-	}
-	b, _ := os.ReadFile(f.rootFile)
-	fileRoots, _ := ca.ParseCerts(b)
+	pool := certPool(f.anchors)
+	fileRoots := f.anchors
 	a := &agent{log: log, f: f, fileRoots: fileRoots, bundles: ca.NewBundles(fileRoots)}
 	if f.serverName == "" {
 		f.serverName, _, _ = net.SplitHostPort(f.addr)

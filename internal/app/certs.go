@@ -244,17 +244,11 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("%s already exists; pass --renew to rotate it or --overwrite to replace it", filepath.Join(*out, fileKey))
 		}
 	}
-	defaultRoot := *rootFile == ""
-	if defaultRoot {
-		*rootFile = e.rootCertDefault(*dataDir)
-	}
-	roots, err := readPool(*rootFile)
-	if errors.Is(err, os.ErrNotExist) && defaultRoot {
-		return fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): on Kubernetes, the bundle warden publishes, which a pod mounts from the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", errUsage, *rootFile, podRootCert)
-	}
+	anchors, err := trustAnchors(*rootFile, e.rootCertDefault(*dataDir), "--data-dir")
 	if err != nil {
 		return err
 	}
+	roots := certPool(anchors)
 	serverID, err := parseCAID(*caID)
 	if err != nil {
 		return err
@@ -272,12 +266,8 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("--renew: %w", err)
 		}
 		cfg.ClientCert = cur
-	} else {
-		b, err := os.ReadFile(*tokenFile)
-		if err != nil {
-			return err
-		}
-		tok = strings.TrimSpace(string(b))
+	} else if tok, err = client.ReadTokenFile(*tokenFile); err != nil {
+		return err
 	}
 	c, err := client.New(cfg)
 	if err != nil {
@@ -309,6 +299,43 @@ func vaultDir(dataDir string) bool {
 		}
 	}
 	return true
+}
+
+// trustAnchors reads the trust anchors for warden's serving certificate,
+// --root-cert of cert request and agent: rootFile, or def when it is
+// empty (rootCertDefault's choice; dataDirFlag says how that command is
+// given its data directory). A file that does not exist is named with
+// where the bundle is, in a cluster and in standalone mode.
+func trustAnchors(rootFile, def, dataDirFlag string) ([]*x509.Certificate, error) {
+	path := rootFile
+	if path == "" {
+		path = def
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		where := fmt.Sprintf("the bundle warden publishes: on Kubernetes, the pod's mount of the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (%s)", podRootCert, dataDirFlag)
+		if rootFile == "" {
+			return nil, fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): %s", errUsage, path, where)
+		}
+		return nil, fmt.Errorf("%w: no trust anchors for warden's serving certificate: --root-cert %s does not exist. Give %s", errUsage, path, where)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("the trust anchors for warden's serving certificate (--root-cert): %w", err)
+	}
+	certs, err := ca.ParseCerts(b)
+	if err != nil {
+		return nil, fmt.Errorf("the trust anchors for warden's serving certificate (--root-cert): %s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// certPool is a pool of certs.
+func certPool(certs []*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
 }
 
 func readPool(path string) (*x509.CertPool, error) {
