@@ -31,21 +31,21 @@ import (
 )
 
 type agentFlags struct {
-	addr, rootFile, serverName, tokenFile string
-	caID                                  *string
-	sdsSocket, wapiSocket, outDir         string
-	keyType, logLevel, metricsListen      string
-	anchors                               []*x509.Certificate // read from rootFile
-	ttl                                   time.Duration
-	nodeAgent                             bool
-	socketMode                            uint
+	addr, serverName, tokenFile      string
+	caID                             *string
+	sdsSocket, wapiSocket, outDir    string
+	keyType, logLevel, metricsListen string
+	anchors                          []*x509.Certificate // --root-cert's
+	ttl                              time.Duration
+	nodeAgent                        bool
+	socketMode                       uint
 }
 
 func runAgent(ctx context.Context, e *env, args []string) error {
 	var f agentFlags
 	fs := e.flags("agent")
 	fs.StringVar(&f.addr, "ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
-	fs.StringVar(&f.rootFile, "root-cert", "", "trust anchors: the CA's TLS certificate and the mesh bundle (default $WARDEN_ROOT_CERT, else the data directory's (env WARDEN_DATA_DIR), else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
+	rootFile, dataDir := e.trustAnchorFlags(fs)
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	f.caID = caIDFlag(fs)
 	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca); not read with --node-agent, whose callers each send their own")
@@ -65,7 +65,7 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	if err := f.check(); err != nil {
 		return err
 	}
-	anchors, err := trustAnchors(f.rootFile, e.rootCertDefault(e.dataDirDefault()), "$WARDEN_DATA_DIR")
+	anchors, err := e.trustAnchors(*rootFile, *dataDir)
 	if err != nil {
 		return err
 	}

@@ -69,8 +69,8 @@ func commands() []command {
 		{name: "policy migrate", summary: "convert ServiceRole/ServiceRoleBinding into AuthorizationPolicies", synopsis: "-f FILE|DIR [--service-labels FQDN=k=v,k2=v2]...",
 			help: "Prints the AuthorizationPolicies (YAML) that the ServiceRoles, ServiceRoleBindings and ClusterRbacConfig in FILE or DIR mean, and what could not be converted.", run: runPolicyMigrate},
 		{name: "policy check", summary: "validate policy objects; show a workload's effective mode and conflicts", synopsis: "-f FILE|DIR [flags]", run: runPolicyCheck},
-		{name: "demo server", summary: "proxyless gRPC demo workload configured over xDS: answers with its version", synopsis: "--listen ADDR [flags]", run: runDemoServer},
-		{name: "demo client", summary: "proxyless gRPC demo client: calls a service through warden's routing", run: runDemoClient},
+		{name: "demo server", summary: "proxyless gRPC demo workload configured over xDS: answers with its version", synopsis: "--node ID --certs DIR --listen ADDR [flags]", run: runDemoServer},
+		{name: "demo client", summary: "proxyless gRPC demo client: calls a service through warden's routing", synopsis: "--node ID --certs DIR [flags]", run: runDemoClient},
 		{name: "proxy-config", summary: "show the listeners, routes, clusters, endpoints or secrets warden sends a proxy",
 			synopsis: "--node ID --config-dir DIR [flags] " + proxyConfigTypes + "\n--node ID --kubernetes [flags] " + proxyConfigTypes, help: proxyConfigHelp, run: runProxyConfig},
 		{name: "bench xds", summary: "connect simulated proxies over ADS: push latency and heap per proxy", run: runBenchXDS},
@@ -101,6 +101,18 @@ const proxyConfigHelp = `What to show, as the proxy of --node receives it:
   endpoints  each cluster's endpoints
   secrets    the SDS secrets the proxy is sent, described (never their keys)
   all        all of the above`
+
+// CommandNames lists the commands 'warden help' lists, in its order (the
+// docs tests check each one's flags against docs/).
+func CommandNames() []string {
+	var out []string
+	for _, c := range commands() {
+		if c.summary != "" {
+			out = append(out, c.name)
+		}
+	}
+	return out
+}
 
 // Run executes the command line args (without the program name) and returns
 // the process exit code: 0 success, 1 failure, 2 usage error (3: policy

@@ -211,8 +211,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	addr := fs.String("ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (e.g. from 'warden token')")
 	out := fs.String("out", "", "directory to write cert-chain.pem, key.pem (0600) and root-cert.pem (required)")
-	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
-	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert")
+	rootFile, dataDir := e.trustAnchorFlags(fs)
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	caID := caIDFlag(fs)
 	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
@@ -244,7 +243,7 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("%s already exists; pass --renew to rotate it or --overwrite to replace it", filepath.Join(*out, fileKey))
 		}
 	}
-	anchors, err := trustAnchors(*rootFile, e.rootCertDefault(*dataDir), "--data-dir")
+	anchors, err := e.trustAnchors(*rootFile, *dataDir)
 	if err != nil {
 		return err
 	}
@@ -301,19 +300,30 @@ func vaultDir(dataDir string) bool {
 	return true
 }
 
-// trustAnchors reads the trust anchors for warden's serving certificate,
-// --root-cert of cert request and agent: rootFile, or def when it is
-// empty (rootCertDefault's choice; dataDirFlag says how that command is
-// given its data directory). A file that does not exist is named with
-// where the bundle is, in a cluster and in standalone mode.
-func trustAnchors(rootFile, def, dataDirFlag string) ([]*x509.Certificate, error) {
+// trustAnchorFlags registers --root-cert, the trust anchors for warden's
+// serving certificate, and --data-dir, which its default depends on: the
+// same two flags on every client of the CA (cert request, agent).
+func (e *env) trustAnchorFlags(fs *flag.FlagSet) (rootFile, dataDir *string) {
+	rootFile = fs.String("root-cert", "", rootCertUsage)
+	dataDir = fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert (env WARDEN_DATA_DIR)")
+	return rootFile, dataDir
+}
+
+// rootCertUsage is --root-cert's description wherever it is registered.
+const rootCertUsage = "trust anchors for warden's serving certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else " + podRootCert + " where a pod mounts istio-ca-root-cert)"
+
+// trustAnchors reads the trust anchors for warden's serving certificate
+// (--root-cert): rootFile, or when it is empty the default for dataDir
+// (rootCertDefault). A file that does not exist is named with where the
+// bundle is, in a cluster and in standalone mode.
+func (e *env) trustAnchors(rootFile, dataDir string) ([]*x509.Certificate, error) {
 	path := rootFile
 	if path == "" {
-		path = def
+		path = e.rootCertDefault(dataDir)
 	}
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		where := fmt.Sprintf("the bundle warden publishes: on Kubernetes, the pod's mount of the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (%s)", podRootCert, dataDirFlag)
+		where := fmt.Sprintf("the bundle warden publishes: on Kubernetes, the pod's mount of the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", podRootCert)
 		if rootFile == "" {
 			return nil, fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): %s", errUsage, path, where)
 		}
@@ -336,22 +346,6 @@ func certPool(certs []*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
-}
-
-func readPool(path string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	certs, err := ca.ParseCerts(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	p := x509.NewCertPool()
-	for _, c := range certs {
-		p.AddCert(c)
-	}
-	return p, nil
 }
 
 // writeSVID writes the key (0600), chain and root atomically, key first.

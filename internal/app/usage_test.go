@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/app"
 )
 
 // TestHelpShowsSynopsis: every command's -h starts with its synopsis,
@@ -28,8 +29,8 @@ func TestHelpShowsSynopsis(t *testing.T) {
 		"policy explain": {"Usage: warden policy explain -f FILE|DIR [flags]\n"},
 		"policy migrate": {"Usage: warden policy migrate -f FILE|DIR [--service-labels FQDN=k=v,k2=v2]...\n"},
 		"policy check":   {"Usage: warden policy check -f FILE|DIR [flags]\n"},
-		"demo server":    {"Usage: warden demo server --listen ADDR [flags]\n"},
-		"demo client":    {"Usage: warden demo client [flags]\n"},
+		"demo server":    {"Usage: warden demo server --node ID --certs DIR --listen ADDR [flags]\n"},
+		"demo client":    {"Usage: warden demo client --node ID --certs DIR [flags]\n"},
 		"proxy-config": {"Usage: warden proxy-config --node ID --config-dir DIR [flags] listeners|routes|clusters|endpoints|secrets|all\n       warden proxy-config --node ID --kubernetes [flags] listeners|routes|clusters|endpoints|secrets|all\n",
 			"\n  listeners  ", "\n  routes     ", "\n  clusters   ", "\n  endpoints  ", "\n  secrets    ", "\n  all        "},
 		"check":   {"Usage: warden check [flags]\n"},
@@ -57,7 +58,12 @@ func TestHelpShowsSynopsis(t *testing.T) {
 			}
 		}
 	}
-	// The command list names them all.
+	// Every command listed is here, and the list names them all.
+	for _, cmd := range app.CommandNames() {
+		if want[cmd] == nil {
+			t.Errorf("warden %s: no synopsis checked here", cmd)
+		}
+	}
 	_, _, list := run(t, "help")
 	for cmd := range want {
 		if !strings.Contains(list, "  warden "+cmd+" ") {
