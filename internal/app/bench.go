@@ -189,7 +189,7 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	}
 	if profile != nil {
 		if err := errors.Join(profile.err, pf.Close()); err != nil {
-			return fmt.Errorf("--cpu-profile %s: %w", *cpuProfile, err)
+			return fmt.Errorf("--cpuprofile %s: %w", *cpuProfile, err)
 		}
 	}
 	res.Print(e.stdout)

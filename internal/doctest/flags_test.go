@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -204,5 +205,21 @@ func TestFlagsConsistentAcrossCommands(t *testing.T) {
 		if len(defaults[name]) < 2 {
 			t.Errorf("--%s has one default now: remove it from the exceptions", name)
 		}
+	}
+}
+
+// TestBenchXDSProfileErrorNamesItsFlag: a CPU profile that cannot be
+// written is reported under the flag's own name, --cpuprofile (the
+// message once said --cpu-profile, a flag that does not exist). The real
+// binary: bench xds runs its simulated proxies as a child process of it.
+func TestBenchXDSProfileErrorNamesItsFlag(t *testing.T) {
+	if _, err := os.Stat("/dev/full"); err != nil {
+		t.Fatalf("this test writes to /dev/full: %v", err)
+	}
+	bin := build(t, t.TempDir())
+	cmd := exec.Command(bin, "bench", "xds", "--proxies", "1", "--services", "1", "--cpuprofile", "/dev/full")
+	out, err := cmd.CombinedOutput()
+	if want := "warden bench xds: --cpuprofile /dev/full: write /dev/full: no space left on device"; err == nil || !strings.Contains(string(out), want) {
+		t.Errorf("bench xds --cpuprofile /dev/full: %v, want exit 1 and %q:\n%s", err, want, out)
 	}
 }
