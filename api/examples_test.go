@@ -40,6 +40,7 @@ func TestExamplesDecode(t *testing.T) {
 		"virtualservice-flaskapp.yaml":      "networking.istio.io/v1 VirtualService default/flaskapp",
 		"peerauthentication-strict.yaml":    "security.istio.io/v1 PeerAuthentication istio-system/default",
 		"authorizationpolicy-flaskapp.yaml": "security.istio.io/v1 AuthorizationPolicy default/flaskapp-viewers",
+		"serviceentry-flaskapp.yaml":        "networking.istio.io/v1 ServiceEntry default/flaskapp",
 	}
 	files := examples(t)
 	for name, b := range files {

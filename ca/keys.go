@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // KeyType names a key algorithm and size warden can generate and accept.
@@ -28,6 +29,17 @@ const (
 // KeyTypes lists the supported key types in order of preference.
 var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, RSA2048, RSA4096}
 
+// KeyTypeNames lists the supported key types for people, "ecdsa-p256,
+// ecdsa-p384, rsa-2048, rsa-4096": the one list every flag and message
+// that takes a key type names.
+func KeyTypeNames() string {
+	names := make([]string, len(KeyTypes))
+	for i, kt := range KeyTypes {
+		names[i] = string(kt)
+	}
+	return strings.Join(names, ", ")
+}
+
 // ParseKeyType parses a key type name such as "ecdsa-p256"; empty means the
 // default, ECDSAP256.
 func ParseKeyType(s string) (KeyType, error) {
@@ -39,7 +51,7 @@ func ParseKeyType(s string) (KeyType, error) {
 			return kt, nil
 		}
 	}
-	return "", fmt.Errorf("ca: unknown key type %q (want one of ecdsa-p256, ecdsa-p384, rsa-2048, rsa-4096)", s)
+	return "", fmt.Errorf("ca: unknown key type %q (want one of %s)", s, KeyTypeNames())
 }
 
 // GenerateKey makes a new private key of type kt from crypto/rand.

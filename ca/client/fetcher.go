@@ -58,15 +58,27 @@ func (f *Fetcher) Fetch(ctx context.Context, id spiffeid.ID) (*sds.SVID, error) 
 		}
 		return nil, fmt.Errorf("client: %s: no valid certificate to renew with and no token file: the workload's next SDS stream brings its token", id)
 	}
-	b, err := os.ReadFile(f.TokenFile)
+	tok, err := ReadTokenFile(f.TokenFile)
 	if err != nil {
-		return nil, fmt.Errorf("client: token: %w", err)
+		return nil, err
+	}
+	return f.fetch(ctx, id, nil, tok)
+}
+
+// ReadTokenFile reads a workload's bearer token from path (the agent's
+// and cert request's --token-file). A file holding nothing (a projected
+// token the kubelet has not written yet, an interrupted 'warden token >
+// file') is an error that says what belongs there.
+func ReadTokenFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("client: token: %w", err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return nil, fmt.Errorf("client: token file %s is empty", f.TokenFile)
+		return "", fmt.Errorf("client: token file %s is empty; it must hold the workload's bearer token: on Kubernetes, a projected service-account token with audience istio-ca (a serviceAccountToken volume, written by the kubelet); in standalone mode, one from 'warden token --namespace NS --sa SA > %s'", path, path)
 	}
-	return f.fetch(ctx, id, nil, tok)
+	return tok, nil
 }
 
 // FetchWithToken asks the CA for the identity tok belongs to,

@@ -31,27 +31,28 @@ import (
 )
 
 type agentFlags struct {
-	addr, rootFile, serverName, tokenFile string
-	caID                                  *string
-	sdsSocket, wapiSocket, outDir         string
-	keyType, logLevel, metricsListen      string
-	ttl                                   time.Duration
-	nodeAgent                             bool
-	socketMode                            uint
+	addr, serverName, tokenFile      string
+	caID                             *string
+	sdsSocket, wapiSocket, outDir    string
+	keyType, logLevel, metricsListen string
+	anchors                          []*x509.Certificate // --root-cert's
+	ttl                              time.Duration
+	nodeAgent                        bool
+	socketMode                       uint
 }
 
 func runAgent(ctx context.Context, e *env, args []string) error {
 	var f agentFlags
 	fs := e.flags("agent")
 	fs.StringVar(&f.addr, "ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
-	fs.StringVar(&f.rootFile, "root-cert", e.rootCertDefault(e.dataDirDefault()), "trust anchors: the CA's TLS certificate and the mesh bundle (default: $WARDEN_ROOT_CERT, else the data directory's, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
+	rootFile, dataDir := e.trustAnchorFlags(fs)
 	fs.StringVar(&f.serverName, "server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	f.caID = caIDFlag(fs)
 	fs.StringVar(&f.tokenFile, "token-file", "/var/run/secrets/tokens/istio-token", "the workload's service-account token (projected, audience istio-ca); not read with --node-agent, whose callers each send their own")
 	fs.StringVar(&f.sdsSocket, "sds-socket", "warden-agent/sds.sock", "Unix socket to serve SDS on")
 	fs.StringVar(&f.wapiSocket, "workload-api-socket", "warden-agent/workload.sock", "Unix socket for the SPIFFE Workload API; empty disables")
 	fs.StringVar(&f.outDir, "output-dir", "", "also write cert-chain.pem, key.pem and root-cert.pem here (for proxyless gRPC's file_watcher)")
-	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048 (also ecdsa-p384, rsa-4096)")
+	fs.StringVar(&f.keyType, "key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	fs.DurationVar(&f.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
 	fs.BoolVar(&f.nodeAgent, "node-agent", false, "serve several workloads: each SDS stream authenticates with its own token in gRPC metadata")
 	f.socketMode = 0o600
@@ -64,6 +65,11 @@ func runAgent(ctx context.Context, e *env, args []string) error {
 	if err := f.check(); err != nil {
 		return err
 	}
+	anchors, err := e.trustAnchors(*rootFile, *dataDir)
+	if err != nil {
+		return err
+	}
+	f.anchors = anchors
 	log, err := e.logger(f.logLevel)
 	if err != nil {
 		return err
@@ -128,12 +134,8 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	pool, err := readPool(f.rootFile)
-	if err != nil {
-		return nil, fmt.Errorf("the trust anchors for the CA (--root-cert): %w", err)
-	}
-	b, _ := os.ReadFile(f.rootFile)
-	fileRoots, _ := ca.ParseCerts(b)
+	pool := certPool(f.anchors)
+	fileRoots := f.anchors
 	a := &agent{log: log, f: f, fileRoots: fileRoots, bundles: ca.NewBundles(fileRoots)}
 	if f.serverName == "" {
 		f.serverName, _, _ = net.SplitHostPort(f.addr)

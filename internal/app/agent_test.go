@@ -416,7 +416,7 @@ func TestAgentUsageErrors(t *testing.T) {
 		{[]string{"--sds-socket", long}, "--sds-socket " + long + " is"},
 		{[]string{"--socket-mode", "0666"}, "--socket-mode 0666: want permissions for owner and group only"},
 		{[]string{"--socket-mode", "9"}, "not an octal mode"},
-		{[]string{"--sds-socket", filepath.Join(dir, "a.sock"), "--workload-api-socket", "", "--root-cert", filepath.Join(dir, "missing.pem")}, "the trust anchors for the CA (--root-cert): open " + filepath.Join(dir, "missing.pem")},
+		{[]string{"--sds-socket", filepath.Join(dir, "a.sock"), "--workload-api-socket", "", "--root-cert", filepath.Join(dir, "missing.pem")}, "no trust anchors for warden's serving certificate: --root-cert " + filepath.Join(dir, "missing.pem") + " does not exist"},
 	} {
 		code, _, stderr := run(t, append([]string{"agent", "--ca", "127.0.0.1:1", "--token-file", filepath.Join(dir, "token")}, c.args...)...)
 		if code == 0 || !strings.Contains(stderr, c.want) {

@@ -37,33 +37,81 @@ type env struct {
 type command struct {
 	name    string
 	summary string // empty: not listed (internal helpers)
-	run     func(ctx context.Context, e *env, args []string) error
+	// synopsis is what follows "warden <name>" in -h's usage line, one
+	// line per form (default "[flags]"): the positional arguments, and
+	// the flags the command cannot run without.
+	synopsis string
+	// help says more about the arguments in -h: steps, output types.
+	help string
+	run  func(ctx context.Context, e *env, args []string) error
 }
 
 func commands() []command {
 	return []command{
-		{"serve", "run the control plane: CA API, SDS and xDS on :15012 (standalone, or with --kubernetes in a cluster)", runServe},
-		{"agent", "node agent: get and rotate workload certificates, serve them over SDS and the Workload API", runAgent},
-		{"token", "mint a workload token (standalone mode)", runToken},
-		{"ca info", "show the CA's root, expiry and chain", runCAInfo},
-		{"ca rotate", "rotate the self-signed root of a running serve: prepare, publish, activate, retire (abort, --status)", runCARotate},
-		{"cert request", "get a workload certificate from the CA", runCertRequest},
-		{"cert inspect", "show the SPIFFE ID, validity and issuer of certificates in a PEM file", runCertInspect},
-		{"bench ca", "load-test the CA API: certs/s and latency", runBenchCA},
-		{"bench sds", "fan out SDS streams: heap per stream, root push latency", runBenchSDS},
-		{"bench sds-clients", "", runBenchSDSClients},
-		{"policy compile", "compile mesh policy for a workload into Envoy configuration", runPolicyCompile},
-		{"policy explain", "ALLOW or DENY for a request, and which policy decided", runPolicyExplain},
-		{"policy migrate", "convert ServiceRole/ServiceRoleBinding into AuthorizationPolicies", runPolicyMigrate},
-		{"policy check", "validate policy objects; show a workload's effective mode and conflicts", runPolicyCheck},
-		{"demo server", "proxyless gRPC demo workload configured over xDS: answers with its version", runDemoServer},
-		{"demo client", "proxyless gRPC demo client: calls a service through warden's routing", runDemoClient},
-		{"proxy-config", "show the listeners, routes, clusters, endpoints or secrets warden sends a proxy", runProxyConfig},
-		{"bench xds", "connect simulated proxies over ADS: push latency and heap per proxy", runBenchXDS},
-		{"bench xds-clients", "", runBenchXDSClients},
-		{"check", "check the CA, the trust bundle's copies, the proxies and the mesh configuration; non-zero exit on any error", runCheck},
-		{"version", "print the version", runVersion},
+		{name: "serve", summary: "run the control plane: CA API, SDS and xDS on :15012 (standalone, or with --kubernetes in a cluster)", run: runServe},
+		{name: "agent", summary: "node agent: get and rotate workload certificates, serve them over SDS and the Workload API", run: runAgent},
+		{name: "token", summary: "mint a workload token (standalone mode)", synopsis: "--namespace NS --sa SA [flags]",
+			help: "Prints a token for the service account NS/SA, signed with the data directory's token key, for 'warden cert request --token-file' and 'warden agent --token-file'.", run: runToken},
+		{name: "ca info", summary: "show the CA's root, expiry and chain", synopsis: "[--data-dir DIR | --plugged-in-dir DIR]", run: runCAInfo},
+		{name: "ca rotate", summary: "rotate the self-signed root of a running serve: prepare, publish, activate, retire (abort, --status)",
+			synopsis: "[flags] prepare|publish|activate|retire|abort\n--status [flags]", help: caRotateHelp, run: runCARotate},
+		{name: "cert request", summary: "get a workload certificate from the CA", synopsis: "[flags] --token-file FILE --out DIR\n[flags] --renew --out DIR",
+			help: "Generates a key (--key-type), sends a CSR to the CA at --ca, and writes DIR/cert-chain.pem, DIR/key.pem (0600) and DIR/root-cert.pem.", run: runCertRequest},
+		{name: "cert inspect", summary: "show the SPIFFE ID, validity and issuer of certificates in a PEM file", synopsis: "FILE",
+			help: "FILE is a PEM file of certificates (a cert-chain.pem, a root-cert.pem); for each, in order: SPIFFE ID, subject, issuer, serial, validity, key, whether it is a CA, DNS names, SHA-256 fingerprint.", run: runCertInspect},
+		{name: "bench ca", summary: "load-test the CA API: certs/s and latency", run: runBenchCA},
+		{name: "bench sds", summary: "fan out SDS streams: heap per stream, root push latency", run: runBenchSDS},
+		{name: "bench sds-clients", run: runBenchSDSClients},
+		{name: "policy compile", summary: "compile mesh policy for a workload into Envoy configuration", synopsis: "-f FILE|DIR [flags]",
+			help: "Prints the Envoy configuration (-o yaml or json) the policies in FILE or DIR give the workload of --namespace, --labels and --port: --kind authn, its inbound TLS filter chains and jwt_authn; --kind authz, its RBAC filters (--tcp: the network filter).", run: runPolicyCompile},
+		{name: "policy explain", summary: "ALLOW or DENY for a request, and which policy decided", synopsis: "-f FILE|DIR [flags]",
+			help: "Describe the workload (--namespace, --labels, --port; or --node) and the request (--source-principal, --method, --path, --header, --jwt); prints ALLOW or DENY, the policy that decided, and what was evaluated.", run: runPolicyExplain},
+		{name: "policy migrate", summary: "convert ServiceRole/ServiceRoleBinding into AuthorizationPolicies", synopsis: "-f FILE|DIR [--service-labels FQDN=k=v,k2=v2]...",
+			help: "Prints the AuthorizationPolicies (YAML) that the ServiceRoles, ServiceRoleBindings and ClusterRbacConfig in FILE or DIR mean, and what could not be converted.", run: runPolicyMigrate},
+		{name: "policy check", summary: "validate policy objects; show a workload's effective mode and conflicts", synopsis: "-f FILE|DIR [flags]", run: runPolicyCheck},
+		{name: "demo server", summary: "proxyless gRPC demo workload configured over xDS: answers with its version", synopsis: "--node ID --certs DIR --listen ADDR [flags]", run: runDemoServer},
+		{name: "demo client", summary: "proxyless gRPC demo client: calls a service through warden's routing", synopsis: "--node ID --certs DIR [flags]", run: runDemoClient},
+		{name: "proxy-config", summary: "show the listeners, routes, clusters, endpoints or secrets warden sends a proxy",
+			synopsis: "--node ID --config-dir DIR [flags] " + proxyConfigTypes + "\n--node ID --kubernetes [flags] " + proxyConfigTypes, help: proxyConfigHelp, run: runProxyConfig},
+		{name: "bench xds", summary: "connect simulated proxies over ADS: push latency and heap per proxy", run: runBenchXDS},
+		{name: "bench xds-clients", run: runBenchXDSClients},
+		{name: "check", summary: "check the CA, the trust bundle's copies, the proxies and the mesh configuration; non-zero exit on any error", run: runCheck},
+		{name: "version", summary: "print the version", help: "The same as 'warden --version'.", run: runVersion},
 	}
+}
+
+const caRotateHelp = `Steps, in order (naming one runs those before it; the server takes each
+once its wait is over):
+  prepare   make a new root and key beside the old root, which still signs
+  publish   add the new root to the trust bundle every consumer gets
+  activate  sign with the new root, once every consumer has the bundle and
+            --rotation-grace after publish
+  retire    drop the old root, once the last leaf it signed has expired
+  abort     drop a rotation that has not activated
+--status shows the phase, who lacks the new root, and what the next step
+waits for.`
+
+// proxyConfigTypes are proxy-config's arguments.
+const proxyConfigTypes = "listeners|routes|clusters|endpoints|secrets|all"
+
+const proxyConfigHelp = `What to show, as the proxy of --node receives it:
+  listeners  inbound and outbound listeners: filter chains, TLS, policy filters
+  routes     route configurations: virtual hosts and routes
+  clusters   clusters: subsets, load balancing, TLS to the upstream
+  endpoints  each cluster's endpoints
+  secrets    the SDS secrets the proxy is sent, described (never their keys)
+  all        all of the above`
+
+// CommandNames lists the commands 'warden help' lists, in its order (the
+// docs tests check each one's flags against docs/).
+func CommandNames() []string {
+	var out []string
+	for _, c := range commands() {
+		if c.summary != "" {
+			out = append(out, c.name)
+		}
+	}
+	return out
 }
 
 // Run executes the command line args (without the program name) and returns
@@ -147,11 +195,71 @@ func (e *env) usage() {
 	fmt.Fprintln(e.stderr, "\nRun 'warden <command> -h' for its flags.")
 }
 
-// flags makes a FlagSet that reports errors instead of exiting.
+// flags makes a FlagSet that reports errors instead of exiting, and
+// whose -h prints the command's usage (printUsage).
 func (e *env) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("warden "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	for _, c := range commands() {
+		if c.name == name {
+			fs.Usage = func() { printUsage(fs, c) }
+		}
+	}
 	return fs
+}
+
+// printUsage is -h of a command: its synopsis (every form), what it does,
+// more about its arguments, then its flags.
+func printUsage(fs *flag.FlagSet, c command) {
+	w := fs.Output()
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	synopsis := c.synopsis
+	if synopsis == "" && n > 0 {
+		synopsis = "[flags]"
+	}
+	for i, form := range strings.Split(synopsis, "\n") {
+		lead := "Usage: "
+		if i > 0 {
+			lead = strings.Repeat(" ", len(lead))
+		}
+		fmt.Fprintln(w, strings.TrimRight(lead+fs.Name()+" "+form, " "))
+	}
+	if c.summary != "" {
+		fmt.Fprintf(w, "\n%s\n", c.summary)
+	}
+	if c.help != "" {
+		fmt.Fprintf(w, "\n%s\n", wrap(c.help, 72))
+	}
+	if n > 0 {
+		fmt.Fprintln(w, "\nFlags:")
+		fs.PrintDefaults()
+	}
+}
+
+// wrap breaks the lines of text longer than width at spaces; indented
+// lines (a list laid out by hand) are left as they are.
+func wrap(text string, width int) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, " ") {
+			out = append(out, line)
+			continue
+		}
+		cur := ""
+		for _, word := range strings.Fields(line) {
+			if cur != "" && len(cur)+1+len(word) > width {
+				out = append(out, cur)
+				cur = ""
+			}
+			if cur != "" {
+				cur += " "
+			}
+			cur += word
+		}
+		out = append(out, cur)
+	}
+	return strings.Join(out, "\n")
 }
 
 // parse parses args, turning flag errors and stray arguments into errUsage.
@@ -167,8 +275,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 	case err == nil:
 		return nil
 	case errors.Is(err, flag.ErrHelp):
-		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
-		fs.PrintDefaults()
+		fs.Usage()
 		return err
 	}
 	msg := err.Error()

@@ -198,7 +198,7 @@ func TestUsageErrors(t *testing.T) {
 		}
 	}
 	// -h prints the flags, exit 0; --version the version.
-	if code, _, stderr := run(t, "token", "-h"); code != 0 || !strings.Contains(stderr, "-namespace") || !strings.Contains(stderr, "Usage of warden token") {
+	if code, _, stderr := run(t, "token", "-h"); code != 0 || !strings.Contains(stderr, "-namespace") || !strings.Contains(stderr, "Usage: warden token") {
 		t.Errorf("token -h: %d %q", code, stderr)
 	}
 	if code, out, _ := run(t, "--version"); code != 0 || out != "warden dev\n" {

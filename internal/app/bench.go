@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"time"
 
@@ -22,12 +21,12 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	addr := fs.String("ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
 	fs.StringVar(addr, "addr", e.caAddr(), "the same as --ca")
 	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory (token key, root certificate)")
-	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default <data-dir>/root-cert.pem)")
+	rootFile := fs.String("root-cert", "", rootCertUsage)
 	conc := fs.Int("concurrency", 4*runtime.GOMAXPROCS(0), "parallel callers")
 	conns := fs.Int("conns", 0, "gRPC connections (default one per 8 callers)")
 	dur := fs.Duration("duration", 10*time.Second, "measured duration")
 	warm := fs.Duration("warmup", time.Second, "unmeasured warm-up")
-	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	iss := fs.String("token-issuer", defaultTokenIssuer, "iss of the minted tokens")
 	fleet := fs.Int("fleet", 0, "fleet mode: prepare this many distinct tokens, one per request, so the server verifies every token (a scale-up); 0: each caller reuses one token (renewals, answered from the token cache)")
 	runs := fs.Int("runs", 1, "measured runs; with more than one, the median throughput is reported too")
@@ -54,13 +53,11 @@ func runBenchCA(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if *rootFile == "" {
-		*rootFile = filepath.Join(*dataDir, ca.FileRootCert)
-	}
-	roots, err := readPool(*rootFile)
+	anchors, err := e.trustAnchors(*rootFile, *dataDir)
 	if err != nil {
 		return err
 	}
+	roots := certPool(anchors)
 	issuer, err := tokenIssuer(*dataDir, *iss, false, false)
 	if err != nil {
 		return err
@@ -192,7 +189,7 @@ func runBenchXDS(ctx context.Context, e *env, args []string) error {
 	}
 	if profile != nil {
 		if err := errors.Join(profile.err, pf.Close()); err != nil {
-			return fmt.Errorf("--cpu-profile %s: %w", *cpuProfile, err)
+			return fmt.Errorf("--cpuprofile %s: %w", *cpuProfile, err)
 		}
 	}
 	res.Print(e.stdout)

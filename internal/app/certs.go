@@ -211,12 +211,11 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 	addr := fs.String("ca", e.caAddr(), "warden's CA port, host:port (env WARDEN_ADDR)")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token (e.g. from 'warden token')")
 	out := fs.String("out", "", "directory to write cert-chain.pem, key.pem (0600) and root-cert.pem (required)")
-	rootFile := fs.String("root-cert", "", "trust anchors for the CA's TLS certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else "+podRootCert+" where a pod mounts istio-ca-root-cert)")
-	dataDir := fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert")
+	rootFile, dataDir := e.trustAnchorFlags(fs)
 	serverName := fs.String("server-name", "", "expected name in the CA's certificate (default: host of --ca)")
 	caID := caIDFlag(fs)
 	ttl := fs.Duration("ttl", 0, "requested lifetime (0: the CA's default)")
-	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type")
+	kt := fs.String("key-type", string(ca.ECDSAP256), "workload key type: "+ca.KeyTypeNames())
 	want := fs.String("spiffe-id", "", "put this SPIFFE ID in the CSR (the CA refuses any but the caller's own)")
 	renew := fs.Bool("renew", false, "authenticate with the SVID already in --out (mTLS) and replace it")
 	overwrite := fs.Bool("overwrite", false, "replace existing files in --out")
@@ -244,17 +243,11 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("%s already exists; pass --renew to rotate it or --overwrite to replace it", filepath.Join(*out, fileKey))
 		}
 	}
-	defaultRoot := *rootFile == ""
-	if defaultRoot {
-		*rootFile = e.rootCertDefault(*dataDir)
-	}
-	roots, err := readPool(*rootFile)
-	if errors.Is(err, os.ErrNotExist) && defaultRoot {
-		return fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): on Kubernetes, the bundle warden publishes, which a pod mounts from the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", errUsage, *rootFile, podRootCert)
-	}
+	anchors, err := e.trustAnchors(*rootFile, *dataDir)
 	if err != nil {
 		return err
 	}
+	roots := certPool(anchors)
 	serverID, err := parseCAID(*caID)
 	if err != nil {
 		return err
@@ -272,12 +265,8 @@ func runCertRequest(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("--renew: %w", err)
 		}
 		cfg.ClientCert = cur
-	} else {
-		b, err := os.ReadFile(*tokenFile)
-		if err != nil {
-			return err
-		}
-		tok = strings.TrimSpace(string(b))
+	} else if tok, err = client.ReadTokenFile(*tokenFile); err != nil {
+		return err
 	}
 	c, err := client.New(cfg)
 	if err != nil {
@@ -311,20 +300,52 @@ func vaultDir(dataDir string) bool {
 	return true
 }
 
-func readPool(path string) (*x509.CertPool, error) {
+// trustAnchorFlags registers --root-cert, the trust anchors for warden's
+// serving certificate, and --data-dir, which its default depends on: the
+// same two flags on every client of the CA (cert request, agent).
+func (e *env) trustAnchorFlags(fs *flag.FlagSet) (rootFile, dataDir *string) {
+	rootFile = fs.String("root-cert", "", rootCertUsage)
+	dataDir = fs.String("data-dir", e.dataDirDefault(), "standalone data directory, for the default --root-cert (env WARDEN_DATA_DIR)")
+	return rootFile, dataDir
+}
+
+// rootCertUsage is --root-cert's description wherever it is registered.
+const rootCertUsage = "trust anchors for warden's serving certificate (default $WARDEN_ROOT_CERT, else <data-dir>/root-cert.pem, else " + podRootCert + " where a pod mounts istio-ca-root-cert)"
+
+// trustAnchors reads the trust anchors for warden's serving certificate
+// (--root-cert): rootFile, or when it is empty the default for dataDir
+// (rootCertDefault). A file that does not exist is named with where the
+// bundle is, in a cluster and in standalone mode.
+func (e *env) trustAnchors(rootFile, dataDir string) ([]*x509.Certificate, error) {
+	path := rootFile
+	if path == "" {
+		path = e.rootCertDefault(dataDir)
+	}
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		where := fmt.Sprintf("the bundle warden publishes: on Kubernetes, the pod's mount of the istio-ca-root-cert ConfigMap at %s (outside a pod: kubectl get configmap istio-ca-root-cert -o jsonpath='{.data.root-cert\\.pem}' > root-cert.pem); in standalone mode, the data directory's root-cert.pem (--data-dir)", podRootCert)
+		if rootFile == "" {
+			return nil, fmt.Errorf("%w: no trust anchors for warden's serving certificate: %s does not exist. Give --root-cert (or $WARDEN_ROOT_CERT): %s", errUsage, path, where)
+		}
+		return nil, fmt.Errorf("%w: no trust anchors for warden's serving certificate: --root-cert %s does not exist. Give %s", errUsage, path, where)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("the trust anchors for warden's serving certificate (--root-cert): %w", err)
 	}
 	certs, err := ca.ParseCerts(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("the trust anchors for warden's serving certificate (--root-cert): %s: %w", path, err)
 	}
+	return certs, nil
+}
+
+// certPool is a pool of certs.
+func certPool(certs []*x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	for _, c := range certs {
 		p.AddCert(c)
 	}
-	return p, nil
+	return p
 }
 
 // writeSVID writes the key (0600), chain and root atomically, key first.

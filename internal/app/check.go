@@ -38,10 +38,14 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	output := fs.String("o", "", "output: empty for people, json for scripts")
 	warn := fs.Duration("expiry-warning", 30*24*time.Hour, "warn about CA certificates expiring sooner than this")
 	stale := fs.Duration("stale-after", time.Minute, "a proxy that has not ACKed a push for this long is an error")
+	// Only the flags check reads: where the install is, and the mesh
+	// settings its findings depend on, which must be serve's.
 	var k kubeFlags
-	k.register(fs, e)
+	k.registerInstall(fs, e)
+	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "Kubernetes: also check the istio.<sa> Secrets (an install whose serve runs with --sa-secrets)")
+	trustDomain := fs.String("trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain, as serve's --trust-domain (its --trust-domain-alias are aliases of it)")
 	var mf meshPolicyFlags
-	mf.register(fs)
+	mf.registerPolicy(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -51,12 +55,15 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	if err := mf.check(); err != nil {
 		return err
 	}
+	td, err := parseTrustDomain(*trustDomain)
+	if err != nil {
+		return err
+	}
 	now := time.Now()
 	var report check.Report
 	var objs []api.Object
 	var services []*xds.Service
 	if k.enabled() {
-		var err error
 		if objs, services, err = checkKubernetes(ctx, &report, k, now, *warn); err != nil {
 			return err
 		}
@@ -67,7 +74,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if objs != nil || services != nil {
-		res, err := check.Policy(objs, services, xds.Options{TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
+		res, err := check.Policy(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
 		if err != nil {
 			report = append(report, check.Result{Check: "policy", Status: check.Error, Message: err.Error()})
 		}

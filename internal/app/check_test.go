@@ -64,7 +64,7 @@ spec:
 		switch {
 		case r.Status == "error" && strings.Contains(r.Message, "VirtualService default/typo: destination host flaskap.default.svc.cluster.local is not in the service registry"):
 			found["host"] = true
-		case r.Status == "warning" && strings.Contains(r.Message, "AuthorizationPolicy default/nobody: selector map[app:flask] matches no workload"):
+		case r.Status == "warning" && strings.Contains(r.Message, "AuthorizationPolicy default/nobody: selector app=flask matches no workload"):
 			found["selector"] = true
 		}
 	}

@@ -37,7 +37,21 @@ type kubeFlags struct {
 	saSecrets  bool
 }
 
+// register registers serve's Kubernetes flags: where the install is,
+// and what this replica does in it.
 func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
+	k.registerInstall(fs, e)
+	id := e.getenv("POD_NAME")
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
+	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount (needs the RBAC of deploy/sa-secrets: writing Secrets in every namespace)")
+}
+
+// registerInstall registers the flags that find an install (serve's
+// and check's): Kubernetes mode, the API server, warden's namespace.
+func (k *kubeFlags) registerInstall(fs *flag.FlagSet, e *env) {
 	fs.BoolVar(&k.on, "kubernetes", e.getenv("KUBERNETES_SERVICE_HOST") != "", "Kubernetes mode (default: on when running in a pod)")
 	fs.StringVar(&k.kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster")
 	ns := e.getenv("POD_NAMESPACE")
@@ -45,12 +59,6 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 		ns = "warden-system"
 	}
 	fs.StringVar(&k.namespace, "namespace", ns, "namespace of warden's own Secrets (istio-ca-secret, cacerts) and Lease")
-	id := e.getenv("POD_NAME")
-	if id == "" {
-		id, _ = os.Hostname()
-	}
-	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
-	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount (needs the RBAC of deploy/sa-secrets: writing Secrets in every namespace)")
 }
 
 func (k *kubeFlags) enabled() bool { return k.on }

@@ -73,11 +73,19 @@ type meshPolicyFlags struct {
 	trustedProxies uint
 }
 
+// register registers every mesh-wide setting (serve, proxy-config and
+// the policy commands build listeners with all of them).
 func (m *meshPolicyFlags) register(fs *flag.FlagSet) {
+	m.registerPolicy(fs)
+	fs.UintVar(&m.trustedProxies, "gateway-num-trusted-proxies", 0, "proxies (load balancers) in front of the gateways that append to X-Forwarded-For (Istio's meshConfig.defaultConfig.gatewayTopology.numTrustedProxies): a gateway takes the client address, remote.ip, that many hops from the right")
+}
+
+// registerPolicy registers the settings that change what a policy
+// means (warden check's: its findings depend on no other).
+func (m *meshPolicyFlags) registerPolicy(fs *flag.FlagSet) {
 	fs.StringVar(&m.rootNS, "root-namespace", "istio-system", "the mesh root namespace (Istio's meshConfig rootNamespace): policies and Sidecars there apply mesh-wide")
 	fs.Var(&m.aliases, "trust-domain-alias", "another trust domain of this mesh (Istio's trustDomainAliases; repeatable): a principal naming it, the trust domain or cluster.local matches peers of all of them")
 	fs.StringVar(&m.pathNorm, "path-normalization", rbac.PathBase, "what inbound HTTP paths go through before authorization (Istio's meshConfig pathNormalization): "+strings.Join(rbac.PathNormalizations, ", "))
-	fs.UintVar(&m.trustedProxies, "gateway-num-trusted-proxies", 0, "proxies (load balancers) in front of the gateways that append to X-Forwarded-For (Istio's meshConfig.defaultConfig.gatewayTopology.numTrustedProxies): a gateway takes the client address, remote.ip, that many hops from the right")
 }
 
 func (m *meshPolicyFlags) check() error {

@@ -11,7 +11,7 @@ func TestPolicyCheckAndCompile(t *testing.T) {
 	t.Parallel()
 	examples := filepath.Join("..", "..", "docs", "examples")
 	code, out, stderr := run(t, "policy", "check", "-f", examples, "--labels", "app=flaskapp", "--port", "http:8080")
-	want := "9 objects valid\nport 8080: STRICT (mesh-level PeerAuthentication istio-system/default)\n"
+	want := "10 objects valid\nport 8080: STRICT (mesh-level PeerAuthentication istio-system/default)\n"
 	if code != 0 || out != want {
 		t.Fatalf("policy check: %d\n%s%s\nwant:\n%s", code, out, stderr, want)
 	}

@@ -78,7 +78,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.trustDomain, "trust-domain", defaultTrustDomain, "SPIFFE trust domain")
 	fs.StringVar(&f.listen, "listen", e.caAddr(), "CA port: the CA API, SDS and xDS over gRPC (TLS) (env WARDEN_ADDR)")
 	fs.StringVar(&f.httpListen, "http-listen", e.httpAddr(), "HTTP port: the JWKS, health checks and metrics; empty disables (env WARDEN_HTTP_ADDR)")
-	fs.StringVar(&f.caKeyType, "ca-key-type", string(ca.ECDSAP256), "key type of a generated root: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-4096")
+	fs.StringVar(&f.caKeyType, "ca-key-type", string(ca.ECDSAP256), "key type of a generated root (or of the Vault-signed intermediate): "+ca.KeyTypeNames())
 	fs.DurationVar(&f.rootTTL, "root-ttl", ca.DefaultRootTTL, "lifetime of a generated root")
 	fs.DurationVar(&f.defaultTTL, "default-ttl", ca.DefaultTTL, "workload certificate lifetime when the request names none")
 	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -256,7 +257,7 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 		switch x := o.(type) {
 		case *api.Gateway:
 			if len(sel) > 0 && !selects(opts.RootNamespace, sel) {
-				out = append(out, res("policy", Warn, "%s: selector %v matches no workload in the registry: no gateway serves it", id, sel))
+				out = append(out, res("policy", Warn, "%s: selector %s matches no workload in the registry: no gateway serves it", id, labelList(sel)))
 			}
 			sel = nil // Gateways select in every namespace: reported above
 		case *api.DestinationRule:
@@ -275,7 +276,7 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 			}
 		}
 		if len(sel) > 0 && !selects(ns, sel) {
-			out = append(out, res("policy", Warn, "%s: selector %v matches no workload in the registry", id, sel))
+			out = append(out, res("policy", Warn, "%s: selector %s matches no workload in the registry", id, labelList(sel)))
 		}
 	}
 	if len(out) == 0 {
@@ -298,6 +299,19 @@ func danglingResult(r xds.Reference, workloads []string) Result {
 		return res("clusters", Error, "jwt_authn of %s fetches the keys of %s through cluster %s, which its proxy does not have: tokens of that issuer are refused (401); name a service of the registry and one of its ports (docs/policy-authn.md), and let the proxy see it (Sidecar egress, exportTo)", who, r.What, r.Cluster)
 	}
 	return res("clusters", Warn, "%s of %s calls cluster %s for %s, which warden does not serve: the proxy's bootstrap must define it, or the requests the CUSTOM policy selects are refused (403)", r.Filter, who, r.Cluster, r.What)
+}
+
+// labelList prints labels as the --labels flags take them,
+// app=flaskapp,version=v2 (keys sorted), never in Go's map syntax.
+func labelList(m map[string]string) string {
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(k + "=" + m[k])
+	}
+	return b.String()
 }
 
 func matches(want, have map[string]string) bool {

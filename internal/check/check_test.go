@@ -84,8 +84,8 @@ func TestCA(t *testing.T) {
 }
 
 // TestPolicy: a VirtualService to an unknown host or subset is an error,
-// a selector matching nothing and a compiler report are warnings, a clean
-// configuration is ok.
+// a selector matching nothing (printed k=v,k=v) and a compiler report are
+// warnings, a clean configuration is ok.
 func TestPolicy(t *testing.T) {
 	services := []*xds.Service{{Host: "web.default.svc.cluster.local", Name: "web", Namespace: "default", Ports: []xds.ServicePort{{Number: 80, Name: "http"}},
 		Endpoints: []xds.Endpoint{{Address: "10.0.0.1", Labels: map[string]string{"app": "web"}, ServiceAccount: "web"}}}}
@@ -96,7 +96,8 @@ func TestPolicy(t *testing.T) {
 		t.Fatalf("clean: %v %v", got, err)
 	}
 	bad := []api.Object{
-		&api.AuthorizationPolicy{Metadata: meta("nobody"), Spec: api.AuthorizationPolicySpec{Selector: &api.WorkloadSelector{MatchLabels: map[string]string{"app": "gone"}}}},
+		&api.AuthorizationPolicy{Metadata: meta("nobody"), Spec: api.AuthorizationPolicySpec{Selector: &api.WorkloadSelector{MatchLabels: map[string]string{"version": "v2", "app": "gone"}}}},
+		&api.Gateway{Metadata: meta("gw"), Spec: api.GatewaySpec{Selector: map[string]string{"istio": "ingressgateway"}}},
 		&api.VirtualService{Metadata: meta("v"), Spec: api.VirtualServiceSpec{Hosts: []string{"web"}, HTTP: []api.HTTPRoute{
 			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "nothere"}}}},
 			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "web", Subset: "v9"}}}},
@@ -110,7 +111,9 @@ func TestPolicy(t *testing.T) {
 	s := statuses(got)
 	for st, want := range map[check.Status][]string{
 		check.Error: {"destination host nothere.default.svc.cluster.local is not in the service registry", "destination web.default.svc.cluster.local subset v9 is not defined by a DestinationRule"},
-		check.Warn:  {"AuthorizationPolicy default/nobody: selector map[app:gone] matches no workload", "corsPolicy is not supported"},
+		// Selectors as --labels spells them, never Go's map syntax.
+		check.Warn: {"AuthorizationPolicy default/nobody: selector app=gone,version=v2 matches no workload in the registry",
+			"Gateway default/gw: selector istio=ingressgateway matches no workload in the registry: no gateway serves it", "corsPolicy is not supported"},
 	} {
 		for _, w := range want {
 			if !strings.Contains(strings.Join(s[st], "\n"), w) {

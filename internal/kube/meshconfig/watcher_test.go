@@ -39,7 +39,7 @@ func TestExamplesAppliedAndSeen(t *testing.T) {
 	want := []string{
 		"AuthorizationPolicy/default/flaskapp-viewers", "ClusterRbacConfig//default", "DestinationRule/default/flaskapp",
 		"MeshPolicy//default", "PeerAuthentication/istio-system/default", "Policy/default/default",
-		"ServiceRole/default/flaskapp-viewer", "ServiceRoleBinding/default/sleep-views-flaskapp", "VirtualService/default/flaskapp",
+		"ServiceEntry/default/flaskapp", "ServiceRole/default/flaskapp-viewer", "ServiceRoleBinding/default/sleep-views-flaskapp", "VirtualService/default/flaskapp",
 	}
 	kubetest.Eventually(t, 30*time.Second, func() error {
 		var got []string
