@@ -224,3 +224,6 @@ func ParseChain(pems [][]byte) ([]*x509.Certificate, error) {
 	}
 	return out, nil
 }
+
+// Anchor is the root of m.Roots that m's chain ends at.
+func (m *Material) Anchor() (*x509.Certificate, error) { return anchorOf(m) }

@@ -62,8 +62,15 @@ type RenewerConfig struct {
 	// upstream that backdates a short certificate puts its half-life in
 	// the past); default a tenth of MinLife, and below MinLife.
 	MinInterval time.Duration
-	Clock       Timer
-	Log         *slog.Logger
+	// Gate, when set, activates each proven intermediate instead of the
+	// renewer, and may hold back one under a root the trust bundle's
+	// consumers lack (ErrHeld): the renewer then signs on with the
+	// current one and offers the held one again when Kick is called, at
+	// the held one's own renewal time, or, forced, once the current one
+	// has less than LowLifeFraction of its life left.
+	Gate  RootGate
+	Clock Timer
+	Log   *slog.Logger
 }
 
 // ErrShortIntermediate marks an intermediate refused because it arrived
@@ -86,6 +93,19 @@ type Renewer struct {
 	issued time.Time
 	// lastErr is the last renewal's error, nil once one succeeds.
 	lastErr error
+	// held is an intermediate the Gate held back, offered again later.
+	held *Material
+	kick chan struct{}
+}
+
+// Kick has Run offer the held intermediate to the Gate again now, or
+// ask the upstream for a new one (not within MinInterval of the last):
+// the Gate calls it once its consumers hold the new root.
+func (r *Renewer) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
 }
 
 // LastError is why the last renewal failed, or nil when it succeeded:
@@ -159,7 +179,7 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Renewer{cfg: cfg}, nil
+	return &Renewer{cfg: cfg, kick: make(chan struct{}, 1)}, nil
 }
 
 // Init obtains, proves and activates the first intermediate. It does not
@@ -167,14 +187,17 @@ func NewRenewer(cfg RenewerConfig) (*Renewer, error) {
 // the operator, and the authority stays without material.
 func (r *Renewer) Init(ctx context.Context) error { return r.Renew(ctx) }
 
-// Renew obtains, proves and activates a new intermediate now. On error the
-// current one stays active. A new root reaches consumers through the
-// authority's Bundles.
+// Renew obtains, proves and activates a new intermediate now (with a
+// Gate, the one it held back if that is still good). On error the current
+// one stays active; ErrHeld is not counted as a failure. A new root
+// reaches consumers through the authority's Bundles.
 func (r *Renewer) Renew(ctx context.Context) error {
 	err := r.renew(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrHeld):
+	case err != nil:
 		r.failure.Add(1)
-	} else {
+	default:
 		r.renewals.Add(1)
 	}
 	r.mu.Lock()
@@ -184,7 +207,20 @@ func (r *Renewer) Renew(ctx context.Context) error {
 }
 
 func (r *Renewer) renew(ctx context.Context) error {
-	m, resp, err := requestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, r.cfg.Authority.Material(), r.cfg.Clock.Now())
+	cur := r.cfg.Authority.Material()
+	force := cur == nil || !r.cfg.Clock.Now().Before(r.forceAt(cur))
+	r.mu.Lock()
+	held := r.held
+	r.held = nil
+	r.mu.Unlock()
+	if held != nil {
+		// No new request while the held one has life enough: it is
+		// offered again as it is.
+		if now := r.cfg.Clock.Now(); held.NotAfter().Sub(now) >= r.cfg.MinLife && now.Before(r.RenewAt(held)) {
+			return r.admit(held, nil, force)
+		}
+	}
+	m, resp, err := requestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, cur, r.cfg.Clock.Now())
 	now := r.cfg.Clock.Now()
 	if resp != nil {
 		r.mu.Lock()
@@ -202,13 +238,44 @@ func (r *Renewer) renew(ctx context.Context) error {
 	if err := r.cfg.Authority.Prove(m); err != nil {
 		return err
 	}
-	if err := r.cfg.Authority.Activate(m); err != nil {
-		return err
+	return r.admit(m, resp, force)
+}
+
+// admit activates m, through the Gate when there is one; an intermediate
+// the Gate holds back is kept for later.
+func (r *Renewer) admit(m *Material, resp *UpstreamChain, force bool) error {
+	if r.cfg.Gate == nil {
+		if err := r.cfg.Authority.Activate(m); err != nil {
+			return err
+		}
+	} else {
+		root, err := m.Anchor()
+		if err != nil {
+			return err
+		}
+		if err := r.cfg.Gate.Admit(m, root, force); err != nil {
+			if errors.Is(err, ErrHeld) {
+				r.mu.Lock()
+				r.held = m
+				r.mu.Unlock()
+			}
+			return err
+		}
 	}
 	r.cfg.Log.Info("intermediate CA activated", "subject", m.Cert.Subject.String(), "serial", m.Cert.SerialNumber.Text(16),
 		"notAfter", m.NotAfter().UTC(), "renewAt", r.RenewAt(m).UTC())
-	r.reportShortened(m, left, resp.Shortened)
+	if resp != nil {
+		r.reportShortened(m, m.NotAfter().Sub(r.cfg.Clock.Now()), resp.Shortened)
+	}
 	return nil
+}
+
+// forceAt is when the Gate may no longer hold back a successor of cur:
+// LowLifeFraction of its life before its end, when workloads' certificates
+// (which never outlive it) are about to expire with it.
+func (r *Renewer) forceAt(cur *Material) time.Time {
+	life := cur.NotAfter().Sub(cur.Cert.NotBefore)
+	return cur.NotAfter().Add(-time.Duration(float64(life) * LowLifeFraction))
 }
 
 func because(why string) string {
@@ -247,23 +314,32 @@ func (r *Renewer) RenewAt(m *Material) time.Time {
 // intermediate keeps signing meanwhile. Init must have succeeded.
 func (r *Renewer) Run(ctx context.Context) error {
 	failures := 0
+	kicked := false
 	for {
 		cur := r.cfg.Authority.Material()
 		if cur == nil {
 			return errors.New("ca: renewer: Init has not activated an intermediate")
 		}
-		if wait := r.nextAttempt(cur, failures); wait > 0 {
+		if wait := r.nextAttempt(cur, failures, kicked); wait > 0 {
+			kicked = false
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-r.cfg.Clock.After(wait):
+			case <-r.kick:
+				// Attempt now, within the bounds nextAttempt keeps.
+				kicked = true
+				continue
 			}
 		}
+		kicked = false
 		err := r.Renew(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err == nil {
+		// A Gate must not hold back once forced; if one does, back off
+		// rather than offer it the same intermediate in a loop.
+		if err == nil || errors.Is(err, ErrHeld) && r.cfg.Clock.Now().Before(r.forceAt(cur)) {
 			failures = 0
 			continue
 		}
@@ -272,19 +348,32 @@ func (r *Renewer) Run(ctx context.Context) error {
 	}
 }
 
-// nextAttempt is the wait before the next renewal attempt: at RenewAt,
-// or after failures the backoff (retryIn); and whatever the schedule, not
-// within MinInterval of the last intermediate the upstream issued.
-func (r *Renewer) nextAttempt(cur *Material, failures int) time.Duration {
+// nextAttempt is the wait before the next renewal attempt: at RenewAt
+// (at once when kicked), or after failures the backoff (retryIn); and
+// whatever the schedule, not within MinInterval of the last intermediate
+// the upstream issued. While the Gate holds an intermediate back, it is
+// offered again when kicked, at its own RenewAt, or when the current one
+// runs low (forceAt), whichever comes first, without asking the upstream.
+func (r *Renewer) nextAttempt(cur *Material, failures int, kicked bool) time.Duration {
 	now := r.cfg.Clock.Now()
-	wait := r.RenewAt(cur).Sub(now)
-	if failures > 0 {
-		wait = r.retryIn(cur, failures)
-	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.issued.IsZero() {
-		wait = max(wait, r.issued.Add(r.cfg.MinInterval).Sub(now))
+	held, issued := r.held, r.issued
+	r.mu.Unlock()
+	if held != nil && failures == 0 && now.Before(r.RenewAt(held)) && held.NotAfter().Sub(now) >= r.cfg.MinLife {
+		if kicked {
+			return 0
+		}
+		return min(r.RenewAt(held).Sub(now), r.forceAt(cur).Sub(now))
+	}
+	wait := r.RenewAt(cur).Sub(now)
+	switch {
+	case failures > 0:
+		wait = r.retryIn(cur, failures)
+	case kicked:
+		wait = 0
+	}
+	if !issued.IsZero() {
+		wait = max(wait, issued.Add(r.cfg.MinInterval).Sub(now))
 	}
 	return wait
 }
@@ -320,7 +409,7 @@ func (r *Renewer) reportFailure(cur *Material, err error, failures int) {
 	now := r.cfg.Clock.Now()
 	life := cur.NotAfter().Sub(cur.Cert.NotBefore)
 	left := cur.NotAfter().Sub(now)
-	retry := max(r.nextAttempt(cur, failures), 0)
+	retry := max(r.nextAttempt(cur, failures, false), 0)
 	attrs := []any{"error", err.Error(), "attempts", failures, "retryIn", retry,
 		"intermediateNotAfter", cur.NotAfter().UTC(), "remaining", left.Round(time.Second)}
 	switch {

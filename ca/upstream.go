@@ -88,3 +88,40 @@ func requestIntermediate(ctx context.Context, up Upstream, kt KeyType, subject p
 	}
 	return m, resp, nil
 }
+
+// IssuerLister is an optional Upstream capability: an upstream that keeps
+// several issuers (Vault's PKI mount since 1.11) lists them, so that a
+// root rotated inside the upstream is published to every consumer before
+// an intermediate chains to it.
+type IssuerLister interface {
+	Issuers(ctx context.Context) ([]UpstreamIssuer, error)
+}
+
+// UpstreamIssuer is one issuer an upstream holds.
+type UpstreamIssuer struct {
+	ID, Name string // the upstream's names for it (Vault: issuer_id, issuer_name)
+	// Root is the self-signed root its chain ends at (the issuer itself
+	// for a root issuer).
+	Root *x509.Certificate
+	// Signs marks the issuer the upstream signs warden's next intermediate
+	// with (Vault: the default issuer, or the one the sign path names).
+	Signs bool
+}
+
+// RootGate is an optional part of a Renewer (RenewerConfig.Gate): it
+// activates each intermediate the renewer obtained and proved, with the
+// trust bundle it decides, and may hold back one that chains to a root
+// the trust bundle's consumers do not hold yet (publish before activate).
+type RootGate interface {
+	// Admit activates m, whose chain ends at root, or returns an error
+	// wrapping ErrHeld to keep the current intermediate signing. force is
+	// set when the current intermediate has less than LowLifeFraction of
+	// its life left (or there is none): holding m back then would soon
+	// leave the CA unable to sign.
+	Admit(m *Material, root *x509.Certificate, force bool) error
+}
+
+// ErrHeld marks an intermediate a RootGate held back: not a failure; the
+// renewer keeps it and offers it again (Renewer.Kick, its own renewal
+// time, or when the current intermediate runs low).
+var ErrHeld = errors.New("intermediate held back")

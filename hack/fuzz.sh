@@ -24,6 +24,7 @@ targets=(
   "./rbac FuzzMonotonic 6000"
   "./xds FuzzProxyConfig 3000"
   "./ca/vault FuzzSignResponse 8000"
+  "./ca/vault FuzzIssuerRoot 8000"
 )
 for t in "${targets[@]}"; do
   set -- $t

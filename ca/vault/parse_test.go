@@ -212,3 +212,61 @@ func FuzzSignResponse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseIssuerRoot: an issuer's JSON gives the root its chain ends at:
+// the issuer itself when self-signed, else the self-signed certificate of
+// its ca_chain, or none; malformed answers are errors naming the field.
+func TestParseIssuerRoot(t *testing.T) {
+	t.Parallel()
+	f := newPKIFixture(t)
+	for _, tc := range []struct {
+		name    string
+		data    map[string]any
+		want    *x509.Certificate
+		wantErr string
+	}{
+		{"root issuer", map[string]any{"certificate": f.rootPEM, "ca_chain": []any{f.rootPEM}}, f.root, ""},
+		{"intermediate issuer", map[string]any{"certificate": f.midPEM, "ca_chain": []any{f.midPEM, f.rootPEM}}, f.root, ""},
+		{"intermediate without its root", map[string]any{"certificate": f.midPEM, "ca_chain": []any{f.midPEM}}, nil, ""},
+		{"no certificate", map[string]any{}, nil, "certificate: missing from Vault's response"},
+		{"bad chain", map[string]any{"certificate": f.midPEM, "ca_chain": []any{"nope"}}, nil, "ca_chain[0]: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := vault.ParseIssuerRoot(tc.data)
+			if tc.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || (got == nil) != (tc.want == nil) || got != nil && !got.Equal(tc.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzIssuerRoot: whatever an issuer's JSON holds, the result is a
+// self-signed CA, nothing, or an error naming the field.
+func FuzzIssuerRoot(f *testing.F) {
+	p := newPKIFixture(f)
+	f.Add(body(f, map[string]any{"certificate": p.rootPEM, "ca_chain": []any{p.rootPEM}, "issuer_id": "x"}))
+	f.Add(body(f, map[string]any{"certificate": p.midPEM, "ca_chain": []any{p.midPEM, p.rootPEM}}))
+	f.Add(body(f, map[string]any{"certificate": p.underMid, "ca_chain": []any{p.underMid}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := api.ParseSecret(bytes.NewReader(b))
+		if err != nil || s == nil {
+			return
+		}
+		root, err := vault.ParseIssuerRoot(s.Data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "certificate: ") && !strings.HasPrefix(err.Error(), "ca_chain[") {
+				t.Fatalf("error names no field: %v", err)
+			}
+			return
+		}
+		if root != nil && (!root.IsCA || string(root.RawIssuer) != string(root.RawSubject) || root.CheckSignatureFrom(root) != nil) {
+			t.Fatal("returned a root that is not a self-signed CA")
+		}
+	})
+}

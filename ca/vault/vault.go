@@ -78,6 +78,8 @@ type Upstream struct {
 	sent [32]byte
 
 	logins atomic.Uint64 // login attempts (tests: never a lockout)
+
+	issuerRoots map[string]*x509.Certificate // by issuer ID (Issuers)
 }
 
 // Logins counts the login attempts made, successful or not.

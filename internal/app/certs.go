@@ -89,8 +89,15 @@ func runCAInfo(ctx context.Context, e *env, args []string) error {
 				return fmt.Errorf("%s: %w", filepath.Join(*dataDir, ca.FileRootCert), perr)
 			}
 			fmt.Fprintf(e.stdout, "%s holds the trust bundle of a Vault-backed CA (warden serve --ca-upstream vault): the signing intermediate is in the running server's memory; see its log (\"intermediate CA activated\") or citadel_server_cert_chain_expiry_timestamp on /metrics.\n", *dataDir)
+			st, found, err := rotation.FileUpstreamStore{Path: filepath.Join(*dataDir, rotation.VaultStateFile)}.Load()
+			if err != nil {
+				return err
+			}
+			if found && (st.Next != nil || len(st.Old) > 0) {
+				fmt.Fprintln(e.stdout, "Root rotation in progress in Vault; see 'warden ca rotate --status'.")
+			}
 			for i, r := range roots {
-				fmt.Fprintf(e.stdout, "Root %d:\n", i+1)
+				fmt.Fprintf(e.stdout, "Root %d%s:\n", i+1, vaultRootRole(st, found, r))
 				describeCert(e.stdout, r, "  ")
 			}
 			return nil
@@ -143,6 +150,27 @@ func describeCA(w io.Writer, m *ca.Material, rot *ca.Rotation, target ca.Phase) 
 		}
 	}
 	fmt.Fprintf(w, "Leaves expire no later than: %s\n", signing.NotAfter().UTC().Format(time.RFC3339))
+}
+
+// vaultRootRole says, during a rotation in Vault, which root is which
+// (in the words rootRole uses for a rotation of warden's own root).
+func vaultRootRole(st rotation.UpstreamState, found bool, root *x509.Certificate) string {
+	switch {
+	case !found || st.Next == nil && len(st.Old) == 0:
+		return ""
+	case st.Next != nil && root.Equal(st.Next):
+		return " (new root, trusted; signs from activation)"
+	case root.Equal(st.Signing) && st.Next != nil:
+		return " (old root, signs until activation)"
+	case root.Equal(st.Signing):
+		return " (new root, signs)"
+	}
+	for _, o := range st.Old {
+		if root.Equal(o.Root) {
+			return fmt.Sprintf(" (old root, trusted until %s, when the last intermediate under it has expired)", o.RetireAfter.UTC().Format(time.RFC3339))
+		}
+	}
+	return ""
 }
 
 // rootRole says, during a rotation, whether root is the old or the new

@@ -2,12 +2,14 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -81,8 +83,36 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// replica asks Vault again), so no CA Secret is read or written.
 	var m *ca.Material
 	plugged := false
+	var leading atomic.Bool
 	if useVault {
-		if err = s.wireVault(ctx, f.vault, caCfg, rootOpts.KeyType); err != nil {
+		// Each replica follows Vault's issuers itself (each has its own
+		// intermediate), waiting for its own streams; the leader, which
+		// writes the cluster's copies, for those too, and reports the
+		// status for 'ca rotate --kubernetes --status'.
+		statusStore := &rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
+		vr := vaultRotation{
+			consumers: func() []bundle.Consumer {
+				if leading.Load() {
+					return s.consumers.All()
+				}
+				return s.consumers.Of(bundle.PerReplica)
+			},
+			report: func(ctx context.Context, st rotation.Status) bool {
+				if !leading.Load() {
+					return false
+				}
+				b, err := json.Marshal(st)
+				if err == nil {
+					err = statusStore.WriteStatus(ctx, b)
+				}
+				if err != nil {
+					s.log.Error("upstream root rotation: writing the status for 'ca rotate --kubernetes --status'", "error", err.Error())
+					return false
+				}
+				return true
+			},
+		}
+		if err = s.wireVault(ctx, f, caCfg, rootOpts.KeyType, vr); err != nil {
 			return nil, err
 		}
 	} else {
@@ -156,6 +186,8 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the
 		// rotation's steps.
+		leading.Store(true)
+		defer leading.Store(false)
 		var wg sync.WaitGroup
 		if s.rotator != nil {
 			wg.Go(func() {

@@ -185,6 +185,11 @@ func (k *kubeRotation) status(ctx context.Context) (rotation.Status, error) {
 // request waits for the leader to take it: the leader reports after
 // the steps it took at once.
 func (k *kubeRotation) request(ctx context.Context, req rotationstore.Request) (rotation.Status, error) {
+	// Where the root rotates elsewhere (Vault), the leader takes no
+	// requests: say so now rather than after the wait.
+	if st, err := k.status(ctx); err == nil && st.Upstream != "" {
+		return st, fmt.Errorf("%w: %s", ca.ErrRotation, st.Manual)
+	}
 	seq, err := k.store.Request(ctx, req)
 	if err != nil {
 		return rotation.Status{}, err

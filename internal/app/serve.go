@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -147,9 +149,10 @@ type controlPlane struct {
 	xds       *xdsserver.Server                 // ADS for sidecars and proxyless gRPC
 	grpc      *grpc.Server
 	caLis     net.Listener
-	limiter   *server.Limiter   // the CA port's per-peer limits
-	rotator   *rotation.Rotator // the root's rotation
-	consumers *bundle.Set       // the trust bundle's consumers in this process
+	limiter   *server.Limiter    // the CA port's per-peer limits
+	rotator   *rotation.Rotator  // the root's rotation
+	vaultRot  *rotation.Upstream // Vault mode: a root rotated in Vault
+	consumers *bundle.Set        // the trust bundle's consumers in this process
 	http      *http.Server
 	httpLis   net.Listener
 }
@@ -308,9 +311,15 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		if err := checkNoLocalCA(f.dataDir); err != nil {
 			return nil, err
 		}
-		if err := s.wireVault(ctx, f.vault, o.caCfg, o.keyType); err != nil {
+		if err := os.MkdirAll(f.dataDir, 0o700); err != nil {
 			return nil, err
 		}
+		vr := vaultRotation{store: rotation.FileUpstreamStore{Path: filepath.Join(f.dataDir, rotation.VaultStateFile)}, consumers: s.consumers.All}
+		if err := s.wireVault(ctx, f, o.caCfg, o.keyType, vr); err != nil {
+			return nil, err
+		}
+		dir := f.dataDir
+		s.tasks = append(s.tasks, func(ctx context.Context) error { return s.vaultRot.ServeAdmin(ctx, dir) })
 		if err := writeRootCert(f.dataDir, s.authority.Material().Roots); err != nil {
 			return nil, err
 		}
@@ -460,8 +469,11 @@ func (s *controlPlane) metricsHandler() http.Handler {
 	}
 	s.metrics.SDS(s.sds.Streams, s.sds.Pushes)
 	s.metrics.Authority(s.authority, ca.SystemClock{})
-	if s.rotator != nil {
+	switch {
+	case s.rotator != nil:
 		s.metrics.Rotation(s.rotator.PhaseIndex, s.rotator.Started)
+	case s.vaultRot != nil:
+		s.metrics.Rotation(s.vaultRot.PhaseIndex, s.vaultRot.Started)
 	}
 	// Every series exists in every mode (zero where it cannot move), so
 	// one dashboard and one rule file fit every install.

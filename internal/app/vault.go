@@ -15,6 +15,8 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/vault"
 	"github.com/wardenmesh/warden/internal/atomicfile"
+	"github.com/wardenmesh/warden/internal/bundle"
+	"github.com/wardenmesh/warden/internal/rotation"
 )
 
 // vaultFlags configure --ca-upstream vault. The VAULT_* variables are the
@@ -28,6 +30,7 @@ type vaultFlags struct {
 	approleMount, roleID, secret string
 	k8sMount, k8sRole, k8sToken  string
 	ttl, minTTL                  time.Duration
+	issuerPoll                   time.Duration
 	renewFraction                float64
 	set                          map[string]bool // flags given on the command line
 }
@@ -63,6 +66,7 @@ func (v *vaultFlags) register(fs *flag.FlagSet, e *env) {
 	fs.DurationVar(&v.ttl, "vault-intermediate-ttl", ca.DefaultIntermediateTTL, "requested lifetime of the intermediate Vault signs")
 	fs.DurationVar(&v.minTTL, "vault-min-intermediate-ttl", ca.DefaultMinLife, "refuse an intermediate Vault issues with less life left than this (its PKI mount's max_lease_ttl too low); warden asks Vault at most once every tenth of it")
 	fs.Float64Var(&v.renewFraction, "vault-renew-fraction", ca.DefaultRenewFraction, "renew the intermediate after this share of its life (at most 0.8)")
+	fs.DurationVar(&v.issuerPoll, "vault-issuer-poll", time.Minute, "how often warden reads the PKI mount's issuers, to publish a root rotated in Vault before it signs under it")
 }
 
 // enabled reports whether the intermediate comes from Vault; other values
@@ -106,13 +110,28 @@ func (v *vaultFlags) config() (vault.Config, error) {
 	return cfg, nil
 }
 
+// vaultRotation is how a root rotated in Vault is followed in one mode:
+// where its state is kept (nil: memory), which consumers activation
+// waits for, and who reports the status (Kubernetes' leader).
+type vaultRotation struct {
+	store     rotation.UpstreamStore
+	consumers func() []bundle.Consumer
+	report    func(ctx context.Context, st rotation.Status) bool
+}
+
 // wireVault makes an authority whose intermediate Vault signs: it logs
 // in, obtains and proves the first intermediate (failing startup
-// otherwise), and schedules the token and intermediate renewals.
-// A new Vault root reaches consumers through the authority's Bundles.
-func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Config, kt ca.KeyType) error {
+// otherwise), and schedules the token and intermediate renewals, and the
+// watch of the PKI mount's issuers: a root rotated in Vault is published
+// to every consumer before an intermediate under it signs
+// (rotation.Upstream).
+func (s *controlPlane) wireVault(ctx context.Context, f serveFlags, caCfg ca.Config, kt ca.KeyType, vr vaultRotation) error {
+	v := f.vault
 	if v.minTTL <= 0 || v.ttl < v.minTTL {
 		return fmt.Errorf("%w: --vault-intermediate-ttl %s must be at least --vault-min-intermediate-ttl %s, the shortest intermediate warden accepts (positive)", errUsage, v.ttl, v.minTTL)
+	}
+	if v.issuerPoll <= 0 {
+		return fmt.Errorf("%w: --vault-issuer-poll %s must be positive", errUsage, v.issuerPoll)
 	}
 	vcfg, err := v.config()
 	if err != nil {
@@ -126,19 +145,43 @@ func (s *controlPlane) wireVault(ctx context.Context, v vaultFlags, caCfg ca.Con
 	if s.authority, err = ca.New(caCfg, nil); err != nil {
 		return err
 	}
+	mount := vcfg.PKIMount
+	if mount == "" {
+		mount = vault.DefaultPKIMount
+	}
+	describe := fmt.Sprintf("Vault at %s (PKI mount %s)", v.addr, mount)
+	s.vaultRot, err = rotation.NewUpstream(rotation.UpstreamConfig{
+		Log: s.log, Authority: s.authority, Clock: caCfg.Clock, Issuers: up, Consumers: vr.consumers, Store: vr.store,
+		Grace: f.rotationGrace, Poll: v.issuerPoll, Describe: describe, Report: vr.report,
+		Switch: func(is ca.UpstreamIssuer) string {
+			ref := is.ID
+			if ref == "" {
+				ref = "<new issuer>"
+			}
+			if v.signPath != "" {
+				return fmt.Sprintf("warden signs with --vault-sign-path %s; point it at the new issuer (%s/issuer/%s/sign-intermediate) and restart, or make that issuer sign there", v.signPath, mount, ref)
+			}
+			return fmt.Sprintf("make the new issuer the default (vault write %s/root/replace default=%s)", mount, ref)
+		},
+		Manual: fmt.Sprintf("in Vault mode the root rotates in Vault: create the new root there (vault write %s/root/rotate/internal common_name=...), then make it the default issuer (vault write %s/root/replace default=<its issuer_id>); warden publishes the new root as soon as it sees it and signs under it once every consumer holds it, by itself; follow it with --status (docs/vault.md, Rotating the root in Vault)", mount, mount),
+	})
+	if err != nil {
+		return err
+	}
 	r, err := ca.NewRenewer(ca.RenewerConfig{
 		Authority: s.authority, Upstream: up, KeyType: kt, TTL: v.ttl, RenewFraction: v.renewFraction,
-		MinLife: v.minTTL, Clock: ca.SystemClock{}, Log: s.log,
+		MinLife: v.minTTL, Clock: ca.SystemClock{}, Log: s.log, Gate: s.vaultRot,
 	})
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	s.vaultRot.SetKick(r.Kick)
 	if err := r.Init(ctx); err != nil {
 		return err
 	}
 	s.renewer = r
-	s.origin = fmt.Sprintf("intermediate signed by Vault at %s (PKI mount %s)", v.addr, v.mount)
-	s.tasks = append(s.tasks, up.Run, r.Run)
+	s.origin = "intermediate signed by " + describe
+	s.tasks = append(s.tasks, up.Run, r.Run, s.vaultRot.Run)
 	return nil
 }
 

@@ -282,8 +282,9 @@ func metricValue(t *testing.T, body, name string) float64 {
 // TestServeVaultWritesRootCert: in Vault mode warden serve writes Vault's
 // root to <data-dir>/root-cert.pem (0600, like a self-signed store's), an
 // agent trusting that file reaches the CA, and when Vault's root is
-// rotated the file follows at the next renewal: the new root, then the
-// old one, still trusted for the leaves it signed.
+// rotated (here the default issuer switched directly) the file follows:
+// the new root once it signs (no consumer to wait for, no grace), then
+// the old one, still trusted for the leaves it signed.
 func TestServeVaultWritesRootCert(t *testing.T) {
 	v, dir := vaultSetup(t, "approle")
 	data := filepath.Join(t.TempDir(), "data")
@@ -297,7 +298,7 @@ func TestServeVaultWritesRootCert(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, logs := serveVault(t, data, "", approleFlags(v, dir))
+	addr, logs := serveVault(t, data, "", append(approleFlags(v, dir), "--rotation-grace", "0s"))
 	readRoots := func() []*x509.Certificate {
 		t.Helper()
 		b, err := os.ReadFile(rootFile)

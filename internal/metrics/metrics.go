@@ -241,7 +241,7 @@ func (r *Registry) Rotation(phase func() float64, started func() int64) {
 		Help: "Phase of the root rotation in progress: 0 none, 1 prepared, 2 published, 3 activated.",
 	}, phase), prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "warden_ca_root_rotations_started_total",
-		Help: "Root rotations started, by request or automatically, since this process started.",
+		Help: "Root rotations started, by request or automatically (Vault mode: new Vault roots published), since this process started.",
 	}, func() float64 { return float64(started()) }))
 }
 

@@ -14,8 +14,26 @@ import (
 	"github.com/wardenmesh/warden/internal/unixsock"
 )
 
+// admin is what the admin socket serves: a rotation's status and its
+// steps (a Rotator), or the status alone where the root rotates
+// elsewhere (an Upstream, which refuses the steps).
+type admin interface {
+	Status() Status
+	Request(to ca.Phase, force bool) error
+	Abort() error
+	// advanceNow takes at once the steps a request allows.
+	advanceNow(ctx context.Context) error
+}
+
+var (
+	_ admin = (*Rotator)(nil)
+	_ admin = (*Upstream)(nil)
+)
+
+func (r *Rotator) advanceNow(ctx context.Context) error { return r.step(ctx) }
+
 // adminHandler is the rotation API on the admin socket.
-func (r *Rotator) adminHandler() http.Handler {
+func adminHandler(r admin) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /rotation", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -30,7 +48,7 @@ func (r *Rotator) adminHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
-		_ = r.step(req.Context()) // a failure is in the status
+		_ = r.advanceNow(req.Context()) // a failure is in the status
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(r.Status())
 	})
@@ -47,12 +65,16 @@ func (r *Rotator) adminHandler() http.Handler {
 
 // ServeAdmin serves the admin socket in dataDir until ctx is done.
 func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
+	return serveAdmin(ctx, dataDir, r)
+}
+
+func serveAdmin(ctx context.Context, dataDir string, r admin) error {
 	path := filepath.Join(dataDir, AdminSocket)
 	l, err := unixsock.Listen(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
 	}
-	srv := &http.Server{Handler: r.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: adminHandler(r), ReadHeaderTimeout: 10 * time.Second}
 	removed := make(chan struct{})
 	go func() {
 		<-ctx.Done()

@@ -38,6 +38,22 @@ type Status struct {
 	// says, for every root of the bundle, who holds it.
 	Plugged string        `json:"plugged,omitempty"`
 	Roots   []RootHolders `json:"roots,omitempty"`
+	// Upstream names where the root rotates when it is not warden's
+	// (Vault): the steps follow the upstream's issuers, not requests.
+	// Retiring are further old roots still trusted (a second rotation
+	// before the first retired).
+	Upstream string         `json:"upstream,omitempty"`
+	Retiring []RetiringRoot `json:"retiring,omitempty"`
+	// Manual says, where the root rotates elsewhere, how to rotate it
+	// (the answer to a step asked by hand).
+	Manual string `json:"manual,omitempty"`
+}
+
+// RetiringRoot is an old root trusted until RetireAfter.
+type RetiringRoot struct {
+	SHA256      string    `json:"sha256"`
+	NotAfter    time.Time `json:"notAfter"`
+	RetireAfter time.Time `json:"retireAfter"`
 }
 
 type Holdings struct {
@@ -121,8 +137,14 @@ func (st Status) Print(w io.Writer) {
 		fmt.Fprintf(w, "bundle root sha256 %s (%s; %s, expires %s)\n", root.SHA256, role, root.Subject, root.NotAfter.UTC().Format(time.RFC3339))
 		printHolders(w, "  ", root.Consumers)
 	}
+	for _, r := range st.Retiring {
+		fmt.Fprintf(w, "old root:     sha256 %s%s, trusted until %s\n", r.SHA256, expires(r.NotAfter), r.RetireAfter.UTC().Format(time.RFC3339))
+	}
 	if st.Plugged != "" {
 		fmt.Fprintf(w, "plugged-in CA from %s: rotate it by editing the files (docs/ca.md)\n", st.Plugged)
+	}
+	if st.Upstream != "" {
+		fmt.Fprintf(w, "the root rotates in %s: warden publishes a new root it finds there at once, and signs under it once Vault does and every consumer holds it (docs/vault.md)\n", st.Upstream)
 	}
 	if st.Waiting != "" {
 		fmt.Fprintf(w, "waiting: %s\n", st.Waiting)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -33,7 +34,10 @@ import (
 // its intermediate, issues workload certificates chaining to Vault's root
 // and publishes that root as the trust bundle. A role that does not
 // exist, or a service account the role does not bind, stops warden at
-// startup with Vault's reason.
+// startup with Vault's reason. A root rotated in Vault is published to
+// the namespaces' ConfigMaps beside the signing one (issue #28, defect
+// 4), and 'ca rotate --kubernetes --status' reports it, while the steps
+// asked by hand are refused at once.
 func TestVaultKubernetesAuth(t *testing.T) {
 	ns := apiserver.Namespace(t, "warden")
 	apiserver.ServiceAccount(t, ns, "warden")
@@ -64,7 +68,7 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		return []string{"serve", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns,
 			"--listen", addr, "--http-listen", "", "--replica-id", "replica-a",
 			"--ca-upstream", "vault", "--vault-addr", v.Addr, "--vault-cacert", v.CACert,
-			"--vault-auth", "kubernetes", "--vault-k8s-role", role, "--vault-k8s-token-file", tokenFile}
+			"--vault-auth", "kubernetes", "--vault-k8s-role", role, "--vault-k8s-token-file", tokenFile, "--vault-issuer-poll", "1s"}
 	}
 
 	// Refusals first: no CA comes up.
@@ -144,6 +148,48 @@ func TestVaultKubernetesAuth(t *testing.T) {
 	// With Vault, no CA key is stored in the cluster.
 	if _, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("istio-ca-secret: %v, want NotFound", err)
+	}
+
+	// A root rotated in Vault: published beside the signing one (the
+	// default 10-minute grace keeps it from signing in this test).
+	rotate := func(args ...string) (int, string) {
+		var out bytes.Buffer
+		code := app.Run(context.Background(), append([]string{"ca", "rotate", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", ns}, args...), &out, &out)
+		return code, out.String()
+	}
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if code, out := rotate("--status"); code != 0 || !strings.Contains(out, "phase: none") || !strings.Contains(out, "the root rotates in Vault at "+v.Addr) {
+			return fmt.Errorf("status before the rotation: exit %d\n%s", code, out)
+		}
+		return nil
+	})
+	v.RunDoc(t, dir, nil, "setup", "rotate", "replace")
+	next, err := os.ReadFile(filepath.Join(dir, "vault-root-next.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		cm, err := apiserver.Client.CoreV1().ConfigMaps(app1).Get(context.Background(), rootcert.ConfigMap, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cm.Data[rootcert.Key] != string(vaultRoot)+string(next) {
+			return fmt.Errorf("%s/%s holds %q, want Vault's old root then the new one", app1, rootcert.ConfigMap, cm.Data[rootcert.Key])
+		}
+		return nil
+	})
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if code, out := rotate("--status"); code != 0 || !strings.Contains(out, "phase: published (target activated)") || !strings.Contains(out, "waiting: activation waits until ") {
+			return fmt.Errorf("status once published: exit %d\n%s", code, out)
+		}
+		return nil
+	})
+	start := time.Now()
+	if code, out := rotate("activate"); code != 1 || !strings.Contains(out, "in Vault mode the root rotates in Vault") || time.Since(start) > 10*time.Second {
+		t.Errorf("ca rotate --kubernetes activate in Vault mode: exit %d after %s\n%s", code, time.Since(start), out)
+	}
+	if strings.Contains(logs.String(), "Publish a new root before signing with it") {
+		t.Errorf("the log has the unpublished-root ERROR:\n%s", logs.String())
 	}
 }
 
