@@ -163,7 +163,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
-	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
+	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Discovery: cs.Discovery(), Log: s.log}
 	s.config = config
 	s.registry = &registry.Watcher{Client: cs, Log: s.log}
 	s.gwCreds = &gatewaycreds.Watcher{Client: cs, Log: s.log}

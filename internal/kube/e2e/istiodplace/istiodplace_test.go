@@ -317,6 +317,17 @@ spec:
 	if !strings.Contains(logs.String(), "refused configuration") {
 		t.Errorf("warden logged no refusal:\n%s", logs)
 	}
+	// warden serves what it admitted: its configuration watcher does not
+	// wait for the legacy kinds Istio's CRDs lack.
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(logs.String(), `msg="mesh configuration applied" objects=1 `) {
+			return fmt.Errorf("warden has not applied the PeerAuthentication:\n%s", logs)
+		}
+		return nil
+	})
+	if !strings.Contains(logs.String(), `kinds="policies.authentication.istio.io, meshpolicies.authentication.istio.io`) {
+		t.Errorf("the kinds Istio's CRDs lack are not named:\n%s", logs)
+	}
 
 	// The workload's template carries its sidecar (step 4), and a pod
 	// injected the same way is admitted in the injection-enabled
