@@ -136,10 +136,12 @@ func (v *Validator) serve(w http.ResponseWriter, r *http.Request) {
 // Review decides one request as Istio's validation does for the kinds
 // warden reads (pkg/webhooks/validation/server): CREATE and UPDATE are
 // validated, dry runs too; any other operation is allowed. An object of
-// a kind warden reads is decoded strictly (api.DecodeObject) and, for
-// the kinds whose errors would stop warden applying the whole mesh
-// configuration, checked as warden's compilers check it; what warden
-// would refuse to serve is refused here, with the same message. Istio's
+// a kind warden reads is decoded strictly (api.DecodeObject), checked
+// with Istio's rules for the security kinds beyond its CRDs' schemas
+// (istioRules) and, for the kinds whose errors would stop warden
+// applying the whole mesh configuration, as warden's compilers check it;
+// what warden would refuse to serve is refused here, with the same
+// message. Istio's
 // checks on every kind's metadata apply to every kind: top-level fields,
 // the always-reject and internal annotations, istio.io/dry-run. An Istio
 // kind warden does not read is allowed with a warning that warden
@@ -240,6 +242,9 @@ func review(req *admissionv1.AdmissionRequest) (warnings []string, reason string
 		raw, _ = json.Marshal(top)
 	}
 	obj, err := api.DecodeObject(raw)
+	if err == nil {
+		err = istioRules(obj)
+	}
 	if err == nil {
 		err = compiles(obj)
 	}
