@@ -329,6 +329,17 @@ spec:
 		t.Errorf("the kinds Istio's CRDs lack are not named:\n%s", logs)
 	}
 
+	// warden check finds the webhooks calling warden with its root, and
+	// nothing wrong elsewhere.
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		var out bytes.Buffer
+		code := app.Run(ctx, []string{"check", "--kubernetes", "--kubeconfig", apiserver.Kubeconfig, "--namespace", "warden-system"}, &out, &out)
+		if code != 0 || !strings.Contains(out.String(), "2 validating webhooks call warden and trust its root") {
+			return fmt.Errorf("warden check: exit %d\n%s", code, out.String())
+		}
+		return nil
+	})
+
 	// The workload's template carries its sidecar (step 4), and a pod
 	// injected the same way is admitted in the injection-enabled
 	// namespace, with its sidecar.
