@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: race bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: race bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent istioctl prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -57,8 +57,12 @@ prometheus:
 istio-agent:
 	hack/istioagent.sh
 
+## istioctl: build (once, cached in ~/.cache/warden/istioctl) Istio's istioctl, for the "In istiod's place" migration test.
+istioctl:
+	hack/istioctl.sh
+
 TEST_ENV = KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" WARDEN_ISTIO_AUTHZ_BIN="$$(hack/istioauthz.sh)" \
-	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)"
+	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)" WARDEN_ISTIOCTL="$$(hack/istioctl.sh)"
 
 unit:
 	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...

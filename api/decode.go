@@ -102,55 +102,93 @@ func objectID(kind, ns, name string) string {
 	return kind + " " + ns + "/" + name
 }
 
+// DecodeObject decodes one object (JSON or YAML; an admission request's
+// object, say) strictly, as Decode does. Its error names the object and
+// the field without a document number: "api: PeerAuthentication
+// default/p: spec.mtls.mode: ...".
+func DecodeObject(data []byte) (Object, error) {
+	raw, err := parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("api: %v", err)
+	}
+	if m, ok := raw.(map[string]any); ok && m["kind"] == "List" {
+		return nil, errors.New("api: a List, not one object")
+	}
+	objs, errs := decodeValue(raw, "")
+	if len(errs) > 0 {
+		return nil, errs[0]
+	}
+	if len(objs) != 1 {
+		return nil, errors.New("api: no object")
+	}
+	return objs[0], nil
+}
+
+// at names where an object is in errors: "document 2 (Kind ns/name)",
+// or the object alone when there is no document (DecodeObject).
+func at(where, id string) string {
+	switch {
+	case where == "":
+		return id
+	case id == "":
+		return where
+	}
+	return where + " (" + id + ")"
+}
+
 // decodeValue decodes one document or List item: the valid objects and an
-// error for each invalid one.
+// error for each invalid one. where is "" for DecodeObject.
 func decodeValue(raw any, where string) ([]Object, []error) {
 	one := func(err error) []error { return []error{err} }
+	top := where
+	if top == "" {
+		top = "object"
+	}
 	m, ok := raw.(map[string]any)
 	if !ok {
 		if raw == nil {
 			return nil, nil
 		}
-		return nil, one(fmt.Errorf("api: %s: expected an object, got %s", where, describe(raw)))
+		return nil, one(fmt.Errorf("api: %s: expected an object, got %s", top, describe(raw)))
 	}
 	apiVersion, _ := m["apiVersion"].(string)
 	kind, _ := m["kind"].(string)
 	if kind == "List" && apiVersion == "v1" {
 		items, ok := m["items"].([]any)
 		if !ok && m["items"] != nil {
-			return nil, one(fmt.Errorf("api: %s: items: expected a list, got %s", where, describe(m["items"])))
+			return nil, one(fmt.Errorf("api: %s: items: expected a list, got %s", top, describe(m["items"])))
 		}
 		var out []Object
 		var errs []error
 		for i, it := range items {
-			objs, bad := decodeValue(it, fmt.Sprintf("%s items[%d]", where, i))
+			objs, bad := decodeValue(it, fmt.Sprintf("%s items[%d]", top, i))
 			out = append(out, objs...)
 			errs = append(errs, bad...)
 		}
 		return out, errs
 	}
 	if apiVersion == "" || kind == "" {
-		return nil, one(fmt.Errorf("api: %s: apiVersion and kind are required", where))
+		return nil, one(fmt.Errorf("api: %s: apiVersion and kind are required", top))
 	}
 	k, ok := lookup(apiVersion, kind)
 	if !ok {
-		return nil, one(fmt.Errorf("api: %s: unknown kind %s in %s", where, kind, apiVersion))
+		return nil, one(fmt.Errorf("api: %s: unknown kind %s in %s", top, kind, apiVersion))
 	}
 	md, _ := m["metadata"].(map[string]any)
 	name, _ := md["name"].(string)
 	ns, _ := md["namespace"].(string)
 	id := objectID(kind, ns, name)
 	if n, ok := md["name"]; !ok || n == nil || n == "" {
-		return nil, one(fmt.Errorf("api: %s (%s): metadata.name is required", where, kind))
+		return nil, one(fmt.Errorf("api: %s: metadata.name is required", at(where, kind)))
 	}
 	body := maps.Clone(m)
 	delete(body, "status") // the API server's and Istio's to write
 	obj := k.New()
 	if err := walk("", body, reflect.ValueOf(obj).Elem(), ""); err != nil {
-		return nil, one(fmt.Errorf("api: %s (%s): %w", where, id, err))
+		return nil, one(fmt.Errorf("api: %s: %w", at(where, id), err))
 	}
 	if err := checkObject(obj, k); err != nil {
-		return nil, one(fmt.Errorf("api: %s (%s): %w", where, id, err))
+		return nil, one(fmt.Errorf("api: %s: %w", at(where, id), err))
 	}
 	return []Object{obj}, nil
 }

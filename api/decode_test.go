@@ -137,6 +137,32 @@ func TestDecodeAllGoesOn(t *testing.T) {
 	}
 }
 
+// TestDecodeObject: one object (an admission request's), its errors
+// naming the object and field without a document number.
+func TestDecodeObject(t *testing.T) {
+	t.Parallel()
+	o, err := api.DecodeObject([]byte(`{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"p","namespace":"shop"},"spec":{"mtls":{"mode":"STRICT"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pa, ok := o.(*api.PeerAuthentication); !ok || pa.Spec.MTLS == nil || pa.Spec.MTLS.Mode != "STRICT" || pa.Metadata.Namespace != "shop" {
+		t.Fatalf("decoded %#v", o)
+	}
+	for _, c := range []struct{ in, want string }{
+		{ap + "spec: {action: ALOW}\n", `api: AuthorizationPolicy default/deny-all: spec.action: "ALOW" is not one of ALLOW, DENY, AUDIT, CUSTOM`},
+		{"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {}\n", "api: PeerAuthentication: metadata.name is required"},
+		{"apiVersion: security.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\n", "api: object: unknown kind Sidecar in security.istio.io/v1"},
+		{"[1]", "api: object: expected an object, got a list"},
+		{`{"apiVersion":"v1","kind":"List","items":[]}`, "api: a List, not one object"},
+		{"{", "api: yaml: line 1: did not find expected node content"},
+		{"", "api: no object"},
+	} {
+		if _, err := api.DecodeObject([]byte(c.in)); err == nil || err.Error() != c.want {
+			t.Errorf("DecodeObject(%q): %v, want %s", c.in, err, c.want)
+		}
+	}
+}
+
 func TestDecodeAcceptsAPIServerFieldsAndLists(t *testing.T) {
 	t.Parallel()
 	in := `{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"networking.istio.io/v1","kind":"DestinationRule",

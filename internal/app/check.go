@@ -173,7 +173,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 		// The cluster's copies of the bundle: the same list serve writes
 		// and a rotation waits for.
 		set := &bundle.Set{}
-		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
+		set.Add(clusterConsumers(cs, k, webhookScope{keep: true}, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
 	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)

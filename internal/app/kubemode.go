@@ -27,6 +27,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/kube/sasecrets"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
+	"github.com/wardenmesh/warden/internal/kube/webhook"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -180,7 +181,8 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
-	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
+	hooks := webhookScope{keep: f.webhookListen != "", istiod: f.istiodNames}
+	s.consumers.Add(clusterConsumers(cs, k, hooks, s.authority, caCfg.Clock, s.log, bundle)...)
 	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
@@ -201,7 +203,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
-	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
+	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Discovery: cs.Discovery(), Log: s.log}
 	s.config = config
 	s.registry = &registry.Watcher{Client: cs, Log: s.log}
 	s.gwCreds = &gatewaycreds.Watcher{Client: cs, Log: s.log}
@@ -216,13 +218,25 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	return []server.Authenticator{tr}, nil
 }
 
+// webhookScope says whether the webhook configurations that call warden
+// are a consumer of the bundle (serve with --webhook-listen; check
+// always inspects them), and whether warden stands in istiod's place.
+type webhookScope struct{ keep, istiod bool }
+
 // clusterConsumers are the trust bundle's copies in the cluster, for
 // serve (the leader writes them, a rotation waits for them) and for
 // warden check (which inspects them): one list for both.
-func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
+func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
 	out := []bundle.Consumer{&rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
 	if k.saSecrets {
 		out = append(out, &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
+	}
+	if hooks.keep {
+		c := &webhook.Configurations{Client: cs, Bundle: pem, Warden: webhook.Ref{Namespace: k.namespace, Name: webhook.ServiceName}, Owner: k.namespace, Log: log}
+		if hooks.istiod {
+			c.Istiod = &webhook.IstiodService
+		}
+		out = append(out, c)
 	}
 	return out
 }

@@ -42,3 +42,28 @@ func TestIstiodNames(t *testing.T) {
 		t.Error("istiod's names served without --istiod-names")
 	}
 }
+
+// TestWebhookListen: --webhook-listen needs Kubernetes mode, and puts in
+// the serving certificate (reserved from workloads) the name the API
+// server checks when it calls warden's Service in the install's
+// namespace.
+func TestWebhookListen(t *testing.T) {
+	f := serveFlags{trustDomain: "cluster.local", caKeyType: "ecdsa-p256", listen: "127.0.0.1:15012",
+		dnsNames: "localhost", tokenLeeway: time.Minute, tokenMaxLifetime: time.Hour, webhookListen: "0.0.0.0:15017"}
+	f.kube.namespace = "mesh-ca"
+	if _, err := f.options(); err == nil || err.Error() != "usage: --webhook-listen serves Istio's validating webhook to a Kubernetes API server: it needs --kubernetes" {
+		t.Fatalf("without --kubernetes: %v", err)
+	}
+	f.kube.on = true
+	o, err := f.options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(o.serving.DNSNames, "warden.mesh-ca.svc") || !slices.Contains(o.caCfg.CSR.Reserved, "warden.mesh-ca.svc") {
+		t.Errorf("served %v, reserved %v", o.serving.DNSNames, o.caCfg.CSR.Reserved)
+	}
+	f.webhookListen = ""
+	if o, _ = f.options(); slices.Contains(o.serving.DNSNames, "warden.mesh-ca.svc") {
+		t.Error("the webhook's name served without --webhook-listen")
+	}
+}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -30,6 +31,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/registry"
+	"github.com/wardenmesh/warden/internal/kube/webhook"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 	"github.com/wardenmesh/warden/internal/source"
@@ -66,6 +68,7 @@ type serveFlags struct {
 	limits                               server.LimitConfig
 	autoRotate                           float64
 	istiodNames                          bool
+	webhookListen                        string
 	rotationGrace                        time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
@@ -86,6 +89,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")
 	fs.StringVar(&f.dnsNames, "server-dns-names", "localhost,warden.warden-system.svc", "comma-separated DNS SANs of the CA's serving certificate")
 	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.istio-system.svc...), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
+	fs.StringVar(&f.webhookListen, "webhook-listen", "", "Kubernetes mode: serve Istio's validating admission webhook (HTTPS, /validate) here, e.g. 0.0.0.0:15017, and keep the caBundle of the ValidatingWebhookConfigurations that call warden's Service (with --istiod-names, first point istiod's at it); empty: off")
 	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
@@ -155,6 +159,9 @@ type controlPlane struct {
 	consumers *bundle.Set        // the trust bundle's consumers in this process
 	http      *http.Server
 	httpLis   net.Listener
+	serving   *server.ServingCert // the CA port's certificate, also the webhook's
+	webhook   *http.Server        // Istio's validating webhook (--webhook-listen)
+	hookLis   net.Listener
 }
 
 // serveOptions are serve's flags checked and parsed, before anything is
@@ -195,12 +202,20 @@ func (f serveFlags) options() (*serveOptions, error) {
 	if useVault && f.pluggedIn != "" {
 		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
 	}
+	if f.webhookListen != "" && !f.kube.enabled() {
+		return nil, fmt.Errorf("%w: --webhook-listen serves Istio's validating webhook to a Kubernetes API server: it needs --kubernetes", errUsage)
+	}
 	clock := ca.SystemClock{}
 	// No workload may get a name or address the CA serves on: clients
 	// that check the CA by host name would take that workload for it.
 	dns := splitList(f.dnsNames)
 	if f.istiodNames {
 		dns = append(dns, istiodNames...)
+	}
+	if hook := webhook.ServiceName + "." + f.kube.namespace + ".svc"; f.webhookListen != "" && !slices.Contains(dns, hook) {
+		// The name the API server checks when it calls the webhook
+		// through warden's Service in its namespace.
+		dns = append(dns, hook)
 	}
 	serving := servingOptions(td, f.listen, dns)
 	reserved := append([]string{}, serving.DNSNames...)
@@ -252,13 +267,13 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	// (istio-ca-secret, a data directory): try the ports now. They are
 	// bound for good once everything is ready, so that a client that can
 	// connect finds the CA working.
-	for _, addr := range []string{f.listen, f.httpListen} {
-		if addr == "" {
+	for _, p := range []struct{ what, addr string }{{"CA API", f.listen}, {"HTTP", f.httpListen}, {"webhook", f.webhookListen}} {
+		if p.addr == "" {
 			continue
 		}
-		l, err := net.Listen("tcp", addr)
+		l, err := net.Listen("tcp", p.addr)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", map[bool]string{true: "CA API", false: "HTTP"}[addr == f.listen], err)
+			return nil, fmt.Errorf("%s: %w", p.what, err)
 		}
 		l.Close()
 	}
@@ -291,6 +306,16 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 			return nil, fmt.Errorf("HTTP: %w", err)
 		}
 		s.http = &http.Server{Handler: s.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	}
+	if f.webhookListen != "" {
+		if s.hookLis, err = net.Listen("tcp", f.webhookListen); err != nil {
+			s.caLis.Close()
+			if s.httpLis != nil {
+				s.httpLis.Close()
+			}
+			return nil, fmt.Errorf("webhook: %w", err)
+		}
+		s.webhook = s.webhookServer()
 	}
 	log.Info("CA ready", "source", s.origin, "trustDomain", td.Name(),
 		"root", m.Roots[0].Subject.String(), "rootSHA256", ca.RootFingerprint(m), "rootNotAfter", m.Roots[0].NotAfter.UTC())
@@ -388,6 +413,7 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	if _, err := serving.Current(); err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
+	s.serving = serving
 	// xds.ServerOptions: ADS responses of 32 KiB-1 MiB would each take a
 	// zeroed 1 MiB buffer from gRPC's default pool.
 	lim := f.limits
@@ -544,6 +570,25 @@ func (s *controlPlane) httpHandler() http.Handler {
 	return mux
 }
 
+// webhookServer is Istio's validating webhook over HTTPS, with the CA
+// port's serving certificate (istiod serves its webhooks with its own):
+// the API server checks it against the caBundle warden keeps in the
+// webhook configurations, under the name of the Service it calls
+// (warden.<namespace>.svc, a default --server-dns-names).
+func (s *controlPlane) webhookServer() *http.Server {
+	v := &webhook.Validator{Log: s.log}
+	if s.metrics != nil {
+		v.Observer = s.metrics
+	}
+	return &http.Server{
+		Handler:           v.Handler(),
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.serving.GetCertificate},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug), // handshakes of port probes
+	}
+}
+
 // ready says whether the CA can sign now (/readyz), and if not why: no
 // material yet, or the signing certificate expired, with, in Vault mode,
 // why its renewal fails.
@@ -582,6 +627,15 @@ func (s *controlPlane) run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if s.webhook != nil {
+		s.log.Info("serving Istio's validating webhook", "addr", s.hookLis.Addr().String(), "paths", strings.Join(webhook.Paths, " "))
+		g.Go(func() error {
+			if err := s.webhook.ServeTLS(s.hookLis, "", ""); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	for _, task := range s.tasks {
 		g.Go(func() error {
 			// A task stopped by the shutdown (say, during its first list
@@ -603,10 +657,12 @@ func (s *controlPlane) run(ctx context.Context) error {
 		case <-time.After(shutdownGrace):
 			s.grpc.Stop()
 		}
-		if s.http != nil {
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-			defer cancel()
-			_ = s.http.Shutdown(sctx)
+		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		defer cancel()
+		for _, h := range []*http.Server{s.http, s.webhook} {
+			if h != nil {
+				_ = h.Shutdown(sctx)
+			}
 		}
 		return nil
 	})

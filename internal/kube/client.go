@@ -22,6 +22,9 @@
 //     read them (SubjectAccessReview);
 //   - kube/rotationstore: a root rotation's state, the operators'
 //     requests and the replicas' reports, kept in the install's namespace.
+//   - kube/webhook: Istio's validating admission webhook (Validator), and
+//     the ValidatingWebhookConfigurations that call it (Configurations,
+//     kept by the leader).
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the

@@ -14,6 +14,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type Registry struct {
 	reviewErrors    prometheus.Counter
 	authUnavailable prometheus.Counter
 	reviewRefusals  prometheus.Counter
+
+	validPassed, validFailed *prometheus.CounterVec
+	validHTTPErrors          *prometheus.CounterVec
 }
 
 // New is a registry with the Go runtime's and the process's collectors
@@ -89,7 +93,13 @@ func New() *Registry {
 	r.reviewRefusals = counter("warden_tokenreview_failures_total", "TokenReviews that refused the token.")
 	r.reviewErrors = counter("warden_tokenreview_errors_total", "TokenReviews the API server did not answer (unreachable, or refusing warden itself): the token was not judged, and the workload was answered Unavailable.")
 	r.authUnavailable = counter("warden_ca_authentication_unavailable_total", "Certificate requests answered Unavailable because their credentials could not be checked (TokenReview unanswered), apart from authentication failures.")
-	r.reg.MustRegister(r.signErr, r.signing, r.proxies, r.pushes, r.pushTime, r.convergence, r.rejects, r.reviewTime)
+	r.validPassed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "galley_validation_passed",
+		Help: "Istio configuration the validating webhook admitted (Istio's metric)."}, []string{"group", "version", "resource"})
+	r.validFailed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "galley_validation_failed",
+		Help: "Istio configuration the validating webhook refused, by reason (Istio's metric; dry runs are not counted)."}, []string{"group", "version", "resource", "reason"})
+	r.validHTTPErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "galley_validation_http_error",
+		Help: "Requests to the validating webhook answered with an HTTP error, not an AdmissionReview (Istio's metric)."}, []string{"status"})
+	r.reg.MustRegister(r.signErr, r.signing, r.proxies, r.pushes, r.pushTime, r.convergence, r.rejects, r.reviewTime, r.validPassed, r.validFailed, r.validHTTPErrors)
 	// Zero values exist before the first event, so rate() and alerts see
 	// them at once.
 	for _, e := range []server.Outcome{server.InvalidTTL, server.NotReady, server.SignError} {
@@ -169,6 +179,21 @@ func xdsType(typeURL string) string {
 		return t
 	}
 	return "other"
+}
+
+// ValidationResult implements webhook.Observer: reason is "" for an
+// admitted object (the webhook bounds the label values).
+func (r *Registry) ValidationResult(group, version, resource, reason string) {
+	if reason == "" {
+		r.validPassed.WithLabelValues(group, version, resource).Inc()
+		return
+	}
+	r.validFailed.WithLabelValues(group, version, resource, reason).Inc()
+}
+
+// ValidationHTTPError implements webhook.Observer.
+func (r *Registry) ValidationHTTPError(status int) {
+	r.validHTTPErrors.WithLabelValues(strconv.Itoa(status)).Inc()
 }
 
 // TokenReview is tokenreview.Authenticator's Observe.

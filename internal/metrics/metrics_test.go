@@ -57,3 +57,24 @@ func TestEverySeriesFromTheStart(t *testing.T) {
 		}
 	}
 }
+
+// TestValidationMetrics: the validating webhook's outcomes under Istio's
+// names and labels.
+func TestValidationMetrics(t *testing.T) {
+	r := metrics.New()
+	r.ValidationResult("security.istio.io", "v1", "peerauthentications", "")
+	r.ValidationResult("security.istio.io", "v1", "peerauthentications", "invalid_resource")
+	r.ValidationResult("security.istio.io", "v1", "peerauthentications", "invalid_resource")
+	r.ValidationHTTPError(http.StatusUnsupportedMediaType)
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		`galley_validation_passed{group="security.istio.io",resource="peerauthentications",version="v1"} 1`,
+		`galley_validation_failed{group="security.istio.io",reason="invalid_resource",resource="peerauthentications",version="v1"} 2`,
+		`galley_validation_http_error{status="415"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("no %q", want)
+		}
+	}
+}

@@ -97,7 +97,8 @@ func TestDeployIstiodCompat(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl kustomize deploy/istiod-compat: %v\n%s", err, rendered)
 	}
-	for _, want := range []string{"name: istiod\n  namespace: istio-system", "externalName: warden.warden-system.svc.cluster.local", "- --istiod-names", "kind: Deployment"} {
+	for _, want := range []string{"name: istiod\n  namespace: istio-system", "externalName: warden.warden-system.svc.cluster.local", "- --istiod-names", "kind: Deployment",
+		"- --webhook-listen=0.0.0.0:15017", "  - name: https-webhook\n    port: 443\n    targetPort: 15017", "name: warden-webhooks"} {
 		if !strings.Contains(rendered, want) {
 			t.Errorf("rendered manifests lack %q", want)
 		}
@@ -114,6 +115,31 @@ func TestDeployIstiodCompat(t *testing.T) {
 	}
 	if !strings.Contains(out, "service/istiod") {
 		t.Fatalf("unexpected kubectl output:\n%s", out)
+	}
+	// The webhooks' RBAC, for real: update Istio's validating webhook
+	// configurations, read (not write) the mutating ones.
+	rbac := filepath.Join(kubetest.RepoRoot(), "deploy", "istiod-compat", "rbac.yaml")
+	if out, err := apiserver.Kubectl(t, nil, "apply", "-f", rbac); err != nil {
+		t.Fatalf("kubectl apply rbac.yaml: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, nil, "delete", "-f", rbac, "--ignore-not-found") })
+	as := "--as=system:serviceaccount:warden-system:warden"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"watch", "validatingwebhookconfigurations.admissionregistration.k8s.io"}, "yes"},
+		{[]string{"update", "validatingwebhookconfigurations.admissionregistration.k8s.io/istiod-default-validator"}, "yes"},
+		{[]string{"delete", "validatingwebhookconfigurations.admissionregistration.k8s.io"}, "no"},
+		{[]string{"create", "validatingwebhookconfigurations.admissionregistration.k8s.io"}, "no"},
+		{[]string{"list", "mutatingwebhookconfigurations.admissionregistration.k8s.io"}, "yes"},
+		{[]string{"update", "mutatingwebhookconfigurations.admissionregistration.k8s.io"}, "no"},
+	} {
+		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if got := lines[len(lines)-1]; got != c.want {
+			t.Errorf("can-i %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
 	}
 }
 

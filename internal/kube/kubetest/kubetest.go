@@ -43,10 +43,27 @@ func RepoRoot() string { return testkit.RepoRoot() }
 // Main starts the API server, fills in s, runs the tests and exits with
 // their result. Call it from TestMain.
 func Main(m *testing.M, s *Server) {
-	os.Exit(run(m, s))
+	os.Exit(run(m, s, Options{}))
 }
 
-func run(m *testing.M, s *Server) int {
+// Options change the API server of a test binary that needs another.
+type Options struct {
+	// NoCRDs starts without warden's CRDs (a test that installs
+	// Istio's own).
+	NoCRDs bool
+	// AggregatorRouting has the API server call a webhook Service's
+	// endpoints (its EndpointSlices) instead of its cluster IP, which
+	// nothing routes without kube-proxy: webhooks that name a Service
+	// work without cluster DNS.
+	AggregatorRouting bool
+}
+
+// MainWith is Main with options.
+func MainWith(m *testing.M, s *Server, o Options) {
+	os.Exit(run(m, s, o))
+}
+
+func run(m *testing.M, s *Server, o Options) int {
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
 		fmt.Fprintln(os.Stderr, "KUBEBUILDER_ASSETS is not set: run 'make test', or export KUBEBUILDER_ASSETS=$(hack/kube-binaries.sh)")
@@ -63,8 +80,14 @@ func run(m *testing.M, s *Server) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets, CRDDirectoryPaths: crdDirs()}
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	if !o.NoCRDs {
+		env.CRDDirectoryPaths = crdDirs()
+	}
 	env.ControlPlane.GetAPIServer().Configure().Set("token-auth-file", tokens)
+	if o.AggregatorRouting {
+		env.ControlPlane.GetAPIServer().Configure().Set("enable-aggregator-routing", "true")
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envtest:", err)

@@ -30,7 +30,7 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	config := &Watcher{Client: dyn}
+	config := &Watcher{Client: dyn, Discovery: cs.Discovery()}
 	reg := &registry.Watcher{Client: cs}
 	done := make(chan error, 2)
 	go func() { done <- config.Run(ctx) }()
@@ -46,7 +46,7 @@ func Snapshot(ctx context.Context, rc *rest.Config, timeout time.Duration) (objs
 		what   string
 		synced <-chan struct{}
 	}{
-		{"the mesh configuration (are warden's CRDs installed? kubectl apply -k deploy/crds)", config.Synced()},
+		{"the mesh configuration", config.Synced()},
 		{"Services, EndpointSlices and Pods", reg.Synced()},
 	} {
 		for waiting := true; waiting; {

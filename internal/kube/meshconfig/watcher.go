@@ -9,12 +9,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -26,11 +30,21 @@ import (
 // Watcher watches every kind in api.Kinds through informers and keeps
 // the decoded objects. An object the strict decoder rejects is logged and
 // left out, never half-applied.
+//
+// With Discovery set, it watches only the kinds the API server serves,
+// each in the first served of its versions (the storage version first,
+// then the newest): a cluster with Istio's CRDs has no legacy
+// authentication.istio.io and rbac.istio.io kinds, and an older Istio's
+// may not serve v1 yet. The kinds it does not serve are logged and looked
+// for again every Recheck; they hold nothing up. Without Discovery every
+// kind is watched in its storage version, and Synced waits for all.
 type Watcher struct {
-	Client   dynamic.Interface
-	Log      *slog.Logger
-	Resync   time.Duration // default 10m
-	OnChange func()        // called after every change
+	Client    dynamic.Interface
+	Discovery discovery.DiscoveryInterface // nil: watch every kind
+	Log       *slog.Logger
+	Resync    time.Duration // default 10m
+	Recheck   time.Duration // default 1m: how often kinds not served are looked for
+	OnChange  func()        // called after every change
 
 	mu       sync.RWMutex
 	objects  map[string]api.Object // kind/namespace/name -> object
@@ -48,6 +62,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if w.Resync == 0 {
 		w.Resync = 10 * time.Minute
 	}
+	if w.Recheck == 0 {
+		w.Recheck = time.Minute
+	}
 	w.mu.Lock()
 	w.objects = map[string]api.Object{}
 	w.rejected = map[string]string{}
@@ -56,14 +73,20 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	w.mu.Unlock()
 	f := dynamicinformer.NewDynamicSharedInformerFactory(w.Client, w.Resync)
-	for _, k := range api.Kinds {
-		gvr := schema.GroupVersionResource{Group: k.Group, Version: k.Storage, Resource: k.Plural}
-		inf := f.ForResource(gvr).Informer()
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	watch := func(gvr schema.GroupVersionResource) error {
+		_, err := f.ForResource(gvr).Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    w.put,
 			UpdateFunc: func(_, n any) { w.put(n) },
 			DeleteFunc: w.remove,
-		}); err != nil {
+		})
+		return err
+	}
+	served, missing := w.served()
+	if len(missing) > 0 {
+		w.Log.Warn("the API server serves no CustomResourceDefinition for some kinds warden reads: it reads none of them until one is installed (warden's own: kubectl apply -k deploy/crds)", "kinds", kindNames(missing))
+	}
+	for _, gvr := range served {
+		if err := watch(gvr); err != nil {
 			return err
 		}
 	}
@@ -78,9 +101,83 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 	}
 	close(w.synced)
+	for len(missing) > 0 {
+		select {
+		case <-ctx.Done():
+			f.Shutdown()
+			return nil
+		case <-time.After(w.Recheck):
+		}
+		var now []schema.GroupVersionResource
+		now, missing = w.served()
+		for _, gvr := range now {
+			if slices.ContainsFunc(served, func(s schema.GroupVersionResource) bool { return s.GroupResource() == gvr.GroupResource() }) {
+				continue
+			}
+			if err := watch(gvr); err != nil {
+				return err
+			}
+			served = append(served, gvr)
+			w.Log.Info("the API server now serves a kind warden reads: watching it", "kind", gvr.Resource+"."+gvr.Group, "version", gvr.Version)
+		}
+		f.Start(ctx.Done())
+	}
 	<-ctx.Done()
 	f.Shutdown()
 	return nil
+}
+
+// served is, for each kind in api.Kinds the API server serves, the
+// resource to watch it at, and the kinds it does not serve. Without
+// Discovery, or when the API server cannot say, a kind is watched in its
+// storage version (its informer retries until it lists).
+func (w *Watcher) served() (served []schema.GroupVersionResource, missing []api.Kind) {
+	resources := map[string]map[string]bool{} // group/version -> plural -> served
+	servedAt := func(gv, plural string) bool {
+		if w.Discovery == nil {
+			return true
+		}
+		rs, ok := resources[gv]
+		if !ok {
+			rs = map[string]bool{}
+			list, err := w.Discovery.ServerResourcesForGroupVersion(gv)
+			switch {
+			case apierrors.IsNotFound(err):
+			case err != nil:
+				rs = nil // unknown: assume served
+			default:
+				for _, r := range list.APIResources {
+					rs[r.Name] = true
+				}
+			}
+			resources[gv] = rs
+		}
+		return rs == nil || rs[plural]
+	}
+	for _, k := range api.Kinds {
+		versions := append([]string{k.Storage}, k.Versions...)
+		slices.Reverse(versions[1:]) // newest first after the storage version
+		found := false
+		for _, v := range versions {
+			if servedAt(k.Group+"/"+v, k.Plural) {
+				served = append(served, schema.GroupVersionResource{Group: k.Group, Version: v, Resource: k.Plural})
+				found = true
+				break
+			}
+		}
+		if !found {
+			missing = append(missing, k)
+		}
+	}
+	return served, missing
+}
+
+func kindNames(ks []api.Kind) string {
+	var out []string
+	for _, k := range ks {
+		out = append(out, k.Plural+"."+k.Group)
+	}
+	return strings.Join(out, ", ")
 }
 
 // Synced is closed once every informer has listed its objects.
