@@ -297,7 +297,7 @@ func compilePolicy(p *api.AuthorizationPolicy, opts Options, reports *[]string) 
 	if action == "" {
 		action = "ALLOW"
 	}
-	dry := strings.EqualFold(p.Metadata.Annotations["istio.io/dry-run"], "true")
+	dry := dryRun(p, reports)
 	provider := ""
 	if p.Spec.Provider != nil {
 		provider = p.Spec.Provider.Name
@@ -325,4 +325,21 @@ func compilePolicy(p *api.AuthorizationPolicy, opts Options, reports *[]string) 
 		out = append(out, compiled{name: PolicyName(p.Metadata.Namespace, p.Metadata.Name, 0), action: action, dryRun: dry})
 	}
 	return out
+}
+
+// dryRun reads the istio.io/dry-run annotation as Istio does
+// (model.isDryRunPolicy: strconv.ParseBool, so "1", "t", "TRUE" are
+// dry-run, and a value it cannot parse, "tRuE" or "yes", is not: the
+// policy is enforced, and reported).
+func dryRun(p *api.AuthorizationPolicy, reports *[]string) bool {
+	v, ok := p.Metadata.Annotations["istio.io/dry-run"]
+	if !ok {
+		return false
+	}
+	dry, err := strconv.ParseBool(v)
+	if err != nil {
+		*reports = append(*reports, fmt.Sprintf("AuthorizationPolicy %s/%s: istio.io/dry-run %q is not a boolean (true, false, 1, 0, t, f, TRUE, FALSE...); the policy is enforced, as in Istio", p.Metadata.Namespace, p.Metadata.Name, v))
+		return false
+	}
+	return dry
 }

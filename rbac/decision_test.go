@@ -143,6 +143,15 @@ spec:
 	if d := decide(t, dry, flaskapp, false, rbac.Request{Method: "GET", Path: "/"}); !d.Allowed || len(d.DryRun) != 1 {
 		t.Errorf("dry run: %s %v", d, d.DryRun)
 	}
+	// The annotation is read as Istio reads it, strconv.ParseBool: "1",
+	// "t" and "TRUE" are dry-run; "tRuE" and "yes" are not booleans, and
+	// the DENY is enforced (reported), never left out.
+	for v, dryRun := range map[string]bool{"true": true, "1": true, "t": true, "TRUE": true, "false": false, "0": false, "tRuE": false, "yes": false} {
+		objs := decodeAll(t, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: default, annotations: {istio.io/dry-run: '"+v+"'}}\nspec: {action: DENY, rules: [{}]}\n")
+		if d := decide(t, objs, flaskapp, false, rbac.Request{Method: "GET", Path: "/"}); d.Allowed != dryRun {
+			t.Errorf("istio.io/dry-run %q: %s; want dry-run %v as in Istio", v, d, dryRun)
+		}
+	}
 }
 
 const legacyPolicies = `
