@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds Istio's istioctl (unmodified, from istio.io/istio at the version
-# hack/istioctl/go.mod names, the version hack/istioagent pins) into a
-# cache folder keyed by that version and a hash of the module. A no-op when
+# hack/istioagent/go.mod names: one hack/ module for Istio's binaries,
+# pilot-agent's too) into a cache folder keyed by that version and a hash
+# of the module. A no-op when
 # cached. Prints the binary's path on stdout (progress goes to stderr); the
 # "In istiod's place" migration test (internal/kube/e2e/istiodplace) reads
 # it from WARDEN_ISTIOCTL: it renders Istio's install with `istioctl
@@ -11,7 +12,7 @@
 # A cold build takes a few minutes on two cores (about two when
 # hack/istioagent.sh has filled the build cache).
 set -euo pipefail
-cd "$(dirname "$0")/istioctl"
+cd "$(dirname "$0")/istioagent"
 
 version=$(awk '$1 == "istio.io/istio" {print $2; exit} $1 == "require" && $2 == "istio.io/istio" {print $3; exit}' go.mod)
 sum=$(cat go.mod go.sum tools.go | sha256sum | cut -c1-12)
