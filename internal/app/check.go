@@ -149,7 +149,7 @@ func checkStandaloneCA(report *check.Report, dataDir, plugged string, now time.T
 // ConfigMaps, the istio.<sa> Secrets and the configuration objects; it
 // returns the configuration and registry for the policy checks.
 func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now time.Time, warn time.Duration) ([]api.Object, []*xds.Service, error) {
-	rc, err := kube.RESTConfig(k.kubeconfig)
+	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, nil, err
 	}

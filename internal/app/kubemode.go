@@ -32,6 +32,7 @@ import (
 type kubeFlags struct {
 	on         bool
 	kubeconfig string
+	context    string
 	namespace  string
 	identity   string
 	saSecrets  bool
@@ -39,7 +40,7 @@ type kubeFlags struct {
 
 func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 	fs.BoolVar(&k.on, "kubernetes", e.getenv("KUBERNETES_SERVICE_HOST") != "", "Kubernetes mode (default: on when running in a pod)")
-	fs.StringVar(&k.kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster")
+	registerKubeconfig(fs, e, &k.kubeconfig, &k.context, "")
 	ns := e.getenv("POD_NAMESPACE")
 	if ns == "" {
 		ns = "warden-system"
@@ -55,13 +56,20 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 
 func (k *kubeFlags) enabled() bool { return k.on }
 
+// registerKubeconfig adds --kubeconfig and --context, as kubectl has
+// them (prefix says when they apply, e.g. "with --kubernetes: ").
+func registerKubeconfig(fs *flag.FlagSet, e *env, kubeconfig, kubeContext *string, prefix string) {
+	fs.StringVar(kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), prefix+"kubeconfig files, a list as in $KUBECONFIG (merged as kubectl merges them); empty means in-cluster")
+	fs.StringVar(kubeContext, "context", "", prefix+"the kubeconfig context to use (default: its current context)")
+}
+
 // wireKubernetes loads CA material from the cluster (cacerts if present,
 // else istio-ca-secret, created once), and schedules the watchers and the
 // leader's writers. It returns the TokenReview authenticator.
 func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
 	logClientGoTo(s.log)
-	rc, err := kube.RESTConfig(k.kubeconfig)
+	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, err
 	}
