@@ -11,6 +11,8 @@
 //     account (Controller, written by the leader);
 //   - kube/leader: the election that picks which replica writes the
 //     objects the replicas share;
+//   - kube/access: what serve does in the API server, and whether a
+//     service account may (SubjectAccessReview), for warden check;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
 //     Istio kind warden reads (Watcher), and Snapshot, a one-off listing
 //     for warden proxy-config and warden check;

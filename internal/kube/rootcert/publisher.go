@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -253,13 +252,13 @@ func (p *Publisher) Check(ctx context.Context, fp string, _ time.Time) []check.R
 		out = append(out, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", ConfigMap, total-len(others), total)})
 	}
 	if len(missing) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", ConfigMap, strings.Join(missing, ", "))})
+		out = append(out, check.Listed("bundle", check.Error, missing, "namespace", ConfigMap+" is missing in %s (is warden's leader running?)"))
 	}
 	if len(stale) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", ConfigMap, strings.Join(stale, ", "))})
+		out = append(out, check.Listed("bundle", check.Error, stale, "namespace", ConfigMap+" lacks the signing root in %s: workloads there refuse new certificates"))
 	}
 	if len(others) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", ConfigMap, strings.Join(others, ", "))})
+		out = append(out, check.Listed("bundle", check.Warn, others, "namespace", ConfigMap+" belongs to another warden install (warden.io/owner) in %s"))
 	}
 	return out
 }

@@ -177,9 +177,9 @@ func (c *Controller) Check(ctx context.Context, fp string, now time.Time) []chec
 	case err != nil:
 		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: err.Error()}}
 	case len(stale) > 0:
-		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: "expired, or not under the signing root: " + strings.Join(stale, ", ")}}
+		return []check.Result{check.Listed("sa-secrets", check.Error, stale, "Secret", "expired, or not under the signing root: %s")}
 	case len(late) > 0:
-		return []check.Result{{Check: "sa-secrets", Status: check.Warn, Message: "past half-life, not renewed yet: " + strings.Join(late, ", ")}}
+		return []check.Result{check.Listed("sa-secrets", check.Warn, late, "Secret", "past half-life, not renewed yet: %s")}
 	}
 	return []check.Result{{Check: "sa-secrets", Status: check.OK, Message: fmt.Sprintf("%d istio.<sa> Secrets current", total)}}
 }
