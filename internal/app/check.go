@@ -188,7 +188,7 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, sa 
 		// The cluster's copies of the bundle: the same list serve writes
 		// and a rotation waits for.
 		set := &bundle.Set{}
-		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
+		set.Add(clusterConsumers(cs, k, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil, nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
 	*report = append(*report, leader.Check(ctx, cs, k.namespace, now))

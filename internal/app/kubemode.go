@@ -25,6 +25,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/kube/sasecrets"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
+	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -72,6 +73,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, err
+	}
+	if s.metrics != nil {
+		kube.Instrument(rc, s.metrics.KubeRequest)
 	}
 	cs, err := kube.NewClientset(rc)
 	if err != nil {
@@ -150,9 +154,12 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
-	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle)...)
+	s.consumers.Add(clusterConsumers(cs, k, s.authority, caCfg.Clock, s.log, bundle, s.metrics)...)
 	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
+	if s.metrics != nil {
+		watcher.Invalid = s.metrics.PluggedInInvalid
+	}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the
 		// rotation's steps.
@@ -167,6 +174,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.consumers.Lead(ctx, s.log)
 		wg.Wait()
 	}}
+	if s.metrics != nil {
+		s.metrics.Kube(election.Leading)
+	}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
 	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Log: s.log}
@@ -187,10 +197,21 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 // clusterConsumers are the trust bundle's copies in the cluster, for
 // serve (the leader writes them, a rotation waits for them) and for
 // warden check (which inspects them): one list for both.
-func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
-	out := []bundle.Consumer{&rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
+// m, when not nil, counts the owner guards' backoffs and the publish
+// lag.
+func clusterConsumers(cs kubernetes.Interface, k kubeFlags, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte, m *metrics.Registry) []bundle.Consumer {
+	p := &rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}
+	out := []bundle.Consumer{p}
+	var sa *sasecrets.Controller
 	if k.saSecrets {
-		out = append(out, &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
+		sa = &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace}
+		out = append(out, sa)
+	}
+	if m != nil {
+		p.OwnerConflict, p.Lag = m.OwnerConflict, m.BundlePublished
+		if sa != nil {
+			sa.OwnerConflict = m.OwnerConflict
+		}
 	}
 	return out
 }

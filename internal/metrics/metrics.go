@@ -49,12 +49,14 @@ type Registry struct {
 	reviewErrors    prometheus.Counter
 	authUnavailable prometheus.Counter
 	reviewRefusals  prometheus.Counter
+
+	kube kubeMetrics
 }
 
 // New is a registry with the Go runtime's and the process's collectors
 // (heap, goroutines, CPU seconds, RSS) and warden serve's metrics.
 func New() *Registry {
-	r := &Registry{reg: prometheus.NewRegistry()}
+	r := &Registry{reg: prometheus.NewRegistry(), kube: newKubeMetrics()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	counter := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -45,7 +46,12 @@ type Election struct {
 	Identity  string // this replica, e.g. the pod name
 	Log       *slog.Logger
 	Lead      func(ctx context.Context)
+
+	leading atomic.Bool
 }
+
+// Leading says whether this replica leads now (its work is running).
+func (l *Election) Leading() bool { return l.leading.Load() }
 
 // Run campaigns until ctx is done, running Lead whenever elected.
 func (l *Election) Run(ctx context.Context) {
@@ -100,6 +106,8 @@ func (l *Election) round(ctx context.Context, base resourcelock.Interface) {
 				started, stopWork = true, cancel
 				mu.Unlock()
 				l.Log.Info("elected leader", "identity", l.Identity)
+				l.leading.Store(true)
+				defer l.leading.Store(false)
 				l.Lead(work)
 			},
 			OnStoppedLeading: func() {

@@ -47,13 +47,21 @@ type Publisher struct {
 	Log    *slog.Logger
 	Resync time.Duration // default 10m
 	Now    func() time.Time
+	// OwnerConflict hears of each backoff from a ConfigMap another
+	// install owns or another writer keeps changing (kube.Guard).
+	OwnerConflict func(kind, reason string)
+	// Lag hears, for each ConfigMap written with a new bundle, the time
+	// since the bundle changed.
+	Lag func(time.Duration)
 
-	guard  *kube.Guard
-	mu     sync.Mutex
-	sent   [][32]byte // digests of the last bundles published: rewriting one of them is an update, not a repair
-	loop   *kube.Loop
-	nsList corelisters.NamespaceLister
-	cmList corelisters.ConfigMapLister
+	guard     *kube.Guard
+	mu        sync.Mutex
+	changedAt time.Time       // when the bundle last changed (Changed)
+	pending   map[string]bool // namespaces not yet written since then
+	sent      [][32]byte      // digests of the last bundles published: rewriting one of them is an update, not a repair
+	loop      *kube.Loop
+	nsList    corelisters.NamespaceLister
+	cmList    corelisters.ConfigMapLister
 }
 
 // Run publishes until ctx is done. Call it on the leader only.
@@ -71,6 +79,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.Now = time.Now
 	}
 	p.guard = kube.NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
+	p.guard.Backoff = p.OwnerConflict
 	p.loop = kube.NewLoop("bundle", p.Log, p.reconcile)
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -107,6 +116,19 @@ func (p *Publisher) Run(ctx context.Context) error {
 	return nil
 }
 
+// lag reports, once ns's ConfigMap got the bundle, how long since the
+// bundle changed, for the namespaces that had their ConfigMap then (not a
+// namespace created since, nor the leader's first pass).
+func (p *Publisher) lag(ns string) {
+	p.mu.Lock()
+	at, pending := p.changedAt, p.pending[ns]
+	delete(p.pending, ns)
+	p.mu.Unlock()
+	if p.Lag != nil && pending {
+		p.Lag(p.Now().Sub(at))
+	}
+}
+
 // published records want as published, and says whether old was
 // published before it (so that replacing it is an update).
 func (p *Publisher) published(old, want []byte) bool {
@@ -141,6 +163,13 @@ func (p *Publisher) Changed([]*x509.Certificate) {
 		return
 	}
 	nss, _ := p.nsList.List(labels.Everything())
+	p.mu.Lock()
+	p.changedAt = p.Now()
+	p.pending = map[string]bool{}
+	for _, ns := range nss {
+		p.pending[ns.Name] = true
+	}
+	p.mu.Unlock()
 	for _, ns := range nss {
 		p.loop.Add(ns.Name)
 	}
@@ -171,6 +200,7 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 		}
 		if err == nil {
 			p.Log.Info("published trust bundle", "namespace", ns)
+			p.lag(ns)
 		}
 		return 0, err
 	case err != nil:
@@ -195,6 +225,7 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 		p.Log.Info("adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
 		return 0, nil
 	}
+	p.lag(ns)
 	if p.published([]byte(cm.Data[Key]), want) {
 		p.Log.Info("updated trust bundle", "namespace", ns)
 		return 0, nil

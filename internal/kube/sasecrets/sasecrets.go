@@ -59,6 +59,9 @@ type Controller struct {
 	Log       *slog.Logger
 	Resync    time.Duration // default 10m
 	Owner     string        // this install (its namespace); default warden-system
+	// OwnerConflict hears of each backoff from a Secret another install
+	// owns or another writer keeps changing (kube.Guard).
+	OwnerConflict func(kind, reason string)
 
 	guard  *kube.Guard
 	loop   *kube.Loop
@@ -82,6 +85,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.Owner = kube.DefaultOwner
 	}
 	c.guard = kube.NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
+	c.guard.Backoff = c.OwnerConflict
 	c.loop = kube.NewLoop("sa-secrets", c.Log, c.reconcile)
 	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
 	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
