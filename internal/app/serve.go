@@ -561,7 +561,13 @@ func (s *controlPlane) run(ctx context.Context) error {
 		return nil
 	})
 	if s.http != nil {
-		s.log.Info("serving JWKS and health checks", "url", "http://"+s.httpLis.Addr().String()+jwksPath)
+		base := "http://" + s.httpLis.Addr().String()
+		if s.issuer != nil {
+			s.log.Info("serving JWKS, health checks and metrics", "url", base+jwksPath, "health", base+"/healthz")
+		} else {
+			// Kubernetes mode mints no tokens: no JWKS to serve.
+			s.log.Info("serving health checks and metrics", "url", base+"/healthz")
+		}
 		g.Go(func() error {
 			if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
 				return err

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"regexp"
 	"slices"
 	"strings"
@@ -111,5 +112,70 @@ func TestKubeStaleReportsCollected(t *testing.T) {
 	}
 	if _, err := apiserver.Client.CoreV1().ConfigMaps(ns).Get(ctx, rotationstore.ConfigMap+"-warden-alive", metav1.GetOptions{}); err != nil {
 		t.Errorf("the report of warden-alive, whose pod runs: %v", err)
+	}
+}
+
+// TestKubeLogsSummarize: an install starting over 40 namespaces (and
+// their service accounts) logs its writes as one INFO line each for the
+// bundle ConfigMaps and the istio.<sa> Secrets, with their counts, not a
+// line per object; and every URL it logs answers (no JWKS in Kubernetes
+// mode, where it mints no tokens).
+func TestKubeLogsSummarize(t *testing.T) {
+	ns := apiserver.Namespace(t, "warden")
+	var apps []string
+	for range 40 {
+		a := apiserver.Namespace(t, "many")
+		apiserver.ServiceAccount(t, a, "sleep")
+		apps = append(apps, a)
+	}
+	httpAddr := testkit.FreeAddr(t)
+	_, logs, _ := startServeWith(t, ns, "replica-a", "--sa-secrets", "--http-listen", httpAddr)
+	kubetest.Eventually(t, 60*time.Second, func() error {
+		for _, a := range apps {
+			if _, err := apiserver.Client.CoreV1().Secrets(a).Get(kubetest.Context(t), "istio.sleep", metav1.GetOptions{}); err != nil {
+				return err
+			}
+			if len(bundleRoots(t, a)) != 1 {
+				return fmt.Errorf("no bundle in %s yet", a)
+			}
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // the queues have run empty: the summaries are out
+	out := logs.String()
+	for _, perObject := range []string{`level=INFO msg="published trust bundle"`, `level=INFO msg="created service account secret"`} {
+		if n := strings.Count(out, perObject); n > 0 {
+			t.Errorf("%d lines %s", n, perObject)
+		}
+	}
+	total := func(msg, key string) int {
+		n := 0
+		re := regexp.MustCompile(regexp.QuoteMeta(`level=INFO msg="`+msg+`"`) + `.* ` + key + `=(\d+)`)
+		for _, m := range re.FindAllStringSubmatch(out, -1) {
+			var k int
+			fmt.Sscan(m[1], &k)
+			n += k
+		}
+		return n
+	}
+	if n := total("trust bundle ConfigMaps written (each at DEBUG)", "published"); n < len(apps) {
+		t.Errorf("the summaries count %d bundle ConfigMaps published, want at least %d", n, len(apps))
+	}
+	if n := total("istio.<sa> Secrets written (each at DEBUG)", "created"); n < len(apps) {
+		t.Errorf("the summaries count %d istio.<sa> Secrets created, want at least %d", n, len(apps))
+	}
+	t.Logf("%d INFO lines for the start of an install with %d namespaces", strings.Count(out, "level=INFO"), len(apps))
+	if n := strings.Count(out, "level=INFO"); n > 30 {
+		t.Errorf("%d INFO lines for an install's start:\n%s", n, out)
+	}
+	for _, m := range regexp.MustCompile(`(?:url|health)=(http://\S+)`).FindAllStringSubmatch(out, -1) {
+		resp, err := http.Get(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("serve logs %s, which answers %s", m[1], resp.Status)
+		}
 	}
 }

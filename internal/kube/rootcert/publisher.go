@@ -55,6 +55,7 @@ type Publisher struct {
 	Lag func(time.Duration)
 
 	guard     *kube.Guard
+	tally     *kube.Tally
 	mu        sync.Mutex
 	changedAt time.Time       // when the bundle last changed (Changed)
 	pending   map[string]bool // namespaces not yet written since then
@@ -81,6 +82,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 	p.guard = kube.NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
 	p.guard.Backoff = p.OwnerConflict
 	p.loop = kube.NewLoop("bundle", p.Log, p.reconcile)
+	p.tally = &kube.Tally{Log: p.Log, Msg: "trust bundle ConfigMaps written (each at DEBUG)", Now: p.Now}
+	p.loop.Idle = p.tally.Flush
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "metadata.name=" + ConfigMap
@@ -199,7 +202,7 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 			return 0, nil // the informer will bring it and we will compare
 		}
 		if err == nil {
-			p.Log.Info("published trust bundle", "namespace", ns)
+			p.tally.Add("published", "published trust bundle", "namespace", ns)
 			p.lag(ns)
 		}
 		return 0, err
@@ -222,16 +225,16 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 		return 0, err
 	}
 	if same {
-		p.Log.Info("adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
+		p.tally.Add("adopted", "adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
 		return 0, nil
 	}
 	p.lag(ns)
 	if p.published([]byte(cm.Data[Key]), want) {
-		p.Log.Info("updated trust bundle", "namespace", ns)
+		p.tally.Add("updated", "updated trust bundle", "namespace", ns)
 		return 0, nil
 	}
 	p.guard.Wrote(key)
-	p.Log.Info("rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
+	p.tally.Add("rewritten", "rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
 	return 0, nil
 }
 
