@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -64,6 +65,8 @@ type serveFlags struct {
 	limits                               server.LimitConfig
 	autoRotate                           float64
 	istiodNames                          bool
+	istiodNamespace, istiodRevision      string
+	customHosts                          string // ISTIOD_CUSTOM_HOST: more serving names
 	rotationGrace                        time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
@@ -83,7 +86,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&f.defaultTTL, "default-ttl", ca.DefaultTTL, "workload certificate lifetime when the request names none")
 	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")
 	fs.StringVar(&f.dnsNames, "server-dns-names", "localhost,warden.warden-system.svc", "comma-separated DNS SANs of the CA's serving certificate")
-	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.istio-system.svc...), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
+	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.<--istiod-namespace>.svc..., and istiod-<--istiod-revision>'s), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
+	fs.StringVar(&f.istiodNamespace, "istiod-namespace", "istio-system", "with --istiod-names: the namespace of the istiod Service the data plane dials")
+	fs.StringVar(&f.istiodRevision, "istiod-revision", "", "with --istiod-names: the Istio revision whose istiod the data plane dials (its Service istiod-<revision>; env REVISION, as istiod's); empty or default: istiod alone")
 	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
 	fs.StringVar(&f.jwtIssuer, "jwt-issuer", "", "the iss required of tokens checked with --jwks-file")
@@ -115,6 +120,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	f.vault.set = map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { f.vault.set[fl.Name] = true })
+	fromIstiod, err := applyIstiodEnv(fs, e, f.vault.set)
+	if err != nil {
+		return err
+	}
+	f.customHosts = e.getenv("ISTIOD_CUSTOM_HOST")
 	if err := f.mesh.check(); err != nil {
 		return err
 	}
@@ -122,6 +132,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	logIstiodEnv(log, e, fromIstiod)
 	s, err := newControlPlane(ctx, f, log)
 	if err != nil {
 		return err
@@ -195,9 +206,13 @@ func (f serveFlags) options() (*serveOptions, error) {
 	clock := ca.SystemClock{}
 	// No workload may get a name or address the CA serves on: clients
 	// that check the CA by host name would take that workload for it.
-	dns := splitList(f.dnsNames)
+	dns := append(splitList(f.dnsNames), splitList(f.customHosts)...)
 	if f.istiodNames {
-		dns = append(dns, istiodNames...)
+		names, err := istiodServiceNames(f.istiodNamespace, f.istiodRevision)
+		if err != nil {
+			return nil, err
+		}
+		dns = append(dns, names...)
 	}
 	serving := servingOptions(td, f.listen, dns)
 	reserved := append([]string{}, serving.DNSNames...)
@@ -483,10 +498,34 @@ func (s *controlPlane) metricsHandler() http.Handler {
 	return s.metrics.Handler()
 }
 
-// istiodNames are the names Istio's agent dials and verifies for istiod
-// (its default CA_ADDR and discovery address is istiod.istio-system.svc,
-// and it puts that name in place of localhost).
-var istiodNames = []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod.istio-system", "istiod"}
+// istiodServiceNames are the names Istio's agent dials and verifies for
+// istiod in namespace ns (its default CA_ADDR and discovery address is
+// istiod.istio-system.svc, and it puts that name in place of localhost),
+// and, for a revision other than default, those of the revision's
+// Service istiod-<revision>, which the revision's injected proxies dial
+// (Istio names revisioned istiod Services so, and istiod puts
+// istiod-<revision>.<ns>.svc in its own certificate: pilot/pkg/bootstrap,
+// getDNSNames).
+func istiodServiceNames(ns, revision string) ([]string, error) {
+	if !dnsLabel.MatchString(ns) {
+		return nil, fmt.Errorf("%w: --istiod-namespace %q is not a namespace name", errUsage, ns)
+	}
+	if revision != "" && !dnsLabel.MatchString(revision) {
+		return nil, fmt.Errorf("%w: --istiod-revision %q is not a revision name (a DNS label)", errUsage, revision)
+	}
+	services := []string{"istiod"}
+	if revision != "" && revision != "default" {
+		services = append(services, "istiod-"+revision)
+	}
+	var out []string
+	for _, svc := range services {
+		out = append(out, svc+"."+ns+".svc", svc+"."+ns+".svc.cluster.local", svc+"."+ns, svc)
+	}
+	return out, nil
+}
+
+// dnsLabel is a DNS label as Kubernetes names namespaces (RFC 1123).
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
