@@ -26,7 +26,8 @@ import (
 // labels), so that a replica that has not reported (cut off from the API
 // server since before the rotation started) still holds activation while
 // its pod runs. A replica without a pod (serve run by hand, or by a test)
-// is known by its reports alone. Reports left by a replica that died are
+// is known by its reports alone: activation waits replicaReportWindow
+// after publishing for every replica to report. Reports left by a replica that died are
 // removed by the leader once its pod is gone.
 func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 	r.AddConsumer("replicas", func(fp string) (int, []string) {
@@ -37,6 +38,15 @@ func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 			return 1, []string{"other replicas: " + err.Error()}
 		}
 		total, missing, now := 0, []string(nil), r.clock.Now()
+		r.mu.Lock()
+		publishing, published := r.st.Phase == ca.PhasePublished, r.st.PublishedAt
+		r.mu.Unlock()
+		if publishing && now.Sub(published) < replicaReportWindow {
+			// A replica in no pod is known by its report alone: give
+			// every replica the time to see the new root and report.
+			total++
+			missing = append(missing, fmt.Sprintf("replicas that have not reported yet (activation waits %s after publishing for every replica to report its streams)", replicaReportWindow))
+		}
 		reported := map[string]bool{replica: true}
 		for _, rep := range reports {
 			if rep.Replica == replica {
@@ -75,9 +85,6 @@ func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 		// The install's running pods that have not reported, while the
 		// leader waits for them (publishing; the status of other phases
 		// does not list the pods every second).
-		r.mu.Lock()
-		publishing := r.st.Phase == ca.PhasePublished
-		r.mu.Unlock()
 		if !publishing {
 			return total, missing
 		}
@@ -225,6 +232,11 @@ func (r *Rotator) collectReports(ctx context.Context, store *rotationstore.Store
 		r.log.Info("root rotation: removed the report of a replica whose pod is gone", "replica", rep.Replica)
 	}
 }
+
+// replicaReportWindow is how long after publishing activation waits, at
+// least, for the replicas to report: they report within a second of the
+// watch bringing the new phase.
+const replicaReportWindow = 5 * time.Second
 
 // replicaReportFresh is how old a replica's report may be and still
 // count: a replica that stopped reporting has gone, and its streams with it.
