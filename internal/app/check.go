@@ -14,13 +14,18 @@ import (
 	"strings"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/access"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
@@ -40,6 +45,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	stale := fs.Duration("stale-after", time.Minute, "a proxy that has not ACKed a push for this long is an error")
 	// Only the flags check reads: where the install is, and the mesh
 	// settings its findings depend on, which must be serve's.
+	serviceAccount := fs.String("service-account", "", "Kubernetes: the service account warden serve runs as, whose RBAC is checked (default: the leader's pod's, else warden)")
 	var k kubeFlags
 	k.registerInstall(fs, e)
 	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "Kubernetes: also check the istio.<sa> Secrets (an install whose serve runs with --sa-secrets)")
@@ -64,7 +70,8 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	var objs []api.Object
 	var services []*xds.Service
 	if k.enabled() {
-		if objs, services, err = checkKubernetes(ctx, &report, k, now, *warn); err != nil {
+		var err error
+		if objs, services, err = checkKubernetes(ctx, &report, k, *serviceAccount, now, *warn); err != nil {
 			return err
 		}
 	} else {
@@ -153,10 +160,12 @@ func checkStandaloneCA(report *check.Report, dataDir, plugged string, now time.T
 }
 
 // checkKubernetes checks an install: its CA Secret, the bundle
-// ConfigMaps, the istio.<sa> Secrets and the configuration objects; it
-// returns the configuration and registry for the policy checks.
-func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now time.Time, warn time.Duration) ([]api.Object, []*xds.Service, error) {
-	rc, err := kube.RESTConfig(k.kubeconfig)
+// ConfigMaps, the istio.<sa> Secrets, its leader, what its service
+// account (sa, or the leader's pod's) may do, and the configuration
+// objects; it returns the configuration and registry for the policy
+// checks.
+func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, sa string, now time.Time, warn time.Duration) ([]api.Object, []*xds.Service, error) {
+	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -164,18 +173,37 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 	if err != nil {
 		return nil, nil, err
 	}
+	var fp string // the root workload certificates chain to
 	m, which, err := casecret.Load(ctx, cs, k.namespace, now)
-	if err != nil {
+	recorded, plugged, rerr := casecret.PluggedInRecord(ctx, cs, k.namespace)
+	switch {
+	case which != casecret.PluggedName && plugged:
+		// cacerts is gone and its record is there: the replicas running
+		// sign with the CA they hold, as serve says (and refuses to
+		// start); istio-ca-secret is not what they use.
+		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: casecret.PluggedInGone(k.namespace, recorded).Error()})
+		fp = recorded
+	case err != nil:
 		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: err.Error()})
-	} else {
+	default:
 		*report = append(*report, check.CA("ca "+which, m, now, warn)...)
-		fp := ca.Fingerprint(signingRoot(m))
+		fp = ca.Fingerprint(signingRoot(m))
+	}
+	if rerr != nil {
+		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: rerr.Error()})
+	}
+	if fp != "" {
 		// The cluster's copies of the bundle: the same list serve writes
 		// and a rotation waits for.
 		set := &bundle.Set{}
-		set.Add(clusterConsumers(cs, k, webhookScope{keep: true}, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil)...)
+		set.Add(clusterConsumers(cs, k, webhookScope{keep: true}, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil, nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
+	*report = append(*report, leader.Check(ctx, cs, k.namespace, now))
+	if sa == "" {
+		sa = serveServiceAccount(ctx, cs, k.namespace)
+	}
+	*report = append(*report, access.Check(ctx, cs, k.namespace, sa, access.Required(k.namespace, k.saSecrets))...)
 	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})
@@ -196,6 +224,17 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, now
 		*report = append(*report, check.Result{Check: "config", Status: check.OK, Message: fmt.Sprintf("%d objects, %d services", len(objs), len(services))})
 	}
 	return objs, services, nil
+}
+
+// serveServiceAccount is the service account of the leader's pod, else
+// deploy/'s "warden".
+func serveServiceAccount(ctx context.Context, cs kubernetes.Interface, namespace string) string {
+	if holder, err := leader.Holder(ctx, cs, namespace); err == nil && holder != "" {
+		if pod, err := cs.CoreV1().Pods(namespace).Get(ctx, holder, metav1.GetOptions{}); err == nil && pod.Spec.ServiceAccountName != "" {
+			return pod.Spec.ServiceAccountName
+		}
+	}
+	return "warden"
 }
 
 // signingRoot is the root m's signing certificate chains to.

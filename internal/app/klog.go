@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/klog/v2"
 )
@@ -44,7 +45,58 @@ func (f forwardHandler) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 func (f forwardHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelError {
+		pass, dropped := clientGoRepeats.note(r.Message, r.Time)
+		if !pass {
+			return nil
+		}
+		if dropped > 0 {
+			r = r.Clone()
+			r.AddAttrs(slog.Int("repeatedSinceLastLogged", dropped))
+		}
+	}
 	return f.target().Handle(ctx, r)
+}
+
+// clientGoRepeats limits client-go's repeated errors: it logs the same
+// error at every retry (leader election's Lease every 2 seconds while the
+// API server is unreachable), and one line a minute says as much.
+var clientGoRepeats = &repeatLimit{every: time.Minute, seen: map[string]*repeat{}}
+
+// repeatLimit passes a message at once, then the same message at most
+// once every every, saying how many it dropped meanwhile.
+type repeatLimit struct {
+	every time.Duration
+	mu    sync.Mutex
+	seen  map[string]*repeat
+}
+
+type repeat struct {
+	at      time.Time
+	dropped int
+}
+
+// note says whether the message msg, at time at, is to be logged, and how
+// many of it were dropped since it last was.
+func (l *repeatLimit) note(msg string, at time.Time) (pass bool, dropped int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.seen[msg]; r != nil && at.Sub(r.at) < l.every {
+		r.dropped++
+		return false, 0
+	}
+	if len(l.seen) >= 256 { // formatted messages vary: forget the old ones
+		for k, r := range l.seen {
+			if at.Sub(r.at) >= l.every {
+				delete(l.seen, k)
+			}
+		}
+	}
+	if r := l.seen[msg]; r != nil {
+		dropped = r.dropped
+	}
+	l.seen[msg] = &repeat{at: at}
+	return true, dropped
 }
 
 func (f forwardHandler) WithAttrs(attrs []slog.Attr) slog.Handler {

@@ -28,6 +28,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/sasecrets"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
 	"github.com/wardenmesh/warden/internal/kube/webhook"
+	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
 )
 
@@ -35,6 +36,7 @@ import (
 type kubeFlags struct {
 	on         bool
 	kubeconfig string
+	context    string
 	namespace  string
 	identity   string
 	saSecrets  bool
@@ -56,7 +58,7 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 // and check's): Kubernetes mode, the API server, warden's namespace.
 func (k *kubeFlags) registerInstall(fs *flag.FlagSet, e *env) {
 	fs.BoolVar(&k.on, "kubernetes", e.getenv("KUBERNETES_SERVICE_HOST") != "", "Kubernetes mode (default: on when running in a pod)")
-	fs.StringVar(&k.kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "kubeconfig file; empty means in-cluster")
+	registerKubeconfig(fs, e, &k.kubeconfig, &k.context, "")
 	ns := e.getenv("POD_NAMESPACE")
 	if ns == "" {
 		ns = "warden-system"
@@ -66,15 +68,25 @@ func (k *kubeFlags) registerInstall(fs *flag.FlagSet, e *env) {
 
 func (k *kubeFlags) enabled() bool { return k.on }
 
+// registerKubeconfig adds --kubeconfig and --context, as kubectl has
+// them (prefix says when they apply, e.g. "with --kubernetes: ").
+func registerKubeconfig(fs *flag.FlagSet, e *env, kubeconfig, kubeContext *string, prefix string) {
+	fs.StringVar(kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), prefix+"kubeconfig files, a list as in $KUBECONFIG (merged as kubectl merges them); empty means in-cluster")
+	fs.StringVar(kubeContext, "context", "", prefix+"the kubeconfig context to use (default: its current context)")
+}
+
 // wireKubernetes loads CA material from the cluster (cacerts if present,
 // else istio-ca-secret, created once), and schedules the watchers and the
 // leader's writers. It returns the TokenReview authenticator.
 func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
 	logClientGoTo(s.log)
-	rc, err := kube.RESTConfig(k.kubeconfig)
+	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, err
+	}
+	if s.metrics != nil {
+		kube.Instrument(rc, s.metrics.KubeRequest)
 	}
 	cs, err := kube.NewClientset(rc)
 	if err != nil {
@@ -182,9 +194,12 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
 	hooks := webhookScope{keep: f.webhookListen != "", istiod: f.istiodNames}
-	s.consumers.Add(clusterConsumers(cs, k, hooks, s.authority, caCfg.Clock, s.log, bundle)...)
+	s.consumers.Add(clusterConsumers(cs, k, hooks, s.authority, caCfg.Clock, s.log, bundle, s.metrics)...)
 	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
+	if s.metrics != nil {
+		watcher.Invalid = s.metrics.PluggedInInvalid
+	}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, and the
 		// rotation's steps.
@@ -201,6 +216,9 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.consumers.Lead(ctx, s.log)
 		wg.Wait()
 	}}
+	if s.metrics != nil {
+		s.metrics.Kube(election.Leading)
+	}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
 	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Discovery: cs.Discovery(), Log: s.log}
@@ -226,10 +244,21 @@ type webhookScope struct{ keep, istiod bool }
 // clusterConsumers are the trust bundle's copies in the cluster, for
 // serve (the leader writes them, a rotation waits for them) and for
 // warden check (which inspects them): one list for both.
-func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte) []bundle.Consumer {
-	out := []bundle.Consumer{&rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}}
+// m, when not nil, counts the owner guards' backoffs and the publish
+// lag.
+func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte, m *metrics.Registry) []bundle.Consumer {
+	p := &rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}
+	out := []bundle.Consumer{p}
+	var sa *sasecrets.Controller
 	if k.saSecrets {
-		out = append(out, &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace})
+		sa = &sasecrets.Controller{Client: cs, Authority: authority, Log: log, Clock: clock, Owner: k.namespace}
+		out = append(out, sa)
+	}
+	if m != nil {
+		p.OwnerConflict, p.Lag = m.OwnerConflict, m.BundlePublished
+		if sa != nil {
+			sa.OwnerConflict = m.OwnerConflict
+		}
 	}
 	if hooks.keep {
 		c := &webhook.Configurations{Client: cs, Bundle: pem, Warden: webhook.Ref{Namespace: k.namespace, Name: webhook.ServiceName}, Owner: k.namespace, Log: log}

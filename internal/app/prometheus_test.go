@@ -119,10 +119,12 @@ func topLevel(expr string, ops []string, found func(i int, op string)) {
 }
 
 // TestDashboardAndAlerts: promtool accepts the rules; Prometheus scrapes
-// warden serve while bench ca loads it and a proxy converges; every
-// dashboard query returns data, every alert expression parses and the
-// quantities it watches have data; and with a root that expires in 20
-// days, the root expiry alert fires.
+// a standalone warden serve while bench ca loads it and a proxy
+// converges, and a Vault-mode serve beside it; every dashboard query
+// returns data, every alert expression parses and the quantities it
+// watches have data; the standalone serve exports no warden_vault_*
+// series (Vault's exist in Vault mode only), the Vault one does; and
+// with a root that expires in 20 days, the root expiry alert fires.
 func TestDashboardAndAlerts(t *testing.T) {
 	bin := prometheusDir(t)
 	rules, _ := filepath.Abs("../../deploy/prometheus/warden-rules.yaml")
@@ -132,14 +134,17 @@ func TestDashboardAndAlerts(t *testing.T) {
 
 	httpAddr := testkit.FreeAddr(t)
 	m := startMeshWith(t, nil, nil, []string{"--http-listen", httpAddr, "--root-ttl", "480h", "--auto-rotate-root", "0"}, "default/sleep")
+	v, vdir := vaultSetup(t, "approle")
+	vaultHTTP := testkit.FreeAddr(t)
+	serve(t, filepath.Join(t.TempDir(), "vault"), append(approleFlags(v, vdir), "--http-listen", vaultHTTP)...)
 	promAddr := testkit.FreeAddr(t)
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, evaluation_interval: 1s}
 rule_files: [%q]
 scrape_configs:
 - job_name: warden
-  static_configs: [{targets: [%q]}]
-`, rules, httpAddr)
+  static_configs: [{targets: [%q, %q]}]
+`, rules, httpAddr, vaultHTTP)
 	os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "prometheus"), "--config.file", filepath.Join(dir, "prometheus.yml"),
@@ -147,8 +152,8 @@ scrape_configs:
 	startLogged(t, cmd, cancel, "prometheus")
 	eventuallyCalls(t, func() error {
 		n, err := promQuery(t, promAddr, `up{job="warden"} == 1`)
-		if err == nil && n == 0 {
-			err = fmt.Errorf("warden not scraped yet")
+		if err == nil && n < 2 {
+			err = fmt.Errorf("%d of the 2 serves scraped", n)
 		}
 		return err
 	})
@@ -212,6 +217,13 @@ scrape_configs:
 					t.Errorf("alert %s watches %s: %d series, %v", r.Alert, s, n, err)
 				}
 			}
+		}
+	}
+
+	// Vault's series: in Vault mode only.
+	for instance, want := range map[string]int{httpAddr: 0, vaultHTTP: 2} {
+		if n, err := promQuery(t, promAddr, fmt.Sprintf(`{__name__=~"warden_vault_.*", instance=%q}`, instance)); err != nil || n != want {
+			t.Errorf("warden_vault_* series of %s: %d, want %d (%v)", instance, n, want, err)
 		}
 	}
 

@@ -26,12 +26,12 @@ import (
 // istioctl proxy-config, without a live proxy). Secrets are described, never dumped: key material stays in the
 // CA and the agent.
 func runProxyConfig(ctx context.Context, e *env, args []string) error {
-	var dir, node, generator, interception, format, trustDomain, servers, kubeconfig string
+	var dir, node, generator, interception, format, trustDomain, servers, kubeconfig, kubeContext string
 	var inCluster bool
 	fs := e.flags("proxy-config")
 	fs.StringVar(&dir, "config-dir", "", "the mesh configuration directory warden serve reads")
 	fs.BoolVar(&inCluster, "kubernetes", false, "read the cluster warden serve --kubernetes watches instead of a directory")
-	fs.StringVar(&kubeconfig, "kubeconfig", e.getenv("KUBECONFIG"), "with --kubernetes: kubeconfig file; empty means in-cluster")
+	registerKubeconfig(fs, e, &kubeconfig, &kubeContext, "with --kubernetes: ")
 	fs.StringVar(&node, "node", "", "node ID, sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local (required)")
 	fs.StringVar(&generator, "generator", xds.GeneratorEnvoy, "envoy or grpc (proxyless gRPC)")
 	fs.StringVar(&interception, "interception-mode", "REDIRECT", "an Envoy sidecar's iptables interception, REDIRECT or TPROXY (its metadata INTERCEPTION_MODE)")
@@ -72,7 +72,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	objs, services, warnings, err := proxyConfigSource(ctx, dir, kubeconfig)
+	objs, services, warnings, err := proxyConfigSource(ctx, dir, kubeconfig, kubeContext)
 	if err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func runProxyConfig(ctx context.Context, e *env, args []string) error {
 // proxyConfigSource reads the mesh: the directory, or the cluster when dir
 // is empty (its Services first, ServiceEntries for other hosts, as
 // warden serve --kubernetes merges them).
-func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.Object, services []*xds.Service, warnings []string, err error) {
+func proxyConfigSource(ctx context.Context, dir, kubeconfig, kubeContext string) (objs []api.Object, services []*xds.Service, warnings []string, err error) {
 	if dir != "" {
 		if objs, _, err = source.Load(dir); err != nil {
 			return nil, nil, nil, err
@@ -160,7 +160,7 @@ func proxyConfigSource(ctx context.Context, dir, kubeconfig string) (objs []api.
 		services, err = xds.ServicesFromEntries(objs, "")
 		return objs, services, nil, err
 	}
-	rc, err := kube.RESTConfig(kubeconfig)
+	rc, err := kube.RESTConfig(kubeconfig, kubeContext)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -25,7 +25,8 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 	wait := fs.Bool("wait", false, "wait until the server has reached the step (a progress line on standard error as it goes), up to --timeout")
 	timeout := fs.Duration("timeout", 15*time.Minute, "with --wait: how long to wait (the server carries on after it)")
 	kubeMode := fs.Bool("kubernetes", false, "rotate the root of a warden install on Kubernetes (the request goes to its leader through the API server)")
-	kubeconfig := fs.String("kubeconfig", e.getenv("KUBECONFIG"), "with --kubernetes: kubeconfig file; empty means in-cluster")
+	var kubeconfig, kubeContext string
+	registerKubeconfig(fs, e, &kubeconfig, &kubeContext, "with --kubernetes: ")
 	namespace := fs.String("namespace", "warden-system", "with --kubernetes: the install's namespace")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -45,13 +46,16 @@ func runCARotate(ctx context.Context, e *env, args []string) error {
 		cmd string // this command, for the advice it prints
 	)
 	if *kubeMode {
-		k, err := newKubeRotation(*kubeconfig, *namespace)
+		k, err := newKubeRotation(kubeconfig, kubeContext, *namespace)
 		if err != nil {
 			return err
 		}
 		api, cmd = k, "warden ca rotate --kubernetes --namespace "+*namespace
-		if *kubeconfig != "" && *kubeconfig != e.getenv("KUBECONFIG") {
-			cmd += " --kubeconfig " + *kubeconfig
+		if kubeconfig != "" && kubeconfig != e.getenv("KUBECONFIG") {
+			cmd += " --kubeconfig " + kubeconfig
+		}
+		if kubeContext != "" {
+			cmd += " --context " + kubeContext
 		}
 	} else {
 		api, cmd = adminRotation{dataDir: *dataDir, client: rotation.AdminClient(*dataDir)}, "warden ca rotate --data-dir "+*dataDir
@@ -161,8 +165,8 @@ type kubeRotation struct {
 	namespace string
 }
 
-func newKubeRotation(kubeconfig, namespace string) (*kubeRotation, error) {
-	rc, err := kube.RESTConfig(kubeconfig)
+func newKubeRotation(kubeconfig, kubeContext, namespace string) (*kubeRotation, error) {
+	rc, err := kube.RESTConfig(kubeconfig, kubeContext)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -69,6 +70,8 @@ type serveFlags struct {
 	autoRotate                           float64
 	istiodNames                          bool
 	webhookListen                        string
+	istiodNamespace, istiodRevision      string
+	customHosts                          string // ISTIOD_CUSTOM_HOST: more serving names
 	rotationGrace                        time.Duration
 	kube                                 kubeFlags
 	vault                                vaultFlags
@@ -88,7 +91,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.DurationVar(&f.defaultTTL, "default-ttl", ca.DefaultTTL, "workload certificate lifetime when the request names none")
 	fs.DurationVar(&f.maxTTL, "max-ttl", ca.DefaultMaxTTL, "longest workload certificate lifetime; longer requests are refused")
 	fs.StringVar(&f.dnsNames, "server-dns-names", "localhost,warden.warden-system.svc", "comma-separated DNS SANs of the CA's serving certificate")
-	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.istio-system.svc...), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
+	fs.BoolVar(&f.istiodNames, "istiod-names", false, "also serve under istiod's names (istiod.<--istiod-namespace>.svc..., and istiod-<--istiod-revision>'s), so that an existing Istio data plane reaches warden where it dials istiod (deploy/istiod-compat)")
+	fs.StringVar(&f.istiodNamespace, "istiod-namespace", "istio-system", "with --istiod-names: the namespace of the istiod Service the data plane dials")
+	fs.StringVar(&f.istiodRevision, "istiod-revision", "", "with --istiod-names: the Istio revision whose istiod the data plane dials (its Service istiod-<revision>; env REVISION, as istiod's); empty or default: istiod alone")
 	fs.StringVar(&f.webhookListen, "webhook-listen", "", "Kubernetes mode: serve Istio's validating admission webhook (HTTPS, /validate) here, e.g. 0.0.0.0:15017, and keep the caBundle of the ValidatingWebhookConfigurations that call warden's Service (with --istiod-names, first point istiod's at it); empty: off")
 	fs.StringVar(&f.tokenIssuerName, "token-issuer", defaultTokenIssuer, "iss of tokens minted by 'warden token'")
 	fs.StringVar(&f.jwksFile, "jwks-file", "", "also accept JWTs verified by this JWKS file (e.g. a Kubernetes API server's /openid/v1/jwks)")
@@ -121,6 +126,11 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	f.vault.set = map[string]bool{}
 	fs.Visit(func(fl *flag.Flag) { f.vault.set[fl.Name] = true })
+	fromIstiod, err := applyIstiodEnv(fs, e, f.vault.set)
+	if err != nil {
+		return err
+	}
+	f.customHosts = e.getenv("ISTIOD_CUSTOM_HOST")
 	if err := f.mesh.check(); err != nil {
 		return err
 	}
@@ -128,6 +138,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	logIstiodEnv(log, e, fromIstiod)
 	s, err := newControlPlane(ctx, f, log)
 	if err != nil {
 		return err
@@ -208,9 +219,13 @@ func (f serveFlags) options() (*serveOptions, error) {
 	clock := ca.SystemClock{}
 	// No workload may get a name or address the CA serves on: clients
 	// that check the CA by host name would take that workload for it.
-	dns := splitList(f.dnsNames)
+	dns := append(splitList(f.dnsNames), splitList(f.customHosts)...)
 	if f.istiodNames {
-		dns = append(dns, istiodNames...)
+		names, err := istiodServiceNames(f.istiodNamespace, f.istiodRevision)
+		if err != nil {
+			return nil, err
+		}
+		dns = append(dns, names...)
 	}
 	if hook := webhook.ServiceName + "." + f.kube.namespace + ".svc"; f.webhookListen != "" && !slices.Contains(dns, hook) {
 		// The name the API server checks when it calls the webhook
@@ -501,13 +516,12 @@ func (s *controlPlane) metricsHandler() http.Handler {
 	case s.vaultRot != nil:
 		s.metrics.Rotation(s.vaultRot.PhaseIndex, s.vaultRot.Started)
 	}
-	// Every series exists in every mode (zero where it cannot move), so
-	// one dashboard and one rule file fit every install.
-	vaultCounts := func() (uint64, uint64) { return 0, 0 }
+	// Vault's series exist in Vault mode only; every other series exists
+	// in every mode (zero where it cannot move), so one dashboard and one
+	// rule file fit every install (docs/metrics.md).
 	if s.renewer != nil {
-		vaultCounts = s.renewer.Counts
+		s.metrics.Vault(s.renewer.Counts)
 	}
-	s.metrics.Vault(vaultCounts)
 	if s.xds != nil {
 		s.metrics.XDSReports(s.xds.Reports)
 	}
@@ -522,10 +536,34 @@ func (s *controlPlane) metricsHandler() http.Handler {
 	return s.metrics.Handler()
 }
 
-// istiodNames are the names Istio's agent dials and verifies for istiod
-// (its default CA_ADDR and discovery address is istiod.istio-system.svc,
-// and it puts that name in place of localhost).
-var istiodNames = []string{"istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local", "istiod.istio-system", "istiod"}
+// istiodServiceNames are the names Istio's agent dials and verifies for
+// istiod in namespace ns (its default CA_ADDR and discovery address is
+// istiod.istio-system.svc, and it puts that name in place of localhost),
+// and, for a revision other than default, those of the revision's
+// Service istiod-<revision>, which the revision's injected proxies dial
+// (Istio names revisioned istiod Services so, and istiod puts
+// istiod-<revision>.<ns>.svc in its own certificate: pilot/pkg/bootstrap,
+// getDNSNames).
+func istiodServiceNames(ns, revision string) ([]string, error) {
+	if !dnsLabel.MatchString(ns) {
+		return nil, fmt.Errorf("%w: --istiod-namespace %q is not a namespace name", errUsage, ns)
+	}
+	if revision != "" && !dnsLabel.MatchString(revision) {
+		return nil, fmt.Errorf("%w: --istiod-revision %q is not a revision name (a DNS label)", errUsage, revision)
+	}
+	services := []string{"istiod"}
+	if revision != "" && revision != "default" {
+		services = append(services, "istiod-"+revision)
+	}
+	var out []string
+	for _, svc := range services {
+		out = append(out, svc+"."+ns+".svc", svc+"."+ns+".svc.cluster.local", svc+"."+ns, svc)
+	}
+	return out, nil
+}
+
+// dnsLabel is a DNS label as Kubernetes names namespaces (RFC 1123).
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 func servingOptions(td spiffeid.TrustDomain, listen string, dns []string) ca.ServingOptions {
 	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
@@ -619,7 +657,13 @@ func (s *controlPlane) run(ctx context.Context) error {
 		return nil
 	})
 	if s.http != nil {
-		s.log.Info("serving JWKS and health checks", "url", "http://"+s.httpLis.Addr().String()+jwksPath)
+		base := "http://" + s.httpLis.Addr().String()
+		if s.issuer != nil {
+			s.log.Info("serving JWKS, health checks and metrics", "url", base+jwksPath, "health", base+"/healthz")
+		} else {
+			// Kubernetes mode mints no tokens: no JWKS to serve.
+			s.log.Info("serving health checks and metrics", "url", base+"/healthz")
+		}
 		g.Go(func() error {
 			if err := s.http.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
 				return err

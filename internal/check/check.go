@@ -39,6 +39,41 @@ type Result struct {
 	Check   string `json:"check"`
 	Status  Status `json:"status"`
 	Message string `json:"message"`
+	// Items are every object a finding about many names (namespaces,
+	// Secrets); its Message counts them and names the first ListLimit.
+	Items []string `json:"items,omitempty"`
+}
+
+// ListLimit is how many names the message of a finding about many
+// objects shows: a thousand namespaces are a count and a few examples on
+// one line, and every name in -o json.
+const ListLimit = 10
+
+// Listed is a finding about items: format's one %s becomes their count
+// and the first ListLimit of them ("1,011 namespaces: a, b, ... and
+// 1,001 more"), noun being their singular name; Items holds them all.
+func Listed(check string, s Status, items []string, noun, format string) Result {
+	what := noun
+	if len(items) != 1 {
+		what += "s"
+	}
+	shown := items
+	more := ""
+	if len(items) > ListLimit {
+		shown = items[:ListLimit]
+		more = fmt.Sprintf(" and %s more", thousands(len(items)-ListLimit))
+	}
+	list := fmt.Sprintf("%s %s: %s%s", thousands(len(items)), what, strings.Join(shown, ", "), more)
+	return Result{Check: check, Status: s, Message: fmt.Sprintf(format, list), Items: slices.Clone(items)}
+}
+
+// thousands writes n with a comma every three digits.
+func thousands(n int) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // Report is every finding, in the order the checks ran.

@@ -219,3 +219,29 @@ func TestPolicyDanglingClusters(t *testing.T) {
 		t.Errorf("warnings lack the compiler's report on the bare name: %s", w)
 	}
 }
+
+// TestListed: a finding about many objects counts them and names the
+// first ten on its line, and keeps them all for -o json.
+func TestListed(t *testing.T) {
+	many := make([]string, 1011)
+	for i := range many {
+		many[i] = fmt.Sprintf("ns-%04d", i)
+	}
+	for _, tc := range []struct {
+		items []string
+		want  string
+	}{
+		{[]string{"a"}, "missing in 1 namespace: a (why)"},
+		{[]string{"a", "b"}, "missing in 2 namespaces: a, b (why)"},
+		{many[:10], "missing in 10 namespaces: " + strings.Join(many[:10], ", ") + " (why)"},
+		{many, "missing in 1,011 namespaces: " + strings.Join(many[:10], ", ") + " and 1,001 more (why)"},
+	} {
+		r := check.Listed("bundle", check.Error, tc.items, "namespace", "missing in %s (why)")
+		if r.Message != tc.want || len(r.Items) != len(tc.items) || r.Check != "bundle" || r.Status != check.Error {
+			t.Errorf("%d items: %q with %d items, want %q", len(tc.items), r.Message, len(r.Items), tc.want)
+		}
+	}
+	if r := check.Listed("bundle", check.Error, many, "namespace", "missing in %s"); len(r.Message) > 200 {
+		t.Errorf("a line of %d characters for 1,011 namespaces: %s", len(r.Message), r.Message)
+	}
+}

@@ -11,6 +11,8 @@
 //     account (Controller, written by the leader);
 //   - kube/leader: the election that picks which replica writes the
 //     objects the replicas share;
+//   - kube/access: what serve does in the API server, and whether a
+//     service account may (SubjectAccessReview), for warden check;
 //   - kube/meshconfig: the mesh configuration, informers decoding every
 //     Istio kind warden reads (Watcher), and Snapshot, a one-off listing
 //     for warden proxy-config and warden check;
@@ -40,6 +42,9 @@ package kube
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -55,23 +60,52 @@ const (
 	DefaultBurst = 400
 )
 
-// RESTConfig loads a kubeconfig file, or the in-cluster configuration when
-// path is empty, with warden's rate limits.
-func RESTConfig(path string) (*rest.Config, error) {
+// RESTConfig loads the API server's address and credentials as kubectl
+// does: kubeconfig is a list of files separated as $KUBECONFIG is (":" on
+// Unix), merged by client-go's loading rules (the first file to set a
+// value wins, current-context included), and kubeContext, when set, picks
+// a context instead of the current one. With neither, warden runs in a
+// pod and uses the in-cluster configuration. warden's rate limits apply.
+func RESTConfig(kubeconfig, kubeContext string) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
 	)
-	if path == "" {
+	if kubeconfig == "" && kubeContext == "" {
 		cfg, err = rest.InClusterConfig()
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kube: config: %w", err)
+		if err != nil {
+			return nil, fmt.Errorf("kube: config: %w (outside a pod, name a kubeconfig with --kubeconfig or $KUBECONFIG)", err)
+		}
+	} else if cfg, err = loadKubeconfig(kubeconfig, kubeContext); err != nil {
+		return nil, err
 	}
 	cfg.QPS, cfg.Burst = DefaultQPS, DefaultBurst
 	cfg.UserAgent = "warden"
+	return cfg, nil
+}
+
+// loadKubeconfig merges the files of a $KUBECONFIG-style list (the
+// recommended ~/.kube/config when the list is empty) and picks
+// kubeContext, or the merged current context.
+func loadKubeconfig(list, kubeContext string) (*rest.Config, error) {
+	files := filepath.SplitList(list)
+	if len(files) == 0 {
+		files = []string{clientcmd.RecommendedHomeFile}
+	}
+	found := false
+	for _, f := range files {
+		if _, err := os.Stat(f); err == nil {
+			found = true
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("kube: config: no kubeconfig file exists among %s", strings.Join(files, string(filepath.ListSeparator)))
+	}
+	rules := &clientcmd.ClientConfigLoadingRules{Precedence: files}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kube: config %s: %w", strings.Join(files, string(filepath.ListSeparator)), err)
+	}
 	return cfg, nil
 }
 

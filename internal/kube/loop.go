@@ -18,6 +18,10 @@ type Loop struct {
 	log       *slog.Logger
 	queue     workqueue.TypedRateLimitingInterface[string]
 	reconcile func(ctx context.Context, key string) (after time.Duration, err error)
+
+	// Idle, when set, runs each time the queue runs empty after a key
+	// (a Tally's Flush).
+	Idle func()
 }
 
 // NewLoop makes a loop named name (in logs and the queue's metrics) that
@@ -69,6 +73,9 @@ func (l *Loop) next(ctx context.Context) bool {
 	l.queue.Forget(key)
 	if after > 0 {
 		l.queue.AddAfter(key, after)
+	}
+	if l.Idle != nil && l.queue.Len() == 0 {
+		l.Idle()
 	}
 	return true
 }

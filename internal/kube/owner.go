@@ -43,9 +43,19 @@ type Guard struct {
 	log   *slog.Logger
 	now   func() time.Time
 
+	// Backoff, when set, hears of each backoff the guard starts: kind,
+	// and why (OtherInstall, Fight).
+	Backoff func(kind, reason string)
+
 	mu     sync.Mutex
 	fights map[string]*fight
 }
+
+// Why a Guard backs off from an object (Guard.Backoff's reason).
+const (
+	OtherInstall = "other_install" // another install's mark is on it
+	Fight        = "fight"         // another writer keeps changing it
+)
 
 type fight struct {
 	repairs []time.Time
@@ -76,7 +86,7 @@ func (g *Guard) Owned(m metav1.Object) bool { return m.GetAnnotations()[OwnerAnn
 // warden replaced it) is adopted.
 func (g *Guard) MayWrite(key string, m metav1.Object) (ok bool, retry time.Duration) {
 	if other := m.GetAnnotations()[OwnerAnnotation]; other != "" && other != g.owner {
-		return false, g.hold(key, func() string {
+		return false, g.hold(key, OtherInstall, func() string {
 			return fmt.Sprintf("%s %s belongs to another warden install (%s=%s); not writing it. Two installs in one cluster give workloads two trust bundles: remove one, or delete the object to hand it to this install (%s)",
 				g.kind, key, OwnerAnnotation, other, g.owner)
 		})
@@ -102,7 +112,7 @@ func (g *Guard) MayWrite(key string, m metav1.Object) (ok bool, retry time.Durat
 		}
 		if len(f.repairs) >= fightRepairs {
 			g.mu.Unlock()
-			return false, g.hold(key, func() string {
+			return false, g.hold(key, Fight, func() string {
 				return fmt.Sprintf("%s %s keeps being changed by another writer (last: %s) after warden repairs it; backing off. Find the other controller (another CA such as istiod?) and stop it",
 					g.kind, key, lastOtherManager(m))
 			})
@@ -125,7 +135,7 @@ func (g *Guard) Wrote(key string) {
 }
 
 // hold starts or extends key's backoff and logs why.
-func (g *Guard) hold(key string, why func() string) time.Duration {
+func (g *Guard) hold(key, reason string, why func() string) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -141,6 +151,9 @@ func (g *Guard) hold(key string, why func() string) time.Duration {
 	f.until = now.Add(f.backoff)
 	f.repairs = nil
 	g.log.Error(why(), "retryIn", f.backoff.String())
+	if g.Backoff != nil {
+		g.Backoff(g.kind, reason)
+	}
 	return f.backoff
 }
 

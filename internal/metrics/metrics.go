@@ -53,12 +53,13 @@ type Registry struct {
 
 	validPassed, validFailed *prometheus.CounterVec
 	validHTTPErrors          *prometheus.CounterVec
+	kube kubeMetrics
 }
 
 // New is a registry with the Go runtime's and the process's collectors
 // (heap, goroutines, CPU seconds, RSS) and warden serve's metrics.
 func New() *Registry {
-	r := &Registry{reg: prometheus.NewRegistry()}
+	r := &Registry{reg: prometheus.NewRegistry(), kube: newKubeMetrics()}
 	r.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	counter := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})

@@ -60,8 +60,10 @@ type Rotator struct {
 	pollLog     errorLog // Run's
 	reportLog   errorLog // Run's
 
-	plugged   string // a plugged-in CA's directory: status only, rotated by its files
-	afterSync func(ctx context.Context)
+	plugged    string // a plugged-in CA's directory: status only, rotated by its files
+	afterSync  func(ctx context.Context)
+	watch      func(ctx context.Context, changed func()) error // Kubernetes: follows the stored rotation (Follow runs it)
+	followKick chan struct{}
 
 	stepMu  sync.Mutex // one step at a time
 	mu      sync.Mutex
@@ -114,7 +116,7 @@ func New(cfg Config) *Rotator {
 	}
 	return &Rotator{log: cfg.Log, clock: clock, authority: cfg.Authority, serving: &servingSwitch{main: cfg.Authority, cfg: cfg.CA},
 		store: cfg.Store, newCA: cfg.NewCA, maxTTL: cfg.CA.MaxTTL, grace: cfg.Grace, autoFraction: cfg.AutoFraction,
-		plugged: cfg.Plugged, loadCurrent: cfg.LoadCurrent, consumers: map[string]Consumer{}, set: cfg.Consumers, kick: make(chan struct{}, 1)}
+		plugged: cfg.Plugged, loadCurrent: cfg.LoadCurrent, consumers: map[string]Consumer{}, set: cfg.Consumers, kick: make(chan struct{}, 1), followKick: make(chan struct{}, 1)}
 }
 
 // AddConsumer adds a source of bundle holders a rotation waits for,
@@ -477,6 +479,24 @@ func (r *Rotator) sources() map[string]Consumer {
 func (r *Rotator) sync(ctx context.Context) error {
 	r.stepMu.Lock()
 	defer r.stepMu.Unlock()
+	if p, ok := r.store.(statePeeker); ok {
+		// The state alone (from the watch's cache): the prepared CA is
+		// read only when the phase changed.
+		st, found, err := p.State(ctx)
+		if err != nil {
+			return err
+		}
+		r.mu.Lock()
+		same := found && st.Phase == r.st.Phase && st.NextRootSHA256 == r.st.NextRootSHA256
+		if same {
+			r.st = st
+		}
+		unchanged := same || (!found && r.st.Phase == ca.PhaseNone)
+		r.mu.Unlock()
+		if unchanged {
+			return nil
+		}
+	}
 	st, next, found, err := r.store.Load(ctx)
 	if err != nil {
 		return err
@@ -503,6 +523,12 @@ func (r *Rotator) sync(ctx context.Context) error {
 	r.st, r.next = st, next
 	r.log.Info("root rotation: following the leader", "phase", PhaseName(st.Phase), "nextRootSHA256", st.NextRootSHA256)
 	return r.applyLocked()
+}
+
+// statePeeker is a Store that reads the rotation's state without its
+// prepared CA (the Kubernetes store, from its watch).
+type statePeeker interface {
+	State(ctx context.Context) (ca.RotationState, bool, error)
 }
 
 // PhaseIndex is the rotation phase as a number, for the metric.

@@ -39,6 +39,9 @@ type PluggedIn struct {
 	// event, so once they have synced, a missing record is handled as its
 	// deletion and a missing cacerts is reported.
 	Plugged bool
+	// Invalid hears of each change to cacerts ignored for invalid
+	// material (the current CA kept).
+	Invalid func()
 }
 
 // LoadPluggedIn reads and validates the cacerts Secret; found is false when
@@ -91,6 +94,9 @@ func (p *PluggedIn) Run(ctx context.Context) error {
 		m, err := decodePluggedIn(sec, p.Clock.Now())
 		if err != nil {
 			p.Log.Error("ignoring invalid plugged-in CA; keeping the current one", "error", err.Error())
+			if p.Invalid != nil {
+				p.Invalid()
+			}
 			return
 		}
 		if err := RecordPluggedIn(ctx, p.Client, p.Namespace, m); err != nil {

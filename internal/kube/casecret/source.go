@@ -59,17 +59,37 @@ func RecordPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace str
 // signs with it: the replicas running keep its CA, and this one would sign
 // under another root.
 func CheckNotPluggedIn(ctx context.Context, cs kubernetes.Interface, namespace string) error {
+	fp, plugged, err := PluggedInRecord(ctx, cs, namespace)
+	if err != nil {
+		return err
+	}
+	if !plugged {
+		return nil
+	}
+	return PluggedInGone(namespace, fp)
+}
+
+// PluggedInRecord reads the record: plugged is true when the install
+// signs with cacerts, whose root's fingerprint rootSHA256 is.
+func PluggedInRecord(ctx context.Context, cs kubernetes.Interface, namespace string) (rootSHA256 string, plugged bool, err error) {
 	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, SourceConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil
+		return "", false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("kube: configmap %s/%s: %w", namespace, SourceConfigMap, err)
+		return "", false, fmt.Errorf("kube: configmap %s/%s: %w", namespace, SourceConfigMap, err)
 	}
 	if cm.Data["source"] != sourcePluggedIn {
-		return nil
+		return "", false, nil
 	}
+	return cm.Data["rootSHA256"], true, nil
+}
+
+// PluggedInGone is the error of an install whose cacerts is gone while
+// its record says the replicas sign with it (root rootSHA256): what a
+// replica starting then says, and warden check.
+func PluggedInGone(namespace, rootSHA256 string) error {
 	return fmt.Errorf("kube: secret %s/%s is gone, but this install signs with it (configmap %s/%s, root sha256 %s), and the replicas running still do: "+
 		"restore the secret; or, to switch every replica to the self-signed root in secret %s/%s (a new root: workloads must be given it), delete configmap %s/%s",
-		namespace, PluggedName, namespace, SourceConfigMap, cm.Data["rootSHA256"], namespace, Name, namespace, SourceConfigMap)
+		namespace, PluggedName, namespace, SourceConfigMap, rootSHA256, namespace, Name, namespace, SourceConfigMap)
 }

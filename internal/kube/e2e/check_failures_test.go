@@ -17,6 +17,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/catest"
 	"github.com/wardenmesh/warden/internal/app"
+	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/testkit"
@@ -41,6 +42,34 @@ func lineMatching(out, re string) string {
 }
 
 func hasLine(out, want string) bool { return lineMatching(out, regexp.QuoteMeta(want)) != "" }
+
+// checkReport is warden check's -o json.
+type checkReport struct {
+	Failed  bool
+	Results []check.Result
+}
+
+// find is the first result of the check named name with status whose
+// message starts with prefix.
+func (r checkReport) find(name, status, prefix string) (check.Result, bool) {
+	for _, x := range r.Results {
+		if x.Check == name && string(x.Status) == status && strings.HasPrefix(x.Message, prefix) {
+			return x, true
+		}
+	}
+	return check.Result{}, false
+}
+
+// checkJSON runs warden check --kubernetes -o json.
+func checkJSON(t *testing.T, args ...string) checkReport {
+	t.Helper()
+	_, out, errOut := checkSplit(append(args, "-o", "json")...)
+	var rep checkReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("-o json: %v\n%s%s", err, out, errOut)
+	}
+	return rep
+}
 
 // checkSplit runs warden check --kubernetes with stdout and stderr apart.
 func checkSplit(args ...string) (code int, stdout, stderr string) {
@@ -116,13 +145,11 @@ spec:
 	t.Cleanup(func() { _, _ = apiserver.Kubectl(t, []byte(config), "delete", "-f", "-") })
 
 	// shop's bundle loses the signing root (its owner stays this install).
-	_, before, _ := checkSplit("--namespace", ns)
+	// Other tests' namespaces may lack it already: -o json lists them.
 	stale := []string{shop}
-	if l := lineMatching(before, regexp.QuoteMeta(checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "))+`(.*)`+
-		regexp.QuoteMeta(": workloads there refuse new certificates")); l != "" {
-		t.Logf("stale before ours: %s", l)
-		rest := strings.TrimPrefix(l, checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "))
-		stale = append(stale, strings.Split(strings.TrimSuffix(rest, ": workloads there refuse new certificates"), ", ")...)
+	if r, ok := checkJSON(t, "--namespace", ns).find("bundle", "error", rootcert.ConfigMap+" lacks the signing root in "); ok {
+		t.Logf("stale before ours: %s", r.Message)
+		stale = append(stale, r.Items...)
 		slices.Sort(stale)
 	}
 	cm, err := apiserver.Client.CoreV1().ConfigMaps(shop).Get(ctx, rootcert.ConfigMap, metav1.GetOptions{})
@@ -137,7 +164,7 @@ spec:
 	}
 	code, out, _ = checkSplit("--namespace", ns)
 	for _, want := range []string{
-		checkLine("error", "bundle", rootcert.ConfigMap+" lacks the signing root in "+strings.Join(stale, ", ")+": workloads there refuse new certificates"),
+		checkLine("error", "bundle", check.Listed("bundle", check.Error, stale, "namespace", rootcert.ConfigMap+" lacks the signing root in %s: workloads there refuse new certificates").Message),
 		checkLine("error", "routing", "VirtualService "+shop+"/routes: destination host reveiws."+shop+".svc.cluster.local is not in the service registry: calls routed to it fail"),
 		checkLine("error", "routing", "VirtualService "+shop+"/routes: destination reviews."+shop+".svc.cluster.local subset v9 is not defined by a DestinationRule: calls routed to it fail"),
 		checkLine("error", "routing", "DestinationRule "+shop+"/ghost: host ghost."+shop+".svc.cluster.local is not in the service registry"),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -68,4 +69,32 @@ func TestTokenReviewOutageIsUnavailable(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestOutageLogsQuietly: a leader cut off from the API server for 20 s,
+// with no rotation running, logs each error once (client-go's Lease
+// retries every 2 s are limited to one line a minute), and nothing about
+// rotation reports (before: a line every second).
+func TestOutageLogsQuietly(t *testing.T) {
+	ns := apiserver.Namespace(t, "warden")
+	link := apiserver.Link(t)
+	_, logs, _ := startServeWith(t, ns, "replica-a", "--kubeconfig", link.Kubeconfig)
+	waitBundle(t, ns)
+	time.Sleep(2 * time.Second)
+	from := len(logs.String())
+	link.Cut()
+	time.Sleep(20 * time.Second)
+	during := logs.String()[from:]
+	link.Restore(t)
+	errorLine := regexp.MustCompile(`(?m)^time=\S+ level=ERROR msg="((?:[^"\\]|\\.)*)"`)
+	count := map[string]int{}
+	for _, m := range errorLine.FindAllStringSubmatch(during, -1) {
+		count[m[1]]++
+	}
+	for msg, n := range count {
+		if n > 1 || strings.Contains(msg, "root rotation") {
+			t.Errorf("%d ERROR lines %q in 20 s of outage", n, msg)
+		}
+	}
+	t.Logf("ERROR lines in 20 s of outage: %v", count)
 }

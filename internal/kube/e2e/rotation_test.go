@@ -284,3 +284,65 @@ func TestKubeRotationHeldByPartitionedReplica(t *testing.T) {
 		t.Error("the report of replica b, whose pod is gone, is still there")
 	}
 }
+
+// runningPod creates pod name in ns with labels, in phase Running (as
+// the kubelet would report it; the test API server runs none).
+func runningPod(t *testing.T, ns, name string, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	pod, err := apiserver.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		Spec: corev1.PodSpec{AutomountServiceAccountToken: ptr(false), Containers: []corev1.Container{{Name: "warden", Image: "warden"}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.Phase = corev1.PodRunning
+	if _, err := apiserver.Client.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKubeRotationHeldByReplicaPartitionedBeforeIt: replicas report only
+// during a rotation, so replica b, cut off from the API server before the
+// rotation starts, never reports. The leader knows it by its pod (the
+// running pods with the leader's own pod's labels, whichever ReplicaSet
+// they belong to mid-rollout) and holds activation, naming it, until its
+// pod is gone.
+func TestKubeRotationHeldByReplicaPartitionedBeforeIt(t *testing.T) {
+	ctx := kubetest.Context(t)
+	ns := apiserver.Namespace(t, "warden")
+	shop := apiserver.Namespace(t, "shop")
+	runningPod(t, ns, "replica-a", map[string]string{"app.kubernetes.io/name": "warden", "pod-template-hash": "new"})
+	runningPod(t, ns, "replica-b", map[string]string{"app.kubernetes.io/name": "warden", "pod-template-hash": "old"})
+	runningPod(t, ns, "bystander", map[string]string{"app.kubernetes.io/name": "something-else"})
+	flags := []string{"--rotation-grace", "0s", "--auto-rotate-root", "0"}
+	_, logsA, _ := startServeWith(t, ns, "replica-a", flags...)
+	waitBundle(t, shop)
+	link := apiserver.Link(t)
+	_, logsB, _ := startServeWith(t, ns, "replica-b", append(flags, "--kubeconfig", link.Kubeconfig)...)
+	t.Cleanup(func() { link.Restore(t) }) // b stops cleanly
+	time.Sleep(2 * time.Second)           // b has synced its watches
+	link.Blackhole()
+
+	rotate := kubeRotate(t, ns, logsA, logsB)
+	rotate("activate")
+	var status string
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "missing: replica replica-b (its pod runs, and it has not reported on the new root") {
+			return fmt.Errorf("the replica that never reported is not named:\n%s", status)
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second)
+	if status = rotate("--status"); !strings.Contains(status, "phase: published") || strings.Contains(status, "bystander") {
+		t.Fatalf("activated past a replica whose pod runs, or counted another workload's pod:\n%s", status)
+	}
+	if err := apiserver.Client.CoreV1().Pods(ns).Delete(ctx, "replica-b", metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		if status = rotate("--status"); !strings.Contains(status, "phase: activated") {
+			return fmt.Errorf("not activated once replica b's pod is gone:\n%s", status)
+		}
+		return nil
+	})
+}

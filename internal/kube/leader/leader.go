@@ -4,8 +4,10 @@ package leader
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -13,6 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/utils/ptr"
+
+	"github.com/wardenmesh/warden/internal/check"
 )
 
 // Timing of the Lease. The Lease outlives two renewal deadlines, so that
@@ -41,7 +46,12 @@ type Election struct {
 	Identity  string // this replica, e.g. the pod name
 	Log       *slog.Logger
 	Lead      func(ctx context.Context)
+
+	leading atomic.Bool
 }
+
+// Leading says whether this replica leads now (its work is running).
+func (l *Election) Leading() bool { return l.leading.Load() }
 
 // Run campaigns until ctx is done, running Lead whenever elected.
 func (l *Election) Run(ctx context.Context) {
@@ -50,7 +60,7 @@ func (l *Election) Run(ctx context.Context) {
 	}
 	name := l.Name
 	if name == "" {
-		name = "warden-leader"
+		name = LeaseName
 	}
 	base := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Name: name, Namespace: l.Namespace},
@@ -96,6 +106,8 @@ func (l *Election) round(ctx context.Context, base resourcelock.Interface) {
 				started, stopWork = true, cancel
 				mu.Unlock()
 				l.Log.Info("elected leader", "identity", l.Identity)
+				l.leading.Store(true)
+				defer l.leading.Store(false)
 				l.Lead(work)
 			},
 			OnStoppedLeading: func() {
@@ -139,4 +151,45 @@ func (w *watchedLock) Update(ctx context.Context, ler resourcelock.LeaderElectio
 		w.failed(err)
 	}
 	return err
+}
+
+// LeaseName is the Lease an install's replicas campaign for (Election's
+// default).
+const LeaseName = "warden-leader"
+
+// Check says whether a replica of the install in namespace leads now:
+// its Lease is held and was renewed within its duration. Without a
+// leader the trust bundle's copies are not kept and a root rotation does
+// not advance, while every replica keeps signing.
+func Check(ctx context.Context, cs kubernetes.Interface, namespace string, now time.Time) check.Result {
+	l, err := cs.CoordinationV1().Leases(namespace).Get(ctx, LeaseName, metav1.GetOptions{})
+	const without = "the trust bundle's copies are not kept and a root rotation does not advance (the replicas still sign)"
+	switch {
+	case apierrors.IsNotFound(err):
+		return check.Result{Check: "leader", Status: check.Error, Message: fmt.Sprintf("no Lease %s/%s: no replica has ever led, so %s; is warden serve running in %s, and may it write the Lease?", namespace, LeaseName, without, namespace)}
+	case err != nil:
+		return check.Result{Check: "leader", Status: check.Error, Message: fmt.Sprintf("lease %s/%s: %v", namespace, LeaseName, err)}
+	}
+	holder := ptr.Deref(l.Spec.HolderIdentity, "")
+	var renewed time.Time
+	if l.Spec.RenewTime != nil {
+		renewed = l.Spec.RenewTime.Time
+	}
+	expires := renewed.Add(time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, 0)) * time.Second)
+	switch {
+	case holder == "":
+		return check.Result{Check: "leader", Status: check.Error, Message: fmt.Sprintf("no replica holds Lease %s/%s (its last holder released it %s ago): %s; is warden serve running in %s?", namespace, LeaseName, now.Sub(renewed).Round(time.Second), without, namespace)}
+	case now.After(expires):
+		return check.Result{Check: "leader", Status: check.Error, Message: fmt.Sprintf("Lease %s/%s of replica %s expired %s ago: no replica leads, so %s; the replicas' logs say why (an API server they cannot reach? RBAC on leases?)", namespace, LeaseName, holder, now.Sub(expires).Round(time.Second), without)}
+	}
+	return check.Result{Check: "leader", Status: check.OK, Message: fmt.Sprintf("replica %s leads (Lease %s/%s renewed %s ago)", holder, namespace, LeaseName, max(now.Sub(renewed), 0).Round(time.Second))}
+}
+
+// Holder is the replica that holds the Lease ("" when none does).
+func Holder(ctx context.Context, cs kubernetes.Interface, namespace string) (string, error) {
+	l, err := cs.CoordinationV1().Leases(namespace).Get(ctx, LeaseName, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	return ptr.Deref(l.Spec.HolderIdentity, ""), nil
 }

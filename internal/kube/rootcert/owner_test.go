@@ -98,7 +98,7 @@ func TestPublisherBacksOffFromAnotherWriter(t *testing.T) {
 	ctx := kubetest.Context(t)
 	var logs testkit.Buffer
 	p := &rootcert.Publisher{Client: apiserver.Client, Owner: "install-a", Bundle: func() []byte { return fakeBundle("root-a") },
-		Log: slog.New(slog.NewTextHandler(&logs, nil))}
+		Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))} // each repair is logged at DEBUG
 	go func() { _ = p.Run(ctx) }()
 	ns := apiserver.Namespace(t, "rogue")
 	kubetest.Eventually(t, 20*time.Second, func() error {

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -48,13 +47,22 @@ type Publisher struct {
 	Log    *slog.Logger
 	Resync time.Duration // default 10m
 	Now    func() time.Time
+	// OwnerConflict hears of each backoff from a ConfigMap another
+	// install owns or another writer keeps changing (kube.Guard).
+	OwnerConflict func(kind, reason string)
+	// Lag hears, for each ConfigMap written with a new bundle, the time
+	// since the bundle changed.
+	Lag func(time.Duration)
 
-	guard  *kube.Guard
-	mu     sync.Mutex
-	sent   [][32]byte // digests of the last bundles published: rewriting one of them is an update, not a repair
-	loop   *kube.Loop
-	nsList corelisters.NamespaceLister
-	cmList corelisters.ConfigMapLister
+	guard     *kube.Guard
+	tally     *kube.Tally
+	mu        sync.Mutex
+	changedAt time.Time       // when the bundle last changed (Changed)
+	pending   map[string]bool // namespaces not yet written since then
+	sent      [][32]byte      // digests of the last bundles published: rewriting one of them is an update, not a repair
+	loop      *kube.Loop
+	nsList    corelisters.NamespaceLister
+	cmList    corelisters.ConfigMapLister
 }
 
 // Run publishes until ctx is done. Call it on the leader only.
@@ -72,7 +80,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.Now = time.Now
 	}
 	p.guard = kube.NewGuard(p.Owner, "ConfigMap", p.Log, p.Now)
+	p.guard.Backoff = p.OwnerConflict
 	p.loop = kube.NewLoop("bundle", p.Log, p.reconcile)
+	p.tally = &kube.Tally{Log: p.Log, Msg: "trust bundle ConfigMaps written (each at DEBUG)", Now: p.Now}
+	p.loop.Idle = p.tally.Flush
 	nsF := informers.NewSharedInformerFactory(p.Client, p.Resync)
 	cmF := informers.NewSharedInformerFactoryWithOptions(p.Client, p.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "metadata.name=" + ConfigMap
@@ -106,6 +117,19 @@ func (p *Publisher) Run(ctx context.Context) error {
 	}
 	p.loop.Run(ctx, 2)
 	return nil
+}
+
+// lag reports, once ns's ConfigMap got the bundle, how long since the
+// bundle changed, for the namespaces that had their ConfigMap then (not a
+// namespace created since, nor the leader's first pass).
+func (p *Publisher) lag(ns string) {
+	p.mu.Lock()
+	at, pending := p.changedAt, p.pending[ns]
+	delete(p.pending, ns)
+	p.mu.Unlock()
+	if p.Lag != nil && pending {
+		p.Lag(p.Now().Sub(at))
+	}
 }
 
 // published records want as published, and says whether old was
@@ -142,6 +166,13 @@ func (p *Publisher) Changed([]*x509.Certificate) {
 		return
 	}
 	nss, _ := p.nsList.List(labels.Everything())
+	p.mu.Lock()
+	p.changedAt = p.Now()
+	p.pending = map[string]bool{}
+	for _, ns := range nss {
+		p.pending[ns.Name] = true
+	}
+	p.mu.Unlock()
 	for _, ns := range nss {
 		p.loop.Add(ns.Name)
 	}
@@ -171,7 +202,8 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 			return 0, nil // the informer will bring it and we will compare
 		}
 		if err == nil {
-			p.Log.Info("published trust bundle", "namespace", ns)
+			p.tally.Add("published", "published trust bundle", "namespace", ns)
+			p.lag(ns)
 		}
 		return 0, err
 	case err != nil:
@@ -193,15 +225,16 @@ func (p *Publisher) reconcile(ctx context.Context, ns string) (time.Duration, er
 		return 0, err
 	}
 	if same {
-		p.Log.Info("adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
+		p.tally.Add("adopted", "adopted trust bundle ConfigMap", "namespace", ns, "owner", p.Owner)
 		return 0, nil
 	}
+	p.lag(ns)
 	if p.published([]byte(cm.Data[Key]), want) {
-		p.Log.Info("updated trust bundle", "namespace", ns)
+		p.tally.Add("updated", "updated trust bundle", "namespace", ns)
 		return 0, nil
 	}
 	p.guard.Wrote(key)
-	p.Log.Info("rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
+	p.tally.Add("rewritten", "rewrote trust bundle: the ConfigMap held roots warden does not serve (edited by another writer, or written before a root change)", "namespace", ns)
 	return 0, nil
 }
 
@@ -253,13 +286,13 @@ func (p *Publisher) Check(ctx context.Context, fp string, _ time.Time) []check.R
 		out = append(out, check.Result{Check: "bundle", Status: check.OK, Message: fmt.Sprintf("%s current in %d of %d namespaces", ConfigMap, total-len(others), total)})
 	}
 	if len(missing) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s is missing in %s (is warden's leader running?)", ConfigMap, strings.Join(missing, ", "))})
+		out = append(out, check.Listed("bundle", check.Error, missing, "namespace", ConfigMap+" is missing in %s (is warden's leader running?)"))
 	}
 	if len(stale) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Error, Message: fmt.Sprintf("%s lacks the signing root in %s: workloads there refuse new certificates", ConfigMap, strings.Join(stale, ", "))})
+		out = append(out, check.Listed("bundle", check.Error, stale, "namespace", ConfigMap+" lacks the signing root in %s: workloads there refuse new certificates"))
 	}
 	if len(others) > 0 {
-		out = append(out, check.Result{Check: "bundle", Status: check.Warn, Message: fmt.Sprintf("%s belongs to another warden install (warden.io/owner) in %s", ConfigMap, strings.Join(others, ", "))})
+		out = append(out, check.Listed("bundle", check.Warn, others, "namespace", ConfigMap+" belongs to another warden install (warden.io/owner) in %s"))
 	}
 	return out
 }

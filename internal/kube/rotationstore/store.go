@@ -8,12 +8,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/wardenmesh/warden/ca"
@@ -42,15 +48,89 @@ type Request struct {
 	Seq int64 `json:"seq"`
 }
 
-// Store keeps a rotation in the API server.
+// Store keeps a rotation in the API server. Once Watch has synced, it
+// reads the rotation ConfigMap and the reports from its informers' cache
+// instead of asking the API server.
 type Store struct {
 	Client    kubernetes.Interface
 	Namespace string
 	Clock     ca.Clock
+
+	mu       sync.Mutex
+	cached   corelisters.ConfigMapNamespaceLister // the rotation ConfigMap, once Watch synced
+	reports  corelisters.ConfigMapNamespaceLister // the reports, once Watch synced
+	selector labels.Selector                      // the install's pods (Replicas), once known
 }
 
 func (s *Store) cms() interfaceConfigMaps {
 	return s.Client.CoreV1().ConfigMaps(s.Namespace)
+}
+
+// Watch follows the rotation ConfigMap and the replicas' reports until
+// ctx is done, calling changed after every change; the reads below use
+// the informers' cache once they have listed.
+func (s *Store) Watch(ctx context.Context, changed func()) error {
+	cmF := informers.NewSharedInformerFactoryWithOptions(s.Client, 0, informers.WithNamespace(s.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ConfigMap }))
+	repF := informers.NewSharedInformerFactoryWithOptions(s.Client, 0, informers.WithNamespace(s.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = reportLabel + "=true" }))
+	cmInf, repInf := cmF.Core().V1().ConfigMaps(), repF.Core().V1().ConfigMaps()
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { changed() },
+		UpdateFunc: func(_, _ any) { changed() },
+		DeleteFunc: func(any) { changed() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{cmInf.Informer(), repInf.Informer()} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return err
+		}
+	}
+	defer cmF.Shutdown()
+	defer repF.Shutdown()
+	if err := kube.StartAndSync(ctx, "root rotation", cmF, repF); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.cached, s.reports = cmInf.Lister().ConfigMaps(s.Namespace), repInf.Lister().ConfigMaps(s.Namespace)
+	s.mu.Unlock()
+	changed()
+	<-ctx.Done()
+	s.mu.Lock()
+	s.cached, s.reports = nil, nil
+	s.mu.Unlock()
+	return nil
+}
+
+// configMap is the rotation ConfigMap, from the cache once Watch synced.
+func (s *Store) configMap(ctx context.Context) (*corev1.ConfigMap, error) {
+	s.mu.Lock()
+	c := s.cached
+	s.mu.Unlock()
+	if c != nil {
+		return c.Get(ConfigMap)
+	}
+	return s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
+}
+
+// State returns the stored rotation state alone, without the prepared CA
+// (Load reads both): what a replica compares with the state it follows.
+func (s *Store) State(ctx context.Context) (ca.RotationState, bool, error) {
+	var st ca.RotationState
+	cm, err := s.configMap(ctx)
+	if apierrors.IsNotFound(err) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
+	}
+	raw, ok := cm.Data["state"]
+	if !ok || raw == "" {
+		return st, false, nil
+	}
+	if err := json.Unmarshal([]byte(raw), &st); err != nil {
+		return st, false, fmt.Errorf("kube: configmap %s/%s: state: %v", s.Namespace, ConfigMap, err)
+	}
+	return st, true, nil
 }
 
 type interfaceConfigMaps = interface {
@@ -61,20 +141,9 @@ type interfaceConfigMaps = interface {
 
 // Load returns the rotation in progress with its prepared CA.
 func (s *Store) Load(ctx context.Context) (ca.RotationState, *ca.Material, bool, error) {
-	var st ca.RotationState
-	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return st, nil, false, nil
-	}
-	if err != nil {
-		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
-	}
-	raw, ok := cm.Data["state"]
-	if !ok || raw == "" {
-		return st, nil, false, nil
-	}
-	if err := json.Unmarshal([]byte(raw), &st); err != nil {
-		return st, nil, false, fmt.Errorf("kube: configmap %s/%s: state: %v", s.Namespace, ConfigMap, err)
+	st, found, err := s.State(ctx)
+	if err != nil || !found {
+		return st, nil, false, err
 	}
 	f, err := (&casecret.Store{Client: s.Client, Namespace: s.Namespace, Name: NextCASecret}).Load(ctx)
 	if err != nil {
@@ -232,7 +301,7 @@ func (s *Store) Request(ctx context.Context, r Request) (int64, error) {
 // ReadRequest returns the latest request (zero when none).
 func (s *Store) ReadRequest(ctx context.Context) (Request, error) {
 	var r Request
-	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
+	cm, err := s.configMap(ctx)
 	if apierrors.IsNotFound(err) {
 		return r, nil
 	}
@@ -254,7 +323,7 @@ func (s *Store) WriteStatus(ctx context.Context, status []byte) error {
 
 // ReadStatus returns the leader's last report.
 func (s *Store) ReadStatus(ctx context.Context) ([]byte, error) {
-	cm, err := s.cms().Get(ctx, ConfigMap, metav1.GetOptions{})
+	cm, err := s.configMap(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
 	}
@@ -318,12 +387,26 @@ func (s *Store) DeleteReport(ctx context.Context, replica string) error {
 
 // ReadReports returns every replica's report.
 func (s *Store) ReadReports(ctx context.Context) ([]ReplicaReport, error) {
-	list, err := s.Client.CoreV1().ConfigMaps(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: reportLabel + "=true"})
-	if err != nil {
-		return nil, fmt.Errorf("kube: rotation reports: %w", err)
+	var items []*corev1.ConfigMap
+	s.mu.Lock()
+	c := s.reports
+	s.mu.Unlock()
+	if c != nil {
+		var err error
+		if items, err = c.List(labels.Everything()); err != nil {
+			return nil, fmt.Errorf("kube: rotation reports: %w", err)
+		}
+	} else {
+		list, err := s.Client.CoreV1().ConfigMaps(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: reportLabel + "=true"})
+		if err != nil {
+			return nil, fmt.Errorf("kube: rotation reports: %w", err)
+		}
+		for i := range list.Items {
+			items = append(items, &list.Items[i])
+		}
 	}
 	var out []ReplicaReport
-	for _, cm := range list.Items {
+	for _, cm := range items {
 		var r ReplicaReport
 		if err := json.Unmarshal([]byte(cm.Data["report"]), &r); err == nil {
 			out = append(out, r)
@@ -346,4 +429,56 @@ func (s *Store) ReplicaRunning(ctx context.Context, replica string) (bool, error
 		return false, err
 	}
 	return pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed, nil
+}
+
+// podLabelsOfOneSet are the labels that tell one ReplicaSet's,
+// revision's or StatefulSet member's pods from the others of the same
+// workload: left out of the selector of the install's pods, so that the
+// pods of a rollout's old and new sets are all found.
+var podLabelsOfOneSet = []string{"pod-template-hash", "controller-revision-hash", "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"}
+
+// Replicas are the other replicas of the install that run now, known by
+// their pods: those in the install's namespace with self's pod's labels
+// (less podLabelsOfOneSet), in phase Running, self left out. A replica
+// that never reported (it started between rotations, and is cut off from
+// the API server now) is one of them. None when self runs in no pod (a
+// serve started by hand or by a test), or its pod has no labels.
+func (s *Store) Replicas(ctx context.Context, self string) ([]string, error) {
+	s.mu.Lock()
+	sel := s.selector
+	s.mu.Unlock()
+	if sel == nil {
+		pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, self, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kube: this replica's pod %s/%s: %w", s.Namespace, self, err)
+		}
+		set := labels.Set{}
+		for k, v := range pod.Labels {
+			if !slices.Contains(podLabelsOfOneSet, k) {
+				set[k] = v
+			}
+		}
+		if len(set) == 0 {
+			return nil, nil
+		}
+		sel = labels.SelectorFromSet(set)
+		s.mu.Lock()
+		s.selector = sel
+		s.mu.Unlock()
+	}
+	pods, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("kube: the install's pods (%s) in %s: %w", sel, s.Namespace, err)
+	}
+	var out []string
+	for _, p := range pods.Items {
+		if p.Name != self && p.Status.Phase == corev1.PodRunning {
+			out = append(out, p.Name)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }

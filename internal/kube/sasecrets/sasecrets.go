@@ -59,8 +59,12 @@ type Controller struct {
 	Log       *slog.Logger
 	Resync    time.Duration // default 10m
 	Owner     string        // this install (its namespace); default warden-system
+	// OwnerConflict hears of each backoff from a Secret another install
+	// owns or another writer keeps changing (kube.Guard).
+	OwnerConflict func(kind, reason string)
 
 	guard  *kube.Guard
+	tally  *kube.Tally
 	loop   *kube.Loop
 	saList corelisters.ServiceAccountLister
 	nsList corelisters.NamespaceLister
@@ -82,7 +86,10 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.Owner = kube.DefaultOwner
 	}
 	c.guard = kube.NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
+	c.guard.Backoff = c.OwnerConflict
 	c.loop = kube.NewLoop("sa-secrets", c.Log, c.reconcile)
+	c.tally = &kube.Tally{Log: c.Log, Msg: "istio.<sa> Secrets written (each at DEBUG)", Now: c.Clock.Now}
+	c.loop.Idle = c.tally.Flush
 	f := informers.NewSharedInformerFactory(c.Client, c.Resync)
 	secF := informers.NewSharedInformerFactoryWithOptions(c.Client, c.Resync, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "type=" + string(Type)
@@ -177,9 +184,9 @@ func (c *Controller) Check(ctx context.Context, fp string, now time.Time) []chec
 	case err != nil:
 		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: err.Error()}}
 	case len(stale) > 0:
-		return []check.Result{{Check: "sa-secrets", Status: check.Error, Message: "expired, or not under the signing root: " + strings.Join(stale, ", ")}}
+		return []check.Result{check.Listed("sa-secrets", check.Error, stale, "Secret", "expired, or not under the signing root: %s")}
 	case len(late) > 0:
-		return []check.Result{{Check: "sa-secrets", Status: check.Warn, Message: "past half-life, not renewed yet: " + strings.Join(late, ", ")}}
+		return []check.Result{check.Listed("sa-secrets", check.Warn, late, "Secret", "past half-life, not renewed yet: %s")}
 	}
 	return []check.Result{{Check: "sa-secrets", Status: check.OK, Message: fmt.Sprintf("%d istio.<sa> Secrets current", total)}}
 }
@@ -228,7 +235,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 		}
 		err := secrets.Delete(ctx, secName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &existing.UID}})
 		if err == nil {
-			c.Log.Info("deleted service account secret", "namespace", ns, "secret", secName)
+			c.tally.Add("deleted", "deleted service account secret", "namespace", ns, "secret", secName)
 		}
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			return 0, nil
@@ -247,7 +254,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 		}
 		err := secrets.Delete(ctx, secName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &existing.UID}})
 		if err == nil {
-			c.Log.Info("deleted service account secret: the namespace opted out", "namespace", ns, "secret", secName)
+			c.tally.Add("deleted", "deleted service account secret: the namespace opted out", "namespace", ns, "secret", secName)
 		}
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			return 0, nil
@@ -289,7 +296,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 			return 0, fmt.Errorf("secret %s/%s appeared meanwhile", ns, secName) // retry against the cache
 		}
 		if err == nil {
-			c.Log.Info("created service account secret", "namespace", ns, "secret", secName)
+			c.tally.Add("created", "created service account secret", "namespace", ns, "secret", secName)
 		}
 	} else {
 		upd := existing.DeepCopy()
@@ -297,7 +304,7 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 		c.guard.Annotate(&upd.ObjectMeta)
 		_, err = secrets.Update(ctx, upd, metav1.UpdateOptions{FieldManager: kube.FieldManager})
 		if err == nil {
-			c.Log.Info("refreshed service account secret", "namespace", ns, "secret", secName)
+			c.tally.Add("refreshed", "refreshed service account secret", "namespace", ns, "secret", secName)
 		}
 	}
 	if err != nil {
