@@ -53,7 +53,7 @@ type Registry struct {
 
 	validPassed, validFailed *prometheus.CounterVec
 	validHTTPErrors          *prometheus.CounterVec
-	kube kubeMetrics
+	kube                     kubeMetrics
 }
 
 // New is a registry with the Go runtime's and the process's collectors
