@@ -421,7 +421,7 @@ func TestCertRequestWithoutRoot(t *testing.T) {
 	dir := t.TempDir()
 	code, _, stderr := run(t, "cert", "request", "--ca", "127.0.0.1:1", "--data-dir", filepath.Join(dir, "none"), "--token-file", "/dev/null", "--out", filepath.Join(dir, "out"))
 	if code != 2 || !strings.Contains(stderr, "kubectl get configmap istio-ca-root-cert") || !strings.Contains(stderr, "--root-cert (or $WARDEN_ROOT_CERT)") ||
-		!strings.Contains(stderr, "a pod mounts from the istio-ca-root-cert ConfigMap at /var/run/secrets/istio/root-cert.pem") {
+		!strings.Contains(stderr, "the pod's mount of the istio-ca-root-cert ConfigMap at /var/run/secrets/istio/root-cert.pem") {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }
