@@ -67,7 +67,7 @@ type Observer interface {
 	Retried(cause string)
 }
 
-// Retry causes.
+// Retry causes (Causes lists them).
 const (
 	causeCAUnavailable = "ca_unavailable"
 	causeCAExpiring    = "ca_expiring"
@@ -75,6 +75,9 @@ const (
 	causeConflict      = "conflict"
 	causeRejected      = "rejected"
 )
+
+// Causes lists why a request is put off (the metrics' label values).
+var Causes = []string{causeCAUnavailable, causeCAExpiring, causeAPIError, causeConflict, causeRejected}
 
 // Signer signs the PodCertificateRequests addressed to its signer name.
 // Run it on the leader only: replicas racing for a request's status
@@ -100,7 +103,7 @@ type Signer struct {
 	queue workqueue.TypedRateLimitingInterface[string]
 
 	mu      sync.Mutex
-	waiting map[string]bool // causes logged as under way (the CA unavailable...), until a request is issued
+	waiting map[string]bool // causes logged as under way (the CA unavailable...), until a request is issued; under mu
 }
 
 func (s *Signer) defaults() {
@@ -142,7 +145,9 @@ func (s *Signer) Run(ctx context.Context) error {
 	if err := ValidateSignerName(s.Name); err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.waiting = map[string]bool{}
+	s.mu.Unlock()
 	// Per request backoff only: client-go's default controller limiter
 	// adds a shared 10 per second bucket, which would hold a thousand
 	// requests that waited out a CA outage for a minute and a half.
@@ -159,7 +164,15 @@ func (s *Signer) Run(ctx context.Context) error {
 	if err := podInf.Informer().SetTransform(slimPod); err != nil {
 		return err
 	}
+	s.mu.Lock() // Pending reads pcrs from the metrics' goroutine
 	s.pcrs, s.pods, s.sas, s.nodes = pcrInf.Lister(), podInf.Lister(), saInf.Lister(), nodeInf.Lister()
+	s.mu.Unlock()
+	defer func() {
+		// A replica that no longer leads has nothing pending.
+		s.mu.Lock()
+		s.pcrs = nil
+		s.mu.Unlock()
+	}()
 	enqueue := func(obj any) {
 		if r, ok := obj.(*certv1.PodCertificateRequest); ok && !terminal(r) {
 			s.queue.Add(r.Namespace + "/" + r.Name)
@@ -209,10 +222,13 @@ func (s *Signer) next(ctx context.Context) bool {
 
 // Pending counts the requests warden has not settled.
 func (s *Signer) Pending() int {
-	if s.pcrs == nil {
+	s.mu.Lock()
+	pcrs := s.pcrs
+	s.mu.Unlock()
+	if pcrs == nil {
 		return 0
 	}
-	rs, _ := s.pcrs.List(labels.Everything())
+	rs, _ := pcrs.List(labels.Everything())
 	n := 0
 	for _, r := range rs {
 		if !terminal(r) {
