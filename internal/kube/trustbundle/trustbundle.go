@@ -291,7 +291,7 @@ func (p *Publisher) Check(ctx context.Context, fp string, _ time.Time) []check.R
 		}
 	}
 	certs, _ := ca.ParseCerts([]byte(cur.Spec.TrustBundle))
-	return []check.Result{{Check: what, Status: check.OK, Message: fmt.Sprintf("ClusterTrustBundle %s holds the trust bundle (%d roots)", name, len(certs))}}
+	return []check.Result{{Check: what, Status: check.OK, Message: fmt.Sprintf("ClusterTrustBundle %s holds the trust bundle (%d root(s))", name, len(certs))}}
 }
 
 // diff lists the roots of want that got lacks and those it holds beyond
