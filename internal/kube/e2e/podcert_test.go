@@ -100,16 +100,16 @@ func credentialBundle(t *testing.T, file string) (crypto.Signer, []*x509.Certifi
 // more, and waits for its ClusterTrustBundle. A bundle left by the
 // installs of other tests (in their own namespaces, with an
 // administrator's credentials) is removed first, as the owner guard asks.
-func startWardenAsDeployed(t *testing.T, extra ...string) (httpAddr string, logs *testkit.Buffer) {
+func startWardenAsDeployed(t *testing.T, td string, extra ...string) (httpAddr string, logs *testkit.Buffer) {
 	t.Helper()
 	ctx := context.Background()
-	name := trustbundle.Name(podcert.DefaultSigner, "cluster.local")
+	name := trustbundle.Name(podcert.DefaultSigner, td)
 	if err := apiserver.Client.CertificatesV1().ClusterTrustBundles().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
 	_, kubeconfig := apiserver.Warden(t)
 	httpAddr = testkit.FreeAddr(t)
-	_, logs, _ = startServeWith(t, kubetest.WardenNamespace, "replica-a", append([]string{"--kubeconfig", kubeconfig, "--http-listen", httpAddr}, extra...)...)
+	_, logs, _ = startServeWith(t, kubetest.WardenNamespace, "replica-a", append([]string{"--kubeconfig", kubeconfig, "--http-listen", httpAddr, "--trust-domain", td}, extra...)...)
 	kubetest.Eventually(t, 30*time.Second, func() error {
 		b, err := apiserver.Client.CertificatesV1().ClusterTrustBundles().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -123,19 +123,21 @@ func startWardenAsDeployed(t *testing.T, extra ...string) (httpAddr string, logs
 	return httpAddr, logs
 }
 
-// trustBundle is the roots of warden's ClusterTrustBundle, as a pod's
-// clusterTrustBundle volume gets them.
-func trustBundle(t *testing.T, signer string) *x509bundle.Bundle {
+// trustBundle is the roots of warden's ClusterTrustBundle for trust
+// domain td, as a pod's clusterTrustBundle volume selects them (signer
+// and label).
+func trustBundle(t *testing.T, signer, td string) *x509bundle.Bundle {
 	t.Helper()
-	list, err := apiserver.Client.CertificatesV1().ClusterTrustBundles().List(context.Background(), metav1.ListOptions{FieldSelector: "spec.signerName=" + signer})
+	list, err := apiserver.Client.CertificatesV1().ClusterTrustBundles().List(context.Background(), metav1.ListOptions{
+		FieldSelector: "spec.signerName=" + signer, LabelSelector: trustbundle.TrustDomainLabel + "=" + td})
 	if err != nil || len(list.Items) != 1 {
-		t.Fatalf("ClusterTrustBundles for %s: %d (%v)", signer, len(list.Items), err)
+		t.Fatalf("ClusterTrustBundles for %s in %s: %d (%v)", signer, td, len(list.Items), err)
 	}
 	roots, err := ca.ParseCerts([]byte(list.Items[0].Spec.TrustBundle))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("cluster.local"), roots)
+	return x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString(td), roots)
 }
 
 // TestKubeletPodCertificates: warden serve, as deployed (deploy/warden's
@@ -148,7 +150,7 @@ func trustBundle(t *testing.T, signer string) *x509bundle.Bundle {
 // and gets a new key and certificate. A volume with an annotation warden
 // does not know is denied, and the kubelet gives it up with the reason.
 func TestKubeletPodCertificates(t *testing.T) {
-	httpAddr, logs := startWardenAsDeployed(t)
+	httpAddr, logs := startWardenAsDeployed(t, "cluster.local")
 	node := apiserver.Node(t, "kubelet-"+fmt.Sprint(time.Now().UnixNano()%100000))
 	ns := apiserver.Namespace(t, "pods")
 	hour := int32(3600)
@@ -172,7 +174,7 @@ func TestKubeletPodCertificates(t *testing.T) {
 	if len(issued) != 2 || !refreshed {
 		t.Fatalf("kubelet events %+v", evs)
 	}
-	td := trustBundle(t, podcert.DefaultSigner)
+	td := trustBundle(t, podcert.DefaultSigner, "cluster.local")
 	want := spiffeid.RequireFromSegments(td.TrustDomain(), "ns", ns, "sa", "server")
 	var leaves []*x509.Certificate
 	var keys []crypto.Signer
