@@ -66,7 +66,7 @@ type running struct {
 
 // startSigner runs a Signer for a, as warden's service account under
 // deploy/warden/rbac.yaml, until the test ends.
-func startSigner(t *testing.T, a *ca.Authority, mods ...func(*podcert.Signer)) *running {
+func startSigner(t testing.TB, a *ca.Authority, mods ...func(*podcert.Signer)) *running {
 	t.Helper()
 	cfg, _ := apiserver.Warden(t)
 	r := &running{obs: &observed{denied: map[string]int{}, retried: map[string]int{}}, logs: &testkit.Buffer{}}
@@ -88,14 +88,14 @@ func startSigner(t *testing.T, a *ca.Authority, mods ...func(*podcert.Signer)) *
 }
 
 // authority is a CA with a fresh root, signing as warden serve would.
-func authority(t *testing.T, mods ...func(*ca.Config)) (*ca.Authority, *ca.Material) {
+func authority(t testing.TB, mods ...func(*ca.Config)) (*ca.Authority, *ca.Material) {
 	t.Helper()
 	root := catest.Root(t, ca.CAOptions{})
 	return catest.Authority(t, root, mods...), root
 }
 
 // keyOf makes a key of a kubelet keyType.
-func keyOf(t *testing.T, keyType string) crypto.Signer {
+func keyOf(t testing.TB, keyType string) crypto.Signer {
 	t.Helper()
 	var (
 		k   crypto.Signer
@@ -125,7 +125,7 @@ func keyOf(t *testing.T, keyType string) crypto.Signer {
 // request is a PodCertificateRequest for pod as its kubelet writes it
 // (generateName req-, owned by the pod, an empty stub CSR for key), for
 // node and the pod's service account, changed by mods.
-func request(t *testing.T, pod *corev1.Pod, node *corev1.Node, sa *corev1.ServiceAccount, key crypto.Signer, mods ...func(*certv1.PodCertificateRequest)) *certv1.PodCertificateRequest {
+func request(t testing.TB, pod *corev1.Pod, node *corev1.Node, sa *corev1.ServiceAccount, key crypto.Signer, mods ...func(*certv1.PodCertificateRequest)) *certv1.PodCertificateRequest {
 	t.Helper()
 	stub, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
