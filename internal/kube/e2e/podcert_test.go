@@ -102,6 +102,13 @@ func credentialBundle(t *testing.T, file string) (crypto.Signer, []*x509.Certifi
 // administrator's credentials) is removed first, as the owner guard asks.
 func startWardenAsDeployed(t *testing.T, td string, extra ...string) (httpAddr string, logs *testkit.Buffer) {
 	t.Helper()
+	_, httpAddr, logs = startWardenAsDeployedAt(t, td, extra...)
+	return httpAddr, logs
+}
+
+// startWardenAsDeployedAt is startWardenAsDeployed, with the CA port.
+func startWardenAsDeployedAt(t *testing.T, td string, extra ...string) (addr, httpAddr string, logs *testkit.Buffer) {
+	t.Helper()
 	ctx := context.Background()
 	name := trustbundle.Name(podcert.DefaultSigner, td)
 	if err := apiserver.Client.CertificatesV1().ClusterTrustBundles().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
@@ -109,7 +116,7 @@ func startWardenAsDeployed(t *testing.T, td string, extra ...string) (httpAddr s
 	}
 	_, kubeconfig := apiserver.Warden(t)
 	httpAddr = testkit.FreeAddr(t)
-	_, logs, _ = startServeWith(t, kubetest.WardenNamespace, "replica-a", append([]string{"--kubeconfig", kubeconfig, "--http-listen", httpAddr, "--trust-domain", td}, extra...)...)
+	addr, logs, _ = startServeWith(t, kubetest.WardenNamespace, "replica-a", append([]string{"--kubeconfig", kubeconfig, "--http-listen", httpAddr, "--trust-domain", td}, extra...)...)
 	kubetest.Eventually(t, 30*time.Second, func() error {
 		b, err := apiserver.Client.CertificatesV1().ClusterTrustBundles().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -120,7 +127,7 @@ func startWardenAsDeployed(t *testing.T, td string, extra ...string) (httpAddr s
 		}
 		return nil
 	})
-	return httpAddr, logs
+	return addr, httpAddr, logs
 }
 
 // trustBundle is the roots of warden's ClusterTrustBundle for trust
