@@ -30,6 +30,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/podcert"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
+	"github.com/wardenmesh/warden/internal/kube/trustbundle"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
@@ -222,7 +223,11 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, td 
 	if sa == "" {
 		sa = serveServiceAccount(ctx, cs, k.namespace)
 	}
-	*report = append(*report, access.Check(ctx, cs, k.namespace, sa, access.Required(k.namespace, k.saSecrets))...)
+	rules := access.Required(k.namespace, k.saSecrets)
+	if k.podCertSigner != "" {
+		rules = append(rules, access.PodCertificates(k.podCertSigner, trustbundle.Name(k.podCertSigner, td.Name()))...)
+	}
+	*report = append(*report, access.Check(ctx, cs, k.namespace, sa, rules)...)
 	if k.podCertSigner != "" {
 		*report = append(*report, podcert.Check(ctx, cs, k.podCertSigner, now, pcrPending)...)
 	}

@@ -109,6 +109,11 @@ func TestKubeRotationWithPodCertificates(t *testing.T) {
 	if len(ctbRoots()) != 1 {
 		t.Fatal("the ClusterTrustBundle changed without update permission")
 	}
+	// warden check names the missing rule.
+	if _, out := runCheck("--namespace", kubetest.WardenNamespace, "--trust-domain", td); !strings.Contains(out,
+		"ERROR   rbac             service account warden-system/warden may not update clustertrustbundles.certificates.k8s.io/"+name+": ClusterTrustBundle "+name+" is not updated, and a root rotation never activates (deploy/warden/rbac.yaml grants it)") {
+		t.Errorf("warden check does not name the missing rule:\n%s", out)
+	}
 	grant := `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: warden-ctb-rotation-example}

@@ -246,6 +246,7 @@ func TestKubeletPodCertificates(t *testing.T) {
 	// warden check sees the ClusterTrustBundle and the requests.
 	_, out := runCheck("--namespace", kubetest.WardenNamespace)
 	for _, want := range []string{
+		"ok      rbac             service account warden-system/warden may do the ",
 		"ok      clustertrustbundle ClusterTrustBundle wardenmesh.io:spiffe:cluster.local holds the trust bundle (1 root(s))",
 		"WARNING pod-certificates 1 pod certificate requests for wardenmesh.io/spiffe denied, InvalidUnverifiedUserAnnotations: " + ns + "/",
 		"ok      pod-certificates ",
