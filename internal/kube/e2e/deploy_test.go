@@ -120,8 +120,8 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		{"attest", "example.com/other", false},
 	} {
 		sar, err := apiserver.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-			User:   "system:serviceaccount:warden-system:warden",
-			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:warden-system", "system:authenticated"},
+			User:               "system:serviceaccount:warden-system:warden",
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:warden-system", "system:authenticated"},
 			ResourceAttributes: &authzv1.ResourceAttributes{Group: "certificates.k8s.io", Resource: "signers", Verb: c.verb, Name: c.signer},
 		}}, metav1.CreateOptions{})
 		if err != nil {
