@@ -7,7 +7,7 @@ FUZZ_SCALE ?= 1
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -X github.com/wardenmesh/warden/internal/app.Version=$(VERSION)
 
-.PHONY: race bench-peers image all build kube-binaries vault-binary istio-oracle istio-agent istioctl prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
+.PHONY: race bench-peers image all build kube-binaries podcert-client vault-binary istio-oracle istio-agent istioctl prometheus test unit lint verify-imports fuzz-smoke fuzz test-demo demo bench bench-go bench-ca bench-sds bench-smoke clean
 
 all: build
 
@@ -41,6 +41,10 @@ image:
 kube-binaries:
 	hack/kube-binaries.sh
 
+## podcert-client: build (once, cached in ~/.cache/warden/podcertclient) the kubelet's pod-certificate client the pod-certificate tests run.
+podcert-client:
+	hack/podcert-client.sh
+
 ## vault-binary: build (once, cached in ~/.cache/warden/vault) the real Vault server the tests run.
 vault-binary:
 	hack/vault-binary.sh
@@ -62,7 +66,8 @@ istioctl:
 	hack/istioctl.sh
 
 TEST_ENV = KUBEBUILDER_ASSETS="$$(hack/kube-binaries.sh)" WARDEN_VAULT_BIN="$$(hack/vault-binary.sh)" WARDEN_ISTIO_AUTHZ_BIN="$$(hack/istioauthz.sh)" \
-	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)" WARDEN_ISTIOCTL="$$(hack/istioctl.sh)"
+	  WARDEN_ISTIO_AGENT_DIR="$$(hack/istioagent.sh)" WARDEN_PROMETHEUS_DIR="$$(hack/prometheus.sh)" WARDEN_ISTIOCTL="$$(hack/istioctl.sh)" \
+	  WARDEN_PODCERT_CLIENT="$$(hack/podcert-client.sh)"
 
 unit:
 	$(TEST_ENV) $(GO) test -count=1 -timeout 20m ./...

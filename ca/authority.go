@@ -61,9 +61,22 @@ type slot struct {
 
 // SignRequest asks for a leaf certificate for an authenticated caller.
 type SignRequest struct {
-	CSR []byte        // PEM certificate request
-	ID  spiffeid.ID   // the caller's authenticated identity
-	TTL time.Duration // 0 means Config.DefaultTTL
+	CSR []byte // PEM certificate request
+	// StubCSR, instead of CSR, is a DER certificate request used for its
+	// public key alone, the signature proving its possession: its subject
+	// and SANs are ignored and the leaf names ID only, whatever the
+	// request asked for. A Kubernetes PodCertificateRequest carries one,
+	// written by whoever created the request, so nothing in it may shape
+	// the certificate.
+	StubCSR []byte
+	ID      spiffeid.ID   // the caller's authenticated identity
+	TTL     time.Duration // 0 means Config.DefaultTTL
+	// Lifetime, instead of TTL, is the leaf's whole validity, NotAfter -
+	// NotBefore with the backdating included, for callers held to an
+	// exact bound (a PodCertificateRequest's maxExpirationSeconds). It is
+	// still clamped to the signer's NotAfter; above MaxTTL it is
+	// ErrInvalidTTL.
+	Lifetime time.Duration
 	// Hosts (DNS names and IP addresses) are added to the leaf regardless
 	// of CSRPolicy; only warden itself sets them, for its serving
 	// certificate.
@@ -111,6 +124,9 @@ func New(cfg Config, m *Material) (*Authority, error) {
 
 // TrustDomain is the trust domain the authority issues identities in.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.cfg.TrustDomain }
+
+// MaxTTL is the longest leaf lifetime the authority issues.
+func (a *Authority) MaxTTL() time.Duration { return a.cfg.MaxTTL }
 
 // Activate validates m and makes it the signing material; in-flight
 // signatures finish with the old one.
@@ -229,6 +245,13 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	}
 	ttl := req.TTL
 	switch {
+	case req.Lifetime != 0 && ttl != 0:
+		return nil, fmt.Errorf("ca: %w: a request names a TTL or a lifetime, not both", ErrInvalidTTL)
+	case req.Lifetime < 0:
+		return nil, fmt.Errorf("ca: %w: lifetime %s is negative", ErrInvalidTTL, req.Lifetime)
+	case req.Lifetime > a.cfg.MaxTTL:
+		return nil, fmt.Errorf("ca: %w: requested lifetime %s exceeds the maximum %s", ErrInvalidTTL, req.Lifetime, a.cfg.MaxTTL)
+	case req.Lifetime != 0:
 	case ttl == 0:
 		ttl = a.cfg.DefaultTTL
 	case ttl < 0:
@@ -239,13 +262,28 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 	if err := ready(s, now); err != nil {
 		return nil, err
 	}
-	csr, err := parseCSRSigning(req.CSR)
-	if err != nil {
-		return nil, err
-	}
-	extra, err := a.cfg.CSR.check(csr, req.ID)
-	if err != nil {
-		return nil, err
+	var (
+		csr   *x509.CertificateRequest
+		extra []string
+		err   error
+	)
+	switch {
+	case req.StubCSR != nil && req.CSR != nil:
+		return nil, fmt.Errorf("ca: %w: a request carries a CSR or a stub, not both", ErrInvalidCSR)
+	case req.StubCSR != nil:
+		if csr, err = parseCSRDER(req.StubCSR); err != nil {
+			return nil, err
+		}
+		if err := a.cfg.CSR.checkKey(csr); err != nil {
+			return nil, err
+		}
+	default:
+		if csr, err = parseCSRSigning(req.CSR); err != nil {
+			return nil, err
+		}
+		if extra, err = a.cfg.CSR.check(csr, req.ID); err != nil {
+			return nil, err
+		}
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("ca: %w: signature does not verify with the CSR's public key", ErrInvalidCSR)
@@ -259,6 +297,12 @@ func (a *Authority) sign(req SignRequest, now time.Time) (*Issued, error) {
 		notBefore = s.m.Cert.NotBefore
 	}
 	notAfter := now.Add(ttl)
+	if req.Lifetime != 0 {
+		// Whole seconds, as the certificate holds them, so that the
+		// lifetime is exact.
+		notBefore = notBefore.Truncate(time.Second)
+		notAfter = notBefore.Add(req.Lifetime)
+	}
 	if notAfter.After(s.notAft) {
 		notAfter = s.notAft
 	}

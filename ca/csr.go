@@ -106,12 +106,8 @@ func parseCSRDER(der []byte) (*x509.CertificateRequest, error) {
 // check applies the policy to a parsed CSR for caller id. It returns the
 // extra SANs (as cfssl host strings) that the policy lets through.
 func (p CSRPolicy) check(csr *x509.CertificateRequest, id spiffeid.ID) ([]string, error) {
-	minRSA := p.MinRSABits
-	if minRSA == 0 {
-		minRSA = DefaultMinRSABits
-	}
-	if err := checkPublicKey(csr.PublicKey, minRSA); err != nil {
-		return nil, fmt.Errorf("ca: %w: %v", ErrInvalidCSR, err)
+	if err := p.checkKey(csr); err != nil {
+		return nil, err
 	}
 	switch len(csr.URIs) {
 	case 0:
@@ -175,6 +171,19 @@ func (p CSRPolicy) check(csr *x509.CertificateRequest, id spiffeid.ID) ([]string
 		hosts = append(hosts, csr.EmailAddresses...)
 	}
 	return hosts, nil
+}
+
+// checkKey applies the policy's key rules alone, to a request whose
+// names are ignored (SignRequest.StubCSR).
+func (p CSRPolicy) checkKey(csr *x509.CertificateRequest) error {
+	minRSA := p.MinRSABits
+	if minRSA == 0 {
+		minRSA = DefaultMinRSABits
+	}
+	if err := checkPublicKey(csr.PublicKey, minRSA); err != nil {
+		return fmt.Errorf("ca: %w: %w", ErrInvalidCSR, err)
+	}
+	return nil
 }
 
 // checkDNSName accepts RFC 1123 host names, optionally with a leading "*."

@@ -131,7 +131,8 @@ func ParseKey(data []byte) (crypto.Signer, error) {
 }
 
 // checkPublicKey applies warden's key policy: ECDSA P-256 or P-384, RSA of
-// at least minRSABits and at most 8192 bits.
+// at least minRSABits and at most 8192 bits. Its errors are
+// ErrUnsupportedKey.
 func checkPublicKey(pub crypto.PublicKey, minRSABits int) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
@@ -139,19 +140,26 @@ func checkPublicKey(pub crypto.PublicKey, minRSABits int) error {
 		case elliptic.P256(), elliptic.P384():
 			return nil
 		}
-		return fmt.Errorf("ECDSA curve %s is not allowed (want P-256 or P-384)", k.Curve.Params().Name)
+		return keyError(fmt.Sprintf("ECDSA curve %s is not allowed (want P-256 or P-384)", k.Curve.Params().Name))
 	case *rsa.PublicKey:
 		bits := k.N.BitLen()
 		if bits < minRSABits {
-			return fmt.Errorf("RSA key of %d bits is too small (minimum %d)", bits, minRSABits)
+			return keyError(fmt.Sprintf("RSA key of %d bits is too small (minimum %d)", bits, minRSABits))
 		}
 		if bits > 8192 {
-			return fmt.Errorf("RSA key of %d bits is too large (maximum 8192)", bits)
+			return keyError(fmt.Sprintf("RSA key of %d bits is too large (maximum 8192)", bits))
 		}
 		if k.E != 65537 {
-			return fmt.Errorf("RSA public exponent %d is not allowed (want 65537)", k.E)
+			return keyError(fmt.Sprintf("RSA public exponent %d is not allowed (want 65537)", k.E))
 		}
 		return nil
 	}
-	return fmt.Errorf("key type %s is not allowed (want ECDSA P-256/P-384 or RSA)", DescribeKey(pub))
+	return keyError(fmt.Sprintf("key type %s is not allowed (want ECDSA P-256/P-384 or RSA)", DescribeKey(pub)))
 }
+
+// keyError is a refused key: ErrUnsupportedKey, saying which key and
+// what warden takes instead.
+type keyError string
+
+func (e keyError) Error() string      { return string(e) }
+func (keyError) Is(target error) bool { return target == ErrUnsupportedKey }

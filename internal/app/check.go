@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -27,6 +28,9 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/podcert"
+	"github.com/wardenmesh/warden/internal/kube/rotationstore"
+	"github.com/wardenmesh/warden/internal/kube/trustbundle"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/xds"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
@@ -49,6 +53,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	var k kubeFlags
 	k.registerInstall(fs, e)
 	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "Kubernetes: also check the istio.<sa> Secrets (an install whose serve runs with --sa-secrets)")
+	pcrPending := fs.Duration("pod-certificate-pending", time.Minute, "Kubernetes: a pod certificate request pending for longer than this is an error")
 	trustDomain := fs.String("trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain, as serve's --trust-domain (its --trust-domain-alias are aliases of it)")
 	var mf meshPolicyFlags
 	mf.registerPolicy(fs)
@@ -71,7 +76,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	var services []*xds.Service
 	if k.enabled() {
 		var err error
-		if objs, services, err = checkKubernetes(ctx, &report, k, *serviceAccount, now, *warn); err != nil {
+		if objs, services, err = checkKubernetes(ctx, &report, k, td, *serviceAccount, now, *warn, *pcrPending); err != nil {
 			return err
 		}
 	} else {
@@ -159,12 +164,12 @@ func checkStandaloneCA(report *check.Report, dataDir, plugged string, now time.T
 	*report = append(*report, check.CA(what, m, now, warn)...)
 }
 
-// checkKubernetes checks an install: its CA Secret, the bundle
-// ConfigMaps, the istio.<sa> Secrets, its leader, what its service
-// account (sa, or the leader's pod's) may do, and the configuration
-// objects; it returns the configuration and registry for the policy
-// checks.
-func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, sa string, now time.Time, warn time.Duration) ([]api.Object, []*xds.Service, error) {
+// checkKubernetes checks an install: its CA Secret, the bundle's copies
+// (ConfigMaps, the istio.<sa> Secrets, the ClusterTrustBundle), its
+// leader, what its service account (sa, or the leader's pod's) may do,
+// the pod certificate requests and the configuration objects; it
+// returns the configuration and registry for the policy checks.
+func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, td spiffeid.TrustDomain, sa string, now time.Time, warn, pcrPending time.Duration) ([]api.Object, []*xds.Service, error) {
 	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
 		return nil, nil, err
@@ -173,7 +178,8 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, sa 
 	if err != nil {
 		return nil, nil, err
 	}
-	var fp string // the root workload certificates chain to
+	var fp string                    // the root workload certificates chain to
+	var expected []*x509.Certificate // the roots the bundle's copies should hold
 	m, which, err := casecret.Load(ctx, cs, k.namespace, now)
 	recorded, plugged, rerr := casecret.PluggedInRecord(ctx, cs, k.namespace)
 	switch {
@@ -188,22 +194,43 @@ func checkKubernetes(ctx context.Context, report *check.Report, k kubeFlags, sa 
 	default:
 		*report = append(*report, check.CA("ca "+which, m, now, warn)...)
 		fp = ca.Fingerprint(signingRoot(m))
+		// The bundle the copies should hold: the CA's roots, and the
+		// prepared CA's too during a rotation's overlap.
+		expected = m.Roots
+		st, next, rotating, err := (&rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: ca.SystemClock{}}).Load(ctx)
+		switch {
+		case err != nil:
+			*report = append(*report, check.Result{Check: "rotation", Status: check.Error, Message: err.Error()})
+		case rotating && (st.Phase == ca.PhasePublished || st.Phase == ca.PhaseActivated):
+			expected = ca.MergeRoots(expected, next.Roots)
+		}
 	}
 	if rerr != nil {
 		*report = append(*report, check.Result{Check: "ca", Status: check.Error, Message: rerr.Error()})
 	}
 	if fp != "" {
+		var pem func() []byte
+		if expected != nil {
+			pem = func() []byte { return ca.EncodeCerts(expected...) }
+		}
 		// The cluster's copies of the bundle: the same list serve writes
 		// and a rotation waits for.
 		set := &bundle.Set{}
-		set.Add(clusterConsumers(cs, k, webhookScope{keep: true}, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), nil, nil)...)
+		set.Add(clusterConsumers(cs, k, webhookScope{keep: true}, td, nil, ca.SystemClock{}, slog.New(slog.DiscardHandler), pem, nil)...)
 		*report = append(*report, set.Check(ctx, fp, now)...)
 	}
 	*report = append(*report, leader.Check(ctx, cs, k.namespace, now))
 	if sa == "" {
 		sa = serveServiceAccount(ctx, cs, k.namespace)
 	}
-	*report = append(*report, access.Check(ctx, cs, k.namespace, sa, access.Required(k.namespace, k.saSecrets))...)
+	rules := access.Required(k.namespace, k.saSecrets)
+	if k.podCertSigner != "" {
+		rules = append(rules, access.PodCertificates(k.podCertSigner, trustbundle.Name(k.podCertSigner, td.Name()))...)
+	}
+	*report = append(*report, access.Check(ctx, cs, k.namespace, sa, rules)...)
+	if k.podCertSigner != "" {
+		*report = append(*report, podcert.Check(ctx, cs, k.podCertSigner, now, pcrPending)...)
+	}
 	objs, cluster, rejected, err := meshconfig.Snapshot(ctx, rc, 30*time.Second)
 	if err != nil {
 		*report = append(*report, check.Result{Check: "config", Status: check.Error, Message: err.Error()})

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -22,11 +23,13 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/podcert"
 	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
 	"github.com/wardenmesh/warden/internal/kube/sasecrets"
 	"github.com/wardenmesh/warden/internal/kube/tokenreview"
+	"github.com/wardenmesh/warden/internal/kube/trustbundle"
 	"github.com/wardenmesh/warden/internal/kube/webhook"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
@@ -40,6 +43,9 @@ type kubeFlags struct {
 	namespace  string
 	identity   string
 	saSecrets  bool
+	// podCertSigner is the pod-certificate signer's name; empty: no
+	// signer and no ClusterTrustBundle.
+	podCertSigner string
 }
 
 // register registers serve's Kubernetes flags: where the install is,
@@ -64,6 +70,22 @@ func (k *kubeFlags) registerInstall(fs *flag.FlagSet, e *env) {
 		ns = "warden-system"
 	}
 	fs.StringVar(&k.namespace, "namespace", ns, "namespace of warden's own Secrets (istio-ca-secret, cacerts) and Lease")
+	fs.StringVar(&k.podCertSigner, "pod-certificate-signer", podcert.DefaultSigner, "signer name of warden's pod certificates (podCertificate volumes) and ClusterTrustBundle; the RBAC must name it (deploy/warden/rbac.yaml); empty: neither")
+}
+
+// checkPodCertificates refuses a signer name or trust domain the API
+// server would refuse, naming the flag.
+func (k *kubeFlags) checkPodCertificates(td spiffeid.TrustDomain) error {
+	if k.podCertSigner == "" {
+		return nil
+	}
+	if err := podcert.ValidateSignerName(k.podCertSigner); err != nil {
+		return fmt.Errorf("%w: --pod-certificate-signer: %v", errUsage, err)
+	}
+	if err := trustbundle.Validate(k.podCertSigner, td.Name()); err != nil {
+		return fmt.Errorf("%w: --trust-domain: %v (or turn pod certificates off: --pod-certificate-signer=\"\")", errUsage, err)
+	}
+	return nil
 }
 
 func (k *kubeFlags) enabled() bool { return k.on }
@@ -80,6 +102,9 @@ func registerKubeconfig(fs *flag.FlagSet, e *env, kubeconfig, kubeContext *strin
 // leader's writers. It returns the TokenReview authenticator.
 func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg ca.Config, rootOpts ca.CAOptions, useVault bool) ([]server.Authenticator, error) {
 	k := f.kube
+	if err := k.checkPodCertificates(caCfg.TrustDomain); err != nil {
+		return nil, err
+	}
 	logClientGoTo(s.log)
 	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
 	if err != nil {
@@ -194,18 +219,34 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// The cluster's consumers of the trust bundle (the leader writes
 	// them): the istio-ca-root-cert ConfigMaps and the istio.<sa> Secrets.
 	hooks := webhookScope{keep: f.webhookListen != "", istiod: f.istiodNames}
-	s.consumers.Add(clusterConsumers(cs, k, hooks, s.authority, caCfg.Clock, s.log, bundle, s.metrics)...)
+	s.consumers.Add(clusterConsumers(cs, k, hooks, caCfg.TrustDomain, s.authority, caCfg.Clock, s.log, bundle, s.metrics)...)
+	// The pod-certificate signer (the leader's): requests addressed to
+	// it are checked against their pods and issued.
+	var signer *podcert.Signer
+	if k.podCertSigner != "" {
+		signer = &podcert.Signer{Client: cs, Authority: s.authority, Name: k.podCertSigner, Log: s.log, Clock: caCfg.Clock}
+		if s.metrics != nil {
+			signer.Observer = s.metrics.PodCertificates(podcert.Reasons, podcert.Causes, signer.Pending)
+		}
+	}
 	watcher := &casecret.PluggedIn{Client: cs, Namespace: k.namespace, Authority: s.authority, Clock: caCfg.Clock, Log: s.log, Plugged: plugged,
 		SelfSigned: func(ctx context.Context) (*ca.Material, error) { m, _, err := selfSigned(ctx); return m, err }}
 	if s.metrics != nil {
 		watcher.Invalid = s.metrics.PluggedInInvalid
 	}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
-		// The leader's work: the cluster's bundle copies, and the
-		// rotation's steps.
+		// The leader's work: the cluster's bundle copies, the rotation's
+		// steps, and the pod certificates.
 		leading.Store(true)
 		defer leading.Store(false)
 		var wg sync.WaitGroup
+		if signer != nil {
+			wg.Go(func() {
+				if err := signer.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+					s.log.Error("leader task failed", "task", "pod certificates", "error", err.Error())
+				}
+			})
+		}
 		if s.rotator != nil {
 			wg.Go(func() {
 				if err := s.rotator.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -243,10 +284,11 @@ type webhookScope struct{ keep, istiod bool }
 
 // clusterConsumers are the trust bundle's copies in the cluster, for
 // serve (the leader writes them, a rotation waits for them) and for
-// warden check (which inspects them): one list for both.
-// m, when not nil, counts the owner guards' backoffs and the publish
-// lag.
-func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte, m *metrics.Registry) []bundle.Consumer {
+// warden check (which inspects them): one list for both. pem is the
+// bundle: the live one in serve, the one the copies should hold in
+// check. m, when not nil, counts the owner guards' backoffs and the
+// publish lag.
+func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, td spiffeid.TrustDomain, authority *ca.Authority, clock ca.Clock, log *slog.Logger, pem func() []byte, m *metrics.Registry) []bundle.Consumer {
 	p := &rootcert.Publisher{Client: cs, Bundle: pem, Owner: k.namespace, Log: log}
 	out := []bundle.Consumer{p}
 	var sa *sasecrets.Controller
@@ -266,6 +308,9 @@ func clusterConsumers(cs kubernetes.Interface, k kubeFlags, hooks webhookScope, 
 			c.Istiod = &webhook.IstiodService
 		}
 		out = append(out, c)
+	}
+	if k.podCertSigner != "" {
+		out = append(out, &trustbundle.Publisher{Client: cs, SignerName: k.podCertSigner, TrustDomain: td.Name(), Bundle: pem, Owner: k.namespace, Log: log})
 	}
 	return out
 }

@@ -26,7 +26,12 @@
 //     requests and the replicas' reports, kept in the install's namespace.
 //   - kube/webhook: Istio's validating admission webhook (Validator), and
 //     the ValidatingWebhookConfigurations that call it (Configurations,
-//     kept by the leader).
+//     kept by the leader);
+//   - kube/podcert: warden as a pod-certificate signer (Signer, the
+//     leader's): PodCertificateRequests checked against their pods and
+//     issued;
+//   - kube/trustbundle: the trust bundle as a ClusterTrustBundle linked
+//     to that signer (Publisher, written by the leader).
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the

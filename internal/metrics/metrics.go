@@ -339,3 +339,50 @@ func NewAgent(s AgentStats) *Registry {
 	)
 	return r
 }
+
+// PodCertificates is the pod-certificate signer's observer
+// (podcert.Observer): requests issued, denied by reason, put off by
+// cause, and the time from a request's creation to its issue.
+type PodCertificates struct {
+	issued          prometheus.Counter
+	denied, retried *prometheus.CounterVec
+	latency         prometheus.Histogram
+}
+
+// PodCertificates registers the signer's metrics, every reason and cause
+// a series from the start, and pending, the requests not yet settled.
+func (r *Registry) PodCertificates(reasons, causes []string, pending func() int) *PodCertificates {
+	m := &PodCertificates{
+		issued: prometheus.NewCounter(prometheus.CounterOpts{Name: "warden_podcert_issued_total",
+			Help: "Pod certificate requests issued (Kubernetes mode, leader)."}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "warden_podcert_denied_total",
+			Help: "Pod certificate requests denied, by the reason of their Denied condition."}, []string{"reason"}),
+		retried: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "warden_podcert_retries_total",
+			Help: "Pod certificate requests put off to be retried, by cause: ca_unavailable, ca_expiring (the CA ends within the API's one-hour minimum), api_error, conflict, rejected (the API server refused the status)."}, []string{"cause"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_podcert_issue_seconds",
+			Help:    "Time from a pod certificate request's creation (whole seconds, as the API server stamps it) to its issue.",
+			Buckets: []float64{.5, 1, 2, 5, 10, 30, 60, 300}}),
+	}
+	for _, reason := range reasons {
+		m.denied.WithLabelValues(reason)
+	}
+	for _, c := range causes {
+		m.retried.WithLabelValues(c)
+	}
+	r.reg.MustRegister(m.issued, m.denied, m.retried, m.latency,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_podcert_pending", Help: "Pod certificate requests for warden's signer not yet issued or denied."},
+			func() float64 { return float64(pending()) }))
+	return m
+}
+
+// Issued counts a request issued, latency after its creation.
+func (m *PodCertificates) Issued(latency time.Duration) {
+	m.issued.Inc()
+	m.latency.Observe(latency.Seconds())
+}
+
+// Denied counts a request denied for reason.
+func (m *PodCertificates) Denied(reason string) { m.denied.WithLabelValues(reason).Inc() }
+
+// Retried counts a request put off for cause.
+func (m *PodCertificates) Retried(cause string) { m.retried.WithLabelValues(cause).Inc() }

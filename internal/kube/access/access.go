@@ -20,11 +20,14 @@ import (
 
 // Rule is one kind of request serve makes.
 type Rule struct {
-	Verbs     []string
-	Group     string
-	Resource  string
-	Name      string // one object, or every one
-	Namespace string // the install's namespace, or every one ("")
+	Verbs    []string
+	Group    string
+	Resource string
+	// Subresource, when set, is the part of Resource asked for
+	// ("status").
+	Subresource string
+	Name        string // one object, or every one
+	Namespace   string // the install's namespace, or every one ("")
 	// Fails is what goes wrong without it.
 	Fails string
 	// Grant is the manifest that grants it (default
@@ -41,6 +44,9 @@ func (r Rule) String() string {
 	if r.Name != "" {
 		res += "/" + r.Name
 	}
+	if r.Subresource != "" {
+		res += " --subresource=" + r.Subresource
+	}
 	where := " in every namespace"
 	if r.Namespace != "" {
 		where = " in namespace " + r.Namespace
@@ -52,7 +58,7 @@ func (r Rule) String() string {
 }
 
 // cluster are the cluster-scoped resources among the rules.
-var cluster = map[string]bool{"tokenreviews": true, "subjectaccessreviews": true, "namespaces": true}
+var cluster = map[string]bool{"tokenreviews": true, "subjectaccessreviews": true, "namespaces": true, "signers": true, "clustertrustbundles": true, "nodes": true}
 
 // Required is what serve --kubernetes does, for an install in namespace
 // ns (with --sa-secrets, saSecrets): deploy/warden/rbac.yaml (and
@@ -93,6 +99,26 @@ func Required(ns string, saSecrets bool) []Rule {
 	return rules
 }
 
+// PodCertificates is what the pod-certificate signer does, for signer
+// name signer and its ClusterTrustBundle ctb (docs/pod-certificates.md):
+// deploy/warden/rbac.yaml grants it for wardenmesh.io/spiffe and trust
+// domain cluster.local.
+func PodCertificates(signer, ctb string) []Rule {
+	const certs = "certificates.k8s.io"
+	watch := []string{"list", "watch"}
+	waits := "pods that mount a podCertificate volume for " + signer + " wait for ever"
+	return []Rule{
+		{Verbs: watch, Group: certs, Resource: "podcertificaterequests", Fails: "pod certificate requests are not seen: " + waits},
+		{Verbs: []string{"update"}, Group: certs, Resource: "podcertificaterequests", Subresource: "status", Fails: "no pod certificate is issued or denied: " + waits},
+		{Verbs: []string{"sign"}, Group: certs, Resource: "signers", Name: signer, Fails: "the API server refuses every status warden writes (a 422): " + waits},
+		{Verbs: []string{"attest"}, Group: certs, Resource: "signers", Name: signer, Fails: "ClusterTrustBundle " + ctb + " cannot be written: pods mounting it get no roots"},
+		{Verbs: append(watch, "create"), Group: certs, Resource: "clustertrustbundles", Fails: "ClusterTrustBundle " + ctb + " is not created"},
+		{Verbs: []string{"update"}, Group: certs, Resource: "clustertrustbundles", Name: ctb, Fails: "ClusterTrustBundle " + ctb + " is not updated, and a root rotation never activates"},
+		{Verbs: watch, Resource: "serviceaccounts", Fails: "pod certificate requests cannot be checked against their service account: " + waits},
+		{Verbs: watch, Resource: "nodes", Fails: "pod certificate requests cannot be checked against their node: " + waits},
+	}
+}
+
 // Check asks, for each rule, whether service account sa of namespace
 // saNS may do it: an error for each it may not, one ok when it may do
 // them all, a warning when the checker may not ask.
@@ -110,7 +136,7 @@ func Check(ctx context.Context, cs kubernetes.Interface, saNS, sa string, rules 
 				User:   user,
 				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + saNS, "system:authenticated"},
 				ResourceAttributes: &authzv1.ResourceAttributes{
-					Namespace: r.Namespace, Verb: verb, Group: r.Group, Resource: r.Resource, Name: name,
+					Namespace: r.Namespace, Verb: verb, Group: r.Group, Resource: r.Resource, Subresource: r.Subresource, Name: name,
 				},
 			}}, metav1.CreateOptions{})
 			if err != nil {

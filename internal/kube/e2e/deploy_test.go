@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -41,8 +42,10 @@ func TestDeployManifests(t *testing.T) {
 // asks the API server, as kubectl auth can-i would, whether warden's
 // service account may do what every replica does: watch the service
 // registry and the mesh configuration cluster-wide, review tokens, keep
-// its CA Secret and Lease. It may not read arbitrary Secrets in its own
-// namespace by name outside the rules, nor write Services.
+// its CA Secret and Lease, sign pod certificates for its own signer and
+// keep its ClusterTrustBundle. It may not read arbitrary Secrets in its
+// own namespace by name outside the rules, nor write Services, nor sign
+// for another signer.
 func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 	_, err := apiserver.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "warden-system"}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -79,11 +82,53 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 		{[]string{"delete", "secrets", "-n", "kube-system"}, "no"},
 		{[]string{"create", "secrets", "-n", "default"}, "no"},
 		{[]string{"update", "secrets/istio.sleep", "-n", "default"}, "no"},
+		// Pod certificates: requests read everywhere, their status
+		// written, for warden's signer only; its ClusterTrustBundle; the
+		// objects a request is checked against.
+		{[]string{"watch", "podcertificaterequests.certificates.k8s.io", "-A"}, "yes"},
+		{[]string{"update", "podcertificaterequests.certificates.k8s.io", "--subresource=status", "-n", "default"}, "yes"},
+		{[]string{"update", "podcertificaterequests.certificates.k8s.io", "-n", "default"}, "no"},
+		{[]string{"create", "podcertificaterequests.certificates.k8s.io", "-n", "default"}, "no"},
+		{[]string{"delete", "podcertificaterequests.certificates.k8s.io", "-n", "default"}, "no"},
+		{[]string{"watch", "clustertrustbundles.certificates.k8s.io"}, "yes"},
+		{[]string{"create", "clustertrustbundles.certificates.k8s.io"}, "yes"},
+		{[]string{"update", "clustertrustbundles.certificates.k8s.io/wardenmesh.io:spiffe:cluster.local"}, "yes"},
+		{[]string{"update", "clustertrustbundles.certificates.k8s.io/example.com:other:bundle"}, "no"},
+		{[]string{"delete", "clustertrustbundles.certificates.k8s.io/wardenmesh.io:spiffe:cluster.local"}, "no"},
+		{[]string{"watch", "serviceaccounts", "-A"}, "yes"},
+		{[]string{"watch", "nodes"}, "yes"},
+		{[]string{"update", "nodes"}, "no"},
+		{[]string{"create", "certificatesigningrequests.certificates.k8s.io"}, "no"},
 	} {
 		out, _ := apiserver.Kubectl(t, nil, append([]string{"auth", "can-i", as}, c.args...)...) // exit 1 means "no"
 		lines := strings.Split(strings.TrimSpace(out), "\n")                                     // warnings come first
 		if got := lines[len(lines)-1]; got != c.want {
 			t.Errorf("can-i %s: %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+	// Signer names hold a '/', which kubectl auth can-i cannot take in
+	// a resource name: the same question as a SubjectAccessReview.
+	for _, c := range []struct {
+		verb, signer string
+		want         bool
+	}{
+		{"sign", "wardenmesh.io/spiffe", true},
+		{"attest", "wardenmesh.io/spiffe", true},
+		{"approve", "wardenmesh.io/spiffe", false},
+		{"sign", "kubernetes.io/kube-apiserver-client", false},
+		{"sign", "example.com/other", false},
+		{"attest", "example.com/other", false},
+	} {
+		sar, err := apiserver.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+			User:               "system:serviceaccount:warden-system:warden",
+			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:warden-system", "system:authenticated"},
+			ResourceAttributes: &authzv1.ResourceAttributes{Group: "certificates.k8s.io", Resource: "signers", Verb: c.verb, Name: c.signer},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed != c.want {
+			t.Errorf("may %s for signer %s: %v, want %v", c.verb, c.signer, sar.Status.Allowed, c.want)
 		}
 	}
 }

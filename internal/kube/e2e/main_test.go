@@ -10,7 +10,8 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
 )
 
-// The tests share one real kube-apiserver and etcd (kubetest). Each test
+// The tests share one real kube-apiserver and etcd (kubetest), started
+// as a cluster with kubelets is (Node,RBAC, NodeRestriction). Each test
 // works in namespaces of its own.
 var apiserver kubetest.Server
 
@@ -23,5 +24,5 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv(childEnv); args != "" {
 		os.Exit(app.Run(context.Background(), strings.Split(args, "\x1f"), os.Stdout, os.Stderr))
 	}
-	kubetest.Main(m, &apiserver)
+	kubetest.MainWith(m, &apiserver, kubetest.Options{Nodes: true})
 }

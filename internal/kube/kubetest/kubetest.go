@@ -35,6 +35,8 @@ type Server struct {
 	Client     kubernetes.Interface // from Config
 	Kubeconfig string               // an admin (system:masters) kubeconfig file, for kubectl and warden
 	Assets     string               // $KUBEBUILDER_ASSETS: kube-apiserver, etcd, and kubectl when built
+
+	env *envtest.Environment
 }
 
 // RepoRoot is the warden checkout.
@@ -56,6 +58,11 @@ type Options struct {
 	// nothing routes without kube-proxy: webhooks that name a Service
 	// work without cluster DNS.
 	AggregatorRouting bool
+	// Nodes starts it as a cluster with kubelets runs:
+	// --authorization-mode=Node,RBAC and the NodeRestriction admission
+	// plugin, so that a node's client (Server.Node) may do what a kubelet
+	// may, and no more.
+	Nodes bool
 }
 
 // MainWith is Main with options.
@@ -88,6 +95,11 @@ func run(m *testing.M, s *Server, o Options) int {
 	if o.AggregatorRouting {
 		env.ControlPlane.GetAPIServer().Configure().Set("enable-aggregator-routing", "true")
 	}
+	if o.Nodes {
+		env.ControlPlane.GetAPIServer().Configure().
+			Set("authorization-mode", "Node,RBAC").
+			Set("enable-admission-plugins", "NodeRestriction")
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envtest:", err)
@@ -110,7 +122,7 @@ func run(m *testing.M, s *Server, o Options) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	*s = Server{Config: cfg, Client: kubernetes.NewForConfigOrDie(cfg), Kubeconfig: kubeconfig, Assets: assets}
+	*s = Server{Config: cfg, Client: kubernetes.NewForConfigOrDie(cfg), Kubeconfig: kubeconfig, Assets: assets, env: env}
 	return m.Run()
 }
 
