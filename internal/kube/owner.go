@@ -19,6 +19,22 @@ const OwnerAnnotation = "warden.io/owner"
 // DefaultOwner is the owner of an install that names none.
 const DefaultOwner = "warden-system"
 
+// WriterDefaults fills the settings a leader's writer (of ConfigMaps,
+// Secrets, ClusterTrustBundles, webhook configurations) leaves unset: a
+// discarding logger, a 10-minute informer resync, the default owner.
+func WriterDefaults(log *slog.Logger, resync time.Duration, owner string) (*slog.Logger, time.Duration, string) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if resync == 0 {
+		resync = 10 * time.Minute
+	}
+	if owner == "" {
+		owner = DefaultOwner
+	}
+	return log, resync, owner
+}
+
 // FieldManager is the manager name of warden's writes, which the API
 // server records in each object's managedFields.
 const FieldManager = "warden"

@@ -67,15 +67,7 @@ type Publisher struct {
 
 // Run publishes until ctx is done. Call it on the leader only.
 func (p *Publisher) Run(ctx context.Context) error {
-	if p.Log == nil {
-		p.Log = slog.New(slog.DiscardHandler)
-	}
-	if p.Resync == 0 {
-		p.Resync = 10 * time.Minute
-	}
-	if p.Owner == "" {
-		p.Owner = kube.DefaultOwner
-	}
+	p.Log, p.Resync, p.Owner = kube.WriterDefaults(p.Log, p.Resync, p.Owner)
 	if p.Now == nil {
 		p.Now = time.Now
 	}

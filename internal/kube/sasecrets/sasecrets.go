@@ -73,17 +73,9 @@ type Controller struct {
 
 // Run reconciles until ctx is done. Call it on the leader only.
 func (c *Controller) Run(ctx context.Context) error {
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
+	c.Log, c.Resync, c.Owner = kube.WriterDefaults(c.Log, c.Resync, c.Owner)
 	if c.Clock == nil {
 		c.Clock = ca.SystemClock{}
-	}
-	if c.Resync == 0 {
-		c.Resync = 10 * time.Minute
-	}
-	if c.Owner == "" {
-		c.Owner = kube.DefaultOwner
 	}
 	c.guard = kube.NewGuard(c.Owner, "Secret", c.Log, c.Clock.Now)
 	c.guard.Backoff = c.OwnerConflict

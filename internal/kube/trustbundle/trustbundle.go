@@ -99,15 +99,7 @@ func (p *Publisher) Name() string { return "clustertrustbundle" }
 func (p *Publisher) Scope() bundle.Scope { return bundle.Cluster }
 
 func (p *Publisher) defaults() {
-	if p.Log == nil {
-		p.Log = slog.New(slog.DiscardHandler)
-	}
-	if p.Resync == 0 {
-		p.Resync = 10 * time.Minute
-	}
-	if p.Owner == "" {
-		p.Owner = kube.DefaultOwner
-	}
+	p.Log, p.Resync, p.Owner = kube.WriterDefaults(p.Log, p.Resync, p.Owner)
 	if p.Now == nil {
 		p.Now = time.Now
 	}

@@ -108,15 +108,7 @@ func (c *Configurations) Changed([]*x509.Certificate) {
 // Run keeps the configurations until ctx is done. Call it on the leader
 // only.
 func (c *Configurations) Run(ctx context.Context) error {
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
-	if c.Resync == 0 {
-		c.Resync = 10 * time.Minute
-	}
-	if c.Owner == "" {
-		c.Owner = kube.DefaultOwner
-	}
+	c.Log, c.Resync, c.Owner = kube.WriterDefaults(c.Log, c.Resync, c.Owner)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
