@@ -173,6 +173,10 @@ type controlPlane struct {
 	serving   *server.ServingCert // the CA port's certificate, also the webhook's
 	webhook   *http.Server        // Istio's validating webhook (--webhook-listen)
 	hookLis   net.Listener
+	// admin answers 'ca rotate' on adminLis, the data directory's admin
+	// socket (standalone and Vault modes).
+	admin    adminServer
+	adminLis net.Listener
 }
 
 // serveOptions are serve's flags checked and parsed, before anything is
@@ -332,6 +336,16 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 		}
 		s.webhook = s.webhookServer()
 	}
+	if s.admin != nil {
+		if s.adminLis, err = rotation.ListenAdmin(f.dataDir); err != nil {
+			for _, l := range []net.Listener{s.caLis, s.httpLis, s.hookLis} {
+				if l != nil {
+					l.Close()
+				}
+			}
+			return nil, err
+		}
+	}
 	log.Info("CA ready", "source", s.origin, "trustDomain", td.Name(),
 		"root", m.Roots[0].Subject.String(), "rootSHA256", ca.RootFingerprint(m), "rootNotAfter", m.Roots[0].NotAfter.UTC())
 	return s, nil
@@ -358,8 +372,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 		if err := s.wireVault(ctx, f, o.caCfg, o.keyType, vr); err != nil {
 			return nil, err
 		}
-		dir := f.dataDir
-		s.tasks = append(s.tasks, func(ctx context.Context) error { return s.vaultRot.ServeAdmin(ctx, dir) })
+		s.admin = s.vaultRot
 		if err := writeRootCert(f.dataDir, s.authority.Material().Roots); err != nil {
 			return nil, err
 		}
@@ -378,14 +391,15 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			return nil, err
 		}
 		if f.pluggedIn != "" {
-			dir, dataDir := f.pluggedIn, f.dataDir
+			dir := f.pluggedIn
 			// Rotated by the operator's edits; the admin socket reports
 			// who holds each root.
 			s.rotator = rotation.New(rotation.Config{Log: s.log, Authority: s.authority, CA: o.caCfg, Plugged: dir, Consumers: s.consumers})
 			s.tasks = append(s.tasks, func(ctx context.Context) error {
 				watchPluggedInDir(ctx, dir, s.authority, o.clock, s.log, 2*time.Second)
 				return nil
-			}, func(ctx context.Context) error { return s.rotator.ServeAdmin(ctx, dataDir) })
+			})
+			s.admin = s.rotator
 		}
 		if f.pluggedIn == "" {
 			rootOpts := o.rootOpts
@@ -395,8 +409,8 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 			if err := s.rotator.Load(ctx, m); err != nil {
 				return nil, fmt.Errorf("CA store %s: %w", f.dataDir, err)
 			}
-			dir := f.dataDir
-			s.tasks = append(s.tasks, s.rotator.Run, func(ctx context.Context) error { return s.rotator.ServeAdmin(ctx, dir) })
+			s.tasks = append(s.tasks, s.rotator.Run)
+			s.admin = s.rotator
 		}
 	}
 	if s.issuer, err = tokenIssuer(f.dataDir, f.tokenIssuerName, true, f.allowNewTokenKey); err != nil {
@@ -643,6 +657,12 @@ func (s *controlPlane) ready() error {
 	return err
 }
 
+// adminServer serves the admin socket: a Rotator, or in Vault mode an
+// Upstream.
+type adminServer interface {
+	ServeAdmin(ctx context.Context, l net.Listener) error
+}
+
 // run serves until ctx is done, then stops gracefully within
 // shutdownGrace before forcing connections closed.
 func (s *controlPlane) run(ctx context.Context) error {
@@ -679,6 +699,9 @@ func (s *controlPlane) run(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if s.admin != nil {
+		g.Go(func() error { return s.admin.ServeAdmin(ctx, s.adminLis) })
 	}
 	for _, task := range s.tasks {
 		g.Go(func() error {

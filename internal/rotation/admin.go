@@ -63,17 +63,23 @@ func adminHandler(r admin) http.Handler {
 	return mux
 }
 
-// ServeAdmin serves the admin socket in dataDir until ctx is done.
-func (r *Rotator) ServeAdmin(ctx context.Context, dataDir string) error {
-	return serveAdmin(ctx, dataDir, r)
+// ListenAdmin opens the admin socket in dataDir (0600). serve opens it
+// with its other listeners, before it reports serving, so that 'ca
+// rotate' finds a serve that answers on its port; ServeAdmin serves it.
+func ListenAdmin(dataDir string) (net.Listener, error) {
+	l, err := unixsock.Listen(filepath.Join(dataDir, AdminSocket), 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return l, nil
 }
 
-func serveAdmin(ctx context.Context, dataDir string, r admin) error {
-	path := filepath.Join(dataDir, AdminSocket)
-	l, err := unixsock.Listen(path, 0o600)
-	if err != nil {
-		return fmt.Errorf("admin socket: %w", err)
-	}
+// ServeAdmin serves the admin socket l (ListenAdmin) until ctx is done.
+func (r *Rotator) ServeAdmin(ctx context.Context, l net.Listener) error {
+	return serveAdmin(ctx, l, r)
+}
+
+func serveAdmin(ctx context.Context, l net.Listener, r admin) error {
 	srv := &http.Server{Handler: adminHandler(r), ReadHeaderTimeout: 10 * time.Second}
 	removed := make(chan struct{})
 	go func() {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -488,8 +489,8 @@ func (u *Upstream) Abort() error { return u.Request(ca.PhaseNone, false) }
 
 func (u *Upstream) advanceNow(context.Context) error { return nil }
 
-// ServeAdmin serves the admin socket in dataDir ('ca rotate --status')
-// until ctx is done.
-func (u *Upstream) ServeAdmin(ctx context.Context, dataDir string) error {
-	return serveAdmin(ctx, dataDir, u)
+// ServeAdmin serves the admin socket l (ListenAdmin; 'ca rotate
+// --status') until ctx is done.
+func (u *Upstream) ServeAdmin(ctx context.Context, l net.Listener) error {
+	return serveAdmin(ctx, l, u)
 }
