@@ -123,12 +123,17 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	plugged := false
 	var leading atomic.Bool
 	if useVault {
-		// Each replica follows Vault's issuers itself (each has its own
-		// intermediate), waiting for its own streams; the leader, which
-		// writes the cluster's copies, for those too, and reports the
-		// status for 'ca rotate --kubernetes --status'.
-		statusStore := &rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
+		// Each replica has its own intermediate, but the leader decides
+		// for all: it reads Vault's issuers, publishes a new root,
+		// activates it once every consumer holds it (the cluster's
+		// copies, its own streams, and every other replica's from their
+		// reports), and keeps the state in the rotation ConfigMap, which
+		// every replica follows (a restarted one, or a new leader, too),
+		// and its status for 'ca rotate --kubernetes --status'.
+		rotStore := &rotationstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
 		vr := vaultRotation{
+			store:   &rotation.KubeUpstreamStore{Store: rotStore},
+			leading: leading.Load,
 			consumers: func() []bundle.Consumer {
 				if leading.Load() {
 					return s.consumers.All()
@@ -141,7 +146,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 				}
 				b, err := json.Marshal(st)
 				if err == nil {
-					err = statusStore.WriteStatus(ctx, b)
+					err = rotStore.WriteStatus(ctx, b)
 				}
 				if err != nil {
 					s.log.Error("upstream root rotation: writing the status for 'ca rotate --kubernetes --status'", "error", err.Error())
@@ -149,6 +154,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 				}
 				return true
 			},
+			wire: func(u *rotation.Upstream) { rotation.KubeUpstream(u, rotStore, k.identity, s.consumers) },
 		}
 		if err = s.wireVault(ctx, f, caCfg, rootOpts.KeyType, vr); err != nil {
 			return nil, err

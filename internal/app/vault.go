@@ -111,12 +111,15 @@ func (v *vaultFlags) config() (vault.Config, error) {
 }
 
 // vaultRotation is how a root rotated in Vault is followed in one mode:
-// where its state is kept (nil: memory), which consumers activation
-// waits for, and who reports the status (Kubernetes' leader).
+// where its state is kept, which consumers activation waits for, who
+// reports the status and who decides (Kubernetes' leader, for every
+// replica), and what else the mode wires before the first intermediate.
 type vaultRotation struct {
 	store     rotation.UpstreamStore
 	consumers func() []bundle.Consumer
 	report    func(ctx context.Context, st rotation.Status) bool
+	leading   func() bool
+	wire      func(u *rotation.Upstream)
 }
 
 // wireVault makes an authority whose intermediate Vault signs: it logs
@@ -150,9 +153,15 @@ func (s *controlPlane) wireVault(ctx context.Context, f serveFlags, caCfg ca.Con
 		mount = vault.DefaultPKIMount
 	}
 	describe := fmt.Sprintf("Vault at %s (PKI mount %s)", v.addr, mount)
+	// With several replicas the leader does not see the others'
+	// intermediates: none under the old root outlives the TTL they ask.
+	var replicaTTL time.Duration
+	if vr.leading != nil {
+		replicaTTL = v.ttl
+	}
 	s.vaultRot, err = rotation.NewUpstream(rotation.UpstreamConfig{
 		Log: s.log, Authority: s.authority, Clock: caCfg.Clock, Issuers: up, Consumers: vr.consumers, Store: vr.store,
-		Grace: f.rotationGrace, Poll: v.issuerPoll, Describe: describe, Report: vr.report,
+		Grace: f.rotationGrace, Poll: v.issuerPoll, Describe: describe, Report: vr.report, Leading: vr.leading, ReplicaTTL: replicaTTL,
 		Switch: func(is ca.UpstreamIssuer) string {
 			ref := is.ID
 			if ref == "" {
@@ -167,6 +176,9 @@ func (s *controlPlane) wireVault(ctx context.Context, f serveFlags, caCfg ca.Con
 	})
 	if err != nil {
 		return err
+	}
+	if vr.wire != nil {
+		vr.wire(s.vaultRot)
 	}
 	r, err := ca.NewRenewer(ca.RenewerConfig{
 		Authority: s.authority, Upstream: up, KeyType: kt, TTL: v.ttl, RenewFraction: v.renewFraction,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -31,82 +32,22 @@ import (
 // removed by the leader once its pod is gone.
 func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 	r.AddConsumer("replicas", func(fp string) (int, []string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		reports, err := store.ReadReports(ctx)
-		if err != nil {
-			return 1, []string{"other replicas: " + err.Error()}
-		}
-		total, missing, now := 0, []string(nil), r.clock.Now()
 		r.mu.Lock()
 		publishing, published := r.st.Phase == ca.PhasePublished, r.st.PublishedAt
 		r.mu.Unlock()
-		if publishing && now.Sub(published) < replicaReportWindow {
-			// A replica in no pod is known by its report alone: give
-			// every replica the time to see the new root and report.
-			total++
-			missing = append(missing, fmt.Sprintf("replicas that have not reported yet (activation waits %s after publishing for every replica to report its streams)", replicaReportWindow))
-		}
-		reported := map[string]bool{replica: true}
-		for _, rep := range reports {
-			if rep.Replica == replica {
-				continue
-			}
-			reported[rep.Replica] = true
-			if quiet := now.Sub(rep.At); quiet > replicaReportFresh {
-				// Quiet is not gone: a replica cut off from the API server
-				// may still serve its workloads, which would refuse the new
-				// root's peers. Gone is its pod gone; its report goes too.
-				running, err := store.ReplicaRunning(ctx, rep.Replica)
-				switch {
-				case err != nil:
-					total++
-					missing = append(missing, fmt.Sprintf("replica %s (silent for %s; whether its pod runs is unknown: %v)", rep.Replica, quiet.Round(time.Second), err))
-				case running:
-					total++
-					missing = append(missing, fmt.Sprintf("replica %s (silent for %s, and its pod still runs: it may serve workloads without the new root; activation waits until it reports again or its pod is gone, or --force)", rep.Replica, quiet.Round(time.Second)))
-				default:
-					if err := store.DeleteReport(ctx, rep.Replica); err != nil {
-						r.log.Warn("root rotation: removing the report of a replica whose pod is gone", "replica", rep.Replica, "error", err.Error())
-					}
-				}
-				continue
-			}
-			if rep.NextRoot != fp {
-				total++
-				missing = append(missing, fmt.Sprintf("replica %s (has not taken up the new root yet)", rep.Replica))
-				continue
-			}
-			total += rep.Total
-			for _, m := range rep.Missing {
-				missing = append(missing, "replica "+rep.Replica+": "+m)
-			}
-		}
-		// The install's running pods that have not reported, while the
-		// leader waits for them (publishing; the status of other phases
-		// does not list the pods every second).
-		if !publishing {
-			return total, missing
-		}
-		pods, err := store.Replicas(ctx, replica)
-		if err != nil {
-			total++
-			missing = append(missing, "the install's other replicas: "+err.Error())
-		}
-		for _, p := range pods {
-			if !reported[p] {
-				total++
-				missing = append(missing, fmt.Sprintf("replica %s (its pod runs, and it has not reported on the new root: it may serve workloads without it; activation waits until it reports or its pod is gone, or --force)", p))
-			}
-		}
-		return total, missing
+		return replicasMissing(store, replica, fp, publishing, published, r.clock.Now(), r.log)
 	})
 	r.watch = store.Watch
 	var lastGC time.Time
 	r.poll = func(ctx context.Context) {
 		if now := r.clock.Now(); now.Sub(lastGC) >= reportGCEvery {
 			lastGC = now
-			r.collectReports(ctx, store, replica)
+			r.mu.Lock()
+			publishing := r.st.Phase == ca.PhasePublished
+			r.mu.Unlock()
+			if !publishing {
+				collectReports(ctx, store, replica, now, r.log)
+			}
 		}
 		req, err := store.ReadRequest(ctx)
 		r.pollLog.note(r.log, r.clock.Now(), err, "root rotation: reading requests")
@@ -148,76 +89,175 @@ func Kube(r *Rotator, store *rotationstore.Store, replica string) {
 		}
 		r.reportLog.note(r.log, r.clock.Now(), err, "root rotation: writing the status")
 	}
-	// Every replica reports while a new root is published (a heartbeat
-	// every few seconds, at once when its view changes), and removes its
-	// report when the phase moves on; a report left from a previous life
-	// of this replica is removed at its first pass.
-	var last rotationstore.ReplicaReport
-	reported := true
-	var reportLog errorLog
+	rep := newReplicaReporter(store, replica, r.clock, r.log)
 	r.afterSync = func(ctx context.Context) {
 		if ctx.Err() != nil {
-			if reported {
-				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = store.DeleteReport(dctx, replica) // gone: not to be waited for
-			}
+			rep.leave()
 			return
 		}
 		r.mu.Lock()
 		st := r.st
 		r.mu.Unlock()
-		if st.Phase != ca.PhasePublished {
-			if reported {
-				err := store.DeleteReport(ctx, replica)
-				reportLog.note(r.log, r.clock.Now(), err, "root rotation: removing this replica's report")
-				if err == nil {
-					reported, last = false, rotationstore.ReplicaReport{}
+		fp := ""
+		if st.Phase == ca.PhasePublished {
+			fp = st.NextRootSHA256
+		}
+		var own []bundle.Consumer
+		if r.set != nil {
+			own = r.set.Of(bundle.PerReplica)
+		}
+		rep.report(ctx, fp, own)
+	}
+}
+
+// replicasMissing is what the install's other replicas lack of the root
+// fp, for the leader (self) of a rotation: from their reports, and while
+// fp is published (since publishedAt) from the install's running pods
+// too. A replica that has not taken up fp, one silent whose pod still
+// runs, and one whose pod runs but never reported all count as missing;
+// the report of one whose pod is gone is removed.
+func replicasMissing(store *rotationstore.Store, self, fp string, publishing bool, publishedAt, now time.Time, log *slog.Logger) (int, []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reports, err := store.ReadReports(ctx)
+	if err != nil {
+		return 1, []string{"other replicas: " + err.Error()}
+	}
+	total, missing := 0, []string(nil)
+	if publishing && now.Sub(publishedAt) < replicaReportWindow {
+		// A replica in no pod is known by its report alone: give
+		// every replica the time to see the new root and report.
+		total++
+		missing = append(missing, fmt.Sprintf("replicas that have not reported yet (activation waits %s after publishing for every replica to report its streams)", replicaReportWindow))
+	}
+	reported := map[string]bool{self: true}
+	for _, rep := range reports {
+		if rep.Replica == self {
+			continue
+		}
+		reported[rep.Replica] = true
+		if quiet := now.Sub(rep.At); quiet > replicaReportFresh {
+			// Quiet is not gone: a replica cut off from the API server
+			// may still serve its workloads, which would refuse the new
+			// root's peers. Gone is its pod gone; its report goes too.
+			running, err := store.ReplicaRunning(ctx, rep.Replica)
+			switch {
+			case err != nil:
+				total++
+				missing = append(missing, fmt.Sprintf("replica %s (silent for %s; whether its pod runs is unknown: %v)", rep.Replica, quiet.Round(time.Second), err))
+			case running:
+				total++
+				missing = append(missing, fmt.Sprintf("replica %s (silent for %s, and its pod still runs: it may serve workloads without the new root; activation waits until it reports again or its pod is gone, or --force)", rep.Replica, quiet.Round(time.Second)))
+			default:
+				if err := store.DeleteReport(ctx, rep.Replica); err != nil {
+					log.Warn("root rotation: removing the report of a replica whose pod is gone", "replica", rep.Replica, "error", err.Error())
 				}
 			}
-			return
+			continue
 		}
-		rep := rotationstore.ReplicaReport{Replica: replica, At: r.clock.Now(), NextRoot: st.NextRootSHA256}
-		// This replica's own consumers; the cluster's copies are the
-		// leader's to count.
-		if r.set != nil {
-			for _, c := range r.set.Of(bundle.PerReplica) {
-				t, m := c.Missing(st.NextRootSHA256)
-				rep.Total += t
-				rep.Missing = append(rep.Missing, m...)
-			}
+		if rep.NextRoot != fp {
+			total++
+			missing = append(missing, fmt.Sprintf("replica %s (has not taken up the new root yet)", rep.Replica))
+			continue
 		}
-		if rep.NextRoot == last.NextRoot && rep.Total == last.Total && slices.Equal(rep.Missing, last.Missing) && rep.At.Sub(last.At) < replicaReportFresh/3 {
-			return
-		}
-		err := store.WriteReport(ctx, rep)
-		reportLog.note(r.log, r.clock.Now(), err, "root rotation: reporting this replica's streams (the leader waits for them before activating)")
-		if err == nil {
-			last, reported = rep, true
+		total += rep.Total
+		for _, m := range rep.Missing {
+			missing = append(missing, "replica "+rep.Replica+": "+m)
 		}
 	}
+	// The install's running pods that have not reported, while the
+	// leader waits for them (publishing; the status of other phases
+	// does not list the pods every second).
+	if !publishing {
+		return total, missing
+	}
+	pods, err := store.Replicas(ctx, self)
+	if err != nil {
+		total++
+		missing = append(missing, "the install's other replicas: "+err.Error())
+	}
+	for _, p := range pods {
+		if !reported[p] {
+			total++
+			missing = append(missing, fmt.Sprintf("replica %s (its pod runs, and it has not reported on the new root: it may serve workloads without it; activation waits until it reports or its pod is gone, or --force)", p))
+		}
+	}
+	return total, missing
+}
+
+// replicaReporter writes one replica's report while a new root is
+// published (a heartbeat every few seconds, at once when its view
+// changes), and removes it when the phase moves on; a report left from
+// a previous life of the replica is removed at its first pass.
+type replicaReporter struct {
+	store    *rotationstore.Store
+	replica  string
+	clock    ca.Clock
+	log      *slog.Logger
+	last     rotationstore.ReplicaReport
+	reported bool
+	errs     errorLog
+}
+
+func newReplicaReporter(store *rotationstore.Store, replica string, clock ca.Clock, log *slog.Logger) *replicaReporter {
+	return &replicaReporter{store: store, replica: replica, clock: clock, log: log, reported: true}
+}
+
+// report says which holders of own, this replica's consumers (the
+// cluster's copies are the leader's to count), lack the published root
+// fp; "" (nothing published) removes the report.
+func (p *replicaReporter) report(ctx context.Context, fp string, own []bundle.Consumer) {
+	if fp == "" {
+		if p.reported {
+			err := p.store.DeleteReport(ctx, p.replica)
+			p.errs.note(p.log, p.clock.Now(), err, "root rotation: removing this replica's report")
+			if err == nil {
+				p.reported, p.last = false, rotationstore.ReplicaReport{}
+			}
+		}
+		return
+	}
+	rep := rotationstore.ReplicaReport{Replica: p.replica, At: p.clock.Now(), NextRoot: fp}
+	for _, c := range own {
+		t, m := c.Missing(fp)
+		rep.Total += t
+		rep.Missing = append(rep.Missing, m...)
+	}
+	if rep.NextRoot == p.last.NextRoot && rep.Total == p.last.Total && slices.Equal(rep.Missing, p.last.Missing) && rep.At.Sub(p.last.At) < replicaReportFresh/3 {
+		return
+	}
+	err := p.store.WriteReport(ctx, rep)
+	p.errs.note(p.log, p.clock.Now(), err, "root rotation: reporting this replica's streams (the leader waits for them before activating)")
+	if err == nil {
+		p.last, p.reported = rep, true
+	}
+}
+
+// leave removes the report of a replica that stops: gone, it is not to
+// be waited for.
+func (p *replicaReporter) leave() {
+	if !p.reported {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.store.DeleteReport(ctx, p.replica)
 }
 
 // reportGCEvery is how often the leader looks for reports left by
 // replicas that are gone.
 const reportGCEvery = 30 * time.Second
 
-// collectReports removes, outside a publish (which counts them, and
-// removes them likewise), the reports of replicas that are gone: silent
+// collectReports removes the reports of replicas that are gone: silent
 // for longer than replicaReportFresh, and their pod gone. A replica that
 // died leaves its report; a Deployment's replacement has another name.
-func (r *Rotator) collectReports(ctx context.Context, store *rotationstore.Store, self string) {
-	r.mu.Lock()
-	phase := r.st.Phase
-	r.mu.Unlock()
-	if phase == ca.PhasePublished {
-		return
-	}
+// The leader calls it outside a publish (which counts the reports, and
+// removes them likewise).
+func collectReports(ctx context.Context, store *rotationstore.Store, self string, now time.Time, log *slog.Logger) {
 	reports, err := store.ReadReports(ctx)
 	if err != nil {
 		return
 	}
-	now := r.clock.Now()
 	for _, rep := range reports {
 		if rep.Replica == self || now.Sub(rep.At) <= replicaReportFresh {
 			continue
@@ -226,10 +266,10 @@ func (r *Rotator) collectReports(ctx context.Context, store *rotationstore.Store
 			continue
 		}
 		if err := store.DeleteReport(ctx, rep.Replica); err != nil {
-			r.log.Warn("root rotation: removing the report of a replica whose pod is gone", "replica", rep.Replica, "error", err.Error())
+			log.Warn("root rotation: removing the report of a replica whose pod is gone", "replica", rep.Replica, "error", err.Error())
 			continue
 		}
-		r.log.Info("root rotation: removed the report of a replica whose pod is gone", "replica", rep.Replica)
+		log.Info("root rotation: removed the report of a replica whose pod is gone", "replica", rep.Replica)
 	}
 }
 

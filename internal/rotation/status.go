@@ -1,8 +1,10 @@
 package rotation
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"time"
 
@@ -176,4 +178,59 @@ func printHolders(w io.Writer, indent string, hs map[string]Holdings) {
 			fmt.Fprintf(w, "%s  missing: %s\n", indent, m)
 		}
 	}
+}
+
+// Status is what 'warden ca rotate --status' shows in this mode: the
+// phase, the roots, who holds the new one, and what comes next.
+func (u *Upstream) Status() Status {
+	u.mu.Lock()
+	st, waiting, stepErr, since := u.st, u.waiting, u.stepErr, u.stepErrSince
+	phase := u.phaseLocked()
+	u.mu.Unlock()
+	out := Status{Phase: PhaseName(phase), Target: PhaseName(ca.PhaseNone), Waiting: waiting, Upstream: u.cfg.Describe, Manual: u.cfg.Manual,
+		StepError: stepErr, StepErrorSince: since, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt}
+	if st.Signing == nil {
+		return out
+	}
+	out.CurrentRoot, out.CurrentExpires = ca.Fingerprint(st.Signing), st.Signing.NotAfter
+	switch phase {
+	case ca.PhasePublished:
+		out.Target = PhaseName(ca.PhaseActivated)
+		out.NextRoot, out.NextExpires = ca.Fingerprint(st.Next), st.Next.NotAfter
+		out.ActivatedAt = time.Time{}
+	case ca.PhaseActivated:
+		out.Target = PhaseName(ca.PhaseRetired)
+		old := st.Old[0]
+		out.CurrentRoot, out.CurrentExpires = ca.Fingerprint(old.Root), old.Root.NotAfter
+		out.NextRoot, out.NextExpires = ca.Fingerprint(st.Signing), st.Signing.NotAfter
+		out.RetireAfter = old.RetireAfter
+	default:
+		out.PublishedAt, out.ActivatedAt = time.Time{}, time.Time{}
+	}
+	if out.NextRoot != "" {
+		out.Consumers = u.holders(out.NextRoot, st)
+	}
+	for i, o := range st.Old {
+		if phase == ca.PhaseActivated && i == 0 {
+			continue
+		}
+		out.Retiring = append(out.Retiring, RetiringRoot{SHA256: ca.Fingerprint(o.Root), NotAfter: o.Root.NotAfter, RetireAfter: o.RetireAfter})
+	}
+	return out
+}
+
+// Request refuses: the root rotates in the upstream.
+func (u *Upstream) Request(ca.Phase, bool) error {
+	return fmt.Errorf("%w: %s", ca.ErrRotation, u.cfg.Manual)
+}
+
+// Abort refuses: the root rotates in the upstream.
+func (u *Upstream) Abort() error { return u.Request(ca.PhaseNone, false) }
+
+func (u *Upstream) advanceNow(context.Context) error { return nil }
+
+// ServeAdmin serves the admin socket l (ListenAdmin; 'ca rotate
+// --status') until ctx is done.
+func (u *Upstream) ServeAdmin(ctx context.Context, l net.Listener) error {
+	return serveAdmin(ctx, l, u)
 }

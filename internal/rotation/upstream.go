@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -28,6 +27,13 @@ import (
 // published; then it has the renewer activate one. The old root stays in
 // the bundle until the last intermediate under it, and so every leaf it
 // signed, has expired.
+//
+// With several replicas (Kubernetes mode, UpstreamConfig.Leading), each
+// holds an intermediate of its own but one replica decides: the leader
+// reads the issuers, takes every step from every replica's consumers and
+// saves the state in the Store; the others follow the saved state, and
+// activate an intermediate under a root only once the leader signs under
+// it (KubeUpstream).
 type Upstream struct {
 	cfg   UpstreamConfig
 	clock ca.Clock
@@ -48,6 +54,21 @@ type Upstream struct {
 	lastReport   string
 	started      atomic.Int64
 	kick         func()
+
+	// Several replicas (cfg.Leading set): shared says st is the state
+	// the leader saved (not this replica's own start); dirty that st
+	// has changes the store lacks (the leader saves them again every
+	// step); led whether this replica led at its last step.
+	shared, dirty, led bool
+	saveLog, followLog errorLog
+	// Set by KubeUpstream: what the other replicas lack of a root
+	// (the leader's), the watch of the saved state, and what each step
+	// ends with (this replica's report) and Run with (its removal).
+	replicas  func(fp string, publishing bool, publishedAt time.Time) (int, []string)
+	watch     func(ctx context.Context, changed func()) error
+	afterStep func(ctx context.Context)
+	leave     func()
+	wake      chan struct{}
 }
 
 // UpstreamConfig wires an Upstream rotator.
@@ -75,6 +96,17 @@ type UpstreamConfig struct {
 	// (Kubernetes: the leader writes it for 'ca rotate --status'); it
 	// says whether it took it (false: offer it again).
 	Report func(ctx context.Context, st Status) bool
+	// Leading, when set, makes this one of several replicas, each with
+	// an intermediate of its own (Kubernetes mode): only while it says
+	// true does this replica read the issuers, take the steps and save
+	// the state (Store, then shared by every replica); otherwise it
+	// follows the saved state. nil: this process decides alone.
+	Leading func() bool
+	// ReplicaTTL is, with several replicas, the longest intermediate the
+	// upstream issues (--vault-intermediate-ttl): the leader does not see
+	// the other replicas' intermediates under the old root, so it
+	// retires that root no sooner than ReplicaTTL after activation.
+	ReplicaTTL time.Duration
 }
 
 var _ ca.RootGate = (*Upstream)(nil)
@@ -96,14 +128,14 @@ func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
 	if cfg.Switch == nil {
 		cfg.Switch = func(ca.UpstreamIssuer) string { return "make the upstream sign under it" }
 	}
-	u := &Upstream{cfg: cfg, clock: cfg.Clock, kick: func() {}}
+	u := &Upstream{cfg: cfg, clock: cfg.Clock, kick: func() {}, wake: make(chan struct{}, 1)}
 	if cfg.Store != nil {
 		st, found, err := cfg.Store.Load()
 		if err != nil {
 			return nil, err
 		}
 		if found {
-			u.st, u.loaded = st, true
+			u.st, u.loaded, u.shared = st, true, cfg.Leading != nil
 			if st.Next != nil || len(st.Old) > 0 {
 				cfg.Log.Warn("upstream root rotation in progress", "signingRootSHA256", ca.Fingerprint(st.Signing), "phase", PhaseName(u.phaseLocked()))
 			}
@@ -148,6 +180,9 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 	u.signs = root
 	if !u.loaded {
 		u.st, u.loaded = UpstreamState{Signing: root}, true
+	}
+	if u.shared && !u.leads() {
+		return u.admitFollowerLocked(m, root, force)
 	}
 	switch {
 	case root.Equal(u.st.Signing):
@@ -201,9 +236,13 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 // activateLocked makes the published root the signing one; the root it
 // replaces is trusted until the last intermediate under it has expired
 // (workload certificates never outlive the intermediate that signed
-// them).
+// them): with several replicas, whose intermediates the leader does not
+// see, no sooner than ReplicaTTL from now.
 func (u *Upstream) activateLocked(now time.Time) {
 	old := OldRoot{Root: u.st.Signing, RetireAfter: u.st.SigningNotAfter}
+	if b := now.Add(u.cfg.ReplicaTTL); u.cfg.ReplicaTTL > 0 && b.After(old.RetireAfter) {
+		old.RetireAfter = b
+	}
 	u.st.Old = slices.DeleteFunc(u.st.Old, func(o OldRoot) bool { return o.Root.Equal(u.st.Next) })
 	if now.Before(old.RetireAfter) {
 		u.st.Old = append(u.st.Old, old)
@@ -240,15 +279,18 @@ func (u *Upstream) gateLocked(now time.Time) string {
 	if at := u.st.PublishedAt.Add(u.cfg.Grace); now.Before(at) {
 		return fmt.Sprintf("activation waits until %s (--rotation-grace after publishing), so that consumers that poll files pick up the new root", at.UTC().Format(time.RFC3339))
 	}
-	total, missing := u.missing(ca.Fingerprint(u.st.Next))
+	if u.dirty && u.cfg.Leading != nil {
+		return "activation waits until the published root is saved for the other replicas to follow (retried every second)"
+	}
+	total, missing := u.missing(ca.Fingerprint(u.st.Next), u.st)
 	if len(missing) > 0 {
 		return fmt.Sprintf("activation waits for %d of %d consumers to hold the new root: %s", len(missing), total, strings.Join(first(missing, 10), ", "))
 	}
 	return ""
 }
 
-func (u *Upstream) missing(fp string) (total int, missing []string) {
-	for _, h := range u.holders(fp) {
+func (u *Upstream) missing(fp string, st UpstreamState) (total int, missing []string) {
+	for _, h := range u.holders(fp, st) {
 		total += h.Total
 		missing = append(missing, h.Missing...)
 	}
@@ -256,11 +298,19 @@ func (u *Upstream) missing(fp string) (total int, missing []string) {
 	return total, missing
 }
 
-func (u *Upstream) holders(fp string) map[string]Holdings {
+// holders says who lacks the root fp, by consumer; st is the state fp
+// belongs to. The leader of several replicas counts the others too
+// ("replicas", from their reports).
+func (u *Upstream) holders(fp string, st UpstreamState) map[string]Holdings {
 	out := map[string]Holdings{}
 	for _, c := range u.cfg.Consumers() {
 		t, m := c.Missing(fp)
 		out[c.Name()] = Holdings{Total: t, Missing: m}
+	}
+	if u.replicas != nil && u.leads() {
+		publishing := st.Next != nil && ca.Fingerprint(st.Next) == fp
+		t, m := u.replicas(fp, publishing, st.PublishedAt)
+		out["replicas"] = Holdings{Total: t, Missing: m}
 	}
 	return out
 }
@@ -275,44 +325,106 @@ func (u *Upstream) setWaitingLocked(w string) {
 }
 
 // applyLocked makes the authority trust what the state says, with the
-// current intermediate.
+// current intermediate (and the root it chains to, which a replica
+// that follows may sign under before the leader does).
 func (u *Upstream) applyLocked() error {
 	cur := u.cfg.Authority.Material()
-	if cur == nil || ca.SameRoots(cur.Roots, u.st.Roots()) {
+	if cur == nil {
+		return nil
+	}
+	roots := u.st.Roots()
+	if a, err := cur.Anchor(); err == nil {
+		roots = ca.MergeRoots(roots, []*x509.Certificate{a})
+	}
+	if ca.SameRoots(cur.Roots, roots) {
 		return nil
 	}
 	c := *cur
-	c.Roots = u.st.Roots()
+	c.Roots = roots
 	return u.cfg.Authority.Activate(&c)
 }
 
+// saveLocked keeps the state in the store: at once in a process that
+// decides alone; with several replicas on the leader only, again every
+// step until it goes through (a replica that does not lead saves what
+// it has once it leads, unless the leader's state is there by then).
 func (u *Upstream) saveLocked() {
 	if u.cfg.Store == nil || !u.loaded {
 		return
 	}
-	if err := u.cfg.Store.Save(u.st); err != nil {
-		u.cfg.Log.Error("upstream root rotation: could not save the state; a restart would forget the roots being published or retired", "error", err.Error())
+	if u.cfg.Leading == nil {
+		if err := u.cfg.Store.Save(u.st); err != nil {
+			u.cfg.Log.Error("upstream root rotation: could not save the state; a restart would forget the roots being published or retired", "error", err.Error())
+		}
+		return
+	}
+	if !u.leads() {
+		u.dirty = true
+		return
+	}
+	err := u.cfg.Store.Save(u.st)
+	u.saveLog.note(u.cfg.Log, u.clock.Now(), err, "upstream root rotation: could not save the state, which the other replicas follow and a new leader resumes from; retried every second (logged again once a minute while it fails)")
+	if u.dirty = err != nil; !u.dirty {
+		u.shared = true
 	}
 }
 
 // Run reads the upstream's issuers every Poll and moves the rotation on
 // every second (retirement, activation once the gate opens) until ctx is
-// done.
+// done. A replica that follows the leader's state does so every second,
+// and at once when the watch brings a change.
 func (u *Upstream) Run(ctx context.Context) error {
+	if u.watch != nil {
+		go func() {
+			err := u.watch(ctx, func() {
+				select {
+				case u.wake <- struct{}{}:
+				default:
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				u.cfg.Log.Error("upstream root rotation: watching the saved state; reading it every second instead", "error", err.Error())
+			}
+		}()
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		u.Step(ctx)
 		select {
 		case <-ctx.Done():
+			if u.leave != nil {
+				u.leave()
+			}
 			return nil
 		case <-t.C:
+		case <-u.wake:
 		}
 	}
 }
 
 // Step reads the issuers if Poll has passed, and moves the rotation on.
+// With several replicas, one that does not lead follows the saved state
+// instead, and one that starts to lead takes it up first.
 func (u *Upstream) Step(ctx context.Context) {
+	leads := u.leads()
+	if u.cfg.Leading != nil {
+		u.stepReplica(leads)
+	}
+	if leads {
+		u.stepLeader(ctx)
+	}
+	if u.cfg.Leading != nil {
+		u.switchSigning()
+	}
+	if u.afterStep != nil {
+		u.afterStep(ctx)
+	}
+}
+
+// stepLeader is the step of the replica that decides (every one, in a
+// process that decides alone).
+func (u *Upstream) stepLeader(ctx context.Context) {
 	now := u.clock.Now()
 	if u.lastPoll.IsZero() || now.Sub(u.lastPoll) >= u.cfg.Poll {
 		u.lastPoll = now
@@ -438,59 +550,4 @@ func (u *Upstream) advance(now time.Time) (kick bool) {
 		u.saveLocked()
 	}
 	return kick
-}
-
-// Status is what 'warden ca rotate --status' shows in this mode: the
-// phase, the roots, who holds the new one, and what comes next.
-func (u *Upstream) Status() Status {
-	u.mu.Lock()
-	st, waiting, stepErr, since := u.st, u.waiting, u.stepErr, u.stepErrSince
-	phase := u.phaseLocked()
-	u.mu.Unlock()
-	out := Status{Phase: PhaseName(phase), Target: PhaseName(ca.PhaseNone), Waiting: waiting, Upstream: u.cfg.Describe, Manual: u.cfg.Manual,
-		StepError: stepErr, StepErrorSince: since, PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt}
-	if st.Signing == nil {
-		return out
-	}
-	out.CurrentRoot, out.CurrentExpires = ca.Fingerprint(st.Signing), st.Signing.NotAfter
-	switch phase {
-	case ca.PhasePublished:
-		out.Target = PhaseName(ca.PhaseActivated)
-		out.NextRoot, out.NextExpires = ca.Fingerprint(st.Next), st.Next.NotAfter
-		out.ActivatedAt = time.Time{}
-	case ca.PhaseActivated:
-		out.Target = PhaseName(ca.PhaseRetired)
-		old := st.Old[0]
-		out.CurrentRoot, out.CurrentExpires = ca.Fingerprint(old.Root), old.Root.NotAfter
-		out.NextRoot, out.NextExpires = ca.Fingerprint(st.Signing), st.Signing.NotAfter
-		out.RetireAfter = old.RetireAfter
-	default:
-		out.PublishedAt, out.ActivatedAt = time.Time{}, time.Time{}
-	}
-	if out.NextRoot != "" {
-		out.Consumers = u.holders(out.NextRoot)
-	}
-	for i, o := range st.Old {
-		if phase == ca.PhaseActivated && i == 0 {
-			continue
-		}
-		out.Retiring = append(out.Retiring, RetiringRoot{SHA256: ca.Fingerprint(o.Root), NotAfter: o.Root.NotAfter, RetireAfter: o.RetireAfter})
-	}
-	return out
-}
-
-// Request refuses: the root rotates in the upstream.
-func (u *Upstream) Request(ca.Phase, bool) error {
-	return fmt.Errorf("%w: %s", ca.ErrRotation, u.cfg.Manual)
-}
-
-// Abort refuses: the root rotates in the upstream.
-func (u *Upstream) Abort() error { return u.Request(ca.PhaseNone, false) }
-
-func (u *Upstream) advanceNow(context.Context) error { return nil }
-
-// ServeAdmin serves the admin socket l (ListenAdmin; 'ca rotate
-// --status') until ctx is done.
-func (u *Upstream) ServeAdmin(ctx context.Context, l net.Listener) error {
-	return serveAdmin(ctx, l, u)
 }

@@ -83,17 +83,27 @@ type oldRootDoc struct {
 
 // Load reads the state; found is false when the file does not exist.
 func (f FileUpstreamStore) Load() (UpstreamState, bool, error) {
-	var st UpstreamState
 	b, err := os.ReadFile(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return st, false, nil
+		return UpstreamState{}, false, nil
 	}
 	if err != nil {
-		return st, false, err
+		return UpstreamState{}, false, err
 	}
+	st, err := decodeUpstream(b)
+	if err != nil {
+		return st, false, f.corrupt(err)
+	}
+	return st, true, nil
+}
+
+// decodeUpstream reads an UpstreamState's JSON (vault-rotation.json's,
+// or the Kubernetes store's).
+func decodeUpstream(b []byte) (UpstreamState, error) {
+	var st UpstreamState
 	var doc upstreamJSON
 	if err := json.Unmarshal(b, &doc); err != nil {
-		return st, false, f.corrupt(err)
+		return st, err
 	}
 	cert := func(what, s string) (*x509.Certificate, error) {
 		if s == "" {
@@ -101,31 +111,32 @@ func (f FileUpstreamStore) Load() (UpstreamState, bool, error) {
 		}
 		certs, err := ca.ParseCerts([]byte(s))
 		if err != nil {
-			return nil, f.corrupt(fmt.Errorf("%s: %w", what, err))
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		return certs[0], nil
 	}
+	var err error
 	if st.Signing, err = cert("signing", doc.Signing); err != nil {
-		return st, false, err
+		return st, err
 	}
 	if st.Signing == nil {
-		return st, false, f.corrupt(errors.New("no signing root"))
+		return st, errors.New("no signing root")
 	}
 	if st.Next, err = cert("next", doc.Next); err != nil {
-		return st, false, err
+		return st, err
 	}
 	st.SigningNotAfter, st.PublishedAt, st.ActivatedAt = doc.SigningNotAfter, doc.PublishedAt, doc.ActivatedAt
 	for i, o := range doc.Old {
 		r, err := cert(fmt.Sprintf("old[%d]", i), o.Root)
 		if err != nil {
-			return st, false, err
+			return st, err
 		}
 		if r == nil {
-			return st, false, f.corrupt(fmt.Errorf("old[%d]: no root", i))
+			return st, fmt.Errorf("old[%d]: no root", i)
 		}
 		st.Old = append(st.Old, OldRoot{Root: r, RetireAfter: o.RetireAfter})
 	}
-	return st, true, nil
+	return st, nil
 }
 
 func (f FileUpstreamStore) corrupt(err error) error {
@@ -134,6 +145,15 @@ func (f FileUpstreamStore) corrupt(err error) error {
 
 // Save writes the state.
 func (f FileUpstreamStore) Save(st UpstreamState) error {
+	b, err := encodeUpstream(st)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteReplace(f.Path, b, 0o600)
+}
+
+// encodeUpstream is st as JSON (public certificates only), indented.
+func encodeUpstream(st UpstreamState) ([]byte, error) {
 	doc := upstreamJSON{Signing: string(ca.EncodeCerts(st.Signing)), SigningNotAfter: st.SigningNotAfter,
 		PublishedAt: st.PublishedAt, ActivatedAt: st.ActivatedAt}
 	if st.Next != nil {
@@ -144,7 +164,7 @@ func (f FileUpstreamStore) Save(st UpstreamState) error {
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return atomicfile.WriteReplace(f.Path, append(b, '\n'), 0o600)
+	return append(b, '\n'), nil
 }

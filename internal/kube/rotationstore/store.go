@@ -33,7 +33,9 @@ import (
 // written by the leader, which drives the steps), the operator's request
 // (key "request", written by 'warden ca rotate --kubernetes'), and the
 // leader's report for --status (key "status"). Every replica follows the
-// state; a leader elected mid-rotation resumes from it.
+// state; a leader elected mid-rotation resumes from it. In Vault mode,
+// where the root rotates in Vault, key "upstream" holds instead the
+// roots the leader publishes, signs under and retires (Upstream).
 const (
 	ConfigMap    = "warden-ca-rotation"
 	NextCASecret = "warden-ca-next"
@@ -282,6 +284,28 @@ func (s *Store) Abort(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Upstream returns the state of a root rotated upstream (Vault mode),
+// as the leader saved it (SaveUpstream); found is false before it has.
+func (s *Store) Upstream(ctx context.Context) (state string, found bool, err error) {
+	cm, err := s.configMap(ctx)
+	if apierrors.IsNotFound(err) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("kube: configmap %s/%s: %w", s.Namespace, ConfigMap, err)
+	}
+	state = cm.Data[upstreamKey]
+	return state, state != "", nil
+}
+
+// SaveUpstream writes the state of a root rotated upstream.
+func (s *Store) SaveUpstream(ctx context.Context, state string) error {
+	return s.setKey(ctx, upstreamKey, state)
+}
+
+// upstreamKey is the rotation ConfigMap's key for Vault mode's state.
+const upstreamKey = "upstream"
 
 // Request records an operator's request for the leader and returns its
 // sequence number.
