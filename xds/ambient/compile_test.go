@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/wardenmesh/warden/api"
+	"github.com/wardenmesh/warden/xds"
 	"github.com/wardenmesh/warden/xds/ambient"
 	"github.com/wardenmesh/warden/xds/ambient/workloadapi"
 	"github.com/wardenmesh/warden/xds/ambient/workloadapi/security"
@@ -294,5 +295,9 @@ func TestTypeURLs(t *testing.T) {
 		if got := "type.googleapis.com/" + string(msg.ProtoReflect().Descriptor().FullName()); got != want {
 			t.Errorf("%s, want %s", got, want)
 		}
+	}
+	// Istio's metric type labels.
+	if a, b := xds.ShortType(ambient.AddressType), xds.ShortType(ambient.AuthorizationType); a != "wds" || b != "wads" {
+		t.Errorf("metric types %q, %q; want wds, wads", a, b)
 	}
 }
