@@ -145,6 +145,21 @@ func Compile(in Input) *Result {
 			add(si)
 		}
 	}
+	// One definition of a hostname is canonical across namespaces: the
+	// Kubernetes Service's, else the oldest ServiceEntry's (Istio's
+	// selectWorkloadServices); ztunnel resolves the name to it outside
+	// the other definitions' namespaces.
+	canonical := map[string]bool{}
+	for _, s := range order {
+		if s.svc.Canonical {
+			canonical[s.svc.Hostname] = true
+		}
+	}
+	for _, s := range order {
+		if !canonical[s.svc.Hostname] {
+			s.svc.Canonical, canonical[s.svc.Hostname] = true, true
+		}
+	}
 	for _, s := range order {
 		if len(s.selector) > 0 {
 			c.byNamespace[s.svc.Namespace] = append(c.byNamespace[s.svc.Namespace], s)

@@ -4,6 +4,7 @@ import (
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/wardenmesh/warden/xds/ambient"
@@ -21,16 +22,30 @@ func (r *Watcher) Ambient() (pods []*ambient.Pod, services []*ambient.Service, n
 	}
 	everything := labels.Everything()
 	ps, _ := podLister.List(everything)
+	svcs, _ := svcLister.List(everything)
+	sls, _ := sliceLister.List(everything)
+	nss, _ := nsLister.List(everything)
+	return AmbientInput(ps, svcs, sls, nss)
+}
+
+// AmbientInput maps Kubernetes objects to what ztunnel's compiler reads:
+// pods and services sorted by namespace/name, a service without a
+// selector with the pods its EndpointSlices name.
+func AmbientInput(ps []*corev1.Pod, svcs []*corev1.Service, sls []*discoveryv1.EndpointSlice, nss []*corev1.Namespace) (pods []*ambient.Pod, services []*ambient.Service, namespaces []*ambient.Namespace) {
 	for _, p := range ps {
 		pods = append(pods, AmbientPod(p))
 	}
 	sort.Slice(pods, func(i, j int) bool { return pods[i].Namespace+"/"+pods[i].Name < pods[j].Namespace+"/"+pods[j].Name })
-	svcs, _ := svcLister.List(everything)
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for _, sl := range sls {
+		if n, ok := sl.Labels[discoveryv1.LabelServiceName]; ok {
+			bySvc[sl.Namespace+"/"+n] = append(bySvc[sl.Namespace+"/"+n], sl)
+		}
+	}
 	for _, s := range svcs {
 		as := AmbientService(s)
 		if s.Spec.Selector == nil {
-			slices, _ := sliceLister.EndpointSlices(s.Namespace).List(labels.SelectorFromSet(labels.Set{"kubernetes.io/service-name": s.Name}))
-			for _, sl := range slices {
+			for _, sl := range bySvc[s.Namespace+"/"+s.Name] {
 				for _, e := range sl.Endpoints {
 					if e.TargetRef != nil && e.TargetRef.Kind == "Pod" && (e.TargetRef.Namespace == "" || e.TargetRef.Namespace == s.Namespace) {
 						as.Endpoints = append(as.Endpoints, e.TargetRef.Name)
@@ -41,7 +56,9 @@ func (r *Watcher) Ambient() (pods []*ambient.Pod, services []*ambient.Service, n
 		}
 		services = append(services, as)
 	}
-	nss, _ := nsLister.List(everything)
+	sort.Slice(services, func(i, j int) bool {
+		return services[i].Namespace+"/"+services[i].Name < services[j].Namespace+"/"+services[j].Name
+	})
 	for _, n := range nss {
 		namespaces = append(namespaces, &ambient.Namespace{Name: n.Name, Labels: n.Labels, Annotations: n.Annotations})
 	}
@@ -69,14 +86,32 @@ func AmbientPod(p *corev1.Pod) *ambient.Pod {
 			out.Controller = &ambient.Owner{Kind: o.Kind, Name: o.Name}
 		}
 	}
-	for _, c := range p.Spec.Containers {
+	// A named targetPort resolves to a TCP container port, of an app
+	// container or a native sidecar (an init container that keeps
+	// running), the first of the name winning (Istio's FindPortName).
+	for _, c := range namedPortContainers(p) {
 		for _, cp := range c.Ports {
-			if cp.Name != "" {
-				if out.ContainerPorts == nil {
-					out.ContainerPorts = map[string]uint32{}
-				}
+			if cp.Name == "" || (cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP) {
+				continue
+			}
+			if out.ContainerPorts == nil {
+				out.ContainerPorts = map[string]uint32{}
+			}
+			if _, dup := out.ContainerPorts[cp.Name]; !dup {
 				out.ContainerPorts[cp.Name] = uint32(cp.ContainerPort)
 			}
+		}
+	}
+	return out
+}
+
+// namedPortContainers are the containers whose ports a Service may name:
+// the pod's containers, then its native sidecars.
+func namedPortContainers(p *corev1.Pod) []corev1.Container {
+	out := p.Spec.Containers
+	for _, c := range p.Spec.InitContainers {
+		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			out = append(out[:len(out):len(out)], c)
 		}
 	}
 	return out

@@ -138,7 +138,7 @@ func slimPod(obj any) (any, error) {
 		}
 	}
 	var ports []corev1.ContainerPort
-	for _, c := range p.Spec.Containers {
+	for _, c := range namedPortContainers(p) {
 		for _, cp := range c.Ports {
 			if cp.Name != "" {
 				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
