@@ -301,3 +301,32 @@ func TestTypeURLs(t *testing.T) {
 		t.Errorf("metric types %q, %q; want wds, wads", a, b)
 	}
 }
+
+// A ServiceEntry host no Kubernetes Service defines is canonical; of two
+// entries for one host in two namespaces, the older is (Istio's
+// selectWorkloadServices).
+func TestServiceEntryCanonical(t *testing.T) {
+	t.Parallel()
+	objs := decode(t, `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: b, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: a, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec: {hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec: {hosts: [web.shop.svc.cluster.local], ports: [{number: 80, name: http}], resolution: STATIC}
+`)
+	res := ambient.Compile(ambient.Input{Config: objs, Services: []*ambient.Service{{Name: "web", Namespace: "other", Ports: []ambient.ServicePort{{Port: 80}}}}})
+	for name, want := range map[string]bool{"b/api.example.com": true, "a/api.example.com": false, "shop/web.shop.svc.cluster.local": true, "other/web.other.svc.cluster.local": true} {
+		if got := find(t, res.Addresses, name).(*workloadapi.Address).GetService().Canonical; got != want {
+			t.Errorf("%s: canonical %v, want %v", name, got, want)
+		}
+	}
+}

@@ -194,3 +194,30 @@ func TestAmbientFlowsToZtunnel(t *testing.T) {
 	}
 	wait("deletion", func() bool { return held[uid] == nil })
 }
+
+// TestAmbientPodNamedPorts: a Service's named targetPort resolves to the
+// pod's TCP container ports, of its containers and native sidecars only
+// (Istio's FindPortName), after the informer's slimming.
+func TestAmbientPodNamedPorts(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"}, Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "app", Ports: []corev1.ContainerPort{
+			{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+			{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
+			{Name: "admin", ContainerPort: 9000},
+		}}},
+		InitContainers: []corev1.Container{
+			{Name: "sidecar", RestartPolicy: &always, Ports: []corev1.ContainerPort{{Name: "proxy", ContainerPort: 15001, Protocol: corev1.ProtocolTCP}}},
+			{Name: "init", Ports: []corev1.ContainerPort{{Name: "setup", ContainerPort: 1, Protocol: corev1.ProtocolTCP}}},
+		},
+	}}
+	slim, err := registry.SlimPod(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := registry.AmbientPod(slim.(*corev1.Pod)).ContainerPorts
+	want := map[string]uint32{"http": 8080, "admin": 9000, "proxy": 15001}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("named ports %v, want %v", got, want)
+	}
+}
