@@ -23,6 +23,7 @@ targets=(
   "./rbac FuzzExplain 10000"
   "./rbac FuzzMonotonic 6000"
   "./xds FuzzProxyConfig 3000"
+  "./xds/ambient FuzzAmbientCompile 60000"
   "./ca/vault FuzzSignResponse 8000"
   "./ca/vault FuzzIssuerRoot 8000"
 )

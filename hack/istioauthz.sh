@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the Istio oracle (hack/istioauthz: Istio's own AuthorizationPolicy
-# -> Envoy RBAC builder, and with -listeners Istio's own listener generator
-# for sidecars and gateways, at the istio.io/istio version in
+# -> Envoy RBAC builder, with -listeners Istio's own listener generator
+# for sidecars and gateways, and with -ambient istiod's ambient index, what
+# ztunnel is served, at the istio.io/istio version in
 # hack/istioauthz/go.mod) into a cache folder keyed by that version and a
 # hash of the program (go.mod, go.sum and every .go file). A no-op when
 # cached. Prints the binary's path on stdout (progress goes to stderr).
-# rbac/istio_oracle_test.go and xds/istio_listeners_oracle_test.go run it
+# rbac/istio_oracle_test.go, xds/istio_listeners_oracle_test.go and
+# internal/kube/registry/ambient_oracle_test.go run it
 # (via internal/testkit.IstioOracle), unless WARDEN_ISTIO_AUTHZ_BIN names a
 # binary.
 #
@@ -17,7 +19,9 @@
 #
 # A cold build takes a few minutes on two cores (the listener generator,
 # pilot/pkg/networking/core, adds about 40 packages to the RBAC builder's
-# 1550 and some 20 seconds when the rest is in the build cache).
+# 1550 and some 20 seconds when the rest is in the build cache; the
+# ambient index, through pilot/test/xds's fake discovery server, 167 more:
+# 1589 -> 1756 in go list -deps).
 set -euo pipefail
 cd "$(dirname "$0")/istioauthz"
 

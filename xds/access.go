@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -95,4 +96,78 @@ func MayReceiveCredential(ctx context.Context, access SecretAccess, id spiffeid.
 		return fmt.Errorf("%w: no access rule for credentials is configured", ErrNotAuthorized)
 	}
 	return access.MayReadSecrets(ctx, ns, sa)
+}
+
+// NodeAccounts is the set of service accounts ("<namespace>/<name>")
+// whose workloads are node proxies trusted with the whole mesh's
+// workloads and policies: ztunnel's (Istio's CA_TRUSTED_NODE_ACCOUNTS,
+// default istio-system/ztunnel).
+type NodeAccounts map[string]bool
+
+// ZtunnelPod is the registry's view of the pod a ztunnel node ID names.
+type ZtunnelPod struct {
+	Known          bool // the registry has a pod of that name
+	ServiceAccount string
+	IPs            []string
+}
+
+// MayServeZtunnel decides whether a stream authenticated as id may be
+// served as ztunnel node p, as istiod decides for ztunnel's streams:
+//
+//   - id must be a SPIFFE ID of the mesh's trust domain whose
+//     namespace/service account is a trusted node account;
+//   - the node ID's namespace must be id's;
+//   - when the registry knows the node ID's pod, it must run as id's
+//     service account at the node ID's IP, so that a stream cannot stand
+//     for another pod.
+//
+// Checked when the stream opens and whenever the registry changes: a
+// stream whose pod now runs as another account, or elsewhere, is ended.
+func MayServeZtunnel(id spiffeid.ID, p *Proxy, pod ZtunnelPod, trusted NodeAccounts, td spiffeid.TrustDomain) error {
+	ns, sa, ok := workloadNamespace(id, td)
+	if !ok {
+		return fmt.Errorf("%w: %s is not a workload identity of trust domain %s; ztunnel streams must be opened as a trusted node account", ErrNotAuthorized, id, td)
+	}
+	if !trusted[ns+"/"+sa] {
+		return fmt.Errorf("%w: %s/%s is not a trusted node account (--trusted-node-accounts %s); only ztunnel's service account receives the mesh's workloads and policies", ErrNotAuthorized, ns, sa, trusted)
+	}
+	if p.Namespace != ns {
+		return fmt.Errorf("%w: node %s is in namespace %s, but this stream is authenticated as %s", ErrNotAuthorized, p.ID, p.Namespace, id)
+	}
+	if pod.Known {
+		if pod.ServiceAccount != sa {
+			return fmt.Errorf("%w: pod %s/%s of node %s runs as service account %s, not %s", ErrNotAuthorized, p.Namespace, p.Pod, p.ID, pod.ServiceAccount, sa)
+		}
+		if !slices.Contains(pod.IPs, p.IP) {
+			return fmt.Errorf("%w: pod %s/%s of node %s is not at %s (its addresses: %s)", ErrNotAuthorized, p.Namespace, p.Pod, p.ID, p.IP, strings.Join(pod.IPs, ", "))
+		}
+	}
+	return nil
+}
+
+// ParseNodeAccounts reads "<namespace>/<name>,..." (Istio's
+// CA_TRUSTED_NODE_ACCOUNTS form).
+func ParseNodeAccounts(s string) (NodeAccounts, error) {
+	out := NodeAccounts{}
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		ns, sa, ok := strings.Cut(a, "/")
+		if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
+			return nil, fmt.Errorf("xds: trusted node account %q is not <namespace>/<service account>", a)
+		}
+		out[a] = true
+	}
+	return out, nil
+}
+
+// String lists the accounts, sorted, comma-separated.
+func (n NodeAccounts) String() string {
+	l := make([]string, 0, len(n))
+	for a := range n {
+		l = append(l, a)
+	}
+	slices.Sort(l)
+	return strings.Join(l, ",")
 }

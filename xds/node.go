@@ -25,6 +25,10 @@ const (
 	SidecarProxy ProxyType = "sidecar"
 	// RouterProxy is an ingress or egress gateway.
 	RouterProxy ProxyType = "router"
+	// ZtunnelProxy is Istio ambient mode's node proxy: it receives the
+	// workloads and L4 policies of the mesh (xds/ambient), over delta
+	// ADS only, and only as a trusted node account (MayServeZtunnel).
+	ZtunnelProxy ProxyType = "ztunnel"
 )
 
 // Proxy is a connected client as its node describes it.
@@ -118,9 +122,9 @@ func ParseNodeID(id string) (*Proxy, error) {
 	}
 	p := &Proxy{ID: id, Type: ProxyType(parts[0]), IP: parts[1], Domain: parts[3], Generator: GeneratorEnvoy}
 	switch p.Type {
-	case SidecarProxy, RouterProxy:
+	case SidecarProxy, RouterProxy, ZtunnelProxy:
 	default:
-		return nil, fmt.Errorf("xds: node ID %q: type %q is not sidecar or router", id, p.Type)
+		return nil, fmt.Errorf("xds: node ID %q: type %q is not sidecar, router or ztunnel", id, p.Type)
 	}
 	if net.ParseIP(p.IP) == nil {
 		return nil, fmt.Errorf("xds: node ID %q: %q is not an IP address", id, p.IP)

@@ -16,6 +16,11 @@ func ShortType(typeURL string) string {
 		return "rds"
 	case resource.SecretType:
 		return "sds"
+	// ztunnel's types (xds/ambient), as Istio's GetMetricType names them.
+	case "type.googleapis.com/istio.workload.Address":
+		return "wds"
+	case "type.googleapis.com/istio.security.Authorization":
+		return "wads"
 	}
 	return ""
 }

@@ -1,8 +1,10 @@
 // Command istioauthz is an oracle for warden's rbac compiler and listener
 // builder: Istio's own AuthorizationPolicy -> Envoy RBAC builder
 // (istio.io/istio pilot/pkg/security/authz/builder, at the version in
-// go.mod), driven the way istiod drives it for a sidecar workload; and, with
-// -listeners, Istio's own listener generator (listeners.go).
+// go.mod), driven the way istiod drives it for a sidecar workload; with
+// -listeners, Istio's own listener generator (listeners.go); and with
+// -ambient, istiod's ambient index, the Address and Authorization
+// resources ztunnel is served (ambient.go).
 //
 // It is a filter. Each stdin line is one JSON case:
 //
@@ -168,6 +170,7 @@ func main() {
 	list := flag.String("list-istio-golden", "", "print the cases of Istio's builder golden tests for the inputs in `DIR`/{http,tcp}")
 	check := flag.String("check-istio-golden", "", "run Istio's builder golden tests against the *-out.yaml files in `DIR`")
 	listeners := flag.Bool("listeners", false, "read listener cases (Istio objects and a proxy) and write the listeners Istio's config generator builds (listeners.go)")
+	ambientMode := flag.Bool("ambient", false, "read ambient cases (Kubernetes and Istio objects) and write the Address and Authorization resources istiod's ambient index serves ztunnel (ambient.go)")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
@@ -186,6 +189,8 @@ func main() {
 		err = checkGolden(o, *check)
 	case *listeners:
 		err = filter(os.Stdin, os.Stdout, func(line []byte) any { return o.runListenerLine(line) })
+	case *ambientMode:
+		err = filter(os.Stdin, os.Stdout, func(line []byte) any { return runAmbientLine(line) })
 	default:
 		err = filter(os.Stdin, os.Stdout, func(line []byte) any { return o.runLine(line) })
 	}

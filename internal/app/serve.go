@@ -76,6 +76,7 @@ type serveFlags struct {
 	kube                                 kubeFlags
 	vault                                vaultFlags
 	mesh                                 meshPolicyFlags
+	nodeAccounts                         nodeAccountsFlag
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -119,6 +120,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&f.limits.StreamsPerPeer, "max-streams-per-peer", f.limits.StreamsPerPeer, "open gRPC streams one IP address may hold across its connections (0: no limit)")
 	fs.IntVar(&f.limits.StreamsPerConn, "max-streams-per-conn", f.limits.StreamsPerConn, "concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; 0: no limit)")
 	f.mesh.register(fs)
+	f.nodeAccounts.register(fs)
 	f.kube.register(fs, e)
 	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
@@ -131,6 +133,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	f.customHosts = e.getenv("ISTIOD_CUSTOM_HOST")
+	if _, err := f.nodeAccounts.accounts(); err != nil {
+		return err
+	}
 	if err := f.mesh.check(); err != nil {
 		return err
 	}

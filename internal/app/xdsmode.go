@@ -15,6 +15,7 @@ import (
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/xds"
+	"github.com/wardenmesh/warden/xds/ambient"
 	xdsserver "github.com/wardenmesh/warden/xds/server"
 )
 
@@ -36,14 +37,19 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 			return xds.CredentialSecret(name, func(secret string) (*xds.Secret, bool) { return lookup(ns, secret) })
 		}
 	}
+	nodeAccounts, err := f.nodeAccounts.accounts()
+	if err != nil {
+		return nil, err
+	}
 	cfg := xdsserver.Config{
-		Options:      opts,
-		Identify:     identify,
-		Debounce:     f.debounce,
-		Log:          s.log,
-		Secrets:      sds.ProxySecrets(cache, roots),
-		Credentials:  creds,
-		SecretAccess: access,
+		TrustedNodeAccounts: nodeAccounts,
+		Options:             opts,
+		Identify:            identify,
+		Debounce:            f.debounce,
+		Log:                 s.log,
+		Secrets:             sds.ProxySecrets(cache, roots),
+		Credentials:         creds,
+		SecretAccess:        access,
 	}
 	if s.metrics != nil {
 		cfg.Observer = s.metrics
@@ -68,6 +74,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 				return
 			}
 			srv.Update(objs, services)
+			s.setAmbient(srv, ambient.Input{Config: objs})
 		}}
 		s.configDir = dir
 		objs, watch, err := dir.Start(ctx)
@@ -81,6 +88,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 		if err := srv.Apply(objs, services); err != nil {
 			return nil, fmt.Errorf("%s: %w", f.configDir, err)
 		}
+		s.setAmbient(srv, ambient.Input{Config: objs})
 		s.log.Info("mesh configuration loaded", "dir", f.configDir, "objects", len(objs), "services", len(services))
 		s.tasks = append(s.tasks, watch)
 	}
@@ -131,6 +139,8 @@ func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) err
 				}
 			}
 			srv.Update(objs, services)
+			pods, svcs, nss := s.registry.Ambient()
+			s.setAmbient(srv, ambient.Input{Config: objs, Pods: pods, Services: svcs, Namespaces: nss})
 			// Say what the configuration is when its objects change, not
 			// on every endpoint change.
 			rejected := s.config.Rejected()
@@ -142,6 +152,15 @@ func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) err
 				}
 			}
 		}
+	}
+}
+
+// setAmbient hands ztunnel's view of the mesh to the ADS server, which
+// pushes what changed to every ztunnel at once (the feed coalesces
+// bursts of informer events already).
+func (s *controlPlane) setAmbient(srv *xdsserver.Server, in ambient.Input) {
+	if err := srv.SetAmbient(in); err != nil {
+		s.log.Error("xds: ztunnel configuration not applied; ztunnels keep the previous one", "error", err.Error())
 	}
 }
 

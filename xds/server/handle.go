@@ -84,6 +84,7 @@ func (h *handle) send(f func() error) error {
 // ads is go-control-plane's ADS service with a handle on every stream.
 type ads struct {
 	xdsserver.Server
+	srv *Server
 }
 
 var _ discovery.AggregatedDiscoveryServiceServer = ads{}
@@ -93,9 +94,21 @@ func (a ads) StreamAggregatedResources(stream discovery.AggregatedDiscoveryServi
 	return h.serve(func() error { return a.Server.StreamAggregatedResources(&sotwStream{stream, ctx, h}) })
 }
 
+// DeltaAggregatedResources reads a stream's first request: a ztunnel's
+// stream is served by warden (serveZtunnel), any other by
+// go-control-plane, which then reads the same first request.
 func (a ads) DeltaAggregatedResources(stream discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
 	ctx, h := newHandle(stream.Context())
-	return h.serve(func() error { return a.Server.DeltaAggregatedResources(&deltaStream{stream, ctx, h}) })
+	return h.serve(func() error {
+		first, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if a.srv != nil && isZtunnel(first.GetNode().GetId()) {
+			return a.srv.serveZtunnel(ctx, h, stream, first)
+		}
+		return a.Server.DeltaAggregatedResources(&deltaStream{stream, ctx, h, first})
+	})
 }
 
 type sotwStream struct {
@@ -112,8 +125,17 @@ func (s *sotwStream) Send(r *discovery.DiscoveryResponse) error {
 
 type deltaStream struct {
 	discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer
-	ctx context.Context
-	h   *handle
+	ctx   context.Context
+	h     *handle
+	first *discovery.DeltaDiscoveryRequest // read already, returned first
+}
+
+func (s *deltaStream) Recv() (*discovery.DeltaDiscoveryRequest, error) {
+	if r := s.first; r != nil {
+		s.first = nil
+		return r, nil
+	}
+	return s.AggregatedDiscoveryService_DeltaAggregatedResourcesServer.Recv()
 }
 
 func (s *deltaStream) Context() context.Context { return s.ctx }

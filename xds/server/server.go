@@ -57,6 +57,13 @@ type Config struct {
 	// Observer, when set, hears of connections, pushes, convergence and
 	// rejections (metrics).
 	Observer Observer
+	// TrustedNodeAccounts are the service accounts whose streams are
+	// served as ztunnel (xds.MayServeZtunnel); none: ztunnel is refused.
+	TrustedNodeAccounts xds.NodeAccounts
+	// ClusterID is the cluster whose workloads are served to ztunnel
+	// (their uids, and the CLUSTER_ID a ztunnel must send if it sends
+	// one); default Kubernetes, as istiod's.
+	ClusterID string
 }
 
 // Server serves per-proxy configuration over ADS.
@@ -76,6 +83,13 @@ type Server struct {
 	rootsMu    sync.Mutex
 	rootsOf    map[string][]string // secrets version -> fingerprints of its ROOTCA roots
 	rootsOrder []string
+
+	// ztunnel: the compiled resources, the open streams, and the lock
+	// that serializes SetAmbient.
+	zt        *ztState
+	ztMu      sync.Mutex
+	ztStreams map[*ztStream]struct{}
+	ztApply   sync.Mutex
 
 	pendMu     sync.Mutex
 	pending    *update
@@ -127,7 +141,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, mesh: mesh, objs: map[string]objState{}, outbound: map[string]*outbound{},
-		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}}
+		proxies: map[string]*proxyState{}, streams: map[int64]*streamState{}, zt: newZtState(), ztStreams: map[*ztStream]struct{}{}}
 	// Not in "ADS mode": that holds a response until the request names every
 	// resource of the type, which proxyless gRPC clients (asking for the
 	// listeners they dial) never do.
@@ -138,7 +152,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 
 // Register adds the Aggregated Discovery xds.Service to r.
 func (s *Server) Register(r grpc.ServiceRegistrar) {
-	discovery.RegisterAggregatedDiscoveryServiceServer(r, ads{s.xds})
+	discovery.RegisterAggregatedDiscoveryServiceServer(r, ads{Server: s.xds, srv: s})
 }
 
 // xds.Mesh is the current mesh view.

@@ -113,6 +113,9 @@ func (s *Server) bind(ctx context.Context, streamID int64, node *corev3.Node) (*
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if p.Type == xds.ZtunnelProxy {
+		return nil, status.Errorf(codes.InvalidArgument, "xds: node %s is a ztunnel: ztunnel is served on DeltaAggregatedResources only", p.ID)
+	}
 	w := mesh.Workload(p)
 	if err := s.mayServe(st.id, p, w); err != nil {
 		s.cfg.Log.Warn("xds: refused", "node", p.ID, "identity", st.id.String(), "error", err.Error())

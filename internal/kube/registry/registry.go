@@ -24,6 +24,7 @@ import (
 
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds"
+	"github.com/wardenmesh/warden/xds/ambient"
 )
 
 // ExportToAnnotation is Istio's Service annotation limiting which
@@ -41,11 +42,12 @@ type Watcher struct {
 	Log      *slog.Logger
 	OnChange func() // called after every change; keep it cheap
 
-	mu       sync.Mutex
-	synced   chan struct{}
-	services corelisters.ServiceLister
-	slices   discoverylisters.EndpointSliceLister
-	pods     corelisters.PodLister
+	mu         sync.Mutex
+	synced     chan struct{}
+	services   corelisters.ServiceLister
+	slices     discoverylisters.EndpointSliceLister
+	pods       corelisters.PodLister
+	namespaces corelisters.NamespaceLister
 }
 
 // Run watches until ctx is done.
@@ -60,6 +62,7 @@ func (r *Watcher) Run(ctx context.Context) error {
 	svcs := f.Core().V1().Services()
 	slices := f.Discovery().V1().EndpointSlices()
 	pods := f.Core().V1().Pods()
+	nss := f.Core().V1().Namespaces()
 	// Keep only what the registry reads of a Pod: a cluster's pods are
 	// many, and their specs and statuses are large.
 	if err := pods.Informer().SetTransform(slimPod); err != nil {
@@ -70,13 +73,13 @@ func (r *Watcher) Run(ctx context.Context) error {
 		UpdateFunc: func(o, n any) { r.changed() },
 		DeleteFunc: func(any) { r.changed() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), pods.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), pods.Informer(), nss.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
 		}
 	}
 	r.mu.Lock()
-	r.services, r.slices, r.pods = svcs.Lister(), slices.Lister(), pods.Lister()
+	r.services, r.slices, r.pods, r.namespaces = svcs.Lister(), slices.Lister(), pods.Lister(), nss.Lister()
 	r.mu.Unlock()
 	if err := kube.StartAndSync(ctx, "service registry", f); err != nil {
 		f.Shutdown()
@@ -108,16 +111,44 @@ func (r *Watcher) changed() {
 	}
 }
 
-// slimPod drops everything but the metadata the registry reads.
+// slimPod drops everything but what the registry reads: for sidecars
+// the labels and service account; for ztunnel (Ambient) also the pod's
+// addresses, node, phase, readiness, controller, named container ports
+// and istio-cni's redirection annotation.
 func slimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil // a tombstone
 	}
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion, Labels: p.Labels},
-		Spec:       corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName},
-	}, nil
+	out := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, GenerateName: p.GenerateName, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp, CreationTimestamp: p.CreationTimestamp},
+		Spec:   corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName, NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}
+	if v, ok := p.Annotations[ambient.RedirectionAnnotation]; ok {
+		out.Annotations = map[string]string{ambient.RedirectionAnnotation: v}
+	}
+	if c := metav1.GetControllerOf(p); c != nil {
+		out.OwnerReferences = []metav1.OwnerReference{*c}
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			out.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+		}
+	}
+	var ports []corev1.ContainerPort
+	for _, c := range namedPortContainers(p) {
+		for _, cp := range c.Ports {
+			if cp.Name != "" {
+				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
+			}
+		}
+	}
+	if len(ports) > 0 {
+		out.Spec.Containers = []corev1.Container{{Ports: ports}}
+	}
+	return out, nil
 }
 
 // Services builds the registry from the informers' current state, sorted

@@ -1,0 +1,4 @@
+package registry
+
+// SlimPod is what the informer keeps of a pod.
+var SlimPod = slimPod
