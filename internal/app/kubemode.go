@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/nodeauth"
 	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/kube/rootcert"
 	"github.com/wardenmesh/warden/internal/kube/rotationstore"
@@ -40,7 +43,14 @@ type kubeFlags struct {
 	namespace  string
 	identity   string
 	saSecrets  bool
+	// Node authorization (ambient's ztunnel).
+	trustedNodeAccounts string
+	clusterID           string
 }
+
+// defaultClusterID is istiod's default CLUSTER_ID, which ztunnel and
+// Istio's agent send in their clusterid header unless told otherwise.
+const defaultClusterID = "Kubernetes"
 
 // register registers serve's Kubernetes flags: where the install is,
 // and what this replica does in it.
@@ -52,6 +62,22 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 	}
 	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
 	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount (needs the RBAC of deploy/sa-secrets: writing Secrets in every namespace)")
+	fs.StringVar(&k.trustedNodeAccounts, "trusted-node-accounts", nodeauth.DefaultTrusted, "Kubernetes mode: the node proxies (ambient's ztunnel), comma-separated <namespace>/<service account>, that may ask for the certificates of the pods on their node (istiod's CA_TRUSTED_NODE_ACCOUNTS); empty: none")
+	fs.StringVar(&k.clusterID, "cluster-id", defaultClusterID, "Kubernetes mode: this cluster's ID, which node proxies name in their clusterid header (istiod's CLUSTER_ID)")
+}
+
+// nodeAccounts are the trusted node accounts, checked: a usage error
+// names a bad entry (in every mode), or an empty --cluster-id (in
+// Kubernetes mode, where they are used).
+func (k *kubeFlags) nodeAccounts() ([]nodeauth.Account, error) {
+	accounts, err := nodeauth.ParseAccounts(k.trustedNodeAccounts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --trusted-node-accounts: %v", errUsage, err)
+	}
+	if k.on && len(accounts) > 0 && k.clusterID == "" {
+		return nil, fmt.Errorf("%w: --cluster-id is empty: node proxies name their cluster, and warden must know its own (istiod's default is %s)", errUsage, defaultClusterID)
+	}
+	return accounts, nil
 }
 
 // registerInstall registers the flags that find an install (serve's
@@ -229,11 +255,38 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.tasks = append(s.tasks, watcher.Run)
 	}
 	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { election.Run(ctx); return nil })
+	if err := s.wireNodeAuth(cs, k, caCfg.TrustDomain); err != nil {
+		return nil, err
+	}
 	tr := &tokenreview.Authenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
 	if s.metrics != nil {
 		tr.Observe = s.metrics.TokenReview
 	}
 	return []server.Authenticator{tr}, nil
+}
+
+// wireNodeAuth lets the trusted node accounts (ztunnel) ask for the
+// certificates of the pods on their node, under istiod's node
+// authorization; every replica watches the pods for it. With no account
+// trusted, the CA keeps SelfOnly and watches nothing more.
+func (s *controlPlane) wireNodeAuth(cs kubernetes.Interface, k kubeFlags, td spiffeid.TrustDomain) error {
+	trusted, err := k.nodeAccounts()
+	if err != nil || len(trusted) == 0 {
+		return err
+	}
+	pods := &nodeauth.Pods{Client: cs, Log: s.log}
+	na := &nodeauth.Authorizer{Trusted: trusted, Cluster: k.clusterID, TrustDomain: td, Pods: pods}
+	if s.metrics != nil {
+		na.Observe = s.metrics.Impersonation
+	}
+	s.authorizer = na
+	s.tasks = append(s.tasks, pods.Run)
+	names := make([]string, len(trusted))
+	for i, a := range trusted {
+		names[i] = a.String()
+	}
+	s.log.Info("node authorization: these node proxies may ask for the certificates of the pods on their node", "accounts", strings.Join(names, ","), "cluster", k.clusterID)
+	return nil
 }
 
 // webhookScope says whether the webhook configurations that call warden

@@ -139,6 +139,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	logIstiodEnv(log, e, fromIstiod)
+	if !f.kube.enabled() && f.vault.set["trusted-node-accounts"] {
+		log.Warn("node accounts are trusted in Kubernetes mode only (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS): standalone, warden has no pods to authorize against, issues a caller's own identity only, and refuses a request for another (ImpersonatedIdentity)", "accounts", f.kube.trustedNodeAccounts)
+	}
 	s, err := newControlPlane(ctx, f, log)
 	if err != nil {
 		return err
@@ -173,6 +176,9 @@ type controlPlane struct {
 	serving   *server.ServingCert // the CA port's certificate, also the webhook's
 	webhook   *http.Server        // Istio's validating webhook (--webhook-listen)
 	hookLis   net.Listener
+	// authorizer decides which identity a caller's certificate is for:
+	// Kubernetes mode's node authorizer, or nil (SelfOnly).
+	authorizer server.Authorizer
 }
 
 // serveOptions are serve's flags checked and parsed, before anything is
@@ -212,6 +218,9 @@ func (f serveFlags) options() (*serveOptions, error) {
 	}
 	if useVault && f.pluggedIn != "" {
 		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
+	}
+	if _, err := f.kube.nodeAccounts(); err != nil {
+		return nil, err
 	}
 	if f.webhookListen != "" && !f.kube.enabled() {
 		return nil, fmt.Errorf("%w: --webhook-listen serves Istio's validating webhook to a Kubernetes API server: it needs --kubernetes", errUsage)
@@ -412,7 +421,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 // server and subscribes SDS and ADS to the trust bundle.
 func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths []server.Authenticator) error {
 	f, authority, log := o.f, s.authority, s.log
-	cfg := server.Config{Signer: authority, Authenticators: auths, Logger: log}
+	cfg := server.Config{Signer: authority, Authenticators: auths, Authorizer: s.authorizer, Logger: log}
 	if s.metrics != nil {
 		cfg.Observer = s.metrics
 	}
