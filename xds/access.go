@@ -145,23 +145,6 @@ func MayServeZtunnel(id spiffeid.ID, p *Proxy, pod ZtunnelPod, trusted NodeAccou
 	return nil
 }
 
-// ParseNodeAccounts reads "<namespace>/<name>,..." (Istio's
-// CA_TRUSTED_NODE_ACCOUNTS form).
-func ParseNodeAccounts(s string) (NodeAccounts, error) {
-	out := NodeAccounts{}
-	for _, a := range strings.Split(s, ",") {
-		if a = strings.TrimSpace(a); a == "" {
-			continue
-		}
-		ns, sa, ok := strings.Cut(a, "/")
-		if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
-			return nil, fmt.Errorf("xds: trusted node account %q is not <namespace>/<service account>", a)
-		}
-		out[a] = true
-	}
-	return out, nil
-}
-
 // String lists the accounts, sorted, comma-separated.
 func (n NodeAccounts) String() string {
 	l := make([]string, 0, len(n))

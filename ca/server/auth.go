@@ -24,6 +24,22 @@ import (
 type Caller struct {
 	ID     spiffeid.ID
 	Method string // "jwt", "mtls", "tokenreview", ...
+	// Kubernetes is set for a caller authenticated by the Kubernetes API
+	// server (TokenReview) alone: what it said of the token. Nil for
+	// every other credential (an SVID, a JWT checked offline), so such a
+	// caller never has a pod to stand for.
+	Kubernetes *KubernetesCaller
+}
+
+// KubernetesCaller is what a TokenReview says of a service-account
+// token (Istio's security.KubernetesInfo): the account, and for a token
+// bound to a pod (kubectl create token --bound-object-kind Pod, or the
+// kubelet's projected token) the pod's name and UID, from the review's
+// extras authentication.kubernetes.io/pod-name and pod-uid. The pod is
+// in the account's namespace.
+type KubernetesCaller struct {
+	Namespace, ServiceAccount string
+	PodName, PodUID           string // empty for a token bound to no pod
 }
 
 // Authenticator establishes who is calling. It returns ErrNoCredentials when

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -28,6 +29,47 @@ type Request struct {
 	// ztunnel send ImpersonatedIdentity there).
 	Metadata *structpb.Struct
 }
+
+// Impersonated is the identity the request asks for in its metadata
+// (ImpersonatedIdentity), "" when it names none. As istiod reads it, a
+// value that is not a string, or an empty one, names none.
+func (r *Request) Impersonated() string {
+	return r.Metadata.GetFields()[ImpersonatedIdentity].GetStringValue()
+}
+
+// ClusterIDHeader is the gRPC metadata key in which Istio's clients
+// (the agent, ztunnel) name the cluster they run in (their CLUSTER_ID).
+const ClusterIDHeader = "clusterid"
+
+// ClusterID is the cluster the caller names in its clusterid header, ""
+// when it sends none or more than one (as istiod's kubeauth reads it).
+func ClusterID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(ClusterIDHeader); len(v) == 1 {
+		return v[0]
+	}
+	return ""
+}
+
+// Refusal is an Authorizer's refusal whose whole reason is for the log
+// only: the caller is told ErrImpersonation and Reason, as istiod tells
+// it nothing more than "request impersonation authentication failure"
+// (where a node's pods run is not every caller's business). Reason is a
+// short label from a fixed set (it also labels metrics); Detail names
+// what failed and the fix.
+type Refusal struct {
+	Reason string
+	Detail string
+}
+
+// Error is the whole reason, for the log.
+func (r *Refusal) Error() string { return ErrImpersonation.Error() + ": " + r.Detail }
+
+// Is makes a Refusal an ErrImpersonation.
+func (r *Refusal) Is(target error) bool { return target == ErrImpersonation }
+
+// Public is what the caller is told.
+func (r *Refusal) Public() string { return ErrImpersonation.Error() + " (" + r.Reason + ")" }
 
 // ImpersonatedIdentity is the metadata key with which a caller asks for
 // another identity's certificate (Istio's

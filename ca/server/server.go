@@ -153,7 +153,11 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 	if err != nil {
 		s.observe(Unauthenticated, 0)
 		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "reason", err.Error())
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		msg := err.Error()
+		if r := (*Refusal)(nil); errors.As(err, &r) {
+			msg = r.Public()
+		}
+		return nil, status.Error(codes.Unauthenticated, msg)
 	}
 	signStart := time.Now()
 	iss, err := s.cfg.Signer.Sign(ca.SignRequest{
@@ -162,13 +166,17 @@ func (s *Server) CreateCertificate(ctx context.Context, req *pb.IstioCertificate
 		TTL: time.Duration(vd) * time.Second,
 	})
 	s.observe(OutcomeOf(err), time.Since(signStart))
+	if err != nil && id != caller.ID {
+		// The message's "caller" is the identity asked for.
+		err = fmt.Errorf("certificate for %s (ImpersonatedIdentity): %w", id, err)
+	}
 	if err != nil {
 		code := Code(err)
 		s.cfg.Logger.Info("certificate request refused", "id", caller.ID.String(), "auth", caller.Method, "code", code.String(), "reason", err.Error())
 		return nil, status.Error(code, err.Error())
 	}
 	if s.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
-		s.cfg.Logger.Debug("certificate issued", "id", caller.ID.String(), "auth", caller.Method,
+		s.cfg.Logger.Debug("certificate issued", "id", id.String(), "caller", caller.ID.String(), "auth", caller.Method,
 			"serial", fmt.Sprintf("%x", iss.Cert.SerialNumber), "notAfter", iss.Cert.NotAfter)
 	}
 	// Leaf and intermediates, then the whole trust bundle in one element,

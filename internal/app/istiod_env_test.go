@@ -19,8 +19,9 @@ import (
 // (CITADEL_SELF_SIGNED_CA_CERT_TTL), the default workload lifetime
 // (DEFAULT_WORKLOAD_CERT_TTL), the audiences (TOKEN_AUDIENCES), more
 // serving names (ISTIOD_CUSTOM_HOST); MAX_WORKLOAD_CERT_TTL loses to
-// --max-ttl; CA_TRUSTED_NODE_ACCOUNTS, which warden cannot honour, is
-// warned of; an invalid value stops serve naming the variable.
+// --max-ttl; CA_TRUSTED_NODE_ACCOUNTS, honoured in Kubernetes mode only,
+// is warned of in standalone mode; an invalid value stops serve naming
+// the variable.
 func TestIstiodEnv(t *testing.T) {
 	t.Setenv("CITADEL_SELF_SIGNED_CA_CERT_TTL", "4800h")
 	t.Setenv("DEFAULT_WORKLOAD_CERT_TTL", "2h")
@@ -84,17 +85,55 @@ func TestIstiodEnv(t *testing.T) {
 		t.Errorf("serving names %v lack ISTIOD_CUSTOM_HOST's", names)
 	}
 	for _, want := range []string{
-		`level=INFO msg="istiod's environment variables applied (flags given win)" variables="CITADEL_SELF_SIGNED_CA_CERT_TTL=4800h (--root-ttl 4800h0m0s), DEFAULT_WORKLOAD_CERT_TTL=2h (--default-ttl 2h0m0s), TOKEN_AUDIENCES=custom-aud (--token-audiences custom-aud), CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=20% (--auto-rotate-root 0.2)"`,
-		`level=WARN msg="CA_TRUSTED_NODE_ACCOUNTS is set, but warden trusts no node account`,
+		`level=INFO msg="istiod's environment variables applied (flags given win)" variables="CITADEL_SELF_SIGNED_CA_CERT_TTL=4800h (--root-ttl 4800h0m0s), DEFAULT_WORKLOAD_CERT_TTL=2h (--default-ttl 2h0m0s), TOKEN_AUDIENCES=custom-aud (--token-audiences custom-aud), CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=20% (--auto-rotate-root 0.2), CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel (--trusted-node-accounts istio-system/ztunnel)"`,
+		`level=WARN msg="node accounts are trusted in Kubernetes mode only (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS): standalone, warden has no pods to authorize against`,
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %s in\n%s", want, logs.String())
 		}
 	}
 
-	t.Setenv("DEFAULT_WORKLOAD_CERT_TTL", "a day")
+	t.Setenv("CA_TRUSTED_NODE_ACCOUNTS", "ztunnel")
 	code, _, stderr := run(t, "serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", "")
+	if want := `CA_TRUSTED_NODE_ACCOUNTS="ztunnel" (istiod's variable for --trusted-node-accounts): nodeauth: trusted node account "ztunnel": want <namespace>/<service account>, e.g. istio-system/ztunnel`; code != 2 || !strings.Contains(stderr, want) {
+		t.Errorf("an invalid CA_TRUSTED_NODE_ACCOUNTS: exit %d, want 2 and %q\n%s", code, want, stderr)
+	}
+	t.Setenv("CA_TRUSTED_NODE_ACCOUNTS", "istio-system/ztunnel")
+	t.Setenv("DEFAULT_WORKLOAD_CERT_TTL", "a day")
+	code, _, stderr = run(t, "serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", "")
 	if want := `DEFAULT_WORKLOAD_CERT_TTL="a day" (istiod's variable for --default-ttl): time: invalid duration "a day"`; code != 2 || !strings.Contains(stderr, want) {
 		t.Errorf("an invalid DEFAULT_WORKLOAD_CERT_TTL: exit %d, want 2 and %q\n%s", code, want, stderr)
+	}
+}
+
+// TestTrustedNodeAccountsFlag: --trusted-node-accounts is checked in
+// every mode (a malformed entry is a usage error naming it, before
+// anything is read or listened on); in Kubernetes mode node accounts need
+// a cluster ID; standalone, naming node accounts is warned of, since
+// only Kubernetes mode has pods to authorize against.
+func TestTrustedNodeAccountsFlag(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--trusted-node-accounts", "istio-system/ztunnel,ztunnel"}, `--trusted-node-accounts: nodeauth: trusted node account "ztunnel": want <namespace>/<service account>, e.g. istio-system/ztunnel`},
+		{[]string{"--kubernetes", "--kubeconfig", filepath.Join(t.TempDir(), "none"), "--cluster-id", ""}, "--cluster-id is empty: node proxies name their cluster, and warden must know its own (istiod's default is Kubernetes)"},
+	} {
+		code, _, stderr := run(t, append([]string{"serve", "--data-dir", data, "--listen", testkit.FreeAddr(t), "--http-listen", ""}, c.args...)...)
+		if code != 2 || !strings.Contains(stderr, c.want) {
+			t.Errorf("serve %v: exit %d, want 2 and %q\n%s", c.args, code, c.want, stderr)
+		}
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Errorf("a refused serve made its data directory: %v", err)
+	}
+	_, logs := serveLogged(t, data, testkit.FreeAddr(t), "--trusted-node-accounts", "kube-system/node-proxy")
+	if want := `level=WARN msg="node accounts are trusted in Kubernetes mode only`; !strings.Contains(logs.String(), want) {
+		t.Errorf("no %q in\n%s", want, logs.String())
+	}
+	_, logs = serveLogged(t, filepath.Join(t.TempDir(), "data"), testkit.FreeAddr(t))
+	if strings.Contains(logs.String(), "node accounts") {
+		t.Errorf("standalone with the default accounts warned:\n%s", logs.String())
 	}
 }

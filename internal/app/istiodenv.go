@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wardenmesh/warden/internal/kube/nodeauth"
 )
 
 // istiodEnv is how warden serve takes istiod's environment variables:
@@ -45,6 +47,11 @@ var istiodEnv = []struct {
 		return "", errors.New("want 2048 or 4096")
 	}},
 	{"REVISION", "istiod-revision", same},
+	{"CA_TRUSTED_NODE_ACCOUNTS", "trusted-node-accounts", func(v string) (string, error) {
+		_, err := nodeauth.ParseAccounts(v)
+		return v, err
+	}},
+	{"CLUSTER_ID", "cluster-id", same},
 }
 
 func same(v string) (string, error) { return v, nil }
@@ -92,18 +99,12 @@ func applyIstiodEnv(fs *flag.FlagSet, e *env, set map[string]bool) ([]string, er
 	return applied, nil
 }
 
-// logIstiodEnv says which of istiod's variables serve took, and warns of
-// one it cannot honour: CA_TRUSTED_NODE_ACCOUNTS lets node proxies
-// (ztunnel) ask for their pods' certificates, which warden does not serve
-// (it issues a caller's own identity only, and refuses the request).
+// logIstiodEnv says which of istiod's variables serve took.
 func logIstiodEnv(log *slog.Logger, e *env, applied []string) {
 	if len(applied) > 0 {
 		log.Info("istiod's environment variables applied (flags given win)", "variables", strings.Join(applied, ", "))
 	}
 	if v := e.getenv("ISTIOD_CUSTOM_HOST"); v != "" {
 		log.Info("istiod's ISTIOD_CUSTOM_HOST: serving under its names too", "names", v)
-	}
-	if v := e.getenv("CA_TRUSTED_NODE_ACCOUNTS"); v != "" {
-		log.Warn("CA_TRUSTED_NODE_ACCOUNTS is set, but warden trusts no node account to ask for other identities' certificates (ambient ztunnel is not served): their requests for another identity are refused", "accounts", v)
 	}
 }

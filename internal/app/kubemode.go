@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
+	"github.com/wardenmesh/warden/internal/kube/nodeauth"
 	"github.com/wardenmesh/warden/internal/kube/podcert"
 	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/kube/rootcert"
@@ -33,6 +35,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/webhook"
 	"github.com/wardenmesh/warden/internal/metrics"
 	"github.com/wardenmesh/warden/internal/rotation"
+	"github.com/wardenmesh/warden/xds"
 )
 
 // kubeFlags select and configure Kubernetes mode.
@@ -46,7 +49,14 @@ type kubeFlags struct {
 	// podCertSigner is the pod-certificate signer's name; empty: no
 	// signer and no ClusterTrustBundle.
 	podCertSigner string
+	// Node authorization (ambient's ztunnel).
+	trustedNodeAccounts string
+	clusterID           string
 }
+
+// defaultClusterID is istiod's default CLUSTER_ID, which ztunnel and
+// Istio's agent send in their clusterid header unless told otherwise.
+const defaultClusterID = "Kubernetes"
 
 // register registers serve's Kubernetes flags: where the install is,
 // and what this replica does in it.
@@ -58,6 +68,36 @@ func (k *kubeFlags) register(fs *flag.FlagSet, e *env) {
 	}
 	fs.StringVar(&k.identity, "replica-id", id, "this replica's name in leader election")
 	fs.BoolVar(&k.saSecrets, "sa-secrets", false, "maintain Citadel-style istio.<sa> Secrets for every ServiceAccount (needs the RBAC of deploy/sa-secrets: writing Secrets in every namespace)")
+	fs.StringVar(&k.trustedNodeAccounts, "trusted-node-accounts", nodeauth.DefaultTrusted, "the node proxies (Istio ambient's ztunnel), comma-separated <namespace>/<service account>: their xDS streams receive every workload and L4 policy of the mesh and, in Kubernetes mode, they may ask for the certificates of the pods on their node (istiod's CA_TRUSTED_NODE_ACCOUNTS); empty: none")
+	fs.StringVar(&k.clusterID, "cluster-id", defaultClusterID, "Kubernetes mode: this cluster's ID, which node proxies name in their clusterid header (istiod's CLUSTER_ID)")
+}
+
+// xdsNodeAccounts are the trusted node accounts as the xDS server's
+// ztunnel rule takes them.
+func (k *kubeFlags) xdsNodeAccounts() (xds.NodeAccounts, error) {
+	accounts, err := k.nodeAccounts()
+	if err != nil {
+		return nil, err
+	}
+	out := xds.NodeAccounts{}
+	for _, a := range accounts {
+		out[a.String()] = true
+	}
+	return out, nil
+}
+
+// nodeAccounts are the trusted node accounts, checked: a usage error
+// names a bad entry (in every mode), or an empty --cluster-id (in
+// Kubernetes mode, where they are used).
+func (k *kubeFlags) nodeAccounts() ([]nodeauth.Account, error) {
+	accounts, err := nodeauth.ParseAccounts(k.trustedNodeAccounts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --trusted-node-accounts: %v", errUsage, err)
+	}
+	if k.on && len(accounts) > 0 && k.clusterID == "" {
+		return nil, fmt.Errorf("%w: --cluster-id is empty: node proxies name their cluster, and warden must know its own (istiod's default is %s)", errUsage, defaultClusterID)
+	}
+	return accounts, nil
 }
 
 // registerInstall registers the flags that find an install (serve's
@@ -276,11 +316,38 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		s.tasks = append(s.tasks, watcher.Run)
 	}
 	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { election.Run(ctx); return nil })
+	if err := s.wireNodeAuth(cs, k, caCfg.TrustDomain); err != nil {
+		return nil, err
+	}
 	tr := &tokenreview.Authenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
 	if s.metrics != nil {
 		tr.Observe = s.metrics.TokenReview
 	}
 	return []server.Authenticator{tr}, nil
+}
+
+// wireNodeAuth lets the trusted node accounts (ztunnel) ask for the
+// certificates of the pods on their node, under istiod's node
+// authorization; every replica watches the pods for it. With no account
+// trusted, the CA keeps SelfOnly and watches nothing more.
+func (s *controlPlane) wireNodeAuth(cs kubernetes.Interface, k kubeFlags, td spiffeid.TrustDomain) error {
+	trusted, err := k.nodeAccounts()
+	if err != nil || len(trusted) == 0 {
+		return err
+	}
+	pods := &nodeauth.Pods{Client: cs, Log: s.log}
+	na := &nodeauth.Authorizer{Trusted: trusted, Cluster: k.clusterID, TrustDomain: td, Pods: pods}
+	if s.metrics != nil {
+		na.Observe = s.metrics.Impersonation
+	}
+	s.authorizer = na
+	s.tasks = append(s.tasks, pods.Run)
+	names := make([]string, len(trusted))
+	for i, a := range trusted {
+		names[i] = a.String()
+	}
+	s.log.Info("node authorization: these node proxies may ask for the certificates of the pods on their node", "accounts", strings.Join(names, ","), "cluster", k.clusterID)
+	return nil
 }
 
 // webhookScope says whether the webhook configurations that call warden

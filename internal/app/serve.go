@@ -76,7 +76,6 @@ type serveFlags struct {
 	kube                                 kubeFlags
 	vault                                vaultFlags
 	mesh                                 meshPolicyFlags
-	nodeAccounts                         nodeAccountsFlag
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -120,7 +119,6 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&f.limits.StreamsPerPeer, "max-streams-per-peer", f.limits.StreamsPerPeer, "open gRPC streams one IP address may hold across its connections (0: no limit)")
 	fs.IntVar(&f.limits.StreamsPerConn, "max-streams-per-conn", f.limits.StreamsPerConn, "concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; 0: no limit)")
 	f.mesh.register(fs)
-	f.nodeAccounts.register(fs)
 	f.kube.register(fs, e)
 	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
@@ -133,9 +131,6 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	f.customHosts = e.getenv("ISTIOD_CUSTOM_HOST")
-	if _, err := f.nodeAccounts.accounts(); err != nil {
-		return err
-	}
 	if err := f.mesh.check(); err != nil {
 		return err
 	}
@@ -144,6 +139,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	logIstiodEnv(log, e, fromIstiod)
+	if !f.kube.enabled() && f.vault.set["trusted-node-accounts"] {
+		log.Warn("node accounts (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS) may ask for other identities' certificates in Kubernetes mode only: standalone, warden has no pods to authorize against, issues a caller's own identity only, and refuses a request for another (ImpersonatedIdentity); their ztunnel xDS streams are served", "accounts", f.kube.trustedNodeAccounts)
+	}
 	s, err := newControlPlane(ctx, f, log)
 	if err != nil {
 		return err
@@ -182,6 +180,9 @@ type controlPlane struct {
 	// socket (standalone and Vault modes).
 	admin    adminServer
 	adminLis net.Listener
+	// authorizer decides which identity a caller's certificate is for:
+	// Kubernetes mode's node authorizer, or nil (SelfOnly).
+	authorizer server.Authorizer
 }
 
 // serveOptions are serve's flags checked and parsed, before anything is
@@ -221,6 +222,9 @@ func (f serveFlags) options() (*serveOptions, error) {
 	}
 	if useVault && f.pluggedIn != "" {
 		return nil, fmt.Errorf("%w: --plugged-in-dir and --ca-upstream vault exclude each other", errUsage)
+	}
+	if _, err := f.kube.nodeAccounts(); err != nil {
+		return nil, err
 	}
 	if f.webhookListen != "" && !f.kube.enabled() {
 		return nil, fmt.Errorf("%w: --webhook-listen serves Istio's validating webhook to a Kubernetes API server: it needs --kubernetes", errUsage)
@@ -431,7 +435,7 @@ func (s *controlPlane) loadAuthority(ctx context.Context, o *serveOptions) ([]se
 // server and subscribes SDS and ADS to the trust bundle.
 func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths []server.Authenticator) error {
 	f, authority, log := o.f, s.authority, s.log
-	cfg := server.Config{Signer: authority, Authenticators: auths, Logger: log}
+	cfg := server.Config{Signer: authority, Authenticators: auths, Authorizer: s.authorizer, Logger: log}
 	if s.metrics != nil {
 		cfg.Observer = s.metrics
 	}

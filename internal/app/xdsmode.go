@@ -37,7 +37,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 			return xds.CredentialSecret(name, func(secret string) (*xds.Secret, bool) { return lookup(ns, secret) })
 		}
 	}
-	nodeAccounts, err := f.nodeAccounts.accounts()
+	nodeAccounts, err := f.kube.xdsNodeAccounts()
 	if err != nil {
 		return nil, err
 	}

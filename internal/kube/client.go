@@ -2,6 +2,9 @@
 // one per concern:
 //
 //   - kube/tokenreview: callers' identities, checked by TokenReview;
+//   - kube/nodeauth: which pods run on a node proxy's node, for the
+//     certificates ztunnel asks for on their behalf (istiod's node
+//     authorization);
 //   - kube/casecret: the CA's material in Secrets: istio-ca-secret,
 //     created once, and the operator's cacerts, read at start and
 //     followed;

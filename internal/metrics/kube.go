@@ -8,6 +8,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/nodeauth"
 )
 
 // kubeMetrics are Kubernetes mode's: made with the registry (the API
@@ -17,6 +18,9 @@ type kubeMetrics struct {
 	conflicts *prometheus.CounterVec
 	invalid   prometheus.Counter
 	lag       prometheus.Histogram
+	// Node proxies' requests for other identities (nodeauth).
+	impersonated prometheus.Counter
+	impRefused   *prometheus.CounterVec
 }
 
 func newKubeMetrics() kubeMetrics {
@@ -32,6 +36,11 @@ func newKubeMetrics() kubeMetrics {
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "warden_bundle_publish_lag_seconds",
 			Help:    "Time from a trust bundle change until a namespace's istio-ca-root-cert held it, per namespace (the leader's).",
 			Buckets: prometheus.ExponentialBuckets(.01, 2, 14)}),
+		impersonated: prometheus.NewCounter(prometheus.CounterOpts{Name: "warden_ca_impersonations_total",
+			Help: "Certificate requests of a trusted node proxy (ztunnel) for another identity that node authorization allowed."}),
+		impRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "warden_ca_impersonations_refused_total",
+			Help: "Requests for another identity (ImpersonatedIdentity) that node authorization refused, by reason (the whole reason is logged); also counted in citadel_server_authentication_failure_count."},
+			[]string{"reason"}),
 	}
 }
 
@@ -43,7 +52,10 @@ func (r *Registry) Kube(leading func() bool) {
 		r.kube.conflicts.WithLabelValues("ConfigMap", c)
 		r.kube.conflicts.WithLabelValues("Secret", c)
 	}
-	r.reg.MustRegister(r.kube.requests, r.kube.conflicts, r.kube.invalid, r.kube.lag,
+	for _, reason := range nodeauth.Reasons {
+		r.kube.impRefused.WithLabelValues(reason)
+	}
+	r.reg.MustRegister(r.kube.requests, r.kube.conflicts, r.kube.invalid, r.kube.lag, r.kube.impersonated, r.kube.impRefused,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_kube_leader",
 			Help: "1 while this replica leads (writes the bundle ConfigMaps, drives root rotations), else 0."},
 			func() float64 {
@@ -63,6 +75,16 @@ func (r *Registry) KubeRequest(verb, resource, code string) {
 // OwnerConflict counts a backoff of the owner guard (kube.Guard.Backoff).
 func (r *Registry) OwnerConflict(kind, reason string) {
 	r.kube.conflicts.WithLabelValues(kind, reason).Inc()
+}
+
+// Impersonation is nodeauth.Authorizer's Observe: reason "" for an
+// impersonation allowed, else one of nodeauth.Reasons.
+func (r *Registry) Impersonation(reason string) {
+	if reason == "" {
+		r.kube.impersonated.Inc()
+		return
+	}
+	r.kube.impRefused.WithLabelValues(reason).Inc()
 }
 
 // PluggedInInvalid counts an invalid cacerts update ignored.

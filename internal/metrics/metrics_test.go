@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardenmesh/warden/internal/kube/nodeauth"
 	"github.com/wardenmesh/warden/internal/metrics"
 )
 
@@ -72,6 +73,28 @@ func TestValidationMetrics(t *testing.T) {
 		`galley_validation_passed{group="security.istio.io",resource="peerauthentications",version="v1"} 1`,
 		`galley_validation_failed{group="security.istio.io",reason="invalid_resource",resource="peerauthentications",version="v1"} 2`,
 		`galley_validation_http_error{status="415"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("no %q", want)
+		}
+	}
+}
+
+// TestImpersonationMetrics: in Kubernetes mode the node authorizer's
+// outcomes are counted, every refusal reason present from the start.
+func TestImpersonationMetrics(t *testing.T) {
+	r := metrics.New()
+	r.Kube(func() bool { return false })
+	r.Impersonation("")
+	r.Impersonation("")
+	r.Impersonation(nodeauth.ReasonNotOnNode)
+	rec := httptest.NewRecorder()
+	r.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		"warden_ca_impersonations_total 2",
+		`warden_ca_impersonations_refused_total{reason="not_on_node"} 1`,
+		`warden_ca_impersonations_refused_total{reason="untrusted"} 0`,
+		`warden_ca_impersonations_refused_total{reason="pod_uid"} 0`,
 	} {
 		if !strings.Contains(rec.Body.String(), want) {
 			t.Errorf("no %q", want)

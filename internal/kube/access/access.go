@@ -84,7 +84,7 @@ func Required(ns string, saSecrets bool) []Rule {
 		{Verbs: watch, Resource: "secrets", Fails: "gateways get no credentialName certificates, and the CA's Secrets are not followed"},
 		{Verbs: []string{"create"}, Group: "authorization.k8s.io", Resource: "subjectaccessreviews", Fails: "gateways get no credentialName certificates"},
 		{Verbs: watch, Resource: "services", Fails: "the xDS service registry stays empty"},
-		{Verbs: watch, Resource: "pods", Fails: "the xDS service registry has no workloads, and a root rotation does not see the replicas"},
+		{Verbs: watch, Resource: "pods", Fails: "the xDS service registry has no workloads, a root rotation does not see the replicas, and node proxies (ztunnel) get no certificates for their pods"},
 		{Verbs: watch, Group: "discovery.k8s.io", Resource: "endpointslices", Fails: "the xDS service registry has no endpoints"},
 	}
 	for _, k := range api.Kinds {

@@ -61,6 +61,7 @@ func TestDeployRBACCoversWhatWardenReads(t *testing.T) {
 	}{
 		{[]string{"watch", "services", "-A"}, "yes"},
 		{[]string{"list", "pods", "-A"}, "yes"},
+		{[]string{"watch", "pods", "-A"}, "yes"}, // node authorization's index
 		{[]string{"watch", "endpointslices.discovery.k8s.io", "-A"}, "yes"},
 		{[]string{"watch", "virtualservices.networking.istio.io", "-A"}, "yes"},
 		{[]string{"list", "serviceentries.networking.istio.io", "-A"}, "yes"},

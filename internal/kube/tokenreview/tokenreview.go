@@ -27,7 +27,18 @@ import (
 // authenticated for one of Audiences, its user must be in group
 // system:serviceaccounts, and its username must be
 // system:serviceaccount:<ns>:<sa>. Accepted tokens are cached by hash until
-// the token expires, or MaxCacheTTL, whichever is first.
+// the token expires, or MaxCacheTTL, whichever is first. The caller it
+// returns carries what the review said (server.KubernetesCaller): the
+// account, and the pod a bound token names, which the node authorizer
+// (internal/kube/nodeauth) checks against the pods running now (a cached
+// review, like the API server's own 10 s cache of its reviews, may
+// outlive the pod).
+//
+// The clusterid header is not read here: warden's Kubernetes mode
+// reviews every token with its one API server (istiod picks the API
+// server of the cluster the header names, and refuses a cluster it does
+// not know). The node authorizer refuses an impersonation whose header
+// names another cluster.
 type Authenticator struct {
 	Client      kubernetes.Interface
 	TrustDomain spiffeid.TrustDomain
@@ -112,11 +123,29 @@ func (a *Authenticator) review(ctx context.Context, raw string, now time.Time) (
 	if err != nil {
 		return nil, fmt.Errorf("tokenreview: identity: %w", err)
 	}
-	c := &server.Caller{ID: id, Method: "tokenreview"}
+	c := &server.Caller{ID: id, Method: "tokenreview", Kubernetes: &server.KubernetesCaller{
+		Namespace: sa.Namespace, ServiceAccount: sa.Name,
+		PodName: extra(st.User.Extra, PodNameKey), PodUID: extra(st.User.Extra, PodUIDKey),
+	}}
 	if exp, ok := a.cacheUntil(raw, now); ok {
 		a.Cache.Put(raw, c, exp, now)
 	}
 	return c, nil
+}
+
+// The keys of a TokenReview's extras naming the pod a token is bound to
+// (Kubernetes' serviceaccount package; Istio's tokenreview reads the same).
+const (
+	PodNameKey = "authentication.kubernetes.io/pod-name"
+	PodUIDKey  = "authentication.kubernetes.io/pod-uid"
+)
+
+// extra is the first value of key, as istiod reads it.
+func extra(e map[string]authnv1.ExtraValue, key string) string {
+	if v := e[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 // cacheUntil is the token's exp claim (read without verifying: the API

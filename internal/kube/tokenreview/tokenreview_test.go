@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -125,5 +127,49 @@ func TestTokenReviewForbiddenIsUnavailable(t *testing.T) {
 	st := status.Convert(err)
 	if st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "warden may not create TokenReviews") || !strings.Contains(st.Message(), "grant it create on tokenreviews.authentication.k8s.io") {
 		t.Fatalf("a TokenReview warden may not create: %v, want Unavailable naming the grant", err)
+	}
+}
+
+// TestTokenReviewNamesThePod: a token bound to a pod (the TokenRequest
+// API's BoundObjectRef, as the kubelet's projected token is) names the
+// pod in the caller, from the review's extras; a token bound to nothing
+// names the account only.
+func TestTokenReviewNamesThePod(t *testing.T) {
+	ctx := context.Background()
+	ns := apiserver.Namespace(t, "pods")
+	apiserver.ServiceAccount(t, ns, "ztunnel")
+	pod, err := apiserver.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-x"},
+		Spec: corev1.PodSpec{ServiceAccountName: "ztunnel", NodeName: "n1",
+			Containers: []corev1.Container{{Name: "z", Image: "registry.k8s.io/pause:3.10"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := int64(3600)
+	tr, err := apiserver.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "ztunnel", &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences: []string{"istio-ca"}, ExpirationSeconds: &exp,
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := &tokenreview.Authenticator{Client: apiserver.Client, TrustDomain: catest.TrustDomain}
+	for _, c := range []struct {
+		name, tok string
+		want      server.KubernetesCaller
+	}{
+		{"bound to a pod", tr.Status.Token, server.KubernetesCaller{Namespace: ns, ServiceAccount: "ztunnel", PodName: "ztunnel-x", PodUID: string(pod.UID)}},
+		{"bound to nothing", apiserver.Token(t, ns, "ztunnel", "istio-ca"), server.KubernetesCaller{Namespace: ns, ServiceAccount: "ztunnel"}},
+	} {
+		for _, from := range []string{"review", "cache"} {
+			c2, err := auth.Authenticate(metadata.NewIncomingContext(ctx, metadata.Pairs("authorization", "Bearer "+c.tok)))
+			if err != nil {
+				t.Fatalf("%s (%s): %v", c.name, from, err)
+			}
+			if c2.Kubernetes == nil || *c2.Kubernetes != c.want || c2.ID != catest.ID(ns, "ztunnel") {
+				t.Errorf("%s (%s): caller %s %+v, want %+v", c.name, from, c2.ID, c2.Kubernetes, c.want)
+			}
+		}
 	}
 }
