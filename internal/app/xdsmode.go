@@ -43,6 +43,7 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 	}
 	cfg := xdsserver.Config{
 		TrustedNodeAccounts: nodeAccounts,
+		ClusterID:           f.kube.clusterID, // --cluster-id: the CA's node authorization and ztunnel's workload uids name one cluster
 		Options:             opts,
 		Identify:            identify,
 		Debounce:            f.debounce,
