@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"crypto/tls"
 	"flag"
 	"fmt"
@@ -8,8 +9,12 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
@@ -21,6 +26,8 @@ type federationFlags struct {
 	profile     string
 	cert, key   string // https_web: the operator's certificate and key
 	refreshHint time.Duration
+	file        string // the relationships; empty: none
+	minRefresh  time.Duration
 }
 
 func (f *federationFlags) register(fs *flag.FlagSet) {
@@ -29,10 +36,15 @@ func (f *federationFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "bundle-endpoint-cert", "", "https_web: PEM certificate chain the bundle endpoint presents (a Web PKI certificate for the endpoint URL's host); re-read when it changes")
 	fs.StringVar(&f.key, "bundle-endpoint-key", "", "https_web: the PEM private key of --bundle-endpoint-cert")
 	fs.DurationVar(&f.refreshHint, "bundle-endpoint-refresh-hint", federation.DefaultRefreshHint, "spiffe_refresh_hint the bundle endpoint publishes (whole seconds); a root rotation activates no sooner than this after publishing")
+	fs.StringVar(&f.file, "federation-file", "", "standalone: the federation relationships (foreign trust domains, their bundle endpoints, the namespaces that federate with each), YAML; their last good bundles are kept in <data-dir>/federation")
+	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "poll a foreign bundle endpoint no more often than this, whatever refresh hint it publishes (at most hourly, whatever it publishes)")
 }
 
 // check refuses inconsistent flags before anything is read or written.
 func (f *federationFlags) check() error {
+	if f.minRefresh < time.Second || f.minRefresh > time.Hour {
+		return fmt.Errorf("%w: --federation-min-refresh must be from 1s to 1h", errUsage)
+	}
 	if f.listen == "" {
 		if f.cert != "" || f.key != "" {
 			return fmt.Errorf("%w: --bundle-endpoint-cert and --bundle-endpoint-key need --bundle-endpoint-listen", errUsage)
@@ -56,6 +68,25 @@ func (f *federationFlags) check() error {
 		}
 	default:
 		return fmt.Errorf("%w: --bundle-endpoint-profile %q: want https_spiffe or https_web", errUsage, f.profile)
+	}
+	return nil
+}
+
+// checkFile refuses a relationships file that does not load, and one in
+// Kubernetes mode, before anything is read or written.
+func (f *federationFlags) checkFile(trustDomain string, kube bool) error {
+	if f.file == "" {
+		return nil
+	}
+	if kube {
+		return fmt.Errorf("%w: --federation-file is standalone only for now; Kubernetes mode does not consume foreign bundles yet (docs/federation.md, Not yet)", errUsage)
+	}
+	td, err := parseTrustDomain(trustDomain)
+	if err != nil {
+		return err
+	}
+	if _, err := federation.LoadFile(f.file, td); err != nil {
+		return fmt.Errorf("%w: --federation-file: %v", errUsage, err)
 	}
 	return nil
 }
@@ -148,3 +179,34 @@ func (s *controlPlane) listenBundleEndpoint(addr string) error {
 	s.bundleLis = l
 	return nil
 }
+
+// wireFederation loads the relationships (--federation-file) and their
+// last good bundles from the data directory; their polling is a task.
+// Kubernetes mode has no relationships yet (docs/federation.md, Not yet).
+func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) error {
+	if f.federation.file == "" {
+		return nil
+	}
+	rels, err := federation.LoadFile(f.federation.file, td)
+	if err != nil {
+		return err
+	}
+	b, err := federation.New(federation.Config{
+		Local: td, LocalRoots: s.authority.Bundles().Roots, Relationships: rels,
+		Store:      &federation.DirStore{Dir: filepath.Join(f.dataDir, federationDir)},
+		MinRefresh: f.federation.minRefresh, Log: s.log,
+	})
+	if err != nil {
+		return err
+	}
+	for _, st := range b.Status() {
+		s.log.Info("federation relationship", "trustDomain", st.TrustDomain.Name(), "url", st.URL, "profile", string(st.Profile),
+			"namespaces", strings.Join(st.Namespaces, ","), "bundle", cmp.Or(st.From, "none yet"), "roots", st.Roots)
+	}
+	s.federated = b
+	s.tasks = append(s.tasks, b.Run)
+	return nil
+}
+
+// federationDir holds the foreign bundles in the data directory.
+const federationDir = "federation"

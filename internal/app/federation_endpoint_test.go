@@ -213,6 +213,8 @@ func TestFederationBundleEndpointWeb(t *testing.T) {
 // usage errors that name the fix.
 func TestFederationEndpointFlagsChecked(t *testing.T) {
 	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("trustDomains: [{trustDomain: a.test, bundleEndpointURL: 'http://x/', bundleEndpointProfile: {type: https_web}}]"), 0o600)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -221,6 +223,10 @@ func TestFederationEndpointFlagsChecked(t *testing.T) {
 		{[]string{"--bundle-endpoint-listen", "127.0.0.1:0", "--bundle-endpoint-profile", "http"}, `"http": want https_spiffe or https_web`},
 		{[]string{"--bundle-endpoint-cert", "x.pem"}, "need --bundle-endpoint-listen"},
 		{[]string{"--bundle-endpoint-listen", "127.0.0.1:0", "--bundle-endpoint-cert", "x.pem", "--bundle-endpoint-key", "k.pem"}, "https_spiffe presents warden's own SVID"},
+		{[]string{"--federation-file", filepath.Join(dir, "none.yaml")}, "--federation-file: federation: open "},
+		{[]string{"--federation-file", bad}, `--federation-file: federation: ` + bad + `: trustDomains[0]: bundleEndpointURL: "http://x/": a bundle endpoint URL is https`},
+		{[]string{"--federation-file", bad, "--kubernetes"}, "--federation-file is standalone only for now"},
+		{[]string{"--federation-min-refresh", "0s"}, "--federation-min-refresh must be from 1s to 1h"},
 	} {
 		code, _, errOut := run(t, append([]string{"serve", "--data-dir", filepath.Join(dir, "d"), "--listen", "127.0.0.1:0", "--http-listen", ""}, c.args...)...)
 		if code != 2 || !strings.Contains(errOut, c.want) {

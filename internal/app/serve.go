@@ -27,6 +27,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
@@ -139,6 +140,9 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err := f.federation.check(); err != nil {
 		return err
 	}
+	if err := f.federation.checkFile(f.trustDomain, f.kube.enabled()); err != nil {
+		return err
+	}
 	log, err := e.logger(f.logLevel)
 	if err != nil {
 		return err
@@ -178,7 +182,8 @@ type controlPlane struct {
 	serving   *server.ServingCert // the CA port's certificate, also the webhook's
 	webhook   *http.Server        // Istio's validating webhook (--webhook-listen)
 	hookLis   net.Listener
-	bundleEP  *http.Server // the SPIFFE bundle endpoint (--bundle-endpoint-listen)
+	bundleEP  *http.Server        // the SPIFFE bundle endpoint (--bundle-endpoint-listen)
+	federated *federation.Bundles // foreign trust domains' bundles (--federation-file); nil: none
 	bundleLis net.Listener
 	// admin answers 'ca rotate' on adminLis, the data directory's admin
 	// socket (standalone and Vault modes).
@@ -319,6 +324,9 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 		auths = append(auths, &server.JWTAuthenticator{TrustDomain: td, Clock: clock, Verifier: &token.Verifier{
 			Issuer: f.jwtIssuer, Audiences: splitList(f.audiences), Keys: ks, Clock: clock, Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 		}})
+	}
+	if err := s.wireFederation(f, td); err != nil {
+		return nil, err
 	}
 	if err := s.wireServices(ctx, o, auths); err != nil {
 		return nil, err
@@ -487,9 +495,18 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	// The trust bundle's owner answers for ROOTCA.
 	roots := authority.Bundles().Roots
-	central, err := sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log, Roots: roots})
+	sdsCfg := sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log, Roots: roots}
+	if s.federated != nil {
+		// Foreign bundles by trust domain ID, to the namespaces that
+		// federate; ROOTCA stays the local bundle.
+		sdsCfg.Federated = s.federated.ForID
+	}
+	central, err := sdsserver.New(ctx, sdsCfg)
 	if err != nil {
 		return err
+	}
+	if s.federated != nil {
+		s.federated.Subscribe(central.FederationChanged)
 	}
 	central.Register(g)
 	s.sds = central
