@@ -2,7 +2,9 @@ package app
 
 import (
 	"cmp"
+	"context"
 	"crypto/tls"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
+	"github.com/wardenmesh/warden/internal/check"
 )
 
 // federationFlags are serve's SPIFFE Federation flags (docs/federation.md).
@@ -210,3 +213,75 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 
 // federationDir holds the foreign bundles in the data directory.
 const federationDir = "federation"
+
+// relationshipStatus is a relationship's state as serve's
+// /debug/federation reports it to warden check.
+type relationshipStatus struct {
+	TrustDomain string    `json:"trustDomain"`
+	URL         string    `json:"url"`
+	Roots       int       `json:"roots"`
+	Sequence    *uint64   `json:"sequence,omitempty"`
+	From        string    `json:"from"`
+	LastSuccess time.Time `json:"lastSuccess"`
+	LastError   string    `json:"lastError,omitempty"`
+	Interval    string    `json:"interval"`
+	Stale       bool      `json:"stale"`
+}
+
+func federationStatus(sts []federation.Status) []relationshipStatus {
+	out := []relationshipStatus{}
+	for _, st := range sts {
+		r := relationshipStatus{TrustDomain: st.TrustDomain.Name(), URL: st.URL, Roots: st.Roots, From: st.From,
+			LastSuccess: st.LastSuccess, LastError: st.LastError, Interval: st.Interval.String(), Stale: st.Stale}
+		if st.HasSequence {
+			r.Sequence = &st.Sequence
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// checkFederation asks a running serve for its relationships: a stale one
+// (no good fetch for three refresh intervals) is an error naming the
+// endpoint, its last error and the bundle still in use. A serve with no
+// relationships (404) adds nothing.
+func checkFederation(ctx context.Context, addr string) []check.Result {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/federation", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return []check.Result{{Check: "federation", Status: check.Error, Message: fmt.Sprintf("warden serve at %s: %v", addr, err)}}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil
+	}
+	var sts []relationshipStatus
+	if resp.StatusCode != http.StatusOK {
+		return []check.Result{{Check: "federation", Status: check.Error, Message: fmt.Sprintf("warden serve at %s: /debug/federation: %s", addr, resp.Status)}}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&sts); err != nil {
+		return []check.Result{{Check: "federation", Status: check.Error, Message: fmt.Sprintf("warden serve at %s: /debug/federation: %v", addr, err)}}
+	}
+	var out []check.Result
+	for _, st := range sts {
+		held := "no bundle"
+		if st.Sequence != nil {
+			held = fmt.Sprintf("the bundle of sequence %d (%d roots, %s)", *st.Sequence, st.Roots, st.From)
+		} else if st.From != "" {
+			held = fmt.Sprintf("a bundle of %d roots (%s)", st.Roots, st.From)
+		}
+		if !st.Stale {
+			out = append(out, check.Result{Check: "federation", Status: check.OK, Message: fmt.Sprintf("%s: %s, fetched %s from %s", st.TrustDomain, held, st.LastSuccess.UTC().Format(time.RFC3339), st.URL)})
+			continue
+		}
+		since := "never fetched"
+		if !st.LastSuccess.IsZero() {
+			since = "no good fetch since " + st.LastSuccess.UTC().Format(time.RFC3339)
+		}
+		out = append(out, check.Result{Check: "federation", Status: check.Error, Message: fmt.Sprintf("%s: stale relationship: %s from %s (polled every %s; last error: %s); workloads still use %s: fix the endpoint or the relationship (docs/federation.md)",
+			st.TrustDomain, since, st.URL, st.Interval, cmp.Or(st.LastError, "none"), held)})
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -176,7 +177,8 @@ func TestFederationStandaloneSDS(t *testing.T) {
   namespaces: [default]
 `), 0o600)
 	addr := testkit.FreeAddr(t)
-	_, stop := serveAt(t, data, addr, "--federation-file", fedFile, "--federation-min-refresh", "1s")
+	httpAddr := testkit.FreeAddr(t)
+	_, stop := serveAt(t, data, addr, "--federation-file", fedFile, "--federation-min-refresh", "1s", "--http-listen", httpAddr)
 	stored := filepath.Join(data, "federation", "partner.test.json")
 	testkit.Eventually(t, 10*time.Second, func() error {
 		fi, err := os.Stat(stored)
@@ -200,6 +202,11 @@ func TestFederationStandaloneSDS(t *testing.T) {
 	}
 	if _, err := sdsBundles(t, addr, data, "other", "sleep", "default", "spiffe://partner.test"); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("namespace other asked for partner.test's bundle: %v, want PermissionDenied", err)
+	}
+
+	code, out, _ := run(t, "check", "--data-dir", data, "--server", httpAddr)
+	if !strings.Contains(out, "partner.test: the bundle of sequence 1 (1 roots, fetched), fetched ") {
+		t.Errorf("check with the peer up (exit %d):\n%s", code, out)
 	}
 
 	// Isolation.
@@ -228,12 +235,26 @@ func TestFederationStandaloneSDS(t *testing.T) {
 	// Restart with the peer gone: the stored bundle is served.
 	stop()
 	peer.srv.Close()
-	serveAt(t, data, addr, "--federation-file", fedFile, "--federation-min-refresh", "1s")
+	serveAt(t, data, addr, "--federation-file", fedFile, "--federation-min-refresh", "1s", "--http-listen", httpAddr)
 	got, err = sdsBundles(t, addr, data, "default", "sleep", "default", "spiffe://partner.test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !ca.SameRoots(got["spiffe://partner.test"], peer.m.Roots) {
 		t.Fatal("after a restart without the peer, spiffe://partner.test is not the stored bundle")
+	}
+	// Down for more than three refresh intervals (1 s): warden check
+	// reports the stale relationship and fails; the bundle is still
+	// served.
+	testkit.Eventually(t, 15*time.Second, func() error {
+		code, out, _ := run(t, "check", "--data-dir", data, "--server", httpAddr)
+		if code == 0 || !strings.Contains(out, "ERROR") || !strings.Contains(out, "partner.test: stale relationship: no good fetch since ") ||
+			!strings.Contains(out, "workloads still use the bundle of sequence 1 (1 roots, stored)") {
+			return fmt.Errorf("check exit %d:\n%s", code, out)
+		}
+		return nil
+	})
+	if got, err = sdsBundles(t, addr, data, "default", "sleep", "default", "spiffe://partner.test"); err != nil || len(got["spiffe://partner.test"]) != 1 {
+		t.Fatalf("the stale bundle is no longer served: %v", err)
 	}
 }

@@ -646,6 +646,13 @@ func (s *controlPlane) httpHandler() http.Handler {
 			_ = json.NewEncoder(w).Encode(s.xds.Status())
 		})
 	}
+	if s.federated != nil {
+		// warden check reports stale federation relationships.
+		mux.HandleFunc("GET /debug/federation", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(federationStatus(s.federated.Status()))
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.ready(); err != nil {
