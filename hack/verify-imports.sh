@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pure cores (ca, authn, rbac, sds, api, token and the xds mesh model;
+# The pure cores (ca, authn, rbac, sds, api, token, federation and the xds mesh model;
 # not their edge packages such as ca/server, ca/vault, ca/client,
 # sds/server, xds/server) must not depend on Kubernetes client code, gRPC,
 # Vault or Prometheus, directly or through their dependencies. GOFLAGS
@@ -18,7 +18,7 @@ allowed='^(k8s\.io/klog(/|$)|sigs\.k8s\.io/yaml(/|$))'
 edges='/(server|vault|client)(/|$)'
 
 cores=()
-for root in ${VERIFY_IMPORTS_CORES:-ca authn rbac sds api token xds}; do
+for root in ${VERIFY_IMPORTS_CORES:-ca authn rbac sds api token xds federation}; do
   [ -d "$root" ] || continue
   while IFS= read -r pkg; do
     [[ "$pkg" =~ $edges ]] && continue

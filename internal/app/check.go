@@ -99,6 +99,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		} else {
 			report = append(report, check.Proxies(status, now, *stale)...)
 		}
+		report = append(report, checkFederation(ctx, *server)...)
 	}
 	if *output == "json" {
 		if err := report.JSON(e.stdout); err != nil {

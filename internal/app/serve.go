@@ -27,6 +27,7 @@ import (
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/ca/server"
+	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
@@ -76,6 +77,7 @@ type serveFlags struct {
 	kube                                 kubeFlags
 	vault                                vaultFlags
 	mesh                                 meshPolicyFlags
+	federation                           federationFlags
 }
 
 func runServe(ctx context.Context, e *env, args []string) error {
@@ -119,6 +121,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&f.limits.StreamsPerPeer, "max-streams-per-peer", f.limits.StreamsPerPeer, "open gRPC streams one IP address may hold across its connections (0: no limit)")
 	fs.IntVar(&f.limits.StreamsPerConn, "max-streams-per-conn", f.limits.StreamsPerConn, "concurrent streams per connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; 0: no limit)")
 	f.mesh.register(fs)
+	f.federation.register(fs)
 	f.kube.register(fs, e)
 	f.vault.register(fs, e)
 	if err := parse(fs, args); err != nil {
@@ -132,6 +135,12 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	}
 	f.customHosts = e.getenv("ISTIOD_CUSTOM_HOST")
 	if err := f.mesh.check(); err != nil {
+		return err
+	}
+	if err := f.federation.check(); err != nil {
+		return err
+	}
+	if err := f.federation.checkFile(f.trustDomain, f.kube.enabled()); err != nil {
 		return err
 	}
 	log, err := e.logger(f.logLevel)
@@ -176,6 +185,9 @@ type controlPlane struct {
 	serving   *server.ServingCert // the CA port's certificate, also the webhook's
 	webhook   *http.Server        // Istio's validating webhook (--webhook-listen)
 	hookLis   net.Listener
+	bundleEP  *http.Server        // the SPIFFE bundle endpoint (--bundle-endpoint-listen)
+	federated *federation.Bundles // foreign trust domains' bundles (--federation-file); nil: none
+	bundleLis net.Listener
 	// admin answers 'ca rotate' on adminLis, the data directory's admin
 	// socket (standalone and Vault modes).
 	admin    adminServer
@@ -295,7 +307,7 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 	// (istio-ca-secret, a data directory): try the ports now. They are
 	// bound for good once everything is ready, so that a client that can
 	// connect finds the CA working.
-	for _, p := range []struct{ what, addr string }{{"CA API", f.listen}, {"HTTP", f.httpListen}, {"webhook", f.webhookListen}} {
+	for _, p := range []struct{ what, addr string }{{"CA API", f.listen}, {"HTTP", f.httpListen}, {"webhook", f.webhookListen}, {"bundle endpoint", f.federation.listen}} {
 		if p.addr == "" {
 			continue
 		}
@@ -322,7 +334,13 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 			Issuer: f.jwtIssuer, Audiences: splitList(f.audiences), Keys: ks, Clock: clock, Leeway: f.tokenLeeway, MaxLifetime: f.tokenMaxLifetime,
 		}})
 	}
+	if err := s.wireFederation(f, td); err != nil {
+		return nil, err
+	}
 	if err := s.wireServices(ctx, o, auths); err != nil {
+		return nil, err
+	}
+	if err := s.wireBundleEndpoint(f.federation); err != nil {
 		return nil, err
 	}
 	if s.caLis, err = net.Listen("tcp", f.listen); err != nil {
@@ -345,9 +363,17 @@ func newControlPlane(ctx context.Context, f serveFlags, log *slog.Logger) (*cont
 		}
 		s.webhook = s.webhookServer()
 	}
+	if err := s.listenBundleEndpoint(f.federation.listen); err != nil {
+		for _, l := range []net.Listener{s.caLis, s.httpLis, s.hookLis} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		return nil, err
+	}
 	if s.admin != nil {
 		if s.adminLis, err = rotation.ListenAdmin(f.dataDir); err != nil {
-			for _, l := range []net.Listener{s.caLis, s.httpLis, s.hookLis} {
+			for _, l := range []net.Listener{s.caLis, s.httpLis, s.hookLis, s.bundleLis} {
 				if l != nil {
 					l.Close()
 				}
@@ -478,9 +504,18 @@ func (s *controlPlane) wireServices(ctx context.Context, o *serveOptions, auths 
 	}
 	// The trust bundle's owner answers for ROOTCA.
 	roots := authority.Bundles().Roots
-	central, err := sdsserver.New(ctx, sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log, Roots: roots})
+	sdsCfg := sdsserver.Config{Cache: sdsCache, Identify: sdsserver.TokenIdentify(authenticate), Log: log, Roots: roots}
+	if s.federated != nil {
+		// Foreign bundles by trust domain ID, to the namespaces that
+		// federate; ROOTCA stays the local bundle.
+		sdsCfg.Federated = s.federated.ForID
+	}
+	central, err := sdsserver.New(ctx, sdsCfg)
 	if err != nil {
 		return err
+	}
+	if s.federated != nil {
+		s.federated.Subscribe(central.FederationChanged)
 	}
 	central.Register(g)
 	s.sds = central
@@ -620,6 +655,13 @@ func (s *controlPlane) httpHandler() http.Handler {
 			_ = json.NewEncoder(w).Encode(s.xds.Status())
 		})
 	}
+	if s.federated != nil {
+		// warden check reports stale federation relationships.
+		mux.HandleFunc("GET /debug/federation", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(federationStatus(s.federated.Status()))
+		})
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.ready(); err != nil {
@@ -709,6 +751,15 @@ func (s *controlPlane) run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if s.bundleEP != nil {
+		s.log.Info("serving the SPIFFE bundle endpoint", "url", "https://"+s.bundleLis.Addr().String()+"/")
+		g.Go(func() error {
+			if err := s.bundleEP.ServeTLS(s.bundleLis, "", ""); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	if s.admin != nil {
 		g.Go(func() error { return s.admin.ServeAdmin(ctx, s.adminLis) })
 	}
@@ -735,7 +786,7 @@ func (s *controlPlane) run(ctx context.Context) error {
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 		defer cancel()
-		for _, h := range []*http.Server{s.http, s.webhook} {
+		for _, h := range []*http.Server{s.http, s.webhook, s.bundleEP} {
 			if h != nil {
 				_ = h.Shutdown(sctx)
 			}

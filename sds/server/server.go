@@ -9,8 +9,11 @@
 //
 // Each stream is tied to one identity, established when it opens (the
 // node agent's own workload, or the caller's token). Resource names are
-// "default" (the identity's certificate and key), "ROOTCA" (the trust
-// bundle), or the identity's own SPIFFE ID; any other name is refused. A
+// "default" (the identity's certificate and key), "ROOTCA" (the local
+// trust bundle, never a foreign one), the identity's own SPIFFE ID, or a
+// trust domain's ID "spiffe://<td>" (the bundle of that trust domain
+// alone: the local one, or a foreign one the identity federates with, as
+// SPIRE's agent names federated bundles); any other name is refused. A
 // stream whose first request names ROOTCA alone is a bundle stream: it
 // gets the bundle and no certificate is issued for it (a node agent
 // following the bundle).
@@ -59,7 +62,10 @@ type Config struct {
 	Cache    *sds.Cache
 	Identify Identify
 	Roots    func() []*x509.Certificate // the trust bundle served as ROOTCA
-	Log      *slog.Logger
+	// Federated returns the foreign bundles id may receive, by trust
+	// domain (its namespace's federation relationships); nil: none.
+	Federated func(id spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate
+	Log       *slog.Logger
 }
 
 // Server is an SDS server.
@@ -109,6 +115,9 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Federated == nil {
+		cfg.Federated = func(spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate { return nil }
+	}
 	s := &Server{cfg: cfg, streams: map[int64]*stream{}, idents: map[spiffeid.ID]int{}, versions: map[string][]string{}}
 	s.snaps = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.xds = xds.NewServer(ctx, s.snaps, s.callbacks())
@@ -148,6 +157,22 @@ func (s *Server) RootsChanged() {
 	}
 }
 
+// FederationChanged pushes every certificate stream's foreign bundles
+// again (a foreign trust domain's roots changed).
+func (s *Server) FederationChanged() {
+	s.mu.Lock()
+	ids := make([]spiffeid.ID, 0, len(s.idents))
+	for id := range s.idents {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		if svid := s.cfg.Cache.Current(id); svid != nil {
+			s.Updated(svid)
+		}
+	}
+}
+
 // publish builds id's snapshot: default, its SPIFFE ID name, and ROOTCA.
 func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) error {
 	s.building.Lock()
@@ -165,9 +190,26 @@ func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) er
 	if err != nil {
 		return err
 	}
+	own, err := sds.ValidationContext(id.TrustDomain().IDString(), roots)
+	if err != nil {
+		return err
+	}
+	secrets := []types.Resource{def, named, root, own}
+	// Each foreign trust domain's bundle under its own name, never merged
+	// into ROOTCA (SPIFFE Federation §4.2).
+	for td, froots := range s.cfg.Federated(id) {
+		if td == id.TrustDomain() || len(froots) == 0 {
+			continue
+		}
+		vc, err := sds.ValidationContext(td.IDString(), froots)
+		if err != nil {
+			return err
+		}
+		secrets = append(secrets, vc)
+	}
 	version := s.newVersion(roots)
 	snap, err := cachev3.NewSnapshot(version, map[resource.Type][]types.Resource{
-		resource.SecretType: {def, named, root},
+		resource.SecretType: secrets,
 	})
 	if err != nil {
 		return err
@@ -330,12 +372,21 @@ func (s *Server) InUse(id spiffeid.ID) bool {
 	return s.idents[id] > 0
 }
 
-// checkNames refuses names other than default, ROOTCA and the stream's own
-// SPIFFE ID.
-func checkNames(id spiffeid.ID, names []string) error {
+// checkNames refuses names other than default, ROOTCA, the stream's own
+// SPIFFE ID, its trust domain's ID and those of the trust domains it
+// federates with.
+func (s *Server) checkNames(id spiffeid.ID, names []string) error {
 	for _, n := range names {
 		switch {
-		case n == sds.DefaultName, n == sds.RootName, n == id.String():
+		case n == sds.DefaultName, n == sds.RootName, n == id.String(), n == id.TrustDomain().IDString():
+		case strings.HasPrefix(n, "spiffe://") && !strings.Contains(strings.TrimPrefix(n, "spiffe://"), "/"):
+			td, err := spiffeid.TrustDomainFromString(n)
+			if err != nil {
+				return status.Errorf(codes.InvalidArgument, "sds: resource %q: %v", n, err)
+			}
+			if _, ok := s.cfg.Federated(id)[td]; !ok {
+				return status.Errorf(codes.PermissionDenied, "sds: %s does not federate with trust domain %s (its namespace is not in a federation relationship with it)", id, td.Name())
+			}
 		case strings.HasPrefix(n, "spiffe://"):
 			return status.Errorf(codes.PermissionDenied, "sds: this stream is authenticated as %s and cannot receive %s", id, n)
 		default:
@@ -356,7 +407,7 @@ func (s *Server) bind(streamID int64, node **corev3.Node, names []string) (*stre
 	if !ok {
 		return nil, status.Error(codes.Unauthenticated, "sds: stream not authenticated")
 	}
-	if err := checkNames(st.id, names); err != nil {
+	if err := s.checkNames(st.id, names); err != nil {
 		return nil, err
 	}
 	bundleOnly := len(names) > 0 && !slices.ContainsFunc(names, func(n string) bool { return n != sds.RootName })
@@ -461,7 +512,7 @@ func (s *Server) callbacks() xds.Callbacks {
 			if err != nil {
 				return err
 			}
-			if err := checkNames(id, req.ResourceNames); err != nil {
+			if err := s.checkNames(id, req.ResourceNames); err != nil {
 				return err
 			}
 			svid, err := s.cfg.Cache.Get(ctx, id)
