@@ -86,7 +86,7 @@ func TestIstiodEnv(t *testing.T) {
 	}
 	for _, want := range []string{
 		`level=INFO msg="istiod's environment variables applied (flags given win)" variables="CITADEL_SELF_SIGNED_CA_CERT_TTL=4800h (--root-ttl 4800h0m0s), DEFAULT_WORKLOAD_CERT_TTL=2h (--default-ttl 2h0m0s), TOKEN_AUDIENCES=custom-aud (--token-audiences custom-aud), CITADEL_SELF_SIGNED_ROOT_CERT_GRACE_PERIOD_PERCENTILE=20% (--auto-rotate-root 0.2), CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel (--trusted-node-accounts istio-system/ztunnel)"`,
-		`level=WARN msg="node accounts are trusted in Kubernetes mode only (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS): standalone, warden has no pods to authorize against`,
+		`level=WARN msg="node accounts (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS) may ask for other identities' certificates in Kubernetes mode only: standalone, warden has no pods to authorize against`,
 	} {
 		if !strings.Contains(logs.String(), want) {
 			t.Errorf("no %s in\n%s", want, logs.String())
@@ -129,7 +129,7 @@ func TestTrustedNodeAccountsFlag(t *testing.T) {
 		t.Errorf("a refused serve made its data directory: %v", err)
 	}
 	_, logs := serveLogged(t, data, testkit.FreeAddr(t), "--trusted-node-accounts", "kube-system/node-proxy")
-	if want := `level=WARN msg="node accounts are trusted in Kubernetes mode only`; !strings.Contains(logs.String(), want) {
+	if want := `level=WARN msg="node accounts (--trusted-node-accounts, CA_TRUSTED_NODE_ACCOUNTS) may ask for other identities' certificates in Kubernetes mode only`; !strings.Contains(logs.String(), want) {
 		t.Errorf("no %q in\n%s", want, logs.String())
 	}
 	_, logs = serveLogged(t, filepath.Join(t.TempDir(), "data"), testkit.FreeAddr(t))
