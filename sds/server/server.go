@@ -144,6 +144,11 @@ func (s *Server) RootsChanged() {
 	if err := s.publishBundle(context.Background()); err != nil {
 		s.cfg.Log.Error("sds: cannot publish the bundle", "error", err.Error())
 	}
+	s.pushAll()
+}
+
+// pushAll pushes every certificate stream's resources again.
+func (s *Server) pushAll() {
 	s.mu.Lock()
 	ids := make([]spiffeid.ID, 0, len(s.idents))
 	for id := range s.idents {
@@ -160,17 +165,7 @@ func (s *Server) RootsChanged() {
 // FederationChanged pushes every certificate stream's foreign bundles
 // again (a foreign trust domain's roots changed).
 func (s *Server) FederationChanged() {
-	s.mu.Lock()
-	ids := make([]spiffeid.ID, 0, len(s.idents))
-	for id := range s.idents {
-		ids = append(ids, id)
-	}
-	s.mu.Unlock()
-	for _, id := range ids {
-		if svid := s.cfg.Cache.Current(id); svid != nil {
-			s.Updated(svid)
-		}
-	}
+	s.pushAll()
 }
 
 // publish builds id's snapshot: default, its SPIFFE ID name, and ROOTCA.
