@@ -161,7 +161,7 @@ func (s *controlPlane) kubeFeed(srv *xdsserver.Server) func(context.Context) err
 // bursts of informer events already).
 func (s *controlPlane) setAmbient(srv *xdsserver.Server, in ambient.Input) {
 	if err := srv.SetAmbient(in); err != nil {
-		s.log.Error("xds: ztunnel configuration not applied; ztunnels keep the previous one", "error", err.Error())
+		s.log.Error("xds: ztunnel configuration applied in part", "error", err.Error())
 	}
 }
 

@@ -2,6 +2,7 @@ package ambient_test
 
 import (
 	"testing"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -17,6 +18,13 @@ func FuzzAmbientCompile(f *testing.F) {
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {rules: [{from: [{source: {ipBlocks: [10.0.0.0/8]}}], to: [{operation: {ports: [\"80\"], methods: [GET]}}]}]}\n"), "app", "istio-system/ztunnel")
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: shop}\nspec: {selector: {matchLabels: {app: web}}, portLevelMtls: {\"80\": {mode: DISABLE}}}\n"), "web", "a/b,c/d")
 	f.Fuzz(func(t *testing.T, doc []byte, app, _ string) {
+		// app is a pod's label value: the API server admits only
+		// [A-Za-z0-9._-] there. Bytes that are not UTF-8 cannot be
+		// encoded in a protobuf string; xds/server leaves such a
+		// resource out (TestZtunnelUnencodableResourceLeftOut).
+		if !utf8.ValidString(app) {
+			return
+		}
 		objs, err := api.Decode(doc)
 		if err != nil {
 			return

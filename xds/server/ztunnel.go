@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -85,12 +86,16 @@ func (s *Server) SetAmbient(in ambient.Input) error {
 	}
 	res := ambient.Compile(in)
 	var next [2]map[string]*discovery.Resource
+	// A resource that cannot be encoded (a string that is not UTF-8 from
+	// an unvalidated source) is left out and named; the rest is served.
+	var unencodable []error
 	for i, l := range [2][]ambient.Resource{res.Addresses, res.Authorizations} {
 		next[i] = make(map[string]*discovery.Resource, len(l))
 		for _, r := range l {
 			e, err := encodeZt(ztTypes[i], r)
 			if err != nil {
-				return err
+				unencodable = append(unencodable, err)
+				continue
 			}
 			next[i][r.Name] = e
 		}
@@ -157,6 +162,9 @@ func (s *Server) SetAmbient(in ambient.Input) error {
 		if len(changes) > 0 {
 			st.wake(start)
 		}
+	}
+	if len(unencodable) > 0 {
+		return fmt.Errorf("xds: %d ztunnel resources left out, the rest served: %w", len(unencodable), errors.Join(unencodable...))
 	}
 	return nil
 }

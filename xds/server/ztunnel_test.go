@@ -210,6 +210,26 @@ func TestZtunnelDelta(t *testing.T) {
 	}
 }
 
+// TestZtunnelUnencodableResourceLeftOut: a resource that cannot be
+// encoded (a label that is not UTF-8, which the API server would never
+// admit but an unvalidated source could give) is left out and named,
+// and every other resource is still served (FuzzAmbientCompile found
+// it; before, one such pod stopped every ztunnel update).
+func TestZtunnelUnencodableResourceLeftOut(t *testing.T) {
+	srv, c := startZtunnelADS(t)
+	bad := appPod("bad-1", "10.1.0.9", true)
+	bad.Labels = map[string]string{"app": "\xe2ew"}
+	err := srv.SetAmbient(ambient.Input{Pods: []*ambient.Pod{ztunnelPod(), appPod("web-1", "10.1.0.1", true), bad}})
+	if err == nil || !strings.Contains(err.Error(), "c1//Pod/shop/bad-1") {
+		t.Fatalf("SetAmbient: %v, want an error naming the pod left out", err)
+	}
+	z := openZtunnel(t, c, ztunnelID, ztunnelNode, nil)
+	z.send(&discovery.DeltaDiscoveryRequest{TypeUrl: ambient.AddressType})
+	if got, want := names(workloads(t, z.next(ambient.AddressType, pushBound))), []string{"c1//Pod/istio-system/ztunnel-abc", "c1//Pod/shop/web-1"}; !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v", got, want)
+	}
+}
+
 // TestZtunnelRefused: only a trusted node account, in its own namespace
 // and cluster, is served as ztunnel.
 func TestZtunnelRefused(t *testing.T) {
