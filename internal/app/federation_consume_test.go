@@ -62,6 +62,13 @@ func startForeignPeer(t *testing.T, addr string) *foreignPeer {
 
 func (p *foreignPeer) serve(t *testing.T, addr string) {
 	t.Helper()
+	p.serveRoots(t, addr, 1, p.m.Roots)
+}
+
+// serveRoots serves a bundle of roots at sequence seq, the endpoint's SVID
+// still issued by the peer's CA.
+func (p *foreignPeer) serveRoots(t *testing.T, addr string, seq uint64, roots []*x509.Certificate) {
+	t.Helper()
 	a, err := ca.New(ca.Config{TrustDomain: partnerTD}, p.m)
 	if err != nil {
 		t.Fatal(err)
@@ -70,8 +77,8 @@ func (p *foreignPeer) serve(t *testing.T, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := spiffebundle.FromX509Authorities(partnerTD, p.m.Roots)
-	b.SetSequenceNumber(1)
+	b := spiffebundle.FromX509Authorities(partnerTD, roots)
+	b.SetSequenceNumber(seq)
 	b.SetRefreshHint(time.Second)
 	h, err := federation.NewHandler(partnerTD, b)
 	if err != nil {
