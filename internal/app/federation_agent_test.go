@@ -30,7 +30,7 @@ import (
 
 // federationFixture is serve with a relationship with partner.test (a
 // go-spiffe bundle endpoint, not warden) for namespace default.
-func federationFixture(t *testing.T) (dir, data, addr string, peer *foreignPeer) {
+func federationFixture(t *testing.T, extra ...string) (dir, data, addr string, peer *foreignPeer) {
 	t.Helper()
 	dir = t.TempDir()
 	data = filepath.Join(dir, "data")
@@ -47,7 +47,7 @@ func federationFixture(t *testing.T) (dir, data, addr string, peer *foreignPeer)
   namespaces: [default]
 `), 0o600)
 	addr = testkit.FreeAddr(t)
-	serveAt(t, data, addr, "--federation-file", fedFile, "--federation-min-refresh", "1s")
+	serveAt(t, data, addr, append([]string{"--federation-file", fedFile, "--federation-min-refresh", "1s"}, extra...)...)
 	return dir, data, addr, peer
 }
 

@@ -98,6 +98,13 @@ func (p *foreignPeer) serveRoots(t *testing.T, addr string, seq uint64, roots []
 // domain: what a compromised or malicious foreign trust domain can do.
 func (p *foreignPeer) forge(t *testing.T, id spiffeid.ID) *x509.Certificate {
 	t.Helper()
+	c, _ := p.issue(t, id)
+	return c
+}
+
+// issue is forge with the leaf's key: an X509-SVID of the foreign CA.
+func (p *foreignPeer) issue(t *testing.T, id spiffeid.ID) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(id.String())
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
@@ -107,7 +114,7 @@ func (p *foreignPeer) forge(t *testing.T, id spiffeid.ID) *x509.Certificate {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
-	return c
+	return c, key
 }
 
 // sdsBundles opens an SDS stream on serve's CA port as ns/sa (a token
