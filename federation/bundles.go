@@ -359,8 +359,9 @@ func (b *Bundles) take(e *entry, got *spiffebundle.Bundle, now time.Time) error 
 
 // Reload takes from the store the bundles another replica fetched (the
 // leader, in Kubernetes mode, where only the leader polls the peers): a
-// stored bundle replaces the one held unless its sequence is lower, and
-// its time becomes the last good fetch. Subscribers hear of new roots.
+// stored bundle replaces the one held unless its sequence is lower or it
+// was stored before the held one was fetched, and its time becomes the
+// last good fetch. Subscribers hear of new roots.
 // A store that cannot be read is logged; the bundles held stay.
 func (b *Bundles) Reload() {
 	if b.cfg.Store == nil {
@@ -385,7 +386,10 @@ func (b *Bundles) Reload() {
 		if held != nil && e.from != "bootstrap" {
 			hs, hok := held.SequenceNumber()
 			gs, gok := got.SequenceNumber()
-			if hok && gok && gs < hs {
+			// Never back in sequence; nor to a bundle stored before the
+			// one held was fetched (the leader's own fetch, not yet
+			// stored, of a peer that publishes no sequence).
+			if (hok && gok && gs < hs) || (!at.IsZero() && at.Before(e.success)) {
 				b.mu.Unlock()
 				continue
 			}

@@ -518,4 +518,33 @@ func TestReloadFollowsTheStore(t *testing.T) {
 	if got := follower.ForNamespace("default")[partner]; len(got) != 2 {
 		t.Fatalf("a stored sequence 3 replaced the held sequence 5: %d roots", len(got))
 	}
+
+	// A peer without sequence numbers: a bundle stored before the one
+	// held was fetched (the fetching replica's own, not yet stored) is
+	// not taken.
+	p2 := newWebPeer(t, []*x509.Certificate{next.root}, 0)
+	p2.mu.Lock()
+	p2.bundle = spiffebundle.FromX509Authorities(partner, []*x509.Certificate{next.root}) // no spiffe_sequence
+	p2.mu.Unlock()
+	dir2 := filepath.Join(t.TempDir(), "federation")
+	ds := &federation.DirStore{Dir: dir2}
+	old := spiffebundle.FromX509Authorities(partner, []*x509.Certificate{f.root})
+	if err := ds.Save(partner, old); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(dir2, "partner.test.json"), past, past)
+	fetcher := newBundles(t, federation.Config{Relationships: []*federation.Relationship{webRelationship(p2.srv.URL)}, WebRoots: webRoots(p2), Store: readOnly{ds}})
+	if err := fetcher.Refresh(context.Background(), partner); err != nil {
+		t.Fatal(err)
+	}
+	fetcher.Reload()
+	if got := fetcher.ForNamespace("default")[partner]; len(got) != 1 || !got[0].Equal(next.root) {
+		t.Fatal("an older stored bundle replaced the one just fetched")
+	}
 }
+
+// readOnly is a Store whose writes are lost (a write not yet made).
+type readOnly struct{ federation.Store }
+
+func (readOnly) Save(spiffeid.TrustDomain, *spiffebundle.Bundle) error { return nil }
