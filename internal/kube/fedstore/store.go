@@ -79,7 +79,7 @@ func (s *Store) Load(td spiffeid.TrustDomain) (*spiffebundle.Bundle, time.Time, 
 	}
 	var at time.Time
 	if v := cm.Data[fetchedKey(td)]; v != "" {
-		if at, err = time.Parse(time.RFC3339, v); err != nil {
+		if at, err = time.Parse(time.RFC3339Nano, v); err != nil {
 			return nil, time.Time{}, fmt.Errorf("fedstore: ConfigMap %s/%s key %s: %w", s.Namespace, ConfigMap, fetchedKey(td), err)
 		}
 	}
@@ -92,7 +92,7 @@ func (s *Store) Save(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
 	if err != nil {
 		return fmt.Errorf("fedstore: %w", err)
 	}
-	return s.write(map[string]string{bundleKey(td): string(doc), fetchedKey(td): s.now().UTC().Format(time.RFC3339)})
+	return s.write(map[string]string{bundleKey(td): string(doc), fetchedKey(td): s.now().UTC().Format(time.RFC3339Nano)})
 }
 
 func (s *Store) now() time.Time {
@@ -105,7 +105,7 @@ func (s *Store) now() time.Time {
 // Touch implements federation.Toucher: a good fetch of an unchanged
 // bundle at at.
 func (s *Store) Touch(td spiffeid.TrustDomain, at time.Time) error {
-	return s.write(map[string]string{fetchedKey(td): at.UTC().Format(time.RFC3339)})
+	return s.write(map[string]string{fetchedKey(td): at.UTC().Format(time.RFC3339Nano)})
 }
 
 // write sets keys in the ConfigMap, creating it if need be, retrying on
