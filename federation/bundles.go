@@ -342,6 +342,10 @@ func (b *Bundles) take(e *entry, got *spiffebundle.Bundle, now time.Time) error 
 			// fall back to the older stored bundle.
 			b.cfg.Log.Error("federation: could not store the bundle", "trustDomain", e.rel.TrustDomain.Name(), "error", err.Error())
 		}
+	} else if t, ok := b.cfg.Store.(Toucher); ok {
+		if err := t.Touch(e.rel.TrustDomain, now); err != nil {
+			b.cfg.Log.Warn("federation: could not record the fetch in the store", "trustDomain", e.rel.TrustDomain.Name(), "error", err.Error())
+		}
 	}
 	if changed {
 		seq, _ := got.SequenceNumber()
@@ -351,6 +355,80 @@ func (b *Bundles) take(e *entry, got *spiffebundle.Bundle, now time.Time) error 
 		}
 	}
 	return nil
+}
+
+// Reload takes from the store the bundles another replica fetched (the
+// leader, in Kubernetes mode, where only the leader polls the peers): a
+// stored bundle replaces the one held unless its sequence is lower or it
+// was stored before the held one was fetched, and its time becomes the
+// last good fetch. Subscribers hear of new roots.
+// A store that cannot be read is logged; the bundles held stay.
+func (b *Bundles) Reload() {
+	if b.cfg.Store == nil {
+		return
+	}
+	b.mu.Lock()
+	entries := slices.Collect(maps.Values(b.entries))
+	b.mu.Unlock()
+	notify := false
+	for _, e := range entries {
+		td := e.rel.TrustDomain
+		got, at, err := b.cfg.Store.Load(td)
+		if err != nil {
+			b.cfg.Log.Warn("federation: cannot read the stored bundle; keeping the one held", "trustDomain", td.Name(), "error", err.Error())
+			continue
+		}
+		if got == nil {
+			continue
+		}
+		b.mu.Lock()
+		held := e.bundle
+		if held != nil && e.from != "bootstrap" {
+			hs, hok := held.SequenceNumber()
+			gs, gok := got.SequenceNumber()
+			// Never back in sequence; nor to a bundle stored before the
+			// one held was fetched (the leader's own fetch, not yet
+			// stored, of a peer that publishes no sequence).
+			if (hok && gok && gs < hs) || (!at.IsZero() && at.Before(e.success)) {
+				b.mu.Unlock()
+				continue
+			}
+		}
+		changed := held == nil || !ca.SameRoots(held.X509Authorities(), got.X509Authorities())
+		if changed || !sameSequence(held, got) || e.from == "bootstrap" {
+			e.bundle, e.from = got, "stored"
+			e.interval = b.interval(got)
+		}
+		if at.After(e.success) {
+			e.success = at
+		}
+		b.mu.Unlock()
+		if changed {
+			seq, _ := got.SequenceNumber()
+			b.cfg.Log.Info("federation: new bundle from the store", "trustDomain", td.Name(), "roots", len(got.X509Authorities()), "sequence", seq)
+			notify = true
+		}
+	}
+	if notify {
+		b.mu.Lock()
+		subs := slices.Clone(b.subs)
+		b.mu.Unlock()
+		for _, f := range subs {
+			f()
+		}
+	}
+}
+
+// Follow runs Reload every interval until ctx is done.
+func (b *Bundles) Follow(ctx context.Context, every time.Duration) error {
+	for {
+		b.Reload()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
 }
 
 func sameSequence(a, b *spiffebundle.Bundle) bool {

@@ -463,3 +463,88 @@ func TestParseRelationships(t *testing.T) {
 		t.Errorf("a missing file: %v", err)
 	}
 }
+
+// TestReloadFollowsTheStore: a replica that does not poll (Kubernetes
+// mode's followers) takes the bundles another replica stored: new roots
+// reach its subscribers, the stored time is its last good fetch, and a
+// stored bundle of a lower sequence than the one held is not taken.
+func TestReloadFollowsTheStore(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "federation")
+	f := newForeignCA(t, partner, "partner root")
+	p := newWebPeer(t, []*x509.Certificate{f.root}, 4)
+	rel := webRelationship(p.srv.URL)
+	leader := newBundles(t, federation.Config{Relationships: []*federation.Relationship{rel}, WebRoots: webRoots(p), Store: &federation.DirStore{Dir: dir}})
+	follower := newBundles(t, federation.Config{Relationships: []*federation.Relationship{rel}, Store: &federation.DirStore{Dir: dir}})
+	var told atomic.Int32
+	follower.Subscribe(func() { told.Add(1) })
+	follower.Reload() // nothing stored yet
+	if got := follower.ForNamespace("default"); len(got) != 0 || told.Load() != 0 {
+		t.Fatalf("before any fetch the follower has %d bundles, told %d times", len(got), told.Load())
+	}
+	if err := leader.Refresh(context.Background(), partner); err != nil {
+		t.Fatal(err)
+	}
+	follower.Reload()
+	if got := follower.ForNamespace("default")[partner]; len(got) != 1 || !got[0].Equal(f.root) || told.Load() != 1 {
+		t.Fatalf("after the leader's fetch the follower has %d roots, told %d times", len(got), told.Load())
+	}
+	st := follower.Status()[0]
+	if st.From != "stored" || st.Sequence != 4 || st.LastSuccess.IsZero() || st.Stale {
+		t.Fatalf("follower status %+v", st)
+	}
+	follower.Reload() // unchanged: nobody told
+	if told.Load() != 1 {
+		t.Fatalf("an unchanged store told subscribers again (%d)", told.Load())
+	}
+	// The peer rotates: the leader stores sequence 5, the follower follows.
+	next := newForeignCA(t, partner, "partner root 2")
+	p.set([]*x509.Certificate{f.root, next.root}, 5, time.Second)
+	if err := leader.Refresh(context.Background(), partner); err != nil {
+		t.Fatal(err)
+	}
+	follower.Reload()
+	if got := follower.ForNamespace("default")[partner]; len(got) != 2 || told.Load() != 2 {
+		t.Fatalf("after the rotation the follower has %d roots, told %d times", len(got), told.Load())
+	}
+	// A store going back to a lower sequence (an old replica's write) is
+	// not followed.
+	stale := spiffebundle.FromX509Authorities(partner, []*x509.Certificate{next.root})
+	stale.SetSequenceNumber(3)
+	if err := (&federation.DirStore{Dir: dir}).Save(partner, stale); err != nil {
+		t.Fatal(err)
+	}
+	follower.Reload()
+	if got := follower.ForNamespace("default")[partner]; len(got) != 2 {
+		t.Fatalf("a stored sequence 3 replaced the held sequence 5: %d roots", len(got))
+	}
+
+	// A peer without sequence numbers: a bundle stored before the one
+	// held was fetched (the fetching replica's own, not yet stored) is
+	// not taken.
+	p2 := newWebPeer(t, []*x509.Certificate{next.root}, 0)
+	p2.mu.Lock()
+	p2.bundle = spiffebundle.FromX509Authorities(partner, []*x509.Certificate{next.root}) // no spiffe_sequence
+	p2.mu.Unlock()
+	dir2 := filepath.Join(t.TempDir(), "federation")
+	ds := &federation.DirStore{Dir: dir2}
+	old := spiffebundle.FromX509Authorities(partner, []*x509.Certificate{f.root})
+	if err := ds.Save(partner, old); err != nil {
+		t.Fatal(err)
+	}
+	past := time.Now().Add(-time.Hour)
+	os.Chtimes(filepath.Join(dir2, "partner.test.json"), past, past)
+	fetcher := newBundles(t, federation.Config{Relationships: []*federation.Relationship{webRelationship(p2.srv.URL)}, WebRoots: webRoots(p2), Store: readOnly{ds}})
+	if err := fetcher.Refresh(context.Background(), partner); err != nil {
+		t.Fatal(err)
+	}
+	fetcher.Reload()
+	if got := fetcher.ForNamespace("default")[partner]; len(got) != 1 || !got[0].Equal(next.root) {
+		t.Fatal("an older stored bundle replaced the one just fetched")
+	}
+}
+
+// readOnly is a Store whose writes are lost (a write not yet made).
+type readOnly struct{ federation.Store }
+
+func (readOnly) Save(spiffeid.TrustDomain, *spiffebundle.Bundle) error { return nil }

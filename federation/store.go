@@ -23,6 +23,14 @@ type Store interface {
 	Save(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error
 }
 
+// Toucher is a Store that also records a good fetch that changed nothing
+// (the same roots and sequence), so that replicas reading the store see
+// how recent the bundle is (Bundles.Reload) without a write of the
+// bundle on every poll.
+type Toucher interface {
+	Touch(td spiffeid.TrustDomain, at time.Time) error
+}
+
 // DirStore stores each bundle as SPIFFE bundle JSON in
 // <Dir>/<trust domain>.json (0600, written atomically) in a 0700
 // directory; the file's modification time is when it was fetched.

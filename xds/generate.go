@@ -146,6 +146,11 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 		out.Clusters = append(out.Clusters, blackHoleCluster())
 	}
 	out.Reports = g.reports
+	if !g.grpc {
+		if err := m.federate(ns, out); err != nil {
+			return nil, err
+		}
+	}
 	return out, out.Validate()
 }
 
@@ -638,11 +643,18 @@ func hasPort(ps []authn.Port, n uint32) bool {
 // a proxyless gRPC server, the listeners it asked for by name; for a
 // gateway proxy (router), the listeners and routes of its Gateways.
 func (m *Mesh) InboundFor(p *Proxy, w *Workload, servers []string) (*Config, error) {
-	if p.Type == RouterProxy {
-		return m.Gateway(p, w)
-	}
-	if p.Generator != GeneratorGRPC {
-		return m.inbound(w, p.Transparent)
+	if p.Type == RouterProxy || p.Generator != GeneratorGRPC {
+		var c *Config
+		var err error
+		if p.Type == RouterProxy {
+			c, err = m.Gateway(p, w)
+		} else {
+			c, err = m.inbound(w, p.Transparent)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return c, m.federate(p.Namespace, c)
 	}
 	c := &Config{}
 	for _, n := range slices.Sorted(slices.Values(servers)) {

@@ -66,6 +66,13 @@ type Options struct {
 	// proxies (load balancers) in front of the gateways append to
 	// X-Forwarded-For; their HTTP connection managers' xff_num_trusted_hops.
 	GatewayTrustedProxies uint32
+	// TrustBundles are the foreign trust domains' bundles by namespace
+	// (SPIFFE Federation): an Envoy workload whose namespace federates
+	// validates mesh peers with the SPIFFE certificate validator, one
+	// bundle per trust domain, inline. nil: no namespace federates. The
+	// configuration reads them when it is built: call the server's
+	// TrustBundlesChanged when they change.
+	TrustBundles TrustBundles
 }
 
 // WithDefaults is o with its zero values filled in.

@@ -124,6 +124,7 @@ type agent struct {
 	fileRoots []*x509.Certificate
 	bundles   *ca.Bundles // the CA's bundle as followed (followBundle); until then the trust anchors file plus the roots the CA names
 	streamed  []*x509.Certificate
+	foreign   map[spiffeid.TrustDomain][]*x509.Certificate // the foreign bundles the CA sends for the workload's namespace
 	mu        sync.Mutex
 	self      *sds.SVID           // the workload's SVID (single-workload mode)
 	tokens    caserver.TokenCache // node agent: token hash -> identity
@@ -174,12 +175,17 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 		a.cache.Put(svid)
 		identify = sdsserver.FixedIdentify(svid.ID)
 	}
-	a.sds, err = sdsserver.New(ctx, sdsserver.Config{Cache: a.cache, Identify: identify, Roots: a.roots, Log: log})
+	sdsCfg := sdsserver.Config{Cache: a.cache, Identify: identify, Roots: a.roots, Log: log}
+	if !f.nodeAgent {
+		// Relayed by name (spiffe://<td>), as the CA sent them.
+		sdsCfg.Federated = func(spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate { return a.federated() }
+	}
+	a.sds, err = sdsserver.New(ctx, sdsCfg)
 	if err != nil {
 		return nil, err
 	}
 	if f.wapiSocket != "" && !f.nodeAgent {
-		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots, TrustDomain: a.self.ID.TrustDomain()}
+		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots, TrustDomain: a.self.ID.TrustDomain(), Federated: a.federated}
 	}
 	// A new bundle reaches every SDS stream's ROOTCA, the Workload API and
 	// the files; when the CA signs under a root the SVID does not chain
@@ -213,6 +219,7 @@ func (a *agent) updated(s *sds.SVID) {
 		if err := sds.WriteFiles(a.f.outDir, s, a.roots()); err != nil {
 			a.log.Error("writing certificate files", "dir", a.f.outDir, "error", err.Error())
 		}
+		a.writeBundleMap(a.roots())
 	}
 }
 

@@ -12,12 +12,15 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/client"
 	"github.com/wardenmesh/warden/sds"
+	sdsserver "github.com/wardenmesh/warden/sds/server"
 )
 
 // caPool is what the agent trusts the CA's serving certificate with: the
@@ -35,6 +38,9 @@ func (a *agent) caPool() *x509.CertPool {
 // central SDS (the CA port), authenticated with the workload's SVID: the
 // CA pushes every change of the trust bundle (a rotation publishing a new
 // root), and counts this agent among the consumers a rotation waits for.
+// The stream also asks for the foreign bundles of the trust domains the
+// workload's namespace federates with (sdsserver.FederatedBundlesKey),
+// which the agent relays under their own names, never merged into ROOTCA.
 // Each bundle is applied (SDS streams, Workload API, files) before it is
 // ACKed. It returns when ctx is done.
 func (a *agent) followBundle(ctx context.Context) {
@@ -74,7 +80,8 @@ func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	req := &discovery.DiscoveryRequest{Node: &corev3.Node{Id: "warden-agent~" + self.ID.String()}, ResourceNames: []string{sds.RootName}, TypeUrl: resource.SecretType}
+	md, _ := structpb.NewStruct(map[string]any{sdsserver.FederatedBundlesKey: true})
+	req := &discovery.DiscoveryRequest{Node: &corev3.Node{Id: "warden-agent~" + self.ID.String(), Metadata: md}, ResourceNames: []string{sds.RootName}, TypeUrl: resource.SecretType}
 	if err := s.Send(req); err != nil {
 		return false, err
 	}
@@ -83,7 +90,7 @@ func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
 		if err != nil {
 			return got, err
 		}
-		roots, err := bundleOf(resp)
+		roots, foreign, err := bundleOf(resp, self.ID.TrustDomain())
 		ack := &discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: req.ResourceNames, TypeUrl: resource.SecretType}
 		if err != nil {
 			a.log.Error("the CA sent a trust bundle the agent cannot use; keeping the current one", "error", err.Error())
@@ -92,8 +99,13 @@ func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
 		} else {
 			a.mu.Lock()
 			a.streamed = roots
+			fedChanged := !sameForeign(a.foreign, foreign)
+			a.foreign = foreign
 			a.mu.Unlock()
 			a.bundles.Set(roots) // applied (subscribers run) before the ACK
+			if fedChanged {
+				a.foreignChanged()
+			}
 			got = true
 		}
 		if err := s.Send(ack); err != nil {
@@ -102,26 +114,85 @@ func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
 	}
 }
 
-// bundleOf reads the roots of a ROOTCA response.
-func bundleOf(resp *discovery.DiscoveryResponse) ([]*x509.Certificate, error) {
+// bundleOf reads a bundle stream's response: the roots of ROOTCA, and
+// the foreign bundles, each named spiffe://<td> (own, the workload's
+// trust domain, is not one of them).
+func bundleOf(resp *discovery.DiscoveryResponse, own spiffeid.TrustDomain) ([]*x509.Certificate, map[spiffeid.TrustDomain][]*x509.Certificate, error) {
+	var roots []*x509.Certificate
+	foreign := map[spiffeid.TrustDomain][]*x509.Certificate{}
 	for _, r := range resp.Resources {
 		var sec tlsv3.Secret
 		if err := r.UnmarshalTo(&sec); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if sec.Name != sds.RootName {
+		certs, err := ca.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", sec.Name, err)
+		}
+		if len(certs) == 0 {
+			return nil, nil, fmt.Errorf("%s holds no root", sec.Name)
+		}
+		if sec.Name == sds.RootName {
+			roots = certs
 			continue
 		}
-		roots, err := ca.ParseCerts(sec.GetValidationContext().GetTrustedCa().GetInlineBytes())
-		if err != nil {
-			return nil, fmt.Errorf("ROOTCA: %w", err)
+		td, err := spiffeid.TrustDomainFromString(sec.Name)
+		if err != nil || td.IDString() != sec.Name || td == own {
+			return nil, nil, fmt.Errorf("unexpected secret %q in the bundle stream", sec.Name)
 		}
-		if len(roots) == 0 {
-			return nil, errors.New("ROOTCA holds no root")
-		}
-		return roots, nil
+		foreign[td] = certs
 	}
-	return nil, fmt.Errorf("no %s in the response", sds.RootName)
+	if roots == nil {
+		return nil, nil, fmt.Errorf("no %s in the response", sds.RootName)
+	}
+	return roots, foreign, nil
+}
+
+func sameForeign(a, b map[spiffeid.TrustDomain][]*x509.Certificate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, roots := range a {
+		if o, ok := b[td]; !ok || !ca.SameRoots(roots, o) {
+			return false
+		}
+	}
+	return true
+}
+
+// federated is what the agent relays of the foreign trust domains: the
+// bundles the CA sent for its workload's namespace.
+func (a *agent) federated() map[spiffeid.TrustDomain][]*x509.Certificate {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.foreign
+}
+
+// foreignChanged passes new foreign bundles on: SDS streams, the
+// Workload API, the bundle map file.
+func (a *agent) foreignChanged() {
+	a.sds.FederationChanged()
+	if a.wapi != nil {
+		a.wapi.Updated()
+	}
+	a.writeBundleMap(a.roots())
+}
+
+// writeBundleMap writes the SPIFFE bundle map (--output-dir) proxyless
+// gRPC reads as spiffe_trust_bundle_map_file: the workload's trust
+// domain with roots, and each foreign bundle.
+func (a *agent) writeBundleMap(roots []*x509.Certificate) {
+	self := a.current()
+	if a.f.outDir == "" || a.f.nodeAgent || self == nil {
+		return
+	}
+	bundles := map[spiffeid.TrustDomain][]*x509.Certificate{self.ID.TrustDomain(): roots}
+	for td, r := range a.federated() {
+		bundles[td] = r
+	}
+	if err := sds.WriteBundleMap(a.f.outDir, bundles); err != nil {
+		a.log.Error("writing the SPIFFE bundle map", "dir", a.f.outDir, "error", err.Error())
+	}
 }
 
 // rootsChanged passes a new bundle on: SDS streams, the Workload API, the
@@ -140,6 +211,7 @@ func (a *agent) rootsChanged(roots []*x509.Certificate) {
 		if err := sds.WriteFiles(a.f.outDir, self, roots); err != nil {
 			a.log.Error("writing certificate files", "dir", a.f.outDir, "error", err.Error())
 		}
+		a.writeBundleMap(roots)
 	}
 	if len(roots) > 0 && !chainsTo(self, roots[0]) {
 		a.log.Info("the CA signs under a new root; renewing the SVID now", "id", self.ID.String())

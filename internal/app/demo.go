@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -59,6 +61,15 @@ func (d *demoFlags) bootstrap() ([]byte, error) {
 	for k, v := range files {
 		provider[k] = v
 	}
+	// Data-plane peers: with the agent's SPIFFE bundle map (written when
+	// the workload federates, or always with --output-dir), each peer is
+	// validated with its own trust domain's bundle. grpc-go reads it only
+	// with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true (1.85; gRFC A87) and
+	// otherwise falls back to ca_certificate_file, the local bundle.
+	dataPlane := maps.Clone(provider)
+	if bm := filepath.Join(d.certs, sds.FileBundleMap); fileExists(bm) {
+		dataPlane["spiffe_trust_bundle_map_file"] = bm
+	}
 	return json.Marshal(map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      d.xdsAddr,
@@ -66,9 +77,14 @@ func (d *demoFlags) bootstrap() ([]byte, error) {
 			"server_features": []string{"xds_v3"},
 		}},
 		"node":                                   map[string]any{"id": d.node, "metadata": map[string]string{"GENERATOR": "grpc"}},
-		"certificate_providers":                  map[string]any{"default": map[string]any{"plugin_name": "file_watcher", "config": provider}},
+		"certificate_providers":                  map[string]any{"default": map[string]any{"plugin_name": "file_watcher", "config": dataPlane}},
 		"server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
 	})
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func runDemoServer(ctx context.Context, e *env, args []string) error {

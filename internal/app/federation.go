@@ -39,8 +39,8 @@ func (f *federationFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "bundle-endpoint-cert", "", "https_web: PEM certificate chain the bundle endpoint presents (a Web PKI certificate for the endpoint URL's host); re-read when it changes")
 	fs.StringVar(&f.key, "bundle-endpoint-key", "", "https_web: the PEM private key of --bundle-endpoint-cert")
 	fs.DurationVar(&f.refreshHint, "bundle-endpoint-refresh-hint", federation.DefaultRefreshHint, "spiffe_refresh_hint the bundle endpoint publishes (whole seconds); a root rotation activates no sooner than this after publishing")
-	fs.StringVar(&f.file, "federation-file", "", "standalone: the federation relationships (foreign trust domains, their bundle endpoints, the namespaces that federate with each), YAML; their last good bundles are kept in <data-dir>/federation")
-	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "poll a foreign bundle endpoint no more often than this, whatever refresh hint it publishes (at most hourly, whatever it publishes)")
+	fs.StringVar(&f.file, "federation-file", "", "the federation relationships (foreign trust domains, their bundle endpoints, the namespaces that federate with each), YAML; their last good bundles are kept in <data-dir>/federation (standalone) or ConfigMap warden-federation-bundles (Kubernetes)")
+	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "poll a foreign bundle endpoint no more often than this, whatever refresh hint it publishes (at most hourly, whatever it publishes); Kubernetes: how often every replica reads the bundles the leader stored")
 }
 
 // check refuses inconsistent flags before anything is read or written.
@@ -75,14 +75,11 @@ func (f *federationFlags) check() error {
 	return nil
 }
 
-// checkFile refuses a relationships file that does not load, and one in
-// Kubernetes mode, before anything is read or written.
-func (f *federationFlags) checkFile(trustDomain string, kube bool) error {
+// checkFile refuses a relationships file that does not load before
+// anything is read or written.
+func (f *federationFlags) checkFile(trustDomain string) error {
 	if f.file == "" {
 		return nil
-	}
-	if kube {
-		return fmt.Errorf("%w: --federation-file is standalone only for now; Kubernetes mode does not consume foreign bundles yet (docs/federation.md, Not yet)", errUsage)
 	}
 	td, err := parseTrustDomain(trustDomain)
 	if err != nil {
@@ -184,8 +181,10 @@ func (s *controlPlane) listenBundleEndpoint(addr string) error {
 }
 
 // wireFederation loads the relationships (--federation-file) and their
-// last good bundles from the data directory; their polling is a task.
-// Kubernetes mode has no relationships yet (docs/federation.md, Not yet).
+// last good bundles: from the data directory in standalone mode, where
+// polling the peers is a task; from ConfigMap warden-federation-bundles
+// in Kubernetes mode, where the leader alone polls and stores (its Lead)
+// and every replica reads the ConfigMap every --federation-min-refresh.
 func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) error {
 	if f.federation.file == "" {
 		return nil
@@ -194,10 +193,13 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 	if err != nil {
 		return err
 	}
+	store := s.fedStore
+	if store == nil {
+		store = &federation.DirStore{Dir: filepath.Join(f.dataDir, federationDir)}
+	}
 	b, err := federation.New(federation.Config{
 		Local: td, LocalRoots: s.authority.Bundles().Roots, Relationships: rels,
-		Store:      &federation.DirStore{Dir: filepath.Join(f.dataDir, federationDir)},
-		MinRefresh: f.federation.minRefresh, Log: s.log,
+		Store: store, MinRefresh: f.federation.minRefresh, Log: s.log,
 	})
 	if err != nil {
 		return err
@@ -207,7 +209,11 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 			"namespaces", strings.Join(st.Namespaces, ","), "bundle", cmp.Or(st.From, "none yet"), "roots", st.Roots)
 	}
 	s.federated = b
-	s.tasks = append(s.tasks, b.Run)
+	if s.fedStore != nil {
+		s.tasks = append(s.tasks, func(ctx context.Context) error { return b.Follow(ctx, f.federation.minRefresh) })
+	} else {
+		s.tasks = append(s.tasks, b.Run)
+	}
 	return nil
 }
 

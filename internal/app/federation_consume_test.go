@@ -62,6 +62,13 @@ func startForeignPeer(t *testing.T, addr string) *foreignPeer {
 
 func (p *foreignPeer) serve(t *testing.T, addr string) {
 	t.Helper()
+	p.serveRoots(t, addr, 1, p.m.Roots)
+}
+
+// serveRoots serves a bundle of roots at sequence seq, the endpoint's SVID
+// still issued by the peer's CA.
+func (p *foreignPeer) serveRoots(t *testing.T, addr string, seq uint64, roots []*x509.Certificate) {
+	t.Helper()
 	a, err := ca.New(ca.Config{TrustDomain: partnerTD}, p.m)
 	if err != nil {
 		t.Fatal(err)
@@ -70,8 +77,8 @@ func (p *foreignPeer) serve(t *testing.T, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := spiffebundle.FromX509Authorities(partnerTD, p.m.Roots)
-	b.SetSequenceNumber(1)
+	b := spiffebundle.FromX509Authorities(partnerTD, roots)
+	b.SetSequenceNumber(seq)
 	b.SetRefreshHint(time.Second)
 	h, err := federation.NewHandler(partnerTD, b)
 	if err != nil {
@@ -91,6 +98,13 @@ func (p *foreignPeer) serve(t *testing.T, addr string) {
 // domain: what a compromised or malicious foreign trust domain can do.
 func (p *foreignPeer) forge(t *testing.T, id spiffeid.ID) *x509.Certificate {
 	t.Helper()
+	c, _ := p.issue(t, id)
+	return c
+}
+
+// issue is forge with the leaf's key: an X509-SVID of the foreign CA.
+func (p *foreignPeer) issue(t *testing.T, id spiffeid.ID) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(id.String())
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
@@ -100,7 +114,7 @@ func (p *foreignPeer) forge(t *testing.T, id spiffeid.ID) *x509.Certificate {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
-	return c
+	return c, key
 }
 
 // sdsBundles opens an SDS stream on serve's CA port as ns/sa (a token

@@ -225,7 +225,8 @@ func TestFederationEndpointFlagsChecked(t *testing.T) {
 		{[]string{"--bundle-endpoint-listen", "127.0.0.1:0", "--bundle-endpoint-cert", "x.pem", "--bundle-endpoint-key", "k.pem"}, "https_spiffe presents warden's own SVID"},
 		{[]string{"--federation-file", filepath.Join(dir, "none.yaml")}, "--federation-file: federation: open "},
 		{[]string{"--federation-file", bad}, `--federation-file: federation: ` + bad + `: trustDomains[0]: bundleEndpointURL: "http://x/": a bundle endpoint URL is https`},
-		{[]string{"--federation-file", bad, "--kubernetes"}, "--federation-file is standalone only for now"},
+		// Kubernetes mode reads the same file, checked before the cluster is asked.
+		{[]string{"--federation-file", bad, "--kubernetes"}, `--federation-file: federation: ` + bad + `: trustDomains[0]: bundleEndpointURL: "http://x/": a bundle endpoint URL is https`},
 		{[]string{"--federation-min-refresh", "0s"}, "--federation-min-refresh must be from 1s to 1h"},
 	} {
 		code, _, errOut := run(t, append([]string{"serve", "--data-dir", filepath.Join(dir, "d"), "--listen", "127.0.0.1:0", "--http-listen", ""}, c.args...)...)

@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/fedstore"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
@@ -280,6 +281,7 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	if s.metrics != nil {
 		watcher.Invalid = s.metrics.PluggedInInvalid
 	}
+	s.fedStore = &fedstore.Store{Client: cs, Namespace: k.namespace, Clock: caCfg.Clock}
 	election := &leader.Election{Client: cs, Namespace: k.namespace, Identity: k.identity, Log: s.log, Lead: func(ctx context.Context) {
 		// The leader's work: the cluster's bundle copies, the rotation's
 		// steps, and the pod certificates.
@@ -299,6 +301,11 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 					s.log.Error("leader task failed", "task", "root rotation", "error", err.Error())
 				}
 			})
+		}
+		if s.federated != nil {
+			// Only the leader polls the peers' bundle endpoints; every
+			// replica reads what it stores (wireFederation).
+			wg.Go(func() { _ = s.federated.Run(ctx) })
 		}
 		s.consumers.Lead(ctx, s.log)
 		wg.Wait()

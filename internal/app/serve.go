@@ -140,7 +140,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if err := f.federation.check(); err != nil {
 		return err
 	}
-	if err := f.federation.checkFile(f.trustDomain, f.kube.enabled()); err != nil {
+	if err := f.federation.checkFile(f.trustDomain); err != nil {
 		return err
 	}
 	log, err := e.logger(f.logLevel)
@@ -187,6 +187,9 @@ type controlPlane struct {
 	hookLis   net.Listener
 	bundleEP  *http.Server        // the SPIFFE bundle endpoint (--bundle-endpoint-listen)
 	federated *federation.Bundles // foreign trust domains' bundles (--federation-file); nil: none
+	// fedStore keeps them in the API server in Kubernetes mode, where
+	// only the leader polls the peers; nil: the data directory.
+	fedStore  federation.Store
 	bundleLis net.Listener
 	// admin answers 'ca rotate' on adminLis, the data directory's admin
 	// socket (standalone and Vault modes).

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/authn/oidc"
+	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/source"
 	"github.com/wardenmesh/warden/sds"
 	"github.com/wardenmesh/warden/xds"
@@ -30,6 +31,11 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 	keys := oidc.New(oidc.Config{Log: s.log})
 	opts := xds.Options{TrustDomain: td, TrustDomainAliases: f.mesh.aliases, PathNormalization: f.mesh.pathNorm, RootNamespace: f.mesh.rootNS, JWTKeys: keys,
 		GatewayTrustedProxies: uint32(f.mesh.trustedProxies)}
+	if s.federated != nil {
+		// Federating Envoy workloads validate peers with the SPIFFE
+		// validator, the bundles inline (docs/federation.md).
+		opts.TrustBundles = trustBundles{fed: s.federated, roots: roots}
+	}
 	lookup, access, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials
 	if lookup != nil {
@@ -60,6 +66,9 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 		return nil, err
 	}
 	s.xds = srv
+	if s.federated != nil {
+		s.federated.Subscribe(srv.TrustBundlesChanged)
+	}
 	if credTask != nil {
 		s.tasks = append(s.tasks, func(ctx context.Context) error { return credTask(ctx, srv) })
 	}
@@ -95,6 +104,21 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 	}
 	return srv, nil
 }
+
+// trustBundles are the foreign bundles of a namespace (the federation
+// relationships it is in) and the local bundle, for xDS.
+type trustBundles struct {
+	fed   *federation.Bundles
+	roots func() []*x509.Certificate
+}
+
+var _ xds.TrustBundles = trustBundles{}
+
+func (b trustBundles) ForNamespace(ns string) map[spiffeid.TrustDomain][]*x509.Certificate {
+	return b.fed.ForNamespace(ns)
+}
+
+func (b trustBundles) LocalRoots() []*x509.Certificate { return b.roots() }
 
 // kubeFeed feeds the ADS server in Kubernetes mode: once the mesh
 // configuration and the service registry have listed, every change to

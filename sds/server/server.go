@@ -16,7 +16,10 @@
 // SPIRE's agent names federated bundles); any other name is refused. A
 // stream whose first request names ROOTCA alone is a bundle stream: it
 // gets the bundle and no certificate is issued for it (a node agent
-// following the bundle).
+// following the bundle). A bundle stream whose node metadata sets
+// FederatedBundlesKey to true also receives, without naming them, the
+// bundles of the foreign trust domains its identity federates with, each
+// as spiffe://<td> (warden's agent, which cannot know them in advance).
 //
 // The server remembers which roots each stream last ACKed, so that a root
 // rotation can wait until every stream holds the new root (Missing).
@@ -77,6 +80,7 @@ type Server struct {
 	mu       sync.Mutex
 	streams  map[int64]*stream
 	idents   map[spiffeid.ID]int // open certificate streams per identity
+	fedIDs   map[spiffeid.ID]int // open bundle streams with foreign bundles per identity
 	versions map[string][]string // snapshot version -> fingerprints of its ROOTCA roots (the last maxVersions)
 	order    []string
 	building sync.Mutex // serialises snapshot builds
@@ -86,6 +90,7 @@ type stream struct {
 	id    spiffeid.ID
 	ctx   context.Context
 	kind  streamKind
+	fed   bool     // a bundle stream that gets the foreign bundles too
 	sent  string   // last version sent (SotW NACK handling)
 	nonce string   // last delta response nonce, and its version
 	nver  string   //
@@ -100,8 +105,15 @@ const (
 	kindBundle                    // ROOTCA only
 )
 
-// bundleKey is the snapshot every bundle stream shares.
+// bundleKey is the snapshot every bundle stream shares; a bundle stream
+// that receives foreign bundles has its identity's own,
+// bundleKey~<SPIFFE ID>.
 const bundleKey = "warden~bundle"
+
+// FederatedBundlesKey, set to true in a bundle stream's node metadata,
+// asks for the foreign bundles of the trust domains the stream's identity
+// federates with, alongside ROOTCA.
+const FederatedBundlesKey = "WARDEN_FEDERATED_BUNDLES"
 
 // maxVersions bounds the version -> roots memory.
 const maxVersions = 4096
@@ -118,7 +130,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Federated == nil {
 		cfg.Federated = func(spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate { return nil }
 	}
-	s := &Server{cfg: cfg, streams: map[int64]*stream{}, idents: map[spiffeid.ID]int{}, versions: map[string][]string{}}
+	s := &Server{cfg: cfg, streams: map[int64]*stream{}, idents: map[spiffeid.ID]int{}, fedIDs: map[spiffeid.ID]int{}, versions: map[string][]string{}}
 	s.snaps = cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
 	s.xds = xds.NewServer(ctx, s.snaps, s.callbacks())
 	if err := s.publishBundle(ctx); err != nil {
@@ -144,6 +156,7 @@ func (s *Server) RootsChanged() {
 	if err := s.publishBundle(context.Background()); err != nil {
 		s.cfg.Log.Error("sds: cannot publish the bundle", "error", err.Error())
 	}
+	s.publishFederatedBundles()
 	s.pushAll()
 }
 
@@ -163,8 +176,10 @@ func (s *Server) pushAll() {
 }
 
 // FederationChanged pushes every certificate stream's foreign bundles
-// again (a foreign trust domain's roots changed).
+// again (a foreign trust domain's roots changed), and every bundle
+// stream's that receives them.
 func (s *Server) FederationChanged() {
+	s.publishFederatedBundles()
 	s.pushAll()
 }
 
@@ -229,6 +244,67 @@ func (s *Server) publishBundle(ctx context.Context) error {
 		return err
 	}
 	return s.snaps.SetSnapshot(ctx, bundleKey, snap)
+}
+
+// publishFederatedBundles rebuilds the snapshot of every identity with a
+// bundle stream that receives foreign bundles.
+func (s *Server) publishFederatedBundles() {
+	s.mu.Lock()
+	ids := make([]spiffeid.ID, 0, len(s.fedIDs))
+	for id := range s.fedIDs {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		if err := s.publishBundleFor(context.Background(), id); err != nil {
+			s.cfg.Log.Error("sds: cannot publish the bundles", "id", id.String(), "error", err.Error())
+		}
+	}
+}
+
+// publishBundleFor builds the snapshot of id's bundle streams that
+// receive foreign bundles: ROOTCA (the local bundle) and, each under its
+// own name, the bundle of every trust domain id federates with.
+func (s *Server) publishBundleFor(ctx context.Context, id spiffeid.ID) error {
+	s.building.Lock()
+	defer s.building.Unlock()
+	roots := s.cfg.Roots()
+	if len(roots) == 0 {
+		return nil
+	}
+	root, err := sds.ValidationContext(sds.RootName, roots)
+	if err != nil {
+		return err
+	}
+	secrets := []types.Resource{root}
+	for td, froots := range s.cfg.Federated(id) {
+		if td == id.TrustDomain() || len(froots) == 0 {
+			continue
+		}
+		vc, err := sds.ValidationContext(td.IDString(), froots)
+		if err != nil {
+			return err
+		}
+		secrets = append(secrets, vc)
+	}
+	snap, err := cachev3.NewSnapshot(s.newVersion(roots), map[resource.Type][]types.Resource{resource.SecretType: secrets})
+	if err != nil {
+		return err
+	}
+	return s.snaps.SetSnapshot(ctx, bundleKey+"~"+id.String(), snap)
+}
+
+// bundleNames are the names a bundle stream that receives foreign bundles
+// subscribes to: ROOTCA and the trust domains id federates with, sorted.
+func (s *Server) bundleNames(id spiffeid.ID) []string {
+	var names []string
+	for td, roots := range s.cfg.Federated(id) {
+		if td != id.TrustDomain() && len(roots) > 0 {
+			names = append(names, td.IDString())
+		}
+	}
+	slices.Sort(names)
+	return append([]string{sds.RootName}, names...)
 }
 
 // Streams is the number of open SDS streams (metrics).
@@ -348,6 +424,12 @@ func (s *Server) closed(streamID int64) {
 		return
 	}
 	delete(s.streams, streamID)
+	if st.fed {
+		if s.fedIDs[st.id]--; s.fedIDs[st.id] == 0 {
+			delete(s.fedIDs, st.id)
+			s.snaps.ClearSnapshot(bundleKey + "~" + st.id.String())
+		}
+	}
 	if st.kind != kindCert {
 		return
 	}
@@ -408,10 +490,21 @@ func (s *Server) bind(streamID int64, node **corev3.Node, names []string) (*stre
 	bundleOnly := len(names) > 0 && !slices.ContainsFunc(names, func(n string) bool { return n != sds.RootName })
 	s.mu.Lock()
 	kind := st.kind
+	first := false
 	if kind == kindUnbound && bundleOnly {
 		st.kind, kind = kindBundle, kindBundle
+		if *node != nil && (*node).GetMetadata().GetFields()[FederatedBundlesKey].GetBoolValue() {
+			st.fed, first = true, s.fedIDs[st.id] == 0
+			s.fedIDs[st.id]++
+		}
 	}
+	fed := st.fed
 	s.mu.Unlock()
+	if first {
+		if err := s.publishBundleFor(st.ctx, st.id); err != nil {
+			return nil, err
+		}
+	}
 	switch {
 	case kind == kindUnbound:
 		if err := s.certificates(st); err != nil {
@@ -421,7 +514,10 @@ func (s *Server) bind(streamID int64, node **corev3.Node, names []string) (*stre
 		return nil, status.Errorf(codes.InvalidArgument, "sds: this stream asked for %q alone first; open another stream for certificates", sds.RootName)
 	}
 	n := &corev3.Node{Id: st.id.String()}
-	if kind == kindBundle {
+	switch {
+	case fed:
+		n.Id = bundleKey + "~" + st.id.String()
+	case kind == kindBundle:
 		n.Id = bundleKey
 	}
 	if *node != nil {
@@ -454,6 +550,11 @@ func (s *Server) callbacks() xds.Callbacks {
 			if err != nil {
 				return err
 			}
+			if st.fed {
+				// Read after this callback: the foreign bundles the stream
+				// did not (could not) name.
+				req.ResourceNames = s.bundleNames(st.id)
+			}
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if req.ErrorDetail != nil {
@@ -483,6 +584,9 @@ func (s *Server) callbacks() xds.Callbacks {
 			st, err := s.bind(streamID, &req.Node, req.ResourceNamesSubscribe)
 			if err != nil {
 				return err
+			}
+			if st.fed && len(req.ResourceNamesSubscribe) > 0 {
+				req.ResourceNamesSubscribe = s.bundleNames(st.id)
 			}
 			if req.ErrorDetail != nil {
 				s.nack(st.id, req.ResponseNonce, req.ErrorDetail.GetMessage())

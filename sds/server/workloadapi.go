@@ -24,6 +24,10 @@ type WorkloadAPI struct {
 	// TrustDomain names the bundle FetchX509Bundles sends, which needs no
 	// SVID (a workload whose SVID expired still gets the bundle).
 	TrustDomain spiffeid.TrustDomain
+	// Federated returns the foreign trust domains' bundles the workload
+	// federates with, sent as federated_bundles (keyed spiffe://<td>, DER)
+	// and among FetchX509Bundles' bundles; nil: none.
+	Federated func() map[spiffeid.TrustDomain][]*x509.Certificate
 
 	mu   sync.Mutex
 	subs map[chan struct{}]struct{}
@@ -106,7 +110,7 @@ func (w *WorkloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.Ser
 		}
 		return stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
 			SpiffeId: s.ID.String(), X509Svid: der(s.Certs), X509SvidKey: key, Bundle: der(w.Roots()),
-		}}})
+		}}, FederatedBundles: w.federated(s.ID.TrustDomain())})
 	})
 }
 
@@ -117,8 +121,30 @@ func (w *WorkloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, stream gr
 		if s != nil {
 			td = s.ID.TrustDomain()
 		}
-		return stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
-			td.IDString(): der(w.Roots()),
-		}})
+		bundles := w.federated(td)
+		if bundles == nil {
+			bundles = map[string][]byte{}
+		}
+		bundles[td.IDString()] = der(w.Roots())
+		return stream.Send(&workload.X509BundlesResponse{Bundles: bundles})
 	})
+}
+
+// federated is the foreign bundles keyed spiffe://<td> (DER), never the
+// workload's own trust domain; nil when there are none.
+func (w *WorkloadAPI) federated(own spiffeid.TrustDomain) map[string][]byte {
+	if w.Federated == nil {
+		return nil
+	}
+	var out map[string][]byte
+	for td, roots := range w.Federated() {
+		if td == own || len(roots) == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[td.IDString()] = der(roots)
+	}
+	return out
 }

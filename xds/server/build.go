@@ -379,11 +379,11 @@ func (s *Server) CredentialsChanged(ctx context.Context, ns string) {
 	}
 }
 
-// SecretsChanged re-reads the secrets of every proxy running as id (after
-// a rotation or a root change) and pushes them.
 // RootsChanged pushes fresh secrets (ROOTCA holds the new bundle) to every
-// Envoy proxy connected over ADS.
+// Envoy proxy connected over ADS, and, with federation, the listeners and
+// clusters that carry the local roots inline (TrustBundlesChanged).
 func (s *Server) RootsChanged(ctx context.Context) {
+	s.TrustBundlesChanged()
 	s.mu.Lock()
 	ids := map[spiffeid.ID]bool{}
 	for _, p := range s.proxies {
@@ -395,6 +395,8 @@ func (s *Server) RootsChanged(ctx context.Context) {
 	}
 }
 
+// SecretsChanged re-reads the secrets of every proxy running as id (after
+// a rotation or a root change) and pushes them.
 func (s *Server) SecretsChanged(ctx context.Context, id spiffeid.ID) {
 	if s.cfg.Secrets == nil {
 		return

@@ -148,6 +148,36 @@ func (s *Server) JWTKeysChanged() {
 	}
 }
 
+// TrustBundlesChanged rebuilds every proxy's configuration, outbound
+// and inbound: a federating Envoy workload's validation contexts carry
+// the trust bundles inline (xds.Options.TrustBundles), so a foreign
+// bundle's change, or the local root's, changes its listeners and
+// clusters. Nothing is rebuilt without TrustBundles.
+func (s *Server) TrustBundlesChanged() {
+	if s.cfg.Options.TrustBundles == nil {
+		return
+	}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	s.mu.Lock()
+	if s.mesh == nil {
+		s.mu.Unlock()
+		return
+	}
+	s.outbound = map[string]*outbound{}
+	proxies := make([]*proxyState, 0, len(s.proxies))
+	for _, ps := range s.proxies {
+		ps.inbound = nil
+		proxies = append(proxies, ps)
+	}
+	s.mu.Unlock()
+	for _, ps := range proxies {
+		if err := s.push(context.Background(), ps); err != nil {
+			s.cfg.Log.Error("xds: push after a trust bundle changed", "proxy", ps.proxy.ID, "error", err.Error())
+		}
+	}
+}
+
 func kindKey(o api.Object) string {
 	return fmt.Sprintf("%T/%s/%s", o, o.Meta().Namespace, o.Meta().Name)
 }

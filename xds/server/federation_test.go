@@ -1,0 +1,141 @@
+package server_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/xds/server"
+)
+
+// liveBundles is a foreign bundle that changes under the server.
+type liveBundles struct {
+	mu      sync.Mutex
+	local   *x509.Certificate
+	partner *x509.Certificate
+}
+
+func (b *liveBundles) ForNamespace(ns string) map[spiffeid.TrustDomain][]*x509.Certificate {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ns != "default" {
+		return nil
+	}
+	return map[spiffeid.TrustDomain][]*x509.Certificate{spiffeid.RequireTrustDomainFromString("partner.example"): {b.partner}}
+}
+
+func (b *liveBundles) LocalRoots() []*x509.Certificate {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return []*x509.Certificate{b.local}
+}
+
+func selfSigned(t *testing.T, cn string) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestFederationBundleChangePushed: over a real ADS stream, a federating
+// Envoy workload's ISTIO_MUTUAL clusters carry the foreign bundle in the
+// SPIFFE validator, and a new foreign root (TrustBundlesChanged), or a
+// new local one (RootsChanged), is pushed in new clusters.
+func TestFederationBundleChangePushed(t *testing.T) {
+	b := &liveBundles{local: selfSigned(t, "local-1"), partner: selfSigned(t, "partner-1")}
+	srv, c := startADS(t, func(cfg *server.Config) { cfg.Options.TrustBundles = b })
+	ctx := asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second)
+	s, err := c.StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"}, TypeUrl: resource.ClusterType}
+	if err := s.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	// roots returns the roots each trust domain has in the first
+	// ISTIO_MUTUAL cluster of the response, and ACKs it.
+	roots := func() map[string]string {
+		t.Helper()
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ClusterType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range r.Resources {
+			var cl clusterv3.Cluster
+			if err := a.UnmarshalTo(&cl); err != nil {
+				t.Fatal(err)
+			}
+			if cl.TransportSocket == nil {
+				continue
+			}
+			var u tlsv3.UpstreamTlsContext
+			if err := cl.TransportSocket.GetTypedConfig().UnmarshalTo(&u); err != nil {
+				t.Fatal(err)
+			}
+			var sc tlsv3.SPIFFECertValidatorConfig
+			if err := u.GetCommonTlsContext().GetValidationContext().GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(&sc); err != nil {
+				t.Fatalf("%s: no SPIFFE validator: %v", cl.Name, err)
+			}
+			out := map[string]string{}
+			for _, td := range sc.TrustDomains {
+				certs, err := ca.ParseCerts(td.GetTrustBundle().GetInlineBytes())
+				if err != nil || len(certs) != 1 {
+					t.Fatalf("%s: %s: %d roots, %v", cl.Name, td.Name, len(certs), err)
+				}
+				out[td.Name] = certs[0].Subject.CommonName
+			}
+			return out
+		}
+		t.Fatal("no ISTIO_MUTUAL cluster")
+		return nil
+	}
+	want := func(got map[string]string, local, partner string) {
+		t.Helper()
+		if len(got) != 2 || got["cluster.local"] != local || got["partner.example"] != partner {
+			t.Fatalf("trust domains %v, want cluster.local: %s, partner.example: %s", got, local, partner)
+		}
+	}
+	want(roots(), "local-1", "partner-1")
+
+	b.mu.Lock()
+	b.partner = selfSigned(t, "partner-2")
+	b.mu.Unlock()
+	srv.TrustBundlesChanged()
+	want(roots(), "local-1", "partner-2")
+
+	b.mu.Lock()
+	b.local = selfSigned(t, "local-2")
+	b.mu.Unlock()
+	srv.RootsChanged(ctx)
+	want(roots(), "local-2", "partner-2")
+}
