@@ -1,6 +1,7 @@
 package testkit
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -24,6 +25,18 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// WaitLog waits until logs holds want. A line is written after the
+// action it reports: a test that saw the action waits for its line.
+func WaitLog(t testing.TB, logs fmt.Stringer, want string, timeout time.Duration) {
+	t.Helper()
+	Eventually(t, timeout, func() error {
+		if !strings.Contains(logs.String(), want) {
+			return fmt.Errorf("%q is not logged:\n%s", want, logs)
+		}
+		return nil
+	})
 }
 
 // Scrape returns a /metrics page.

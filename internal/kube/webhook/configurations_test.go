@@ -128,13 +128,7 @@ func TestConfigurationsKeepCABundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	kubetest.Eventually(t, 20*time.Second, holds(both))
-	// The line follows the write: wait for it too.
-	kubetest.Eventually(t, 5*time.Second, func() error {
-		if !strings.Contains(logs.String(), "repaired a validating webhook configuration another writer changed") {
-			return fmt.Errorf("no repair logged:\n%s", logs)
-		}
-		return nil
-	})
+	testkit.WaitLog(t, logs, "repaired a validating webhook configuration another writer changed", 5*time.Second)
 
 	// warden check: current.
 	res := c.Check(ctx, newFP, time.Now())
