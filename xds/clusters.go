@@ -269,12 +269,6 @@ func (g *gen) discovery(s *Service) clusterv3.Cluster_DiscoveryType {
 	return clusterv3.Cluster_EDS
 }
 
-// originalDst says whether s's clusters forward to the original
-// destination.
-func (g *gen) originalDst(s *Service) bool {
-	return g.discovery(s) == clusterv3.Cluster_ORIGINAL_DST
-}
-
 // dnsAssignment is the inline endpoints of a DNS cluster of s: its
 // endpoints (in the subset), or with none listed the host itself on the
 // port's target, as Istio makes an instance of a DNS ServiceEntry's host
