@@ -319,6 +319,11 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 		switch m := g.m.effectiveMode(s, p); {
 		case s.External:
 			return
+		case s.Resolution == "NONE" && len(s.Endpoints) == 0:
+			// As Istio's BestEffortInferServiceMTLSMode: a passthrough
+			// service with no known instance may reach a server outside
+			// the mesh, so mTLS is not turned on automatically.
+			return
 		case m == authn.Strict, m == authn.Permissive && !g.grpc:
 			mode = "ISTIO_MUTUAL"
 		default:

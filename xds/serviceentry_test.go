@@ -242,7 +242,8 @@ spec:
 }
 
 // TestServiceEntryResolution: resolution sets the cluster type as
-// Istio's convertResolution does, for a sidecar and a gateway.
+// Istio's convertResolution does, for a sidecar and a gateway; a
+// passthrough entry gets no automatic mesh TLS.
 func TestServiceEntryResolution(t *testing.T) {
 	t.Parallel()
 	const entries = `
@@ -261,7 +262,7 @@ metadata: {name: pass, namespace: default}
 spec:
   hosts: [pass.example.com]
   addresses: [198.51.100.0/24]
-  location: MESH_EXTERNAL
+  location: MESH_INTERNAL
   resolution: NONE
   ports: [{number: 5432, name: tcp, protocol: TCP}]
 ---
@@ -295,8 +296,14 @@ spec:
 	} else if sa := eps[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress(); sa.GetAddress() != "rr.example.com" || sa.GetPortValue() != 8443 {
 		t.Errorf("DNS_ROUND_ROBIN endpoint %v, want the host on the targetPort", sa)
 	}
-	if got := findCluster(t, side, "outbound|5432||pass.example.com").GetType(); got != clusterv3.Cluster_ORIGINAL_DST {
-		t.Errorf("NONE at a sidecar: type %s, want ORIGINAL_DST", got)
+	pass := findCluster(t, side, "outbound|5432||pass.example.com")
+	if pass.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+		t.Errorf("NONE at a sidecar: type %s, want ORIGINAL_DST", pass.GetType())
+	}
+	if pass.GetTransportSocket() != nil {
+		// Istio's BestEffortInferServiceMTLSMode: no known instance, no
+		// auto-mTLS.
+		t.Errorf("NONE without endpoints: mesh TLS turned on automatically")
 	}
 	if got := findCluster(t, side, "outbound|80||dyn.example.com").GetType(); got != clusterv3.Cluster_EDS {
 		t.Errorf("DYNAMIC_DNS: type %s, want EDS", got)
