@@ -426,3 +426,53 @@ func TestServiceEntryFederatedServer(t *testing.T) {
 		t.Errorf("trust domains %v, want cluster.local and partner.test", tds)
 	}
 }
+
+// TestServiceEntrySimpleTLSNames: a SIMPLE DestinationRule without
+// subjectAltNames checks the ServiceEntry's, as Istio's
+// constructUpstreamTLS does; the rule's own replace them; a SPIFFE ID is
+// matched as a URI SAN, not a DNS name no certificate can carry.
+func TestServiceEntrySimpleTLSNames(t *testing.T) {
+	t.Parallel()
+	const entries = `
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: default}
+spec:
+  hosts: [a.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  subjectAltNames: ["spiffe://partner.test/ns/a/sa/a", a.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: default}
+spec: {host: a.example.com, trafficPolicy: {tls: {mode: SIMPLE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b, namespace: default}
+spec:
+  hosts: [b.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  subjectAltNames: [b.example.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: b, namespace: default}
+spec: {host: b.example.com, trafficPolicy: {tls: {mode: SIMPLE, subjectAltNames: ["spiffe://partner.test/ns/b/sa/b"]}}}
+`
+	cfg := proxyConfig(t, entryMesh(t, entries+partnerEntry[strings.Index(partnerEntry, "---"):], xds.Options{}), sleepNode, xds.GeneratorEnvoy)
+	for host, want := range map[string][]string{
+		"a.example.com": {"URI:spiffe://partner.test/ns/a/sa/a", "DNS:a.example.com"},
+		"b.example.com": {"URI:spiffe://partner.test/ns/b/sa/b"},
+	} {
+		c := findCluster(t, cfg, "outbound|443||"+host)
+		got := sans(upstreamTLS(t, c).GetCommonTlsContext().GetValidationContext().GetMatchTypedSubjectAltNames())
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: SAN matchers %v, want %v", host, got, want)
+		}
+	}
+}
