@@ -2,6 +2,8 @@ package xds
 
 import (
 	"fmt"
+	"net"
+	"strings"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -135,17 +137,32 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
 	}
 	pol := policyFor(dr, subsetName, p.Number)
-	if g.originalDst(s) {
-		// A headless service's clients dial a pod's own address: the
-		// connection goes where it was headed, as Istio's PASSTHROUGH
-		// clusters do (no endpoints, no load balancing).
-		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+	switch t := g.discovery(s); t {
+	case clusterv3.Cluster_ORIGINAL_DST:
+		// A headless service's clients dial a pod's own address, and a
+		// ServiceEntry with resolution NONE passes connections through:
+		// the connection goes where it was headed, as Istio's
+		// PASSTHROUGH clusters do (no endpoints, no load balancing).
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: t}
 		c.EdsClusterConfig = nil
 		c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
 		if pol.lb != nil {
-			g.report("DestinationRule %s: loadBalancer does not apply to headless service %s (connections go to the pod dialed); ignored", objKey(dr), s.Host)
+			what := "headless service " + s.Host + " (connections go to the pod dialed)"
+			if !s.Headless {
+				what = "service " + s.Host + " of resolution NONE (connections go to the address dialed)"
+			}
+			g.report("DestinationRule %s: loadBalancer does not apply to %s; ignored", objKey(dr), what)
 			pol.lb = nil
 		}
+	case clusterv3.Cluster_STRICT_DNS, clusterv3.Cluster_LOGICAL_DNS:
+		// Envoy resolves the endpoints' names itself; the endpoints are
+		// inline, not sent by EDS.
+		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: t}
+		c.EdsClusterConfig = nil
+		c.LoadAssignment = g.dnsAssignment(s, p, dr, subsetName, t)
+	}
+	if g.grpc && strings.HasPrefix(s.Resolution, "DNS") && subsetName == "" {
+		g.report("service %s: resolution %s: proxyless gRPC gets an EDS cluster (as from Istio's grpc generator), so endpoints named by a hostname do not resolve", s.Host, s.Resolution)
 	}
 	if lb := pol.lb; lb != nil {
 		switch lb.Simple {
@@ -228,10 +245,62 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 	return c
 }
 
-// originalDst says whether s's clusters forward to the original
-// destination: a headless Kubernetes Service, for Envoy (proxyless gRPC
-// has no original destination, and balances over the endpoints).
-func (g *gen) originalDst(s *Service) bool { return s.Headless && !g.grpc }
+// discovery is how s's clusters find their endpoints, as Istio's
+// convertResolution (pilot/pkg/networking/core/cluster.go): a headless
+// Kubernetes Service forwards to the original destination; a
+// ServiceEntry's resolution STATIC is EDS, DNS STRICT_DNS,
+// DNS_ROUND_ROBIN LOGICAL_DNS, NONE without endpoints ORIGINAL_DST at a
+// sidecar (EDS at a gateway, which cannot pass through). Proxyless gRPC
+// has no original destination nor DNS clusters: always EDS, as Istio's
+// grpc generator.
+func (g *gen) discovery(s *Service) clusterv3.Cluster_DiscoveryType {
+	switch {
+	case g.grpc:
+		return clusterv3.Cluster_EDS
+	case s.Headless:
+		return clusterv3.Cluster_ORIGINAL_DST
+	case s.Resolution == "DNS":
+		return clusterv3.Cluster_STRICT_DNS
+	case s.Resolution == "DNS_ROUND_ROBIN":
+		return clusterv3.Cluster_LOGICAL_DNS
+	case s.Resolution == "NONE" && len(s.Endpoints) == 0 && !g.router:
+		return clusterv3.Cluster_ORIGINAL_DST
+	}
+	return clusterv3.Cluster_EDS
+}
+
+// dnsAssignment is the inline endpoints of a DNS cluster of s: its
+// endpoints (in the subset), or with none listed the host itself on the
+// port's target, as Istio makes an instance of a DNS ServiceEntry's host
+// (serviceentry/conversion.go). LOGICAL_DNS takes one endpoint, the
+// first (reported by EntryReports).
+func (g *gen) dnsAssignment(s *Service, p ServicePort, dr *api.DestinationRule, subsetName string, t clusterv3.Cluster_DiscoveryType) *endpointv3.ClusterLoadAssignment {
+	var sub *api.Subset
+	if dr != nil && subsetName != "" {
+		sub = subset(dr, subsetName)
+	}
+	if len(s.Endpoints) == 0 {
+		target := p.Number
+		if p.TargetPort != 0 {
+			target = p.TargetPort
+		}
+		cla := &endpointv3.ClusterLoadAssignment{ClusterName: ClusterName(p.Number, subsetName, s.Host)}
+		if sub == nil || len(sub.Labels) == 0 {
+			cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{Locality: &corev3.Locality{}, LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(s.Host, target)}},
+				HealthStatus:   corev3.HealthStatus_HEALTHY,
+			}}, LoadBalancingWeight: wrapperspb.UInt32(1)}}
+		}
+		return cla
+	}
+	cla := g.loadAssignment(s, p, sub)
+	if t == clusterv3.Cluster_LOGICAL_DNS {
+		for _, l := range cla.Endpoints {
+			l.LbEndpoints = l.LbEndpoints[:1]
+		}
+	}
+	return cla
+}
 
 func hasPrefix(name, p string) bool {
 	return len(name) >= len(p) && (name == p || len(name) > len(p) && name[:len(p)+1] == p+"-")
@@ -250,6 +319,11 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 		switch m := g.m.effectiveMode(s, p); {
 		case s.External:
 			return
+		case s.Resolution == "NONE" && len(s.Endpoints) == 0:
+			// As Istio's BestEffortInferServiceMTLSMode: a passthrough
+			// service with no known instance may reach a server outside
+			// the mesh, so mTLS is not turned on automatically.
+			return
 		case m == authn.Strict, m == authn.Permissive && !g.grpc:
 			mode = "ISTIO_MUTUAL"
 		default:
@@ -263,13 +337,22 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 	case "ISTIO_MUTUAL":
 		ids := s.serverIDs(g.m.opts)
 		if g.grpc {
+			// Istio's grpc generator: the service accounts (with the
+			// ServiceEntry's subjectAltNames), exact, untyped.
 			ut = &tlsv3.UpstreamTlsContext{CommonTlsContext: g.providerTLS(ids)}
 		} else {
 			var err error
-			if ut, err = g.m.authn.UpstreamTLS(fmt.Sprintf("outbound_.%d_._.%s", p.Number, s.Host), ids...); err != nil {
+			if ut, err = g.m.authn.UpstreamTLS(fmt.Sprintf("outbound_.%d_._.%s", p.Number, s.Host)); err != nil {
 				g.report("service %s: %v", s.Host, err)
 				return
 			}
+			// As Istio (cluster_tls.go buildUpstreamTLSSettings): the
+			// DestinationRule's subjectAltNames when it lists them,
+			// else the service accounts.
+			if tls != nil && len(tls.SubjectAltNames) > 0 {
+				ids = tls.SubjectAltNames
+			}
+			ut.CommonTlsContext.GetCombinedValidationContext().DefaultValidationContext.MatchTypedSubjectAltNames = sanMatchers(ids)
 			if g.m.opts.SDSCluster == "" {
 				adsSDS(ut.CommonTlsContext)
 			}
@@ -283,10 +366,14 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 		if tls.CACertificates != "" {
 			vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CACertificates}}
 		}
-		for _, san := range tls.SubjectAltNames {
-			vc.MatchTypedSubjectAltNames = append(vc.MatchTypedSubjectAltNames, &tlsv3.SubjectAltNameMatcher{SanType: tlsv3.SubjectAltNameMatcher_DNS,
-				Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: san}}})
+		sans := tls.SubjectAltNames
+		if len(sans) == 0 && s.Entry != "" {
+			// As Istio (cluster_tls.go constructUpstreamTLS): a
+			// ServiceEntry's service accounts and subjectAltNames when
+			// the DestinationRule lists none.
+			sans = s.accounts(g.m.opts)
 		}
+		vc.MatchTypedSubjectAltNames = sanMatchers(sans)
 		ut.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}
 		if mode == "MUTUAL" && tls.ClientCertificate != "" {
 			ut.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{
@@ -306,22 +393,68 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 	c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
 }
 
-// serverIDs are the SPIFFE IDs a client accepts from s's endpoints.
+// serverIDs are the identities a client accepts from s's servers (mesh
+// TLS): Istio's service accounts of s (accounts) when there are any;
+// else, where Istio would check no name at all, the SPIFFE IDs of its
+// endpoints as workloads without a service account (default). Never
+// more than Istio accepts.
 func (s *Service) serverIDs(o Options) []string {
+	if ids := s.accounts(o); len(ids) > 0 {
+		return ids
+	}
+	return s.identities(o, "default")
+}
+
+// accounts are Istio's service accounts of s, as its
+// PushContext.ServiceAccounts joins them (pilot/pkg/model/push_context.go):
+// the SPIFFE IDs of its endpoints' explicit service accounts, then a
+// ServiceEntry's subjectAltNames.
+func (s *Service) accounts(o Options) []string {
+	return s.identities(o, "")
+}
+
+func (s *Service) identities(o Options, defaultSA string) []string {
 	seen := map[string]bool{}
 	var ids []string
-	for _, e := range s.Endpoints {
-		sa := e.ServiceAccount
-		if sa == "" {
-			sa = "default"
-		}
-		id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", o.TrustDomain.Name(), s.Namespace, sa)
+	add := func(id string) {
 		if !seen[id] {
 			seen[id] = true
 			ids = append(ids, id)
 		}
 	}
+	for _, e := range s.Endpoints {
+		sa := e.ServiceAccount
+		if sa == "" {
+			sa = defaultSA
+		}
+		if sa != "" {
+			add(fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", o.TrustDomain.Name(), s.Namespace, sa))
+		}
+	}
+	for _, san := range s.SubjectAltNames {
+		add(san)
+	}
 	return ids
+}
+
+// sanMatchers are exact matchers for sans, typed as Envoy's SPIFFE
+// validator (which federation uses) requires: Istio's untyped exact
+// matchers (util.StringToExactMatch) compare a name with every SAN of
+// the certificate, and a SPIFFE ID or other URI can only be a URI SAN,
+// an IP address an IP SAN, anything else a DNS name.
+func sanMatchers(sans []string) []*tlsv3.SubjectAltNameMatcher {
+	var out []*tlsv3.SubjectAltNameMatcher
+	for _, san := range sans {
+		t := tlsv3.SubjectAltNameMatcher_DNS
+		switch {
+		case strings.Contains(san, "://"):
+			t = tlsv3.SubjectAltNameMatcher_URI
+		case net.ParseIP(san) != nil:
+			t = tlsv3.SubjectAltNameMatcher_IP_ADDRESS
+		}
+		out = append(out, &tlsv3.SubjectAltNameMatcher{SanType: t, Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: san}}})
+	}
+	return out
 }
 
 // providerTLS is proxyless gRPC's mesh TLS: identity and roots from the

@@ -15,10 +15,10 @@ import (
 	"github.com/wardenmesh/warden/xds"
 )
 
-// Every field of Sidecar and Gateway is accounted for: set on its own to
-// a valid value, it changes the proxy's configuration or a new report
-// names it (or the field holding it). A field added to api without
-// compiler support fails here.
+// Every field of Sidecar, Gateway and ServiceEntry is accounted for: set
+// on its own to a valid value, it changes the proxy's configuration or a
+// new report names it (or the field holding it). A field added to api
+// without compiler support fails here.
 
 var xdsSamples = map[string]any{
 	"labels": map[string]string{"app": "other"}, "selector": map[string]string{"istio": "other"},
@@ -36,6 +36,9 @@ var xdsSamples = map[string]any{
 	"maxRequestsPerConnection": int32(1), "maxRetries": int32(1), "h2UpgradePolicy": "UPGRADE", "useClientProtocol": true,
 	"maxConcurrentStreams": int32(10), "timeout": "1s",
 	"OutboundTrafficPolicy.mode": "ALLOW_ANY", "host": "egress.example.com", "subset": "v1",
+	"ServiceEntrySpec.hosts": []string{"other.example.com"}, "addresses": []string{"240.0.0.9"}, "ServicePort.protocol": "TCP",
+	"location": "MESH_EXTERNAL", "resolution": "DNS", "address": "10.0.5.2", "WorkloadEntry.ports": map[string]uint32{"http": 9443},
+	"network": "n2", "locality": "us/east", "weight": uint32(5), "serviceAccount": "other", "exportTo": []string{"other"},
 }
 
 func ptrBool(b bool) *bool { return &b }
@@ -71,6 +74,11 @@ func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string
 		{Host: "gw.istio-system.svc.cluster.local", Name: "gw", Namespace: "istio-system", Ports: []xds.ServicePort{{Number: 443, Name: "https"}},
 			Endpoints: []xds.Endpoint{{Address: "10.0.9.1", Labels: map[string]string{"istio": "ingressgateway"}, ServiceAccount: "gw"}}},
 	}
+	entries, err := xds.ServicesFromEntries(objs, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	services = append(services, entries...)
 	mesh, err := xds.NewMesh(objs, services, xds.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +92,7 @@ func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string
 		t.Fatal(err)
 	}
 	var b strings.Builder
-	for _, set := range [][]proto.Message{msgs(cfg.Listeners), msgs(cfg.Routes), msgs(cfg.Clusters)} {
+	for _, set := range [][]proto.Message{msgs(cfg.Listeners), msgs(cfg.Routes), msgs(cfg.Clusters), msgs(cfg.Endpoints)} {
 		for _, m := range set {
 			j, _ := protojson.Marshal(m)
 			b.Write(j)
@@ -159,7 +167,21 @@ func TestEverySidecarAndGatewayFieldIsAccounted(t *testing.T) {
 			}},
 		}
 	}, "router~10.0.9.1~gw-1.istio-system~istio-system.svc.cluster.local")
-	if n < 60 {
+
+	// A ServiceEntry the sleep sidecar calls, with a DestinationRule
+	// subset its endpoint's labels select.
+	entry := &api.ServiceEntrySpec{Hosts: []string{"ext.example.com"}, Location: "MESH_INTERNAL", Resolution: "STATIC",
+		Ports:     []api.ServicePort{{Number: 443, Name: "http"}},
+		Endpoints: []api.WorkloadEntry{{Address: "10.0.5.1", Labels: map[string]string{"app": "ext"}, ServiceAccount: "ext"}}}
+	n += accountXDSFields(t, "ServiceEntry", entry, func(spec any) []api.Object {
+		return []api.Object{
+			&api.ServiceEntry{Metadata: api.ObjectMeta{Name: "ext", Namespace: "default"}, Spec: *spec.(*api.ServiceEntrySpec)},
+			&api.DestinationRule{Metadata: api.ObjectMeta{Name: "ext", Namespace: "default"}, Spec: api.DestinationRuleSpec{
+				Host: "ext.example.com", Subsets: []api.Subset{{Name: "v1", Labels: map[string]string{"app": "ext"}}}}},
+		}
+	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
+	if n < 117 {
 		t.Fatalf("only %d fields walked", n)
 	}
+	t.Logf("%d fields walked", n)
 }

@@ -92,7 +92,7 @@ func typed(m proto.Message) *anypb.Any {
 // destination of a VirtualService it names, as in Istio).
 func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 	ns := sc.Namespace
-	g := &gen{m: m, ns: ns, grpc: sc.Generator == GeneratorGRPC}
+	g := &gen{m: m, ns: ns, grpc: sc.Generator == GeneratorGRPC, router: sc.Router}
 	if sc.Sidecar != nil {
 		g.egress, g.reports = compileSidecar(sc.Sidecar, ns, m.opts.RootNamespace)
 	}
@@ -100,7 +100,10 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 	byPort := map[uint32][]*Service{}
 	for _, v := range g.visible() {
 		s, dr := v.s, m.destinationRule(v.s.Host, ns)
-		eds := !g.originalDst(s)
+		eds := g.discovery(s) == clusterv3.Cluster_EDS
+		for _, n := range s.notes {
+			g.report("%s", n)
+		}
 		for _, p := range v.ports {
 			out.Clusters = append(out.Clusters, g.cluster(s, p, "", dr))
 			if eds {

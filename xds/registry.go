@@ -23,6 +23,19 @@ type Service struct {
 	// is told from others on the same port.
 	Addresses []string
 	Headless  bool // a Kubernetes Service with clusterIP None
+
+	// Entry is the ServiceEntry (namespace/name) the service comes from;
+	// "" for a Kubernetes Service.
+	Entry string
+	// Resolution is the ServiceEntry's resolution (NONE when unset, as
+	// in Istio): how its clusters find their endpoints (discovery).
+	Resolution string
+	// SubjectAltNames are the ServiceEntry's subjectAltNames: identities
+	// its servers may present besides its endpoints' service accounts.
+	SubjectAltNames []string
+	// notes are the ServiceEntry fields warden reads but does not
+	// honour, reported to every proxy the service is visible to.
+	notes []string
 }
 
 // ServicePort is one port of a service.
@@ -91,7 +104,8 @@ func ServicesFromEntries(objs []api.Object, domain string) ([]*Service, error) {
 			}
 			seen[host] = m.Namespace + "/" + m.Name
 			name, _, _ := strings.Cut(host, ".")
-			s := &Service{Host: host, Name: name, Namespace: m.Namespace, External: se.Spec.Location == "MESH_EXTERNAL", ExportTo: se.Spec.ExportTo, Addresses: se.Spec.Addresses}
+			s := &Service{Host: host, Name: name, Namespace: m.Namespace, External: se.Spec.Location == "MESH_EXTERNAL", ExportTo: se.Spec.ExportTo, Addresses: se.Spec.Addresses,
+				Entry: m.Namespace + "/" + m.Name, Resolution: resolution(se.Spec.Resolution), SubjectAltNames: se.Spec.SubjectAltNames, notes: EntryReports(se)}
 			for _, p := range se.Spec.Ports {
 				s.Ports = append(s.Ports, ServicePort{Number: p.Number, Name: p.Name, Protocol: p.Protocol, TargetPort: p.TargetPort})
 			}
@@ -103,6 +117,47 @@ func ServicesFromEntries(objs []api.Object, domain string) ([]*Service, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
 	return out, nil
+}
+
+func resolution(r string) string {
+	if r == "" {
+		return "NONE" // the proto's zero value
+	}
+	return r
+}
+
+// EntryReports names the fields of a ServiceEntry that warden reads but
+// does not honour, with what happens instead. Every other field is
+// compiled: hosts, addresses, ports, location, resolution (the cluster
+// type), exportTo, subjectAltNames and the endpoints' address, ports,
+// labels, weight and serviceAccount.
+func EntryReports(se *api.ServiceEntry) []string {
+	id := "ServiceEntry " + se.Metadata.Namespace + "/" + se.Metadata.Name
+	var out []string
+	report := func(format string, args ...any) { out = append(out, id+": "+fmt.Sprintf(format, args...)) }
+	sp := &se.Spec
+	switch r := resolution(sp.Resolution); {
+	case r == "DYNAMIC_DNS":
+		report("resolution DYNAMIC_DNS (Envoy's dynamic forward proxy) is not supported; the clusters are EDS over the listed endpoints")
+	case r == "NONE" && len(sp.Endpoints) > 0:
+		report("resolution NONE (the default) takes no endpoints (Istio refuses them); warden balances over them as with resolution STATIC: set resolution: STATIC")
+	case r == "DNS_ROUND_ROBIN" && len(sp.Endpoints) > 1:
+		report("resolution DNS_ROUND_ROBIN takes one endpoint (Envoy's LOGICAL_DNS); only endpoints[0] %s is used", sp.Endpoints[0].Address)
+	}
+	if sp.WorkloadSelector != nil {
+		report("workloadSelector (WorkloadEntries and pods as endpoints) is not supported; the service has only the endpoints listed in endpoints")
+	}
+	for i, e := range sp.Endpoints {
+		if e.Network != "" {
+			// Istio reaches an endpoint on another network through that
+			// network's gateway; warden has no multi-network support.
+			report("endpoints[%d].network %q is not supported (multi-network); the endpoint is dialed directly at %s", i, e.Network, e.Address)
+		}
+		if e.Locality != "" {
+			report("endpoints[%d].locality %q is not supported (no locality-aware load balancing); the endpoint is balanced with the others", i, e.Locality)
+		}
+	}
+	return out
 }
 
 // MergeServices combines the Kubernetes registry with the services of

@@ -31,6 +31,7 @@ type gen struct {
 	m       *Mesh
 	ns      string
 	grpc    bool
+	router  bool    // a gateway's outbound clusters (no passthrough)
 	egress  *egress // the proxy's Sidecar egress; nil: none applies
 	gateway string  // the Gateway (namespace/name) routes are for; "": the mesh
 	reports []string

@@ -57,6 +57,9 @@ package main
 //   - for http_connection_manager: its HTTP filters (the same way) in order,
 //     use_remote_address, xff_num_trusted_hops, forward_client_cert_details.
 //
+// clusters: the proxy's clusters, each its name, type and the names its
+// mesh TLS accepts (clusters.go).
+//
 // warnings: what Istio logged at warn or error level while building.
 // error: the case could not be decoded, parsed or built; one bad case
 // never stops the stream. Each case builds a fresh generator (tens of
@@ -107,6 +110,7 @@ type Proxy struct {
 type ListenerResult struct {
 	ID        string        `json:"id"`
 	Listeners []ListenerSum `json:"listeners"`
+	Clusters  []ClusterSum  `json:"clusters,omitempty"`
 	Warnings  []string      `json:"warnings,omitempty"`
 	Error     string        `json:"error"`
 }
@@ -166,13 +170,13 @@ func (o *oracle) runListenerLine(line []byte) ListenerResult {
 	}
 	res := ListenerResult{ID: c.ID, Listeners: []ListenerSum{}}
 	logCapture.reset()
-	ls, err := o.buildListeners(c)
+	ls, cs, err := o.buildListeners(c)
 	res.Warnings = warnOnly(logCapture.take())
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	res.Listeners = ls
+	res.Listeners, res.Clusters = ls, cs
 	return res
 }
 
@@ -198,10 +202,10 @@ func warnOnly(lines []string) []string {
 	return out
 }
 
-func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, error) {
+func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, error) {
 	p := c.Proxy
 	if p.Namespace == "" {
-		return nil, errors.New("proxy.namespace is required")
+		return nil, nil, errors.New("proxy.namespace is required")
 	}
 	var typ model.NodeType
 	switch p.Type {
@@ -210,18 +214,18 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, error) {
 	case "router":
 		typ = model.Router
 	default:
-		return nil, fmt.Errorf("proxy.type %q: want sidecar or router", p.Type)
+		return nil, nil, fmt.Errorf("proxy.type %q: want sidecar or router", p.Type)
 	}
 	mc, err := o.mesh(Case{MeshConfig: c.MeshConfig})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	configs, others, err := crd.ParseInputs(c.YAML)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, other := range others {
-		return nil, fmt.Errorf("%s %s/%s: not an Istio kind", other.Kind, other.Namespace, other.Name)
+		return nil, nil, fmt.Errorf("%s %s/%s: not an Istio kind", other.Kind, other.Namespace, other.Name)
 	}
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range configs {
@@ -242,6 +246,7 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, error) {
 	}
 
 	var out []ListenerSum
+	var clusters []ClusterSum
 	var inner error
 	err = test.Wrap(func(t test.Failer) {
 		// A panic in this goroutine would end the process: make it the
@@ -268,18 +273,27 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, error) {
 			}
 			out = append(out, s)
 		}
+		for _, cl := range cg.Clusters(proxy) {
+			s, err := summariseCluster(cl)
+			if err != nil {
+				inner = err
+				return
+			}
+			clusters = append(clusters, s)
+		}
 	})
 	if err == nil {
 		err = inner
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	if out == nil {
 		out = []ListenerSum{}
 	}
-	return out, nil
+	sort.Slice(clusters, func(i, j int) bool { return clusters[i].Name < clusters[j].Name })
+	return out, clusters, nil
 }
 
 func summarise(l *listener.Listener) (ListenerSum, error) {

@@ -87,7 +87,9 @@
 //	                         (pilot/pkg/networking/core) builds for it, summarised:
 //	                         per filter chain its match, its filters in order, RBAC
 //	                         actions, and the connection manager's client-address
-//	                         settings. See listeners.go.
+//	                         settings; and the proxy's clusters (name, type, the
+//	                         names its mesh TLS accepts). See listeners.go and
+//	                         clusters.go.
 package main
 
 import (

@@ -417,13 +417,14 @@ func runPolicyMigrate(_ context.Context, e *env, args []string) error {
 // problem: each unreadable file and invalid or repeated object (errors:
 // exit 1, as serve --config-dir refuses the directory), then for the
 // workload its effective mode per port, trusted issuers and authentication
-// conflicts, and the authorization compiler's reports for every
-// AuthorizationPolicy and for the workload's legacy RBAC (warnings: exit 0
+// conflicts, the authorization compiler's reports for every
+// AuthorizationPolicy and for the workload's legacy RBAC, and the
+// ServiceEntry fields the xDS compiler does not honour (warnings: exit 0
 // unless --strict).
 func runPolicyCheck(_ context.Context, e *env, args []string) error {
 	var w workloadFlags
 	fs := e.policyFlags("policy check", &w)
-	strict := fs.Bool("strict", false, "exit 1 on warnings too (authentication conflicts, authorization reports)")
+	strict := fs.Bool("strict", false, "exit 1 on warnings too (authentication conflicts, authorization reports, ServiceEntry fields not honoured)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -490,6 +491,15 @@ func runPolicyCheck(_ context.Context, e *env, args []string) error {
 		}
 	}
 	warnings += len(seen)
+	// The ServiceEntry fields the xDS compiler reads but cannot honour.
+	for _, o := range l.Objects {
+		if se, ok := o.(*api.ServiceEntry); ok {
+			for _, r := range xds.EntryReports(se) {
+				fmt.Fprintf(e.stdout, "xds: %s\n", r)
+				warnings++
+			}
+		}
+	}
 	for _, err := range after {
 		fmt.Fprintf(e.stdout, "error: %v\n", err)
 	}
