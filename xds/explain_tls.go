@@ -28,27 +28,38 @@ func (m *Mesh) handshakeRefusal(fc *listenerv3.FilterChain, principal string) (s
 	if err := ts.UnmarshalTo(&dtc); err != nil {
 		return "", err
 	}
-	id, err := spiffeid.FromString(principal)
-	if err != nil {
-		return fmt.Sprintf("the peer's principal %q is not a SPIFFE ID: the handshake refuses it", principal), nil
+	// A peer of a mesh validation (ROOTCA, the SPIFFE validator) has a
+	// SPIFFE ID; a MUTUAL gateway's clients may not.
+	td := ""
+	if id, err := spiffeid.FromString(principal); err == nil {
+		td = id.TrustDomain().Name()
 	}
-	td := id.TrustDomain().Name()
 	cc := dtc.GetCommonTlsContext()
+	notSPIFFE := fmt.Sprintf("the handshake refuses %q: the proxy validates mesh peers, whose certificates carry a SPIFFE ID, and this is none", principal)
 	var vc *tlsv3.CertificateValidationContext
 	switch v := cc.GetValidationContextType().(type) {
 	case *tlsv3.CommonTlsContext_CombinedValidationContext:
+		if v.CombinedValidationContext.GetValidationContextSdsSecretConfig().GetName() == rootCAName && td == "" {
+			return notSPIFFE, nil
+		}
 		if v.CombinedValidationContext.GetValidationContextSdsSecretConfig().GetName() == rootCAName && !m.localTrustDomain(td) {
 			return fmt.Sprintf("the handshake refuses %s: this proxy validates peers with ROOTCA, the bundle of %s alone, and trust domain %s is not federated with the workload's namespace "+
 				"(name it in the federation relationship's namespaces)", principal, m.opts.TrustDomain.Name(), td), nil
 		}
 		vc = v.CombinedValidationContext.GetDefaultValidationContext()
 	case *tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig:
+		if v.ValidationContextSdsSecretConfig.GetName() == rootCAName && td == "" {
+			return notSPIFFE, nil
+		}
 		if v.ValidationContextSdsSecretConfig.GetName() == rootCAName && !m.localTrustDomain(td) {
 			return fmt.Sprintf("the handshake refuses %s: this proxy validates peers with ROOTCA, the bundle of %s alone", principal, m.opts.TrustDomain.Name()), nil
 		}
 	case *tlsv3.CommonTlsContext_ValidationContext:
 		vc = v.ValidationContext
 		if cv := vc.GetCustomValidatorConfig(); cv.GetName() == SPIFFEValidator {
+			if td == "" {
+				return notSPIFFE, nil
+			}
 			var sc tlsv3.SPIFFECertValidatorConfig
 			if err := cv.GetTypedConfig().UnmarshalTo(&sc); err != nil {
 				return "", err

@@ -53,6 +53,8 @@ spec:
 		{"other namespace", []string{"--federation-file", fed, "--namespace", "other", "--source-principal", client, "--path", "/x"},
 			"DENY: the handshake refuses spiffe://partner.test/ns/shop/sa/client: this proxy validates peers with ROOTCA, the bundle of mesh.test alone, and trust domain partner.test is not federated with the workload's namespace (name it in the federation relationship's namespaces)"},
 		{"no federation file", []string{"--source-principal", client, "--path", "/x"}, "DENY: the handshake refuses"},
+		{"not a SPIFFE ID", []string{"--federation-file", fed, "--source-principal", "partner.test/ns/shop/sa/client", "--path", "/x"},
+			`DENY: the handshake refuses "partner.test/ns/shop/sa/client": the proxy validates mesh peers, whose certificates carry a SPIFFE ID, and this is none`},
 		{"unfederated trust domain", []string{"--federation-file", fed, "--source-principal", "spiffe://elsewhere.test/ns/shop/sa/client", "--path", "/public"},
 			"DENY: the handshake refuses spiffe://elsewhere.test/ns/shop/sa/client: the proxy's SPIFFE validator has no bundle for trust domain elsewhere.test"},
 	}
