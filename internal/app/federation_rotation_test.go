@@ -312,9 +312,12 @@ func TestFederationRotationUnderTraffic(t *testing.T) {
 	if len(got)-seqs < 3 || !slices.IsSorted(got) {
 		t.Errorf("warden's bundle endpoint served sequences %v (from index %d): want at least three more, rising", got, seqs)
 	}
+	cancel() // the follower stops
+	follower.mu.Lock()
 	if follower.errs != nil {
 		t.Errorf("the partner's fetches of warden's bundle failed: %s", strings.Join(follower.errs, "; "))
 	}
+	follower.mu.Unlock()
 	if ok := tr.ok.Load(); wardenConns.n.Load() < ok/2 || partnerConns.n.Load() < ok/2 {
 		t.Errorf("%d and %d connections for %d calls: not a new handshake per call", wardenConns.n.Load(), partnerConns.n.Load(), ok)
 	}
