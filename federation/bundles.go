@@ -64,6 +64,7 @@ type Bundles struct {
 	mu      sync.Mutex
 	entries map[spiffeid.TrustDomain]*entry
 	subs    []func()
+	changed chan struct{} // SetRelationships changed the entries: Run starts and stops polls
 }
 
 type entry struct {
@@ -121,29 +122,35 @@ func New(cfg Config) (*Bundles, error) {
 	if cfg.LocalRoots == nil {
 		cfg.LocalRoots = func() []*x509.Certificate { return nil }
 	}
-	b := &Bundles{cfg: cfg, entries: map[spiffeid.TrustDomain]*entry{}}
+	b := &Bundles{cfg: cfg, entries: map[spiffeid.TrustDomain]*entry{}, changed: make(chan struct{}, 1)}
 	for _, r := range cfg.Relationships {
 		if r.TrustDomain == cfg.Local {
 			return nil, fmt.Errorf("federation: %s is the local trust domain", r.TrustDomain)
 		}
-		e := &entry{rel: r, interval: DefaultRefreshHint}
-		if cfg.Store != nil {
-			stored, at, err := cfg.Store.Load(r.TrustDomain)
-			if err != nil {
-				// A damaged file is not trusted, but not fatal either:
-				// the bootstrap bundle and the next fetch take over.
-				cfg.Log.Error("federation: ignoring the stored bundle", "trustDomain", r.TrustDomain.Name(), "error", err.Error())
-			} else if stored != nil {
-				e.bundle, e.from, e.success = stored, "stored", at
-			}
-		}
-		if e.bundle == nil && r.Bootstrap != nil {
-			e.bundle, e.from = r.Bootstrap.Clone(), "bootstrap"
-		}
-		e.interval = b.interval(e.bundle)
-		b.entries[r.TrustDomain] = e
+		b.entries[r.TrustDomain] = b.newEntry(r)
 	}
 	return b, nil
+}
+
+// newEntry is r's entry with its last good bundle: the stored one, else
+// r's bootstrap bundle.
+func (b *Bundles) newEntry(r *Relationship) *entry {
+	e := &entry{rel: r}
+	if b.cfg.Store != nil {
+		stored, at, err := b.cfg.Store.Load(r.TrustDomain)
+		if err != nil {
+			// A damaged file is not trusted, but not fatal either:
+			// the bootstrap bundle and the next fetch take over.
+			b.cfg.Log.Error("federation: ignoring the stored bundle", "trustDomain", r.TrustDomain.Name(), "error", err.Error())
+		} else if stored != nil {
+			e.bundle, e.from, e.success = stored, "stored", at
+		}
+	}
+	if e.bundle == nil && r.Bootstrap != nil {
+		e.bundle, e.from = r.Bootstrap.Clone(), "bootstrap"
+	}
+	e.interval = b.interval(e.bundle)
+	return e
 }
 
 // interval is the poll interval for bundle: its refresh hint within the
@@ -268,29 +275,63 @@ func compareTD(a, b spiffeid.TrustDomain) int {
 
 // Run polls every relationship's endpoint until ctx is done: at once, then
 // at its bundle's refresh hint (bounded); a failed poll is retried at the
-// next interval, not sooner (§6.2), and the last good bundle stays.
+// next interval, not sooner (§6.2), and the last good bundle stays. A
+// relationship SetRelationships adds or changes is polled at once, one it
+// removes no more.
 func (b *Bundles) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	b.mu.Lock()
-	tds := slices.Collect(maps.Keys(b.entries))
-	b.mu.Unlock()
-	for _, td := range tds {
-		wg.Go(func() {
-			for {
-				_ = b.Refresh(ctx, td) // logged and kept in Status
-				b.mu.Lock()
-				d := b.entries[td].interval
-				b.mu.Unlock()
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(d):
-				}
-			}
-		})
+	type poll struct {
+		e      *entry
+		cancel context.CancelFunc
 	}
-	wg.Wait()
-	return ctx.Err()
+	polls := map[spiffeid.TrustDomain]poll{}
+	resync := func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for td, p := range polls {
+			if b.entries[td] != p.e {
+				p.cancel()
+				delete(polls, td)
+			}
+		}
+		for td, e := range b.entries {
+			if _, ok := polls[td]; ok {
+				continue
+			}
+			pctx, cancel := context.WithCancel(ctx)
+			polls[td] = poll{e: e, cancel: cancel}
+			wg.Go(func() { b.poll(pctx, td, e) })
+		}
+	}
+	resync()
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return ctx.Err()
+		case <-b.changed:
+			resync()
+		}
+	}
+}
+
+// poll refreshes td's entry e until ctx is done or e is replaced.
+func (b *Bundles) poll(ctx context.Context, td spiffeid.TrustDomain, e *entry) {
+	for {
+		_ = b.Refresh(ctx, td) // logged and kept in Status
+		b.mu.Lock()
+		current := b.entries[td] == e
+		d := e.interval
+		b.mu.Unlock()
+		if !current {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
 }
 
 // Refresh fetches td's bundle once and takes it if it is good and not
@@ -301,6 +342,9 @@ func (b *Bundles) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
 	b.mu.Unlock()
 	if e == nil {
 		return fmt.Errorf("federation: no relationship with %s", td)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	got, err := b.fetch(ctx, e.rel)
 	now := b.cfg.Clock.Now()
@@ -321,6 +365,11 @@ func (b *Bundles) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
 // newer than any held).
 func (b *Bundles) take(e *entry, got *spiffebundle.Bundle, now time.Time) error {
 	b.mu.Lock()
+	if b.entries[e.rel.TrustDomain] != e {
+		// The relationship changed or went while this fetch ran.
+		b.mu.Unlock()
+		return fmt.Errorf("federation: %s: the relationship changed during the fetch; its result is dropped", e.rel.URL)
+	}
 	held := e.bundle
 	if held != nil && e.from != "bootstrap" {
 		hs, hok := held.SequenceNumber()

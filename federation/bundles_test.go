@@ -548,3 +548,87 @@ func TestReloadFollowsTheStore(t *testing.T) {
 type readOnly struct{ federation.Store }
 
 func (readOnly) Save(spiffeid.TrustDomain, *spiffebundle.Bundle) error { return nil }
+
+// TestSetRelationships: the relationships change while Run polls (the
+// file was edited): an added trust domain is fetched at once and handed
+// out, a change of namespaces takes effect at once with the bundle held,
+// a changed endpoint is fetched at once, a removed trust domain is handed
+// out no more; subscribers hear of each change, and an unchanged set is
+// no change.
+func TestSetRelationships(t *testing.T) {
+	t.Parallel()
+	f := newForeignCA(t, partner, "partner root")
+	p := newWebPeer(t, []*x509.Certificate{f.root}, 1)
+	f2 := newForeignCA(t, partner, "partner root 2")
+	p2 := newWebPeer(t, []*x509.Certificate{f2.root}, 2)
+	pool := webRoots(p)
+	pool.AddCert(p2.srv.Certificate())
+	// No poll but the one a change starts: MinRefresh is an hour.
+	b := newBundles(t, federation.Config{WebRoots: pool, MinRefresh: time.Hour})
+	var told atomic.Int32
+	b.Subscribe(func() { told.Add(1) })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	eventually := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out: %s", what)
+			}
+		}
+	}
+	roots := func(ns string) []*x509.Certificate { return b.ForNamespace(ns)[partner] }
+	set := func(rels ...*federation.Relationship) bool {
+		t.Helper()
+		changed, err := b.SetRelationships(rels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return changed
+	}
+
+	rel := webRelationship(p.srv.URL)
+	if !set(rel) {
+		t.Fatal("adding a relationship is no change")
+	}
+	eventually("the added trust domain fetched", func() bool { r := roots("default"); return len(r) == 1 && r[0].Equal(f.root) })
+	if p.hits.Load() != 1 {
+		t.Errorf("%d fetches after adding, want 1", p.hits.Load())
+	}
+	if set(webRelationship(p.srv.URL)) {
+		t.Error("the same relationship again is a change")
+	}
+
+	moved := webRelationship(p.srv.URL)
+	moved.Namespaces = []string{"other"}
+	before := told.Load()
+	set(moved)
+	if len(roots("default")) != 0 || len(roots("other")) != 1 {
+		t.Fatalf("after moving to namespace other: default %d roots, other %d", len(roots("default")), len(roots("other")))
+	}
+	if told.Load() == before {
+		t.Error("subscribers not told of the new namespaces")
+	}
+
+	set(&federation.Relationship{TrustDomain: partner, URL: p2.srv.URL, Profile: federation.HTTPSWeb, Namespaces: []string{"other"}})
+	eventually("the new endpoint fetched", func() bool { r := roots("other"); return len(r) == 1 && r[0].Equal(f2.root) })
+
+	before = told.Load()
+	set()
+	if len(roots("other")) != 0 || b.Get(partner) != nil || len(b.Status()) != 0 {
+		t.Fatalf("a removed trust domain is still handed out: %d roots, status %v", len(roots("other")), b.Status())
+	}
+	if told.Load() == before {
+		t.Error("subscribers not told of the removal")
+	}
+	if _, err := b.SetRelationships([]*federation.Relationship{{TrustDomain: local, URL: p.srv.URL, Profile: federation.HTTPSWeb}}); err == nil {
+		t.Error("the local trust domain taken as a relationship")
+	}
+}

@@ -96,7 +96,7 @@ func (b builder) sourceFields(s *api.Source, policyNS string) []principalField {
 	td := b.opts.trustDomains()
 	sa := serviceAccountPrincipal(policyNS)
 	return []principalField{
-		{"source.principals", td.principals(s.Principals), td.principals(s.NotPrincipals), false, principal},
+		{"source.principals", b.opts.principalSet(s.Principals), b.opts.principalSet(s.NotPrincipals), false, principal},
 		{"source.requestPrincipals", s.RequestPrincipals, s.NotRequestPrincipals, true, requestPrincipal},
 		{"source.namespaces", s.Namespaces, s.NotNamespaces, false, namespacePrincipal},
 		{"source.serviceAccounts", s.ServiceAccounts, s.NotServiceAccounts, false, sa},
@@ -210,7 +210,7 @@ func (b builder) condition(where string, c api.Condition, policyNS string) (*pri
 	case key == "source.namespace":
 		return p(false, namespacePrincipal)
 	case key == "source.principal":
-		return &principalField{name, td.principals(c.Values), td.principals(c.NotValues), false, principal}, nil, nil
+		return &principalField{name, b.opts.principalSet(c.Values), b.opts.principalSet(c.NotValues), false, principal}, nil, nil
 	case key == "source.serviceAccount":
 		return p(false, serviceAccountPrincipal(policyNS))
 	case key == "source.trustDomain":

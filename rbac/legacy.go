@@ -177,11 +177,10 @@ func legacyNamespace(v string) (*rbacv3.Principal, error) { return namespacePrin
 // subject with no fields matches nobody (Istio 1.4).
 func (b builder) subjects(subs []api.Subject) ([]*rbacv3.Principal, error) {
 	var ors []*rbacv3.Principal
-	td := b.opts.trustDomains()
 	for i, s := range subs {
 		var users []string
 		if s.User != "" {
-			users = td.principals([]string{s.User})
+			users = b.opts.principalSet([]string{s.User})
 		}
 		groups := s.Groups
 		if s.Group != "" {

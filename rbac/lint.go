@@ -2,6 +2,8 @@ package rbac
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/wardenmesh/warden/api"
@@ -82,6 +84,65 @@ func Check(objs []api.Object, opts Options) []string {
 	for _, o := range objs {
 		if p, ok := o.(*api.AuthorizationPolicy); ok {
 			compilePolicy(p, opts, &out)
+			for i, r := range p.Spec.Rules {
+				out = append(out, lintTrustDomains("AuthorizationPolicy "+p.Metadata.Namespace+"/"+p.Metadata.Name+" rule "+strconv.Itoa(i), r, opts)...)
+			}
+		}
+	}
+	return out
+}
+
+// lintTrustDomains reports the values of r that name a trust domain no
+// peer can present: neither the mesh's, an alias, "cluster.local" (the
+// local trust domain to Istio) nor a federated one; most likely a typo,
+// and the value never matches (an ALLOW admits nobody by it, a DENY
+// denies nobody). Values with a "*" in the trust domain are left alone.
+// With a federated "cluster.local" beside another local trust domain, a
+// principal naming cluster.local is reported as ambiguous: it matches
+// the local workload (Istio) and the foreign one (as written).
+func lintTrustDomains(where string, r api.Rule, opts Options) []string {
+	known := append(opts.trustDomains(), clusterLocal)
+	known = append(known, opts.FederatedTrustDomains...)
+	ambiguous := opts.TrustDomain.Name() != clusterLocal && slices.Contains(opts.FederatedTrustDomains, clusterLocal)
+	var out []string
+	check := func(where, field string, values []string, principals bool) {
+		for _, v := range values {
+			td := v
+			if principals {
+				var ok bool
+				if td, _, ok = strings.Cut(v, "/"); !ok {
+					continue
+				}
+			}
+			switch {
+			case td == "" || strings.Contains(td, "*"):
+			case !slices.Contains(known, td):
+				out = append(out, fmt.Sprintf("%s: %s: %q names trust domain %q, which is neither the mesh's (%s), an alias, nor a federated trust domain: no peer presents it, so the value never matches; "+
+					"check its spelling, or federate with %s (serve --federation-file)", where, field, v, td, opts.TrustDomain.Name(), td))
+			case principals && ambiguous && td == clusterLocal:
+				out = append(out, fmt.Sprintf("%s: %s: %q matches both the local workload (Istio reads cluster.local as the mesh's trust domain, %s) and the federated trust domain cluster.local's; "+
+					"to name the local one alone write %q", where, field, v, opts.TrustDomain.Name(), opts.TrustDomain.Name()+strings.TrimPrefix(v, clusterLocal)))
+			}
+		}
+	}
+	for i, f := range r.From {
+		if f.Source == nil {
+			continue
+		}
+		w := where
+		if len(r.From) > 1 {
+			w = fmt.Sprintf("%s from[%d]", where, i)
+		}
+		check(w, "source.principals", f.Source.Principals, true)
+		check(w, "source.notPrincipals", f.Source.NotPrincipals, true)
+		check(w, "source.trustDomains", f.Source.TrustDomains, false)
+		check(w, "source.notTrustDomains", f.Source.NotTrustDomains, false)
+	}
+	for i, c := range r.When {
+		switch c.Key {
+		case "source.principal", "source.trustDomain":
+			check(where, fmt.Sprintf("when[%d].%s values", i, c.Key), c.Values, c.Key == "source.principal")
+			check(where, fmt.Sprintf("when[%d].%s notValues", i, c.Key), c.NotValues, c.Key == "source.principal")
 		}
 	}
 	return out

@@ -40,7 +40,14 @@ type Options struct {
 	// meshConfig trustDomainAliases): principals naming any of them, or
 	// cluster.local, match peers of all of them.
 	TrustDomainAliases []string
-	TCP                bool // compile the network filter for a TCP port
+	// FederatedTrustDomains are the foreign trust domains some namespace
+	// federates with (SPIFFE Federation). A principal naming one is
+	// never rewritten to the local trust domain, not even when it is
+	// "cluster.local" (which otherwise means the local trust domain), and
+	// Check reports a policy value naming a trust domain that is none of
+	// the local one, its aliases and these: no peer can present it.
+	FederatedTrustDomains []string
+	TCP                   bool // compile the network filter for a TCP port
 	// PathNormalization is Istio's meshConfig pathNormalization, which
 	// Explain applies before matching (default BASE).
 	PathNormalization string

@@ -16,6 +16,28 @@ func (o Options) trustDomains() trustDomains {
 	return append(trustDomains{o.TrustDomain.Name()}, o.TrustDomainAliases...)
 }
 
+// principalSet expands principals as trustDomains.principals does, and
+// keeps a principal of a federated "cluster.local" as written beside its
+// local expansion: Istio reads "cluster.local" as the local trust domain,
+// but a DENY naming the foreign cluster.local must still match its peers
+// (never widen); Check reports the ambiguity.
+func (o Options) principalSet(ps []string) []string {
+	out := o.trustDomains().principals(ps)
+	if o.TrustDomain.Name() == clusterLocal || !slices.Contains(o.FederatedTrustDomains, clusterLocal) {
+		return out
+	}
+	for _, p := range ps {
+		if strings.HasPrefix(p, clusterLocal+"/") && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// clusterLocal is Istio's default trust domain, which in a principal
+// always means the local trust domain.
+const clusterLocal = "cluster.local"
+
 // principals expands source principals ("<td>/ns/<ns>/sa/<sa>") to every
 // trust domain, as Istio's ReplaceTrustDomainAliases does; principals
 // whose trust domain is "*", that are not of that shape, or whose trust
@@ -32,7 +54,7 @@ func (t trustDomains) principals(ps []string) []string {
 			continue
 		}
 		td := parts[0]
-		if !t.covers(td) && td != "cluster.local" {
+		if !t.covers(td) && td != clusterLocal {
 			out = append(out, p)
 			continue
 		}

@@ -76,6 +76,11 @@ func (m *Mesh) Explain(p *Proxy, w *Workload, servers []string, r ExplainRequest
 	if err != nil || fc == nil {
 		return e, err
 	}
+	// The handshake comes first: a peer it refuses reaches no filter.
+	if why, err := m.handshakeRefusal(fc, r.Request.Principal); err != nil || why != "" {
+		e.Decision = rbac.Decision{Reason: why}
+		return e, err
+	}
 	req := r.Request
 	req.DestPort = r.Port
 	for _, f := range fc.Filters {

@@ -73,6 +73,10 @@ type Options struct {
 	// configuration reads them when it is built: call the server's
 	// TrustBundlesChanged when they change.
 	TrustBundles TrustBundles
+	// FederatedTrustDomains are the foreign trust domains some namespace
+	// federates with (rbac.Options.FederatedTrustDomains: authorization
+	// never rewrites their principals, and policy checks know them).
+	FederatedTrustDomains []string
 }
 
 // WithDefaults is o with its zero values filled in.
@@ -128,7 +132,7 @@ func NewMesh(objs []api.Object, services []*Service, opts Options) (*Mesh, error
 	}
 	m := &Mesh{opts: opts, services: services, byHost: map[string]*Service{}, dr: map[string][]*api.DestinationRule{}, authn: ax,
 		rbac: rbac.NewIndex(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain,
-			TrustDomainAliases: opts.TrustDomainAliases, PathNormalization: opts.PathNormalization})}
+			TrustDomainAliases: opts.TrustDomainAliases, FederatedTrustDomains: opts.FederatedTrustDomains, PathNormalization: opts.PathNormalization})}
 	m.sidecars = newSidecarIndex(objs)
 	for _, s := range services {
 		m.byHost[s.Host] = s

@@ -57,6 +57,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	trustDomain := fs.String("trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain, as serve's --trust-domain (its --trust-domain-alias are aliases of it)")
 	var mf meshPolicyFlags
 	mf.registerPolicy(fs)
+	fedFile := fs.String("federation-file", "", "serve's --federation-file: the federated trust domains, which policies may name (a policy naming any other foreign trust domain is reported)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -67,6 +68,10 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	td, err := parseTrustDomain(*trustDomain)
+	if err != nil {
+		return err
+	}
+	_, federated, err := federatedTrustDomains(*fedFile, td)
 	if err != nil {
 		return err
 	}
@@ -86,7 +91,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	if objs != nil || services != nil {
-		res, err := check.Policy(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
+		res, err := check.Policy(objs, services, xds.Options{TrustDomain: td, TrustDomainAliases: mf.aliases, FederatedTrustDomains: federated, PathNormalization: mf.pathNorm, RootNamespace: mf.rootNS})
 		if err != nil {
 			report = append(report, check.Result{Check: "policy", Status: check.Error, Message: err.Error()})
 		}

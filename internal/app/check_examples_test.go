@@ -46,7 +46,7 @@ func TestCheckFlagsAreItsOwn(t *testing.T) {
 			got = append(got, strings.Fields(l)[0][1:])
 		}
 	}
-	want := "config-dir context data-dir expiry-warning kubeconfig kubernetes namespace o path-normalization plugged-in-dir pod-certificate-pending pod-certificate-signer root-namespace sa-secrets server service-account stale-after trust-domain trust-domain-alias"
+	want := "config-dir context data-dir expiry-warning federation-file kubeconfig kubernetes namespace o path-normalization plugged-in-dir pod-certificate-pending pod-certificate-signer root-namespace sa-secrets server service-account stale-after trust-domain trust-domain-alias"
 	if strings.Join(got, " ") != want {
 		t.Errorf("check -h lists\n%s\nwant\n%s", strings.Join(got, " "), want)
 	}

@@ -39,7 +39,7 @@ func (f *federationFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.cert, "bundle-endpoint-cert", "", "https_web: PEM certificate chain the bundle endpoint presents (a Web PKI certificate for the endpoint URL's host); re-read when it changes")
 	fs.StringVar(&f.key, "bundle-endpoint-key", "", "https_web: the PEM private key of --bundle-endpoint-cert")
 	fs.DurationVar(&f.refreshHint, "bundle-endpoint-refresh-hint", federation.DefaultRefreshHint, "spiffe_refresh_hint the bundle endpoint publishes (whole seconds); a root rotation activates no sooner than this after publishing")
-	fs.StringVar(&f.file, "federation-file", "", "the federation relationships (foreign trust domains, their bundle endpoints, the namespaces that federate with each), YAML; their last good bundles are kept in <data-dir>/federation (standalone) or ConfigMap warden-federation-bundles (Kubernetes)")
+	fs.StringVar(&f.file, "federation-file", "", "the federation relationships (foreign trust domains, their bundle endpoints, the namespaces that federate with each), YAML, re-read every second; their last good bundles are kept in <data-dir>/federation (standalone) or ConfigMap warden-federation-bundles (Kubernetes)")
 	fs.DurationVar(&f.minRefresh, "federation-min-refresh", federation.DefaultMinRefresh, "poll a foreign bundle endpoint no more often than this, whatever refresh hint it publishes (at most hourly, whatever it publishes); Kubernetes: how often every replica reads the bundles the leader stored")
 }
 
@@ -209,12 +209,51 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 			"namespaces", strings.Join(st.Namespaces, ","), "bundle", cmp.Or(st.From, "none yet"), "roots", st.Roots)
 	}
 	s.federated = b
+	s.tasks = append(s.tasks, func(ctx context.Context) error {
+		watchRelationships(ctx, f.federation.file, td, b, time.Second, s.log)
+		return nil
+	})
 	if s.fedStore != nil {
 		s.tasks = append(s.tasks, func(ctx context.Context) error { return b.Follow(ctx, f.federation.minRefresh) })
 	} else {
 		s.tasks = append(s.tasks, b.Run)
 	}
 	return nil
+}
+
+// watchRelationships reads the relationships file every interval until
+// ctx is done and hands a changed set to b: a file that does not load is
+// logged (once per distinct error) and the relationships held stay.
+func watchRelationships(ctx context.Context, file string, td spiffeid.TrustDomain, b *federation.Bundles, interval time.Duration, log *slog.Logger) {
+	lastErr := ""
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rels, err := federation.LoadFile(file, td)
+		if err == nil {
+			var changed bool
+			if changed, err = b.SetRelationships(rels); err == nil && changed {
+				var names []string
+				for _, r := range rels {
+					names = append(names, r.TrustDomain.Name())
+				}
+				log.Info("federation relationships reloaded", "file", file, "trustDomains", strings.Join(names, ","))
+			}
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				log.Error("federation relationships not reloaded; keeping the previous ones", "file", file, "error", err.Error())
+			}
+			lastErr = err.Error()
+			continue
+		}
+		lastErr = ""
+	}
 }
 
 // federationDir holds the foreign bundles in the data directory.

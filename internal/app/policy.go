@@ -60,6 +60,7 @@ func parsePorts(s string) ([]authn.Port, error) {
 type workloadFlags struct {
 	file, ns, labels, ports, services, output, kind string
 	trustDomain                                     string
+	federationFile                                  string
 	mesh                                            meshPolicyFlags
 }
 
@@ -115,7 +116,12 @@ func (w *workloadFlags) rbacOptions(tcp bool) (rbac.Options, error) {
 	if err := w.mesh.check(); err != nil {
 		return rbac.Options{}, err
 	}
-	return rbac.Options{RootNamespace: w.mesh.rootNS, TrustDomain: td, TrustDomainAliases: w.mesh.aliases, PathNormalization: w.mesh.pathNorm, TCP: tcp}, nil
+	_, federated, err := federatedTrustDomains(w.federationFile, td)
+	if err != nil {
+		return rbac.Options{}, err
+	}
+	return rbac.Options{RootNamespace: w.mesh.rootNS, TrustDomain: td, TrustDomainAliases: w.mesh.aliases, FederatedTrustDomains: federated,
+		PathNormalization: w.mesh.pathNorm, TCP: tcp}, nil
 }
 
 func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
@@ -126,6 +132,7 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	fs.StringVar(&w.ports, "port", "8080", "workload ports, comma-separated, each [name:]number")
 	fs.StringVar(&w.services, "services", "", "Services selecting the workload, by name or FQDN (legacy Policy targets, ServiceRole services)")
 	fs.StringVar(&w.trustDomain, "trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain")
+	fs.StringVar(&w.federationFile, "federation-file", "", "serve's --federation-file: the federated trust domains, which policies may name, and which namespaces' handshakes take their peers")
 	w.mesh.register(fs)
 	return fs
 }
@@ -297,8 +304,18 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	mesh, err := xds.NewMesh(objs, services, xds.Options{TrustDomain: opts.TrustDomain, TrustDomainAliases: w.mesh.aliases, RootNamespace: w.mesh.rootNS,
-		PathNormalization: w.mesh.pathNorm, GatewayTrustedProxies: uint32(w.mesh.trustedProxies)})
+	xopts := xds.Options{TrustDomain: opts.TrustDomain, TrustDomainAliases: w.mesh.aliases, FederatedTrustDomains: opts.FederatedTrustDomains, RootNamespace: w.mesh.rootNS,
+		PathNormalization: w.mesh.pathNorm, GatewayTrustedProxies: uint32(w.mesh.trustedProxies)}
+	if rels, _, err := federatedTrustDomains(w.federationFile, opts.TrustDomain); err != nil {
+		return err
+	} else if len(rels) > 0 {
+		// The proxy of a federating namespace validates peers as serve
+		// configures it, so the handshake's answer is the proxy's.
+		if xopts.TrustBundles, err = newNamedBundles(rels); err != nil {
+			return err
+		}
+	}
+	mesh, err := xds.NewMesh(objs, services, xopts)
 	if err != nil {
 		return err
 	}

@@ -35,6 +35,9 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 		// Federating Envoy workloads validate peers with the SPIFFE
 		// validator, the bundles inline (docs/federation.md).
 		opts.TrustBundles = trustBundles{fed: s.federated, roots: roots}
+		for _, st := range s.federated.Status() {
+			opts.FederatedTrustDomains = append(opts.FederatedTrustDomains, st.TrustDomain.Name())
+		}
 	}
 	lookup, access, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials

@@ -249,7 +249,7 @@ func Policy(objs []api.Object, services []*xds.Service, opts xds.Options) ([]Res
 	// Every AuthorizationPolicy's, those that select no workload yet
 	// included (policy check prints the same).
 	for _, r := range rbac.Check(objs, rbac.Options{RootNamespace: opts.RootNamespace, TrustDomain: opts.TrustDomain,
-		TrustDomainAliases: opts.TrustDomainAliases, PathNormalization: opts.PathNormalization}) {
+		TrustDomainAliases: opts.TrustDomainAliases, FederatedTrustDomains: opts.FederatedTrustDomains, PathNormalization: opts.PathNormalization}) {
 		reports[r] = true
 	}
 	for _, r := range sortedKeys(reports) {
