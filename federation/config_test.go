@@ -63,6 +63,7 @@ caCertificates:
 		{entry + "}, {spiffeBundleUrl: 'https://y/', trustDomains: [a.test], namespaces: [default]}]", "caCertificates[1]: a.test is named twice: one relationship per trust domain"},
 		{entry + "}, {spiffeBundleUrl: 'https://x/', trustDomains: [b.test], namespaces: [default]}]", "caCertificates[1]: https://x/ also serves a.test's bundle: a bundle endpoint serves one trust domain, give each trust domain its own endpoint"},
 		{"trustDomains: [{trustDomain: a.test, bundleEndpointURL: 'https://x/', bundleEndpointProfile: {type: https_web}}]\n" + entry + "}]", "caCertificates[0]: a.test is named twice: one relationship per trust domain"},
+		{"trustDomains: [{trustDomain: a.test, bundleEndpointURL: 'https://x/', bundleEndpointProfile: {type: https_web}}, {trustDomain: b.test, bundleEndpointURL: 'https://x/', bundleEndpointProfile: {type: https_web}}]", "trustDomains[1]: https://x/ also serves a.test's bundle: a bundle endpoint serves one trust domain, give each trust domain its own endpoint"},
 		{entry + ", spiffe_bundle_url: 'https://x/'}]", `error unmarshaling JSON: while decoding JSON: json: unknown field "spiffe_bundle_url"`},
 	} {
 		_, err := federation.Parse([]byte(c.doc), t.TempDir(), local)
