@@ -60,9 +60,25 @@ func (r *Relationship) Federates(ns string) bool {
 
 // fileDoc is the relationships file: the fields of SPIRE's
 // ClusterFederatedTrustDomain spec (spire-controller-manager), so that one
-// description serves both, plus the namespaces that federate.
+// description serves both, plus the namespaces that federate; and, for
+// what it can say, Istio's meshConfig.caCertificates list.
 type fileDoc struct {
-	TrustDomains []relationshipDoc `json:"trustDomains"`
+	TrustDomains   []relationshipDoc `json:"trustDomains"`
+	CACertificates []meshCertDoc     `json:"caCertificates"`
+}
+
+// meshCertDoc is one entry of Istio's meshConfig.caCertificates, with the
+// field names Istio writes (CertificateData in istio.io/api
+// mesh/v1alpha1/config.proto), plus warden's namespaces.
+type meshCertDoc struct {
+	PEM             string   `json:"pem"`
+	SpiffeBundleURL string   `json:"spiffeBundleUrl"`
+	CertSigners     []string `json:"certSigners"`
+	TrustDomains    []string `json:"trustDomains"`
+	// Namespaces is required here (nil: not written): Istio's entry
+	// applies to every workload, so one copied without it must not
+	// silently federate nobody, nor everybody.
+	Namespaces []string `json:"namespaces"`
 }
 
 type relationshipDoc struct {
@@ -106,16 +122,39 @@ func Parse(b []byte, dir string, local spiffeid.TrustDomain) ([]*Relationship, e
 	}
 	var out []*Relationship
 	seen := map[spiffeid.TrustDomain]bool{}
+	servedBy := map[string]spiffeid.TrustDomain{} // endpoint URL -> the trust domain it serves
+	add := func(where string, r *Relationship) error {
+		if seen[r.TrustDomain] {
+			return fmt.Errorf("%s: %s is named twice: one relationship per trust domain", where, r.TrustDomain)
+		}
+		// A bundle endpoint serves one trust domain's bundle (SPIFFE
+		// Federation §4); one document taken for two trust domains
+		// would let each one's CA sign for the other.
+		if other, ok := servedBy[r.URL]; ok {
+			return fmt.Errorf("%s: %s also serves %s's bundle: a bundle endpoint serves one trust domain, give each trust domain its own endpoint", where, r.URL, other)
+		}
+		seen[r.TrustDomain] = true
+		servedBy[r.URL] = r.TrustDomain
+		out = append(out, r)
+		return nil
+	}
 	for i, d := range doc.TrustDomains {
 		r, err := d.relationship(dir, local)
 		if err != nil {
 			return nil, fmt.Errorf("trustDomains[%d]: %w", i, err)
 		}
-		if seen[r.TrustDomain] {
-			return nil, fmt.Errorf("trustDomains[%d]: %s is named twice: one relationship per trust domain", i, r.TrustDomain)
+		if err := add(fmt.Sprintf("trustDomains[%d]", i), r); err != nil {
+			return nil, err
 		}
-		seen[r.TrustDomain] = true
-		out = append(out, r)
+	}
+	for i, d := range doc.CACertificates {
+		r, err := d.relationship(local)
+		if err != nil {
+			return nil, fmt.Errorf("caCertificates[%d]: %w", i, err)
+		}
+		if err := add(fmt.Sprintf("caCertificates[%d]", i), r); err != nil {
+			return nil, err
+		}
 	}
 	// A non-self-serving https_spiffe endpoint is authenticated with
 	// another relationship's bundle (or the local one): it must exist.
@@ -139,10 +178,8 @@ func (d relationshipDoc) relationship(dir string, local spiffeid.TrustDomain) (*
 	if err := checkURL(r.URL); err != nil {
 		return nil, fmt.Errorf("bundleEndpointURL: %w", err)
 	}
-	for _, ns := range r.Namespaces {
-		if ns == "" {
-			return nil, errors.New(`namespaces: an empty name (use "*" for every namespace)`)
-		}
+	if err := checkNamespaces(r.Namespaces); err != nil {
+		return nil, err
 	}
 	bundleGiven := d.TrustDomainBundle != "" || d.TrustDomainBundleFile != ""
 	switch r.Profile {
@@ -182,6 +219,58 @@ func (d relationshipDoc) relationship(dir string, local spiffeid.TrustDomain) (*
 		return nil, fmt.Errorf("bundleEndpointProfile.type %q: want %s or %s", d.BundleEndpointProfile.Type, HTTPSWeb, HTTPSSPIFFE)
 	}
 	return r, nil
+}
+
+// relationship reads an entry of Istio's caCertificates: one with
+// spiffeBundleUrl and a single foreign trust domain is an https_web
+// relationship, which is how Istio fetches it (pkg/spiffe
+// RetrieveSpiffeBundleRootCerts over the system's roots, the pool
+// pilot/pkg/bootstrap gives pilot/pkg/trustbundle). What Istio does with
+// the rest (a flat pool of extra roots) warden refuses, naming the fix.
+func (d meshCertDoc) relationship(local spiffeid.TrustDomain) (*Relationship, error) {
+	switch {
+	case d.PEM != "" && d.SpiffeBundleURL != "":
+		return nil, errors.New("pem and spiffeBundleUrl exclude each other (one of the two, as in Istio)")
+	case d.PEM != "":
+		return nil, errors.New("pem: warden adds no roots to a flat pool (Istio's caCertificates, istio/istio#30454): for a foreign trust domain give spiffeBundleUrl and trustDomains, or a trustDomains entry (https_spiffe) with the PEM as its trustDomainBundle")
+	case d.SpiffeBundleURL == "":
+		return nil, errors.New("no spiffeBundleUrl: give the URL of the foreign trust domain's bundle endpoint (https_web)")
+	case len(d.CertSigners) > 0:
+		return nil, errors.New("certSigners: warden's CA signs every workload and is no registration authority for Kubernetes signers: remove certSigners")
+	case len(d.TrustDomains) == 0:
+		return nil, errors.New("no trustDomains: Istio would trust the endpoint's roots for warden's own trust domain (a flat pool): name the one foreign trust domain whose bundle spiffeBundleUrl serves")
+	case len(d.TrustDomains) > 1:
+		return nil, fmt.Errorf("trustDomains: %d trust domains for one spiffeBundleUrl: a bundle endpoint serves one trust domain's bundle, and one bundle for several would let each one's CA sign for the others: write one entry per trust domain, each with its own endpoint", len(d.TrustDomains))
+	case d.Namespaces == nil:
+		return nil, errors.New(`no namespaces: Istio trusts these roots in every workload, warden only in the namespaces listed: add namespaces (["*"] for every namespace)`)
+	}
+	td, err := spiffeid.TrustDomainFromString(d.TrustDomains[0])
+	if err != nil {
+		return nil, fmt.Errorf("trustDomains: %q: %w", d.TrustDomains[0], err)
+	}
+	if td == local {
+		return nil, fmt.Errorf("trustDomains: %s is warden's own: Istio would add the endpoint's roots to it (a flat pool); a relationship names a foreign trust domain", td)
+	}
+	u := d.SpiffeBundleURL
+	if !strings.Contains(u, "://") {
+		u = "https://" + u // as Istio: a URL without a scheme is https
+	}
+	if err := checkURL(u); err != nil {
+		return nil, fmt.Errorf("spiffeBundleUrl: %w", err)
+	}
+	if err := checkNamespaces(d.Namespaces); err != nil {
+		return nil, err
+	}
+	return &Relationship{TrustDomain: td, URL: u, Profile: HTTPSWeb, Namespaces: d.Namespaces}, nil
+}
+
+func checkNamespaces(nss []string) error {
+	for _, ns := range nss {
+		if ns == "" {
+			return errors.New(`namespaces: an empty name (use "*" for every namespace)`)
+		}
+	}
+	return nil
 }
 
 // checkURL applies the endpoint URL requirements of both profiles: https,
