@@ -24,6 +24,8 @@ targets=(
   "./rbac FuzzMonotonic 6000"
   "./xds FuzzProxyConfig 3000"
   "./xds/ambient FuzzAmbientCompile 60000"
+  "./federation FuzzBundleDocument 60000"
+  "./federation FuzzParse 40000"
   "./ca/vault FuzzSignResponse 8000"
   "./ca/vault FuzzIssuerRoot 8000"
 )
