@@ -183,6 +183,23 @@ func (s *Server) FederationChanged() {
 	s.pushAll()
 }
 
+// appendFederated appends each foreign trust domain's bundle id
+// federates with, under its own name (spiffe://<td>), never merged into
+// ROOTCA (SPIFFE Federation §4.2).
+func (s *Server) appendFederated(secrets []types.Resource, id spiffeid.ID) ([]types.Resource, error) {
+	for td, froots := range s.cfg.Federated(id) {
+		if td == id.TrustDomain() || len(froots) == 0 {
+			continue
+		}
+		vc, err := sds.ValidationContext(td.IDString(), froots)
+		if err != nil {
+			return nil, err
+		}
+		secrets = append(secrets, vc)
+	}
+	return secrets, nil
+}
+
 // publish builds id's snapshot: default, its SPIFFE ID name, and ROOTCA.
 func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) error {
 	s.building.Lock()
@@ -205,17 +222,8 @@ func (s *Server) publish(ctx context.Context, id spiffeid.ID, svid *sds.SVID) er
 		return err
 	}
 	secrets := []types.Resource{def, named, root, own}
-	// Each foreign trust domain's bundle under its own name, never merged
-	// into ROOTCA (SPIFFE Federation §4.2).
-	for td, froots := range s.cfg.Federated(id) {
-		if td == id.TrustDomain() || len(froots) == 0 {
-			continue
-		}
-		vc, err := sds.ValidationContext(td.IDString(), froots)
-		if err != nil {
-			return err
-		}
-		secrets = append(secrets, vc)
+	if secrets, err = s.appendFederated(secrets, id); err != nil {
+		return err
 	}
 	version := s.newVersion(roots)
 	snap, err := cachev3.NewSnapshot(version, map[resource.Type][]types.Resource{
@@ -277,15 +285,8 @@ func (s *Server) publishBundleFor(ctx context.Context, id spiffeid.ID) error {
 		return err
 	}
 	secrets := []types.Resource{root}
-	for td, froots := range s.cfg.Federated(id) {
-		if td == id.TrustDomain() || len(froots) == 0 {
-			continue
-		}
-		vc, err := sds.ValidationContext(td.IDString(), froots)
-		if err != nil {
-			return err
-		}
-		secrets = append(secrets, vc)
+	if secrets, err = s.appendFederated(secrets, id); err != nil {
+		return err
 	}
 	snap, err := cachev3.NewSnapshot(s.newVersion(roots), map[resource.Type][]types.Resource{resource.SecretType: secrets})
 	if err != nil {

@@ -134,7 +134,17 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 func (s *Server) JWTKeysChanged() {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
+	s.rebuildAll("JWT keys changed", false)
+}
+
+// rebuildAll drops every proxy's inbound configuration (and with
+// dropOutbound, the shared outbound ones) and pushes each proxy anew; the
+// caller holds applyMu.
+func (s *Server) rebuildAll(why string, dropOutbound bool) {
 	s.mu.Lock()
+	if dropOutbound {
+		s.outbound = map[string]*outbound{}
+	}
 	proxies := make([]*proxyState, 0, len(s.proxies))
 	for _, ps := range s.proxies {
 		ps.inbound = nil
@@ -143,7 +153,7 @@ func (s *Server) JWTKeysChanged() {
 	s.mu.Unlock()
 	for _, ps := range proxies {
 		if err := s.push(context.Background(), ps); err != nil {
-			s.cfg.Log.Error("xds: push after JWT keys changed", "proxy", ps.proxy.ID, "error", err.Error())
+			s.cfg.Log.Error("xds: push after "+why, "proxy", ps.proxy.ID, "error", err.Error())
 		}
 	}
 }
@@ -160,22 +170,12 @@ func (s *Server) TrustBundlesChanged() {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
 	s.mu.Lock()
-	if s.mesh == nil {
-		s.mu.Unlock()
+	noMesh := s.mesh == nil
+	s.mu.Unlock()
+	if noMesh {
 		return
 	}
-	s.outbound = map[string]*outbound{}
-	proxies := make([]*proxyState, 0, len(s.proxies))
-	for _, ps := range s.proxies {
-		ps.inbound = nil
-		proxies = append(proxies, ps)
-	}
-	s.mu.Unlock()
-	for _, ps := range proxies {
-		if err := s.push(context.Background(), ps); err != nil {
-			s.cfg.Log.Error("xds: push after a trust bundle changed", "proxy", ps.proxy.ID, "error", err.Error())
-		}
-	}
+	s.rebuildAll("a trust bundle changed", true)
 }
 
 func kindKey(o api.Object) string {
