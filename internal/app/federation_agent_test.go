@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -96,21 +95,7 @@ func agentBundles(t *testing.T, sock string, names ...string) (map[string][]*x50
 	if err != nil {
 		return nil, err
 	}
-	out := map[string][]*x509.Certificate{}
-	for _, a := range resp.Resources {
-		var sec tlsv3.Secret
-		if err := a.UnmarshalTo(&sec); err != nil {
-			t.Fatal(err)
-		}
-		if vc := sec.GetValidationContext(); vc != nil {
-			certs, err := ca.ParseCerts(vc.GetTrustedCa().GetInlineBytes())
-			if err != nil {
-				t.Fatal(err)
-			}
-			out[sec.Name] = certs
-		}
-	}
-	return out, nil
+	return validationRoots(t, resp), nil
 }
 
 // bundleMap reads the agent's SPIFFE bundle map as grpc-go does: bare

@@ -147,6 +147,13 @@ func sdsBundles(t *testing.T, addr, data, ns, sa string, names ...string) (map[s
 	if err != nil {
 		return nil, err
 	}
+	return validationRoots(t, resp), nil
+}
+
+// validationRoots are the roots of each validation context (a bundle)
+// an SDS response carries, by secret name.
+func validationRoots(t *testing.T, resp *discovery.DiscoveryResponse) map[string][]*x509.Certificate {
+	t.Helper()
 	out := map[string][]*x509.Certificate{}
 	for _, a := range resp.Resources {
 		var sec tlsv3.Secret
@@ -161,7 +168,7 @@ func sdsBundles(t *testing.T, addr, data, ns, sa string, names ...string) (map[s
 			out[sec.Name] = certs
 		}
 	}
-	return out, nil
+	return out
 }
 
 // TestFederationStandaloneSDS: serve --federation-file fetches a foreign
