@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -22,9 +21,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -69,29 +66,7 @@ func (p *foreignPeer) serve(t *testing.T, addr string) {
 // still issued by the peer's CA.
 func (p *foreignPeer) serveRoots(t *testing.T, addr string, seq uint64, roots []*x509.Certificate) {
 	t.Helper()
-	a, err := ca.New(ca.Config{TrustDomain: partnerTD}, p.m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := a.IssueServing(ca.ServingOptions{ID: p.id, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := spiffebundle.FromX509Authorities(partnerTD, roots)
-	b.SetSequenceNumber(seq)
-	b.SetRefreshHint(time.Second)
-	h, err := federation.NewHandler(partnerTD, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{*cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.addr = l.Addr().String()
-	p.srv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go p.srv.Serve(l)
-	t.Cleanup(func() { p.srv.Close() })
+	p.addr, p.srv = testkit.ServeBundleEndpoint(t, p.m, p.id, addr, seq, roots)
 }
 
 // forge signs a leaf for id with the peer's CA key, whatever id's trust

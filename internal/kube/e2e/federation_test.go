@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,8 +15,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretsvc "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
-	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -29,6 +25,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/fedstore"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
+	"github.com/wardenmesh/warden/internal/testkit"
 )
 
 var partnerTD = spiffeid.RequireTrustDomainFromString("partner.test")
@@ -39,29 +36,8 @@ var partnerTD = spiffeid.RequireTrustDomainFromString("partner.test")
 // address and a stop.
 func partnerEndpoint(t *testing.T, m *ca.Material, addr string, seq uint64, roots []*x509.Certificate) (string, func()) {
 	t.Helper()
-	a, err := ca.New(ca.Config{TrustDomain: partnerTD}, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := a.IssueServing(ca.ServingOptions{ID: spiffeid.RequireFromString("spiffe://partner.test/bundle-server"), IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := spiffebundle.FromX509Authorities(partnerTD, roots)
-	b.SetSequenceNumber(seq)
-	b.SetRefreshHint(time.Second)
-	h, err := federation.NewHandler(partnerTD, b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := tls.Listen("tcp", addr, &tls.Config{Certificates: []tls.Certificate{*cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return l.Addr().String(), func() { srv.Close() }
+	addr, srv := testkit.ServeBundleEndpoint(t, m, spiffeid.RequireFromString("spiffe://partner.test/bundle-server"), addr, seq, roots)
+	return addr, func() { srv.Close() }
 }
 
 // sdsForeign asks a replica's central SDS, as ns/sa (a TokenRequest
