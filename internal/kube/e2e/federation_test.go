@@ -28,8 +28,6 @@ import (
 	"github.com/wardenmesh/warden/internal/testkit"
 )
 
-var partnerTD = spiffeid.RequireTrustDomainFromString("partner.test")
-
 // partnerEndpoint serves partner.test's bundle (roots, sequence seq)
 // with go-spiffe's federation.NewHandler over https_spiffe, presenting an
 // SVID of m, on addr ("127.0.0.1:0" for a new port); it returns the
