@@ -45,13 +45,21 @@ type Explanation struct {
 	// RemoteIP is the client address remote.ip matched, as the
 	// listener's connection manager derives it.
 	RemoteIP string
+	// Note is what the decision depends on that the proxy's
+	// configuration does not show (a proxyless server's environment);
+	// "" when nothing.
+	Note string
 }
 
 func (e Explanation) String() string {
 	if e.FilterChain == "" && e.RemoteIP == "" {
 		return fmt.Sprintf("%s\n  evaluated: %s, listener %s: no filter chain takes the connection", e.Decision.String(), e.Proxy, e.Listener)
 	}
-	return fmt.Sprintf("%s\n  evaluated: %s, listener %s, filter chain %q, remote.ip %s", e.Decision.String(), e.Kind, e.Listener, e.FilterChain, e.RemoteIP)
+	s := fmt.Sprintf("%s\n  evaluated: %s, listener %s, filter chain %q, remote.ip %s", e.Decision.String(), e.Kind, e.Listener, e.FilterChain, e.RemoteIP)
+	if e.Note != "" {
+		s += "\n  note: " + e.Note
+	}
+	return s
 }
 
 // Explain runs the policy filters of the listener proxy p (whose
@@ -77,10 +85,12 @@ func (m *Mesh) Explain(p *Proxy, w *Workload, servers []string, r ExplainRequest
 		return e, err
 	}
 	// The handshake comes first: a peer it refuses reaches no filter.
-	if why, err := m.handshakeRefusal(fc, r.Request.Principal); err != nil || why != "" {
+	why, note, err := m.handshakeRefusal(fc, p.Namespace, r.Request.Principal)
+	if err != nil || why != "" {
 		e.Decision = rbac.Decision{Reason: why}
 		return e, err
 	}
+	e.Note = note
 	req := r.Request
 	req.DestPort = r.Port
 	for _, f := range fc.Filters {

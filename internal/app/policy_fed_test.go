@@ -13,7 +13,8 @@ import (
 // SPIFFE validator lists the trust domain) and the policy decides, as
 // written (a trust domain alias rewrites no foreign principal); the
 // handshake of any other namespace, or without --federation-file, refuses
-// them before any policy runs.
+// them before any policy runs. The same for a proxyless gRPC server,
+// whose answer notes the grpc-go environment it depends on.
 func TestPolicyExplainFederation(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -27,6 +28,31 @@ spec:
   - from: [{source: {principals: [partner.test/ns/shop/sa/client]}}]
   - from: [{source: {trustDomains: [partner.test]}}]
     to: [{operation: {paths: [/public]}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: default}
+spec:
+  hosts: [api.default]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.0.3, labels: {app: api}, serviceAccount: api}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: other}
+spec:
+  hosts: [api.other]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9000, name: grpc, protocol: GRPC}]
+  endpoints: [{address: 127.0.0.4, labels: {app: api}, serviceAccount: api}]
 `), 0o644)
 	fed := filepath.Join(dir, "federation.yaml")
 	os.WriteFile(fed, []byte(`trustDomains:
@@ -61,6 +87,37 @@ spec:
 	for _, tc := range cases {
 		if out := explain(tc.args...); !strings.HasPrefix(out, tc.want) {
 			t.Errorf("%s: %s\nwant prefix %s", tc.name, out, tc.want)
+		}
+	}
+
+	// A proxyless gRPC server's roots are its certificate provider's
+	// files: the bundle map of its namespace's relationships when grpc-go
+	// runs with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true (which explain
+	// cannot see, so it says so), ROOTCA alone otherwise.
+	// TestFederationProxylessBundleMap shows both with real handshakes.
+	const server, otherServer = "sidecar~127.0.0.3~api-1.default~default.svc.cluster.local", "sidecar~127.0.0.4~api-1.other~other.svc.cluster.local"
+	proxyless := []struct {
+		name       string
+		args       []string
+		want, note string
+	}{
+		{"proxyless, federating namespace", []string{"--federation-file", fed, "--node", server, "--source-principal", client},
+			"ALLOW: allowed by ns[istio-system]-policy[partners]-rule[0]", "note: the handshake takes spiffe://partner.test/ns/shop/sa/client only if the server runs with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true"},
+		{"proxyless, other namespace", []string{"--federation-file", fed, "--node", otherServer, "--source-principal", client},
+			"DENY: the handshake refuses spiffe://partner.test/ns/shop/sa/client: a proxyless gRPC server validates peers with ROOTCA, the bundle of mesh.test alone, or with the bundle map of its namespace's federation relationships, and trust domain partner.test is in neither", ""},
+		{"proxyless, unfederated trust domain", []string{"--federation-file", fed, "--node", server, "--source-principal", "spiffe://elsewhere.test/ns/shop/sa/client", "--path", "/public"},
+			"DENY: the handshake refuses spiffe://elsewhere.test/ns/shop/sa/client: a proxyless gRPC server", ""},
+		{"proxyless, alias", []string{"--federation-file", fed, "--trust-domain-alias", "old.test", "--node", server, "--source-principal", "spiffe://old.test/ns/shop/sa/client"},
+			"DENY: no ALLOW policy matches", "note: the handshake takes spiffe://old.test/ns/shop/sa/client with the server's ca_certificate_file (ROOTCA); a server running with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true looks trust domain old.test up in the bundle map, which names no alias"},
+		{"proxyless, local", []string{"--federation-file", fed, "--node", server, "--source-principal", "spiffe://mesh.test/ns/shop/sa/client"}, "DENY: no ALLOW policy matches", ""},
+	}
+	for _, tc := range proxyless {
+		out := explain(append(tc.args, "--generator", "grpc", "--path", "/x")...)
+		if !strings.HasPrefix(out, tc.want) {
+			t.Errorf("%s: %s\nwant prefix %s", tc.name, out, tc.want)
+		}
+		if tc.note != "" && !strings.Contains(out, tc.note) || tc.note == "" && strings.Contains(out, "note:") {
+			t.Errorf("%s: %s\nwant note %q", tc.name, out, tc.note)
 		}
 	}
 }
