@@ -147,4 +147,11 @@ spec:
 	if _, err := call("127.0.0.5:"+plainPort, tlsconfig.MTLSClientConfig(partner, partnerSet, tlsconfig.AuthorizeID(serverID))); err == nil {
 		t.Fatal("a proxyless server without the bundle map accepted a partner.test caller: the test shows nothing")
 	}
+	// policy explain says both: taken by the RBAC rule, with the note
+	// that this depends on the variable.
+	_, ex, _ := run(t, "policy", "explain", "-f", mesh, "--federation-file", fedFile, "--node", node, "--generator", "grpc", "--port", port,
+		"--source-principal", partner.ID.String(), "--method", "POST", "--path", "/grpc.testing.TestService/UnaryCall")
+	if !strings.HasPrefix(ex, "ALLOW") || !strings.Contains(ex, "note: the handshake takes "+partner.ID.String()+" only if the server runs with GRPC_EXPERIMENTAL_XDS_MTLS_SPIFFE=true") {
+		t.Errorf("policy explain for the partner.test caller:\n%s", ex)
+	}
 }
