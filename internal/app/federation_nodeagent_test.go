@@ -29,6 +29,43 @@ import (
 	sdsserver "github.com/wardenmesh/warden/sds/server"
 )
 
+// mintToken is a token for ns/sa from the data directory.
+func mintToken(t *testing.T, data, ns, sa string) string {
+	t.Helper()
+	code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", ns, "--sa", sa)
+	if code != 0 {
+		t.Fatalf("token: %d %s", code, stderr)
+	}
+	return strings.TrimSpace(tok)
+}
+
+// startNodeAgent runs warden agent --node-agent with its socket under
+// dir/node, and returns a client of that socket and the agent's log.
+func startNodeAgent(t *testing.T, dir, data, addr string, extra ...string) (*grpc.ClientConn, *syncBuffer) {
+	t.Helper()
+	sock := filepath.Join(dir, "node", "sds.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- app.Run(ctx, append([]string{"agent", "--node-agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"),
+			"--sds-socket", sock, "--workload-api-socket", ""}, extra...), logs, logs)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("node agent exited %d:\n%s", code, logs.String())
+		}
+	})
+	waitFile(t, sock)
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, logs
+}
+
 // nodeAgentWatch is a caller's SDS stream on a node agent that ACKs
 // every response, as Envoy does; its responses arrive on resps.
 type nodeAgentWatch struct {
@@ -103,35 +140,10 @@ func TestNodeAgentRelaysFederationPerNamespace(t *testing.T) {
 	httpAddr := testkit.FreeAddr(t)
 	dir, data, addr, peer := federationFixture(t, "--http-listen", httpAddr)
 	caStreams := func() float64 { return scrape(t, "http://"+httpAddr+"/metrics")["warden_sds_streams"] }
-	mint := func(ns, sa string) string {
-		code, tok, stderr := run(t, "token", "--data-dir", data, "--ns", ns, "--sa", sa)
-		if code != 0 {
-			t.Fatalf("token: %d %s", code, stderr)
-		}
-		return strings.TrimSpace(tok)
-	}
-	sock := filepath.Join(dir, "node", "sds.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		// A short --ttl: an identity no stream serves leaves the cache at
-		// its next rotation, within seconds.
-		done <- app.Run(ctx, []string{"agent", "--node-agent", "--ca", addr, "--root-cert", filepath.Join(data, "root-cert.pem"),
-			"--sds-socket", sock, "--workload-api-socket", "", "--ttl", "6s"}, &logs, &logs)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != 0 {
-			t.Errorf("node agent exited %d:\n%s", code, logs.String())
-		}
-	})
-	waitFile(t, sock)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	mint := func(ns, sa string) string { return mintToken(t, data, ns, sa) }
+	// A short --ttl: an identity no stream serves leaves the cache at its
+	// next rotation, within seconds.
+	conn, logs := startNodeAgent(t, dir, data, addr, "--ttl", "6s")
 	rootPEM, _ := os.ReadFile(filepath.Join(data, "root-cert.pem"))
 	local, _ := ca.ParseCerts(rootPEM)
 	sleep, intruder := mint("default", "sleep"), mint("other", "intruder")
@@ -257,5 +269,38 @@ func TestNodeAgentRelaysFederationPerNamespace(t *testing.T) {
 			return fmt.Errorf("the CA counts %v SDS streams, want default's bundle stream", n)
 		}
 		return nil
+	})
+}
+
+// TestNodeAgentFollowsRootRotation: a node agent follows the trust bundle
+// over its namespaces' streams to the CA: a root published reaches its
+// callers' ROOTCA at once, not with their next certificate, and the CA
+// counts those streams (one per namespace) among the consumers a
+// rotation waits for, each holding the new root only once it reached the
+// callers.
+func TestNodeAgentFollowsRootRotation(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	addr, _ := serve(t, data)
+	conn, _ := startNodeAgent(t, dir, data, addr)
+	var callers []*nodeAgentWatch
+	for _, who := range [][2]string{{"default", "sleep"}, {"other", "app"}} {
+		w := watchNodeAgent(t, conn, mintToken(t, data, who[0], who[1]), false, "default", "ROOTCA")
+		w.until(t, 20*time.Second, who[0]+"'s caller", func(got map[string][]*x509.Certificate) bool { return len(got["ROOTCA"]) == 1 })
+		callers = append(callers, w)
+	}
+	out := rotate(t, data, "publish")
+	next := newRoot.FindStringSubmatch(out)
+	if next == nil {
+		t.Fatalf("publish:\n%s", out)
+	}
+	for i, w := range callers {
+		w.until(t, 20*time.Second, fmt.Sprintf("caller %d's ROOTCA after publish", i), func(got map[string][]*x509.Certificate) bool {
+			return len(got["ROOTCA"]) == 2 && slices.ContainsFunc(got["ROOTCA"], func(c *x509.Certificate) bool { return ca.Fingerprint(c) == next[1] })
+		})
+	}
+	waitStatus(t, data, 20*time.Second, "the node agent's two streams to hold the new root", func(s string) bool {
+		h := sdsLine.FindStringSubmatch(s)
+		return h != nil && h[1] == "2" && h[2] == "2"
 	})
 }
