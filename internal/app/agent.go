@@ -292,15 +292,21 @@ func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error()+": "+sdsserver.TokenHint)
 	}
 	now := time.Now()
-	if c, ok := a.tokens.Get(tok, now); ok && a.cache.Current(c.ID) != nil {
+	cached, hit := a.tokens.Get(tok, now)
+	if hit && a.cache.Current(cached.ID) != nil {
 		// Still held (not dropped as idle, not expired): no need to ask.
-		a.nodeFed.wait(ctx, c.ID)
-		return c.ID, nil
+		a.nodeFed.wait(ctx, cached.ID)
+		return cached.ID, nil
 	}
 	svid, err := a.fetcher.FetchWithToken(ctx, tok)
 	if err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() == codes.Unauthenticated {
 			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: the CA refused the token: "+st.Message())
+		}
+		if hit {
+			// The CA cannot be asked: the identity it named stands (a
+			// stream for ROOTCA alone is still served).
+			return cached.ID, nil
 		}
 		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "sds: CA: %v", err)
 	}

@@ -233,6 +233,8 @@ func (n *nodeBundles) wait(ctx context.Context, id spiffeid.ID) {
 
 // close ends every namespace's stream and waits for them.
 func (n *nodeBundles) close() {
-	n.cancel()
+	n.mu.Lock()
+	n.cancel() // under mu: no add starts a stream after this
+	n.mu.Unlock()
 	n.wg.Wait()
 }
