@@ -135,7 +135,9 @@ func (w *nodeAgentWatch) until(t *testing.T, d time.Duration, what string, ok fu
 // root reaches default's caller; the relationship edited to add other,
 // other's caller follows. The node agent keeps one bundle stream to the
 // CA per namespace (the CA counts two) and closes other's once the last
-// identity of other has left its cache (the CA counts one).
+// identity of other has left its cache (the CA counts one); other's
+// caller coming back with the token the node agent remembers gets a
+// certificate again.
 func TestNodeAgentRelaysFederationPerNamespace(t *testing.T) {
 	httpAddr := testkit.FreeAddr(t)
 	dir, data, addr, peer := federationFixture(t, "--http-listen", httpAddr)
@@ -269,6 +271,14 @@ func TestNodeAgentRelaysFederationPerNamespace(t *testing.T) {
 			return fmt.Errorf("the CA counts %v SDS streams, want default's bundle stream", n)
 		}
 		return nil
+	})
+
+	// other's caller comes back with the same token, which the node agent
+	// remembers: its identity was dropped, so the CA is asked again, and
+	// the stream gets a certificate and its namespace's bundle.
+	back := watchNodeAgent(t, conn, intruder, false, "default", partner)
+	back.until(t, 20*time.Second, "other's caller back", func(got map[string][]*x509.Certificate) bool {
+		return ca.SameRoots(got[partner], both)
 	})
 }
 
