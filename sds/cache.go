@@ -45,6 +45,10 @@ type Config struct {
 	// being renewed forever: a control plane outlives many workloads.
 	// Nil keeps every identity (a per-workload agent).
 	InUse func(spiffeid.ID) bool
+	// OnDrop is called (outside locks) after an idle identity was
+	// dropped (see InUse): a node agent stops following its namespace's
+	// bundles when the last of its identities leaves.
+	OnDrop func(spiffeid.ID)
 }
 
 // Cache holds one SVID per identity and rotates each in the background
@@ -352,6 +356,9 @@ func (c *Cache) dropIdle(id spiffeid.ID, cur *SVID) bool {
 	c.mu.Unlock()
 	if idle {
 		c.cfg.Log.Info("dropped an idle SVID: no stream serves it", "id", id.String())
+		if c.cfg.OnDrop != nil {
+			c.cfg.OnDrop(id)
+		}
 	}
 	return idle
 }

@@ -235,7 +235,8 @@ func idleDropped(t *testing.T, viaWatch bool) {
 	var inUse atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cfg := sds.Config{Fetcher: f, Clock: clock, InUse: func(spiffeid.ID) bool { return inUse.Load() }}
+	var dropped atomic.Value
+	cfg := sds.Config{Fetcher: f, Clock: clock, InUse: func(spiffeid.ID) bool { return inUse.Load() }, OnDrop: func(id spiffeid.ID) { dropped.Store(id) }}
 	var updates atomic.Int32
 	if viaWatch {
 		cfg.InUse = nil
@@ -284,7 +285,7 @@ func idleDropped(t *testing.T, viaWatch bool) {
 	waitParked(t, clock, 1)
 	clock.Add(31 * time.Minute)
 	deadline := time.Now().Add(5 * time.Second)
-	for c.Current(id) != nil || clock.Waiters() != 0 {
+	for c.Current(id) != nil || clock.Waiters() != 0 || dropped.Load() == nil {
 		if time.Now().After(deadline) {
 			t.Fatalf("idle identity still cached (current %v, %d goroutines on the clock)", c.Current(id) != nil, clock.Waiters())
 		}
@@ -292,6 +293,9 @@ func idleDropped(t *testing.T, viaWatch bool) {
 	}
 	if n := f.calls.Load(); n != 3 {
 		t.Fatalf("%d fetches: the idle identity was renewed", n)
+	}
+	if got, _ := dropped.Load().(spiffeid.ID); got != id {
+		t.Fatalf("OnDrop heard of %v, want %s", got, id)
 	}
 	if _, err := c.Get(ctx, id); err != nil {
 		t.Fatal(err)

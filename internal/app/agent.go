@@ -128,6 +128,7 @@ type agent struct {
 	mu        sync.Mutex
 	self      *sds.SVID           // the workload's SVID (single-workload mode)
 	tokens    caserver.TokenCache // node agent: token hash -> identity
+	nodeFed   *nodeBundles        // node agent: the bundles, per namespace
 }
 
 func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, error) {
@@ -150,11 +151,19 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 	// file. A node agent has none: each stream brings its workload's
 	// token, and the agent's own must never stand in for a caller's.
 	fetchAttrs := []slog.Attr{slog.String("ca", f.addr)}
-	if !f.nodeAgent {
+	cacheCfg := sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated}
+	if f.nodeAgent {
+		// A node agent outlives its callers: an identity no stream serves
+		// is dropped at rotation (as serve's), and its namespace's bundle
+		// stream closes with the last of it.
+		a.nodeFed = newNodeBundles(ctx, a)
+		cacheCfg.OnDrop = a.nodeFed.remove
+	} else {
 		a.fetcher.TokenFile = f.tokenFile
 		fetchAttrs = append(fetchAttrs, slog.String("tokenFile", f.tokenFile))
 	}
-	a.cache, err = sds.NewCache(ctx, sds.Config{Fetcher: a.fetcher, Log: log, OnUpdate: a.updated, FetchAttrs: fetchAttrs})
+	cacheCfg.FetchAttrs = fetchAttrs
+	a.cache, err = sds.NewCache(ctx, cacheCfg)
 	if err != nil {
 		return nil, err
 	}
@@ -175,14 +184,19 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 		a.cache.Put(svid)
 		identify = sdsserver.FixedIdentify(svid.ID)
 	}
-	sdsCfg := sdsserver.Config{Cache: a.cache, Identify: identify, Roots: a.roots, Log: log}
-	if !f.nodeAgent {
-		// Relayed by name (spiffe://<td>), as the CA sent them.
-		sdsCfg.Federated = func(spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate { return a.federated() }
+	// Relayed by name (spiffe://<td>), as the CA sent them: the
+	// workload's, or (node agent) those of the stream's namespace.
+	sdsCfg := sdsserver.Config{Cache: a.cache, Identify: identify, Roots: a.roots, Log: log,
+		Federated: func(spiffeid.ID) map[spiffeid.TrustDomain][]*x509.Certificate { return a.federated() }}
+	if f.nodeAgent {
+		sdsCfg.Federated = a.nodeFed.foreign
 	}
 	a.sds, err = sdsserver.New(ctx, sdsCfg)
 	if err != nil {
 		return nil, err
+	}
+	if f.nodeAgent {
+		a.cache.Watch(nil, a.sds.InUse)
 	}
 	if f.wapiSocket != "" && !f.nodeAgent {
 		a.wapi = &sdsserver.WorkloadAPI{Current: a.current, Roots: a.roots, TrustDomain: a.self.ID.TrustDomain(), Federated: a.federated}
@@ -197,6 +211,9 @@ func newAgent(ctx context.Context, f agentFlags, log *slog.Logger) (*agent, erro
 // updated runs after every new SVID: push to SDS and Workload API streams,
 // and write the files.
 func (a *agent) updated(s *sds.SVID) {
+	if a.nodeFed != nil {
+		a.nodeFed.add(s.ID)
+	}
 	a.mu.Lock()
 	if a.self != nil && a.self.ID == s.ID {
 		a.self = s
@@ -275,13 +292,21 @@ func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error()+": "+sdsserver.TokenHint)
 	}
 	now := time.Now()
-	if c, ok := a.tokens.Get(tok, now); ok {
-		return c.ID, nil
+	cached, hit := a.tokens.Get(tok, now)
+	if hit && a.cache.Current(cached.ID) != nil {
+		// Still held (not dropped as idle, not expired): no need to ask.
+		a.nodeFed.wait(ctx, cached.ID)
+		return cached.ID, nil
 	}
 	svid, err := a.fetcher.FetchWithToken(ctx, tok)
 	if err != nil {
 		if st, ok := status.FromError(err); ok && st.Code() == codes.Unauthenticated {
 			return spiffeid.ID{}, status.Error(codes.Unauthenticated, "sds: the CA refused the token: "+st.Message())
+		}
+		if hit {
+			// The CA cannot be asked: the identity it named stands (a
+			// stream for ROOTCA alone is still served).
+			return cached.ID, nil
 		}
 		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "sds: CA: %v", err)
 	}
@@ -289,6 +314,8 @@ func (a *agent) identifyByToken(ctx context.Context) (spiffeid.ID, error) {
 	if exp, ok := tokenCacheExpiry(tok, now); ok {
 		a.tokens.Put(tok, &caserver.Caller{ID: svid.ID, Method: "ca"}, exp, now)
 	}
+	// The stream may name its namespace's foreign bundles at once.
+	a.nodeFed.wait(ctx, svid.ID)
 	return svid.ID, nil
 }
 
@@ -339,7 +366,7 @@ func (a *agent) run(ctx context.Context) error {
 		}
 	}
 	if !a.f.nodeAgent {
-		g.Go(func() error { a.followBundle(ctx); return nil })
+		g.Go(func() error { a.followBundle(ctx, a.workloadBundles()); return nil })
 	}
 	if a.f.metricsListen != "" {
 		lis, err := net.Listen("tcp", a.f.metricsListen)
@@ -360,6 +387,9 @@ func (a *agent) run(ctx context.Context) error {
 		a.log.Info("serving metrics", "address", lis.Addr().String())
 	}
 	err := g.Wait()
+	if a.nodeFed != nil {
+		a.nodeFed.close() // no bundle stream after we return
+	}
 	a.cache.Wait() // no rotation or file write after we return
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -34,26 +35,62 @@ func (a *agent) caPool() *x509.CertPool {
 	return pool
 }
 
+// bundleSource is what one bundle stream to the CA follows for: the
+// per-workload agent's workload, or one namespace of a node agent's
+// callers (nodeBundles).
+type bundleSource struct {
+	log *slog.Logger
+	// svid is the SVID to open the next stream with, and a channel closed
+	// when its identity leaves (nil: never); nil when none is current.
+	svid func() (*sds.SVID, <-chan struct{})
+	// apply takes a response's bundles; it runs before the ACK.
+	apply func(roots []*x509.Certificate, foreign map[spiffeid.TrustDomain][]*x509.Certificate)
+}
+
 // followBundle keeps an SDS stream for ROOTCA alone open to the CA's
-// central SDS (the CA port), authenticated with the workload's SVID: the
-// CA pushes every change of the trust bundle (a rotation publishing a new
-// root), and counts this agent among the consumers a rotation waits for.
+// central SDS (the CA port), authenticated with an SVID of src: the CA
+// pushes every change of the trust bundle (a rotation publishing a new
+// root), and counts the stream among the consumers a rotation waits for.
 // The stream also asks for the foreign bundles of the trust domains the
-// workload's namespace federates with (sdsserver.FederatedBundlesKey),
+// SVID's namespace federates with (sdsserver.FederatedBundlesKey),
 // which the agent relays under their own names, never merged into ROOTCA.
-// Each bundle is applied (SDS streams, Workload API, files) before it is
-// ACKed. It returns when ctx is done.
-func (a *agent) followBundle(ctx context.Context) {
+// Each bundle is applied (src.apply: SDS streams, Workload API, files)
+// before it is ACKed. A stream lasts no longer than the SVID it opened
+// with, nor than that SVID's identity (src.svid's channel): it is then
+// reopened at once with a current SVID. It returns when ctx is done.
+func (a *agent) followBundle(ctx context.Context, src bundleSource) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		got, err := a.bundleStream(ctx)
+		self, gone := src.svid()
+		var got, switched bool
+		err := errors.New("no current SVID to authenticate with")
+		if self != nil {
+			sctx, cancel := context.WithDeadline(ctx, self.Certs[0].NotAfter)
+			if gone != nil {
+				go func() {
+					select {
+					case <-gone:
+						cancel()
+					case <-sctx.Done():
+					}
+				}()
+			}
+			got, err = a.bundleStream(sctx, self, src)
+			switched = ctx.Err() == nil && sctx.Err() != nil
+			cancel()
+		}
 		if ctx.Err() != nil {
 			return
+		}
+		if switched {
+			src.log.Debug("the trust bundle stream's SVID expired or its identity left; reopening with a current one", "id", self.ID.String())
+			backoff = time.Second
+			continue
 		}
 		if got {
 			backoff = time.Second
 		}
-		a.log.Warn("the trust bundle stream to the CA ended; reconnecting", "ca", a.f.addr, "retryIn", backoff.String(), "error", fmt.Sprint(err))
+		src.log.Warn("the trust bundle stream to the CA ended; reconnecting", "ca", a.f.addr, "retryIn", backoff.String(), "error", fmt.Sprint(err))
 		select {
 		case <-ctx.Done():
 			return
@@ -63,12 +100,9 @@ func (a *agent) followBundle(ctx context.Context) {
 	}
 }
 
-// bundleStream runs one stream; got says whether a bundle arrived.
-func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
-	self := a.current()
-	if self == nil {
-		return false, errors.New("no SVID yet")
-	}
+// bundleStream runs one stream authenticated with self; got says whether
+// a bundle arrived.
+func (a *agent) bundleStream(ctx context.Context, self *sds.SVID, src bundleSource) (got bool, err error) {
 	c, err := client.New(client.Config{Addr: a.f.addr, Roots: a.caPool(), ServerName: a.fetcher.ServerName, ServerID: a.fetcher.ServerID, ClientCert: client.ClientCert(self)})
 	if err != nil {
 		return false, err
@@ -93,25 +127,46 @@ func (a *agent) bundleStream(ctx context.Context) (got bool, err error) {
 		roots, foreign, err := bundleOf(resp, self.ID.TrustDomain())
 		ack := &discovery.DiscoveryRequest{VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce, ResourceNames: req.ResourceNames, TypeUrl: resource.SecretType}
 		if err != nil {
-			a.log.Error("the CA sent a trust bundle the agent cannot use; keeping the current one", "error", err.Error())
+			src.log.Error("the CA sent a trust bundle the agent cannot use; keeping the current one", "error", err.Error())
 			ack.VersionInfo = "" // a NACK: the last accepted version stays
 			ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
 		} else {
-			a.mu.Lock()
-			a.streamed = roots
-			fedChanged := !sameForeign(a.foreign, foreign)
-			a.foreign = foreign
-			a.mu.Unlock()
-			a.bundles.Set(roots) // applied (subscribers run) before the ACK
-			if fedChanged {
-				a.foreignChanged()
-			}
+			src.apply(roots, foreign) // applied (subscribers run) before the ACK
 			got = true
 		}
 		if err := s.Send(ack); err != nil {
 			return got, err
 		}
 	}
+}
+
+// workloadBundles is the per-workload agent's bundle source: its
+// workload's SVID; ROOTCA and the foreign bundles are the agent's.
+func (a *agent) workloadBundles() bundleSource {
+	return bundleSource{
+		log:  a.log,
+		svid: func() (*sds.SVID, <-chan struct{}) { return a.current(), nil },
+		apply: func(roots []*x509.Certificate, foreign map[spiffeid.TrustDomain][]*x509.Certificate) {
+			a.mu.Lock()
+			fedChanged := !sameForeign(a.foreign, foreign)
+			a.foreign = foreign
+			a.mu.Unlock()
+			a.streamedRoots(roots)
+			if fedChanged {
+				a.foreignChanged()
+			}
+		},
+	}
+}
+
+// streamedRoots makes roots, as a bundle stream received them, the
+// agent's ROOTCA (pushed to its SDS streams, Workload API and files
+// before it returns); from then on SVIDs' roots no longer stand in.
+func (a *agent) streamedRoots(roots []*x509.Certificate) {
+	a.mu.Lock()
+	a.streamed = roots
+	a.mu.Unlock()
+	a.bundles.Set(roots)
 }
 
 // bundleOf reads a bundle stream's response: the roots of ROOTCA, and

@@ -156,16 +156,22 @@ func (s *Server) RootsChanged() {
 	if err := s.publishBundle(context.Background()); err != nil {
 		s.cfg.Log.Error("sds: cannot publish the bundle", "error", err.Error())
 	}
-	s.publishFederatedBundles()
+	s.publishFederatedBundles(nil)
 	s.pushAll()
 }
 
 // pushAll pushes every certificate stream's resources again.
-func (s *Server) pushAll() {
+func (s *Server) pushAll() { s.pushWhere(nil) }
+
+// pushWhere pushes again the resources of every certificate stream whose
+// identity match selects (nil: all).
+func (s *Server) pushWhere(match func(spiffeid.ID) bool) {
 	s.mu.Lock()
 	ids := make([]spiffeid.ID, 0, len(s.idents))
 	for id := range s.idents {
-		ids = append(ids, id)
+		if match == nil || match(id) {
+			ids = append(ids, id)
+		}
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
@@ -178,9 +184,15 @@ func (s *Server) pushAll() {
 // FederationChanged pushes every certificate stream's foreign bundles
 // again (a foreign trust domain's roots changed), and every bundle
 // stream's that receives them.
-func (s *Server) FederationChanged() {
-	s.publishFederatedBundles()
-	s.pushAll()
+func (s *Server) FederationChanged() { s.FederationChangedFor(nil) }
+
+// FederationChangedFor is FederationChanged for the streams whose
+// identity match selects (nil: all): a node agent pushes one namespace's
+// new foreign bundles to that namespace's streams alone, and leaves the
+// others' untouched (no new version, no push).
+func (s *Server) FederationChangedFor(match func(spiffeid.ID) bool) {
+	s.publishFederatedBundles(match)
+	s.pushWhere(match)
 }
 
 // appendFederated appends each foreign trust domain's bundle id
@@ -254,13 +266,15 @@ func (s *Server) publishBundle(ctx context.Context) error {
 	return s.snaps.SetSnapshot(ctx, bundleKey, snap)
 }
 
-// publishFederatedBundles rebuilds the snapshot of every identity with a
-// bundle stream that receives foreign bundles.
-func (s *Server) publishFederatedBundles() {
+// publishFederatedBundles rebuilds the snapshot of every identity match
+// selects (nil: all) with a bundle stream that receives foreign bundles.
+func (s *Server) publishFederatedBundles(match func(spiffeid.ID) bool) {
 	s.mu.Lock()
 	ids := make([]spiffeid.ID, 0, len(s.fedIDs))
 	for id := range s.fedIDs {
-		ids = append(ids, id)
+		if match == nil || match(id) {
+			ids = append(ids, id)
+		}
 	}
 	s.mu.Unlock()
 	for _, id := range ids {

@@ -46,7 +46,7 @@ type fixture struct {
 
 // newFixture serves SDS on a real Unix socket. identify nil means the
 // token-authenticated node-agent mode.
-func newFixture(t *testing.T, identify server.Identify) *fixture {
+func newFixture(t *testing.T, identify server.Identify, opts ...func(*server.Config)) *fixture {
 	t.Helper()
 	clock := catest.NewClock(time.Now())
 	a := catest.Authority(t, catest.Root(t, ca.CAOptions{Clock: clock}), catest.WithClock(clock), func(c *ca.Config) { c.Backdate = time.Second })
@@ -77,7 +77,11 @@ func newFixture(t *testing.T, identify server.Identify) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err = server.New(ctx, server.Config{Cache: cache, Identify: identify, Roots: func() []*x509.Certificate { return a.Bundle().X509Authorities() }})
+	cfg := server.Config{Cache: cache, Identify: identify, Roots: func() []*x509.Certificate { return a.Bundle().X509Authorities() }}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err = server.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
