@@ -59,7 +59,7 @@ func (m *Mesh) federate(ns string, c *Config) error {
 	if len(foreign) == 0 {
 		return nil
 	}
-	vc, err := m.spiffeValidation(foreign)
+	vc, local, err := m.spiffeValidation(foreign)
 	if err != nil {
 		return err
 	}
@@ -83,6 +83,7 @@ func (m *Mesh) federate(ns string, c *Config) error {
 		}
 		if changed {
 			c.Listeners[i] = l
+			c.ListenerRoots = local
 		}
 	}
 	for i, r := range c.Clusters {
@@ -105,6 +106,7 @@ func (m *Mesh) federate(ns string, c *Config) error {
 		}
 		if changed {
 			c.Clusters[i] = cl
+			c.ClusterRoots = local
 		}
 	}
 	return nil
@@ -113,11 +115,16 @@ func (m *Mesh) federate(ns string, c *Config) error {
 // spiffeValidation is the custom validator config of a federating
 // workload: one trust domain per entry, sorted by name, each with its
 // own roots inline (PEM): the local trust domain and its aliases with
-// the local bundle, each foreign trust domain with its bundle alone.
-func (m *Mesh) spiffeValidation(foreign map[spiffeid.TrustDomain][]*x509.Certificate) (*corev3.TypedExtensionConfig, error) {
+// the local bundle, each foreign trust domain with its bundle alone. It
+// also returns the local roots' fingerprints (Config.ListenerRoots).
+func (m *Mesh) spiffeValidation(foreign map[spiffeid.TrustDomain][]*x509.Certificate) (*corev3.TypedExtensionConfig, []string, error) {
 	local := m.opts.TrustBundles.LocalRoots()
 	if len(local) == 0 {
-		return nil, fmt.Errorf("xds: no local trust bundle yet for the SPIFFE validator")
+		return nil, nil, fmt.Errorf("xds: no local trust bundle yet for the SPIFFE validator")
+	}
+	fps := make([]string, len(local))
+	for i, r := range local {
+		fps[i] = ca.Fingerprint(r)
 	}
 	bundles := map[string][]*x509.Certificate{m.opts.TrustDomain.Name(): local}
 	for _, a := range m.opts.TrustDomainAliases {
@@ -138,9 +145,29 @@ func (m *Mesh) spiffeValidation(foreign map[spiffeid.TrustDomain][]*x509.Certifi
 		})
 	}
 	if err := cfg.ValidateAll(); err != nil {
-		return nil, fmt.Errorf("xds: SPIFFE validator: %w", err)
+		return nil, nil, fmt.Errorf("xds: SPIFFE validator: %w", err)
 	}
-	return &corev3.TypedExtensionConfig{Name: SPIFFEValidator, TypedConfig: typed(cfg)}, nil
+	return &corev3.TypedExtensionConfig{Name: SPIFFEValidator, TypedConfig: typed(cfg)}, fps, nil
+}
+
+// CommonRoots is what two sets of resources of one type both carry
+// inline (Config.ListenerRoots): nil when neither carries a validator,
+// the other's when one does not, else the fingerprints in both (empty,
+// not nil, when they share none).
+func CommonRoots(a, b []string) []string {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	out := []string{}
+	for _, fp := range a {
+		if slices.Contains(b, fp) {
+			out = append(out, fp)
+		}
+	}
+	return out
 }
 
 // rewriteSocket replaces the peer validation of a TLS transport socket

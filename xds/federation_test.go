@@ -121,16 +121,26 @@ func TestFederationEnvoyValidator(t *testing.T) {
 			want, got := cfgOf(plain, flaskapp, gen), cfgOf(notFed, flaskapp, gen)
 			sameResources(t, "listeners", want.Listeners, got.Listeners)
 			sameResources(t, "clusters", want.Clusters, got.Clusters)
+			if got.ListenerRoots != nil || got.ClusterRoots != nil {
+				t.Errorf("%s: inline roots %v, %v; want none", gen, got.ListenerRoots, got.ClusterRoots)
+			}
 		}
 	})
 	t.Run("proxyless gRPC: unchanged", func(t *testing.T) {
 		want, got := cfgOf(plain, flaskapp, xds.GeneratorGRPC), cfgOf(fed, flaskapp, xds.GeneratorGRPC)
 		sameResources(t, "listeners", want.Listeners, got.Listeners)
 		sameResources(t, "clusters", want.Clusters, got.Clusters)
+		if got.ListenerRoots != nil || got.ClusterRoots != nil {
+			t.Errorf("inline roots %v, %v; want none", got.ListenerRoots, got.ClusterRoots)
+		}
 	})
 
 	cfg := cfgOf(fed, flaskapp, xds.GeneratorEnvoy)
 	base := cfgOf(plain, flaskapp, xds.GeneratorEnvoy)
+	// Rotation evidence reads which local roots are inline, by type.
+	if want := []string{ca.Fingerprint(local)}; !slices.Equal(cfg.ListenerRoots, want) || !slices.Equal(cfg.ClusterRoots, want) {
+		t.Errorf("inline roots: listeners %v, clusters %v; want %v each", cfg.ListenerRoots, cfg.ClusterRoots, want)
+	}
 	for _, rs := range [][]types.Resource{cfg.Listeners, cfg.Clusters} {
 		for _, r := range rs {
 			b, _ := protojson.Marshal(r)
@@ -323,5 +333,26 @@ func TestFederationNoLocalBundle(t *testing.T) {
 	_, _, err = m.ProxyConfig(p, nil)
 	if err == nil || err.Error() != "xds: no local trust bundle yet for the SPIFFE validator" {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// TestCommonRoots: nil stands for "no validator", so it never narrows
+// the other side; two validators sharing no root give an empty, non-nil
+// set (the type then holds no root).
+func TestCommonRoots(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		a, b, want []string
+	}{
+		{nil, nil, nil},
+		{nil, []string{"x"}, []string{"x"}},
+		{[]string{"x"}, nil, []string{"x"}},
+		{[]string{"x", "y"}, []string{"y", "z"}, []string{"y"}},
+		{[]string{"x"}, []string{"y"}, []string{}},
+	} {
+		got := xds.CommonRoots(c.a, c.b)
+		if !slices.Equal(got, c.want) || (got == nil) != (c.want == nil) {
+			t.Errorf("CommonRoots(%q, %q) = %#v, want %#v", c.a, c.b, got, c.want)
+		}
 	}
 }

@@ -40,6 +40,13 @@ type Config struct {
 	// refer to (kubernetes://<credentialName>[-cacert]).
 	Credentials []string
 	Reports     []string
+	// ListenerRoots and ClusterRoots are the fingerprints
+	// (ca.Fingerprint) of the local trust bundle's roots that the
+	// listeners and clusters carry inline in Envoy's SPIFFE validator
+	// (federate); nil when none of them has one. A root rotation counts
+	// a federating proxy as holding a new root only once it ACKed the
+	// resources that carry it.
+	ListenerRoots, ClusterRoots []string
 }
 
 func (c *Config) add(o *Config) {
@@ -49,6 +56,8 @@ func (c *Config) add(o *Config) {
 	c.Endpoints = append(c.Endpoints, o.Endpoints...)
 	c.Credentials = append(c.Credentials, o.Credentials...)
 	c.Reports = append(c.Reports, o.Reports...)
+	c.ListenerRoots = CommonRoots(c.ListenerRoots, o.ListenerRoots)
+	c.ClusterRoots = CommonRoots(c.ClusterRoots, o.ClusterRoots)
 }
 
 // Validate runs ValidateAll on every resource.

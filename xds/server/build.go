@@ -215,6 +215,7 @@ func (s *Server) build(ctx context.Context, ps *proxyState) (*built, error) {
 		}
 		b.sets[t] = set
 	}
+	s.rememberInline(b, out, in)
 	b.reports = append(append([]string(nil), out.cfg.Reports...), in.cfg.Reports...)
 	if len(in.cfg.Credentials) > 0 {
 		secrets = slices.Clone(secrets)

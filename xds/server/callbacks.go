@@ -22,8 +22,12 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			var nack *string
 			ack := ""
-			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl == resource.SecretType {
-				s.ackSecrets(id, req.VersionInfo)
+			if req.ErrorDetail == nil && req.ResponseNonce != "" {
+				if req.TypeUrl == resource.SecretType {
+					s.ackSecrets(id, req.VersionInfo)
+				} else {
+					s.ackInline(id, req.TypeUrl, req.ResponseNonce, req.VersionInfo, false)
+				}
 			}
 			if req.ErrorDetail != nil {
 				msg := req.ErrorDetail.GetMessage()
@@ -38,26 +42,35 @@ func (s *Server) callbacks() xdsserver.Callbacks {
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
+			i, inline := s.inlineOf(resp.TypeUrl, resp.VersionInfo)
 			s.mu.Lock()
 			if st := s.streams[id]; st != nil {
 				sw := st.sotwOf(resp.TypeUrl)
 				sw.sent, sw.nonce, sw.answered = resp.VersionInfo, resp.Nonce, sw.asked
+				st.sentInline(i, resp.Nonce, resp.VersionInfo, inline)
 			}
 			s.mu.Unlock()
 		},
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
 			id = -id
-			if resp.TypeUrl != resource.SecretType {
+			i, inline := s.inlineOf(resp.TypeUrl, resp.SystemVersionInfo)
+			if resp.TypeUrl != resource.SecretType && i < 0 {
 				return
 			}
 			s.mu.Lock()
 			if st := s.streams[id]; st != nil {
-				st.secretNonce, st.secretVersion = resp.Nonce, resp.SystemVersionInfo
+				if resp.TypeUrl == resource.SecretType {
+					st.secretNonce, st.secretVersion = resp.Nonce, resp.SystemVersionInfo
+				}
+				st.sentInline(i, resp.Nonce, resp.SystemVersionInfo, inline)
 			}
 			s.mu.Unlock()
 		},
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
 			id = -id
+			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl != resource.SecretType {
+				s.ackInline(id, req.TypeUrl, req.ResponseNonce, "", true)
+			}
 			if req.ErrorDetail == nil && req.ResponseNonce != "" && req.TypeUrl == resource.SecretType {
 				s.mu.Lock()
 				st := s.streams[id]

@@ -25,7 +25,7 @@ import (
 // liveBundles is a foreign bundle that changes under the server.
 type liveBundles struct {
 	mu      sync.Mutex
-	local   *x509.Certificate
+	local   []*x509.Certificate
 	partner *x509.Certificate
 }
 
@@ -41,7 +41,7 @@ func (b *liveBundles) ForNamespace(ns string) map[spiffeid.TrustDomain][]*x509.C
 func (b *liveBundles) LocalRoots() []*x509.Certificate {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return []*x509.Certificate{b.local}
+	return b.local
 }
 
 func selfSigned(t *testing.T, cn string) *x509.Certificate {
@@ -68,7 +68,7 @@ func selfSigned(t *testing.T, cn string) *x509.Certificate {
 // SPIFFE validator, and a new foreign root (TrustBundlesChanged), or a
 // new local one (RootsChanged), is pushed in new clusters.
 func TestFederationBundleChangePushed(t *testing.T) {
-	b := &liveBundles{local: selfSigned(t, "local-1"), partner: selfSigned(t, "partner-1")}
+	b := &liveBundles{local: []*x509.Certificate{selfSigned(t, "local-1")}, partner: selfSigned(t, "partner-1")}
 	srv, c := startADS(t, func(cfg *server.Config) { cfg.Options.TrustBundles = b })
 	ctx := asID(t, "spiffe://cluster.local/ns/default/sa/flaskapp", 20*time.Second)
 	s, err := c.StreamAggregatedResources(ctx)
@@ -134,7 +134,7 @@ func TestFederationBundleChangePushed(t *testing.T) {
 	want(roots(), "local-1", "partner-2")
 
 	b.mu.Lock()
-	b.local = selfSigned(t, "local-2")
+	b.local = []*x509.Certificate{selfSigned(t, "local-2")}
 	b.mu.Unlock()
 	srv.RootsChanged(ctx)
 	want(roots(), "local-2", "partner-2")

@@ -80,9 +80,9 @@ type Server struct {
 	streams  map[int64]*streamState
 	reported map[string]bool // compiler reports already logged
 
-	rootsMu    sync.Mutex
-	rootsOf    map[string][]string // secrets version -> fingerprints of its ROOTCA roots
-	rootsOrder []string
+	// Rotation evidence (evidence.go): the roots of ROOTCA by secrets
+	// version, and the local roots inline by cluster and listener version.
+	roots, inline rootsMemo
 
 	// ztunnel: the compiled resources, the open streams, and the lock
 	// that serializes SetAmbient.

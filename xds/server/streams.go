@@ -31,6 +31,10 @@ type streamState struct {
 	// fingerprints of the ROOTCA roots last ACKed.
 	secretNonce, secretVersion string
 	acked                      []string
+	// inline is, by inlineTypes, the local roots sent and ACKed inline in
+	// the SPIFFE validator; nil until a validator is sent (a proxy that
+	// does not federate).
+	inline *[len(inlineTypes)]inlineState
 }
 
 // sotwType is a SotW stream's state for one type.
