@@ -1,9 +1,13 @@
 package xds
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
+	"net/http"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,6 +15,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -33,12 +38,18 @@ type gen struct {
 	grpc    bool
 	router  bool    // a gateway's outbound clusters (no passthrough)
 	egress  *egress // the proxy's Sidecar egress; nil: none applies
+	tls     bool    // routes served over TLS (a gateway's HTTPS server)
 	gateway string  // the Gateway (namespace/name) routes are for; "": the mesh
 	reports []string
 }
 
+// report adds a report, once: a rule's fields are compiled for every
+// port and service that uses it.
 func (g *gen) report(format string, args ...any) {
-	g.reports = append(g.reports, fmt.Sprintf(format, args...))
+	r := fmt.Sprintf(format, args...)
+	if !slices.Contains(g.reports, r) {
+		g.reports = append(g.reports, r)
+	}
 }
 
 // ClusterName is Istio's outbound cluster name.
@@ -58,7 +69,7 @@ func (g *gen) virtualHost(s *Service, p ServicePort, domains []string) *routev3.
 		vh.Routes = []*routev3.Route{{
 			Name:   "default",
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &routev3.Route_Route{Route: g.routeAction(&api.HTTPRoute{}, []api.HTTPRouteDestination{{Destination: api.Destination{Host: s.Host}}}, s, p, "")},
+			Action: &routev3.Route_Route{Route: g.routeAction(&api.HTTPRoute{}, []api.HTTPRouteDestination{{Destination: api.Destination{Host: s.Host}}}, s, p, "", nil)},
 		}}
 	}
 	return vh
@@ -136,14 +147,44 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				g.report("VirtualService %s: http[%d].match[%d]: %v; the match is skipped", id, i, j, err)
 				continue
 			}
-			route := &routev3.Route{Name: name, Match: rm}
+			// As Istio's translateRoute: the rule's name, then the
+			// match's; the match's stat prefix.
+			rname := name
+			if mr.Name != "" {
+				rname += "." + mr.Name
+			}
+			route := &routev3.Route{Name: rname, Match: rm, StatPrefix: mr.StatPrefix}
+			// The rule's headers first: a destination's join them.
+			if h := r.Headers; h != nil {
+				if g.grpc {
+					g.report("VirtualService %s: http[%d].headers do not apply to proxyless gRPC clients; ignored", id, i)
+				} else {
+					route.RequestHeadersToAdd, route.RequestHeadersToRemove = headerOps(h.Request)
+					route.ResponseHeadersToAdd, route.ResponseHeadersToRemove = headerOps(h.Response)
+				}
+			}
 			switch {
 			case r.Redirect != nil:
-				route.Action = &routev3.Route_Redirect{Redirect: redirect(r.Redirect)}
+				route.Action = &routev3.Route_Redirect{Redirect: redirect(r.Redirect, p.Number, g.tls)}
 			case r.DirectResponse != nil:
-				dr := &routev3.DirectResponseAction{Status: r.DirectResponse.Status}
-				if b := r.DirectResponse.Body; b != nil && b.String != "" {
-					dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: b.String}}
+				st := r.DirectResponse.Status
+				if st < 200 || st > 599 {
+					g.report("VirtualService %s: http[%d].directResponse.status %d is not an HTTP status (200-599; Istio refuses it); the rule is skipped", id, i, st)
+					continue
+				}
+				dr := &routev3.DirectResponseAction{Status: st}
+				if b := r.DirectResponse.Body; b != nil {
+					switch {
+					case b.String != "":
+						dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: b.String}}
+					case b.Bytes != "":
+						raw, err := base64.StdEncoding.DecodeString(b.Bytes)
+						if err != nil {
+							g.report("VirtualService %s: http[%d].directResponse.body.bytes is not base64; the body is empty", id, i)
+							break
+						}
+						dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: raw}}
+					}
 				}
 				route.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
 			case r.Delegate != nil:
@@ -153,7 +194,7 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				g.report("VirtualService %s: http[%d] has no route, redirect or directResponse; the rule is skipped", id, i)
 				continue
 			default:
-				ra := g.routeAction(&r, r.Route, s, p, v.Metadata.Namespace)
+				ra := g.routeAction(&r, r.Route, s, p, v.Metadata.Namespace, route)
 				if ra == nil {
 					g.report("VirtualService %s: http[%d]: no destination has a weight; the rule is skipped", id, i)
 					continue
@@ -161,22 +202,39 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				route.Action = &routev3.Route_Route{Route: ra}
 			}
 			if r.Fault != nil {
-				if f := fault(r.Fault); f != nil {
+				if f := g.fault(r.Fault, fmt.Sprintf("VirtualService %s: http[%d].fault", id, i)); f != nil {
 					cfg, _ := anypb.New(f)
 					route.TypedPerFilterConfig = map[string]*anypb.Any{FaultFilter: cfg}
 				}
 			}
-			if h := r.Headers; h != nil && !g.grpc {
-				route.RequestHeadersToAdd, route.RequestHeadersToRemove = headerOps(h.Request)
-				route.ResponseHeadersToAdd, route.ResponseHeadersToRemove = headerOps(h.Response)
-			}
 			if r.CorsPolicy != nil {
 				g.report("VirtualService %s: http[%d].corsPolicy is not supported; ignored", id, i)
 			}
+			g.reportRule(&r, fmt.Sprintf("VirtualService %s: http[%d]", id, i))
 			out = append(out, route)
 		}
 	}
 	return out
+}
+
+// reportRule names the fields of rule r that its other fields leave
+// without effect (in Istio too).
+func (g *gen) reportRule(r *api.HTTPRoute, at string) {
+	if r.Mirror == nil && (r.MirrorPercent != nil || r.MirrorPercentage != nil) {
+		g.report("%s: mirrorPercentage and mirrorPercent apply with mirror; ignored", at)
+	}
+	if rt := r.Retries; rt != nil && rt.Attempts <= 0 && (rt.PerTryTimeout != "" || rt.RetryOn != "" || rt.RetryRemoteLocalities != nil || rt.RetryIgnorePreviousHosts != nil || rt.Backoff != "") {
+		g.report("%s.retries: attempts 0 turns retries off (as in Istio); perTryTimeout, retryOn, retryRemoteLocalities, retryIgnorePreviousHosts and backoff are ignored", at)
+	}
+	if rt := r.Retries; rt != nil && rt.Attempts > 0 && rt.RetryRemoteLocalities != nil && *rt.RetryRemoteLocalities {
+		g.report("%s.retries.retryRemoteLocalities is not supported (endpoints carry no locality); ignored", at)
+	}
+	if rw := r.Rewrite; rw != nil && rw.URIRegexRewrite != nil && rw.URIRegexRewrite.Match == "" {
+		g.report("%s.rewrite.uriRegexRewrite.match is required (Istio refuses the rule without it); the regex rewrite is ignored", at)
+	}
+	if (r.Redirect != nil || r.DirectResponse != nil) && (len(r.Route) > 0 || r.Rewrite != nil || r.Mirror != nil || len(r.Mirrors) > 0 || r.Retries != nil || r.Timeout != "") {
+		g.report("%s: route, rewrite, mirror, retries and timeout do not apply to a redirect or directResponse (as in Istio); ignored", at)
+	}
 }
 
 func (g *gen) routeMatch(mr api.HTTPMatchRequest) (*routev3.RouteMatch, error) {
@@ -248,30 +306,53 @@ func stringMatcher(sm api.StringMatch) *matcherv3.StringMatcher {
 
 // routeAction forwards to dests: a cluster, or weighted clusters.
 // vsNS resolves short destination hosts ("" for the service's own route).
-func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s *Service, p ServicePort, vsNS string) *routev3.RouteAction {
+// route, when given, takes the single destination's headers.
+func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s *Service, p ServicePort, vsNS string, route *routev3.Route) *routev3.RouteAction {
 	ra := &routev3.RouteAction{}
 	type wc struct {
-		name   string
-		weight uint32
+		name, host, subset string
+		port, weight       uint32
+		headers            *api.Headers
 	}
 	var cs []wc
 	for _, d := range dests {
 		if len(dests) > 1 && d.Weight == 0 {
 			continue
 		}
-		cs = append(cs, wc{g.destinationCluster(d.Destination, p, vsNS), uint32(max(d.Weight, 0))})
+		host, port := g.resolve(d.Destination, p, vsNS)
+		cs = append(cs, wc{g.destinationCluster(d.Destination, p, vsNS), host, d.Destination.Subset, port, uint32(max(d.Weight, 0)), d.Headers})
 	}
 	switch len(cs) {
 	case 0:
 		return nil
 	case 1:
 		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cs[0].name}
+		// A destination's headers join the rule's, as Istio's
+		// processDestination.
+		if h := cs[0].headers; h != nil && route != nil && !g.grpc {
+			reqAdd, reqRm := headerOps(h.Request)
+			respAdd, respRm := headerOps(h.Response)
+			route.RequestHeadersToAdd = append(route.RequestHeadersToAdd, reqAdd...)
+			route.RequestHeadersToRemove = append(route.RequestHeadersToRemove, reqRm...)
+			route.ResponseHeadersToAdd = append(route.ResponseHeadersToAdd, respAdd...)
+			route.ResponseHeadersToRemove = append(route.ResponseHeadersToRemove, respRm...)
+		}
 	default:
 		w := &routev3.WeightedCluster{}
 		for _, c := range cs {
-			w.Clusters = append(w.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: c.name, Weight: wrapperspb.UInt32(c.weight)})
+			cw := &routev3.WeightedCluster_ClusterWeight{Name: c.name, Weight: wrapperspb.UInt32(c.weight)}
+			if h := c.headers; h != nil && !g.grpc {
+				// On the weighted cluster, as Istio's
+				// processWeightedDestination.
+				cw.RequestHeadersToAdd, cw.RequestHeadersToRemove = headerOps(h.Request)
+				cw.ResponseHeadersToAdd, cw.ResponseHeadersToRemove = headerOps(h.Response)
+			}
+			w.Clusters = append(w.Clusters, cw)
 		}
 		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: w}
+	}
+	if g.grpc && slices.ContainsFunc(cs, func(c wc) bool { return c.headers != nil }) {
+		g.report("service %s: route destination headers do not apply to proxyless gRPC clients; ignored", s.Host)
 	}
 	if r.Timeout != "" {
 		if d, err := time.ParseDuration(r.Timeout); err == nil {
@@ -303,11 +384,11 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, pol)
 		}
 		if rw := r.Rewrite; rw != nil {
-			if rw.URI != "" {
+			// As Istio: the regex rewrite, else the prefix (uri).
+			if rr := rw.URIRegexRewrite; rr != nil && rr.Match != "" {
+				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rr.Match}, Substitution: rr.Rewrite}
+			} else if rw.URI != "" {
 				ra.PrefixRewrite = rw.URI
-			}
-			if rw.URIRegexRewrite != nil {
-				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rw.URIRegexRewrite.Match}, Substitution: rw.URIRegexRewrite.Rewrite}
 			}
 			if rw.Authority != "" {
 				ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: rw.Authority}
@@ -316,12 +397,14 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	} else if len(mirrors) > 0 || r.Rewrite != nil {
 		g.report("service %s: mirror and rewrite do not apply to proxyless gRPC clients; ignored", s.Host)
 	}
-	// Consistent hashing needs the route's hash policy.
-	if len(cs) > 0 {
-		host := g.m.fqdn(dests[0].Destination.Host, nsOr(vsNS, s.Namespace))
+	// Consistent hashing needs the route's hash policy: each
+	// destination's, as Istio's processDestination and
+	// processWeightedDestination add them.
+	for _, c := range cs {
+		host, sub, port := c.host, c.subset, c.port
 		if dr := g.m.destinationRule(host, g.ns); dr != nil {
-			if lb := lbFor(dr, dests[0].Destination.Subset, p.Number); lb != nil && lb.ConsistentHash != nil {
-				ra.HashPolicy = hashPolicy(lb.ConsistentHash)
+			if lb := lbFor(dr, sub, port); lb != nil && lb.ConsistentHash != nil {
+				ra.HashPolicy = append(ra.HashPolicy, hashPolicy(lb.ConsistentHash)...)
 			}
 		}
 	}
@@ -335,8 +418,8 @@ func nsOr(a, b string) string {
 	return b
 }
 
-// destinationCluster names the cluster for d, reached on listener port p.
-func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) string {
+// resolve is d's host (an FQDN) and port, reached on listener port p.
+func (g *gen) resolve(d api.Destination, p ServicePort, vsNS string) (string, uint32) {
 	host := d.Host
 	if vsNS != "" {
 		host = g.m.fqdn(d.Host, vsNS)
@@ -349,6 +432,13 @@ func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) 
 	case s != nil && len(s.Ports) == 1:
 		port = s.Ports[0].Number
 	}
+	return host, port
+}
+
+// destinationCluster names the cluster for d, reached on listener port p.
+func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) string {
+	host, port := g.resolve(d, p, vsNS)
+	s := g.m.byHost[host]
 	if s == nil {
 		g.report("route destination %s is not in the service registry; calls to it fail with 503", host)
 	} else if d.Subset != "" {
@@ -359,13 +449,36 @@ func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) 
 	return ClusterName(port, d.Subset, host)
 }
 
-func redirect(r *api.HTTPRedirect) *routev3.RedirectAction {
-	ra := &routev3.RedirectAction{HostRedirect: r.Authority, PortRedirect: r.Port, SchemeRewriteSpecifier: nil}
-	if r.URI != "" {
+// redirect is Istio's ApplyRedirect: the path replaced (uri) or its
+// prefix (prefixRewrite); the port given, or with derivePort
+// FROM_REQUEST_PORT the listener's (Envoy cannot read the request's; the
+// route is built per port), without the scheme's default port; 301
+// unless another code is given.
+func redirect(r *api.HTTPRedirect, port uint32, tls bool) *routev3.RedirectAction {
+	ra := &routev3.RedirectAction{HostRedirect: r.Authority}
+	if r.PrefixRewrite != "" {
+		ra.PathRewriteSpecifier = &routev3.RedirectAction_PrefixRewrite{PrefixRewrite: r.PrefixRewrite}
+	} else if r.URI != "" {
 		ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: r.URI}
 	}
 	if r.Scheme != "" {
 		ra.SchemeRewriteSpecifier = &routev3.RedirectAction_SchemeRedirect{SchemeRedirect: r.Scheme}
+	}
+	if r.Port != 0 || r.DerivePort != "" {
+		ra.PortRedirect = r.Port
+		if r.DerivePort == "FROM_REQUEST_PORT" {
+			ra.PortRedirect = port
+		}
+		scheme := r.Scheme
+		if scheme == "" {
+			scheme = "http"
+			if tls {
+				scheme = "https"
+			}
+		}
+		if ra.PortRedirect == 80 && scheme == "http" || ra.PortRedirect == 443 && scheme == "https" {
+			ra.PortRedirect = 0
+		}
 	}
 	switch r.RedirectCode {
 	case 302:
@@ -394,11 +507,23 @@ func faultPercent(p *api.Percent, legacy int32) *typev3.FractionalPercent {
 	return fraction(100)
 }
 
-func fault(f *api.HTTPFaultInjection) *faultv3.HTTPFault {
+// fault is Istio's TranslateFault: a fixed delay (exponential delays are
+// not built, in Istio either), an HTTP or gRPC status abort; what is not
+// built is reported at at.
+func (g *gen) fault(f *api.HTTPFaultInjection, at string) *faultv3.HTTPFault {
 	out := &faultv3.HTTPFault{}
-	if d := f.Delay; d != nil && d.FixedDelay != "" {
-		dur, _ := time.ParseDuration(d.FixedDelay)
-		out.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: durationpb.New(dur)}, Percentage: faultPercent(d.Percentage, d.Percent)}
+	if d := f.Delay; d != nil {
+		switch {
+		case d.FixedDelay != "":
+			out.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: dur(d.FixedDelay)}, Percentage: faultPercent(d.Percentage, d.Percent)}
+			if d.ExponentialDelay != "" {
+				g.report("%s.delay.exponentialDelay is not supported (nor in Istio); the fixedDelay is used", at)
+			}
+		case d.ExponentialDelay != "":
+			g.report("%s.delay.exponentialDelay is not supported (nor in Istio); no delay is injected", at)
+		default:
+			g.report("%s.delay has no fixedDelay; no delay is injected", at)
+		}
 	}
 	if a := f.Abort; a != nil {
 		ab := &faultv3.FaultAbort{Percentage: faultPercent(a.Percentage, 0)}
@@ -407,7 +532,11 @@ func fault(f *api.HTTPFaultInjection) *faultv3.HTTPFault {
 			ab.ErrorType = &faultv3.FaultAbort_HttpStatus{HttpStatus: uint32(a.HTTPStatus)}
 		case a.GRPCStatus != "":
 			ab.ErrorType = &faultv3.FaultAbort_GrpcStatus{GrpcStatus: grpcCode(a.GRPCStatus)}
+		case a.HTTP2Error != "":
+			g.report("%s.abort.http2Error is not supported (nor in Istio); no abort is injected", at)
+			ab = nil
 		default:
+			g.report("%s.abort has no httpStatus or grpcStatus; no abort is injected", at)
 			ab = nil
 		}
 		out.Abort = ab
@@ -459,15 +588,48 @@ func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
 		on = strings.Join(keep, ",")
 	}
 	rp := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(attempts))}
-	if r != nil && r.PerTryTimeout != "" && !grpc {
-		if d, err := time.ParseDuration(r.PerTryTimeout); err == nil {
-			rp.PerTryTimeout = durationpb.New(d)
+	if r == nil || grpc {
+		return rp
+	}
+	// As Istio's retry.ConvertPolicy: status codes in retryOn are
+	// retriable status codes; the per-try timeout; previous hosts
+	// skipped on request; the backoff's base interval.
+	if r.RetryOn != "" {
+		rp.RetryOn, rp.RetriableStatusCodes = parseRetryOn(r.RetryOn)
+		if len(rp.RetriableStatusCodes) > 0 && !strings.Contains(rp.RetryOn, "retriable-status-codes") {
+			rp.RetryOn += ",retriable-status-codes"
 		}
 	}
-	if !grpc {
-		rp.RetryHostPredicate = nil
+	rp.PerTryTimeout = dur(r.PerTryTimeout)
+	if r.RetryIgnorePreviousHosts != nil && *r.RetryIgnorePreviousHosts {
+		cfg, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
+		rp.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
+			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: cfg}}}
+		rp.HostSelectionRetryMaxAttempts = 5
+	}
+	if r.Backoff != "" {
+		rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: dur(r.Backoff)}
 	}
 	return rp
+}
+
+// parseRetryOn splits retryOn into Envoy's retry conditions and the HTTP
+// status codes among them, as Istio's parseRetryOn.
+func parseRetryOn(on string) (string, []uint32) {
+	var conds []string
+	var codes []uint32
+	for _, part := range strings.Split(on, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if n, err := strconv.Atoi(part); err == nil && http.StatusText(n) != "" {
+			codes = append(codes, uint32(n))
+			continue
+		}
+		conds = append(conds, part)
+	}
+	return strings.Join(conds, ","), codes
 }
 
 func headerOps(h *api.HeaderOperations) ([]*corev3.HeaderValueOption, []string) {
