@@ -119,7 +119,7 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 		g.applyOutlier(c, pol.od)
 	}
 	if !g.grpc {
-		if opts := g.httpOptions(p, pol, id); opts != nil {
+		if opts := g.httpOptions(s, p, pol, id); opts != nil {
 			a, _ := anypb.New(opts)
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
 		}

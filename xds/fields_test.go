@@ -146,6 +146,13 @@ func msgs[T any](rs []T) []proto.Message {
 
 func accountXDSFields(t *testing.T, kind string, spec any, build func(spec any) []api.Object, node string) int {
 	t.Helper()
+	return accountXDSFieldsWhere(t, kind, spec, build, node, nil)
+}
+
+// accountXDSFieldsWhere walks the leaves whose path only accepts (nil:
+// all).
+func accountXDSFieldsWhere(t *testing.T, kind string, spec any, build func(spec any) []api.Object, node string, only func(path string) bool) int {
+	t.Helper()
 	n := 0
 	st := reflect.TypeOf(spec).Elem()
 	_, baseR, err := renderProxy(t, build(spec), node)
@@ -153,7 +160,7 @@ func accountXDSFields(t *testing.T, kind string, spec any, build func(spec any) 
 		t.Fatalf("%s: the base configuration: %v", kind, err)
 	}
 	for _, l := range fieldwalk.Leaves(st) {
-		if xdsExempt[kind+"."+l.Path] != "" {
+		if xdsExempt[kind+"."+l.Path] != "" || only != nil && !only(l.Path) {
 			continue
 		}
 		n++
@@ -251,6 +258,14 @@ func TestEverySidecarAndGatewayFieldIsAccounted(t *testing.T) {
 		return append(destinationRuleWorld(),
 			&api.DestinationRule{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: *spec.(*api.DestinationRuleSpec)})
 	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
+	// Again with every tls block in mode SIMPLE, for the fields SIMPLE
+	// uses (above, a tls block has no mode: each field is reported).
+	n += accountXDSFieldsWhere(t, "DestinationRule", destinationRuleTLS(), func(spec any) []api.Object {
+		return append(destinationRuleWorld(),
+			&api.DestinationRule{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: *spec.(*api.DestinationRuleSpec)})
+	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local", func(path string) bool {
+		return strings.Contains(path, "tls.") && !strings.HasSuffix(path, "tls.mode")
+	})
 
 	// A VirtualService for api.example.com at the sleep sidecar (its tcp
 	// and tls rules too), then one bound to the ingress gateway with
@@ -267,7 +282,7 @@ func TestEverySidecarAndGatewayFieldIsAccounted(t *testing.T) {
 					{Port: api.GatewayPort{Number: 443, Name: "tls", Protocol: "TLS"}, Hosts: []string{"*"}, TLS: &api.ServerTLSSettings{Mode: "PASSTHROUGH"}},
 				}}})...)
 	}, "router~10.0.9.1~gw-1.istio-system~istio-system.svc.cluster.local")
-	if n < 610 {
+	if n < 640 {
 		t.Fatalf("only %d fields walked", n)
 	}
 	t.Logf("%d fields walked", n)
@@ -283,14 +298,28 @@ func destinationRuleBase() *api.DestinationRuleSpec {
 			TrafficPolicy: &api.TrafficPolicy{PortLevelSettings: port80()}}}}
 }
 
+// destinationRuleTLS is destinationRuleBase with each policy (top
+// level, port 80, the subset's and its port 80) in tls mode SIMPLE.
+func destinationRuleTLS() *api.DestinationRuleSpec {
+	dr := destinationRuleBase()
+	simple := func() *api.ClientTLSSettings { return &api.ClientTLSSettings{Mode: "SIMPLE"} }
+	for _, tp := range []*api.TrafficPolicy{dr.TrafficPolicy, dr.Subsets[0].TrafficPolicy} {
+		tp.TLS = simple()
+		tp.PortLevelSettings[0].TLS = simple()
+	}
+	return dr
+}
+
 // destinationRuleWorld: api.example.com, in the mesh, on ports 80 and
-// 8443, and a VirtualService splitting its calls between the service and
+// 8443 (protocol HTTP declared: an undeclared port already uses the
+// client's protocol, as Istio's sniffed ports, and useClientProtocol
+// would change nothing there), and a VirtualService splitting its calls between the service and
 // subset v1 (each destination's hash policy reaches the route).
 func destinationRuleWorld() []api.Object {
 	return []api.Object{
 		&api.ServiceEntry{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: api.ServiceEntrySpec{
 			Hosts: []string{"api.example.com"}, Location: "MESH_INTERNAL", Resolution: "STATIC",
-			Ports:     []api.ServicePort{{Number: 80, Name: "http"}, {Number: 8443, Name: "http-alt"}},
+			Ports:     []api.ServicePort{{Number: 80, Name: "http", Protocol: "HTTP"}, {Number: 8443, Name: "http-alt", Protocol: "HTTP"}},
 			Endpoints: []api.WorkloadEntry{{Address: "10.0.6.1", Labels: map[string]string{"app": "api"}, ServiceAccount: "api"}}}},
 		&api.VirtualService{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: api.VirtualServiceSpec{
 			Hosts: []string{"api.example.com"},

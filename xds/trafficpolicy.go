@@ -2,6 +2,7 @@ package xds
 
 import (
 	"strconv"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	matchv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/matcher/v3"
@@ -282,35 +283,53 @@ func (g *gen) applyOutlier(c *clusterv3.Cluster, od *api.OutlierDetection) {
 	}
 }
 
-// httpOptions are the HTTP protocol options of an Envoy cluster on port
-// p, as Istio's cluster builder sets them (setUpstreamProtocol,
-// applyConnectionPool): HTTP/2 for an HTTP/2 or gRPC port or with
-// h2UpgradePolicy UPGRADE; the client's protocol with useClientProtocol;
-// else HTTP/1.1 (an HTTP port is named, never sniffed, so Istio's
-// use-the-client's-protocol for sniffed ports does not arise); the
-// connection pool's timeouts and limits; outlier detection's error
-// codes. nil: none to set.
-func (g *gen) httpOptions(p ServicePort, pol policy, id string) *httpv3.HttpProtocolOptions {
+// httpOptions are the HTTP protocol options of an Envoy cluster of s on
+// port p, in the order Istio's cluster builder sets them
+// (applyH2Upgrade, applyConnectionPool, setUpstreamProtocol): HTTP/2 with
+// h2UpgradePolicy UPGRADE (unless useClientProtocol) or for a declared
+// HTTP/2 or gRPC port; the connection pool's timeouts and limits (the
+// HTTP/2 ones on an HTTP/2 cluster); the client's protocol with
+// useClientProtocol, and for an HTTP port whose protocol is not declared
+// (Istio sniffs it; warden takes the name's prefix), whatever came before;
+// outlier detection's error codes; HTTP/1.1 when only options need a
+// protocol. nil: none to set.
+func (g *gen) httpOptions(s *Service, p ServicePort, pol policy, id string) *httpv3.HttpProtocolOptions {
 	opts := &httpv3.HttpProtocolOptions{}
 	var hs *api.HTTPSettings
 	var ts *api.TCPSettings
 	if pol.pool != nil {
 		hs, ts = pol.pool.HTTP, pol.pool.TCP
 	}
-	h2Port := p.isHTTP() && (p.Protocol == "GRPC" || p.Protocol == "HTTP2" || hasPrefix(p.Name, "grpc") || hasPrefix(p.Name, "http2"))
+	declared := strings.ToUpper(p.Protocol)
+	if declared == "" && s.Entry == "" {
+		// A Kubernetes port's protocol is its name's prefix (Istio's
+		// convention); a ServiceEntry's only its protocol field.
+		declared, _, _ = strings.Cut(strings.ToUpper(p.Name), "-")
+	}
+	sniffed := p.isHTTP() && declared == ""
 	h2 := &corev3.Http2ProtocolOptions{}
-	switch {
-	case hs != nil && hs.UseClientProtocol:
-		opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
-			HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}
-		if hs.H2UpgradePolicy == "UPGRADE" {
-			g.report("DestinationRule %s: connectionPool.http.h2UpgradePolicy UPGRADE is overridden by useClientProtocol (as in Istio)", id)
-		}
-	case h2Port || hs != nil && hs.H2UpgradePolicy == "UPGRADE" && (p.isHTTP() || g.reportTCP(id, "h2UpgradePolicy", p)):
+	setH2 := func() {
 		opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: h2}}}
 	}
-	isH2 := opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil
+	downstream := func() {
+		opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+			HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}
+	}
+	if declared == "HTTP2" || declared == "GRPC" {
+		setH2()
+	}
+	if hs != nil && hs.H2UpgradePolicy == "UPGRADE" {
+		switch {
+		case hs.UseClientProtocol:
+			g.report("DestinationRule %s: connectionPool.http.h2UpgradePolicy UPGRADE is overridden by useClientProtocol (as in Istio)", id)
+		case sniffed:
+			g.report("DestinationRule %s: connectionPool.http.h2UpgradePolicy UPGRADE does not apply to port %d, whose protocol is not declared: the client's protocol is used (as in Istio, which sniffs it)", id, p.Number)
+		default:
+			setH2()
+		}
+	}
+	isH2 := opts.GetExplicitHttpConfig().GetHttp2ProtocolOptions() != nil && !sniffed
 	common := &corev3.HttpProtocolOptions{}
 	if hs != nil {
 		common.IdleTimeout = dur(hs.IdleTimeout)
@@ -325,6 +344,12 @@ func (g *gen) httpOptions(p ServicePort, pol policy, id string) *httpv3.HttpProt
 				}
 			}
 		}
+		if hs.UseClientProtocol {
+			downstream()
+		}
+	}
+	if sniffed {
+		downstream()
 	}
 	if ts != nil {
 		common.MaxConnectionDuration = dur(ts.MaxConnectionDuration)
@@ -347,12 +372,6 @@ func (g *gen) httpOptions(p ServicePort, pol policy, id string) *httpv3.HttpProt
 			ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_HttpProtocolOptions{HttpProtocolOptions: &corev3.Http1ProtocolOptions{}}}}
 	}
 	return opts
-}
-
-// reportTCP reports field as not applying to the TCP port p; false.
-func (g *gen) reportTCP(id, field string, p ServicePort) bool {
-	g.report("DestinationRule %s: connectionPool.http.%s applies to HTTP ports; ignored on port %d", id, field, p.Number)
-	return false
 }
 
 // statusMatcher matches responses whose :status is one of codes, as
