@@ -285,6 +285,13 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 				// the DestinationRule lists none.
 				sans = s.accounts(g.m.opts)
 			}
+			if len(sans) == 0 && !strings.Contains(ut.Sni, "*") {
+				// Istio's auto_san_validation (with auto_sni): the
+				// server's certificate must name the host asked for.
+				// warden's server name is fixed (sni, else the
+				// service's host), so the name checked is that one.
+				sans = []string{ut.Sni}
+			}
 			vc.MatchTypedSubjectAltNames = sanMatchers(sans)
 		}
 		ut.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}

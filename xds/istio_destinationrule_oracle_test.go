@@ -17,7 +17,9 @@ import (
 // destinationRuleOracleYAML: a DestinationRule setting every traffic
 // policy field warden compiles onto a cluster, at the top level, on a port
 // (which replaces the rule's policies for it) and in two subsets, for a
-// service with an HTTP, a gRPC and a TCP port.
+// service with an HTTP, a gRPC and a TCP port; and SIMPLE TLS to an
+// external service whose endpoints have no service account (Istio's
+// auto_san_validation).
 const destinationRuleOracleYAML = `
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -89,6 +91,25 @@ spec:
       connectionPool:
         http: {useClientProtocol: true}
       tls: {mode: MUTUAL, clientCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  ports: [{number: 443, name: https, protocol: HTTP}]
+  endpoints: [{address: 192.0.2.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.example.com
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    tls: {mode: SIMPLE, caCertificates: /etc/certs/web-ca.pem}
 `
 
 // drClusterFields are the parts of a cluster a DestinationRule's traffic
@@ -134,7 +155,7 @@ func TestIstioDestinationRuleClusters(t *testing.T) {
 	}
 	compared := 0
 	for _, ic := range res.Clusters {
-		if !strings.Contains(ic.Name, "|api.default.svc.cluster.local") {
+		if !strings.Contains(ic.Name, "|api.default.svc.cluster.local") && !strings.Contains(ic.Name, "|web.example.com") {
 			continue
 		}
 		wc := warden[ic.Name]
@@ -156,8 +177,8 @@ func TestIstioDestinationRuleClusters(t *testing.T) {
 			}
 		}
 	}
-	if compared != 9 {
-		t.Fatalf("compared %d clusters of api, want 9 (3 ports, the service and 2 subsets)", compared)
+	if compared != 10 {
+		t.Fatalf("compared %d clusters, want 10 (api's 3 ports, the service and 2 subsets; web's)", compared)
 	}
 }
 
@@ -190,6 +211,9 @@ func drPart(c map[string]any, f string) any {
 		// applyOutlierDetectionErrorCodes);
 		// TestDestinationRuleOutlierErrorCodes checks warden's.
 		delete(h, "outlierDetection")
+		if len(h) == 2 && jsonEqual(h["explicitHttpConfig"], map[string]any{"httpProtocolOptions": map[string]any{}}) {
+			return nil // HTTP/1.1, Envoy's default without options
+		}
 		if len(h) == 1 {
 			return nil // only @type
 		}
@@ -204,7 +228,7 @@ func drPart(c map[string]any, f string) any {
 			// Istio's SIMPLE or MUTUAL without sni: the request's
 			// host (auto_sni), none over TCP; warden's: the service's
 			// host, always (a deliberate difference, docs/istio.md).
-			out["sni"] = "api.default.svc.cluster.local"
+			out["sni"] = strings.Split(pathOf(c, "name").(string), "|")[3]
 		}
 		ctx, _ := ut["commonTlsContext"].(map[string]any)
 		vc := pathOf(ctx, "validationContext")
@@ -237,6 +261,13 @@ func drPart(c map[string]any, f string) any {
 						names = append(names, e)
 					}
 				}
+			}
+			autoSAN := pathOf(c, "typedExtensionProtocolOptions.envoy\\.extensions\\.upstreams\\.http\\.v3\\.HttpProtocolOptions.upstreamHttpProtocolOptions.autoSanValidation") == true
+			if len(names) == 0 && autoSAN {
+				// Istio's auto_san_validation: the certificate must
+				// name the server name sent; warden checks its fixed
+				// server name.
+				names = []string{out["sni"].(string)}
 			}
 			slices.Sort(names)
 			out["names"] = names
