@@ -195,10 +195,6 @@ func (g *gen) dnsAssignment(s *Service, p ServicePort, dr *api.DestinationRule, 
 	return cla
 }
 
-func hasPrefix(name, p string) bool {
-	return len(name) >= len(p) && (name == p || len(name) > len(p) && name[:len(p)+1] == p+"-")
-}
-
 // clusterTLS sets the upstream TLS: the DestinationRule's mode, or
 // auto-mTLS (ISTIO_MUTUAL when the destination is in the mesh and not
 // DISABLE; for proxyless gRPC, which cannot fall back, only when it is

@@ -411,13 +411,6 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	return ra
 }
 
-func nsOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
 // resolve is d's host (an FQDN) and port, reached on listener port p.
 func (g *gen) resolve(d api.Destination, p ServicePort, vsNS string) (string, uint32) {
 	host := d.Host
