@@ -64,7 +64,7 @@ var xdsSamples = map[string]any{
 	"uri": "/v2", "authority": "other.example.com", "derivePort": "FROM_REQUEST_PORT", "scheme": "https", "redirectCode": uint32(302),
 	"prefixRewrite": "/p", "status": uint32(503), "string": "down", "bytes": "ZG93bg==", "namespace": "other",
 	"match": "^/a", "rewrite": "/b", "attempts": int32(3), "perTryTimeout": "2s", "retryOn": "5xx",
-	"retryRemoteLocalities": ptrBool(true), "retryIgnorePreviousHosts": ptrBool(true), "backoff": "100ms",
+	"retryRemoteLocalities": ptrBool(true), "retryIgnorePreviousHosts": ptrBool(false), "backoff": "100ms",
 	"fixedDelay": "2s", "exponentialDelay": "2s", "value": float64(50), "FaultDelay.percent": int32(50),
 	"httpStatus": int32(503), "grpcStatus": "UNAVAILABLE", "http2Error": "ENHANCE_YOUR_CALM", "mirrorPercent": ptrUint32(50),
 	"allowOrigin": []string{"https://a.example.com"}, "allowMethods": []string{"GET"}, "allowHeaders": []string{"x-a"},

@@ -364,7 +364,19 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	} else {
 		ra.Timeout = durationpb.New(0) // Istio's default: no route timeout
 	}
-	ra.RetryPolicy = retryPolicy(r.Retries, g.grpc)
+	// Consistent hashing needs the route's hash policy: each
+	// destination's, as Istio's processDestination and
+	// processWeightedDestination add them.
+	for _, c := range cs {
+		if dr := g.m.destinationRule(c.host, g.ns); dr != nil {
+			if lb := lbFor(dr, c.subset, c.port); lb != nil && lb.ConsistentHash != nil {
+				ra.HashPolicy = append(ra.HashPolicy, hashPolicy(lb.ConsistentHash)...)
+			}
+		}
+	}
+	// As Istio, only a lone destination's hash keeps retries on the
+	// host it hashes to.
+	ra.RetryPolicy = retryPolicy(r.Retries, g.grpc, len(cs) == 1 && len(ra.HashPolicy) > 0)
 	mirrors := r.Mirrors
 	if r.Mirror != nil {
 		pct := &api.Percent{Value: 100}
@@ -377,7 +389,11 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	}
 	if !g.grpc {
 		for _, mp := range mirrors {
-			pol := &routev3.RouteAction_RequestMirrorPolicy{Cluster: g.destinationCluster(mp.Destination, p, vsNS)}
+			// As Istio: mirrored requests are not traced, and keep
+			// their Host (no -shadow suffix, Istio's
+			// DISABLE_SHADOW_HOST_SUFFIX default).
+			pol := &routev3.RouteAction_RequestMirrorPolicy{Cluster: g.destinationCluster(mp.Destination, p, vsNS),
+				TraceSampled: wrapperspb.Bool(false), DisableShadowHostSuffixAppend: true}
 			if mp.Percentage != nil {
 				pol.RuntimeFraction = &corev3.RuntimeFractionalPercent{DefaultValue: fraction(mp.Percentage.Value)}
 			}
@@ -396,17 +412,6 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 		}
 	} else if len(mirrors) > 0 || r.Rewrite != nil {
 		g.report("service %s: mirror and rewrite do not apply to proxyless gRPC clients; ignored", s.Host)
-	}
-	// Consistent hashing needs the route's hash policy: each
-	// destination's, as Istio's processDestination and
-	// processWeightedDestination add them.
-	for _, c := range cs {
-		host, sub, port := c.host, c.subset, c.port
-		if dr := g.m.destinationRule(host, g.ns); dr != nil {
-			if lb := lbFor(dr, sub, port); lb != nil && lb.ConsistentHash != nil {
-				ra.HashPolicy = append(ra.HashPolicy, hashPolicy(lb.ConsistentHash)...)
-			}
-		}
 	}
 	return ra
 }
@@ -555,10 +560,15 @@ func grpcCode(s string) uint32 {
 // Istio's default retry policy when a route names none.
 const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 
-func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
+// retryPolicy is Istio's retry.ConvertPolicy: by default 2 attempts on
+// defaultRetryOn, skipping the hosts already tried (5 host selection
+// attempts) unless the route hashes consistently to one host (hash); a
+// rule's retries override each field they set; attempts 0 turns retries
+// off.
+func retryPolicy(r *api.HTTPRetry, grpc, hash bool) *routev3.RetryPolicy {
 	attempts, on := int32(2), defaultRetryOn
 	if r != nil {
-		if r.Attempts == 0 {
+		if r.Attempts <= 0 {
 			return nil
 		}
 		attempts = r.Attempts
@@ -567,7 +577,8 @@ func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
 		}
 	}
 	if grpc {
-		// grpc-go understands only gRPC status names.
+		// grpc-go understands only gRPC status names, and no host
+		// predicates.
 		var keep []string
 		for _, c := range strings.Split(on, ",") {
 			switch c {
@@ -578,30 +589,29 @@ func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
 		if len(keep) == 0 {
 			return nil
 		}
-		on = strings.Join(keep, ",")
+		return &routev3.RetryPolicy{RetryOn: strings.Join(keep, ","), NumRetries: wrapperspb.UInt32(uint32(attempts))}
 	}
-	rp := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(attempts))}
-	if r == nil || grpc {
-		return rp
-	}
-	// As Istio's retry.ConvertPolicy: status codes in retryOn are
-	// retriable status codes; the per-try timeout; previous hosts
-	// skipped on request; the backoff's base interval.
-	if r.RetryOn != "" {
-		rp.RetryOn, rp.RetriableStatusCodes = parseRetryOn(r.RetryOn)
-		if len(rp.RetriableStatusCodes) > 0 && !strings.Contains(rp.RetryOn, "retriable-status-codes") {
-			rp.RetryOn += ",retriable-status-codes"
+	rp := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(attempts)), HostSelectionRetryMaxAttempts: 5}
+	skipPrevious := !hash
+	if r != nil {
+		if r.RetryOn != "" {
+			rp.RetryOn, rp.RetriableStatusCodes = parseRetryOn(r.RetryOn)
+			if len(rp.RetriableStatusCodes) > 0 && !strings.Contains(rp.RetryOn, "retriable-status-codes") {
+				rp.RetryOn += ",retriable-status-codes"
+			}
+		}
+		rp.PerTryTimeout = dur(r.PerTryTimeout)
+		if r.RetryIgnorePreviousHosts != nil {
+			skipPrevious = *r.RetryIgnorePreviousHosts
+		}
+		if r.Backoff != "" {
+			rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: dur(r.Backoff)}
 		}
 	}
-	rp.PerTryTimeout = dur(r.PerTryTimeout)
-	if r.RetryIgnorePreviousHosts != nil && *r.RetryIgnorePreviousHosts {
+	if skipPrevious {
 		cfg, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
 		rp.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts",
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: cfg}}}
-		rp.HostSelectionRetryMaxAttempts = 5
-	}
-	if r.Backoff != "" {
-		rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: dur(r.Backoff)}
 	}
 	return rp
 }

@@ -84,6 +84,16 @@ spec:
   - name: down
     match: [{uri: {prefix: /down}}]
     directResponse: {status: 503, body: {bytes: ZG93bg==}}
+  - name: rewritten
+    match: [{uri: {regex: "^/v1/.*"}, ignoreUriCase: true, queryParams: {debug: {exact: "1"}}}]
+    rewrite: {uriRegexRewrite: {match: "^/v1/", rewrite: /v2/}, authority: api.internal}
+    route: [{destination: {host: api.default.svc.cluster.local}}]
+    mirror: {host: sleep.default.svc.cluster.local, port: {number: 80}}
+    mirrorPercentage: {value: 12.5}
+    timeout: 3s
+    fault:
+      delay: {fixedDelay: 1s, percentage: {value: 10}}
+      abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}
   - name: broken
     match: [{uri: {prefix: /broken}}]
     directResponse: {status: 0}
@@ -193,7 +203,7 @@ func TestRouteRedirectAndDirectResponseAsIstio(t *testing.T) {
 		t.Errorf("route broken (status 0) built: Envoy refuses it")
 	}
 	if !slices.ContainsFunc(cfg.Reports, func(r string) bool {
-		return strings.Contains(r, "http[4].directResponse.status 0 is not an HTTP status")
+		return strings.Contains(r, "http[5].directResponse.status 0 is not an HTTP status")
 	}) {
 		t.Errorf("no report for directResponse status 0: %q", cfg.Reports)
 	}
