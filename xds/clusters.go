@@ -116,7 +116,7 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 	}
 	applyPool(c, pol.pool, pol.retryBudget)
 	if pol.od != nil {
-		g.applyOutlier(c, pol.od)
+		g.applyOutlier(c, pol.od, id)
 	}
 	if !g.grpc {
 		if opts := g.httpOptions(s, p, pol, id); opts != nil {

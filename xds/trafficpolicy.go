@@ -238,7 +238,7 @@ func applyPool(c *clusterv3.Cluster, pool *api.ConnectionPoolSettings, rb *api.R
 // success-rate ejection off, each consecutive-error kind enforced when
 // its count is above 0, local-origin errors split on request, and the
 // panic threshold at minHealthPercent (0, panic mode off, by default).
-func (g *gen) applyOutlier(c *clusterv3.Cluster, od *api.OutlierDetection) {
+func (g *gen) applyOutlier(c *clusterv3.Cluster, od *api.OutlierDetection, id string) {
 	o := &clusterv3.OutlierDetection{Interval: dur(od.Interval), BaseEjectionTime: dur(od.BaseEjectionTime), MaxEjectionPercent: u32(od.MaxEjectionPercent),
 		EnforcingSuccessRate: wrapperspb.UInt32(0)}
 	enforce := func(n uint32) *wrapperspb.UInt32Value {
@@ -268,7 +268,7 @@ func (g *gen) applyOutlier(c *clusterv3.Cluster, od *api.OutlierDetection) {
 		}
 		o.EnforcingLocalOriginSuccessRate = wrapperspb.UInt32(0)
 	} else if od.ConsecutiveLocalOriginFailures != nil {
-		g.report("outlierDetection.consecutiveLocalOriginFailures applies only with splitExternalLocalOriginErrors (as in Istio); ignored")
+		g.report("DestinationRule %s: outlierDetection.consecutiveLocalOriginFailures applies only with splitExternalLocalOriginErrors (as in Istio); ignored", id)
 	}
 	if g.grpc {
 		// grpc-go implements success-rate and failure-percentage
