@@ -15,10 +15,12 @@ import (
 	"github.com/wardenmesh/warden/xds"
 )
 
-// Every field of Sidecar, Gateway and ServiceEntry is accounted for: set
-// on its own to a valid value, it changes the proxy's configuration or a
-// new report names it (or the field holding it). A field added to api
-// without compiler support fails here.
+// Every field of Sidecar, Gateway, ServiceEntry, DestinationRule and
+// VirtualService is accounted for: set on its own to a valid value, it
+// changes the proxy's configuration (against the same spec with the field
+// as in the base, the structs holding it allocated in both) or a new
+// report names it (or the field holding it). A field added to api without
+// compiler support fails here.
 
 var xdsSamples = map[string]any{
 	"labels": map[string]string{"app": "other"}, "selector": map[string]string{"istio": "other"},
