@@ -81,6 +81,7 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -149,6 +150,9 @@ type FilterSum struct {
 	Shadow       string  `json:"shadow,omitempty"`
 	ShadowPrefix string  `json:"shadowPrefix,omitempty"`
 	HCM          *HCMSum `json:"hcm,omitempty"`
+	// TCPClusters are a tcp_proxy's cluster, or its weighted clusters as
+	// name=weight.
+	TCPClusters []string `json:"tcpClusters,omitempty"`
 }
 
 // HCMSum is an HTTP connection manager's filters and client-address settings.
@@ -374,6 +378,17 @@ func summariseFilter(name string, tc *anypb.Any) (FilterSum, error) {
 			hs.HTTPFilters = append(hs.HTTPFilters, s)
 		}
 		fs.HCM = hs
+	case "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+		var tp tcpproxy.TcpProxy
+		if err := tc.UnmarshalTo(&tp); err != nil {
+			return fs, err
+		}
+		if c := tp.GetCluster(); c != "" {
+			fs.TCPClusters = []string{c}
+		}
+		for _, wc := range tp.GetWeightedClusters().GetClusters() {
+			fs.TCPClusters = append(fs.TCPClusters, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
+		}
 	}
 	return fs, nil
 }
