@@ -110,7 +110,6 @@ func (g *gen) applyLB(c *clusterv3.Cluster, lb *api.LoadBalancerSettings, id str
 	case "PASSTHROUGH":
 		g.report("DestinationRule %s: loadBalancer PASSTHROUGH is not supported; ROUND_ROBIN is used", id)
 	}
-	g.applyWarmup(c, lb, id)
 	if ch := lb.ConsistentHash; ch != nil {
 		switch {
 		case ch.Maglev != nil:
@@ -139,6 +138,7 @@ func (g *gen) applyLB(c *clusterv3.Cluster, lb *api.LoadBalancerSettings, id str
 			g.report("DestinationRule %s: loadBalancer.consistentHash.httpCookie.name is required (Istio refuses the rule); no hash policy is set", id)
 		}
 	}
+	g.applyWarmup(c, lb, id)
 	if lb.LocalityLbSetting != nil {
 		g.report("DestinationRule %s: loadBalancer.localityLbSetting is not supported (endpoints carry no locality); ignored", id)
 	}
