@@ -18,8 +18,10 @@ import (
 // The VirtualService and DestinationRule fields compiled after the field
 // walk found them dropped, each as Istio's route translation
 // (pilot/pkg/networking/core/route/route.go, retry/retry.go) builds it.
-// Istio's cluster builder is compared directly in
-// TestIstioDestinationRuleClusters; routes have no oracle, hence these.
+// TestIstioVirtualServiceRoutes compares routingFieldsYAML's routes with
+// Istio's own; these name each behaviour, and cover what Istio refuses
+// (a status 0) or what the oracle's pinned Istio predates (outlier error
+// codes).
 
 const routingFieldsYAML = `
 apiVersion: networking.istio.io/v1
