@@ -7,7 +7,9 @@
 # hash of the program (go.mod, go.sum and every .go file). A no-op when
 # cached. Prints the binary's path on stdout (progress goes to stderr).
 # rbac/istio_oracle_test.go, xds/istio_listeners_oracle_test.go,
-# xds/istio_serviceentry_oracle_test.go and
+# xds/istio_serviceentry_oracle_test.go,
+# xds/istio_destinationrule_oracle_test.go,
+# xds/istio_routes_oracle_test.go and
 # internal/kube/registry/ambient_oracle_test.go run it
 # (via internal/testkit.IstioOracle), unless WARDEN_ISTIO_AUTHZ_BIN names a
 # binary.

@@ -11,7 +11,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -30,74 +29,18 @@ func subset(dr *api.DestinationRule, name string) *api.Subset {
 	return nil
 }
 
-// policyFor merges the rule's traffic policy for a subset and port:
-// subset beats top level, port level beats both.
-type policy struct {
-	lb   *api.LoadBalancerSettings
-	pool *api.ConnectionPoolSettings
-	od   *api.OutlierDetection
-	tls  *api.ClientTLSSettings
-}
-
-func policyFor(dr *api.DestinationRule, subsetName string, port uint32) policy {
-	var p policy
-	apply := func(tp *api.TrafficPolicy) {
-		if tp == nil {
-			return
-		}
-		if tp.LoadBalancer != nil {
-			p.lb = tp.LoadBalancer
-		}
-		if tp.ConnectionPool != nil {
-			p.pool = tp.ConnectionPool
-		}
-		if tp.OutlierDetection != nil {
-			p.od = tp.OutlierDetection
-		}
-		if tp.TLS != nil {
-			p.tls = tp.TLS
-		}
-		for _, pl := range tp.PortLevelSettings {
-			if pl.Port != nil && pl.Port.Number == port {
-				if pl.LoadBalancer != nil {
-					p.lb = pl.LoadBalancer
-				}
-				if pl.ConnectionPool != nil {
-					p.pool = pl.ConnectionPool
-				}
-				if pl.OutlierDetection != nil {
-					p.od = pl.OutlierDetection
-				}
-				if pl.TLS != nil {
-					p.tls = pl.TLS
-				}
-			}
-		}
-	}
-	if dr == nil {
-		return p
-	}
-	apply(dr.Spec.TrafficPolicy)
-	if subsetName != "" {
-		if s := subset(dr, subsetName); s != nil {
-			apply(s.TrafficPolicy)
-		}
-	}
-	return p
-}
-
-func lbFor(dr *api.DestinationRule, subsetName string, port uint32) *api.LoadBalancerSettings {
-	return policyFor(dr, subsetName, port).lb
-}
-
 func hashPolicy(c *api.ConsistentHashLB) []*routev3.RouteAction_HashPolicy {
 	switch {
 	case c.HTTPHeaderName != "":
 		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: c.HTTPHeaderName}}}}
 	case c.HTTPCookie != nil:
-		ck := &routev3.RouteAction_HashPolicy_Cookie{Name: c.HTTPCookie.Name, Path: c.HTTPCookie.Path}
-		if d, err := time.ParseDuration(c.HTTPCookie.TTL); err == nil && c.HTTPCookie.TTL != "" {
-			ck.Ttl = durationpb.New(d)
+		if c.HTTPCookie.Name == "" {
+			return nil // reported by applyLB
+		}
+		// As Istio's ConsistentHashToHashPolicy.
+		ck := &routev3.RouteAction_HashPolicy_Cookie{Name: c.HTTPCookie.Name, Path: c.HTTPCookie.Path, Ttl: dur(c.HTTPCookie.TTL)}
+		for _, a := range c.HTTPCookie.Attributes {
+			ck.Attributes = append(ck.Attributes, &routev3.RouteAction_HashPolicy_CookieAttribute{Name: a.Name, Value: a.Value})
 		}
 		return []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{Cookie: ck}}}
 	case c.UseSourceIP:
@@ -164,84 +107,34 @@ func (g *gen) cluster(s *Service, p ServicePort, subsetName string, dr *api.Dest
 	if g.grpc && strings.HasPrefix(s.Resolution, "DNS") && subsetName == "" {
 		g.report("service %s: resolution %s: proxyless gRPC gets an EDS cluster (as from Istio's grpc generator), so endpoints named by a hostname do not resolve", s.Host, s.Resolution)
 	}
-	if lb := pol.lb; lb != nil {
-		switch lb.Simple {
-		case "LEAST_CONN", "LEAST_REQUEST":
-			c.LbPolicy = clusterv3.Cluster_LEAST_REQUEST
-		case "RANDOM":
-			c.LbPolicy = clusterv3.Cluster_RANDOM
-		case "PASSTHROUGH":
-			g.report("DestinationRule %s: loadBalancer PASSTHROUGH is not supported; ROUND_ROBIN is used", objKey(dr))
-		}
-		if ch := lb.ConsistentHash; ch != nil {
-			if ch.Maglev != nil {
-				c.LbPolicy = clusterv3.Cluster_MAGLEV
-			} else {
-				c.LbPolicy = clusterv3.Cluster_RING_HASH
-				size := ch.MinimumRingSize
-				if ch.RingHash != nil && ch.RingHash.MinimumRingSize != 0 {
-					size = ch.RingHash.MinimumRingSize
-				}
-				if size != 0 {
-					c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{MinimumRingSize: wrapperspb.UInt64(size)}}
-				}
-			}
-		}
+	id := ""
+	if dr != nil {
+		id = objKey(dr)
 	}
-	if cp := pol.pool; cp != nil {
-		th := &clusterv3.CircuitBreakers_Thresholds{}
-		if cp.TCP != nil {
-			th.MaxConnections = u32(cp.TCP.MaxConnections)
-			if d := dur(cp.TCP.ConnectTimeout); d != nil {
-				c.ConnectTimeout = d
-			}
-		}
-		if h := cp.HTTP; h != nil {
-			th.MaxPendingRequests = u32(h.HTTP1MaxPendingRequests)
-			th.MaxRequests = u32(h.HTTP2MaxRequests)
-			th.MaxRetries = u32(h.MaxRetries)
-		}
-		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{th}}
+	if pol.lb != nil {
+		g.applyLB(c, pol.lb, id)
 	}
-	if od := pol.od; od != nil {
-		o := &clusterv3.OutlierDetection{Interval: dur(od.Interval), BaseEjectionTime: dur(od.BaseEjectionTime), MaxEjectionPercent: u32(od.MaxEjectionPercent)}
-		if od.Consecutive5xxErrors != nil {
-			o.Consecutive_5Xx = wrapperspb.UInt32(*od.Consecutive5xxErrors)
-		} else if od.ConsecutiveErrors > 0 {
-			o.Consecutive_5Xx = wrapperspb.UInt32(uint32(od.ConsecutiveErrors))
-		}
-		if od.ConsecutiveGatewayErrors != nil {
-			o.ConsecutiveGatewayFailure = wrapperspb.UInt32(*od.ConsecutiveGatewayErrors)
-			o.EnforcingConsecutiveGatewayFailure = wrapperspb.UInt32(100)
-		}
-		if g.grpc {
-			// grpc-go implements success-rate and failure-percentage
-			// ejection, not consecutive errors: map onto failure
-			// percentage so ejection still happens.
-			o.FailurePercentageThreshold = wrapperspb.UInt32(50)
-			o.EnforcingFailurePercentage = wrapperspb.UInt32(100)
-		}
-		c.OutlierDetection = o
+	applyPool(c, pol.pool, pol.retryBudget)
+	if pol.od != nil {
+		g.applyOutlier(c, pol.od, id)
 	}
 	if !g.grpc {
-		opts := &httpv3.HttpProtocolOptions{}
-		switch {
-		case p.isHTTP() && (p.Protocol == "GRPC" || p.Protocol == "HTTP2" || hasPrefix(p.Name, "grpc") || hasPrefix(p.Name, "http2")):
-			opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}
-		case p.isHTTP():
-			opts.UpstreamProtocolOptions = &httpv3.HttpProtocolOptions_UseDownstreamProtocolConfig{UseDownstreamProtocolConfig: &httpv3.HttpProtocolOptions_UseDownstreamHttpConfig{
-				HttpProtocolOptions: &corev3.Http1ProtocolOptions{}, Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}
-		}
-		if cp := pol.pool; cp != nil && cp.HTTP != nil && cp.HTTP.MaxRequestsPerConnection > 0 {
-			opts.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{MaxRequestsPerConnection: u32(cp.HTTP.MaxRequestsPerConnection), IdleTimeout: dur(cp.HTTP.IdleTimeout)}
-		}
-		if opts.UpstreamProtocolOptions != nil {
+		if opts := g.httpOptions(s, p, pol, id); opts != nil {
 			a, _ := anypb.New(opts)
 			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": a}
 		}
 	}
-	g.clusterTLS(c, s, p, pol.tls)
+	g.clusterTLS(c, s, p, pol.tls, id)
+	if pol.proxyProtocol != nil {
+		if g.grpc {
+			g.report("DestinationRule %s: trafficPolicy.proxyProtocol does not apply to proxyless gRPC clients; ignored", id)
+		} else {
+			applyProxyProtocol(c, pol.proxyProtocol)
+		}
+	}
+	if pol.tunnel != nil {
+		g.reportTunnel(id, pol.tunnel)
+	}
 	return c
 }
 
@@ -302,18 +195,17 @@ func (g *gen) dnsAssignment(s *Service, p ServicePort, dr *api.DestinationRule, 
 	return cla
 }
 
-func hasPrefix(name, p string) bool {
-	return len(name) >= len(p) && (name == p || len(name) > len(p) && name[:len(p)+1] == p+"-")
-}
-
 // clusterTLS sets the upstream TLS: the DestinationRule's mode, or
 // auto-mTLS (ISTIO_MUTUAL when the destination is in the mesh and not
 // DISABLE; for proxyless gRPC, which cannot fall back, only when it is
-// STRICT).
-func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *api.ClientTLSSettings) {
+// STRICT). As Istio's buildUpstreamClusterTLSContext, except where
+// Istio would send plaintext for a TLS setting it cannot honour: warden
+// keeps TLS and reports (see reportClientTLS).
+func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *api.ClientTLSSettings, id string) {
 	mode := ""
 	if tls != nil {
 		mode = tls.Mode
+		g.reportClientTLS(tls, id)
 	}
 	if mode == "" {
 		switch m := g.m.effectiveMode(s, p); {
@@ -341,8 +233,14 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 			// ServiceEntry's subjectAltNames), exact, untyped.
 			ut = &tlsv3.UpstreamTlsContext{CommonTlsContext: g.providerTLS(ids)}
 		} else {
+			// As Istio: the DestinationRule's sni, else the cluster's
+			// mesh SNI.
+			sni := fmt.Sprintf("outbound_.%d_._.%s", p.Number, s.Host)
+			if tls != nil && tls.SNI != "" {
+				sni = tls.SNI
+			}
 			var err error
-			if ut, err = g.m.authn.UpstreamTLS(fmt.Sprintf("outbound_.%d_._.%s", p.Number, s.Host)); err != nil {
+			if ut, err = g.m.authn.UpstreamTLS(sni); err != nil {
 				g.report("service %s: %v", s.Host, err)
 				return
 			}
@@ -363,19 +261,37 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 			ut.Sni = s.Host
 		}
 		vc := &tlsv3.CertificateValidationContext{}
-		if tls.CACertificates != "" {
-			vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CACertificates}}
+		if tls.InsecureSkipVerify == nil || !*tls.InsecureSkipVerify {
+			// As Istio's constructUpstreamTLS: the given roots, else the
+			// system's (Istio's agent serves "system" from the OS
+			// bundle; the Debian path is the one Istio's proxy image
+			// has); the CRL with them.
+			ca := tls.CACertificates
+			if ca == "" {
+				ca = SystemRoots
+			}
+			vc.TrustedCa = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ca}}
+			if tls.CACrl != "" {
+				vc.Crl = &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.CACrl}}
+			}
+			sans := tls.SubjectAltNames
+			if len(sans) == 0 && s.Entry != "" {
+				// As Istio (cluster_tls.go constructUpstreamTLS): a
+				// ServiceEntry's service accounts and subjectAltNames when
+				// the DestinationRule lists none.
+				sans = s.accounts(g.m.opts)
+			}
+			if len(sans) == 0 && !strings.Contains(ut.Sni, "*") {
+				// Istio's auto_san_validation (with auto_sni): the
+				// server's certificate must name the host asked for.
+				// warden's server name is fixed (sni, else the
+				// service's host), so the name checked is that one.
+				sans = []string{ut.Sni}
+			}
+			vc.MatchTypedSubjectAltNames = sanMatchers(sans)
 		}
-		sans := tls.SubjectAltNames
-		if len(sans) == 0 && s.Entry != "" {
-			// As Istio (cluster_tls.go constructUpstreamTLS): a
-			// ServiceEntry's service accounts and subjectAltNames when
-			// the DestinationRule lists none.
-			sans = s.accounts(g.m.opts)
-		}
-		vc.MatchTypedSubjectAltNames = sanMatchers(sans)
 		ut.CommonTlsContext.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}
-		if mode == "MUTUAL" && tls.ClientCertificate != "" {
+		if mode == "MUTUAL" && tls.ClientCertificate != "" && tls.PrivateKey != "" {
 			ut.CommonTlsContext.TlsCertificates = []*tlsv3.TlsCertificate{{
 				CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.ClientCertificate}},
 				PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: tls.PrivateKey}},
@@ -391,6 +307,67 @@ func (g *gen) clusterTLS(c *clusterv3.Cluster, s *Service, p ServicePort, tls *a
 	}
 	a, _ := anypb.New(ut)
 	c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: a}}
+}
+
+// SystemRoots is the CA bundle a SIMPLE or MUTUAL DestinationRule
+// without caCertificates verifies the server with: Istio's "system"
+// roots, the OS bundle, at the path Debian-based proxy images (Istio's
+// own) keep it.
+const SystemRoots = "/etc/ssl/certs/ca-certificates.crt"
+
+// reportClientTLS names the fields of a DestinationRule's tls that its
+// mode does not use. Where Istio would fall back to plaintext (a tls with
+// no mode, which Istio reads as DISABLE; MUTUAL without a client
+// certificate; credentialName at a sidecar) warden keeps TLS and says so.
+func (g *gen) reportClientTLS(t *api.ClientTLSSettings, id string) {
+	var unused []string
+	add := func(set bool, name string) {
+		if set {
+			unused = append(unused, name)
+		}
+	}
+	switch t.Mode {
+	case "":
+		g.report("DestinationRule %s: tls has no mode: Istio reads it as DISABLE and sends plaintext; warden keeps automatic mutual TLS (set mode)", id)
+		add(t.SNI != "", "sni")
+		add(t.InsecureSkipVerify != nil, "insecureSkipVerify")
+		fallthrough
+	case "ISTIO_MUTUAL", "DISABLE":
+		add(t.ClientCertificate != "", "clientCertificate")
+		add(t.PrivateKey != "", "privateKey")
+		add(t.CACertificates != "", "caCertificates")
+		add(t.CACrl != "", "caCrl")
+		add(t.CredentialName != "", "credentialName")
+		if t.Mode == "DISABLE" {
+			add(t.SNI != "", "sni")
+			add(len(t.SubjectAltNames) > 0, "subjectAltNames")
+		}
+		if t.Mode != "" {
+			add(t.InsecureSkipVerify != nil, "insecureSkipVerify")
+		}
+	case "SIMPLE", "MUTUAL":
+		if t.Mode == "SIMPLE" {
+			add(t.ClientCertificate != "", "clientCertificate")
+			add(t.PrivateKey != "", "privateKey")
+		} else if t.ClientCertificate == "" || t.PrivateKey == "" {
+			g.report("DestinationRule %s: tls mode MUTUAL needs clientCertificate and privateKey: Istio sends plaintext without them; warden connects with TLS and no client certificate", id)
+		}
+		if t.CredentialName != "" {
+			g.report("DestinationRule %s: tls.credentialName is not supported for a client (Istio fetches it only for a DestinationRule with a workloadSelector or at a gateway, and a sidecar otherwise sends plaintext); warden uses the files (caCertificates, clientCertificate, privateKey)", id)
+		}
+		if t.InsecureSkipVerify != nil && *t.InsecureSkipVerify {
+			add(t.CACertificates != "", "caCertificates")
+			add(t.CACrl != "", "caCrl")
+			add(len(t.SubjectAltNames) > 0, "subjectAltNames")
+		}
+	}
+	if len(unused) > 0 {
+		mode := t.Mode
+		if mode == "" {
+			mode = "unset"
+		}
+		g.report("DestinationRule %s: tls %s do not apply to mode %s (nor in Istio); ignored", id, strings.Join(unused, ", "), mode)
+	}
 }
 
 // serverIDs are the identities a client accepts from s's servers (mesh

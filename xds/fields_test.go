@@ -15,10 +15,12 @@ import (
 	"github.com/wardenmesh/warden/xds"
 )
 
-// Every field of Sidecar, Gateway and ServiceEntry is accounted for: set
-// on its own to a valid value, it changes the proxy's configuration or a
-// new report names it (or the field holding it). A field added to api
-// without compiler support fails here.
+// Every field of Sidecar, Gateway, ServiceEntry, DestinationRule and
+// VirtualService is accounted for: set on its own to a valid value, it
+// changes the proxy's configuration (against the same spec with the field
+// as in the base, the structs holding it allocated in both) or a new
+// report names it (or the field holding it). A field added to api without
+// compiler support fails here.
 
 var xdsSamples = map[string]any{
 	"labels": map[string]string{"app": "other"}, "selector": map[string]string{"istio": "other"},
@@ -39,7 +41,41 @@ var xdsSamples = map[string]any{
 	"ServiceEntrySpec.hosts": []string{"other.example.com"}, "addresses": []string{"240.0.0.9"}, "ServicePort.protocol": "TCP",
 	"location": "MESH_EXTERNAL", "resolution": "DNS", "address": "10.0.5.2", "WorkloadEntry.ports": map[string]uint32{"http": 9443},
 	"network": "n2", "locality": "us/east", "weight": uint32(5), "serviceAccount": "other", "exportTo": []string{"other"},
+
+	// DestinationRule.
+	"matchLabels": map[string]string{"app": "sleep"}, "simple": "LEAST_REQUEST", "httpHeaderName": "x-user",
+	"HTTPCookie.name": "session", "path": "/api", "ttl": "10s", "CookieAttribute.name": "SameSite", "CookieAttribute.value": "Strict",
+	"useSourceIp": true, "httpQueryParameterName": "user", "minimumRingSize": uint64(2048), "tableSize": uint64(65537),
+	"from": "us-east/zone-a/*", "LocalityDistribute.to": map[string]uint32{"us-west/*": 100}, "LocalityFailover.from": "us-east", "LocalityFailover.to": "us-west",
+	"failoverPriority": []string{"topology.kubernetes.io/region"}, "enabled": ptrBool(true), "minClusterSize": ptrUint32(3),
+	"warmupDurationSecs": "10s", "duration": "10s", "minimumPercent": ptrFloat(10), "aggression": ptrFloat(2),
+	"splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": ptrUint32(5), "consecutiveGatewayErrors": ptrUint32(5),
+	"consecutive5xxErrors": ptrUint32(5), "consecutiveErrors": int32(5), "baseEjectionTime": "30s", "maxEjectionPercent": int32(50),
+	"minHealthPercent": int32(50), "outlierDetectionHttpErrorCodes": []uint32{503},
+	"ClientTLSSettings.mode": "SIMPLE", "clientCertificate": "/etc/certs/client.pem", "sni": "other.example.com",
+	"TunnelSettings.protocol": "POST", "targetHost": "api.internal", "version": "V2",
+	"RetryBudget.percent": ptrFloat(25), "minRetryConcurrency": uint32(5), "budgetInterval": "10s",
+
+	// VirtualService.
+	"VirtualServiceSpec.hosts": []string{"other.example.com"}, "gateways": []string{"istio-system/other"},
+	"exact": "/exact", "prefix": "/prefix", "regex": "^/re.*", "HTTPMatchRequest.headers": map[string]api.StringMatch{"x-user": {Exact: "a"}},
+	"queryParams": map[string]api.StringMatch{"user": {Exact: "a"}}, "withoutHeaders": map[string]api.StringMatch{"x-test": {}},
+	"port": uint32(8443), "sourceLabels": map[string]string{"app": "sleep"}, "ignoreUriCase": true, "sourceNamespace": "other",
+	"statPrefix": "api", "HTTPRouteDestination.weight": int32(30), "RouteDestination.weight": int32(30),
+	"set": map[string]string{"x-set": "1"}, "add": map[string]string{"x-add": "1"}, "remove": []string{"x-remove"},
+	"uri": "/v2", "authority": "other.example.com", "derivePort": "FROM_REQUEST_PORT", "scheme": "https", "redirectCode": uint32(302),
+	"prefixRewrite": "/p", "status": uint32(503), "string": "down", "bytes": "ZG93bg==", "namespace": "other",
+	"match": "^/a", "rewrite": "/b", "attempts": int32(3), "perTryTimeout": "2s", "retryOn": "5xx",
+	"retryRemoteLocalities": ptrBool(true), "retryIgnorePreviousHosts": ptrBool(false), "backoff": "100ms",
+	"fixedDelay": "2s", "exponentialDelay": "2s", "value": float64(50), "FaultDelay.percent": int32(50),
+	"httpStatus": int32(503), "grpcStatus": "UNAVAILABLE", "http2Error": "ENHANCE_YOUR_CALM", "mirrorPercent": ptrUint32(50),
+	"allowOrigin": []string{"https://a.example.com"}, "allowMethods": []string{"GET"}, "allowHeaders": []string{"x-a"},
+	"exposeHeaders": []string{"x-b"}, "maxAge": "1h", "allowCredentials": ptrBool(true), "unmatchedPreflights": "IGNORE",
+	"sniHosts": []string{"other.example.com"}, "destinationSubnets": []string{"10.9.0.0/16"}, "sourceSubnet": "10.0.0.0/8",
 }
+
+func ptrUint32(n uint32) *uint32  { return &n }
+func ptrFloat(f float64) *float64 { return &f }
 
 func ptrBool(b bool) *bool { return &b }
 
@@ -55,7 +91,8 @@ func xdsSample(t *testing.T, l fieldwalk.Leaf) reflect.Value {
 		s, ok = xdsSamples[l.Name]
 	}
 	if !ok {
-		t.Fatalf("no sample for %s.%s: add one, and make the compiler read the field or report it", l.Owner.Name(), l.Name)
+		t.Errorf("no sample for %s.%s: add one, and make the compiler read the field or report it", l.Owner.Name(), l.Name)
+		return reflect.Value{}
 	}
 	v := reflect.ValueOf(s)
 	if !v.Type().AssignableTo(l.Type) {
@@ -64,7 +101,7 @@ func xdsSample(t *testing.T, l fieldwalk.Leaf) reflect.Value {
 	return v
 }
 
-func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string) {
+func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string, error) {
 	t.Helper()
 	services := []*xds.Service{
 		{Host: "sleep.default.svc.cluster.local", Name: "sleep", Namespace: "default", Ports: []xds.ServicePort{{Number: 80, Name: "http"}},
@@ -89,7 +126,7 @@ func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string
 	}
 	cfg, _, err := mesh.ProxyConfig(p, nil)
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	var b strings.Builder
 	for _, set := range [][]proto.Message{msgs(cfg.Listeners), msgs(cfg.Routes), msgs(cfg.Clusters), msgs(cfg.Endpoints)} {
@@ -98,7 +135,7 @@ func renderProxy(t *testing.T, objs []api.Object, node string) (string, []string
 			b.Write(j)
 		}
 	}
-	return b.String(), cfg.Reports
+	return b.String(), cfg.Reports, nil
 }
 
 func msgs[T any](rs []T) []proto.Message {
@@ -111,24 +148,57 @@ func msgs[T any](rs []T) []proto.Message {
 
 func accountXDSFields(t *testing.T, kind string, spec any, build func(spec any) []api.Object, node string) int {
 	t.Helper()
+	return accountXDSFieldsWhere(t, kind, spec, build, node, nil)
+}
+
+// accountXDSFieldsWhere walks the leaves whose path only accepts (nil:
+// all).
+func accountXDSFieldsWhere(t *testing.T, kind string, spec any, build func(spec any) []api.Object, node string, only func(path string) bool) int {
+	t.Helper()
 	n := 0
 	st := reflect.TypeOf(spec).Elem()
-	baseY, baseR := renderProxy(t, build(spec), node)
+	_, baseR, err := renderProxy(t, build(spec), node)
+	if err != nil {
+		t.Fatalf("%s: the base configuration: %v", kind, err)
+	}
 	for _, l := range fieldwalk.Leaves(st) {
-		if xdsExempt[kind+"."+l.Path] != "" {
+		if xdsExempt[kind+"."+l.Path] != "" || only != nil && !only(l.Path) {
 			continue
 		}
 		n++
 		val := xdsSample(t, l)
-		c := reflect.New(st)
-		b, _ := json.Marshal(spec)
-		_ = json.Unmarshal(b, c.Interface())
-		l.Set(c.Elem(), val)
-		y, reports := renderProxy(t, build(c.Interface()), node)
-		if y != baseY || namesField(reports, baseR, l.Path) {
+		if !val.IsValid() {
 			continue
 		}
-		t.Errorf("%s spec.%s: set to %v, neither the configuration nor a report changed", kind, l.Path, val)
+		// The field set, against the same spec with the field as in the
+		// base (zero where the base has no struct holding it): the
+		// structs holding it exist in both, so a field that is read
+		// only for its parent's presence (a dropped field whose parent
+		// still compiles to something) shows.
+		render := func(v reflect.Value) (string, []string, error) {
+			c := reflect.New(st)
+			b, _ := json.Marshal(spec)
+			_ = json.Unmarshal(b, c.Interface())
+			l.Set(c.Elem(), v)
+			return renderProxy(t, build(c.Interface()), node)
+		}
+		was, ok := l.Get(reflect.ValueOf(spec).Elem())
+		if !ok {
+			was = reflect.Zero(l.Type)
+		}
+		zeroY, _, zeroErr := render(was)
+		if zeroErr != nil {
+			zeroY = "invalid: " + zeroErr.Error()
+		}
+		y, reports, err := render(val)
+		if err != nil {
+			t.Errorf("%s spec.%s: set to %v, the configuration is invalid: %v", kind, l.Path, fmtSample(val), err)
+			continue
+		}
+		if y != zeroY || namesField(reports, baseR, l.Path) {
+			continue
+		}
+		t.Errorf("%s spec.%s: set to %v, neither the configuration nor a report changed", kind, l.Path, fmtSample(val))
 	}
 	return n
 }
@@ -180,8 +250,120 @@ func TestEverySidecarAndGatewayFieldIsAccounted(t *testing.T) {
 				Host: "ext.example.com", Subsets: []api.Subset{{Name: "v1", Labels: map[string]string{"app": "ext"}}}}},
 		}
 	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
-	if n < 117 {
+
+	// A DestinationRule for a ServiceEntry the sleep sidecar calls on two
+	// HTTP ports, with a subset a VirtualService routes to: each policy
+	// (top level, port level, the subset's and its port level) takes
+	// effect on some cluster or route, and a port-level setting already
+	// present lets its port be moved.
+	n += accountXDSFields(t, "DestinationRule", destinationRuleBase(), func(spec any) []api.Object {
+		return append(destinationRuleWorld(),
+			&api.DestinationRule{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: *spec.(*api.DestinationRuleSpec)})
+	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
+	// Again with every tls block in mode SIMPLE, for the fields SIMPLE
+	// uses (above, a tls block has no mode: each field is reported).
+	n += accountXDSFieldsWhere(t, "DestinationRule", destinationRuleTLS(), func(spec any) []api.Object {
+		return append(destinationRuleWorld(),
+			&api.DestinationRule{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: *spec.(*api.DestinationRuleSpec)})
+	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local", func(path string) bool {
+		return strings.Contains(path, "tls.") && !strings.HasSuffix(path, "tls.mode")
+	})
+
+	// A VirtualService for api.example.com at the sleep sidecar (its tcp
+	// and tls rules too), then one bound to the ingress gateway with
+	// HTTP, TCP and TLS passthrough servers.
+	n += accountXDSFields(t, "VirtualService", virtualServiceBase(nil), func(spec any) []api.Object {
+		return append(destinationRuleWorld()[:1], virtualServiceWorld(spec.(*api.VirtualServiceSpec), "default")...)
+	}, "sidecar~10.0.0.4~sleep.default~default.svc.cluster.local")
+	n += accountXDSFields(t, "VirtualService", virtualServiceBase([]string{"g"}), func(spec any) []api.Object {
+		return append(destinationRuleWorld()[:1], append(virtualServiceWorld(spec.(*api.VirtualServiceSpec), "istio-system"),
+			&api.Gateway{Metadata: api.ObjectMeta{Name: "g", Namespace: "istio-system"}, Spec: api.GatewaySpec{
+				Selector: map[string]string{"istio": "ingressgateway"}, Servers: []api.Server{
+					{Port: api.GatewayPort{Number: 80, Name: "http", Protocol: "HTTP"}, Hosts: []string{"*"}},
+					{Port: api.GatewayPort{Number: 9000, Name: "tcp", Protocol: "TCP"}, Hosts: []string{"*"}},
+					{Port: api.GatewayPort{Number: 443, Name: "tls", Protocol: "TLS"}, Hosts: []string{"*"}, TLS: &api.ServerTLSSettings{Mode: "PASSTHROUGH"}},
+				}}})...)
+	}, "router~10.0.9.1~gw-1.istio-system~istio-system.svc.cluster.local")
+	if n < 640 {
 		t.Fatalf("only %d fields walked", n)
 	}
 	t.Logf("%d fields walked", n)
+}
+
+func destinationRuleBase() *api.DestinationRuleSpec {
+	port80 := func() []api.PortTrafficPolicy {
+		return []api.PortTrafficPolicy{{Port: &api.PortSelector{Number: 80}, LoadBalancer: &api.LoadBalancerSettings{Simple: "RANDOM"}}}
+	}
+	return &api.DestinationRuleSpec{Host: "api.example.com",
+		TrafficPolicy: &api.TrafficPolicy{PortLevelSettings: port80()},
+		Subsets: []api.Subset{{Name: "v1", Labels: map[string]string{"app": "api"},
+			TrafficPolicy: &api.TrafficPolicy{PortLevelSettings: port80()}}}}
+}
+
+// destinationRuleTLS is destinationRuleBase with each policy (top
+// level, port 80, the subset's and its port 80) in tls mode SIMPLE.
+func destinationRuleTLS() *api.DestinationRuleSpec {
+	dr := destinationRuleBase()
+	simple := func() *api.ClientTLSSettings { return &api.ClientTLSSettings{Mode: "SIMPLE"} }
+	for _, tp := range []*api.TrafficPolicy{dr.TrafficPolicy, dr.Subsets[0].TrafficPolicy} {
+		tp.TLS = simple()
+		tp.PortLevelSettings[0].TLS = simple()
+	}
+	return dr
+}
+
+// destinationRuleWorld: api.example.com, in the mesh, on ports 80 and
+// 8443 (protocol HTTP declared: an undeclared port already uses the
+// client's protocol, as Istio's sniffed ports, and useClientProtocol
+// would change nothing there), and a VirtualService splitting its calls between the service and
+// subset v1 (each destination's hash policy reaches the route).
+func destinationRuleWorld() []api.Object {
+	return []api.Object{
+		&api.ServiceEntry{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: api.ServiceEntrySpec{
+			Hosts: []string{"api.example.com"}, Location: "MESH_INTERNAL", Resolution: "STATIC",
+			Ports:     []api.ServicePort{{Number: 80, Name: "http", Protocol: "HTTP"}, {Number: 8443, Name: "http-alt", Protocol: "HTTP"}},
+			Endpoints: []api.WorkloadEntry{{Address: "10.0.6.1", Labels: map[string]string{"app": "api"}, ServiceAccount: "api"}}}},
+		&api.VirtualService{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: api.VirtualServiceSpec{
+			Hosts: []string{"api.example.com"},
+			HTTP: []api.HTTPRoute{{Route: []api.HTTPRouteDestination{
+				{Destination: api.Destination{Host: "api.example.com"}, Weight: 50},
+				{Destination: api.Destination{Host: "api.example.com", Subset: "v1"}, Weight: 50}}}},
+		}},
+	}
+}
+
+// fmtSample shows a sample, a pointer by what it points to.
+func fmtSample(v reflect.Value) any {
+	if v.Kind() == reflect.Pointer && !v.IsNil() {
+		return v.Elem().Interface()
+	}
+	return v.Interface()
+}
+
+// virtualServiceBase routes api.example.com over HTTP (split between the
+// service and subset v1, with retries) and, with gateways, over TCP and
+// TLS as well (a sidecar builds no tcp or tls routes: each such field is
+// walked from nothing, and reported).
+func virtualServiceBase(gateways []string) *api.VirtualServiceSpec {
+	to := api.Destination{Host: "api.example.com", Port: &api.PortSelector{Number: 80}}
+	v1 := api.Destination{Host: "api.example.com", Subset: "v1", Port: &api.PortSelector{Number: 80}}
+	spec := &api.VirtualServiceSpec{Hosts: []string{"api.example.com"}, Gateways: gateways,
+		HTTP: []api.HTTPRoute{{Route: []api.HTTPRouteDestination{{Destination: to, Weight: 50}, {Destination: v1, Weight: 50}},
+			Retries: &api.HTTPRetry{Attempts: 2}}}}
+	if gateways != nil {
+		split := []api.RouteDestination{{Destination: to, Weight: 50}, {Destination: v1, Weight: 50}}
+		spec.TCP = []api.TCPRoute{{Match: []api.L4MatchAttributes{{Port: 9000}}, Route: split}}
+		spec.TLS = []api.TLSRoute{{Match: []api.TLSMatchAttributes{{SniHosts: []string{"api.example.com"}, Port: 443}}, Route: split}}
+	}
+	return spec
+}
+
+// virtualServiceWorld: the VirtualService in ns, and a DestinationRule
+// defining subset v1 of api.example.com.
+func virtualServiceWorld(spec *api.VirtualServiceSpec, ns string) []api.Object {
+	return []api.Object{
+		&api.VirtualService{Metadata: api.ObjectMeta{Name: "api", Namespace: ns}, Spec: *spec},
+		&api.DestinationRule{Metadata: api.ObjectMeta{Name: "api", Namespace: "default"}, Spec: api.DestinationRuleSpec{
+			Host: "api.example.com", Subsets: []api.Subset{{Name: "v1", Labels: map[string]string{"app": "api"}}}}},
+	}
 }

@@ -11,6 +11,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	tlsinspector "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -325,7 +326,7 @@ func (g *gen) gatewayRoutes(name string, servers []gwServer) *routev3.RouteConfi
 					continue
 				}
 				seen[host] = objKey(b.vs)
-				gg := &gen{m: g.m, ns: g.ns, gateway: gwID}
+				gg := &gen{m: g.m, ns: g.ns, gateway: gwID, tls: s.srv.TLS != nil && strings.EqualFold(s.srv.Port.Protocol, "HTTPS")}
 				port := ServicePort{Number: s.srv.Port.Number, Name: s.srv.Port.Name, Protocol: "HTTP"}
 				vh := &routev3.VirtualHost{Name: fmt.Sprintf("%s:%d", host, port.Number), Domains: []string{host, fmt.Sprintf("%s:*", host)},
 					Routes: gg.vsRoutes(b.vs, &Service{Host: host, Namespace: b.vs.Metadata.Namespace}, port)}
@@ -373,15 +374,15 @@ func (m *Mesh) gatewayHCM(prefix, route string, chain []*hcmv3.HttpFilter) *hcmv
 func (g *gen) gatewayTCP(s gwServer, port uint32, chain []*listenerv3.Filter) *listenerv3.FilterChain {
 	for _, b := range g.bound(s) {
 		for i, r := range b.vs.Spec.TCP {
-			if !g.l4Applies(r.Match, b.vs.Metadata.Namespace, s, port) {
+			if !g.l4Applies(r.Match, b.vs, i, s, port) {
 				continue
 			}
-			cluster := g.l4Cluster(b.vs, r.Route, port)
-			if cluster == "" {
+			proxy := g.l4Proxy(b.vs, r.Route, port)
+			if proxy == nil {
 				g.report("VirtualService %s: tcp[%d] has no destination; skipped", objKey(b.vs), i)
 				continue
 			}
-			return &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d", s.name(), port), Filters: append(slices.Clone(chain), tcpProxy(cluster, cluster))}
+			return &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d", s.name(), port), Filters: append(slices.Clone(chain), proxy)}
 		}
 	}
 	g.report("Gateway %s: servers[%d] (port %d, %s) has no VirtualService tcp route bound to it; not served", s.name(), s.idx, port, s.srv.Port.Protocol)
@@ -412,14 +413,15 @@ func (g *gen) gatewayPassthrough(s gwServer, port uint32, chain []*listenerv3.Fi
 					g.report("VirtualService %s: tls[%d].match[%d]: destinationSubnets, sourceLabels and sourceNamespace are not supported at a gateway; the match is skipped", objKey(b.vs), i, j)
 					continue
 				}
-				cluster := g.l4Cluster(b.vs, r.Route, port)
-				if cluster == "" {
+				proxy := g.l4Proxy(b.vs, r.Route, port)
+				if proxy == nil {
+					g.report("VirtualService %s: tls[%d] has no destination; skipped", objKey(b.vs), i)
 					continue
 				}
 				sort.Strings(snis)
 				out = append(out, &listenerv3.FilterChain{Name: fmt.Sprintf("%s.%d.%s", s.name(), port, strings.Join(snis, ",")),
 					FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: snis},
-					Filters:          append(slices.Clone(chain), tcpProxy(cluster, cluster))})
+					Filters:          append(slices.Clone(chain), proxy)})
 			}
 		}
 	}
@@ -429,22 +431,28 @@ func (g *gen) gatewayPassthrough(s gwServer, port uint32, chain []*listenerv3.Fi
 	return out
 }
 
-func (g *gen) l4Applies(ms []api.L4MatchAttributes, vsNamespace string, s gwServer, port uint32) bool {
+func (g *gen) l4Applies(ms []api.L4MatchAttributes, v *api.VirtualService, i int, s gwServer, port uint32) bool {
 	if len(ms) == 0 {
 		return true
 	}
-	for _, m := range ms {
-		if (m.Port == 0 || m.Port == port) && (len(m.Gateways) == 0 || bound(m.Gateways, vsNamespace, s)) &&
-			len(m.DestinationSubnets) == 0 && m.SourceSubnet == "" && len(m.SourceLabels) == 0 && m.SourceNamespace == "" {
-			return true
+	for j, m := range ms {
+		if (m.Port != 0 && m.Port != port) || (len(m.Gateways) > 0 && !bound(m.Gateways, v.Metadata.Namespace, s)) {
+			continue
 		}
+		if len(m.DestinationSubnets) > 0 || m.SourceSubnet != "" || len(m.SourceLabels) > 0 || m.SourceNamespace != "" {
+			g.report("VirtualService %s: tcp[%d].match[%d]: destinationSubnets, sourceSubnet, sourceLabels and sourceNamespace are not supported at a gateway; the match is skipped", objKey(v), i, j)
+			continue
+		}
+		return true
 	}
 	return false
 }
 
-// l4Cluster is the cluster of an L4 route's first weighted destination
-// (weighted TCP splits at a gateway are reported).
-func (g *gen) l4Cluster(v *api.VirtualService, route []api.RouteDestination, port uint32) string {
+// l4Proxy is the tcp_proxy of an L4 route: to its destination, or split
+// over its weighted destinations by weight, as Istio's
+// buildOutboundNetworkFiltersWithWeightedClusters (a destination of
+// weight 0 beside others takes nothing). nil: no destination.
+func (g *gen) l4Proxy(v *api.VirtualService, route []api.RouteDestination, port uint32) *listenerv3.Filter {
 	var dests []api.RouteDestination
 	for _, d := range route {
 		if len(route) == 1 || d.Weight > 0 {
@@ -452,12 +460,20 @@ func (g *gen) l4Cluster(v *api.VirtualService, route []api.RouteDestination, por
 		}
 	}
 	if len(dests) == 0 {
-		return ""
+		return nil
 	}
-	if len(dests) > 1 {
-		g.report("VirtualService %s: a weighted TCP/TLS split at a gateway is not supported; all traffic goes to %s", objKey(v), dests[0].Destination.Host)
+	p := ServicePort{Number: port}
+	first := g.destinationCluster(dests[0].Destination, p, v.Metadata.Namespace)
+	if len(dests) == 1 {
+		return tcpProxy(first, first)
 	}
-	return g.destinationCluster(dests[0].Destination, ServicePort{Number: port}, v.Metadata.Namespace)
+	w := &tcpv3.TcpProxy_WeightedCluster{}
+	for _, d := range dests {
+		w.Clusters = append(w.Clusters, &tcpv3.TcpProxy_WeightedCluster_ClusterWeight{
+			Name: g.destinationCluster(d.Destination, p, v.Metadata.Namespace), Weight: uint32(d.Weight)})
+	}
+	return &listenerv3.Filter{Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: typed(&tcpv3.TcpProxy{
+		StatPrefix: first, ClusterSpecifier: &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: w}})}}
 }
 
 // serverTLS is an HTTPS or TLS server's downstream TLS: its credentials

@@ -113,6 +113,7 @@ func (m *Mesh) Outbound(sc Scope) (*Config, error) {
 		for _, n := range s.notes {
 			g.report("%s", n)
 		}
+		g.reportUnapplied(s, sc.Router)
 		for _, p := range v.ports {
 			out.Clusters = append(out.Clusters, g.cluster(s, p, "", dr))
 			if eds {

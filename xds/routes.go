@@ -1,18 +1,17 @@
 package xds
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
-	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -33,12 +32,18 @@ type gen struct {
 	grpc    bool
 	router  bool    // a gateway's outbound clusters (no passthrough)
 	egress  *egress // the proxy's Sidecar egress; nil: none applies
+	tls     bool    // routes served over TLS (a gateway's HTTPS server)
 	gateway string  // the Gateway (namespace/name) routes are for; "": the mesh
 	reports []string
 }
 
+// report adds a report, once: a rule's fields are compiled for every
+// port and service that uses it.
 func (g *gen) report(format string, args ...any) {
-	g.reports = append(g.reports, fmt.Sprintf(format, args...))
+	r := fmt.Sprintf(format, args...)
+	if !slices.Contains(g.reports, r) {
+		g.reports = append(g.reports, r)
+	}
 }
 
 // ClusterName is Istio's outbound cluster name.
@@ -58,7 +63,7 @@ func (g *gen) virtualHost(s *Service, p ServicePort, domains []string) *routev3.
 		vh.Routes = []*routev3.Route{{
 			Name:   "default",
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &routev3.Route_Route{Route: g.routeAction(&api.HTTPRoute{}, []api.HTTPRouteDestination{{Destination: api.Destination{Host: s.Host}}}, s, p, "")},
+			Action: &routev3.Route_Route{Route: g.routeAction(&api.HTTPRoute{}, []api.HTTPRouteDestination{{Destination: api.Destination{Host: s.Host}}}, s, p, "", nil)},
 		}}
 	}
 	return vh
@@ -136,14 +141,44 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				g.report("VirtualService %s: http[%d].match[%d]: %v; the match is skipped", id, i, j, err)
 				continue
 			}
-			route := &routev3.Route{Name: name, Match: rm}
+			// As Istio's translateRoute: the rule's name, then the
+			// match's; the match's stat prefix.
+			rname := name
+			if mr.Name != "" {
+				rname += "." + mr.Name
+			}
+			route := &routev3.Route{Name: rname, Match: rm, StatPrefix: mr.StatPrefix}
+			// The rule's headers first: a destination's join them.
+			if h := r.Headers; h != nil {
+				if g.grpc {
+					g.report("VirtualService %s: http[%d].headers do not apply to proxyless gRPC clients; ignored", id, i)
+				} else {
+					route.RequestHeadersToAdd, route.RequestHeadersToRemove = headerOps(h.Request)
+					route.ResponseHeadersToAdd, route.ResponseHeadersToRemove = headerOps(h.Response)
+				}
+			}
 			switch {
 			case r.Redirect != nil:
-				route.Action = &routev3.Route_Redirect{Redirect: redirect(r.Redirect)}
+				route.Action = &routev3.Route_Redirect{Redirect: redirect(r.Redirect, p.Number, g.tls)}
 			case r.DirectResponse != nil:
-				dr := &routev3.DirectResponseAction{Status: r.DirectResponse.Status}
-				if b := r.DirectResponse.Body; b != nil && b.String != "" {
-					dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: b.String}}
+				st := r.DirectResponse.Status
+				if st < 200 || st > 599 {
+					g.report("VirtualService %s: http[%d].directResponse.status %d is not an HTTP status (200-599; Istio refuses it); the rule is skipped", id, i, st)
+					continue
+				}
+				dr := &routev3.DirectResponseAction{Status: st}
+				if b := r.DirectResponse.Body; b != nil {
+					switch {
+					case b.String != "":
+						dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: b.String}}
+					case b.Bytes != "":
+						raw, err := base64.StdEncoding.DecodeString(b.Bytes)
+						if err != nil {
+							g.report("VirtualService %s: http[%d].directResponse.body.bytes is not base64; the body is empty", id, i)
+							break
+						}
+						dr.Body = &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: raw}}
+					}
 				}
 				route.Action = &routev3.Route_DirectResponse{DirectResponse: dr}
 			case r.Delegate != nil:
@@ -153,7 +188,7 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				g.report("VirtualService %s: http[%d] has no route, redirect or directResponse; the rule is skipped", id, i)
 				continue
 			default:
-				ra := g.routeAction(&r, r.Route, s, p, v.Metadata.Namespace)
+				ra := g.routeAction(&r, r.Route, s, p, v.Metadata.Namespace, route)
 				if ra == nil {
 					g.report("VirtualService %s: http[%d]: no destination has a weight; the rule is skipped", id, i)
 					continue
@@ -161,18 +196,15 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 				route.Action = &routev3.Route_Route{Route: ra}
 			}
 			if r.Fault != nil {
-				if f := fault(r.Fault); f != nil {
+				if f := g.fault(r.Fault, fmt.Sprintf("VirtualService %s: http[%d].fault", id, i)); f != nil {
 					cfg, _ := anypb.New(f)
 					route.TypedPerFilterConfig = map[string]*anypb.Any{FaultFilter: cfg}
 				}
 			}
-			if h := r.Headers; h != nil && !g.grpc {
-				route.RequestHeadersToAdd, route.RequestHeadersToRemove = headerOps(h.Request)
-				route.ResponseHeadersToAdd, route.ResponseHeadersToRemove = headerOps(h.Response)
-			}
 			if r.CorsPolicy != nil {
 				g.report("VirtualService %s: http[%d].corsPolicy is not supported; ignored", id, i)
 			}
+			g.reportRule(&r, fmt.Sprintf("VirtualService %s: http[%d]", id, i))
 			out = append(out, route)
 		}
 	}
@@ -248,30 +280,53 @@ func stringMatcher(sm api.StringMatch) *matcherv3.StringMatcher {
 
 // routeAction forwards to dests: a cluster, or weighted clusters.
 // vsNS resolves short destination hosts ("" for the service's own route).
-func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s *Service, p ServicePort, vsNS string) *routev3.RouteAction {
+// route, when given, takes the single destination's headers.
+func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s *Service, p ServicePort, vsNS string, route *routev3.Route) *routev3.RouteAction {
 	ra := &routev3.RouteAction{}
 	type wc struct {
-		name   string
-		weight uint32
+		name, host, subset string
+		port, weight       uint32
+		headers            *api.Headers
 	}
 	var cs []wc
 	for _, d := range dests {
 		if len(dests) > 1 && d.Weight == 0 {
 			continue
 		}
-		cs = append(cs, wc{g.destinationCluster(d.Destination, p, vsNS), uint32(max(d.Weight, 0))})
+		host, port := g.resolve(d.Destination, p, vsNS)
+		cs = append(cs, wc{g.destinationCluster(d.Destination, p, vsNS), host, d.Destination.Subset, port, uint32(max(d.Weight, 0)), d.Headers})
 	}
 	switch len(cs) {
 	case 0:
 		return nil
 	case 1:
 		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: cs[0].name}
+		// A destination's headers join the rule's, as Istio's
+		// processDestination.
+		if h := cs[0].headers; h != nil && route != nil && !g.grpc {
+			reqAdd, reqRm := headerOps(h.Request)
+			respAdd, respRm := headerOps(h.Response)
+			route.RequestHeadersToAdd = append(route.RequestHeadersToAdd, reqAdd...)
+			route.RequestHeadersToRemove = append(route.RequestHeadersToRemove, reqRm...)
+			route.ResponseHeadersToAdd = append(route.ResponseHeadersToAdd, respAdd...)
+			route.ResponseHeadersToRemove = append(route.ResponseHeadersToRemove, respRm...)
+		}
 	default:
 		w := &routev3.WeightedCluster{}
 		for _, c := range cs {
-			w.Clusters = append(w.Clusters, &routev3.WeightedCluster_ClusterWeight{Name: c.name, Weight: wrapperspb.UInt32(c.weight)})
+			cw := &routev3.WeightedCluster_ClusterWeight{Name: c.name, Weight: wrapperspb.UInt32(c.weight)}
+			if h := c.headers; h != nil && !g.grpc {
+				// On the weighted cluster, as Istio's
+				// processWeightedDestination.
+				cw.RequestHeadersToAdd, cw.RequestHeadersToRemove = headerOps(h.Request)
+				cw.ResponseHeadersToAdd, cw.ResponseHeadersToRemove = headerOps(h.Response)
+			}
+			w.Clusters = append(w.Clusters, cw)
 		}
 		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: w}
+	}
+	if g.grpc && slices.ContainsFunc(cs, func(c wc) bool { return c.headers != nil }) {
+		g.report("service %s: route destination headers do not apply to proxyless gRPC clients; ignored", s.Host)
 	}
 	if r.Timeout != "" {
 		if d, err := time.ParseDuration(r.Timeout); err == nil {
@@ -283,7 +338,19 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	} else {
 		ra.Timeout = durationpb.New(0) // Istio's default: no route timeout
 	}
-	ra.RetryPolicy = retryPolicy(r.Retries, g.grpc)
+	// Consistent hashing needs the route's hash policy: each
+	// destination's, as Istio's processDestination and
+	// processWeightedDestination add them.
+	for _, c := range cs {
+		if dr := g.m.destinationRule(c.host, g.ns); dr != nil {
+			if lb := lbFor(dr, c.subset, c.port); lb != nil && lb.ConsistentHash != nil {
+				ra.HashPolicy = append(ra.HashPolicy, hashPolicy(lb.ConsistentHash)...)
+			}
+		}
+	}
+	// As Istio, only a lone destination's hash keeps retries on the
+	// host it hashes to.
+	ra.RetryPolicy = retryPolicy(r.Retries, g.grpc, len(cs) == 1 && len(ra.HashPolicy) > 0)
 	mirrors := r.Mirrors
 	if r.Mirror != nil {
 		pct := &api.Percent{Value: 100}
@@ -296,18 +363,22 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	}
 	if !g.grpc {
 		for _, mp := range mirrors {
-			pol := &routev3.RouteAction_RequestMirrorPolicy{Cluster: g.destinationCluster(mp.Destination, p, vsNS)}
+			// As Istio: mirrored requests are not traced, and keep
+			// their Host (no -shadow suffix, Istio's
+			// DISABLE_SHADOW_HOST_SUFFIX default).
+			pol := &routev3.RouteAction_RequestMirrorPolicy{Cluster: g.destinationCluster(mp.Destination, p, vsNS),
+				TraceSampled: wrapperspb.Bool(false), DisableShadowHostSuffixAppend: true}
 			if mp.Percentage != nil {
 				pol.RuntimeFraction = &corev3.RuntimeFractionalPercent{DefaultValue: fraction(mp.Percentage.Value)}
 			}
 			ra.RequestMirrorPolicies = append(ra.RequestMirrorPolicies, pol)
 		}
 		if rw := r.Rewrite; rw != nil {
-			if rw.URI != "" {
+			// As Istio: the regex rewrite, else the prefix (uri).
+			if rr := rw.URIRegexRewrite; rr != nil && rr.Match != "" {
+				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rr.Match}, Substitution: rr.Rewrite}
+			} else if rw.URI != "" {
 				ra.PrefixRewrite = rw.URI
-			}
-			if rw.URIRegexRewrite != nil {
-				ra.RegexRewrite = &matcherv3.RegexMatchAndSubstitute{Pattern: &matcherv3.RegexMatcher{Regex: rw.URIRegexRewrite.Match}, Substitution: rw.URIRegexRewrite.Rewrite}
 			}
 			if rw.Authority != "" {
 				ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: rw.Authority}
@@ -316,27 +387,11 @@ func (g *gen) routeAction(r *api.HTTPRoute, dests []api.HTTPRouteDestination, s 
 	} else if len(mirrors) > 0 || r.Rewrite != nil {
 		g.report("service %s: mirror and rewrite do not apply to proxyless gRPC clients; ignored", s.Host)
 	}
-	// Consistent hashing needs the route's hash policy.
-	if len(cs) > 0 {
-		host := g.m.fqdn(dests[0].Destination.Host, nsOr(vsNS, s.Namespace))
-		if dr := g.m.destinationRule(host, g.ns); dr != nil {
-			if lb := lbFor(dr, dests[0].Destination.Subset, p.Number); lb != nil && lb.ConsistentHash != nil {
-				ra.HashPolicy = hashPolicy(lb.ConsistentHash)
-			}
-		}
-	}
 	return ra
 }
 
-func nsOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
-// destinationCluster names the cluster for d, reached on listener port p.
-func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) string {
+// resolve is d's host (an FQDN) and port, reached on listener port p.
+func (g *gen) resolve(d api.Destination, p ServicePort, vsNS string) (string, uint32) {
 	host := d.Host
 	if vsNS != "" {
 		host = g.m.fqdn(d.Host, vsNS)
@@ -349,6 +404,13 @@ func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) 
 	case s != nil && len(s.Ports) == 1:
 		port = s.Ports[0].Number
 	}
+	return host, port
+}
+
+// destinationCluster names the cluster for d, reached on listener port p.
+func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) string {
+	host, port := g.resolve(d, p, vsNS)
+	s := g.m.byHost[host]
 	if s == nil {
 		g.report("route destination %s is not in the service registry; calls to it fail with 503", host)
 	} else if d.Subset != "" {
@@ -357,131 +419,6 @@ func (g *gen) destinationCluster(d api.Destination, p ServicePort, vsNS string) 
 		}
 	}
 	return ClusterName(port, d.Subset, host)
-}
-
-func redirect(r *api.HTTPRedirect) *routev3.RedirectAction {
-	ra := &routev3.RedirectAction{HostRedirect: r.Authority, PortRedirect: r.Port, SchemeRewriteSpecifier: nil}
-	if r.URI != "" {
-		ra.PathRewriteSpecifier = &routev3.RedirectAction_PathRedirect{PathRedirect: r.URI}
-	}
-	if r.Scheme != "" {
-		ra.SchemeRewriteSpecifier = &routev3.RedirectAction_SchemeRedirect{SchemeRedirect: r.Scheme}
-	}
-	switch r.RedirectCode {
-	case 302:
-		ra.ResponseCode = routev3.RedirectAction_FOUND
-	case 303:
-		ra.ResponseCode = routev3.RedirectAction_SEE_OTHER
-	case 307:
-		ra.ResponseCode = routev3.RedirectAction_TEMPORARY_REDIRECT
-	case 308:
-		ra.ResponseCode = routev3.RedirectAction_PERMANENT_REDIRECT
-	}
-	return ra
-}
-
-func fraction(pct float64) *typev3.FractionalPercent {
-	return &typev3.FractionalPercent{Numerator: uint32(pct * 10000), Denominator: typev3.FractionalPercent_MILLION}
-}
-
-func faultPercent(p *api.Percent, legacy int32) *typev3.FractionalPercent {
-	switch {
-	case p != nil:
-		return fraction(p.Value)
-	case legacy != 0:
-		return fraction(float64(legacy))
-	}
-	return fraction(100)
-}
-
-func fault(f *api.HTTPFaultInjection) *faultv3.HTTPFault {
-	out := &faultv3.HTTPFault{}
-	if d := f.Delay; d != nil && d.FixedDelay != "" {
-		dur, _ := time.ParseDuration(d.FixedDelay)
-		out.Delay = &faultcommon.FaultDelay{FaultDelaySecifier: &faultcommon.FaultDelay_FixedDelay{FixedDelay: durationpb.New(dur)}, Percentage: faultPercent(d.Percentage, d.Percent)}
-	}
-	if a := f.Abort; a != nil {
-		ab := &faultv3.FaultAbort{Percentage: faultPercent(a.Percentage, 0)}
-		switch {
-		case a.HTTPStatus != 0:
-			ab.ErrorType = &faultv3.FaultAbort_HttpStatus{HttpStatus: uint32(a.HTTPStatus)}
-		case a.GRPCStatus != "":
-			ab.ErrorType = &faultv3.FaultAbort_GrpcStatus{GrpcStatus: grpcCode(a.GRPCStatus)}
-		default:
-			ab = nil
-		}
-		out.Abort = ab
-	}
-	if out.Delay == nil && out.Abort == nil {
-		return nil
-	}
-	return out
-}
-
-var grpcCodes = []string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-	"RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
-
-func grpcCode(s string) uint32 {
-	for i, c := range grpcCodes {
-		if strings.EqualFold(c, s) {
-			return uint32(i)
-		}
-	}
-	return 2 // UNKNOWN
-}
-
-// Istio's default retry policy when a route names none.
-const defaultRetryOn = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
-
-func retryPolicy(r *api.HTTPRetry, grpc bool) *routev3.RetryPolicy {
-	attempts, on := int32(2), defaultRetryOn
-	if r != nil {
-		if r.Attempts == 0 {
-			return nil
-		}
-		attempts = r.Attempts
-		if r.RetryOn != "" {
-			on = r.RetryOn
-		}
-	}
-	if grpc {
-		// grpc-go understands only gRPC status names.
-		var keep []string
-		for _, c := range strings.Split(on, ",") {
-			switch c {
-			case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
-				keep = append(keep, c)
-			}
-		}
-		if len(keep) == 0 {
-			return nil
-		}
-		on = strings.Join(keep, ",")
-	}
-	rp := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(attempts))}
-	if r != nil && r.PerTryTimeout != "" && !grpc {
-		if d, err := time.ParseDuration(r.PerTryTimeout); err == nil {
-			rp.PerTryTimeout = durationpb.New(d)
-		}
-	}
-	if !grpc {
-		rp.RetryHostPredicate = nil
-	}
-	return rp
-}
-
-func headerOps(h *api.HeaderOperations) ([]*corev3.HeaderValueOption, []string) {
-	if h == nil {
-		return nil, nil
-	}
-	var add []*corev3.HeaderValueOption
-	for _, k := range sortedKeys(h.Set) {
-		add = append(add, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: h.Set[k]}, AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD})
-	}
-	for _, k := range sortedKeys(h.Add) {
-		add = append(add, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: h.Add[k]}, AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD})
-	}
-	return add, h.Remove
 }
 
 func sortedKeys[V any](m map[string]V) []string {

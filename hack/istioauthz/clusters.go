@@ -4,10 +4,14 @@ package main
 // proxy's clusters (ConfigGenTest.Clusters, istiod's CDS), summarised as
 // their name, discovery type and the names its mesh TLS accepts from the
 // server, so that how a ServiceEntry's resolution and subjectAltNames
-// compile can be compared with warden's.
+// compile can be compared with warden's; and the whole cluster as
+// protojson, for the fields a DestinationRule's traffic policy sets.
 
 import (
+	"encoding/json"
 	"sort"
+
+	"google.golang.org/protobuf/encoding/protojson"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -24,10 +28,17 @@ type ClusterSum struct {
 	Type string   `json:"type"`
 	MTLS bool     `json:"mtls,omitempty"`
 	SANs []string `json:"sans,omitempty"`
+	// Cluster is the whole cluster (protojson).
+	Cluster json.RawMessage `json:"cluster,omitempty"`
 }
 
 func summariseCluster(c *cluster.Cluster) (ClusterSum, error) {
 	s := ClusterSum{Name: c.GetName(), Type: c.GetType().String()}
+	raw, err := protojson.Marshal(c)
+	if err != nil {
+		return s, err
+	}
+	s.Cluster = raw
 	sockets := []*core.TransportSocket{c.GetTransportSocket()}
 	for _, m := range c.GetTransportSocketMatches() {
 		if m.GetName() == "tlsMode-istio" {

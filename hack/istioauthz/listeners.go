@@ -81,6 +81,8 @@ import (
 	rbachttp "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	rbacnet "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
+	tcpproxy "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"istio.io/istio/pilot/pkg/config/kube/crd"
@@ -111,8 +113,11 @@ type ListenerResult struct {
 	ID        string        `json:"id"`
 	Listeners []ListenerSum `json:"listeners"`
 	Clusters  []ClusterSum  `json:"clusters,omitempty"`
-	Warnings  []string      `json:"warnings,omitempty"`
-	Error     string        `json:"error"`
+	// Routes are the route configurations of the listeners' RDS names
+	// (ConfigGenTest.RoutesFromListeners), each as protojson.
+	Routes   []json.RawMessage `json:"routes,omitempty"`
+	Warnings []string          `json:"warnings,omitempty"`
+	Error    string            `json:"error"`
 }
 
 // ListenerSum summarises a listener.
@@ -145,6 +150,9 @@ type FilterSum struct {
 	Shadow       string  `json:"shadow,omitempty"`
 	ShadowPrefix string  `json:"shadowPrefix,omitempty"`
 	HCM          *HCMSum `json:"hcm,omitempty"`
+	// TCPClusters are a tcp_proxy's cluster, or its weighted clusters as
+	// name=weight.
+	TCPClusters []string `json:"tcpClusters,omitempty"`
 }
 
 // HCMSum is an HTTP connection manager's filters and client-address settings.
@@ -170,13 +178,13 @@ func (o *oracle) runListenerLine(line []byte) ListenerResult {
 	}
 	res := ListenerResult{ID: c.ID, Listeners: []ListenerSum{}}
 	logCapture.reset()
-	ls, cs, err := o.buildListeners(c)
+	ls, cs, rs, err := o.buildListeners(c)
 	res.Warnings = warnOnly(logCapture.take())
 	if err != nil {
 		res.Error = err.Error()
 		return res
 	}
-	res.Listeners, res.Clusters = ls, cs
+	res.Listeners, res.Clusters, res.Routes = ls, cs, rs
 	return res
 }
 
@@ -202,10 +210,10 @@ func warnOnly(lines []string) []string {
 	return out
 }
 
-func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, error) {
+func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, []json.RawMessage, error) {
 	p := c.Proxy
 	if p.Namespace == "" {
-		return nil, nil, errors.New("proxy.namespace is required")
+		return nil, nil, nil, errors.New("proxy.namespace is required")
 	}
 	var typ model.NodeType
 	switch p.Type {
@@ -214,18 +222,18 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, er
 	case "router":
 		typ = model.Router
 	default:
-		return nil, nil, fmt.Errorf("proxy.type %q: want sidecar or router", p.Type)
+		return nil, nil, nil, fmt.Errorf("proxy.type %q: want sidecar or router", p.Type)
 	}
 	mc, err := o.mesh(Case{MeshConfig: c.MeshConfig})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	configs, others, err := crd.ParseInputs(c.YAML)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for _, other := range others {
-		return nil, nil, fmt.Errorf("%s %s/%s: not an Istio kind", other.Kind, other.Namespace, other.Name)
+		return nil, nil, nil, fmt.Errorf("%s %s/%s: not an Istio kind", other.Kind, other.Namespace, other.Name)
 	}
 	created := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	for i := range configs {
@@ -247,6 +255,7 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, er
 
 	var out []ListenerSum
 	var clusters []ClusterSum
+	var routes []json.RawMessage
 	var inner error
 	err = test.Wrap(func(t test.Failer) {
 		// A panic in this goroutine would end the process: make it the
@@ -265,7 +274,8 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, er
 			IPAddresses:     []string{ip},
 			Metadata:        &model.NodeMetadata{Namespace: p.Namespace, Labels: p.Labels},
 		})
-		for _, l := range cg.Listeners(proxy) {
+		listeners := cg.Listeners(proxy)
+		for _, l := range listeners {
 			s, err := summarise(l)
 			if err != nil {
 				inner = err
@@ -281,19 +291,27 @@ func (o *oracle) buildListeners(c ListenerCase) ([]ListenerSum, []ClusterSum, er
 			}
 			clusters = append(clusters, s)
 		}
+		for _, rc := range cg.RoutesFromListeners(proxy, listeners) {
+			raw, err := protojson.Marshal(rc)
+			if err != nil {
+				inner = err
+				return
+			}
+			routes = append(routes, raw)
+		}
 	})
 	if err == nil {
 		err = inner
 	}
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	if out == nil {
 		out = []ListenerSum{}
 	}
 	sort.Slice(clusters, func(i, j int) bool { return clusters[i].Name < clusters[j].Name })
-	return out, clusters, nil
+	return out, clusters, routes, nil
 }
 
 func summarise(l *listener.Listener) (ListenerSum, error) {
@@ -360,6 +378,17 @@ func summariseFilter(name string, tc *anypb.Any) (FilterSum, error) {
 			hs.HTTPFilters = append(hs.HTTPFilters, s)
 		}
 		fs.HCM = hs
+	case "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+		var tp tcpproxy.TcpProxy
+		if err := tc.UnmarshalTo(&tp); err != nil {
+			return fs, err
+		}
+		if c := tp.GetCluster(); c != "" {
+			fs.TCPClusters = []string{c}
+		}
+		for _, wc := range tp.GetWeightedClusters().GetClusters() {
+			fs.TCPClusters = append(fs.TCPClusters, fmt.Sprintf("%s=%d", wc.GetName(), wc.GetWeight()))
+		}
 	}
 	return fs, nil
 }

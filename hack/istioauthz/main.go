@@ -87,8 +87,11 @@
 //	                         (pilot/pkg/networking/core) builds for it, summarised:
 //	                         per filter chain its match, its filters in order, RBAC
 //	                         actions, and the connection manager's client-address
-//	                         settings; and the proxy's clusters (name, type, the
-//	                         names its mesh TLS accepts). See listeners.go and
+//	                         settings, a tcp_proxy's clusters (weighted ones as
+//	                         name=weight); the proxy's clusters (name, type, the
+//	                         names its mesh TLS accepts, and the whole cluster as
+//	                         protojson); and the route configurations of its
+//	                         listeners (protojson). See listeners.go and
 //	                         clusters.go.
 package main
 

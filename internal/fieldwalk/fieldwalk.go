@@ -81,3 +81,30 @@ func (l Leaf) Set(root reflect.Value, val reflect.Value) {
 		}
 	}
 }
+
+// Get is the leaf's value in root, or false when a nil pointer or an
+// empty slice on the way leaves it unset.
+func (l Leaf) Get(root reflect.Value) (reflect.Value, bool) {
+	v := root
+	for i, idx := range l.index {
+		f := v.Field(idx)
+		if i == len(l.index)-1 {
+			return f, true
+		}
+		switch f.Kind() {
+		case reflect.Pointer:
+			if f.IsNil() {
+				return reflect.Value{}, false
+			}
+			v = f.Elem()
+		case reflect.Slice:
+			if f.Len() == 0 {
+				return reflect.Value{}, false
+			}
+			v = f.Index(0)
+		default:
+			v = f
+		}
+	}
+	return reflect.Value{}, false
+}
