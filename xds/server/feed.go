@@ -177,9 +177,16 @@ func (s *Server) TrustBundlesChanged() {
 	if mesh == nil {
 		return
 	}
+	opts := s.options()
+	if _, named := opts.TrustBundles.(xds.FederationNames); named && len(opts.FederatedTrustDomains) == 0 && len(mesh.FederatedTrustDomains()) == 0 {
+		// No relationship now nor at the last build (Kubernetes mode
+		// wires federation before any object exists): no proxy's
+		// configuration carries a bundle, nothing to rebuild.
+		return
+	}
 	// A relationship added or removed changes which trust domains
 	// authorization takes as federated: the mesh is indexed again.
-	if opts := s.options(); !slices.Equal(opts.FederatedTrustDomains, mesh.FederatedTrustDomains()) {
+	if !slices.Equal(opts.FederatedTrustDomains, mesh.FederatedTrustDomains()) {
 		next, err := xds.NewMesh(objs, mesh.Services(), opts)
 		if err != nil {
 			s.cfg.Log.Error("xds: the federated trust domains changed, but the configuration does not build with them; proxies keep the previous one", "trustDomains", strings.Join(opts.FederatedTrustDomains, ","), "error", err.Error())

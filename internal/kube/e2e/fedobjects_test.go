@@ -91,6 +91,22 @@ func TestFederationObjects(t *testing.T) {
 			"namespaces":            []any{namespaces},
 		}
 	}
+	// A policy naming a principal of partner.test: warden check warns
+	// about an unknown trust domain until the object federates it.
+	policy := `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: partner-client, namespace: ` + appNS + `}
+spec:
+  rules: [{from: [{source: {principals: [partner.test/ns/shop/sa/client]}}]}]
+`
+	if out, err := apiserver.Kubectl(t, []byte(policy), "apply", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	const unknownTD = `names trust domain "partner.test", which is neither the mesh's`
+	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); !strings.Contains(out, unknownTD) {
+		t.Fatalf("warden check before the object: no warning about partner.test in\n%s", out)
+	}
+
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": fedrelations.Group + "/" + fedrelations.Version, "kind": fedrelations.Kind,
 		"metadata": map[string]any{"name": "partner"},
@@ -134,6 +150,12 @@ func TestFederationObjects(t *testing.T) {
 	out, err := apiserver.Kubectl(t, nil, "get", "clusterfederatedtrustdomains")
 	if err != nil || !strings.Contains(out, "partner.test") || !strings.Contains(out, "https_spiffe") || !strings.Contains(out, "True") {
 		t.Errorf("kubectl get clusterfederatedtrustdomains: %v\n%s", err, out)
+	}
+
+	// warden check knows the object's trust domain (no warning for the
+	// policy) and reports the object.
+	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); strings.Contains(out, unknownTD) || !strings.Contains(out, "federation ClusterFederatedTrustDomain partner: partner.test for namespaces "+appNS) {
+		t.Errorf("warden check with the object in effect:\n%s", out)
 	}
 
 	// The namespaces edited: the other namespace now, the first no more.
@@ -194,6 +216,9 @@ func TestFederationObjects(t *testing.T) {
 		}
 		return nil
 	})
+	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); !strings.Contains(out, "federation ClusterFederatedTrustDomain filed-again is refused: trustDomain filed.test is already named by the federation file") {
+		t.Errorf("warden check does not report the refused object:\n%s", out)
+	}
 	if urls := debugFederation(t, httpAddr); urls["filed.test"] != "https://127.0.0.1:1/filed" || urls["partner.test"] != "https://"+peerAddr+"/" || len(urls) != 2 {
 		t.Errorf("/debug/federation: %v, want the file's filed.test and the object's partner.test", urls)
 	}
