@@ -154,7 +154,7 @@ spec:
 
 	// warden check knows the object's trust domain (no warning for the
 	// policy) and reports the object.
-	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); strings.Contains(out, unknownTD) || !strings.Contains(out, "federation ClusterFederatedTrustDomain partner: partner.test for namespaces "+appNS) {
+	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); strings.Contains(out, unknownTD) || !strings.Contains(out, "ClusterFederatedTrustDomain partner: partner.test for namespaces "+appNS) {
 		t.Errorf("warden check with the object in effect:\n%s", out)
 	}
 
@@ -216,7 +216,7 @@ spec:
 		}
 		return nil
 	})
-	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); !strings.Contains(out, "federation ClusterFederatedTrustDomain filed-again is refused: trustDomain filed.test is already named by the federation file") {
+	if _, out := runCheck("--namespace", ns, "--federation-file", fedFile); !strings.Contains(out, "ClusterFederatedTrustDomain filed-again is refused: trustDomain filed.test is already named by the federation file") {
 		t.Errorf("warden check does not report the refused object:\n%s", out)
 	}
 	if urls := debugFederation(t, httpAddr); urls["filed.test"] != "https://127.0.0.1:1/filed" || urls["partner.test"] != "https://"+peerAddr+"/" || len(urls) != 2 {
