@@ -47,8 +47,10 @@ func ParseSpec(b []byte, local spiffeid.TrustDomain) (*Relationship, error) {
 // file's): Combine takes Current if it fits, else Previous (the last
 // version that was taken), else neither.
 type Candidate struct {
-	Name     string        // how messages name it, e.g. the object's name
-	Current  *Relationship // nil: the current version does not parse
+	Name    string        // how messages name it, e.g. the object's name
+	Current *Relationship // nil: the current version does not parse
+	// Invalid is why the current version does not parse (Current nil).
+	Invalid  error
 	Previous *Relationship // nil: none was ever taken
 }
 
@@ -74,7 +76,10 @@ func Combine(local spiffeid.TrustDomain, base []*Relationship, cands []Candidate
 	for i, c := range cands {
 		outs[i].Name = c.Name
 		if c.Current == nil {
-			outs[i].Err = errors.New("does not parse")
+			outs[i].Err = c.Invalid
+			if c.Invalid == nil {
+				outs[i].Err = errors.New("no spec")
+			}
 		}
 	}
 	// Taking a candidate can only be undone by the endpoint check (a

@@ -1,6 +1,7 @@
 package federation_test
 
 import (
+	"errors"
 	"slices"
 	"testing"
 
@@ -66,10 +67,10 @@ func TestCombine(t *testing.T) {
 	}
 	aOld, aNew := rel(t, "a.test", "https://a/", "default"), rel(t, "file.test", "https://a2/", "default")
 	cands := []federation.Candidate{
-		{Name: "a", Current: aNew, Previous: aOld},                               // edited onto the file's trust domain: the previous stays
-		{Name: "b", Current: rel(t, "a.test", "https://b/", "default")},          // a.test taken by a's previous version
-		{Name: "c", Current: rel(t, "c.test", "https://file/", "default")},       // the file's endpoint
-		{Name: "d", Current: nil, Previous: rel(t, "d.test", "https://d/", "x")}, // does not parse now
+		{Name: "a", Current: aNew, Previous: aOld},                                                   // edited onto the file's trust domain: the previous stays
+		{Name: "b", Current: rel(t, "a.test", "https://b/", "default")},                              // a.test taken by a's previous version
+		{Name: "c", Current: rel(t, "c.test", "https://file/", "default")},                           // the file's endpoint
+		{Name: "d", Invalid: errors.New("spec: bad"), Previous: rel(t, "d.test", "https://d/", "x")}, // does not parse now
 		{Name: "e", Current: rel(t, "e.test", "https://e/", "default")},
 		{Name: "f", Current: spiffeRel("f.test", "https://f/", "spiffe://b.test/server")},   // b.test: nobody
 		{Name: "g", Current: spiffeRel("g.test", "https://g/", "spiffe://e.test/server")},   // e.test: object e
@@ -90,7 +91,7 @@ func TestCombine(t *testing.T) {
 		{"a.test", "trustDomain file.test is already named by the federation file: one relationship per trust domain; delete this object or remove the other"},
 		{"", "trustDomain a.test is already named by ClusterFederatedTrustDomain a: one relationship per trust domain; delete this object or remove the other"},
 		{"", "bundleEndpointURL https://file/ also serves file.test's bundle: a bundle endpoint serves one trust domain, give each trust domain its own endpoint"},
-		{"d.test", "does not parse"},
+		{"d.test", "spec: bad"},
 		{"e.test", ""},
 		{"", "the endpoint spiffe://b.test/server is in trust domain b.test, which no relationship names: add one for it (or use the endpoint's own trust domain)"},
 		{"g.test", ""},

@@ -32,16 +32,10 @@ func List(ctx context.Context, c dynamic.Interface, local spiffeid.TrustDomain, 
 	items := slices.Clone(l.Items)
 	slices.SortFunc(items, func(a, b unstructured.Unstructured) int { return strings.Compare(a.GetName(), b.GetName()) })
 	cands := make([]federation.Candidate, len(items))
-	parseErrs := make([]error, len(items))
 	for i := range items {
 		r, err := parse(&items[i], local)
-		cands[i], parseErrs[i] = federation.Candidate{Name: items[i].GetName(), Current: r}, err
+		cands[i] = federation.Candidate{Name: items[i].GetName(), Current: r, Invalid: err}
 	}
 	rels, outs := federation.Combine(local, file, cands)
-	for i := range outs {
-		if cands[i].Current == nil {
-			outs[i].Err = parseErrs[i]
-		}
-	}
 	return rels, outs, nil
 }

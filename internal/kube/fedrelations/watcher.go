@@ -245,14 +245,11 @@ func (w *Watcher) apply() (bool, error) {
 	cands := make([]federation.Candidate, len(names))
 	for i, n := range names {
 		o := w.objs[n]
-		cands[i] = federation.Candidate{Name: n, Current: o.current, Previous: o.previous}
+		cands[i] = federation.Candidate{Name: n, Current: o.current, Invalid: o.parseErr, Previous: o.previous}
 	}
 	rels, outs := federation.Combine(w.Local, w.file, cands)
 	for i, n := range names {
 		o, out := w.objs[n], outs[i]
-		if out.Err != nil && o.current == nil {
-			out.Err = o.parseErr
-		}
 		if out.InEffect != nil && out.InEffect == o.current {
 			o.previous, o.prevGen = o.current, o.u.GetGeneration()
 		}

@@ -77,7 +77,7 @@ func create(t *testing.T, c dynamic.Interface, name, td, url string) {
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": fedrelations.Group + "/" + fedrelations.Version, "kind": fedrelations.Kind,
 		"metadata": map[string]any{"name": name},
-		"spec": map[string]any{"trustDomain": td, "bundleEndpointURL": url, "bundleEndpointProfile": map[string]any{"type": "https_web"}, "namespaces": []any{"default"}},
+		"spec":     map[string]any{"trustDomain": td, "bundleEndpointURL": url, "bundleEndpointProfile": map[string]any{"type": "https_web"}, "namespaces": []any{"default"}},
 	}}
 	if _, err := c.Resource(fedrelations.GVR).Create(context.Background(), u, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
