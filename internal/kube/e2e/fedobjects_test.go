@@ -299,3 +299,49 @@ func docExample(t *testing.T) string {
 	t.Fatal("docs/federation.md has no ClusterFederatedTrustDomain example")
 	return ""
 }
+
+// TestFederationObjectsWithoutFile: Kubernetes mode without
+// --federation-file and without any object at start still wires
+// federation, so an object created later federates its namespace at once,
+// with no restart.
+func TestFederationObjectsWithoutFile(t *testing.T) {
+	ns := apiserver.Namespace(t, "warden")
+	appNS := apiserver.Namespace(t, "app")
+	apiserver.ServiceAccount(t, appNS, "sleep")
+	m, err := ca.NewSelfSigned(ca.CAOptions{Organization: "partner.test", CommonName: "partner root", MaxPathLen: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerAddr, _ := partnerEndpoint(t, m, "127.0.0.1:0", 1, m.Roots)
+	addr, _, _ := startServeWith(t, ns, "replica-a", "--federation-min-refresh", "1s")
+	sec, err := apiserver.Client.CoreV1().Secrets(ns).Get(context.Background(), casecret.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := dynamic.NewForConfigOrDie(apiserver.Config).Resource(fedrelations.GVR)
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": fedrelations.Group + "/" + fedrelations.Version, "kind": fedrelations.Kind,
+		"metadata": map[string]any{"name": "partner-later"},
+		"spec": map[string]any{
+			"trustDomain":           "partner.test",
+			"bundleEndpointURL":     "https://" + peerAddr + "/",
+			"bundleEndpointProfile": map[string]any{"type": "https_spiffe", "endpointSPIFFEID": "spiffe://partner.test/bundle-server"},
+			"trustDomainBundle":     string(ca.EncodeCerts(m.Roots...)),
+			"namespaces":            []any{appNS},
+		},
+	}}
+	if _, err := objs.Create(context.Background(), obj, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = objs.Delete(context.Background(), "partner-later", metav1.DeleteOptions{}) })
+	kubetest.Eventually(t, 30*time.Second, func() error {
+		got, err := sdsForeign(t, addr, sec.Data["root-cert.pem"], appNS, "sleep")
+		if err != nil {
+			return err
+		}
+		if !ca.SameRoots(got, m.Roots) {
+			return fmt.Errorf("%d partner.test roots, want the peer's", len(got))
+		}
+		return nil
+	})
+}
