@@ -337,7 +337,11 @@ func checkFederationObjects(ctx context.Context, k kubeFlags, td spiffeid.TrustD
 	var res []check.Result
 	for _, o := range outs {
 		if o.Err != nil {
-			res = append(res, check.Result{Check: "federation", Status: check.Error, Message: fmt.Sprintf("%s %s is refused: %v (kubectl describe %s %s)", fedrelations.Kind, o.Name, o.Err, fedrelations.GVR.Resource, o.Name)})
+			kept := "nothing of it is in effect"
+			if o.InEffect != nil {
+				kept = "its last generation taken stays in effect"
+			}
+			res = append(res, check.Result{Check: "federation", Status: check.Error, Message: fmt.Sprintf("%s %s is refused: %v; %s (kubectl describe %s %s)", fedrelations.Kind, o.Name, o.Err, kept, fedrelations.GVR.Resource, o.Name)})
 			continue
 		}
 		res = append(res, check.Result{Check: "federation", Status: check.OK, Message: fmt.Sprintf("%s %s: %s for namespaces %s", fedrelations.Kind, o.Name, o.InEffect.TrustDomain.Name(), strings.Join(o.InEffect.Namespaces, ", "))})

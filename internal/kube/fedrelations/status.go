@@ -2,6 +2,7 @@ package fedrelations
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -87,7 +88,11 @@ func (w *Watcher) writeAll(ctx context.Context, bundles func() []federation.Stat
 				want = append(want, fetched(o.u.GetGeneration(), st))
 			}
 		}
-		if u, changed := withConditions(o.u, want, now); changed {
+		u, changed := withConditions(o.u, want, now)
+		if o.current != nil && o.outcome.InEffect == o.current {
+			u, changed = withLastAccepted(u, changed)
+		}
+		if changed {
 			writes = append(writes, write{name, u})
 		}
 	}
@@ -217,4 +222,26 @@ func hasType(cs []condition, t string) bool {
 		}
 	}
 	return false
+}
+
+// withLastAccepted records u's spec, in effect, as status.lastAccepted:
+// the version a replica that never saw it (started after a refused edit)
+// keeps in effect.
+func withLastAccepted(u *unstructured.Unstructured, copied bool) (*unstructured.Unstructured, bool) {
+	spec, err := json.Marshal(u.Object["spec"])
+	if err != nil {
+		return u, copied
+	}
+	have, _, _ := unstructured.NestedString(u.Object, "status", "lastAccepted", "spec")
+	gen, _, _ := unstructured.NestedInt64(u.Object, "status", "lastAccepted", "generation")
+	if have == string(spec) && gen == u.GetGeneration() {
+		return u, copied
+	}
+	if !copied {
+		u = u.DeepCopy()
+	}
+	if err := unstructured.SetNestedField(u.Object, map[string]any{"generation": u.GetGeneration(), "spec": string(spec)}, "status", "lastAccepted"); err != nil {
+		return u, copied
+	}
+	return u, true
 }

@@ -190,10 +190,18 @@ func (w *Watcher) put(obj any) {
 		w.objs[u.GetName()] = o
 	} else if o.u.GetGeneration() == u.GetGeneration() {
 		o.u = u // a status write, or a resync: the spec is the one parsed
-		return
+		if o.previous != nil || !o.lastAccepted(w.Local) {
+			return
+		}
 	}
 	o.u = u
 	o.current, o.parseErr = parse(u, w.Local)
+	if o.previous == nil {
+		// A replica that did not see the last generation taken (it
+		// started after a refused edit) takes it from the status, so
+		// that every replica keeps the same version in effect.
+		o.lastAccepted(w.Local)
+	}
 	if _, err := w.apply(); err != nil {
 		w.Log.Error("federation: ClusterFederatedTrustDomain objects not applied", "error", err.Error())
 	}
@@ -218,6 +226,24 @@ func (w *Watcher) remove(obj any) {
 	if _, err := w.apply(); err != nil {
 		w.Log.Error("federation: ClusterFederatedTrustDomain objects not applied", "error", err.Error())
 	}
+}
+
+// lastAccepted takes the last generation taken from o's status
+// (status.lastAccepted, written by the leader) as o's previous version,
+// and says whether there was one. The spec there is parsed and checked
+// like the object's own.
+func (o *object) lastAccepted(local spiffeid.TrustDomain) bool {
+	spec, ok, _ := unstructured.NestedString(o.u.Object, "status", "lastAccepted", "spec")
+	gen, _, _ := unstructured.NestedInt64(o.u.Object, "status", "lastAccepted", "generation")
+	if !ok || spec == "" {
+		return false
+	}
+	r, err := federation.ParseSpec([]byte(spec), local)
+	if err != nil {
+		return false
+	}
+	o.previous, o.prevGen = r, gen
+	return true
 }
 
 // parse reads u's spec (strictly, as every kind warden reads).

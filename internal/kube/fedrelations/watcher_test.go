@@ -161,6 +161,18 @@ func TestWatcher(t *testing.T) {
 	if got := s.urls(); got["b.test"] != "https://b/" {
 		t.Fatalf("after b's invalid edit: %v", got)
 	}
+	// A replica started now never saw generation 1: it takes it from the
+	// status (lastAccepted), as the running one keeps it, rather than
+	// hand b.test to c.
+	s2 := &sink{}
+	w2 := &fedrelations.Watcher{Client: c, Discovery: apiserver.Client.Discovery(), Local: local, Set: s2.set}
+	if _, err := w2.SetFile([]*federation.Relationship{web(t, "file.test", "https://file/")}); err != nil {
+		t.Fatal(err)
+	}
+	ctx2, stop2 := context.WithCancel(ctx)
+	go func() { _ = w2.Run(ctx2) }()
+	s2.want(t, map[string]string{"file.test": "https://file/", "b.test": "https://b/"})
+	stop2()
 
 	// The file now names b.test: the file's wins, b is refused, c too.
 	if _, err := w.SetFile([]*federation.Relationship{web(t, "file.test", "https://file/"), web(t, "b.test", "https://file-b/")}); err != nil {
