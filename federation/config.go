@@ -159,8 +159,8 @@ func Parse(b []byte, dir string, local spiffeid.TrustDomain) ([]*Relationship, e
 	// A non-self-serving https_spiffe endpoint is authenticated with
 	// another relationship's bundle (or the local one): it must exist.
 	for i, r := range out {
-		if r.Profile == HTTPSSPIFFE && !r.SelfServing() && r.EndpointID.TrustDomain() != local && !seen[r.EndpointID.TrustDomain()] {
-			return nil, fmt.Errorf("trustDomains[%d]: the endpoint %s is in trust domain %s, which no relationship names: add one for it (or use the endpoint's own trust domain)", i, r.EndpointID, r.EndpointID.TrustDomain())
+		if err := endpointDomainKnown(local, r, func(td spiffeid.TrustDomain) bool { return seen[td] }); err != nil {
+			return nil, fmt.Errorf("trustDomains[%d]: %w", i, err)
 		}
 	}
 	return out, nil

@@ -26,6 +26,7 @@ targets=(
   "./xds/ambient FuzzAmbientCompile 60000"
   "./federation FuzzBundleDocument 60000"
   "./federation FuzzParse 40000"
+  "./federation FuzzParseSpec 30000"
   "./ca/vault FuzzSignResponse 8000"
   "./ca/vault FuzzIssuerRoot 8000"
 )

@@ -105,7 +105,7 @@ spec:
 	objs := decodeAll(t, policy)
 	base := rbac.Options{TrustDomain: spiffeid.RequireTrustDomainFromString("mesh.test"), TrustDomainAliases: []string{"old.test"}}
 	unknown := func(field, v, td string) string {
-		return where + field + `: "` + v + `" names trust domain "` + td + `", which is neither the mesh's (mesh.test), an alias, nor a federated trust domain: no peer presents it, so the value never matches; check its spelling, or federate with ` + td + ` (serve --federation-file)`
+		return where + field + `: "` + v + `" names trust domain "` + td + `", which is neither the mesh's (mesh.test), an alias, nor a federated trust domain: no peer presents it, so the value never matches; check its spelling, or federate with ` + td + ` (serve --federation-file, or a ClusterFederatedTrustDomain in Kubernetes)`
 	}
 	cases := []struct {
 		name      string

@@ -118,7 +118,7 @@ func lintTrustDomains(where string, r api.Rule, opts Options) []string {
 			case td == "" || strings.Contains(td, "*"):
 			case !slices.Contains(known, td):
 				out = append(out, fmt.Sprintf("%s: %s: %q names trust domain %q, which is neither the mesh's (%s), an alias, nor a federated trust domain: no peer presents it, so the value never matches; "+
-					"check its spelling, or federate with %s (serve --federation-file)", where, field, v, td, opts.TrustDomain.Name(), td))
+					"check its spelling, or federate with %s (serve --federation-file, or a ClusterFederatedTrustDomain in Kubernetes)", where, field, v, td, opts.TrustDomain.Name(), td))
 			case principals && ambiguous && td == clusterLocal:
 				out = append(out, fmt.Sprintf("%s: %s: %q matches both the local workload (Istio reads cluster.local as the mesh's trust domain, %s) and the federated trust domain cluster.local's; "+
 					"to name the local one alone write %q", where, field, v, opts.TrustDomain.Name(), opts.TrustDomain.Name()+strings.TrimPrefix(v, clusterLocal)))

@@ -75,8 +75,18 @@ type Options struct {
 	TrustBundles TrustBundles
 	// FederatedTrustDomains are the foreign trust domains some namespace
 	// federates with (rbac.Options.FederatedTrustDomains: authorization
-	// never rewrites their principals, and policy checks know them).
+	// never rewrites their principals, and policy checks know them). A
+	// TrustBundles that is also a FederationNames replaces them with its
+	// current names whenever the server builds a configuration.
 	FederatedTrustDomains []string
+}
+
+// FederationNames is the optional side of Options.TrustBundles that names
+// the foreign trust domains some namespace federates with now (sorted),
+// so that relationships added or removed while the server runs change
+// authorization too, not only the bundles.
+type FederationNames interface {
+	FederatedTrustDomains() []string
 }
 
 // WithDefaults is o with its zero values filled in.
@@ -117,6 +127,10 @@ type Mesh struct {
 	sidecars sidecarIndex
 	gateways []*api.Gateway // by namespace/name
 }
+
+// FederatedTrustDomains are the federated trust domains the mesh was
+// built with (Options.FederatedTrustDomains).
+func (m *Mesh) FederatedTrustDomains() []string { return m.opts.FederatedTrustDomains }
 
 // JWTDiscoveryIssuers are the issuers whose JWT keys the configuration
 // leaves to OIDC discovery (authn.Index.DiscoveryIssuers).

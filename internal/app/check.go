@@ -16,16 +16,19 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/filestore"
+	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/check"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/access"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/fedrelations"
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/podcert"
@@ -71,7 +74,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, federated, err := federatedTrustDomains(*fedFile, td)
+	fileRels, federated, err := federatedTrustDomains(*fedFile, td)
 	if err != nil {
 		return err
 	}
@@ -84,6 +87,9 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 		if objs, services, err = checkKubernetes(ctx, &report, k, td, *serviceAccount, now, *warn, *pcrPending); err != nil {
 			return err
 		}
+		var res []check.Result
+		federated, res = checkFederationObjects(ctx, k, td, fileRels, federated)
+		report = append(report, res...)
 	} else {
 		checkStandaloneCA(&report, *dataDir, *plugged, now, *warn)
 		if *configDir != "" {
@@ -305,4 +311,40 @@ func proxyStatus(ctx context.Context, addr string) ([]xdsserver.ProxyStatus, err
 	}
 	var out []xdsserver.ProxyStatus
 	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// checkFederationObjects adds the trust domains of the
+// ClusterFederatedTrustDomain objects serve would take to the file's
+// (names), so that policies may name them, and reports each object it
+// refuses, as its status does.
+func checkFederationObjects(ctx context.Context, k kubeFlags, td spiffeid.TrustDomain, file []*federation.Relationship, names []string) ([]string, []check.Result) {
+	rc, err := kube.RESTConfig(k.kubeconfig, k.context)
+	if err != nil {
+		return names, []check.Result{{Check: "federation", Status: check.Error, Message: err.Error()}}
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return names, []check.Result{{Check: "federation", Status: check.Error, Message: err.Error()}}
+	}
+	rels, outs, err := fedrelations.List(ctx, dyn, td, file)
+	if err != nil {
+		return names, []check.Result{{Check: "federation", Status: check.Error, Message: err.Error()}}
+	}
+	names = nil
+	for _, r := range rels {
+		names = append(names, r.TrustDomain.Name())
+	}
+	var res []check.Result
+	for _, o := range outs {
+		if o.Err != nil {
+			kept := "nothing of it is in effect"
+			if o.InEffect != nil {
+				kept = "its last generation taken stays in effect"
+			}
+			res = append(res, check.Result{Check: "federation", Status: check.Error, Message: fmt.Sprintf("%s %s is refused: %v; %s (kubectl describe %s %s)", fedrelations.Kind, o.Name, o.Err, kept, fedrelations.GVR.Resource, o.Name)})
+			continue
+		}
+		res = append(res, check.Result{Check: "federation", Status: check.OK, Message: fmt.Sprintf("%s %s: %s for namespaces %s", fedrelations.Kind, o.Name, o.InEffect.TrustDomain.Name(), strings.Join(o.InEffect.Namespaces, ", "))})
+	}
+	return names, res
 }

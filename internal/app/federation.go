@@ -185,13 +185,19 @@ func (s *controlPlane) listenBundleEndpoint(addr string) error {
 // polling the peers is a task; from ConfigMap warden-federation-bundles
 // in Kubernetes mode, where the leader alone polls and stores (its Lead)
 // and every replica reads the ConfigMap every --federation-min-refresh.
+// Kubernetes mode wires the bundles even with no file: the
+// ClusterFederatedTrustDomain objects, created at any time, add theirs.
 func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) error {
-	if f.federation.file == "" {
+	file := f.federation.file
+	if file == "" && s.fedObjects == nil {
 		return nil
 	}
-	rels, err := federation.LoadFile(f.federation.file, td)
-	if err != nil {
-		return err
+	var rels []*federation.Relationship
+	if file != "" {
+		var err error
+		if rels, err = federation.LoadFile(file, td); err != nil {
+			return err
+		}
 	}
 	store := s.fedStore
 	if store == nil {
@@ -209,10 +215,23 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 			"namespaces", strings.Join(st.Namespaces, ","), "bundle", cmp.Or(st.From, "none yet"), "roots", st.Roots)
 	}
 	s.federated = b
-	s.tasks = append(s.tasks, func(ctx context.Context) error {
-		watchRelationships(ctx, f.federation.file, td, b, time.Second, s.log)
-		return nil
-	})
+	set := b.SetRelationships
+	if w := s.fedObjects; w != nil {
+		// The file's relationships and the objects' together: the file
+		// hands its set to the watcher, which hands the union on.
+		w.Set = b.SetRelationships
+		if _, err := w.SetFile(rels); err != nil {
+			return err
+		}
+		set = w.SetFile
+		s.tasks = append(s.tasks, w.Run)
+	}
+	if file != "" {
+		s.tasks = append(s.tasks, func(ctx context.Context) error {
+			watchRelationships(ctx, file, td, set, time.Second, s.log)
+			return nil
+		})
+	}
 	if s.fedStore != nil {
 		s.tasks = append(s.tasks, func(ctx context.Context) error { return b.Follow(ctx, f.federation.minRefresh) })
 	} else {
@@ -222,9 +241,11 @@ func (s *controlPlane) wireFederation(f serveFlags, td spiffeid.TrustDomain) err
 }
 
 // watchRelationships reads the relationships file every interval until
-// ctx is done and hands a changed set to b: a file that does not load is
-// logged (once per distinct error) and the relationships held stay.
-func watchRelationships(ctx context.Context, file string, td spiffeid.TrustDomain, b *federation.Bundles, interval time.Duration, log *slog.Logger) {
+// ctx is done and hands a changed set to set (the bundles, or in
+// Kubernetes mode the objects' watcher, which adds theirs): a file that
+// does not load is logged (once per distinct error) and the
+// relationships held stay.
+func watchRelationships(ctx context.Context, file string, td spiffeid.TrustDomain, set func([]*federation.Relationship) (bool, error), interval time.Duration, log *slog.Logger) {
 	lastErr := ""
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -237,7 +258,7 @@ func watchRelationships(ctx context.Context, file string, td spiffeid.TrustDomai
 		rels, err := federation.LoadFile(file, td)
 		if err == nil {
 			var changed bool
-			if changed, err = b.SetRelationships(rels); err == nil && changed {
+			if changed, err = set(rels); err == nil && changed {
 				var names []string
 				for _, r := range rels {
 					names = append(names, r.TrustDomain.Name())

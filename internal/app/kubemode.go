@@ -21,6 +21,7 @@ import (
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
+	"github.com/wardenmesh/warden/internal/kube/fedrelations"
 	"github.com/wardenmesh/warden/internal/kube/fedstore"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/leader"
@@ -304,8 +305,10 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 		}
 		if s.federated != nil {
 			// Only the leader polls the peers' bundle endpoints; every
-			// replica reads what it stores (wireFederation).
+			// replica reads what it stores (wireFederation). It writes
+			// the ClusterFederatedTrustDomain objects' status.
 			wg.Go(func() { _ = s.federated.Run(ctx) })
+			wg.Go(func() { s.fedObjects.WriteStatus(ctx, s.federated.Status, f.federation.minRefresh) })
 		}
 		s.consumers.Lead(ctx, s.log)
 		wg.Wait()
@@ -315,7 +318,11 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	}
 	// Mesh configuration (every replica): decoded strictly, kept for the
 	// policy compilers and the xDS server.
-	config := &meshconfig.Watcher{Client: dynamic.NewForConfigOrDie(rc), Discovery: cs.Discovery(), Log: s.log}
+	dyn := dynamic.NewForConfigOrDie(rc)
+	config := &meshconfig.Watcher{Client: dyn, Discovery: cs.Discovery(), Log: s.log}
+	// Federation relationships from ClusterFederatedTrustDomain objects
+	// (every replica; wireFederation hands them to the bundles).
+	s.fedObjects = &fedrelations.Watcher{Client: dyn, Discovery: cs.Discovery(), Local: caCfg.TrustDomain, Log: s.log, Clock: caCfg.Clock}
 	s.config = config
 	s.registry = &registry.Watcher{Client: cs, Log: s.log}
 	s.gwCreds = &gatewaycreds.Watcher{Client: cs, Log: s.log}

@@ -30,6 +30,7 @@ import (
 	"github.com/wardenmesh/warden/federation"
 	"github.com/wardenmesh/warden/internal/bundle"
 	"github.com/wardenmesh/warden/internal/gctune"
+	"github.com/wardenmesh/warden/internal/kube/fedrelations"
 	"github.com/wardenmesh/warden/internal/kube/gatewaycreds"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/registry"
@@ -189,8 +190,11 @@ type controlPlane struct {
 	federated *federation.Bundles // foreign trust domains' bundles (--federation-file); nil: none
 	// fedStore keeps them in the API server in Kubernetes mode, where
 	// only the leader polls the peers; nil: the data directory.
-	fedStore  federation.Store
-	bundleLis net.Listener
+	fedStore federation.Store
+	// fedObjects reads the ClusterFederatedTrustDomain objects in
+	// Kubernetes mode (their relationships beside the file's).
+	fedObjects *fedrelations.Watcher
+	bundleLis  net.Listener
 	// admin answers 'ca rotate' on adminLis, the data directory's admin
 	// socket (standalone and Vault modes).
 	admin    adminServer

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -34,10 +35,9 @@ func (s *controlPlane) wireXDS(ctx context.Context, f serveFlags, td spiffeid.Tr
 	if s.federated != nil {
 		// Federating Envoy workloads validate peers with the SPIFFE
 		// validator, the bundles inline (docs/federation.md).
+		// Authorization's federated trust domains are those of the
+		// relationships of the moment (xds.FederationNames).
 		opts.TrustBundles = trustBundles{fed: s.federated, roots: roots}
-		for _, st := range s.federated.Status() {
-			opts.FederatedTrustDomains = append(opts.FederatedTrustDomains, st.TrustDomain.Name())
-		}
 	}
 	lookup, access, credTask := s.gatewayCredentials(f)
 	var creds xdsserver.Credentials
@@ -115,7 +115,21 @@ type trustBundles struct {
 	roots func() []*x509.Certificate
 }
 
-var _ xds.TrustBundles = trustBundles{}
+var (
+	_ xds.TrustBundles    = trustBundles{}
+	_ xds.FederationNames = trustBundles{}
+)
+
+// FederatedTrustDomains are the trust domains of the relationships in
+// effect, sorted.
+func (b trustBundles) FederatedTrustDomains() []string {
+	var names []string
+	for _, st := range b.fed.Status() {
+		names = append(names, st.TrustDomain.Name())
+	}
+	slices.Sort(names)
+	return names
+}
 
 func (b trustBundles) ForNamespace(ns string) map[spiffeid.TrustDomain][]*x509.Certificate {
 	return b.fed.ForNamespace(ns)

@@ -34,7 +34,12 @@
 //     leader's): PodCertificateRequests checked against their pods and
 //     issued;
 //   - kube/trustbundle: the trust bundle as a ClusterTrustBundle linked
-//     to that signer (Publisher, written by the leader).
+//     to that signer (Publisher, written by the leader);
+//   - kube/fedstore: the foreign trust domains' bundles in a ConfigMap
+//     (written by the leader, read by every replica);
+//   - kube/fedrelations: federation relationships from
+//     ClusterFederatedTrustDomain objects (Watcher, every replica; their
+//     status written by the leader).
 //
 // This package holds what they share: clients at warden's rate limits
 // (client.go), the reconcile Loop and informer helpers (loop.go), the

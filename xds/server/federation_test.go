@@ -7,17 +7,22 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/xds/server"
 )
@@ -138,4 +143,90 @@ func TestFederationBundleChangePushed(t *testing.T) {
 	b.mu.Unlock()
 	srv.RootsChanged(ctx)
 	want(roots(), "local-2", "partner-2")
+}
+
+// namedBundles federates no namespace's handshake here; what changes is
+// which trust domains are federated at all (xds.FederationNames).
+type namedBundles struct {
+	mu    sync.Mutex
+	local *x509.Certificate
+	names []string
+}
+
+func (b *namedBundles) ForNamespace(string) map[spiffeid.TrustDomain][]*x509.Certificate { return nil }
+func (b *namedBundles) LocalRoots() []*x509.Certificate                                  { return []*x509.Certificate{b.local} }
+func (b *namedBundles) FederatedTrustDomains() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.names)
+}
+
+// TestFederatedTrustDomainsFollowRelationships: a federated trust domain
+// named cluster.local added while the server runs (a relationship added
+// to the file, or an object created) changes authorization at once: the
+// DENY naming cluster.local/... matches the foreign cluster.local peer as
+// written beside the local reading, as it would after a restart.
+func TestFederatedTrustDomainsFollowRelationships(t *testing.T) {
+	b := &namedBundles{local: selfSigned(t, "local")}
+	srv, c := startADS(t, func(cfg *server.Config) {
+		cfg.Options.TrustDomain = spiffeid.RequireTrustDomainFromString("mesh.test")
+		cfg.Options.TrustBundles = b
+	})
+	objs, services := server.FlaskappExample(t)
+	policy, err := api.Decode([]byte(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Apply(append(objs, policy...), services); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.StreamAggregatedResources(asID(t, "spiffe://mesh.test/ns/default/sa/flaskapp", 20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discovery.DiscoveryRequest{Node: &corev3.Node{Id: "sidecar~127.0.0.2~flaskapp-v1.default~default.svc.cluster.local"}, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	// denies says whether the listeners' RBAC names the principal, and
+	// ACKs them.
+	denies := func(principal string) bool {
+		t.Helper()
+		r, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Send(&discovery.DiscoveryRequest{TypeUrl: resource.ListenerType, VersionInfo: r.VersionInfo, ResponseNonce: r.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range r.Resources {
+			var l listenerv3.Listener
+			if err := a.UnmarshalTo(&l); err != nil {
+				t.Fatal(err)
+			}
+			j, err := protojson.Marshal(&l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(j), `"`+principal+`"`) {
+				return true
+			}
+		}
+		return false
+	}
+	if denies("spiffe://cluster.local/ns/shop/sa/client") {
+		t.Fatal("before cluster.local federates: the DENY names the foreign cluster.local principal")
+	}
+	b.mu.Lock()
+	b.names = []string{"cluster.local", "partner.test"}
+	b.mu.Unlock()
+	srv.TrustBundlesChanged()
+	if !denies("spiffe://cluster.local/ns/shop/sa/client") {
+		t.Fatal("after cluster.local federates: the DENY does not name the foreign cluster.local principal (authorization kept the trust domains of start)")
+	}
 }

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/wardenmesh/warden/xds"
@@ -63,7 +65,7 @@ func (s *Server) fire() {
 func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	mesh, err := xds.NewMesh(objs, services, s.cfg.Options)
+	mesh, err := xds.NewMesh(objs, services, s.options())
 	if err != nil {
 		return err
 	}
@@ -90,7 +92,7 @@ func (s *Server) Apply(objs []api.Object, services []*xds.Service) error {
 	// jwt_authn is compiled again (rare: a service of a jwksUri host
 	// appearing, going, or changing its ports).
 	jwks := s.mesh != nil && s.mesh.JwksClustersChanged(mesh)
-	s.objs, s.mesh = next, mesh
+	s.objs, s.mesh, s.applied = next, mesh, objs
 	s.outbound = map[string]*outbound{}
 	s.generation++
 	proxies := make([]*proxyState, 0, len(s.proxies))
@@ -170,12 +172,45 @@ func (s *Server) TrustBundlesChanged() {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
 	s.mu.Lock()
-	noMesh := s.mesh == nil
+	mesh, objs := s.mesh, s.applied
 	s.mu.Unlock()
-	if noMesh {
+	if mesh == nil {
 		return
 	}
+	opts := s.options()
+	if _, named := opts.TrustBundles.(xds.FederationNames); named && len(opts.FederatedTrustDomains) == 0 && len(mesh.FederatedTrustDomains()) == 0 {
+		// No relationship now nor at the last build (Kubernetes mode
+		// wires federation before any object exists): no proxy's
+		// configuration carries a bundle, nothing to rebuild.
+		return
+	}
+	// A relationship added or removed changes which trust domains
+	// authorization takes as federated: the mesh is indexed again.
+	if !slices.Equal(opts.FederatedTrustDomains, mesh.FederatedTrustDomains()) {
+		next, err := xds.NewMesh(objs, mesh.Services(), opts)
+		if err != nil {
+			s.cfg.Log.Error("xds: the federated trust domains changed, but the configuration does not build with them; proxies keep the previous one", "trustDomains", strings.Join(opts.FederatedTrustDomains, ","), "error", err.Error())
+		} else {
+			s.mu.Lock()
+			s.mesh = next
+			s.generation++
+			s.mu.Unlock()
+		}
+	}
 	s.rebuildAll("a trust bundle changed", true)
+}
+
+// options are the configured options with the federated trust domains
+// of the moment.
+func (s *Server) options() xds.Options { return currentOptions(s.cfg.Options) }
+
+// currentOptions is o with the federated trust domains of the moment
+// (xds.FederationNames).
+func currentOptions(o xds.Options) xds.Options {
+	if n, ok := o.TrustBundles.(xds.FederationNames); ok {
+		o.FederatedTrustDomains = n.FederatedTrustDomains()
+	}
+	return o
 }
 
 func kindKey(o api.Object) string {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wardenmesh/warden/api"
 	"github.com/wardenmesh/warden/xds"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -75,6 +76,7 @@ type Server struct {
 	mu       sync.Mutex
 	mesh     *xds.Mesh
 	objs     map[string]objState  // key -> object and its content hash
+	applied  []api.Object         // the objects of mesh, as Apply had them (mesh rebuilt with new federated trust domains)
 	outbound map[string]*outbound // ns|generator -> shared outbound config
 	proxies  map[string]*proxyState
 	streams  map[int64]*streamState
@@ -136,7 +138,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.MaxDelay = time.Second
 	}
 	cfg.Options = cfg.Options.WithDefaults()
-	mesh, err := xds.NewMesh(nil, nil, cfg.Options)
+	mesh, err := xds.NewMesh(nil, nil, currentOptions(cfg.Options))
 	if err != nil {
 		return nil, err
 	}

@@ -58,7 +58,7 @@ func (r Rule) String() string {
 }
 
 // cluster are the cluster-scoped resources among the rules.
-var cluster = map[string]bool{"tokenreviews": true, "subjectaccessreviews": true, "namespaces": true, "signers": true, "clustertrustbundles": true, "nodes": true}
+var cluster = map[string]bool{"tokenreviews": true, "subjectaccessreviews": true, "namespaces": true, "signers": true, "clustertrustbundles": true, "nodes": true, "clusterfederatedtrustdomains": true}
 
 // Required is what serve --kubernetes does, for an install in namespace
 // ns (with --sa-secrets, saSecrets): deploy/warden/rbac.yaml (and
@@ -90,6 +90,10 @@ func Required(ns string, saSecrets bool) []Rule {
 	for _, k := range api.Kinds {
 		rules = append(rules, Rule{Verbs: watch, Group: k.Group, Resource: k.Plural, Fails: k.Kind + " objects are not applied"})
 	}
+	rules = append(rules,
+		Rule{Verbs: watch, Group: "federation.wardenmesh.io", Resource: "clusterfederatedtrustdomains", Fails: "ClusterFederatedTrustDomain objects are not applied: only --federation-file's relationships are"},
+		Rule{Verbs: []string{"update"}, Group: "federation.wardenmesh.io", Resource: "clusterfederatedtrustdomains", Subresource: "status", Fails: "ClusterFederatedTrustDomain objects get no Accepted condition: a refused one says nothing in kubectl get"},
+	)
 	if saSecrets {
 		rules = append(rules,
 			Rule{Verbs: watch, Resource: "serviceaccounts", Fails: "no istio.<sa> Secret is written", Grant: "deploy/sa-secrets"},
