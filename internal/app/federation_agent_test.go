@@ -197,13 +197,7 @@ func TestFederationAgentRelays(t *testing.T) {
 	}
 
 	// The peer adds a root: the agent relays both.
-	next, err := ca.NewSelfSigned(ca.CAOptions{Organization: "partner.test", CommonName: "partner root 2", MaxPathLen: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := append(slices.Clone(peer.m.Roots), next.Roots...)
-	peer.srv.Close()
-	peer.serveRoots(t, peer.addr, 2, both)
+	_, both := peer.publishNextRoot(t)
 	testkit.Eventually(t, 20*time.Second, func() error {
 		got, err := agentBundles(t, sock, "default", "spiffe://partner.test")
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -67,6 +68,21 @@ func (p *foreignPeer) serve(t *testing.T, addr string) {
 func (p *foreignPeer) serveRoots(t *testing.T, addr string, seq uint64, roots []*x509.Certificate) {
 	t.Helper()
 	p.addr, p.srv = testkit.ServeBundleEndpoint(t, p.m, p.id, addr, seq, roots)
+}
+
+// publishNextRoot makes the peer's next root and serves it beside the
+// current ones at sequence 2 (the first step of a rotation); it returns
+// the new CA and the roots now served.
+func (p *foreignPeer) publishNextRoot(t *testing.T) (*ca.Material, []*x509.Certificate) {
+	t.Helper()
+	next, err := ca.NewSelfSigned(ca.CAOptions{Organization: "partner.test", CommonName: "partner root 2", MaxPathLen: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := append(slices.Clone(p.m.Roots), next.Roots...)
+	p.srv.Close()
+	p.serveRoots(t, p.addr, 2, both)
+	return next, both
 }
 
 // forge signs a leaf for id with the peer's CA key, whatever id's trust

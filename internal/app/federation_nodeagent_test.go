@@ -195,13 +195,7 @@ func TestNodeAgentRelaysFederationPerNamespace(t *testing.T) {
 
 	// The peer's root rotates: pushed to default's caller, on both
 	// streams; other's gets nothing of it.
-	next, err := ca.NewSelfSigned(ca.CAOptions{Organization: "partner.test", CommonName: "partner root 2", MaxPathLen: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := append(slices.Clone(peer.m.Roots), next.Roots...)
-	peer.srv.Close()
-	peer.serveRoots(t, peer.addr, 2, both)
+	_, both := peer.publishNextRoot(t)
 	for what, w := range map[string]*nodeAgentWatch{"default's named stream": named, "default's bundle stream": sleepBundles} {
 		w.until(t, 20*time.Second, what+" after the peer's rotation", func(got map[string][]*x509.Certificate) bool {
 			return ca.SameRoots(got[partner], both)

@@ -215,14 +215,8 @@ func TestFederationRotationUnderTraffic(t *testing.T) {
 	// (a) partner.test rotates: both roots, then its workload moves to
 	// the new root, then the new root alone (served by an endpoint whose
 	// SVID the new root signs).
-	next, err := ca.NewSelfSigned(ca.CAOptions{Organization: "partner.test", CommonName: "partner root 2", MaxPathLen: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := append(slices.Clone(peer.m.Roots), next.Roots...)
+	next, both := peer.publishNextRoot(t)
 	follower.set.Add(x509bundle.FromX509Authorities(partnerTD, both))
-	peer.srv.Close()
-	peer.serveRoots(t, peer.addr, 2, both)
 	testkit.Eventually(t, 20*time.Second, func() error {
 		if !ca.SameRoots(partnerRoots(), both) {
 			return fmt.Errorf("the warden workload holds %d partner.test roots, want the old and the new", len(partnerRoots()))
