@@ -53,6 +53,13 @@ type part struct {
 	hashes []string
 }
 
+// partsVersion is the version of type typeOrder[i] for a proxy with
+// outbound part out and inbound part in: both parts' whole hashes, since
+// a proxy is pushed a type only when its version changes, and two
+// inbound parts whose hashes agree in a prefix would leave a changed
+// inbound policy unpushed.
+func partsVersion(out, in *part, i int) string { return out.hashes[i] + in.hashes[i] }
+
 // typeOrder is the xDS types a part carries, in order, each with the
 // field of xds.Config that holds its resources: data, so that a proxy
 // kind with other resource types adds to a list rather than to
@@ -204,7 +211,7 @@ func (s *Server) build(ctx context.Context, ps *proxyState) (*built, error) {
 	}
 	b := &built{seq: seq, out: out, in: in, versions: map[string]string{}, sets: map[string]*typeSet{}}
 	for i, t := range typeOrder {
-		v := out.hashes[i] + in.hashes[i][:6]
+		v := partsVersion(out, in, i)
 		b.versions[t] = v
 		set := &typeSet{version: v, lists: [2]*typeList{out.lists[i], in.lists[i]}}
 		for _, m := range in.lists[i].items {
