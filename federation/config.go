@@ -118,6 +118,12 @@ func LoadFile(path string, local spiffeid.TrustDomain) ([]*Relationship, error) 
 func Parse(b []byte, dir string, local spiffeid.TrustDomain) ([]*Relationship, error) {
 	var doc fileDoc
 	if err := yaml.UnmarshalStrict(b, &doc); err != nil {
+		var head struct {
+			Kind string `json:"kind"`
+		}
+		if yaml.Unmarshal(b, &head) == nil && head.Kind != "" {
+			return nil, fmt.Errorf("%w: this is a %s document, not the relationships file (trustDomains, caCertificates): serve reads %s objects from the API server in Kubernetes mode; only the policy commands and check take them in a file (docs/federation.md)", err, head.Kind, ObjectKind)
+		}
 		return nil, err
 	}
 	var out []*Relationship

@@ -1,8 +1,13 @@
 package federation
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
@@ -167,4 +172,102 @@ func endpointDomainKnown(local spiffeid.TrustDomain, r *Relationship, named func
 		return fmt.Errorf("the endpoint %s is in trust domain %s, which no relationship names: add one for it (or use the endpoint's own trust domain)", r.EndpointID, td)
 	}
 	return nil
+}
+
+// The kind's group, version and name (deploy/crds).
+const (
+	ObjectAPIVersion = "federation.wardenmesh.io/v1alpha1"
+	ObjectKind       = "ClusterFederatedTrustDomain"
+)
+
+var objectDocSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
+
+// storedObject is what ParseObjects reads of an object as `kubectl get
+// -o yaml` writes it: the rest of metadata and the status are the API
+// server's, and ignored.
+type storedObject struct {
+	APIVersion string                `json:"apiVersion"`
+	Kind       string                `json:"kind"`
+	Metadata   struct{ Name string } `json:"metadata"`
+	Spec       json.RawMessage       `json:"spec"`
+	Items      []json.RawMessage     `json:"items"`
+}
+
+// ParseObjects reads ClusterFederatedTrustDomain objects as `kubectl get
+// clusterfederatedtrustdomains -o yaml` writes them (a List, one object,
+// or several YAML documents), for the commands that judge policy offline:
+// each spec as ParseSpec reads it, the set as Combine takes it (by name).
+// An object a replica would refuse is an error naming it, since the
+// answer would not be the cluster's.
+func ParseObjects(b []byte, local spiffeid.TrustDomain) ([]*Relationship, error) {
+	var cands []Candidate
+	var add func(raw []byte, where string) error
+	add = func(raw []byte, where string) error {
+		var o storedObject
+		if err := yaml.Unmarshal(raw, &o); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if o.Kind == "List" {
+			for i, it := range o.Items {
+				if err := add(it, fmt.Sprintf("%s: items[%d]", where, i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if o.APIVersion != ObjectAPIVersion || o.Kind != ObjectKind {
+			return fmt.Errorf("%s: %s %s: want apiVersion %s, kind %s", where, o.APIVersion, o.Kind, ObjectAPIVersion, ObjectKind)
+		}
+		if o.Metadata.Name == "" {
+			return fmt.Errorf("%s: %s without metadata.name", where, ObjectKind)
+		}
+		r, err := ParseSpec(o.Spec, local)
+		cands = append(cands, Candidate{Name: o.Metadata.Name, Current: r, Invalid: err})
+		return nil
+	}
+	n := 0
+	for _, doc := range objectDocSeparator.Split(string(b), -1) {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		n++
+		if err := add([]byte(doc), fmt.Sprintf("document %d", n)); err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(cands, func(a, c Candidate) int { return strings.Compare(a.Name, c.Name) })
+	rels, outs := Combine(local, nil, cands)
+	for _, o := range outs {
+		if o.Err != nil {
+			return nil, fmt.Errorf("%s %s is refused: %w", ObjectKind, o.Name, o.Err)
+		}
+	}
+	return rels, nil
+}
+
+// LoadFileOrObjects reads path as the relationships file (LoadFile) or,
+// when its first document names a kind, as ClusterFederatedTrustDomain
+// objects (ParseObjects).
+func LoadFileOrObjects(path string, local spiffeid.TrustDomain) ([]*Relationship, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("federation: %w", err)
+	}
+	var head struct {
+		Kind string `json:"kind"`
+	}
+	for _, doc := range objectDocSeparator.Split(string(b), -1) {
+		if strings.TrimSpace(doc) != "" {
+			_ = yaml.Unmarshal([]byte(doc), &head) // a document that does not parse: LoadFile says why
+			break
+		}
+	}
+	if head.Kind == "" {
+		return LoadFile(path, local)
+	}
+	rels, err := ParseObjects(b, local)
+	if err != nil {
+		return nil, fmt.Errorf("federation: %s: %w", path, err)
+	}
+	return rels, nil
 }

@@ -3,6 +3,7 @@ package federation_test
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/wardenmesh/warden/federation"
@@ -139,4 +140,89 @@ func FuzzParseSpec(f *testing.F) {
 			t.Fatalf("took %+v", r)
 		}
 	})
+}
+
+// TestParseObjects: ClusterFederatedTrustDomain objects as kubectl writes
+// them (a List, or YAML documents; metadata and status the API server's)
+// are read as a replica takes them; anything a replica would refuse, or
+// that is not one of these objects, is an error naming it.
+func TestParseObjects(t *testing.T) {
+	obj := func(name, td, url string) string {
+		return `apiVersion: federation.wardenmesh.io/v1alpha1
+kind: ClusterFederatedTrustDomain
+metadata: {name: ` + name + `, uid: 0a1b, resourceVersion: "7", generation: 2}
+spec:
+  trustDomain: ` + td + `
+  bundleEndpointURL: ` + url + `
+  bundleEndpointProfile: {type: https_web}
+  namespaces: [shop]
+status: {conditions: [{type: Accepted, status: "True"}]}
+`
+	}
+	indent := func(s string) string {
+		return "- " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n  ") + "\n"
+	}
+	list := "apiVersion: v1\nkind: List\nitems:\n" + indent(obj("b", "b.test", "https://b/")) + indent(obj("a", "a.test", "https://a/"))
+	cases := []struct {
+		name, doc, want, err string
+	}{
+		{"list", list, "a.test b.test", ""},
+		{"documents", obj("b", "b.test", "https://b/") + "---\n" + obj("a", "a.test", "https://a/"), "a.test b.test", ""},
+		{"one", obj("a", "a.test", "https://a/"), "a.test", ""},
+		{"same trust domain twice", obj("b", "a.test", "https://b/") + "---\n" + obj("a", "a.test", "https://a/"),
+			"", "ClusterFederatedTrustDomain b is refused: trustDomain a.test is already named by ClusterFederatedTrustDomain a"},
+		{"local", obj("a", "cluster.local", "https://a/"), "", "ClusterFederatedTrustDomain a is refused: trustDomain cluster.local is warden's own"},
+		{"another kind", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "", "document 1: v1 ConfigMap: want apiVersion federation.wardenmesh.io/v1alpha1, kind ClusterFederatedTrustDomain"},
+		{"no name", strings.Replace(obj("a", "a.test", "https://a/"), "name: a, ", "", 1), "", "document 1: ClusterFederatedTrustDomain without metadata.name"},
+		{"bad spec", strings.Replace(obj("a", "a.test", "https://a/"), "namespaces: [shop]", "namespaces: [shop]\n  className: x", 1), "", "ClusterFederatedTrustDomain a is refused: className"},
+	}
+	for _, tc := range cases {
+		rels, err := federation.ParseObjects([]byte(tc.doc), local)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %v, want %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		var got []string
+		for _, r := range rels {
+			got = append(got, r.TrustDomain.Name())
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
+// FuzzParseObjects: whatever the document, ParseObjects neither panics
+// nor takes the local trust domain, nor one trust domain twice.
+func FuzzParseObjects(f *testing.F) {
+	f.Add([]byte("apiVersion: federation.wardenmesh.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {name: a}\nspec: {trustDomain: a.test, bundleEndpointURL: 'https://a/', bundleEndpointProfile: {type: https_web}, namespaces: ['*']}\n"))
+	f.Add([]byte("apiVersion: v1\nkind: List\nitems: [{apiVersion: federation.wardenmesh.io/v1alpha1, kind: ClusterFederatedTrustDomain, metadata: {name: a}, spec: {}}]\n---\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rels, err := federation.ParseObjects(b, local)
+		if err != nil {
+			return
+		}
+		seen := map[string]bool{}
+		for _, r := range rels {
+			if r.TrustDomain == local || seen[r.TrustDomain.Name()] {
+				t.Fatalf("took %s", r.TrustDomain)
+			}
+			seen[r.TrustDomain.Name()] = true
+		}
+	})
+}
+
+// TestParseRefusesObjects: the relationships file (serve's) is not the
+// objects' form; the error says where objects go.
+func TestParseRefusesObjects(t *testing.T) {
+	_, err := federation.Parse([]byte("apiVersion: federation.wardenmesh.io/v1alpha1\nkind: ClusterFederatedTrustDomain\nmetadata: {name: a}\nspec: {}\n"), "", local)
+	if err == nil || !strings.Contains(err.Error(), "this is a ClusterFederatedTrustDomain document, not the relationships file (trustDomains, caCertificates): serve reads ClusterFederatedTrustDomain objects from the API server") {
+		t.Fatalf("Parse of an object: %v", err)
+	}
 }

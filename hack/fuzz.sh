@@ -27,6 +27,7 @@ targets=(
   "./federation FuzzBundleDocument 60000"
   "./federation FuzzParse 40000"
   "./federation FuzzParseSpec 30000"
+  "./federation FuzzParseObjects 20000"
   "./ca/vault FuzzSignResponse 8000"
   "./ca/vault FuzzIssuerRoot 8000"
 )

@@ -60,7 +60,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	trustDomain := fs.String("trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain, as serve's --trust-domain (its --trust-domain-alias are aliases of it)")
 	var mf meshPolicyFlags
 	mf.registerPolicy(fs)
-	fedFile := fs.String("federation-file", "", "serve's --federation-file: the federated trust domains, which policies may name (a policy naming any other foreign trust domain is reported)")
+	fedFile := fs.String("federation-file", "", "serve's --federation-file (without --kubernetes, or the ClusterFederatedTrustDomain objects as kubectl get -o yaml writes them): the federated trust domains, which policies may name (a policy naming any other foreign trust domain is reported)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func runCheck(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fileRels, federated, err := federatedTrustDomains(*fedFile, td)
+	fileRels, federated, err := federatedTrustDomains(*fedFile, td, !k.enabled())
 	if err != nil {
 		return err
 	}

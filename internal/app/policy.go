@@ -116,7 +116,7 @@ func (w *workloadFlags) rbacOptions(tcp bool) (rbac.Options, error) {
 	if err := w.mesh.check(); err != nil {
 		return rbac.Options{}, err
 	}
-	_, federated, err := federatedTrustDomains(w.federationFile, td)
+	_, federated, err := federatedTrustDomains(w.federationFile, td, true)
 	if err != nil {
 		return rbac.Options{}, err
 	}
@@ -132,7 +132,7 @@ func (e *env) policyFlags(name string, w *workloadFlags) *flag.FlagSet {
 	fs.StringVar(&w.ports, "port", "8080", "workload ports, comma-separated, each [name:]number")
 	fs.StringVar(&w.services, "services", "", "Services selecting the workload, by name or FQDN (legacy Policy targets, ServiceRole services)")
 	fs.StringVar(&w.trustDomain, "trust-domain", defaultTrustDomain, "the mesh's SPIFFE trust domain")
-	fs.StringVar(&w.federationFile, "federation-file", "", "serve's --federation-file: the federated trust domains, which policies may name, and which namespaces' handshakes take their peers")
+	fs.StringVar(&w.federationFile, "federation-file", "", "serve's --federation-file, or the ClusterFederatedTrustDomain objects as kubectl get -o yaml writes them: the federated trust domains, which policies may name, and which namespaces' handshakes take their peers")
 	w.mesh.register(fs)
 	return fs
 }
@@ -306,7 +306,7 @@ func runPolicyExplain(_ context.Context, e *env, args []string) error {
 	}
 	xopts := xds.Options{TrustDomain: opts.TrustDomain, TrustDomainAliases: w.mesh.aliases, FederatedTrustDomains: opts.FederatedTrustDomains, RootNamespace: w.mesh.rootNS,
 		PathNormalization: w.mesh.pathNorm, GatewayTrustedProxies: uint32(w.mesh.trustedProxies)}
-	if rels, _, err := federatedTrustDomains(w.federationFile, opts.TrustDomain); err != nil {
+	if rels, _, err := federatedTrustDomains(w.federationFile, opts.TrustDomain, true); err != nil {
 		return err
 	} else if len(rels) > 0 {
 		// The proxy of a federating namespace validates peers as serve

@@ -18,11 +18,18 @@ import (
 // federatedTrustDomains reads serve's --federation-file for the policy
 // commands and check: the trust domains policies may name beside the
 // mesh's, and which namespaces federate with each. None without a file.
-func federatedTrustDomains(file string, td spiffeid.TrustDomain) ([]*federation.Relationship, []string, error) {
+// With objectsToo the file may instead hold ClusterFederatedTrustDomain
+// objects as kubectl writes them (offline; check --kubernetes reads the
+// objects from the API server, beside serve's file).
+func federatedTrustDomains(file string, td spiffeid.TrustDomain, objectsToo bool) ([]*federation.Relationship, []string, error) {
 	if file == "" {
 		return nil, nil, nil
 	}
-	rels, err := federation.LoadFile(file, td)
+	load := federation.LoadFile
+	if objectsToo {
+		load = federation.LoadFileOrObjects
+	}
+	rels, err := load(file, td)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: --federation-file: %v", errUsage, err)
 	}

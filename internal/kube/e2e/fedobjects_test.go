@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/dynamic"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/internal/app"
 	"github.com/wardenmesh/warden/internal/kube/casecret"
 	"github.com/wardenmesh/warden/internal/kube/fedrelations"
 	"github.com/wardenmesh/warden/internal/kube/kubetest"
@@ -150,6 +152,30 @@ spec:
 	out, err := apiserver.Kubectl(t, nil, "get", "clusterfederatedtrustdomains")
 	if err != nil || !strings.Contains(out, "partner.test") || !strings.Contains(out, "https_spiffe") || !strings.Contains(out, "True") {
 		t.Errorf("kubectl get clusterfederatedtrustdomains: %v\n%s", err, out)
+	}
+
+	// Offline, policy explain reads the objects as kubectl writes them:
+	// the object's namespace takes a partner.test peer (the policy
+	// decides), another namespace's handshake refuses it.
+	dump, err := apiserver.Kubectl(t, nil, "get", "clusterfederatedtrustdomains", "-o", "yaml")
+	if err != nil {
+		t.Fatalf("kubectl get -o yaml: %v\n%s", err, dump)
+	}
+	objFile, polDir := filepath.Join(dir, "objects.yaml"), filepath.Join(dir, "policy")
+	os.WriteFile(objFile, []byte(dump), 0o600)
+	os.MkdirAll(polDir, 0o755)
+	os.WriteFile(filepath.Join(polDir, "p.yaml"), []byte(policy), 0o644)
+	explain := func(namespace string) string {
+		var out bytes.Buffer
+		app.Run(context.Background(), []string{"policy", "explain", "-f", polDir, "--federation-file", objFile, "--namespace", namespace,
+			"--source-principal", "spiffe://partner.test/ns/shop/sa/client", "--method", "GET", "--path", "/x"}, &out, &out)
+		return out.String()
+	}
+	if out := explain(appNS); !strings.HasPrefix(out, "ALLOW: allowed by ns["+appNS+"]-policy[partner-client]-rule[0]") {
+		t.Errorf("policy explain with the objects kubectl wrote, namespace %s:\n%s", appNS, out)
+	}
+	if out := explain(otherNS); !strings.HasPrefix(out, "DENY: the handshake refuses spiffe://partner.test/ns/shop/sa/client") {
+		t.Errorf("policy explain with the objects kubectl wrote, namespace %s:\n%s", otherNS, out)
 	}
 
 	// warden check knows the object's trust domain (no warning for the
