@@ -352,15 +352,14 @@ func (g *gen) gatewayRoutes(name string, servers []gwServer) *routev3.RouteConfi
 
 // gatewayHCM is a gateway server's HTTP connection manager, as Istio
 // builds it for a router: routes over RDS; the workload's policy filters
-// (chain), then fault and router; the client's address taken as Envoy's
-// edge proxy takes it (use_remote_address, and the mesh's
-// numTrustedProxies for X-Forwarded-For hops added by load balancers in
-// front), so that remoteIpBlocks see the real client rather than an
-// X-Forwarded-For it wrote; client certificate details sanitized and set
-// (SANITIZE_SET); paths normalized as on a sidecar's inbound.
+// (chain), then fault, CORS and router (envoyRouteFilters); the client's
+// address taken as Envoy's edge proxy takes it (use_remote_address, and
+// the mesh's numTrustedProxies for X-Forwarded-For hops added by load
+// balancers in front), so that remoteIpBlocks see the real client rather
+// than an X-Forwarded-For it wrote; client certificate details sanitized
+// and set (SANITIZE_SET); paths normalized as on a sidecar's inbound.
 func (m *Mesh) gatewayHCM(prefix, route string, chain []*hcmv3.HttpFilter) *hcmv3.HttpConnectionManager {
-	h := rdsHCM(prefix, route)
-	h.HttpFilters = append(slices.Clone(chain), h.HttpFilters...)
+	h := rdsHCM(prefix, route, append(slices.Clone(chain), envoyRouteFilters()...))
 	h.UseRemoteAddress = wrapperspb.Bool(true)
 	h.XffNumTrustedHops = m.opts.GatewayTrustedProxies
 	h.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
@@ -356,7 +357,7 @@ func (g *gen) outboundListener(port uint32, svcs []*Service) (*listenerv3.Listen
 			}
 		}
 		rc.VirtualHosts = append(rc.VirtualHosts, notFound())
-		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), rc.Name))}})
+		l.FilterChains = append(l.FilterChains, &listenerv3.FilterChain{Filters: []*listenerv3.Filter{hcmFilter(rdsHCM(fmt.Sprintf("outbound_%s", name), rc.Name, envoyRouteFilters()))}})
 		for _, s := range wildcard {
 			g.report("port %d: TCP service %s has no address (ClusterIP, or ServiceEntry addresses), so its traffic cannot be told from the HTTP services' on the port, and reaches their routes; give it an address", port, s.Host)
 		}
@@ -428,12 +429,30 @@ func httpFilter(name string, m proto.Message) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed(m)}}
 }
 
-func rdsHCM(prefix, route string) *hcmv3.HttpConnectionManager {
+// rdsHCM is an HTTP connection manager whose routes come over RDS,
+// ending in filters (envoyRouteFilters or grpcRouteFilters).
+func rdsHCM(prefix, route string, filters []*hcmv3.HttpFilter) *hcmv3.HttpConnectionManager {
 	return &hcmv3.HttpConnectionManager{
 		StatPrefix:     prefix,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: route, ConfigSource: adsSource()}},
-		HttpFilters:    []*hcmv3.HttpFilter{httpFilter(FaultFilter, &faultv3.HTTPFault{}), httpFilter(RouterFilter, &routerv3.Router{})},
+		HttpFilters:    filters,
 	}
+}
+
+// envoyRouteFilters end an Envoy connection manager whose routes come
+// from VirtualServices (a sidecar's outbound, a gateway's servers): fault
+// and CORS, which the routes' typed_per_filter_config configure, then
+// the router — Istio's order (buildHTTPConnectionManager in
+// pilot/pkg/networking/core/listener_builder.go).
+func envoyRouteFilters() []*hcmv3.HttpFilter {
+	return []*hcmv3.HttpFilter{httpFilter(FaultFilter, &faultv3.HTTPFault{}), httpFilter(CorsFilter, &corsv3.Cors{}), httpFilter(RouterFilter, &routerv3.Router{})}
+}
+
+// grpcRouteFilters end a proxyless gRPC client's connection manager:
+// grpc-go has fault injection and the router, but no CORS filter (a
+// route's corsPolicy is reported).
+func grpcRouteFilters() []*hcmv3.HttpFilter {
+	return []*hcmv3.HttpFilter{httpFilter(FaultFilter, &faultv3.HTTPFault{}), httpFilter(RouterFilter, &routerv3.Router{})}
 }
 
 // transparentFlag is a listener's Transparent for TPROXY interception
@@ -467,7 +486,7 @@ func tcpProxy(prefix, cluster string) *listenerv3.Filter {
 // apiListener is a proxyless gRPC client's listener: the dial target
 // name, with an HTTP connection manager fetching its routes over RDS.
 func apiListener(name, route string) *listenerv3.Listener {
-	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: typed(rdsHCM(name, route))}}
+	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: typed(rdsHCM(name, route, grpcRouteFilters()))}}
 }
 
 // InboundCluster is the cluster an inbound port forwards to.

@@ -29,7 +29,10 @@ import (
 // an HTTPS, a TCP, a TLS-terminated and a PASSTHROUGH server). On every
 // filter chain the policy filters — CUSTOM (shadow RBAC + ext_authz),
 // jwt_authn, RBAC AUDIT, DENY, ALLOW — must come in Istio's order relative
-// to each other and to the router or tcp_proxy, with the same RBAC actions,
+// to each other and to the router or tcp_proxy, with the same RBAC actions;
+// on the gateway's chains, whose routes come from VirtualServices, the
+// filters those routes configure (fault, then CORS: routeFilters) must sit
+// where Istio puts them, after the policy filters and before the router;
 // and every HTTP connection manager must take the client's address as
 // Istio's does (use_remote_address, xff_num_trusted_hops from meshConfig
 // defaultConfig.gatewayTopology.numTrustedProxies ↔
@@ -181,7 +184,7 @@ var policyMark = map[string]string{"ALLOW": "rules=ALLOW", "DENY": "rules=DENY",
 // applied to nothing (on both sides alike) cannot pass unnoticed.
 func appliesAll(t *testing.T, what string, c oracleChain, kinds []string) {
 	t.Helper()
-	seq, _, err := chainPolicy(c)
+	seq, _, err := chainPolicy(c, false)
 	if err != nil {
 		t.Errorf("%s: %v", what, err)
 		return
@@ -419,20 +422,28 @@ var notPolicy = map[string]string{
 	"istio.stats": "telemetry",
 	// Gateways: ALPN override for upstream istio-* protocols.
 	"istio.alpn": "upstream ALPN for mTLS to sidecars",
-	// gRPC stats, CORS: warden emits neither (a corsPolicy is reported).
+	// gRPC stats: warden emits none.
 	"envoy.filters.http.grpc_stats": "stats",
-	"envoy.filters.http.cors":       "CORS (warden reports corsPolicy, does not apply it)",
-	// fault sits between the policy filters and the router on both
-	// sides; its position is not a policy question.
+}
+
+// routeFilters are the HTTP filters a VirtualService's routes configure
+// (typed_per_filter_config). Where the routes come from VirtualServices
+// (a gateway's servers) they are compared by position like policy
+// filters; on the sidecar's inbound they are left out: its one route
+// carries no VirtualService's policy, so Istio's connection manager has
+// both filters there inert, and warden's has neither.
+var routeFilters = map[string]string{
 	"envoy.filters.http.fault": "fault injection",
+	"envoy.filters.http.cors":  "CORS",
 }
 
 // policyFilter names a filter's place in the comparison: RBAC with its
 // actions (rules, shadow rules and, with shadow rules, their stat
 // prefix: istio_ext_authz_ ties a CUSTOM shadow to its ext_authz), the
-// external authorizer, jwt_authn, and the terminal filters; "" for
-// notPolicy; an error for anything else.
-func policyFilter(f oracleFilter) (string, error) {
+// external authorizer, jwt_authn, the terminal filters and, on routed
+// chains, routeFilters; "" for notPolicy (and routeFilters elsewhere); an
+// error for anything else.
+func policyFilter(f oracleFilter, routed bool) (string, error) {
 	switch f.Name {
 	case "envoy.filters.http.rbac", "envoy.filters.network.rbac":
 		s := f.Name + " rules=" + f.Action
@@ -444,6 +455,12 @@ func policyFilter(f oracleFilter) (string, error) {
 		"envoy.filters.http.router", "envoy.filters.network.tcp_proxy", "envoy.filters.network.http_connection_manager":
 		return f.Name, nil
 	}
+	if _, ok := routeFilters[f.Name]; ok {
+		if routed {
+			return f.Name, nil
+		}
+		return "", nil
+	}
 	if _, ok := notPolicy[f.Name]; ok {
 		return "", nil
 	}
@@ -451,10 +468,11 @@ func policyFilter(f oracleFilter) (string, error) {
 }
 
 // chainPolicy is a filter chain's policy filters in order (those of its
-// connection manager after it), and its connection manager's settings.
-func chainPolicy(c oracleChain) (seq []string, hcm string, err error) {
+// connection manager after it; with routed, its routeFilters too), and
+// its connection manager's settings.
+func chainPolicy(c oracleChain, routed bool) (seq []string, hcm string, err error) {
 	for _, f := range c.Filters {
-		p, err := policyFilter(f)
+		p, err := policyFilter(f, routed)
 		if err != nil {
 			return nil, "", err
 		}
@@ -467,7 +485,7 @@ func chainPolicy(c oracleChain) (seq []string, hcm string, err error) {
 		hcm = fmt.Sprintf("use_remote_address=%v xff_num_trusted_hops=%d forward_client_cert_details=%s",
 			f.HCM.UseRemoteAddress, f.HCM.XffNumTrustedHops, f.HCM.ForwardClientCertDetails)
 		for _, hf := range f.HCM.HTTPFilters {
-			p, err := policyFilter(hf)
+			p, err := policyFilter(hf, routed)
 			if err != nil {
 				return nil, "", err
 			}
@@ -480,15 +498,16 @@ func chainPolicy(c oracleChain) (seq []string, hcm string, err error) {
 }
 
 // compareChains requires two filter chains to run the same policy
-// filters in the same order, with the same connection manager settings.
-func compareChains(t *testing.T, what string, warden, istio oracleChain) {
+// filters (with routed, and routeFilters) in the same order, with the
+// same connection manager settings.
+func compareChains(t *testing.T, what string, warden, istio oracleChain, routed bool) {
 	t.Helper()
-	ws, wh, err := chainPolicy(warden)
+	ws, wh, err := chainPolicy(warden, routed)
 	if err != nil {
 		t.Errorf("%s: warden's chain %q: %v", what, warden.Name, err)
 		return
 	}
-	is, ih, err := chainPolicy(istio)
+	is, ih, err := chainPolicy(istio, routed)
 	if err != nil {
 		t.Errorf("%s: Istio's chain %q: %v", what, istio.Name, err)
 		return
@@ -543,7 +562,7 @@ func compareGateway(t *testing.T, warden, istio map[string]oracleListener) int {
 			t.Errorf("gateway chain %s: Istio has it, warden not", k)
 			continue
 		}
-		compareChains(t, "gateway chain "+k, wc, i[k])
+		compareChains(t, "gateway chain "+k, wc, i[k], true)
 		n++
 	}
 	for k := range w {
@@ -589,7 +608,7 @@ func compareInbound(t *testing.T, warden, istio oracleListener, ports []uint32) 
 		}
 		for _, ic := range i[k] {
 			for _, wc := range wcs {
-				compareChains(t, "sidecar inbound "+k, wc, ic)
+				compareChains(t, "sidecar inbound "+k, wc, ic, false)
 				n++
 			}
 		}

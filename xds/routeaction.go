@@ -8,9 +8,12 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -19,7 +22,17 @@ import (
 
 // A VirtualService rule's actions and policies, as Istio's route
 // translation builds them (pilot/pkg/networking/core/route/route.go,
-// route/retry/retry.go): redirects, faults, retries, header changes.
+// route/retry/retry.go): redirects, faults, CORS, retries, header changes.
+
+// perFilter sets the route's configuration of the HTTP filter named name
+// (typed_per_filter_config), as Istio's translateRoute does for the fault
+// and CORS filters.
+func perFilter(route *routev3.Route, name string, cfg proto.Message) {
+	if route.TypedPerFilterConfig == nil {
+		route.TypedPerFilterConfig = map[string]*anypb.Any{}
+	}
+	route.TypedPerFilterConfig[name] = typed(cfg)
+}
 
 // reportRule names the fields of rule r that its other fields leave
 // without effect (in Istio too).
@@ -135,6 +148,42 @@ func (g *gen) fault(f *api.HTTPFaultInjection, at string) *faultv3.HTTPFault {
 	}
 	if out.Delay == nil && out.Abort == nil {
 		return nil
+	}
+	return out
+}
+
+// corsPolicy is Istio's TranslateCORSPolicy: the origins allowed are
+// allowOrigins' string matches (an empty match is dropped), else the
+// deprecated allowOrigin list matched exactly; methods and headers joined
+// with ","; maxAge in whole seconds; allowCredentials as given; the
+// policy enforced on every request (filter_enabled 100%); a preflight that
+// matches no origin forwarded to the application unless
+// unmatchedPreflights is IGNORE (FORWARD, or unset: Envoy's behaviour
+// before 1.30, which Istio keeps).
+func corsPolicy(in *api.CorsPolicy) *corsv3.CorsPolicy {
+	out := &corsv3.CorsPolicy{
+		ForwardNotMatchingPreflights: wrapperspb.Bool(in.UnmatchedPreflights != "IGNORE"),
+		FilterEnabled:                &corev3.RuntimeFractionalPercent{DefaultValue: &typev3.FractionalPercent{Numerator: 100, Denominator: typev3.FractionalPercent_HUNDRED}},
+		AllowMethods:                 strings.Join(in.AllowMethods, ","),
+		AllowHeaders:                 strings.Join(in.AllowHeaders, ","),
+		ExposeHeaders:                strings.Join(in.ExposeHeaders, ","),
+	}
+	if len(in.AllowOrigins) > 0 {
+		for _, m := range in.AllowOrigins {
+			if sm := stringMatcher(m); sm != nil {
+				out.AllowOriginStringMatch = append(out.AllowOriginStringMatch, sm)
+			}
+		}
+	} else {
+		for _, o := range in.AllowOrigin {
+			out.AllowOriginStringMatch = append(out.AllowOriginStringMatch, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: o}})
+		}
+	}
+	if in.AllowCredentials != nil {
+		out.AllowCredentials = wrapperspb.Bool(*in.AllowCredentials)
+	}
+	if d := dur(in.MaxAge); d != nil {
+		out.MaxAge = strconv.FormatInt(d.GetSeconds(), 10)
 	}
 	return out
 }

@@ -12,7 +12,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -21,6 +20,7 @@ import (
 
 // Envoy filter names used in routes.
 const (
+	CorsFilter   = "envoy.filters.http.cors"
 	FaultFilter  = "envoy.filters.http.fault"
 	RouterFilter = "envoy.filters.http.router"
 )
@@ -197,12 +197,15 @@ func (g *gen) vsRoutes(v *api.VirtualService, s *Service, p ServicePort) []*rout
 			}
 			if r.Fault != nil {
 				if f := g.fault(r.Fault, fmt.Sprintf("VirtualService %s: http[%d].fault", id, i)); f != nil {
-					cfg, _ := anypb.New(f)
-					route.TypedPerFilterConfig = map[string]*anypb.Any{FaultFilter: cfg}
+					perFilter(route, FaultFilter, f)
 				}
 			}
 			if r.CorsPolicy != nil {
-				g.report("VirtualService %s: http[%d].corsPolicy is not supported; ignored", id, i)
+				if g.grpc {
+					g.report("VirtualService %s: http[%d].corsPolicy does not apply to proxyless gRPC clients (grpc-go has no CORS filter); ignored", id, i)
+				} else {
+					perFilter(route, CorsFilter, corsPolicy(r.CorsPolicy))
+				}
 			}
 			g.reportRule(&r, fmt.Sprintf("VirtualService %s: http[%d]", id, i))
 			out = append(out, route)

@@ -9,6 +9,8 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 
@@ -96,6 +98,22 @@ spec:
     fault:
       delay: {fixedDelay: 1s, percentage: {value: 10}}
       abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}
+    corsPolicy:
+      allowOrigins: [{exact: "https://a.example.com"}, {prefix: "https://dev."}, {regex: "https://.*[.]example[.]org"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-a, x-b]
+      exposeHeaders: [x-c, x-d]
+      maxAge: 24h
+      allowCredentials: true
+      unmatchedPreflights: IGNORE
+  - name: cors-legacy
+    match: [{uri: {prefix: /legacy}}]
+    route: [{destination: {host: api.default.svc.cluster.local}}]
+    corsPolicy: {allowOrigin: ["https://b.example.com", "https://c.example.com"], allowCredentials: false, unmatchedPreflights: FORWARD}
+  - name: cors-both
+    match: [{uri: {prefix: /both}}]
+    route: [{destination: {host: api.default.svc.cluster.local}}]
+    corsPolicy: {allowOrigins: [{exact: "https://new.example.com"}], allowOrigin: ["https://old.example.com"], maxAge: 90s}
   - name: broken
     match: [{uri: {prefix: /broken}}]
     directResponse: {status: 0}
@@ -205,10 +223,138 @@ func TestRouteRedirectAndDirectResponseAsIstio(t *testing.T) {
 		t.Errorf("route broken (status 0) built: Envoy refuses it")
 	}
 	if !slices.ContainsFunc(cfg.Reports, func(r string) bool {
-		return strings.Contains(r, "http[5].directResponse.status 0 is not an HTTP status")
+		return strings.Contains(r, "http[7].directResponse.status 0 is not an HTTP status")
 	}) {
 		t.Errorf("no report for directResponse status 0: %q", cfg.Reports)
 	}
+}
+
+// TestRouteCorsPolicyAsIstio: a rule's corsPolicy is the route's CORS
+// filter configuration beside its fault (Istio's TranslateCORSPolicy:
+// allowOrigins over the deprecated allowOrigin, lists joined, maxAge in
+// seconds, unmatched preflights forwarded unless IGNORE); Envoy's
+// outbound connection manager runs fault, CORS, router, as Istio's; a
+// proxyless gRPC client has no CORS filter, and its corsPolicy is
+// reported.
+func TestRouteCorsPolicyAsIstio(t *testing.T) {
+	t.Parallel()
+	routes, cfg := routingFieldsRoutes(t)
+	policy := func(name string) *corsv3.CorsPolicy {
+		t.Helper()
+		var p corsv3.CorsPolicy
+		a := routes[name].GetTypedPerFilterConfig()[xds.CorsFilter]
+		if a == nil {
+			t.Fatalf("route %s: no CORS policy: %v", name, routes[name].GetTypedPerFilterConfig())
+		}
+		if err := a.UnmarshalTo(&p); err != nil {
+			t.Fatal(err)
+		}
+		return &p
+	}
+	origins := func(p *corsv3.CorsPolicy) []string {
+		var out []string
+		for _, m := range p.GetAllowOriginStringMatch() {
+			switch {
+			case m.GetExact() != "":
+				out = append(out, "exact "+m.GetExact())
+			case m.GetPrefix() != "":
+				out = append(out, "prefix "+m.GetPrefix())
+			case m.GetSafeRegex() != nil:
+				out = append(out, "regex "+m.GetSafeRegex().GetRegex())
+			default:
+				out = append(out, m.String())
+			}
+		}
+		return out
+	}
+	full := policy("rewritten")
+	if _, ok := routes["rewritten"].GetTypedPerFilterConfig()[xds.FaultFilter]; !ok {
+		t.Errorf("rewritten: the fault is gone beside the CORS policy")
+	}
+	if got, want := origins(full), []string{"exact https://a.example.com", "prefix https://dev.", "regex https://.*[.]example[.]org"}; !slices.Equal(got, want) {
+		t.Errorf("rewritten: origins %q, want %q", got, want)
+	}
+	if full.GetAllowMethods() != "GET,POST" || full.GetAllowHeaders() != "x-a,x-b" || full.GetExposeHeaders() != "x-c,x-d" ||
+		full.GetMaxAge() != "86400" || !full.GetAllowCredentials().GetValue() || full.GetForwardNotMatchingPreflights().GetValue() ||
+		full.GetFilterEnabled().GetDefaultValue().GetNumerator() != 100 {
+		t.Errorf("rewritten: policy %v, want methods GET,POST, headers x-a,x-b, exposed x-c,x-d, max age 86400, credentials, IGNORE, enabled", full)
+	}
+	legacy := policy("cors-legacy")
+	if got, want := origins(legacy), []string{"exact https://b.example.com", "exact https://c.example.com"}; !slices.Equal(got, want) {
+		t.Errorf("cors-legacy: origins %q, want %q", got, want)
+	}
+	if legacy.GetAllowCredentials() == nil || legacy.GetAllowCredentials().GetValue() || !legacy.GetForwardNotMatchingPreflights().GetValue() || legacy.GetMaxAge() != "" {
+		t.Errorf("cors-legacy: policy %v, want credentials false (set), FORWARD, no max age", legacy)
+	}
+	both := policy("cors-both")
+	if got := origins(both); !slices.Equal(got, []string{"exact https://new.example.com"}) || both.GetMaxAge() != "90" ||
+		both.GetAllowCredentials() != nil || !both.GetForwardNotMatchingPreflights().GetValue() {
+		t.Errorf("cors-both: origins %q, policy %v; want allowOrigins only, max age 90, credentials unset, forwarded", got, both)
+	}
+	if got := hcmFilters(t, cfg, "0.0.0.0_8080"); !slices.Equal(got, []string{xds.FaultFilter, xds.CorsFilter, xds.RouterFilter}) {
+		t.Errorf("outbound 8080: HTTP filters %q, want fault, CORS, router", got)
+	}
+
+	grpc := proxyConfig(t, entryMesh(t, routingFieldsYAML, xds.Options{}), sleepNode, xds.GeneratorGRPC)
+	const report = "VirtualService default/api: http[5].corsPolicy does not apply to proxyless gRPC clients (grpc-go has no CORS filter); ignored"
+	if !slices.Contains(grpc.Reports, report) {
+		t.Errorf("gRPC: no report %q in %q", report, grpc.Reports)
+	}
+	for _, r := range grpc.Routes {
+		for _, vh := range r.(*routev3.RouteConfiguration).GetVirtualHosts() {
+			for _, rt := range vh.GetRoutes() {
+				if _, ok := rt.GetTypedPerFilterConfig()[xds.CorsFilter]; ok {
+					t.Errorf("gRPC route %s has a CORS policy", rt.GetName())
+				}
+			}
+		}
+	}
+	n := 0
+	for _, r := range grpc.Listeners {
+		l := r.(*listenerv3.Listener)
+		var h hcmv3.HttpConnectionManager
+		if err := l.GetApiListener().GetApiListener().UnmarshalTo(&h); err != nil {
+			t.Fatalf("gRPC listener %s: %v", l.GetName(), err)
+		}
+		var names []string
+		for _, f := range h.GetHttpFilters() {
+			names = append(names, f.GetName())
+		}
+		if !slices.Equal(names, []string{xds.FaultFilter, xds.RouterFilter}) {
+			t.Errorf("gRPC listener %s: HTTP filters %q, want fault, router", l.GetName(), names)
+		}
+		n++
+	}
+	if n == 0 {
+		t.Errorf("gRPC: no listeners")
+	}
+}
+
+// hcmFilters names the HTTP filters of listener name's connection
+// manager.
+func hcmFilters(t *testing.T, cfg *xds.Config, name string) []string {
+	t.Helper()
+	for _, r := range cfg.Listeners {
+		l := r.(*listenerv3.Listener)
+		if l.GetName() != name {
+			continue
+		}
+		for _, fc := range l.GetFilterChains() {
+			for _, f := range fc.GetFilters() {
+				var h hcmv3.HttpConnectionManager
+				if f.GetTypedConfig().UnmarshalTo(&h) != nil {
+					continue
+				}
+				var names []string
+				for _, hf := range h.GetHttpFilters() {
+					names = append(names, hf.GetName())
+				}
+				return names
+			}
+		}
+	}
+	t.Fatalf("no HTTP connection manager in listener %s", name)
+	return nil
 }
 
 // TestDestinationRuleOutlierErrorCodes: outlierDetectionHttpErrorCodes

@@ -221,7 +221,7 @@ func TestCheckStandaloneConfigFailures(t *testing.T) {
 		checkLine("error", "routing", "VirtualService default/routes: destination flaskapp.default.svc.cluster.local subset v9 is not defined by a DestinationRule: calls routed to it fail"),
 		checkLine("error", "routing", "DestinationRule default/ghost: host ghost.default.svc.cluster.local is not in the service registry"),
 		checkLine("warning", "policy", "AuthorizationPolicy default/nobody: selector app=flask matches no workload in the registry"),
-		checkLine("warning", "policy", "VirtualService default/routes: http[2].corsPolicy is not supported; ignored"),
+		checkLine("warning", "policy", "VirtualService default/routes: http[2].delegate is not supported; the rule is skipped"),
 		checkLine("warning", "policy", "2 namespace-wide PeerAuthentications in default: using default/a (the oldest, by creationTimestamp then name), ignoring default/b"),
 	} {
 		if !hasLine(out, want) {

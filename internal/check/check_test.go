@@ -101,7 +101,7 @@ func TestPolicy(t *testing.T) {
 		&api.VirtualService{Metadata: meta("v"), Spec: api.VirtualServiceSpec{Hosts: []string{"web"}, HTTP: []api.HTTPRoute{
 			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "nothere"}}}},
 			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "web", Subset: "v9"}}}},
-			{Route: []api.HTTPRouteDestination{{Destination: api.Destination{Host: "web"}}}, CorsPolicy: &api.CorsPolicy{}},
+			{Delegate: &api.Delegate{Name: "more-routes"}},
 		}}},
 	}
 	got, err = check.Policy(bad, services, xds.Options{})
@@ -113,7 +113,7 @@ func TestPolicy(t *testing.T) {
 		check.Error: {"destination host nothere.default.svc.cluster.local is not in the service registry", "destination web.default.svc.cluster.local subset v9 is not defined by a DestinationRule"},
 		// Selectors as --labels spells them, never Go's map syntax.
 		check.Warn: {"AuthorizationPolicy default/nobody: selector app=gone,version=v2 matches no workload in the registry",
-			"Gateway default/gw: selector istio=ingressgateway matches no workload in the registry: no gateway serves it", "corsPolicy is not supported"},
+			"Gateway default/gw: selector istio=ingressgateway matches no workload in the registry: no gateway serves it", "http[2].delegate is not supported; the rule is skipped"},
 	} {
 		for _, w := range want {
 			if !strings.Contains(strings.Join(s[st], "\n"), w) {

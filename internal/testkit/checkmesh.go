@@ -5,7 +5,8 @@ import "strings"
 // CheckFindingsYAML is mesh configuration in namespace ns with one of each
 // thing 'warden check' reports about routing and policy, for its tests in
 // standalone and Kubernetes mode: a VirtualService for host routing to a
-// misspelt host (typo), an undefined subset and with a CORS policy; a
+// misspelt host (typo), an undefined subset and a rule delegating to
+// another VirtualService (a field warden reports and does not compile); a
 // DestinationRule for a host that does not exist (ghost); an
 // AuthorizationPolicy whose selector matches nothing (app: flask); and two
 // namespace-wide PeerAuthentications that disagree.
@@ -18,8 +19,7 @@ spec:
   http:
   - route: [{destination: {host: TYPO}}]
   - route: [{destination: {host: HOST, subset: v9}}]
-  - route: [{destination: {host: HOST}}]
-    corsPolicy: {allowOrigins: [{exact: "https://example.com"}]}
+  - delegate: {name: more-routes, namespace: NS}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule

@@ -169,7 +169,7 @@ spec:
 		checkLine("error", "routing", "VirtualService "+shop+"/routes: destination reviews."+shop+".svc.cluster.local subset v9 is not defined by a DestinationRule: calls routed to it fail"),
 		checkLine("error", "routing", "DestinationRule "+shop+"/ghost: host ghost."+shop+".svc.cluster.local is not in the service registry"),
 		checkLine("warning", "policy", "AuthorizationPolicy "+shop+"/nobody: selector app=flask matches no workload in the registry"),
-		checkLine("warning", "policy", "VirtualService "+shop+"/routes: http[2].corsPolicy is not supported; ignored"),
+		checkLine("warning", "policy", "VirtualService "+shop+"/routes: http[2].delegate is not supported; the rule is skipped"),
 		checkLine("warning", "policy", "2 namespace-wide PeerAuthentications in "+shop+": using "+shop+"/a (the oldest, by creationTimestamp then name), ignoring "+shop+"/b"),
 		checkLine("warning", "config", "ServiceEntry host reviews."+shop+".svc.cluster.local ignored: a Kubernetes Service has that name"),
 	} {
