@@ -18,6 +18,7 @@
 //	enumfold:"A,B"      likewise, in any case (not in the CRD schema)
 //	format:"duration"   a Go or protobuf duration such as "1.5s" or "100ms"
 //	format:"byte"       base64
+//	format:"regex"      an RE2 regular expression (Go's regexp syntax), not empty
 //	oneof:"g1,g2"       at most one field of each named group may be set
 //	alias:"snake_name"  a second spelling Istio accepts for the field
 //	keys:"port"         map keys are port numbers (1-65535)

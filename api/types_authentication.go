@@ -81,5 +81,5 @@ type AuthnStringMatch struct {
 	Exact  string `json:"exact,omitempty" oneof:"match"`
 	Prefix string `json:"prefix,omitempty" oneof:"match"`
 	Suffix string `json:"suffix,omitempty" oneof:"match"`
-	Regex  string `json:"regex,omitempty" oneof:"match"`
+	Regex  string `json:"regex,omitempty" oneof:"match" format:"regex"`
 }

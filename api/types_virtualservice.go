@@ -65,7 +65,7 @@ type HTTPMatchRequest struct {
 type StringMatch struct {
 	Exact  string `json:"exact,omitempty" oneof:"match"`
 	Prefix string `json:"prefix,omitempty" oneof:"match"`
-	Regex  string `json:"regex,omitempty" oneof:"match"`
+	Regex  string `json:"regex,omitempty" oneof:"match" format:"regex"`
 }
 
 // HTTPRouteDestination is a weighted destination.
@@ -125,7 +125,7 @@ type HTTPRewrite struct {
 
 // RegexRewrite replaces what an RE2 regex matches.
 type RegexRewrite struct {
-	Match   string `json:"match,omitempty"`
+	Match   string `json:"match,omitempty" format:"regex"`
 	Rewrite string `json:"rewrite,omitempty"`
 }
 

@@ -152,6 +152,17 @@ func checkString(path, s string, tag reflect.StructTag, present bool) error {
 		if _, err := base64.StdEncoding.DecodeString(s); err != nil {
 			return fmt.Errorf("%s: not base64: %v", path, err)
 		}
+	case "regex":
+		// Envoy compiles it with RE2, and refuses the whole route table
+		// (every route of every host on the port) when one does not
+		// compile; Istio's validation refuses it with Go's regexp, whose
+		// syntax is RE2's.
+		if s == "" {
+			return fmt.Errorf("%s: an empty regex: write the pattern, or use another match", path)
+		}
+		if _, err := regexp.Compile(s); err != nil {
+			return fmt.Errorf("%s: %q is not an RE2 regular expression: %v (RE2 syntax: https://github.com/google/re2/wiki/Syntax)", path, s, unwrapRegexErr(err))
+		}
 	}
 	return nil
 }
@@ -186,4 +197,10 @@ func checkOneofs(v reflect.Value, fs []field) error {
 		}
 	}
 	return nil
+}
+
+// unwrapRegexErr is regexp's message without its "error parsing regexp: "
+// prefix, which the caller's message already says.
+func unwrapRegexErr(err error) string {
+	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
 }
