@@ -300,7 +300,7 @@ func (r *Registry) Vault(counts func() (renewed, failed uint64)) {
 // objects now (Kubernetes), and reloads refused (a directory).
 func (r *Registry) ConfigRejected(objects func() int, reloads func() uint64) {
 	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warden_config_rejected_objects",
-		Help: "Configuration objects left out because they failed validation (each is logged with its error)."}, func() float64 { return float64(objects()) }),
+		Help: "Configuration objects that failed validation: a new one left out, an edit of one in effect refused with its previous version kept (each is logged with its error)."}, func() float64 { return float64(objects()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warden_config_reload_failures_total",
 			Help: "Configuration directory reloads refused for an invalid file (the previous configuration stays)."}, func() float64 { return float64(reloads()) }))
 }

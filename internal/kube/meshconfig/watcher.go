@@ -202,11 +202,24 @@ func (w *Watcher) put(obj any) {
 	objs, err := api.Decode(b)
 	key := configKey(u.GetKind(), u.GetNamespace(), u.GetName())
 	if err != nil || len(objs) != 1 {
-		w.Log.Error("ignoring invalid config object", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "error", fmt.Sprint(err))
+		// An invalid edit loses nothing: the version in effect stays
+		// (a DENY policy whose edit broke it still denies), as a proxy
+		// keeps its last configuration when it refuses an update; an
+		// invalid new object is left out. Either way it is reported.
 		w.mu.Lock()
-		w.rejected[key] = fmt.Sprint(err)
+		_, kept := w.objects[key]
+		why := fmt.Sprint(err)
+		if kept {
+			why += " (the previous version stays in effect)"
+		}
+		w.rejected[key] = why
 		w.mu.Unlock()
-		w.removeKey(key)
+		if kept {
+			w.Log.Error("invalid config object; keeping its previous version", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "error", fmt.Sprint(err))
+		} else {
+			w.Log.Error("ignoring invalid config object", "kind", u.GetKind(), "namespace", u.GetNamespace(), "name", u.GetName(), "error", fmt.Sprint(err))
+		}
+		w.changed()
 		return
 	}
 	w.mu.Lock()
