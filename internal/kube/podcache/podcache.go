@@ -18,6 +18,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/wardenmesh/warden/internal/kube"
 	"github.com/wardenmesh/warden/xds/ambient"
 )
 
@@ -30,6 +31,10 @@ type Cache struct {
 	informer cache.SharedIndexInformer
 	lister   corelisters.PodLister
 }
+
+// A reader that owns its cache (a test's, a one-off) starts it with its
+// own informer factories.
+var _ kube.InformerFactory = (*Cache)(nil)
 
 // New is a cache of client's pods; resync is the informer's default
 // resync period for handlers (0: none).
@@ -59,8 +64,7 @@ func (c *Cache) WaitSynced(ctx context.Context) error {
 	return nil
 }
 
-// Start starts the watch until stop (kube.InformerFactory: a reader
-// that owns its cache starts it with its own informers).
+// Start starts the watch until stop (kube.InformerFactory).
 func (c *Cache) Start(stop <-chan struct{}) { c.factory.Start(stop) }
 
 // WaitForCacheSync is the factory's (kube.InformerFactory).
