@@ -27,6 +27,7 @@ import (
 	"github.com/wardenmesh/warden/internal/kube/leader"
 	"github.com/wardenmesh/warden/internal/kube/meshconfig"
 	"github.com/wardenmesh/warden/internal/kube/nodeauth"
+	"github.com/wardenmesh/warden/internal/kube/podcache"
 	"github.com/wardenmesh/warden/internal/kube/podcert"
 	"github.com/wardenmesh/warden/internal/kube/registry"
 	"github.com/wardenmesh/warden/internal/kube/rootcert"
@@ -270,9 +271,17 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	s.consumers.Add(clusterConsumers(cs, k, hooks, caCfg.TrustDomain, s.authority, caCfg.Clock, s.log, bundle, s.metrics)...)
 	// The pod-certificate signer (the leader's): requests addressed to
 	// it are checked against their pods and issued.
+	// One watch of the cluster's pods per replica, run whether or not it
+	// leads: the service registry, the node authorizer and the leader's
+	// pod-certificate signer all read this cache.
+	pods, err := podcache.New(cs, 0)
+	if err != nil {
+		return nil, err
+	}
+	s.tasks = append(s.tasks, pods.Run)
 	var signer *podcert.Signer
 	if k.podCertSigner != "" {
-		signer = &podcert.Signer{Client: cs, Authority: s.authority, Name: k.podCertSigner, Log: s.log, Clock: caCfg.Clock}
+		signer = &podcert.Signer{Client: cs, Authority: s.authority, Name: k.podCertSigner, Log: s.log, Clock: caCfg.Clock, Pods: pods}
 		if s.metrics != nil {
 			signer.Observer = s.metrics.PodCertificates(podcert.Reasons, podcert.Causes, signer.Pending)
 		}
@@ -324,13 +333,13 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 	// (every replica; wireFederation hands them to the bundles).
 	s.fedObjects = &fedrelations.Watcher{Client: dyn, Discovery: cs.Discovery(), Local: caCfg.TrustDomain, Log: s.log, Clock: caCfg.Clock}
 	s.config = config
-	s.registry = &registry.Watcher{Client: cs, Log: s.log}
+	s.registry = &registry.Watcher{Client: cs, Log: s.log, Pods: pods}
 	s.gwCreds = &gatewaycreds.Watcher{Client: cs, Log: s.log}
 	if !useVault {
 		s.tasks = append(s.tasks, watcher.Run)
 	}
 	s.tasks = append(s.tasks, config.Run, s.registry.Run, func(ctx context.Context) error { election.Run(ctx); return nil })
-	if err := s.wireNodeAuth(cs, k, caCfg.TrustDomain); err != nil {
+	if err := s.wireNodeAuth(pods, k, caCfg.TrustDomain); err != nil {
 		return nil, err
 	}
 	tr := &tokenreview.Authenticator{Client: cs, TrustDomain: caCfg.TrustDomain, Audiences: splitList(f.audiences), Clock: caCfg.Clock}
@@ -342,14 +351,14 @@ func (s *controlPlane) wireKubernetes(ctx context.Context, f serveFlags, caCfg c
 
 // wireNodeAuth lets the trusted node accounts (ztunnel) ask for the
 // certificates of the pods on their node, under istiod's node
-// authorization; every replica watches the pods for it. With no account
-// trusted, the CA keeps SelfOnly and watches nothing more.
-func (s *controlPlane) wireNodeAuth(cs kubernetes.Interface, k kubeFlags, td spiffeid.TrustDomain) error {
+// authorization; every replica indexes the pods of its pod cache for it.
+// With no account trusted, the CA keeps SelfOnly and indexes nothing.
+func (s *controlPlane) wireNodeAuth(podCache *podcache.Cache, k kubeFlags, td spiffeid.TrustDomain) error {
 	trusted, err := k.nodeAccounts()
 	if err != nil || len(trusted) == 0 {
 		return err
 	}
-	pods := &nodeauth.Pods{Client: cs, Log: s.log}
+	pods := &nodeauth.Pods{Shared: podCache, Log: s.log}
 	na := &nodeauth.Authorizer{Trusted: trusted, Cluster: k.clusterID, TrustDomain: td, Pods: pods}
 	if s.metrics != nil {
 		na.Observe = s.metrics.Impersonation

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	certv1 "k8s.io/api/certificates/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/podcache"
 )
 
 // DefaultSigner is warden's signer name. deploy/warden/rbac.yaml grants
@@ -95,6 +95,10 @@ type Signer struct {
 	// error) is retried after RetryBase, doubling up to RetryMax; never
 	// marked Failed, which a kubelet takes as final. Defaults 250ms, 30s.
 	RetryBase, RetryMax time.Duration
+	// Pods is the replica's shared pod cache (podcache), which its owner
+	// runs whether or not this replica leads: the signer only reads it.
+	// nil: Run watches pods itself, for as long as it runs.
+	Pods *podcache.Cache
 
 	pcrs  certlisters.PodCertificateRequestLister
 	pods  corelisters.PodLister
@@ -158,14 +162,18 @@ func (s *Signer) Run(ctx context.Context) error {
 		o.FieldSelector = "spec.signerName=" + s.Name
 	}))
 	f := informers.NewSharedInformerFactory(s.Client, s.Resync)
-	pcrInf, podInf, saInf, nodeInf := pcrF.Certificates().V1().PodCertificateRequests(), f.Core().V1().Pods(), f.Core().V1().ServiceAccounts(), f.Core().V1().Nodes()
-	// Every pod of the cluster is watched: kept slim, only what a
-	// request is checked against.
-	if err := podInf.Informer().SetTransform(slimPod); err != nil {
-		return err
+	pcrInf, saInf, nodeInf := pcrF.Certificates().V1().PodCertificateRequests(), f.Core().V1().ServiceAccounts(), f.Core().V1().Nodes()
+	factories := []kube.InformerFactory{f, pcrF}
+	pods := s.Pods
+	if pods == nil {
+		var err error
+		if pods, err = podcache.New(s.Client, 0); err != nil {
+			return err
+		}
+		factories = append(factories, pods)
 	}
 	s.mu.Lock() // Pending reads pcrs from the metrics' goroutine
-	s.pcrs, s.pods, s.sas, s.nodes = pcrInf.Lister(), podInf.Lister(), saInf.Lister(), nodeInf.Lister()
+	s.pcrs, s.pods, s.sas, s.nodes = pcrInf.Lister(), pods.Lister(), saInf.Lister(), nodeInf.Lister()
 	s.mu.Unlock()
 	defer func() {
 		// A replica that no longer leads has nothing pending.
@@ -184,9 +192,12 @@ func (s *Signer) Run(ctx context.Context) error {
 		return err
 	}
 	// Listers are read before the informers start, so they exist.
-	_, _, _ = podInf.Informer(), saInf.Informer(), nodeInf.Informer()
+	_, _ = saInf.Informer(), nodeInf.Informer()
 	go func() { <-ctx.Done(); s.queue.ShutDown() }()
-	if err := kube.StartAndSync(ctx, "pod certificates", f, pcrF); err != nil {
+	if err := kube.StartAndSync(ctx, "pod certificates", factories...); err != nil {
+		return err
+	}
+	if err := pods.WaitSynced(ctx); err != nil {
 		return err
 	}
 	s.Log.Info("signing pod certificate requests", "signer", s.Name)
@@ -312,30 +323,4 @@ func (s *Signer) write(ctx context.Context, r *certv1.PodCertificateRequest) (ca
 		return causeRejected, err
 	}
 	return causeAPIError, err
-}
-
-// slimPod keeps of a pod what a request is checked against.
-func slimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil
-	}
-	slim := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp},
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
-		Status:     corev1.PodStatus{Phase: p.Status.Phase},
-	}
-	for _, v := range p.Spec.Volumes {
-		if v.Projected == nil {
-			continue
-		}
-		for _, src := range v.Projected.Sources {
-			if src.PodCertificate != nil {
-				slim.Spec.Volumes = append(slim.Spec.Volumes, corev1.Volume{Name: v.Name, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-					Sources: []corev1.VolumeProjection{{PodCertificate: &corev1.PodCertificateProjection{SignerName: src.PodCertificate.SignerName}}},
-				}}})
-			}
-		}
-	}
-	return slim, nil
 }

@@ -7,6 +7,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/wardenmesh/warden/internal/kube/podcache"
 	"github.com/wardenmesh/warden/xds/ambient"
 )
 
@@ -89,7 +90,7 @@ func AmbientPod(p *corev1.Pod) *ambient.Pod {
 	// A named targetPort resolves to a TCP container port, of an app
 	// container or a native sidecar (an init container that keeps
 	// running), the first of the name winning (Istio's FindPortName).
-	for _, c := range namedPortContainers(p) {
+	for _, c := range podcache.NamedPortContainers(p) {
 		for _, cp := range c.Ports {
 			if cp.Name == "" || (cp.Protocol != "" && cp.Protocol != corev1.ProtocolTCP) {
 				continue
@@ -100,18 +101,6 @@ func AmbientPod(p *corev1.Pod) *ambient.Pod {
 			if _, dup := out.ContainerPorts[cp.Name]; !dup {
 				out.ContainerPorts[cp.Name] = uint32(cp.ContainerPort)
 			}
-		}
-	}
-	return out
-}
-
-// namedPortContainers are the containers whose ports a Service may name:
-// the pod's containers, then its native sidecars.
-func namedPortContainers(p *corev1.Pod) []corev1.Container {
-	out := p.Spec.Containers
-	for _, c := range p.Spec.InitContainers {
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			out = append(out[:len(out):len(out)], c)
 		}
 	}
 	return out

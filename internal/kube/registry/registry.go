@@ -14,7 +14,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -23,8 +22,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/wardenmesh/warden/internal/kube"
+	"github.com/wardenmesh/warden/internal/kube/podcache"
 	"github.com/wardenmesh/warden/xds"
-	"github.com/wardenmesh/warden/xds/ambient"
 )
 
 // ExportToAnnotation is Istio's Service annotation limiting which
@@ -41,6 +40,9 @@ type Watcher struct {
 	Resync   time.Duration // default 10m
 	Log      *slog.Logger
 	OnChange func() // called after every change; keep it cheap
+	// Pods is the replica's shared pod cache (podcache), which its owner
+	// runs; nil: Run watches pods itself.
+	Pods *podcache.Cache
 
 	mu         sync.Mutex
 	synced     chan struct{}
@@ -61,27 +63,43 @@ func (r *Watcher) Run(ctx context.Context) error {
 	f := informers.NewSharedInformerFactoryWithOptions(r.Client, r.Resync)
 	svcs := f.Core().V1().Services()
 	slices := f.Discovery().V1().EndpointSlices()
-	pods := f.Core().V1().Pods()
 	nss := f.Core().V1().Namespaces()
-	// Keep only what the registry reads of a Pod: a cluster's pods are
-	// many, and their specs and statuses are large.
-	if err := pods.Informer().SetTransform(slimPod); err != nil {
-		return err
+	factories := []kube.InformerFactory{f}
+	pods := r.Pods
+	if pods == nil {
+		var err error
+		if pods, err = podcache.New(r.Client, 0); err != nil {
+			return err
+		}
+		factories = append(factories, pods)
+		defer pods.Shutdown()
 	}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { r.changed() },
 		UpdateFunc: func(o, n any) { r.changed() },
 		DeleteFunc: func(any) { r.changed() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), pods.Informer(), nss.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), nss.Informer()} {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return err
 		}
 	}
+	// The shared pod informer outlives this Run (its owner's): the
+	// handler is removed when Run ends. Pods are not resynced: the
+	// other informers' resyncs already rebuild the registry.
+	reg, err := pods.Informer().AddEventHandler(handler)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = pods.Informer().RemoveEventHandler(reg) }()
 	r.mu.Lock()
 	r.services, r.slices, r.pods, r.namespaces = svcs.Lister(), slices.Lister(), pods.Lister(), nss.Lister()
 	r.mu.Unlock()
-	if err := kube.StartAndSync(ctx, "service registry", f); err != nil {
+	err = kube.StartAndSync(ctx, "service registry", factories...)
+	if err == nil {
+		err = pods.WaitSynced(ctx)
+	}
+	if err != nil {
 		f.Shutdown()
 		if ctx.Err() != nil {
 			return nil // stopped before the first list finished: not a failure
@@ -111,45 +129,12 @@ func (r *Watcher) changed() {
 	}
 }
 
-// slimPod drops everything but what the registry reads: for sidecars
-// the labels and service account; for ztunnel (Ambient) also the pod's
-// addresses, node, phase, readiness, controller, named container ports
-// and istio-cni's redirection annotation.
-func slimPod(obj any) (any, error) {
-	p, ok := obj.(*corev1.Pod)
-	if !ok {
-		return obj, nil // a tombstone
-	}
-	out := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, GenerateName: p.GenerateName, UID: p.UID, ResourceVersion: p.ResourceVersion,
-			Labels: p.Labels, DeletionTimestamp: p.DeletionTimestamp, CreationTimestamp: p.CreationTimestamp},
-		Spec:   corev1.PodSpec{ServiceAccountName: p.Spec.ServiceAccountName, NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
-		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
-	}
-	if v, ok := p.Annotations[ambient.RedirectionAnnotation]; ok {
-		out.Annotations = map[string]string{ambient.RedirectionAnnotation: v}
-	}
-	if c := metav1.GetControllerOf(p); c != nil {
-		out.OwnerReferences = []metav1.OwnerReference{*c}
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			out.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
-		}
-	}
-	var ports []corev1.ContainerPort
-	for _, c := range namedPortContainers(p) {
-		for _, cp := range c.Ports {
-			if cp.Name != "" {
-				ports = append(ports, corev1.ContainerPort{Name: cp.Name, ContainerPort: cp.ContainerPort, Protocol: cp.Protocol})
-			}
-		}
-	}
-	if len(ports) > 0 {
-		out.Spec.Containers = []corev1.Container{{Ports: ports}}
-	}
-	return out, nil
-}
+// slimPod is what the pod cache keeps of a pod (podcache.Slim): for
+// the registry, for sidecars the labels and service account; for
+// ztunnel (Ambient) also the pod's addresses, node, phase, readiness,
+// controller, named container ports and istio-cni's redirection
+// annotation.
+var slimPod = podcache.Slim
 
 // Services builds the registry from the informers' current state, sorted
 // by host. Before Run has listed, it is empty.
