@@ -220,8 +220,16 @@ func (r *Renewer) renew(ctx context.Context) error {
 			return r.admit(held, nil, force)
 		}
 	}
-	m, resp, err := requestIntermediate(ctx, r.cfg.Upstream, r.cfg.KeyType, r.cfg.Subject, r.cfg.TTL, cur, r.cfg.Clock.Now())
+	req := IntermediateRequest{TTL: r.cfg.TTL}
+	picker, _ := r.cfg.Gate.(RootPicker)
+	if picker != nil {
+		req.Under = picker.Under(cur)
+	}
+	m, resp, err := requestIntermediate(ctx, r.cfg.Upstream, req, r.cfg.KeyType, r.cfg.Subject, cur, r.cfg.Clock.Now())
 	now := r.cfg.Clock.Now()
+	if err == nil && req.Under != nil && resp.NotUnder != "" {
+		picker.NotUnder(resp.NotUnder)
+	}
 	if resp != nil {
 		r.mu.Lock()
 		r.issued = now

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wardenmesh/warden/ca"
+	"github.com/wardenmesh/warden/ca/catest"
 )
 
 // holdingGate is a ca.RootGate that holds back every intermediate until
@@ -101,5 +102,81 @@ func TestRenewerGateHoldsAndKicks(t *testing.T) {
 	waitCalls(5)
 	if got := g.asked(); !got[4] || f.a.Material() == second {
 		t.Fatalf("at low life: gate asked %v, activated %v; want forced and activated", got, f.a.Material() != second)
+	}
+}
+
+// pickingGate is a holdingGate that is also a ca.RootPicker: it names
+// under, and records what the renewer told it.
+type pickingGate struct {
+	holdingGate
+	under    *x509.Certificate
+	curs     []*ca.Material
+	notUnder []string
+}
+
+func (g *pickingGate) Under(cur *ca.Material) *x509.Certificate {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.curs = append(g.curs, cur)
+	return g.under
+}
+
+func (g *pickingGate) NotUnder(why string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.notUnder = append(g.notUnder, why)
+}
+
+// notUnderUpstream records each request's Under and answers as the test
+// upstream does, saying it could not sign under it.
+type notUnderUpstream struct {
+	*catest.Upstream
+	mu    sync.Mutex
+	under []*x509.Certificate
+}
+
+func (u *notUnderUpstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequest) (*ca.UpstreamChain, error) {
+	u.mu.Lock()
+	u.under = append(u.under, req.Under)
+	u.mu.Unlock()
+	c, err := u.Upstream.SignIntermediate(ctx, req)
+	if err == nil && req.Under != nil {
+		c.NotUnder = "the test's issuer is gone"
+	}
+	return c, err
+}
+
+// TestRenewerAsksUnderPickedRoot: a Gate that is a RootPicker names the
+// root of each request, given the current intermediate (nil at Init),
+// and hears why the upstream signed elsewhere before Admit; a nil root
+// leaves the choice to the upstream, with nothing to hear.
+func TestRenewerAsksUnderPickedRoot(t *testing.T) {
+	t.Parallel()
+	var g *pickingGate
+	var up *notUnderUpstream
+	f := newRenewerFixture(t, func(c *ca.RenewerConfig) {
+		up = &notUnderUpstream{Upstream: c.Upstream.(*catest.Upstream)}
+		c.Upstream = up
+		g = &pickingGate{holdingGate: holdingGate{a: c.Authority, open: true}}
+		c.Gate = g
+	})
+	g.under = f.up.Root.Roots[0]
+	if err := f.r.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.curs) != 1 || g.curs[0] != nil || len(up.under) != 1 || !up.under[0].Equal(g.under) {
+		t.Fatalf("Init: the picker was given %v, the upstream asked under %v; want nil (no intermediate yet), then the picked root", g.curs, up.under)
+	}
+	if len(g.notUnder) != 1 || g.notUnder[0] != "the test's issuer is gone" {
+		t.Fatalf("the picker heard %q, want the upstream's NotUnder", g.notUnder)
+	}
+	first := f.a.Material()
+	g.under = nil
+	if err := f.r.Renew(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(g.curs) != 2 || g.curs[1] != first || len(up.under) != 2 || up.under[1] != nil || len(g.notUnder) != 1 {
+		t.Fatalf("Renew: the picker was given the current material %v, the upstream asked under %v, the picker heard %q; want the current one, nil, nothing new",
+			g.curs[len(g.curs)-1] == first, up.under, g.notUnder)
 	}
 }

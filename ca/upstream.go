@@ -25,6 +25,12 @@ type Upstream interface {
 type IntermediateRequest struct {
 	CSR []byte        // PEM certificate request of warden's new intermediate key
 	TTL time.Duration // requested lifetime; the upstream may shorten it
+	// Under, when set, is the root the intermediate must chain to (a
+	// RootPicker's choice): an upstream with several issuers signs with
+	// the one under it, not with its default. One that cannot signs as
+	// without Under and says why in UpstreamChain.NotUnder; it never
+	// returns an intermediate under another root without saying so.
+	Under *x509.Certificate
 }
 
 // UpstreamChain is what an Upstream returns: the signed intermediate, the
@@ -38,6 +44,10 @@ type UpstreamChain struct {
 	// Vault, the PKI mount's max_lease_ttl). The renewer puts it in what it
 	// reports.
 	Shortened string
+	// NotUnder is set when the request named a root (Under) and the
+	// upstream signed under its default issuer instead: why (the issuer
+	// is gone, or refused, naming the permission to grant).
+	NotUnder string
 }
 
 var _ Timer = SystemClock{}
@@ -48,14 +58,15 @@ var _ Timer = SystemClock{}
 // the trust bundle after the upstream's own, so that leaves issued under an
 // old root keep verifying across an upstream root rotation.
 func RequestIntermediate(ctx context.Context, up Upstream, kt KeyType, subject pkix.Name, ttl time.Duration, prev *Material, now time.Time) (*Material, error) {
-	m, _, err := requestIntermediate(ctx, up, kt, subject, ttl, prev, now)
+	m, _, err := requestIntermediate(ctx, up, IntermediateRequest{TTL: ttl}, kt, subject, prev, now)
 	return m, err
 }
 
 // requestIntermediate is RequestIntermediate that also returns the
 // upstream's answer: non-nil whenever the upstream issued a certificate,
-// even one then refused.
-func requestIntermediate(ctx context.Context, up Upstream, kt KeyType, subject pkix.Name, ttl time.Duration, prev *Material, now time.Time) (*Material, *UpstreamChain, error) {
+// even one then refused. req gives the TTL and Under; its CSR is made
+// here.
+func requestIntermediate(ctx context.Context, up Upstream, req IntermediateRequest, kt KeyType, subject pkix.Name, prev *Material, now time.Time) (*Material, *UpstreamChain, error) {
 	key, err := GenerateKey(kt)
 	if err != nil {
 		return nil, nil, err
@@ -64,7 +75,8 @@ func requestIntermediate(ctx context.Context, up Upstream, kt KeyType, subject p
 	if err != nil {
 		return nil, nil, fmt.Errorf("ca: intermediate CSR: %w", err)
 	}
-	resp, err := up.SignIntermediate(ctx, IntermediateRequest{CSR: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), TTL: ttl})
+	req.CSR = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	resp, err := up.SignIntermediate(ctx, req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -119,6 +131,20 @@ type RootGate interface {
 	// its life left (or there is none): holding m back then would soon
 	// leave the CA unable to sign.
 	Admit(m *Material, root *x509.Certificate, force bool) error
+}
+
+// RootPicker is an optional part of a RootGate: it names the root the
+// renewer's next intermediate must chain to (IntermediateRequest.Under),
+// so that an upstream that signs under a new root by default (Vault, its
+// default issuer switched) still signs under the root the rotation says
+// signs, until it is activated.
+type RootPicker interface {
+	// Under is that root, given the current intermediate (nil at
+	// start); nil leaves the choice to the upstream.
+	Under(cur *Material) *x509.Certificate
+	// NotUnder is told, before Admit, that the upstream signed under its
+	// default issuer instead of under the root Under named, and why.
+	NotUnder(why string)
 }
 
 // ErrHeld marks an intermediate a RootGate held back: not a failure; the

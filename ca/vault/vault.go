@@ -416,7 +416,8 @@ func (u *Upstream) waitForCredentials(ctx context.Context, sent [32]byte, max ti
 
 // SignIntermediate implements ca.Upstream: Vault signs req.CSR as a CA
 // (path length 0: it signs only workloads) and the trust bundle is the
-// mount's root.
+// mount's root. With req.Under, the issuer under that root signs
+// (signUnder), whatever the sign path's issuer is now.
 func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequest) (*ca.UpstreamChain, error) {
 	csr, err := ca.ParseCSR(req.CSR)
 	if err != nil {
@@ -434,47 +435,89 @@ func (u *Upstream) SignIntermediate(ctx context.Context, req ca.IntermediateRequ
 		body["ttl"] = fmt.Sprintf("%ds", int64(req.TTL/time.Second))
 	}
 	asked := time.Now()
-	s, err := u.write(ctx, u.cfg.SignPath, body)
-	var relogin error
-	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) && (u.loginAge() > freshLogin || invalidToken(err)) {
-		// The token may have been revoked or expired between renewals;
-		// a fresh one that is refused is a policy or path problem.
-		if relogin = u.login(ctx); relogin == nil {
-			s, err = u.write(ctx, u.cfg.SignPath, body)
+	path, notUnder := u.cfg.SignPath, ""
+	var s *api.Secret
+	if req.Under != nil {
+		if s, path, notUnder, err = u.signUnder(ctx, req.Under, body); err != nil {
+			return nil, err
 		}
 	}
-	if err != nil {
-		if msg, down := u.endpoint().down(err); down != nil {
-			return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(down))
+	if s == nil {
+		path = u.cfg.SignPath
+		if s, err = u.sign(ctx, path, body); err != nil {
+			return nil, err
 		}
-		msg := fmt.Sprintf("vault: sign intermediate at %s: %s", u.cfg.SignPath, describe(err))
-		switch {
-		case relogin != nil:
-			msg += "; logging in again failed: " + relogin.Error()
-		case invalidToken(err):
-			msg += ": warden's Vault token expired or was revoked"
-		case isForbidden(err):
-			msg += fmt.Sprintf(": warden's Vault token may not write %s; check the PKI mount (--vault-pki-mount %s, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)", u.cfg.SignPath, u.cfg.PKIMount)
-		}
-		return nil, errors.New(msg)
 	}
 	if s == nil || s.Data == nil {
-		return nil, fmt.Errorf("vault: sign intermediate at %s: empty response", u.cfg.SignPath)
+		return nil, fmt.Errorf("vault: sign intermediate at %s: empty response", path)
 	}
 	cert, chain, err := parseSignResponse(s.Data, csr)
 	if err != nil {
-		return nil, fmt.Errorf("vault: %s: %w", u.cfg.SignPath, err)
+		return nil, fmt.Errorf("vault: %s: %w", path, err)
 	}
-	roots, err := u.Roots(ctx)
-	if err != nil {
+	var roots []*x509.Certificate
+	if req.Under != nil && notUnder == "" {
+		// Never wider than asked: the trust bundle of an intermediate
+		// asked under a root is that root, and it must chain to it.
+		top := cert
+		if len(chain) > 0 {
+			top = chain[len(chain)-1]
+		}
+		if top.CheckSignatureFrom(req.Under) != nil {
+			return nil, fmt.Errorf("vault: %s signed an intermediate that does not chain to the root asked for (sha256 %s)", path, ca.Fingerprint(req.Under))
+		}
+		roots = []*x509.Certificate{req.Under}
+	} else if roots, err = u.Roots(ctx); err != nil {
 		return nil, err
 	}
-	resp := &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots}
+	resp := &ca.UpstreamChain{Cert: cert, Chain: chain, Roots: roots, NotUnder: notUnder}
 	if req.TTL > 0 && cert.NotAfter.Before(asked.Add(req.TTL-min(req.TTL/10, time.Minute))) {
 		resp.Shortened = u.shortened(cert, append(append([]*x509.Certificate{}, chain...), roots...), req.TTL)
 	}
 	return resp, nil
 }
+
+// sign writes the CSR's body to path, logging in again once if Vault
+// refuses a token that may have expired since the last renewal, and
+// says what went wrong, naming the fix.
+func (u *Upstream) sign(ctx context.Context, path string, body map[string]any) (*api.Secret, error) {
+	s, err := u.write(ctx, path, body)
+	var relogin error
+	if err != nil && isForbidden(err) && !isStatic(u.cfg.Auth) && (u.loginAge() > freshLogin || invalidToken(err)) {
+		// The token may have been revoked or expired between renewals;
+		// a fresh one that is refused is a policy or path problem.
+		if relogin = u.login(ctx); relogin == nil {
+			s, err = u.write(ctx, path, body)
+		}
+	}
+	if err == nil {
+		return s, nil
+	}
+	if msg, down := u.endpoint().down(err); down != nil {
+		return nil, fmt.Errorf("vault: sign intermediate: %s%w", msg, errSuffix(down))
+	}
+	msg := fmt.Sprintf("vault: sign intermediate at %s: %s", path, describe(err))
+	switch {
+	case relogin != nil:
+		msg += "; logging in again failed: " + relogin.Error()
+	case invalidToken(err):
+		msg += ": warden's Vault token expired or was revoked"
+	case isForbidden(err) && path != u.cfg.SignPath:
+		msg += fmt.Sprintf(": warden's Vault token may not write %s; grant update on path %q in warden's policy (docs/vault.md, Policy)", path, u.cfg.PKIMount+"/issuer/+/sign-intermediate")
+	case isForbidden(err):
+		msg += fmt.Sprintf(": warden's Vault token may not write %s; check the PKI mount (--vault-pki-mount %s, --vault-sign-path) and that warden's policy allows update there (docs/vault.md, Policy)", path, u.cfg.PKIMount)
+	}
+	return nil, &signError{msg: msg, err: err}
+}
+
+// signError keeps Vault's answer under the message.
+type signError struct {
+	msg string
+	err error
+}
+
+func (e *signError) Error() string { return e.msg }
+func (e *signError) Unwrap() error { return e.err }
 
 // shortened says why Vault signed cert for less than ttl: it never signs
 // past its issuing CA's expiry, and otherwise caps lifetimes at the PKI

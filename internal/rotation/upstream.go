@@ -45,6 +45,9 @@ type Upstream struct {
 	nextIss ca.UpstreamIssuer // the upstream's issuer of st.Next
 	waiting string
 	lastLog time.Time
+	// notUnder is why the upstream last signed under another root than
+	// Under named (NotUnder), for the next Admit's log.
+	notUnder string
 	// The last failure to read the upstream's issuers (or to save the
 	// state), shown by Status and logged once a minute.
 	stepErr      string
@@ -109,7 +112,10 @@ type UpstreamConfig struct {
 	ReplicaTTL time.Duration
 }
 
-var _ ca.RootGate = (*Upstream)(nil)
+var (
+	_ ca.RootGate   = (*Upstream)(nil)
+	_ ca.RootPicker = (*Upstream)(nil)
+)
 
 // NewUpstream loads the stored state, if any.
 func NewUpstream(cfg UpstreamConfig) (*Upstream, error) {
@@ -178,11 +184,13 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 	defer u.mu.Unlock()
 	now := u.clock.Now()
 	u.signs = root
+	notUnder := u.notUnder
+	u.notUnder = ""
 	if !u.loaded {
 		u.st, u.loaded = UpstreamState{Signing: root}, true
 	}
 	if u.shared && !u.leads() {
-		return u.admitFollowerLocked(m, root, force)
+		return u.admitFollowerLocked(m, root, force, notUnder)
 	}
 	switch {
 	case root.Equal(u.st.Signing):
@@ -193,8 +201,8 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 			return fmt.Errorf("%w: %s", ca.ErrHeld, why)
 		}
 		if why != "" {
-			u.cfg.Log.Error("ACTIVATING THE NEW ROOT ALTHOUGH NOT EVERY CONSUMER HOLDS IT: the current intermediate is about to expire and "+u.cfg.Describe+" signs only under the new root; consumers without it refuse the certificates signed from now on until they get the new bundle",
-				"why", why, "newRootSHA256", ca.Fingerprint(root))
+			u.cfg.Log.Error("ACTIVATING THE NEW ROOT ALTHOUGH NOT EVERY CONSUMER HOLDS IT: the current intermediate is about to expire (or there is none: warden is starting) and "+u.cfg.Describe+" signs only under the new root; consumers without it refuse the certificates signed from now on until they get the new bundle",
+				"why", why, "newRootSHA256", ca.Fingerprint(root), "notUnderSigningRoot", notUnder)
 		}
 		u.activateLocked(now)
 	case u.oldLocked(root) >= 0:
@@ -218,7 +226,7 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 			return fmt.Errorf("%w: %s", ca.ErrHeld, why)
 		}
 		u.cfg.Log.Error("ACTIVATING A NEW ROOT WITHOUT PUBLISHING IT FIRST: "+u.cfg.Describe+" signs only under a root warden had not seen, and the CA has no current intermediate that could sign meanwhile (or it is about to expire); consumers without the new root refuse the certificates signed from now on until they get the new bundle",
-			"newRootSHA256", ca.Fingerprint(root), "newRoot", root.Subject.String())
+			"newRootSHA256", ca.Fingerprint(root), "newRoot", root.Subject.String(), "notUnderSigningRoot", notUnder)
 		u.activateLocked(now)
 	}
 	if m.NotAfter().After(u.st.SigningNotAfter) {
@@ -231,6 +239,37 @@ func (u *Upstream) Admit(m *ca.Material, root *x509.Certificate, force bool) err
 	}
 	u.saveLocked()
 	return nil
+}
+
+// Under implements ca.RootPicker: the root the state says signs, while
+// this process has no intermediate (a start, or a restart, whatever the
+// upstream signs with by default now) and, on a replica that follows
+// the leader, always: it signs under the root the leader signs under
+// (the upstream's default may be a new root the leader has not
+// activated). Otherwise nil: the upstream's default issuer, whose new
+// root Admit publishes and holds back until activation.
+func (u *Upstream) Under(cur *ca.Material) *x509.Certificate {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.loaded || u.st.Signing == nil {
+		return nil
+	}
+	if cur == nil || u.shared && !u.leads() {
+		return u.st.Signing
+	}
+	return nil
+}
+
+// NotUnder implements ca.RootPicker: the upstream could not sign under
+// the signing root (its issuer is gone, or refused) and signed under its
+// default instead; Admit names why when it logs what it does with that
+// intermediate.
+func (u *Upstream) NotUnder(why string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.notUnder = why
+	u.cfg.Log.Warn("upstream root rotation: "+u.cfg.Describe+" could not sign an intermediate under the root warden signs under; it signed under its default issuer instead", "why", why,
+		"signingRootSHA256", ca.Fingerprint(u.st.Signing))
 }
 
 // activateLocked makes the published root the signing one; the root it

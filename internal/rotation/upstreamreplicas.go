@@ -22,7 +22,9 @@ func (u *Upstream) leads() bool { return u.cfg.Leading == nil || u.cfg.Leading()
 // activated; one under any other root is held back until the leader
 // activates that root (once every replica's consumers hold it), unless
 // forced (this replica's current intermediate is about to expire).
-func (u *Upstream) admitFollowerLocked(m *ca.Material, root *x509.Certificate, force bool) error {
+// notUnder is why the upstream signed m under its default issuer, not
+// under the signing root (Under), if it did.
+func (u *Upstream) admitFollowerLocked(m *ca.Material, root *x509.Certificate, force bool, notUnder string) error {
 	if !root.Equal(u.st.Signing) {
 		if !force {
 			why := "an intermediate under a root the leader does not sign under is held back until the leader activates that root (once every replica's consumers hold it); the current intermediate keeps signing"
@@ -33,12 +35,12 @@ func (u *Upstream) admitFollowerLocked(m *ca.Material, root *x509.Certificate, f
 		case u.st.Next != nil && root.Equal(u.st.Next):
 			total, missing := u.missing(ca.Fingerprint(root), u.st)
 			u.cfg.Log.Error("ACTIVATING THE NEW ROOT ALTHOUGH NOT EVERY CONSUMER HOLDS IT: this replica's current intermediate is about to expire (or it has none: it is starting) and "+u.cfg.Describe+" signs only under the new root, which the leader has not activated yet; consumers without it refuse the certificates signed from now on until they get the new bundle",
-				"newRootSHA256", ca.Fingerprint(root), "lacking", fmt.Sprintf("%d of %d of this replica's consumers: %s", len(missing), total, strings.Join(first(missing, 10), ", ")))
+				"newRootSHA256", ca.Fingerprint(root), "lacking", fmt.Sprintf("%d of %d of this replica's consumers: %s", len(missing), total, strings.Join(first(missing, 10), ", ")), "notUnderSigningRoot", notUnder)
 		case u.oldLocked(root) >= 0:
 			u.cfg.Log.Warn("this replica's current intermediate is about to expire and the upstream signs under a root warden is retiring, which every consumer still holds: it signs under it", "rootSHA256", ca.Fingerprint(root))
 		default:
 			u.cfg.Log.Error("ACTIVATING A NEW ROOT WITHOUT PUBLISHING IT FIRST: "+u.cfg.Describe+" signs only under a root the leader has not published, and this replica's current intermediate is about to expire (or it has none); consumers without the new root refuse the certificates signed from now on until they get the new bundle",
-				"newRootSHA256", ca.Fingerprint(root), "newRoot", root.Subject.String())
+				"newRootSHA256", ca.Fingerprint(root), "newRoot", root.Subject.String(), "notUnderSigningRoot", notUnder)
 		}
 	}
 	c := *m
