@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/wardenmesh/warden/ca"
 	"github.com/wardenmesh/warden/ca/vault"
 )
 
@@ -17,14 +16,7 @@ import (
 func TestIssuers(t *testing.T) {
 	t.Parallel()
 	v, dir := setup(t, "token")
-	root := func(name string) *x509.Certificate {
-		t.Helper()
-		certs, err := ca.ParseCerts([]byte(readFile(t, dir, name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return certs[0]
-	}
+	root := func(name string) *x509.Certificate { return rootCert(t, dir, name) }
 	oldRoot := root("vault-root.pem")
 	up, err := vault.New(context.Background(), config(v, vault.Token{File: filepath.Join(dir, "warden-token")}))
 	if err != nil {

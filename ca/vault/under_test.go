@@ -22,14 +22,7 @@ import (
 func TestSignUnder(t *testing.T) {
 	t.Parallel()
 	v, dir := setup(t, "token")
-	root := func(name string) *x509.Certificate {
-		t.Helper()
-		certs, err := ca.ParseCerts([]byte(readFile(t, dir, name)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return certs[0]
-	}
+	root := func(name string) *x509.Certificate { return rootCert(t, dir, name) }
 	oldRoot := root("vault-root.pem")
 	v.RunDoc(t, dir, nil, "setup", "rotate", "replace")
 	newRoot := root("vault-root-next.pem")

@@ -30,6 +30,16 @@ func setup(t *testing.T, authStep string) (*vaulttest.Server, string) {
 	return v, dir
 }
 
+// rootCert is the first certificate of the PEM file dir/name.
+func rootCert(t *testing.T, dir, name string) *x509.Certificate {
+	t.Helper()
+	certs, err := ca.ParseCerts([]byte(readFile(t, dir, name)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
+}
+
 func readFile(t *testing.T, dir, name string) string {
 	t.Helper()
 	s, err := readFileErr(filepath.Join(dir, name))

@@ -20,10 +20,7 @@ func TestServeVaultRestartMidRotation(t *testing.T) {
 	f := newVaultRotationFixture(t, flags...)
 	newRoot := f.rotateInVault(t)
 	f.bundleFile(t, "publish", 15*time.Second, f.oldRoot, newRoot)
-	if code := f.stop(); code != 0 {
-		t.Fatalf("serve exited %d", code)
-	}
-	_, logs := serveLogged(t, f.data, f.addr, append(approleFlags(f.v, f.dir), flags...)...)
+	logs := f.restart(t, flags...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("warden serve after the restart:\n%s", logs.String())
@@ -62,10 +59,7 @@ func TestServeVaultRestartMidRotationWithoutIssuerPolicy(t *testing.T) {
 	f.v.API(t, "PUT", "/v1/sys/policies/acl/warden", map[string]any{"policy": `path "pki/root/sign-intermediate" { capabilities = ["update"] }`})
 	newRoot := f.rotateInVault(t)
 	f.bundleFile(t, "publish", 15*time.Second, f.oldRoot, newRoot)
-	if code := f.stop(); code != 0 {
-		t.Fatalf("serve exited %d", code)
-	}
-	_, logs := serveLogged(t, f.data, f.addr, append(approleFlags(f.v, f.dir), flags...)...)
+	logs := f.restart(t, flags...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("warden serve after the restart:\n%s", logs.String())

@@ -26,6 +26,17 @@ type vaultRotationFixture struct {
 	stream          *testkit.BundleStream
 }
 
+// restart stops serve (which must exit 0) and starts it again on the
+// same data directory with flags; it returns the new serve's log.
+func (f *vaultRotationFixture) restart(t *testing.T, flags ...string) *syncBuffer {
+	t.Helper()
+	if code := f.stop(); code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	_, logs := serveLogged(t, f.data, f.addr, append(approleFlags(f.v, f.dir), flags...)...)
+	return logs
+}
+
 func newVaultRotationFixture(t *testing.T, flags ...string) *vaultRotationFixture {
 	t.Helper()
 	v, dir := vaultSetup(t, "approle")
@@ -188,10 +199,7 @@ func TestServeVaultRootRotation(t *testing.T) {
 	}
 
 	// A restart keeps trusting the old root until it retires.
-	if code := f.stop(); code != 0 {
-		t.Fatalf("serve exited %d", code)
-	}
-	_, logs := serveLogged(t, f.data, f.addr, append(approleFlags(f.v, f.dir), flags...)...)
+	logs := f.restart(t, flags...)
 	f.bundleFile(t, "after a restart", 5*time.Second, newRoot, f.oldRoot)
 	if out := f.status(t); phaseLine.FindStringSubmatch(out)[1] != "activated" || retireLine.FindStringSubmatch(out)[1] != oldInter.NotAfter.UTC().Format(time.RFC3339) {
 		t.Fatalf("status after a restart:\n%s", out)
