@@ -40,13 +40,8 @@ func Decode(data []byte) ([]Object, error) {
 func DecodeAll(data []byte) ([]Object, []error) {
 	var out []Object
 	var errs []error
-	n := 0
-	for _, doc := range docSeparator.Split(string(data), -1) {
-		if strings.TrimSpace(stripComments(doc)) == "" {
-			continue
-		}
-		n++
-		where := fmt.Sprintf("document %d", n)
+	for i, doc := range Documents(data) {
+		where := fmt.Sprintf("document %d", i+1)
 		raw, err := parse([]byte(doc))
 		if err != nil {
 			errs = append(errs, fmt.Errorf("api: %s: %v", where, err))
@@ -57,6 +52,19 @@ func DecodeAll(data []byte) ([]Object, []error) {
 		errs = append(errs, bad...)
 	}
 	return out, errs
+}
+
+// Documents splits a YAML stream at its "---" lines into the documents
+// that hold more than comments, in order (document n of an error is
+// Documents' n-1).
+func Documents(data []byte) []string {
+	var out []string
+	for _, doc := range docSeparator.Split(string(data), -1) {
+		if strings.TrimSpace(stripComments(doc)) != "" {
+			out = append(out, doc)
+		}
+	}
+	return out
 }
 
 // parse turns one YAML or JSON document into generic JSON values, numbers

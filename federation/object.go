@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/wardenmesh/warden/api"
 	"sigs.k8s.io/yaml"
 )
 
@@ -180,8 +180,6 @@ const (
 	ObjectKind       = "ClusterFederatedTrustDomain"
 )
 
-var objectDocSeparator = regexp.MustCompile(`(?m)^---[ \t]*(#.*)?$`)
-
 // storedObject is what ParseObjects reads of an object as `kubectl get
 // -o yaml` writes it: the rest of metadata and the status are the API
 // server's, and ignored.
@@ -225,13 +223,8 @@ func ParseObjects(b []byte, local spiffeid.TrustDomain) ([]*Relationship, error)
 		cands = append(cands, Candidate{Name: o.Metadata.Name, Current: r, Invalid: err})
 		return nil
 	}
-	n := 0
-	for _, doc := range objectDocSeparator.Split(string(b), -1) {
-		if strings.TrimSpace(doc) == "" {
-			continue
-		}
-		n++
-		if err := add([]byte(doc), fmt.Sprintf("document %d", n)); err != nil {
+	for i, doc := range api.Documents(b) {
+		if err := add([]byte(doc), fmt.Sprintf("document %d", i+1)); err != nil {
 			return nil, err
 		}
 	}
@@ -256,11 +249,8 @@ func LoadFileOrObjects(path string, local spiffeid.TrustDomain) ([]*Relationship
 	var head struct {
 		Kind string `json:"kind"`
 	}
-	for _, doc := range objectDocSeparator.Split(string(b), -1) {
-		if strings.TrimSpace(doc) != "" {
-			_ = yaml.Unmarshal([]byte(doc), &head) // a document that does not parse: LoadFile says why
-			break
-		}
+	if docs := api.Documents(b); len(docs) > 0 {
+		_ = yaml.Unmarshal([]byte(docs[0]), &head) // a document that does not parse: LoadFile says why
 	}
 	if head.Kind == "" {
 		return LoadFile(path, local)
